@@ -1,0 +1,21 @@
+"""`recsys`: the one command line that fronts every process.
+
+Each command group lives in its own module and imports heavy libraries (Spark, Flink,
+TensorFlow) inside its commands, so `recsys --help` and the API stay light.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from services.cli import data, run
+
+app = typer.Typer(
+    name="recsys",
+    help="A production recommender service: events → Spark/Flink → Redis features → "
+    "TensorFlow recall and ranking → FastAPI.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data.app, name="data")
+app.command("run")(run.run)

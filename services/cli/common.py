@@ -1,0 +1,34 @@
+"""Helpers shared by CLI commands: settings loading and error reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from feature_store.settings import Settings
+
+console = Console(stderr=True)
+
+StateDirOption = Annotated[
+    Path | None, typer.Option("--state-dir", help="State directory (default: $RECSYS_STATE_DIR or .recsys).")
+]
+
+
+def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings object, turning a validation error into a one-line CLI error."""
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    try:
+        return Settings(**overrides)
+    except (ValidationError, FileNotFoundError) as exc:
+        fail(f"invalid settings: {exc}")
+        raise  # unreachable, for type checkers
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)

@@ -1,0 +1,3 @@
+"""`recsys run`: the all-in-one local command behind `make run`."""
+
+from __future__ import annotations
