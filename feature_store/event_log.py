@@ -74,15 +74,56 @@ class _OpenFile:
     size: int = 0
 
 
-class LocalEventLog(EventLog):
-    """The event log on a local or shared POSIX filesystem."""
+class EventLogReader:
+    """Reads complete files only; needs no lock and never writes, so any process may use it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.rejected_lines = 0
+
+    def partitions(self, start: datetime | None = None, end: datetime | None = None) -> list[Path]:
+        """Partition directories overlapping [start, end), oldest first."""
+        low = partition_of(start)[:19] if start else ""
+        high = partition_of(end)[:19] if end else "~"
+        found = []
+        for directory in self.root.glob("dt=*/hr=*"):
+            key = f"{directory.parent.name}/{directory.name}"
+            if low <= key <= high:
+                found.append(directory)
+        return sorted(found)
+
+    def files(self, start: datetime | None = None, end: datetime | None = None) -> list[Path]:
+        """Complete (visible) files, oldest partition first."""
+        return [f for d in self.partitions(start, end) for f in sorted(d.glob("part-*.jsonl"))]
+
+    def read(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[Event]:
+        for directory in self.partitions(start, end):
+            events: dict[str, Event] = {}
+            for path in sorted(directory.glob("part-*.jsonl")):
+                for event in self._parse(path):
+                    events.setdefault(event.event_id, event)
+            for event in sorted(events.values(), key=lambda e: (e.ts, e.event_id)):
+                if (start is None or event.ts >= start) and (end is None or event.ts < end):
+                    yield event
+
+    def _parse(self, path: Path) -> Iterable[Event]:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    yield Event.model_validate_json(line)
+                except (ValidationError, json.JSONDecodeError) as exc:
+                    self.rejected_lines += 1
+                    log.warning("%s:%d: skipping malformed event: %s", path, number, exc)
+
+
+class LocalEventLog(EventLogReader, EventLog):
+    """The event log on a local or shared POSIX filesystem: the writer, which also reads."""
 
     def __init__(self, root: Path, settings: EventLogSettings | None = None) -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.settings = settings or EventLogSettings()
         self.root.mkdir(parents=True, exist_ok=True)
         self.writer_id = uuid.uuid4().hex[:12]
-        self.rejected_lines = 0
         self._files: OrderedDict[str, _OpenFile] = OrderedDict()
         self._seq = 0
         self._lock = threading.Lock()
@@ -228,43 +269,6 @@ class LocalEventLog(EventLog):
         if recovered:
             log.warning("event log: published %d in-progress files left by a stopped writer", recovered)
         return recovered
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def partitions(self, start: datetime | None = None, end: datetime | None = None) -> list[Path]:
-        """Partition directories overlapping [start, end), oldest first."""
-        low = partition_of(start)[:19] if start else ""
-        high = partition_of(end)[:19] if end else "~"
-        found = []
-        for directory in self.root.glob("dt=*/hr=*"):
-            key = f"{directory.parent.name}/{directory.name}"
-            if low <= key <= high:
-                found.append(directory)
-        return sorted(found)
-
-    def files(self, start: datetime | None = None, end: datetime | None = None) -> list[Path]:
-        """Complete (visible) files, oldest partition first."""
-        return [f for d in self.partitions(start, end) for f in sorted(d.glob("part-*.jsonl"))]
-
-    def read(self, start: datetime | None = None, end: datetime | None = None) -> Iterator[Event]:
-        for directory in self.partitions(start, end):
-            events: dict[str, Event] = {}
-            for path in sorted(directory.glob("part-*.jsonl")):
-                for event in self._parse(path):
-                    events.setdefault(event.event_id, event)
-            for event in sorted(events.values(), key=lambda e: (e.ts, e.event_id)):
-                if (start is None or event.ts >= start) and (end is None or event.ts < end):
-                    yield event
-
-    def _parse(self, path: Path) -> Iterable[Event]:
-        with path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    yield Event.model_validate_json(line)
-                except (ValidationError, json.JSONDecodeError) as exc:
-                    self.rejected_lines += 1
-                    log.warning("%s:%d: skipping malformed event: %s", path, number, exc)
-
 
 def _publish(in_progress: Path, fsync: bool) -> None:
     visible = in_progress.with_name(in_progress.name[1 : -len(IN_PROGRESS_SUFFIX)])

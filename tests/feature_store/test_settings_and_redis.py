@@ -1,0 +1,78 @@
+"""Settings sources and the embedded redis-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from feature_store.redis_server import EmbeddedRedis, redis_url
+from feature_store.settings import Settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RECSYS_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_environment_overrides_yaml_which_overrides_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "recsys.yaml"
+    config.write_text("state_dir: /srv/recsys\nspark:\n  master: spark://yaml:7077\nflink:\n  parallelism: 4\n")
+    clean_env.setenv("RECSYS_CONFIG", str(config))
+    clean_env.setenv("RECSYS_SPARK__MASTER", "spark://env:7077")
+    settings = Settings()
+    assert settings.spark.master == "spark://env:7077"
+    assert settings.flink.parallelism == 4
+    assert settings.state_dir == Path("/srv/recsys")
+    assert settings.model_registry_dir == Path("/srv/recsys/registry")
+
+
+def test_unknown_keys_are_rejected(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "recsys.yaml"
+    config.write_text("spark:\n  mastr: local[2]\n")
+    clean_env.setenv("RECSYS_CONFIG", str(config))
+    with pytest.raises(ValidationError, match="mastr"):
+        Settings()
+
+
+def test_missing_config_file_is_a_clear_error(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("RECSYS_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        Settings()
+
+
+def test_redis_url_env_is_honoured(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("REDIS_URL", "redis://cache.internal:6380/2")
+    assert Settings().redis.url == "redis://cache.internal:6380/2"
+
+
+def test_api_keys_are_secret(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("RECSYS_API__API_KEYS", '["s3cret"]')
+    settings = Settings()
+    assert "s3cret" not in repr(settings)
+    assert settings.api.api_keys[0].get_secret_value() == "s3cret"
+
+
+def test_embedded_redis_starts_keeps_data_under_state_dir_and_stops(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    with redis_url(settings) as url:
+        client = redis.Redis.from_url(url)
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+    assert (tmp_path / "redis" / "dump.rdb").is_file()  # saved on clean shutdown
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+
+
+def test_configured_url_is_used_without_starting_a_server(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, redis={"url": redis_server.url})
+    with redis_url(settings) as url:
+        assert url == redis_server.url
+    assert not (tmp_path / "redis").exists()
