@@ -51,6 +51,11 @@ class FlinkSettings(_Section):
     parallelism: int = Field(default=1, gt=0)
     checkpoint_interval_ms: int = Field(default=5_000, gt=0)
     checkpoint_dir: Path | None = Field(default=None, description="Default: <state_dir>/flink-checkpoints")
+    monitor_interval_ms: int = Field(default=100, gt=0, description="How often the file source lists the event log.")
+    bundle_time_ms: int = Field(default=20, gt=0, description="python.fn-execution.bundle.time (Flink default 1000).")
+    bundle_size: int = Field(default=100, gt=0, description="python.fn-execution.bundle.size (Flink default 100000).")
+    out_of_orderness_ms: int = Field(default=5_000, ge=0, description="Watermark lag behind the largest event time.")
+    allowed_lateness_ms: int = Field(default=60 * 60_000, ge=0, description="Events older than watermark minus this are too late.")
 
 
 class ApiSettings(_Section):
@@ -60,6 +65,46 @@ class ApiSettings(_Section):
     api_keys: list[SecretStr] = Field(default_factory=list)
     require_key_for_reads: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_events_per_request: int = Field(default=1000, gt=0)
+    ranker: str = Field(default="din", pattern="^(din|wide_deep)$", description="Ranker family to serve.")
+    recall_candidates: int = Field(default=200, gt=0, le=5000)
+    model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
+    event_dedup_ttl_s: int = Field(default=7 * 86400, gt=0, description="TTL of per-event_id dedup markers.")
+    live_sequence_length: int = Field(default=50, gt=0)
+
+
+class BatchSettings(_Section):
+    """The Spark batch layer (`pipelines/spark`). URIs are strings so a cluster run can point them
+    at shared storage (hdfs://, s3a://); unset means the local default under `state_dir`.
+    Feature windows, caps and the CTR prior come from `feature_store.definitions`, not from here."""
+
+    output_uri: str | None = Field(default=None, description="Default: <state_dir>/batch")
+    events_uri: str | None = Field(default=None, description="Event log root. Default: <state_dir>/events")
+    catalog_uri: str | None = Field(default=None, description="Catalog root. Default: <state_dir>/catalog")
+    session_gap_minutes: float = Field(default=30.0, gt=0)
+    min_positive_rating: float = Field(default=3.5, description="A rating >= this is a positive.")
+    positive_event_types: list[str] = Field(default_factory=lambda: ["click", "like", "purchase", "add_to_cart", "share"])
+    negative_sampling_ratio: int = Field(default=4, ge=0, description="Sampled negatives per positive (no impressions).")
+    max_seq_len: int = Field(default=50, gt=0)
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    test_fraction: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = Field(default=17, description="Seed of negative sampling (deterministic per event).")
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> "BatchSettings":
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be < 1")
+        return self
+
+
+class FeatureStoreSettings(_Section):
+    """The Redis online store and the Parquet offline store (docs/feature_store.md)."""
+
+    batch_grace_s: float = Field(default=3600.0, ge=0, description="Keep a replaced batch version this long.")
+    staging_max_age_s: float = Field(default=86_400.0, gt=0, description="Delete unfinished publishes after this.")
+    dedup_ttl_s: float = Field(default=172_800.0, gt=0, description="Replays within this window are no-ops; older live events are dropped.")
+    write_batch_size: int = Field(default=1000, gt=0, description="Entities or events per pipelined write.")
+    offline_dir: Path | None = Field(default=None, description="Default: <state_dir>/offline")
 
 
 class Settings(BaseSettings):
@@ -77,6 +122,8 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    feature_store: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -116,6 +163,14 @@ class Settings(BaseSettings):
     @property
     def model_registry_dir(self) -> Path:
         return self.registry_dir or self.state_dir / "registry"
+
+    @property
+    def batch_uri(self) -> str:
+        return self.batch.output_uri or str(self.state_dir / "batch")
+
+    @property
+    def offline_store_dir(self) -> Path:
+        return self.feature_store.offline_dir or self.state_dir / "offline"
 
     @property
     def flink_checkpoint_dir(self) -> Path:

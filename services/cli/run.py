@@ -37,18 +37,15 @@ def run(
         client.ping()
         summary.add_row("redis", url + ("" if settings.redis.url else " (embedded)"))
         summary.add_row("state directory", str(settings.state_dir.resolve()))
-        for name, value in _import_data(settings, movielens, synth_events).items():
-            summary.add_row(name, value)
+        _import_data(settings.state_dir, movielens, synth_events)
     summary.add_row("wall time", f"{time.perf_counter() - started:.1f} s")
     console.print(summary)
 
 
-def _import_data(settings, movielens: Path | None, synth_events: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from pipelines.datasets import movielens as movielens_import
-    from pipelines.datasets import synthetic
+def _import_data(state_dir: Path, movielens: Path | None, synth_events: int) -> None:
+    from services.cli import data
 
     if movielens is not None:
-        result = movielens_import.import_movielens(movielens, settings)
+        data.import_movielens(movielens, strict=False, state_dir=state_dir)
     else:
-        result = synthetic.generate(settings, events=synth_events)
-    return {"data": str(result)}
+        data.synth(events=synth_events, state_dir=state_dir)

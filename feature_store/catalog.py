@@ -1,0 +1,213 @@
+"""The item and user catalogs: Parquet files Spark jobs and the API both read.
+
+Layout, under `settings.catalog_dir`::
+
+    items.parquet   item_id, title, categories (list<string>), available, created_at (UTC), metadata (JSON)
+    users.parquet   user_id, attributes (JSON)
+
+Columns are flat so Spark reads them without a schema of ours; the free-form dicts are JSON
+strings. Every write goes to a hidden temporary file that is fsynced and renamed over the old one,
+so a reader sees the old catalog or the new one, never half a file. An upsert is
+read-merge-rewrite under an exclusive `flock`, so concurrent upserts do not lose each other's rows.
+Catalogs are small next to the event log (one row per entity), so the merge holds one in memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from feature_store.schemas import Item, User
+
+ITEMS_FILE = "items.parquet"
+USERS_FILE = "users.parquet"
+
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("categories", pa.list_(pa.string())),
+        pa.field("available", pa.bool_(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("metadata", pa.string()),
+    ]
+)
+USER_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("attributes", pa.string()),
+    ]
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def _item_row(item: Item) -> dict[str, Any]:
+    return {
+        "item_id": item.item_id,
+        "title": item.title,
+        "categories": list(item.categories),
+        "available": item.available,
+        "created_at": _utc(item.created_at),
+        "metadata": json.dumps(item.metadata, sort_keys=True, default=str),
+    }
+
+
+def _user_row(user: User) -> dict[str, Any]:
+    return {"user_id": user.user_id, "attributes": json.dumps(user.attributes, sort_keys=True, default=str)}
+
+
+def _item_from_row(row: dict[str, Any]) -> Item:
+    return Item(
+        item_id=row["item_id"],
+        title=row["title"],
+        categories=row["categories"] or [],
+        available=row["available"],
+        created_at=row["created_at"],
+        metadata=json.loads(row["metadata"]) if row["metadata"] else {},
+    )
+
+
+def _user_from_row(row: dict[str, Any]) -> User:
+    return User(user_id=row["user_id"], attributes=json.loads(row["attributes"]) if row["attributes"] else {})
+
+
+class Catalog:
+    """Item and user catalogs stored as Parquet under `root` (normally `settings.catalog_dir`).
+
+    Upserts are by id: a later write of the same id replaces the earlier row.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def upsert_items(self, items: Iterable[Item]) -> int:
+        """Insert or replace items by `item_id`; returns the number of distinct ids written."""
+        rows = {item.item_id: _item_row(item) for item in items}
+        return self._upsert(ITEMS_FILE, ITEM_SCHEMA, "item_id", rows)
+
+    def upsert_users(self, users: Iterable[User]) -> int:
+        """Insert or replace users by `user_id`; returns the number of distinct ids written."""
+        rows = {user.user_id: _user_row(user) for user in users}
+        return self._upsert(USERS_FILE, USER_SCHEMA, "user_id", rows)
+
+    def _upsert(self, name: str, schema: pa.Schema, key: str, rows: dict[str, dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        new = pa.Table.from_pylist(list(rows.values()), schema=schema)
+        with self._locked():
+            path = self.root / name
+            if path.exists():
+                old = pq.read_table(path, schema=schema)
+                kept = old.filter(pc.invert(pc.is_in(old[key], value_set=new[key])))
+                new = pa.concat_tables([kept, new])
+            _write_atomically(new, path)
+        return len(rows)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def items_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole item catalog as an Arrow table (empty, with the schema, if none yet)."""
+        return self._table(ITEMS_FILE, ITEM_SCHEMA, columns)
+
+    def users_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole user catalog as an Arrow table (empty, with the schema, if none yet)."""
+        return self._table(USERS_FILE, USER_SCHEMA, columns)
+
+    def items(self, batch_size: int = 10_000) -> Iterator[Item]:
+        """Every item as a model, streamed in record batches."""
+        return self._iterate(ITEMS_FILE, _item_from_row, batch_size)
+
+    def users(self, batch_size: int = 10_000) -> Iterator[User]:
+        """Every user as a model, streamed in record batches."""
+        return self._iterate(USERS_FILE, _user_from_row, batch_size)
+
+    def get_item(self, item_id: str) -> Item | None:
+        """One item by id, or None."""
+        rows = self._lookup(ITEMS_FILE, ITEM_SCHEMA, "item_id", item_id)
+        return _item_from_row(rows[0]) if rows else None
+
+    def get_user(self, user_id: str) -> User | None:
+        """One user by id, or None."""
+        rows = self._lookup(USERS_FILE, USER_SCHEMA, "user_id", user_id)
+        return _user_from_row(rows[0]) if rows else None
+
+    def count_items(self) -> int:
+        return self._count(ITEMS_FILE)
+
+    def count_users(self) -> int:
+        return self._count(USERS_FILE)
+
+    def _table(self, name: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table:
+        path = self.root / name
+        if not path.exists():
+            table = schema.empty_table()
+            return table.select(columns) if columns else table
+        return pq.read_table(path, columns=columns, schema=schema)
+
+    def _iterate(self, name: str, to_model: Callable[[dict[str, Any]], Model], batch_size: int) -> Iterator[Model]:
+        path = self.root / name
+        if not path.exists():
+            return
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            for row in batch.to_pylist():
+                yield to_model(row)
+
+    def _lookup(self, name: str, schema: pa.Schema, key: str, value: str) -> list[dict[str, Any]]:
+        path = self.root / name
+        if not path.exists():
+            return []
+        return pq.read_table(path, schema=schema, filters=[(key, "=", value)]).to_pylist()
+
+    def _count(self, name: str) -> int:
+        path = self.root / name
+        return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    """Write under a hidden name, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
