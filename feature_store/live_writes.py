@@ -1,0 +1,198 @@
+"""Live (speed-layer) writes: events in, idempotent Redis updates out.
+
+`LiveWriter.write(events)` turns each event into updates of every feature the definitions mark as
+`updated_by_stream()`, and applies a batch of events in one Lua script call (one round trip):
+
+- each event first sets its replay marker `P:s:seen:<event_id>` with `SET NX PX dedup_ttl`; if the
+  marker already exists the event was applied before and all its updates are skipped, in the
+  same atomic script, so replaying a stream never double-counts;
+- events older than `dedup_ttl` (whose marker may have expired) are dropped as too late: the next
+  batch run accounts for them;
+- counts go into per-bucket hash fields (`<feature>:<bucket>`), sequences into capped sorted sets,
+  top-k into capped sorted sets (per time bucket when windowed), latest values into hash fields
+  guarded by their event time; every key carries a TTL that only ever grows, and count buckets
+  older than the feature's TTL are trimmed, so memory stays bounded however long it runs.
+
+Use one writer per worker process (Flink: see `feature_store.flink_sink`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import redis
+
+from feature_store.definitions import FEATURES, GLOBAL_ID, Entity, FeatureDef, FeatureRegistry, Kind, Member
+from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.redis_layout import KeyLayout
+from feature_store.schemas import Event
+
+CategoryLookup = Callable[[Sequence[str]], Sequence[Sequence[str]]]
+
+# ARGV: then per event: marker, marker ttl ms, n ops, and n ops of 7 slots: op, key, a, b, c, d, e.
+_APPLY = """
+local function extend_ttl(key, ttl)
+  if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+end
+local function trim_buckets(key, prefix, min_bucket)
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(field, 1, #prefix) == prefix then
+      local bucket = tonumber(string.sub(field, #prefix + 1))
+      if bucket and bucket < min_bucket then redis.call('HDEL', key, field) end
+    end
+  end
+end
+local function cap_zset(key, cap) redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(cap) + 1)) end
+local applied, i = 0, 1
+while i <= #ARGV do
+  local fresh = redis.call('SET', ARGV[i], '1', 'NX', 'PX', ARGV[i + 1])
+  local nops = tonumber(ARGV[i + 2])
+  i = i + 3
+  if fresh then applied = applied + 1 end
+  for _ = 1, nops do
+    if fresh then
+      local op, key, a, b, c, d, e = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
+      if op == 'H' then      -- bucketed count: field a += b; ttl c; trim fields d<bucket> older than e
+        if redis.call('HINCRBY', key, a, b) == tonumber(b) then trim_buckets(key, d, tonumber(e)) end
+        extend_ttl(key, c)
+      elseif op == 'Z' then  -- sequence: member b at score a (never moved back in time); cap c; ttl d
+        redis.call('ZADD', key, 'GT', a, b)
+        cap_zset(key, c)
+        extend_ttl(key, d)
+      elseif op == 'I' then  -- top-k: member a += b; cap c; ttl d
+        redis.call('ZINCRBY', key, b, a)
+        cap_zset(key, c)
+        extend_ttl(key, d)
+      elseif op == 'L' then  -- latest value: field a = b if event time c is newer; ttl d
+        local seen = tonumber(redis.call('HGET', key, a .. ':ts') or '-1')
+        if tonumber(c) >= seen then redis.call('HSET', key, a, b, a .. ':ts', c) end
+        extend_ttl(key, d)
+      end
+    end
+    i = i + 7
+  end
+end
+return applied
+"""
+
+#: A windowed top-k keeps this many times `cap` members per bucket, so the union stays accurate.
+TOP_K_BUCKET_HEADROOM = 10
+
+
+@dataclass(frozen=True)
+class LiveWriteResult:
+    """What one `write` did: events applied, replays skipped, events too old to apply."""
+
+    applied: int = 0
+    duplicates: int = 0
+    too_late: int = 0
+
+    def __add__(self, other: "LiveWriteResult") -> "LiveWriteResult":
+        return LiveWriteResult(self.applied + other.applied, self.duplicates + other.duplicates,
+                               self.too_late + other.too_late)
+
+
+class LiveWriter:
+    """Applies events to the live views, idempotently, in pipelined batches.
+
+    `categories_of(item_ids)` returns each item's categories (needed by category features); the
+    online store wires it to the item batch view. `write` also accepts them explicitly.
+    """
+
+    def __init__(self, spec: ConnectionSpec, dedup_ttl_s: float, batch_size: int = 500,
+                 registry: FeatureRegistry = FEATURES, categories_of: CategoryLookup | None = None,
+                 client: redis.Redis | None = None) -> None:
+        self._spec = spec
+        self._layout = KeyLayout(spec.key_prefix)
+        self._dedup_ttl_ms = int(dedup_ttl_s * 1000)
+        self._batch_size = batch_size
+        self._categories_of = categories_of
+        self._client = client or spec.client()
+        self._script = self._client.register_script(_APPLY)
+        self._features = {e: registry.stream_features(e) for e in (Entity.USER, Entity.ITEM, Entity.GLOBAL)}
+        self._needs_categories = any(f.member is Member.CATEGORY for fs in self._features.values() for f in fs)
+
+    def write(self, events: Iterable[Event | Mapping[str, Any]],
+              item_categories: Mapping[str, Sequence[str]] | None = None, now: float | None = None) -> LiveWriteResult:
+        """Apply `events` (Event objects or their JSON dicts); `now` (epoch s) defaults to the clock."""
+        result = LiveWriteResult()
+        batch: list[Event] = []
+        for event in events:
+            batch.append(event if isinstance(event, Event) else Event.model_validate(event))
+            if len(batch) >= self._batch_size:
+                result += self._write_batch(batch, item_categories, now)
+                batch = []
+        if batch:
+            result += self._write_batch(batch, item_categories, now)
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _write_batch(self, events: list[Event], item_categories: Mapping[str, Sequence[str]] | None,
+                     now: float | None) -> LiveWriteResult:
+        now_ms = int((time.time() if now is None else now) * 1000)
+        fresh = [e for e in events if _ms(e) >= now_ms - self._dedup_ttl_ms]
+        categories = self._categories(fresh, item_categories)
+        args: list[Any] = []
+        for event in fresh:
+            ops = self._ops(event, categories.get(event.item_id, ()), now_ms)
+            marker_ttl = self._dedup_ttl_ms + max(0, _ms(event) - now_ms)
+            args += [self._layout.seen_marker(event.event_id), marker_ttl, len(ops) // 7, *ops]
+        applied = 0
+        if args:
+            with translate_errors(self._spec, f"writing {len(fresh)} live events"):
+                applied = int(self._script(args=args))
+        return LiveWriteResult(applied, len(fresh) - applied, len(events) - len(fresh))
+
+    def _categories(self, events: list[Event],
+                    given: Mapping[str, Sequence[str]] | None) -> Mapping[str, Sequence[str]]:
+        if given is not None or not self._needs_categories or not events:
+            return given or {}
+        if self._categories_of is None:
+            return {}
+        item_ids = sorted({e.item_id for e in events})
+        return dict(zip(item_ids, self._categories_of(item_ids)))
+
+    def _ops(self, event: Event, categories: Sequence[str], now_ms: int) -> list[Any]:
+        ids = {Entity.USER: event.user_id, Entity.ITEM: event.item_id, Entity.GLOBAL: GLOBAL_ID}
+        ops: list[Any] = []
+        for entity, features in self._features.items():
+            for feature in features:
+                if feature.events is None or feature.events.matches(event.type, event.value):
+                    ops += self._feature_ops(feature, ids[entity], event, categories, now_ms)
+        return ops
+
+    def _feature_ops(self, feature: FeatureDef, entity_id: str, event: Event, categories: Sequence[str],
+                     now_ms: int) -> list[Any]:
+        layout, ts, name = self._layout, _ms(event), feature.name
+        ttl_ms = int(feature.ttl.total_seconds() * 1000)  # type: ignore[union-attr]  # checked by FeatureDef
+        members = list(categories) if feature.member is Member.CATEGORY else [event.item_id]
+        if ts < now_ms - ttl_ms or not members:
+            return []
+        if feature.kind in (Kind.COUNT, Kind.WINDOW_COUNT):
+            bucket_ms = int(feature.stream_bucket().total_seconds() * 1000)
+            field, oldest = f"{name}:{ts // bucket_ms}", (now_ms - ttl_ms) // bucket_ms
+            return ["H", layout.live_hash(feature.entity, entity_id), field, 1, ttl_ms, f"{name}:", oldest]
+        if feature.kind is Kind.SEQUENCE:
+            return ["Z", layout.live_zset(feature.entity, entity_id, name), ts, members[0], feature.cap, ttl_ms, ""]
+        if feature.kind is Kind.LATEST:
+            return ["L", layout.live_hash(feature.entity, entity_id), name, members[0], ts, ttl_ms, ""]
+        return self._top_k_ops(feature, entity_id, members, ts, ttl_ms)
+
+    def _top_k_ops(self, feature: FeatureDef, entity_id: str, members: list[str], ts: int, ttl_ms: int) -> list[Any]:
+        key_name, cap = feature.name, feature.cap or 0
+        if feature.window is not None:
+            bucket_ms = int(feature.stream_bucket().total_seconds() * 1000)
+            key_name, cap = f"{feature.name}:{ts // bucket_ms}", cap * TOP_K_BUCKET_HEADROOM
+        key = self._layout.live_zset(feature.entity, entity_id, key_name)
+        ops: list[Any] = []
+        for member in members:
+            ops += ["I", key, member, 1, cap, ttl_ms, ""]
+        return ops
+
+
+def _ms(event: Event) -> int:
+    return int(event.ts.timestamp() * 1000)

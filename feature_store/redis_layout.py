@@ -1,0 +1,132 @@
+"""Where and how feature values live in Redis: the key layout and the value codec.
+
+Keys (prefix `P` = `settings.redis.key_prefix`; `E` = entity; `V` = batch version; `ID` = entity id):
+
+    P:batch:E:current           string   the live batch version of entity E (the atomic pointer)
+    P:batch:E:seq               string   version counter (INCR)
+    P:batch:E:V:meta            hash     wm (watermark, epoch ms), n (rows written), f:<feature> -> field code
+    P:batch:E:staging           zset     versions being written, scored by start time (ms)
+    P:batch:E:retired           zset     replaced versions, scored by when they may be deleted (ms)
+    P:b:E:V:ID                  string   one batch row: its encoded values in the version's column
+                                         order (`f:<feature>` in meta), joined by U+001E
+    P:s:E:ID                    hash     live counters `<feature>:<bucket>` and latest values `<feature>`,
+                                         `<feature>:ts`; TTL refreshed on write
+    P:s:E:ID:<feature>          zset     live sequences (member item, score event ms) and per-entity
+                                         top-k (member, count); capped; TTL
+    P:s:global:_:<feature>:<bucket>  zset  windowed top-k bucket (member, count); capped; TTL
+    P:s:seen:<event_id>         string   replay marker (SET NX PX dedup_ttl)
+
+Values: ints and floats as decimal strings (floats with float32 precision, `%.9g`); strings as
+UTF-8; sequences joined by U+001F; vectors as base64 of little-endian float32 bytes; no value as
+the empty string (the reader returns the default). One string per row is read with one MGET and
+takes less memory than a hash per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import base64
+
+import numpy as np
+
+from feature_store.definitions import SEQUENCE_SEPARATOR, DType, Entity, FeatureDef
+
+ROW_SEPARATOR_TEXT = "\x1e"  # ASCII record separator, between a batch row's values
+ROW_SEPARATOR = ROW_SEPARATOR_TEXT.encode()
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Builds every key the store uses; the only place key shapes are spelled."""
+
+    prefix: str
+
+    def pointer(self, entity: Entity) -> str:
+        return f"{self.prefix}:batch:{entity}:current"
+
+    def version_counter(self, entity: Entity) -> str:
+        return f"{self.prefix}:batch:{entity}:seq"
+
+    def meta(self, entity: Entity, version: str) -> str:
+        return f"{self.prefix}:batch:{entity}:{version}:meta"
+
+    def staging(self, entity: Entity) -> str:
+        return f"{self.prefix}:batch:{entity}:staging"
+
+    def retired(self, entity: Entity) -> str:
+        return f"{self.prefix}:batch:{entity}:retired"
+
+    def batch_row(self, entity: Entity, version: str, entity_id: str) -> str:
+        return f"{self.prefix}:b:{entity}:{version}:{entity_id}"
+
+    def batch_rows_pattern(self, entity: Entity, version: str) -> str:
+        return f"{self.prefix}:b:{entity}:{version}:*"
+
+    def live_hash(self, entity: Entity, entity_id: str) -> str:
+        return f"{self.prefix}:s:{entity}:{entity_id}"
+
+    def live_zset(self, entity: Entity, entity_id: str, feature: str) -> str:
+        return f"{self.prefix}:s:{entity}:{entity_id}:{feature}"
+
+    def seen_marker(self, event_id: str) -> str:
+        return f"{self.prefix}:s:seen:{event_id}"
+
+
+def encode_value(feature: FeatureDef, value: Any) -> str | None:
+    """Encode one batch value for a Redis hash field; None means "no value" (the reader uses the default)."""
+    if value is None:
+        return None
+    dtype = feature.dtype
+    if dtype is DType.INT:
+        return str(int(value))
+    if dtype is DType.FLOAT:
+        number = float(value)
+        if not np.isfinite(number):
+            raise ValueError(f"{feature.name}: {number} is not a finite float")
+        return "%.9g" % number
+    if dtype is DType.STRING:
+        return _checked(feature, str(value))
+    if dtype is DType.SEQUENCE:
+        return encode_sequence(feature, value)
+    vector = np.asarray(value, dtype="<f4")
+    if vector.shape != (feature.dim,):
+        raise ValueError(f"{feature.name}: expected a vector of {feature.dim} floats, got shape {vector.shape}")
+    return base64.b64encode(vector.tobytes()).decode()
+
+
+def encode_row(features: Sequence[FeatureDef], row: Any) -> str:
+    """One batch row as a string: the features' encoded values in order, joined by U+001E."""
+    return ROW_SEPARATOR_TEXT.join(encode_value(f, row[f.name]) or "" for f in features)
+
+
+def _checked(feature: FeatureDef, text: str) -> str:
+    if ROW_SEPARATOR_TEXT in text or SEQUENCE_SEPARATOR in text:
+        raise ValueError(f"{feature.name}: values may not contain U+001E or U+001F")
+    return text
+
+
+def encode_sequence(feature: FeatureDef, values: Sequence[Any]) -> str:
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{feature.name}: expected a sequence of ids, got a single string {values!r:.60}")
+    items = [str(v) for v in values][: feature.cap]
+    return SEQUENCE_SEPARATOR.join(_checked(feature, item) for item in items)
+
+
+def decode_value(feature: FeatureDef, raw: bytes) -> Any:
+    """Decode what `encode_value` wrote."""
+    dtype = feature.dtype
+    if dtype is DType.INT:
+        return int(raw)
+    if dtype is DType.FLOAT:
+        return float(raw)
+    if dtype is DType.STRING:
+        return raw.decode()
+    if dtype is DType.SEQUENCE:
+        return decode_sequence(raw)
+    return np.frombuffer(base64.b64decode(raw), dtype="<f4")
+
+
+def decode_sequence(raw: bytes) -> list[str]:
+    return raw.decode().split(SEQUENCE_SEPARATOR) if raw else []

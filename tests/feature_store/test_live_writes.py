@@ -1,0 +1,138 @@
+"""Speed-layer writes and the lambda merge, against a real Redis."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+
+import pytest
+import redis
+
+from feature_store.definitions import (
+    POSITIVE, DType, Entity, FeatureDef, FeatureRegistry, Kind, Source, smoothed_ctr,
+)
+from feature_store.online_store import RedisOnlineStore
+from feature_store.redis_client import ConnectionSpec
+from feature_store.settings import FeatureStoreSettings, Settings
+from tests.feature_store.helpers import WM, event, item_row, user_row
+
+NOW = (WM + timedelta(minutes=50)).timestamp()
+CATEGORIES = {"i1": ["Drama", "War"], "i2": ["Comedy"], "i3": ["Drama"]}
+
+
+@pytest.fixture
+def store(settings: Settings, redis_client: redis.Redis) -> Iterator[RedisOnlineStore]:
+    store = RedisOnlineStore.from_settings(settings)
+    yield store
+    store.close()
+
+
+def _stream(minutes_after_wm: list[tuple[str, str, str, float]]) -> list:
+    return [event(f"e{k}", user, item, kind, minutes, 5.0 if kind == "rating" else None)
+            for k, (user, item, kind, minutes) in enumerate(minutes_after_wm)]
+
+
+EVENTS = _stream([
+    ("u1", "i1", "impression", 1), ("u1", "i1", "click", 2), ("u1", "i2", "impression", 3),
+    ("u1", "i2", "rating", 4), ("u2", "i1", "impression", 45), ("u2", "i1", "click", 46),
+    ("u1", "i3", "click", -30),  # before the watermark: the batch view already has it
+])
+
+
+def test_replaying_the_same_events_leaves_everything_unchanged(store: RedisOnlineStore) -> None:
+    writer = store.live_writer()
+    first = writer.write(EVENTS, CATEGORIES, now=NOW)
+    before = {e: store.get_features(e, ids, store.registry.names(e), now=NOW)
+              for e, ids in (("item", ["i1", "i2", "i3"]), ("user", ["u1", "u2"]), ("global", ["_"]))}
+    replay = writer.write(EVENTS + EVENTS[:3], CATEGORIES, now=NOW)
+    after = {e: store.get_features(e, ids, store.registry.names(e), now=NOW)
+             for e, ids in (("item", ["i1", "i2", "i3"]), ("user", ["u1", "u2"]), ("global", ["_"]))}
+    assert (first.applied, first.duplicates) == (7, 0)
+    assert (replay.applied, replay.duplicates) == (0, 10)
+    for entity, columns in before.items():
+        for name, column in columns.items():
+            assert after[entity][name].tolist() == column.tolist(), (entity, name)
+    assert after["item"]["clicks_1h"].tolist() == [2, 0, 0] and after["item"]["clicks_24h"].tolist() == [2, 0, 1]
+    writer.close()
+
+
+def test_count_merge_is_batch_up_to_watermark_plus_stream_after(store: RedisOnlineStore) -> None:
+    with store.publish_batch_view(Entity.ITEM, WM) as write:
+        write([item_row("i1", popularity_all=100), item_row("i3", popularity_all=5)])
+    store.live_writer().write(EVENTS, CATEGORIES, now=NOW)
+    got = store.get_features("item", ["i1", "i2", "i3", "i4"], ["popularity_all"], now=NOW)["popularity_all"]
+    # i1: 2 clicks after wm; i2: a 5-star rating; i3's click is before the watermark, counted by batch only
+    assert list(got) == [102, 1, 5, 0]
+
+
+def test_sequence_merge_puts_stream_after_watermark_first_deduped_and_capped(store: RedisOnlineStore) -> None:
+    history = [f"h{k}" for k in range(60)]
+    with store.publish_batch_view(Entity.USER, WM) as write:
+        write([user_row("u1", recent_items=["i2", *history])])
+    store.live_writer().write(EVENTS, CATEGORIES, now=NOW)
+    merged = store.get_features("user", ["u1", "u2", "u9"], ["recent_items"], now=NOW)["recent_items"]
+    assert merged[0][:3] == ["i2", "i1", "h0"]  # newest stream first; i2 deduped; i3 (< wm) not from stream
+    assert len(merged[0]) == 50 and "i3" not in merged[0]
+    assert merged[1] == ["i1"] and merged[2] == []
+
+
+def test_latest_value_prefers_the_fresher_source(store: RedisOnlineStore) -> None:
+    with store.publish_batch_view(Entity.USER, WM) as write:
+        write([user_row("u1", last_category="Horror"), user_row("u3", last_category="Western")])
+    store.live_writer().write(_stream([("u1", "i2", "click", 5), ("u3", "i1", "click", -10)]), CATEGORIES, now=NOW)
+    got = store.get_features("user", ["u1", "u3", "u9"], ["last_category"], now=NOW)["last_category"]
+    assert list(got) == ["Comedy", "Western", ""]  # u3's live value predates the watermark
+
+
+def test_windowed_counts_ratio_and_trending(store: RedisOnlineStore) -> None:
+    store.live_writer().write(EVENTS, CATEGORIES, now=NOW)
+    later = NOW + 40 * 60  # 90 min after wm: the first events left the 1h window, not the 24h one
+    got = store.get_features("item", ["i1"], ["clicks_1h", "clicks_24h", "impressions_24h", "ctr_24h"], now=later)
+    assert (got["clicks_1h"][0], got["clicks_24h"][0], got["impressions_24h"][0]) == (1, 2, 2)
+    assert got["ctr_24h"][0] == pytest.approx(smoothed_ctr(2, 2))
+    trending = store.get_features("global", ["_"], ["trending"], now=NOW)["trending"][0]
+    assert trending[0] == "i1" and sorted(trending) == ["i1", "i2", "i3"]  # i1: 2 positives, the others 1
+    assert store.get_features("global", ["_"], ["trending"], now=NOW + 8 * 3600)["trending"][0] == []
+
+
+def test_category_features_look_categories_up_in_the_item_batch_view(store: RedisOnlineStore) -> None:
+    with store.publish_batch_view(Entity.ITEM, WM) as write:
+        write([item_row("i1", categories=["Drama", "War"]), item_row("i2", categories=["Comedy"])])
+    store.live_writer().write(EVENTS, now=NOW)  # no categories given: looked up
+    got = store.get_features("user", ["u1"], ["recent_categories", "last_category"], now=NOW)
+    assert got["recent_categories"][0][0] in ("Drama", "War", "Comedy")
+    assert set(got["recent_categories"][0]) == {"Drama", "War", "Comedy"}
+    assert got["last_category"][0] == "Comedy"
+
+
+def test_live_values_expire_and_too_old_events_are_dropped(settings: Settings, redis_client: redis.Redis) -> None:
+    short = FeatureRegistry((
+        FeatureDef(Entity.USER, "recent", DType.SEQUENCE, Source.STREAM, Kind.SEQUENCE, events=POSITIVE,
+                   cap=3, ttl=timedelta(milliseconds=300)),
+    ))
+    store = RedisOnlineStore(ConnectionSpec.from_settings(settings), FeatureStoreSettings(dedup_ttl_s=0.3), short)
+    writer = store.live_writer()
+    now = datetime.now(timezone.utc)
+    events = [event(f"x{k}", "u1", f"i{k}", "click", 0).model_copy(update={"ts": now}) for k in range(5)]
+    assert writer.write(events).applied == 5
+    assert store.get_features("user", ["u1"], ["recent"])["recent"][0] != []
+    assert len(store.get_features("user", ["u1"], ["recent"])["recent"][0]) == 3  # capped
+    time.sleep(0.6)  # let the TTLs run out
+    assert store.get_features("user", ["u1"], ["recent"])["recent"][0] == []
+    assert redis_client.keys("*") == []  # markers expired too: nothing left behind
+    assert writer.write(events).too_late == 5  # older than the replay window: left to the batch layer
+    writer.close()
+    store.close()
+
+
+def test_old_count_buckets_are_trimmed(store: RedisOnlineStore, redis_client: redis.Redis) -> None:
+    writer = store.live_writer()
+    for day in range(10):  # 10 days of clicks, written as they happen
+        moment = WM + timedelta(days=day)
+        clicks = [event(f"d{day}-{k}", "u1", "i1", "click", day * 1440 + k) for k in range(3)]
+        writer.write(clicks, CATEGORIES, now=moment.timestamp() + 600)
+    fields = [f.decode() for f in redis_client.hkeys(store.layout.live_hash(Entity.ITEM, "i1"))]
+    assert sorted({f.split(":")[0] for f in fields}) == ["clicks_1h", "clicks_24h", "popularity_all"]
+    assert len([f for f in fields if f.startswith("popularity_all:")]) <= 8  # 7-day retention, hourly
+    assert len([f for f in fields if f.startswith("clicks_24h:")]) <= 2
