@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, run
+from services.cli import data, run, train
 
 app = typer.Typer(
     name="recsys",
@@ -19,3 +19,4 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("run")(run.run)
+app.add_typer(train.app, name="train")

@@ -1,0 +1,152 @@
+"""Embedding and recall benchmarks, each against its peer in the same run.
+
+1. Item2vec (our TensorFlow SGNS trainer) vs gensim Word2Vec(sg=1) on the ml-100k training
+   sequences (leave-last-one-out), same dim/window/negatives/epochs/subsampling: training pairs/s
+   and HR@10 / HR@50 of item-neighbour recall.
+2. Random-walk generation: vectorized DeepWalk/Node2vec walker vs a plain-Python walker.
+3. faiss HNSW / IVF-Flat and our LSH vs exact search: recall@100 and queries/s.
+
+Run: .venv/bin/python benchmarks/embeddings.py [--ml100k PATH] [--epochs 5] [--dim 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from models.embeddings.inputs import transition_graph  # noqa: E402
+from models.embeddings.item_embeddings import ItemEmbeddings  # noqa: E402
+from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer  # noqa: E402
+from models.embeddings.walks import ItemGraph, RandomWalker  # noqa: E402
+from models.evaluation import evaluate, leave_last_one_out  # noqa: E402
+from models.retrieval import FaissIndex, LshIndex  # noqa: E402
+from models.retrieval.multichannel import ChannelRecommender, EmbeddingNeighbourChannel  # noqa: E402
+
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+
+
+def ml100k_split(path: Path, min_rating: float = 3.5):  # type: ignore[no-untyped-def]
+    rows = []
+    with (path / "u.data").open() as handle:
+        for line in handle:
+            user, item, rating, ts = line.split("\t")
+            if float(rating) >= min_rating:
+                rows.append((user, item, int(ts)))
+    return leave_last_one_out(rows)
+
+
+def neighbour_metrics(embeddings: ItemEmbeddings, split) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    index = FaissIndex(embeddings.dim, "exact")
+    index.add(embeddings.ids.tolist(), embeddings.vectors)
+    channel = EmbeddingNeighbourChannel("emb", embeddings, index)
+    return evaluate(ChannelRecommender(channel), split, ["HR@10", "NDCG@10", "HR@50"])
+
+
+def bench_item2vec(split, dim: int, epochs: int) -> None:  # type: ignore[no-untyped-def]
+    from gensim.models import Word2Vec
+
+    sequences = split.train_sequences()
+    config = SkipGramConfig(dim=dim, window=5, negatives=5, epochs=epochs, subsample=1e-3, batch_size=1024)
+    SkipGramTrainer(SkipGramConfig(dim=dim, epochs=1, batch_size=1024)).fit(sequences[:50])  # warm-up: XLA compile
+    ours = SkipGramTrainer(config)
+    ours_embeddings = ours.fit(sequences)
+    started = time.perf_counter()
+    gensim_model = Word2Vec(sequences, vector_size=dim, window=5, negative=5, sg=1, min_count=1, epochs=epochs,
+                            sample=1e-3, workers=os.cpu_count() or 1, seed=1)  # fmt: skip
+    gensim_seconds = time.perf_counter() - started
+    gensim_embeddings = ItemEmbeddings(np.array(gensim_model.wv.index_to_key), gensim_model.wv.vectors)
+    gensim_pairs_per_s = ours.stats.pairs / gensim_seconds  # same sequences, window rule and subsampling
+    ours_metrics, gensim_metrics = neighbour_metrics(ours_embeddings, split), neighbour_metrics(gensim_embeddings, split)
+    print(f"\n## Item2vec vs gensim Word2Vec(sg=1): dim={dim} window=5 negatives=5 epochs={epochs} sample=1e-3")
+    print(f"training pairs: {ours.stats.pairs:,} ({ours.stats.device})")
+    print("| trainer | seconds | pairs/s | HR@10 | NDCG@10 | HR@50 |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| ours (TF) | {ours.stats.seconds:.2f} | {ours.stats.pairs_per_second:,.0f} | "
+          f"{ours_metrics['HR@10']:.4f} | {ours_metrics['NDCG@10']:.4f} | {ours_metrics['HR@50']:.4f} |")  # fmt: skip
+    print(f"| gensim | {gensim_seconds:.2f} | {gensim_pairs_per_s:,.0f} | "
+          f"{gensim_metrics['HR@10']:.4f} | {gensim_metrics['NDCG@10']:.4f} | {gensim_metrics['HR@50']:.4f} |")  # fmt: skip
+    print(f"throughput ratio ours/gensim: {ours.stats.pairs_per_second / gensim_pairs_per_s:.2f}")
+
+
+def python_walks(graph: ItemGraph, walks_per_node: int, length: int, seed: int = 0) -> list[list[int]]:
+    """Reference: one walker at a time, random.choices by weight at every step."""
+    rng = random.Random(seed)
+    neighbours = [(graph.targets[graph.indptr[n] : graph.indptr[n + 1]].tolist(),
+                   graph.weights[graph.indptr[n] : graph.indptr[n + 1]].tolist()) for n in range(len(graph.ids))]  # fmt: skip
+    walks = []
+    for _ in range(walks_per_node):
+        for start in range(len(graph.ids)):
+            walk = [start]
+            while len(walk) < length and neighbours[walk[-1]][0]:
+                targets, weights = neighbours[walk[-1]]
+                walk.append(rng.choices(targets, weights)[0])
+            walks.append(walk)
+    return walks
+
+
+def bench_walks(split) -> None:  # type: ignore[no-untyped-def]
+    graph = ItemGraph.from_edges(*transition_graph(split.train_sequences()))
+    walks_per_node, length = 10, 40
+    rows = []
+    for name, p, q in (("DeepWalk", 1.0, 1.0), ("Node2vec p=0.5 q=2", 0.5, 2.0)):
+        started = time.perf_counter()
+        walks = RandomWalker(graph, p=p, q=q).walks(walks_per_node, length)
+        rows.append((name, len(walks) / (time.perf_counter() - started)))
+    started = time.perf_counter()
+    reference = python_walks(graph, walks_per_node, length)
+    python_rate = len(reference) / (time.perf_counter() - started)
+    print(f"\n## Walk generation: ml-100k transition graph, {len(graph.ids):,} nodes, {len(graph.targets):,} edges, "
+          f"{walks_per_node} walks/node, length {length}")  # fmt: skip
+    print("| walker | walks/s | vs plain-Python DeepWalk |\n| --- | ---: | ---: |")
+    for name, rate in rows:
+        print(f"| vectorized {name} | {rate:,.0f} | {rate / python_rate:.1f}× |")
+    print(f"| plain-Python DeepWalk | {python_rate:,.0f} | 1.0× |")
+
+
+def bench_indexes(items: int, dim: int, queries: int, k: int = 100) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((items // 20, dim))
+    vectors = centres[rng.integers(0, len(centres), items)] + 0.35 * rng.standard_normal((items, dim))
+    query = centres[rng.integers(0, len(centres), queries)] + 0.35 * rng.standard_normal((queries, dim))
+    ids = [str(i) for i in range(items)]
+    contenders = {"exact": FaissIndex(dim, "exact"), "HNSW": FaissIndex(dim, "hnsw"),
+                  "IVF-Flat": FaissIndex(dim, "ivf"), "LSH": LshIndex(dim)}  # fmt: skip
+    results = {}
+    for name, index in contenders.items():
+        started = time.perf_counter()
+        index.add(ids, vectors)
+        build = time.perf_counter() - started
+        started = time.perf_counter()
+        found = index.search(query, k).ids
+        results[name] = (build, queries / (time.perf_counter() - started), found)
+    truth = results["exact"][2]
+    print(f"\n## Recall indexes: {items:,} clustered vectors, dim {dim}, {queries} queries, k={k}")
+    print("| index | build s | queries/s | vs exact q/s | recall@100 |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, (build, qps, found) in results.items():
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)])
+        print(f"| {name} | {build:.2f} | {qps:,.0f} | {qps / results['exact'][1]:.2f} | {recall:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ml100k", type=Path, default=ML100K)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--index-items", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=1_000)
+    args = parser.parse_args()
+    split = ml100k_split(args.ml100k)
+    print(f"ml-100k positives (rating >= 3.5): {sum(map(len, split.train.values())):,} train, {len(split.test)} held out")
+    bench_item2vec(split, args.dim, args.epochs)
+    bench_walks(split)
+    bench_indexes(args.index_items, 64, args.queries)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Training inputs: positives from the event log, or the batch layer's Parquet outputs.
+
+Until the Spark outputs are wired in, `recsys train embeddings` builds user sequences and the
+item transition graph here, in Python, from `LocalEventLog.read()` (streamed, time-ordered).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from feature_store.schemas import Event, EventType
+
+POSITIVE_TYPES = frozenset({EventType.CLICK, EventType.LIKE, EventType.PURCHASE, EventType.ADD_TO_CART, EventType.SHARE})
+
+
+def positive_interactions(events: Iterable[Event], min_rating: float = 3.5) -> Iterator[tuple[str, str, datetime]]:
+    """(user, item, ts) for positive events: ratings >= `min_rating` and clicks, likes,
+    purchases, add-to-carts and shares; impressions and skips are not positives."""
+    for event in events:
+        if event.type == EventType.RATING:
+            if event.value is not None and event.value >= min_rating:
+                yield event.user_id, event.item_id, event.ts
+        elif event.type in POSITIVE_TYPES:
+            yield event.user_id, event.item_id, event.ts
+
+
+def transition_graph(sequences: Iterable[Sequence[str]]) -> tuple[list[str], list[str], list[float]]:
+    """The weighted directed item graph: weight(a -> b) = times b directly followed a."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for sequence in sequences:
+        counts.update((a, b) for a, b in zip(sequence, sequence[1:]) if a != b)
+    if not counts:
+        return [], [], []
+    (src, dst), weight = zip(*counts.keys()), list(map(float, counts.values()))
+    return list(src), list(dst), weight
+
+
+def read_sequences_parquet(path: Path, batch_rows: int = 65_536) -> list[list[str]]:
+    """Sequences from the batch layer's Parquet (user_id, session_id, item_ids list<string>)."""
+    import pyarrow.parquet as pq
+
+    sequences: list[list[str]] = []
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["item_ids"]):
+            sequences.extend(items for items in batch.column("item_ids").to_pylist() if items and len(items) >= 2)
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not a sequences Parquet file with an item_ids column ({exc})") from None
+    return sequences
+
+
+def read_graph_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edge arrays from the batch layer's item-graph Parquet (src, dst, weight)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["src", "dst", "weight"])
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not an item-graph Parquet file with src, dst, weight ({exc})") from None
+    return (np.asarray(table["src"].to_pylist(), str), np.asarray(table["dst"].to_pylist(), str),
+            table["weight"].to_numpy().astype(np.float64))  # fmt: skip

@@ -1,0 +1,76 @@
+"""Baselines every model is compared with: most-popular and item-based kNN (cosine)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+
+
+class PopularityRecommender:
+    """Items by number of training interactions, the user's history excluded."""
+
+    def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
+        counts = Counter(item for sequence in sequences for item in sequence)
+        self.ranking = [item for item, _ in counts.most_common()]
+        self.counts = counts
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return [(item, float(self.counts[item])) for item in self.ranking[:k]]
+
+    def recommend(self, history: Sequence[str], k: int) -> list[str]:
+        seen = set(history)
+        return [item for item in self.ranking[: k + len(seen)] if item not in seen][:k]
+
+
+class ItemKNNRecommender:
+    """Item-based collaborative filtering (Sarwar et al. 2001): cosine similarity between item
+    columns of the binary user-item matrix, each item keeping its `neighbours` most similar;
+    a user's score for item j is Σ_{i ∈ history} sim(i, j)."""
+
+    def __init__(self, sequences: Sequence[Sequence[str]], neighbours: int = 100) -> None:
+        items = sorted({item for sequence in sequences for item in sequence})
+        self.ids = np.array(items, dtype=str)
+        self.position = {item: i for i, item in enumerate(items)}
+        rows = np.concatenate([np.full(len(set(s)), u) for u, s in enumerate(sequences)]) if sequences else []
+        cols = [self.position[item] for sequence in sequences for item in dict.fromkeys(sequence)]
+        matrix = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(sequences), len(items)))
+        norms = np.sqrt(np.asarray(matrix.sum(axis=0)).ravel())
+        normalized = matrix @ sparse.diags(1.0 / np.maximum(norms, 1e-12))
+        self.similarity = self._keep_top((normalized.T @ normalized).tocsr(), neighbours)
+
+    @staticmethod
+    def _keep_top(similarity: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
+        similarity.setdiag(0.0)
+        similarity.eliminate_zeros()
+        rows, cols, values = [], [], []
+        for row in range(similarity.shape[0]):
+            start, end = similarity.indptr[row], similarity.indptr[row + 1]
+            top = np.argsort(-similarity.data[start:end])[:neighbours]
+            rows.append(np.full(len(top), row))
+            cols.append(similarity.indices[start:end][top])
+            values.append(similarity.data[start:end][top])
+        return sparse.csr_matrix(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=similarity.shape
+        )
+
+    def neighbours(self, item: str, k: int) -> list[tuple[str, float]]:
+        """The `k` most similar items to `item` ([] when unknown)."""
+        row = self.position.get(item)
+        if row is None:
+            return []
+        start, end = self.similarity.indptr[row], self.similarity.indptr[row + 1]
+        top = np.argsort(-self.similarity.data[start:end])[:k]
+        return [(self.ids[self.similarity.indices[start + i]], float(self.similarity.data[start + i])) for i in top]
+
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        rows = [self.position[item] for item in history if item in self.position]
+        return np.asarray(self.similarity[rows].sum(axis=0)).ravel() if rows else np.zeros(len(self.ids))
+
+    def recommend(self, history: Sequence[str], k: int) -> list[str]:
+        scores = self.scores(history)
+        scores[[self.position[item] for item in history if item in self.position]] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [str(self.ids[i]) for i in top if np.isfinite(scores[i])]

@@ -1,0 +1,227 @@
+"""The model registry: versioned artifact folders with manifests and a current pointer per role.
+
+Layout, under the registry root::
+
+    <role>/<version>/...              the artifact files, exactly as the trainer wrote them
+    <role>/<version>/manifest.json    params, data window, metrics, created_at, sha256 of each file
+    <role>/CURRENT                    one line: the version being served
+    <role>/.tmp-*                     publications in progress (ignored by readers)
+
+Both writes are atomic: `publish` fills a hidden temp folder and renames it into place, and
+`set_current` writes a temp file and renames it over `CURRENT`, so a reader (the API polling for a
+new version) sees either the old state or the new one, never a half-written folder or pointer.
+
+Usage::
+
+    registry = ModelRegistry(settings.model_registry_dir)
+    version = registry.publish("recall", out_dir, {"params": {...}, "data_window": {...},
+                                                    "metrics": {...}})
+    registry.set_current("recall", version)
+    current = registry.current("recall")        # ModelVersion | None
+    registry.verify(current)                     # raises CorruptArtifactError on a bad checksum
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+REQUIRED_MANIFEST_KEYS = ("params", "data_window", "metrics")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HASH_CHUNK = 1 << 20
+
+
+class RegistryError(RuntimeError):
+    """A registry operation was asked for something that does not exist or is malformed."""
+
+
+class CorruptArtifactError(RegistryError):
+    """An artifact's files do not match the checksums in its manifest."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version of a role: where it lives and what its manifest says."""
+
+    role: str
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+    def file(self, name: str) -> Path:
+        """Path of one artifact file, refusing names the manifest does not list."""
+        if name not in self.manifest.get("files", {}):
+            raise RegistryError(f"{self.role}/{self.version} has no artifact file {name!r}")
+        return self.path / name
+
+
+class ModelRegistry:
+    """Versions and current pointers for model roles ("recall", "ranker") under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def publish(
+        self, role: str, source_dir: Path, manifest: dict[str, Any], *, move: bool = False
+    ) -> str:
+        """Publish the finished artifact folder `source_dir` as a new version of `role`.
+
+        `manifest` must hold `params`, `data_window` and `metrics` (dicts); the registry adds
+        `role`, `version`, `created_at` and `files` (sha256 of every file). The folder is copied
+        (or moved when `move=True`) into a temp dir and renamed into place. Returns the version.
+        """
+        _check_name(role, "role")
+        source_dir = Path(source_dir)
+        if not source_dir.is_dir():
+            raise RegistryError(f"artifact folder {source_dir} does not exist")
+        _check_manifest(manifest)
+        if (source_dir / MANIFEST).exists():
+            raise RegistryError(f"{source_dir} already contains a {MANIFEST}; it is written by the registry")
+        role_dir = self.root / role
+        role_dir.mkdir(parents=True, exist_ok=True)
+        version = _new_version()
+        staging = role_dir / f".tmp-{version}"
+        try:
+            if move:
+                shutil.move(str(source_dir), staging)
+            else:
+                shutil.copytree(source_dir, staging)
+            full = {
+                **manifest,
+                "role": role,
+                "version": version,
+                "created_at": datetime.now(timezone.utc).isoformat(),
+                "files": _checksums(staging),
+            }
+            _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str))
+            os.rename(staging, role_dir / version)
+            _fsync_dir(role_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return version
+
+    def versions(self, role: str) -> list[str]:
+        """Published versions of `role`, oldest first (versions sort by creation time)."""
+        _check_name(role, "role")
+        role_dir = self.root / role
+        if not role_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in role_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
+
+    def get(self, role: str, version: str) -> ModelVersion:
+        """The published `version` of `role`; raises RegistryError when it does not exist."""
+        return ModelVersion(role, version, self._version_dir(role, version), self.load_manifest(role, version))
+
+    def load_manifest(self, role: str, version: str) -> dict[str, Any]:
+        """The manifest of one version, as published."""
+        path = self._version_dir(role, version) / MANIFEST
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RegistryError(f"{role}/{version} has no {MANIFEST} (not a published version)") from None
+        except json.JSONDecodeError as exc:
+            raise CorruptArtifactError(f"{path}: manifest is not valid JSON ({exc})") from None
+
+    def current(self, role: str) -> ModelVersion | None:
+        """The version `CURRENT` points at, or None when the role has no current version yet."""
+        _check_name(role, "role")
+        pointer = self.root / role / CURRENT
+        try:
+            version = pointer.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return self.get(role, version)
+
+    def set_current(self, role: str, version: str) -> None:
+        """Point `role` at `version` (after verifying its checksums), atomically."""
+        self.verify(self.get(role, version))
+        role_dir = self.root / role
+        _write_durably(role_dir / f".{CURRENT}.{uuid.uuid4().hex}", version + "\n", replace=role_dir / CURRENT)
+
+    def verify(self, version: ModelVersion) -> None:
+        """Check every file against the manifest's sha256; raise CorruptArtifactError naming
+        the first missing, extra or altered file."""
+        expected: dict[str, str] = version.manifest.get("files", {})
+        actual_names = {name for name in _relative_files(version.path) if name != MANIFEST}
+        for name in sorted(set(expected) - actual_names):
+            raise CorruptArtifactError(f"{version.role}/{version.version}: file {name} is missing")
+        for name in sorted(actual_names - set(expected)):
+            raise CorruptArtifactError(f"{version.role}/{version.version}: unexpected file {name}")
+        for name, digest in sorted(expected.items()):
+            if _sha256(version.path / name) != digest:
+                raise CorruptArtifactError(
+                    f"{version.role}/{version.version}: checksum mismatch for {name} "
+                    "(the file was altered or truncated after publication)"
+                )
+
+    def _version_dir(self, role: str, version: str) -> Path:
+        _check_name(role, "role")
+        _check_name(version, "version")
+        path = self.root / role / version
+        if not path.is_dir():
+            raise RegistryError(f"no version {version!r} of role {role!r} under {self.root}")
+        return path
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name or ""):
+        raise RegistryError(f"invalid {what} name {name!r}: use letters, digits, '_', '.', '-'")
+
+
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    for key in REQUIRED_MANIFEST_KEYS:
+        if not isinstance(manifest.get(key), dict):
+            raise RegistryError(f"manifest needs a {key!r} dict (got {type(manifest.get(key)).__name__})")
+
+
+def _new_version() -> str:
+    # Sorts by creation time; the random suffix keeps two publications in one microsecond apart.
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def _relative_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {name: _sha256(root / name) for name in _relative_files(root)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_durably(path: Path, text: str, replace: Path | None = None) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if replace is not None:
+        os.replace(path, replace)
+        _fsync_dir(replace.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,64 @@
+"""The recall artifact: per embedding model its vectors and index, plus the item-CF
+neighbours and the popularity list, in one folder that the registry publishes.
+
+    <folder>/<model>/vectors.npy, ids.json      item embeddings
+    <folder>/<model>/index/index.json, ...      its recall index
+    <folder>/popular.json                      [[item, count], ...] from training
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.embeddings.item_embeddings import ItemEmbeddings
+from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommender
+from models.retrieval import RecallIndex, build_index, load_index
+from models.retrieval.multichannel import (
+    EmbeddingNeighbourChannel, ItemCFChannel, MultiChannelRecall, PopularChannel, RecallChannel,
+)  # fmt: skip
+
+POPULAR_FILE = "popular.json"
+
+
+@dataclass
+class RecallArtifact:
+    embeddings: dict[str, ItemEmbeddings]
+    indexes: dict[str, RecallIndex]
+    popular: list[tuple[str, float]]
+
+    @classmethod
+    def build(cls, embeddings: dict[str, ItemEmbeddings], popular: PopularityRecommender, index_kind: str = "auto") -> "RecallArtifact":
+        indexes: dict[str, RecallIndex] = {}
+        for name, model in embeddings.items():
+            index = build_index(model.dim, len(model.ids), index_kind)
+            index.add(model.ids.tolist(), model.vectors)
+            indexes[name] = index
+        return cls(embeddings, indexes, popular.top(1000))
+
+    def save(self, folder: Path) -> None:
+        for name, model in self.embeddings.items():
+            model.save(folder / name)
+            self.indexes[name].save(folder / name / "index")
+        (folder / POPULAR_FILE).write_text(json.dumps(self.popular), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, models: list[str]) -> "RecallArtifact":
+        embeddings = {name: ItemEmbeddings.load(folder / name) for name in models}
+        indexes = {name: load_index(folder / name / "index") for name in models}
+        popular = [(item, float(score)) for item, score in json.loads((folder / POPULAR_FILE).read_text("utf-8"))]
+        return cls(embeddings, indexes, popular)
+
+    def channels(self, item_cf: ItemKNNRecommender | None = None, recent: int = 5) -> list[RecallChannel]:
+        """One neighbour channel per embedding model, item-CF when given, and popular."""
+        found: list[RecallChannel] = [
+            EmbeddingNeighbourChannel(name, self.embeddings[name], self.indexes[name], recent) for name in self.embeddings
+        ]
+        if item_cf is not None:
+            found.append(ItemCFChannel(item_cf, recent))
+        found.append(PopularChannel(lambda n: self.popular[:n]))
+        return found
+
+    def multichannel(self, item_cf: ItemKNNRecommender | None = None, quotas: dict[str, int] | None = None) -> MultiChannelRecall:
+        return MultiChannelRecall(self.channels(item_cf), quotas)

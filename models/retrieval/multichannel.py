@@ -1,0 +1,140 @@
+"""Multi-channel recall: several small channels behind one interface, merged with
+de-duplication, per-channel quotas and channel tags on every candidate.
+
+Channels here: neighbours of the user's recent items in an embedding index (Item2vec, DeepWalk,
+Node2vec), co-occurrence (item-CF) neighbours, and a popular/trending list read from any source
+callable (the feature store's list in production, training counts offline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from models.embeddings.item_embeddings import ItemEmbeddings
+from models.evaluation.baselines import ItemKNNRecommender
+from models.retrieval.base import RecallIndex
+
+
+@dataclass
+class RecallCandidate:
+    item_id: str
+    score: float
+    channels: set[str] = field(default_factory=set)
+
+
+class RecallChannel(Protocol):
+    name: str
+
+    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        """Up to `k` (item, score) pairs, best first, for a user whose history is oldest first."""
+        ...
+
+
+def _merge_neighbours(lists: list[list[tuple[str, float]]], exclude: set[str], k: int) -> list[tuple[str, float]]:
+    best: dict[str, float] = {}
+    for neighbours in lists:
+        for item, score in neighbours:
+            if item not in exclude and score > best.get(item, -np.inf):
+                best[item] = score
+    return sorted(best.items(), key=lambda pair: -pair[1])[:k]
+
+
+class EmbeddingNeighbourChannel:
+    """Nearest neighbours, in one embedding index, of each of the user's `recent` last items;
+    an item reached from several seeds keeps its best similarity."""
+
+    def __init__(self, name: str, embeddings: ItemEmbeddings, index: RecallIndex, recent: int = 5) -> None:
+        self.name, self.embeddings, self.index, self.recent = name, embeddings, index, recent
+        self._position = embeddings.position()
+        self._unit = embeddings.normalized()
+
+    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        seeds = [self._position[item] for item in list(history)[-self.recent :] if item in self._position]
+        if not seeds:
+            return []
+        result = self.index.search(self._unit[seeds], min(k + len(history), len(self.index)))
+        lists = [list(zip(ids.tolist(), scores.tolist())) for ids, scores in zip(result.ids, result.scores)]
+        return _merge_neighbours(lists, set(history) | {""}, k)
+
+
+class ItemCFChannel:
+    """Co-occurrence (item-CF) neighbours of the user's recent items."""
+
+    name = "itemcf"
+
+    def __init__(self, model: ItemKNNRecommender, recent: int = 5) -> None:
+        self.model, self.recent = model, recent
+
+    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        lists = [self.model.neighbours(item, k + len(history)) for item in list(history)[-self.recent :]]
+        return _merge_neighbours(lists, set(history), k)
+
+
+class PopularChannel:
+    """Popular or trending items from `source(n) -> [(item, score)]`, history excluded."""
+
+    def __init__(self, source: Callable[[int], list[tuple[str, float]]], name: str = "popular") -> None:
+        self.source, self.name = source, name
+
+    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        seen = set(history)
+        return [(item, score) for item, score in self.source(k + len(seen)) if item not in seen][:k]
+
+
+class MultiChannelRecall:
+    """Runs every channel and merges: channel c fills up to `quotas[c]` new items (in channel
+    order), then the remaining slots go round-robin to leftovers; an item found by several
+    channels appears once, tagged with all of them."""
+
+    def __init__(self, channels: Sequence[RecallChannel], quotas: dict[str, int] | None = None) -> None:
+        if not channels:
+            raise ValueError("multi-channel recall needs at least one channel")
+        self.channels = list(channels)
+        self.quotas = quotas or {}
+
+    def recall(self, history: Sequence[str], k: int) -> list[RecallCandidate]:
+        default_quota = -(-k // len(self.channels))
+        results = {c.name: c.recall(history, max(self.quotas.get(c.name, default_quota), k)) for c in self.channels}
+        merged: dict[str, RecallCandidate] = {}
+        for name, found in results.items():
+            taken = 0
+            for item, score in found:
+                if taken >= self.quotas.get(name, default_quota) or len(merged) >= k:
+                    break
+                if item not in merged:
+                    merged[item] = RecallCandidate(item, score, {name})
+                    taken += 1
+        self._fill(results, merged, k)
+        for name, found in results.items():  # tag items a later channel also found
+            for item, _ in found:
+                if item in merged:
+                    merged[item].channels.add(name)
+        return list(merged.values())[:k]
+
+    @staticmethod
+    def _fill(results: dict[str, list[tuple[str, float]]], merged: dict[str, RecallCandidate], k: int) -> None:
+        queues = [[(item, score, name) for item, score in found if item not in merged] for name, found in results.items()]
+        position = 0
+        while len(merged) < k and any(position < len(queue) for queue in queues):
+            for queue in queues:
+                if position < len(queue) and len(merged) < k and queue[position][0] not in merged:
+                    item, score, name = queue[position]
+                    merged[item] = RecallCandidate(item, score, {name})
+            position += 1
+
+    def recommend(self, history: Sequence[str], k: int) -> list[str]:
+        return [candidate.item_id for candidate in self.recall(history, k)]
+
+
+class ChannelRecommender:
+    """One channel as a `Recommender`, so each channel is evaluated on its own."""
+
+    def __init__(self, channel: RecallChannel) -> None:
+        self.channel = channel
+
+    def recommend(self, history: Sequence[str], k: int) -> list[str]:
+        return [item for item, _ in self.channel.recall(history, k)]

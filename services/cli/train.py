@@ -1,0 +1,212 @@
+"""`recsys train …`: train models and publish them through the model registry."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.cli.common import StateDirOption, console, fail, load_settings
+
+app = typer.Typer(help="Train models and publish them to the model registry.", no_args_is_help=True)
+
+
+@app.command("embeddings")
+def embeddings(
+    state_dir: StateDirOption = None,
+    sequences: Annotated[Path | None, typer.Option(help="Sequences Parquet from the batch layer (default: build from the event log).")] = None,
+    graph: Annotated[Path | None, typer.Option(help="Item-graph Parquet from the batch layer (default: transitions of the sequences).")] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated: item2vec, deepwalk, node2vec.")] = "item2vec,deepwalk,node2vec",
+    dim: Annotated[int, typer.Option(min=2)] = 64,
+    window: Annotated[int, typer.Option(min=1)] = 5,
+    negatives: Annotated[int, typer.Option(min=1)] = 5,
+    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    walks_per_node: Annotated[int, typer.Option(min=1)] = 10,
+    walk_length: Annotated[int, typer.Option(min=2)] = 40,
+    p: Annotated[float, typer.Option(help="Node2vec return parameter.")] = 0.5,
+    q: Annotated[float, typer.Option(help="Node2vec in-out parameter.")] = 2.0,
+    min_rating: Annotated[float, typer.Option(help="Ratings at or above this are positives.")] = 3.5,
+    index_kind: Annotated[str, typer.Option(help="auto, exact, hnsw, ivf or lsh.")] = "auto",
+    evaluate_models: Annotated[bool, typer.Option("--eval/--no-eval", help="Leave-last-one-out evaluation table.")] = False,
+    publish: Annotated[bool, typer.Option("--publish/--no-publish", help="Publish to the registry and make it current.")] = True,
+    seed: int = 0,
+) -> None:
+    """Train Item2vec, DeepWalk and Node2vec embeddings, build their recall indexes, and publish
+    the recall artifact. With --eval, hold out each user's last positive (the embeddings never
+    see it) and print HR@10, NDCG@10, HR@50 and Recall@50 against Pop and ItemKNN."""
+    from models.embeddings.skipgram import SkipGramConfig
+    from models.embeddings.training import EmbeddingTrainingConfig, WalkConfig
+
+    settings = load_settings(state_dir)
+    try:
+        config = EmbeddingTrainingConfig(
+            SkipGramConfig(dim=dim, window=window, negatives=negatives, epochs=epochs, batch_size=batch_size, seed=seed),
+            WalkConfig(walks_per_node, walk_length, p, q),
+            tuple(name.strip() for name in models.split(",") if name.strip()),
+        )
+        _train(settings, config, sequences, graph, min_rating, index_kind, evaluate_models, publish)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+
+
+def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: Path | None,
+           min_rating: float, index_kind: str, evaluate_models: bool, publish: bool) -> None:  # fmt: skip
+    from models.embeddings.inputs import read_graph_parquet, read_sequences_parquet, transition_graph
+    from models.embeddings.training import train_embeddings
+    from models.embeddings.walks import ItemGraph
+    from models.evaluation import ItemKNNRecommender, PopularityRecommender, evaluate
+    from models.retrieval.artifact import RecallArtifact
+
+    split = None
+    if sequences_path is not None:
+        train_sequences = read_sequences_parquet(sequences_path)
+        window = {"source": str(sequences_path)}
+    else:
+        split = _split_from_event_log(settings, min_rating)
+        train_sequences = split.train_sequences()
+        window = {"start": str(split.start), "end": str(split.end), "held_out": "last positive per user"}
+    if not train_sequences:
+        raise ValueError("no training sequences: import events first (recsys data import-movielens …)")
+    edges = read_graph_parquet(graph_path) if graph_path is not None else transition_graph(train_sequences)
+    item_graph = ItemGraph.from_edges(*edges)
+    console.print(f"{len(train_sequences):,} sequences, {sum(map(len, train_sequences)):,} items, "
+                  f"graph {len(item_graph.ids):,} nodes / {len(item_graph.targets):,} edges")  # fmt: skip
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+        tasks = {name: bar.add_task(f"train {name}", total=1.0) for name in config.models}
+        trained = train_embeddings(train_sequences, item_graph, config, lambda phase, share: bar.update(tasks[phase], completed=share))
+    popular = PopularityRecommender(train_sequences)
+    artifact = RecallArtifact.build(trained.embeddings, popular, index_kind)
+    metrics: dict[str, Any] = {
+        name: {"pairs": stats.pairs, "pairs_per_s": round(stats.pairs_per_second), "device": stats.device,
+               "loss_per_epoch": stats.loss_per_epoch}
+        for name, stats in trained.stats.items()
+    }  # fmt: skip
+    if evaluate_models and split is None:
+        console.print("[yellow]--eval needs the event-log input (it holds out each user's last positive); skipped[/]")
+    elif evaluate_models:
+        item_cf = ItemKNNRecommender(train_sequences)
+        metrics["offline"] = _evaluation_table(artifact, popular, item_cf, split, evaluate)
+    _summary(trained, artifact)
+    if publish:
+        _publish(settings, artifact, config.to_dict() | {"index_kind": index_kind, "min_rating": min_rating}, window, metrics)
+
+
+def _split_from_event_log(settings: Any, min_rating: float) -> Any:
+    from feature_store.event_log import LocalEventLog
+    from models.embeddings.inputs import positive_interactions
+    from models.evaluation import leave_last_one_out
+
+    if not settings.event_log_dir.is_dir():
+        raise ValueError(f"no event log at {settings.event_log_dir}: import events first")
+    log = LocalEventLog(settings.event_log_dir, settings.event_log)
+    try:
+        return leave_last_one_out(positive_interactions(log.read(), min_rating))
+    finally:
+        log.close()
+
+
+def _evaluation_table(artifact: Any, popular: Any, item_cf: Any, split: Any, evaluate: Any) -> dict[str, dict[str, float]]:
+    from models.retrieval.multichannel import ChannelRecommender, MultiChannelRecall
+
+    channels = artifact.channels(item_cf)
+    contenders: dict[str, Any] = {"Pop": popular, "ItemKNN": item_cf}
+    contenders |= {c.name: ChannelRecommender(c) for c in channels if c.name in artifact.embeddings}
+    contenders["multi-channel"] = MultiChannelRecall(channels)
+    results = {name: evaluate(model, split) for name, model in contenders.items()}
+    table = Table(title=f"Leave-last-one-out, full ranking, {len(split.test):,} users")
+    table.add_column("model")
+    for metric in next(iter(results.values())):
+        table.add_column(metric, justify="right")
+    for name, row in results.items():
+        table.add_row(name, *(f"{value:.4f}" for value in row.values()))
+    console.print(table)
+    return results
+
+
+def _summary(trained: Any, artifact: Any) -> None:
+    table = Table(title="Embedding training")
+    for column in ("model", "items", "pairs", "pairs/s", "device", "last loss", "index"):
+        table.add_column(column)
+    for name, stats in trained.stats.items():
+        table.add_row(name, f"{len(artifact.embeddings[name].ids):,}", f"{stats.pairs:,}", f"{stats.pairs_per_second:,.0f}",
+                      stats.device, f"{stats.loss_per_epoch[-1]:.3f}" if stats.loss_per_epoch else "-", artifact.indexes[name].kind)  # fmt: skip
+    console.print(table)
+
+
+def _publish(settings: Any, artifact: Any, params: dict[str, Any], window: dict[str, Any], metrics: dict[str, Any]) -> None:
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.model_registry_dir)
+    with tempfile.TemporaryDirectory(dir=settings.state_dir if settings.state_dir.exists() else None) as scratch:
+        folder = Path(scratch) / "recall"
+        artifact.save(folder)
+        manifest = {"params": params, "data_window": window, "metrics": metrics, "models": list(artifact.embeddings)}
+        version = registry.publish("recall", folder, manifest, move=True)
+    registry.set_current("recall", version)
+    console.print(f"published recall version [bold]{version}[/] to {settings.model_registry_dir} (current)")
+
+
+@app.command("ranker")
+def ranker(
+    samples_path: Annotated[Path, typer.Option("--samples", help="Ranking-samples Parquet file or folder (see models/ranking/samples.py).")],
+    model: Annotated[str, typer.Option("--model", help="din, wide_deep or lr.")] = "din",
+    state_dir: StateDirOption = None,
+    evaluate_models: Annotated[bool, typer.Option("--eval/--no-eval", help="Also train/fit the LR and popularity baselines and print one table.")] = False,
+    dense_features: Annotated[str | None, typer.Option(help="Comma-separated dense feature columns (default: every extra numeric column).")] = None,
+    max_seq_len: Annotated[int, typer.Option(min=1, help="Behaviour sequence cap.")] = 50,
+    embedding_dim: Annotated[int, typer.Option(min=1)] = 16,
+    learning_rate: Annotated[float | None, typer.Option(help="Adam learning rate (model default if unset).")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation AUC before stopping.")] = 2,
+    publish: Annotated[bool, typer.Option("--publish/--no-publish", help="Publish to the registry (role ranker).")] = True,
+    set_current: Annotated[bool, typer.Option("--set-current/--no-set-current", help="Make the published version current.")] = True,
+    seed: int = 0,
+) -> None:
+    """Train a DIN or Wide&Deep ranker from ranking samples with early stopping on validation AUC,
+    print AUC / GAUC / logloss (with --eval: against LR and popularity), and publish the
+    SavedModel with its manifest through the model registry."""
+    from models.ranking import MODEL_KINDS
+    from models.ranking.pipeline import train_ranker
+    from models.ranking.trainer import TrainConfig
+    from models.registry import ModelRegistry, RegistryError
+
+    if model not in MODEL_KINDS:
+        fail(f"--model must be one of {', '.join(MODEL_KINDS)}, got {model!r}")
+    settings = load_settings(state_dir)
+    params: dict[str, Any] = {} if model == "lr" else {"embedding_dim": embedding_dim}
+    if learning_rate is not None:
+        params["learning_rate"] = learning_rate
+    names = None if dense_features is None else tuple(n.strip() for n in dense_features.split(",") if n.strip())
+    try:
+        run = train_ranker(
+            samples_path, model, dense_features=names, max_seq_len=max_seq_len, model_params=params,
+            config=TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed),
+            evaluate_baselines=evaluate_models, set_current=set_current,
+            registry=ModelRegistry(settings.model_registry_dir) if publish else None,
+        )  # fmt: skip
+    except (ValueError, OSError, RegistryError) as exc:
+        fail(str(exc))
+        return
+    _ranker_table(run)
+    if run.version is not None:
+        state = "current" if set_current else "not current"
+        console.print(f"published ranker version [bold]{run.version}[/] to {settings.model_registry_dir} ({state})")
+
+
+def _ranker_table(run: Any) -> None:
+    result = run.result
+    table = Table(title=f"Ranking: {run.kind}, best epoch {result.best_epoch}/{len(result.history)}, "
+                        f"{result.samples_per_second:,.0f} samples/s on {result.device}")  # fmt: skip
+    for column in ("model", "val AUC", "val GAUC", "test AUC", "test GAUC", "test logloss", "test rows"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, splits in run.metrics.items():
+        val, test = splits.get("validation", {}), splits.get("test", {})
+        cells = [val.get("auc"), val.get("gauc"), test.get("auc"), test.get("gauc"), test.get("logloss")]
+        table.add_row(name, *(f"{v:.4f}" if v is not None else "-" for v in cells), f"{int(test.get('rows', 0)):,}")
+    console.print(table)
