@@ -51,6 +51,10 @@ class FlinkSettings(_Section):
     parallelism: int = Field(default=1, gt=0)
     checkpoint_interval_ms: int = Field(default=5_000, gt=0)
     checkpoint_dir: Path | None = Field(default=None, description="Default: <state_dir>/flink-checkpoints")
+    checkpoint_mode: str = Field(
+        default="EXACTLY_ONCE", pattern="^(AT_LEAST_ONCE|EXACTLY_ONCE)$",
+        description="AT_LEAST_ONCE also gives exact features: the live sink is idempotent.",
+    )
     monitor_interval_ms: int = Field(default=100, gt=0, description="How often the file source lists the event log.")
     bundle_time_ms: int = Field(default=20, gt=0, description="python.fn-execution.bundle.time (Flink default 1000).")
     bundle_size: int = Field(default=100, gt=0, description="python.fn-execution.bundle.size (Flink default 100000).")
@@ -71,6 +75,9 @@ class ApiSettings(_Section):
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
     event_dedup_ttl_s: int = Field(default=7 * 86400, gt=0, description="TTL of per-event_id dedup markers.")
     live_sequence_length: int = Field(default=50, gt=0)
+    item_cache_ttl_s: float = Field(default=5.0, ge=0, description="In-process catalog cache TTL (0: off).")
+    global_cache_ttl_s: float = Field(default=1.0, ge=0, description="Popular/trending/category lists memo TTL.")
+    tf_threads: int = Field(default=1, ge=0, description="TensorFlow intra/inter-op threads per worker (0: TF default).")
 
 
 class BatchSettings(_Section):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import data, run, train
+from services.cli import batch, data, run, serve, stream, train
 
 app = typer.Typer(
     name="recsys",
@@ -17,6 +17,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(batch.app, name="batch")
 app.add_typer(data.app, name="data")
+app.add_typer(stream.app, name="stream")
 app.command("run")(run.run)
+app.command("serve")(serve.serve)
 app.add_typer(train.app, name="train")

@@ -1,0 +1,319 @@
+"""Serving latency: the recommendations endpoint (DIN over ~200 candidates) vs a bare FastAPI floor.
+
+Setup, all on loopback: an embedded Redis; a small DIN trained here on planted synthetic samples
+(sequence length 50) and published to a registry; the API under uvicorn in its own process (one
+worker) with a 1,000-item catalog and 300 users with 50-item live histories posted through
+`/v1/events`. The peer, in the same run: a bare FastAPI endpoint under the same uvicorn settings
+returning a fixed JSON body of the same size as a real recommendation response (the framework floor).
+
+Load: open loop at fixed request rates, each bounded by `--seconds` and `rate × seconds` requests;
+latency is measured from each request's *scheduled* send time (no coordinated omission). Also reports
+the closed-loop service time (one request at a time) of both, then p50/p95/p99 and error rate per
+rate (a request slower than 2 s counts as an error), and per-stage server timings (features, recall, rank) from the
+responses' `timings_ms`.
+
+    .venv/bin/python benchmarks/serving.py [--rates 50 100 200 400] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
+
+console = Console()
+ITEMS, CATEGORIES, USERS, HISTORY = 1000, 20, 300, 50
+KEY = "bench-key"
+REQUEST_DEADLINE_S = 2.0  # a request slower than this counts as an error
+
+
+def category_of(item: int) -> str:
+    return f"c{item % CATEGORIES}"
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def write_samples(path: Path, rows: int, seed: int = 3) -> Path:
+    """Planted rule: a click is likely when the candidate's category is in the user's history."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.ranking import samples
+
+    rng = np.random.default_rng(seed)
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    table: dict[str, list[Any]] = {f.name: [] for f in samples.sample_schema(("item_pop_7d",))}
+    for row in range(rows):
+        interests = rng.choice(CATEGORIES, size=2, replace=False)
+        history = [int(rng.integers(ITEMS // CATEGORIES)) * CATEGORIES + int(rng.choice(interests))
+                   for _ in range(int(rng.integers(5, HISTORY + 1)))]
+        candidate = int(rng.integers(ITEMS))
+        label = int(rng.random() < (0.8 if category_of(candidate) in {category_of(i) for i in history} else 0.1))
+        fraction = row / rows
+        for name, value in (
+            (samples.USER_ID, f"u{row % 5000}"), (samples.ITEM_ID, f"i{candidate}"),
+            (samples.TS, start + timedelta(seconds=row)), (samples.LABEL, label),
+            (samples.LABEL_SOURCE, "click"),
+            (samples.SPLIT, "train" if fraction < 0.8 else "validation" if fraction < 0.9 else "test"),
+            (samples.HIST_ITEM_IDS, [f"i{i}" for i in history]),
+            (samples.HIST_CATEGORIES, [category_of(i) for i in history]),
+            (samples.ITEM_CATEGORY, category_of(candidate)), ("item_pop_7d", float(rng.normal(5, 2))),
+        ):
+            table[name].append(value)
+    pq.write_table(pa.Table.from_pydict(table, schema=samples.sample_schema(("item_pop_7d",))), path)
+    return path
+
+
+def train_and_publish(registry_root: Path, work: Path) -> str:
+    from models.ranking.dataset import build_spec
+    from models.ranking.din import DIN
+    from models.ranking.export import build_manifest, export_ranker, publish_ranker
+    from models.ranking.trainer import TrainConfig, Trainer
+    from models.registry import ModelRegistry
+
+    path = write_samples(work / "samples.parquet", rows=20_000)
+    spec = build_spec(path, ("item_pop_7d",), max_seq_len=HISTORY)
+    model = DIN(spec, embedding_dim=16, attention_units=(36,), hidden_units=(200, 80), learning_rate=5e-3)
+    config = TrainConfig(epochs=2, batch_size=256, shuffle_buffer=20_000)
+    result = Trainer(model, config, show_progress=False).fit(path)
+    artifact = export_ranker(model, work / "artifact")
+    manifest = build_manifest(model, config, result, {"validation": result.validation})
+    console.print(f"DIN trained: validation AUC {result.validation['auc']:.3f}")
+    return publish_ranker(ModelRegistry(registry_root), artifact, manifest)
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+def bare_app() -> Any:
+    """The floor: FastAPI returning a fixed JSON body (the bytes of a real recommendation response)."""
+    from fastapi import FastAPI, Response
+
+    body = Path(os.environ["BENCH_BARE_BODY"]).read_bytes()
+    app = FastAPI()
+
+    @app.get("/v1/users/{user_id}/recommendations")
+    def recommendations(user_id: str, k: int = 10) -> Response:
+        return Response(body, media_type="application/json")
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    return app
+
+
+def start_server(
+    factory: str, env: dict[str, str], app_dir: Path, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--app-dir", str(app_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+               "--workers", str(workers)]
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{factory} did not become ready")
+
+
+def seed(base: str) -> None:
+    """Catalog, crowd popularity over every item, and 50-item live histories for USERS users."""
+    now = datetime.now(timezone.utc)
+    headers = {"X-API-Key": KEY}
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
+        for item in range(ITEMS):
+            client.put(f"/v1/items/i{item}", json={"title": f"Film {item}", "categories": [category_of(item)]})
+        rng = np.random.default_rng(0)
+        events = [{"event_id": f"crowd-{n}", "user_id": f"crowd{n % 50}", "item_id": f"i{int(rng.zipf(1.3)) % ITEMS}",
+                   "type": "click", "ts": now.isoformat()} for n in range(20_000)]
+        for user in range(USERS):
+            interests = rng.choice(CATEGORIES, size=2, replace=False)
+            for n in range(HISTORY):
+                item = int(rng.integers(ITEMS // CATEGORIES)) * CATEGORIES + int(rng.choice(interests))
+                events.append({"event_id": f"h-{user}-{n}", "user_id": f"user{user}", "item_id": f"i{item}",
+                               "type": "click", "ts": (now - timedelta(seconds=HISTORY - n)).isoformat()})
+        for start in range(0, len(events), 1000):
+            response = client.post("/v1/events", json=events[start:start + 1000])
+            response.raise_for_status()
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+async def open_loop(base: str, rate: int, seconds: float) -> dict[str, Any]:
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    errors = 0
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base, timeout=REQUEST_DEADLINE_S, limits=limits) as client:
+        await client.get("/readyz")
+        started = time.perf_counter()
+
+        async def one(index: int) -> None:
+            nonlocal errors
+            scheduled = started + index / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            try:
+                response = await asyncio.wait_for(
+                    client.get(f"/v1/users/user{index % USERS}/recommendations", params={"k": 10}), REQUEST_DEADLINE_S
+                )
+                ok = response.status_code == 200
+            except (httpx.HTTPError, asyncio.TimeoutError):
+                ok, response = False, None
+            latencies.append(time.perf_counter() - scheduled)
+            if not ok:
+                errors += 1
+            elif response is not None:
+                for stage, ms in response.json().get("timings_ms", {}).items():
+                    stages.setdefault(stage, []).append(ms)
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests": total, "achieved_rps": total / elapsed, "errors": errors,
+        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)),
+        "stages": {s: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for s, v in stages.items()},
+    }
+
+
+def drain(base: str, timeout_s: float = 120.0) -> None:
+    """Wait until an overloaded server has worked off its backlog (requests the client gave up on
+    still run server-side), so it does not steal CPU from the next measurement."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=base, timeout=timeout_s) as client:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            client.get("/healthz")
+            if time.perf_counter() - started < 0.02:
+                return
+            time.sleep(0.5)
+
+
+def closed_loop(base: str, requests: int) -> dict[str, float]:
+    """One request at a time on one connection: the service time without queueing."""
+    latencies = []
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for index in range(requests):
+            started = time.perf_counter()
+            client.get(f"/v1/users/user{index % USERS}/recommendations", params={"k": 10}).raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+    return {"p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
+
+
+def candidates_per_request(base: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    requests = sum(v for k, v in values.items() if k.startswith("recsys_stage_seconds_count") and 'stage="rank"' in k)
+    return values.get("recsys_recalled_candidates_total", 0.0) / max(requests, 1.0)
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on kill
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", type=int, nargs="+", default=[50, 100, 200, 400])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the API (and of the floor)")
+    parser.add_argument("--tf-threads", type=int, default=1, help="settings.api.tf_threads")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        redis = EmbeddedRedis(work / "redis").start()
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            version = train_and_publish(work / "registry", work)
+            env = {"RECSYS_STATE_DIR": str(work / "state"), "RECSYS_REDIS__URL": redis.url,
+                   "RECSYS_REGISTRY_DIR": str(work / "registry"), "RECSYS_API__API_KEYS": json.dumps([KEY]),
+                   "RECSYS_API__RECALL_CANDIDATES": "240", "RECSYS_API__TF_THREADS": str(args.tf_threads),
+                   "TF_CPP_MIN_LOG_LEVEL": "2"}
+            api, api_base = start_server("services.api.app:create_app_from_env", env, ROOT, args.workers)
+            processes.append(api)
+            console.print(f"API up with ranker {version}; seeding …")
+            seed(api_base)
+            sample = httpx.get(f"{api_base}/v1/users/user0/recommendations", params={"k": 10})
+            assert sample.json()["model_versions"].get("ranker") == version, sample.text
+            (work / "body.json").write_bytes(sample.content)
+            bare, bare_base = start_server("serving:bare_app", {"BENCH_BARE_BODY": str(work / "body.json")},
+                                           ROOT / "benchmarks", args.workers)
+            processes.append(bare)
+            service = {name: closed_loop(base, 300) for name, base in (("api", api_base), ("bare", bare_base))}
+            console.print(f"closed loop (one request at a time, 300 requests): api p50 {service['api']['p50']:.2f} ms "
+                          f"p99 {service['api']['p99']:.2f} ms; bare p50 {service['bare']['p50']:.2f} ms "
+                          f"p99 {service['bare']['p99']:.2f} ms; api/bare p50 "
+                          f"{service['api']['p50'] / service['bare']['p50']:.1f}x")
+            results: dict[tuple[str, int], dict[str, Any]] = {}
+            for rate in args.rates:
+                for name, base in (("bare", bare_base), ("api", api_base)):
+                    asyncio.run(open_loop(base, rate, 1.0))  # warm-up
+                    drain(base)
+                    result = results[(name, rate)] = asyncio.run(open_loop(base, rate, args.seconds))
+                    drain(base)
+                    console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
+                                  f"errors {result['errors']}/{result['requests']}")
+            console.print(f"API workers {args.workers}, TensorFlow threads per worker {args.tf_threads}")
+            report(results, args.rates, candidates_per_request(api_base), len(sample.content))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
+            redis.stop()
+
+
+def report(results: dict[tuple[str, int], dict[str, Any]], rates: list[int], candidates: float, body_bytes: int) -> None:
+    table = Table(title=f"GET /v1/users/{{id}}/recommendations, DIN over {candidates:.0f} candidates "
+                        f"(seq 50), k=10, {body_bytes} B body; bare FastAPI floor, same body")
+    for column in ("rate", "api p50", "api p95", "api p99", "api err", "bare p50", "bare p99", "bare err",
+                   "p99 api/bare", "achieved rps"):
+        table.add_column(column, justify="right")
+    for rate in rates:
+        api, bare = results[("api", rate)], results[("bare", rate)]
+        table.add_row(
+            str(rate), f"{api['p50']:.1f}", f"{api['p95']:.1f}", f"{api['p99']:.1f}",
+            f"{api['errors'] / api['requests']:.2%}", f"{bare['p50']:.1f}", f"{bare['p99']:.1f}",
+            f"{bare['errors'] / bare['requests']:.2%}", f"{api['p99'] / bare['p99']:.1f}×",
+            f"{api['achieved_rps']:.0f}",
+        )
+    console.print(table)
+    stages = Table(title="server-side stage timings (ms, p50 / p99) from the responses")
+    stages.add_column("rate", justify="right")
+    names = sorted(results[("api", rates[0])]["stages"])
+    for name in names:
+        stages.add_column(name, justify="right")
+    for rate in rates:
+        row = results[("api", rate)]["stages"]
+        stages.add_row(str(rate), *(f"{row[n][0]:.2f} / {row[n][1]:.2f}" for n in names))
+    console.print(stages)
+
+
+if __name__ == "__main__":
+    main()

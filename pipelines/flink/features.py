@@ -1,0 +1,29 @@
+"""Pure helpers of the speed layer (no Flink), so they test in microseconds."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from feature_store.schemas import Event
+
+
+class BadEventLine(ValueError):
+    """A line of the event log that is not a valid event."""
+
+
+def parse_event_line(line: str) -> Event:
+    """Validate one JSON line of the event log; raise `BadEventLine` saying what is wrong."""
+    try:
+        return Event.model_validate_json(line)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
+        raise BadEventLine(f"{problems}; line: {line[:200]!r}") from exc
+
+
+def event_time_ms(event: Event) -> int:
+    return int(event.ts.timestamp() * 1000)
+
+
+def is_too_late(ts_ms: int, watermark_ms: int, allowed_lateness_ms: int) -> bool:
+    """An event is too late when it is older than the watermark minus the allowed lateness."""
+    return ts_ms < watermark_ms - allowed_lateness_ms

@@ -1,0 +1,136 @@
+"""The speed-layer job: event log (file source, continuous) -> live features in Redis.
+
+Runs in a local mini-cluster inside this process by default (`recsys stream run`, or
+`python -m pipelines.flink.job`), and unchanged on a cluster with
+`flink run -py pipelines/flink/job.py -- --state-dir /shared/recsys` (settings from `RECSYS_*`
+environment variables or `RECSYS_CONFIG`; the Redis URL must then be set).
+
+Graph::
+
+    FileSource(text lines, monitor_continuously)            only complete (visible) files
+      -> ParseEvents (flat_map)               malformed lines logged, skipped
+      -> event-time watermarks (bounded out-of-orderness)
+      -> WriteLiveFeatures                    too-late events skipped; the rest through the
+                                              feature store's idempotent LiveWriter into Redis
+
+Checkpoints (exactly-once state, retained on cancellation) go to `settings.flink_checkpoint_dir`;
+`--from-checkpoint PATH` or `--resume` (latest retained checkpoint) restores from one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from pyflink.common import Configuration, Duration, WatermarkStrategy
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+
+from feature_store.settings import FlinkSettings, Settings
+from pipelines.flink import operators as ops
+from pipelines.flink.runner import latest_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def flink_configuration(settings: Settings, restore_from: Path | None) -> Configuration:
+    """Checkpointing, Python bundle and recovery settings, the same locally and on a cluster."""
+    flink = settings.flink
+    conf = Configuration()
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.fn-execution.bundle.time", str(flink.bundle_time_ms))
+    conf.set_string("python.fn-execution.bundle.size", str(flink.bundle_size))
+    conf.set_string("execution.checkpointing.interval", f"{flink.checkpoint_interval_ms}ms")
+    conf.set_string("execution.checkpointing.mode", flink.checkpoint_mode)
+    conf.set_string("execution.checkpointing.dir", settings.flink_checkpoint_dir.resolve().as_uri())
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    conf.set_string("execution.checkpointing.num-retained", "3")
+    conf.set_string("pipeline.auto-watermark-interval", "50ms")
+    conf.set_string("parallelism.default", str(flink.parallelism))
+    if restore_from is not None:
+        conf.set_string("execution.state-recovery.path", restore_from.resolve().as_uri())
+    return conf
+
+
+def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
+    from feature_store.redis_client import ConnectionSpec
+
+    return ops.JobParams(
+        redis=ConnectionSpec.from_settings(settings, redis_url),
+        catalog_dir=str(settings.catalog_dir.resolve()),
+        dedup_ttl_s=settings.feature_store.dedup_ttl_s,
+        allowed_lateness_ms=settings.flink.allowed_lateness_ms,
+    )
+
+
+def build_job(
+    env: StreamExecutionEnvironment, events_dir: Path, params: ops.JobParams, flink: FlinkSettings
+) -> None:
+    """Wire source -> parse -> event time -> live features in Redis onto `env`."""
+    events_dir.mkdir(parents=True, exist_ok=True)
+    source = (
+        FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(events_dir.resolve()))
+        .monitor_continuously(Duration.of_millis(flink.monitor_interval_ms))
+        .build()
+    )
+    watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(flink.out_of_orderness_ms)
+    ).with_timestamp_assigner(ops.EventTime())
+    (
+        env.from_source(source, WatermarkStrategy.no_watermarks(), "event-log")
+        .flat_map(ops.ParseEvents(), ops.EVENT_TYPE_INFO).name("parse")
+        .assign_timestamps_and_watermarks(watermarks)
+        .process(ops.WriteLiveFeatures(params)).name("live-features")
+    )
+
+
+def run(settings: Settings, redis_url: str, restore_from: Path | None = None) -> None:
+    """Run the job until SIGTERM/SIGINT, then cancel it cleanly (its checkpoints are retained)."""
+    env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings, restore_from))
+    build_job(env, settings.event_log_dir, job_params(settings, redis_url), settings.flink)
+    client = env.execute_async("recsys-speed-layer")
+    log.info("speed layer running (job %s), restored from %s", client.get_job_id(), restore_from)
+    stop = _stop_flag()
+    while not stop["requested"]:
+        status = str(client.get_job_status().result())
+        if status in ("FAILED", "CANCELED", "FINISHED"):
+            raise RuntimeError(f"speed layer job ended with status {status}")
+        time.sleep(0.5)
+    log.info("stopping the speed layer")
+    client.cancel().result()
+
+
+def _stop_flag() -> dict[str, bool]:
+    flag = {"requested": False}
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        flag["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return flag
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, help="state directory (default: settings)")
+    parser.add_argument("--from-checkpoint", type=Path, help="restore from this chk-* directory")
+    parser.add_argument("--resume", action="store_true", help="restore from the latest retained checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
+    restore_from = args.from_checkpoint or (latest_checkpoint(settings.flink_checkpoint_dir) if args.resume else None)
+    from feature_store.redis_server import redis_url
+
+    with redis_url(settings) as url:
+        run(settings, url, restore_from)
+
+
+if __name__ == "__main__":
+    main()

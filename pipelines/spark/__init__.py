@@ -1,0 +1,27 @@
+"""The batch layer: PySpark jobs over the event log, run as `recsys batch <job>` or `spark-submit`.
+
+Jobs, in chain order (`recsys batch all`): compact → sequences → item_graph → batch_features →
+ranking_samples. Each is `extract → transform(df, params) → load` in `pipelines/spark/jobs/<job>.py`
+with a thin `main()` so `spark-submit pipelines/spark/jobs/<job>.py` runs it unchanged on a cluster
+(the master then comes from spark-submit; paths come from settings, `RECSYS_BATCH__*`).
+
+Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_uri` is set):
+
+- `events/`: the compacted master table, Parquet partitioned by `dt` (YYYY-MM-DD, UTC):
+  event_id, user_id, item_id, type (strings), value double, ts timestamp (UTC), request_id,
+  position long, page, experiment, arm. One row per `event_id`.
+- `rejects/`: rows of the event log that failed validation: source_file, reason, raw.
+- `sequences/`: user_id, session_id (string `<user_id>#<n>`, n from 0 in time order), item_ids
+  list<string> (positive items, time-ordered, consecutive repeats collapsed), ts list<timestamp>
+  (aligned with item_ids), start_ts, end_ts timestamp, length int. Sessions split by an inactivity
+  gap of `batch.session_gap_minutes` measured over all of the user's events.
+- `item_graph/`: src string, dst string, weight long (count of src→dst consecutive transitions in
+  sessions; no self-loops, since sequences collapse repeats).
+- `samples/`: ranking samples; schema in `pipelines/spark/jobs/ranking_samples.py`;
+  `samples/_manifest.json` records the negative sampling ratio, split boundaries and counts.
+- `features/`: the batch views (`<entity>/` Parquet) with the watermark they cover, also published
+  to the feature store.
+
+A positive interaction is an event whose type is in `batch.positive_event_types`, or a rating
+with value >= `batch.min_positive_rating`.
+"""

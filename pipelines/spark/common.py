@@ -1,0 +1,151 @@
+"""What every batch job shares: where its inputs and outputs live, the positive-interaction rule,
+readers of the master table and catalog, and the job summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from feature_store.settings import BatchSettings, Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger("pipelines.spark")
+
+UNKNOWN_CATEGORY = "unknown"
+
+
+class BatchJobError(RuntimeError):
+    """A batch job cannot run: a missing input, bad configuration. The message says which."""
+
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """Input and output locations (URIs or local paths) of the batch layer."""
+
+    root: str
+    event_log: str
+    catalog: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "BatchPaths":
+        return cls(
+            root=settings.batch_uri.rstrip("/"),
+            event_log=(settings.batch.events_uri or str(settings.event_log_dir)).rstrip("/"),
+            catalog=(settings.batch.catalog_uri or str(settings.catalog_dir)).rstrip("/"),
+        )
+
+    @property
+    def items(self) -> str:
+        return f"{self.catalog}/items.parquet"
+
+    def output(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    @property
+    def events(self) -> str:
+        return self.output("events")
+
+    @property
+    def rejects(self) -> str:
+        return self.output("rejects")
+
+    @property
+    def sequences(self) -> str:
+        return self.output("sequences")
+
+    @property
+    def item_graph(self) -> str:
+        return self.output("item_graph")
+
+    @property
+    def samples(self) -> str:
+        return self.output("samples")
+
+    @property
+    def features(self) -> str:
+        return self.output("features")
+
+
+def positive_condition(batch: BatchSettings) -> Column:
+    """True for a positive interaction: a positive event type, or a rating >= the minimum."""
+    from pyspark.sql import functions as F
+
+    typed = F.col("type").isin(list(batch.positive_event_types))
+    rated = (F.col("type") == "rating") & (F.col("value") >= F.lit(batch.min_positive_rating))
+    return typed | rated
+
+
+def read_parquet(spark: SparkSession, path: str, produced_by: str) -> DataFrame:
+    """Read a batch output, with an error that names the job to run first when it is missing."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        return spark.read.parquet(path)
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            raise BatchJobError(f"{path} does not exist: run `recsys batch {produced_by}` first") from None
+        raise
+
+
+def read_item_categories(spark: SparkSession, paths: BatchPaths) -> DataFrame:
+    """item_id → category (the item's first catalog category), from the catalog's items.parquet.
+
+    Empty when there is no catalog yet; callers treat a missing category as `UNKNOWN_CATEGORY`.
+    """
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    try:
+        items = spark.read.parquet(paths.items)
+    except AnalysisException:
+        log.warning("no item catalog at %s: every item's category is %r", paths.items, UNKNOWN_CATEGORY)
+        return spark.createDataFrame([], "item_id string, category string")
+    return items.select(
+        "item_id", F.coalesce(F.get(F.col("categories"), 0), F.lit(UNKNOWN_CATEGORY)).alias("category")
+    ).dropDuplicates(["item_id"])
+
+
+def with_category(df: DataFrame, categories: DataFrame, item_column: str = "item_id", name: str = "category") -> DataFrame:
+    """`df` plus the category of its item column (`UNKNOWN_CATEGORY` when the catalog lacks it)."""
+    from pyspark.sql import functions as F
+
+    lookup = categories.select(F.col("item_id").alias("_cat_item"), F.col("category").alias("_cat"))
+    joined = df.join(F.broadcast(lookup), F.col(item_column) == F.col("_cat_item"), "left")
+    return joined.withColumn(name, F.coalesce("_cat", F.lit(UNKNOWN_CATEGORY))).drop("_cat_item", "_cat")
+
+
+@dataclass
+class JobSummary:
+    """What one job run did: printed at its end and returned to callers."""
+
+    job: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rejects: int = 0
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job, "rows_in": self.rows_in, "rows_out": self.rows_out, "rejects": self.rejects,
+            "seconds": round(self.seconds, 3), "outputs": self.outputs, **self.details,
+        }  # fmt: skip
+
+
+class Stopwatch:
+    """Measures a job's wall time and logs its phases as progress."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.started = time.perf_counter()
+
+    def step(self, message: str, *args: object) -> None:
+        log.info("%s [%6.1fs] " + message, self.job, self.elapsed(), *args)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

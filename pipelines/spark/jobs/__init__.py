@@ -1,0 +1,1 @@
+"""One module per batch job: `extract → transform → load`, `run(spark, settings)` and a spark-submit `main`."""

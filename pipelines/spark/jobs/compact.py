@@ -1,0 +1,170 @@
+"""compact: event log (JSON lines) → the Parquet master table, partitioned by date.
+
+Reads every complete event-log file with an explicit schema in PERMISSIVE mode, so a malformed
+line becomes a reject (written to `rejects/` with its file and a reason) instead of failing the
+job or disappearing. Valid events are deduplicated by `event_id` (the copy with the earliest
+`ts`, then the first file name, wins: a deterministic choice) and written to `events/`,
+partitioned by `dt`. The job recomputes both outputs from the whole log and overwrites them, so
+re-running it on the same log gives the same table.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, NamedTuple
+
+from feature_store.schemas import EventType
+from feature_store.settings import Settings
+from pipelines.spark.common import BatchJobError, BatchPaths, JobSummary, Stopwatch
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+JOB = "compact"
+CORRUPT = "_corrupt_record"
+EVENT_FILE_GLOB = "part-*.jsonl"  # complete files only; `.part-*.inprogress` never matches
+MASTER_COLUMNS = [
+    "event_id", "user_id", "item_id", "type", "value", "ts",
+    "request_id", "position", "page", "experiment", "arm", "dt",
+]  # fmt: skip
+
+
+class CompactOutput(NamedTuple):
+    events: DataFrame
+    rejects: DataFrame
+
+
+def event_json_schema() -> StructType:
+    """The event log's JSON schema, plus the column that captures lines that do not parse."""
+    from pyspark.sql import types as T
+
+    context = T.StructType([
+        T.StructField("request_id", T.StringType()),
+        T.StructField("position", T.LongType()),
+        T.StructField("page", T.StringType()),
+        T.StructField("experiment", T.StringType()),
+        T.StructField("arm", T.StringType()),
+    ])  # fmt: skip
+    return T.StructType([
+        T.StructField("event_id", T.StringType()),
+        T.StructField("user_id", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("type", T.StringType()),
+        T.StructField("value", T.DoubleType()),
+        T.StructField("ts", T.StringType()),
+        T.StructField("context", context),
+        T.StructField(CORRUPT, T.StringType()),
+    ])  # fmt: skip
+
+
+def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
+    """Every complete event-log file, one row per line, with `source_file`."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    # One root path with a recursive lookup: the driver lists it in one pass, where a glob over
+    # thousands of hour partitions would start one listing task per partition.
+    reader = (
+        spark.read.schema(event_json_schema())
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", EVENT_FILE_GLOB)
+    )
+    try:
+        raw = reader.json(paths.event_log)
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
+            raise BatchJobError(f"no event log at {paths.event_log}") from None
+        raise
+    return raw.withColumn("source_file", F.col("_metadata.file_path"))
+
+
+def _reject_reason() -> Column:
+    from pyspark.sql import functions as F
+
+    def blank(name: str) -> Column:
+        return F.col(name).isNull() | (F.trim(F.col(name)) == "")
+
+    known_types = [t.value for t in EventType]
+    reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("malformed JSON or a field of the wrong type"))
+    for name in ("event_id", "user_id", "item_id", "type", "ts"):
+        reason = reason.when(blank(name), F.lit(f"missing {name}"))
+    return (
+        reason.when(~F.col("type").isin(known_types), F.concat(F.lit("unknown event type: "), F.col("type")))
+        .when(F.col("_ts").isNull(), F.concat(F.lit("unparsable ts: "), F.col("ts")))
+        .when(F.isnan("value") | (F.abs("value") == float("inf")), F.lit("non-finite value"))
+    )
+
+
+def transform(raw: DataFrame) -> CompactOutput:
+    """Split raw rows into valid, deduplicated master-table rows and rejects with reasons."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    classified = raw.withColumn("_ts", F.expr("try_cast(ts AS TIMESTAMP)")).withColumn("reason", _reject_reason())
+    rejects = classified.where(F.col("reason").isNotNull()).select(
+        "source_file",
+        "reason",
+        F.coalesce(F.col(CORRUPT), F.to_json(F.struct("event_id", "user_id", "item_id", "type", "value", "ts", "context"))).alias("raw"),
+    )
+    valid = classified.where(F.col("reason").isNull())
+    first_copy = Window.partitionBy("event_id").orderBy("_ts", "source_file")
+    events = (
+        valid.withColumn("_copy", F.row_number().over(first_copy))
+        .where(F.col("_copy") == 1)
+        .select(
+            F.trim("event_id").alias("event_id"), F.trim("user_id").alias("user_id"),
+            F.trim("item_id").alias("item_id"), "type", "value", F.col("_ts").alias("ts"),
+            "context.request_id", "context.position", "context.page", "context.experiment", "context.arm",
+            F.date_format("_ts", "yyyy-MM-dd").alias("dt"),
+        )  # fmt: skip
+    )
+    return CompactOutput(events=events, rejects=rejects)
+
+
+def load(output: CompactOutput, paths: BatchPaths, partitions: int) -> None:
+    """Overwrite `events/` (by `dt`, sorted by time within files) and `rejects/`."""
+    (
+        output.events.repartitionByRange(partitions, "dt", "ts", "event_id")
+        .sortWithinPartitions("dt", "ts", "event_id")
+        .write.mode("overwrite").partitionBy("dt").parquet(paths.events)
+    )
+    output.rejects.write.mode("overwrite").parquet(paths.rejects)
+
+
+def run(spark: SparkSession, settings: Settings) -> JobSummary:
+    """Compact the whole event log; returns the summary (rows in/out, rejects, duplicates)."""
+    from pyspark import StorageLevel
+
+    watch = Stopwatch(JOB)
+    paths = BatchPaths.from_settings(settings)
+    watch.step("reading event log %s", paths.event_log)
+    raw = extract(spark, paths).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rows_in = raw.count()
+        watch.step("%d lines read; validating, deduplicating, writing %s", rows_in, paths.events)
+        load(transform(raw), paths, settings.spark.shuffle_partitions)
+    finally:
+        raw.unpersist()
+    rejects = spark.read.parquet(paths.rejects)
+    reject_count = rejects.count()
+    for row in rejects.limit(5).collect():
+        watch.step("reject %s: %s: %.200s", row.source_file, row.reason, row.raw)
+    rows_out = spark.read.parquet(paths.events).count()
+    return JobSummary(
+        job=JOB, rows_in=rows_in, rows_out=rows_out, rejects=reject_count, seconds=watch.elapsed(),
+        outputs=[paths.events, paths.rejects], details={"duplicates": rows_in - reject_count - rows_out},
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """spark-submit entry point: `spark-submit pipelines/spark/jobs/compact.py`."""
+    from pipelines.spark.runner import submit_main
+
+    submit_main(JOB, argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

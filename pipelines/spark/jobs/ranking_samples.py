@@ -1,0 +1,229 @@
+"""ranking_samples: labelled training rows for the rankers (DIN, Wide&Deep), split by time.
+
+Rows:
+- positives: every positive interaction (label 1, `label_source` = its event type);
+- labelled negatives: ratings below `batch.min_positive_rating` (label_source "rating"), and for
+  users with impressions, impressions not followed by a positive on the same item within the
+  session gap (label_source "impression");
+- sampled negatives, for users without any impression: `batch.negative_sampling_ratio` items per
+  positive, drawn uniformly from the items seen in the log by a seeded hash of the positive's
+  event id (deterministic), skipping items the user ever interacted with positively; they share the
+  positive's ts (label_source "sampled").
+
+Every row carries point-in-time features computed only from events strictly before its ts (see
+`pipelines/spark/point_in_time.py`), so a sample never sees its own future.
+
+Output schema of `samples/` (the ranking trainers code against exactly this):
+    user_id string, item_id string, ts timestamp (UTC), label tinyint (int8),
+    label_source string (click/rating/purchase/impression/sampled/... event types),
+    split string (train/validation/test: by time quantiles of the positives, never random),
+    hist_item_ids array<string> (user's positive items strictly before ts, most recent LAST, at most
+    batch.max_seq_len), hist_categories array<string> (primary category of each, aligned),
+    item_category string, and float32: item_popularity (item's positives before ts), item_ctr
+    (smoothed clicks/impressions before ts, prior from feature_store.definitions), user_event_count,
+    user_positive_count (user's events / positives before ts), user_category_affinity (share of the
+    user's positives before ts in item_category).
+`samples/_manifest.json` records the sampling ratio (configured and effective), split boundaries,
+the watermark (latest event time covered) and row counts per label_source and split.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
+from feature_store.settings import BatchSettings, Settings
+from pipelines.spark.common import (
+    BatchPaths, JobSummary, Stopwatch, positive_condition, read_item_categories, read_parquet, with_category,
+)  # fmt: skip
+from pipelines.spark.hadoop_files import write_text
+from pipelines.spark.point_in_time import as_of, history_facts, running_counts
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+JOB = "ranking_samples"
+SAMPLE_KEYS = ["user_id", "item_id", "ts", "label", "label_source", "event_id"]
+DENSE_FEATURES = ["item_popularity", "item_ctr", "user_event_count", "user_positive_count", "user_category_affinity"]
+OUTPUT_COLUMNS = [
+    "user_id", "item_id", "ts", "label", "label_source", "split", "hist_item_ids", "hist_categories",
+    "item_category", *DENSE_FEATURES,
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    batch: BatchSettings
+    attribution_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "SampleParams":
+        return cls(batch=settings.batch, attribution_seconds=settings.batch.session_gap_minutes * 60)
+
+
+def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
+    """Master-table events with their item's category and an `is_positive` flag column."""
+    events = read_parquet(spark, paths.events, produced_by="compact").select(
+        "event_id", "user_id", "item_id", "type", "value", "ts"
+    )
+    return with_category(events, read_item_categories(spark, paths))
+
+
+def labelled_rows(events: DataFrame, params: SampleParams) -> DataFrame:
+    """Positives, low-rating negatives and unclicked-impression negatives (SAMPLE_KEYS columns)."""
+    from pyspark.sql import functions as F
+
+    positive = positive_condition(params.batch)
+    positives = events.where(positive).select(*_keys(F.lit(1), F.col("type")))
+    low_ratings = events.where((F.col("type") == "rating") & ~positive).select(*_keys(F.lit(0), F.lit("rating")))
+    impressions = events.where(F.col("type") == "impression").alias("i")
+    later = events.where(positive).select("user_id", "item_id", F.col("ts").alias("pos_ts")).alias("p")
+    converted = (
+        (F.col("i.user_id") == F.col("p.user_id")) & (F.col("i.item_id") == F.col("p.item_id"))
+        & (F.col("p.pos_ts") >= F.col("i.ts"))
+        & (F.col("p.pos_ts") <= F.col("i.ts") + F.expr(f"make_dt_interval(0, 0, 0, {params.attribution_seconds})"))
+    )  # fmt: skip
+    unclicked = impressions.join(later, converted, "left_anti").select(*_keys(F.lit(0), F.lit("impression")))
+    return positives.unionByName(low_ratings).unionByName(unclicked)
+
+
+def _keys(label: Any, source: Any) -> list[Any]:
+    from pyspark.sql import functions as F
+
+    return ["user_id", "item_id", "ts", label.cast("tinyint").alias("label"), source.alias("label_source"), "event_id"]
+
+
+def sampled_negatives(events: DataFrame, labelled: DataFrame, params: SampleParams) -> tuple[DataFrame, int]:
+    """`negative_sampling_ratio` uniform negatives per positive of each user without impressions,
+    and the number of such positives (the anchors the ratio applies to)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ratio = params.batch.negative_sampling_ratio
+    with_impressions = events.where(F.col("type") == "impression").select("user_id").distinct()
+    anchors = labelled.where(F.col("label") == 1).join(with_impressions, "user_id", "left_anti")
+    items = events.select("item_id").distinct()
+    items = items.withColumn("_index", F.row_number().over(Window.orderBy("item_id")) - 1)
+    n_items = items.count()
+    if ratio == 0 or n_items == 0:
+        return labelled.limit(0), 0
+    draws = anchors.select(
+        "user_id", "ts", "event_id", F.explode(F.sequence(F.lit(1), F.lit(ratio))).alias("_draw")
+    ).withColumn("_index", F.pmod(F.xxhash64(F.lit(params.batch.seed), "event_id", "_draw"), F.lit(n_items)))
+    drawn = draws.join(F.broadcast(items) if n_items <= 1_000_000 else items, "_index")
+    liked = labelled.where(F.col("label") == 1).select("user_id", "item_id").distinct()
+    negatives = drawn.join(liked, ["user_id", "item_id"], "left_anti").select(*_keys(F.lit(0), F.lit("sampled")))
+    return negatives, anchors.count()
+
+
+def with_point_in_time_features(samples: DataFrame, events: DataFrame, params: SampleParams) -> DataFrame:
+    """Join history and dense features, each computed from events strictly before the row's ts."""
+    from pyspark.sql import functions as F
+
+    positive_sql = _positive_sql(params.batch)
+    positives = events.where(F.expr(positive_sql))
+    item_facts = running_counts(events, ["item_id"], {
+        "_item_pos": positive_sql, "_item_clicks": "type = 'click'", "_item_imps": "type = 'impression'",
+    })  # fmt: skip
+    user_counts = running_counts(events, ["user_id"], {"_user_events": "true", "_user_pos": positive_sql})
+    user_facts = user_counts.join(history_facts(positives, params.batch.max_seq_len), ["user_id", "ts"], "left")
+    affinity_facts = running_counts(positives, ["user_id", "category"], {"_uc_pos": "true"})
+    joined = as_of(samples, item_facts, ["item_id"], ["_item_pos", "_item_clicks", "_item_imps"])
+    joined = as_of(joined, user_facts, ["user_id"], ["_user_events", "_user_pos", "hist_item_ids", "hist_categories"])
+    joined = as_of(joined.withColumnRenamed("item_category", "category"), affinity_facts, ["user_id", "category"], ["_uc_pos"])
+    zero = F.lit(0)
+    user_pos = F.coalesce("_user_pos", zero)
+    return joined.select(
+        *[c for c in joined.columns if not c.startswith("_") and c not in ("category", "hist_item_ids", "hist_categories")],
+        F.col("category").alias("item_category"),
+        F.coalesce("hist_item_ids", F.array().cast("array<string>")).alias("hist_item_ids"),
+        F.coalesce("hist_categories", F.array().cast("array<string>")).alias("hist_categories"),
+        F.coalesce("_item_pos", zero).cast("float").alias("item_popularity"),
+        ((F.coalesce("_item_clicks", zero) + CTR_PRIOR_ALPHA)
+         / (F.coalesce("_item_imps", zero) + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)).cast("float").alias("item_ctr"),
+        F.coalesce("_user_events", zero).cast("float").alias("user_event_count"),
+        user_pos.cast("float").alias("user_positive_count"),
+        F.when(user_pos > 0, F.coalesce("_uc_pos", zero) / user_pos).otherwise(0.0).cast("float").alias("user_category_affinity"),
+    )  # fmt: skip
+
+
+def _positive_sql(batch: BatchSettings) -> str:
+    types = ", ".join(repr(t) for t in batch.positive_event_types) or "NULL"
+    return f"(type IN ({types}) OR (type = 'rating' AND value >= {batch.min_positive_rating}))"
+
+
+def split_boundaries(samples: DataFrame, batch: BatchSettings) -> tuple[int, int]:
+    """Event-time boundaries (epoch micros) of validation and test: quantiles of the positives' ts."""
+    from pyspark.sql import functions as F
+
+    micros = samples.where(F.col("label") == 1).select(F.unix_micros("ts").cast("double").alias("t"))
+    quantiles = micros.approxQuantile("t", [1 - batch.validation_fraction - batch.test_fraction, 1 - batch.test_fraction], 1e-4)
+    if not quantiles:
+        return (0, 0)
+    return int(quantiles[0]), int(quantiles[1])
+
+
+def transform(events: DataFrame, params: SampleParams) -> tuple[DataFrame, dict[str, Any]]:
+    """All sample rows with features and split, plus what the manifest records about them."""
+    from pyspark.sql import functions as F
+
+    labelled = labelled_rows(events, params)
+    negatives, anchors = sampled_negatives(events, labelled, params)
+    categories = events.select("item_id", "category").dropDuplicates(["item_id"])
+    samples = with_category(labelled.unionByName(negatives), categories, name="item_category")
+    validation_from, test_from = split_boundaries(samples, params.batch)
+    micros = F.unix_micros("ts")
+    split = F.when(micros < validation_from, "train").when(micros < test_from, "validation").otherwise("test")
+    featured = with_point_in_time_features(samples, events, params).withColumn("split", split)
+    info = {"validation_from": _iso(validation_from), "test_from": _iso(test_from), "sampling_anchors": anchors}
+    return featured.select(*OUTPUT_COLUMNS), info
+
+
+def _iso(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).isoformat()
+
+
+def load(samples: DataFrame, paths: BatchPaths) -> None:
+    samples.sortWithinPartitions("user_id", "ts").write.mode("overwrite").parquet(paths.samples)
+
+
+def run(spark: SparkSession, settings: Settings) -> JobSummary:
+    watch = Stopwatch(JOB)
+    paths = BatchPaths.from_settings(settings)
+    events = extract(spark, paths)
+    watch.step("building samples from %s", paths.events)
+    samples, info = transform(events, SampleParams.from_settings(settings))
+    load(samples, paths)
+    watch.step("written to %s; counting", paths.samples)
+    written = spark.read.parquet(paths.samples)
+    by_source = {r.label_source: r["count"] for r in written.groupBy("label_source").count().collect()}
+    by_split = {r.split: r["count"] for r in written.groupBy("split").count().collect()}
+    manifest = {
+        **info,
+        "negative_sampling_ratio": settings.batch.negative_sampling_ratio,
+        "effective_sampling_ratio": by_source.get("sampled", 0) / max(info["sampling_anchors"], 1),
+        "max_seq_len": settings.batch.max_seq_len,
+        "watermark": events.selectExpr("max(ts)").first()[0],
+        "rows_by_label_source": by_source,
+        "rows_by_split": by_split,
+    }
+    write_text(spark, f"{paths.samples}/_manifest.json", json.dumps(manifest, indent=2, default=str))
+    return JobSummary(
+        job=JOB, rows_in=events.count(), rows_out=sum(by_source.values()), seconds=watch.elapsed(),
+        outputs=[paths.samples], details={"by_label_source": by_source, "by_split": by_split},
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """spark-submit entry point: `spark-submit pipelines/spark/jobs/ranking_samples.py`."""
+    from pipelines.spark.runner import submit_main
+
+    submit_main(JOB, argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

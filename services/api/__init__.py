@@ -1,0 +1,1 @@
+"""The FastAPI recommendation service: `create_app(settings)` builds it; `recsys serve` runs it."""

@@ -1,0 +1,132 @@
+"""The app factory. One `create_app(settings)` per process (per uvicorn worker): the lifespan opens
+the Redis client, the event log writer and the model manager once, and closes them on shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+
+import redis
+from fastapi import FastAPI
+
+from feature_store.event_log import LocalEventLog
+from feature_store.online_store import RedisOnlineStore
+from feature_store.redis_client import ConnectionSpec
+from feature_store.redis_server import redis_url
+from feature_store.settings import Settings
+from services.api.errors import install_error_handlers
+from services.api.metrics import ApiMetrics
+from services.api.middleware import ServiceMiddleware
+from services.api.routes import admin, events, health, items, recommendations, users
+from services.api.state import ServiceState
+from services.recommend.channels import default_channels
+from services.recommend.fallback import LastKnownPopular
+from services.recommend.item_cache import ItemCache, TtlMemo
+from services.recommend.model_manager import BundleLoader, ModelManager, VersionSource
+from services.recommend.online_store import ServingStore
+from services.recommend.pipeline import RecommendationPipeline
+from services.recommend.types import DegradedError
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Recommendations (recall → filter → rank → explain), item neighbours, event intake and
+catalog upserts. Writes and admin calls need an API key in `X-API-Key`; reads may (configurable).
+Errors are `{"error": {"code", "message", "request_id", "details"}}`; every response carries
+`X-Request-ID`."""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    version_source: VersionSource | None = None,
+    bundle_loader: BundleLoader | None = None,
+) -> FastAPI:
+    """Build the app. `version_source`/`bundle_loader` default to the model registry under
+    `settings.model_registry_dir`; tests inject their own to serve models they trained."""
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with ExitStack() as stack:
+            app.state.service = _start(settings, metrics, stack, version_source, bundle_loader)
+            yield
+
+    app = FastAPI(
+        title="recsys", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+        openapi_tags=[{"name": n} for n in ("recommendations", "items", "users", "events", "admin", "health")],
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for router in (recommendations.router, users.router, items.router, events.router, admin.router, health.router):
+        app.include_router(router)
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.api.max_body_bytes)
+    return app
+
+
+def _start(
+    settings: Settings,
+    metrics: ApiMetrics,
+    stack: ExitStack,
+    version_source: VersionSource | None,
+    bundle_loader: BundleLoader | None,
+) -> ServiceState:
+    url = stack.enter_context(redis_url(settings))
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=settings.redis.socket_timeout_s,
+        socket_connect_timeout=settings.redis.connect_timeout_s,
+    )
+    stack.callback(client.close)
+    features = RedisOnlineStore(ConnectionSpec.from_settings(settings, url), settings.feature_store)
+    stack.callback(features.close)
+    store = ServingStore(
+        client, features, settings.redis.key_prefix, settings.api.event_dedup_ttl_s,
+        ItemCache(ttl_s=settings.api.item_cache_ttl_s), TtlMemo(ttl_s=settings.api.global_cache_ttl_s),
+    )
+    event_log = LocalEventLog(settings.event_log_dir, settings.event_log)
+    stack.callback(event_log.close)
+    fallback = LastKnownPopular()
+    _prime(store, fallback, settings.api.recall_candidates)
+    pipeline = RecommendationPipeline(
+        store, default_channels(store, fallback), fallback, settings.api.recall_candidates,
+        settings.api.live_sequence_length,
+        observe_stage=lambda stage, seconds: metrics.stage_latency.labels(stage).observe(seconds),
+    )
+    models = _model_manager(settings, metrics, version_source, bundle_loader, store)
+    models.start()
+    stack.callback(models.stop)
+    return ServiceState(settings, client, store, event_log, fallback, pipeline, models, metrics)
+
+
+def _prime(store: ServingStore, fallback: LastKnownPopular, k: int) -> None:
+    try:
+        fallback.remember(store.popular(k))
+    except DegradedError:
+        log.warning("redis unreachable at startup: serving degraded until it answers")
+
+
+def _model_manager(
+    settings: Settings,
+    metrics: ApiMetrics,
+    version_source: VersionSource | None,
+    bundle_loader: BundleLoader | None,
+    store: ServingStore,
+) -> ModelManager:
+    if version_source is None or bundle_loader is None:
+        from services.recommend.registry_models import RegistryBundleLoader, RegistryVersionSource
+
+        version_source = version_source or RegistryVersionSource(settings.model_registry_dir)
+        bundle_loader = bundle_loader or RegistryBundleLoader(settings, store)
+
+    def on_swap(bundle) -> None:  # type: ignore[no-untyped-def]
+        metrics.model_swaps.inc()
+        metrics.set_model_versions(bundle.versions)
+
+    return ModelManager(version_source, bundle_loader, settings.api.model_poll_interval_s, on_swap)
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (each worker builds its own app from the environment)."""
+    return create_app(Settings())

@@ -1,0 +1,36 @@
+"""Dependencies as `Annotated` aliases, so route signatures read like prose."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from feature_store.schemas import Identifier
+from services.api.security import require_admin_key, require_read_key, require_write_key
+from services.api.state import ServiceState
+from services.recommend.online_store import ServingStore
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def get_store(request: Request) -> ServingStore:
+    return get_state(request).store
+
+
+def get_request_id(request: Request) -> str:
+    return str(request.state.request_id)
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+StoreDep = Annotated[ServingStore, Depends(get_store)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+ReadAccess = Depends(require_read_key)
+WriteAccess = Depends(require_write_key)
+AdminAccess = Depends(require_admin_key)
+
+_ID_PATTERN = r"^\S(.*\S)?$"  # no leading/trailing whitespace: ids are compared byte for byte
+UserIdPath = Annotated[Identifier, Path(description="User id", examples=["196"], pattern=_ID_PATTERN)]
+ItemIdPath = Annotated[Identifier, Path(description="Item id", examples=["242"], pattern=_ID_PATTERN)]

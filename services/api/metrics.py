@@ -1,0 +1,41 @@
+"""Prometheus metrics, one registry per app instance (so several apps in one test process don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ApiMetrics:
+    """Request latency per endpoint and stage, recall/rank counts, errors, model versions, degraded mode."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram(
+            "recsys_request_seconds", "Request latency by endpoint", ["method", "endpoint", "status"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stage_latency = Histogram(
+            "recsys_stage_seconds", "Recommendation pipeline stage latency", ["stage"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.recalled = Counter("recsys_recalled_candidates_total", "Candidates after recall+filter", registry=r)
+        self.ranked = Counter("recsys_ranked_items_total", "Items returned after ranking", registry=r)
+        self.errors = Counter("recsys_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.degraded = Gauge("recsys_degraded", "1 while answering from the in-process fallback", registry=r)
+        self.degraded_responses = Counter(
+            "recsys_degraded_responses_total", "Responses served from the fallback", registry=r
+        )
+        self.fallback_responses = Counter(
+            "recsys_popularity_fallback_responses_total", "Responses ranked without a trained ranker", registry=r
+        )
+        self.model_version = Gauge("recsys_model_version_info", "Serving model version", ["role", "version"], registry=r)
+        self.model_swaps = Counter("recsys_model_swaps_total", "Model bundle swaps", registry=r)
+        self.events = Counter("recsys_events_total", "Posted events by outcome", ["outcome"], registry=r)
+
+    def set_model_versions(self, versions: dict[str, str]) -> None:
+        self.model_version.clear()
+        for role, version in versions.items():
+            self.model_version.labels(role=role, version=version).set(1)

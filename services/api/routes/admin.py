@@ -1,0 +1,20 @@
+"""`/v1/admin`: operator actions, always behind an API key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.api.deps import AdminAccess, RequestIdDep, StateDep
+from services.api.schemas import ReloadResponse
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminAccess])
+
+
+@router.post("/models/reload", response_model=ReloadResponse)
+def reload_models(state: StateDep, request_id: RequestIdDep) -> ReloadResponse:
+    """Check the registry now and swap in its current versions if they changed."""
+    swapped = state.models.check_now()
+    return ReloadResponse(
+        swapped=swapped, model_versions=state.models.bundle.versions, error=state.models.last_error,
+        request_id=request_id,
+    )

@@ -1,0 +1,58 @@
+"""`/v1/items`: catalog upserts and item-to-item neighbours."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from feature_store.schemas import Item
+from services.api.deps import ItemIdPath, ReadAccess, RequestIdDep, StateDep, StoreDep, WriteAccess
+from services.api.errors import NotFoundError, ServiceUnavailableError
+from services.api.schemas import ItemUpsert, SimilarItem, SimilarItemsResponse, UpsertResponse
+from services.recommend.similar import similar_items
+from services.recommend.types import DegradedError
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+
+
+@router.put("/{item_id}", response_model=UpsertResponse, dependencies=[WriteAccess])
+def put_item(item_id: ItemIdPath, body: ItemUpsert, store: StoreDep, request_id: RequestIdDep) -> UpsertResponse:
+    """Create or replace an item: availability, categories, metadata. Unavailable items are never recommended."""
+    item = Item(item_id=item_id, **body.model_dump())
+    try:
+        created = store.upsert_item(item)
+    except DegradedError as exc:
+        raise ServiceUnavailableError("catalog store unavailable; retry later") from exc
+    return UpsertResponse(id=item_id, created=created, request_id=request_id)
+
+
+@router.get("/{item_id}", response_model=Item, dependencies=[ReadAccess])
+def get_item(item_id: ItemIdPath, store: StoreDep) -> Item:
+    """The catalog entry of one item."""
+    try:
+        item = store.get_item(item_id)
+    except DegradedError as exc:
+        raise ServiceUnavailableError("catalog store unavailable; retry later") from exc
+    if item is None:
+        raise NotFoundError(f"item {item_id!r} is not in the catalog")
+    return item
+
+
+@router.get("/{item_id}/similar", response_model=SimilarItemsResponse, dependencies=[ReadAccess])
+def get_similar(
+    item_id: ItemIdPath, state: StateDep, request_id: RequestIdDep,
+    k: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> SimilarItemsResponse:
+    """Neighbours from the recall model's embeddings, or category neighbours for a new item."""
+    try:
+        found = similar_items(state.store, state.models.bundle, item_id, k)
+    except DegradedError as exc:
+        raise ServiceUnavailableError("online store unavailable; retry later") from exc
+    if found is None:
+        raise NotFoundError(f"item {item_id!r} is neither in the catalog nor in the recall model")
+    neighbours, source = found
+    return SimilarItemsResponse(
+        item_id=item_id, source=source, request_id=request_id,
+        items=[SimilarItem(item_id=i, score=s) for i, s in neighbours],
+    )

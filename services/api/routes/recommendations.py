@@ -1,0 +1,64 @@
+"""`/v1/users/{user_id}/recommendations`: recall → filter → rank → explain."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Body
+
+from services.api.deps import ReadAccess, RequestIdDep, StateDep, UserIdPath
+from services.api.schemas import RecommendationsQuery, RecommendationsResponse, RecommendedItem
+from services.api.state import ServiceState
+from services.recommend.types import RecommendationRequest
+
+router = APIRouter(prefix="/v1/users", tags=["recommendations"], dependencies=[ReadAccess])
+
+K = Annotated[int, Query(ge=1, le=100, description="How many items to return")]
+Exclude = Annotated[
+    list[Annotated[str, Query(min_length=1, max_length=128)]],
+    Query(max_length=500, description="Item ids never to return (repeat the parameter)"),
+]
+Category = Annotated[str | None, Query(min_length=1, max_length=128, description="Only items in this category")]
+
+
+@router.get("/{user_id}/recommendations", response_model=RecommendationsResponse)
+def get_recommendations(
+    user_id: UserIdPath, state: StateDep, request_id: RequestIdDep, k: K = 10, exclude: Exclude = [],
+    category: Category = None,
+) -> RecommendationsResponse:
+    """Top-k items for a user; items the user already interacted with never come back."""
+    request = RecommendationRequest(user_id, k, frozenset(exclude), category)
+    return _recommend(state, request, request_id)
+
+
+@router.post("/{user_id}/recommendations", response_model=RecommendationsResponse)
+def post_recommendations(
+    user_id: UserIdPath, state: StateDep, request_id: RequestIdDep,
+    query: Annotated[RecommendationsQuery, Body()] = RecommendationsQuery(),
+) -> RecommendationsResponse:
+    """The same as GET, with the request context (page, experiment, arm) in the body."""
+    request = RecommendationRequest(
+        user_id, query.k, frozenset(query.exclude), query.category, query.context.model_dump(exclude_none=True)
+    )
+    return _recommend(state, request, request_id)
+
+
+def _recommend(state: ServiceState, request: RecommendationRequest, request_id: str) -> RecommendationsResponse:
+    result = state.pipeline.recommend(request, state.models.bundle)
+    metrics = state.metrics
+    metrics.recalled.inc(result.candidates)
+    metrics.ranked.inc(len(result.items))
+    metrics.degraded.set(1 if result.degraded else 0)
+    if result.degraded:
+        metrics.degraded_responses.inc()
+    elif result.fallback:
+        metrics.fallback_responses.inc()
+    return RecommendationsResponse(
+        request_id=request_id,
+        user_id=request.user_id,
+        items=[RecommendedItem(item_id=i.item_id, score=i.score, sources=i.sources, reason=i.reason) for i in result.items],
+        model_versions=result.model_versions,
+        fallback=result.fallback,
+        degraded=result.degraded,
+        timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
+    )

@@ -1,0 +1,72 @@
+"""`recsys batch …`: the Spark batch layer (`pipelines/spark`), one command per job plus `all`.
+
+Runs on `settings.spark.master` (default `local[*]`); the same jobs run on a cluster with
+`spark-submit pipelines/spark/jobs/<job>.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import typer
+from rich.logging import RichHandler
+from rich.table import Table
+
+from pipelines.spark.runner import CHAIN
+from services.cli.common import StateDirOption, console, fail, load_settings
+
+app = typer.Typer(help="Spark batch jobs: compact, sequences, item_graph, batch_features, ranking_samples.",
+                  no_args_is_help=True)  # fmt: skip
+
+HELP = {
+    "compact": "Event log → Parquet master table by date; duplicates dropped, malformed rows to rejects/.",
+    "sequences": "Per-user, time-ordered sessions of positive interactions.",
+    "item_graph": "Directed item graph weighted by in-session transitions.",
+    "batch_features": "Item, user and user×category batch views, published to the feature store.",
+    "ranking_samples": "Labelled ranker training rows with point-in-time features, split by time.",
+}
+
+
+def _run(names: list[str], state_dir: object) -> None:
+    """Run `names` in one Spark session and print one summary table."""
+    from pipelines.spark.common import BatchJobError
+    from pipelines.spark.runner import run_jobs
+    from pipelines.spark.session import build_session
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    settings = load_settings(state_dir)  # type: ignore[arg-type]
+    spark = build_session(settings, f"recsys-batch-{'-'.join(names) if len(names) == 1 else 'all'}")
+    table = Table(title="batch summary")
+    for column in ("job", "rows in", "rows out", "rejects", "seconds", "details"):
+        table.add_column(column)
+    try:
+        for summary in run_jobs(spark, settings, names):
+            details = ", ".join(f"{key}={value}" for key, value in summary.details.items())
+            table.add_row(summary.job, f"{summary.rows_in:,}", f"{summary.rows_out:,}", f"{summary.rejects:,}",
+                          f"{summary.seconds:.1f}", details)  # fmt: skip
+    except BatchJobError as exc:
+        fail(str(exc))
+    finally:
+        console.print(table)
+        spark.stop()
+
+
+def _command(name: str) -> Callable[..., None]:
+    def command(state_dir: StateDirOption = None) -> None:
+        _run([name], state_dir)
+
+    command.__doc__ = HELP[name]
+    return command
+
+
+for _name in CHAIN:
+    app.command(_name)(_command(_name))
+    if "_" in _name:
+        app.command(_name.replace("_", "-"), hidden=True)(_command(_name))
+
+
+@app.command("all")
+def run_all(state_dir: StateDirOption = None) -> None:
+    """Run the whole chain in order: compact, sequences, item_graph, batch_features, ranking_samples."""
+    _run(list(CHAIN), state_dir)

@@ -1,0 +1,1 @@
+"""Request-time recommendation: recall → filter → rank → explain, each stage built from injected parts."""

@@ -1,0 +1,144 @@
+"""recall → filter → rank → explain, one request at a time, with per-stage timings.
+
+The pipeline holds the parts that do not change with model versions (online store, fallback);
+the model-dependent parts (extra recall channels, ranker, versions) come in a `ModelBundle` per
+call, so a request keeps the bundle it started with while the manager swaps in a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.recommend.explain import explain, top_attended
+from services.recommend.fallback import LastKnownPopular
+from services.recommend.online_store import ServingStore
+from services.recommend.rankers import RecallScoreRanker
+from services.recommend.channels import merge_candidates
+from services.recommend.types import (
+    Candidate,
+    DegradedError,
+    RecallChannel,
+    Ranker,
+    Recommendation,
+    RecommendationRequest,
+    RecommendationResult,
+    SimilarItems,
+    UserContext,
+)
+
+log = logging.getLogger(__name__)
+
+StageObserver = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Everything that comes from the model registry, swapped as one immutable unit."""
+
+    channels: tuple[RecallChannel, ...] = ()
+    ranker: Ranker | None = None
+    similar: SimilarItems | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # "role/version" that failed to load -> why
+
+    @property
+    def has_models(self) -> bool:
+        return self.ranker is not None or bool(self.channels)
+
+
+class RecommendationPipeline:
+    """Runs the stages; any online-store failure becomes a degraded answer from the fallback."""
+
+    def __init__(
+        self,
+        store: ServingStore,
+        base_channels: Sequence[RecallChannel],
+        fallback: LastKnownPopular,
+        candidates: int = 200,
+        history_length: int = 50,
+        observe_stage: StageObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.base_channels = tuple(base_channels)
+        self.fallback = fallback
+        self.candidates = candidates
+        self.history_length = history_length
+        self.observe_stage = observe_stage or (lambda stage, seconds: None)
+        self.default_ranker = RecallScoreRanker()
+
+    def recommend(self, request: RecommendationRequest, bundle: ModelBundle) -> RecommendationResult:
+        timings: dict[str, float] = {}
+        try:
+            return self._run(request, bundle, timings)
+        except DegradedError:
+            items = self.fallback.answer(request)
+            return RecommendationResult(items, dict(bundle.versions), "last_known_popular", True, timings)
+
+    def _run(self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]) -> RecommendationResult:
+        with self._stage("features", timings):
+            history, seen = self.store.user_behaviour(request.user_id, self.history_length)
+            user = UserContext(request.user_id, history, seen)
+        with self._stage("recall", timings):
+            channels = bundle.channels + self.base_channels
+            recalled = merge_candidates((c.recall(user, request, self.candidates) for c in channels), self.candidates)
+        with self._stage("filter", timings):
+            candidates = self._filter(recalled, user, request)
+        ranker = bundle.ranker or self.default_ranker
+        fallback = None if bundle.ranker is not None else "popularity"
+        with self._stage("rank", timings):
+            try:
+                ranked, attended = self._rank(ranker, user, candidates, request.k)
+            except DegradedError:
+                raise
+            except Exception:  # a broken model must cost ranking quality, not the request
+                log.exception("ranker %s failed; ranking by recall score", ranker.name)
+                ranked, attended = self._rank(self.default_ranker, user, candidates, request.k)
+                fallback = "ranker_error"
+        with self._stage("explain", timings):
+            reasons = explain(ranked, attended, self.store)
+        items = [
+            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason) for c, reason in zip(ranked, reasons)
+        ]
+        return RecommendationResult(items, dict(bundle.versions), fallback, False, timings, len(candidates))
+
+    def _filter(self, candidates: list[Candidate], user: UserContext, request: RecommendationRequest) -> list[Candidate]:
+        blocked = user.seen | request.exclude
+        kept = [c for c in candidates if c.item_id not in blocked]
+        unavailable = self.store.unavailable([c.item_id for c in kept])
+        kept = [c for c in kept if c.item_id not in unavailable]
+        if request.category:
+            categories = self.store.categories_of([c.item_id for c in kept])
+            kept = [c for c in kept if request.category in categories.get(c.item_id, ())]
+        return kept
+
+    def _rank(
+        self, ranker: Ranker, user: UserContext, candidates: list[Candidate], k: int
+    ) -> tuple[list[Candidate], list[str | None]]:
+        if not candidates:
+            return [], []
+        output = ranker.rank(user, candidates)
+        order = np.argsort(-output.scores, kind="stable")[:k]
+        attended = top_attended(output.attention, user.history)
+        ranked = []
+        for index in order:
+            candidate = candidates[int(index)]
+            candidate.recall_score = float(output.scores[int(index)])  # the final score from here on
+            ranked.append(candidate)
+        return ranked, [attended[int(i)] for i in order] if attended else []
+
+    @contextmanager
+    def _stage(self, name: str, timings: dict[str, float]) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            timings[name] = elapsed * 1000.0
+            self.observe_stage(name, elapsed)
+

@@ -1,0 +1,85 @@
+"""Wiring to the model registry: which versions are current, and loading them into a `ModelBundle`.
+
+A role whose current version cannot be loaded (corrupt artifact, missing code) is left out of the
+bundle and remembered, so serving goes on with what loads and the same broken version is not
+retried every poll; publishing a new version clears it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from feature_store.settings import Settings
+from models.registry import ModelRegistry, ModelVersion, RegistryError
+from services.recommend.online_store import ServingStore
+from services.recommend.pipeline import ModelBundle
+
+log = logging.getLogger(__name__)
+
+ROLES = ("recall", "ranker")
+
+
+class RegistryVersionSource:
+    """Current version per role, read from the registry's CURRENT pointers."""
+
+    def __init__(self, root: Path) -> None:
+        self.registry = ModelRegistry(root)
+
+    def current_versions(self) -> dict[str, str]:
+        versions = {}
+        for role in ROLES:
+            try:
+                current = self.registry.current(role)
+            except RegistryError as exc:
+                log.error("registry role %s: %s", role, exc)
+                continue
+            if current is not None:
+                versions[role] = current.version
+        return versions
+
+
+class RegistryBundleLoader:
+    """Loads the registry's current recall and ranker versions into one immutable bundle."""
+
+    def __init__(self, settings: Settings, store: ServingStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = ModelRegistry(settings.model_registry_dir)
+        self.failed: dict[str, str] = {}  # "role/version" -> error
+
+    def __call__(self, versions: dict[str, str]) -> ModelBundle:
+        parts: dict[str, object] = {}
+        loaded: dict[str, str] = {}
+        for role, version in versions.items():
+            key = f"{role}/{version}"
+            if key in self.failed:
+                continue
+            try:
+                model_version = self.registry.get(role, version)
+                self.registry.verify(model_version)
+                parts.update(self._load(role, model_version))
+                loaded[role] = version
+            except Exception as exc:  # any bad artifact: keep serving without it
+                self.failed[key] = f"{type(exc).__name__}: {exc}"
+                log.error("cannot load %s: %s", key, self.failed[key])
+        return ModelBundle(
+            channels=tuple(parts.get("channels", ())),  # type: ignore[arg-type]
+            ranker=parts.get("ranker"),  # type: ignore[arg-type]
+            similar=parts.get("similar"),  # type: ignore[arg-type]
+            versions=loaded,
+            errors={key: error for key, error in self.failed.items() if key.split("/")[0] in versions
+                    and versions[key.split("/")[0]] == key.split("/", 1)[1]},
+        )
+
+    def _load(self, role: str, version: ModelVersion) -> dict[str, object]:
+        from services.recommend import model_adapters
+
+        if role == "ranker":
+            return {"ranker": model_adapters.load_ranker(
+                version, self.settings.api.ranker, self.store, self.settings.api.tf_threads
+            )}
+        if role == "recall":
+            channels, similar = model_adapters.load_recall(version, self.store)
+            return {"channels": channels, "similar": similar}
+        raise RegistryError(f"no loader for role {role!r}")

@@ -1,0 +1,69 @@
+"""batch_features published to a real Redis with its watermark; impression negatives in samples."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from feature_store.online_store import RedisOnlineStore
+from feature_store.schemas import Event, EventContext, EventType, Item
+from feature_store.catalog import Catalog
+from feature_store.settings import Settings
+from pipelines.spark.runner import run_jobs
+from tests.pipelines.spark.conftest import write_events
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
+
+
+def _shop_events() -> list[Event]:
+    """u1 sees i1 and i2 twice, clicks i1 each time; u2 only rates (no impressions)."""
+    events = []
+    for n, start in enumerate([T0, T0 + timedelta(hours=2)]):
+        request = EventContext(request_id=f"r{n}")
+        events += [
+            Event(event_id=f"imp{n}a", user_id="u1", item_id="i1", type=EventType.IMPRESSION, ts=start, context=request),
+            Event(event_id=f"imp{n}b", user_id="u1", item_id="i2", type=EventType.IMPRESSION, ts=start, context=request),
+            Event(event_id=f"clk{n}", user_id="u1", item_id="i1", type=EventType.CLICK, ts=start + timedelta(minutes=1), context=request),
+        ]
+    events += [
+        Event(event_id=f"rate{k}", user_id="u2", item_id=f"i{k}", type=EventType.RATING, value=5.0, ts=T0 + timedelta(minutes=10 * k))
+        for k in range(1, 4)
+    ]
+    # after the last full hour: outside the batch watermark
+    events.append(Event(event_id="late", user_id="u2", item_id="i3", type=EventType.CLICK, ts=T0 + timedelta(hours=3, minutes=5)))
+    return events
+
+
+def test_features_published_and_impression_negatives(spark: object, settings: Settings) -> None:
+    settings = settings.model_copy(update={"spark": settings.spark.model_copy(update={"shuffle_partitions": 4})})
+    write_events(settings, _shop_events())
+    Catalog(settings.catalog_dir).upsert_items(Item(item_id=f"i{k}", categories=[f"c{k % 2}"]) for k in range(1, 4))
+    summaries = {s.job: s for s in run_jobs(spark, settings, ["compact", "batch_features", "ranking_samples"])}  # type: ignore[arg-type]
+
+    assert summaries["batch_features"].details["watermark"] == "2024-05-01T11:00:00+00:00"
+    manifest = json.loads((Path(settings.batch_uri) / "features" / "_manifest.json").read_text())
+    assert manifest["watermark"] == "2024-05-01T11:00:00+00:00"
+    store = RedisOnlineStore.from_settings(settings)
+    try:
+        items = store.get_features("item", ["i1", "i2"], ["popularity_all", "ctr", "primary_category"])
+        users = store.get_features("user", ["u1", "u2"], ["event_count", "history"])
+    finally:
+        store.close()
+    assert list(items["popularity_all"]) == [3, 1]  # i1: two clicks and a rating; the late click is after the watermark
+    assert abs(items["ctr"][0] - (2 + 1.0) / (2 + 21.0)) < 1e-6
+    assert list(items["primary_category"]) == ["c1", "c0"]
+    assert list(users["event_count"]) == [6, 3]
+    assert list(users["history"][1]) == ["i3", "i2", "i1"]
+
+    samples = pq.read_table(Path(settings.batch_uri) / "samples").to_pandas()
+    u1 = samples[samples["user_id"] == "u1"]
+    assert sorted(zip(u1["label_source"], u1["item_id"], u1["label"])) == sorted(
+        [("click", "i1", 1), ("click", "i1", 1), ("impression", "i2", 0), ("impression", "i2", 0)])
+    second = u1[(u1["label_source"] == "impression")].sort_values("ts").iloc[1]
+    assert list(second["hist_item_ids"]) == ["i1"]  # the click at T0+1min, not the one after this impression
+    assert abs(second["item_ctr"] - (0 + 1.0) / (1 + 21.0)) < 1e-6  # one earlier impression of i2, no click
+    assert second["item_popularity"] == 1  # u2's rating of i2 at T0+20min
+    assert set(samples.loc[samples["user_id"] == "u2", "label_source"]) <= {"rating", "click", "sampled"}

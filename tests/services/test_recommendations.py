@@ -1,0 +1,94 @@
+"""Recommendations through the real app on a real Redis: seen filtering, live updates, cold start."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.services.conftest import EventFactory, put_items
+
+CATALOG = {
+    "c1": ("Clerks", ["Comedy"]), "c2": ("Airplane!", ["Comedy"]), "c3": ("Big", ["Comedy"]),
+    "a1": ("Heat", ["Action"]), "a2": ("Speed", ["Action"]), "a3": ("Ronin", ["Action"]),
+    "d1": ("Fargo", ["Drama"]), "d2": ("Amadeus", ["Drama"]),
+}
+
+
+def _seed(client: TestClient, make_event: EventFactory) -> None:
+    put_items(client, CATALOG)
+    popularity = {"d1": 6, "d2": 5, "a1": 4, "c1": 3, "a2": 2, "c2": 1}
+    events = [make_event(f"crowd{n}", item) for item, count in popularity.items() for n in range(count)]
+    assert client.post("/v1/events", json=events).json()["accepted"] == len(events)
+
+
+def _ids(response_json: dict) -> list[str]:
+    return [item["item_id"] for item in response_json["items"]]
+
+
+def test_unknown_user_gets_popular_items_flagged_as_fallback(client: TestClient, make_event: EventFactory) -> None:
+    _seed(client, make_event)
+    body = client.get("/v1/users/nobody/recommendations", params={"k": 3}).json()
+    assert _ids(body) == ["d1", "d2", "a1"]
+    assert body["fallback"] == "popularity" and body["degraded"] is False
+    assert body["model_versions"] == {} and body["request_id"]
+    assert all(item["reason"] == "trending now" and "trending" in item["sources"] for item in body["items"])
+
+
+def test_a_click_changes_the_next_recommendations_and_seen_items_never_return(
+    client: TestClient, make_event: EventFactory
+) -> None:
+    _seed(client, make_event)
+    before = _ids(client.get("/v1/users/fan/recommendations", params={"k": 5}).json())
+    assert client.post("/v1/events", json=[make_event("fan", "c1")]).json()["accepted"] == 1
+    after = client.get("/v1/users/fan/recommendations", params={"k": 5}).json()
+    assert "c1" not in _ids(after)
+    assert set(_ids(after)) != set(before)
+    comedies = [item for item in after["items"] if item["item_id"] in ("c2", "c3")]
+    assert {item["item_id"] for item in comedies} == {"c2", "c3"}  # category neighbours of the click
+    assert all("category" in item["sources"] and "Comedy" in item["reason"] for item in comedies)
+    client.post("/v1/events", json=[make_event("fan", item) for item in ("c2", "d1", "a1")])
+    seen = {"c1", "c2", "d1", "a1"}
+    for _ in range(3):
+        assert not seen & set(_ids(client.get("/v1/users/fan/recommendations", params={"k": 8}).json()))
+
+
+def test_exclude_category_and_unavailable_filters(client: TestClient, make_event: EventFactory) -> None:
+    _seed(client, make_event)
+    client.put("/v1/items/d2", json={"title": "Amadeus", "categories": ["Drama"], "available": False})
+    ids = _ids(client.get("/v1/users/x/recommendations", params={"k": 8, "exclude": ["d1", "a1"]}).json())
+    assert ids and not {"d1", "a1", "d2"} & set(ids)
+    action = client.get("/v1/users/x/recommendations", params={"k": 8, "category": "Action"}).json()
+    assert set(_ids(action)) == {"a1", "a2", "a3"}
+    posted = client.post("/v1/users/x/recommendations", json={"k": 2, "category": "Comedy", "context": {"page": "home"}})
+    assert posted.status_code == 200 and set(_ids(posted.json())) <= {"c1", "c2", "c3"}
+
+
+def test_similar_items_for_a_new_item_use_its_category(client: TestClient, make_event: EventFactory) -> None:
+    _seed(client, make_event)
+    client.put("/v1/items/new", json={"title": "Brand new", "categories": ["Action"], "metadata": {"year": 2024}})
+    body = client.get("/v1/items/new/similar", params={"k": 2}).json()
+    assert body["source"] == "category"
+    assert [item["item_id"] for item in body["items"]] == ["a1", "a2"]  # by popularity
+    assert client.get("/v1/items/unknown/similar").status_code == 404
+
+
+def test_validation_errors_name_the_problem(client: TestClient) -> None:
+    response = client.get("/v1/users/u/recommendations", params={"k": 1000})
+    assert response.status_code == 422
+    assert "query.k" in response.json()["error"]["message"]
+    bad = client.put("/v1/items/x", json={"categories": "Comedy", "colour": "red"})
+    assert bad.status_code == 422
+    locations = {d["location"] for d in bad.json()["error"]["details"]}
+    assert {"body.categories", "body.colour"} <= locations
+
+
+def test_health_readiness_and_metrics(client: TestClient, make_event: EventFactory) -> None:
+    _seed(client, make_event)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["redis"] == "ok" and ready.json()["fallback"] == "popularity"
+    client.get("/v1/users/u/recommendations")
+    metrics = client.get("/metrics").text
+    assert 'recsys_request_seconds_count{endpoint="/v1/users/{user_id}/recommendations",method="GET",status="200"} 1.0' in metrics
+    for stage in ("features", "recall", "filter", "rank", "explain"):
+        assert f'recsys_stage_seconds_count{{stage="{stage}"}} 1.0' in metrics
+    assert "recsys_popularity_fallback_responses_total 1.0" in metrics

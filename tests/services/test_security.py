@@ -1,0 +1,45 @@
+"""API keys: required for writes and admin when configured, optionally for reads; no stack traces."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from feature_store.settings import Settings
+from services.api.app import create_app
+from tests.services.conftest import WRITE_KEY, EventFactory, with_api
+
+
+def test_writes_and_admin_need_a_key_reads_do_not_by_default(api_settings: Settings, make_event: EventFactory) -> None:
+    with TestClient(create_app(with_api(api_settings, api_keys=[WRITE_KEY]))) as client:
+        missing = client.post("/v1/events", json=[make_event("u", "i")])
+        assert missing.status_code == 401 and "X-API-Key" in missing.json()["error"]["message"]
+        wrong = client.put("/v1/items/i", json={}, headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "invalid API key"
+        assert client.post("/v1/admin/models/reload").status_code == 401
+        headers = {"X-API-Key": WRITE_KEY}
+        assert client.post("/v1/events", json=[make_event("u", "i")], headers=headers).status_code == 202
+        assert client.put("/v1/users/u", json={"attributes": {"age": 3}}, headers=headers).status_code == 200
+        reload = client.post("/v1/admin/models/reload", headers=headers)
+        assert reload.status_code == 200 and reload.json()["model_versions"] == {}
+        assert client.get("/v1/users/u/recommendations").status_code == 200
+
+
+def test_reads_can_require_a_key(api_settings: Settings) -> None:
+    settings = with_api(api_settings, api_keys=[WRITE_KEY], require_key_for_reads=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/users/u/recommendations").status_code == 401
+        assert client.get("/v1/users/u/recommendations", headers={"X-API-Key": WRITE_KEY}).status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+def test_admin_is_refused_without_configured_keys(client: TestClient) -> None:
+    response = client.post("/v1/admin/models/reload")
+    assert response.status_code == 403 and "no API keys" in response.json()["error"]["message"]
+
+
+def test_errors_carry_the_request_id_and_no_trace(client: TestClient) -> None:
+    response = client.get("/v1/items/missing", headers={"X-Request-ID": "req-42"})
+    assert response.status_code == 404
+    assert response.headers["x-request-id"] == "req-42"
+    assert response.json()["error"] == {"code": "not_found", "message": "item 'missing' is not in the catalog",
+                                        "request_id": "req-42"}
