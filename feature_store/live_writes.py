@@ -13,7 +13,8 @@
   guarded by their event time; every key carries a TTL that only ever grows, and count buckets
   older than the feature's TTL are trimmed, so memory stays bounded however long it runs.
 
-Use one writer per worker process (Flink: see `feature_store.flink_sink`).
+Use one writer per worker process. The Flink job's sink (`pipelines.flink.operators.WriteLiveFeatures`)
+opens one per task and applies each event as it arrives; the API applies each posted batch in one call.
 """
 
 from __future__ import annotations

@@ -1,45 +1,87 @@
-"""`recsys run`: the all-in-one local command behind `make run`.
+"""`recsys run`: the whole stack on one machine, behind `make run`.
 
-It brings up what exists of the stack on embedded defaults, one stage after another, and ends
-with a summary: Redis (embedded unless a URL is configured), then the data import (MovieLens
-from a path, or synthetic data).
+Stages, in order: Redis (embedded unless a URL is configured) → data import (MovieLens from a
+path, or synthetic) → the Spark batch chain → embeddings + recall index → a DIN ranker (fast
+settings) → the Flink speed layer → the API on port 8000. It prints a sample recommendation with
+its reasons and the URLs, then serves until Ctrl-C, which stops the API, the streaming job and
+Redis cleanly. `--no-serve` stops after the sample (for smoke tests and CI-like checks).
+
+Every stage is the same code as its own command (`recsys data …`, `recsys batch all`,
+`recsys train …`, `recsys stream run`, `recsys serve`), called with fast training settings.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
-import redis
+import httpx
 import typer
 from rich.table import Table
 
 from feature_store.redis_server import redis_url
+from feature_store.settings import Settings
 from services.cli.common import StateDirOption, console, fail, load_settings
 
 
 def run(
     movielens: Annotated[
-        Path | None, typer.Option(help="MovieLens directory (ml-100k, ml-1m or ml-latest-small); synthetic data if omitted.")
+        Path | None,
+        typer.Option(help="MovieLens directory (ml-100k, ml-1m or ml-latest-small); synthetic data if omitted."),
     ] = None,
     synth_events: Annotated[int, typer.Option(help="Events to generate when no MovieLens path is given.")] = 100_000,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving until Ctrl-C.")] = True,
+    port: Annotated[int | None, typer.Option(help="API port (default: settings.api.port).")] = None,
     state_dir: StateDirOption = None,
 ) -> None:
-    """Run the stack locally on embedded defaults and print a summary."""
+    """Bring up the whole stack locally on embedded defaults, show a sample, serve until Ctrl-C."""
     settings = load_settings(state_dir)
     if movielens is not None and not movielens.is_dir():
         fail(f"{movielens} is not a directory")
-    started = time.perf_counter()
-    summary = Table(title="recsys run", show_header=False)
+    port = port or settings.api.port
+    _ensure_port_free(settings.api.host, port)
+    timings: dict[str, float] = {}
     with redis_url(settings) as url:
-        client = redis.Redis.from_url(url, socket_timeout=settings.redis.socket_timeout_s)
-        client.ping()
-        summary.add_row("redis", url + ("" if settings.redis.url else " (embedded)"))
-        summary.add_row("state directory", str(settings.state_dir.resolve()))
-        _import_data(settings.state_dir, movielens, synth_events)
-    summary.add_row("wall time", f"{time.perf_counter() - started:.1f} s")
-    console.print(summary)
+        # Every stage (in this process or a child) reads the same resolved settings.
+        os.environ["RECSYS_REDIS__URL"] = url
+        os.environ["RECSYS_STATE_DIR"] = str(settings.state_dir.resolve())
+        state = settings.state_dir.resolve()
+        _stage("data", timings, lambda: _import_data(state, movielens, synth_events))
+        _stage("batch layer (Spark)", timings, lambda: _batch(state))
+        _stage("embeddings + recall index", timings, lambda: _train_embeddings(state))
+        _stage("ranker (DIN)", timings, lambda: _train_ranker(state, settings))
+        with _background(_stream_job(state), "speed layer (Flink)"), _background(
+            _api_process(state, port), "API"
+        ) as api:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base, api, state / "logs" / "api.log")
+            _show_sample(base, settings)
+            _summary(settings, url, base, timings)
+            if serve:
+                console.print("[bold]serving[/]: press Ctrl-C to stop")
+                _wait_for_interrupt()
+    console.print("[bold]recsys run[/] stopped cleanly")
+
+
+def _ensure_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            fail(f"port {port} on {host} is in use: stop what holds it or pass --port")
+
+
+def _stage(name: str, timings: dict[str, float], work: Callable[[], None]) -> None:
+    console.rule(f"[bold]{name}")
+    started = time.perf_counter()
+    work()
+    timings[name] = time.perf_counter() - started
 
 
 def _import_data(state_dir: Path, movielens: Path | None, synth_events: int) -> None:
@@ -49,3 +91,128 @@ def _import_data(state_dir: Path, movielens: Path | None, synth_events: int) -> 
         data.import_movielens(movielens, strict=False, state_dir=state_dir)
     else:
         data.synth(events=synth_events, state_dir=state_dir)
+
+
+def _batch(state_dir: Path) -> None:
+    from services.cli import batch
+
+    batch.run_all(state_dir=state_dir)
+
+
+def _train_embeddings(state_dir: Path) -> None:
+    from services.cli import train
+
+    train.embeddings(state_dir=state_dir, dim=32, epochs=2, walks_per_node=5, walk_length=20)
+
+
+def _train_ranker(state_dir: Path, settings: Settings) -> None:
+    from services.cli import train
+
+    samples = Path(settings.batch_uri) / "samples"
+    train.ranker(samples_path=samples, model="din", state_dir=state_dir, epochs=2, patience=1)
+
+
+class _background:
+    """Runs a child process for the duration of a `with` block; stops it cleanly on exit."""
+
+    def __init__(self, start: Callable[[], subprocess.Popen[bytes]], name: str) -> None:
+        self.start, self.name = start, name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        console.rule(f"[bold]{self.name}")
+        self.process = self.start()
+        return self.process
+
+    def __exit__(self, *exc: object) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        console.print(f"stopped {self.name}")
+
+
+def _child(args: list[str], log_file: Path) -> subprocess.Popen[bytes]:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        # Own process group: Ctrl-C reaches only us, and we stop the child in order.
+        return subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stream_job(state_dir: Path) -> Callable[[], subprocess.Popen[bytes]]:
+    log = state_dir / "logs" / "stream.log"
+    console.print(f"Flink job log: {log}")
+    return lambda: _child(
+        [sys.executable, "-m", "pipelines.flink.job", "--state-dir", str(state_dir), "--resume"], log
+    )
+
+
+def _api_process(state_dir: Path, port: int) -> Callable[[], subprocess.Popen[bytes]]:
+    log = state_dir / "logs" / "api.log"
+    console.print(f"API log: {log}")
+    recsys = [sys.executable, "-c", "from services.cli import app; app()"]
+    return lambda: _child([*recsys, "serve", "--port", str(port), "--state-dir", str(state_dir)], log)
+
+
+def _wait_ready(base: str, api: subprocess.Popen[bytes], log: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            fail(f"the API exited with code {api.returncode}; see {log}")
+        try:
+            response = httpx.get(f"{base}/readyz", timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    fail(f"the API at {base} did not become ready in {timeout_s:.0f}s: {last}; see {log}")
+
+
+def _show_sample(base: str, settings: Settings) -> None:
+    from feature_store.catalog import Catalog
+
+    user = next(iter(Catalog(settings.catalog_dir).users()), None)
+    if user is None:
+        fail("the catalog has no users")
+        return
+    response = httpx.get(f"{base}/v1/users/{user.user_id}/recommendations", params={"k": 5}, timeout=10.0)
+    if response.status_code != 200:
+        fail(f"sample recommendation failed: HTTP {response.status_code}: {response.text[:300]}")
+    body = response.json()
+    table = Table(title=f"GET /v1/users/{user.user_id}/recommendations?k=5")
+    for column in ("item", "score", "sources", "reason"):
+        table.add_column(column)
+    for item in body["items"]:
+        table.add_row(str(item["item_id"]), f"{item['score']:.4f}", ", ".join(item["sources"]), item["reason"])
+    console.print(table)
+    console.print(f"models: {body.get('model_versions')}  degraded: {body.get('degraded')}")
+
+
+def _summary(settings: Settings, url: str, base: str, timings: dict[str, float]) -> None:
+    table = Table(title="recsys run", show_header=False)
+    table.add_row("redis", url + ("" if settings.redis.url else " (embedded)"))
+    table.add_row("state directory", str(settings.state_dir.resolve()))
+    for name, seconds in timings.items():
+        table.add_row(name, f"{seconds:.1f} s")
+    table.add_row("API", f"{base}/v1/users/<user_id>/recommendations")
+    table.add_row("API docs", f"{base}/docs")
+    table.add_row("metrics", f"{base}/metrics")
+    console.print(table)
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping …")
