@@ -5,8 +5,8 @@ ranking_samples) on synthetic event logs of growing size, and on MovieLens 100k.
 
 Synthetic logs are written straight in the event-log layout (JSON lines per dt/hr partition):
 users and items Zipf-distributed, sessions of clicks/ratings/impressions. Prints per-job seconds,
-events/s of the chain and the growth ratio time(n)/time(n_prev) against the size ratio (the
-peer: linear scaling).
+events/s of the chain and of each job, and the growth ratio time(n)/time(n_prev) against the
+size ratio (the peer: linear scaling).
 """
 
 from __future__ import annotations
@@ -100,6 +100,11 @@ def main() -> None:
         print(f"| {label} | {events:,} | {seconds:.1f} | {events / seconds:,.0f} | {growth} | {jobs} |")
         if label.startswith("synthetic"):
             previous = (events, seconds)
+    print("\nevents/s per job (input events / job seconds):")
+    print(f"| data | {' | '.join(CHAIN)} |")
+    print("|" + " --- |" * (1 + len(CHAIN)))
+    for label, events, _, per_job in rows:
+        print(f"| {label} | " + " | ".join(f"{events / max(per_job[j], 1e-9):,.0f}" for j in CHAIN) + " |")
 
 
 if __name__ == "__main__":

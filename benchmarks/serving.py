@@ -7,19 +7,24 @@ worker) with a 1,000-item catalog and 300 users with 50-item live histories post
 returning a fixed JSON body of the same size as a real recommendation response (the framework floor).
 
 Load: open loop at fixed request rates, each bounded by `--seconds` and `rate × seconds` requests;
-latency is measured from each request's *scheduled* send time (no coordinated omission). Also reports
+latency is measured from each request's *scheduled* send time (no coordinated omission). The load
+generator runs in its own process pinned to `--client-cpus` (with Redis), the servers to
+`--server-cpus`, so the generator does not starve the server; its own lag (actual minus scheduled
+send time) is reported, and a rate where its p99 lag exceeds 5 ms is flagged as not delivered. Also reports
 the closed-loop service time (one request at a time) of both, then p50/p95/p99 and error rate per
 rate (a request slower than 2 s counts as an error), and per-stage server timings (features, recall, rank) from the
 responses' `timings_ms`.
 
-    .venv/bin/python benchmarks/serving.py [--rates 50 100 200 400] [--seconds 10]
+    .venv/bin/python benchmarks/serving.py [--rates 50 100 200 400] [--seconds 10] [--server-cpus 0 --client-cpus 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -44,6 +49,7 @@ console = Console()
 ITEMS, CATEGORIES, USERS, HISTORY = 1000, 20, 300, 50
 KEY = "bench-key"
 REQUEST_DEADLINE_S = 2.0  # a request slower than this counts as an error
+GENERATOR_LAG_LIMIT_MS = 5.0  # generator p99 send lag above this: the rate was not delivered
 
 
 def category_of(item: int) -> str:
@@ -123,14 +129,20 @@ def bare_app() -> Any:
     return app
 
 
+def pin(cpus: set[int] | None) -> None:
+    """Restrict the calling process (and what it starts later) to `cpus`."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def start_server(
-    factory: str, env: dict[str, str], app_dir: Path, workers: int = 1
+    factory: str, env: dict[str, str], app_dir: Path, workers: int = 1, cpus: set[int] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--app-dir", str(app_dir),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-               "--workers", str(workers)]
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
+               "--loop", "uvloop", "--http", "httptools", "--workers", str(workers)]
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, preexec_fn=lambda: pin(cpus))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -171,6 +183,7 @@ def seed(base: str) -> None:
 async def open_loop(base: str, rate: int, seconds: float) -> dict[str, Any]:
     total = int(rate * seconds)
     latencies: list[float] = []
+    lags: list[float] = []
     stages: dict[str, list[float]] = {}
     errors = 0
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -182,6 +195,7 @@ async def open_loop(base: str, rate: int, seconds: float) -> dict[str, Any]:
             nonlocal errors
             scheduled = started + index / rate
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            lags.append(time.perf_counter() - scheduled)
             try:
                 response = await asyncio.wait_for(
                     client.get(f"/v1/users/user{index % USERS}/recommendations", params={"k": 10}), REQUEST_DEADLINE_S
@@ -203,7 +217,13 @@ async def open_loop(base: str, rate: int, seconds: float) -> dict[str, Any]:
         "requests": total, "achieved_rps": total / elapsed, "errors": errors,
         "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)),
         "stages": {s: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for s, v in stages.items()},
+        "generator_lag_p99": float(np.percentile(np.asarray(lags) * 1000, 99)),
     }
+
+
+def open_loop_in_process(base: str, rate: int, seconds: float) -> dict[str, Any]:
+    """Entry point of the generator process."""
+    return asyncio.run(open_loop(base, rate, seconds))
 
 
 def drain(base: str, timeout_s: float = 120.0) -> None:
@@ -245,9 +265,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the API (and of the floor)")
     parser.add_argument("--tf-threads", type=int, default=1, help="settings.api.tf_threads")
+    cpus = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--server-cpus", type=int, nargs="*", default=cpus[:-1] if len(cpus) > 1 else [],
+                        help="CPUs of the API and floor servers (default: all but the last; none: no pinning)")
+    parser.add_argument("--client-cpus", type=int, nargs="*", default=cpus[-1:] if len(cpus) > 1 else [],
+                        help="CPUs of the load generator and Redis (default: the last)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    server_cpus, client_cpus = set(args.server_cpus) or None, set(args.client_cpus) or None
+    console.print(f"CPUs: servers {sorted(server_cpus or cpus)}, generator and Redis {sorted(client_cpus or cpus)}; "
+                  f"load average {os.getloadavg()[0]:.1f}")
+    generator = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=pin, initargs=(client_cpus,)
+    )
+    with tempfile.TemporaryDirectory() as tmp, generator:
         work = Path(tmp)
+        pin(client_cpus)  # this process only seeds and waits; Redis inherits the generator's CPUs
         redis = EmbeddedRedis(work / "redis").start()
         processes: list[subprocess.Popen[bytes]] = []
         try:
@@ -256,7 +288,7 @@ def main() -> None:
                    "RECSYS_REGISTRY_DIR": str(work / "registry"), "RECSYS_API__API_KEYS": json.dumps([KEY]),
                    "RECSYS_API__RECALL_CANDIDATES": "240", "RECSYS_API__TF_THREADS": str(args.tf_threads),
                    "TF_CPP_MIN_LOG_LEVEL": "2"}
-            api, api_base = start_server("services.api.app:create_app_from_env", env, ROOT, args.workers)
+            api, api_base = start_server("services.api.app:create_app_from_env", env, ROOT, args.workers, server_cpus)
             processes.append(api)
             console.print(f"API up with ranker {version}; seeding …")
             seed(api_base)
@@ -264,7 +296,7 @@ def main() -> None:
             assert sample.json()["model_versions"].get("ranker") == version, sample.text
             (work / "body.json").write_bytes(sample.content)
             bare, bare_base = start_server("serving:bare_app", {"BENCH_BARE_BODY": str(work / "body.json")},
-                                           ROOT / "benchmarks", args.workers)
+                                           ROOT / "benchmarks", args.workers, server_cpus)
             processes.append(bare)
             service = {name: closed_loop(base, 300) for name, base in (("api", api_base), ("bare", bare_base))}
             console.print(f"closed loop (one request at a time, 300 requests): api p50 {service['api']['p50']:.2f} ms "
@@ -274,12 +306,14 @@ def main() -> None:
             results: dict[tuple[str, int], dict[str, Any]] = {}
             for rate in args.rates:
                 for name, base in (("bare", bare_base), ("api", api_base)):
-                    asyncio.run(open_loop(base, rate, 1.0))  # warm-up
+                    generator.submit(open_loop_in_process, base, rate, 1.0).result()  # warm-up
                     drain(base)
-                    result = results[(name, rate)] = asyncio.run(open_loop(base, rate, args.seconds))
+                    result = results[(name, rate)] = generator.submit(open_loop_in_process, base, rate, args.seconds).result()
                     drain(base)
+                    behind = result["generator_lag_p99"] > GENERATOR_LAG_LIMIT_MS
                     console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
-                                  f"errors {result['errors']}/{result['requests']}")
+                                  f"errors {result['errors']}/{result['requests']}, generator lag p99 "
+                                  f"{result['generator_lag_p99']:.1f} ms{' (GENERATOR FELL BEHIND)' if behind else ''}")
             console.print(f"API workers {args.workers}, TensorFlow threads per worker {args.tf_threads}")
             report(results, args.rates, candidates_per_request(api_base), len(sample.content))
         finally:
@@ -293,7 +327,7 @@ def report(results: dict[tuple[str, int], dict[str, Any]], rates: list[int], can
     table = Table(title=f"GET /v1/users/{{id}}/recommendations, DIN over {candidates:.0f} candidates "
                         f"(seq 50), k=10, {body_bytes} B body; bare FastAPI floor, same body")
     for column in ("rate", "api p50", "api p95", "api p99", "api err", "bare p50", "bare p99", "bare err",
-                   "p99 api/bare", "achieved rps"):
+                   "p99 api/bare", "achieved rps", "gen lag p99"):
         table.add_column(column, justify="right")
     for rate in rates:
         api, bare = results[("api", rate)], results[("bare", rate)]
@@ -301,7 +335,7 @@ def report(results: dict[tuple[str, int], dict[str, Any]], rates: list[int], can
             str(rate), f"{api['p50']:.1f}", f"{api['p95']:.1f}", f"{api['p99']:.1f}",
             f"{api['errors'] / api['requests']:.2%}", f"{bare['p50']:.1f}", f"{bare['p99']:.1f}",
             f"{bare['errors'] / bare['requests']:.2%}", f"{api['p99'] / bare['p99']:.1f}×",
-            f"{api['achieved_rps']:.0f}",
+            f"{api['achieved_rps']:.0f}", f"{api['generator_lag_p99']:.1f}",
         )
     console.print(table)
     stages = Table(title="server-side stage timings (ms, p50 / p99) from the responses")

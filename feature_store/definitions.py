@@ -128,10 +128,16 @@ class EventFilter:
 
 
 ALL_EVENTS = EventFilter(frozenset(EventType))
+#: The project's one positive-interaction rule: what the batch views, sequences, ranking labels,
+#: the speed layer and the API's popularity all call a positive. Ratings count from 3.5, the
+#: usual MovieLens practice (4 and 5 stars of 1-5; half-star scales keep 3.5). It is deliberately
+#: not a runtime setting: the batch and speed layers must agree on it, or lambda-merged counts
+#: would mix two definitions. Jobs take it as a parameter so a test can inject another rule.
+MIN_POSITIVE_RATING = 3.5
 POSITIVE = EventFilter(
     frozenset({EventType.CLICK, EventType.LIKE, EventType.RATING, EventType.PURCHASE,
                EventType.ADD_TO_CART, EventType.SHARE}),
-    min_rating=4.0,
+    min_rating=MIN_POSITIVE_RATING,
 )
 CLICKS = EventFilter(frozenset({EventType.CLICK}))
 IMPRESSIONS = EventFilter(frozenset({EventType.IMPRESSION}))
@@ -305,8 +311,15 @@ def _project_features() -> tuple[FeatureDef, ...]:
         *popularity,
         FeatureDef(item, "popularity_all", DType.INT, B, Kind.COUNT, events=POSITIVE, lambda_merge=True,
                    ttl=7 * _D, description="all-time positive events: batch + speed layer after the watermark"),
-        FeatureDef(item, "ctr", DType.FLOAT, B, default=smoothed_ctr(0, 0),
-                   description="all-time smoothed_ctr(clicks, impressions) as of the watermark"),
+        *(
+            FeatureDef(item, f"{what}_all", DType.INT, B, Kind.COUNT, events=filt, lambda_merge=True, ttl=7 * _D,
+                       description=f"all-time {what}: batch + speed layer after the watermark")
+            for what, filt in (("impressions", IMPRESSIONS), ("clicks", CLICKS))
+        ),
+        # A ratio of lambda-merged counts, so serving sees the CTR as of the request, as training
+        # rows do (as of their event time), not as of the last batch run.
+        FeatureDef(item, "ctr", DType.FLOAT, S, Kind.RATIO, ratio_of=("clicks_all", "impressions_all"),
+                   default=smoothed_ctr(0, 0), description="all-time smoothed CTR (batch + live counts)"),
         FeatureDef(item, "primary_category", DType.STRING, B, description="the item's first category"),
         FeatureDef(item, "categories", DType.SEQUENCE, B, cap=64, description="the item's categories"),
         FeatureDef(item, "embedding", DType.VECTOR, B, dim=32, description="Item2vec embedding"),
@@ -337,6 +350,9 @@ def _project_features() -> tuple[FeatureDef, ...]:
                    member=Member.CATEGORY, cap=20, ttl=7 * _D,
                    description="categories of positives while active (7-day TTL), by count"),
         FeatureDef(uc, "affinity", DType.FLOAT, B, description="share of the user's positives in the category"),
+        FeatureDef(glob, "popular", DType.SEQUENCE, B, Kind.TOP_K, events=POSITIVE, cap=500,
+                   description="top items by all-time positive events before the watermark (the serving "
+                   "popular list is this ∪ trending, scored by the merged item.popularity_all)"),
         FeatureDef(glob, "trending", DType.SEQUENCE, S, Kind.TOP_K, events=POSITIVE, window=6 * _H,
                    bucket=_H, cap=100, ttl=7 * _H, description="top items by positive events in the last 6h"),
     )

@@ -63,6 +63,9 @@ class FlinkSettings(_Section):
 
 
 class ApiSettings(_Section):
+    """The HTTP service. Event replay markers live `feature_store.dedup_ttl_s` and the behaviour
+    sequence length is the cap of `user.recent_items` (feature_store.definitions): not set here."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
@@ -73,8 +76,6 @@ class ApiSettings(_Section):
     ranker: str = Field(default="din", pattern="^(din|wide_deep)$", description="Ranker family to serve.")
     recall_candidates: int = Field(default=200, gt=0, le=5000)
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
-    event_dedup_ttl_s: int = Field(default=7 * 86400, gt=0, description="TTL of per-event_id dedup markers.")
-    live_sequence_length: int = Field(default=50, gt=0)
     item_cache_ttl_s: float = Field(default=5.0, ge=0, description="In-process catalog cache TTL (0: off).")
     global_cache_ttl_s: float = Field(default=1.0, ge=0, description="Popular/trending/category lists memo TTL.")
     tf_threads: int = Field(default=1, ge=0, description="TensorFlow intra/inter-op threads per worker (0: TF default).")
@@ -83,19 +84,23 @@ class ApiSettings(_Section):
 class BatchSettings(_Section):
     """The Spark batch layer (`pipelines/spark`). URIs are strings so a cluster run can point them
     at shared storage (hdfs://, s3a://); unset means the local default under `state_dir`.
-    Feature windows, caps and the CTR prior come from `feature_store.definitions`, not from here."""
+    Feature windows, caps, the CTR prior and the positive-interaction rule (`POSITIVE`) come from
+    `feature_store.definitions`, not from here."""
 
     output_uri: str | None = Field(default=None, description="Default: <state_dir>/batch")
     events_uri: str | None = Field(default=None, description="Event log root. Default: <state_dir>/events")
     catalog_uri: str | None = Field(default=None, description="Catalog root. Default: <state_dir>/catalog")
     session_gap_minutes: float = Field(default=30.0, gt=0)
-    min_positive_rating: float = Field(default=3.5, description="A rating >= this is a positive.")
-    positive_event_types: list[str] = Field(default_factory=lambda: ["click", "like", "purchase", "add_to_cart", "share"])
     negative_sampling_ratio: int = Field(default=4, ge=0, description="Sampled negatives per positive (no impressions).")
     max_seq_len: int = Field(default=50, gt=0)
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     test_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = Field(default=17, description="Seed of negative sampling (deterministic per event).")
+    walk_models: list[str] = Field(default=["deepwalk", "node2vec"], description="random_walks: deepwalk and/or node2vec.")
+    walks_per_node: int = Field(default=10, gt=0, description="random_walks: walks started from each node with out-edges.")
+    walk_length: int = Field(default=40, ge=2, description="random_walks: nodes per walk (shorter after a dead end).")
+    node2vec_p: float = Field(default=0.5, gt=0, description="random_walks: Node2vec return parameter.")
+    node2vec_q: float = Field(default=2.0, gt=0, description="random_walks: Node2vec in-out parameter.")
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> "BatchSettings":

@@ -63,3 +63,20 @@ def read_graph_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: not an item-graph Parquet file with src, dst, weight ({exc})") from None
     return (np.asarray(table["src"].to_pylist(), str), np.asarray(table["dst"].to_pylist(), str),
             table["weight"].to_numpy().astype(np.float64))  # fmt: skip
+
+
+def read_walks_parquet(path: Path, batch_rows: int = 65_536) -> list[list[str]]:
+    """Walks from `recsys batch random_walks` (walk_id, item_ids list<string>): a Parquet file or
+    a folder of part files, read one record batch at a time."""
+    import pyarrow.dataset as ds
+
+    walks: list[list[str]] = []
+    try:
+        dataset = ds.dataset(path, format="parquet")
+        for batch in dataset.to_batches(columns=["item_ids"], batch_size=batch_rows):
+            walks.extend(items for items in batch.column("item_ids").to_pylist() if items and len(items) >= 2)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not a walks Parquet dataset with an item_ids column ({exc})") from None
+    if not walks:
+        raise ValueError(f"{path}: holds no walk of two or more items")
+    return walks

@@ -49,12 +49,17 @@ class SkipGramConfig:
     min_count: int = 1
     shrink_window: bool = True
     batch_size: int = 1024
+    #: How the updates of a row repeated within one batch combine: "sum" (plain sparse SGD, each
+    #: occurrence adds its full step) or "mean" (the row moves by the average of its gradients).
+    duplicate_rows: str = "sum"
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("dim", "window", "negatives", "epochs", "min_count", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SkipGramConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.duplicate_rows not in ("sum", "mean"):
+            raise ValueError(f"SkipGramConfig.duplicate_rows must be 'sum' or 'mean', got {self.duplicate_rows!r}")
         if not 0 < self.min_learning_rate <= self.learning_rate:
             raise ValueError("SkipGramConfig needs 0 < min_learning_rate <= learning_rate")
 
@@ -155,6 +160,8 @@ class _SgnsStep:
         self.table = tf.constant(table)
         self.negatives = config.negatives
         self.batch_size = config.batch_size
+        self.average_duplicates = config.duplicate_rows == "mean"
+        self.vocabulary_size = vocabulary_size
         self._step = tf.function(self._sgd_step, jit_compile=True)
         spec = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
         self.run_chunk = tf.function(self._run_chunk, input_signature=spec)
@@ -192,10 +199,20 @@ class _SgnsStep:
             [pos_grad[:, None] * u, tf.reshape(neg_grad[:, :, None] * u[:, None, :], [-1, tf.shape(u)[1]])], axis=0
         )
         rows_v = tf.concat([contexts, tf.reshape(negatives, [-1])], axis=0)
+        if self.average_duplicates:
+            grad_u = grad_u / self._occurrences(targets)[:, None]
+            grad_v = grad_v / self._occurrences(rows_v)[:, None]
         self.inputs.scatter_sub(tf.IndexedSlices(rate * grad_u, targets))
         self.outputs.scatter_sub(tf.IndexedSlices(rate * grad_v, rows_v))
         loss = tf.nn.softplus(-pos_logit) + tf.reduce_sum(tf.nn.softplus(neg_logit), axis=-1)
         return tf.reduce_mean(loss)
+
+    def _occurrences(self, rows: Any) -> Any:
+        """How many times each entry of `rows` occurs in `rows` (float32, same shape)."""
+        import tensorflow as tf
+
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(rows, tf.float32), rows, self.vocabulary_size)
+        return tf.gather(counts, rows)
 
     def input_vectors(self) -> np.ndarray:
         return self.inputs.numpy()

@@ -3,7 +3,7 @@ Item2vec on user sequences, DeepWalk and Node2vec on walks over the item graph."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -40,15 +40,23 @@ class TrainedEmbeddings:
 
 def train_embeddings(
     sequences: Sequence[Sequence[str]], graph: ItemGraph, config: EmbeddingTrainingConfig,
-    progress: PhaseProgress | None = None,
+    progress: PhaseProgress | None = None, walks: Mapping[str, Sequence[Sequence[str]]] | None = None,
 ) -> TrainedEmbeddings:  # fmt: skip
-    """Train each model named in `config.models` with the same skip-gram hyper-parameters."""
+    """Train each model named in `config.models` with the same skip-gram hyper-parameters.
+
+    DeepWalk/Node2vec train on `walks[name]` when given (e.g. from the Spark random_walks job),
+    else on walks generated here from `graph`."""
     unknown = set(config.models) - {"item2vec", "deepwalk", "node2vec"}
     if unknown:
         raise ValueError(f"unknown embedding models {sorted(unknown)}: use item2vec, deepwalk, node2vec")
     result = TrainedEmbeddings({}, {})
     for name in config.models:
-        corpus = sequences if name == "item2vec" else _walks(graph, config.walks, name, config.skipgram.seed)
+        if name == "item2vec":
+            corpus = sequences
+        elif walks is not None and name in walks:
+            corpus = walks[name]
+        else:
+            corpus = _walks(graph, config.walks, name, config.skipgram.seed)
         trainer = SkipGramTrainer(replace(config.skipgram, seed=config.skipgram.seed + len(result.stats)))
         report = (lambda share, _pairs, phase=name: progress(phase, share)) if progress else None
         result.embeddings[name] = trainer.fit(corpus, report)

@@ -25,6 +25,8 @@ from typing import Final
 
 import pyarrow as pa
 
+from feature_store.definitions import Entity
+
 USER_ID: Final = "user_id"
 ITEM_ID: Final = "item_id"
 TS: Final = "ts"
@@ -39,6 +41,26 @@ SPLITS: Final = ("train", "validation", "test")
 LABEL_SOURCES: Final = ("click", "rating", "impression", "sampled", "recall")
 DEFAULT_MAX_SEQ_LEN: Final = 50
 DEFAULT_DENSE_FEATURES: Final = ("item_pop_7d", "item_ctr", "user_event_count", "user_cat_affinity")
+
+# The one definition of where each dense sample feature comes from online: sample column ->
+# (entity, feature-store feature). The Spark ranking-samples job computes the column as of the
+# row's ts from the same events the feature store counts as of "now", so a request at serving
+# reads exactly what the training row held (tests/pipelines/spark/test_feature_parity.py).
+DENSE_FEATURE_SOURCES: Final[dict[str, tuple[Entity, str]]] = {
+    # Columns written by pipelines/spark/jobs/ranking_samples.py (its DENSE_FEATURES).
+    "item_popularity": (Entity.ITEM, "popularity_all"),
+    "item_ctr": (Entity.ITEM, "ctr"),
+    "user_event_count": (Entity.USER, "event_count"),
+    "user_positive_count": (Entity.USER, "positive_count"),
+    "user_category_affinity": (Entity.USER_CATEGORY, "affinity"),
+    # Further columns a samples file may carry.
+    "item_pop_1d": (Entity.ITEM, "popularity_1d"),
+    "item_pop_7d": (Entity.ITEM, "popularity_7d"),
+    "item_pop_30d": (Entity.ITEM, "popularity_30d"),
+    "item_pop_all": (Entity.ITEM, "popularity_all"),
+    "item_ctr_24h": (Entity.ITEM, "ctr_24h"),
+    "user_cat_affinity": (Entity.USER_CATEGORY, "affinity"),
+}
 
 BASE_FIELDS: Final = (
     pa.field(USER_ID, pa.string(), nullable=False),

@@ -2,8 +2,10 @@
 de-duplication, per-channel quotas and channel tags on every candidate.
 
 Channels here: neighbours of the user's recent items in an embedding index (Item2vec, DeepWalk,
-Node2vec), co-occurrence (item-CF) neighbours, and a popular/trending list read from any source
-callable (the feature store's list in production, training counts offline).
+Node2vec), the user's own vector in that index, co-occurrence (item-CF) neighbours, and a
+popular/trending list read from any source callable (the feature store's list in production,
+training counts offline). The API adds its serving-only channels (category neighbours from the
+catalog) as further implementations of `RecallChannel` and merges them all here.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from typing import Protocol
 import numpy as np
 
 from models.embeddings.item_embeddings import ItemEmbeddings
+from models.embeddings.user_vectors import user_vector
 from models.evaluation.baselines import ItemKNNRecommender
 from models.retrieval.base import RecallIndex
+
+
+# (item, score), or (item, score, because) where `because` names the seed behind the item
+# (a history item or a category) for the explanation.
+Recalled = tuple[str, float] | tuple[str, float, str]
 
 
 @dataclass
@@ -24,14 +32,20 @@ class RecallCandidate:
     item_id: str
     score: float
     channels: set[str] = field(default_factory=set)
+    because: str | None = None
 
 
 class RecallChannel(Protocol):
     name: str
 
-    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
-        """Up to `k` (item, score) pairs, best first, for a user whose history is oldest first."""
+    def recall(self, history: Sequence[str], k: int) -> list[Recalled]:
+        """Up to `k` (item, score[, because]) entries, best first, for a user whose history is
+        oldest first."""
         ...
+
+
+def _candidate(entry: Recalled, name: str) -> RecallCandidate:
+    return RecallCandidate(entry[0], entry[1], {name}, entry[2] if len(entry) > 2 else None)  # type: ignore[misc]
 
 
 def _merge_neighbours(lists: list[list[tuple[str, float]]], exclude: set[str], k: int) -> list[tuple[str, float]]:
@@ -59,6 +73,39 @@ class EmbeddingNeighbourChannel:
         result = self.index.search(self._unit[seeds], min(k + len(history), len(self.index)))
         lists = [list(zip(ids.tolist(), scores.tolist())) for ids, scores in zip(result.ids, result.scores)]
         return _merge_neighbours(lists, set(history) | {""}, k)
+
+
+class UserVectorChannel:
+    """Nearest neighbours of the user's vector (decayed mean of the recent items' embeddings,
+    `models.embeddings.user_vectors`) in one embedding index: one search per request."""
+
+    def __init__(self, name: str, embeddings: ItemEmbeddings, index: RecallIndex, max_items: int = 50) -> None:
+        self.name, self.embeddings, self.index, self.max_items = name, embeddings, index, max_items
+        self._position = embeddings.position()
+
+    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
+        vector = user_vector(self.embeddings, history, max_items=self.max_items, position=self._position)
+        if vector is None:
+            return []
+        result = self.index.search(vector[None, :], min(k + len(history), len(self.index)))
+        return _merge_neighbours([list(zip(result.ids[0].tolist(), result.scores[0].tolist()))], set(history) | {""}, k)
+
+
+class EmbeddingSimilarItems:
+    """Item-to-item neighbours in one embedding index (for `/v1/items/{id}/similar`)."""
+
+    def __init__(self, embeddings: ItemEmbeddings, index: RecallIndex) -> None:
+        self.embeddings, self.index = embeddings, index
+        self._position = embeddings.position()
+        self._unit = embeddings.normalized()
+
+    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """Up to `k` neighbours (the item itself excluded), or None if the item has no embedding."""
+        row = self._position.get(item_id)
+        if row is None:
+            return None
+        result = self.index.search(self._unit[row : row + 1], min(k + 1, len(self.index)))
+        return _merge_neighbours([list(zip(result.ids[0].tolist(), result.scores[0].tolist()))], {item_id, ""}, k)
 
 
 class ItemCFChannel:
@@ -102,28 +149,31 @@ class MultiChannelRecall:
         merged: dict[str, RecallCandidate] = {}
         for name, found in results.items():
             taken = 0
-            for item, score in found:
+            for entry in found:
                 if taken >= self.quotas.get(name, default_quota) or len(merged) >= k:
                     break
-                if item not in merged:
-                    merged[item] = RecallCandidate(item, score, {name})
+                if entry[0] not in merged:
+                    merged[entry[0]] = _candidate(entry, name)
                     taken += 1
         self._fill(results, merged, k)
         for name, found in results.items():  # tag items a later channel also found
-            for item, _ in found:
-                if item in merged:
-                    merged[item].channels.add(name)
+            for entry in found:
+                candidate = merged.get(entry[0])
+                if candidate is not None:
+                    candidate.channels.add(name)
+                    if candidate.because is None and len(entry) > 2:
+                        candidate.because = entry[2]  # type: ignore[misc]
         return list(merged.values())[:k]
 
     @staticmethod
-    def _fill(results: dict[str, list[tuple[str, float]]], merged: dict[str, RecallCandidate], k: int) -> None:
-        queues = [[(item, score, name) for item, score in found if item not in merged] for name, found in results.items()]
+    def _fill(results: dict[str, list[Recalled]], merged: dict[str, RecallCandidate], k: int) -> None:
+        queues = [[(entry, name) for entry in found if entry[0] not in merged] for name, found in results.items()]
         position = 0
         while len(merged) < k and any(position < len(queue) for queue in queues):
             for queue in queues:
-                if position < len(queue) and len(merged) < k and queue[position][0] not in merged:
-                    item, score, name = queue[position]
-                    merged[item] = RecallCandidate(item, score, {name})
+                if position < len(queue) and len(merged) < k and queue[position][0][0] not in merged:
+                    entry, name = queue[position]
+                    merged[entry[0]] = _candidate(entry, name)
             position += 1
 
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
@@ -137,4 +187,4 @@ class ChannelRecommender:
         self.channel = channel
 
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
-        return [item for item, _ in self.channel.recall(history, k)]
+        return [entry[0] for entry in self.channel.recall(history, k)]

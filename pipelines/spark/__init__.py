@@ -22,6 +22,6 @@ Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_ur
 - `features/`: the batch views (`<entity>/` Parquet) with the watermark they cover, also published
   to the feature store.
 
-A positive interaction is an event whose type is in `batch.positive_event_types`, or a rating
-with value >= `batch.min_positive_rating`.
+A positive interaction is what `feature_store.definitions.POSITIVE` says (click, like, purchase,
+add_to_cart, share, or a rating >= 3.5): the same rule the speed layer and the API apply.
 """

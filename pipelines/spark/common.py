@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from feature_store.settings import BatchSettings, Settings
+from feature_store.definitions import POSITIVE, EventFilter
+from feature_store.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -70,13 +71,12 @@ class BatchPaths:
         return self.output("features")
 
 
-def positive_condition(batch: BatchSettings) -> Column:
-    """True for a positive interaction: a positive event type, or a rating >= the minimum."""
+def positive_condition(positive: EventFilter = POSITIVE) -> Column:
+    """True for a positive interaction (`feature_store.definitions.POSITIVE` unless a test injects
+    another rule), over the master table's `type` and `value` columns."""
     from pyspark.sql import functions as F
 
-    typed = F.col("type").isin(list(batch.positive_event_types))
-    rated = (F.col("type") == "rating") & (F.col("value") >= F.lit(batch.min_positive_rating))
-    return typed | rated
+    return F.expr(positive.sql_condition())
 
 
 def read_parquet(spark: SparkSession, path: str, produced_by: str) -> DataFrame:

@@ -1,10 +1,15 @@
-"""Point-in-time ("as of") joins on Spark without driver-side collection.
+"""Point-in-time ("as of") features on Spark without driver-side collection or range joins.
 
-`as_of(samples, facts, keys, values)` gives each sample row the values of the latest fact row with
-the same keys and a timestamp *strictly before* the sample's `ts`. Both tables are unioned,
-ordered by (ts, sample-before-fact), and each value is carried forward with
-`last(value, ignorenulls)` over a running frame: one shuffle and sort, memory bounded by Spark's
-external sorter, no range join. Facts must be unique per (keys, ts); the builders below are.
+Sample rows and event (or fact) rows are stacked into one table, ordered by (ts, sample before
+event), and every feature is a running aggregate over that order: a count is the running sum of an
+event condition, a carried value is `last(value, ignorenulls)`. At a sample row the running frame
+holds exactly the rows with ts strictly before the sample's ts (rows at the same ts that are events
+sort after it), so a sample never sees its own future. One shuffle and sort per partition key;
+memory bounded by Spark's external sorter.
+
+Windows whose keys extend the previous one's (user_id, then user_id + category) reuse its
+shuffle: Spark only sorts again. Facts fed in (e.g. `history_facts`) must be unique per
+(keys, ts).
 """
 
 from __future__ import annotations
@@ -12,50 +17,54 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame, WindowSpec
 
-_ORDER = "_pit_order"
+#: 0 on sample rows, 1 on event and fact rows: the tie-break that keeps same-ts events out.
+ROW_KIND = "_pit_kind"
+SAMPLE, EVENT = 0, 1
 
 
-def as_of(samples: DataFrame, facts: DataFrame, keys: Sequence[str], values: Sequence[str]) -> DataFrame:
-    """`samples` plus `values` taken from the latest `facts` row (same `keys`) with ts < sample ts.
-
-    A value is null when no earlier fact exists. Each value column is carried separately, so a
-    fact row may leave some values null (they then come from an earlier fact).
-    """
-    from pyspark.sql import Window
+def stack(samples: DataFrame, *others: DataFrame) -> DataFrame:
+    """Samples (ROW_KIND 0) and event/fact rows (ROW_KIND 1) in one table; missing columns null."""
     from pyspark.sql import functions as F
 
-    sample_rows = samples.withColumn(_ORDER, F.lit(0))
-    fact_rows = facts.select(*keys, "ts", *values).withColumn(_ORDER, F.lit(1))
-    for name in values:
-        sample_rows = sample_rows.withColumn(name, F.lit(None).cast(facts.schema[name].dataType))
-    running = (
+    stacked = samples.withColumn(ROW_KIND, F.lit(SAMPLE))
+    for other in others:
+        stacked = stacked.unionByName(other.withColumn(ROW_KIND, F.lit(EVENT)), allowMissingColumns=True)
+    return stacked
+
+
+def running(keys: Sequence[str]) -> WindowSpec:
+    """All rows of the same keys up to the current one, in (ts, sample-before-event) order."""
+    from pyspark.sql import Window
+
+    return (
         Window.partitionBy(*keys)
-        .orderBy("ts", _ORDER)
+        .orderBy("ts", ROW_KIND)
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
-    unioned = sample_rows.unionByName(fact_rows, allowMissingColumns=True)
-    carried = unioned.select(
-        *[c for c in unioned.columns if c not in values],
-        *[F.last(name, ignorenulls=True).over(running).alias(name) for name in values],
-    )
-    return carried.where(F.col(_ORDER) == 0).drop(_ORDER)
 
 
-def running_counts(events: DataFrame, keys: Sequence[str], counts: dict[str, str]) -> DataFrame:
-    """Facts (keys, ts, <name>...) holding cumulative counts up to and including each ts.
-
-    `counts` maps an output name to a boolean SQL expression over the event columns.
-    """
-    from pyspark.sql import Window
+def count_before(condition: str, keys: Sequence[str]) -> Column:
+    """Number of event rows with the same keys, before the row's ts, where the SQL `condition` holds."""
     from pyspark.sql import functions as F
 
-    per_ts = events.groupBy(*keys, "ts").agg(
-        *[F.sum(F.expr(f"CAST(({condition}) AS INT)")).alias(name) for name, condition in counts.items()]
-    )
-    running = Window.partitionBy(*keys).orderBy("ts").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    return per_ts.select(*keys, "ts", *[F.sum(name).over(running).cast("long").alias(name) for name in counts])
+    hit = F.when(F.col(ROW_KIND) == EVENT, F.coalesce(F.expr(f"CAST(({condition}) AS INT)"), F.lit(0)))
+    return F.coalesce(F.sum(hit.otherwise(0)).over(running(keys)), F.lit(0)).cast("long")
+
+
+def last_before(column: str, keys: Sequence[str]) -> Column:
+    """The latest non-null `column` of a row with the same keys before the row's ts (null if none)."""
+    from pyspark.sql import functions as F
+
+    return F.last(column, ignorenulls=True).over(running(keys))
+
+
+def samples_only(stacked: DataFrame) -> DataFrame:
+    """Back from a stacked table to its sample rows."""
+    from pyspark.sql import functions as F
+
+    return stacked.where(F.col(ROW_KIND) == SAMPLE).drop(ROW_KIND)
 
 
 def history_facts(positives: DataFrame, max_len: int) -> DataFrame:

@@ -21,14 +21,16 @@ if TYPE_CHECKING:
 
 #: Every job, in the order `all` runs them (each reads what the ones before it wrote).
 CHAIN: tuple[str, ...] = ("compact", "sequences", "item_graph", "batch_features", "ranking_samples")
+#: Jobs run only by name, not by `all` (random_walks: only `recsys train embeddings --walks` needs it).
+ON_DEMAND: tuple[str, ...] = ("random_walks",)
 
 JobRun = Callable[["SparkSession", Settings], JobSummary]
 
 
 def job_runner(name: str) -> JobRun:
     """The `run(spark, settings)` function of the job called `name`."""
-    if name not in CHAIN:
-        raise ValueError(f"unknown batch job {name!r}; jobs: {', '.join(CHAIN)}")
+    if name not in CHAIN + ON_DEMAND:
+        raise ValueError(f"unknown batch job {name!r}; jobs: {', '.join(CHAIN + ON_DEMAND)}")
     module = importlib.import_module(f"pipelines.spark.jobs.{name}")
     return module.run  # type: ignore[no-any-return]
 

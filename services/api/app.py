@@ -4,12 +4,14 @@ the Redis client, the event log writer and the model manager once, and closes th
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 
 import redis
 from fastapi import FastAPI
 
+from feature_store.definitions import FEATURES, Entity
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_client import ConnectionSpec
@@ -20,6 +22,7 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import ServiceMiddleware
 from services.api.routes import admin, events, health, items, recommendations, users
 from services.api.state import ServiceState
+from services.recommend.catalog_sync import CatalogSync
 from services.recommend.channels import default_channels
 from services.recommend.fallback import LastKnownPopular
 from services.recommend.item_cache import ItemCache, TtlMemo
@@ -82,22 +85,25 @@ def _start(
     features = RedisOnlineStore(ConnectionSpec.from_settings(settings, url), settings.feature_store)
     stack.callback(features.close)
     store = ServingStore(
-        client, features, settings.redis.key_prefix, settings.api.event_dedup_ttl_s,
+        client, features, settings.redis.key_prefix, math.ceil(settings.feature_store.dedup_ttl_s),
         ItemCache(ttl_s=settings.api.item_cache_ttl_s), TtlMemo(ttl_s=settings.api.global_cache_ttl_s),
     )
     event_log = LocalEventLog(settings.event_log_dir, settings.event_log)
     stack.callback(event_log.close)
+    catalog_sync = CatalogSync(store, settings.catalog_dir)  # bulk-imported items, in the background
+    catalog_sync.start()
+    stack.callback(catalog_sync.stop)
     fallback = LastKnownPopular()
     _prime(store, fallback, settings.api.recall_candidates)
     pipeline = RecommendationPipeline(
         store, default_channels(store, fallback), fallback, settings.api.recall_candidates,
-        settings.api.live_sequence_length,
+        FEATURES.get(Entity.USER, "recent_items").cap,  # type: ignore[arg-type]  # sequences always have one
         observe_stage=lambda stage, seconds: metrics.stage_latency.labels(stage).observe(seconds),
     )
     models = _model_manager(settings, metrics, version_source, bundle_loader, store)
     models.start()
     stack.callback(models.stop)
-    return ServiceState(settings, client, store, event_log, fallback, pipeline, models, metrics)
+    return ServiceState(settings, client, store, event_log, fallback, pipeline, models, metrics, catalog_sync)
 
 
 def _prime(store: ServingStore, fallback: LastKnownPopular, k: int) -> None:

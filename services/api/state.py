@@ -9,6 +9,7 @@ import redis
 from feature_store.event_log import LocalEventLog
 from feature_store.settings import Settings
 from services.api.metrics import ApiMetrics
+from services.recommend.catalog_sync import CatalogSync
 from services.recommend.fallback import LastKnownPopular
 from services.recommend.model_manager import ModelManager
 from services.recommend.online_store import ServingStore
@@ -25,3 +26,4 @@ class ServiceState:
     pipeline: RecommendationPipeline
     models: ModelManager
     metrics: ApiMetrics
+    catalog_sync: CatalogSync | None = None

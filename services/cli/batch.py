@@ -13,10 +13,10 @@ import typer
 from rich.logging import RichHandler
 from rich.table import Table
 
-from pipelines.spark.runner import CHAIN
+from pipelines.spark.runner import CHAIN, ON_DEMAND
 from services.cli.common import StateDirOption, console, fail, load_settings
 
-app = typer.Typer(help="Spark batch jobs: compact, sequences, item_graph, batch_features, ranking_samples.",
+app = typer.Typer(help="Spark batch jobs: compact, sequences, item_graph, batch_features, ranking_samples, random_walks.",
                   no_args_is_help=True)  # fmt: skip
 
 HELP = {
@@ -25,6 +25,7 @@ HELP = {
     "item_graph": "Directed item graph weighted by in-session transitions.",
     "batch_features": "Item, user and user×category batch views, published to the feature store.",
     "ranking_samples": "Labelled ranker training rows with point-in-time features, split by time.",
+    "random_walks": "DeepWalk/Node2vec walks over the item graph (walks/<model>), for `recsys train embeddings --walks`.",
 }
 
 
@@ -35,7 +36,11 @@ def _run(names: list[str], state_dir: object) -> None:
     from pipelines.spark.session import build_session
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    from pyspark.sql import SparkSession
+
     settings = load_settings(state_dir)  # type: ignore[arg-type]
+    # A caller that already runs Spark (a notebook, the tests) keeps its session: stop only ours.
+    owns_session = SparkSession.getActiveSession() is None
     spark = build_session(settings, f"recsys-batch-{'-'.join(names) if len(names) == 1 else 'all'}")
     table = Table(title="batch summary")
     for column in ("job", "rows in", "rows out", "rejects", "seconds", "details"):
@@ -49,7 +54,8 @@ def _run(names: list[str], state_dir: object) -> None:
         fail(str(exc))
     finally:
         console.print(table)
-        spark.stop()
+        if owns_session:
+            spark.stop()
 
 
 def _command(name: str) -> Callable[..., None]:
@@ -60,7 +66,7 @@ def _command(name: str) -> Callable[..., None]:
     return command
 
 
-for _name in CHAIN:
+for _name in CHAIN + ON_DEMAND:
     app.command(_name)(_command(_name))
     if "_" in _name:
         app.command(_name.replace("_", "-"), hidden=True)(_command(_name))

@@ -169,7 +169,8 @@ def _wait_ready(base: str, api: subprocess.Popen[bytes], log: Path, timeout_s: f
             fail(f"the API exited with code {api.returncode}; see {log}")
         try:
             response = httpx.get(f"{base}/readyz", timeout=2.0)
-            if response.status_code == 200:
+            # Ready, and the catalog (titles, categories) loaded, so the sample is complete.
+            if response.status_code == 200 and response.json().get("catalog") not in ("idle", "syncing"):
                 return
             last = response.text
         except httpx.HTTPError as exc:
@@ -178,18 +179,28 @@ def _wait_ready(base: str, api: subprocess.Popen[bytes], log: Path, timeout_s: f
     fail(f"the API at {base} did not become ready in {timeout_s:.0f}s: {last}; see {log}")
 
 
-def _show_sample(base: str, settings: Settings) -> None:
-    from feature_store.catalog import Catalog
+def _sample_user(settings: Settings) -> str:
+    """The user with the most positive interactions in the batch view, so the sample shows
+    personal recommendations with reasons rather than a cold-start list."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
 
-    user = next(iter(Catalog(settings.catalog_dir).users()), None)
-    if user is None:
-        fail("the catalog has no users")
-        return
-    response = httpx.get(f"{base}/v1/users/{user.user_id}/recommendations", params={"k": 5}, timeout=10.0)
+    users = ds.dataset(Path(settings.batch_uri) / "features" / "user", format="parquet")
+    table = users.to_table(columns=["user_id", "positive_count"])
+    if table.num_rows == 0:
+        fail("the batch layer published no users")
+    return str(table["user_id"][pc.index(table["positive_count"], pc.max(table["positive_count"])).as_py()])
+
+
+def _show_sample(base: str, settings: Settings) -> None:
+    user_id = _sample_user(settings)
+    response = httpx.get(f"{base}/v1/users/{user_id}/recommendations", params={"k": 5}, timeout=10.0)
     if response.status_code != 200:
         fail(f"sample recommendation failed: HTTP {response.status_code}: {response.text[:300]}")
     body = response.json()
-    table = Table(title=f"GET /v1/users/{user.user_id}/recommendations?k=5")
+    if not body["items"]:
+        fail(f"the sample recommendation for user {user_id} is empty: {body}")
+    table = Table(title=f"GET /v1/users/{user_id}/recommendations?k=5")
     for column in ("item", "score", "sources", "reason"):
         table.add_column(column)
     for item in body["items"]:

@@ -42,5 +42,6 @@ def serve(
         uvicorn.run(
             "services.api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
             log_level=log_level, timeout_graceful_shutdown=10,
+            loop="uvloop", http="httptools", access_log=False,  # per-request CPU: the API is CPU-bound
         )
     console.print("[bold]recsys serve[/] stopped")

@@ -20,6 +20,7 @@ def embeddings(
     state_dir: StateDirOption = None,
     sequences: Annotated[Path | None, typer.Option(help="Sequences Parquet from the batch layer (default: build from the event log).")] = None,
     graph: Annotated[Path | None, typer.Option(help="Item-graph Parquet from the batch layer (default: transitions of the sequences).")] = None,
+    walks: Annotated[Path | None, typer.Option(help="Walks from `recsys batch random_walks`: its walks/ folder (deepwalk/, node2vec/) or one walks Parquet for every walk model (default: walk here).")] = None,
     models: Annotated[str, typer.Option(help="Comma-separated: item2vec, deepwalk, node2vec.")] = "item2vec,deepwalk,node2vec",
     dim: Annotated[int, typer.Option(min=2)] = 64,
     window: Annotated[int, typer.Option(min=1)] = 5,
@@ -49,13 +50,14 @@ def embeddings(
             WalkConfig(walks_per_node, walk_length, p, q),
             tuple(name.strip() for name in models.split(",") if name.strip()),
         )
-        _train(settings, config, sequences, graph, min_rating, index_kind, evaluate_models, publish)
+        _train(settings, config, sequences, graph, min_rating, index_kind, evaluate_models, publish, walks)
     except (ValueError, OSError) as exc:
         fail(str(exc))
 
 
 def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: Path | None,
-           min_rating: float, index_kind: str, evaluate_models: bool, publish: bool) -> None:  # fmt: skip
+           min_rating: float, index_kind: str, evaluate_models: bool, publish: bool,
+           walks_path: Path | None = None) -> None:  # fmt: skip
     from models.embeddings.inputs import read_graph_parquet, read_sequences_parquet, transition_graph
     from models.embeddings.training import train_embeddings
     from models.embeddings.walks import ItemGraph
@@ -78,7 +80,8 @@ def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: 
                   f"graph {len(item_graph.ids):,} nodes / {len(item_graph.targets):,} edges")  # fmt: skip
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
         tasks = {name: bar.add_task(f"train {name}", total=1.0) for name in config.models}
-        trained = train_embeddings(train_sequences, item_graph, config, lambda phase, share: bar.update(tasks[phase], completed=share))
+        trained = train_embeddings(train_sequences, item_graph, config, lambda phase, share: bar.update(tasks[phase], completed=share),
+                                   _read_walks(walks_path, config.models))  # fmt: skip
     popular = PopularityRecommender(train_sequences)
     artifact = RecallArtifact.build(trained.embeddings, popular, index_kind)
     metrics: dict[str, Any] = {
@@ -94,6 +97,23 @@ def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: 
     _summary(trained, artifact)
     if publish:
         _publish(settings, artifact, config.to_dict() | {"index_kind": index_kind, "min_rating": min_rating}, window, metrics)
+
+
+def _read_walks(path: Path | None, models: tuple[str, ...]) -> dict[str, list[list[str]]] | None:
+    """Walk corpora by model from `--walks`: `<path>/<model>` when that folder exists, else `path`
+    itself for every walk model."""
+    from models.embeddings.inputs import read_walks_parquet
+
+    if path is None:
+        return None
+    if not path.exists():
+        raise ValueError(f"{path}: no such walks folder or file (run `recsys batch random_walks`)")
+    walks = {}
+    for model in (name for name in models if name in ("deepwalk", "node2vec")):
+        source = path / model if (path / model).is_dir() else path
+        walks[model] = read_walks_parquet(source)
+        console.print(f"{model}: {len(walks[model]):,} walks from {source}")
+    return walks
 
 
 def _split_from_event_log(settings: Any, min_rating: float) -> Any:

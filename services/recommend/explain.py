@@ -13,6 +13,9 @@ SOURCE_REASONS = {
     "popular": "popular right now",
     "embedding": "similar to items you interacted with",
     "item2vec": "often watched together with your recent items",
+    "deepwalk": "often watched after your recent items",
+    "node2vec": "often watched after your recent items",
+    "user_vector": "close to your recent taste",
     "graph": "often watched after your recent items",
     "cooccurrence": "often watched together with your recent items",
 }
@@ -52,7 +55,7 @@ def explain(
 
 
 def _source_reason(sources: set[str]) -> str:
-    for source in ("trending", "item2vec", "graph", "cooccurrence", "embedding", "popular"):
+    for source in ("trending", "item2vec", "deepwalk", "node2vec", "graph", "cooccurrence", "user_vector", "embedding", "popular"):
         if source in sources:
             return SOURCE_REASONS[source]
     return "recommended for you"

@@ -15,25 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from feature_store.definitions import Entity, user_category_id
+from models.ranking.samples import DENSE_FEATURE_SOURCES
 from models.registry import ModelVersion, RegistryError
+from services.recommend.item_cache import ItemCache
 from services.recommend.online_store import ServingStore
-from services.recommend.types import Candidate, RankOutput, RecallChannel, SimilarItems, UserContext
+from models.retrieval.multichannel import RecallChannel
+from services.recommend.types import Candidate, RankOutput, SimilarItems, UserContext
 
 log = logging.getLogger(__name__)
 
-# Ranking-sample dense feature -> (entity, feature-store feature) it is computed from.
-DENSE_FEATURE_SOURCES: dict[str, tuple[Entity, str]] = {
-    "item_pop_1d": (Entity.ITEM, "popularity_1d"),
-    "item_pop_7d": (Entity.ITEM, "popularity_7d"),
-    "item_pop_30d": (Entity.ITEM, "popularity_30d"),
-    "item_pop_all": (Entity.ITEM, "popularity_all"),
-    "item_ctr": (Entity.ITEM, "ctr"),
-    "item_ctr_24h": (Entity.ITEM, "ctr_24h"),
-    "user_event_count": (Entity.USER, "event_count"),
-    "user_positive_count": (Entity.USER, "positive_count"),
-    "user_cat_affinity": (Entity.USER_CATEGORY, "affinity"),
-}
-
+_STRING_INPUTS = frozenset({"user_id", "hist_item_ids", "hist_categories", "item_id", "item_category"})
 
 class ExportedRanker:
     """A registry ranker version behind the `Ranker` interface."""
@@ -44,6 +35,9 @@ class ExportedRanker:
         self.name = kind
         self.store = store
         self.has_attention = kind == "din"
+        # Item features are the same for every user: one feature-store read per item per
+        # global-cache TTL instead of one read of all candidates per request.
+        self._item_features = ItemCache(ttl_s=store.global_cache.ttl_s)
         unknown = [name for name in spec.dense_features if name not in DENSE_FEATURE_SOURCES]  # type: ignore[attr-defined]
         if unknown:
             log.warning("ranker dense features %s have no online source: served at their training mean", unknown)
@@ -51,18 +45,10 @@ class ExportedRanker:
     def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
         import tensorflow as tf
 
-        history = list(reversed(user.history[: self.spec.max_seq_len]))  # type: ignore[attr-defined]
-        items = [c.item_id for c in candidates]
-        primary = self._primary_categories(history + items)
-        request = {
-            "user_id": tf.constant(user.user_id),
-            "hist_item_ids": tf.constant(history, tf.string),
-            "hist_categories": tf.constant([primary.get(i, "") for i in history], tf.string),
-            "item_id": tf.constant(items, tf.string),
-            "item_category": tf.constant([primary.get(i, "") for i in items], tf.string),
-            **{name: tf.constant(values) for name, values in self._dense(user, items, primary).items()},
-        }
-        output = self.saved_model.score_user(request)  # type: ignore[attr-defined]
+        request = self.request(user, [c.item_id for c in candidates])
+        history = request["hist_item_ids"]
+        tensors = {name: tf.constant(value, tf.string if name in _STRING_INPUTS else None) for name, value in request.items()}
+        output = self.saved_model.score_user(tensors)  # type: ignore[attr-defined]
         scores = output["score"].numpy().astype(np.float32)
         if not self.has_attention or not history:
             return RankOutput(scores=scores)
@@ -70,6 +56,20 @@ class ExportedRanker:
         # is newest first, so reverse the used columns.
         attention = output["attention"].numpy()[:, : len(history)][:, ::-1]
         return RankOutput(scores=scores, attention=np.ascontiguousarray(attention))
+
+    def request(self, user: UserContext, items: list[str]) -> dict[str, object]:
+        """The model input for one user's candidates, keyed like the ranking-samples columns
+        (history oldest first, as in training rows); `rank` feeds it to ``score_user``."""
+        history = list(reversed(user.history[: self.spec.max_seq_len]))  # type: ignore[attr-defined]
+        primary = self._primary_categories(history + items)
+        return {
+            "user_id": user.user_id,
+            "hist_item_ids": history,
+            "hist_categories": [primary.get(i, "") for i in history],
+            "item_id": items,
+            "item_category": [primary.get(i, "") for i in items],
+            **self._dense(user, items, primary),
+        }
 
     def _primary_categories(self, item_ids: list[str]) -> dict[str, str]:
         categories = self.store.categories_of(sorted(set(item_ids)))
@@ -92,10 +92,23 @@ class ExportedRanker:
             Entity.USER_CATEGORY: [user_category_id(user.user_id, primary.get(i, "")) for i in items],
         }
         for entity, pairs in wanted.items():
-            read = self.store.read_features(entity, ids[entity], [feature for _, feature in pairs])
+            features = [feature for _, feature in pairs]
+            if entity is Entity.ITEM:
+                read = self._cached_item_features(items, features)
+            else:
+                read = self.store.read_features(entity, ids[entity], features)
             for name, feature in pairs:
                 columns[name] = np.asarray(read[feature], np.float32)
         return columns
+
+    def _cached_item_features(self, items: list[str], features: list[str]) -> dict[str, list[object]]:
+        found, missing = self._item_features.get_many(items)
+        if missing:
+            read = self.store.read_features(Entity.ITEM, missing, features)
+            fetched = {item: {f: read[f][i] for f in features} for i, item in enumerate(missing)}
+            self._item_features.put_many(fetched)
+            found.update(fetched)
+        return {f: [found[item][f] for item in items] for f in features}
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -126,8 +139,27 @@ def load_ranker(version: ModelVersion, family: str, store: ServingStore, tf_thre
     return ExportedRanker(saved_model, spec, kind, store)
 
 
-def load_recall(version: ModelVersion, store: ServingStore) -> tuple[list[RecallChannel], SimilarItems | None]:
-    """Recall artifacts are not servable yet: `models.retrieval` has no loader to build channels from."""
-    raise RegistryError(
-        f"recall {version.version}: serving recall models needs models.retrieval's loader, not in this build"
-    )
+USER_VECTOR_CHANNEL = "user_vector"
+PREFERRED_SIMILAR_MODELS = ("item2vec", "node2vec", "deepwalk")
+
+
+def load_recall(version: ModelVersion, recent_items: int = 5) -> tuple[list[RecallChannel], SimilarItems]:
+    """A published recall artifact (`models.retrieval.artifact`) as serving parts: one
+    neighbour channel per embedding model (tagged with the model's name) over the user's
+    `recent_items` latest items, a user-vector channel and item-to-item neighbours from the
+    preferred model (Item2vec when present). The artifact's training-time popular list is not
+    used: serving reads live popularity from the feature store."""
+    from models.retrieval.artifact import RecallArtifact
+    from models.retrieval.multichannel import EmbeddingNeighbourChannel, EmbeddingSimilarItems, UserVectorChannel
+
+    models = version.manifest.get("models")
+    if not isinstance(models, list) or not models:
+        raise RegistryError(f"recall {version.version}: manifest lists no embedding models ('models')")
+    artifact = RecallArtifact.load(version.path, [str(name) for name in models])
+    channels: list[RecallChannel] = [
+        EmbeddingNeighbourChannel(name, artifact.embeddings[name], artifact.indexes[name], recent_items)
+        for name in artifact.embeddings
+    ]
+    main = next((name for name in PREFERRED_SIMILAR_MODELS if name in artifact.embeddings), next(iter(artifact.embeddings)))
+    channels.append(UserVectorChannel(USER_VECTOR_CHANNEL, artifact.embeddings[main], artifact.indexes[main]))
+    return channels, EmbeddingSimilarItems(artifact.embeddings[main], artifact.indexes[main])

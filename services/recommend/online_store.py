@@ -1,13 +1,15 @@
 """The online state the serving path reads and writes: features, popularity, the item/user catalog.
 
-User behaviour (the DIN sequence `user.recent_items`, merged batch + live) and `global.trending`
-come from the feature store (`feature_store.online_store`); the API writes posted events to it
-through the feature store's `LiveWriter`, the same idempotent writes the Flink job makes. What the
-serving side keeps itself, under `<prefix>:srv:`:
+User behaviour (the DIN sequence `user.recent_items`, merged batch + live), popularity
+(`global.popular` from the batch layer, `global.trending` from the speed layer, each item scored by
+its lambda-merged `item.popularity_all`) come from the feature store (`feature_store.online_store`);
+the API writes posted events to it through the feature store's `LiveWriter`, the same idempotent
+writes the Flink job makes, so an event counts once whichever path brought it. What the serving
+side keeps itself, under `<prefix>:srv:`:
 
     evt:<event_id>      string, TTL    dedup marker: an event is accepted once (SET NX)
-    pop                 sorted set     item → weighted positive-event count (all time)
-    item:<item_id>      string         the `Item` as JSON
+    item:<item_id>      string         the `Item` as JSON (PUT /v1/items, or the Parquet catalog sync)
+    item_put            hash           item id → ms of its last PUT (the catalog sync's "newer wins" rule)
     user:<user_id>      string         the `User` as JSON
     cat:<category>      sorted set     item ids in the category, scored by created_at (newest first)
     unavailable         set            items that must never be recommended
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -27,39 +30,15 @@ from typing import TypeVar
 
 import redis
 
-from feature_store.definitions import GLOBAL_ID, POSITIVE, Entity
+from feature_store.definitions import GLOBAL_ID, Entity
 from feature_store.errors import FeatureStoreUnavailableError
 from feature_store.live_writes import LiveWriter
 from feature_store.online_store import RedisOnlineStore
-from feature_store.schemas import Event, EventType, Item, User
+from feature_store.schemas import Event, Item, User
 from services.recommend.item_cache import ItemCache, TtlMemo
 from services.recommend.types import DegradedError
 
 T = TypeVar("T")
-
-# Weight of a positive event (feature_store.definitions.POSITIVE decides which are) in popularity.
-POSITIVE_WEIGHTS: dict[EventType, float] = {
-    EventType.LIKE: 2.0,
-    EventType.SHARE: 2.0,
-    EventType.ADD_TO_CART: 2.0,
-    EventType.PURCHASE: 3.0,
-}
-
-# KEYS: marker, pop. ARGV: marker ttl, item, weight.
-_APPLY_EVENT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local weight = tonumber(ARGV[3])
-if weight > 0 then redis.call('ZINCRBY', KEYS[2], weight, ARGV[2]) end
-return 1
-"""
-
-
-def event_weight(event: Event) -> float:
-    """How much an event says the user liked the item (0 for impressions, skips, low ratings)."""
-    if not POSITIVE.matches(event.type, event.value):
-        return 0.0
-    return POSITIVE_WEIGHTS.get(event.type, 1.0)
-
 
 @contextmanager
 def _degrade_on_redis_errors() -> Iterator[None]:
@@ -87,7 +66,6 @@ class ServingStore:
         self.features = features
         self.prefix = f"{prefix}:srv:"
         self.dedup_ttl_s = dedup_ttl_s
-        self._apply_event = client.register_script(_APPLY_EVENT)
         self._live_writer: LiveWriter | None = None
 
     def _key(self, *parts: str) -> str:
@@ -106,18 +84,14 @@ class ServingStore:
     # -- events ------------------------------------------------------------------------------
 
     def apply_events(self, events: Sequence[Event]) -> list[bool]:
-        """Apply each event's live effects once (popularity here, live features through the feature
-        store's writer); returns, per event, False if it had been applied before."""
+        """Apply each event's live effects once (live features, popularity included, through the
+        feature store's writer); returns, per event, False if it had been applied before."""
         if not events:
             return []
         with _degrade_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
             for event in events:
-                self._apply_event(
-                    keys=[self._key("evt", event.event_id), self._key("pop")],
-                    args=[self.dedup_ttl_s, event.item_id, event_weight(event)],
-                    client=pipe,
-                )
+                pipe.set(self._key("evt", event.event_id), "1", nx=True, ex=self.dedup_ttl_s)
             applied = [bool(flag) for flag in pipe.execute()]
             self._write_live_features(events)
         return applied
@@ -149,8 +123,12 @@ class ServingStore:
         """The DIN behaviour sequence (newest first, batch history merged with live events) and
         every item the feature store knows the user interacted with (for the seen filter)."""
         columns = self._call(lambda: self.features.get_features(Entity.USER, [user_id], ["recent_items", "history"]))
-        recent = list(columns["recent_items"][0])
-        return recent[:limit], frozenset(recent) | frozenset(columns["history"][0])
+        history = list(columns["history"][0])
+        # `recent_items` is a speed-layer feature: the batch layer publishes the same positives as
+        # `history`, so the merged sequence is live items after the watermark, then the batch
+        # history (what the ranking samples' hist_item_ids hold: every positive before the ts).
+        recent = list(dict.fromkeys([*columns["recent_items"][0], *history]))
+        return recent[:limit], frozenset(recent) | frozenset(history)
 
     def read_features(self, entity: Entity, ids: Sequence[str], names: Sequence[str]) -> dict:
         """Typed feature columns from the feature store (for the ranker's dense inputs)."""
@@ -167,42 +145,77 @@ class ServingStore:
         return self.global_cache.get(("trending", k), read)
 
     def popular(self, k: int) -> list[tuple[str, float]]:
-        """The all-time most popular items with their weighted counts (the same for every user,
-        so memoised for `global_cache`'s TTL)."""
+        """The all-time most popular items with their positive-event counts, most first: the batch
+        layer's `global.popular` (up to the watermark) ∪ the speed layer's `global.trending`, each
+        scored by its merged `item.popularity_all` (batch count + live count after the watermark,
+        so every event counts once). The same for every user, so memoised for `global_cache`'s TTL."""
         def read() -> list[tuple[str, float]]:
-            raw = self._call(lambda: self.client.zrevrange(self._key("pop"), 0, k - 1, withscores=True))
-            return [(item.decode(), float(score)) for item, score in raw]
+            lists = self._call(lambda: self.features.get_features(Entity.GLOBAL, [GLOBAL_ID], ["popular", "trending"]))
+            items = list(dict.fromkeys([*lists["popular"][0], *lists["trending"][0]]))
+            ranked = sorted(zip(items, self.popularity_of(items)), key=lambda pair: -pair[1])
+            return [(item, count) for item, count in ranked if count > 0][:k]
 
         return self.global_cache.get(("popular", k), read)
 
     def popularity_of(self, item_ids: Sequence[str]) -> list[float]:
+        """Each item's all-time positive-event count (`item.popularity_all`, batch + live merged)."""
         if not item_ids:
             return []
-        raw = self._call(lambda: self.client.zmscore(self._key("pop"), list(item_ids)))
-        return [float(score or 0.0) for score in raw]
+        column = self._call(lambda: self.features.get_features(Entity.ITEM, list(item_ids), ["popularity_all"]))
+        return [float(count) for count in column["popularity_all"]]
 
     # -- catalog -----------------------------------------------------------------------------
 
     def upsert_item(self, item: Item) -> bool:
-        """Store an item and re-index its categories; returns True if it was new."""
-        key = self._key("item", item.item_id)
+        """Store an item (PUT /v1/items) and re-index its categories; returns True if it was new.
+        The PUT time is recorded so a catalog sync of an older Parquet file does not undo it."""
         with _degrade_on_redis_errors():
-            previous = self.client.get(key)
-            old_categories = set(json.loads(previous)["categories"]) if previous else set()
-            created = (item.created_at or datetime.now(timezone.utc)).timestamp()
+            previous = self.client.get(self._key("item", item.item_id))
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(key, item.model_dump_json())
-            for category in old_categories - set(item.categories):
-                pipe.zrem(self._key("cat", category), item.item_id)
-            for category in item.categories:
-                pipe.zadd(self._key("cat", category), {item.item_id: created})
-            if item.available:
-                pipe.srem(self._key("unavailable"), item.item_id)
-            else:
-                pipe.sadd(self._key("unavailable"), item.item_id)
+            self._queue_item_write(pipe, item, previous)
+            pipe.hset(self._key("item_put"), item.item_id, int(time.time() * 1000))
             pipe.execute()
         self.item_cache.invalidate(item.item_id)
         return previous is None
+
+    def sync_items(self, items: Sequence[Item], written_at_ms: int) -> int:
+        """Store catalog rows from a file written at `written_at_ms` in two pipelined round trips,
+        except items PUT after that time (the newer write wins); returns the rows stored."""
+        if not items:
+            return 0
+        ids = [item.item_id for item in items]
+        with _degrade_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget([self._key("item", i) for i in ids])
+            pipe.hmget(self._key("item_put"), ids)
+            previous, put_ms = pipe.execute()
+            stored, overridden = [], []
+            for item, old, put in zip(items, previous, put_ms):
+                if put is not None and int(put) > written_at_ms:
+                    continue
+                self._queue_item_write(pipe, item, old)
+                stored.append(item.item_id)
+                if put is not None:
+                    overridden.append(item.item_id)
+            if overridden:
+                pipe.hdel(self._key("item_put"), *overridden)
+            pipe.execute()
+        for item_id in stored:
+            self.item_cache.invalidate(item_id)
+        return len(stored)
+
+    def _queue_item_write(self, pipe: redis.client.Pipeline, item: Item, previous: bytes | None) -> None:
+        old_categories = set(json.loads(previous)["categories"]) if previous else set()
+        created = (item.created_at or datetime.now(timezone.utc)).timestamp()
+        pipe.set(self._key("item", item.item_id), item.model_dump_json())
+        for category in old_categories - set(item.categories):
+            pipe.zrem(self._key("cat", category), item.item_id)
+        for category in item.categories:
+            pipe.zadd(self._key("cat", category), {item.item_id: created})
+        if item.available:
+            pipe.srem(self._key("unavailable"), item.item_id)
+        else:
+            pipe.sadd(self._key("unavailable"), item.item_id)
 
     def get_item(self, item_id: str) -> Item | None:
         raw = self._call(lambda: self.client.get(self._key("item", item_id)))

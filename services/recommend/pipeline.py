@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.retrieval.multichannel import MultiChannelRecall, RecallChannel
+from services.recommend.channels import CategoryChannel
 from services.recommend.explain import explain, top_attended
 from services.recommend.fallback import LastKnownPopular
 from services.recommend.online_store import ServingStore
 from services.recommend.rankers import RecallScoreRanker
-from services.recommend.channels import merge_candidates
 from services.recommend.types import (
     Candidate,
     DegradedError,
-    RecallChannel,
     Ranker,
     Recommendation,
     RecommendationRequest,
@@ -63,9 +63,11 @@ class RecommendationPipeline:
         candidates: int = 200,
         history_length: int = 50,
         observe_stage: StageObserver | None = None,
+        quotas: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.base_channels = tuple(base_channels)
+        self.quotas = dict(quotas or {})
         self.fallback = fallback
         self.candidates = candidates
         self.history_length = history_length
@@ -85,8 +87,7 @@ class RecommendationPipeline:
             history, seen = self.store.user_behaviour(request.user_id, self.history_length)
             user = UserContext(request.user_id, history, seen)
         with self._stage("recall", timings):
-            channels = bundle.channels + self.base_channels
-            recalled = merge_candidates((c.recall(user, request, self.candidates) for c in channels), self.candidates)
+            recalled = self._recall(user, request, bundle)
         with self._stage("filter", timings):
             candidates = self._filter(recalled, user, request)
         ranker = bundle.ranker or self.default_ranker
@@ -106,6 +107,18 @@ class RecommendationPipeline:
             Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason) for c, reason in zip(ranked, reasons)
         ]
         return RecommendationResult(items, dict(bundle.versions), fallback, False, timings, len(candidates))
+
+    def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
+        """Model channels first (they fill their quotas first), then the serving channels; a
+        category-filtered request recalls from that category instead of the user's."""
+        base = self.base_channels
+        if request.category:
+            base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
+        recall = MultiChannelRecall(bundle.channels + base, self.quotas)
+        oldest_first = user.history[::-1]
+        return [
+            Candidate(c.item_id, c.score, c.channels, c.because) for c in recall.recall(oldest_first, self.candidates)
+        ]
 
     def _filter(self, candidates: list[Candidate], user: UserContext, request: RecommendationRequest) -> list[Candidate]:
         blocked = user.seen | request.exclude

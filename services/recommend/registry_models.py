@@ -80,6 +80,6 @@ class RegistryBundleLoader:
                 version, self.settings.api.ranker, self.store, self.settings.api.tf_threads
             )}
         if role == "recall":
-            channels, similar = model_adapters.load_recall(version, self.store)
+            channels, similar = model_adapters.load_recall(version)
             return {"channels": channels, "similar": similar}
         raise RegistryError(f"no loader for role {role!r}")

@@ -95,14 +95,6 @@ class ItemCatalog(Protocol):
     def items_in_category(self, category: str, limit: int) -> list[str]: ...
 
 
-class RecallChannel(Protocol):
-    """One recall channel (popular, category neighbours, embedding neighbours, ...)."""
-
-    name: str
-
-    def recall(self, user: UserContext, request: RecommendationRequest, k: int) -> list[Candidate]: ...
-
-
 class Ranker(Protocol):
     """Scores one user's candidates in one batched call."""
 

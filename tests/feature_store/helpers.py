@@ -12,7 +12,7 @@ WM = datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
 
 def item_row(item_id: str, **values: Any) -> dict[str, Any]:
     row = {"item_id": item_id, "popularity_1d": 0, "popularity_7d": 0, "popularity_30d": 0, "popularity_all": 0,
-           "ctr": None, "primary_category": None, "categories": None, "embedding": None}
+           "impressions_all": 0, "clicks_all": 0, "primary_category": None, "categories": None, "embedding": None}
     return {**row, **values}
 
 

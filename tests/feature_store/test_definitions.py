@@ -17,15 +17,16 @@ def test_batch_view_columns_start_with_keys_and_cover_every_batch_feature() -> N
     assert [(c.name, c.dtype) for c in columns] == [
         ("user_id", DType.STRING), ("category", DType.STRING), ("affinity", DType.FLOAT)]
     item = {c.name for c in FEATURES.batch_view_columns(Entity.ITEM)}
-    assert {"popularity_all", "ctr", "categories", "embedding"} <= item
+    assert {"popularity_all", "clicks_all", "impressions_all", "categories", "embedding"} <= item
     assert "clicks_1h" not in item  # stream-only
+    assert "ctr" not in item  # a ratio of two lambda counts, computed at read time
     assert "recent_items" in {c.name for c in FEATURES.batch_view_columns(Entity.USER)}  # lambda-merged
 
 
 def test_spark_ddl_matches_dtypes() -> None:
     ddl = FEATURES.batch_view_ddl(Entity.ITEM)
     assert ddl.startswith("item_id STRING, ")
-    assert "embedding ARRAY<FLOAT>" in ddl and "categories ARRAY<STRING>" in ddl and "ctr DOUBLE" in ddl
+    assert "embedding ARRAY<FLOAT>" in ddl and "categories ARRAY<STRING>" in ddl and "clicks_all BIGINT" in ddl
 
 
 def test_unknown_feature_lists_the_known_ones() -> None:
@@ -47,9 +48,9 @@ def test_duplicate_declarations_are_rejected() -> None:
 
 
 def test_positive_rule_is_shared_by_python_and_spark_sql() -> None:
-    assert POSITIVE.matches("rating", 4.0) and not POSITIVE.matches("rating", 3.0)
+    assert POSITIVE.matches("rating", 3.5) and not POSITIVE.matches("rating", 3.0)
     assert POSITIVE.matches("click", None) and not POSITIVE.matches("impression", None)
-    assert "value >= 4.0" in POSITIVE.sql_condition()
+    assert "value >= 3.5" in POSITIVE.sql_condition()
 
 
 def test_entity_ids_and_smoothing() -> None:

@@ -133,6 +133,6 @@ def test_old_count_buckets_are_trimmed(store: RedisOnlineStore, redis_client: re
         clicks = [event(f"d{day}-{k}", "u1", "i1", "click", day * 1440 + k) for k in range(3)]
         writer.write(clicks, CATEGORIES, now=moment.timestamp() + 600)
     fields = [f.decode() for f in redis_client.hkeys(store.layout.live_hash(Entity.ITEM, "i1"))]
-    assert sorted({f.split(":")[0] for f in fields}) == ["clicks_1h", "clicks_24h", "popularity_all"]
+    assert sorted({f.split(":")[0] for f in fields}) == ["clicks_1h", "clicks_24h", "clicks_all", "popularity_all"]
     assert len([f for f in fields if f.startswith("popularity_all:")]) <= 8  # 7-day retention, hourly
     assert len([f for f in fields if f.startswith("clicks_24h:")]) <= 2

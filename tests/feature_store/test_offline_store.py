@@ -49,7 +49,7 @@ def test_incomplete_snapshots_are_ignored_and_bad_requests_are_clear(tmp_path: P
     with pytest.raises(ValueError, match="not batch features"):
         point_in_time_join(rows, store, "item", ["clicks_1h"])
     with pytest.raises(ValueError, match="lack column"):
-        point_in_time_join(rows.rename(columns={"ts": "time"}), store, "item", ["ctr"])
+        point_in_time_join(rows.rename(columns={"ts": "time"}), store, "item", ["clicks_all"])
 
 
 def _load_ratings(ml100k_path: Path) -> pd.DataFrame:

@@ -30,13 +30,13 @@ def store(settings: Settings, redis_client: redis.Redis) -> Iterator[RedisOnline
 
 def test_reads_typed_columns_with_defaults_for_missing_entities(store: RedisOnlineStore) -> None:
     with store.publish_batch_view(Entity.ITEM, WM) as write:
-        write([item_row("i1", popularity_7d=7, ctr=0.25, primary_category="Drama",
+        write([item_row("i1", popularity_7d=7, impressions_all=19, clicks_all=5, primary_category="Drama",
                         categories=["Drama", "War"], embedding=np.arange(32) / 10)])
     names = ["popularity_7d", "ctr", "primary_category", "categories", "embedding"]
     got = store.get_features("item", ["i1", "unknown"], names)
     assert got["popularity_7d"].dtype == np.int64 and list(got["popularity_7d"]) == [7, 0]
-    assert got["ctr"].dtype == np.float32 and got["ctr"][0] == pytest.approx(0.25)
-    assert got["ctr"][1] == pytest.approx(1 / 21)  # the declared default: the prior CTR
+    assert got["ctr"].dtype == np.float32 and got["ctr"][0] == pytest.approx((5 + 1) / (19 + 21))  # smoothed
+    assert got["ctr"][1] == pytest.approx(1 / 21)  # no counts: the prior CTR
     assert list(got["primary_category"]) == ["Drama", ""]
     assert got["categories"][0] == ["Drama", "War"] and got["categories"][1] == []
     assert got["embedding"].shape == (2, 32) and got["embedding"][0, 5] == pytest.approx(0.5)
@@ -49,10 +49,10 @@ def test_unknown_feature_name_is_a_clear_error(store: RedisOnlineStore) -> None:
 
 
 def test_bad_row_names_row_and_column_and_publishes_nothing(store: RedisOnlineStore) -> None:
-    with pytest.raises(BatchViewError, match="row 1: missing columns \\['ctr'\\]"):
+    with pytest.raises(BatchViewError, match="row 1: missing columns \\['clicks_all'\\]"):
         with store.publish_batch_view(Entity.ITEM, WM) as write:
             bad = item_row("i2")
-            del bad["ctr"]
+            del bad["clicks_all"]
             write([item_row("i1", popularity_all=3), bad])
     assert store.batch_version(Entity.ITEM) == (None, None)
     assert store.client.keys("*:b:item:*") == []  # the half-written version was deleted

@@ -1,11 +1,12 @@
-"""batch_features: the item, user and user×category batch views, published with their watermark.
+"""batch_features: the item, user, user×category and global batch views, published with their watermark.
 
 The feature list, event filters, windows, caps and CTR prior all come from
 `feature_store.definitions.FEATURES` (the same definitions the speed layer and the online read
 use). The watermark is the latest event time floored to `WATERMARK_ALIGNMENT` (an hour): the views
 cover events with ts < watermark exactly, and the speed layer owns everything after it.
 
-Outputs: `features/<entity>/` Parquet (key columns + one column per batch feature of the entity,
+The global view is one row of top-k lists (`global.popular`: the serving popular list up to the
+watermark). Outputs: `features/<entity>/` Parquet (key columns + one column per batch feature of the entity,
 `FEATURES.batch_view_ddl(entity)`), `features/_manifest.json` (watermark, rows per entity), and a
 new version of each batch view in the online store, switched atomically
 (`OnlineStore.publish_batch_view`, written from the executors with `foreachPartition`).
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
 from feature_store.definitions import (
-    CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, FEATURES, WATERMARK_ALIGNMENT, DType, Entity, FeatureDef, Kind, Member,
+    FEATURES, WATERMARK_ALIGNMENT, DType, Entity, FeatureDef, Kind, Member,
 )  # fmt: skip
 from feature_store.settings import Settings
 from pipelines.spark.common import (
@@ -99,12 +100,7 @@ def _counts(events: DataFrame, key: str, features: list[FeatureDef], watermark: 
             condition = condition & (F.col("ts") >= F.lit(watermark - feature.window))
         return F.sum(condition.cast("long")).alias(feature.name)
 
-    ctr = F.lit(None)
-    if any(f.name == "ctr" for f in features):
-        clicks, impressions = F.sum((F.col("type") == "click").cast("long")), F.sum((F.col("type") == "impression").cast("long"))
-        ctr = (clicks + CTR_PRIOR_ALPHA) / (impressions + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)
-    aggregates = [count(f) for f in features if f.kind is Kind.COUNT] + [ctr.alias("ctr")]
-    return events.groupBy(key).agg(*aggregates)
+    return events.groupBy(key).agg(*[count(f) for f in features if f.kind is Kind.COUNT])
 
 
 def _assemble(entity: Entity, keys: DataFrame, parts: list[DataFrame]) -> DataFrame:
@@ -132,7 +128,7 @@ def item_view(events: DataFrame, catalog: DataFrame, watermark: datetime) -> Dat
 
 def user_view(events: DataFrame, watermark: datetime) -> DataFrame:
     features = FEATURES.batch_features(Entity.USER)
-    parts = [_counts(events, "user_id", features, watermark).drop("ctr")]
+    parts = [_counts(events, "user_id", features, watermark)]
     for feature in features:
         member = "category" if feature.member is Member.CATEGORY else "item_id"
         if feature.kind is Kind.SEQUENCE:
@@ -156,10 +152,28 @@ def user_category_view(events: DataFrame) -> DataFrame:
     return _assemble(Entity.USER_CATEGORY, counts.select("user_id", "category"), [counts.select("user_id", "category", share.alias("affinity"))])
 
 
+def global_view(events: DataFrame) -> DataFrame:
+    """One row: each global top-k feature (e.g. `popular`), the `cap` items with most of its events."""
+    from pyspark.sql import functions as F
+
+    columns = []
+    for feature in FEATURES.batch_features(Entity.GLOBAL):
+        counts = events.where(_filtered(feature)).groupBy("item_id").count()
+        top = counts.orderBy(F.desc("count"), "item_id").limit(feature.cap or 1)
+        # Sort by (-count, item_id) so the list is strongest first with a deterministic tie order.
+        listed = F.array_sort(F.collect_list(F.struct((-F.col("count")).alias("_order"), "item_id")))
+        columns.append(top.agg(F.transform(listed, lambda s: s["item_id"]).alias(feature.name)))
+    view = columns[0]
+    for column in columns[1:]:
+        view = view.crossJoin(column)
+    return _assemble(Entity.GLOBAL, view, [])
+
+
 BUILDERS: dict[Entity, Callable[[DataFrame, DataFrame, datetime], DataFrame]] = {
     Entity.ITEM: item_view,
     Entity.USER: lambda events, catalog, wm: user_view(events, wm),
     Entity.USER_CATEGORY: lambda events, catalog, wm: user_category_view(events),
+    Entity.GLOBAL: lambda events, catalog, wm: global_view(events),
 }
 
 
@@ -193,16 +207,24 @@ def load(views: dict[Entity, DataFrame], paths: BatchPaths, settings: Settings, 
 
 
 def run(spark: SparkSession, settings: Settings) -> JobSummary:
+    from pyspark import StorageLevel
+
     watch = Stopwatch(JOB)
     paths = BatchPaths.from_settings(settings)
     events, catalog = extract(spark, paths)
-    watermark = watermark_of(events)
-    watch.step("computing batch views up to watermark %s", watermark.isoformat())
-    rows = load(transform(events, catalog, watermark), paths, settings, watermark)
+    # Every view, the watermark and the row count read the events: scan and join them once.
+    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        watermark = watermark_of(events)
+        watch.step("computing batch views up to watermark %s", watermark.isoformat())
+        rows = load(transform(events, catalog, watermark), paths, settings, watermark)
+        rows_in = events.count()
+    finally:
+        events.unpersist()
     manifest = {"watermark": watermark.isoformat(), "rows": rows}
     write_text(spark, f"{paths.features}/_manifest.json", json.dumps(manifest, indent=2))
     return JobSummary(
-        job=JOB, rows_in=events.count(), rows_out=sum(rows.values()), seconds=watch.elapsed(),
+        job=JOB, rows_in=rows_in, rows_out=sum(rows.values()), seconds=watch.elapsed(),
         outputs=[paths.features], details={"watermark": watermark.isoformat(), "rows": rows},
     )  # fmt: skip
 

@@ -1,8 +1,9 @@
 """ranking_samples: labelled training rows for the rankers (DIN, Wide&Deep), split by time.
 
 Rows:
-- positives: every positive interaction (label 1, `label_source` = its event type);
-- labelled negatives: ratings below `batch.min_positive_rating` (label_source "rating"), and for
+- positives: every positive interaction (`feature_store.definitions.POSITIVE`; label 1,
+  `label_source` = its event type);
+- labelled negatives: ratings that are not positive (label_source "rating"), and for
   users with impressions, impressions not followed by a positive on the same item within the
   session gap (label_source "impression");
 - sampled negatives, for users without any impression: `batch.negative_sampling_ratio` items per
@@ -31,17 +32,19 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
+from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, POSITIVE, EventFilter
 from feature_store.settings import BatchSettings, Settings
 from pipelines.spark.common import (
     BatchPaths, JobSummary, Stopwatch, positive_condition, read_item_categories, read_parquet, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
-from pipelines.spark.point_in_time import as_of, history_facts, running_counts
+from pipelines.spark.point_in_time import (
+    EVENT, ROW_KIND, count_before, history_facts, last_before, samples_only, stack,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -59,14 +62,29 @@ OUTPUT_COLUMNS = [
 class SampleParams:
     batch: BatchSettings
     attribution_seconds: float
+    positive: EventFilter = POSITIVE
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SampleParams":
         return cls(batch=settings.batch, attribution_seconds=settings.batch.session_gap_minutes * 60)
 
 
+@dataclass
+class SampleBuild:
+    """What `transform` built: the rows (lazy), manifest facts, and the cached inputs they read,
+    kept in memory until `release()` (call it after the rows are written)."""
+
+    rows: DataFrame
+    info: dict[str, Any]
+    cached: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
+
+
 def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
-    """Master-table events with their item's category and an `is_positive` flag column."""
+    """Master-table events with their item's category."""
     events = read_parquet(spark, paths.events, produced_by="compact").select(
         "event_id", "user_id", "item_id", "type", "value", "ts"
     )
@@ -77,7 +95,7 @@ def labelled_rows(events: DataFrame, params: SampleParams) -> DataFrame:
     """Positives, low-rating negatives and unclicked-impression negatives (SAMPLE_KEYS columns)."""
     from pyspark.sql import functions as F
 
-    positive = positive_condition(params.batch)
+    positive = positive_condition(params.positive)
     positives = events.where(positive).select(*_keys(F.lit(1), F.col("type")))
     low_ratings = events.where((F.col("type") == "rating") & ~positive).select(*_keys(F.lit(0), F.lit("rating")))
     impressions = events.where(F.col("type") == "impression").alias("i")
@@ -100,60 +118,70 @@ def _keys(label: Any, source: Any) -> list[Any]:
 def sampled_negatives(events: DataFrame, labelled: DataFrame, params: SampleParams) -> tuple[DataFrame, int]:
     """`negative_sampling_ratio` uniform negatives per positive of each user without impressions,
     and the number of such positives (the anchors the ratio applies to)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     ratio = params.batch.negative_sampling_ratio
     with_impressions = events.where(F.col("type") == "impression").select("user_id").distinct()
     anchors = labelled.where(F.col("label") == 1).join(with_impressions, "user_id", "left_anti")
-    items = events.select("item_id").distinct()
-    items = items.withColumn("_index", F.row_number().over(Window.orderBy("item_id")) - 1)
-    n_items = items.count()
-    if ratio == 0 or n_items == 0:
+    # Index items on the driver: the item set is small next to the events, and a global
+    # row_number() window would pull every item through one task.
+    item_ids = sorted(row.item_id for row in events.select("item_id").distinct().collect())
+    if ratio == 0 or not item_ids:
         return labelled.limit(0), 0
+    spark = events.sparkSession
+    items = spark.createDataFrame(list(enumerate(item_ids)), "_index long, item_id string")
     draws = anchors.select(
         "user_id", "ts", "event_id", F.explode(F.sequence(F.lit(1), F.lit(ratio))).alias("_draw")
-    ).withColumn("_index", F.pmod(F.xxhash64(F.lit(params.batch.seed), "event_id", "_draw"), F.lit(n_items)))
-    drawn = draws.join(F.broadcast(items) if n_items <= 1_000_000 else items, "_index")
+    ).withColumn("_index", F.pmod(F.xxhash64(F.lit(params.batch.seed), "event_id", "_draw"), F.lit(len(item_ids))))
+    drawn = draws.join(F.broadcast(items), "_index")
     liked = labelled.where(F.col("label") == 1).select("user_id", "item_id").distinct()
     negatives = drawn.join(liked, ["user_id", "item_id"], "left_anti").select(*_keys(F.lit(0), F.lit("sampled")))
     return negatives, anchors.count()
 
 
 def with_point_in_time_features(samples: DataFrame, events: DataFrame, params: SampleParams) -> DataFrame:
-    """Join history and dense features, each computed from events strictly before the row's ts."""
+    """Join history and dense features, each computed from events strictly before the row's ts.
+
+    Two passes over samples stacked with the events (see `pipelines/spark/point_in_time.py`): one
+    partitioned by item (popularity, clicks, impressions), one by user (event and positive counts,
+    history, and per-category positives for the affinity, which reuses the user shuffle). History
+    fact rows have no `type`, so no event condition counts them.
+    """
     from pyspark.sql import functions as F
 
-    positive_sql = _positive_sql(params.batch)
-    positives = events.where(F.expr(positive_sql))
-    item_facts = running_counts(events, ["item_id"], {
-        "_item_pos": positive_sql, "_item_clicks": "type = 'click'", "_item_imps": "type = 'impression'",
-    })  # fmt: skip
-    user_counts = running_counts(events, ["user_id"], {"_user_events": "true", "_user_pos": positive_sql})
-    user_facts = user_counts.join(history_facts(positives, params.batch.max_seq_len), ["user_id", "ts"], "left")
-    affinity_facts = running_counts(positives, ["user_id", "category"], {"_uc_pos": "true"})
-    joined = as_of(samples, item_facts, ["item_id"], ["_item_pos", "_item_clicks", "_item_imps"])
-    joined = as_of(joined, user_facts, ["user_id"], ["_user_events", "_user_pos", "hist_item_ids", "hist_categories"])
-    joined = as_of(joined.withColumnRenamed("item_category", "category"), affinity_facts, ["user_id", "category"], ["_uc_pos"])
-    zero = F.lit(0)
-    user_pos = F.coalesce("_user_pos", zero)
+    positive_sql = params.positive.sql_condition()
+    history = history_facts(events.where(F.expr(positive_sql)), params.batch.max_seq_len)
+    stacked = stack(samples.withColumnRenamed("item_category", "category"),
+                    events.select("user_id", "item_id", "ts", "type", "value", "category"))  # fmt: skip
+    by_item = stacked.select(
+        "*",
+        count_before(positive_sql, ["item_id"]).alias("_item_pos"),
+        count_before("type = 'click'", ["item_id"]).alias("_item_clicks"),
+        count_before("type = 'impression'", ["item_id"]).alias("_item_imps"),
+    )
+    by_user = stack(samples_only(by_item), by_item.where(F.col(ROW_KIND) == EVENT).drop(ROW_KIND), history)
+    joined = samples_only(by_user.select(
+        "*",
+        count_before("type IS NOT NULL", ["user_id"]).alias("_user_events"),
+        count_before(positive_sql, ["user_id"]).alias("_user_pos"),
+        last_before("hist_item_ids", ["user_id"]).alias("_hist_items"),
+        last_before("hist_categories", ["user_id"]).alias("_hist_categories"),
+        count_before(positive_sql, ["user_id", "category"]).alias("_uc_pos"),
+    ))  # fmt: skip
+    empty = F.array().cast("array<string>")
+    user_pos = F.col("_user_pos")
     return joined.select(
-        *[c for c in joined.columns if not c.startswith("_") and c not in ("category", "hist_item_ids", "hist_categories")],
+        *SAMPLE_KEYS,
         F.col("category").alias("item_category"),
-        F.coalesce("hist_item_ids", F.array().cast("array<string>")).alias("hist_item_ids"),
-        F.coalesce("hist_categories", F.array().cast("array<string>")).alias("hist_categories"),
-        F.coalesce("_item_pos", zero).cast("float").alias("item_popularity"),
-        ((F.coalesce("_item_clicks", zero) + CTR_PRIOR_ALPHA)
-         / (F.coalesce("_item_imps", zero) + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)).cast("float").alias("item_ctr"),
-        F.coalesce("_user_events", zero).cast("float").alias("user_event_count"),
+        F.coalesce("_hist_items", empty).alias("hist_item_ids"),
+        F.coalesce("_hist_categories", empty).alias("hist_categories"),
+        F.col("_item_pos").cast("float").alias("item_popularity"),
+        ((F.col("_item_clicks") + CTR_PRIOR_ALPHA)
+         / (F.col("_item_imps") + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)).cast("float").alias("item_ctr"),
+        F.col("_user_events").cast("float").alias("user_event_count"),
         user_pos.cast("float").alias("user_positive_count"),
-        F.when(user_pos > 0, F.coalesce("_uc_pos", zero) / user_pos).otherwise(0.0).cast("float").alias("user_category_affinity"),
+        F.when(user_pos > 0, F.col("_uc_pos") / user_pos).otherwise(0.0).cast("float").alias("user_category_affinity"),
     )  # fmt: skip
-
-
-def _positive_sql(batch: BatchSettings) -> str:
-    types = ", ".join(repr(t) for t in batch.positive_event_types) or "NULL"
-    return f"(type IN ({types}) OR (type = 'rating' AND value >= {batch.min_positive_rating}))"
 
 
 def split_boundaries(samples: DataFrame, batch: BatchSettings) -> tuple[int, int]:
@@ -167,20 +195,28 @@ def split_boundaries(samples: DataFrame, batch: BatchSettings) -> tuple[int, int
     return int(quantiles[0]), int(quantiles[1])
 
 
-def transform(events: DataFrame, params: SampleParams) -> tuple[DataFrame, dict[str, Any]]:
-    """All sample rows with features and split, plus what the manifest records about them."""
+def transform(events: DataFrame, params: SampleParams) -> SampleBuild:
+    """All sample rows with features and split, plus what the manifest records about them.
+
+    `events` and the sample rows are read several times (labels, sampling plan, split quantiles,
+    features): they are persisted once here and released by `SampleBuild.release()`.
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    labelled = labelled_rows(events, params)
+    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    labelled = labelled_rows(events, params).persist(StorageLevel.MEMORY_AND_DISK)
     negatives, anchors = sampled_negatives(events, labelled, params)
     categories = events.select("item_id", "category").dropDuplicates(["item_id"])
     samples = with_category(labelled.unionByName(negatives), categories, name="item_category")
+    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
     validation_from, test_from = split_boundaries(samples, params.batch)
+    labelled.unpersist()  # now held by `samples`
     micros = F.unix_micros("ts")
     split = F.when(micros < validation_from, "train").when(micros < test_from, "validation").otherwise("test")
     featured = with_point_in_time_features(samples, events, params).withColumn("split", split)
     info = {"validation_from": _iso(validation_from), "test_from": _iso(test_from), "sampling_anchors": anchors}
-    return featured.select(*OUTPUT_COLUMNS), info
+    return SampleBuild(featured.select(*OUTPUT_COLUMNS), info, [samples, events])
 
 
 def _iso(micros: int) -> str:
@@ -196,24 +232,31 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
     paths = BatchPaths.from_settings(settings)
     events = extract(spark, paths)
     watch.step("building samples from %s", paths.events)
-    samples, info = transform(events, SampleParams.from_settings(settings))
-    load(samples, paths)
-    watch.step("written to %s; counting", paths.samples)
-    written = spark.read.parquet(paths.samples)
-    by_source = {r.label_source: r["count"] for r in written.groupBy("label_source").count().collect()}
-    by_split = {r.split: r["count"] for r in written.groupBy("split").count().collect()}
+    build = transform(events, SampleParams.from_settings(settings))
+    try:
+        load(build.rows, paths)
+        watch.step("written to %s; counting", paths.samples)
+        totals = events.selectExpr("count(*) AS rows", "max(ts) AS watermark").first()
+    finally:
+        build.release()
+    counts = spark.read.parquet(paths.samples).groupBy("label_source", "split").count().collect()
+    by_source: dict[str, int] = {}
+    by_split: dict[str, int] = {}
+    for row in counts:
+        by_source[row.label_source] = by_source.get(row.label_source, 0) + row["count"]
+        by_split[row.split] = by_split.get(row.split, 0) + row["count"]
     manifest = {
-        **info,
+        **build.info,
         "negative_sampling_ratio": settings.batch.negative_sampling_ratio,
-        "effective_sampling_ratio": by_source.get("sampled", 0) / max(info["sampling_anchors"], 1),
+        "effective_sampling_ratio": by_source.get("sampled", 0) / max(build.info["sampling_anchors"], 1),
         "max_seq_len": settings.batch.max_seq_len,
-        "watermark": events.selectExpr("max(ts)").first()[0],
+        "watermark": totals.watermark,
         "rows_by_label_source": by_source,
         "rows_by_split": by_split,
     }
     write_text(spark, f"{paths.samples}/_manifest.json", json.dumps(manifest, indent=2, default=str))
     return JobSummary(
-        job=JOB, rows_in=events.count(), rows_out=sum(by_source.values()), seconds=watch.elapsed(),
+        job=JOB, rows_in=totals.rows, rows_out=sum(by_source.values()), seconds=watch.elapsed(),
         outputs=[paths.samples], details={"by_label_source": by_source, "by_split": by_split},
     )  # fmt: skip
 

@@ -1,9 +1,10 @@
 """sequences: per-user, time-ordered positive-interaction sequences, split into sessions.
 
 A session ends when the user is inactive (no event of any type) for longer than
-`batch.session_gap_minutes`. Within a session only positive interactions are kept (see
-`pipelines/spark/__init__.py`), ordered by (ts, event_id), with consecutive repeats of the same item
-collapsed (a click then a purchase of one item is one step). Sessions without positives are dropped.
+`batch.session_gap_minutes`. Within a session only positive interactions are kept
+(`feature_store.definitions.POSITIVE`), ordered by (ts, event_id), with consecutive repeats of the
+same item collapsed (a click then a purchase of one item is one step). Sessions without positives
+are dropped, so a user without any positive has no sequence.
 
 Output `sequences/`: user_id, session_id (`<user_id>#<n>`), item_ids list<string>, ts
 list<timestamp>, start_ts, end_ts, length. It feeds Item2vec (sessions as sentences), DIN
@@ -16,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from feature_store.settings import BatchSettings, Settings
+from feature_store.definitions import POSITIVE, EventFilter
+from feature_store.settings import Settings
 from pipelines.spark.common import BatchPaths, JobSummary, Stopwatch, positive_condition, read_parquet
 
 if TYPE_CHECKING:
@@ -28,11 +30,11 @@ JOB = "sequences"
 @dataclass(frozen=True)
 class SequenceParams:
     session_gap_seconds: float
-    batch: BatchSettings
+    positive: EventFilter = POSITIVE
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SequenceParams":
-        return cls(session_gap_seconds=settings.batch.session_gap_minutes * 60, batch=settings.batch)
+        return cls(session_gap_seconds=settings.batch.session_gap_minutes * 60)
 
 
 def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
@@ -62,7 +64,7 @@ def transform(events: DataFrame, params: SequenceParams) -> DataFrame:
     from pyspark.sql import functions as F
 
     sessions = assign_sessions(events, params.session_gap_seconds)
-    positives = sessions.where(positive_condition(params.batch))
+    positives = sessions.where(positive_condition(params.positive))
     in_session = Window.partitionBy("user_id", "session_index").orderBy("ts", "event_id")
     previous = F.lag("item_id").over(in_session)
     steps = positives.withColumn("_repeat", F.coalesce(previous == F.col("item_id"), F.lit(False))).where(

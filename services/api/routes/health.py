@@ -29,6 +29,8 @@ def readyz(state: StateDep) -> JSONResponse:
         "redis": "ok" if redis_ok else "unreachable",
         "models": "loaded" if models_ok else "loading",
         "model_versions": state.models.bundle.versions,
+        # Informational, not gating: a large catalog syncs in the background while serving.
+        "catalog": state.catalog_sync.state if state.catalog_sync else "off",
         "fallback": None if state.models.bundle.ranker is not None else "popularity",
         "model_errors": {**state.models.bundle.errors, **({"load": state.models.last_error} if state.models.last_error else {})},
     }

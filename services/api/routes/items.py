@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from feature_store.catalog import Catalog
 from feature_store.schemas import Item
 from services.api.deps import ItemIdPath, ReadAccess, RequestIdDep, StateDep, StoreDep, WriteAccess
 from services.api.errors import NotFoundError, ServiceUnavailableError
@@ -17,9 +18,17 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
 
 
 @router.put("/{item_id}", response_model=UpsertResponse, dependencies=[WriteAccess])
-def put_item(item_id: ItemIdPath, body: ItemUpsert, store: StoreDep, request_id: RequestIdDep) -> UpsertResponse:
+def put_item(
+    item_id: ItemIdPath, body: ItemUpsert, state: StateDep, store: StoreDep, request_id: RequestIdDep
+) -> UpsertResponse:
     """Create or replace an item: availability, categories, metadata. Unavailable items are never recommended."""
     item = Item(item_id=item_id, **body.model_dump())
+    try:
+        # Written through to the Parquet catalog first: it stays the durable source of truth that
+        # batch jobs and the startup catalog sync read (services/recommend/catalog_sync.py).
+        Catalog(state.settings.catalog_dir).upsert_items([item])
+    except OSError as exc:
+        raise ServiceUnavailableError("catalog file write failed; retry later") from exc
     try:
         created = store.upsert_item(item)
     except DegradedError as exc:
