@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.recommend.types import DegradedError
+
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +70,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "ApiKey"} if exc.status_code == 401 else None
         return JSONResponse(error_body(request, exc.code, exc.message, exc.details), exc.status_code, headers)
+
+    @app.exception_handler(DegradedError)
+    async def _degraded(request: Request, exc: DegradedError) -> JSONResponse:
+        # Reads that can degrade (recommendations) catch it themselves; what reaches here cannot.
+        return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,6 @@ from services.api.deps import ItemIdPath, ReadAccess, RequestIdDep, StateDep, St
 from services.api.errors import NotFoundError, ServiceUnavailableError
 from services.api.schemas import ItemUpsert, SimilarItem, SimilarItemsResponse, UpsertResponse
 from services.recommend.similar import similar_items
-from services.recommend.types import DegradedError
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -29,20 +28,14 @@ def put_item(
         Catalog(state.settings.catalog_dir).upsert_items([item])
     except OSError as exc:
         raise ServiceUnavailableError("catalog file write failed; retry later") from exc
-    try:
-        created = store.upsert_item(item)
-    except DegradedError as exc:
-        raise ServiceUnavailableError("catalog store unavailable; retry later") from exc
+    created = store.upsert_item(item)
     return UpsertResponse(id=item_id, created=created, request_id=request_id)
 
 
 @router.get("/{item_id}", response_model=Item, dependencies=[ReadAccess])
 def get_item(item_id: ItemIdPath, store: StoreDep) -> Item:
     """The catalog entry of one item."""
-    try:
-        item = store.get_item(item_id)
-    except DegradedError as exc:
-        raise ServiceUnavailableError("catalog store unavailable; retry later") from exc
+    item = store.get_item(item_id)
     if item is None:
         raise NotFoundError(f"item {item_id!r} is not in the catalog")
     return item
@@ -54,10 +47,7 @@ def get_similar(
     k: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> SimilarItemsResponse:
     """Neighbours from the recall model's embeddings, or category neighbours for a new item."""
-    try:
-        found = similar_items(state.store, state.models.bundle, item_id, k)
-    except DegradedError as exc:
-        raise ServiceUnavailableError("online store unavailable; retry later") from exc
+    found = similar_items(state.store, state.models.bundle, item_id, k)
     if found is None:
         raise NotFoundError(f"item {item_id!r} is neither in the catalog nor in the recall model")
     neighbours, source = found

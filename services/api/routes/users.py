@@ -6,9 +6,8 @@ from fastapi import APIRouter
 
 from feature_store.schemas import User
 from services.api.deps import ReadAccess, RequestIdDep, StoreDep, UserIdPath, WriteAccess
-from services.api.errors import NotFoundError, ServiceUnavailableError
+from services.api.errors import NotFoundError
 from services.api.schemas import UpsertResponse, UserUpsert
-from services.recommend.types import DegradedError
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
@@ -16,20 +15,14 @@ router = APIRouter(prefix="/v1/users", tags=["users"])
 @router.put("/{user_id}", response_model=UpsertResponse, dependencies=[WriteAccess])
 def put_user(user_id: UserIdPath, body: UserUpsert, store: StoreDep, request_id: RequestIdDep) -> UpsertResponse:
     """Create or replace a user's profile attributes."""
-    try:
-        created = store.upsert_user(User(user_id=user_id, attributes=body.attributes))
-    except DegradedError as exc:
-        raise ServiceUnavailableError("catalog store unavailable; retry later") from exc
+    created = store.upsert_user(User(user_id=user_id, attributes=body.attributes))
     return UpsertResponse(id=user_id, created=created, request_id=request_id)
 
 
 @router.get("/{user_id}", response_model=User, dependencies=[ReadAccess])
 def get_user(user_id: UserIdPath, store: StoreDep) -> User:
     """A user's profile."""
-    try:
-        user = store.get_user(user_id)
-    except DegradedError as exc:
-        raise ServiceUnavailableError("catalog store unavailable; retry later") from exc
+    user = store.get_user(user_id)
     if user is None:
         raise NotFoundError(f"user {user_id!r} is not in the catalog")
     return user
