@@ -13,19 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store.schemas import Event, EventType
+from feature_store.definitions import POSITIVE, EventFilter
+from feature_store.schemas import Event
 
-POSITIVE_TYPES = frozenset({EventType.CLICK, EventType.LIKE, EventType.PURCHASE, EventType.ADD_TO_CART, EventType.SHARE})
 
-
-def positive_interactions(events: Iterable[Event], min_rating: float = 3.5) -> Iterator[tuple[str, str, datetime]]:
-    """(user, item, ts) for positive events: ratings >= `min_rating` and clicks, likes,
-    purchases, add-to-carts and shares; impressions and skips are not positives."""
+def positive_interactions(events: Iterable[Event], positive: EventFilter = POSITIVE) -> Iterator[tuple[str, str, datetime]]:
+    """(user, item, ts) for positive events, by the project's one positive rule
+    (`feature_store.definitions.POSITIVE`, shared with the batch and speed layers)."""
     for event in events:
-        if event.type == EventType.RATING:
-            if event.value is not None and event.value >= min_rating:
-                yield event.user_id, event.item_id, event.ts
-        elif event.type in POSITIVE_TYPES:
+        if positive.matches(event.type, event.value):
             yield event.user_id, event.item_id, event.ts
 
 

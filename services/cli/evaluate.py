@@ -16,7 +16,6 @@ def evaluate(
     state_dir: StateDirOption = None,
     recall_models: Annotated[str, typer.Option(help="Embedding recall channels (comma-separated: item2vec, deepwalk, node2vec; '' for item-CF + popular only).")] = "item2vec",
     rankers: Annotated[str, typer.Option(help="Rankers re-scoring the recall candidates (comma-separated: din, wide_deep, lr).")] = "wide_deep,din",
-    min_rating: Annotated[float, typer.Option(help="Ratings at or above this are positives.")] = 3.5,
     recall_depth: Annotated[int, typer.Option(min=1, help="Candidates recalled per user (ranker input).")] = 100,
     positions_per_user: Annotated[int, typer.Option(min=1, help="Training positions per user for ranker samples.")] = 20,
     recall_negatives: Annotated[int, typer.Option(min=0, help="Negatives per positive drawn from recall candidates.")] = 2,
@@ -42,7 +41,7 @@ def evaluate(
             embedding_dim=embedding_dim, embedding_epochs=embedding_epochs, ranker_epochs=ranker_epochs,
             bootstrap_rounds=bootstrap_rounds, seed=seed,
         )  # fmt: skip
-        split, categories = _load(settings, min_rating)
+        split, categories = _load(settings)
         console.print(f"{len(split.train):,} users, {len(split.test):,} with a held-out item, "
                       f"{sum(map(len, split.train.values())):,} training positives")  # fmt: skip
         with _progress() as bar:
@@ -64,7 +63,7 @@ def _names(value: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
-def _load(settings: Any, min_rating: float) -> tuple[Any, dict[str, str]]:
+def _load(settings: Any) -> tuple[Any, dict[str, str]]:
     from feature_store.catalog import Catalog
     from feature_store.event_log import LocalEventLog
     from models.embeddings.inputs import positive_interactions
@@ -74,7 +73,7 @@ def _load(settings: Any, min_rating: float) -> tuple[Any, dict[str, str]]:
         raise ValueError(f"no event log at {settings.event_log_dir}: import events first (recsys data import-movielens …)")
     log = LocalEventLog(settings.event_log_dir, settings.event_log)
     try:
-        split = leave_last_one_out(positive_interactions(log.read(), min_rating))
+        split = leave_last_one_out(positive_interactions(log.read()))
     finally:
         log.close()
     categories: dict[str, str] = {}

@@ -31,7 +31,6 @@ def embeddings(
     walk_length: Annotated[int, typer.Option(min=2)] = 40,
     p: Annotated[float, typer.Option(help="Node2vec return parameter.")] = 0.5,
     q: Annotated[float, typer.Option(help="Node2vec in-out parameter.")] = 2.0,
-    min_rating: Annotated[float, typer.Option(help="Ratings at or above this are positives.")] = 3.5,
     index_kind: Annotated[str, typer.Option(help="auto, exact, hnsw, ivf or lsh.")] = "auto",
     evaluate_models: Annotated[bool, typer.Option("--eval/--no-eval", help="Leave-last-one-out evaluation table.")] = False,
     publish: Annotated[bool, typer.Option("--publish/--no-publish", help="Publish to the registry and make it current.")] = True,
@@ -50,13 +49,13 @@ def embeddings(
             WalkConfig(walks_per_node, walk_length, p, q),
             tuple(name.strip() for name in models.split(",") if name.strip()),
         )
-        _train(settings, config, sequences, graph, min_rating, index_kind, evaluate_models, publish, walks)
+        _train(settings, config, sequences, graph, index_kind, evaluate_models, publish, walks)
     except (ValueError, OSError) as exc:
         fail(str(exc))
 
 
 def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: Path | None,
-           min_rating: float, index_kind: str, evaluate_models: bool, publish: bool,
+           index_kind: str, evaluate_models: bool, publish: bool,
            walks_path: Path | None = None) -> None:  # fmt: skip
     from models.embeddings.inputs import read_graph_parquet, read_sequences_parquet, transition_graph
     from models.embeddings.training import train_embeddings
@@ -69,7 +68,7 @@ def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: 
         train_sequences = read_sequences_parquet(sequences_path)
         window = {"source": str(sequences_path)}
     else:
-        split = _split_from_event_log(settings, min_rating)
+        split = _split_from_event_log(settings)
         train_sequences = split.train_sequences()
         window = {"start": str(split.start), "end": str(split.end), "held_out": "last positive per user"}
     if not train_sequences:
@@ -96,7 +95,7 @@ def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: 
         metrics["offline"] = _evaluation_table(artifact, popular, item_cf, split, evaluate)
     _summary(trained, artifact)
     if publish:
-        _publish(settings, artifact, config.to_dict() | {"index_kind": index_kind, "min_rating": min_rating}, window, metrics)
+        _publish(settings, artifact, config.to_dict() | {"index_kind": index_kind}, window, metrics)
 
 
 def _read_walks(path: Path | None, models: tuple[str, ...]) -> dict[str, list[list[str]]] | None:
@@ -116,7 +115,7 @@ def _read_walks(path: Path | None, models: tuple[str, ...]) -> dict[str, list[li
     return walks
 
 
-def _split_from_event_log(settings: Any, min_rating: float) -> Any:
+def _split_from_event_log(settings: Any) -> Any:
     from feature_store.event_log import LocalEventLog
     from models.embeddings.inputs import positive_interactions
     from models.evaluation import leave_last_one_out
@@ -125,7 +124,7 @@ def _split_from_event_log(settings: Any, min_rating: float) -> Any:
         raise ValueError(f"no event log at {settings.event_log_dir}: import events first")
     log = LocalEventLog(settings.event_log_dir, settings.event_log)
     try:
-        return leave_last_one_out(positive_interactions(log.read(), min_rating))
+        return leave_last_one_out(positive_interactions(log.read()))
     finally:
         log.close()
 
