@@ -62,12 +62,11 @@ class Event(BaseModel):
         return self.model_dump_json(exclude_defaults=False) + "\n"
 
 
-class Item(BaseModel):
-    """A catalog item. `available=False` removes it from recommendations without deleting it."""
+class ItemAttributes(BaseModel):
+    """What a catalog item says about itself; `Item` adds its id (the API's upsert body is this)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: Identifier
     title: str | None = Field(default=None, max_length=1024)
     categories: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
         default_factory=list, max_length=64
@@ -75,6 +74,12 @@ class Item(BaseModel):
     available: bool = True
     created_at: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Item(ItemAttributes):
+    """A catalog item. `available=False` removes it from recommendations without deleting it."""
+
+    item_id: Identifier
 
 
 class User(BaseModel):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from feature_store.schemas import EventContext
+from feature_store.schemas import EventContext, ItemAttributes
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -85,20 +84,12 @@ class EventsResponse(BaseModel):
     request_id: str
 
 
-class ItemUpsert(_Strict):
+class ItemUpsert(ItemAttributes):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"title": "Toy Story (1995)", "categories": ["Animation", "Comedy"],
                                          "available": True, "metadata": {"year": 1995}}]},
     )
-
-    title: str | None = Field(default=None, max_length=1024)
-    categories: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
-        default_factory=list, max_length=64
-    )
-    available: bool = True
-    created_at: datetime | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class UserUpsert(_Strict):
