@@ -90,6 +90,26 @@ def write_samples(path: Path, rows: int, seed: int = 3) -> Path:
     return path
 
 
+def publish_recall_model(registry_root: Path, seed: int = 5) -> str:
+    """Item2vec over histories like the seeded users' (two interest categories each), served as the
+    registry's recall channels (neighbours of recent items and the user vector, faiss index)."""
+    from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
+    from models.evaluation.baselines import PopularityRecommender
+    from models.registry import ModelRegistry
+    from models.retrieval.artifact import RecallArtifact, publish_recall
+
+    rng = np.random.default_rng(seed)
+    sequences = []
+    for _ in range(3000):
+        interests = rng.choice(CATEGORIES, size=2, replace=False)
+        sequences.append([f"i{int(rng.integers(ITEMS // CATEGORIES)) * CATEGORIES + int(rng.choice(interests))}"
+                          for _ in range(HISTORY)])
+    embeddings = SkipGramTrainer(SkipGramConfig(dim=32, epochs=2)).fit(sequences)
+    artifact = RecallArtifact.build({"item2vec": embeddings}, PopularityRecommender(sequences))
+    manifest = {"params": {"dim": 32, "epochs": 2}, "data_window": {"sequences": len(sequences)}, "metrics": {}}
+    return publish_recall(ModelRegistry(registry_root), artifact, manifest)
+
+
 def train_and_publish(registry_root: Path, work: Path) -> str:
     from models.ranking.dataset import build_spec
     from models.ranking.din import DIN
@@ -264,7 +284,7 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[50, 100, 200, 400])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the API (and of the floor)")
-    parser.add_argument("--tf-threads", type=int, default=1, help="settings.api.tf_threads")
+    parser.add_argument("--threads", type=int, default=1, help="settings.api.inference_threads (TensorFlow and faiss)")
     cpus = sorted(os.sched_getaffinity(0))
     parser.add_argument("--server-cpus", type=int, nargs="*", default=cpus[:-1] if len(cpus) > 1 else [],
                         help="CPUs of the API and floor servers (default: all but the last; none: no pinning)")
@@ -284,13 +304,14 @@ def main() -> None:
         processes: list[subprocess.Popen[bytes]] = []
         try:
             version = train_and_publish(work / "registry", work)
+            recall_version = publish_recall_model(work / "registry")
             env = {"RECSYS_STATE_DIR": str(work / "state"), "RECSYS_REDIS__URL": redis.url,
                    "RECSYS_REGISTRY_DIR": str(work / "registry"), "RECSYS_API__API_KEYS": json.dumps([KEY]),
-                   "RECSYS_API__RECALL_CANDIDATES": "240", "RECSYS_API__TF_THREADS": str(args.tf_threads),
+                   "RECSYS_API__RECALL_CANDIDATES": "200", "RECSYS_API__INFERENCE_THREADS": str(args.threads),
                    "TF_CPP_MIN_LOG_LEVEL": "2"}
             api, api_base = start_server("services.api.app:create_app_from_env", env, ROOT, args.workers, server_cpus)
             processes.append(api)
-            console.print(f"API up with ranker {version}; seeding …")
+            console.print(f"API up with ranker {version} and recall {recall_version}; seeding …")
             seed(api_base)
             sample = httpx.get(f"{api_base}/v1/users/user0/recommendations", params={"k": 10})
             assert sample.json()["model_versions"].get("ranker") == version, sample.text
@@ -314,7 +335,7 @@ def main() -> None:
                     console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
                                   f"errors {result['errors']}/{result['requests']}, generator lag p99 "
                                   f"{result['generator_lag_p99']:.1f} ms{' (GENERATOR FELL BEHIND)' if behind else ''}")
-            console.print(f"API workers {args.workers}, TensorFlow threads per worker {args.tf_threads}")
+            console.print(f"API workers {args.workers}, TensorFlow/faiss threads per worker {args.threads}")
             report(results, args.rates, candidates_per_request(api_base), len(sample.content))
         finally:
             for process in processes:

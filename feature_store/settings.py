@@ -78,7 +78,10 @@ class ApiSettings(_Section):
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
     item_cache_ttl_s: float = Field(default=5.0, ge=0, description="In-process catalog cache TTL (0: off).")
     global_cache_ttl_s: float = Field(default=1.0, ge=0, description="Popular/trending/category lists memo TTL.")
-    tf_threads: int = Field(default=1, ge=0, description="TensorFlow intra/inter-op threads per worker (0: TF default).")
+    inference_threads: int = Field(
+        default=1, ge=0,
+        description="Threads per worker for TensorFlow (intra/inter-op) and faiss (OpenMP); 0: the libraries' defaults.",
+    )
 
 
 class BatchSettings(_Section):

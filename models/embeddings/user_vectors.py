@@ -17,10 +17,12 @@ from models.embeddings.item_embeddings import ItemEmbeddings
 def user_vector(
     embeddings: ItemEmbeddings, recent_items: Sequence[str], method: str = "decay",
     half_life: float = 5.0, max_items: int = 50, position: dict[str, int] | None = None,
+    normalized: np.ndarray | None = None,
 ) -> np.ndarray | None:  # fmt: skip
     """The user's vector from `recent_items` (most recent LAST, as the feature store keeps the
-    live sequence), or None when no item has an embedding. Pass `position` (from
-    `embeddings.position()`) when calling per request, to avoid rebuilding it."""
+    live sequence), or None when no item has an embedding. Per request, pass `position`
+    (`embeddings.position()`) and `normalized` (`embeddings.normalized()`), computed once: both
+    cost O(catalog) to build."""
     if method not in ("mean", "decay"):
         raise ValueError(f"unknown user-vector method {method!r}: use mean or decay")
     if half_life <= 0:
@@ -31,6 +33,7 @@ def user_vector(
     rows = [(position[item], age) for item, age in zip(recent, ages) if item in position]
     if not rows:
         return None
-    vectors = embeddings.normalized()[[row for row, _ in rows]]
+    unit = normalized if normalized is not None else embeddings.normalized()
+    vectors = unit[[row for row, _ in rows]]
     weights = np.ones(len(rows)) if method == "mean" else 2.0 ** (-np.array([age for _, age in rows]) / half_life)
     return (weights[:, None] * vectors).sum(axis=0) / weights.sum()

@@ -9,16 +9,20 @@ neighbours and the popularity list, in one folder that the registry publishes.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommender
+from models.registry import ModelRegistry
 from models.retrieval import RecallIndex, build_index, load_index
 from models.retrieval.multichannel import (
     EmbeddingNeighbourChannel, ItemCFChannel, MultiChannelRecall, PopularChannel, RecallChannel,
 )  # fmt: skip
 
+ROLE = "recall"
 POPULAR_FILE = "popular.json"
 
 
@@ -62,3 +66,16 @@ class RecallArtifact:
 
     def multichannel(self, item_cf: ItemKNNRecommender | None = None, quotas: dict[str, int] | None = None) -> MultiChannelRecall:
         return MultiChannelRecall(self.channels(item_cf), quotas)
+
+
+def publish_recall(registry: ModelRegistry, artifact: RecallArtifact, manifest: dict[str, Any], scratch: Path | None = None,
+                   set_current: bool = True) -> str:  # fmt: skip
+    """Publish `artifact` as a new ``recall`` version (the manifest gains its ``models`` list, which
+    the API reads to load it); optionally make it current. `scratch` holds the folder until the
+    registry moves it in (best on the registry's filesystem)."""
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        artifact.save(Path(folder) / ROLE)
+        version = registry.publish(ROLE, Path(folder) / ROLE, {**manifest, "models": list(artifact.embeddings)}, move=True)
+    if set_current:
+        registry.set_current(ROLE, version)
+    return version

@@ -34,6 +34,10 @@ class FaissIndex(RecallIndex):
     "ivf" (IndexIVFFlat, `nlist` lists (default 4·√n), `nprobe` probed (default nlist/20); trained
     on the first `add`).
     Exact and IVF run on the GPU when faiss-gpu sees one (HNSW has no GPU version).
+
+    `search_threads` > 0 caps faiss's OpenMP threads for searches (set per calling thread, as
+    OpenMP requires): a server searching one user's few vectors per request wants 1, since an
+    OpenMP team spinning on busy cores costs more than the search; 0 keeps faiss's default.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class FaissIndex(RecallIndex):
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
         self.nlist, self.nprobe = nlist, nprobe
         self.use_gpu = gpu_available() if use_gpu is None else use_gpu
+        self.search_threads = 0
         self._index: Any = None
 
     def _build(self, vectors: np.ndarray) -> Any:
@@ -75,6 +80,10 @@ class FaissIndex(RecallIndex):
         if self._index is None:
             return np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), -1, np.int64)
         self._tune()
+        if self.search_threads > 0:
+            import faiss
+
+            faiss.omp_set_num_threads(self.search_threads)
         return self._index.search(vectors, k)
 
     def _tune(self) -> None:

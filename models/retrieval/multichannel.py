@@ -10,7 +10,7 @@ catalog) as further implementations of `RecallChannel` and merges them all here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +19,7 @@ import numpy as np
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.user_vectors import user_vector
 from models.evaluation.baselines import ItemKNNRecommender
-from models.retrieval.base import RecallIndex
+from models.retrieval.base import RecallIndex, SearchResult
 
 
 # (item, score), or (item, score, because) where `because` names the seed behind the item
@@ -48,6 +48,22 @@ def _candidate(entry: Recalled, name: str) -> RecallCandidate:
     return RecallCandidate(entry[0], entry[1], {name}, entry[2] if len(entry) > 2 else None)  # type: ignore[misc]
 
 
+def _best_unique(result: SearchResult, exclude: Collection[str], k: int) -> list[tuple[str, float]]:
+    """The `k` best (item, score) of a search over one or more queries, each item once at its best
+    score; one sort in numpy, then Python touches only the entries it keeps or skips."""
+    ids, scores = result.ids.ravel(), result.scores.ravel()
+    picked: list[tuple[str, float]] = []
+    taken = set(exclude)
+    for index in np.argsort(-scores, kind="stable").tolist():
+        item = str(ids[index])
+        if item not in taken:
+            taken.add(item)
+            picked.append((item, float(scores[index])))
+            if len(picked) == k:
+                break
+    return picked
+
+
 def _merge_neighbours(lists: list[list[tuple[str, float]]], exclude: set[str], k: int) -> list[tuple[str, float]]:
     best: dict[str, float] = {}
     for neighbours in lists:
@@ -71,8 +87,7 @@ class EmbeddingNeighbourChannel:
         if not seeds:
             return []
         result = self.index.search(self._unit[seeds], min(k + len(history), len(self.index)))
-        lists = [list(zip(ids.tolist(), scores.tolist())) for ids, scores in zip(result.ids, result.scores)]
-        return _merge_neighbours(lists, set(history) | {""}, k)
+        return _best_unique(result, {*history, ""}, k)
 
 
 class UserVectorChannel:
@@ -82,13 +97,15 @@ class UserVectorChannel:
     def __init__(self, name: str, embeddings: ItemEmbeddings, index: RecallIndex, max_items: int = 50) -> None:
         self.name, self.embeddings, self.index, self.max_items = name, embeddings, index, max_items
         self._position = embeddings.position()
+        self._unit = embeddings.normalized()
 
     def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
-        vector = user_vector(self.embeddings, history, max_items=self.max_items, position=self._position)
+        vector = user_vector(self.embeddings, history, max_items=self.max_items, position=self._position,
+                             normalized=self._unit)  # fmt: skip
         if vector is None:
             return []
         result = self.index.search(vector[None, :], min(k + len(history), len(self.index)))
-        return _merge_neighbours([list(zip(result.ids[0].tolist(), result.scores[0].tolist()))], set(history) | {""}, k)
+        return _best_unique(result, {*history, ""}, k)
 
 
 class EmbeddingSimilarItems:
@@ -105,7 +122,7 @@ class EmbeddingSimilarItems:
         if row is None:
             return None
         result = self.index.search(self._unit[row : row + 1], min(k + 1, len(self.index)))
-        return _merge_neighbours([list(zip(result.ids[0].tolist(), result.scores[0].tolist()))], {item_id, ""}, k)
+        return _best_unique(result, {item_id, ""}, k)
 
 
 class ItemCFChannel:
@@ -143,9 +160,13 @@ class MultiChannelRecall:
         self.channels = list(channels)
         self.quotas = quotas or {}
 
-    def recall(self, history: Sequence[str], k: int) -> list[RecallCandidate]:
+    def recall(self, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[RecallCandidate]:
+        """Up to `k` candidates for a user whose history is oldest first; items in `exclude`
+        (e.g. everything the user has seen, beyond the history window) never take a slot."""
         default_quota = -(-k // len(self.channels))
         results = {c.name: c.recall(history, max(self.quotas.get(c.name, default_quota), k)) for c in self.channels}
+        if exclude:
+            results = {name: [e for e in found if e[0] not in exclude] for name, found in results.items()}
         merged: dict[str, RecallCandidate] = {}
         for name, found in results.items():
             taken = 0

@@ -1,4 +1,7 @@
-"""Dependencies as `Annotated` aliases, so route signatures read like prose."""
+"""Dependencies as `Annotated` aliases, so route signatures read like prose.
+
+They are `async def` because they never block: FastAPI runs a plain `def` dependency in its thread
+pool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -12,15 +15,15 @@ from services.api.state import ServiceState
 from services.recommend.online_store import ServingStore
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> ServingStore:
-    return get_state(request).store
+async def get_store(request: Request) -> ServingStore:
+    return request.app.state.service.store  # type: ignore[no-any-return]
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 

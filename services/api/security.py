@@ -27,19 +27,19 @@ def _check(presented: str | None, keys: list[str]) -> None:
         raise UnauthorizedError("invalid API key")
 
 
-def require_read_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+async def require_read_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
     keys = _keys(request)
     if keys and request.app.state.settings.api.require_key_for_reads:
         _check(key, keys)
 
 
-def require_write_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+async def require_write_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
     keys = _keys(request)
     if keys:
         _check(key, keys)
 
 
-def require_admin_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
+async def require_admin_key(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
     keys = _keys(request)
     if not keys:
         raise ForbiddenError("admin endpoints are disabled: no API keys are configured (settings.api.api_keys)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -159,14 +158,11 @@ def _summary(trained: Any, artifact: Any) -> None:
 
 def _publish(settings: Any, artifact: Any, params: dict[str, Any], window: dict[str, Any], metrics: dict[str, Any]) -> None:
     from models.registry import ModelRegistry
+    from models.retrieval.artifact import publish_recall
 
-    registry = ModelRegistry(settings.model_registry_dir)
-    with tempfile.TemporaryDirectory(dir=settings.state_dir if settings.state_dir.exists() else None) as scratch:
-        folder = Path(scratch) / "recall"
-        artifact.save(folder)
-        manifest = {"params": params, "data_window": window, "metrics": metrics, "models": list(artifact.embeddings)}
-        version = registry.publish("recall", folder, manifest, move=True)
-    registry.set_current("recall", version)
+    manifest = {"params": params, "data_window": window, "metrics": metrics}
+    scratch = settings.state_dir if settings.state_dir.exists() else None
+    version = publish_recall(ModelRegistry(settings.model_registry_dir), artifact, manifest, scratch)
     console.print(f"published recall version [bold]{version}[/] to {settings.model_registry_dir} (current)")
 
 

@@ -125,11 +125,11 @@ def configure_tensorflow(threads: int) -> None:
         log.info("TensorFlow already initialised; keeping its thread settings")
 
 
-def load_ranker(version: ModelVersion, family: str, store: ServingStore, tf_threads: int = 1) -> ExportedRanker:
+def load_ranker(version: ModelVersion, family: str, store: ServingStore, threads: int = 1) -> ExportedRanker:
     """Load a published ranker; refuses one of another family than the configured one."""
     from models.ranking.export import load_exported
 
-    configure_tensorflow(tf_threads)
+    configure_tensorflow(threads)
     kind = str(version.manifest.get("model", ""))
     if kind != family:
         raise RegistryError(
@@ -143,19 +143,23 @@ USER_VECTOR_CHANNEL = "user_vector"
 PREFERRED_SIMILAR_MODELS = ("item2vec", "node2vec", "deepwalk")
 
 
-def load_recall(version: ModelVersion, recent_items: int = 5) -> tuple[list[RecallChannel], SimilarItems]:
+def load_recall(version: ModelVersion, recent_items: int = 5, threads: int = 1) -> tuple[list[RecallChannel], SimilarItems]:
     """A published recall artifact (`models.retrieval.artifact`) as serving parts: one
     neighbour channel per embedding model (tagged with the model's name) over the user's
     `recent_items` latest items, a user-vector channel and item-to-item neighbours from the
     preferred model (Item2vec when present). The artifact's training-time popular list is not
     used: serving reads live popularity from the feature store."""
     from models.retrieval.artifact import RecallArtifact
+    from models.retrieval.faiss_index import FaissIndex
     from models.retrieval.multichannel import EmbeddingNeighbourChannel, EmbeddingSimilarItems, UserVectorChannel
 
     models = version.manifest.get("models")
     if not isinstance(models, list) or not models:
         raise RegistryError(f"recall {version.version}: manifest lists no embedding models ('models')")
     artifact = RecallArtifact.load(version.path, [str(name) for name in models])
+    for index in artifact.indexes.values():
+        if isinstance(index, FaissIndex):
+            index.search_threads = threads  # one request's search is too small to split
     channels: list[RecallChannel] = [
         EmbeddingNeighbourChannel(name, artifact.embeddings[name], artifact.indexes[name], recent_items)
         for name in artifact.embeddings

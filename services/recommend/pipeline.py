@@ -116,8 +116,10 @@ class RecommendationPipeline:
             base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
         recall = MultiChannelRecall(bundle.channels + base, self.quotas)
         oldest_first = user.history[::-1]
+        blocked = user.seen | request.exclude  # excluded here, so `candidates` unseen items reach the ranker
         return [
-            Candidate(c.item_id, c.score, c.channels, c.because) for c in recall.recall(oldest_first, self.candidates)
+            Candidate(c.item_id, c.score, c.channels, c.because)
+            for c in recall.recall(oldest_first, self.candidates, exclude=blocked)
         ]
 
     def _filter(self, candidates: list[Candidate], user: UserContext, request: RecommendationRequest) -> list[Candidate]:

@@ -1,4 +1,9 @@
-"""`/v1/users/{user_id}/recommendations`: recall → filter → rank → explain."""
+"""`/v1/users/{user_id}/recommendations`: recall → filter → rank → explain.
+
+The handlers are `async def` and run the pipeline on the event loop: it is CPU-bound Python and
+TensorFlow plus a few sub-millisecond Redis calls (bounded by the client's socket timeouts), so a
+thread-pool hop would add CPU and GIL hand-offs without adding throughput. Concurrency comes from
+uvicorn workers (`settings.api.workers`)."""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ Category = Annotated[str | None, Query(min_length=1, max_length=128, description
 
 
 @router.get("/{user_id}/recommendations", response_model=RecommendationsResponse)
-def get_recommendations(
+async def get_recommendations(
     user_id: UserIdPath, state: StateDep, request_id: RequestIdDep, k: K = 10, exclude: Exclude = [],
     category: Category = None,
 ) -> RecommendationsResponse:
@@ -32,7 +37,7 @@ def get_recommendations(
 
 
 @router.post("/{user_id}/recommendations", response_model=RecommendationsResponse)
-def post_recommendations(
+async def post_recommendations(
     user_id: UserIdPath, state: StateDep, request_id: RequestIdDep,
     query: Annotated[RecommendationsQuery, Body()] = RecommendationsQuery(),
 ) -> RecommendationsResponse:
