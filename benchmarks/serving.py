@@ -21,7 +21,6 @@ responses' `timings_ms`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures
 import json
 import multiprocessing
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from http_load import run_open_loop  # noqa: E402
 
 console = Console()
 ITEMS, CATEGORIES, USERS, HISTORY = 1000, 20, 300, 50
@@ -200,50 +200,14 @@ def seed(base: str) -> None:
 # -- load -----------------------------------------------------------------------------------------
 
 
-async def open_loop(base: str, rate: int, seconds: float) -> dict[str, Any]:
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    lags: list[float] = []
-    stages: dict[str, list[float]] = {}
-    errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, timeout=REQUEST_DEADLINE_S, limits=limits) as client:
-        await client.get("/readyz")
-        started = time.perf_counter()
-
-        async def one(index: int) -> None:
-            nonlocal errors
-            scheduled = started + index / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            lags.append(time.perf_counter() - scheduled)
-            try:
-                response = await asyncio.wait_for(
-                    client.get(f"/v1/users/user{index % USERS}/recommendations", params={"k": 10}), REQUEST_DEADLINE_S
-                )
-                ok = response.status_code == 200
-            except (httpx.HTTPError, asyncio.TimeoutError):
-                ok, response = False, None
-            latencies.append(time.perf_counter() - scheduled)
-            if not ok:
-                errors += 1
-            elif response is not None:
-                for stage, ms in response.json().get("timings_ms", {}).items():
-                    stages.setdefault(stage, []).append(ms)
-
-        await asyncio.gather(*(one(i) for i in range(total)))
-        elapsed = time.perf_counter() - started
-    ms = np.asarray(latencies) * 1000
-    return {
-        "requests": total, "achieved_rps": total / elapsed, "errors": errors,
-        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)),
-        "stages": {s: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for s, v in stages.items()},
-        "generator_lag_p99": float(np.percentile(np.asarray(lags) * 1000, 99)),
-    }
+def recommendations_path(index: int) -> str:
+    return f"/v1/users/user{index % USERS}/recommendations?k=10"
 
 
 def open_loop_in_process(base: str, rate: int, seconds: float) -> dict[str, Any]:
     """Entry point of the generator process."""
-    return asyncio.run(open_loop(base, rate, seconds))
+    url = httpx.URL(base)
+    return run_open_loop(url.host, url.port, recommendations_path, rate, seconds, REQUEST_DEADLINE_S, collect_stages=True)
 
 
 def drain(base: str, timeout_s: float = 120.0) -> None:
@@ -334,7 +298,8 @@ def main() -> None:
                     behind = result["generator_lag_p99"] > GENERATOR_LAG_LIMIT_MS
                     console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
                                   f"errors {result['errors']}/{result['requests']}, generator lag p99 "
-                                  f"{result['generator_lag_p99']:.1f} ms{' (GENERATOR FELL BEHIND)' if behind else ''}")
+                                  f"{result['generator_lag_p99']:.1f} ms{' (GENERATOR FELL BEHIND)' if behind else ''}, "
+                                  f"generator CPU {result['generator_cpu_per_request_ms']:.2f} ms/request")
             console.print(f"API workers {args.workers}, TensorFlow/faiss threads per worker {args.threads}")
             report(results, args.rates, candidates_per_request(api_base), len(sample.content))
         finally:

@@ -3,6 +3,7 @@ the Redis client, the event log writer and the model manager once, and closes th
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -53,6 +54,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with ExitStack() as stack:
             app.state.service = _start(settings, metrics, stack, version_source, bundle_loader)
+            # What startup built (models, TensorFlow's graphs, caches) lives as long as the process:
+            # frozen, the cyclic GC stops re-scanning it, which shortens the collection pauses
+            # that land in request tails.
+            gc.collect()
+            gc.freeze()
             yield
 
     app = FastAPI(
