@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from feature_store.definitions import Entity, user_category_id
+from models.ranking.features import FeatureSpec
 from models.ranking.samples import DENSE_FEATURE_SOURCES
 from models.registry import ModelVersion, RegistryError
 from services.recommend.item_cache import ItemCache
@@ -26,45 +27,25 @@ log = logging.getLogger(__name__)
 
 _STRING_INPUTS = frozenset({"user_id", "hist_item_ids", "hist_categories", "item_id", "item_category"})
 
-class ExportedRanker:
-    """A registry ranker version behind the `Ranker` interface."""
 
-    def __init__(self, saved_model: object, spec: object, kind: str, store: ServingStore) -> None:
-        self.saved_model = saved_model
+class RankerInputs:
+    """Assembles a ranker's input for one user's candidates from the feature store, exactly as
+    the training samples hold it (the training/serving parity test checks this class)."""
+
+    def __init__(self, spec: FeatureSpec, store: ServingStore) -> None:
         self.spec = spec
-        self.name = kind
         self.store = store
-        self.has_attention = kind == "din"
-        # The SavedModel's default signature is `score_user` (see `models.ranking.export`); a
-        # signature call takes flat keyword tensors and skips the restored function's
-        # structured-input binding, ~0.1 ms per request.
-        self._score_user = saved_model.signatures["serving_default"]  # type: ignore[attr-defined]
         # Item features are the same for every user: one feature-store read per item per
         # global-cache TTL instead of one read of all candidates per request.
         self._item_features = ItemCache(ttl_s=store.global_cache.ttl_s)
-        unknown = [name for name in spec.dense_features if name not in DENSE_FEATURE_SOURCES]  # type: ignore[attr-defined]
+        unknown = [name for name in spec.dense_features if name not in DENSE_FEATURE_SOURCES]
         if unknown:
             log.warning("ranker dense features %s have no online source: served at their training mean", unknown)
 
-    def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
-        import tensorflow as tf
-
-        request = self.request(user, [c.item_id for c in candidates])
-        history = request["hist_item_ids"]
-        tensors = {name: tf.constant(value, tf.string if name in _STRING_INPUTS else None) for name, value in request.items()}
-        output = self._score_user(**tensors)
-        scores = output["score"].numpy().astype(np.float32)
-        if not self.has_attention or not history:
-            return RankOutput(scores=scores)
-        # Column j of the model's attention is history[j] (oldest first); the pipeline's history
-        # is newest first, so reverse the used columns.
-        attention = output["attention"].numpy()[:, : len(history)][:, ::-1]
-        return RankOutput(scores=scores, attention=np.ascontiguousarray(attention))
-
     def request(self, user: UserContext, items: list[str]) -> dict[str, object]:
         """The model input for one user's candidates, keyed like the ranking-samples columns
-        (history oldest first, as in training rows); `rank` feeds it to ``score_user``."""
-        history = list(reversed(user.history[: self.spec.max_seq_len]))  # type: ignore[attr-defined]
+        (history oldest first, as in training rows)."""
+        history = list(reversed(user.history[: self.spec.max_seq_len]))
         primary = self._primary_categories(history + items)
         return {
             "user_id": user.user_id,
@@ -83,12 +64,12 @@ class ExportedRanker:
         spec = self.spec
         columns: dict[str, np.ndarray] = {}
         wanted: dict[Entity, list[tuple[str, str]]] = {}
-        for index, name in enumerate(spec.dense_features):  # type: ignore[attr-defined]
+        for index, name in enumerate(spec.dense_features):
             if name in DENSE_FEATURE_SOURCES:
                 entity, feature = DENSE_FEATURE_SOURCES[name]
                 wanted.setdefault(entity, []).append((name, feature))
             else:
-                mean = spec.dense_mean[index] if spec.dense_mean else 0.0  # type: ignore[attr-defined]
+                mean = spec.dense_mean[index] if spec.dense_mean else 0.0
                 columns[name] = np.full(len(items), mean, np.float32)
         ids = {
             Entity.ITEM: items,
@@ -113,6 +94,35 @@ class ExportedRanker:
             self._item_features.put_many(fetched)
             found.update(fetched)
         return {f: [found[item][f] for item in items] for f in features}
+
+
+class ExportedRanker:
+    """A registry ranker version behind the `Ranker` interface."""
+
+    def __init__(self, saved_model: object, spec: FeatureSpec, kind: str, store: ServingStore) -> None:
+        self.saved_model = saved_model
+        self.name = kind
+        self.inputs = RankerInputs(spec, store)
+        self.has_attention = kind == "din"
+        # The SavedModel's default signature is `score_user` (see `models.ranking.export`); a
+        # signature call takes flat keyword tensors and skips the restored function's
+        # structured-input binding, ~0.1 ms per request.
+        self._score_user = saved_model.signatures["serving_default"]  # type: ignore[attr-defined]
+
+    def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
+        import tensorflow as tf
+
+        request = self.inputs.request(user, [c.item_id for c in candidates])
+        history = request["hist_item_ids"]
+        tensors = {name: tf.constant(value, tf.string if name in _STRING_INPUTS else None) for name, value in request.items()}
+        output = self._score_user(**tensors)
+        scores = output["score"].numpy().astype(np.float32)
+        if not self.has_attention or not history:
+            return RankOutput(scores=scores)
+        # Column j of the model's attention is history[j] (oldest first); the pipeline's history
+        # is newest first, so reverse the used columns.
+        attention = output["attention"].numpy()[:, : len(history)][:, ::-1]
+        return RankOutput(scores=scores, attention=np.ascontiguousarray(attention))
 
 
 def configure_tensorflow(threads: int) -> None:

@@ -5,7 +5,7 @@ job builds its training row (point-in-time join: everything strictly before its 
 online side, the world a request at that moment sees is the lambda architecture's: the batch layer
 run on the log without that event publishes views up to its watermark (the last whole hour), and
 the speed layer's writer applies the same events live (as the Flink job does; only those after the
-watermark count at read time). The online ranker adapter (`ExportedRanker.request`) assembles the
+watermark count at read time). The online ranker adapter (`RankerInputs.request`) assembles the
 model input from the merged read. Both must hold the same history, categories and dense values.
 """
 
@@ -27,7 +27,7 @@ from feature_store.settings import Settings
 from models.ranking.features import FeatureSpec
 from pipelines.spark.jobs.ranking_samples import DENSE_FEATURES
 from pipelines.spark.runner import run_jobs
-from services.recommend.model_adapters import ExportedRanker
+from services.recommend.model_adapters import RankerInputs
 from services.recommend.online_store import ServingStore
 from services.recommend.types import UserContext
 from tests.pipelines.spark.conftest import write_events
@@ -86,8 +86,7 @@ def test_serving_features_equal_training_features(
         store.upsert_item(Item(item_id=item_id, title=item_id, categories=categories))
     history, seen = store.user_behaviour("u1", 50)
     spec = FeatureSpec(dense_features=tuple(DENSE_FEATURES), max_seq_len=50)
-    ranker = ExportedRanker(saved_model=None, spec=spec, kind="din", store=store)
-    request = ranker.request(UserContext("u1", history, seen), ["i5"])
+    request = RankerInputs(spec, store).request(UserContext("u1", history, seen), ["i5"])
     features.close()
 
     assert sample["hist_item_ids"] == ["i1", "i2", "i3"]  # positives before ts, oldest first
