@@ -1,12 +1,13 @@
 """Embedding and recall benchmarks, each against its peer in the same run.
 
 1. Item2vec (our TensorFlow SGNS trainer) vs gensim Word2Vec(sg=1) on the ml-100k training
-   sequences (leave-last-one-out), same dim/window/negatives/epochs/subsampling: training pairs/s
-   and HR@10 / HR@50 of item-neighbour recall.
+   sequences (leave-last-one-out), same dim/window/negatives/epochs/subsampling, several seeds:
+   training pairs/s and HR@10 / HR@50 of item-neighbour recall, for our default (Adagrad) and
+   word2vec's plain-SGD rule.
 2. Random-walk generation: vectorized DeepWalk/Node2vec walker vs a plain-Python walker.
 3. faiss HNSW / IVF-Flat and our LSH vs exact search: recall@100 and queries/s.
 
-Run: .venv/bin/python benchmarks/embeddings.py [--ml100k PATH] [--epochs 5] [--dim 64]
+Run: .venv/bin/python benchmarks/embeddings.py [--ml100k PATH] [--epochs 5] [--dim 64] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from models.retrieval import FaissIndex, LshIndex  # noqa: E402
 from models.retrieval.multichannel import ChannelRecommender, EmbeddingNeighbourChannel  # noqa: E402
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+#: Item2vec trainers compared: our optimizer name, or None for gensim.
+ITEM2VEC_TRAINERS = {"ours (TF, adagrad: default)": "adagrad", "ours (TF, sgd: word2vec's rule)": "sgd",
+                     "gensim Word2Vec sg=1": None}  # fmt: skip
 
 
 def ml100k_split(path: Path, min_rating: float = 3.5):  # type: ignore[no-untyped-def]
@@ -49,29 +53,50 @@ def neighbour_metrics(embeddings: ItemEmbeddings, split) -> dict[str, float]:  #
     return evaluate(ChannelRecommender(channel), split, ["HR@10", "NDCG@10", "HR@50"])
 
 
-def bench_item2vec(split, dim: int, epochs: int) -> None:  # type: ignore[no-untyped-def]
+def train_gensim(sequences, dim: int, epochs: int, seed: int) -> tuple[ItemEmbeddings, float]:  # type: ignore[no-untyped-def]
     from gensim.models import Word2Vec
 
-    sequences = split.train_sequences()
-    config = SkipGramConfig(dim=dim, window=5, negatives=5, epochs=epochs, subsample=1e-3, batch_size=1024)
-    SkipGramTrainer(SkipGramConfig(dim=dim, epochs=1, batch_size=1024)).fit(sequences[:50])  # warm-up: XLA compile
-    ours = SkipGramTrainer(config)
-    ours_embeddings = ours.fit(sequences)
     started = time.perf_counter()
-    gensim_model = Word2Vec(sequences, vector_size=dim, window=5, negative=5, sg=1, min_count=1, epochs=epochs,
-                            sample=1e-3, workers=os.cpu_count() or 1, seed=1)  # fmt: skip
-    gensim_seconds = time.perf_counter() - started
-    gensim_embeddings = ItemEmbeddings(np.array(gensim_model.wv.index_to_key), gensim_model.wv.vectors)
-    gensim_pairs_per_s = ours.stats.pairs / gensim_seconds  # same sequences, window rule and subsampling
-    ours_metrics, gensim_metrics = neighbour_metrics(ours_embeddings, split), neighbour_metrics(gensim_embeddings, split)
-    print(f"\n## Item2vec vs gensim Word2Vec(sg=1): dim={dim} window=5 negatives=5 epochs={epochs} sample=1e-3")
-    print(f"training pairs: {ours.stats.pairs:,} ({ours.stats.device})")
-    print("| trainer | seconds | pairs/s | HR@10 | NDCG@10 | HR@50 |\n| --- | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| ours (TF) | {ours.stats.seconds:.2f} | {ours.stats.pairs_per_second:,.0f} | "
-          f"{ours_metrics['HR@10']:.4f} | {ours_metrics['NDCG@10']:.4f} | {ours_metrics['HR@50']:.4f} |")  # fmt: skip
-    print(f"| gensim | {gensim_seconds:.2f} | {gensim_pairs_per_s:,.0f} | "
-          f"{gensim_metrics['HR@10']:.4f} | {gensim_metrics['NDCG@10']:.4f} | {gensim_metrics['HR@50']:.4f} |")  # fmt: skip
-    print(f"throughput ratio ours/gensim: {ours.stats.pairs_per_second / gensim_pairs_per_s:.2f}")
+    model = Word2Vec(sequences, vector_size=dim, window=5, negative=5, sg=1, min_count=1, epochs=epochs,
+                     sample=1e-3, workers=os.cpu_count() or 1, seed=seed)  # fmt: skip
+    seconds = time.perf_counter() - started
+    return ItemEmbeddings(np.array(model.wv.index_to_key), model.wv.vectors), seconds
+
+
+def bench_item2vec(split, dim: int, epochs: int, seeds: int) -> None:  # type: ignore[no-untyped-def]
+    """Each trainer once per seed on the same sequences; HR as mean ± sd over seeds, pairs/s as
+    the median. gensim does not count pairs: its rate is our pair count over its time (same
+    window rule and subsampling, so the same expected number of pairs)."""
+    sequences = split.train_sequences()
+    SkipGramTrainer(SkipGramConfig(dim=dim, epochs=1)).fit(sequences[:50])  # warm-up: XLA compile
+    results: dict[str, list[tuple[dict[str, float], float]]] = {name: [] for name in ITEM2VEC_TRAINERS}
+    pairs: list[int] = []
+    for seed in range(seeds):
+        for name, optimizer in ITEM2VEC_TRAINERS.items():
+            if optimizer is None:
+                embeddings, seconds = train_gensim(sequences, dim, epochs, seed + 1)
+                rate = float(np.mean(pairs)) / seconds
+            else:
+                config = SkipGramConfig(dim=dim, window=5, negatives=5, epochs=epochs, subsample=1e-3,
+                                        optimizer=optimizer, seed=seed)  # fmt: skip
+                trainer = SkipGramTrainer(config)
+                embeddings = trainer.fit(sequences)
+                pairs.append(trainer.stats.pairs)
+                rate = trainer.stats.pairs_per_second
+            results[name].append((neighbour_metrics(embeddings, split), rate))
+    print(f"\n## Item2vec vs gensim Word2Vec(sg=1): dim={dim} window=5 negatives=5 epochs={epochs} sample=1e-3, "
+          f"{seeds} seeds")  # fmt: skip
+    print(f"training pairs per run: {int(np.mean(pairs)):,}")
+    print("| trainer | pairs/s (median) | HR@10 | NDCG@10 | HR@50 |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, runs in results.items():
+        cells = [f"{np.mean([m[k] for m, _ in runs]):.4f} ± {np.std([m[k] for m, _ in runs]):.4f}"
+                 for k in ("HR@10", "NDCG@10", "HR@50")]  # fmt: skip
+        print(f"| {name} | {np.median([r for _, r in runs]):,.0f} | {' | '.join(cells)} |")
+    gensim_rate = np.median([r for _, r in results["gensim Word2Vec sg=1"]])
+    for name in ITEM2VEC_TRAINERS:
+        if ITEM2VEC_TRAINERS[name] is not None:
+            ratio = np.median([r for _, r in results[name]]) / gensim_rate
+            print(f"throughput ratio {name} / gensim: {ratio:.2f}")
 
 
 def python_walks(graph: ItemGraph, walks_per_node: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -139,6 +164,7 @@ def main() -> None:
     parser.add_argument("--ml100k", type=Path, default=ML100K)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3, help="Item2vec runs per trainer (HR mean ± sd).")
     parser.add_argument("--index-items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--parts", default="item2vec,walks,indexes", help="Comma-separated subset to run.")
@@ -147,7 +173,7 @@ def main() -> None:
     split = ml100k_split(args.ml100k)
     print(f"ml-100k positives (rating >= 3.5): {sum(map(len, split.train.values())):,} train, {len(split.test)} held out")
     if "item2vec" in parts:
-        bench_item2vec(split, args.dim, args.epochs)
+        bench_item2vec(split, args.dim, args.epochs, args.seeds)
     if "walks" in parts:
         bench_walks(split)
     if "indexes" in parts:

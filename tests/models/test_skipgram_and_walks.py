@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from models.embeddings.walks import ItemGraph, RandomWalker
 from planted_clusters import CLUSTERS, planted_graph, planted_sequences, same_cluster_precision
 
 CHANCE = 1 / CLUSTERS
-FAST = SkipGramConfig(dim=16, window=3, negatives=5, epochs=3, batch_size=512, learning_rate=0.1)
+FAST = SkipGramConfig(dim=16, window=3, negatives=5, epochs=3, batch_size=512)
 
 
 def test_pairs_stay_inside_sequences_and_window() -> None:
@@ -31,8 +33,9 @@ def test_subsampling_and_unigram_table_follow_word2vec() -> None:
     np.testing.assert_allclose(share, expected, atol=1e-3)
 
 
-def test_item2vec_recovers_planted_clusters() -> None:
-    trainer = SkipGramTrainer(FAST)
+@pytest.mark.parametrize("optimizer, learning_rate", [("adagrad", None), ("sgd", 0.1)])
+def test_item2vec_recovers_planted_clusters(optimizer: str, learning_rate: float | None) -> None:
+    trainer = SkipGramTrainer(replace(FAST, optimizer=optimizer, learning_rate=learning_rate))
     embeddings = trainer.fit(planted_sequences())
     assert same_cluster_precision(embeddings.ids, embeddings.vectors) > 5 * CHANCE
     assert trainer.stats.pairs > 0 and trainer.stats.loss_per_epoch[-1] < trainer.stats.loss_per_epoch[0]
@@ -86,9 +89,19 @@ def test_node2vec_low_p_returns_often() -> None:
 def test_bad_inputs_get_clear_errors() -> None:
     with pytest.raises(ValueError, match="window"):
         SkipGramConfig(window=0)
+    with pytest.raises(ValueError, match="optimizer must be adagrad or sgd, got 'adam'"):
+        SkipGramConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="min_learning_rate <= learning_rate"):
+        SkipGramConfig(optimizer="sgd", min_learning_rate=0.05)
     with pytest.raises(ValueError, match="two or more known items"):
         SkipGramTrainer(FAST).fit([["a"], ["b"]])
     with pytest.raises(ValueError, match=r"edge 1 \(b -> c\) has invalid weight"):
         ItemGraph.from_edges(["a", "b"], ["b", "c"], [1.0, -2.0])
     with pytest.raises(ValueError, match="positive"):
         RandomWalker(ItemGraph.from_edges(["a"], ["b"], [1.0]), q=0)
+
+
+def test_learning_rate_defaults_follow_the_optimizer() -> None:
+    assert SkipGramConfig().to_dict()["learning_rate"] == 0.5
+    assert SkipGramConfig(optimizer="sgd").to_dict()["learning_rate"] == 0.025  # gensim's alpha
+    assert SkipGramConfig(optimizer="sgd", learning_rate=0.1).initial_learning_rate == 0.1
