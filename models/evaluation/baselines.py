@@ -62,8 +62,8 @@ class ItemKNNRecommender:
         if row is None:
             return []
         start, end = self.similarity.indptr[row], self.similarity.indptr[row + 1]
-        top = np.argsort(-self.similarity.data[start:end])[:k]
-        return [(self.ids[self.similarity.indices[start + i]], float(self.similarity.data[start + i])) for i in top]
+        top = start + np.argsort(-self.similarity.data[start:end])[:k]
+        return list(zip(self.ids[self.similarity.indices[top]].tolist(), self.similarity.data[top].tolist()))
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
         rows = [self.position[item] for item in history if item in self.position]

@@ -4,101 +4,156 @@ Everything here sees only `LeaveLastOut.train` (each user's positives before the
 the recall channels, the item facts (popularity, categories) and the ranker's training samples.
 
 Ranker training samples follow the ranking-samples contract (`models.ranking.samples`). For each
-user and each of the last ``positions_per_user`` positions ``t`` of their training sequence, the
-positive is ``seq[t]`` with history ``seq[:t]``; negatives are ``recall_negatives`` items drawn
-from what the recall stage returns for that history (the candidates the ranker sees at serving)
-and ``random_negatives`` uniform items. The user's last training position is the validation row
-(it mimics the held-out task); the others are training rows.
+user and each position ``t >= 1`` of their training sequence (or only the last
+``positions_per_user``), the positive is ``seq[t]`` with history ``seq[:t]``; negatives are
+``recall_negatives`` items drawn from what the recall stage returns for that history (the
+candidates the ranker sees at serving) and ``random_negatives`` uniform items. The user's last
+training position is the validation row (it mimics the held-out task); the others are training
+rows.
 
-At evaluation the ranker rescoring the recall candidates of the full training history gives the
-final top-K. Sample features are assembled by `CandidateFeatures`, used for both training rows
-and evaluation candidates, so the two can never drift apart.
+Dense features are taken as of the end of the row's history (the time of ``seq[t-1]``), as the
+Spark ranking-samples job takes them as of each row's time: item popularity counts only training
+positives up to then, so no row sees its own or any later event. At evaluation the same
+definition applies as of the user's last training positive; nothing about the held-out event
+(item or time) is used. At evaluation the ranker rescores the recall candidates of the full
+training history. Sample features are assembled by `CandidateFeatures`, used for both training
+rows and evaluation candidates, so the two can never drift apart.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.evaluation.split import LeaveLastOut
+from models.evaluation.split import LeaveLastOut, Timestamp
 from models.ranking import samples
 from models.ranking.features import FeatureSpec
 from models.retrieval.multichannel import MultiChannelRecall
 
-DENSE_FEATURES = ("item_popularity", "user_positive_count", "user_category_affinity")
-_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+# Item popularity windows, named as the sample columns the serving path maps to the feature
+# store (`models.ranking.samples.DENSE_FEATURE_SOURCES`: item.popularity_all / _7d / _30d).
+POPULARITY_WINDOWS: dict[str, float | None] = {
+    "item_popularity": None, "item_pop_1d": 86_400.0, "item_pop_7d": 7 * 86_400.0, "item_pop_30d": 30 * 86_400.0,
+}  # fmt: skip
+USER_FEATURES = ("user_positive_count", "user_category_affinity")
+SUPPORTED_FEATURES = (*POPULARITY_WINDOWS, *USER_FEATURES)
+DENSE_FEATURES = ("item_popularity", "item_pop_7d", "item_pop_30d", "user_positive_count", "user_category_affinity")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How many rows per user and which negatives; ``recall_depth`` candidates are recalled."""
+    """Rows per user (``positions_per_user=None``: every position) and which negatives;
+    ``recall_depth`` candidates are recalled; ``dense_features`` from `SUPPORTED_FEATURES`."""
 
-    positions_per_user: int = 20
-    recall_negatives: int = 2
+    positions_per_user: int | None = None
+    recall_negatives: int = 4
     random_negatives: int = 2
     recall_depth: int = 100
     max_seq_len: int = samples.DEFAULT_MAX_SEQ_LEN
+    dense_features: tuple[str, ...] = DENSE_FEATURES
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("positions_per_user", "recall_depth", "max_seq_len"):
+        for name in ("recall_depth", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.positions_per_user is not None and self.positions_per_user < 1:
+            raise ValueError(f"positions_per_user must be >= 1 (or None for all), got {self.positions_per_user}")
         if self.recall_negatives < 0 or self.random_negatives < 0:
             raise ValueError("negative counts must be >= 0")
         if self.recall_negatives + self.random_negatives == 0:
             raise ValueError("at least one negative per positive is needed (recall or random)")
+        unknown = [name for name in self.dense_features if name not in SUPPORTED_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown dense features {unknown}; expected some of {list(SUPPORTED_FEATURES)}")
+
+
+def _seconds(ts: Timestamp) -> float:
+    return ts.timestamp() if isinstance(ts, datetime) else float(ts)
+
+
+class ItemClock:
+    """Training positives per item as sorted event times: counts as of any time, in any window."""
+
+    def __init__(self, train: Mapping[str, Sequence[str]], train_ts: Mapping[str, Sequence[Timestamp]]) -> None:
+        times: dict[str, list[float]] = defaultdict(list)
+        for user, items in train.items():
+            for item, ts in zip(items, train_ts.get(user, ())):
+                times[item].append(_seconds(ts))
+        self.times = {item: np.sort(np.asarray(values)) for item, values in times.items()}
+        self._empty = np.zeros(0)
+
+    def count(self, item: str, at: float, window: float | None) -> int:
+        """Positives of ``item`` at or before ``at`` (within the last ``window`` seconds if given)."""
+        times = self.times.get(item, self._empty)
+        upto = int(np.searchsorted(times, at, side="right"))
+        return upto if window is None else upto - int(np.searchsorted(times, at - window, side="right"))
 
 
 class CandidateFeatures:
     """Builds ranking-sample rows (contract columns) for (user history, candidate) pairs.
 
-    ``item_popularity`` is the item's number of training positives, ``user_positive_count`` the
-    history length and ``user_category_affinity`` the share of the history in the candidate's
-    primary category (as the Spark ranking-samples job defines them).
+    As of time ``at`` (the end of the history): ``item_popularity`` is the item's number of
+    training positives up to ``at``, ``item_pop_7d`` / ``item_pop_30d`` (and ``_1d``) those in the
+    window ending at ``at``, ``user_positive_count`` the history length and
+    ``user_category_affinity`` the share of the history in the candidate's primary category (as
+    the Spark ranking-samples job and the feature store define them).
     """
 
-    def __init__(self, train: Mapping[str, Sequence[str]], categories: Mapping[str, str], max_seq_len: int) -> None:
-        self.popularity = Counter(item for items in train.values() for item in items)
+    def __init__(self, split: LeaveLastOut, categories: Mapping[str, str], max_seq_len: int,
+                 dense_features: Sequence[str] = DENSE_FEATURES) -> None:  # fmt: skip
+        self.train_ts = {user: [_seconds(ts) for ts in times] for user, times in split.train_ts.items()}
+        # Without event times every positive counts as at time 0, i.e. whole-training counts.
+        self.clock = ItemClock(split.train, {u: self.train_ts.get(u) or [0.0] * len(s) for u, s in split.train.items()})
+        self.items = sorted(self.clock.times)
         self.categories = categories
         self.max_seq_len = max_seq_len
+        self.dense_features = tuple(dense_features)
 
     def category(self, item: str) -> str:
         return self.categories.get(item, "")
 
-    def rows(self, user: str, history: Sequence[str], items: Sequence[str], labels: Sequence[int],
-             sources: Sequence[str], split: str, position: int) -> dict[str, list[Any]]:  # fmt: skip
-        """Column lists for one user's candidates with ``history`` (oldest first)."""
+    def as_of(self, user: str, position: int) -> float:
+        """Time of the end of ``user``'s history ``train[user][:position]`` (0 when unknown)."""
+        times = self.train_ts.get(user)
+        return times[position - 1] if times and position >= 1 else 0.0
+
+    def rows(self, user: str, history: Sequence[str], at: float, items: Sequence[str], labels: Sequence[int],
+             sources: Sequence[str], split: str) -> dict[str, list[Any]]:  # fmt: skip
+        """Column lists for one user's candidates with ``history`` (oldest first) as of ``at``."""
         recent = list(history)[-self.max_seq_len :]
-        history_categories = [self.category(i) for i in recent]
-        counts = Counter(self.category(i) for i in history)
         size = len(items)
-        return {
+        out: dict[str, list[Any]] = {
             samples.USER_ID: [user] * size,
             samples.ITEM_ID: list(items),
-            # Only the order of rows within a user matters; one synthetic ts per position.
-            samples.TS: [_EPOCH + timedelta(minutes=position)] * size,
+            samples.TS: [datetime.fromtimestamp(at, timezone.utc)] * size,
             samples.LABEL: list(labels),
             samples.LABEL_SOURCE: list(sources),
             samples.SPLIT: [split] * size,
             samples.HIST_ITEM_IDS: [recent] * size,
-            samples.HIST_CATEGORIES: [history_categories] * size,
+            samples.HIST_CATEGORIES: [[self.category(i) for i in recent]] * size,
             samples.ITEM_CATEGORY: [self.category(i) for i in items],
-            "item_popularity": [float(self.popularity[i]) for i in items],
-            "user_positive_count": [float(len(history))] * size,
-            "user_category_affinity": [
-                counts[self.category(i)] / len(history) if history else 0.0 for i in items
-            ],
         }
+        for name in self.dense_features:
+            out[name] = self._dense(name, history, at, items)
+        return out
+
+    def _dense(self, name: str, history: Sequence[str], at: float, items: Sequence[str]) -> list[float]:
+        if name in POPULARITY_WINDOWS:
+            return [float(self.clock.count(i, at, POPULARITY_WINDOWS[name])) for i in items]
+        if name == "user_positive_count":
+            return [float(len(history))] * len(items)
+        counts = Counter(self.category(i) for i in history)
+        return [counts[self.category(i)] / len(history) if history else 0.0 for i in items]
 
 
 def write_training_samples(
@@ -108,8 +163,8 @@ def write_training_samples(
     """Write ranker training samples to ``path`` (Parquet), one row group per user batch;
     returns row counts per label source."""
     rng = np.random.default_rng(config.seed)
-    universe = np.array(sorted(features.popularity), dtype=object)
-    schema = samples.sample_schema(DENSE_FEATURES)
+    universe = features.items
+    schema = samples.sample_schema(features.dense_features)
     counts: Counter[str] = Counter()
     users = sorted(u for u, items in split.train.items() if len(items) >= 2)
     with pq.ParquetWriter(path, schema) as writer:
@@ -117,18 +172,19 @@ def write_training_samples(
         for number, user in enumerate(users):
             sequence = split.train[user]
             seen = set(sequence)
-            for t in range(max(1, len(sequence) - config.positions_per_user), len(sequence)):
+            first = 1 if config.positions_per_user is None else max(1, len(sequence) - config.positions_per_user)
+            for t in range(first, len(sequence)):
                 history = sequence[:t]
-                items, sources = [sequence[t]], ["rating"]
                 recalled = [c.item_id for c in recall.recall(history, config.recall_depth) if c.item_id not in seen]
-                items += _draw(recalled, config.recall_negatives, rng)
-                sources += ["recall"] * (len(items) - 1)
-                randoms = [i for i in _draw(list(universe), config.random_negatives * 3, rng) if i not in seen]
+                items = [sequence[t], *_draw(recalled, config.recall_negatives, rng)]
+                sources = ["rating"] + ["recall"] * (len(items) - 1)
+                randoms = [i for i in _draw(universe, config.random_negatives * 3, rng) if i not in seen]
                 items += randoms[: config.random_negatives]
                 sources += ["sampled"] * (len(items) - len(sources))
                 labels = [1] + [0] * (len(items) - 1)
                 which = "validation" if t == len(sequence) - 1 else "train"
-                for name, values in features.rows(user, history, items, labels, sources, which, t).items():
+                at = features.as_of(user, t)
+                for name, values in features.rows(user, history, at, items, labels, sources, which).items():
                     buffer[name].extend(values)
                 counts.update(sources)
             if len(buffer[samples.ITEM_ID]) >= 50_000 or number == len(users) - 1:
@@ -148,6 +204,13 @@ def _draw(pool: Sequence[str], count: int, rng: np.random.Generator) -> list[str
     return [pool[i] for i in picks]
 
 
+@runtime_checkable
+class UserRecommender(Protocol):
+    """A recommender that also needs to know whose history it ranks (for time-dependent features)."""
+
+    def recommend_user(self, user: str, history: Sequence[str], k: int) -> list[str]: ...
+
+
 class RerankRecommender:
     """Recall ``depth`` candidates, score them with a ranker, return the top ``k`` by score.
 
@@ -156,17 +219,26 @@ class RerankRecommender:
 
     def __init__(self, recall: MultiChannelRecall, features: CandidateFeatures, spec: FeatureSpec,
                  score: Callable[[dict[str, np.ndarray]], np.ndarray], depth: int = 100) -> None:  # fmt: skip
+        if tuple(spec.dense_features) != features.dense_features:
+            raise ValueError(f"ranker dense features {spec.dense_features} differ from {features.dense_features}")
         self.recall, self.features, self.spec, self.score, self.depth = recall, features, spec, score, depth
         self.schema = samples.sample_schema(spec.dense_features)
 
+    def recommend_user(self, user: str, history: Sequence[str], k: int) -> list[str]:
+        """Top ``k`` for ``user`` with features as of the end of their history."""
+        return self._rerank(user, history, self.features.as_of(user, len(history)), k)
+
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
+        return self._rerank("user", history, 0.0, k)
+
+    def _rerank(self, user: str, history: Sequence[str], at: float, k: int) -> list[str]:
         from models.ranking.dataset import decode_batch
 
         candidates = [c.item_id for c in self.recall.recall(history, max(self.depth, k))]
         if not candidates:
             return []
-        rows = self.features.rows("user", history, candidates, [0] * len(candidates),
-                                  ["recall"] * len(candidates), "test", len(history))  # fmt: skip
+        size = len(candidates)
+        rows = self.features.rows(user, history, at, candidates, [0] * size, ["recall"] * size, "test")
         batch = decode_batch(pa.RecordBatch.from_pydict(rows, schema=self.schema), self.spec, "candidates")
         batch.pop(samples.LABEL, None)
         scores = np.asarray(self.score(batch), dtype=np.float64)
@@ -181,7 +253,10 @@ def per_user_metrics(model: Any, split: LeaveLastOut, ks: Sequence[int] = (10, 5
     depth = max(ks)
     out = {f"{kind}@{k}": np.zeros(len(users)) for k in ks for kind in ("HR", "NDCG")}
     for number, user in enumerate(users):
-        ranked = model.recommend(split.train[user], depth)
+        if isinstance(model, UserRecommender):
+            ranked = model.recommend_user(user, split.train[user], depth)
+        else:
+            ranked = model.recommend(split.train[user], depth)
         held_out = split.test[user]
         rank = ranked.index(held_out) + 1 if held_out in ranked else None
         for k in ks:

@@ -4,27 +4,35 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+
+Timestamp = datetime | float
 
 
 @dataclass(frozen=True)
 class LeaveLastOut:
     """`train[user]` is the user's positives before the held-out one, oldest first;
-    `test[user]` the held-out last positive (users with a single positive have no test item)."""
+    `test[user]` the held-out last positive (users with a single positive have no test item).
+
+    `train_ts[user]` holds the event time of each training positive (aligned with `train[user]`)
+    and `test_ts[user]` that of the held-out one: the time of the request being evaluated, so
+    time-dependent features can be taken as of it (never the held-out item itself)."""
 
     train: dict[str, list[str]]
     test: dict[str, str]
-    start: datetime | float | None = None
-    end: datetime | float | None = None
+    start: Timestamp | None = None
+    end: Timestamp | None = None
+    train_ts: dict[str, list[Timestamp]] = field(default_factory=dict)
+    test_ts: dict[str, Timestamp] = field(default_factory=dict)
 
     def train_sequences(self) -> list[list[str]]:
         return [items for items in self.train.values() if items]
 
 
-def leave_last_one_out(interactions: Iterable[tuple[str, str, datetime | float]]) -> LeaveLastOut:
+def leave_last_one_out(interactions: Iterable[tuple[str, str, Timestamp]]) -> LeaveLastOut:
     """Split (user_id, item_id, ts) positives. Ties in ts keep input order (stable sort)."""
-    by_user: dict[str, list[tuple[datetime | float, int, str]]] = defaultdict(list)
+    by_user: dict[str, list[tuple[Timestamp, int, str]]] = defaultdict(list)
     start = end = None
     for order, (user, item, ts) in enumerate(interactions):
         by_user[user].append((ts, order, item))
@@ -32,10 +40,13 @@ def leave_last_one_out(interactions: Iterable[tuple[str, str, datetime | float]]
         end = ts if end is None or ts > end else end
     train: dict[str, list[str]] = {}
     test: dict[str, str] = {}
+    train_ts: dict[str, list[Timestamp]] = {}
+    test_ts: dict[str, Timestamp] = {}
     for user, events in by_user.items():
-        items = [item for _, _, item in sorted(events)]
+        ordered = sorted(events)
+        items, times = [item for _, _, item in ordered], [ts for ts, _, _ in ordered]
         if len(items) >= 2:
-            train[user], test[user] = items[:-1], items[-1]
+            train[user], test[user], train_ts[user], test_ts[user] = items[:-1], items[-1], times[:-1], times[-1]
         else:
-            train[user] = items
-    return LeaveLastOut(train, test, start, end)
+            train[user], train_ts[user] = items, times
+    return LeaveLastOut(train, test, start, end, train_ts, test_ts)

@@ -78,7 +78,9 @@ class Trainer:
         self.config = config
         self.console = Console(stderr=True, quiet=not show_progress)
         self._predict_step = tf.function(
-            lambda features: tf.sigmoid(self.model(features, training=False)), autograph=False
+            lambda features: tf.sigmoid(self.model(features, training=False)),
+            autograph=False,
+            reduce_retracing=True,  # the last batch of a split is shorter: one shape-generic trace
         )
 
     def fit(self, path: Path) -> TrainResult:

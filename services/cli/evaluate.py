@@ -17,10 +17,11 @@ def evaluate(
     recall_models: Annotated[str, typer.Option(help="Embedding recall channels (comma-separated: item2vec, deepwalk, node2vec; '' for item-CF + popular only).")] = "item2vec",
     rankers: Annotated[str, typer.Option(help="Rankers re-scoring the recall candidates (comma-separated: din, wide_deep, lr).")] = "wide_deep,din",
     recall_depth: Annotated[int, typer.Option(min=1, help="Candidates recalled per user (ranker input).")] = 100,
-    positions_per_user: Annotated[int, typer.Option(min=1, help="Training positions per user for ranker samples.")] = 20,
-    recall_negatives: Annotated[int, typer.Option(min=0, help="Negatives per positive drawn from recall candidates.")] = 2,
+    positions_per_user: Annotated[int | None, typer.Option(min=1, help="Training positions per user for ranker samples (the last N; default: every position).")] = None,
+    recall_negatives: Annotated[int, typer.Option(min=0, help="Negatives per positive drawn from recall candidates.")] = 4,
     random_negatives: Annotated[int, typer.Option(min=0, help="Uniform random negatives per positive.")] = 2,
-    ranker_epochs: Annotated[int, typer.Option(min=1)] = 5,
+    ranker_epochs: Annotated[int, typer.Option(min=1, help="Most ranker epochs (early stopping on validation AUC).")] = 10,
+    warm_start: Annotated[bool, typer.Option(help="Start the rankers' item embeddings from the first recall model's vectors.")] = True,
     embedding_epochs: Annotated[int, typer.Option(min=1)] = 5,
     embedding_dim: Annotated[int, typer.Option(min=1)] = 64,
     bootstrap_rounds: Annotated[int, typer.Option(min=10)] = 1000,
@@ -38,7 +39,7 @@ def evaluate(
         config = EvaluationConfig(
             recall_models=_names(recall_models), rankers=_names(rankers),
             samples=SampleConfig(positions_per_user, recall_negatives, random_negatives, recall_depth, seed=seed),
-            embedding_dim=embedding_dim, embedding_epochs=embedding_epochs, ranker_epochs=ranker_epochs,
+            embedding_dim=embedding_dim, embedding_epochs=embedding_epochs, ranker_epochs=ranker_epochs, warm_start=warm_start,
             bootstrap_rounds=bootstrap_rounds, seed=seed,
         )  # fmt: skip
         split, categories = _load(settings)
