@@ -48,7 +48,7 @@ def write_synthetic_log(root: Path, events: int, seed: int = 7) -> None:
         partition = f"dt={ts:%Y-%m-%d}/hr={ts:%H}"
         buffer = buffers.setdefault(partition, [])
         buffer.append(json.dumps(line) + "\n")
-        if len(buffer) >= 10_000:
+        if len(buffer) >= 2_000:  # bounds the generator: at most ~720 partitions × 2,000 lines held
             _flush(root, partition, buffer)
     for partition, buffer in buffers.items():
         _flush(root, partition, buffer)

@@ -10,7 +10,8 @@ Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_ur
 - `events/`: the compacted master table, Parquet partitioned by `dt` (YYYY-MM-DD, UTC):
   event_id, user_id, item_id, type (strings), value double, ts timestamp (UTC), request_id,
   position long, page, experiment, arm. One row per `event_id`.
-- `rejects/`: rows of the event log that failed validation: source_file, reason, raw.
+- `rejects/`: lines of the event log that failed validation: source_file (URI), line_number
+  (1-based, long), reason, raw (the line as written). Blank lines are skipped, not rejected.
 - `sequences/`: user_id, session_id (string `<user_id>#<n>`, n from 0 in time order), item_ids
   list<string> (positive items, time-ordered, consecutive repeats collapsed), ts list<timestamp>
   (aligned with item_ids), start_ts, end_ts timestamp, length int. Sessions split by an inactivity
@@ -21,6 +22,12 @@ Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_ur
   `samples/_manifest.json` records the negative sampling ratio, split boundaries and counts.
 - `features/`: the batch views (`<entity>/` Parquet) with the watermark they cover, also published
   to the feature store.
+
+Scaling: every job is linear in the events. Per-user and per-item running features
+(`point_in_time.py`) are windows over (key, hour bucket) plus a small table of per-bucket totals,
+so a heavy user or item never puts its whole history in one window partition; joins never pair
+a heavy key's rows with each other (unclicked impressions come from a running minimum, not a
+range join). `benchmarks/batch_jobs.py` measures the chain at growing sizes.
 
 A positive interaction is what `feature_store.definitions.POSITIVE` says (click, like, purchase,
 add_to_cart, share, or a rating >= 3.5): the same rule the speed layer and the API apply.

@@ -2,26 +2,35 @@
 
 Sample rows and event (or fact) rows are stacked into one table, ordered by (ts, sample before
 event), and every feature is a running aggregate over that order: a count is the running sum of an
-event condition, a carried value is `last(value, ignorenulls)`. At a sample row the running frame
+event condition, a carried value is the latest non-null value. At a sample row the running frame
 holds exactly the rows with ts strictly before the sample's ts (rows at the same ts that are events
-sort after it), so a sample never sees its own future. One shuffle and sort per partition key;
-memory bounded by Spark's external sorter.
+sort after it), so a sample never sees its own future.
 
-Windows whose keys extend the previous one's (user_id, then user_id + category) reuse its
-shuffle: Spark only sorts again. Facts fed in (e.g. `history_facts`) must be unique per
-(keys, ts).
+Running aggregates are split by time bucket so that no window partition holds a key's whole
+history: a window partitioned by (keys, bucket) gives the running value inside the row's bucket,
+and a small table of per-(keys, bucket) totals, itself run over the buckets of each key, gives what
+all earlier buckets contribute; the two are added (counts) or the in-bucket value wins (latest
+values). Work is linear in the rows, and a heavy key (a user or item with a large share of all
+events) is spread over as many tasks as it has buckets instead of one task buffering, and
+spilling, all its rows. Memory per window partition is bounded by a key's rows in one bucket.
+
+Keys must be non-null; facts fed in (e.g. `history_facts`) must be unique per (keys, ts).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, WindowSpec
+    from pyspark.sql import DataFrame
 
 #: 0 on sample rows, 1 on event and fact rows: the tie-break that keeps same-ts events out.
 ROW_KIND = "_pit_kind"
 SAMPLE, EVENT = 0, 1
+BUCKET = "_pit_bucket"
+#: Width of a time bucket: small enough that a heavy key's rows in one bucket fit a task's memory,
+#: large enough that the per-bucket totals table stays small next to the events.
+BUCKET_SECONDS = 3600
 
 
 def stack(samples: DataFrame, *others: DataFrame) -> DataFrame:
@@ -34,37 +43,61 @@ def stack(samples: DataFrame, *others: DataFrame) -> DataFrame:
     return stacked
 
 
-def running(keys: Sequence[str]) -> WindowSpec:
-    """All rows of the same keys up to the current one, in (ts, sample-before-event) order."""
+def as_of(
+    stacked: DataFrame,
+    keys: Sequence[str],
+    counts: Mapping[str, str] | None = None,
+    latest: Mapping[str, str] | None = None,
+    bucket_seconds: int = BUCKET_SECONDS,
+) -> DataFrame:
+    """The sample rows of `stacked`, each with features over the rows of the same `keys` strictly
+    before its ts: `counts` (output name → SQL condition; the number of event rows where it holds,
+    a long) and `latest` (output name → column; its latest non-null value, null if none).
+    """
     from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
-    return (
-        Window.partitionBy(*keys)
-        .orderBy("ts", ROW_KIND)
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    counts, latest = dict(counts or {}), dict(latest or {})
+    keyed = [*keys, BUCKET]
+    event = F.col(ROW_KIND) == EVENT
+    rows = stacked.select(
+        "*",
+        F.expr(f"unix_micros(ts) div {bucket_seconds * 1_000_000}").alias(BUCKET),
+        *(F.when(event, F.coalesce(F.expr(f"CAST(({condition}) AS INT)"), F.lit(0))).otherwise(0).alias(f"_hit_{name}")
+          for name, condition in counts.items()),
+    )  # fmt: skip
+    in_bucket = Window.partitionBy(*keyed).orderBy("ts", ROW_KIND).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    local = rows.select(
+        "*",
+        *(F.sum(f"_hit_{name}").over(in_bucket).alias(f"_in_{name}") for name in counts),
+        *(F.last(column, ignorenulls=True).over(in_bucket).alias(f"_in_{name}") for name, column in latest.items()),
+    ).where(F.col(ROW_KIND) == SAMPLE)
+    joined = local.join(_earlier_buckets(rows, keys, counts, latest), keyed, "left")
+    return joined.select(
+        *(c for c in stacked.columns if c != ROW_KIND),
+        *((F.col(f"_in_{name}") + F.coalesce(f"_pre_{name}", F.lit(0))).cast("long").alias(name) for name in counts),
+        *(F.coalesce(f"_in_{name}", f"_pre_{name}").alias(name) for name in latest),
     )
 
 
-def count_before(condition: str, keys: Sequence[str]) -> Column:
-    """Number of event rows with the same keys, before the row's ts, where the SQL `condition` holds."""
+def _earlier_buckets(rows: DataFrame, keys: Sequence[str], counts: Mapping[str, str], latest: Mapping[str, str]) -> DataFrame:
+    """Per (keys, bucket): each count summed over the key's earlier buckets, and each latest value
+    as of the end of the previous non-empty bucket that has one."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    hit = F.when(F.col(ROW_KIND) == EVENT, F.coalesce(F.expr(f"CAST(({condition}) AS INT)"), F.lit(0)))
-    return F.coalesce(F.sum(hit.otherwise(0)).over(running(keys)), F.lit(0)).cast("long")
-
-
-def last_before(column: str, keys: Sequence[str]) -> Column:
-    """The latest non-null `column` of a row with the same keys before the row's ts (null if none)."""
-    from pyspark.sql import functions as F
-
-    return F.last(column, ignorenulls=True).over(running(keys))
-
-
-def samples_only(stacked: DataFrame) -> DataFrame:
-    """Back from a stacked table to its sample rows."""
-    from pyspark.sql import functions as F
-
-    return stacked.where(F.col(ROW_KIND) == SAMPLE).drop(ROW_KIND)
+    totals = rows.groupBy(*keys, BUCKET).agg(
+        *(F.sum(f"_hit_{name}").alias(f"_tot_{name}") for name in counts),
+        # max_by skips rows whose ordering is null: the latest row that has a value.
+        *(F.max_by(column, F.when(F.col(column).isNotNull(), F.col("ts"))).alias(f"_tot_{name}")
+          for name, column in latest.items()),
+    )  # fmt: skip
+    before = Window.partitionBy(*keys).orderBy(BUCKET).rowsBetween(Window.unboundedPreceding, -1)
+    return totals.select(
+        *keys, BUCKET,
+        *(F.sum(f"_tot_{name}").over(before).alias(f"_pre_{name}") for name in counts),
+        *(F.last(f"_tot_{name}", ignorenulls=True).over(before).alias(f"_pre_{name}") for name in latest),
+    )  # fmt: skip
 
 
 def history_facts(positives: DataFrame, max_len: int) -> DataFrame:

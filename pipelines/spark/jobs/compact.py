@@ -1,8 +1,12 @@
 """compact: event log (JSON lines) → the Parquet master table, partitioned by date.
 
-Reads every complete event-log file with an explicit schema in PERMISSIVE mode, so a malformed
-line becomes a reject (written to `rejects/` with its file and a reason) instead of failing the
-job or disappearing. Valid events are deduplicated by `event_id` (the copy with the earliest
+Reads every complete event-log file line by line and parses each line with an explicit schema in
+PERMISSIVE mode, so a malformed line becomes a reject instead of failing the job or disappearing
+(blank lines are skipped). Rejects are written to `rejects/` with the file, the 1-based line
+number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
+files that hold rejects are read again, each by one executor task that numbers its lines, and the
+numbered lines are joined back to the rejects (identical lines of one file are told apart by their
+order). Valid events are deduplicated by `event_id` (the copy with the earliest
 `ts`, then the first file name, wins: a deterministic choice) and written to `events/`,
 partitioned by `dt`. The job recomputes both outputs from the whole log and overwrites them, so
 re-running it on the same log gives the same table.
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from feature_store.schemas import EventType
 from feature_store.settings import Settings
 from pipelines.spark.common import BatchJobError, BatchPaths, JobSummary, Stopwatch
+from pipelines.spark.line_numbers import with_line_numbers
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -59,26 +64,29 @@ def event_json_schema() -> StructType:
 
 
 def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
-    """Every complete event-log file, one row per line, with `source_file`."""
+    """Every complete event-log file, one row per line (`line`), with `source_file`."""
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
     # One root path with a recursive lookup: the driver lists it in one pass, where a glob over
     # thousands of hour partitions would start one listing task per partition.
-    reader = (
-        spark.read.schema(event_json_schema())
-        .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", CORRUPT)
-        .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", EVENT_FILE_GLOB)
-    )
+    reader = spark.read.option("recursiveFileLookup", "true").option("pathGlobFilter", EVENT_FILE_GLOB)
     try:
-        raw = reader.json(paths.event_log)
+        lines = reader.text(paths.event_log)
     except AnalysisException as exc:
         if "PATH_NOT_FOUND" in str(exc) or "Path does not exist" in str(exc):
             raise BatchJobError(f"no event log at {paths.event_log}") from None
         raise
-    return raw.withColumn("source_file", F.col("_metadata.file_path"))
+    return lines.select(F.col("value").alias("line"), F.col("_metadata.file_path").alias("source_file"))
+
+
+def parse(lines: DataFrame) -> DataFrame:
+    """The event fields of each non-blank line, `CORRUPT` set where the line does not parse."""
+    from pyspark.sql import functions as F
+
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    parsed = lines.select("line", "source_file", F.from_json("line", event_json_schema(), options).alias("_event"))
+    return parsed.where(F.col("_event").isNotNull()).select("line", "source_file", "_event.*")
 
 
 def _reject_reason() -> Column:
@@ -98,17 +106,14 @@ def _reject_reason() -> Column:
     )
 
 
-def transform(raw: DataFrame) -> CompactOutput:
-    """Split raw rows into valid, deduplicated master-table rows and rejects with reasons."""
+def transform(parsed: DataFrame) -> CompactOutput:
+    """Split parsed lines (see `parse`) into valid, deduplicated master-table rows and rejects
+    (source_file, reason, raw: the line as written; line numbers are added by `load`)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    classified = raw.withColumn("_ts", F.expr("try_cast(ts AS TIMESTAMP)")).withColumn("reason", _reject_reason())
-    rejects = classified.where(F.col("reason").isNotNull()).select(
-        "source_file",
-        "reason",
-        F.coalesce(F.col(CORRUPT), F.to_json(F.struct("event_id", "user_id", "item_id", "type", "value", "ts", "context"))).alias("raw"),
-    )
+    classified = parsed.withColumn("_ts", F.expr("try_cast(ts AS TIMESTAMP)")).withColumn("reason", _reject_reason())
+    rejects = classified.where(F.col("reason").isNotNull()).select("source_file", "reason", F.col("line").alias("raw"))
     valid = classified.where(F.col("reason").isNull())
     first_copy = Window.partitionBy("event_id").orderBy("_ts", "source_file")
     events = (
@@ -125,13 +130,15 @@ def transform(raw: DataFrame) -> CompactOutput:
 
 
 def load(output: CompactOutput, paths: BatchPaths, partitions: int) -> None:
-    """Overwrite `events/` (by `dt`, sorted by time within files) and `rejects/`."""
+    """Overwrite `events/` (by `dt`, sorted by time within files) and `rejects/` (source_file,
+    line_number, reason, raw)."""
     (
         output.events.repartitionByRange(partitions, "dt", "ts", "event_id")
         .sortWithinPartitions("dt", "ts", "event_id")
         .write.mode("overwrite").partitionBy("dt").parquet(paths.events)
     )
-    output.rejects.write.mode("overwrite").parquet(paths.rejects)
+    rejects = with_line_numbers(output.rejects)
+    rejects.select("source_file", "line_number", "reason", "raw").write.mode("overwrite").parquet(paths.rejects)
 
 
 def run(spark: SparkSession, settings: Settings) -> JobSummary:
@@ -141,17 +148,17 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
     watch = Stopwatch(JOB)
     paths = BatchPaths.from_settings(settings)
     watch.step("reading event log %s", paths.event_log)
-    raw = extract(spark, paths).persist(StorageLevel.MEMORY_AND_DISK)
+    raw = parse(extract(spark, paths)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         rows_in = raw.count()
-        watch.step("%d lines read; validating, deduplicating, writing %s", rows_in, paths.events)
+        watch.step("%d non-blank lines read; validating, deduplicating, writing %s", rows_in, paths.events)
         load(transform(raw), paths, settings.spark.shuffle_partitions)
     finally:
         raw.unpersist()
     rejects = spark.read.parquet(paths.rejects)
     reject_count = rejects.count()
     for row in rejects.limit(5).collect():
-        watch.step("reject %s: %s: %.200s", row.source_file, row.reason, row.raw)
+        watch.step("reject %s line %s: %s: %.200s", row.source_file, row.line_number, row.reason, row.raw)
     rows_out = spark.read.parquet(paths.events).count()
     return JobSummary(
         job=JOB, rows_in=rows_in, rows_out=rows_out, rejects=reject_count, seconds=watch.elapsed(),

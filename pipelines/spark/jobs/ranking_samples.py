@@ -42,9 +42,7 @@ from pipelines.spark.common import (
     BatchPaths, JobSummary, Stopwatch, positive_condition, read_item_categories, read_parquet, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
-from pipelines.spark.point_in_time import (
-    EVENT, ROW_KIND, count_before, history_facts, last_before, samples_only, stack,
-)  # fmt: skip
+from pipelines.spark.point_in_time import as_of, history_facts, stack
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -98,15 +96,39 @@ def labelled_rows(events: DataFrame, params: SampleParams) -> DataFrame:
     positive = positive_condition(params.positive)
     positives = events.where(positive).select(*_keys(F.lit(1), F.col("type")))
     low_ratings = events.where((F.col("type") == "rating") & ~positive).select(*_keys(F.lit(0), F.lit("rating")))
-    impressions = events.where(F.col("type") == "impression").alias("i")
-    later = events.where(positive).select("user_id", "item_id", F.col("ts").alias("pos_ts")).alias("p")
-    converted = (
-        (F.col("i.user_id") == F.col("p.user_id")) & (F.col("i.item_id") == F.col("p.item_id"))
-        & (F.col("p.pos_ts") >= F.col("i.ts"))
-        & (F.col("p.pos_ts") <= F.col("i.ts") + F.expr(f"make_dt_interval(0, 0, 0, {params.attribution_seconds})"))
-    )  # fmt: skip
-    unclicked = impressions.join(later, converted, "left_anti").select(*_keys(F.lit(0), F.lit("impression")))
+    unclicked = unclicked_impressions(events, params).select(*_keys(F.lit(0), F.lit("impression")))
     return positives.unionByName(low_ratings).unionByName(unclicked)
+
+
+def unclicked_impressions(events: DataFrame, params: SampleParams) -> DataFrame:
+    """Impressions with no positive on the same (user, item) within `attribution_seconds` at or after them.
+
+    A running minimum over each (user, item)'s impressions and positives in descending time gives
+    every impression the earliest positive at or after its ts, in one sort: linear in the rows,
+    where a range join on (user, item) is quadratic in a heavy pair's rows (a user who sees and
+    clicks one item thousands of times).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    positive = positive_condition(params.positive)
+    candidates = events.where(positive | (F.col("type") == "impression")).withColumn(
+        "_is_positive", positive
+    )
+    # Descending ts, positives first at equal ts: the running frame of an impression holds every
+    # positive at or after it, including one at the same ts.
+    later_first = (
+        Window.partitionBy("user_id", "item_id")
+        .orderBy(F.col("ts").desc(), F.col("_is_positive").desc())
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    next_positive = F.min(F.when(F.col("_is_positive"), F.col("ts"))).over(later_first)
+    deadline = F.col("ts") + F.expr(f"make_dt_interval(0, 0, 0, {params.attribution_seconds})")
+    return (
+        candidates.withColumn("_next_positive", next_positive)
+        .where((F.col("type") == "impression") & (F.col("_next_positive").isNull() | (F.col("_next_positive") > deadline)))
+        .drop("_is_positive", "_next_positive")
+    )
 
 
 def _keys(label: Any, source: Any) -> list[Any]:
@@ -142,32 +164,27 @@ def sampled_negatives(events: DataFrame, labelled: DataFrame, params: SamplePara
 def with_point_in_time_features(samples: DataFrame, events: DataFrame, params: SampleParams) -> DataFrame:
     """Join history and dense features, each computed from events strictly before the row's ts.
 
-    Two passes over samples stacked with the events (see `pipelines/spark/point_in_time.py`): one
-    partitioned by item (popularity, clicks, impressions), one by user (event and positive counts,
-    history, and per-category positives for the affinity, which reuses the user shuffle). History
-    fact rows have no `type`, so no event condition counts them.
+    Three passes over samples stacked with events (see `pipelines/spark/point_in_time.py`): by item
+    (popularity, clicks, impressions), by user (event and positive counts, history facts) and by
+    (user, category) over the positives (for the affinity). History fact rows have no `type`, so
+    no event condition counts them.
     """
     from pyspark.sql import functions as F
 
     positive_sql = params.positive.sql_condition()
-    history = history_facts(events.where(F.expr(positive_sql)), params.batch.max_seq_len)
-    stacked = stack(samples.withColumnRenamed("item_category", "category"),
-                    events.select("user_id", "item_id", "ts", "type", "value", "category"))  # fmt: skip
-    by_item = stacked.select(
-        "*",
-        count_before(positive_sql, ["item_id"]).alias("_item_pos"),
-        count_before("type = 'click'", ["item_id"]).alias("_item_clicks"),
-        count_before("type = 'impression'", ["item_id"]).alias("_item_imps"),
-    )
-    by_user = stack(samples_only(by_item), by_item.where(F.col(ROW_KIND) == EVENT).drop(ROW_KIND), history)
-    joined = samples_only(by_user.select(
-        "*",
-        count_before("type IS NOT NULL", ["user_id"]).alias("_user_events"),
-        count_before(positive_sql, ["user_id"]).alias("_user_pos"),
-        last_before("hist_item_ids", ["user_id"]).alias("_hist_items"),
-        last_before("hist_categories", ["user_id"]).alias("_hist_categories"),
-        count_before(positive_sql, ["user_id", "category"]).alias("_uc_pos"),
-    ))  # fmt: skip
+    positives = events.where(F.expr(positive_sql))
+    history = history_facts(positives, params.batch.max_seq_len)
+    events = events.select("user_id", "item_id", "ts", "type", "value", "category")
+    by_item = as_of(
+        stack(samples.withColumnRenamed("item_category", "category"), events), ["item_id"],
+        counts={"_item_pos": positive_sql, "_item_clicks": "type = 'click'", "_item_imps": "type = 'impression'"},
+    )  # fmt: skip
+    by_user = as_of(
+        stack(by_item, events, history), ["user_id"],
+        counts={"_user_events": "type IS NOT NULL", "_user_pos": positive_sql},
+        latest={"_hist_items": "hist_item_ids", "_hist_categories": "hist_categories"},
+    )  # fmt: skip
+    joined = as_of(stack(by_user, positives.select(*events.columns)), ["user_id", "category"], counts={"_uc_pos": positive_sql})
     empty = F.array().cast("array<string>")
     user_pos = F.col("_user_pos")
     return joined.select(

@@ -30,11 +30,16 @@ def test_compact_rejects_dedups_and_is_idempotent(spark: object, tmp_path: Path)
     write_events(settings, events)
     write_events(settings, events[:4])  # the same events again, in other files
     partition = settings.event_log_dir / "dt=2024-03-01" / "hr=12"
+    good = '{"event_id":"e0","user_id":"u0","item_id":"i0","type":"click","ts":"2024-03-01T12:00:00Z"}\n'
     (partition / "part-zz-bad.jsonl").write_text(
-        "not json at all\n"
-        '{"event_id":"b1","user_id":"u1","item_id":"i1","type":"teleport","ts":"2024-03-01T12:00:00Z"}\n'
-        '{"event_id":"b2","user_id":"u1","item_id":"i1","type":"click","ts":"yesterday"}\n'
-        '{"event_id":"b3","user_id":"","item_id":"i1","type":"click","ts":"2024-03-01T12:00:00Z"}\n'
+        good
+        + "not json at all\n"  # line 2
+        + good + "\n"  # a blank line 4 is skipped, not rejected
+        + '{"event_id":"b1","user_id":"u1","item_id":"i1","type":"teleport","ts":"2024-03-01T12:00:00Z"}\n'  # 5
+        + '{"event_id":"b2","user_id":"u1","item_id":"i1","type":"click","ts":"yesterday"}\n'  # 6
+        + good
+        + '{"event_id":"b3","user_id":"","item_id":"i1","type":"click","ts":"2024-03-01T12:00:00Z"}\n'  # 8
+        + good
     )
     (partition / ".part-zz-open.jsonl.inprogress").write_text(
         '{"event_id":"hidden","user_id":"u1","item_id":"i1","type":"click","ts":"2024-03-01T12:00:00Z"}\n'
@@ -42,8 +47,8 @@ def test_compact_rejects_dedups_and_is_idempotent(spark: object, tmp_path: Path)
 
     summary = compact.run(spark, settings)  # type: ignore[arg-type]
 
-    assert (summary.rows_in, summary.rows_out, summary.rejects) == (16 + 4, 12, 4)
-    assert summary.details["duplicates"] == 4
+    assert (summary.rows_in, summary.rows_out, summary.rejects) == (16 + 8, 12, 4)
+    assert summary.details["duplicates"] == 8
     rejects = {r.reason: r for r in spark.read.parquet(f"{settings.batch_uri}/rejects").collect()}  # type: ignore[attr-defined]
     assert set(rejects) == {
         "malformed JSON or a field of the wrong type", "unknown event type: teleport", "unparsable ts: yesterday",
@@ -51,6 +56,11 @@ def test_compact_rejects_dedups_and_is_idempotent(spark: object, tmp_path: Path)
     }
     assert all(r.source_file.endswith("part-zz-bad.jsonl") for r in rejects.values())
     assert rejects["unparsable ts: yesterday"].raw.find('"b2"') >= 0
+    lines = {reason: r.line_number for reason, r in rejects.items()}
+    assert lines == {
+        "malformed JSON or a field of the wrong type": 2, "unknown event type: teleport": 5,
+        "unparsable ts: yesterday": 6, "missing user_id": 8,
+    }
     table = _table(spark, f"{settings.batch_uri}/events")
     assert [row[0] for row in table] == sorted(e.event_id for e in events)
     dates = {str(row.dt) for row in spark.read.parquet(f"{settings.batch_uri}/events").select("dt").distinct().collect()}  # type: ignore[attr-defined]
@@ -58,4 +68,17 @@ def test_compact_rejects_dedups_and_is_idempotent(spark: object, tmp_path: Path)
 
     again = compact.run(spark, settings)  # type: ignore[arg-type]
     assert (again.rows_out, again.rejects) == (12, 4)
+    assert {r.reason: r.line_number for r in spark.read.parquet(f"{settings.batch_uri}/rejects").collect()} == lines  # type: ignore[attr-defined]
     assert _table(spark, f"{settings.batch_uri}/events") == table
+
+
+def test_line_numbers_tell_identical_lines_apart(spark: object, tmp_path: Path) -> None:
+    from pipelines.spark.line_numbers import with_line_numbers
+
+    log = tmp_path / "part-0.jsonl"
+    log.write_text("same\r\nother\n\nsame\n")
+    rows = spark.createDataFrame(  # type: ignore[attr-defined]
+        [(log.as_uri(), "same"), (log.as_uri(), "other"), (log.as_uri(), "same")], "source_file string, raw string"
+    )
+    numbered = sorted((r.raw, r.line_number) for r in with_line_numbers(rows).collect())
+    assert numbered == [("other", 2), ("same", 1), ("same", 4)]
