@@ -5,6 +5,10 @@ comes out of the server's share and the generator falls behind before the server
 request is one pre-built byte string and a response is read by its Content-Length, so a few
 hundred requests per second cost the generator a small fraction of a core.
 
+Connections are opened before the clock starts (`connections`, like a load balancer's keep-alive
+pool) and reused least-recently-used first, so requests spread over all of them, and so over all
+server workers that accepted them; more are opened when all are busy.
+
 Latency is measured from each request's *scheduled* send time (no coordinated omission); the
 generator's own lag (actual minus scheduled send time) is reported so a rate it could not deliver
 is visible. A request that fails, or takes longer than `deadline_s`, is an error; its connection is
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,26 +71,26 @@ async def _exchange(connection: Connection, request: bytes) -> tuple[int, bytes]
 
 async def open_loop(
     host: str, port: int, path_of: Callable[[int], str], rate: float, seconds: float,
-    deadline_s: float = 2.0, collect_stages: bool = False,
+    deadline_s: float = 2.0, collect_stages: bool = False, connections: int = 32,
 ) -> LoadResult:  # fmt: skip
     """Send `rate × seconds` GETs at fixed intervals, `path_of(i)` for the i-th."""
-    loop = asyncio.get_running_loop()
+    clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
     total = int(rate * seconds)
-    idle: list[Connection] = []
+    idle: deque[Connection] = deque([await asyncio.open_connection(host, port) for _ in range(connections)])
     latencies = np.zeros(total)
     lags = np.zeros(total)
     failed = np.zeros(total, dtype=bool)
     stages: dict[str, list[float]] = {}
     cpu_started = time.process_time()
-    started = loop.time() + 0.05  # leave time to schedule every task before the first send
+    started = clock() + 0.05  # leave time to schedule every task before the first send
 
     async def one(index: int) -> None:
         scheduled = started + index / rate
-        await asyncio.sleep(max(0.0, scheduled - loop.time()))
-        lags[index] = loop.time() - scheduled
-        connection = idle.pop() if idle else None
+        await asyncio.sleep(max(0.0, scheduled - clock()))
+        lags[index] = clock() - scheduled
+        connection = idle.popleft() if idle else None
         try:
-            async with asyncio.timeout(deadline_s - (loop.time() - scheduled)):
+            async with asyncio.timeout(deadline_s - (clock() - scheduled)):
                 if connection is None:
                     connection = await asyncio.open_connection(host, port)
                 status, body = await _exchange(connection, get_request(host, path_of(index)))
@@ -98,10 +103,10 @@ async def open_loop(
             failed[index] = True
             if connection is not None:
                 connection[1].close()
-        latencies[index] = loop.time() - scheduled
+        latencies[index] = clock() - scheduled
 
     await asyncio.gather(*(one(i) for i in range(total)))
-    elapsed = loop.time() - started
+    elapsed = clock() - started
     for _, writer in idle:
         writer.close()
     return LoadResult(total, int(failed.sum()), elapsed, latencies * 1000, lags * 1000, stages,
