@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 
@@ -81,6 +82,7 @@ def _start(
     version_source: VersionSource | None,
     bundle_loader: BundleLoader | None,
 ) -> ServiceState:
+    _limit_inference_threads(settings.api.inference_threads)
     url = stack.enter_context(redis_url(settings))
     client = redis.Redis.from_url(
         url,
@@ -110,6 +112,15 @@ def _start(
     models.start()
     stack.callback(models.stop)
     return ServiceState(settings, client, store, event_log, fallback, pipeline, models, metrics, catalog_sync)
+
+
+def _limit_inference_threads(threads: int) -> None:
+    """TensorFlow and OpenMP (faiss) read these when they start, whichever model load or import
+    starts them first; `tf.config.threading` only works before that, which a recall model's import
+    can pre-empt. An explicit environment setting wins."""
+    if threads > 0:
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
 
 
 def _prime(store: ServingStore, fallback: LastKnownPopular, k: int) -> None:
