@@ -3,6 +3,12 @@
 Item metadata changes rarely but is read for every candidate of every request; caching it for a
 few seconds removes most catalog round trips. Availability is never cached (it is checked in
 Redis on every request), so an item made unavailable disappears at once.
+
+Both caches serve an expired entry stale while one background thread re-reads it, up to a bounded
+staleness: entries cached together expire together, and the request that found hundreds of them
+expired used to pay for re-reading all of them (the largest source of tail latency in
+`benchmarks/serving.py`). Past the bound, reads are synchronous again, so a failing source (Redis
+down) surfaces in requests instead of hiding behind old data.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable, TypeVar
 
@@ -19,30 +25,74 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class ItemCache:
-    """LRU with a time-to-live; `ttl_s=0` disables it. Bounded by `max_items`."""
+class BackgroundRefresher:
+    """Runs refreshes on one worker thread, each key at most once in flight."""
 
-    def __init__(self, ttl_s: float = 5.0, max_items: int = 100_000) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._in_flight: set[Hashable] = set()
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, keys: Iterable[Hashable], refresh: Callable[[list[Any]], None]) -> None:
+        with self._lock:
+            new = [key for key in keys if key not in self._in_flight]
+            if not new:
+                return
+            self._in_flight.update(new)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self._executor.submit(self._run, new, refresh)
+
+    def _run(self, keys: list[Any], refresh: Callable[[list[Any]], None]) -> None:
+        try:
+            refresh(keys)
+        except Exception:  # the source is down: requests see it once the entries are too stale
+            log.debug("%s: background refresh of %d keys failed", self.name, len(keys), exc_info=True)
+        finally:
+            with self._lock:
+                self._in_flight.difference_update(keys)
+
+
+class ItemCache:
+    """Per-item LRU with a time-to-live (`ttl_s=0` disables it), bounded by `max_items`; expired
+    entries are served for up to `max_stale_s` more while refreshed in the background."""
+
+    def __init__(self, ttl_s: float = 5.0, max_items: int = 100_000, max_stale_s: float | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_items = max_items
+        self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
         self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._refresher = BackgroundRefresher("item-cache-refresh")
 
-    def get_many(self, item_ids: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """(cached entries, ids to fetch)."""
+    def get_many(
+        self, item_ids: Sequence[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Entries of `item_ids` that exist; `fetch(ids)` reads ids never cached (or too stale) now,
+        and expired ones in the background. Errors of a synchronous fetch propagate."""
         if self.ttl_s <= 0:
-            return {}, list(item_ids)
+            return fetch(list(item_ids))
         now = time.monotonic()
         found: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
+        expired: list[str] = []
         with self._lock:
             for item_id in item_ids:
                 entry = self._entries.get(item_id)
-                if entry is not None and entry[0] > now:
-                    found[item_id] = entry[1]
-                else:
+                if entry is None or now >= entry[0] + self.max_stale_s:
                     missing.append(item_id)
-        return found, missing
+                    continue
+                found[item_id] = entry[1]
+                if now >= entry[0]:
+                    expired.append(item_id)
+        if expired:
+            self._refresher.submit(expired, lambda ids: self.put_many(fetch(ids)))
+        if missing:
+            fetched = fetch(missing)
+            self.put_many(fetched)
+            found.update(fetched)
+        return found
 
     def put_many(self, entries: dict[str, dict[str, Any]]) -> None:
         if self.ttl_s <= 0 or not entries:
@@ -63,21 +113,14 @@ class ItemCache:
 class TtlMemo:
     """Memoises a few global reads (popular, trending, category members) for `ttl_s` seconds:
     they are the same for every request, so one read serves them all. `ttl_s=0` disables it.
-
-    An expired entry is served stale while one background thread re-reads it, so no request pays
-    for a refresh (with twenty categories and a one-second TTL, one request in a few would);
-    past `max_stale_s` the read is synchronous again, so a failing source (Redis down) surfaces
-    in requests instead of being hidden behind old lists forever.
-    """
+    Expired entries are served for up to `max_stale_s` more while refreshed in the background."""
 
     def __init__(self, ttl_s: float = 1.0, max_entries: int = 10_000, max_stale_s: float | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
         self._entries: dict[Hashable, tuple[float, Any]] = {}
-        self._refreshing: set[Hashable] = set()
-        self._lock = threading.Lock()
-        self._refresher: ThreadPoolExecutor | None = None
+        self._refresher = BackgroundRefresher("global-cache-refresh")
 
     def get(self, key: Hashable, read: Callable[[], T]) -> T:
         if self.ttl_s <= 0:
@@ -89,7 +132,7 @@ class TtlMemo:
             if now < expires:
                 return value  # type: ignore[no-any-return]
             if now < expires + self.max_stale_s:
-                self._refresh_in_background(key, read)
+                self._refresher.submit([key], lambda keys: self._read(key, read))
                 return value  # type: ignore[no-any-return]
         return self._read(key, read)
 
@@ -101,21 +144,3 @@ class TtlMemo:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + self.ttl_s, value)
         return value
-
-    def _refresh_in_background(self, key: Hashable, read: Callable[[], Any]) -> None:
-        with self._lock:
-            if key in self._refreshing:
-                return
-            self._refreshing.add(key)
-            if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(1, thread_name_prefix="global-cache-refresh")
-        self._refresher.submit(self._refresh, key, read)
-
-    def _refresh(self, key: Hashable, read: Callable[[], Any]) -> None:
-        try:
-            self._read(key, read)
-        except Exception:  # the source is down: requests see it once the entry is too stale
-            log.debug("background refresh of %r failed", key, exc_info=True)
-        finally:
-            with self._lock:
-                self._refreshing.discard(key)

@@ -87,12 +87,11 @@ class RankerInputs:
         return columns
 
     def _cached_item_features(self, items: list[str], features: list[str]) -> dict[str, list[object]]:
-        found, missing = self._item_features.get_many(items)
-        if missing:
-            read = self.store.read_features(Entity.ITEM, missing, features)
-            fetched = {item: {f: read[f][i] for f in features} for i, item in enumerate(missing)}
-            self._item_features.put_many(fetched)
-            found.update(fetched)
+        def fetch(ids: list[str]) -> dict[str, dict[str, object]]:
+            read = self.store.read_features(Entity.ITEM, ids, features)
+            return {item: {f: read[f][i] for f in features} for i, item in enumerate(ids)}
+
+        found = self._item_features.get_many(items, fetch)
         return {f: [found[item][f] for item in items] for f in features}
 
 

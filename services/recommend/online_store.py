@@ -233,13 +233,11 @@ class ServingStore:
     def _items(self, item_ids: Sequence[str]) -> dict[str, dict]:
         if not item_ids:
             return {}
-        found, missing = self.item_cache.get_many(item_ids)
-        if missing:
-            raw = self._call(lambda: self.client.mget([self._key("item", i) for i in missing]))
-            fetched = {i: json.loads(value) for i, value in zip(missing, raw) if value}
-            self.item_cache.put_many(fetched)
-            found.update(fetched)
-        return found
+        return self.item_cache.get_many(item_ids, self._read_items)
+
+    def _read_items(self, item_ids: list[str]) -> dict[str, dict]:
+        raw = self._call(lambda: self.client.mget([self._key("item", i) for i in item_ids]))
+        return {i: json.loads(value) for i, value in zip(item_ids, raw) if value}
 
     def categories_of(self, item_ids: Sequence[str]) -> dict[str, list[str]]:
         return {i: data["categories"] for i, data in self._items(item_ids).items()}

@@ -1,4 +1,4 @@
-"""The request path's global-list memo: stale-while-revalidate, bounded staleness."""
+"""The request path's caches (global lists, items): stale-while-revalidate, bounded staleness."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from services.recommend.item_cache import TtlMemo
+from services.recommend.item_cache import ItemCache, TtlMemo
 
 
 class Source:
@@ -54,3 +54,21 @@ def test_a_failing_source_surfaces_once_the_entry_is_too_stale() -> None:
 def test_ttl_zero_reads_every_time() -> None:
     memo, source = TtlMemo(ttl_s=0.0), Source()
     assert [memo.get("k", source) for _ in range(3)] == [[1], [2], [3]]
+
+
+def test_item_cache_serves_expired_items_while_refreshing_them_and_fetches_missing_ones_now() -> None:
+    versions = {"a": 1, "b": 1}
+    fetched: list[list[str]] = []
+
+    def fetch(ids: list[str]) -> dict[str, dict[str, int]]:
+        fetched.append(sorted(ids))
+        return {i: {"v": versions[i]} for i in ids if i in versions}
+
+    cache = ItemCache(ttl_s=0.05, max_stale_s=10.0)
+    assert cache.get_many(["a"], fetch) == {"a": {"v": 1}}
+    versions["a"] = 2
+    time.sleep(0.06)
+    # "a" expired: served as it was, refreshed in the background; "b" never cached: read now.
+    assert cache.get_many(["a", "b"], fetch) == {"a": {"v": 1}, "b": {"v": 1}}
+    wait_for(lambda: cache.get_many(["a"], fetch) == {"a": {"v": 2}})
+    assert ["b"] in fetched and ["a"] in fetched
