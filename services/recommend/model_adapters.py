@@ -124,25 +124,10 @@ class ExportedRanker:
         return RankOutput(scores=scores, attention=np.ascontiguousarray(attention))
 
 
-def configure_tensorflow(threads: int) -> None:
-    """Few threads per worker: requests are small batches, and concurrency comes from requests
-    and workers, not from splitting one op across cores. Only effective before TF's first use."""
-    if threads <= 0:
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        log.info("TensorFlow already initialised; keeping its thread settings")
-
-
-def load_ranker(version: ModelVersion, family: str, store: ServingStore, threads: int = 1) -> ExportedRanker:
+def load_ranker(version: ModelVersion, family: str, store: ServingStore) -> ExportedRanker:
     """Load a published ranker; refuses one of another family than the configured one."""
     from models.ranking.export import load_exported
 
-    configure_tensorflow(threads)
     kind = str(version.manifest.get("model", ""))
     if kind != family:
         raise RegistryError(

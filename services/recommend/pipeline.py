@@ -89,7 +89,7 @@ class RecommendationPipeline:
         with self._stage("recall", timings):
             recalled = self._recall(user, request, bundle)
         with self._stage("filter", timings):
-            candidates = self._filter(recalled, user, request)
+            candidates = self._filter(recalled, request)
         ranker = bundle.ranker or self.default_ranker
         fallback = None if bundle.ranker is not None else "popularity"
         with self._stage("rank", timings):
@@ -116,17 +116,16 @@ class RecommendationPipeline:
             base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
         recall = MultiChannelRecall(bundle.channels + base, self.quotas)
         oldest_first = user.history[::-1]
-        blocked = user.seen | request.exclude  # excluded here, so `candidates` unseen items reach the ranker
+        blocked = user.seen | request.exclude  # skipped in the merge, so `candidates` unseen items reach the ranker
         return [
             Candidate(c.item_id, c.score, c.channels, c.because)
             for c in recall.recall(oldest_first, self.candidates, exclude=blocked)
         ]
 
-    def _filter(self, candidates: list[Candidate], user: UserContext, request: RecommendationRequest) -> list[Candidate]:
-        blocked = user.seen | request.exclude
-        kept = [c for c in candidates if c.item_id not in blocked]
-        unavailable = self.store.unavailable([c.item_id for c in kept])
-        kept = [c for c in kept if c.item_id not in unavailable]
+    def _filter(self, candidates: list[Candidate], request: RecommendationRequest) -> list[Candidate]:
+        """Seen and excluded items never got past recall; here: availability and the category."""
+        unavailable = self.store.unavailable([c.item_id for c in candidates])
+        kept = [c for c in candidates if c.item_id not in unavailable]
         if request.category:
             categories = self.store.categories_of([c.item_id for c in kept])
             kept = [c for c in kept if request.category in categories.get(c.item_id, ())]

@@ -75,10 +75,10 @@ class RegistryBundleLoader:
     def _load(self, role: str, version: ModelVersion) -> dict[str, object]:
         from services.recommend import model_adapters
 
-        threads = self.settings.api.inference_threads
         if role == "ranker":
-            return {"ranker": model_adapters.load_ranker(version, self.settings.api.ranker, self.store, threads)}
+            # TensorFlow's thread counts come from the environment (`services.api.app`).
+            return {"ranker": model_adapters.load_ranker(version, self.settings.api.ranker, self.store)}
         if role == "recall":
-            channels, similar = model_adapters.load_recall(version, threads=threads)
+            channels, similar = model_adapters.load_recall(version, threads=self.settings.api.inference_threads)
             return {"channels": channels, "similar": similar}
         raise RegistryError(f"no loader for role {role!r}")
