@@ -1,9 +1,10 @@
 """Serving latency: the recommendations endpoint (DIN over ~200 candidates) vs a bare FastAPI floor.
 
 Setup, all on loopback: an embedded Redis; a small DIN trained here on planted synthetic samples
-(sequence length 50) and published to a registry; the API under uvicorn in its own process (one
-worker) with a 1,000-item catalog and 300 users with 50-item live histories posted through
-`/v1/events`. The peer, in the same run: a bare FastAPI endpoint under the same uvicorn settings
+(sequence length 50) and published to a registry, with an Item2vec recall model; the API under
+`recsys serve`'s launcher (uvicorn, `--workers` processes, each on its own SO_REUSEPORT socket) with
+a 1,000-item catalog and 300 users with 50-item live histories posted through `/v1/events`. The
+peer, in the same run: a bare FastAPI endpoint under the same launcher and settings
 returning a fixed JSON body of the same size as a real recommendation response (the framework floor).
 
 Load: open loop at fixed request rates, each bounded by `--seconds` and `rate × seconds` requests;
@@ -159,9 +160,9 @@ def start_server(
     factory: str, env: dict[str, str], app_dir: Path, workers: int = 1, cpus: set[int] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--app-dir", str(app_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-               "--loop", "uvloop", "--http", "httptools", "--workers", str(workers)]
+    # `recsys serve`'s launcher: uvicorn, one SO_REUSEPORT socket per worker, no access log.
+    command = [sys.executable, "-m", "services.api.server", factory, "--factory", "--app-dir", str(app_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--workers", str(workers)]
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, preexec_fn=lambda: pin(cpus))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -1,7 +1,8 @@
 """`recsys serve`: the recommendation API under uvicorn.
 
 Redis: the configured URL, or an embedded server started here once and shared by every worker.
-Each worker process builds its own app (`create_app_from_env`), so models load once per worker.
+Each worker process builds its own app (`create_app_from_env`), so models load once per worker;
+with several workers, each listens on its own SO_REUSEPORT socket (`services.api.server`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the recommendation API (recall → filter → rank → explain) with uvicorn."""
-    import uvicorn
+    from services.api.server import ServerOptions, serve_app
 
     settings = load_settings(state_dir)
     host = host or settings.api.host
@@ -39,9 +40,8 @@ def serve(
             f"{'' if settings.redis.url else ' (embedded)'}  registry={settings.model_registry_dir}  "
             f"docs: http://{host}:{port}/docs"
         )
-        uvicorn.run(
-            "services.api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-            log_level=log_level, timeout_graceful_shutdown=10,
-            loop="uvloop", http="httptools", access_log=False,  # per-request CPU: the API is CPU-bound
-        )
+        options = ServerOptions("services.api.app:create_app_from_env", host, port, factory=True, log_level=log_level)
+        exit_code = serve_app(options, workers)
     console.print("[bold]recsys serve[/] stopped")
+    if exit_code:
+        raise typer.Exit(exit_code)
