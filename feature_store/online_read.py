@@ -48,8 +48,26 @@ if #present > 0 then
     for _, blob in ipairs(redis.call('MGET', unpack(keys))) do blobs[#blobs + 1] = blob end
   end
 end
-local function bucket_sum(key, name, first, last)
+local function bucket_sum(key, name, first, last, row)
   if last < first then return 0 end
+  if last - first >= 8 then
+    -- A long range (a week of hourly buckets) over a sparse hash: scan the buckets that exist
+    -- instead of asking for every one. Decided and read once per row, for all its counts.
+    if row.all == nil then
+      row.all = redis.call('HLEN', key) <= last - first and redis.call('HGETALL', key)
+    end
+    if row.all then
+      local total, head = 0, name .. ':'
+      for j = 1, #row.all, 2 do
+        local field = row.all[j]
+        if string.sub(field, 1, #head) == head then
+          local bucket = tonumber(string.sub(field, #head + 1))
+          if bucket and bucket >= first and bucket <= last then total = total + tonumber(row.all[j + 1]) end
+        end
+      end
+      return total
+    end
+  end
   local fields = {}
   for b = first, last do fields[#fields + 1] = name .. ':' .. string.format('%d', b) end
   local total = 0
@@ -68,7 +86,7 @@ local rows = {}
 for k = 1, n_ids do
   if n_ops == 0 then break end
   local id = ARGV[4 + k]
-  local live, out = prefix .. ':s:' .. entity .. ':' .. id, {}
+  local live, out, scan = prefix .. ':s:' .. entity .. ':' .. id, {}, {}
   for o = 0, n_ops - 1 do
     local q = ops_at + o * 5
     local op, name, a, b, c = ARGV[q], ARGV[q + 1], tonumber(ARGV[q + 2]), tonumber(ARGV[q + 3]), tonumber(ARGV[q + 4])
@@ -76,7 +94,7 @@ for k = 1, n_ids do
       local last = math.floor(now / b)
       local first = last - a + 1
       if op == 'c' and wm then first = math.max(first, math.floor(wm / b)) end
-      out[#out + 1] = bucket_sum(live, name, first, last)
+      out[#out + 1] = bucket_sum(live, name, first, last, scan)
     elseif op == 'z' then               -- sequence: a = cap, b = 1 to keep only items after wm
       local low = '-inf'
       if b == 1 and wm then low = '(' .. string.format('%d', wm) end

@@ -136,3 +136,30 @@ def test_old_count_buckets_are_trimmed(store: RedisOnlineStore, redis_client: re
     assert sorted({f.split(":")[0] for f in fields}) == ["clicks_1h", "clicks_24h", "clicks_all", "popularity_all"]
     assert len([f for f in fields if f.startswith("popularity_all:")]) <= 8  # 7-day retention, hourly
     assert len([f for f in fields if f.startswith("clicks_24h:")]) <= 2
+
+
+def test_week_long_counts_agree_between_sparse_and_dense_live_hashes(
+    store: RedisOnlineStore, redis_client: redis.Redis
+) -> None:
+    """A count over a week of hourly buckets scans a sparse item's few buckets and asks a busy
+    item's hash for each bucket: both must count exactly the buckets in range."""
+    writer = store.live_writer()
+    sparse_hours = {0, 100, 167}
+    for hour in range(168):
+        clicks = [event(f"dense-{hour}", "u1", "dense", "click", hour * 60 + 5)]
+        if hour in sparse_hours:
+            clicks.append(event(f"sparse-{hour}", "u1", "sparse", "click", hour * 60 + 5))
+        writer.write(clicks, {"dense": ["Drama"], "sparse": ["Drama"]}, now=(WM + timedelta(minutes=hour * 60 + 6)).timestamp())
+    now = (WM + timedelta(minutes=167 * 60 + 10)).timestamp()
+    assert redis_client.hlen(store.layout.live_hash(Entity.ITEM, "dense")) > 168  # asked bucket by bucket
+    assert redis_client.hlen(store.layout.live_hash(Entity.ITEM, "sparse")) < 20  # scanned
+
+    counts = store.get_features("item", ["dense", "sparse"], ["popularity_all", "clicks_all"], now=now)
+    assert counts["popularity_all"].tolist() == [168, 3] and counts["clicks_all"].tolist() == [168, 3]
+
+    watermark = WM + timedelta(hours=150)  # the batch view counts everything before it
+    with store.publish_batch_view(Entity.ITEM, watermark) as write:
+        write([item_row("dense", popularity_all=500), item_row("sparse", popularity_all=1000)])
+    merged = store.get_features("item", ["dense", "sparse"], ["popularity_all"], now=now)["popularity_all"]
+    assert merged.tolist() == [500 + 18, 1000 + 1]  # live buckets from hour 150 on only
+    writer.close()
