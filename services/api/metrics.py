@@ -1,8 +1,20 @@
-"""Prometheus metrics, one registry per app instance (so several apps in one test process don't collide)."""
+"""Prometheus metrics, one registry per app instance (so several apps in one test process don't collide).
+
+With several worker processes (`services.api.server`), every worker writes its values to files in
+`PROMETHEUS_MULTIPROC_DIR` (prometheus_client's multi-process mode, chosen when the library is
+first imported), and `/metrics`, whichever worker answers, reports the sum over all of them:
+counters and histograms add up, `recsys_degraded` and the model versions show the largest value
+among live workers.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -24,18 +36,36 @@ class ApiMetrics:
         self.recalled = Counter("recsys_recalled_candidates_total", "Candidates after recall+filter", registry=r)
         self.ranked = Counter("recsys_ranked_items_total", "Items returned after ranking", registry=r)
         self.errors = Counter("recsys_errors_total", "Errors by kind", ["kind"], registry=r)
-        self.degraded = Gauge("recsys_degraded", "1 while answering from the in-process fallback", registry=r)
+        self.degraded = Gauge(
+            "recsys_degraded", "1 while answering from the in-process fallback", registry=r, multiprocess_mode="livemax"
+        )
         self.degraded_responses = Counter(
             "recsys_degraded_responses_total", "Responses served from the fallback", registry=r
         )
         self.fallback_responses = Counter(
             "recsys_popularity_fallback_responses_total", "Responses ranked without a trained ranker", registry=r
         )
-        self.model_version = Gauge("recsys_model_version_info", "Serving model version", ["role", "version"], registry=r)
+        self.model_version = Gauge(
+            "recsys_model_version_info", "Serving model version", ["role", "version"], registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._versions: dict[str, str] = {}
         self.model_swaps = Counter("recsys_model_swaps_total", "Model bundle swaps", registry=r)
         self.events = Counter("recsys_events_total", "Posted events by outcome", ["outcome"], registry=r)
 
     def set_model_versions(self, versions: dict[str, str]) -> None:
-        self.model_version.clear()
+        for role, version in self._versions.items():
+            # Zeroed before removal: in multi-process mode the value lives on in this worker's file.
+            self.model_version.labels(role=role, version=version).set(0)
+            self.model_version.remove(role, version)
         for role, version in versions.items():
             self.model_version.labels(role=role, version=version).set(1)
+        self._versions = dict(versions)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this app's metrics, or every worker's in multi-process mode."""
+        if not os.environ.get(MULTIPROCESS_DIR_ENV):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -7,7 +7,8 @@ idled at 10–35%, and the busy one's queue made the tail (benchmarks/RESULTS.md
 binds its own socket with SO_REUSEPORT, so the kernel spreads connections over the workers by a
 hash of their addresses (as gunicorn's `--reuse-port` and nginx's `reuseport` do).
 
-The supervisor restarts a worker that dies while serving, gives up when one fails at startup, and
+Workers share a Prometheus multi-process directory, so `/metrics` counts every worker's requests
+whichever worker answers it. The supervisor restarts a worker that dies while serving, gives up when one fails at startup, and
 on SIGINT/SIGTERM asks every worker to shut down gracefully (uvicorn finishes requests in flight).
 A worker that is still starting already owns its socket, so its share of new connections waits
 until it is ready; connections queued on a worker that dies are reset.
@@ -26,10 +27,17 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import FrameType
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from services.api.metrics import MULTIPROCESS_DIR_ENV
 
 log = logging.getLogger("recsys.server")
 
@@ -62,7 +70,23 @@ def serve_app(options: ServerOptions, workers: int) -> int:
         uvicorn.run(options.app, workers=workers, **_uvicorn_options(options))
         return 0
     _check_port_free(options.host, options.port)
-    return _Supervisor(options, workers).run()
+    with _shared_metrics_dir():
+        return _Supervisor(options, workers).run()
+
+
+@contextmanager
+def _shared_metrics_dir() -> Iterator[None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for the workers (services.api.metrics), unless one is set:
+    then, as with gunicorn, wiping it between runs is the operator's job."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="recsys-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR_ENV] = directory  # spawned workers inherit it
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR_ENV]
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -122,6 +146,7 @@ class _Supervisor:
                 log.error("worker %s exited with code %s %.1f s after its start; stopping", process.pid, code, lived)
                 return code or 1
             log.warning("worker %s exited with code %s; starting a new one", process.pid, code)
+            mark_process_dead(process.pid)  # its live gauges leave /metrics; its counts stay
             self._start(slot)
         return 0
 

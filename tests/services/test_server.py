@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from feature_store.redis_server import free_port
+from feature_store.redis_server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,3 +98,35 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(two_workers: tuple[subp
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in replaced)
+
+
+def test_metrics_count_every_workers_requests(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "RECSYS_REDIS__URL": redis_server.url, "RECSYS_STATE_DIR": str(tmp_path / "state"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "services.api.server", "services.api.app:create_app_from_env", "--factory",
+               "--port", str(port), "--workers", "2", "--log-level", "warning"]  # fmt: skip
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_serving(port, timeout_s=120)
+        base = f"http://127.0.0.1:{port}"
+        # Fresh connections are spread over both workers (one still starting queues its share).
+        for user in range(30):
+            assert httpx.get(f"{base}/v1/users/u{user}/recommendations", timeout=60).status_code == 200
+        for _ in range(6):  # whichever worker answers, the count is the service's
+            exposition = httpx.get(f"{base}/metrics", timeout=60).text
+            assert sample(exposition, "recsys_request_seconds_count", endpoint="/v1/users/{user_id}/recommendations") == 30
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def sample(exposition: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    total = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for metric in family.samples:
+            if metric.name == name and all(metric.labels.get(k) == v for k, v in labels.items()):
+                total += metric.value
+    return total

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.api.deps import StateDep
 
@@ -39,5 +39,5 @@ def readyz(state: StateDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 def metrics(state: StateDep) -> Response:
-    """Prometheus exposition of this worker's metrics."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus exposition of the service's metrics (every worker's, with several)."""
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
