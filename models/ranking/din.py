@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from models.ranking import samples
-from models.ranking.base import Inputs, Ranker, request_history
+from models.ranking.base import Inputs, Ranker
 from models.ranking.features import FeatureSpec
 from models.ranking.layers import MLP, ActivationUnit, attention_pooling
 
@@ -79,15 +79,20 @@ class DIN(Ranker):
         return self._score(inputs, behaviours, candidate, mask, training)
 
     def forward_request(self, request: Inputs) -> tuple[tf.Tensor, tf.Tensor]:
-        """One user's request: the history is looked up and embedded once, not once per candidate."""
+        """One user's request: the history is looked up and embedded once, not once per candidate.
+
+        The activation unit runs over the history's real length only: training pads to
+        `max_seq_len`, but padded positions are masked out of the pooling, so skipping them gives
+        the same scores for a fraction of the work with short histories. The attention weights
+        are padded back to [candidates, max_seq_len].
+        """
         length = self.spec.max_seq_len
-        history = request_history(request, samples.HIST_ITEM_IDS, length)
-        behaviours = self.embed_items(
-            history, request_history(request, samples.HIST_CATEGORIES, length)
-        )
+        history = request[samples.HIST_ITEM_IDS][-length:]
+        behaviours = self.embed_items(history, request[samples.HIST_CATEGORIES][-length:])
         candidate = self.embed_items(request[samples.ITEM_ID], request[samples.ITEM_CATEGORY])
         mask = (self.item_lookup(history) != 0)[None]
         logits, weights = self._score(request, behaviours[None], candidate, mask, training=False)
+        weights = tf.pad(weights, [[0, 0], [0, length - tf.shape(history)[0]]])
         return logits, tf.broadcast_to(weights, [tf.shape(candidate)[0], length])
 
     def _score(

@@ -19,6 +19,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from models.ranking import samples
 from models.ranking.base import Inputs, Ranker
 from models.ranking.dataset import input_signature
 
@@ -53,12 +54,7 @@ def compile_scorer(model: Ranker) -> CompiledScorer:
 
 def as_request(values: dict[str, Any]) -> dict[str, tf.Tensor]:
     """Convert a plain-Python request (lists, numpy arrays, str) to tensors for ``score_user``."""
-    out: dict[str, tf.Tensor] = {}
-    for name, value in values.items():
-        tensor = tf.convert_to_tensor(value)
-        out[name] = (
-            tf.cast(tensor, tf.float32)
-            if tensor.dtype.is_floating or tensor.dtype.is_integer
-            else tensor
-        )
-    return out
+    return {
+        name: tf.constant(value, tf.string) if name in samples.STRING_INPUTS else tf.constant(value, tf.float32)
+        for name, value in values.items()
+    }

@@ -77,6 +77,7 @@ BASE_FIELDS: Final = (
 # Columns a model reads as input (the label and bookkeeping columns are not model inputs).
 SPARSE_INPUTS: Final = (USER_ID, ITEM_ID, ITEM_CATEGORY)
 SEQUENCE_INPUTS: Final = (HIST_ITEM_IDS, HIST_CATEGORIES)
+STRING_INPUTS: Final = frozenset((*SPARSE_INPUTS, *SEQUENCE_INPUTS))  # the dense ones are float32
 
 
 def sample_schema(dense_features: Sequence[str] = DEFAULT_DENSE_FEATURES) -> pa.Schema:

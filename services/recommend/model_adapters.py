@@ -16,7 +16,7 @@ import numpy as np
 
 from feature_store.definitions import Entity, user_category_id
 from models.ranking.features import FeatureSpec
-from models.ranking.samples import DENSE_FEATURE_SOURCES
+from models.ranking.samples import DENSE_FEATURE_SOURCES, STRING_INPUTS
 from models.registry import ModelVersion, RegistryError
 from services.recommend.item_cache import ItemCache
 from services.recommend.online_store import ServingStore
@@ -24,9 +24,6 @@ from models.retrieval.multichannel import RecallChannel
 from services.recommend.types import Candidate, RankOutput, SimilarItems, UserContext
 
 log = logging.getLogger(__name__)
-
-_STRING_INPUTS = frozenset({"user_id", "hist_item_ids", "hist_categories", "item_id", "item_category"})
-
 
 class RankerInputs:
     """Assembles a ranker's input for one user's candidates from the feature store, exactly as
@@ -113,7 +110,7 @@ class ExportedRanker:
 
         request = self.inputs.request(user, [c.item_id for c in candidates])
         history = request["hist_item_ids"]
-        tensors = {name: tf.constant(value, tf.string if name in _STRING_INPUTS else None) for name, value in request.items()}
+        tensors = {name: tf.constant(value, tf.string if name in STRING_INPUTS else None) for name, value in request.items()}
         output = self._score_user(**tensors)
         scores = output["score"].numpy().astype(np.float32)
         if not self.has_attention or not history:

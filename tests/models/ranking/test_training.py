@@ -111,26 +111,31 @@ def test_export_scores_like_the_in_memory_model(din, planted_samples: Path, tmp_
     expected = tf.sigmoid(model(tensors)).numpy()
     np.testing.assert_allclose(loaded.score_batch(tensors)["score"].numpy(), expected, atol=1e-6)
 
-    request = as_request(
-        {
-            samples.USER_ID: "u1",
-            samples.HIST_ITEM_IDS: ["i3", "i11", "never-seen"],
-            samples.HIST_CATEGORIES: ["c3", "c3", "c9"],
-            samples.ITEM_ID: [*batch[samples.ITEM_ID][:20], "new-item"],
-            samples.ITEM_CATEGORY: [*batch[samples.ITEM_CATEGORY][:20], "c3"],
-            **{name: np.append(batch[name][:20], 1.0) for name in DENSE},
-        }
-    )
-    exported, in_memory = loaded.score_user(request), CompiledScorer(model).score_user(request)
-    np.testing.assert_allclose(exported["score"].numpy(), in_memory["score"].numpy(), atol=1e-6)
-    # The per-user fast path equals the batch path on the training-shaped expansion.
-    batch_logits, batch_attention = model.forward(expand_request(request, spec.max_seq_len))
-    np.testing.assert_allclose(
-        in_memory["score"].numpy(), tf.sigmoid(batch_logits).numpy(), atol=1e-5
-    )
-    np.testing.assert_allclose(in_memory["attention"].numpy(), batch_attention.numpy(), atol=1e-5)
-    assert exported["attention"].shape == (21, spec.max_seq_len)
-    assert np.all(exported["attention"].numpy()[:, 3:] == 0)  # padding gets no weight
+    longer = [f"i{k}" for k in range(spec.max_seq_len + 5)]
+    for history, categories in (
+        (["i3", "i11", "never-seen"], ["c3", "c3", "c9"]),
+        ([], []),
+        (longer, ["c3"] * len(longer)),  # cut to the last max_seq_len, as in training
+    ):
+        request = as_request(
+            {
+                samples.USER_ID: "u1",
+                samples.HIST_ITEM_IDS: history,
+                samples.HIST_CATEGORIES: categories,
+                samples.ITEM_ID: [*batch[samples.ITEM_ID][:20], "new-item"],
+                samples.ITEM_CATEGORY: [*batch[samples.ITEM_CATEGORY][:20], "c3"],
+                **{name: np.append(batch[name][:20], 1.0) for name in DENSE},
+            }
+        )
+        exported, in_memory = loaded.score_user(request), CompiledScorer(model).score_user(request)
+        np.testing.assert_allclose(exported["score"].numpy(), in_memory["score"].numpy(), atol=1e-6)
+        # The per-user fast path (over the history's real length) equals the batch path on the
+        # training-shaped expansion (padded to max_seq_len).
+        batch_logits, batch_attention = model.forward(expand_request(request, spec.max_seq_len))
+        np.testing.assert_allclose(in_memory["score"].numpy(), tf.sigmoid(batch_logits).numpy(), atol=1e-5)
+        np.testing.assert_allclose(in_memory["attention"].numpy(), batch_attention.numpy(), atol=1e-5)
+        assert exported["attention"].shape == (21, spec.max_seq_len)
+        assert np.all(exported["attention"].numpy()[:, len(history):] == 0)  # padding gets no weight
 
 
 def test_publish_through_the_registry(din, tmp_path: Path) -> None:
