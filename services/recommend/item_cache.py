@@ -26,27 +26,45 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundRefresher:
-    """Runs refreshes on one worker thread, each key at most once in flight."""
+    """Refreshes expired keys on one worker thread with `refresh(keys)`, each key at most once
+    queued or in flight. Keys submitted within `gather_s` of the first are refreshed in one call:
+    at a few hundred requests a second, most requests find a few items just expired, and one read
+    per request cost a round trip and a thread wake-up each, contending with the requests."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, refresh: Callable[[list[Any]], None], gather_s: float = 0.0) -> None:
         self.name = name
+        self.gather_s = gather_s
+        self._refresh = refresh
+        self._queued: set[Hashable] = set()
         self._in_flight: set[Hashable] = set()
+        self._scheduled = False
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
-    def submit(self, keys: Iterable[Hashable], refresh: Callable[[list[Any]], None]) -> None:
+    def submit(self, keys: Iterable[Hashable]) -> None:
         with self._lock:
-            new = [key for key in keys if key not in self._in_flight]
+            new = [key for key in keys if key not in self._queued and key not in self._in_flight]
             if not new:
                 return
-            self._in_flight.update(new)
+            self._queued.update(new)
+            if self._scheduled:
+                return
+            self._scheduled = True
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
-        self._executor.submit(self._run, new, refresh)
+            executor = self._executor
+        executor.submit(self._run)
 
-    def _run(self, keys: list[Any], refresh: Callable[[list[Any]], None]) -> None:
+    def _run(self) -> None:
+        if self.gather_s > 0:
+            time.sleep(self.gather_s)
+        with self._lock:
+            keys = list(self._queued)
+            self._queued.clear()
+            self._in_flight.update(keys)
+            self._scheduled = False
         try:
-            refresh(keys)
+            self._refresh(keys)
         except Exception:  # the source is down: requests see it once the entries are too stale
             log.debug("%s: background refresh of %d keys failed", self.name, len(keys), exc_info=True)
         finally:
@@ -56,21 +74,26 @@ class BackgroundRefresher:
 
 class ItemCache:
     """Per-item LRU with a time-to-live (`ttl_s=0` disables it), bounded by `max_items`; expired
-    entries are served for up to `max_stale_s` more while refreshed in the background."""
+    entries are served for up to `max_stale_s` more while refreshed in the background, those that
+    expire within `gather_s` of each other in one read."""
 
-    def __init__(self, ttl_s: float = 5.0, max_items: int = 100_000, max_stale_s: float | None = None) -> None:
+    def __init__(
+        self, ttl_s: float = 5.0, max_items: int = 100_000, max_stale_s: float | None = None, gather_s: float = 0.05
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_items = max_items
         self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
         self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
-        self._refresher = BackgroundRefresher("item-cache-refresh")
+        self._fetch: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None
+        self._refresher = BackgroundRefresher("item-cache-refresh", self._refresh, gather_s)
 
     def get_many(
         self, item_ids: Sequence[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]]
     ) -> dict[str, dict[str, Any]]:
         """Entries of `item_ids` that exist; `fetch(ids)` reads ids never cached (or too stale) now,
-        and expired ones in the background. Errors of a synchronous fetch propagate."""
+        and expired ones in the background. Errors of a synchronous fetch propagate. Every call
+        on one cache must pass the same reader (the background refresh uses the latest)."""
         if self.ttl_s <= 0:
             return fetch(list(item_ids))
         now = time.monotonic()
@@ -87,7 +110,8 @@ class ItemCache:
                 if now >= entry[0]:
                     expired.append(item_id)
         if expired:
-            self._refresher.submit(expired, lambda ids: self.put_many(fetch(ids)))
+            self._fetch = fetch
+            self._refresher.submit(expired)
         if missing:
             fetched = fetch(missing)
             self.put_many(fetched)
@@ -105,6 +129,10 @@ class ItemCache:
             while len(self._entries) > self.max_items:
                 self._entries.popitem(last=False)
 
+    def _refresh(self, item_ids: list[str]) -> None:
+        assert self._fetch is not None  # set before the first submit
+        self.put_many(self._fetch(item_ids))
+
     def invalidate(self, item_id: str) -> None:
         with self._lock:
             self._entries.pop(item_id, None)
@@ -120,7 +148,8 @@ class TtlMemo:
         self.max_entries = max_entries
         self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
         self._entries: dict[Hashable, tuple[float, Any]] = {}
-        self._refresher = BackgroundRefresher("global-cache-refresh")
+        self._readers: dict[Hashable, Callable[[], Any]] = {}
+        self._refresher = BackgroundRefresher("global-cache-refresh", self._refresh)
 
     def get(self, key: Hashable, read: Callable[[], T]) -> T:
         if self.ttl_s <= 0:
@@ -132,9 +161,17 @@ class TtlMemo:
             if now < expires:
                 return value  # type: ignore[no-any-return]
             if now < expires + self.max_stale_s:
-                self._refresher.submit([key], lambda keys: self._read(key, read))
+                self._readers[key] = read
+                self._refresher.submit([key])
                 return value  # type: ignore[no-any-return]
         return self._read(key, read)
+
+    def _refresh(self, keys: list[Hashable]) -> None:
+        for key in keys:
+            try:
+                self._read(key, self._readers[key])
+            except Exception:  # as BackgroundRefresher: surfaces once the entry is too stale
+                log.debug("global cache: background refresh of %r failed", key, exc_info=True)
 
     def _read(self, key: Hashable, read: Callable[[], T]) -> T:
         value = read()  # errors propagate and are not cached
@@ -142,5 +179,6 @@ class TtlMemo:
             return value  # nothing yet (cold start): re-read next time rather than pin an empty list
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
+            self._readers.clear()
         self._entries[key] = (time.monotonic() + self.ttl_s, value)
         return value

@@ -72,3 +72,20 @@ def test_item_cache_serves_expired_items_while_refreshing_them_and_fetches_missi
     assert cache.get_many(["a", "b"], fetch) == {"a": {"v": 1}, "b": {"v": 1}}
     wait_for(lambda: cache.get_many(["a"], fetch) == {"a": {"v": 2}})
     assert ["b"] in fetched and ["a"] in fetched
+
+
+def test_items_expiring_together_are_refreshed_in_one_read() -> None:
+    fetched: list[list[str]] = []
+
+    def fetch(ids: list[str]) -> dict[str, dict[str, int]]:
+        fetched.append(sorted(ids))
+        return {i: {"v": len(fetched)} for i in ids}
+
+    cache = ItemCache(ttl_s=0.05, max_stale_s=10.0, gather_s=0.2)
+    cache.get_many(["a", "b", "c"], fetch)
+    time.sleep(0.06)
+    for item in ("a", "b", "c"):  # three requests, each finding one item expired
+        assert cache.get_many([item], fetch) == {item: {"v": 1}}
+    wait_for(lambda: len(fetched) == 2)
+    assert fetched[1] == ["a", "b", "c"]
+    wait_for(lambda: cache.get_many(["a", "b", "c"], fetch) == {i: {"v": 2} for i in "abc"})
