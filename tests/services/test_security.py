@@ -43,3 +43,4 @@ def test_errors_carry_the_request_id_and_no_trace(client: TestClient) -> None:
     assert response.headers["x-request-id"] == "req-42"
     assert response.json()["error"] == {"code": "not_found", "message": "item 'missing' is not in the catalog",
                                         "request_id": "req-42"}
+

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from feature_store.catalog import Catalog
 from feature_store.schemas import User
-from services.api.deps import ReadAccess, RequestIdDep, StoreDep, UserIdPath, WriteAccess
-from services.api.errors import NotFoundError
+from services.api.deps import ReadAccess, RequestIdDep, StateDep, StoreDep, UserIdPath, WriteAccess
+from services.api.errors import NotFoundError, ServiceUnavailableError
 from services.api.schemas import UpsertResponse, UserUpsert
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
 @router.put("/{user_id}", response_model=UpsertResponse, dependencies=[WriteAccess])
-def put_user(user_id: UserIdPath, body: UserUpsert, store: StoreDep, request_id: RequestIdDep) -> UpsertResponse:
+def put_user(
+    user_id: UserIdPath, body: UserUpsert, state: StateDep, store: StoreDep, request_id: RequestIdDep
+) -> UpsertResponse:
     """Create or replace a user's profile attributes."""
-    created = store.upsert_user(User(user_id=user_id, attributes=body.attributes))
+    user = User(user_id=user_id, attributes=body.attributes)
+    try:
+        Catalog(state.settings.catalog_dir).upsert_users([user])  # durable first, as items are
+    except OSError as exc:
+        raise ServiceUnavailableError("catalog file write failed; retry later") from exc
+    created = store.upsert_user(user)
     return UpsertResponse(id=user_id, created=created, request_id=request_id)
 
 
