@@ -49,9 +49,19 @@ def _candidate(entry: Recalled, name: str) -> RecallCandidate:
 
 
 def _best_unique(result: SearchResult, exclude: Collection[str], k: int) -> list[tuple[str, float]]:
-    """The `k` best (item, score) of a search over one or more queries, each item once at its best
-    score; one sort in numpy, then Python touches only the entries it keeps or skips."""
-    ids, scores = result.ids.ravel(), result.scores.ravel()
+    """The `k` best (item, score) of a search over one or more queries."""
+    return _best_of(result.ids.ravel(), result.scores.ravel(), exclude, k)
+
+
+def _merge_neighbours(lists: list[list[tuple[str, float]]], exclude: Collection[str], k: int) -> list[tuple[str, float]]:
+    """The `k` best (item, score) over several neighbour lists."""
+    pairs = [pair for neighbours in lists for pair in neighbours]
+    return _best_of([item for item, _ in pairs], np.array([score for _, score in pairs], np.float64), exclude, k)
+
+
+def _best_of(ids: Sequence[str] | np.ndarray, scores: np.ndarray, exclude: Collection[str], k: int) -> list[tuple[str, float]]:
+    """Each item once at its best score, best first, skipping `exclude`; one sort in numpy, then
+    Python touches only the entries it keeps or skips."""
     picked: list[tuple[str, float]] = []
     taken = set(exclude)
     for index in np.argsort(-scores, kind="stable").tolist():
@@ -62,15 +72,6 @@ def _best_unique(result: SearchResult, exclude: Collection[str], k: int) -> list
             if len(picked) == k:
                 break
     return picked
-
-
-def _merge_neighbours(lists: list[list[tuple[str, float]]], exclude: set[str], k: int) -> list[tuple[str, float]]:
-    best: dict[str, float] = {}
-    for neighbours in lists:
-        for item, score in neighbours:
-            if item not in exclude and score > best.get(item, -np.inf):
-                best[item] = score
-    return sorted(best.items(), key=lambda pair: -pair[1])[:k]
 
 
 class EmbeddingNeighbourChannel:
@@ -135,7 +136,7 @@ class ItemCFChannel:
 
     def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
         lists = [self.model.neighbours(item, k + len(history)) for item in list(history)[-self.recent :]]
-        return _merge_neighbours(lists, set(history), k)
+        return _merge_neighbours(lists, history, k)
 
 
 class PopularChannel:
