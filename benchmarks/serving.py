@@ -14,7 +14,8 @@ generator runs in its own process pinned to `--client-cpus` (with Redis), the se
 send time) is reported, and a rate where its p99 lag exceeds 5 ms is flagged as not delivered. Also reports
 the closed-loop service time (one request at a time) of both, then p50/p95/p99 and error rate per
 rate (a request slower than 2 s counts as an error), and per-stage server timings (features, recall, rank) from the
-responses' `timings_ms`.
+responses' `timings_ms`. The CPU other processes used during each measured rate is reported too
+(`benchmarks/quiet.py`), and a rate where they used more than 0.5 CPU-s is flagged as not quiet.
 
     .venv/bin/python benchmarks/serving.py [--rates 50 100 200 400] [--seconds 10] [--server-cpus 0 --client-cpus 1]
 """
@@ -45,12 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from http_load import run_open_loop  # noqa: E402
+from quiet import ForeignCpu  # noqa: E402
 
-console = Console()
+console = Console(width=160)
 ITEMS, CATEGORIES, USERS, HISTORY = 1000, 20, 300, 50
 KEY = "bench-key"
 REQUEST_DEADLINE_S = 2.0  # a request slower than this counts as an error
 GENERATOR_LAG_LIMIT_MS = 5.0  # generator p99 send lag above this: the rate was not delivered
+FOREIGN_CPU_LIMIT_S = 0.5  # CPU time other processes may use during one measured rate
 
 
 def category_of(item: int) -> str:
@@ -294,8 +297,14 @@ def main() -> None:
                 for name, base in (("bare", bare_base), ("api", api_base)):
                     generator.submit(open_loop_in_process, base, rate, 1.0).result()  # warm-up
                     drain(base)
-                    result = results[(name, rate)] = generator.submit(open_loop_in_process, base, rate, args.seconds).result()
+                    with ForeignCpu() as other:
+                        result = generator.submit(open_loop_in_process, base, rate, args.seconds).result()
+                    result["other_cpu_s"], result["other_peak"] = other.core_seconds, other.peak
+                    results[(name, rate)] = result
                     drain(base)
+                    if other.core_seconds > FOREIGN_CPU_LIMIT_S:
+                        console.print(f"[red]{name} @ {rate} rps: other processes used {other.core_seconds:.1f} "
+                                      f"CPU-s (up to {other.peak:.0%} of a core, {other.busiest}): not a quiet run[/]")
                     behind = result["generator_lag_p99"] > GENERATOR_LAG_LIMIT_MS
                     console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
                                   f"errors {result['errors']}/{result['requests']}, generator lag p99 "
@@ -314,7 +323,7 @@ def report(results: dict[tuple[str, int], dict[str, Any]], rates: list[int], can
     table = Table(title=f"GET /v1/users/{{id}}/recommendations, DIN over {candidates:.0f} candidates "
                         f"(seq 50), k=10, {body_bytes} B body; bare FastAPI floor, same body")
     for column in ("rate", "api p50", "api p95", "api p99", "api err", "bare p50", "bare p99", "bare err",
-                   "p99 api/bare", "achieved rps", "gen lag p99"):
+                   "p99 api/bare", "achieved rps", "gen lag p99", "other CPU-s"):
         table.add_column(column, justify="right")
     for rate in rates:
         api, bare = results[("api", rate)], results[("bare", rate)]
@@ -322,7 +331,7 @@ def report(results: dict[tuple[str, int], dict[str, Any]], rates: list[int], can
             str(rate), f"{api['p50']:.1f}", f"{api['p95']:.1f}", f"{api['p99']:.1f}",
             f"{api['errors'] / api['requests']:.2%}", f"{bare['p50']:.1f}", f"{bare['p99']:.1f}",
             f"{bare['errors'] / bare['requests']:.2%}", f"{api['p99'] / bare['p99']:.1f}×",
-            f"{api['achieved_rps']:.0f}", f"{api['generator_lag_p99']:.1f}",
+            f"{api['achieved_rps']:.0f}", f"{api['generator_lag_p99']:.1f}", f"{api['other_cpu_s']:.1f}",
         )
     console.print(table)
     stages = Table(title="server-side stage timings (ms, p50 / p99) from the responses")
