@@ -180,7 +180,10 @@ def _run_worker(options: ServerOptions) -> None:
         log.error("cannot listen on %s:%s: %s", options.host, options.port, error)
         sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(options.app, **_uvicorn_options(options))
-    uvicorn.Server(config).run(sockets=[listener])
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; uvicorn has shut down already
+        pass
 
 
 def _stop_with_parent() -> None:
