@@ -41,6 +41,14 @@ def answering_pids(port: int, connections: int) -> list[int]:
     return [int(httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text) for _ in range(connections)]
 
 
+def wait_until_both_answer(server: subprocess.Popen[bytes], port: int, timeout_s: float = 60.0) -> None:
+    """Until fresh connections reach every worker (a worker still starting gets none yet)."""
+    deadline = time.monotonic() + timeout_s
+    while set(answering_pids(port, 20)) != worker_pids(server):
+        assert time.monotonic() < deadline, "connections never reached every worker"
+        time.sleep(0.2)
+
+
 def worker_pids(server: subprocess.Popen[bytes]) -> set[int]:
     return {child.pid for child in psutil.Process(server.pid).children() if "resource_tracker" not in " ".join(child.cmdline())}
 
@@ -58,7 +66,7 @@ def two_workers() -> tuple[subprocess.Popen[bytes], int]:
 
 def test_connections_spread_over_every_worker(two_workers: tuple[subprocess.Popen[bytes], int]) -> None:
     server, port = two_workers
-    time.sleep(1.0)  # both workers listening, not just the first
+    wait_until_both_answer(server, port)
     pids = answering_pids(port, 60)
     assert set(pids) == worker_pids(server)
     assert min(pids.count(pid) for pid in set(pids)) >= 10  # a hash spread, not one worker taking most
@@ -92,8 +100,7 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(two_workers: tuple[subp
         time.sleep(0.2)
     replaced = worker_pids(server)
     assert victim not in replaced and len(replaced) == 2
-    time.sleep(1.0)
-    assert set(answering_pids(port, 40)) == replaced
+    wait_until_both_answer(server, port)  # the new worker takes its share of connections
 
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
