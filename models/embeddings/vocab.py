@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -15,17 +14,6 @@ class Vocabulary:
 
     ids: np.ndarray  # str, shape [V]
     counts: np.ndarray  # int64, shape [V]
-
-    @classmethod
-    def build(cls, sequences: Iterable[Sequence[str]], min_count: int = 1) -> "Vocabulary":
-        counter: Counter[str] = Counter()
-        for sequence in sequences:
-            counter.update(str(item) for item in sequence)
-        kept = [(item, n) for item, n in counter.most_common() if n >= min_count]
-        if not kept:
-            raise ValueError(f"no item occurs at least min_count={min_count} times in the sequences")
-        ids, counts = zip(*kept)
-        return cls(np.array(ids, dtype=str), np.array(counts, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,19 +33,6 @@ class EncodedSequences:
     tokens: np.ndarray  # int32 [N]
     sequence_of: np.ndarray  # int64 [N], non-decreasing
 
-    @classmethod
-    def encode(cls, sequences: Iterable[Sequence[str]], vocabulary: Vocabulary) -> "EncodedSequences":
-        lookup = vocabulary.index()
-        chunks: list[np.ndarray] = []
-        for sequence in sequences:
-            encoded = np.fromiter((lookup[str(i)] for i in sequence if str(i) in lookup), dtype=np.int32)
-            if len(encoded) >= 2:
-                chunks.append(encoded)
-        if not chunks:
-            raise ValueError("no sequence has two or more known items: nothing to train on")
-        lengths = np.array([len(chunk) for chunk in chunks])
-        return cls(np.concatenate(chunks), np.repeat(np.arange(len(chunks)), lengths))
-
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -73,3 +48,38 @@ class EncodedSequences:
                 end = boundary if boundary > start else end
             yield self.tokens[start:end], self.sequence_of[start:end]
             start = end
+
+
+def encode_corpus(sequences: Iterable[Sequence[str]], min_count: int = 1) -> tuple[Vocabulary, EncodedSequences]:
+    """The vocabulary of items seen at least `min_count` times (most frequent first, ties in order
+    of first appearance) and the sequences encoded with it, in one Python pass over the items
+    (the rest is numpy): the trainer's start-up cost on every fit."""
+    first_seen: dict[str, int] = {}  # item -> number in order of first appearance
+    numbers: list[int] = []
+    lengths: list[int] = []
+    for sequence in sequences:
+        before = len(numbers)
+        numbers.extend(first_seen.setdefault(str(item), len(first_seen)) for item in sequence)
+        lengths.append(len(numbers) - before)
+    tokens = np.array(numbers, dtype=np.int64)
+    counts = np.bincount(tokens, minlength=len(first_seen))
+    order = np.argsort(-counts, kind="stable")  # ties: first appearance first
+    kept = order[counts[order] >= min_count]
+    if len(kept) == 0:
+        raise ValueError(f"no item occurs at least min_count={min_count} times in the sequences")
+    index = np.full(len(first_seen), -1, dtype=np.int64)
+    index[kept] = np.arange(len(kept))
+    vocabulary = Vocabulary(np.array(list(first_seen), dtype=str)[kept], counts[kept].astype(np.int64))
+    return vocabulary, _drop_short_sequences(index[tokens], np.repeat(np.arange(len(lengths)), lengths))
+
+
+def _drop_short_sequences(tokens: np.ndarray, sequence_of: np.ndarray) -> EncodedSequences:
+    """Drop unknown tokens (-1), then sequences left with fewer than two, renumbering the rest."""
+    known = tokens >= 0
+    tokens, sequence_of = tokens[known], sequence_of[known]
+    long_enough = np.bincount(sequence_of, minlength=int(sequence_of.max(initial=-1)) + 1) >= 2
+    kept = long_enough[sequence_of]
+    if not kept.any():
+        raise ValueError("no sequence has two or more known items: nothing to train on")
+    renumbered = np.cumsum(long_enough) - 1
+    return EncodedSequences(tokens[kept].astype(np.int32), renumbered[sequence_of[kept]])

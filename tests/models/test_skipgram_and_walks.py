@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from models.embeddings.pairs import keep_probabilities, skipgram_pairs, unigram_table
+from models.embeddings.sgns_update import compiled_block, padded_rows
 from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
+from models.embeddings.vocab import encode_corpus
 from models.embeddings.walks import ItemGraph, RandomWalker
 from planted_clusters import CLUSTERS, planted_graph, planted_sequences, same_cluster_precision
 
@@ -23,6 +25,25 @@ def test_pairs_stay_inside_sequences_and_window() -> None:
     assert sorted(zip(targets.tolist(), contexts.tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3), (4, 5), (5, 4)]
 
 
+@pytest.mark.parametrize(
+    "min_count, ids, counts, tokens, sequence_of",
+    [
+        (1, ["a", "b", "c", "d", "1", "2"], [4, 3, 2, 2, 1, 1],
+         [0, 1, 0, 1, 3, 4, 5, 0, 3, 2, 1, 0], [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3]),
+        (2, ["a", "b", "c", "d"], [4, 3, 2, 2], [0, 1, 0, 1, 3, 3, 2, 1, 0], [0, 0, 0, 1, 1, 2, 2, 2, 2]),
+    ],
+)  # fmt: skip
+def test_encoding_ranks_items_by_count_and_drops_what_makes_no_pair(
+    min_count: int, ids: list[str], counts: list[int], tokens: list[int], sequence_of: list[int]
+) -> None:
+    """Most frequent first, ties in order of first appearance; rare items leave their sequences,
+    and sequences left with fewer than two items are dropped."""
+    sequences = [["a", "b", "a"], ["c"], ["b", "d"], [1, 2, "a"], [], ["d", "c", "b", "a"]]
+    vocabulary, corpus = encode_corpus(sequences, min_count)
+    assert vocabulary.ids.tolist() == ids and vocabulary.counts.tolist() == counts
+    assert corpus.tokens.tolist() == tokens and corpus.sequence_of.tolist() == sequence_of
+
+
 def test_subsampling_and_unigram_table_follow_word2vec() -> None:
     counts = np.array([10_000, 100, 1])
     keep = keep_probabilities(counts, 1e-3)
@@ -33,12 +54,26 @@ def test_subsampling_and_unigram_table_follow_word2vec() -> None:
     np.testing.assert_allclose(share, expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("optimizer, learning_rate", [("adagrad", None), ("sgd", 0.1)])
+@pytest.mark.parametrize("optimizer, learning_rate", [("rowwise_adagrad", None), ("adagrad", None), ("sgd", 0.1)])
 def test_item2vec_recovers_planted_clusters(optimizer: str, learning_rate: float | None) -> None:
     trainer = SkipGramTrainer(replace(FAST, optimizer=optimizer, learning_rate=learning_rate))
     embeddings = trainer.fit(planted_sequences())
     assert same_cluster_precision(embeddings.ids, embeddings.vectors) > 5 * CHANCE
     assert trainer.stats.pairs > 0 and trainer.stats.loss_per_epoch[-1] < trainer.stats.loss_per_epoch[0]
+
+
+def test_training_is_reproducible_and_compiles_once_per_configuration() -> None:
+    sequences = planted_sequences()
+    first = SkipGramTrainer(FAST).fit(sequences)
+    traces = compiled_block(FAST.batch_size, FAST.negatives, FAST.optimizer).experimental_get_tracing_count()
+    second = SkipGramTrainer(FAST).fit(sequences)
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert compiled_block(FAST.batch_size, FAST.negatives, FAST.optimizer).experimental_get_tracing_count() == traces
+    assert not np.array_equal(first.vectors, SkipGramTrainer(replace(FAST, seed=1)).fit(sequences).vectors)
+
+
+def test_tables_are_padded_to_a_few_shared_sizes() -> None:
+    assert [padded_rows(n) for n in (1, 9, 1000, 1024, 1025, 1432)] == [8, 16, 1024, 1024, 1152, 1536]
 
 
 def test_deepwalk_recovers_planted_clusters() -> None:
@@ -89,7 +124,7 @@ def test_node2vec_low_p_returns_often() -> None:
 def test_bad_inputs_get_clear_errors() -> None:
     with pytest.raises(ValueError, match="window"):
         SkipGramConfig(window=0)
-    with pytest.raises(ValueError, match="optimizer must be adagrad or sgd, got 'adam'"):
+    with pytest.raises(ValueError, match="optimizer must be one of adagrad, rowwise_adagrad, sgd, got 'adam'"):
         SkipGramConfig(optimizer="adam")
     with pytest.raises(ValueError, match="min_learning_rate <= learning_rate"):
         SkipGramConfig(optimizer="sgd", min_learning_rate=0.05)
@@ -102,6 +137,7 @@ def test_bad_inputs_get_clear_errors() -> None:
 
 
 def test_learning_rate_defaults_follow_the_optimizer() -> None:
-    assert SkipGramConfig().to_dict()["learning_rate"] == 0.5
+    assert SkipGramConfig().to_dict()["learning_rate"] == 1.0  # rowwise_adagrad
+    assert SkipGramConfig(optimizer="adagrad").to_dict()["learning_rate"] == 0.5
     assert SkipGramConfig(optimizer="sgd").to_dict()["learning_rate"] == 0.025  # gensim's alpha
     assert SkipGramConfig(optimizer="sgd", learning_rate=0.1).initial_learning_rate == 0.1
