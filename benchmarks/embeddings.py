@@ -31,6 +31,7 @@ from models.embeddings.walks import ItemGraph, RandomWalker  # noqa: E402
 from models.evaluation import evaluate, leave_last_one_out  # noqa: E402
 from models.retrieval import FaissIndex, LshIndex  # noqa: E402
 from models.retrieval.multichannel import ChannelRecommender, EmbeddingNeighbourChannel  # noqa: E402
+from quiet import ForeignCpu  # noqa: E402
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 #: Item2vec trainers compared: our optimizer name, or None for gensim.
@@ -75,23 +76,25 @@ def bench_item2vec(split, dim: int, epochs: int, seeds: int) -> None:  # type: i
     warm_up(sequences, dim)
     results: dict[str, list[tuple[dict[str, float], float]]] = {name: [] for name in ITEM2VEC_TRAINERS}
     pairs: list[int] = []
-    for seed in range(seeds):
-        for name, optimizer in ITEM2VEC_TRAINERS.items():
-            if optimizer is None:
-                embeddings, seconds = train_gensim(sequences, dim, epochs, seed + 1)
-                rate = float(np.mean(pairs)) / seconds
-            else:
-                config = SkipGramConfig(dim=dim, window=5, negatives=5, epochs=epochs, subsample=1e-3,
-                                        optimizer=optimizer, seed=seed)  # fmt: skip
-                trainer = SkipGramTrainer(config)
-                embeddings = trainer.fit(sequences)
-                pairs.append(trainer.stats.pairs)
-                rate = trainer.stats.pairs_per_second
-            results[name].append((neighbour_metrics(embeddings, split), rate))
+    with ForeignCpu() as other:  # timings taken while other processes ran are not comparable
+        for seed in range(seeds):
+            for name, optimizer in ITEM2VEC_TRAINERS.items():
+                if optimizer is None:
+                    embeddings, seconds = train_gensim(sequences, dim, epochs, seed + 1)
+                    rate = float(np.mean(pairs)) / seconds
+                else:
+                    config = SkipGramConfig(dim=dim, window=5, negatives=5, epochs=epochs, subsample=1e-3,
+                                            optimizer=optimizer, seed=seed)  # fmt: skip
+                    trainer = SkipGramTrainer(config)
+                    embeddings = trainer.fit(sequences)
+                    pairs.append(trainer.stats.pairs)
+                    rate = trainer.stats.pairs_per_second
+                results[name].append((neighbour_metrics(embeddings, split), rate))
     print(f"\n## Item2vec vs gensim Word2Vec(sg=1): dim={dim} window=5 negatives=5 epochs={epochs} sample=1e-3, "
           f"{seeds} seeds")  # fmt: skip
     print(f"training pairs per run: {int(np.mean(pairs)):,}")
-    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; other processes used "
+          f"{other.core_seconds:.1f} CPU-s during the timed runs (up to {other.peak:.0%} of a core: {other.busiest})")
     print_item2vec(results)
 
 
