@@ -129,7 +129,11 @@ def _build_recall(sequences: Sequence[Sequence[str]], popular: PopularityRecomme
         from models.retrieval.multichannel import ItemCFChannel, MultiChannelRecall, PopularChannel
 
         return MultiChannelRecall([ItemCFChannel(item_cf), PopularChannel(popular.top)]), {}
-    skipgram = SkipGramConfig(dim=config.embedding_dim, epochs=config.embedding_epochs, seed=config.seed)
+    # Per-element Adagrad: end to end on ml-100k (seed 0) recall -> DIN NDCG@10 is 0.077 with it and
+    # 0.068 with the trainer's row-wise default, although both score alike on neighbour HR@10.
+    skipgram = SkipGramConfig(
+        dim=config.embedding_dim, epochs=config.embedding_epochs, seed=config.seed, optimizer="adagrad"
+    )
     graph = ItemGraph.from_edges(*transition_graph(sequences))
     trained = train_embeddings(sequences, graph, EmbeddingTrainingConfig(skipgram, models=config.recall_models))
     return RecallArtifact.build(trained.embeddings, popular).multichannel(item_cf), trained.embeddings
