@@ -8,8 +8,9 @@ binds its own socket with SO_REUSEPORT, so the kernel spreads connections over t
 hash of their addresses (as gunicorn's `--reuse-port` and nginx's `reuseport` do).
 
 Workers share a Prometheus multi-process directory, so `/metrics` counts every worker's requests
-whichever worker answers it. The supervisor restarts a worker that dies while serving, gives up when one fails at startup, and
-on SIGINT/SIGTERM asks every worker to shut down gracefully (uvicorn finishes requests in flight).
+whichever worker answers it. The supervisor restarts a worker that dies while serving, gives up
+when one fails at startup, and on SIGINT/SIGTERM asks every worker to shut down gracefully
+(uvicorn finishes requests in flight).
 A worker that is still starting already owns its socket, so its share of new connections waits
 until it is ready; connections queued on a worker that dies are reset.
 

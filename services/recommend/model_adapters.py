@@ -16,7 +16,7 @@ import numpy as np
 
 from feature_store.definitions import Entity, user_category_id
 from models.ranking.features import FeatureSpec
-from models.ranking.samples import DENSE_FEATURE_SOURCES, STRING_INPUTS
+from models.ranking.samples import DENSE_FEATURE_SOURCES
 from models.registry import ModelVersion, RegistryError
 from services.recommend.item_cache import ItemCache
 from services.recommend.online_store import ServingStore
@@ -24,6 +24,7 @@ from models.retrieval.multichannel import RecallChannel
 from services.recommend.types import Candidate, RankOutput, SimilarItems, UserContext
 
 log = logging.getLogger(__name__)
+
 
 class RankerInputs:
     """Assembles a ranker's input for one user's candidates from the feature store, exactly as
@@ -106,12 +107,11 @@ class ExportedRanker:
         self._score_user = saved_model.signatures["serving_default"]  # type: ignore[attr-defined]
 
     def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
-        import tensorflow as tf
+        from models.ranking.inference import as_request
 
         request = self.inputs.request(user, [c.item_id for c in candidates])
         history = request["hist_item_ids"]
-        tensors = {name: tf.constant(value, tf.string if name in STRING_INPUTS else None) for name, value in request.items()}
-        output = self._score_user(**tensors)
+        output = self._score_user(**as_request(request))
         scores = output["score"].numpy().astype(np.float32)
         if not self.has_attention or not history:
             return RankOutput(scores=scores)
