@@ -15,7 +15,9 @@ app = typer.Typer(
     help="A production recommender service: events → Spark/Flink → Redis features → "
     "TensorFlow recall and ranking → FastAPI.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+    # Plain click errors and Python tracebacks: rich's boxes wrap them at the terminal width.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 app.add_typer(batch.app, name="batch")
 app.add_typer(data.app, name="data")

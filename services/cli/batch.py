@@ -10,7 +10,6 @@ import logging
 from typing import Callable
 
 import typer
-from rich.logging import RichHandler
 from rich.table import Table
 
 from pipelines.spark.runner import CHAIN, ON_DEMAND
@@ -35,7 +34,8 @@ def _run(names: list[str], state_dir: object) -> None:
     from pipelines.spark.runner import run_jobs
     from pipelines.spark.session import build_session
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    # Plain lines on stderr: a rich log handler wraps messages (paths) at the terminal width.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pyspark.sql import SparkSession
 
     settings = load_settings(state_dir)  # type: ignore[arg-type]

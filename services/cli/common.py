@@ -11,7 +11,8 @@ from rich.console import Console
 
 from feature_store.settings import Settings
 
-console = Console(stderr=True)
+# Scripts grep what commands print: long lines (paths) stay whole instead of wrapping at the width.
+console = Console(stderr=True, soft_wrap=True)
 
 StateDirOption = Annotated[
     Path | None, typer.Option("--state-dir", help="State directory (default: $RECSYS_STATE_DIR or .recsys).")
@@ -30,5 +31,7 @@ def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print `error: <message>` to stderr as one plain line (no markup, never wrapped) and exit 2."""
+    typer.secho("error:", fg="red", bold=True, err=True, nl=False)
+    typer.echo(f" {message}", err=True)
     raise typer.Exit(code=2)

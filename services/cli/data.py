@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Iterator
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -58,7 +59,7 @@ def import_movielens(
         fail(str(exc))
         return
     for line in report.first_rejects:
-        console.print(f"[yellow]rejected[/] {line}")
+        console.print(f"[yellow]rejected[/] {escape(line)}")
     rows = {
         "dataset": f"{report.dataset} ({report.source})",
         "status": "already imported: skipped, nothing written" if report.skipped else "imported",

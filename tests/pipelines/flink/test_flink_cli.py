@@ -18,7 +18,7 @@ def test_a_checkpoint_path_without_metadata_is_refused(settings: Settings, tmp_p
         app, ["stream", "run", "--state-dir", str(settings.state_dir), "--from-checkpoint", str(not_a_checkpoint)]
     )
     assert result.exit_code == 2
-    assert "not a completed checkpoint" in result.output
+    assert f"error: {not_a_checkpoint} is not a completed checkpoint" in result.output
 
 
 def test_latest_checkpoint_skips_incomplete_ones(tmp_path: Path) -> None:

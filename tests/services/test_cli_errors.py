@@ -1,0 +1,47 @@
+"""`recsys` errors are one unwrapped line whatever the terminal width or path length (scripts grep them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from feature_store.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recsys(*args: str, columns: int = 40) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process, on a narrow terminal as far as rich and typer can tell."""
+    env = {**os.environ, "COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns)}
+    command = [sys.executable, "-c", "from services.cli import app; app()", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def long_path(base: Path) -> Path:
+    path = base.joinpath(*(["a-rather-long-directory-name"] * 8), "chk-7")
+    path.mkdir(parents=True)
+    return path
+
+
+def test_a_command_error_naming_a_long_path_is_one_line(settings: Settings, tmp_path: Path) -> None:
+    checkpoint = long_path(tmp_path)
+    result = recsys("stream", "run", "--state-dir", str(settings.state_dir), "--from-checkpoint", str(checkpoint))
+    assert result.returncode == 2
+    assert f"error: {checkpoint} is not a completed checkpoint (no _metadata in it)\n" in result.stderr
+
+
+def test_a_usage_error_is_one_line() -> None:
+    option = "--" + "-".join(["a-rather-long-option-name"] * 6)
+    result = recsys("serve", option)
+    assert result.returncode == 2
+    assert f"Error: No such option: {option}\n" in result.stderr
+
+
+def test_an_error_with_markup_like_text_is_printed_verbatim(settings: Settings, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "chk-[red]7"
+    checkpoint.mkdir()
+    result = recsys("stream", "run", "--state-dir", str(settings.state_dir), "--from-checkpoint", str(checkpoint))
+    assert result.returncode == 2
+    assert f"error: {checkpoint} is not a completed checkpoint" in result.stderr
