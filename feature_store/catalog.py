@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from feature_store.schemas import Item, User
+from feature_store.settings import CatalogSettings, Settings
 
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"
@@ -50,12 +50,39 @@ USER_SCHEMA = pa.schema(
 )
 
 Model = TypeVar("Model", bound=BaseModel)
+Entry = TypeVar("Entry", Item, User)
 
 
-def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+class CatalogEntryError(ValueError):
+    """An item or user outside the catalog's bounds (`settings.catalog`); the message says which."""
+
+
+def _depth(value: Any) -> int:
+    """Nesting levels of dicts and lists in `value` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check_entry(entry: Item | User, limits: CatalogSettings) -> None:
+    """Raise `CatalogEntryError` if the entry's metadata (item) or attributes (user) nest deeper or
+    serialize larger than `limits` allow: past them, storing or reading the JSON fails later."""
+    name, value = ("metadata", entry.metadata) if isinstance(entry, Item) else ("attributes", entry.attributes)
+    depth = _depth(value)
+    if depth > limits.max_metadata_depth:
+        raise CatalogEntryError(
+            f"{name}: nested {depth} levels deep, more than catalog.max_metadata_depth ({limits.max_metadata_depth})"
+        )
+    size = len(json.dumps(value, sort_keys=True, default=str).encode())
+    if size > limits.max_metadata_bytes:
+        raise CatalogEntryError(
+            f"{name}: {size} bytes as JSON, more than catalog.max_metadata_bytes ({limits.max_metadata_bytes})"
+        )
 
 
 def _item_row(item: Item) -> dict[str, Any]:
@@ -64,7 +91,7 @@ def _item_row(item: Item) -> dict[str, Any]:
         "title": item.title,
         "categories": list(item.categories),
         "available": item.available,
-        "created_at": _utc(item.created_at),
+        "created_at": item.created_at,
         "metadata": json.dumps(item.metadata, sort_keys=True, default=str),
     }
 
@@ -91,23 +118,33 @@ def _user_from_row(row: dict[str, Any]) -> User:
 class Catalog:
     """Item and user catalogs stored as Parquet under `root` (normally `settings.catalog_dir`).
 
-    Upserts are by id: a later write of the same id replaces the earlier row.
+    Upserts are by id: a later write of the same id replaces the earlier row. Entries outside
+    `limits` (default: the settings' defaults) raise `CatalogEntryError` before anything is written.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: CatalogSettings | None = None) -> None:
         self.root = Path(root)
+        self.limits = limits or CatalogSettings()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Catalog":
+        return cls(settings.catalog_dir, settings.catalog)
 
     # -- writing -----------------------------------------------------------------------------
 
     def upsert_items(self, items: Iterable[Item]) -> int:
         """Insert or replace items by `item_id`; returns the number of distinct ids written."""
-        rows = {item.item_id: _item_row(item) for item in items}
+        rows = {item.item_id: _item_row(self._checked(item)) for item in items}
         return self._upsert(ITEMS_FILE, ITEM_SCHEMA, "item_id", rows)
 
     def upsert_users(self, users: Iterable[User]) -> int:
         """Insert or replace users by `user_id`; returns the number of distinct ids written."""
-        rows = {user.user_id: _user_row(user) for user in users}
+        rows = {user.user_id: _user_row(self._checked(user)) for user in users}
         return self._upsert(USERS_FILE, USER_SCHEMA, "user_id", rows)
+
+    def _checked(self, entry: Entry) -> Entry:
+        check_entry(entry, self.limits)
+        return entry
 
     def _upsert(self, name: str, schema: pa.Schema, key: str, rows: dict[str, dict[str, Any]]) -> int:
         if not rows:

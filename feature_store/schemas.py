@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+_ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+
+
+def _no_control_characters(value: str) -> str:
+    # Feature values are stored joined by U+001E/U+001F (feature_store.redis_layout): one such
+    # character in an id or category would make every batch run that meets it fail.
+    found = CONTROL_CHARACTERS.search(value)
+    if found:
+        raise ValueError(f"must not contain control characters (U+{ord(found.group()):04X} at position {found.start()})")
+    return value
+
+
+def _exact_id(value: str) -> str:
+    _no_control_characters(value)
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace: ids are taken exactly as given")
+    return value
+
+
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128),
+    AfterValidator(_exact_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128, "pattern": _ID_PATTERN}),
+]
+"""An entity or event id: 1-128 characters, no control characters, no whitespace at either end."""
+
+Category = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_control_characters)]
+
+
+def as_utc(ts: datetime) -> datetime:
+    """`ts` as an aware UTC datetime (naive means UTC); ValueError where UTC cannot represent it."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    try:
+        return ts.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{ts.isoformat()} is outside the UTC datetime range (years 1 to 9999)") from None
 
 
 class EventType(StrEnum):
@@ -54,9 +93,7 @@ class Event(BaseModel):
     @field_validator("ts")
     @classmethod
     def _utc(cls, ts: datetime) -> datetime:
-        if ts.tzinfo is None:
-            return ts.replace(tzinfo=timezone.utc)
-        return ts.astimezone(timezone.utc)
+        return as_utc(ts)
 
     def to_json_line(self) -> str:
         return self.model_dump_json(exclude_defaults=False) + "\n"
@@ -68,12 +105,15 @@ class ItemAttributes(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(default=None, max_length=1024)
-    categories: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
-        default_factory=list, max_length=64
-    )
+    categories: list[Category] = Field(default_factory=list, max_length=64)
     available: bool = True
     created_at: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, created_at: datetime | None) -> datetime | None:
+        return None if created_at is None else as_utc(created_at)
 
 
 class Item(ItemAttributes):

@@ -40,6 +40,23 @@ class EventLogSettings(_Section):
     fsync: bool = True
 
 
+class EventSettings(_Section):
+    """What an event may claim about itself, checked where events enter (API, `compact`)."""
+
+    max_future_skew_s: float = Field(
+        default=900.0, ge=0,
+        description="Events more than this ahead of the receiving clock are rejected (clock skew allowance).",
+    )
+
+
+class CatalogSettings(_Section):
+    """Bounds on the free-form parts of catalog entries (item `metadata`, user `attributes`),
+    checked before anything is written and when the catalog is synced into Redis."""
+
+    max_metadata_depth: int = Field(default=16, ge=1, le=64, description="Nesting levels of metadata/attributes.")
+    max_metadata_bytes: int = Field(default=64 * 1024, gt=0, description="Serialized JSON size of metadata/attributes.")
+
+
 class SparkSettings(_Section):
     master: str = "local[*]"
     driver_memory: str = "2g"
@@ -78,6 +95,10 @@ class ApiSettings(_Section):
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
     item_cache_ttl_s: float = Field(default=5.0, ge=0, description="In-process catalog cache TTL (0: off).")
     global_cache_ttl_s: float = Field(default=1.0, ge=0, description="Popular/trending/category lists memo TTL.")
+    recommend_deadline_s: float = Field(
+        default=1.0, gt=0,
+        description="A recommendation not ready by then answers degraded from the last known popular list.",
+    )
     inference_threads: int = Field(
         default=1, ge=0,
         description="Threads per worker for TensorFlow (intra/inter-op) and faiss (OpenMP); 0: the libraries' defaults.",
@@ -134,6 +155,8 @@ class Settings(BaseSettings):
     registry_dir: Path | None = Field(default=None, description="Default: <state_dir>/registry")
     redis: RedisSettings = Field(default_factory=RedisSettings)
     event_log: EventLogSettings = Field(default_factory=EventLogSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

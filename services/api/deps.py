@@ -34,6 +34,5 @@ ReadAccess = Depends(require_read_key)
 WriteAccess = Depends(require_write_key)
 AdminAccess = Depends(require_admin_key)
 
-_ID_PATTERN = r"^\S(.*\S)?$"  # no leading/trailing whitespace: ids are compared byte for byte
-UserIdPath = Annotated[Identifier, Path(description="User id", examples=["196"], pattern=_ID_PATTERN)]
-ItemIdPath = Annotated[Identifier, Path(description="Item id", examples=["242"], pattern=_ID_PATTERN)]
+UserIdPath = Annotated[Identifier, Path(description="User id", examples=["196"])]
+ItemIdPath = Annotated[Identifier, Path(description="Item id", examples=["242"])]

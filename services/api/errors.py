@@ -42,6 +42,13 @@ class ForbiddenError(ApiError):
     code = "forbidden"
 
 
+class UnprocessableError(ApiError):
+    """Well-formed input the service will not store (e.g. catalog metadata past its bounds)."""
+
+    status_code = 422
+    code = "validation_error"
+
+
 class PayloadTooLargeError(ApiError):
     status_code = 413
     code = "payload_too_large"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
@@ -38,7 +39,7 @@ def post_events(
     limit = state.settings.api.max_events_per_request
     if len(events) > limit:
         raise ApiError(f"too many events: {len(events)} > {limit} per request; split the batch")
-    valid, rejected = _validate(events)
+    valid, rejected = _validate(events, state.settings.events.max_future_skew_s)
     fresh, duplicates = _drop_duplicates(state, valid)
     try:
         state.event_log.append(fresh)
@@ -54,18 +55,28 @@ def post_events(
     )
 
 
-def _validate(raw_events: list[Any]) -> tuple[list[Event], list[EventReject]]:
+def _validate(raw_events: list[Any], max_future_skew_s: float) -> tuple[list[Event], list[EventReject]]:
+    """Events that pass the schema and are not dated beyond the clock skew allowance, and the rest."""
+    latest = datetime.now(timezone.utc) + timedelta(seconds=max_future_skew_s)
     valid: list[Event] = []
     rejected: list[EventReject] = []
     for index, raw in enumerate(raw_events):
         try:
-            valid.append(Event.model_validate(raw))
+            event = Event.model_validate(raw)
         except ValidationError as exc:
             errors = [
                 {"location": ".".join(str(p) for p in e["loc"]) or "event", "message": e["msg"], "type": e["type"]}
                 for e in exc.errors(include_url=False, include_context=False, include_input=False)
             ]
             rejected.append(EventReject(index=index, errors=errors))
+            continue
+        if event.ts > latest:
+            # Trusting a future time would move the batch watermark past every live event to come.
+            message = (f"ts {event.ts.isoformat()} is more than {max_future_skew_s:g} s ahead of the server clock "
+                       "(events.max_future_skew_s): send the time the event happened")
+            rejected.append(EventReject(index=index, errors=[{"location": "ts", "message": message, "type": "future_ts"}]))
+        else:
+            valid.append(event)
     return valid, rejected
 
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from feature_store.catalog import Catalog
+from feature_store.catalog import Catalog, CatalogEntryError
 from feature_store.schemas import Item
 from services.api.deps import ItemIdPath, ReadAccess, RequestIdDep, StateDep, StoreDep, WriteAccess
-from services.api.errors import NotFoundError, ServiceUnavailableError
+from services.api.errors import NotFoundError, ServiceUnavailableError, UnprocessableError
 from services.api.schemas import ItemUpsert, SimilarItem, SimilarItemsResponse, UpsertResponse
 from services.recommend.similar import similar_items
 
@@ -21,11 +21,13 @@ def put_item(
     item_id: ItemIdPath, body: ItemUpsert, state: StateDep, store: StoreDep, request_id: RequestIdDep
 ) -> UpsertResponse:
     """Create or replace an item: availability, categories, metadata. Unavailable items are never recommended."""
-    item = Item(item_id=item_id, **body.model_dump())
+    item = Item(item_id=item_id, **dict(body))  # not model_dump: it fails on metadata too deep to store
     try:
         # Written through to the Parquet catalog first: it stays the durable source of truth that
         # batch jobs and the startup catalog sync read (services/recommend/catalog_sync.py).
-        Catalog(state.settings.catalog_dir).upsert_items([item])
+        Catalog.from_settings(state.settings).upsert_items([item])
+    except CatalogEntryError as exc:
+        raise UnprocessableError(str(exc)) from exc
     except OSError as exc:
         raise ServiceUnavailableError("catalog file write failed; retry later") from exc
     created = store.upsert_item(item)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from feature_store.catalog import Catalog
+from feature_store.catalog import Catalog, CatalogEntryError
 from feature_store.schemas import User
 from services.api.deps import ReadAccess, RequestIdDep, StateDep, StoreDep, UserIdPath, WriteAccess
-from services.api.errors import NotFoundError, ServiceUnavailableError
+from services.api.errors import NotFoundError, ServiceUnavailableError, UnprocessableError
 from services.api.schemas import UpsertResponse, UserUpsert
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -20,7 +20,9 @@ def put_user(
     """Create or replace a user's profile attributes."""
     user = User(user_id=user_id, attributes=body.attributes)
     try:
-        Catalog(state.settings.catalog_dir).upsert_users([user])  # durable first, as items are
+        Catalog.from_settings(state.settings).upsert_users([user])  # durable first, as items are
+    except CatalogEntryError as exc:
+        raise UnprocessableError(str(exc)) from exc
     except OSError as exc:
         raise ServiceUnavailableError("catalog file write failed; retry later") from exc
     created = store.upsert_user(user)
