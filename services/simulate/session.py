@@ -1,0 +1,77 @@
+"""One simulation as `recsys simulate` runs it: draw the truth, record it, load the tenant, run.
+
+The truth file (`<state_dir>/simulate/<prefix>truth.npz`, `click_model.load_truth` reads it) is
+written before any request, so a later benchmark can score logged lists against it; with
+`out`, the summary, the parameters and the truth file's path are written there as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from pipelines.datasets import OnProgress, no_progress
+from services.simulate.click_model import GroundTruth, PositionBasedModel
+from services.simulate.population import PopulationParams, make_population
+from services.simulate.runner import RunParams, SimulationResult, run_simulation
+from services.simulate.tenant import TenantReport, load_tenant
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """Everything a simulation needs besides the service's address."""
+
+    population: PopulationParams
+    run: RunParams
+    eta: float = 1.0
+    load: bool = True
+    history_sessions: int = 2
+
+
+@dataclass
+class SimulationReport:
+    truth_path: Path
+    tenant: TenantReport | None
+    result: SimulationResult
+
+
+def truth_path(state_dir: Path, params: PopulationParams) -> Path:
+    """Where the truth of a population is recorded."""
+    return state_dir / "simulate" / f"{params.prefix}truth.npz"
+
+
+def simulate(
+    api_url: str, spec: SimulationSpec, state_dir: Path, *, api_key: str | None = None, out: Path | None = None,
+    timeout_s: float = 10.0, on_progress: OnProgress = no_progress,
+) -> SimulationReport:
+    """Record the truth, load the tenant (when `spec.load`), run the loop, write `out`."""
+    truth = GroundTruth(make_population(spec.population), PositionBasedModel(spec.eta))
+    path = truth.save(truth_path(state_dir, spec.population))
+    headers = {"X-API-Key": api_key} if api_key else {}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=timeout_s) as client:
+        tenant = None
+        if spec.load:
+            tenant = load_tenant(client, truth, sessions_per_user=spec.history_sessions, on_progress=on_progress)
+        result = run_simulation(client, truth, spec.run, on_progress=on_progress)
+    report = SimulationReport(path, tenant, result)
+    if out is not None:
+        _write_json(out, report, spec, api_url)
+    return report
+
+
+def _write_json(out: Path, report: SimulationReport, spec: SimulationSpec, api_url: str) -> None:
+    document = {
+        "api_url": api_url,
+        "truth_path": str(report.truth_path),
+        "spec": asdict(spec),
+        "tenant": asdict(report.tenant) if report.tenant else None,
+        "summary": report.result.summary.to_dict(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(tmp, out)
