@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from feature_store.event_log import LocalEventLog
+from feature_store.redis_layout import KeyLayout
 from feature_store.redis_server import EmbeddedRedis
 from feature_store.schemas import Event
 from feature_store.settings import EventLogSettings
@@ -56,7 +57,7 @@ class MarkerPoller(threading.Thread):
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         super().__init__(daemon=True)
-        self.client, self.prefix = client, prefix
+        self.client, self.layout = client, KeyLayout(prefix)
         self.pending: dict[str, float] = {}
         self.latencies: list[float] = []
         self.last_seen = 0.0
@@ -74,7 +75,7 @@ class MarkerPoller(threading.Thread):
             if waiting:
                 pipe = self.client.pipeline(transaction=False)
                 for event_id, _ in waiting:
-                    pipe.exists(f"{self.prefix}:s:seen:{event_id}")
+                    pipe.exists(self.layout.seen_marker(event_id))
                 found, now = pipe.execute(), time.perf_counter()
                 with self.lock:
                     for (event_id, appended_at), present in zip(waiting, found):

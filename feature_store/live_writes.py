@@ -3,7 +3,7 @@
 `LiveWriter.write(events)` turns each event into updates of every feature the definitions mark as
 `updated_by_stream()`, and applies a batch of events in one Lua script call (one round trip):
 
-- each event first sets its replay marker `P:s:seen:<event_id>` with `SET NX PX dedup_ttl`; if the
+- each event first sets its replay marker (`KeyLayout.seen_marker`) with `SET NX PX dedup_ttl`; if the
   marker already exists the event was applied before and all its updates are skipped, in the
   same atomic script, so replaying a stream never double-counts;
 - events older than `dedup_ttl` (whose marker may have expired) are dropped as too late: the next
@@ -184,11 +184,11 @@ class LiveWriter:
         return self._top_k_ops(feature, entity_id, members, ts, ttl_ms)
 
     def _top_k_ops(self, feature: FeatureDef, entity_id: str, members: list[str], ts: int, ttl_ms: int) -> list[Any]:
-        key_name, cap = feature.name, feature.cap or 0
+        bucket, cap = None, feature.cap or 0
         if feature.window is not None:
             bucket_ms = int(feature.stream_bucket().total_seconds() * 1000)
-            key_name, cap = f"{feature.name}:{ts // bucket_ms}", cap * TOP_K_BUCKET_HEADROOM
-        key = self._layout.live_zset(feature.entity, entity_id, key_name)
+            bucket, cap = ts // bucket_ms, cap * TOP_K_BUCKET_HEADROOM
+        key = self._layout.live_zset(feature.entity, entity_id, feature.name, bucket)
         ops: list[Any] = []
         for member in members:
             ops += ["I", key, member, 1, cap, ttl_ms, ""]

@@ -20,9 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from feature_store.definitions import DType, Entity, FeatureDef, FeatureRegistry, Kind, Source, smoothed_ctr
-from feature_store.redis_layout import ROW_SEPARATOR, decode_sequence, decode_value
+from feature_store.redis_layout import ROW_SEPARATOR, decode_sequence, decode_value, escape_key_part
 
-# ARGV: prefix, entity, now ms, n ids, ids.., n batch names, names.., n ops, ops (5 slots: op, name, a, b, c)
+# ARGV: prefix, entity, now ms, n ids, ids.., n batch names, names.., n ops, ops (5 slots: op, name, a, b, c).
+# Ids arrive escaped; the key shapes are `redis_layout.KeyLayout`'s (feature names need no escaping).
 READ_SCRIPT = """
 local prefix, entity, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n_ids = tonumber(ARGV[4])
@@ -86,7 +87,7 @@ local rows = {}
 for k = 1, n_ids do
   if n_ops == 0 then break end
   local id = ARGV[4 + k]
-  local live, out, scan = prefix .. ':s:' .. entity .. ':' .. id, {}, {}
+  local live, out, scan = prefix .. ':s:{' .. entity .. ':' .. id .. '}', {}, {}
   for o = 0, n_ops - 1 do
     local q = ops_at + o * 5
     local op, name, a, b, c = ARGV[q], ARGV[q + 1], tonumber(ARGV[q + 2]), tonumber(ARGV[q + 3]), tonumber(ARGV[q + 4])
@@ -145,7 +146,7 @@ class ReadPlan:
         return cls(entity, tuple(requested), batch, live, tuple(args))
 
     def script_args(self, prefix: str, ids: Sequence[str], now_ms: int) -> list[Any]:
-        return [prefix, self.entity.value, now_ms, len(ids), *ids, len(self.batch),
+        return [prefix, self.entity.value, now_ms, len(ids), *map(escape_key_part, ids), len(self.batch),
                 *(f.name for f in self.batch), len(self.live), *self.live_args]
 
 

@@ -1,6 +1,7 @@
 """Where and how feature values live in Redis: the key layout and the value codec.
 
-Keys (prefix `P` = `settings.redis.key_prefix`; `E` = entity; `V` = batch version; `ID` = entity id):
+Keys (prefix `P` = `settings.redis.key_prefix`; `E` = entity; `V` = batch version; `ID` = entity id
+and `F` = feature name, both escaped by `escape_key_part`):
 
     P:batch:E:current           string   the live batch version of entity E (the atomic pointer)
     P:batch:E:seq               string   version counter (INCR)
@@ -9,12 +10,18 @@ Keys (prefix `P` = `settings.redis.key_prefix`; `E` = entity; `V` = batch versio
     P:batch:E:retired           zset     replaced versions, scored by when they may be deleted (ms)
     P:b:E:V:ID                  string   one batch row: its encoded values in the version's column
                                          order (`f:<feature>` in meta), joined by U+001E
-    P:s:E:ID                    hash     live counters `<feature>:<bucket>` and latest values `<feature>`,
+    P:s:{E:ID}                  hash     live counters `<feature>:<bucket>` and latest values `<feature>`,
                                          `<feature>:ts`; TTL refreshed on write
-    P:s:E:ID:<feature>          zset     live sequences (member item, score event ms) and per-entity
+    P:s:{E:ID}:F                zset     live sequences (member item, score event ms) and per-entity
                                          top-k (member, count); capped; TTL
-    P:s:global:_:<feature>:<bucket>  zset  windowed top-k bucket (member, count); capped; TTL
+    P:s:{E:ID}:F:<bucket>       zset     windowed top-k bucket (member, count); capped; TTL
     P:s:seen:<event_id>         string   replay marker (SET NX PX dedup_ttl)
+
+Ids come from clients, so they are escaped: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B`, `%7D`
+(injective, and an escaped id holds no separator or brace), which makes every key name one
+(entity, id, feature) triple; an id without those characters is spelled as is. An entity's live keys
+share the hash tag `{E:ID}`, so a Redis Cluster would keep them in one slot. The read script in
+`online_read` spells the same shapes in Lua from escaped ids.
 
 Values: ints and floats as decimal strings (floats with float32 precision, `%.9g`); strings as
 UTF-8; sequences joined by U+001F; vectors as base64 of little-endian float32 bytes; no value as
@@ -35,6 +42,12 @@ from feature_store.definitions import SEQUENCE_SEPARATOR, DType, Entity, Feature
 
 ROW_SEPARATOR_TEXT = "\x1e"  # ASCII record separator, between a batch row's values
 ROW_SEPARATOR = ROW_SEPARATOR_TEXT.encode()
+_KEY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+
+
+def escape_key_part(text: str) -> str:
+    """`text` as one key segment: `%`, `:`, `{`, `}` percent-encoded, everything else as is."""
+    return text.translate(_KEY_ESCAPES)
 
 
 @dataclass(frozen=True)
@@ -59,19 +72,20 @@ class KeyLayout:
         return f"{self.prefix}:batch:{entity}:retired"
 
     def batch_row(self, entity: Entity, version: str, entity_id: str) -> str:
-        return f"{self.prefix}:b:{entity}:{version}:{entity_id}"
+        return f"{self.prefix}:b:{entity}:{version}:{escape_key_part(entity_id)}"
 
     def batch_rows_pattern(self, entity: Entity, version: str) -> str:
         return f"{self.prefix}:b:{entity}:{version}:*"
 
     def live_hash(self, entity: Entity, entity_id: str) -> str:
-        return f"{self.prefix}:s:{entity}:{entity_id}"
+        return f"{self.prefix}:s:{{{entity}:{escape_key_part(entity_id)}}}"
 
-    def live_zset(self, entity: Entity, entity_id: str, feature: str) -> str:
-        return f"{self.prefix}:s:{entity}:{entity_id}:{feature}"
+    def live_zset(self, entity: Entity, entity_id: str, feature: str, bucket: int | None = None) -> str:
+        key = f"{self.live_hash(entity, entity_id)}:{escape_key_part(feature)}"
+        return key if bucket is None else f"{key}:{bucket}"
 
     def seen_marker(self, event_id: str) -> str:
-        return f"{self.prefix}:s:seen:{event_id}"
+        return f"{self.prefix}:s:seen:{escape_key_part(event_id)}"
 
 
 def encode_value(feature: FeatureDef, value: Any) -> str | None:

@@ -17,9 +17,11 @@ import pytest
 import redis
 
 from feature_store.catalog import Catalog
+from feature_store.definitions import Entity
 from feature_store.event_log import LocalEventLog, partition_of
 from feature_store.live_writes import LiveWriter
 from feature_store.redis_client import ConnectionSpec
+from feature_store.redis_layout import KeyLayout
 from feature_store.schemas import Event, Item
 from feature_store.settings import EventLogSettings, Settings
 from pipelines.flink.runner import StreamJob
@@ -87,7 +89,8 @@ def test_live_features_survive_kill_and_restart(settings: Settings, redis_client
     job = StreamJob(settings.state_dir, env=env, checkpoint_dir=settings.flink_checkpoint_dir).start()
     try:
         wait_for(lambda: markers(redis_client, prefix) == 61, "the first events", job)
-        assert redis_client.zrange(f"{prefix}:s:user:u2:recent_items", 0, -1), "no behaviour sequence written"
+        layout = KeyLayout(prefix)
+        assert redis_client.zrange(layout.live_zset(Entity.USER, "u2", "recent_items"), 0, -1), "no behaviour sequence written"
         job.wait_for_checkpoint(newer_than=time.time())
         log.append(second)
         log.roll_all()
@@ -114,6 +117,6 @@ def test_live_features_survive_kill_and_restart(settings: Settings, redis_client
     streamed, expected = live_snapshot(redis_client, prefix), live_snapshot(redis_client, "ref")
     assert streamed == expected
     clicks = sum(1 for e in first + second + third + [within] if e.type == "click")
-    item_hashes = [v for k, v in streamed.items() if k.startswith(":s:item:") and isinstance(v, dict)]
+    item_hashes = [v for k, v in streamed.items() if k.startswith(":s:{item:") and isinstance(v, dict)]
     assert sum(int(n) for h in item_hashes for f, n in h.items() if f.startswith(b"clicks_1h:")) <= clicks
     assert sum(int(n) for h in item_hashes for f, n in h.items() if f.startswith(b"clicks_24h:")) == clicks
