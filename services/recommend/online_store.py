@@ -7,7 +7,7 @@ the API writes posted events to it through the feature store's `LiveWriter`, the
 writes the Flink job makes, so an event counts once whichever path brought it. What the serving
 side keeps itself, under `<prefix>:srv:`:
 
-    evt:<event_id>      string, TTL    dedup marker: an event is accepted once (SET NX)
+    evt:<event_id>      string, TTL    dedup claim: an event is accepted once (SET NX after the log append)
     item:<item_id>      string         the `Item` as JSON (PUT /v1/items, or the Parquet catalog sync)
     item_put            hash           item id → ms of its last PUT (the catalog sync's "newer wins" rule)
     user:<user_id>      string         the `User` as JSON
@@ -83,18 +83,12 @@ class ServingStore:
 
     # -- events ------------------------------------------------------------------------------
 
-    def apply_events(self, events: Sequence[Event]) -> list[bool]:
-        """Apply each event's live effects once (live features, popularity included, through the
-        feature store's writer); returns, per event, False if it had been applied before."""
-        if not events:
-            return []
-        with _degrade_on_redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for event in events:
-                pipe.set(self._key("evt", event.event_id), "1", nx=True, ex=self.dedup_ttl_s)
-            applied = [bool(flag) for flag in pipe.execute()]
-            self._write_live_features(events)
-        return applied
+    def apply_events(self, events: Sequence[Event]) -> None:
+        """Apply events' live effects (live features, popularity included, through the feature
+        store's writer, whose replay markers make a repeat a no-op)."""
+        if events:
+            with _degrade_on_redis_errors():
+                self._write_live_features(events)
 
     def _write_live_features(self, events: Sequence[Event]) -> None:
         item_ids = sorted({event.item_id for event in events})
@@ -108,7 +102,7 @@ class ServingStore:
         self._live_writer.write(events, item_categories=categories)
 
     def already_applied(self, event_ids: Sequence[str]) -> set[str]:
-        """Event ids whose dedup marker exists (applied before, within the marker TTL)."""
+        """Event ids claimed before (`claim_events`, within the marker TTL)."""
         if not event_ids:
             return set()
         with _degrade_on_redis_errors():
@@ -116,6 +110,17 @@ class ServingStore:
             for event_id in event_ids:
                 pipe.exists(self._key("evt", event_id))
             return {event_id for event_id, found in zip(event_ids, pipe.execute()) if found}
+
+    def claim_events(self, event_ids: Sequence[str]) -> set[str]:
+        """The ids this call is first to claim: one `SET NX` marker per id, so of concurrent
+        claims of one id exactly one wins."""
+        if not event_ids:
+            return set()
+        with _degrade_on_redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for event_id in event_ids:
+                pipe.set(self._key("evt", event_id), "1", nx=True, ex=self.dedup_ttl_s)
+            return {event_id for event_id, won in zip(event_ids, pipe.execute()) if won}
 
     # -- FeatureReader -----------------------------------------------------------------------
 

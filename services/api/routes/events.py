@@ -40,12 +40,14 @@ def post_events(
     if len(events) > limit:
         raise ApiError(f"too many events: {len(events)} > {limit} per request; split the batch")
     valid, rejected = _validate(events, state.settings.events.max_future_skew_s)
-    fresh, duplicates = _drop_duplicates(state, valid)
+    unseen = _drop_duplicates(state, valid)
     try:
-        state.event_log.append(fresh)
+        state.event_log.append(unseen)
     except OSError as exc:
         state.metrics.errors.labels(kind="event_log").inc()
         raise ServiceUnavailableError("event log write failed; nothing was accepted, retry the batch") from exc
+    fresh = _claim(state, unseen)
+    duplicates = len(valid) - len(fresh)
     degraded = _apply_live(state, fresh)
     state.metrics.events.labels(outcome="accepted").inc(len(fresh))
     state.metrics.events.labels(outcome="duplicate").inc(duplicates)
@@ -80,8 +82,9 @@ def _validate(raw_events: list[Any], max_future_skew_s: float) -> tuple[list[Eve
     return valid, rejected
 
 
-def _drop_duplicates(state: ServiceState, events: list[Event]) -> tuple[list[Event], int]:
-    """Drop repeats inside the batch and event ids already applied (when Redis can tell)."""
+def _drop_duplicates(state: ServiceState, events: list[Event]) -> list[Event]:
+    """Drop repeats inside the batch and event ids accepted before (when Redis can tell), so
+    retries do not grow the log; concurrent posts of one id may both pass: `_claim` decides."""
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.event_id, event)
@@ -89,8 +92,17 @@ def _drop_duplicates(state: ServiceState, events: list[Event]) -> tuple[list[Eve
         seen = state.store.already_applied(list(unique))
     except DegradedError:
         seen = set()  # accept: event log readers drop duplicate event ids anyway
-    fresh = [event for event_id, event in unique.items() if event_id not in seen]
-    return fresh, len(events) - len(fresh)
+    return [event for event_id, event in unique.items() if event_id not in seen]
+
+
+def _claim(state: ServiceState, events: list[Event]) -> list[Event]:
+    """The events this request is first to accept (one atomic claim per event id, made after the
+    append, so an id is only ever reported as a duplicate once it is durable)."""
+    try:
+        claimed = state.store.claim_events([event.event_id for event in events])
+    except DegradedError:
+        return events  # cannot tell: count them accepted (readers drop duplicate event ids)
+    return [event for event in events if event.event_id in claimed]
 
 
 def _apply_live(state: ServiceState, events: list[Event]) -> bool:
