@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import batch, data, evaluate, run, serve, stream, train
+from services.cli import batch, data, evaluate, run, serve, simulate, stream, train
 
 app = typer.Typer(
     name="recsys",
@@ -25,4 +25,5 @@ app.command("evaluate")(evaluate.evaluate)
 app.add_typer(stream.app, name="stream")
 app.command("run")(run.run)
 app.command("serve")(serve.serve)
+app.command("simulate")(simulate.simulate)
 app.add_typer(train.app, name="train")

@@ -92,8 +92,8 @@ class SimulationSummary:
         return self.oracle_clicks - self.expected_clicks
 
     def to_dict(self) -> dict[str, Any]:
-        rates = {"ctr": self.ctr, "expected_ctr": self.expected_ctr, "oracle_ctr": self.oracle_ctr, "regret": self.regret}
-        return {**asdict(self), **rates}
+        rates = {"ctr": self.ctr, "expected_ctr": self.expected_ctr, "oracle_ctr": self.oracle_ctr}
+        return {**asdict(self), **rates, "regret": self.regret}
 
 
 @dataclass
@@ -139,7 +139,11 @@ class _Steps:
             if self._next >= self._limit or time.monotonic() >= self._deadline:
                 return None
             step, self._next = self._next, self._next + 1
-            self._before(step)
+            try:
+                self._before(step)
+            except BaseException:
+                self._limit = 0  # the other workers stop too
+                raise
             return step
 
 
@@ -179,8 +183,8 @@ def _one_step(client: httpx.Client, truth: GroundTruth, step: int, k: int) -> _O
         now = datetime.now(timezone.utc)
         prefix = truth.population.params.prefix
         events = [
-            event_payload(f"{prefix}click-{request_id}-{slots[i][0]}", user_id, items[i], "click", now, request_id, slots[i][0])
-            for i in clicked
+            event_payload(f"{prefix}click-{request_id}-{slot}", user_id, item_id, "click", now, request_id, slot)
+            for slot, item_id in (slots[i] for i in clicked)
         ]
         answer = _post(client, events)
     except (httpx.HTTPError, ValueError, KeyError) as exc:

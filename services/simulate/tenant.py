@@ -113,12 +113,12 @@ def warmup_events(truth: GroundTruth, sessions_per_user: int, slate: int, now: d
         shown = [population.item_id(int(j)) for j in rng.choice(initial, size=size, replace=False, p=exposure)]
         clicked = truth.draw_clicks(user_id, shown, 0, rng)
         ts = now - WARMUP_SPAN + gap * session
-        request_id = f"{population.params.prefix}warm-{session}"
-        for position, item_id in enumerate(shown):
-            events.append(event_payload(f"{request_id}-imp-{position}", user_id, item_id, "impression", ts, request_id, position))
-        for position in np.flatnonzero(clicked).tolist():
-            click_ts = ts + timedelta(seconds=1 + position)
-            events.append(event_payload(f"{request_id}-click-{position}", user_id, shown[position], "click", click_ts, request_id, position))
+        request = f"{population.params.prefix}warm-{session}"
+        for slot, item_id in enumerate(shown):
+            events.append(event_payload(f"{request}-imp-{slot}", user_id, item_id, "impression", ts, request, slot))
+        for slot in np.flatnonzero(clicked).tolist():
+            click_ts = ts + timedelta(seconds=1 + slot)
+            events.append(event_payload(f"{request}-click-{slot}", user_id, shown[slot], "click", click_ts, request, slot))
     return events
 
 
