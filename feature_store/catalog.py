@@ -18,15 +18,15 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
-from feature_store.schemas import Item, User
+from feature_store.schemas import Item, User, error_message
 from feature_store.settings import CatalogSettings, Settings
 
 ITEMS_FILE = "items.parquet"
@@ -49,12 +49,28 @@ USER_SCHEMA = pa.schema(
     ]
 )
 
-Model = TypeVar("Model", bound=BaseModel)
 Entry = TypeVar("Entry", Item, User)
 
 
 class CatalogEntryError(ValueError):
     """An item or user outside the catalog's bounds (`settings.catalog`); the message says which."""
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    """A catalog file row that is not a valid entry (written before a check existed, or by hand)."""
+
+    file: str
+    row: int  # 1-based, in file order
+    key: str | None
+    reason: str
+
+    @property
+    def location(self) -> str:
+        return f"{self.file} row {self.row} ({self.key!r})"
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
 
 
 def _depth(value: Any) -> int:
@@ -180,12 +196,20 @@ class Catalog:
         return self._table(USERS_FILE, USER_SCHEMA, columns)
 
     def items(self, batch_size: int = 10_000) -> Iterator[Item]:
-        """Every item as a model, streamed in record batches."""
-        return self._iterate(ITEMS_FILE, _item_from_row, batch_size)
+        """Every item as a model, streamed in record batches; `CatalogEntryError` at an invalid row."""
+        return (_valid(entry) for entry in self.checked_items(batch_size))
 
     def users(self, batch_size: int = 10_000) -> Iterator[User]:
-        """Every user as a model, streamed in record batches."""
-        return self._iterate(USERS_FILE, _user_from_row, batch_size)
+        """Every user as a model, streamed in record batches; `CatalogEntryError` at an invalid row."""
+        return (_valid(entry) for entry in self.checked_users(batch_size))
+
+    def checked_items(self, batch_size: int = 10_000) -> Iterator[Item | InvalidRow]:
+        """Every item row as a model, or as an `InvalidRow` saying where it is and what is wrong."""
+        return self._iterate(ITEMS_FILE, "item_id", _item_from_row, batch_size)
+
+    def checked_users(self, batch_size: int = 10_000) -> Iterator[User | InvalidRow]:
+        """Every user row as a model, or as an `InvalidRow` saying where it is and what is wrong."""
+        return self._iterate(USERS_FILE, "user_id", _user_from_row, batch_size)
 
     def get_item(self, item_id: str) -> Item | None:
         """One item by id, or None."""
@@ -210,13 +234,27 @@ class Catalog:
             return table.select(columns) if columns else table
         return pq.read_table(path, columns=columns, schema=schema)
 
-    def _iterate(self, name: str, to_model: Callable[[dict[str, Any]], Model], batch_size: int) -> Iterator[Model]:
+    def _iterate(
+        self, name: str, key: str, to_model: Callable[[dict[str, Any]], Entry], batch_size: int
+    ) -> Iterator[Entry | InvalidRow]:
         path = self.root / name
         if not path.exists():
             return
+        number = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
             for row in batch.to_pylist():
-                yield to_model(row)
+                number += 1
+                yield self._checked_row(row, to_model, InvalidRow(str(path), number, row.get(key), ""))
+
+    def _checked_row(
+        self, row: dict[str, Any], to_model: Callable[[dict[str, Any]], Entry], where: InvalidRow
+    ) -> Entry | InvalidRow:
+        try:
+            return self._checked(to_model(row))
+        except ValueError as exc:  # pydantic's ValidationError, JSONDecodeError, CatalogEntryError
+            return replace(where, reason=error_message(exc))
+        except RecursionError:  # JSON nested too deep for the parser
+            return replace(where, reason="metadata or attributes nested too deep to parse")
 
     def _lookup(self, name: str, schema: pa.Schema, key: str, value: str) -> list[dict[str, Any]]:
         path = self.root / name
@@ -227,6 +265,12 @@ class Catalog:
     def _count(self, name: str) -> int:
         path = self.root / name
         return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
+def _valid(entry: Entry | InvalidRow) -> Entry:
+    if isinstance(entry, InvalidRow):
+        raise CatalogEntryError(str(entry))
+    return entry
 
 
 def _write_atomically(table: pa.Table, path: Path) -> None:

@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema, field_validator,
+)
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
@@ -38,6 +40,13 @@ Identifier = Annotated[
 """An entity or event id: 1-128 characters, no control characters, no whitespace at either end."""
 
 Category = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_no_control_characters)]
+
+
+def error_message(exc: ValueError) -> str:
+    """One line for a validation error: `field.path: message; ...` for pydantic's, else the message."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+    return str(exc)
 
 
 def as_utc(ts: datetime) -> datetime:

@@ -14,9 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
-from pydantic import ValidationError
-
-from feature_store.schemas import Item, User
+from feature_store.schemas import Item, User, error_message
 
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -254,10 +252,4 @@ def read_records(path: Path, encoding: str, header: bool, parse: Callable[[str],
             try:
                 yield size, parse(line)
             except ValueError as exc:
-                yield size, MalformedLine(path.name, number, _reason(exc), line)
-
-
-def _reason(exc: ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    return str(exc)
+                yield size, MalformedLine(path.name, number, error_message(exc), line)

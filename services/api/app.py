@@ -13,6 +13,7 @@ from contextlib import ExitStack, asynccontextmanager
 import redis
 from fastapi import FastAPI
 
+from feature_store.catalog import Catalog
 from feature_store.definitions import FEATURES, Entity
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
@@ -98,7 +99,7 @@ def _start(
     )
     event_log = LocalEventLog(settings.event_log_dir, settings.event_log)
     stack.callback(event_log.close)
-    catalog_sync = CatalogSync(store, settings.catalog_dir)  # bulk-imported items, in the background
+    catalog_sync = CatalogSync(store, Catalog.from_settings(settings))  # bulk imports, in the background
     catalog_sync.start()
     stack.callback(catalog_sync.stop)
     fallback = LastKnownPopular()

@@ -11,6 +11,7 @@ side keeps itself, under `<prefix>:srv:`:
     item:<item_id>      string         the `Item` as JSON (PUT /v1/items, or the Parquet catalog sync)
     item_put            hash           item id → ms of its last PUT (the catalog sync's "newer wins" rule)
     user:<user_id>      string         the `User` as JSON
+    user_put            hash           user id → ms of its last PUT (the same rule for users)
     cat:<category>      sorted set     item ids in the category, scored by created_at (newest first)
     unavailable         set            items that must never be recommended
 
@@ -194,20 +195,40 @@ class ServingStore:
             pipe.mget([self._key("item", i) for i in ids])
             pipe.hmget(self._key("item_put"), ids)
             previous, put_ms = pipe.execute()
-            stored, overridden = [], []
-            for item, old, put in zip(items, previous, put_ms):
-                if put is not None and int(put) > written_at_ms:
-                    continue
-                self._queue_item_write(pipe, item, old)
-                stored.append(item.item_id)
-                if put is not None:
-                    overridden.append(item.item_id)
-            if overridden:
-                pipe.hdel(self._key("item_put"), *overridden)
+            stored = _not_put_since(ids, put_ms, written_at_ms)
+            for item, old in zip(items, previous):
+                if item.item_id in stored:
+                    self._queue_item_write(pipe, item, old)
+            self._forget_puts(pipe, "item_put", stored, put_ms, ids)
             pipe.execute()
         for item_id in stored:
             self.item_cache.invalidate(item_id)
         return len(stored)
+
+    def sync_users(self, users: Sequence[User], written_at_ms: int) -> int:
+        """`sync_items` for users: rows from a file written at `written_at_ms`, except users PUT
+        after that time; returns the rows stored."""
+        if not users:
+            return 0
+        ids = [user.user_id for user in users]
+        with _degrade_on_redis_errors():
+            put_ms = self.client.hmget(self._key("user_put"), ids)
+            stored = _not_put_since(ids, put_ms, written_at_ms)
+            pipe = self.client.pipeline(transaction=False)
+            for user in users:
+                if user.user_id in stored:
+                    pipe.set(self._key("user", user.user_id), user.model_dump_json())
+            self._forget_puts(pipe, "user_put", stored, put_ms, ids)
+            pipe.execute()
+        return len(stored)
+
+    def _forget_puts(
+        self, pipe: redis.client.Pipeline, name: str, stored: set[str], put_ms: list[bytes | None], ids: list[str]
+    ) -> None:
+        """Drop the PUT times a synced file row now carries (the file is newer than the PUT)."""
+        overridden = [i for i, put in zip(ids, put_ms) if put is not None and i in stored]
+        if overridden:
+            pipe.hdel(self._key(name), *overridden)
 
     def _queue_item_write(self, pipe: redis.client.Pipeline, item: Item, previous: bytes | None) -> None:
         old_categories = set(json.loads(previous)["categories"]) if previous else set()
@@ -227,9 +248,13 @@ class ServingStore:
         return Item.model_validate_json(raw) if raw else None
 
     def upsert_user(self, user: User) -> bool:
-        key = self._key("user", user.user_id)
+        """Store a user (PUT /v1/users); returns True if it was new. The PUT time is recorded, as for items."""
         with _degrade_on_redis_errors():
-            return self.client.set(key, user.model_dump_json(), get=True) is None
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self._key("user", user.user_id), user.model_dump_json(), get=True)
+            pipe.hset(self._key("user_put"), user.user_id, int(time.time() * 1000))
+            previous, _ = pipe.execute()
+        return previous is None
 
     def get_user(self, user_id: str) -> User | None:
         raw = self._call(lambda: self.client.get(self._key("user", user_id)))
@@ -263,6 +288,11 @@ class ServingStore:
             return [value.decode() for value in raw]
 
         return self.global_cache.get(("category", category, limit), read)
+
+
+def _not_put_since(ids: Sequence[str], put_ms: Sequence[bytes | None], written_at_ms: int) -> set[str]:
+    """The ids a file written at `written_at_ms` may store: those not PUT after it (newer wins)."""
+    return {i for i, put in zip(ids, put_ms) if put is None or int(put) <= written_at_ms}
 
 
 def log_popularity(count: float) -> float:

@@ -31,6 +31,7 @@ def readyz(state: StateDep) -> JSONResponse:
         "model_versions": state.models.bundle.versions,
         # Informational, not gating: a large catalog syncs in the background while serving.
         "catalog": state.catalog_sync.state if state.catalog_sync else "off",
+        "catalog_invalid_rows": state.catalog_sync.invalid_count if state.catalog_sync else 0,
         "fallback": None if state.models.bundle.ranker is not None else "popularity",
         "model_errors": {**state.models.bundle.errors, **({"load": state.models.last_error} if state.models.last_error else {})},
     }
