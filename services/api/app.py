@@ -108,7 +108,9 @@ def _start(
         store, default_channels(store, fallback), fallback, settings.api.recall_candidates,
         FEATURES.get(Entity.USER, "recent_items").cap,  # type: ignore[arg-type]  # sequences always have one
         observe_stage=lambda stage, seconds: metrics.stage_latency.labels(stage).observe(seconds),
+        deadline_s=settings.api.recommend_deadline_s,
     )
+    stack.callback(pipeline.close)
     models = _model_manager(settings, metrics, version_source, bundle_loader, store)
     models.start()
     stack.callback(models.stop)

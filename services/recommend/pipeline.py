@@ -3,13 +3,19 @@
 The pipeline holds the parts that do not change with model versions (online store, fallback);
 the model-dependent parts (extra recall channels, ranker, versions) come in a `ModelBundle` per
 call, so a request keeps the bundle it started with while the manager swaps in a new one.
+
+Its Redis calls are synchronous: the API runs each request on a worker thread under a deadline
+(`recommend_within_deadline`), so a Redis that hangs costs a request the deadline and the event
+loop nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -64,6 +70,7 @@ class RecommendationPipeline:
         history_length: int = 50,
         observe_stage: StageObserver | None = None,
         quotas: dict[str, int] | None = None,
+        deadline_s: float = 1.0,
     ) -> None:
         self.store = store
         self.base_channels = tuple(base_channels)
@@ -73,14 +80,38 @@ class RecommendationPipeline:
         self.history_length = history_length
         self.observe_stage = observe_stage or (lambda stage, seconds: None)
         self.default_ranker = RecallScoreRanker()
+        self.deadline_s = deadline_s
+        self._executor = ThreadPoolExecutor(thread_name_prefix="recommend")
 
     def recommend(self, request: RecommendationRequest, bundle: ModelBundle) -> RecommendationResult:
         timings: dict[str, float] = {}
         try:
             return self._run(request, bundle, timings)
         except DegradedError:
-            items = self.fallback.answer(request)
-            return RecommendationResult(items, dict(bundle.versions), "last_known_popular", True, timings)
+            return self._degraded(request, bundle, timings)
+
+    async def recommend_within_deadline(
+        self, request: RecommendationRequest, bundle: ModelBundle
+    ) -> RecommendationResult:
+        """`recommend` on a worker thread; the fallback's degraded answer if it takes longer than
+        `deadline_s`. The abandoned run finishes in the background (bounded by the Redis socket
+        timeouts); one still queued is dropped."""
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self.recommend, request, bundle)
+        try:
+            return await asyncio.wait_for(work, self.deadline_s)
+        except TimeoutError:
+            log.warning("recommendation for %s missed its %.3fs deadline: answering degraded",
+                        request.user_id, self.deadline_s)
+            return self._degraded(request, bundle, {})
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _degraded(
+        self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]
+    ) -> RecommendationResult:
+        items = self.fallback.answer(request)
+        return RecommendationResult(items, dict(bundle.versions), "last_known_popular", True, timings)
 
     def _run(self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]) -> RecommendationResult:
         with self._stage("features", timings):

@@ -23,8 +23,10 @@ WRITE_KEY = "test-key-123"
 
 @pytest.fixture
 def api_settings(settings: Settings, redis_client: Any) -> Settings:
-    """Test settings with a fast event-log roll (redis_client flushes the test database)."""
-    return settings.model_copy(update={"event_log": settings.event_log.model_copy(update={"roll_max_age_s": 0.2})})
+    """Test settings with a fast event-log roll (redis_client flushes the test database) and a
+    recommendation deadline no busy test machine misses (tests of the deadline set their own)."""
+    fast_roll = settings.model_copy(update={"event_log": settings.event_log.model_copy(update={"roll_max_age_s": 0.2})})
+    return with_api(fast_roll, recommend_deadline_s=60.0)
 
 
 @pytest.fixture

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import httpx
 import redis
 from fastapi.testclient import TestClient
 
 from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import Settings
 from services.api.app import create_app
-from tests.services.conftest import EventFactory
+from tests.services.conftest import EventFactory, live_server
 
 
 def _settings(tmp_path: Path, url: str) -> Settings:
@@ -59,3 +61,64 @@ def test_slow_redis_times_out_into_degraded_mode(tmp_path: Path, make_event: Eve
             assert body["degraded"] is True and [i["item_id"] for i in body["items"]] == ["hit"]
     finally:
         server.stop()
+
+
+def test_paused_redis_answers_every_concurrent_request_degraded_within_the_deadline(
+    tmp_path: Path, make_event: EventFactory
+) -> None:
+    """A Redis call that hangs must cost its request at most the deadline, and the other requests
+    nothing. The socket timeout outlasts the pause, so an answer is degraded only if the deadline
+    cut it short while Redis was paused: without a deadline, or with requests waiting behind one
+    another's hanging call on the event loop, they would be answered after the pause, not degraded."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    settings = Settings(state_dir=tmp_path / "state", redis={"url": server.url, "socket_timeout_s": 30.0},
+                        api={"recommend_deadline_s": 0.5}, event_log={"roll_max_age_s": 0.2})
+    pauser = redis.Redis.from_url(server.url)
+    try:
+        with live_server(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+            client.post("/v1/events", json=[make_event("crowd", "hit"), make_event("crowd", "other"),
+                                            make_event("crowd2", "hit")])
+            assert client.get("/v1/users/u/recommendations").json()["degraded"] is False
+
+            pauser.execute_command("CLIENT", "PAUSE", "8000", "ALL")
+            bodies = _concurrent_recommendations(base_url, users=[f"user{n}" for n in range(8)])
+            pauser.ping()  # answered when the pause ends (CLIENT UNPAUSE would wait for it too)
+
+            assert [(b["degraded"], b["fallback"], [i["item_id"] for i in b["items"]]) for b in bodies] == [
+                (True, "last_known_popular", ["hit", "other"])] * 8
+            recovered = _first_answer_not_degraded(client)
+            assert [i["item_id"] for i in recovered["items"]] == ["hit", "other"]
+    finally:
+        pauser.close()
+        server.stop()
+
+
+def _first_answer_not_degraded(client: httpx.Client, tries: int = 50) -> dict:
+    """Threads still finishing requests abandoned at the deadline may hold up the first answers
+    after Redis is back, on a busy machine."""
+    for _ in range(tries):
+        body = client.get("/v1/users/u/recommendations").json()
+        if not body["degraded"]:
+            return body
+    raise AssertionError(f"still degraded after {tries} requests: {body}")
+
+
+def _concurrent_recommendations(base_url: str, users: list[str]) -> list[dict]:
+    """GET each user's recommendations, all at once (one thread and connection each)."""
+    start = threading.Barrier(len(users))
+    bodies: dict[str, dict] = {}
+
+    def ask(user: str) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            start.wait()
+            response = client.get(f"/v1/users/{user}/recommendations")
+            assert response.status_code == 200, response.text
+            bodies[user] = response.json()
+
+    threads = [threading.Thread(target=ask, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(bodies) == len(users), "a request failed (see the thread's traceback)"
+    return [bodies[user] for user in users]

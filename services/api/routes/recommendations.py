@@ -1,9 +1,9 @@
 """`/v1/users/{user_id}/recommendations`: recall → filter → rank → explain.
 
-The handlers are `async def` and run the pipeline on the event loop: it is CPU-bound Python and
-TensorFlow plus a few sub-millisecond Redis calls (bounded by the client's socket timeouts), so a
-thread-pool hop would add CPU and GIL hand-offs without adding throughput. Concurrency comes from
-uvicorn workers (`settings.api.workers`)."""
+The pipeline runs on a worker thread under `api.recommend_deadline_s`: its Redis calls are
+synchronous, and on the event loop one that hangs (a paused or overloaded Redis, up to the socket
+timeout) stalled every request of the worker. A request past its deadline answers degraded from
+the fallback list. CPU concurrency still comes from uvicorn workers (`settings.api.workers`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ async def get_recommendations(
 ) -> RecommendationsResponse:
     """Top-k items for a user; items the user already interacted with never come back."""
     request = RecommendationRequest(user_id, k, frozenset(exclude), category)
-    return _recommend(state, request, request_id)
+    return await _recommend(state, request, request_id)
 
 
 @router.post("/{user_id}/recommendations", response_model=RecommendationsResponse)
@@ -45,11 +45,11 @@ async def post_recommendations(
     request = RecommendationRequest(
         user_id, query.k, frozenset(query.exclude), query.category, query.context.model_dump(exclude_none=True)
     )
-    return _recommend(state, request, request_id)
+    return await _recommend(state, request, request_id)
 
 
-def _recommend(state: ServiceState, request: RecommendationRequest, request_id: str) -> RecommendationsResponse:
-    result = state.pipeline.recommend(request, state.models.bundle)
+async def _recommend(state: ServiceState, request: RecommendationRequest, request_id: str) -> RecommendationsResponse:
+    result = await state.pipeline.recommend_within_deadline(request, state.models.bundle)
     metrics = state.metrics
     metrics.recalled.inc(result.candidates)
     metrics.ranked.inc(len(result.items))
