@@ -80,6 +80,14 @@ class EventContext(BaseModel):
     page: str | None = Field(default=None, max_length=128)
     experiment: str | None = Field(default=None, max_length=128)
     arm: str | None = Field(default=None, max_length=128)
+    policy: str | None = Field(default=None, max_length=256, description="What produced the slot: ranker version and explorer")
+    propensity: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Probability that this item was placed in this slot under the serving policy"
+    )
+    team: str | None = Field(default=None, max_length=128, description="Interleaving: the ranker that contributed the item")
+    model_versions: dict[str, Annotated[str, StringConstraints(max_length=128)]] | None = Field(
+        default=None, max_length=16, description="Registry versions that served the slot, per role"
+    )
 
 
 class Event(BaseModel):

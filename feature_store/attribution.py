@@ -1,0 +1,164 @@
+"""Outcome attribution: which impression a click (like, add to cart, purchase) belongs to.
+
+The one rule the speed layer (Flink, keyed event-time state) and the batch layer (Spark, over the
+whole log) both implement, and what they count. Pure Python, so tests can state expectations
+with it and both engines can be checked against each other.
+
+The rule (for an outcome `o` of user `u` on item `i` at event time `t`):
+
+1. Only `ATTRIBUTED_OUTCOMES` are attributed; other events are not outcomes.
+2. Candidates are `u`'s impressions of `i` shown at `s` with `0 <= t - s <= window`.
+3. If `o.context.request_id` is set, only the candidate of that request qualifies; an unknown
+   request id leaves the outcome unattributed (it is not re-attributed to another request).
+4. Otherwise the latest candidate wins (largest `s`, then largest impression event id).
+5. No candidate: the outcome is unattributed, and counted as such.
+
+An impression counts at most one outcome of each type (two clicks on one slot are one click), so
+a CTR built from these counts never exceeds 1. Counts are bucketed by the *impression's* event
+hour: a bucket is final once the watermark passes its end plus the window ("closed").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from feature_store.schemas import Event, EventType
+
+ATTRIBUTED_OUTCOMES = frozenset({EventType.CLICK, EventType.LIKE, EventType.ADD_TO_CART, EventType.PURCHASE})
+DEFAULT_WINDOW = timedelta(minutes=30)
+BUCKET_MS = 3_600_000  # counts are kept per event-time hour
+NO_VALUE = "-"  # how an impression without policy, arm or position is spelled in a count key
+
+
+class Dimension:
+    """What attributed counts are grouped by (the key of one count row)."""
+
+    ITEM = "item"
+    ITEM_POSITION = "item_position"
+    POSITION = "position"
+    POLICY_ARM = "policy_arm"
+
+    ALL = (ITEM, ITEM_POSITION, POSITION, POLICY_ARM)
+
+
+@dataclass(frozen=True)
+class Impression:
+    """The fields of an impression event that attribution and its counts need."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    ts_ms: int
+    request_id: str | None
+    position: int | None
+    policy: str | None
+    experiment: str | None
+    arm: str | None
+
+    @classmethod
+    def of(cls, event: Event) -> "Impression":
+        context = event.context
+        return cls(
+            event.event_id, event.user_id, event.item_id, event_ms(event), context.request_id,
+            context.position, getattr(context, "policy", None), context.experiment, context.arm,
+        )
+
+    def count_keys(self) -> list[tuple[str, str]]:
+        """(dimension, id) of every count this impression (and its outcomes) adds to."""
+        position = NO_VALUE if self.position is None else str(self.position)
+        return [
+            (Dimension.ITEM, self.item_id),
+            (Dimension.ITEM_POSITION, join_key(self.item_id, position)),
+            (Dimension.POSITION, position),
+            (Dimension.POLICY_ARM, join_key(self.policy or NO_VALUE, self.arm or NO_VALUE)),
+        ]
+
+    @property
+    def bucket_ms(self) -> int:
+        return self.ts_ms - self.ts_ms % BUCKET_MS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    ts_ms: int
+    request_id: str | None
+
+    @classmethod
+    def of(cls, event: Event) -> "Outcome":
+        return cls(event.event_id, event.user_id, event.item_id, str(event.type), event_ms(event),
+                   event.context.request_id)
+
+
+def join_key(*parts: str) -> str:
+    """Parts joined by `|`, each with `%` and `|` percent-encoded: distinct tuples, distinct keys."""
+    return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in parts)
+
+
+def event_ms(event: Event) -> int:
+    return int(event.ts.timestamp() * 1000)
+
+
+def is_outcome(event: Event) -> bool:
+    return event.type in ATTRIBUTED_OUTCOMES
+
+
+def attribute(outcome: Outcome, impressions: Iterable[Impression], window_ms: int) -> Impression | None:
+    """The impression `outcome` is attributed to under the rule above, or None."""
+    candidates = [
+        i for i in impressions
+        if i.user_id == outcome.user_id and i.item_id == outcome.item_id and 0 <= outcome.ts_ms - i.ts_ms <= window_ms
+    ]
+    if outcome.request_id is not None:
+        candidates = [i for i in candidates if i.request_id == outcome.request_id]
+    return max(candidates, key=lambda i: (i.ts_ms, i.event_id), default=None)
+
+
+@dataclass(frozen=True)
+class CountRow:
+    """One count: impressions or attributed outcomes of a type, per dimension id and hour."""
+
+    dimension: str
+    key: str
+    bucket_ms: int
+    measure: str  # "impression" or an outcome type
+    value: int
+
+
+def reference_counts(events: Sequence[Event], window_ms: int) -> dict[tuple[str, str, int, str], int]:
+    """The counts of a whole log by the rule, in memory: the independent oracle for tests.
+
+    Keys are (dimension, id, hour bucket ms, measure) as in `CountRow`.
+    """
+    impressions = [Impression.of(e) for e in events if e.type == EventType.IMPRESSION]
+    counts: dict[tuple[str, str, int, str], int] = {}
+    for impression in _unique(impressions):
+        for dimension, key in impression.count_keys():
+            _add(counts, (dimension, key, impression.bucket_ms, EventType.IMPRESSION.value))
+    credited: set[tuple[str, str]] = set()
+    outcomes = _unique(Outcome.of(e) for e in events if is_outcome(e))
+    for outcome in sorted(outcomes, key=lambda o: (o.ts_ms, o.event_id)):
+        target = attribute(outcome, impressions, window_ms)
+        if target is None or (target.event_id, outcome.type) in credited:
+            continue
+        credited.add((target.event_id, outcome.type))
+        for dimension, key in target.count_keys():
+            _add(counts, (dimension, key, target.bucket_ms, outcome.type))
+    return counts
+
+
+def _unique(records: Iterable[Impression | Outcome]) -> Iterator:
+    seen: set[str] = set()
+    for record in records:
+        if record.event_id not in seen:
+            seen.add(record.event_id)
+            yield record
+
+
+def _add(counts: dict[tuple[str, str, int, str], int], key: tuple[str, str, int, str]) -> None:
+    counts[key] = counts.get(key, 0) + 1
