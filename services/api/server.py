@@ -20,7 +20,6 @@ until it is ready; connections queued on a worker that dies are reset.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -38,6 +37,7 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from feature_store.processes import die_with_parent
 from services.api.metrics import MULTIPROCESS_DIR_ENV
 
 log = logging.getLogger("recsys.server")
@@ -45,7 +45,6 @@ log = logging.getLogger("recsys.server")
 STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
 CRASH_LOOP_S = 10.0  # a worker that dies sooner than this after its start is not restarted
 BACKLOG = 2048  # uvicorn's default
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -190,8 +189,7 @@ def _run_worker(options: ServerOptions) -> None:
 def _stop_with_parent() -> None:
     """Ask Linux for SIGTERM when the supervisor dies, even by SIGKILL: an orphaned worker would
     keep serving on the port, and a new server could not start beside it."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     parent = multiprocessing.parent_process()
     if parent is not None and parent.pid != os.getppid():  # it died before the request took hold
         sys.exit(1)
