@@ -49,6 +49,15 @@ class EventSettings(_Section):
     )
 
 
+class AttributionSettings(_Section):
+    """Outcome attribution (feature_store.attribution; the Flink job and the Spark batch job)."""
+
+    window_s: float = Field(
+        default=1800.0, gt=0, description="An outcome is attributed to an impression at most this long before it (event time).",
+    )
+    recent_outcomes: int = Field(default=1000, gt=0, description="How many attributed outcomes Redis keeps (newest first).")
+
+
 class CatalogSettings(_Section):
     """Bounds on the free-form parts of catalog entries (item `metadata`, user `attributes`),
     checked before anything is written and when the catalog is synced into Redis."""
@@ -157,6 +166,7 @@ class Settings(BaseSettings):
     event_log: EventLogSettings = Field(default_factory=EventLogSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    attribution: AttributionSettings = Field(default_factory=AttributionSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     flink: FlinkSettings = Field(default_factory=FlinkSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
