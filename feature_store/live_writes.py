@@ -3,11 +3,14 @@
 `LiveWriter.write(events)` turns each event into updates of every feature the definitions mark as
 `updated_by_stream()`, and applies a batch of events in one Lua script call (one round trip):
 
-- each event first sets its replay marker (`KeyLayout.seen_marker`) with `SET NX PX dedup_ttl`; if the
+- each event first sets its replay marker (`KeyLayout.seen_marker`) with `SET NX PX`; if the
   marker already exists the event was applied before and all its updates are skipped, in the
   same atomic script, so replaying a stream never double-counts;
 - events older than `dedup_ttl` (whose marker may have expired) are dropped as too late: the next
-  batch run accounts for them;
+  batch run accounts for them; events more than `max_future_skew` ahead of the clock are not
+  applied at all (`in_future`): an event time is untrusted, and a far-future one would top every
+  sequence and latest value for ever. So no TTL derives from an event time: a marker lives
+  `dedup_ttl + max_future_skew`, every other key its feature's TTL;
 - counts go into per-bucket hash fields (`<feature>:<bucket>`), sequences into capped sorted sets,
   top-k into capped sorted sets (per time bucket when windowed), latest values into hash fields
   guarded by their event time; every key carries a TTL that only ever grows, and count buckets
@@ -84,15 +87,16 @@ TOP_K_BUCKET_HEADROOM = 10
 
 @dataclass(frozen=True)
 class LiveWriteResult:
-    """What one `write` did: events applied, replays skipped, events too old to apply."""
+    """What one `write` did: events applied, replays skipped, events too old or too far ahead."""
 
     applied: int = 0
     duplicates: int = 0
     too_late: int = 0
+    in_future: int = 0
 
     def __add__(self, other: "LiveWriteResult") -> "LiveWriteResult":
         return LiveWriteResult(self.applied + other.applied, self.duplicates + other.duplicates,
-                               self.too_late + other.too_late)
+                               self.too_late + other.too_late, self.in_future + other.in_future)
 
 
 class LiveWriter:
@@ -102,12 +106,13 @@ class LiveWriter:
     online store wires it to the item batch view. `write` also accepts them explicitly.
     """
 
-    def __init__(self, spec: ConnectionSpec, dedup_ttl_s: float, batch_size: int = 500,
-                 registry: FeatureRegistry = FEATURES, categories_of: CategoryLookup | None = None,
-                 client: redis.Redis | None = None) -> None:
+    def __init__(self, spec: ConnectionSpec, dedup_ttl_s: float, max_future_skew_s: float,
+                 batch_size: int = 500, registry: FeatureRegistry = FEATURES,
+                 categories_of: CategoryLookup | None = None, client: redis.Redis | None = None) -> None:
         self._spec = spec
         self._layout = KeyLayout(spec.key_prefix)
         self._dedup_ttl_ms = int(dedup_ttl_s * 1000)
+        self._max_future_skew_ms = int(max_future_skew_s * 1000)
         self._batch_size = batch_size
         self._categories_of = categories_of
         self._client = client or spec.client()
@@ -135,18 +140,21 @@ class LiveWriter:
     def _write_batch(self, events: list[Event], item_categories: Mapping[str, Sequence[str]] | None,
                      now: float | None) -> LiveWriteResult:
         now_ms = int((time.time() if now is None else now) * 1000)
-        fresh = [e for e in events if _ms(e) >= now_ms - self._dedup_ttl_ms]
+        newest = now_ms + self._max_future_skew_ms
+        fresh = [e for e in events if now_ms - self._dedup_ttl_ms <= _ms(e) <= newest]
+        in_future = sum(1 for e in events if _ms(e) > newest)
         categories = self._categories(fresh, item_categories)
+        # A replay counts as fresh until ts + dedup_ttl, and ts is at most the skew ahead of now.
+        marker_ttl = self._dedup_ttl_ms + self._max_future_skew_ms
         args: list[Any] = []
         for event in fresh:
             ops = self._ops(event, categories.get(event.item_id, ()), now_ms)
-            marker_ttl = self._dedup_ttl_ms + max(0, _ms(event) - now_ms)
             args += [self._layout.seen_marker(event.event_id), marker_ttl, len(ops) // 7, *ops]
         applied = 0
         if args:
             with translate_errors(self._spec, f"writing {len(fresh)} live events"):
                 applied = int(self._script(args=args))
-        return LiveWriteResult(applied, len(fresh) - applied, len(events) - len(fresh))
+        return LiveWriteResult(applied, len(fresh) - applied, len(events) - len(fresh) - in_future, in_future)
 
     def _categories(self, events: list[Event],
                     given: Mapping[str, Sequence[str]] | None) -> Mapping[str, Sequence[str]]:

@@ -31,7 +31,7 @@ from feature_store.live_writes import LiveWriter
 from feature_store.online_read import READ_SCRIPT, ReadPlan, assemble
 from feature_store.redis_client import ConnectionSpec, translate_errors
 from feature_store.redis_layout import KeyLayout
-from feature_store.settings import FeatureStoreSettings, Settings
+from feature_store.settings import EventSettings, FeatureStoreSettings, Settings
 
 
 class OnlineStore(ABC):
@@ -57,9 +57,10 @@ class RedisOnlineStore(OnlineStore):
     """`OnlineStore` on one Redis server (Lua reads are not Redis Cluster-safe; see the docs)."""
 
     def __init__(self, spec: ConnectionSpec, config: FeatureStoreSettings | None = None,
-                 registry: FeatureRegistry = FEATURES) -> None:
+                 registry: FeatureRegistry = FEATURES, events: EventSettings | None = None) -> None:
         self.spec = spec
         self.config = config or FeatureStoreSettings()
+        self.events = events or EventSettings()
         self.registry = registry
         self.layout = KeyLayout(spec.key_prefix)
         self._client: redis.Redis | None = None
@@ -68,7 +69,7 @@ class RedisOnlineStore(OnlineStore):
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None,
                       registry: FeatureRegistry = FEATURES) -> "RedisOnlineStore":
-        return cls(ConnectionSpec.from_settings(settings, url), settings.feature_store, registry)
+        return cls(ConnectionSpec.from_settings(settings, url), settings.feature_store, registry, settings.events)
 
     @property
     def client(self) -> redis.Redis:
@@ -130,8 +131,8 @@ class RedisOnlineStore(OnlineStore):
             return collect_garbage(self.client, self.layout, Entity(entity), self.config.staging_max_age_s)
 
     def live_writer(self) -> LiveWriter:
-        return LiveWriter(self.spec, self.config.dedup_ttl_s, self.config.write_batch_size,
-                          self.registry, categories_of=self._item_categories)
+        return LiveWriter(self.spec, self.config.dedup_ttl_s, self.events.max_future_skew_s,
+                          self.config.write_batch_size, self.registry, categories_of=self._item_categories)
 
     def _item_categories(self, item_ids: Sequence[str]) -> Sequence[Sequence[str]]:
         if "categories" not in self.registry.names(Entity.ITEM):

@@ -15,7 +15,7 @@ and `F` = feature name, both escaped by `escape_key_part`):
     P:s:{E:ID}:F                zset     live sequences (member item, score event ms) and per-entity
                                          top-k (member, count); capped; TTL
     P:s:{E:ID}:F:<bucket>       zset     windowed top-k bucket (member, count); capped; TTL
-    P:s:seen:<event_id>         string   replay marker (SET NX PX dedup_ttl)
+    P:s:seen:<event_id>         string   replay marker (SET NX PX dedup_ttl + max future skew)
 
 Ids come from clients, so they are escaped: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B`, `%7D`
 (injective, and an escaped id holds no separator or brace), which makes every key name one

@@ -27,3 +27,8 @@ def event_time_ms(event: Event) -> int:
 def is_too_late(ts_ms: int, watermark_ms: int, allowed_lateness_ms: int) -> bool:
     """An event is too late when it is older than the watermark minus the allowed lateness."""
     return ts_ms < watermark_ms - allowed_lateness_ms
+
+
+def is_in_the_future(ts_ms: int, now_ms: int, max_future_skew_ms: int) -> bool:
+    """An event is from the future when its time is more than the clock skew allowance ahead of now."""
+    return ts_ms > now_ms + max_future_skew_ms

@@ -8,7 +8,7 @@ environment variables or `RECSYS_CONFIG`; the Redis URL must then be set).
 Graph::
 
     FileSource(text lines, monitor_continuously)            only complete (visible) files
-      -> ParseEvents (flat_map)               malformed lines logged, skipped
+      -> ParseEvents (flat_map)               malformed and far-future lines logged, skipped
       -> event-time watermarks (bounded out-of-orderness)
       -> WriteLiveFeatures                    too-late events skipped; the rest through the
                                               feature store's idempotent LiveWriter into Redis
@@ -66,6 +66,7 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
         catalog_dir=str(settings.catalog_dir.resolve()),
         dedup_ttl_s=settings.feature_store.dedup_ttl_s,
         allowed_lateness_ms=settings.flink.allowed_lateness_ms,
+        max_future_skew_s=settings.events.max_future_skew_s,
     )
 
 
@@ -84,7 +85,7 @@ def build_job(
     ).with_timestamp_assigner(ops.EventTime())
     (
         env.from_source(source, WatermarkStrategy.no_watermarks(), "event-log")
-        .flat_map(ops.ParseEvents(), ops.EVENT_TYPE_INFO).name("parse")
+        .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.EVENT_TYPE_INFO).name("parse")
         .assign_timestamps_and_watermarks(watermarks)
         .process(ops.WriteLiveFeatures(params)).name("live-features")
     )

@@ -10,6 +10,7 @@ values (`JobParams`) from the job builder.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,14 +36,22 @@ class JobParams:
     catalog_dir: str
     dedup_ttl_s: float
     allowed_lateness_ms: int
+    max_future_skew_s: float
 
 
 class ParseEvents(FlatMapFunction):
     """JSON line -> (line, event time); a malformed line is logged and skipped, nothing else lost.
 
+    An event dated more than `max_future_skew_s` ahead of the clock (logged before the API checked
+    it) is skipped too, before it reaches the watermark: it would move the event-time watermark past
+    every real event, and make them all too late.
+
     Flink's text-line source does not carry file names, so the log names the line's content; the
     batch layer's compact job writes the same rejects aside with their file and line.
     """
+
+    def __init__(self, max_future_skew_s: float) -> None:
+        self.max_future_skew_ms = int(max_future_skew_s * 1000)
 
     def flat_map(self, value: str) -> Iterator[tuple[str, int]]:
         if not value.strip():
@@ -52,7 +61,11 @@ class ParseEvents(FlatMapFunction):
         except features.BadEventLine as exc:
             log.warning("event log: skipping malformed line: %s", exc)
             return
-        yield value, features.event_time_ms(event)
+        ts_ms = features.event_time_ms(event)
+        if features.is_in_the_future(ts_ms, int(time.time() * 1000), self.max_future_skew_ms):
+            log.warning("event log: skipping an event dated ahead of the clock: %s", value[:200])
+            return
+        yield value, ts_ms
 
 
 class EventTime(TimestampAssigner):
@@ -74,7 +87,7 @@ class WriteLiveFeatures(ProcessFunction):
         from feature_store.live_writes import LiveWriter
 
         self.categories = load_item_categories(self.params.catalog_dir)
-        self.writer = LiveWriter(self.params.redis, dedup_ttl_s=self.params.dedup_ttl_s)
+        self.writer = LiveWriter(self.params.redis, self.params.dedup_ttl_s, self.params.max_future_skew_s)
         self.too_late = runtime_context.get_metrics_group().counter("too_late_events")
 
     def process_element(self, value: tuple[str, int], ctx: ProcessFunction.Context) -> Iterator[Any]:

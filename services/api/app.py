@@ -17,7 +17,6 @@ from feature_store.catalog import Catalog
 from feature_store.definitions import FEATURES, Entity
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
-from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_server import redis_url
 from feature_store.settings import Settings
 from services.api.errors import install_error_handlers
@@ -91,7 +90,7 @@ def _start(
         socket_connect_timeout=settings.redis.connect_timeout_s,
     )
     stack.callback(client.close)
-    features = RedisOnlineStore(ConnectionSpec.from_settings(settings, url), settings.feature_store)
+    features = RedisOnlineStore.from_settings(settings, url)
     stack.callback(features.close)
     store = ServingStore(
         client, features, settings.redis.key_prefix, math.ceil(settings.feature_store.dedup_ttl_s),

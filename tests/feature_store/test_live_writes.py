@@ -14,7 +14,7 @@ from feature_store.definitions import (
 )
 from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_client import ConnectionSpec
-from feature_store.settings import FeatureStoreSettings, Settings
+from feature_store.settings import EventSettings, FeatureStoreSettings, Settings
 from tests.feature_store.helpers import WM, event, item_row, user_row
 
 NOW = (WM + timedelta(minutes=50)).timestamp()
@@ -111,7 +111,8 @@ def test_live_values_expire_and_too_old_events_are_dropped(settings: Settings, r
         FeatureDef(Entity.USER, "recent", DType.SEQUENCE, Source.STREAM, Kind.SEQUENCE, events=POSITIVE,
                    cap=3, ttl=timedelta(milliseconds=300)),
     ))
-    store = RedisOnlineStore(ConnectionSpec.from_settings(settings), FeatureStoreSettings(dedup_ttl_s=0.3), short)
+    store = RedisOnlineStore(ConnectionSpec.from_settings(settings), FeatureStoreSettings(dedup_ttl_s=0.3), short,
+                             EventSettings(max_future_skew_s=0))  # markers live dedup_ttl_s + the skew
     writer = store.live_writer()
     now = datetime.now(timezone.utc)
     events = [event(f"x{k}", "u1", f"i{k}", "click", 0).model_copy(update={"ts": now}) for k in range(5)]
@@ -162,4 +163,25 @@ def test_week_long_counts_agree_between_sparse_and_dense_live_hashes(
         write([item_row("dense", popularity_all=500), item_row("sparse", popularity_all=1000)])
     merged = store.get_features("item", ["dense", "sparse"], ["popularity_all"], now=now)["popularity_all"]
     assert merged.tolist() == [500 + 18, 1000 + 1]  # live buckets from hour 150 on only
+    writer.close()
+
+
+def test_a_far_future_event_pins_nothing_and_no_ttl_comes_from_an_event_time(
+    store: RedisOnlineStore, redis_client: redis.Redis, settings: Settings
+) -> None:
+    writer = store.live_writer()
+    far = event("far", "u1", "i9", "click", 0).model_copy(update={"ts": datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)})
+    skew = timedelta(seconds=settings.events.max_future_skew_s)
+    soon = event("soon", "u2", "i3", "click", 0).model_copy(update={"ts": datetime.fromtimestamp(NOW, timezone.utc) + skew / 2})
+    first = writer.write([far, soon], CATEGORIES, now=NOW)
+    later = writer.write(_stream([("u1", "i1", "click", 51), ("u1", "i2", "click", 52)]), CATEGORIES, now=NOW + 180)
+    assert (first.applied, first.in_future, later.applied) == (1, 1, 2)  # within the skew allowance: applied
+    got = store.get_features("user", ["u1", "u2"], ["recent_items", "last_category", "event_count"], now=NOW + 180)
+    assert got["recent_items"].tolist() == [["i2", "i1"], ["i3"]]
+    assert got["last_category"].tolist() == ["Comedy", "Drama"] and got["event_count"].tolist() == [2, 1]
+    assert not redis_client.exists(store.layout.seen_marker("far"))
+    longest_ttl = max(f.ttl for e in Entity for f in store.registry.stream_features(e))  # type: ignore[type-var]
+    bound_ms = max(longest_ttl, timedelta(seconds=store.config.dedup_ttl_s) + skew) / timedelta(milliseconds=1)
+    ttls = {key.decode(): redis_client.pttl(key) for key in redis_client.keys("*")}
+    assert ttls and all(0 < ttl <= bound_ms for ttl in ttls.values()), ttls
     writer.close()

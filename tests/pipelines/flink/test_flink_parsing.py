@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from feature_store.schemas import Event
-from pipelines.flink.features import BadEventLine, event_time_ms, is_too_late, parse_event_line
+from pipelines.flink.features import BadEventLine, event_time_ms, is_in_the_future, is_too_late, parse_event_line
 
 
 def test_parses_an_event_log_line() -> None:
@@ -34,3 +34,9 @@ def test_lateness_rule() -> None:
     assert not is_too_late(ts_ms=1_000, watermark_ms=1_500, allowed_lateness_ms=500)
     assert is_too_late(ts_ms=999, watermark_ms=1_500, allowed_lateness_ms=500)
     assert not is_too_late(ts_ms=0, watermark_ms=-(2**63), allowed_lateness_ms=0)
+
+
+def test_future_rule() -> None:
+    assert not is_in_the_future(ts_ms=1_500, now_ms=1_000, max_future_skew_ms=500)
+    assert is_in_the_future(ts_ms=1_501, now_ms=1_000, max_future_skew_ms=500)
+    assert is_in_the_future(ts_ms=253_402_300_799_000, now_ms=1_000, max_future_skew_ms=900_000)

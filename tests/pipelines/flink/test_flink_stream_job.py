@@ -1,7 +1,7 @@
 """The real speed-layer job on a local Flink mini-cluster, against the real test Redis.
 
-One job run covers: events appended to the log show up as live features; a malformed line and a
-duplicate event lose nothing else; SIGKILL after a checkpoint, events appended while it is down,
+One job run covers: events appended to the log show up as live features; a malformed line, a
+duplicate event and one dated in the far future lose nothing else (the last is not applied); SIGKILL after a checkpoint, events appended while it is down,
 restart from the retained checkpoint, and the live features equal those of a writer that never
 stopped (no double counts, no gaps); an event within the allowed lateness is applied, one beyond
 it is skipped (and logged), as docs/speed_layer.md documents.
@@ -76,7 +76,11 @@ def test_live_features_survive_kill_and_restart(settings: Settings, redis_client
     start = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0) - timedelta(hours=2)
     log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=0.1, fsync=False))
     first, second, third = make_events(0, 60, start), make_events(60, 40, start), make_events(100, 40, start)
-    log.append(first + first[:3])  # a client retry: the same events twice
+    # A client retry (the same events twice), and an event from the far future (logged before the
+    # API checked the clock skew): it must neither be applied nor hold the event-time watermark.
+    far_future = Event(event_id="far-future", user_id="u2", item_id="i11", type="click",
+                       ts=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc))
+    log.append(first + first[:3] + [far_future])
     bad_file = settings.event_log_dir / partition_of(start) / "part-manual-0001.jsonl"
     bad_file.write_text('{"event_id": "broken"\n' + make_events(500, 1, start)[0].to_json_line())
     log.roll_all()
@@ -111,7 +115,9 @@ def test_live_features_survive_kill_and_restart(settings: Settings, redis_client
         log.close()
 
     assert redis_client.exists(f"{prefix}:s:seen:late-ok") and not redis_client.exists(f"{prefix}:s:seen:late-no")
-    reference = LiveWriter(ConnectionSpec(settings.redis.url or "", key_prefix="ref"), settings.feature_store.dedup_ttl_s)
+    assert not redis_client.exists(KeyLayout(prefix).seen_marker(far_future.event_id))
+    reference = LiveWriter(ConnectionSpec(settings.redis.url or "", key_prefix="ref"), settings.feature_store.dedup_ttl_s,
+                           settings.events.max_future_skew_s)
     reference.write(first + make_events(500, 1, start) + second + third + [within], item_categories=CATEGORIES)
     reference.close()
     streamed, expected = live_snapshot(redis_client, prefix), live_snapshot(redis_client, "ref")
