@@ -16,7 +16,11 @@ batch is on disk (fsync), with group commit: concurrent callers share one fsync.
 
 Crash recovery: the writer holds an exclusive `flock` on each in-progress file. A new writer
 publishes in-progress files whose lock is free (their writer died), after cutting any torn last
-line, so acknowledged events become visible and nothing partial does.
+line, so acknowledged events become visible and nothing partial does. Writers starting together
+(API workers after a crash) recover one at a time under an exclusive lock on `<root>/.lock`; a
+writer holds that lock shared while it creates and locks a new file, so recovery never sees a
+live writer's file before its lock, and a file that is published or gone by the time recovery
+holds its lock is skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +48,7 @@ from feature_store.settings import EventLogSettings
 log = logging.getLogger(__name__)
 
 IN_PROGRESS_SUFFIX = ".inprogress"
+LOCK_FILE = ".lock"  # hidden, so Spark's and Flink's file sources skip it
 
 
 class EventLog(ABC):
@@ -132,6 +138,7 @@ class LocalEventLog(EventLogReader, EventLog):
         self._durable = 0  # batches fsynced
         self._committing = False
         self._closed = False
+        self._root_lock = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.recovered_files = self._recover_orphans()
         self._roller = threading.Thread(target=self._roll_by_age_forever, daemon=True)
         self._roller.start()
@@ -176,8 +183,9 @@ class LocalEventLog(EventLogReader, EventLog):
         self._seq += 1
         name = f".part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self.writer_id}-{self._seq:06d}.jsonl"
         path = directory / (name + IN_PROGRESS_SUFFIX)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _flocked(self._root_lock, fcntl.LOCK_SH):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if self.settings.fsync:
             _fsync_dir(directory)
         open_file = _OpenFile(path=path, fd=fd)
@@ -240,6 +248,7 @@ class LocalEventLog(EventLogReader, EventLog):
             for partition in list(self._files):
                 self._roll(partition)
             self._closed = True
+            os.close(self._root_lock)
 
     def __enter__(self) -> "LocalEventLog":
         return self
@@ -248,27 +257,53 @@ class LocalEventLog(EventLogReader, EventLog):
         self.close()
 
     def _recover_orphans(self) -> int:
-        recovered = 0
-        for path in sorted(self.root.glob(f"dt=*/hr=*/.part-*{IN_PROGRESS_SUFFIX}")):
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)  # a live writer owns it
-                continue
-            try:
-                _truncate_torn_tail(fd)
-                if os.fstat(fd).st_size == 0:
-                    path.unlink()
-                else:
-                    os.fsync(fd)
-                    _publish(path, fsync=True)
-                    recovered += 1
-            finally:
-                os.close(fd)
+        with _flocked(self._root_lock, fcntl.LOCK_EX):
+            recovered = sum(map(_recover, sorted(self.root.glob(f"dt=*/hr=*/.part-*{IN_PROGRESS_SUFFIX}"))))
         if recovered:
             log.warning("event log: published %d in-progress files left by a stopped writer", recovered)
         return recovered
+
+
+def _recover(path: Path) -> bool:
+    """Publish one in-progress file if its writer is gone; False when a live writer owns it or it
+    was published or removed since it was listed."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer owns it
+        if not _still_named(path, fd):  # its writer rolled it between our open and our lock
+            return False
+        _truncate_torn_tail(fd)
+        if os.fstat(fd).st_size == 0:
+            path.unlink()
+            return False
+        os.fsync(fd)
+        _publish(path, fsync=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _still_named(path: Path, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def _flocked(fd: int, operation: int) -> Iterator[None]:
+    fcntl.flock(fd, operation)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
 
 def _publish(in_progress: Path, fsync: bool) -> None:
     visible = in_progress.with_name(in_progress.name[1 : -len(IN_PROGRESS_SUFFIX)])

@@ -191,3 +191,71 @@ def test_recovery_leaves_a_live_writers_file_alone(tmp_path: Path) -> None:
     live.close()
     other.close()
     assert len(list(other.read())) == 2
+
+
+RECOVERER = textwrap.dedent(
+    """
+    import sys
+    from feature_store.event_log import LocalEventLog
+    from feature_store.settings import EventLogSettings
+
+    print("ready", flush=True)
+    sys.stdin.readline()  # every recoverer starts at once
+    log = LocalEventLog(sys.argv[1], EventLogSettings(roll_max_age_s=3600))
+    print(log.recovered_files, flush=True)
+    log.close()
+    """
+)
+
+
+def test_two_processes_recovering_at_once_publish_every_orphan_once(tmp_path: Path) -> None:
+    """As two API workers starting after a crash: both find the dead writer's files."""
+    events = make_events(600, step=timedelta(seconds=20))
+    for number in range(300):
+        directory = tmp_path / partition_of(events[2 * number].ts)
+        directory.mkdir(parents=True, exist_ok=True)
+        orphan = directory / f".part-20240301T000000-deadwriter-{number:06d}.jsonl.inprogress"
+        orphan.write_text("".join(e.to_json_line() for e in events[2 * number : 2 * number + 2]))
+    recoverers = [
+        subprocess.Popen([sys.executable, "-c", RECOVERER, str(tmp_path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+        for _ in range(2)
+    ]  # fmt: skip
+    for recoverer in recoverers:
+        assert recoverer.stdout is not None and recoverer.stdout.readline() == "ready\n"
+    for recoverer in recoverers:
+        assert recoverer.stdin is not None
+        recoverer.stdin.write("\n")
+        recoverer.stdin.flush()
+    results = [recoverer.communicate(timeout=120) for recoverer in recoverers]
+    assert [r.returncode for r in recoverers] == [0, 0], [err for _, err in results]
+    assert sum(int(out) for out, _ in results) == 300
+    assert not list(tmp_path.glob("dt=*/hr=*/.part-*"))
+    reader = EventLogReader(tmp_path)
+    assert [e.event_id for e in reader.read()] == [e.event_id for e in events]
+    assert reader.rejected_lines == 0
+
+
+def test_recovery_beside_a_live_writer_takes_none_of_its_files(tmp_path: Path) -> None:
+    """A process starting while another writes (a restarted worker beside a live one): the writer
+    opens and rolls files all the while; recovery must neither fail on them nor take them."""
+    root = tmp_path / "log"
+    root.mkdir()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER.replace("roll_max_bytes=20_000", "roll_max_bytes=1"), str(root)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert writer.stdout is not None
+    acknowledged = [int(writer.stdout.readline())]
+    try:
+        for _ in range(200):
+            LocalEventLog(root, EventLogSettings(roll_max_age_s=3600)).close()
+            acknowledged.append(int(writer.stdout.readline()))
+    finally:
+        writer.kill()
+        writer.wait()
+    acknowledged.extend(int(line) for line in writer.stdout.read().split())
+    recovered = LocalEventLog(root)
+    ids = {e.event_id for e in recovered.read()}
+    recovered.close()
+    assert [f"b{b}-{i}" for b in acknowledged for i in range(25) if f"b{b}-{i}" not in ids] == []

@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from feature_store.event_log import EventLogReader
 from feature_store.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 class Serve:
     """One `recsys serve` process with its own state directory and log."""
 
-    def __init__(self, state_dir: Path, workers: int) -> None:
+    def __init__(self, state_dir: Path, workers: int, log_level: str = "warning") -> None:
         self.state_dir, self.port = state_dir, free_port()
         self.log = state_dir.parent / f"serve-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k != "REDIS_URL"}
         command = [sys.executable, "-c", "from services.cli import app; app()", "serve", "--port", str(self.port),
-                   "--workers", str(workers), "--state-dir", str(state_dir), "--log-level", "warning"]  # fmt: skip
+                   "--workers", str(workers), "--state-dir", str(state_dir), "--log-level", log_level]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
                                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -74,8 +75,8 @@ def wait_exited(processes: list[psutil.Process], timeout_s: float = 60.0) -> lis
 def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     started: list[psutil.Process] = []
 
-    def start(workers: int = 1, state_dir: Path | None = None) -> Serve:
-        server = Serve(state_dir or tmp_path / "state", workers)
+    def start(workers: int = 1, log_level: str = "warning") -> Serve:
+        server = Serve(tmp_path / "state", workers, log_level)
         started.append(server.tree)
         server.wait_until_serving()
         started.extend(server.processes())
@@ -98,3 +99,28 @@ def test_a_stop_signal_stops_serve_and_its_embedded_redis(
     server.process.wait(timeout=60)
     assert not wait_exited(everything), "processes outlived recsys serve"
     assert (server.state_dir / "redis" / "dump.rdb").is_file()  # the final save
+
+
+def test_serve_with_two_workers_starts_again_after_a_crash(serve: Callable[..., Serve]) -> None:
+    """Both workers of the new server recover the dead one's event-log files at once."""
+    first = serve(workers=2)
+    posted = [f"e{n}" for n in range(40)]
+    for event_id in posted:  # a fresh connection each: both workers take events and hold open files
+        event = {"event_id": event_id, "user_id": "u1", "item_id": "i1", "type": "click", "ts": "2024-03-01T10:00:00Z"}
+        assert httpx.post(f"http://127.0.0.1:{first.port}/v1/events", json=[event], timeout=60).status_code == 202
+    everything = first.processes()
+    for process in reversed(everything):  # workers before their supervisor, so none stops gracefully
+        process.kill()
+    assert not wait_exited(everything), "processes outlived the killed server"
+    events = first.state_dir / "events"
+    orphans = list(events.glob("dt=*/hr=*/.part-*.inprogress"))
+    assert orphans, "the crash should leave in-progress files"
+
+    second = serve(workers=2, log_level="info")
+    deadline = time.monotonic() + 180
+    while second.log.read_text().count("Application startup complete") < 2:
+        assert second.process.poll() is None, second.log.read_text()[-3000:]
+        assert time.monotonic() < deadline, second.log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert not [orphan for orphan in orphans if orphan.exists()]
+    assert {e.event_id for e in EventLogReader(events).read()} == set(posted)
