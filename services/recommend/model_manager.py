@@ -3,7 +3,7 @@
 A request reads `manager.bundle` once and keeps that object to the end, so requests in flight
 finish on the old models while the next ones get the new bundle; loading happens in a background
 thread (or in `check_now()` for the admin reload), never on the request path. A version that fails
-to load is logged and counted, and the old bundle keeps serving.
+to load is logged and reported (`error`), and the last good models of its role keep serving.
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ class ModelManager:
     def bundle(self) -> ModelBundle:
         return self._bundle
 
+    @property
+    def error(self) -> str | None:
+        """Why the registry's current versions are not all served; None when they are."""
+        failures = [f"{key}: {why}" for key, why in sorted(self._bundle.errors.items())]
+        return "; ".join(filter(None, [self.last_error, *failures])) or None
+
     def check_now(self) -> bool:
         """Load and swap in the registry's current versions if they changed; True if the served
         versions changed (or on the first load)."""
@@ -82,7 +88,7 @@ class ModelManager:
             if changed:
                 self.swaps += 1
                 log.info("serving model versions %s", bundle.versions or "none (popularity)")
-            self.on_swap(bundle)
+                self.on_swap(bundle)
             return changed
 
     def start(self) -> None:

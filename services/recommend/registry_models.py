@@ -1,8 +1,8 @@
 """Wiring to the model registry: which versions are current, and loading them into a `ModelBundle`.
 
-A role whose current version cannot be loaded (corrupt artifact, missing code) is left out of the
-bundle and remembered, so serving goes on with what loads and the same broken version is not
-retried every poll; publishing a new version clears it.
+A role whose current version cannot be loaded (corrupt artifact, missing code) keeps its last good
+version in the bundle (or is left out if it never had one), and the failure is remembered, so the
+same broken version is not retried every poll; publishing a new version clears it.
 """
 
 from __future__ import annotations
@@ -47,22 +47,18 @@ class RegistryBundleLoader:
         self.store = store
         self.registry = ModelRegistry(settings.model_registry_dir)
         self.failed: dict[str, str] = {}  # "role/version" -> error
+        self._good: dict[str, tuple[str, dict[str, object]]] = {}  # role -> last good version, its parts
 
     def __call__(self, versions: dict[str, str]) -> ModelBundle:
         parts: dict[str, object] = {}
         loaded: dict[str, str] = {}
         for role, version in versions.items():
-            key = f"{role}/{version}"
-            if key in self.failed:
-                continue
-            try:
-                model_version = self.registry.get(role, version)
-                self.registry.verify(model_version)
-                parts.update(self._load(role, model_version))
-                loaded[role] = version
-            except Exception as exc:  # any bad artifact: keep serving without it
-                self.failed[key] = f"{type(exc).__name__}: {exc}"
-                log.error("cannot load %s: %s", key, self.failed[key])
+            if self._good.get(role, ("",))[0] != version and f"{role}/{version}" not in self.failed:
+                self._load_good(role, version)
+            if role in self._good:  # the wanted version, or the last good one when it failed
+                loaded[role], role_parts = self._good[role]
+                parts.update(role_parts)
+        self._good = {role: self._good[role] for role in loaded}  # a role no longer current is let go
         return ModelBundle(
             channels=tuple(parts.get("channels", ())),  # type: ignore[arg-type]
             ranker=parts.get("ranker"),  # type: ignore[arg-type]
@@ -71,6 +67,17 @@ class RegistryBundleLoader:
             errors={key: error for key, error in self.failed.items() if key.split("/")[0] in versions
                     and versions[key.split("/")[0]] == key.split("/", 1)[1]},
         )
+
+    def _load_good(self, role: str, version: str) -> None:
+        """Load `version` of `role` as its last good version, or remember why it cannot be."""
+        try:
+            model_version = self.registry.get(role, version)
+            self.registry.verify(model_version)
+            self._good[role] = (version, self._load(role, model_version))
+        except Exception as exc:  # any bad artifact: keep serving the last good one, if any
+            key = f"{role}/{version}"
+            self.failed[key] = f"{type(exc).__name__}: {exc}"
+            log.error("cannot load %s: %s", key, self.failed[key])
 
     def _load(self, role: str, version: ModelVersion) -> dict[str, object]:
         from services.recommend import model_adapters

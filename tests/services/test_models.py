@@ -3,6 +3,7 @@ version change swaps models under concurrent requests without a single failed re
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import Counter
@@ -135,3 +136,41 @@ def test_a_ranker_of_another_family_is_refused_and_popularity_serves(
         client.post("/v1/events", json=[make_event("crowd", "i1")], headers={"X-API-Key": "k"})
         body = client.get("/v1/users/u/recommendations").json()
         assert body["fallback"] == "popularity" and body["model_versions"] == {} and body["items"]
+
+
+def _publish_truncated(registry: ModelRegistry, good: str, work: Path) -> str:
+    """A copy of ranker `good` with its SavedModel graph cut in half, published (checksums of the
+    cut file, so only loading it can tell) and made current."""
+    artifact = work / "truncated"
+    shutil.copytree(registry.get("ranker", good).path, artifact, ignore=shutil.ignore_patterns("manifest.json"))
+    graph = artifact / "saved_model" / "saved_model.pb"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    written_by_registry = ("role", "version", "created_at", "files")
+    manifest = {k: v for k, v in registry.load_manifest("ranker", good).items() if k not in written_by_registry}
+    version = registry.publish("ranker", artifact, manifest)
+    registry.set_current("ranker", version)
+    return version
+
+
+def test_a_corrupt_ranker_at_current_keeps_the_last_good_one_serving(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory, tmp_path: Path
+) -> None:
+    root, versions = published
+    registry = ModelRegistry(root)
+    registry.set_current("ranker", versions[0])
+    settings = with_api(_model_settings(api_settings, root), model_poll_interval_s=3600.0)  # only the reload swaps
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/events", json=[make_event("crowd", f"i{i}") for i in range(20)], headers={"X-API-Key": "k"})
+        corrupt = _publish_truncated(registry, versions[1], tmp_path)
+
+        reload = client.post("/v1/admin/models/reload", headers={"X-API-Key": "k"}).json()
+        assert reload["swapped"] is False and reload["model_versions"] == {"ranker": versions[0]}
+        assert f"ranker/{corrupt}: " in reload["error"] and "saved_model.pb" in reload["error"], reload
+        body = client.get("/v1/users/u/recommendations").json()
+        assert body["model_versions"] == {"ranker": versions[0]} and body["fallback"] is None and body["items"]
+        ready = client.get("/readyz").json()
+        assert ready["fallback"] is None and f"ranker/{corrupt}" in ready["model_errors"]
+
+        registry.set_current("ranker", versions[1])  # a good version after the bad one swaps in
+        reload = client.post("/v1/admin/models/reload", headers={"X-API-Key": "k"}).json()
+        assert reload == {**reload, "swapped": True, "model_versions": {"ranker": versions[1]}, "error": None}
