@@ -6,7 +6,8 @@
 
     with store.publish_batch_view(Entity.ITEM, watermark) as writer:    # batch layer (Spark driver)
         df.foreachPartition(writer)
-    store.live_writer().write(events)                                  # speed layer (Flink worker)
+    store.live_writer().write(events)                                  # live features (API)
+    store.attribution().window_counts("item", "i1", "24h")             # attributed counts (Flink)
 
 Failures: Redis unreachable or too slow raises `FeatureStoreUnavailableError` within the
 configured timeouts; an unknown feature name raises `UnknownFeatureError` listing the known ones.
@@ -25,6 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import redis
 
+from feature_store.attribution_store import AttributionStore, RedisAttributionStore
 from feature_store.batch_views import BatchViewPublish, BatchViewWriter, collect_garbage
 from feature_store.definitions import FEATURES, Entity, FeatureRegistry
 from feature_store.live_writes import LiveWriter
@@ -51,6 +53,10 @@ class OnlineStore(ABC):
     @abstractmethod
     def live_writer(self) -> LiveWriter:
         """A writer of live (stream) events; one per worker."""
+
+    @abstractmethod
+    def attribution(self) -> AttributionStore:
+        """The attributed counts (impressions, credited outcomes, position bias, debiased CTR)."""
 
 
 class RedisOnlineStore(OnlineStore):
@@ -133,6 +139,9 @@ class RedisOnlineStore(OnlineStore):
     def live_writer(self) -> LiveWriter:
         return LiveWriter(self.spec, self.config.dedup_ttl_s, self.events.max_future_skew_s,
                           self.config.write_batch_size, self.registry, categories_of=self._item_categories)
+
+    def attribution(self) -> RedisAttributionStore:
+        return RedisAttributionStore(self.spec, self.config.dedup_ttl_s, self.events.max_future_skew_s)
 
     def _item_categories(self, item_ids: Sequence[str]) -> Sequence[Sequence[str]]:
         if "categories" not in self.registry.names(Entity.ITEM):

@@ -16,6 +16,15 @@ and `F` = feature name, both escaped by `escape_key_part`):
                                          top-k (member, count); capped; TTL
     P:s:{E:ID}:F:<bucket>       zset     windowed top-k bucket (member, count); capped; TTL
     P:s:seen:<event_id>         string   replay marker (SET NX PX dedup_ttl + max future skew)
+    P:a:{D:K}                   hash     attributed counts of dimension D, key K (`attribution.join_key`):
+                                         `<measure>:<hour bucket ms>` -> count; expires 7 d + 1 h after
+                                         its newest bucket (`feature_store.attribution_store`)
+    P:a:seen:<event_id>         string   attribution replay marker of an impression, or of an outcome's
+                                         unattributed/late count
+    P:a:credit:<event_id>:<type> string  an impression already credited with one outcome of that type
+    P:a:positions               zset     positions with impressions (member position, score newest bucket)
+    P:a:stats                   hash     `<unattributed|late>:<type>:<bucket ms>` -> count
+    P:a:recent                  list     the newest attributed outcomes (JSON), capped
 
 Ids come from clients, so they are escaped: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B`, `%7D`
 (injective, and an escaped id holds no separator or brace), which makes every key name one
@@ -35,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import base64
+import re
 
 import numpy as np
 
@@ -43,11 +53,18 @@ from feature_store.definitions import SEQUENCE_SEPARATOR, DType, Entity, Feature
 ROW_SEPARATOR_TEXT = "\x1e"  # ASCII record separator, between a batch row's values
 ROW_SEPARATOR = ROW_SEPARATOR_TEXT.encode()
 _KEY_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+_UNESCAPES = {"%25": "%", "%3A": ":", "%7B": "{", "%7D": "}"}
+_ESCAPED = re.compile("|".join(_UNESCAPES))
 
 
 def escape_key_part(text: str) -> str:
     """`text` as one key segment: `%`, `:`, `{`, `}` percent-encoded, everything else as is."""
     return text.translate(_KEY_ESCAPES)
+
+
+def unescape_key_part(segment: str) -> str:
+    """The inverse of `escape_key_part`."""
+    return _ESCAPED.sub(lambda found: _UNESCAPES[found.group()], segment)
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,28 @@ class KeyLayout:
 
     def seen_marker(self, event_id: str) -> str:
         return f"{self.prefix}:s:seen:{escape_key_part(event_id)}"
+
+    def attribution_counts(self, dimension: str, key: str) -> str:
+        return f"{self.prefix}:a:{{{dimension}:{escape_key_part(key)}}}"
+
+    def attribution_counts_pattern(self, dimension: str) -> str:
+        """SCAN pattern of every count key of `dimension` (dimension names hold no glob characters)."""
+        return f"{self.prefix}:a:{{{dimension}:*}}"
+
+    def attribution_marker(self, event_id: str) -> str:
+        return f"{self.prefix}:a:seen:{escape_key_part(event_id)}"
+
+    def attribution_credit(self, impression_id: str, outcome_type: str) -> str:
+        return f"{self.prefix}:a:credit:{escape_key_part(impression_id)}:{escape_key_part(outcome_type)}"
+
+    def attribution_positions(self) -> str:
+        return f"{self.prefix}:a:positions"
+
+    def attribution_stats(self) -> str:
+        return f"{self.prefix}:a:stats"
+
+    def attribution_recent(self) -> str:
+        return f"{self.prefix}:a:recent"
 
 
 def encode_value(feature: FeatureDef, value: Any) -> str | None:

@@ -1,0 +1,295 @@
+"""Attributed counts in Redis: the speed layer's writes and the online reads.
+
+The Flink job (`pipelines.flink.attribution`) decides *what* to count by the rule of
+`feature_store.attribution`; this store keeps the counts, idempotently and bounded in memory:
+
+- one Lua script per record: it first sets the record's replay marker (`SET NX PX`), and applies
+  nothing if the marker exists, so a replay after a restart adds nothing. Markers: per impression
+  event id (`record_impression`), per (impression event id, outcome type) (`record_credit`: an
+  impression counts at most one outcome of each type), per outcome event id (`record_miss`:
+  unattributed and late outcomes). A marker lives `dedup_ttl + max_future_skew`, like the live
+  writes' markers; records older than that (or than the retention) are not applied (`TOO_OLD`),
+  records dated more than `max_future_skew` ahead of the clock neither (`IN_FUTURE`);
+- counts of the dimensions of `attribution.Dimension`, in hourly buckets of the *impression's*
+  event time, as hash fields `<measure>:<bucket ms>` (measure: `impression` or an outcome type)
+  of one key per (dimension, key) (`KeyLayout.attribution_counts`, with its own hash tag);
+- every key expires `RETENTION` (7 d + 1 h: the longest read window plus a bucket) after
+  min(its newest bucket, now), never later, since an event time is untrusted; buckets older than
+  the retention are trimmed when a new bucket starts.
+
+Keys travel in ARGV (like `live_writes`), so the scripts need one Redis server, not a Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, join_key
+from feature_store.position_bias import CLICK, IMPRESSION, debiased_ctr, examination
+from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.redis_layout import KeyLayout, unescape_key_part
+
+RETENTION_MS = 7 * 24 * BUCKET_MS + BUCKET_MS
+#: The windows the online reads serve: the current hour bucket and the buckets before it.
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+_OLDEST = object()  # placeholder in an op for the oldest bucket kept (now - RETENTION_MS)
+
+# ARGV: marker, marker ttl ms, now ms, then ops of 6 slots: op, key, a, b, c, expire-at ms.
+_RECORD = """
+local now = tonumber(ARGV[3])
+local function expire_at(key, at)
+  local ttl = tonumber(at) - now
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+if not redis.call('SET', ARGV[1], '1', 'NX', 'PX', ARGV[2]) then return 0 end
+for i = 4, #ARGV, 6 do
+  local op, key, a, b, c, at = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  if op == 'H' then      -- bucketed count: field a += 1; a new field trims buckets older than b
+    if redis.call('HINCRBY', key, a, 1) == 1 then
+      for _, field in ipairs(redis.call('HKEYS', key)) do
+        local bucket = tonumber(string.match(field, ':(%d+)$'))
+        if bucket and bucket < tonumber(b) then redis.call('HDEL', key, field) end
+      end
+    end
+  elseif op == 'Z' then  -- member a with score b (never lowered); drop members scored below c
+    redis.call('ZADD', key, 'GT', b, a)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. c)
+  elseif op == 'L' then  -- push a, keep the newest b
+    redis.call('LPUSH', key, a)
+    redis.call('LTRIM', key, 0, tonumber(b) - 1)
+  end
+  expire_at(key, at)
+end
+return 1
+"""
+
+
+class RecordResult(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # its replay marker exists: applied before
+    TOO_OLD = "too_old"  # older than the replay markers live: the batch layer counts it
+    IN_FUTURE = "in_future"  # dated past the allowed clock skew: not trusted
+
+
+class Miss(StrEnum):
+    UNATTRIBUTED = "unattributed"
+    LATE = "late"  # too late for the speed layer; the batch layer attributes it
+
+
+class AttributionStore(ABC):
+    """Attributed counts: idempotent writes of the speed layer, reads for serving and checks."""
+
+    @abstractmethod
+    def record_impression(self, impression: Impression, now_ms: int | None = None) -> RecordResult:
+        """Count an impression in every dimension (once per impression event id)."""
+
+    @abstractmethod
+    def record_credit(self, impression: Impression, outcome: Outcome, now_ms: int | None = None) -> RecordResult:
+        """Credit `outcome` to `impression` (at most one outcome of each type per impression)."""
+
+    @abstractmethod
+    def record_miss(self, outcome: Outcome, miss: Miss, now_ms: int | None = None) -> RecordResult:
+        """Count an outcome that was not attributed, or came too late (once per outcome event id)."""
+
+    @abstractmethod
+    def counts(self, dimension: str, key: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        """{measure: count} over the hour buckets starting in [since_ms, until_ms)."""
+
+    @abstractmethod
+    def scan_counts(self, dimension: str) -> Iterator[CountRow]:
+        """Every stored bucket of `dimension`, in no particular order."""
+
+    @abstractmethod
+    def misses(self, since_ms: int, until_ms: int) -> dict[str, int]:
+        """{"<unattributed|late>:<outcome type>": count} over the buckets in [since_ms, until_ms)."""
+
+    @abstractmethod
+    def recent_outcomes(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest credited outcomes, newest first, each with its impression's context."""
+
+    @abstractmethod
+    def position_bias(self, since_ms: int, until_ms: int) -> dict[str, float]:
+        """θ per position (`feature_store.position_bias.examination`)."""
+
+    @abstractmethod
+    def debiased_ctr(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> list[float]:
+        """dCTR per item (`feature_store.position_bias.debiased_ctr`), aligned with `item_ids`."""
+
+    def window_counts(self, dimension: str, key: str, window: str, now_ms: int | None = None) -> dict[str, int]:
+        """`counts` over a window of `WINDOWS` ending with the current hour bucket."""
+        since_ms, until_ms = window_bounds(window, now_ms)
+        return self.counts(dimension, key, since_ms, until_ms)
+
+
+def window_bounds(window: str, now_ms: int | None = None) -> tuple[int, int]:
+    """[since, until) of the hour buckets a window covers: the current one and those before it."""
+    if window not in WINDOWS:
+        raise ValueError(f"unknown window {window!r}; known: {', '.join(WINDOWS)}")
+    now_ms = _now_ms() if now_ms is None else now_ms
+    until_ms = now_ms - now_ms % BUCKET_MS + BUCKET_MS
+    return until_ms - int(WINDOWS[window].total_seconds() * 1000), until_ms
+
+
+class RedisAttributionStore(AttributionStore):
+    """`AttributionStore` on one Redis server; open one per worker (the client is made on first use)."""
+
+    def __init__(self, spec: ConnectionSpec, dedup_ttl_s: float, max_future_skew_s: float,
+                 recent_outcomes: int = 1000) -> None:
+        self._spec = spec
+        self._layout = KeyLayout(spec.key_prefix)
+        self._skew_ms = int(max_future_skew_s * 1000)
+        self._marker_ttl_ms = int(dedup_ttl_s * 1000) + self._skew_ms
+        self._max_age_ms = min(int(dedup_ttl_s * 1000), RETENTION_MS)
+        self._recent_cap = recent_outcomes
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = self._spec.client()
+            self._script = self._client.register_script(_RECORD)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def record_impression(self, impression: Impression, now_ms: int | None = None) -> RecordResult:
+        layout = self._layout
+        position = NO_VALUE if impression.position is None else str(impression.position)
+        ops = self._count_ops(impression, IMPRESSION)
+        ops += ["Z", layout.attribution_positions(), position, impression.bucket_ms, _OLDEST, None]
+        return self._record(layout.attribution_marker(impression.event_id), impression.ts_ms, ops, now_ms)
+
+    def record_credit(self, impression: Impression, outcome: Outcome, now_ms: int | None = None) -> RecordResult:
+        record = json.dumps({
+            "outcome_id": outcome.event_id, "type": outcome.type, "ts_ms": outcome.ts_ms,
+            "impression_id": impression.event_id, "impression_ts_ms": impression.ts_ms,
+            "user_id": impression.user_id, "item_id": impression.item_id, "request_id": impression.request_id,
+            "position": impression.position, "policy": impression.policy, "experiment": impression.experiment,
+            "arm": impression.arm,
+        })
+        ops = self._count_ops(impression, outcome.type)
+        ops += ["L", self._layout.attribution_recent(), record, self._recent_cap, "", None]
+        return self._record(self._layout.attribution_credit(impression.event_id, outcome.type), impression.ts_ms, ops, now_ms)
+
+    def record_miss(self, outcome: Outcome, miss: Miss, now_ms: int | None = None) -> RecordResult:
+        field = f"{miss}:{outcome.type}:{outcome.ts_ms - outcome.ts_ms % BUCKET_MS}"
+        ops = ["H", self._layout.attribution_stats(), field, _OLDEST, "", None]
+        return self._record(self._layout.attribution_marker(outcome.event_id), outcome.ts_ms, ops, now_ms)
+
+    def _count_ops(self, impression: Impression, measure: str) -> list[Any]:
+        field = f"{measure}:{impression.bucket_ms}"
+        ops: list[Any] = []
+        for dimension, key in impression.count_keys():
+            ops += ["H", self._layout.attribution_counts(dimension, key), field, _OLDEST, "", None]
+        return ops
+
+    def _record(self, marker: str, ts_ms: int, ops: list[Any], now_ms: int | None) -> RecordResult:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        if ts_ms > now_ms + self._skew_ms:
+            return RecordResult.IN_FUTURE
+        if ts_ms < now_ms - self._max_age_ms:
+            return RecordResult.TOO_OLD
+        # Every key of a record lives RETENTION from its bucket, and never from a time ahead of now.
+        expire_at = min(ts_ms - ts_ms % BUCKET_MS, now_ms) + RETENTION_MS
+        oldest = now_ms - RETENTION_MS
+        ops = [oldest if slot is _OLDEST else slot for slot in ops]
+        for i in range(5, len(ops), 6):
+            ops[i] = expire_at
+        client = self.client
+        with translate_errors(self._spec, "recording an attribution"):
+            applied = self._script(args=[marker, self._marker_ttl_ms, now_ms, *ops], client=client)
+        return RecordResult.APPLIED if int(applied) else RecordResult.DUPLICATE
+
+    def counts(self, dimension: str, key: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        with translate_errors(self._spec, f"reading {dimension} counts"):
+            fields = self.client.hgetall(self._layout.attribution_counts(dimension, key))
+        return _sum_buckets(fields, since_ms, until_ms)
+
+    def scan_counts(self, dimension: str) -> Iterator[CountRow]:
+        head = len(self._layout.attribution_counts(dimension, ""))
+        with translate_errors(self._spec, f"scanning {dimension} counts"):
+            for chunk in _chunks(self.client.scan_iter(self._layout.attribution_counts_pattern(dimension), count=1000), 500):
+                pipe = self.client.pipeline(transaction=False)
+                for redis_key in chunk:
+                    pipe.hgetall(redis_key)
+                for redis_key, fields in zip(chunk, pipe.execute()):
+                    key = unescape_key_part(redis_key.decode()[head - 1:-1])
+                    for field, value in fields.items():
+                        measure, _, bucket = field.decode().rpartition(":")
+                        yield CountRow(dimension, key, int(bucket), measure, int(value))
+
+    def misses(self, since_ms: int, until_ms: int) -> dict[str, int]:
+        with translate_errors(self._spec, "reading attribution misses"):
+            fields = self.client.hgetall(self._layout.attribution_stats())
+        return _sum_buckets(fields, since_ms, until_ms)
+
+    def recent_outcomes(self, limit: int = 100) -> list[dict[str, Any]]:
+        with translate_errors(self._spec, "reading attributed outcomes"):
+            records = self.client.lrange(self._layout.attribution_recent(), 0, limit - 1)
+        return [json.loads(record) for record in records]
+
+    def position_bias(self, since_ms: int, until_ms: int) -> dict[str, float]:
+        positions = self._positions()
+        rows = self._many([(Dimension.POSITION, p) for p in positions], since_ms, until_ms)
+        return examination(dict(zip(positions, rows)))
+
+    def debiased_ctr(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> list[float]:
+        positions = self._positions()
+        theta = examination(dict(zip(positions, self._many([(Dimension.POSITION, p) for p in positions],
+                                                                 since_ms, until_ms))))
+        wanted = [(Dimension.ITEM, item) for item in item_ids]
+        wanted += [(Dimension.ITEM_POSITION, join_key(item, p)) for item in item_ids for p in positions]
+        rows = self._many(wanted, since_ms, until_ms)
+        items, per_position = rows[:len(item_ids)], rows[len(item_ids):]
+        out = []
+        for n, item in enumerate(items):
+            shown = per_position[n * len(positions):(n + 1) * len(positions)]
+            out.append(debiased_ctr(item.get(CLICK, 0), {p: c.get(IMPRESSION, 0) for p, c in zip(positions, shown)}, theta))
+        return out
+
+    def _positions(self) -> list[str]:
+        with translate_errors(self._spec, "reading attribution positions"):
+            return sorted(p.decode() for p in self.client.zrange(self._layout.attribution_positions(), 0, -1))
+
+    def _many(self, keys: list[tuple[str, str]], since_ms: int, until_ms: int) -> list[dict[str, int]]:
+        with translate_errors(self._spec, f"reading {len(keys)} attribution counts"):
+            pipe = self.client.pipeline(transaction=False)
+            for dimension, key in keys:
+                pipe.hgetall(self._layout.attribution_counts(dimension, key))
+            return [_sum_buckets(fields, since_ms, until_ms) for fields in pipe.execute()]
+
+
+def _sum_buckets(fields: dict[bytes, bytes], since_ms: int, until_ms: int) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for field, value in fields.items():
+        name, _, bucket = field.decode().rpartition(":")
+        if since_ms <= int(bucket) < until_ms:
+            totals[name] = totals.get(name, 0) + int(value)
+    return totals
+
+
+def _chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

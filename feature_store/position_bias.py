@@ -1,0 +1,46 @@
+"""Position bias from attributed counts, and the item CTR corrected for it (pure functions).
+
+Examination model (position-based click model): P(click | item i at position k) = θ_k · r_i, where
+θ_k is the probability that position k is looked at and r_i the item's attractiveness. From the
+per-position counts of the attribution store:
+
+    θ_k = sCTR_k / sCTR_0,   sCTR_k = smoothed_ctr(clicks_k, impressions_k)   (θ_0 = 1)
+
+and the debiased CTR of item i (clicks over *examined* impressions, Beta(α, β) prior of
+`feature_store.definitions.smoothed_ctr`):
+
+    dCTR_i = (clicks_i + α) / (Σ_k θ_k · impressions_{i,k} + α + β)
+
+A position with no impressions gets θ = 1 (the smoothed CTRs are both the prior), and so does an
+impression without a position (`attribution.NO_VALUE`). The ratio estimator is unbiased only when
+placement is independent of relevance (randomised or explored slots); under a deterministic ranker
+better items sit higher and θ_k mixes examination with relevance (Joachims et al., WSDM 2017,
+"Unbiased learning-to-rank with biased feedback"; Wang et al., WSDM 2018, regression-EM, is the
+refinement that removes that confounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from feature_store.attribution import NO_VALUE
+from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, smoothed_ctr
+from feature_store.schemas import EventType
+
+IMPRESSION, CLICK = EventType.IMPRESSION.value, EventType.CLICK.value
+
+
+def examination(position_counts: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+    """θ per position (keys as in the store: "0", "1", …) from {position: {measure: count}}."""
+    def ctr(position: str) -> float:
+        counts = position_counts.get(position, {})
+        return float(smoothed_ctr(counts.get(CLICK, 0), counts.get(IMPRESSION, 0)))
+
+    top = ctr("0")
+    return {position: 1.0 if position == NO_VALUE else ctr(position) / top for position in position_counts}
+
+
+def debiased_ctr(clicks: int, impressions_by_position: Mapping[str, int], theta: Mapping[str, float]) -> float:
+    """dCTR of one item from its clicks and its impressions per position (θ of an unknown position: 1)."""
+    examined = sum(theta.get(position, 1.0) * n for position, n in impressions_by_position.items())
+    return (clicks + CTR_PRIOR_ALPHA) / (examined + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)
