@@ -112,6 +112,16 @@ class ApiSettings(_Section):
         default=1, ge=0,
         description="Threads per worker for TensorFlow (intra/inter-op) and faiss (OpenMP); 0: the libraries' defaults.",
     )
+    log_impressions: bool = Field(
+        default=True, description="Log every served item as an impression event (requests may turn it off).",
+    )
+    impression_queue_size: int = Field(
+        default=10_000, gt=0,
+        description="Served lists waiting for the impression writer; when full, new ones are dropped and counted.",
+    )
+    impression_drain_timeout_s: float = Field(
+        default=5.0, ge=0, description="At shutdown, how long queued impressions may take to reach the event log.",
+    )
 
 
 class BatchSettings(_Section):

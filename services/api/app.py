@@ -27,6 +27,7 @@ from services.api.state import ServiceState
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.channels import default_channels
 from services.recommend.fallback import LastKnownPopular
+from services.recommend.impressions import ImpressionLogger
 from services.recommend.item_cache import ItemCache, TtlMemo
 from services.recommend.model_manager import BundleLoader, ModelManager, VersionSource
 from services.recommend.online_store import ServingStore
@@ -113,7 +114,15 @@ def _start(
     models = _model_manager(settings, metrics, version_source, bundle_loader, store)
     models.start()
     stack.callback(models.stop)
-    return ServiceState(settings, client, store, event_log, fallback, pipeline, models, metrics, catalog_sync)
+    impressions = ImpressionLogger(
+        store, event_log, settings.api.impression_queue_size, settings.api.impression_drain_timeout_s,
+        on_outcome=lambda outcome, count: metrics.impressions.labels(outcome=outcome).inc(count),
+    )
+    impressions.start()
+    stack.callback(impressions.close)  # before the event log and Redis client close: it drains into them
+    return ServiceState(
+        settings, client, store, event_log, fallback, pipeline, models, metrics, impressions, catalog_sync
+    )
 
 
 def _limit_inference_threads(threads: int) -> None:

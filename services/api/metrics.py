@@ -52,6 +52,11 @@ class ApiMetrics:
         self._versions: dict[str, str] = {}
         self.model_swaps = Counter("recsys_model_swaps_total", "Model bundle swaps", registry=r)
         self.events = Counter("recsys_events_total", "Posted events by outcome", ["outcome"], registry=r)
+        self.impressions = Counter(
+            "recsys_impressions_total",
+            "Served-list impressions by outcome: logged, duplicate, dropped, not_applied (logged, live counts pending)",
+            ["outcome"], registry=r,
+        )
 
     def set_model_versions(self, versions: dict[str, str]) -> None:
         for role, version in self._versions.items():

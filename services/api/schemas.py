@@ -17,6 +17,7 @@ class _Strict(BaseModel):
 
 class RecommendedItem(BaseModel):
     item_id: str
+    position: int = Field(description="0-based slot in the list (the impression's `context.position`)")
     score: float
     sources: list[str] = Field(description="Recall channels that proposed the item")
     reason: str = Field(description="Why, in words a person can read")
@@ -26,7 +27,7 @@ class RecommendationsResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{
             "request_id": "6f1c0a…", "user_id": "196",
-            "items": [{"item_id": "50", "score": 0.91, "sources": ["item2vec", "popular"],
+            "items": [{"item_id": "50", "position": 0, "score": 0.91, "sources": ["item2vec", "popular"],
                        "reason": "because you watched Toy Story (1995)"}],
             "model_versions": {"recall": "20240101T000000-ab12", "ranker": "20240101T010000-cd34"},
             "fallback": None, "degraded": False, "timings_ms": {"features": 0.4, "recall": 1.2, "rank": 2.1},
@@ -57,6 +58,9 @@ class RecommendationsQuery(_Strict):
     exclude: list[ItemId] = Field(default_factory=list, max_length=500)
     category: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     context: EventContext = Field(default_factory=EventContext)
+    log_impressions: bool = Field(
+        default=True, description="false: the client logs its own impressions; the service logs none for this list",
+    )
 
 
 class SimilarItem(BaseModel):

@@ -11,6 +11,7 @@ from feature_store.settings import Settings
 from services.api.metrics import ApiMetrics
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.fallback import LastKnownPopular
+from services.recommend.impressions import ImpressionLogger
 from services.recommend.model_manager import ModelManager
 from services.recommend.online_store import ServingStore
 from services.recommend.pipeline import RecommendationPipeline
@@ -26,4 +27,5 @@ class ServiceState:
     pipeline: RecommendationPipeline
     models: ModelManager
     metrics: ApiMetrics
+    impressions: ImpressionLogger
     catalog_sync: CatalogSync | None = None

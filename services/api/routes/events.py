@@ -12,8 +12,7 @@ from feature_store.schemas import Event
 from services.api.deps import RequestIdDep, StateDep, WriteAccess
 from services.api.errors import ApiError, ServiceUnavailableError
 from services.api.schemas import EventReject, EventsResponse
-from services.api.state import ServiceState
-from services.recommend.types import DegradedError
+from services.recommend.intake import ingest
 
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[WriteAccess])
 
@@ -40,20 +39,19 @@ def post_events(
     if len(events) > limit:
         raise ApiError(f"too many events: {len(events)} > {limit} per request; split the batch")
     valid, rejected = _validate(events, state.settings.events.max_future_skew_s)
-    unseen = _drop_duplicates(state, valid)
     try:
-        state.event_log.append(unseen)
+        result = ingest(state.store, state.event_log, valid)
     except OSError as exc:
         state.metrics.errors.labels(kind="event_log").inc()
         raise ServiceUnavailableError("event log write failed; nothing was accepted, retry the batch") from exc
-    fresh = _claim(state, unseen)
-    duplicates = len(valid) - len(fresh)
-    degraded = _apply_live(state, fresh)
-    state.metrics.events.labels(outcome="accepted").inc(len(fresh))
-    state.metrics.events.labels(outcome="duplicate").inc(duplicates)
+    if result.degraded:
+        state.metrics.errors.labels(kind="live_update").inc()
+    state.metrics.events.labels(outcome="accepted").inc(result.accepted)
+    state.metrics.events.labels(outcome="duplicate").inc(result.duplicates)
     state.metrics.events.labels(outcome="rejected").inc(len(rejected))
     return EventsResponse(
-        accepted=len(fresh), duplicates=duplicates, rejected=rejected, degraded=degraded, request_id=request_id
+        accepted=result.accepted, duplicates=result.duplicates, rejected=rejected, degraded=result.degraded,
+        request_id=request_id,
     )
 
 
@@ -80,36 +78,3 @@ def _validate(raw_events: list[Any], max_future_skew_s: float) -> tuple[list[Eve
         else:
             valid.append(event)
     return valid, rejected
-
-
-def _drop_duplicates(state: ServiceState, events: list[Event]) -> list[Event]:
-    """Drop repeats inside the batch and event ids accepted before (when Redis can tell), so
-    retries do not grow the log; concurrent posts of one id may both pass: `_claim` decides."""
-    unique: dict[str, Event] = {}
-    for event in events:
-        unique.setdefault(event.event_id, event)
-    try:
-        seen = state.store.already_applied(list(unique))
-    except DegradedError:
-        seen = set()  # accept: event log readers drop duplicate event ids anyway
-    return [event for event_id, event in unique.items() if event_id not in seen]
-
-
-def _claim(state: ServiceState, events: list[Event]) -> list[Event]:
-    """The events this request is first to accept (one atomic claim per event id, made after the
-    append, so an id is only ever reported as a duplicate once it is durable)."""
-    try:
-        claimed = state.store.claim_events([event.event_id for event in events])
-    except DegradedError:
-        return events  # cannot tell: count them accepted (readers drop duplicate event ids)
-    return [event for event in events if event.event_id in claimed]
-
-
-def _apply_live(state: ServiceState, events: list[Event]) -> bool:
-    """Push events to the live sequence and popularity; returns True if Redis was unreachable."""
-    try:
-        state.store.apply_events(events)
-    except DegradedError:
-        state.metrics.errors.labels(kind="live_update").inc()
-        return True
-    return False

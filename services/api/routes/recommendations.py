@@ -3,10 +3,14 @@
 The pipeline runs on a worker thread under `api.recommend_deadline_s`: its Redis calls are
 synchronous, and on the event loop one that hangs (a paused or overloaded Redis, up to the socket
 timeout) stalled every request of the worker. A request past its deadline answers degraded from
-the fallback list. CPU concurrency still comes from uvicorn workers (`settings.api.workers`)."""
+the fallback list. CPU concurrency still comes from uvicorn workers (`settings.api.workers`).
+
+Each answered list goes to the impression logger (`services.recommend.impressions`): a put on a
+bounded queue, never a wait; its writer thread logs one impression event per shown item."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Body
@@ -14,6 +18,7 @@ from fastapi import APIRouter, Query, Body
 from services.api.deps import ReadAccess, RequestIdDep, StateDep, UserIdPath
 from services.api.schemas import RecommendationsQuery, RecommendationsResponse, RecommendedItem
 from services.api.state import ServiceState
+from services.recommend.impressions import ServedList
 from services.recommend.types import RecommendationRequest
 
 router = APIRouter(prefix="/v1/users", tags=["recommendations"], dependencies=[ReadAccess])
@@ -24,16 +29,20 @@ Exclude = Annotated[
     Query(max_length=500, description="Item ids never to return (repeat the parameter)"),
 ]
 Category = Annotated[str | None, Query(min_length=1, max_length=128, description="Only items in this category")]
+LogImpressions = Annotated[
+    bool, Query(description="false: the client logs its own impressions; the service logs none for this list"),
+]
 
 
 @router.get("/{user_id}/recommendations", response_model=RecommendationsResponse)
 async def get_recommendations(
     user_id: UserIdPath, state: StateDep, request_id: RequestIdDep, k: K = 10, exclude: Exclude = [],
-    category: Category = None,
+    category: Category = None, log_impressions: LogImpressions = True,
 ) -> RecommendationsResponse:
-    """Top-k items for a user; items the user already interacted with never come back."""
+    """Top-k items for a user; items the user already interacted with never come back. Each
+    shown item is logged as an impression unless `log_impressions=false`."""
     request = RecommendationRequest(user_id, k, frozenset(exclude), category)
-    return await _recommend(state, request, request_id)
+    return await _recommend(state, request, request_id, log_impressions)
 
 
 @router.post("/{user_id}/recommendations", response_model=RecommendationsResponse)
@@ -41,15 +50,20 @@ async def post_recommendations(
     user_id: UserIdPath, state: StateDep, request_id: RequestIdDep,
     query: Annotated[RecommendationsQuery, Body()] = RecommendationsQuery(),
 ) -> RecommendationsResponse:
-    """The same as GET, with the request context (page, experiment, arm) in the body."""
+    """The same as GET, with the request context (page, experiment, arm: copied into the
+    impressions) in the body."""
     request = RecommendationRequest(
         user_id, query.k, frozenset(query.exclude), query.category, query.context.model_dump(exclude_none=True)
     )
-    return await _recommend(state, request, request_id)
+    return await _recommend(state, request, request_id, query.log_impressions)
 
 
-async def _recommend(state: ServiceState, request: RecommendationRequest, request_id: str) -> RecommendationsResponse:
+async def _recommend(
+    state: ServiceState, request: RecommendationRequest, request_id: str, log_impressions: bool
+) -> RecommendationsResponse:
     result = await state.pipeline.recommend_within_deadline(request, state.models.bundle)
+    if log_impressions and state.settings.api.log_impressions:
+        state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc)))
     metrics = state.metrics
     metrics.recalled.inc(result.candidates)
     metrics.ranked.inc(len(result.items))
@@ -61,7 +75,10 @@ async def _recommend(state: ServiceState, request: RecommendationRequest, reques
     return RecommendationsResponse(
         request_id=request_id,
         user_id=request.user_id,
-        items=[RecommendedItem(item_id=i.item_id, score=i.score, sources=i.sources, reason=i.reason) for i in result.items],
+        items=[
+            RecommendedItem(item_id=i.item_id, position=position, score=i.score, sources=i.sources, reason=i.reason)
+            for position, i in enumerate(result.items)
+        ],
         model_versions=result.model_versions,
         fallback=result.fallback,
         degraded=result.degraded,

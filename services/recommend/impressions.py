@@ -1,0 +1,216 @@
+"""Served lists are impressions: one `impression` event per shown slot, logged off the request path.
+
+A recommendation handler hands its answer to `ImpressionLogger.submit`, which only puts it on a
+bounded queue (never blocks; a full queue drops the list and counts it). One background writer
+thread takes what is queued, turns it into events and sends them through the same intake as
+`POST /v1/events` (`services.recommend.intake.ingest`): one event-log append per batch, which the
+log's group commit shares with concurrent posts, then the live features (impression counts).
+
+An impression's `event_id` is `imp-<request id>-<position>`, so a request retried with the same
+`X-Request-ID` never logs a slot twice; its `ts` is the server clock when the list was served; its
+context carries the slot, the request's page, experiment and arm, and the serving policy with the
+propensity of the placement under it (`serving_policy`).
+
+If the event log cannot be written (disk full, I/O error) the writer retries the same batch with
+backoff while the queue fills up and then drops new lists; `close` drains the queue for at most
+its drain timeout and counts what is left as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from feature_store.event_log import EventLog
+from feature_store.schemas import Event, EventContext, EventType, error_message
+from services.recommend.intake import ingest
+from services.recommend.online_store import ServingStore
+from services.recommend.types import RecommendationRequest, RecommendationResult
+
+log = logging.getLogger(__name__)
+
+#: Today's lists are the ranker's order, unexplored: every placement has probability 1.
+EXPLORER = "greedy"
+DETERMINISTIC_PROPENSITY = 1.0
+#: Request context fields an impression keeps (the rest of its context is the server's).
+REQUEST_CONTEXT = ("page", "experiment", "arm")
+MAX_BATCH_EVENTS = 1000  # events per append: bounds one fsync'd write and one Lua call
+DROP_REPORT_INTERVAL_S = 10.0
+RETRY_BACKOFF_S = (0.05, 2.0)  # first and largest wait between failed appends
+
+OutcomeCounter = Callable[[str, int], None]
+"""Called with an outcome and a number of impressions: `logged`, `duplicate` (its slot was logged
+before: a retried request id), `dropped` (queue full, or still unwritten at shutdown) and
+`not_applied` (logged, but Redis was unreachable: the live counts catch up at the next batch run)."""
+
+
+def impression_event_id(request_id: str, position: int) -> str:
+    """The event id of a slot: deterministic, so a retried request logs each slot once."""
+    return f"imp-{request_id}-{position}"
+
+
+def serving_policy(result: RecommendationResult) -> str:
+    """What produced the list's slots: `ranker=<version or fallback>;explore=<explorer>`, or
+    `fallback=<name>` for a degraded answer from the in-process fallback list."""
+    if result.degraded:
+        return f"fallback={result.fallback}"
+    ranker = result.fallback or result.model_versions.get("ranker", "none")
+    return f"ranker={ranker};explore={EXPLORER}"
+
+
+@dataclass(frozen=True)
+class ServedList:
+    """One answered request, as the impression writer needs it (cheap to build on the request path)."""
+
+    request_id: str
+    user_id: str
+    item_ids: tuple[str, ...]
+    served_at: datetime
+    policy: str
+    model_versions: dict[str, str] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, request: RecommendationRequest, result: RecommendationResult, request_id: str,
+           served_at: datetime) -> "ServedList":
+        return cls(
+            request_id, request.user_id, tuple(item.item_id for item in result.items), served_at,
+            serving_policy(result), dict(result.model_versions),
+            {name: request.context[name] for name in REQUEST_CONTEXT if request.context.get(name) is not None},
+        )
+
+    def events(self) -> list[Event]:
+        """One impression event per slot; a slot that is not a valid event is logged and skipped."""
+        events = []
+        for position, item_id in enumerate(self.item_ids):
+            try:
+                context = EventContext(
+                    request_id=self.request_id, position=position, policy=self.policy,
+                    propensity=DETERMINISTIC_PROPENSITY, model_versions=self.model_versions or None, **self.context,
+                )
+                events.append(Event(
+                    event_id=impression_event_id(self.request_id, position), user_id=self.user_id,
+                    item_id=item_id, type=EventType.IMPRESSION, ts=self.served_at, context=context,
+                ))
+            except ValidationError as exc:
+                log.error("impression of request %s slot %d is not a valid event: %s",
+                          self.request_id, position, error_message(exc))
+        return events
+
+
+class ImpressionLogger:
+    """A bounded queue of served lists and the thread that writes them as impression events."""
+
+    def __init__(self, store: ServingStore, event_log: EventLog, queue_size: int,
+                 drain_timeout_s: float = 5.0, on_outcome: OutcomeCounter | None = None) -> None:
+        self._store = store
+        self._event_log = event_log
+        self._queue: queue.Queue[ServedList] = queue.Queue(maxsize=queue_size)
+        self._drain_timeout_s = drain_timeout_s
+        self._count = on_outcome or (lambda outcome, impressions: None)
+        self._progress = threading.Condition()
+        self._submitted = 0  # lists queued
+        self._finished = 0  # lists written or given up
+        self._closed = False
+        self._give_up = threading.Event()  # past the drain deadline: count the rest as dropped
+        self._unreported_drops = 0
+        self._last_drop_report = float("-inf")
+        self._thread = threading.Thread(target=self._run, name="impression-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, served: ServedList) -> bool:
+        """Queue a served list for logging; False (and counted as dropped) if the queue is full."""
+        if not served.item_ids:
+            return True
+        with self._progress:
+            if not self._closed:
+                try:
+                    self._queue.put_nowait(served)
+                except queue.Full:
+                    pass
+                else:
+                    self._submitted += 1
+                    return True
+            self._drop(len(served.item_ids), "queue full" if not self._closed else "logger closed")
+            return False
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every list queued before this call is written (or given up); False on timeout."""
+        with self._progress:
+            target = self._submitted
+            return self._progress.wait_for(lambda: self._finished >= target, timeout_s)
+
+    def close(self) -> None:
+        """Stop taking lists, drain the queue for at most the drain timeout, stop the writer."""
+        with self._progress:
+            self._closed = True
+        if not self.flush(self._drain_timeout_s):
+            log.error("impressions not written within %.1f s of shutdown are dropped", self._drain_timeout_s)
+        self._give_up.set()
+        self._thread.join(timeout=max(self._drain_timeout_s, 5.0))
+
+    def _run(self) -> None:
+        while not (self._give_up.is_set() and self._queue.empty()):
+            batch = self._next_batch()
+            if batch:
+                self._write(batch)
+                with self._progress:
+                    self._finished += len(batch)
+                    self._progress.notify_all()
+
+    def _next_batch(self) -> list[ServedList]:
+        try:
+            batch = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        size = len(batch[0].item_ids)
+        while size < MAX_BATCH_EVENTS:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            size += len(batch[-1].item_ids)
+        return batch
+
+    def _write(self, batch: list[ServedList]) -> None:
+        events = [event for served in batch for event in served.events()]
+        invalid = sum(len(served.item_ids) for served in batch) - len(events)
+        if invalid:
+            self._count("dropped", invalid)
+        wait = RETRY_BACKOFF_S[0]
+        while not self._give_up.is_set():
+            try:
+                result = ingest(self._store, self._event_log, events)
+            except OSError as exc:
+                log.error("impressions: event log append failed (%s); retrying in %.2f s", exc, wait)
+                self._give_up.wait(wait)
+                wait = min(wait * 2, RETRY_BACKOFF_S[1])
+                continue
+            self._count("logged", result.accepted)
+            self._count("duplicate", result.duplicates)
+            if result.degraded:
+                self._count("not_applied", result.accepted)
+            return
+        with self._progress:
+            self._drop(len(events), "shutting down")
+
+    def _drop(self, impressions: int, why: str) -> None:
+        """Count dropped impressions; report them in one log line per interval. Caller holds `_progress`."""
+        self._count("dropped", impressions)
+        self._unreported_drops += impressions
+        now = time.monotonic()
+        if now - self._last_drop_report >= DROP_REPORT_INTERVAL_S:
+            log.warning("impressions: dropped %d (%s; queue of %d served lists)",
+                        self._unreported_drops, why, self._queue.maxsize)
+            self._unreported_drops = 0
+            self._last_drop_report = now
