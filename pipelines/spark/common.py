@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipelines.spark")
 
 UNKNOWN_CATEGORY = "unknown"
+CONTROL_CHARACTER = r"\p{Cc}"  # Java regex for what feature_store.schemas.CONTROL_CHARACTERS matches
 
 
 class BatchJobError(RuntimeError):
@@ -97,13 +98,19 @@ def read_item_categories(spark: SparkSession, paths: BatchPaths) -> DataFrame:
     Empty when there is no catalog yet; callers treat a missing category as `UNKNOWN_CATEGORY`.
     """
     from pyspark.errors import AnalysisException
-    from pyspark.sql import functions as F
 
     try:
         items = spark.read.parquet(paths.items)
     except AnalysisException:
         log.warning("no item catalog at %s: every item's category is %r", paths.items, UNKNOWN_CATEGORY)
         return spark.createDataFrame([], "item_id string, category string")
+    return item_categories(items)
+
+
+def item_categories(items: DataFrame) -> DataFrame:
+    """item_id → category (the first of the item's `categories`, else `UNKNOWN_CATEGORY`)."""
+    from pyspark.sql import functions as F
+
     return items.select(
         "item_id", F.coalesce(F.get(F.col("categories"), 0), F.lit(UNKNOWN_CATEGORY)).alias("category")
     ).dropDuplicates(["item_id"])

@@ -2,8 +2,15 @@
 
 The feature list, event filters, windows, caps and CTR prior all come from
 `feature_store.definitions.FEATURES` (the same definitions the speed layer and the online read
-use). The watermark is the latest event time floored to `WATERMARK_ALIGNMENT` (an hour): the views
-cover events with ts < watermark exactly, and the speed layer owns everything after it.
+use). The watermark is the latest event time that is not in the future, floored to
+`WATERMARK_ALIGNMENT` (an hour): the views cover events with ts < watermark exactly, and the speed
+layer owns everything after it. (A future-dated event in a log written before the API bounded event
+time would otherwise move the watermark past every live event to come.)
+
+Rows the online store cannot hold (an id or category with a control character, which its value
+encoding uses as separators: rows written before the API rejected them) are quarantined, not
+fatal: they are left out of the views and written to `quarantine/batch_features/` with where they
+are (source_file, 1-based row in that Parquet file), their key and the reason.
 
 The global view is one row of top-k lists (`global.popular`: the serving popular list up to the
 watermark). Outputs: `features/<entity>/` Parquet (key columns + one column per batch feature of the entity,
@@ -19,14 +26,14 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from feature_store.definitions import (
     FEATURES, WATERMARK_ALIGNMENT, DType, Entity, FeatureDef, Kind, Member,
 )  # fmt: skip
 from feature_store.settings import Settings
 from pipelines.spark.common import (
-    BatchJobError, BatchPaths, JobSummary, Stopwatch, read_item_categories, read_parquet, with_category,
+    CONTROL_CHARACTER, BatchJobError, BatchPaths, JobSummary, Stopwatch, item_categories, read_parquet, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
 
@@ -38,28 +45,68 @@ SPARK_TYPES = {DType.FLOAT: "double", DType.INT: "bigint", DType.STRING: "string
                DType.VECTOR: "array<float>", DType.SEQUENCE: "array<string>"}  # fmt: skip
 
 
-def watermark_of(events: DataFrame) -> datetime:
-    """The latest event time, floored to the watermark alignment (an hour)."""
-    latest = events.selectExpr("max(ts)").first()[0]
+class Inputs(NamedTuple):
+    events: DataFrame  # the master table's events, with their item's category
+    catalog: DataFrame  # item_id, categories
+    quarantined: DataFrame  # source_file, row, key, reason
+
+
+def watermark_of(events: DataFrame, now: datetime) -> datetime:
+    """The latest event time not after `now`, floored to the watermark alignment (an hour)."""
+    from pyspark.sql import functions as F
+
+    latest = events.where(F.col("ts") <= F.lit(now)).selectExpr("max(ts)").first()[0]
     if latest is None:
-        raise BatchJobError("the master table is empty: nothing to compute features from")
+        raise BatchJobError("the master table holds no event up to now: nothing to compute features from")
     step = int(WATERMARK_ALIGNMENT.total_seconds())
     seconds = int(latest.replace(tzinfo=timezone.utc).timestamp()) // step * step
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 def extract(spark: SparkSession, paths: BatchPaths) -> tuple[DataFrame, DataFrame]:
-    """(events with their item's category, catalog items with primary category and categories)."""
+    """(master-table events, catalog items), each row with its `source_file` and `row`."""
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    events = read_parquet(spark, paths.events, produced_by="compact").select("event_id", "user_id", "item_id", "type", "value", "ts")
-    events = with_category(events, read_item_categories(spark, paths))
+    events = read_parquet(spark, paths.events, produced_by="compact")
+    events = events.select("event_id", "user_id", "item_id", "type", "value", "ts", *_location())
     try:
-        catalog = spark.read.parquet(paths.items).select("item_id", F.coalesce("categories", F.array().cast("array<string>")).alias("categories"))
+        catalog = spark.read.parquet(paths.items)
     except AnalysisException:
-        catalog = spark.createDataFrame([], "item_id string, categories array<string>")
-    return events, catalog
+        return events, spark.createDataFrame([], "item_id string, categories array<string>, source_file string, row long")
+    categories = F.coalesce("categories", F.array().cast("array<string>")).alias("categories")
+    return events, catalog.select("item_id", categories, *_location())
+
+
+def _location() -> list[Column]:
+    from pyspark.sql import functions as F
+
+    return [F.col("_metadata.file_path").alias("source_file"), (F.col("_metadata.row_index") + 1).alias("row")]
+
+
+def _control_character_in(checks: dict[str, Column]) -> Column:
+    """`<name> contains a control character` for the first check that holds, else null."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(*[F.when(found, F.lit(f"{name} contains a control character")) for name, found in checks.items()])
+
+
+def quarantine(events: DataFrame, catalog: DataFrame) -> Inputs:
+    """Set aside events and catalog rows whose ids or categories hold a control character."""
+    from pyspark.sql import functions as F
+
+    def has_control(name: str) -> Column:
+        return F.col(name).rlike(CONTROL_CHARACTER)
+
+    in_categories = F.exists("categories", lambda category: category.rlike(CONTROL_CHARACTER))
+    events = events.withColumn("reason", _control_character_in({n: has_control(n) for n in ("user_id", "item_id")}))
+    catalog = catalog.withColumn("reason", _control_character_in({"item_id": has_control("item_id"), "categories": in_categories}))
+    quarantined = events.where(F.col("reason").isNotNull()).select("source_file", "row", F.col("event_id").alias("key"), "reason")
+    quarantined = quarantined.unionByName(
+        catalog.where(F.col("reason").isNotNull()).select("source_file", "row", F.col("item_id").alias("key"), "reason")
+    )
+    clean = [frame.where(F.col("reason").isNull()).drop("reason", "source_file", "row") for frame in (events, catalog)]
+    return Inputs(with_category(clean[0], item_categories(clean[1])), clean[1], quarantined)
 
 
 def _filtered(feature: FeatureDef) -> Column:
@@ -206,26 +253,38 @@ def load(views: dict[Entity, DataFrame], paths: BatchPaths, settings: Settings, 
     return rows
 
 
+def write_quarantine(quarantined: DataFrame, paths: BatchPaths, watch: Stopwatch) -> int:
+    """Overwrite `quarantine/batch_features/`; returns the rows set aside (logging a few)."""
+    target = f"{paths.output('quarantine')}/{JOB}"
+    quarantined.write.mode("overwrite").parquet(target)
+    written = quarantined.sparkSession.read.parquet(target)
+    for row in written.limit(5).collect():
+        watch.step("quarantined %s row %s (%r): %s", row.source_file, row.row, row.key, row.reason)
+    return written.count()
+
+
 def run(spark: SparkSession, settings: Settings) -> JobSummary:
     from pyspark import StorageLevel
 
     watch = Stopwatch(JOB)
     paths = BatchPaths.from_settings(settings)
-    events, catalog = extract(spark, paths)
+    inputs = quarantine(*extract(spark, paths))
+    quarantined = write_quarantine(inputs.quarantined, paths, watch)
     # Every view, the watermark and the row count read the events: scan and join them once.
-    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    events = inputs.events.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        watermark = watermark_of(events)
+        watermark = watermark_of(events, datetime.now(timezone.utc))
         watch.step("computing batch views up to watermark %s", watermark.isoformat())
-        rows = load(transform(events, catalog, watermark), paths, settings, watermark)
+        rows = load(transform(events, inputs.catalog, watermark), paths, settings, watermark)
         rows_in = events.count()
     finally:
         events.unpersist()
     manifest = {"watermark": watermark.isoformat(), "rows": rows}
     write_text(spark, f"{paths.features}/_manifest.json", json.dumps(manifest, indent=2))
     return JobSummary(
-        job=JOB, rows_in=rows_in, rows_out=sum(rows.values()), seconds=watch.elapsed(),
-        outputs=[paths.features], details={"watermark": watermark.isoformat(), "rows": rows},
+        job=JOB, rows_in=rows_in, rows_out=sum(rows.values()), rejects=quarantined, seconds=watch.elapsed(),
+        outputs=[paths.features, f"{paths.output('quarantine')}/{JOB}"],
+        details={"watermark": watermark.isoformat(), "rows": rows, "quarantined": quarantined},
     )  # fmt: skip
 
 
