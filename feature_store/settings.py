@@ -99,6 +99,14 @@ class ApiSettings(_Section):
     require_key_for_reads: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     max_events_per_request: int = Field(default=1000, gt=0)
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0, description="An idle keep-alive connection is closed after this long without a request.",
+    )
+    request_read_timeout_s: float = Field(
+        default=20.0, gt=0,
+        description="How long a client may take to send a request's headers (from connecting or from its first "
+        "byte), and the longest pause within its body; then 408 or a close, so slow clients hold no connection.",
+    )
     ranker: str = Field(default="din", pattern="^(din|wide_deep)$", description="Ranker family to serve.")
     recall_candidates: int = Field(default=200, gt=0, le=5000)
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")

@@ -20,6 +20,7 @@ until it is ready; connections queued on a worker that dies are reset.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -38,6 +39,7 @@ from types import FrameType
 from prometheus_client.multiprocess import mark_process_dead
 
 from feature_store.processes import die_with_parent
+from services.api.http_protocol import ReadTimeoutProtocol
 from services.api.metrics import MULTIPROCESS_DIR_ENV
 
 log = logging.getLogger("recsys.server")
@@ -58,6 +60,8 @@ class ServerOptions:
     app_dir: str | None = None  # put first on sys.path in each worker, like `uvicorn --app-dir`
     log_level: str = "info"
     graceful_shutdown_s: int = 10
+    keep_alive_timeout_s: float = 5.0
+    request_read_timeout_s: float = 20.0  # services.api.http_protocol
 
 
 def serve_app(options: ServerOptions, workers: int) -> int:
@@ -216,7 +220,9 @@ def _uvicorn_options(options: ServerOptions) -> dict[str, object]:
     return {
         "factory": options.factory, "host": options.host, "port": options.port, "log_level": options.log_level,
         "timeout_graceful_shutdown": options.graceful_shutdown_s, "backlog": BACKLOG,
-        "loop": "uvloop", "http": "httptools", "access_log": False,  # per-request CPU: the API is CPU-bound
+        "timeout_keep_alive": options.keep_alive_timeout_s,
+        "http": functools.partial(ReadTimeoutProtocol, read_timeout_s=options.request_read_timeout_s),
+        "loop": "uvloop", "access_log": False,  # per-request CPU: the API is CPU-bound
     }  # fmt: skip
 
 
@@ -229,9 +235,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--app-dir", default=None)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open")
+    parser.add_argument("--request-read-timeout", type=float, default=20.0,
+                        help="seconds a client may take to send a request's headers, or pause within its body")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper())
-    options = ServerOptions(args.app, args.host, args.port, args.factory, args.app_dir, args.log_level)
+    options = ServerOptions(args.app, args.host, args.port, args.factory, args.app_dir, args.log_level,
+                            keep_alive_timeout_s=args.keep_alive_timeout,
+                            request_read_timeout_s=args.request_read_timeout)  # fmt: skip
     sys.exit(serve_app(options, args.workers))
 
 

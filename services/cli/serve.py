@@ -40,7 +40,11 @@ def serve(
             f"{'' if settings.redis.url else ' (embedded)'}  registry={settings.model_registry_dir}  "
             f"docs: http://{host}:{port}/docs"
         )
-        options = ServerOptions("services.api.app:create_app_from_env", host, port, factory=True, log_level=log_level)
+        options = ServerOptions(
+            "services.api.app:create_app_from_env", host, port, factory=True, log_level=log_level,
+            keep_alive_timeout_s=settings.api.keep_alive_timeout_s,
+            request_read_timeout_s=settings.api.request_read_timeout_s,
+        )  # fmt: skip
         exit_code = serve_app(options, workers)
     console.print("[bold]recsys serve[/] stopped")
     if exit_code:

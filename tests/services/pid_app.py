@@ -13,5 +13,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
         return
+    message = await receive()  # the whole body first, as an endpoint reading JSON does
+    while message.get("more_body"):
+        message = await receive()
+    if message["type"] == "http.disconnect":
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 class Serve:
     """One `recsys serve` process with its own state directory and log."""
 
-    def __init__(self, state_dir: Path, workers: int, log_level: str = "warning") -> None:
+    def __init__(self, state_dir: Path, workers: int, log_level: str = "warning", env: dict[str, str] | None = None) -> None:
         self.state_dir, self.port = state_dir, free_port()
         self.log = state_dir.parent / f"serve-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k != "REDIS_URL"}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k != "REDIS_URL"}, **(env or {})}
         command = [sys.executable, "-c", "from services.cli import app; app()", "serve", "--port", str(self.port),
                    "--workers", str(workers), "--state-dir", str(state_dir), "--log-level", log_level]  # fmt: skip
         with self.log.open("ab") as log:
