@@ -2,7 +2,10 @@
 
 Reads every complete event-log file line by line and parses each line with an explicit schema in
 PERMISSIVE mode, so a malformed line becomes a reject instead of failing the job or disappearing
-(blank lines are skipped). Rejects are written to `rejects/` with the file, the 1-based line
+(blank lines are skipped). Rejected too, as the API rejects them: ids with a control character or
+with whitespace at either end (ids are taken exactly), and events dated more than
+`events.max_future_skew_s` after the job's clock (a log written before the API checked event time
+could otherwise move the batch watermark past every live event). Rejects are written to `rejects/` with the file, the 1-based line
 number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
 files that hold rejects are read again, each by one executor task that numbers its lines, and the
 numbered lines are joined back to the rejects (identical lines of one file are told apart by their
@@ -15,11 +18,12 @@ re-running it on the same log gives the same table.
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
 from feature_store.schemas import EventType
 from feature_store.settings import Settings
-from pipelines.spark.common import BatchJobError, BatchPaths, JobSummary, Stopwatch
+from pipelines.spark.common import CONTROL_CHARACTER, BatchJobError, BatchPaths, JobSummary, Stopwatch
 from pipelines.spark.line_numbers import with_line_numbers
 
 if TYPE_CHECKING:
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 JOB = "compact"
 CORRUPT = "_corrupt_record"
 EVENT_FILE_GLOB = "part-*.jsonl"  # complete files only; `.part-*.inprogress` never matches
+IDS = ("event_id", "user_id", "item_id")
+EDGE_WHITESPACE = r"(?U)^\s|\s$"
 MASTER_COLUMNS = [
     "event_id", "user_id", "item_id", "type", "value", "ts",
     "request_id", "position", "page", "experiment", "arm", "dt",
@@ -89,7 +95,7 @@ def parse(lines: DataFrame) -> DataFrame:
     return parsed.where(F.col("_event").isNotNull()).select("line", "source_file", "_event.*")
 
 
-def _reject_reason() -> Column:
+def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
     from pyspark.sql import functions as F
 
     def blank(name: str) -> Column:
@@ -99,20 +105,30 @@ def _reject_reason() -> Column:
     reason = F.when(F.col(CORRUPT).isNotNull(), F.lit("malformed JSON or a field of the wrong type"))
     for name in ("event_id", "user_id", "item_id", "type", "ts"):
         reason = reason.when(blank(name), F.lit(f"missing {name}"))
+    for name in IDS:
+        reason = reason.when(F.col(name).rlike(CONTROL_CHARACTER), F.lit(f"{name} contains a control character"))
+        reason = reason.when(F.col(name).rlike(EDGE_WHITESPACE), F.lit(f"{name} starts or ends with whitespace"))
+    latest = now + timedelta(seconds=max_future_skew_s)
     return (
         reason.when(~F.col("type").isin(known_types), F.concat(F.lit("unknown event type: "), F.col("type")))
         .when(F.col("_ts").isNull(), F.concat(F.lit("unparsable ts: "), F.col("ts")))
+        .when(F.col("_ts") > F.lit(latest), F.lit(
+            f"ts is more than {max_future_skew_s:g} s ahead of the clock at {now:%Y-%m-%dT%H:%M:%SZ} "
+            "(events.max_future_skew_s)"
+        ))
         .when(F.isnan("value") | (F.abs("value") == float("inf")), F.lit("non-finite value"))
     )
 
 
-def transform(parsed: DataFrame) -> CompactOutput:
+def transform(parsed: DataFrame, now: datetime, max_future_skew_s: float) -> CompactOutput:
     """Split parsed lines (see `parse`) into valid, deduplicated master-table rows and rejects
-    (source_file, reason, raw: the line as written; line numbers are added by `load`)."""
+    (source_file, reason, raw: the line as written; line numbers are added by `load`); events
+    dated more than `max_future_skew_s` after `now` are rejects."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    classified = parsed.withColumn("_ts", F.expr("try_cast(ts AS TIMESTAMP)")).withColumn("reason", _reject_reason())
+    reason = _reject_reason(now, max_future_skew_s)
+    classified = parsed.withColumn("_ts", F.expr("try_cast(ts AS TIMESTAMP)")).withColumn("reason", reason)
     rejects = classified.where(F.col("reason").isNotNull()).select("source_file", "reason", F.col("line").alias("raw"))
     valid = classified.where(F.col("reason").isNull())
     first_copy = Window.partitionBy("event_id").orderBy("_ts", "source_file")
@@ -120,8 +136,7 @@ def transform(parsed: DataFrame) -> CompactOutput:
         valid.withColumn("_copy", F.row_number().over(first_copy))
         .where(F.col("_copy") == 1)
         .select(
-            F.trim("event_id").alias("event_id"), F.trim("user_id").alias("user_id"),
-            F.trim("item_id").alias("item_id"), "type", "value", F.col("_ts").alias("ts"),
+            *IDS, "type", "value", F.col("_ts").alias("ts"),
             "context.request_id", "context.position", "context.page", "context.experiment", "context.arm",
             F.date_format("_ts", "yyyy-MM-dd").alias("dt"),
         )  # fmt: skip
@@ -152,7 +167,8 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
     try:
         rows_in = raw.count()
         watch.step("%d non-blank lines read; validating, deduplicating, writing %s", rows_in, paths.events)
-        load(transform(raw), paths, settings.spark.shuffle_partitions)
+        output = transform(raw, datetime.now(timezone.utc), settings.events.max_future_skew_s)
+        load(output, paths, settings.spark.shuffle_partitions)
     finally:
         raw.unpersist()
     rejects = spark.read.parquet(paths.rejects)
