@@ -35,6 +35,7 @@ class LoadResult:
     latencies_ms: np.ndarray
     lags_ms: np.ndarray
     stages_ms: dict[str, list[float]] = field(default_factory=dict)  # `timings_ms` of JSON bodies
+    served: dict[str, int] = field(default_factory=dict)  # `request_id` → number of `items`, of JSON bodies
     cpu_s: float = 0.0  # the generator process's CPU time during the run
 
     def summary(self) -> dict[str, object]:
@@ -46,6 +47,7 @@ class LoadResult:
             "p50": q(self.latencies_ms, 50), "p95": q(self.latencies_ms, 95), "p99": q(self.latencies_ms, 99),
             "generator_lag_p99": q(self.lags_ms, 99), "generator_cpu_per_request_ms": self.cpu_s / self.requests * 1000,
             "stages": {s: (q(np.asarray(v), 50), q(np.asarray(v), 99)) for s, v in self.stages_ms.items()},
+            "served": self.served,
         }  # fmt: skip
 
 
@@ -81,6 +83,7 @@ async def open_loop(
     lags = np.zeros(total)
     failed = np.zeros(total, dtype=bool)
     stages: dict[str, list[float]] = {}
+    served: dict[str, int] = {}
     cpu_started = time.process_time()
     started = clock() + 0.05  # leave time to schedule every task before the first send
 
@@ -97,8 +100,11 @@ async def open_loop(
             idle.append(connection)
             failed[index] = status != 200
             if collect_stages and status == 200:
-                for stage, ms in json.loads(body).get("timings_ms", {}).items():
+                document = json.loads(body)
+                for stage, ms in document.get("timings_ms", {}).items():
                     stages.setdefault(stage, []).append(ms)
+                if "request_id" in document:
+                    served[document["request_id"]] = len(document.get("items", ()))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             failed[index] = True
             if connection is not None:
@@ -109,7 +115,7 @@ async def open_loop(
     elapsed = clock() - started
     for _, writer in idle:
         writer.close()
-    return LoadResult(total, int(failed.sum()), elapsed, latencies * 1000, lags * 1000, stages,
+    return LoadResult(total, int(failed.sum()), elapsed, latencies * 1000, lags * 1000, stages, served,
                       time.process_time() - cpu_started)  # fmt: skip
 
 

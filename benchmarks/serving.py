@@ -17,7 +17,14 @@ rate (a request slower than 2 s counts as an error), and per-stage server timing
 responses' `timings_ms`. The CPU other processes used during each measured rate is reported too
 (`benchmarks/quiet.py`), and a rate where they used more than 0.5 CPU-s is flagged as not quiet.
 
+The API logs every served list as impressions (its default). `--impressions` compares, instead of
+API vs floor, the same API with logging off (`?log_impressions=false`, the peer) and on, alternated
+`--repeats` times per rate; `--lossless-seconds S` then runs S seconds at `--lossless-rate` with
+logging on, stops the API (which drains its impression queues) and checks that the event log holds
+one impression per item shown in every answered response, by request id (`serving_impressions.py`).
+
     .venv/bin/python benchmarks/serving.py [--rates 50 100 200 400] [--seconds 10] [--server-cpus 0 --client-cpus 1]
+    .venv/bin/python benchmarks/serving.py --impressions --rates 100 200 --repeats 3 --lossless-seconds 60
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from http_load import run_open_loop  # noqa: E402
 from quiet import ForeignCpu  # noqa: E402
+from serving_impressions import logged_per_request, lossless_summary, report_logging  # noqa: E402
 
 console = Console(width=160)
 ITEMS, CATEGORIES, USERS, HISTORY = 1000, 20, 300, 50
@@ -208,10 +216,15 @@ def recommendations_path(index: int) -> str:
     return f"/v1/users/user{index % USERS}/recommendations?k=10"
 
 
-def open_loop_in_process(base: str, rate: int, seconds: float) -> dict[str, Any]:
+def unlogged_recommendations_path(index: int) -> str:
+    return f"{recommendations_path(index)}&log_impressions=false"
+
+
+def open_loop_in_process(base: str, rate: int, seconds: float, log_impressions: bool = True) -> dict[str, Any]:
     """Entry point of the generator process."""
     url = httpx.URL(base)
-    return run_open_loop(url.host, url.port, recommendations_path, rate, seconds, REQUEST_DEADLINE_S, collect_stages=True)
+    path = recommendations_path if log_impressions else unlogged_recommendations_path
+    return run_open_loop(url.host, url.port, path, rate, seconds, REQUEST_DEADLINE_S, collect_stages=True)
 
 
 def drain(base: str, timeout_s: float = 120.0) -> None:
@@ -258,6 +271,12 @@ def main() -> None:
                         help="CPUs of the API and floor servers (default: all but the last; none: no pinning)")
     parser.add_argument("--client-cpus", type=int, nargs="*", default=cpus[-1:] if len(cpus) > 1 else [],
                         help="CPUs of the load generator and Redis (default: the last)")
+    parser.add_argument("--impressions", action="store_true",
+                        help="instead of API vs floor: the API with impression logging on vs off, same server")
+    parser.add_argument("--repeats", type=int, default=1, help="--impressions: off/on pairs per rate")
+    parser.add_argument("--lossless-seconds", type=float, default=0.0,
+                        help="then a run this long with logging on, checking every shown item was logged (0: none)")
+    parser.add_argument("--lossless-rate", type=int, default=200)
     args = parser.parse_args()
     server_cpus, client_cpus = set(args.server_cpus) or None, set(args.client_cpus) or None
     console.print(f"CPUs: servers {sorted(server_cpus or cpus)}, generator and Redis {sorted(client_cpus or cpus)}; "
@@ -292,31 +311,84 @@ def main() -> None:
                           f"p99 {service['api']['p99']:.2f} ms; bare p50 {service['bare']['p50']:.2f} ms "
                           f"p99 {service['bare']['p99']:.2f} ms; api/bare p50 "
                           f"{service['api']['p50'] / service['bare']['p50']:.1f}x")
-            results: dict[tuple[str, int], dict[str, Any]] = {}
-            for rate in args.rates:
-                for name, base in (("bare", bare_base), ("api", api_base)):
-                    generator.submit(open_loop_in_process, base, rate, 1.0).result()  # warm-up
-                    drain(base)
-                    with ForeignCpu() as other:
-                        result = generator.submit(open_loop_in_process, base, rate, args.seconds).result()
-                    result["other_cpu_s"] = other.core_seconds
-                    results[(name, rate)] = result
-                    drain(base)
-                    if other.core_seconds > FOREIGN_CPU_LIMIT_S:
-                        console.print(f"[red]{name} @ {rate} rps: other processes used {other.core_seconds:.1f} "
-                                      f"CPU-s (up to {other.peak:.0%} of a core, {other.busiest}): not a quiet run[/]")
-                    behind = result["generator_lag_p99"] > GENERATOR_LAG_LIMIT_MS
-                    console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
-                                  f"errors {result['errors']}/{result['requests']}, generator lag p99 "
-                                  f"{result['generator_lag_p99']:.1f} ms{' (GENERATOR FELL BEHIND)' if behind else ''}, "
-                                  f"generator CPU {result['generator_cpu_per_request_ms']:.2f} ms/request")
-            console.print(f"API workers {args.workers}, TensorFlow/faiss threads per worker {args.threads}")
-            report(results, args.rates, candidates_per_request(api_base), len(sample.content))
+            if args.impressions:
+                runs = measure_logging(generator, api_base, args.rates, args.seconds, args.repeats)
+                console.print(f"API workers {args.workers}, TensorFlow/faiss threads per worker {args.threads}")
+                console.print(report_logging(runs, args.rates))
+            else:
+                results = {(name, rate): measure(generator, name, base, rate, args.seconds)
+                           for rate in args.rates for name, base in (("bare", bare_base), ("api", api_base))}
+                console.print(f"API workers {args.workers}, TensorFlow/faiss threads per worker {args.threads}")
+                report(results, args.rates, candidates_per_request(api_base), len(sample.content))
+            if args.lossless_seconds:
+                check_lossless(generator, api, api_base, work / "state" / "events", args.lossless_rate,
+                               args.lossless_seconds)
         finally:
             for process in processes:
                 process.terminate()
                 process.wait(10)
             redis.stop()
+
+
+def measure(
+    generator: concurrent.futures.Executor, name: str, base: str, rate: int, seconds: float,
+    log_impressions: bool = True,
+) -> dict[str, Any]:
+    """One measured rate after a 1 s warm-up, with the CPU other processes used meanwhile."""
+    generator.submit(open_loop_in_process, base, rate, 1.0, log_impressions).result()  # warm-up
+    drain(base)
+    with ForeignCpu() as other:
+        result = generator.submit(open_loop_in_process, base, rate, seconds, log_impressions).result()
+    result["other_cpu_s"] = other.core_seconds
+    drain(base)
+    if other.core_seconds > FOREIGN_CPU_LIMIT_S:
+        console.print(f"[red]{name} @ {rate} rps: other processes used {other.core_seconds:.1f} "
+                      f"CPU-s (up to {other.peak:.0%} of a core, {other.busiest}): not a quiet run[/]")
+    behind = result["generator_lag_p99"] > GENERATOR_LAG_LIMIT_MS
+    console.print(f"{name} @ {rate} rps: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
+                  f"errors {result['errors']}/{result['requests']}, generator lag p99 "
+                  f"{result['generator_lag_p99']:.1f} ms{' (GENERATOR FELL BEHIND)' if behind else ''}, "
+                  f"generator CPU {result['generator_cpu_per_request_ms']:.2f} ms/request")
+    return result
+
+
+def measure_logging(
+    generator: concurrent.futures.Executor, base: str, rates: list[int], seconds: float, repeats: int
+) -> dict[tuple[bool, int], list[dict[str, Any]]]:
+    """The API with impression logging off (`?log_impressions=false`, the peer) and on, alternated
+    `repeats` times per rate on the same server."""
+    results: dict[tuple[bool, int], list[dict[str, Any]]] = {}
+    for rate in rates:
+        for _ in range(repeats):
+            for logged in (False, True):
+                name = f"impressions {'on' if logged else 'off'}"
+                results.setdefault((logged, rate), []).append(measure(generator, name, base, rate, seconds, logged))
+    return results
+
+
+def check_lossless(
+    generator: concurrent.futures.Executor, api: subprocess.Popen[bytes], base: str, log_root: Path, rate: int,
+    seconds: float,
+) -> None:
+    """`seconds` at `rate` with logging on; then the API stops (draining its queues) and every
+    shown item must be in the event log as an impression of its request."""
+    started = datetime.now(timezone.utc)
+    console.print(f"lossless run: {rate} rps for {seconds:.0f} s with impression logging on …")
+    with ForeignCpu() as other:
+        result = generator.submit(open_loop_in_process, base, rate, seconds).result()
+    result["other_cpu_s"] = other.core_seconds
+    dropped = metric(base, 'recsys_impressions_total{outcome="dropped"}')
+    api.terminate()
+    api.wait(60)
+    console.print(lossless_summary(result, logged_per_request(log_root, started, result["served"]), dropped))
+
+
+def metric(base: str, name: str) -> float:
+    """One sample of the API's /metrics (0 when absent)."""
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def report(results: dict[tuple[str, int], dict[str, Any]], rates: list[int], candidates: float, body_bytes: int) -> None:
