@@ -198,13 +198,16 @@ class ImpressionLogger:
                 self._give_up.wait(wait)
                 wait = min(wait * 2, RETRY_BACKOFF_S[1])
                 continue
+            except Exception:  # a batch that cannot be written must cost its impressions, not the writer
+                log.exception("impressions: dropping a batch of %d that could not be written", len(events))
+                break
             self._count("logged", result.accepted)
             self._count("duplicate", result.duplicates)
             if result.degraded:
                 self._count("not_applied", result.accepted)
             return
         with self._progress:
-            self._drop(len(events), "shutting down")
+            self._drop(len(events), "shutting down" if self._give_up.is_set() else "write failed")
 
     def _drop(self, impressions: int, why: str) -> None:
         """Count dropped impressions; report them in one log line per interval. Caller holds `_progress`."""
