@@ -113,7 +113,7 @@ def import_movielens(
     rejects = _Rejects(imports_dir(settings.state_dir) / f"{key}.rejects.txt")
     report = ImportReport(dataset=layout.name, source=root.resolve())
     try:
-        catalog = Catalog(settings.catalog_dir)
+        catalog = Catalog.from_settings(settings)
         report.items = _import_items(root, layout, catalog, rejects)
         rated_users: set[str] = set()
         report.events = _import_ratings(root, layout, settings, rejects, rated_users, on_progress)

@@ -79,7 +79,7 @@ def generate(settings: Settings, *, on_progress: OnProgress = no_progress, **par
             spec, Path(previous["truth_path"]), previous["events"], previous["sessions"], previous["by_type"], skipped=True
         )
     truth = make_truth(spec)
-    _write_catalogs(truth, Catalog(settings.catalog_dir))
+    _write_catalogs(truth, Catalog.from_settings(settings))
     report = SynthReport(spec, save_truth(truth, truth_path(settings)))
     counts: Counter[str] = Counter()
     with LocalEventLog(settings.event_log_dir, settings.event_log) as event_log:
