@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +13,13 @@ from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import Settings
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Rich sizes CLI tables to the terminal running the tests, or to $COLUMNS when the console is
+    made: one width for every run, set before any test imports the CLI, so what a test reads in a
+    table does not depend on who runs it where."""
+    os.environ["COLUMNS"] = "120"
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +41,7 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def settings(tmp_path: Path, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings pointing every path at a temporary state directory and at the test Redis."""
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("RECSYS_") or name == "REDIS_URL":
             monkeypatch.delenv(name)
     return Settings(state_dir=tmp_path / "state", redis={"url": redis_server.url})

@@ -62,6 +62,7 @@ class ServerOptions:
     graceful_shutdown_s: int = 10
     keep_alive_timeout_s: float = 5.0
     request_read_timeout_s: float = 20.0  # services.api.http_protocol
+    crash_loop_s: float = CRASH_LOOP_S
 
 
 def serve_app(options: ServerOptions, workers: int) -> int:
@@ -146,7 +147,7 @@ class _Supervisor:
                 continue
             code = process.exitcode
             lived = time.monotonic() - self.started_at[slot]
-            if code == STARTUP_FAILURE or lived < CRASH_LOOP_S:
+            if code == STARTUP_FAILURE or lived < self.options.crash_loop_s:
                 log.error("worker %s exited with code %s %.1f s after its start; stopping", process.pid, code, lived)
                 return code or 1
             log.warning("worker %s exited with code %s; starting a new one", process.pid, code)
@@ -237,12 +238,14 @@ def main() -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open")
     parser.add_argument("--request-read-timeout", type=float, default=20.0,
-                        help="seconds a client may take to send a request's headers, or pause within its body")  # fmt: skip
+                        help="seconds a client may take to send a request's headers, or pause within its body")
+    parser.add_argument("--crash-loop-s", type=float, default=CRASH_LOOP_S,
+                        help="a worker dying sooner than this after its start stops the server instead of restarting")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper())
     options = ServerOptions(args.app, args.host, args.port, args.factory, args.app_dir, args.log_level,
                             keep_alive_timeout_s=args.keep_alive_timeout,
-                            request_read_timeout_s=args.request_read_timeout)  # fmt: skip
+                            request_read_timeout_s=args.request_read_timeout, crash_loop_s=args.crash_loop_s)  # fmt: skip
     sys.exit(serve_app(options, args.workers))
 
 

@@ -19,10 +19,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable, Protocol, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Where the caches read the time and wait; the `time` module is the real one, tests pass one
+    they move by hand."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float, /) -> None: ...
 
 
 class BackgroundRefresher:
@@ -31,9 +40,12 @@ class BackgroundRefresher:
     at a few hundred requests a second, most requests find a few items just expired, and one read
     per request cost a round trip and a thread wake-up each, contending with the requests."""
 
-    def __init__(self, name: str, refresh: Callable[[list[Any]], None], gather_s: float = 0.0) -> None:
+    def __init__(
+        self, name: str, refresh: Callable[[list[Any]], None], gather_s: float = 0.0, clock: Clock = time
+    ) -> None:
         self.name = name
         self.gather_s = gather_s
+        self.clock = clock
         self._refresh = refresh
         self._queued: set[Hashable] = set()
         self._in_flight: set[Hashable] = set()
@@ -57,7 +69,7 @@ class BackgroundRefresher:
 
     def _run(self) -> None:
         if self.gather_s > 0:
-            time.sleep(self.gather_s)
+            self.clock.sleep(self.gather_s)
         with self._lock:
             keys = list(self._queued)
             self._queued.clear()
@@ -78,15 +90,21 @@ class ItemCache:
     expire within `gather_s` of each other in one read."""
 
     def __init__(
-        self, ttl_s: float = 5.0, max_items: int = 100_000, max_stale_s: float | None = None, gather_s: float = 0.05
+        self,
+        ttl_s: float = 5.0,
+        max_items: int = 100_000,
+        max_stale_s: float | None = None,
+        gather_s: float = 0.05,
+        clock: Clock = time,
     ) -> None:
         self.ttl_s = ttl_s
+        self.clock = clock
         self.max_items = max_items
         self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
         self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
         self._fetch: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None
-        self._refresher = BackgroundRefresher("item-cache-refresh", self._refresh, gather_s)
+        self._refresher = BackgroundRefresher("item-cache-refresh", self._refresh, gather_s, clock)
 
     def get_many(
         self, item_ids: Sequence[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]]
@@ -96,7 +114,7 @@ class ItemCache:
         on one cache must pass the same reader (the background refresh uses the latest)."""
         if self.ttl_s <= 0:
             return fetch(list(item_ids))
-        now = time.monotonic()
+        now = self.clock.monotonic()
         found: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
         expired: list[str] = []
@@ -121,7 +139,7 @@ class ItemCache:
     def put_many(self, entries: dict[str, dict[str, Any]]) -> None:
         if self.ttl_s <= 0 or not entries:
             return
-        expires = time.monotonic() + self.ttl_s
+        expires = self.clock.monotonic() + self.ttl_s
         with self._lock:
             for item_id, data in entries.items():
                 self._entries[item_id] = (expires, data)
@@ -143,18 +161,21 @@ class TtlMemo:
     they are the same for every request, so one read serves them all. `ttl_s=0` disables it.
     Expired entries are served for up to `max_stale_s` more while refreshed in the background."""
 
-    def __init__(self, ttl_s: float = 1.0, max_entries: int = 10_000, max_stale_s: float | None = None) -> None:
+    def __init__(
+        self, ttl_s: float = 1.0, max_entries: int = 10_000, max_stale_s: float | None = None, clock: Clock = time
+    ) -> None:
         self.ttl_s = ttl_s
+        self.clock = clock
         self.max_entries = max_entries
         self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
         self._entries: dict[Hashable, tuple[float, Any]] = {}
         self._readers: dict[Hashable, Callable[[], Any]] = {}
-        self._refresher = BackgroundRefresher("global-cache-refresh", self._refresh)
+        self._refresher = BackgroundRefresher("global-cache-refresh", self._refresh, clock=clock)
 
     def get(self, key: Hashable, read: Callable[[], T]) -> T:
         if self.ttl_s <= 0:
             return read()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         entry = self._entries.get(key)
         if entry is not None:
             expires, value = entry
@@ -180,5 +201,5 @@ class TtlMemo:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
             self._readers.clear()
-        self._entries[key] = (time.monotonic() + self.ttl_s, value)
+        self._entries[key] = (self.clock.monotonic() + self.ttl_s, value)
         return value
