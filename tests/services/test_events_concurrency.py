@@ -40,7 +40,7 @@ def test_a_batch_posted_by_several_clients_at_once_is_accepted_once(api_settings
     with live_server(create_app(api_settings)) as base_url:
         with ThreadPoolExecutor(CLIENTS) as pool:
             bodies = [body for result in pool.map(post_all, [base_url] * CLIENTS) for body in result]
-        metrics = httpx.get(f"{base_url}/metrics").text
+        metrics = httpx.get(f"{base_url}/metrics", timeout=60).text
 
     assert not any(body["degraded"] for body in bodies)
     assert sum(body["accepted"] for body in bodies) == len(unique_ids) == ROUNDS * EVENTS_PER_ROUND
