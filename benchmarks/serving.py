@@ -19,7 +19,8 @@ responses' `timings_ms`. The CPU other processes used during each measured rate 
 
 The API logs every served list as impressions (its default). `--impressions` compares, instead of
 API vs floor, the same API with logging off (`?log_impressions=false`, the peer) and on, alternated
-`--repeats` times per rate; `--lossless-seconds S` then runs S seconds at `--lossless-rate` with
+`--repeats` times per rate, after measuring the server's CPU per request both ways in a closed loop
+(with logging on, until the writers have logged every shown item); `--lossless-seconds S` then runs S seconds at `--lossless-rate` with
 logging on, stops the API (which drains its impression queues) and checks that the event log holds
 one impression per item shown in every answered response, by request id (`serving_impressions.py`).
 
@@ -54,7 +55,9 @@ sys.path.insert(0, str(ROOT))
 from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from http_load import run_open_loop  # noqa: E402
 from quiet import ForeignCpu  # noqa: E402
-from serving_impressions import logged_per_request, lossless_summary, report_logging  # noqa: E402
+from serving_impressions import (  # noqa: E402
+    logged_per_request, logging_cpu_summary, lossless_summary, report_logging, server_cpu_s,
+)
 
 console = Console(width=160)
 ITEMS, CATEGORIES, USERS, HISTORY = 1000, 20, 300, 50
@@ -240,13 +243,14 @@ def drain(base: str, timeout_s: float = 120.0) -> None:
             time.sleep(0.5)
 
 
-def closed_loop(base: str, requests: int) -> dict[str, float]:
+def closed_loop(base: str, requests: int, log_impressions: bool = True) -> dict[str, float]:
     """One request at a time on one connection: the service time without queueing."""
     latencies = []
+    params = {"k": 10} if log_impressions else {"k": 10, "log_impressions": "false"}
     with httpx.Client(base_url=base, timeout=10) as client:
         for index in range(requests):
             started = time.perf_counter()
-            client.get(f"/v1/users/user{index % USERS}/recommendations", params={"k": 10}).raise_for_status()
+            client.get(f"/v1/users/user{index % USERS}/recommendations", params=params).raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
     return {"p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
 
@@ -312,6 +316,8 @@ def main() -> None:
                           f"p99 {service['bare']['p99']:.2f} ms; api/bare p50 "
                           f"{service['api']['p50'] / service['bare']['p50']:.1f}x")
             if args.impressions:
+                cpu = logging_cpu(api, api_base, 500, args.repeats)
+                console.print(logging_cpu_summary(cpu, 500))
                 runs = measure_logging(generator, api_base, args.rates, args.seconds, args.repeats)
                 console.print(f"API workers {args.workers}, TensorFlow/faiss threads per worker {args.threads}")
                 console.print(report_logging(runs, args.rates))
@@ -364,6 +370,24 @@ def measure_logging(
                 name = f"impressions {'on' if logged else 'off'}"
                 results.setdefault((logged, rate), []).append(measure(generator, name, base, rate, seconds, logged))
     return results
+
+
+def logging_cpu(api: subprocess.Popen[bytes], base: str, requests: int, repeats: int) -> dict[bool, list[float]]:
+    """Server CPU (all processes of the API) per request in a closed loop, logging off and on,
+    alternated; with logging on, until the writers have logged every shown item."""
+    logged_metric = 'recsys_impressions_total{outcome="logged"}'
+    cpu: dict[bool, list[float]] = {}
+    for _ in range(repeats):
+        for logged in (False, True):
+            before, logged_before = server_cpu_s(api.pid), metric(base, logged_metric)
+            closed_loop(base, requests, logged)
+            deadline = time.monotonic() + 60
+            while logged and metric(base, logged_metric) - logged_before < requests * 10:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the impression writers did not catch up within 60 s")
+                time.sleep(0.05)
+            cpu.setdefault(logged, []).append((server_cpu_s(api.pid) - before) / requests * 1000)
+    return cpu
 
 
 def check_lossless(

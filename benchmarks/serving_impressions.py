@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from rich.table import Table
 
 from feature_store.event_log import EventLogReader
@@ -35,6 +36,21 @@ def lossless_summary(result: dict[str, Any], logged: dict[str, int], dropped: fl
             f"{result['p99']:.1f} ms, errors {result['errors']}/{result['requests']}, other processes "
             f"{result.get('other_cpu_s', float('nan')):.1f} CPU-s), {shown:,} items shown, {found:,} impressions "
             f"logged, {lost} lost; the server's dropped counter: {dropped:.0f}[/]")
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a server process and its workers."""
+    root = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def logging_cpu_summary(cpu: dict[bool, list[float]], requests: int) -> str:
+    """One line: the server's CPU per request with logging off and on (medians over repeats)."""
+    off, on = float(np.median(cpu[False])), float(np.median(cpu[True]))
+    every = "; ".join(f"{'on' if logged else 'off'} " + ", ".join(f"{v:.2f}" for v in values)
+                      for logged, values in cpu.items())
+    return (f"closed loop ({requests} requests per run): server CPU per request, logging off {off:.2f} ms, on "
+            f"{on:.2f} ms ({on - off:+.2f} ms, {on / off - 1:+.1%}) [{every}]")
 
 
 def report_logging(results: Runs, rates: list[int]) -> Table:

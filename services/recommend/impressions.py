@@ -160,6 +160,8 @@ class ImpressionLogger:
             log.error("impressions not written within %.1f s of shutdown are dropped", self._drain_timeout_s)
         self._give_up.set()
         self._thread.join(timeout=max(self._drain_timeout_s, 5.0))
+        if self._unreported_drops:
+            log.warning("impressions: dropped %d since the last report", self._unreported_drops)
 
     def _run(self) -> None:
         while not (self._give_up.is_set() and self._queue.empty()):
