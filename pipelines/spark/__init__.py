@@ -1,7 +1,7 @@
 """The batch layer: PySpark jobs over the event log, run as `recsys batch <job>` or `spark-submit`.
 
-Jobs, in chain order (`recsys batch all`): compact → sequences → item_graph → batch_features →
-ranking_samples. Each is `extract → transform(df, params) → load` in `pipelines/spark/jobs/<job>.py`
+Jobs, in chain order (`recsys batch all`): compact → attribution → sequences → item_graph →
+batch_features → ranking_samples. Each is `extract → transform(df, params) → load` in `pipelines/spark/jobs/<job>.py`
 with a thin `main()` so `spark-submit pipelines/spark/jobs/<job>.py` runs it unchanged on a cluster
 (the master then comes from spark-submit; paths come from settings, `RECSYS_BATCH__*`).
 
@@ -9,9 +9,20 @@ Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_ur
 
 - `events/`: the compacted master table, Parquet partitioned by `dt` (YYYY-MM-DD, UTC):
   event_id, user_id, item_id, type (strings), value double, ts timestamp (UTC), request_id,
-  position long, page, experiment, arm. One row per `event_id`.
+  position long, page, experiment, arm, policy, propensity double, team, model_versions
+  map<string, string> (the last four null in logs written before they existed). One row per `event_id`.
 - `rejects/`: lines of the event log that failed validation: source_file (URI), line_number
   (1-based, long), reason, raw (the line as written). Blank lines are skipped, not rejected.
+- `attributed_impressions/`: one row per impression, Parquet partitioned by `dt`: event_id,
+  user_id, item_id, ts, request_id, position, page, policy, propensity, experiment, arm, team, and
+  one 0/1 int column per attributed outcome type (add_to_cart, click, like, purchase): 1 when an
+  outcome of that type is attributed to the impression by `feature_store.attribution`'s rule
+  (window `attribution.window_s`). Ranker training data and the input of off-policy evaluation.
+- `attribution_counts/`: dimension (item, item_position, position, policy_arm), key (ids joined by
+  `attribution.join_key`; a missing position, policy or arm is `-`), bucket_ms long (the
+  impression's event hour, epoch ms), measure (`impression` or an outcome type), value long: the
+  shape of `attribution.CountRow`, non-zero counts only. `recsys batch check-attribution` compares
+  them with the speed layer's counts in Redis.
 - `sequences/`: user_id, session_id (string `<user_id>#<n>`, n from 0 in time order), item_ids
   list<string> (positive items, time-ordered, consecutive repeats collapsed), ts list<timestamp>
   (aligned with item_ids), start_ts, end_ts timestamp, length int. Sessions split by an inactivity

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 #: Every job, in the order `all` runs them (each reads what the ones before it wrote).
-CHAIN: tuple[str, ...] = ("compact", "sequences", "item_graph", "batch_features", "ranking_samples")
+CHAIN: tuple[str, ...] = ("compact", "attribution", "sequences", "item_graph", "batch_features", "ranking_samples")
 #: Jobs run only by name, not by `all` (random_walks: only `recsys train embeddings --walks` needs it).
 ON_DEMAND: tuple[str, ...] = ("random_walks",)
 

@@ -15,11 +15,12 @@ from rich.table import Table
 from pipelines.spark.runner import CHAIN, ON_DEMAND
 from services.cli.common import StateDirOption, console, fail, load_settings
 
-app = typer.Typer(help="Spark batch jobs: compact, sequences, item_graph, batch_features, ranking_samples, random_walks.",
+app = typer.Typer(help="Spark batch jobs: compact, attribution, sequences, item_graph, batch_features, ranking_samples, random_walks.",
                   no_args_is_help=True)  # fmt: skip
 
 HELP = {
     "compact": "Event log → Parquet master table by date; duplicates dropped, malformed rows to rejects/.",
+    "attribution": "Outcomes attributed to impressions: attributed_impressions/ and the attribution counts.",
     "sequences": "Per-user, time-ordered sessions of positive interactions.",
     "item_graph": "Directed item graph weighted by in-session transitions.",
     "batch_features": "Item, user and user×category batch views, published to the feature store.",
@@ -74,5 +75,5 @@ for _name in CHAIN + ON_DEMAND:
 
 @app.command("all")
 def run_all(state_dir: StateDirOption = None) -> None:
-    """Run the whole chain in order: compact, sequences, item_graph, batch_features, ranking_samples."""
+    """Run the whole chain in order: compact, attribution, sequences, item_graph, batch_features, ranking_samples."""
     _run(list(CHAIN), state_dir)

@@ -5,7 +5,8 @@ PERMISSIVE mode, so a malformed line becomes a reject instead of failing the job
 (blank lines are skipped). Rejected too, as the API rejects them: ids with a control character or
 with whitespace at either end (ids are taken exactly), and events dated more than
 `events.max_future_skew_s` after the job's clock (a log written before the API checked event time
-could otherwise move the batch watermark past every live event). Rejects are written to `rejects/` with the file, the 1-based line
+could otherwise move the batch watermark past every live event), and a `context.propensity` outside
+(0, 1]. Rejects are written to `rejects/` with the file, the 1-based line
 number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
 files that hold rejects are read again, each by one executor task that numbers its lines, and the
 numbered lines are joined back to the rejects (identical lines of one file are told apart by their
@@ -37,7 +38,7 @@ IDS = ("event_id", "user_id", "item_id")
 EDGE_WHITESPACE = r"(?U)^\s|\s$"
 MASTER_COLUMNS = [
     "event_id", "user_id", "item_id", "type", "value", "ts",
-    "request_id", "position", "page", "experiment", "arm", "dt",
+    "request_id", "position", "page", "experiment", "arm", "policy", "propensity", "team", "model_versions", "dt",
 ]  # fmt: skip
 
 
@@ -56,6 +57,10 @@ def event_json_schema() -> StructType:
         T.StructField("page", T.StringType()),
         T.StructField("experiment", T.StringType()),
         T.StructField("arm", T.StringType()),
+        T.StructField("policy", T.StringType()),
+        T.StructField("propensity", T.DoubleType()),
+        T.StructField("team", T.StringType()),
+        T.StructField("model_versions", T.MapType(T.StringType(), T.StringType())),
     ])  # fmt: skip
     return T.StructType([
         T.StructField("event_id", T.StringType()),
@@ -109,6 +114,7 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
         reason = reason.when(F.col(name).rlike(CONTROL_CHARACTER), F.lit(f"{name} contains a control character"))
         reason = reason.when(F.col(name).rlike(EDGE_WHITESPACE), F.lit(f"{name} starts or ends with whitespace"))
     latest = now + timedelta(seconds=max_future_skew_s)
+    propensity = F.col("context.propensity")
     return (
         reason.when(~F.col("type").isin(known_types), F.concat(F.lit("unknown event type: "), F.col("type")))
         .when(F.col("_ts").isNull(), F.concat(F.lit("unparsable ts: "), F.col("ts")))
@@ -117,6 +123,7 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
             "(events.max_future_skew_s)"
         ))
         .when(F.isnan("value") | (F.abs("value") == float("inf")), F.lit("non-finite value"))
+        .when(~propensity.between(0, 1) | (propensity == 0), F.lit("context.propensity is not in (0, 1]"))
     )
 
 
@@ -138,6 +145,7 @@ def transform(parsed: DataFrame, now: datetime, max_future_skew_s: float) -> Com
         .select(
             *IDS, "type", "value", F.col("_ts").alias("ts"),
             "context.request_id", "context.position", "context.page", "context.experiment", "context.arm",
+            "context.policy", "context.propensity", "context.team", "context.model_versions",
             F.date_format("_ts", "yyyy-MM-dd").alias("dt"),
         )  # fmt: skip
     )

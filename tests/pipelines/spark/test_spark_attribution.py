@@ -1,0 +1,175 @@
+"""The Spark attribution job against the pure rule (`feature_store.attribution`): on a generated log
+with planted outcomes (with, without and with unknown request ids, duplicates, late and early
+outcomes, ties, out-of-order lines, hour boundaries, old lines without the new context fields),
+its counts equal `reference_counts` and its attributed impressions equal `attribute` per outcome."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from feature_store.attribution import ATTRIBUTED_OUTCOMES, Impression, Outcome, attribute, reference_counts
+from feature_store.schemas import Event, EventContext, EventType
+from feature_store.settings import Settings
+from pipelines.spark.jobs import attribution, compact
+from tests.pipelines.spark.conftest import write_events
+
+T0 = datetime(2024, 5, 1, 7, 20, tzinfo=timezone.utc)
+WINDOW_S = 1800
+OUTCOMES = [EventType.CLICK, EventType.LIKE, EventType.ADD_TO_CART, EventType.PURCHASE]
+POLICIES = ["ranker-v1/greedy", "ranker-v2|eps%0.1", None, ""]  # '|' and '%' must stay apart in keys
+
+
+def _impressions(rng: random.Random) -> list[Event]:
+    """60 requests of 4 slots by 5 users over 6 items, across 07:00-10:00; some without request id
+    or position; two requests at the very same instant (ties are broken by event id)."""
+    events = []
+    for r in range(60):
+        user, shown = f"u{rng.randrange(5)}", rng.sample(range(6), 4)
+        at = T0 + timedelta(seconds=rng.randrange(3 * 3600)) if r != 59 else events[0].ts
+        request_id = None if r % 9 == 0 else f"r{r}"
+        policy = rng.choice(POLICIES)
+        for slot, item in enumerate(shown):
+            context = EventContext(
+                request_id=request_id, position=None if r % 13 == 0 else slot, page="home", policy=policy,
+                propensity=rng.choice([1.0, 0.25]), experiment="exp1" if policy else None,
+                arm=rng.choice(["a", "b", None]), team=rng.choice(["t1", None]), model_versions={"ranker": "7"},
+            )  # fmt: skip
+            user_id = events[0].user_id if r == 59 else user
+            events.append(Event(event_id=f"imp-{r}-{slot}", user_id=user_id, item_id=f"i{item}", type=EventType.IMPRESSION,
+                                ts=at, context=context))  # fmt: skip
+    return events
+
+
+def _outcomes(rng: random.Random, impressions: list[Event]) -> list[Event]:
+    """Outcomes at planted delays after random impressions: inside, at and past the window, before
+    the impression; with the impression's request id, none, an unknown one or another request's."""
+    delays = [0, 1, 45, 600, WINDOW_S, WINDOW_S + 1, 2 * WINDOW_S, -30]
+    events = []
+    for n in range(160):
+        target = rng.choice(impressions)
+        request = rng.choice(["own", "own", "none", "unknown", "other"])
+        request_id = {"own": target.context.request_id, "none": None, "unknown": "r-unknown",
+                      "other": f"r{rng.randrange(60)}"}[request]  # fmt: skip
+        events.append(Event(
+            event_id=f"out-{n}", user_id=target.user_id, item_id=target.item_id, type=rng.choice(OUTCOMES),
+            ts=target.ts + timedelta(seconds=rng.choice(delays), milliseconds=rng.choice([0, 0, 250])),
+            context=EventContext(request_id=request_id),
+        ))  # fmt: skip
+    first = impressions[0]
+    for n in range(3):  # one slot clicked three times: one click
+        events.append(Event(event_id=f"again-{n}", user_id=first.user_id, item_id=first.item_id, type=EventType.CLICK,
+                            ts=first.ts + timedelta(seconds=10 * n), context=EventContext(request_id=first.context.request_id)))
+    # not outcomes: a rating and an impression-like view never count
+    events.append(Event(event_id="rating-1", user_id=first.user_id, item_id=first.item_id, type=EventType.RATING,
+                        value=4.0, ts=first.ts + timedelta(seconds=5)))  # fmt: skip
+    return events
+
+
+def _old_lines() -> tuple[str, list[Event]]:
+    """Lines written before the context had policy, propensity, team and model versions."""
+    at = T0 + timedelta(hours=1, minutes=59, seconds=59)  # the impression's hour is 08:00, the click's 09:00
+    raw = [
+        {"event_id": "old-imp", "user_id": "u9", "item_id": "i1", "type": "impression", "ts": at.isoformat(),
+         "context": {"request_id": "old-r", "position": 2, "page": "home", "experiment": None, "arm": "b"}},
+        {"event_id": "old-click", "user_id": "u9", "item_id": "i1", "type": "click",
+         "ts": (at + timedelta(seconds=2)).isoformat(), "context": {"request_id": "old-r"}},
+    ]  # fmt: skip
+    return "".join(json.dumps(line) + "\n" for line in raw), [Event.model_validate(line) for line in raw]
+
+
+@pytest.fixture(scope="module")
+def attributed(spark: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[Event]]:
+    """The generated log written out of order in several files, duplicates included, then compacted
+    and attributed by the jobs; returns the settings and the log's events (with duplicates)."""
+    rng = random.Random(14)
+    impressions = _impressions(rng)
+    events = impressions + _outcomes(rng, impressions)
+    events += rng.sample(events, 30)  # duplicates: same event id, appended again
+    rng.shuffle(events)
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("attribution"), spark={"master": "local[2]", "shuffle_partitions": 4},
+        attribution={"window_s": WINDOW_S},
+    )  # fmt: skip
+    for start in range(0, len(events), 150):
+        write_events(settings, events[start : start + 150])
+    old_text, old_events = _old_lines()
+    partition = settings.event_log_dir / "dt=2024-05-01" / "hr=08"
+    (partition / "part-old.jsonl").write_text(old_text)
+    compact.run(spark, settings)  # type: ignore[arg-type]
+    summary = attribution.run(spark, settings)  # type: ignore[arg-type]
+    assert summary.rows_out == len({e.event_id for e in impressions}) + 1
+    return settings, events + old_events
+
+
+def test_counts_equal_the_reference_rule(spark: object, attributed: tuple[Settings, list[Event]]) -> None:
+    settings, events = attributed
+    expected = reference_counts(events, WINDOW_S * 1000)
+    rows = spark.read.parquet(f"{settings.batch_uri}/attribution_counts").collect()  # type: ignore[attr-defined]
+    actual = {(r.dimension, r.key, r.bucket_ms, r.measure): r.value for r in rows}
+
+    assert len(actual) == len(rows), "one row per (dimension, key, bucket, measure)"
+    assert actual == expected
+    measures = {key[3] for key in expected}
+    assert measures == {"impression", *(t.value for t in OUTCOMES)}, "the log exercises every outcome type"
+    assert len({key[2] for key in expected}) >= 3, "the log spans several hours"
+    assert any(key[:2] == ("policy_arm", "ranker-v2%7Ceps%250.1|a") for key in expected), "escaped key parts"
+    assert ("item_position", "i1|2", 1714550400000, "click") in expected, "an old line's click, attributed across the hour"
+
+
+def test_attributed_impressions_flag_each_outcome_type(spark: object, attributed: tuple[Settings, list[Event]]) -> None:
+    settings, events = attributed
+    impressions = [Impression.of(e) for e in events if e.type == EventType.IMPRESSION]
+    expected = {i.event_id: {t.value: 0 for t in ATTRIBUTED_OUTCOMES} for i in impressions}
+    for event in events:
+        if event.type in ATTRIBUTED_OUTCOMES:
+            target = attribute(Outcome.of(event), impressions, WINDOW_S * 1000)
+            if target is not None:
+                expected[target.event_id][event.type.value] = 1
+    table = spark.read.parquet(f"{settings.batch_uri}/attributed_impressions")  # type: ignore[attr-defined]
+    rows = {r.event_id: r for r in table.collect()}
+
+    assert {event_id: {t: getattr(row, t) for t in expected[event_id]} for event_id, row in rows.items()} == expected
+    assert 0 < sum(sum(flags.values()) for flags in expected.values()) < len(events)
+    original = next(e for e in events if e.event_id == "imp-5-1")
+    row = rows["imp-5-1"]
+    context = original.context
+    assert (row.user_id, row.item_id, row.ts.replace(tzinfo=timezone.utc), row.request_id, row.position, row.page, row.policy, row.propensity,
+            row.experiment, row.arm, row.team) == (
+        original.user_id, original.item_id, original.ts, context.request_id, context.position, context.page,
+        context.policy, context.propensity, context.experiment, context.arm, context.team,
+    )  # fmt: skip
+    old = rows["old-imp"]
+    assert (old.policy, old.propensity, old.team, old.click) == (None, None, None, 1)
+
+
+def test_compact_keeps_the_new_context_and_rejects_a_bad_propensity(spark: object, tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, spark={"master": "local[2]", "shuffle_partitions": 2})
+    partition = settings.event_log_dir / "dt=2024-05-01" / "hr=08"
+    partition.mkdir(parents=True)
+    context = {"request_id": "r1", "position": 0, "policy": "p", "propensity": 0.5, "team": "t",
+               "model_versions": {"ranker": "3", "recall": "2"}}  # fmt: skip
+    lines = [
+        {"event_id": "new", "user_id": "u", "item_id": "i", "type": "impression", "ts": "2024-05-01T08:00:00Z", "context": context},
+        {"event_id": "zero", "user_id": "u", "item_id": "i", "type": "impression", "ts": "2024-05-01T08:00:00Z",
+         "context": {**context, "propensity": 0.0}},
+        {"event_id": "big", "user_id": "u", "item_id": "i", "type": "impression", "ts": "2024-05-01T08:00:00Z",
+         "context": {**context, "propensity": 1.5}},
+        {"event_id": "old", "user_id": "u", "item_id": "i", "type": "click", "ts": "2024-05-01T08:00:01Z",
+         "context": {"request_id": "r1"}},
+    ]  # fmt: skip
+    (partition / "part-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    compact.run(spark, settings)  # type: ignore[arg-type]
+
+    rows = {r.event_id: r for r in spark.read.parquet(f"{settings.batch_uri}/events").collect()}  # type: ignore[attr-defined]
+    assert set(rows) == {"new", "old"}
+    assert (rows["new"].policy, rows["new"].propensity, rows["new"].team, rows["new"].model_versions) == (
+        "p", 0.5, "t", {"ranker": "3", "recall": "2"})
+    assert (rows["old"].policy, rows["old"].propensity, rows["old"].model_versions) == (None, None, None)
+    rejects = {r.line_number: r.reason for r in spark.read.parquet(f"{settings.batch_uri}/rejects").collect()}  # type: ignore[attr-defined]
+    assert rejects == {2: "context.propensity is not in (0, 1]", 3: "context.propensity is not in (0, 1]"}
