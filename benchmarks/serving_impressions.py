@@ -50,7 +50,7 @@ def logging_cpu_summary(cpu: dict[bool, list[float]], requests: int) -> str:
     every = "; ".join(f"{'on' if logged else 'off'} " + ", ".join(f"{v:.2f}" for v in values)
                       for logged, values in cpu.items())
     return (f"closed loop ({requests} requests per run): server CPU per request, logging off {off:.2f} ms, on "
-            f"{on:.2f} ms ({on - off:+.2f} ms, {on / off - 1:+.1%}) [{every}]")
+            f"{on:.2f} ms ({on - off:+.2f} ms, {on / off - 1:+.1%}; runs: {every})")
 
 
 def report_logging(results: Runs, rates: list[int]) -> Table:

@@ -139,7 +139,7 @@ def test_a_full_queue_drops_and_counts_without_failing_a_request(
         try:
             bodies = [_recommend(client, f"u{n}") for n in range(10)]
             dropped = _counter(client, "dropped")
-            # The writer holds the list(s) it retries, the queue two more: the rest are dropped.
+            # The writer retries one batch (its first list and up to 2 more), the queue holds 2.
             assert 5 * K <= dropped < 10 * K and _counter(client, "logged") == 0
         finally:
             log_dir.unlink()
