@@ -6,70 +6,19 @@ its counts equal `reference_counts` and its attributed impressions equal `attrib
 from __future__ import annotations
 
 import json
-import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from feature_store.attribution import ATTRIBUTED_OUTCOMES, Impression, Outcome, attribute, reference_counts
-from feature_store.schemas import Event, EventContext, EventType
+from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
 from pipelines.spark.jobs import attribution, compact
 from tests.pipelines.spark.conftest import write_events
+from tests.pipelines.spark.planted_attribution import OUTCOMES, WINDOW_S, planted_log
 
 T0 = datetime(2024, 5, 1, 7, 20, tzinfo=timezone.utc)
-WINDOW_S = 1800
-OUTCOMES = [EventType.CLICK, EventType.LIKE, EventType.ADD_TO_CART, EventType.PURCHASE]
-POLICIES = ["ranker-v1/greedy", "ranker-v2|eps%0.1", None, ""]  # '|' and '%' must stay apart in keys
-
-
-def _impressions(rng: random.Random) -> list[Event]:
-    """60 requests of 4 slots by 5 users over 6 items, across 07:00-10:00; some without request id
-    or position; two requests at the very same instant (ties are broken by event id)."""
-    events = []
-    for r in range(60):
-        user, shown = f"u{rng.randrange(5)}", rng.sample(range(6), 4)
-        at = T0 + timedelta(seconds=rng.randrange(3 * 3600)) if r != 59 else events[0].ts
-        request_id = None if r % 9 == 0 else f"r{r}"
-        policy = rng.choice(POLICIES)
-        for slot, item in enumerate(shown):
-            context = EventContext(
-                request_id=request_id, position=None if r % 13 == 0 else slot, page="home", policy=policy,
-                propensity=rng.choice([1.0, 0.25]), experiment="exp1" if policy else None,
-                arm=rng.choice(["a", "b", None]), team=rng.choice(["t1", None]), model_versions={"ranker": "7"},
-            )  # fmt: skip
-            user_id = events[0].user_id if r == 59 else user
-            events.append(Event(event_id=f"imp-{r}-{slot}", user_id=user_id, item_id=f"i{item}", type=EventType.IMPRESSION,
-                                ts=at, context=context))  # fmt: skip
-    return events
-
-
-def _outcomes(rng: random.Random, impressions: list[Event]) -> list[Event]:
-    """Outcomes at planted delays after random impressions: inside, at and past the window, before
-    the impression; with the impression's request id, none, an unknown one or another request's."""
-    delays = [0, 1, 45, 600, WINDOW_S, WINDOW_S + 1, 2 * WINDOW_S, -30]
-    events = []
-    for n in range(160):
-        target = rng.choice(impressions)
-        request = rng.choice(["own", "own", "none", "unknown", "other"])
-        request_id = {"own": target.context.request_id, "none": None, "unknown": "r-unknown",
-                      "other": f"r{rng.randrange(60)}"}[request]  # fmt: skip
-        events.append(Event(
-            event_id=f"out-{n}", user_id=target.user_id, item_id=target.item_id, type=rng.choice(OUTCOMES),
-            ts=target.ts + timedelta(seconds=rng.choice(delays), milliseconds=rng.choice([0, 0, 250])),
-            context=EventContext(request_id=request_id),
-        ))  # fmt: skip
-    first = impressions[0]
-    for n in range(3):  # one slot clicked three times: one click
-        events.append(Event(event_id=f"again-{n}", user_id=first.user_id, item_id=first.item_id, type=EventType.CLICK,
-                            ts=first.ts + timedelta(seconds=10 * n), context=EventContext(request_id=first.context.request_id)))
-    # not outcomes: a rating and an impression-like view never count
-    events.append(Event(event_id="rating-1", user_id=first.user_id, item_id=first.item_id, type=EventType.RATING,
-                        value=4.0, ts=first.ts + timedelta(seconds=5)))  # fmt: skip
-    return events
-
-
 def _old_lines() -> tuple[str, list[Event]]:
     """Lines written before the context had policy, propensity, team and model versions."""
     at = T0 + timedelta(hours=1, minutes=59, seconds=59)  # the impression's hour is 08:00, the click's 09:00
@@ -86,11 +35,7 @@ def _old_lines() -> tuple[str, list[Event]]:
 def attributed(spark: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[Event]]:
     """The generated log written out of order in several files, duplicates included, then compacted
     and attributed by the jobs; returns the settings and the log's events (with duplicates)."""
-    rng = random.Random(14)
-    impressions = _impressions(rng)
-    events = impressions + _outcomes(rng, impressions)
-    events += rng.sample(events, 30)  # duplicates: same event id, appended again
-    rng.shuffle(events)
+    events = planted_log(T0)
     settings = Settings(
         state_dir=tmp_path_factory.mktemp("attribution"), spark={"master": "local[2]", "shuffle_partitions": 4},
         attribution={"window_s": WINDOW_S},
@@ -102,7 +47,7 @@ def attributed(spark: object, tmp_path_factory: pytest.TempPathFactory) -> tuple
     (partition / "part-old.jsonl").write_text(old_text)
     compact.run(spark, settings)  # type: ignore[arg-type]
     summary = attribution.run(spark, settings)  # type: ignore[arg-type]
-    assert summary.rows_out == len({e.event_id for e in impressions}) + 1
+    assert summary.rows_out == len({e.event_id for e in events if e.type == EventType.IMPRESSION}) + 1
     return settings, events + old_events
 
 

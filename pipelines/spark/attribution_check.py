@@ -1,0 +1,167 @@
+"""Spark's attribution counts against the speed layer's, on closed buckets of the same log.
+
+`recsys batch check-attribution` runs it after `recsys batch attribution`, with the stream job
+caught up on the same log. Both layers count by `feature_store.attribution`, in hourly buckets of
+the impression's event time; the speed layer's counts are read with
+`AttributionStore.scan_counts`, on the executors (one task per dimension), so neither side is
+collected to the driver.
+
+Compared: the buckets starting in [since, until) where
+
+- until is at most the end of the last *closed* bucket: bucket end + `attribution.window_s` <=
+  the newest event time in the master table minus a margin (default `flink.out_of_orderness_ms`,
+  the stream's watermark lag), so no outcome still to come can change it;
+- since is at least the oldest bucket the speed layer still holds whole: it applies no record
+  older than min(`feature_store.dedup_ttl_s`, `attribution_store.RETENTION_MS`) at the time it
+  sees it, and expires older buckets.
+
+Every (dimension, key, bucket, measure) whose values differ is a difference, a count missing on
+one side being 0. They are written to `attribution_check/` (Parquet: dimension, key, bucket_ms,
+measure, spark, flink) and read back in order by `differences`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from feature_store.attribution import BUCKET_MS, CountRow, Dimension
+from feature_store.attribution_store import RETENTION_MS
+from feature_store.settings import Settings
+from pipelines.spark.common import BatchPaths, read_parquet
+from pipelines.spark.jobs.attribution import COUNTS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+OUTPUT = "attribution_check"
+KEYS = ["dimension", "key", "bucket_ms", "measure"]
+COUNT_SCHEMA = "dimension string, key string, bucket_ms long, measure string, value long"
+
+#: The speed layer's counts of one dimension; picklable, since it runs on the executors.
+CountSource = Callable[[str], Iterable[CountRow]]
+
+
+@dataclass(frozen=True)
+class RedisCounts:
+    """The speed layer's counts in Redis (`AttributionStore.scan_counts`), one store per task."""
+
+    settings: Settings
+    url: str
+
+    def __call__(self, dimension: str) -> Iterator[CountRow]:
+        from feature_store.online_store import RedisOnlineStore
+
+        store = RedisOnlineStore.from_settings(self.settings, self.url).attribution()
+        try:
+            yield from store.scan_counts(dimension)
+        finally:
+            store.close()
+
+
+@dataclass(frozen=True)
+class Difference:
+    dimension: str
+    key: str
+    bucket_ms: int
+    measure: str
+    spark: int
+    flink: int
+
+    def __str__(self) -> str:
+        hour = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.bucket_ms / 1000))
+        return (f"{self.dimension} {self.key!r} bucket {hour} ({self.bucket_ms}) {self.measure}: "
+                f"spark {self.spark}, flink {self.flink}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What one check compared, and how many (dimension, key, bucket, measure) differ."""
+
+    since_ms: int
+    until_ms: int
+    newest_event_ms: int
+    compared: int
+    differences: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.differences == 0
+
+
+def closed_until_ms(newest_event_ms: int, window_ms: int, margin_ms: int) -> int:
+    """The end of the last closed bucket: buckets starting before it satisfy
+    bucket end + window <= newest event time - margin."""
+    cutoff = newest_event_ms - margin_ms - window_ms
+    return cutoff - cutoff % BUCKET_MS
+
+
+def speed_oldest_ms(settings: Settings, now_ms: int) -> int:
+    """The first bucket the speed layer holds whole at `now_ms` (see the module docstring)."""
+    oldest = now_ms - min(int(settings.feature_store.dedup_ttl_s * 1000), RETENTION_MS)
+    return oldest - oldest % BUCKET_MS + BUCKET_MS
+
+
+def speed_counts(spark: SparkSession, source: CountSource) -> DataFrame:
+    """The speed layer's counts as a DataFrame (`COUNT_SCHEMA`), read by one task per dimension."""
+    dimensions = spark.sparkContext.parallelize(list(Dimension.ALL), len(Dimension.ALL))
+    rows = dimensions.flatMap(
+        lambda dimension: ((r.dimension, r.key, r.bucket_ms, r.measure, r.value) for r in source(dimension))
+    )
+    return spark.createDataFrame(rows, COUNT_SCHEMA)
+
+
+def compare(batch: DataFrame, speed: DataFrame, since_ms: int, until_ms: int) -> DataFrame:
+    """Both sides' counts in the buckets [since_ms, until_ms): KEYS, spark, flink (0 if absent)."""
+    from pyspark.sql import functions as F
+
+    def in_range(counts: DataFrame, side: str) -> DataFrame:
+        bucket = F.col("bucket_ms")
+        return counts.where((bucket >= since_ms) & (bucket < until_ms)).select(*KEYS, F.col("value").alias(side))
+
+    joined = in_range(batch, "spark").join(in_range(speed, "flink"), KEYS, "full_outer")
+    return joined.select(*KEYS, *(F.coalesce(side, F.lit(0)).cast("long").alias(side) for side in ("spark", "flink")))
+
+
+def check_attribution(
+    spark: SparkSession,
+    settings: Settings,
+    source: CountSource,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    margin_ms: int | None = None,
+    now_ms: int | None = None,
+) -> CheckReport:
+    """Compare `attribution_counts/` with `source` on the closed buckets in [since_ms, until_ms)
+    (each bound narrowed as the module docstring says); differences go to `attribution_check/`."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    paths = BatchPaths.from_settings(settings)
+    events = read_parquet(spark, paths.events, produced_by="compact")
+    newest_ms = events.agg(F.max(F.unix_millis("ts"))).first()[0] or 0
+    margin = settings.flink.out_of_orderness_ms if margin_ms is None else margin_ms
+    closed = closed_until_ms(newest_ms, int(settings.attribution.window_s * 1000), margin)
+    until = closed if until_ms is None else min(until_ms, closed)
+    oldest = speed_oldest_ms(settings, int(time.time() * 1000) if now_ms is None else now_ms)
+    since = oldest if since_ms is None else max(since_ms, oldest)
+    batch = read_parquet(spark, paths.output(COUNTS), produced_by="attribution")
+    both = compare(batch, speed_counts(spark, source), since, until).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        compared = both.count()
+        both.where(F.col("spark") != F.col("flink")).write.mode("overwrite").parquet(paths.output(OUTPUT))
+    finally:
+        both.unpersist()
+    differences = spark.read.parquet(paths.output(OUTPUT)).count()
+    return CheckReport(since, until, newest_ms, compared, differences, paths.output(OUTPUT))
+
+
+def differences(spark: SparkSession, report: CheckReport) -> Iterator[Difference]:
+    """The differences a check wrote, ordered by dimension, key, bucket and measure; streamed a
+    partition at a time."""
+    table = spark.read.parquet(report.output).orderBy(*KEYS)
+    for row in table.toLocalIterator():
+        yield Difference(row.dimension, row.key, row.bucket_ms, row.measure, row.spark, row.flink)

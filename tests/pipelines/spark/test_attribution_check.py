@@ -1,0 +1,109 @@
+"""The Spark-vs-speed-layer attribution check on a real Redis: the speed layer's counts are written
+through the attribution store's write path (`record_impression`, `record_credit`) by the rule of
+`feature_store.attribution`, Spark's by the attribution job on the same log. Equal counts pass; a
+planted extra click fails the check, which names each of its four differences and ignores a
+difference in a bucket that is not closed yet."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from feature_store.attribution import Impression, Outcome, attribute, is_outcome, reference_counts
+from feature_store.online_store import RedisOnlineStore
+from feature_store.redis_server import EmbeddedRedis
+from feature_store.schemas import Event, EventType
+from feature_store.settings import Settings
+from pipelines.spark.attribution_check import (
+    Difference, RedisCounts, check_attribution, closed_until_ms, differences,
+)  # fmt: skip
+from pipelines.spark.jobs import attribution, compact
+from services.cli import app
+from tests.pipelines.spark.conftest import write_events
+from tests.pipelines.spark.planted_attribution import WINDOW_S, planted_log
+
+HOUR_MS = 3_600_000
+# Recent enough for the speed layer to accept (it drops records older than its replay markers).
+START = datetime.now(timezone.utc).replace(minute=20, second=0, microsecond=0) - timedelta(hours=8)
+TAIL = START + timedelta(hours=7)  # the newest event: every bucket of the planted log is closed
+
+
+@pytest.fixture(scope="module")
+def batch(spark: object, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[Event]]:
+    """The planted log plus a late non-outcome event, compacted and attributed by Spark."""
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("check"), redis={"url": redis_server.url},
+        spark={"master": "local[2]", "shuffle_partitions": 2}, attribution={"window_s": WINDOW_S},
+    )  # fmt: skip
+    events = planted_log(START) + [
+        Event(event_id="tail", user_id="u0", item_id="i0", type=EventType.RATING, value=3.0, ts=TAIL)
+    ]
+    write_events(settings, events)
+    compact.run(spark, settings)  # type: ignore[arg-type]
+    attribution.run(spark, settings)  # type: ignore[arg-type]
+    return settings, events
+
+
+def _speed_layer(settings: Settings, events: list[Event]) -> list[Impression]:
+    """Write what the stream job writes, by the rule, through the store; returns the impressions."""
+    store = RedisOnlineStore.from_settings(settings).attribution()
+    impressions = [Impression.of(e) for e in events if e.type == EventType.IMPRESSION]
+    for impression in impressions:
+        store.record_impression(impression)
+    for event in events:
+        if is_outcome(event):
+            target = attribute(Outcome.of(event), impressions, WINDOW_S * 1000)
+            if target is not None:
+                store.record_credit(target, Outcome.of(event))
+    store.close()
+    return impressions
+
+
+def test_closed_buckets_end_a_window_before_the_newest_event() -> None:
+    assert closed_until_ms(10 * HOUR_MS + 1_805_000, 1_800_000, 5_000) == 10 * HOUR_MS
+    assert closed_until_ms(10 * HOUR_MS + 1_804_999, 1_800_000, 5_000) == 9 * HOUR_MS
+
+
+def test_equal_counts_pass(spark: object, batch: tuple[Settings, list[Event]], redis_client: redis.Redis) -> None:
+    settings, events = batch
+    _speed_layer(settings, events)
+
+    report = check_attribution(spark, settings, RedisCounts(settings, settings.redis.url or ""))  # type: ignore[arg-type]
+
+    assert report.ok, list(differences(spark, report))  # type: ignore[arg-type]
+    assert report.compared == len(reference_counts(events, WINDOW_S * 1000)), "every planted bucket is compared"
+
+
+def test_a_planted_discrepancy_fails_the_check_and_is_named(
+    spark: object, batch: tuple[Settings, list[Event]], redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    settings, events = batch
+    impressions = _speed_layer(settings, events)
+    expected = reference_counts(events, WINDOW_S * 1000)
+    unclicked = next(i for i in impressions if ("item", i.item_id, i.bucket_ms, "click") not in expected)
+    store = RedisOnlineStore.from_settings(settings).attribution()
+    fake = Outcome("planted", unclicked.user_id, unclicked.item_id, "click", unclicked.ts_ms + 1000, None)
+    store.record_credit(unclicked, fake)
+    open_bucket = Impression("open", "u0", "i0", int(TAIL.timestamp() * 1000) - 60_000, None, 1, None, None, None)
+    store.record_impression(open_bucket)  # its hour is not closed: not compared
+    store.close()
+    monkeypatch.setenv("RECSYS_REDIS__URL", settings.redis.url or "")
+    monkeypatch.setenv("RECSYS_SPARK__SHUFFLE_PARTITIONS", "2")
+    monkeypatch.setenv("RECSYS_ATTRIBUTION__WINDOW_S", str(WINDOW_S))
+
+    result = CliRunner().invoke(app, ["batch", "check-attribution", "--state-dir", str(settings.state_dir)])
+
+    assert result.exit_code == 1, result.output
+    named = [line.removeprefix("difference: ") for line in result.output.splitlines() if line.startswith("difference: ")]
+    planted = [
+        Difference(dimension, key, unclicked.bucket_ms, "click", n, n + 1)
+        for dimension, key in unclicked.count_keys()
+        for n in [expected.get((dimension, key, unclicked.bucket_ms, "click"), 0)]
+    ]
+    assert sorted(named) == sorted(str(d) for d in planted)
+    assert len(named) == 4
+    assert "4 differences" in result.output
