@@ -80,7 +80,7 @@ def test_paused_redis_answers_every_concurrent_request_degraded_within_the_deadl
                                             make_event("crowd2", "hit")])
             assert client.get("/v1/users/u/recommendations").json()["degraded"] is False
 
-            pauser.execute_command("CLIENT", "PAUSE", "8000", "ALL")
+            pauser.execute_command("CLIENT", "PAUSE", "15000", "ALL")
             bodies = _concurrent_recommendations(base_url, users=[f"user{n}" for n in range(8)])
             pauser.ping()  # answered when the pause ends (CLIENT UNPAUSE would wait for it too)
 
