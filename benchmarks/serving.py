@@ -398,13 +398,16 @@ def check_lossless(
     shown item must be in the event log as an impression of its request."""
     started = datetime.now(timezone.utc)
     console.print(f"lossless run: {rate} rps for {seconds:.0f} s with impression logging on …")
+    logged_metric = 'recsys_impressions_total{outcome="logged"}'
+    logged_before = metric(base, logged_metric)
     with ForeignCpu() as other:
         result = generator.submit(open_loop_in_process, base, rate, seconds).result()
     result["other_cpu_s"] = other.core_seconds
-    dropped = metric(base, 'recsys_impressions_total{outcome="dropped"}')
-    api.terminate()
+    result["backlog"] = sum(result["served"].values()) - (metric(base, logged_metric) - logged_before)
+    result["dropped"] = metric(base, 'recsys_impressions_total{outcome="dropped"}')
+    api.terminate()  # the workers drain their queues for up to api.impression_drain_timeout_s
     api.wait(60)
-    console.print(lossless_summary(result, logged_per_request(log_root, started, result["served"]), dropped))
+    console.print(lossless_summary(result, logged_per_request(log_root, started, result["served"])))
 
 
 def metric(base: str, name: str) -> float:

@@ -26,8 +26,9 @@ def logged_per_request(log_root: Path, since: datetime, request_ids: dict[str, i
     return logged
 
 
-def lossless_summary(result: dict[str, Any], logged: dict[str, int], dropped: float) -> str:
-    """One line: items the generator was shown, impressions logged for them, and how many are missing."""
+def lossless_summary(result: dict[str, Any], logged: dict[str, int]) -> str:
+    """One line: items the generator was shown, impressions logged for them, and how many are missing;
+    with the writers' backlog when the load stopped and the server's dropped counter then."""
     served: dict[str, int] = result["served"]
     shown, found = sum(served.values()), sum(logged.values())
     lost = sum(max(n - logged.get(request, 0), 0) for request, n in served.items())
@@ -35,7 +36,8 @@ def lossless_summary(result: dict[str, Any], logged: dict[str, int], dropped: fl
     return (f"[{colour}]lossless run: {len(served):,} answered requests (p50 {result['p50']:.1f} ms, p99 "
             f"{result['p99']:.1f} ms, errors {result['errors']}/{result['requests']}, other processes "
             f"{result.get('other_cpu_s', float('nan')):.1f} CPU-s), {shown:,} items shown, {found:,} impressions "
-            f"logged, {lost} lost; the server's dropped counter: {dropped:.0f}[/]")
+            f"logged, {lost} lost; when the load stopped: {result['backlog']:,.0f} not yet logged, "
+            f"{result['dropped']:.0f} dropped[/]")
 
 
 def server_cpu_s(pid: int) -> float:

@@ -45,8 +45,8 @@ REQUEST_CONTEXT = ("page", "experiment", "arm")
 # Events per intake call: its live-feature script holds Redis (~10 µs per event) and requests
 # queue behind it, so a backlog is worked off in short calls.
 MAX_BATCH_EVENTS = 100
-# How long the writer lets lists gather after the first: one append (fsync) and three Redis round
-# trips serve them all, instead of each request paying for its own.
+# Without a backlog, how long the writer lets lists gather after the first: one append (fsync) and
+# three Redis round trips serve them all, instead of each request paying for its own.
 BATCH_LINGER_S = 0.05
 DROP_REPORT_INTERVAL_S = 10.0
 RETRY_BACKOFF_S = (0.05, 2.0)  # first and largest wait between failed appends
@@ -180,16 +180,21 @@ class ImpressionLogger:
             batch = [self._queue.get(timeout=0.1)]
         except queue.Empty:
             return []
-        size = len(batch[0].item_ids)
-        if size < MAX_BATCH_EVENTS:
+        if self._take_queued(batch) < MAX_BATCH_EVENTS:  # no backlog: let more lists gather first
             self._give_up.wait(BATCH_LINGER_S)
+            self._take_queued(batch)
+        return batch
+
+    def _take_queued(self, batch: list[ServedList]) -> int:
+        """Move queued lists into `batch` while it holds fewer than MAX_BATCH_EVENTS; its event count."""
+        size = sum(len(served.item_ids) for served in batch)
         while size < MAX_BATCH_EVENTS:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
             size += len(batch[-1].item_ids)
-        return batch
+        return size
 
     def _write(self, batch: list[ServedList]) -> None:
         events = [event for served in batch for event in served.events()]

@@ -139,8 +139,9 @@ def test_a_full_queue_drops_and_counts_without_failing_a_request(
         try:
             bodies = [_recommend(client, f"u{n}") for n in range(10)]
             dropped = _counter(client, "dropped")
-            # The writer retries one batch (its first list and up to 2 more), the queue holds 2.
-            assert 5 * K <= dropped < 10 * K and _counter(client, "logged") == 0
+            # The writer retries one batch (its first list, the 2 queued then and 2 more after its
+            # 50 ms wait for more), the queue holds 2: at least 3 lists are dropped.
+            assert 3 * K <= dropped < 10 * K and _counter(client, "logged") == 0
         finally:
             log_dir.unlink()
             log_dir.with_name("events.moved").rename(log_dir)
