@@ -139,11 +139,16 @@ _ARRAYS = (
 
 def save_truth(truth: SyntheticTruth, path: Path) -> Path:
     """Write the truth as `.npz` (arrays + params JSON) atomically; returns `path`."""
+    arrays: dict[str, Any] = {name: getattr(truth, name) for name in _ARRAYS}
+    return write_npz(path, params=np.array(json.dumps(asdict(truth.params))), **arrays)
+
+
+def write_npz(path: Path, **arrays: Any) -> Path:
+    """Write `arrays` as a compressed `.npz` atomically (hidden temp file, fsync, rename); returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    arrays: dict[str, Any] = {name: getattr(truth, name) for name in _ARRAYS}
     with tmp.open("wb") as handle:
-        np.savez_compressed(handle, params=np.array(json.dumps(asdict(truth.params))), **arrays)
+        np.savez_compressed(handle, **arrays)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

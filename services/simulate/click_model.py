@@ -22,13 +22,13 @@ oracle_clicks(len(list))` for every list of distinct items, exactly.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.datasets.synthetic_truth import write_npz
 from services.simulate.population import Population, population_from_arrays
 
 
@@ -106,15 +106,8 @@ class GroundTruth:
 
     def save(self, path: Path) -> Path:
         """Write the truth (population and click model) as `.npz` atomically; returns `path`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         model = np.array(json.dumps({"eta": self.model.eta}))
-        with tmp.open("wb") as handle:
-            np.savez_compressed(handle, click_model=model, **self.population.to_arrays())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_npz(path, click_model=model, **self.population.to_arrays())
 
 
 def load_truth(path: Path) -> GroundTruth:
