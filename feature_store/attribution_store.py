@@ -1,6 +1,6 @@
 """Attributed counts in Redis: the speed layer's writes and the online reads.
 
-The Flink job (`pipelines.flink.attribution`) decides *what* to count by the rule of
+The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *what* to count by the rule of
 `feature_store.attribution`; this store keeps the counts, idempotently and bounded in memory:
 
 - one Lua script per record: it first sets the record's replay marker (`SET NX PX`), and applies

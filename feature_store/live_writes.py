@@ -16,8 +16,8 @@
   guarded by their event time; every key carries a TTL that only ever grows, and count buckets
   older than the feature's TTL are trimmed, so memory stays bounded however long it runs.
 
-Use one writer per worker process. The Flink job's sink (`pipelines.flink.operators.WriteLiveFeatures`)
-opens one per task and applies each event as it arrives; the API applies each posted batch in one call.
+Use one writer per worker process. The API is the one writer of these features: it applies each
+posted batch in one call (the Flink job computes only the attributed counts, `attribution_store`).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The speed layer: a PyFlink streaming job from the event log to live features in Redis."""
+"""The speed layer: a PyFlink streaming job from the event log to attributed counts in Redis."""

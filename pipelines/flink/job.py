@@ -1,4 +1,4 @@
-"""The speed-layer job: event log (file source, continuous) -> live features in Redis.
+"""The speed-layer job: event log (file source, continuous) -> attributed counts in Redis.
 
 Runs in a local mini-cluster inside this process by default (`recsys stream run`, or
 `python -m pipelines.flink.job`), and unchanged on a cluster with
@@ -10,8 +10,13 @@ Graph::
     FileSource(text lines, monitor_continuously)            only complete (visible) files
       -> ParseEvents (flat_map)               malformed and far-future lines logged, skipped
       -> event-time watermarks (bounded out-of-orderness)
-      -> WriteLiveFeatures                    too-late events skipped; the rest through the
-                                              feature store's idempotent LiveWriter into Redis
+      -> key_by (user, item)
+      -> Attribute (KeyedProcessFunction)     impressions and outcomes joined in keyed state with
+                                              event-time timers; counts through the feature
+                                              store's idempotent AttributionStore into Redis
+
+The live features (sequences, counts, trending) are the API's to write (`LiveWriter`, on every
+posted event): one writer per feature. This job computes only what needs the join.
 
 Checkpoints (exactly-once state, retained on cancellation) go to `settings.flink_checkpoint_dir`;
 `--from-checkpoint PATH` or `--resume` (latest retained checkpoint) restores from one.
@@ -27,7 +32,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from pyflink.common import Configuration, Duration, WatermarkStrategy
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 
@@ -63,17 +68,18 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
 
     return ops.JobParams(
         redis=ConnectionSpec.from_settings(settings, redis_url),
-        catalog_dir=str(settings.catalog_dir.resolve()),
         dedup_ttl_s=settings.feature_store.dedup_ttl_s,
         allowed_lateness_ms=settings.flink.allowed_lateness_ms,
         max_future_skew_s=settings.events.max_future_skew_s,
+        window_ms=int(settings.attribution.window_s * 1000),
+        recent_outcomes=settings.attribution.recent_outcomes,
     )
 
 
 def build_job(
     env: StreamExecutionEnvironment, events_dir: Path, params: ops.JobParams, flink: FlinkSettings
 ) -> None:
-    """Wire source -> parse -> event time -> live features in Redis onto `env`."""
+    """Wire source -> parse -> event time -> (user, item) keys -> attribution onto `env`."""
     events_dir.mkdir(parents=True, exist_ok=True)
     source = (
         FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(events_dir.resolve()))
@@ -87,7 +93,8 @@ def build_job(
         env.from_source(source, WatermarkStrategy.no_watermarks(), "event-log")
         .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.EVENT_TYPE_INFO).name("parse")
         .assign_timestamps_and_watermarks(watermarks)
-        .process(ops.WriteLiveFeatures(params)).name("live-features")
+        .key_by(ops.UserItem(), Types.STRING())
+        .process(ops.Attribute(params)).name("attribution")
     )
 
 

@@ -1,30 +1,34 @@
-"""The Flink operators of the speed layer: parse, event time, and the live-feature sink.
+"""The Flink operators of the speed layer: parse, event time, key, and the attribution join.
 
-The feature computation itself is the feature store's (`feature_store.live_writes.LiveWriter`,
-driven by `feature_store.definitions`): this job only feeds it events, in event-time order as far
-as the watermark allows, and decides what is too late. Each operator opens its own Redis
-connection in `open()` (one per task, never at import or pickling time) and receives only plain
-values (`JobParams`) from the job builder.
+The join logic is `pipelines.flink.join.AttributionJoin` (plain Python, tested without Flink);
+`Attribute` gives it Flink's keyed state and event-time timers. The counts go through the feature
+store's idempotent `AttributionStore`. Each operator opens its own Redis connection in `open()`
+(one per task, never at import or pickling time) and receives only plain values (`JobParams`)
+from the job builder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from pyflink.common import Types
+from pyflink.common.time import Time
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import FlatMapFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, KeySelector, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
+from feature_store.attribution import Impression, Outcome, is_outcome, join_key
 from feature_store.redis_client import ConnectionSpec
+from feature_store.schemas import EventType
 from pipelines.flink import features
 
 log = logging.getLogger(__name__)
 
-#: (event JSON line, event time ms): the line travels unparsed to the sink, which validates it once more.
+#: (event JSON line, event time ms): the line travels unparsed to the join, which validates it once more.
 EVENT_TYPE_INFO = Types.TUPLE([Types.STRING(), Types.LONG()])
 
 
@@ -33,10 +37,11 @@ class JobParams:
     """Plain values the operators need; pickled into every task."""
 
     redis: ConnectionSpec
-    catalog_dir: str
     dedup_ttl_s: float
     allowed_lateness_ms: int
     max_future_skew_s: float
+    window_ms: int
+    recent_outcomes: int
 
 
 class ParseEvents(FlatMapFunction):
@@ -73,44 +78,80 @@ class EventTime(TimestampAssigner):
         return int(value[1])
 
 
-class WriteLiveFeatures(ProcessFunction):
-    """Applies each event to the live views through the feature store's idempotent `LiveWriter`.
+class UserItem(KeySelector):
+    """The join key: (user, item), as `attribution.join_key` spells it."""
 
-    Events older than the watermark minus the allowed lateness are not applied (the next batch run
-    covers them: they are in the event log); they are counted and logged.
+    def get_key(self, value: tuple[str, int]) -> str:
+        event = json.loads(value[0])
+        return join_key(event["user_id"], event["item_id"])
+
+
+class Attribute(KeyedProcessFunction):
+    """Attributes outcomes to impressions per (user, item) in event time (`join.AttributionJoin`).
+
+    State: two map states (impressions, pending outcomes), checkpointed, with event-time timers
+    that clear them once the watermark passes them, and a processing-time TTL of twice the time
+    they are needed as a bound should the watermark stall. Outcomes older than the watermark minus
+    the allowed lateness are too late: counted (`late` in the store, metric `too_late_events`),
+    left to the batch layer; too-late impressions are only logged and counted in the metric.
     """
 
     def __init__(self, params: JobParams) -> None:
         self.params = params
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from feature_store.live_writes import LiveWriter
+        from feature_store.attribution_store import RedisAttributionStore
+        from pipelines.flink.join import AttributionJoin
 
-        self.categories = load_item_categories(self.params.catalog_dir)
-        self.writer = LiveWriter(self.params.redis, self.params.dedup_ttl_s, self.params.max_future_skew_s)
-        self.too_late = runtime_context.get_metrics_group().counter("too_late_events")
+        params = self.params
+        keep_ms = params.window_ms + params.allowed_lateness_ms
+        ttl = StateTtlConfig.new_builder(Time.milliseconds(2 * keep_ms)).build()
+        states = {}
+        for name in ("impressions", "pending"):
+            descriptor = MapStateDescriptor(name, Types.STRING(), Types.STRING())
+            descriptor.enable_time_to_live(ttl)
+            states[name] = runtime_context.get_map_state(descriptor)
+        self.impressions, self.pending = states["impressions"], states["pending"]
+        self.store = RedisAttributionStore(params.redis, params.dedup_ttl_s, params.max_future_skew_s, params.recent_outcomes)
+        self.join = AttributionJoin(self.store, params.window_ms, params.allowed_lateness_ms)
+        self.metrics = runtime_context.get_metrics_group()
+        self.counters: dict[str, Any] = {}
 
-    def process_element(self, value: tuple[str, int], ctx: ProcessFunction.Context) -> Iterator[Any]:
+    def process_element(self, value: tuple[str, int], ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         line, ts_ms = value
-        watermark = ctx.timer_service().current_watermark()
-        if features.is_too_late(ts_ms, watermark, self.params.allowed_lateness_ms):
-            self.too_late.inc()
-            log.warning("too late for the speed layer (event time %d, watermark %d): %s", ts_ms, watermark, line[:200])
-            return iter(())
         event = features.parse_event_line(line)
-        self.writer.write([event], item_categories={event.item_id: self.categories.get(event.item_id, [])})
+        if event.type is not EventType.IMPRESSION and not is_outcome(event):
+            return iter(())
+        timers = ctx.timer_service()
+        if features.is_too_late(ts_ms, timers.current_watermark(), self.params.allowed_lateness_ms):
+            self._count("too_late_events")
+            log.warning("too late for the speed layer (event time %d, watermark %d): %s",
+                        ts_ms, timers.current_watermark(), line[:200])
+            if is_outcome(event):
+                self.join.late(Outcome.of(event))
+        elif event.type is EventType.IMPRESSION:
+            timers.register_event_time_timer(self.join.impression(Impression.of(event), self.impressions, self.pending))
+        else:
+            decide_at = self.join.outcome(Outcome.of(event), self.impressions, self.pending)
+            if decide_at is not None:
+                timers.register_event_time_timer(decide_at)
+        self._flush_tally()
         return iter(())
 
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        self.join.fire(timestamp, self.impressions, self.pending)
+        self._flush_tally()
+        return iter(())
+
+    def _flush_tally(self) -> None:
+        for name, n in self.join.tally.items():
+            self._count(name, n)
+        self.join.tally.clear()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if name not in self.counters:
+            self.counters[name] = self.metrics.counter(name)
+        self.counters[name].inc(n)
+
     def close(self) -> None:
-        self.writer.close()
-
-
-def load_item_categories(catalog_dir: str) -> dict[str, list[str]]:
-    """item_id -> categories from the catalog (loaded once per task; catalogs are small)."""
-    from feature_store.catalog import Catalog
-
-    table = Catalog(Path(catalog_dir)).items_table(columns=["item_id", "categories"])
-    if table.num_rows == 0:
-        log.warning("no item catalog under %s: category features will stay empty", catalog_dir)
-    items = table.column("item_id").to_pylist()
-    return {item: list(cats or []) for item, cats in zip(items, table.column("categories").to_pylist())}
+        self.store.close()

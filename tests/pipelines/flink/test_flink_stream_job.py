@@ -1,100 +1,125 @@
 """The real speed-layer job on a local Flink mini-cluster, against the real test Redis.
 
-One job run covers: events appended to the log show up as live features; a malformed line, a
-duplicate event and one dated in the far future lose nothing else (the last is not applied); SIGKILL after a checkpoint, events appended while it is down,
-restart from the retained checkpoint, and the live features equal those of a writer that never
-stopped (no double counts, no gaps); an event within the allowed lateness is applied, one beyond
-it is skipped (and logged), as docs/speed_layer.md documents.
+Two jobs read the same log: one is SIGKILLed after a checkpoint while events are flowing, events
+are appended while it is down, and it restarts from the retained checkpoint; the other runs
+uninterrupted. Both must end with exactly the attributed counts of the rule's oracle
+(`reference_counts`): no double counts (replay markers), no gaps (checkpointed source and keyed
+state). The log also holds a malformed line, a client retry (duplicate ids), an event dated far in
+the future (skipped before the watermark), outcomes without a request id and with an unknown
+one (unattributed, counted), an impression within the allowed lateness (counted) and an outcome
+beyond it (counted as late, left to the batch layer), as docs/speed_layer.md documents.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import redis
 
-from feature_store.catalog import Catalog
-from feature_store.definitions import Entity
+from feature_store.attribution import Dimension, Impression, Outcome, attribute, is_outcome, reference_counts
+from feature_store.attribution_store import RedisAttributionStore
 from feature_store.event_log import LocalEventLog, partition_of
-from feature_store.live_writes import LiveWriter
 from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_layout import KeyLayout
-from feature_store.schemas import Event, Item
+from feature_store.schemas import Event
 from feature_store.settings import EventLogSettings, Settings
 from pipelines.flink.runner import StreamJob
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
+WINDOW = timedelta(minutes=5)
 LATENESS = timedelta(minutes=10)
 OUT_OF_ORDERNESS = timedelta(seconds=1)
-CATEGORIES = {f"i{n}": [["Drama"], ["Comedy", "Drama"], ["Action"]][n % 3] for n in range(12)}
 
 
 def make_events(first: int, count: int, start: datetime) -> list[Event]:
-    kinds = ["impression", "impression", "click", "rating", "purchase"]
-    return [
-        Event(event_id=f"e{n}", user_id=f"u{n % 5}", item_id=f"i{(n * 7) % 12}", type=kinds[n % 5],
-              value=float(n % 5 + 1) if kinds[n % 5] == "rating" else None, ts=start + timedelta(seconds=n))
-        for n in range(first, first + count)
-    ]
-
-
-def live_snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
-    """Every live key (replay markers aside) with its value, prefix stripped."""
-    snapshot: dict[str, object] = {}
-    for key in client.scan_iter(f"{prefix}:s:*"):
-        name = key.decode()
-        if name.startswith(f"{prefix}:s:seen:"):
+    """Requests of 3 slots, then clicks and purchases on them (most with the request id)."""
+    events = []
+    for n in range(first, first + count):
+        user, request, at = f"u{n % 5}", f"r{n // 4}", start + timedelta(seconds=n)
+        slot = n % 4
+        if slot < 3:
+            events.append(Event.model_validate({
+                "event_id": f"e{n}", "user_id": user, "item_id": f"i{(n // 4 + slot) % 12}", "type": "impression",
+                "ts": at.isoformat(), "context": {"request_id": request, "position": slot,
+                                                  "policy": "ranker-v1", "arm": "AB"[n // 4 % 2]},
+            }))
             continue
-        kind = client.type(key)
-        value = client.hgetall(key) if kind == b"hash" else client.zrange(key, 0, -1, withscores=True)
-        snapshot[name[len(prefix):]] = value
-    return snapshot
+        kind = ["click", "click", "purchase", "rating", "click"][n // 4 % 5]
+        context = [{"request_id": request}, {}, {"request_id": "no-such-request"}][n // 4 % 3]
+        events.append(Event.model_validate({
+            "event_id": f"e{n}", "user_id": f"u{(n - 2) % 5}", "item_id": f"i{(n // 4 + n // 8 % 3) % 12}",
+            "type": kind, "value": 4.0 if kind == "rating" else None, "ts": at.isoformat(), "context": context,
+        }))
+    return events
 
 
-def markers(client: redis.Redis, prefix: str) -> int:
-    return sum(1 for _ in client.scan_iter(f"{prefix}:s:seen:*"))
+def at(event_id: str, user: str, item: str, kind: str, ts: datetime, **context: object) -> Event:
+    return Event.model_validate({"event_id": event_id, "user_id": user, "item_id": item, "type": kind,
+                                 "ts": ts.isoformat(), "context": context})
 
 
-def wait_for(condition: Callable[[], bool], what: str, job: StreamJob, timeout_s: float = 90.0) -> None:
+def counts(url: str, prefix: str) -> dict[tuple[str, str, int, str], int]:
+    store = RedisAttributionStore(ConnectionSpec(url, key_prefix=prefix), 2 * 86400, 900)
+    rows = {(r.dimension, r.key, r.bucket_ms, r.measure): r.value for d in Dimension.ALL for r in store.scan_counts(d)}
+    store.close()
+    return rows
+
+
+def impressions_recorded(client: redis.Redis, prefix: str, events: list[Event]) -> bool:
+    layout, ids = KeyLayout(prefix), [e.event_id for e in events if e.type == "impression"]
+    return client.exists(*(layout.attribution_marker(i) for i in ids)) == len(ids)
+
+
+def wait_for(condition: Callable[[], bool], what: str, jobs: list[StreamJob], timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
-        assert job.running, f"stream job exited while waiting for {what}; log: {job.log_file.read_text()[-3000:]}"
+        for job in jobs:
+            assert job.running, f"stream job exited while waiting for {what}; log: {job.log_file.read_text()[-3000:]}"
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; log tail: {job.log_file.read_text()[-3000:]}")
+    tails = "\n".join(job.log_file.read_text()[-2000:] for job in jobs)
+    raise AssertionError(f"timed out waiting for {what}; log tails: {tails}")
 
 
-def test_live_features_survive_kill_and_restart(settings: Settings, redis_client: redis.Redis) -> None:
-    prefix = settings.redis.key_prefix
-    Catalog(settings.catalog_dir).upsert_items(Item(item_id=i, categories=c) for i, c in CATEGORIES.items())
-    # Half past an hour, so the late events below share the newest events' hour partition (one file).
+def wait_for_counts(url: str, prefix: str, expected: dict[tuple[str, str, int, str], int], job: StreamJob) -> None:
+    try:
+        wait_for(lambda: counts(url, prefix) == expected, f"the counts under {prefix}", [job])
+    except AssertionError as exc:
+        got = counts(url, prefix)
+        differences = sorted((k, got.get(k), expected.get(k)) for k in got.keys() | expected.keys() if got.get(k) != expected.get(k))
+        raise AssertionError(f"{len(differences)} counts differ (key, got, expected): {differences[:20]}") from exc
+
+
+def test_attributed_counts_survive_kill_and_restart(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
+    url, prefix = settings.redis.url or "", settings.redis.key_prefix
+    # Half past an hour, so the events and the late ones below share one hour partition.
     start = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0) - timedelta(hours=2)
     log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=0.1, fsync=False))
-    first, second, third = make_events(0, 60, start), make_events(60, 40, start), make_events(100, 40, start)
-    # A client retry (the same events twice), and an event from the far future (logged before the
-    # API checked the clock skew): it must neither be applied nor hold the event-time watermark.
-    far_future = Event(event_id="far-future", user_id="u2", item_id="i11", type="click",
-                       ts=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc))
-    log.append(first + first[:3] + [far_future])
+    first, second, third = make_events(0, 120, start), make_events(120, 80, start), make_events(200, 80, start)
+    far_future = at("far-future", "u2", "i11", "impression", datetime(9999, 12, 31, tzinfo=timezone.utc))
+    log.append(first + first[:5] + [far_future])  # with a client retry
     bad_file = settings.event_log_dir / partition_of(start) / "part-manual-0001.jsonl"
-    bad_file.write_text('{"event_id": "broken"\n' + make_events(500, 1, start)[0].to_json_line())
+    stray = at("stray", "u1", "i1", "impression", start, request_id="r-stray", position=4)
+    bad_file.write_text('{"event_id": "broken"\n' + stray.to_json_line())
     log.roll_all()
     env = {
-        "RECSYS_REDIS__URL": settings.redis.url or "",
+        "RECSYS_REDIS__URL": url,
         "RECSYS_FLINK__CHECKPOINT_INTERVAL_MS": "500",
         "RECSYS_FLINK__ALLOWED_LATENESS_MS": str(int(LATENESS.total_seconds() * 1000)),
         "RECSYS_FLINK__OUT_OF_ORDERNESS_MS": str(int(OUT_OF_ORDERNESS.total_seconds() * 1000)),
+        "RECSYS_ATTRIBUTION__WINDOW_S": str(WINDOW.total_seconds()),
     }
     job = StreamJob(settings.state_dir, env=env, checkpoint_dir=settings.flink_checkpoint_dir).start()
+    steady = StreamJob(settings.state_dir, log_file=tmp_path / "steady.log", env={
+        **env, "RECSYS_REDIS__KEY_PREFIX": "steady", "RECSYS_FLINK__CHECKPOINT_DIR": str(tmp_path / "steady-chk")}).start()
     try:
-        wait_for(lambda: markers(redis_client, prefix) == 61, "the first events", job)
-        layout = KeyLayout(prefix)
-        assert redis_client.zrange(layout.live_zset(Entity.USER, "u2", "recent_items"), 0, -1), "no behaviour sequence written"
+        wait_for(lambda: impressions_recorded(redis_client, prefix, first + [stray]), "the first events", [job, steady])
         job.wait_for_checkpoint(newer_than=time.time())
         log.append(second)
         log.roll_all()
@@ -103,26 +128,37 @@ def test_live_features_survive_kill_and_restart(settings: Settings, redis_client
         log.append(third)  # appended while the job is down: must not be a gap
         log.roll_all()
         job.start(resume=True)
-        wait_for(lambda: markers(redis_client, prefix) == 141, "every event after the restart", job)
+        for one, name in ((job, prefix), (steady, "steady")):  # so the watermark is past `start`
+            wait_for(lambda: impressions_recorded(redis_client, name, second + third), "the restart", [one])
         newest = third[-1].ts
-        within = Event(event_id="late-ok", user_id="u1", item_id="i1", type="click", ts=newest - LATENESS / 2)
-        too_late = Event(event_id="late-no", user_id="u1", item_id="i2", type="click", ts=newest - 2 * LATENESS)
-        log.append([too_late, within])  # one file, too-late line first: once `within` is applied, both were seen
+        within = at("late-ok", "u1", "i1", "impression", newest - LATENESS / 2, request_id="r-late", position=0)
+        too_late = at("late-no", "u1", "i1", "click", newest - 2 * LATENESS, request_id="r-late")
+        log.append([too_late, within])  # one file, too-late line first: once `within` is counted, both were seen
         log.roll_all()
-        wait_for(lambda: markers(redis_client, prefix) == 142, "the late event within lateness", job)
+        for one, name in ((job, prefix), (steady, "steady")):
+            wait_for(lambda: impressions_recorded(redis_client, name, [within]), "the late events", [one])
+        # Moves the watermark past every outcome's time plus the allowed lateness, when outcomes
+        # without a request id (or whose impression has not come) are decided.
+        tick = at("tick", "u9", "i9", "impression", newest + LATENESS + timedelta(seconds=10))
+        log.append([tick])
+        log.roll_all()
+        everything = first + [stray] + second + third + [tick, within]
+        expected = reference_counts(everything, int(WINDOW.total_seconds() * 1000))
+        wait_for_counts(url, prefix, expected, job)
+        wait_for_counts(url, "steady", expected, steady)
     finally:
         job.stop()
+        steady.stop()
         log.close()
 
-    assert redis_client.exists(f"{prefix}:s:seen:late-ok") and not redis_client.exists(f"{prefix}:s:seen:late-no")
-    assert not redis_client.exists(KeyLayout(prefix).seen_marker(far_future.event_id))
-    reference = LiveWriter(ConnectionSpec(settings.redis.url or "", key_prefix="ref"), settings.feature_store.dedup_ttl_s,
-                           settings.events.max_future_skew_s)
-    reference.write(first + make_events(500, 1, start) + second + third + [within], item_categories=CATEGORIES)
-    reference.close()
-    streamed, expected = live_snapshot(redis_client, prefix), live_snapshot(redis_client, "ref")
-    assert streamed == expected
-    clicks = sum(1 for e in first + second + third + [within] if e.type == "click")
-    item_hashes = [v for k, v in streamed.items() if k.startswith(":s:{item:") and isinstance(v, dict)]
-    assert sum(int(n) for h in item_hashes for f, n in h.items() if f.startswith(b"clicks_1h:")) <= clicks
-    assert sum(int(n) for h in item_hashes for f, n in h.items() if f.startswith(b"clicks_24h:")) == clicks
+    assert sum(n for key, n in expected.items() if key[3] == "click") >= 20
+    impressions = [Impression.of(e) for e in everything if e.type == "impression"]
+    unattributed = {e.event_id for e in everything if is_outcome(e)
+                    and attribute(Outcome.of(e), impressions, int(WINDOW.total_seconds() * 1000)) is None}
+    store = RedisAttributionStore(ConnectionSpec(url, key_prefix=prefix), 2 * 86400, 900)
+    misses = store.misses(0, 2**62)
+    store.close()
+    assert sum(n for name, n in misses.items() if name.startswith("unattributed:")) == len(unattributed) > 0
+    assert misses.get("late:click") == 1
+    assert not redis_client.exists(KeyLayout(prefix).attribution_marker("far-future"))
+    assert all(redis_client.pttl(key) > 0 for key in redis_client.scan_iter(f"{prefix}:a:*")), "a key without a TTL"

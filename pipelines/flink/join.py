@@ -1,0 +1,120 @@
+"""The attribution join of one (user, item) key, as the stream job runs it, without Flink.
+
+`AttributionJoin` keeps its state in two keyed maps (Flink `MapState`s in the job, dicts in
+tests) and applies `feature_store.attribution.attribute`, the rule every engine implements:
+
+- `impressions`: impression event id -> the impression and the outcome types already credited to
+  it. Kept until the watermark passes `ts + window + allowed lateness` (after that no outcome that
+  is not too late can match it);
+- `pending`: outcome event id -> an outcome not decided yet.
+
+When an outcome is decided:
+
+- with a request id: as soon as that request's impression is in state (a request shows an item
+  once, so the match is final, whatever arrives later), else when the watermark passes the
+  outcome's time plus the allowed lateness (an impression arriving before that still matches it:
+  the outcome waits in `pending`); then it is unattributed if nothing matched;
+- without a request id: always when the watermark passes the outcome's time plus the allowed
+  lateness, since the latest impression wins and a later one (in event time, up to the outcome's)
+  may still arrive: after that, any such impression would be too late for the job anyway.
+
+So a decision never depends on the order in which events arrive (the event log's files are read
+in no particular order after a restart or a pause), only on which events are within the allowed
+lateness. Each decision goes to the `AttributionStore`, whose replay markers make a second
+application of the same decision (a replay after a restore) a no-op: the counts have an
+exactly-once effect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+from typing import Iterable, Protocol
+
+from feature_store.attribution import Impression, Outcome, attribute
+from feature_store.attribution_store import AttributionStore, Miss, RecordResult
+
+
+class KeyedMap(Protocol):
+    """What the join needs of a keyed map state (`pyflink.datastream.state.MapState`)."""
+
+    def get(self, key: str) -> str: ...
+    def put(self, key: str, value: str) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def contains(self, key: str) -> bool: ...
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+class AttributionJoin:
+    """Joins the impressions and outcomes of one key; `tally` counts what it did (for metrics)."""
+
+    def __init__(self, store: AttributionStore, window_ms: int, allowed_lateness_ms: int) -> None:
+        self.store = store
+        self.window_ms = window_ms
+        self.lateness_ms = allowed_lateness_ms
+        self.keep_ms = window_ms + allowed_lateness_ms
+        self.tally: Counter[str] = Counter()
+
+    def impression(self, impression: Impression, impressions: KeyedMap, pending: KeyedMap) -> int:
+        """Count `impression`, credit the pending outcomes of its request; returns its cleanup time."""
+        if not impressions.contains(impression.event_id):
+            impressions.put(impression.event_id, _encode(impression, []))
+        self._tally(self.store.record_impression(impression), "impression")
+        if impression.request_id is not None:
+            for outcome in [o for o in _outcomes(pending) if o.request_id == impression.request_id]:
+                if attribute(outcome, [impression], self.window_ms) is not None:
+                    self._credit(outcome, impressions)
+                    pending.remove(outcome.event_id)
+        return impression.ts_ms + self.keep_ms
+
+    def outcome(self, outcome: Outcome, impressions: KeyedMap, pending: KeyedMap) -> int | None:
+        """Credit `outcome` now if its request's impression is known; else park it and return when
+        to decide it (once the watermark passes its time plus the allowed lateness)."""
+        if outcome.request_id is not None and self._credit(outcome, impressions):
+            return None
+        pending.put(outcome.event_id, json.dumps(asdict(outcome)))
+        return outcome.ts_ms + self.lateness_ms
+
+    def fire(self, timestamp: int, impressions: KeyedMap, pending: KeyedMap) -> None:
+        """The watermark reached `timestamp`: decide the outcomes up to it, drop impressions past use."""
+        for outcome in [o for o in _outcomes(pending) if o.ts_ms + self.lateness_ms <= timestamp]:
+            if not self._credit(outcome, impressions):
+                self._tally(self.store.record_miss(outcome, Miss.UNATTRIBUTED), "unattributed")
+            pending.remove(outcome.event_id)
+        for event_id, value in list(impressions.items()):
+            if json.loads(value)["ts_ms"] + self.keep_ms <= timestamp:
+                impressions.remove(event_id)
+
+    def late(self, outcome: Outcome) -> None:
+        """An outcome too late for the speed layer: counted, and left to the batch layer."""
+        self._tally(self.store.record_miss(outcome, Miss.LATE), "late")
+
+    def _credit(self, outcome: Outcome, impressions: KeyedMap) -> bool:
+        """Credit `outcome` to its impression in state, if the rule finds one; False if none."""
+        known = {event_id: json.loads(value) for event_id, value in impressions.items()}
+        target = attribute(outcome, [_impression(v) for v in known.values()], self.window_ms)
+        if target is None:
+            return False
+        credited = known[target.event_id]["credited"]
+        if outcome.type in credited:
+            self.tally["credit_duplicate"] += 1
+            return True
+        self._tally(self.store.record_credit(target, outcome), "credit")
+        impressions.put(target.event_id, _encode(target, [*credited, outcome.type]))
+        return True
+
+    def _tally(self, result: RecordResult, what: str) -> None:
+        self.tally[f"{what}_{result}"] += 1
+
+
+def _encode(impression: Impression, credited: list[str]) -> str:
+    return json.dumps({**asdict(impression), "credited": credited})
+
+
+def _impression(fields: dict) -> Impression:
+    return Impression(**{k: v for k, v in fields.items() if k != "credited"})
+
+
+def _outcomes(pending: KeyedMap) -> list[Outcome]:
+    return [Outcome(**json.loads(value)) for _, value in pending.items()]
