@@ -3,8 +3,9 @@
 A recommendation handler hands its answer to `ImpressionLogger.submit`, which only puts it on a
 bounded queue (never blocks; a full queue drops the list and counts it). One background writer
 thread takes what is queued, turns it into events and sends them through the same intake as
-`POST /v1/events` (`services.recommend.intake.ingest`): one event-log append per batch, which the
-log's group commit shares with concurrent posts, then the live features (impression counts).
+`POST /v1/events` (`services.recommend.intake.ingest`, without its claim markers: the ids are
+the server's own): one event-log append per batch, which the log's group commit shares with
+concurrent posts, then the live features (impression counts).
 
 An impression's `event_id` is `imp-<request id>-<position>`, so a request retried with the same
 `X-Request-ID` never logs a slot twice; its `ts` is the server clock when the list was served; its
@@ -46,7 +47,7 @@ REQUEST_CONTEXT = ("page", "experiment", "arm")
 # queue behind it, so a backlog is worked off in short calls.
 MAX_BATCH_EVENTS = 100
 # Without a backlog, how long the writer lets lists gather after the first: one append (fsync) and
-# three Redis round trips serve them all, instead of each request paying for its own.
+# one live-feature script serve them all, instead of each request paying for its own.
 BATCH_LINGER_S = 0.05
 DROP_REPORT_INTERVAL_S = 10.0
 RETRY_BACKOFF_S = (0.05, 2.0)  # first and largest wait between failed appends
@@ -204,7 +205,7 @@ class ImpressionLogger:
         wait = RETRY_BACKOFF_S[0]
         while not self._give_up.is_set():
             try:
-                result = ingest(self._store, self._event_log, events)
+                result = ingest(self._store, self._event_log, events, claim=False)
             except OSError as exc:
                 log.error("impressions: event log append failed (%s); retrying in %.2f s", exc, wait)
                 self._give_up.wait(wait)

@@ -5,6 +5,11 @@ drop repeats of an `event_id` (within the batch, and ids accepted before), appen
 event log (durable on return), claim each appended id with a `SET NX` marker so that of concurrent
 writers of one id exactly one counts it, then apply the claimed events' live features. Claiming
 after the append means an id is never called a duplicate before it is durable.
+
+Events the server makes itself (impressions: ids unique unless a request is retried) skip the
+claim markers (`claim=False`): those cost two Redis round trips and a key per event for
+`feature_store.dedup_ttl_s`, as much as the live write itself; the live writer's replay markers
+still apply each id once and count the repeats, and log readers drop repeated ids.
 """
 
 from __future__ import annotations
@@ -25,11 +30,18 @@ class IntakeResult:
     degraded: bool  # Redis was unreachable: live features wait for the next batch run
 
 
-def ingest(store: ServingStore, event_log: EventLog, events: Sequence[Event]) -> IntakeResult:
+def ingest(store: ServingStore, event_log: EventLog, events: Sequence[Event], claim: bool = True) -> IntakeResult:
     """Append `events` and apply their live features, once per `event_id`.
 
     Raises `OSError` when the log append fails; then nothing of the batch was accepted.
     """
+    if not claim:
+        event_log.append(events)
+        try:
+            repeats = store.apply_events(events).duplicates
+        except DegradedError:
+            return IntakeResult(len(events), 0, True)
+        return IntakeResult(len(events) - repeats, repeats, False)
     unseen = _drop_duplicates(store, events)
     event_log.append(unseen)
     fresh = _claim(store, unseen)

@@ -33,7 +33,7 @@ import redis
 
 from feature_store.definitions import GLOBAL_ID, Entity
 from feature_store.errors import FeatureStoreUnavailableError
-from feature_store.live_writes import LiveWriter
+from feature_store.live_writes import LiveWriter, LiveWriteResult
 from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import Event, Item, User
 from services.recommend.item_cache import ItemCache, TtlMemo
@@ -84,14 +84,15 @@ class ServingStore:
 
     # -- events ------------------------------------------------------------------------------
 
-    def apply_events(self, events: Sequence[Event]) -> None:
+    def apply_events(self, events: Sequence[Event]) -> LiveWriteResult:
         """Apply events' live effects (live features, popularity included, through the feature
-        store's writer, whose replay markers make a repeat a no-op)."""
-        if events:
-            with _degrade_on_redis_errors():
-                self._write_live_features(events)
+        store's writer, whose replay markers make a repeat a no-op); what the writer did."""
+        if not events:
+            return LiveWriteResult()
+        with _degrade_on_redis_errors():
+            return self._write_live_features(events)
 
-    def _write_live_features(self, events: Sequence[Event]) -> None:
+    def _write_live_features(self, events: Sequence[Event]) -> LiveWriteResult:
         item_ids = sorted({event.item_id for event in events})
         categories: dict[str, Sequence[str]] = dict(self.categories_of(item_ids))
         unknown = [item for item in item_ids if item not in categories]
@@ -100,7 +101,7 @@ class ServingStore:
             categories.update(zip(unknown, (list(c) for c in from_batch)))
         if self._live_writer is None:
             self._live_writer = self.features.live_writer()
-        self._live_writer.write(events, item_categories=categories)
+        return self._live_writer.write(events, item_categories=categories)
 
     def already_applied(self, event_ids: Sequence[str]) -> set[str]:
         """Event ids claimed before (`claim_events`, within the marker TTL)."""
