@@ -31,7 +31,8 @@ class IntakeResult:
 
 
 def ingest(store: ServingStore, event_log: EventLog, events: Sequence[Event], claim: bool = True) -> IntakeResult:
-    """Append `events` and apply their live features, once per `event_id`.
+    """Append `events` and apply their live features, once per `event_id`; `claim=False` for
+    server-made events (no claim markers: see above).
 
     Raises `OSError` when the log append fails; then nothing of the batch was accepted.
     """
