@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -170,6 +170,25 @@ class FeatureStoreSettings(_Section):
     offline_dir: Path | None = Field(default=None, description="Default: <state_dir>/offline")
 
 
+class ExploreSettings(_Section):
+    """The explore stage after rank (`services.explore`): which policy picks the shown slate."""
+
+    policy: Literal["greedy", "epsilon_greedy", "ucb1", "thompson", "linucb"] = Field(
+        default="greedy", description="greedy: the ranker's top-k; the others explore (services/explore).",
+    )
+    epsilon: float = Field(default=0.1, ge=0, le=1, description="epsilon_greedy: per-slot exploration probability.")
+    prior_strength: float = Field(
+        default=10.0, gt=0, description="ucb1, thompson: pseudo-impressions behind the ranker-score prior mean.",
+    )
+    ucb_c: float = Field(default=1.0, ge=0, description="ucb1: scale of the exploration bonus.")
+    thompson_draws: int = Field(
+        default=1000, gt=0, le=100_000, description="thompson: Monte Carlo draws estimating each propensity.",
+    )
+    linucb_alpha: float = Field(default=1.0, ge=0, description="linucb: scale of the confidence bonus.")
+    linucb_ridge: float = Field(default=1.0, gt=0, description="linucb: A starts as ridge * I.")
+    stats_window: Literal["1h", "24h", "7d"] = Field(default="7d", description="Window of the attributed counts read.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_",
@@ -190,6 +209,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     feature_store: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    explore: ExploreSettings = Field(default_factory=ExploreSettings)
 
     @model_validator(mode="before")
     @classmethod

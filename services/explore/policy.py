@@ -1,0 +1,86 @@
+"""The `Policy` interface of the explore stage and what it consumes and returns.
+
+A policy gets the ranked candidates (ids and ranker scores, best first), the number of slots k, a
+random generator (seeded in tests, fresh per request in serving) and the statistics it needs, and
+returns k shown items, each with its *propensity*: the marginal probability, under the policy
+given this ranked input and these statistics, that this item is placed in this slot. Off-policy
+estimators weight logged clicks by 1 / propensity (Li et al., WSDM 2011, "Unbiased offline
+evaluation of contextual-bandit-based news article recommendation algorithms").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The ranker's output for one request: ids and scores in rank order (best first)."""
+
+    item_ids: tuple[str, ...]
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.item_ids) != len(self.scores):
+            raise ValueError(f"{len(self.item_ids)} ids but {len(self.scores)} scores")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass(frozen=True)
+class ItemCounts:
+    """Position-debiased feedback per candidate, aligned with `Ranked.item_ids`: expected
+    examinations Σ_k θ_k · impressions_{i,k} (`feature_store.position_bias`) and attributed clicks."""
+
+    examined: np.ndarray
+    clicks: np.ndarray
+
+
+@dataclass(frozen=True)
+class LinearStats:
+    """Disjoint LinUCB statistics per candidate: A_i (n, d, d), b_i (n, d), and the request's
+    context vector x_{t,i} per candidate (n, d)."""
+
+    A: np.ndarray
+    b: np.ndarray
+    contexts: np.ndarray
+
+
+Stats = ItemCounts | LinearStats | None
+
+
+@dataclass(frozen=True)
+class Slate:
+    """The shown items, slot by slot, with the propensity of each placement."""
+
+    item_ids: tuple[str, ...]
+    propensities: tuple[float, ...]
+    positions: tuple[int, ...]  # index of each shown item in `Ranked.item_ids`
+
+
+class Policy(ABC):
+    """Chooses k shown items from the ranked candidates."""
+
+    #: How the policy is named in settings, responses and impressions.
+    name: str
+    #: The statistics it reads: None, ItemCounts or LinearStats.
+    needs: type | None = None
+
+    @abstractmethod
+    def choose(self, ranked: Ranked, k: int, rng: np.random.Generator, stats: Stats = None) -> Slate:
+        """min(k, len(ranked)) shown items with the propensity of each (item, slot)."""
+
+    @property
+    def label(self) -> str:
+        """The name with its parameters, as logged in impressions."""
+        return self.name
+
+
+def top_k_slate(ranked: Ranked, order: np.ndarray, k: int) -> Slate:
+    """A deterministic slate: the first k of `order` (indices into `ranked`), each with propensity 1."""
+    chosen = [int(i) for i in order[:k]]
+    return Slate(tuple(ranked.item_ids[i] for i in chosen), (1.0,) * len(chosen), tuple(chosen))
