@@ -25,6 +25,9 @@ and `F` = feature name, both escaped by `escape_key_part`):
     P:a:positions               zset     positions with impressions (member position, score newest bucket)
     P:a:stats                   hash     `<unattributed|late>:<type>:<bucket ms>` -> count
     P:a:recent                  list     the newest attributed outcomes (JSON), capped
+    P:l:{linucb:ID}             hash     LinUCB statistics of item ID: `A`, `b` (float64 bytes, row-major)
+                                         (`feature_store.linucb_store`)
+    P:l:seen:<update_id>        string   LinUCB replay marker of an applied update
 
 Ids come from clients, so they are escaped: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B`, `%7D`
 (injective, and an escaped id holds no separator or brace), which makes every key name one
@@ -125,6 +128,12 @@ class KeyLayout:
 
     def attribution_recent(self) -> str:
         return f"{self.prefix}:a:recent"
+
+    def linucb(self, item_id: str) -> str:
+        return f"{self.prefix}:l:{{linucb:{escape_key_part(item_id)}}}"
+
+    def linucb_marker(self, update_id: str) -> str:
+        return f"{self.prefix}:l:seen:{escape_key_part(update_id)}"
 
 
 def encode_value(feature: FeatureDef, value: Any) -> str | None:

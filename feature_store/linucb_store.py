@@ -1,0 +1,110 @@
+"""LinUCB statistics per item (disjoint model), in Redis: read by requests, updated by the stream job.
+
+For item i with context vectors x (dimension d) of its attributed impressions and rewards r
+(1: clicked, 0: not), Li, Chu, Langford & Schapire (WWW 2010, "A contextual-bandit approach to
+personalized news article recommendation", Algorithm 1) keep
+
+    A_i = λ·I_d + Σ x xᵀ,        b_i = Σ r · x
+
+An item without statistics reads as (λ·I_d, 0). An update is applied once per update id (a replay
+marker, like the attribution store's), so a stream job that replays after a restart adds nothing.
+Statistics have no TTL: one pair per catalog item.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+
+from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.redis_layout import KeyLayout
+
+MAX_DIM = 32
+
+
+def linucb_update(A: np.ndarray, b: np.ndarray, x: np.ndarray, reward: float) -> tuple[np.ndarray, np.ndarray]:
+    """(A + x xᵀ, b + reward · x): one observation added to one item's statistics."""
+    return A + np.outer(x, x), b + reward * x
+
+
+class LinUcbStore(ABC):
+    """Per-item (A, b) of disjoint LinUCB."""
+
+    def __init__(self, dim: int, ridge: float = 1.0) -> None:
+        if not 1 <= dim <= MAX_DIM or ridge <= 0:
+            raise ValueError(f"dim must be in [1, {MAX_DIM}] and ridge > 0, got {dim}, {ridge}")
+        self.dim = dim
+        self.ridge = ridge
+
+    @abstractmethod
+    def read(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """A (n, d, d) and b (n, d), aligned with `item_ids`."""
+
+    @abstractmethod
+    def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
+        """Add one attributed outcome (context x, reward) to an item; False if `update_id` was applied before."""
+
+
+class RedisLinUcbStore(LinUcbStore):
+    """`LinUcbStore` on Redis: one hash per item; updates are optimistic transactions (WATCH)."""
+
+    def __init__(self, spec: ConnectionSpec, dim: int, ridge: float = 1.0, marker_ttl_s: float = 172_800.0) -> None:
+        super().__init__(dim, ridge)
+        self._spec = spec
+        self._layout = KeyLayout(spec.key_prefix)
+        self._marker_ttl_ms = int(marker_ttl_s * 1000)
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = self._spec.client()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def read(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        with translate_errors(self._spec, f"reading LinUCB statistics of {len(item_ids)} items"):
+            pipe = self.client.pipeline(transaction=False)
+            for item_id in item_ids:
+                pipe.hmget(self._layout.linucb(item_id), "A", "b")
+            rows = pipe.execute()
+        A = np.tile(np.eye(self.dim) * self.ridge, (len(item_ids), 1, 1))
+        b = np.zeros((len(item_ids), self.dim))
+        for n, (a_raw, b_raw) in enumerate(rows):
+            if a_raw is not None and b_raw is not None:
+                A[n], b[n] = self._decode(a_raw, b_raw)
+        return A, b
+
+    def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.dim,):
+            raise ValueError(f"context of shape {x.shape}, expected ({self.dim},)")
+        key, marker = self._layout.linucb(item_id), self._layout.linucb_marker(update_id)
+
+        def apply(pipe: redis.client.Pipeline) -> bool:
+            if pipe.exists(marker):
+                return False
+            a_raw, b_raw = pipe.hmget(key, "A", "b")
+            A, b = (self._decode(a_raw, b_raw) if a_raw is not None and b_raw is not None
+                    else (np.eye(self.dim) * self.ridge, np.zeros(self.dim)))
+            A, b = linucb_update(A, b, x, reward)
+            pipe.multi()
+            pipe.hset(key, mapping={"A": A.tobytes(), "b": b.tobytes()})
+            pipe.set(marker, 1, px=self._marker_ttl_ms)
+            return True
+
+        with translate_errors(self._spec, f"updating the LinUCB statistics of {item_id}"):
+            return bool(self.client.transaction(apply, key, marker, value_from_callable=True))
+
+    def _decode(self, a_raw: bytes, b_raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+        A, b = np.frombuffer(a_raw, dtype=np.float64), np.frombuffer(b_raw, dtype=np.float64)
+        if A.size != self.dim * self.dim or b.size != self.dim:
+            raise ValueError(f"stored LinUCB statistics of dimension {b.size}, expected {self.dim}")
+        return A.reshape(self.dim, self.dim), b.copy()

@@ -1,0 +1,83 @@
+"""The bandit statistics in Redis: LinUCB's (A, b) per item and the examined counts, on a real Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from feature_store.attribution import Impression, Outcome
+from feature_store.attribution_store import RedisAttributionStore
+from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
+from feature_store.examined_counts import examined_counts
+from feature_store.linucb_store import RedisLinUcbStore
+from feature_store.redis_client import ConnectionSpec
+from feature_store.settings import Settings
+
+D = 4
+
+
+@pytest.fixture
+def spec(settings: Settings, redis_client: redis.Redis) -> ConnectionSpec:
+    return ConnectionSpec(settings.redis.url or "")
+
+
+@pytest.fixture
+def linucb(spec: ConnectionSpec) -> Iterator[RedisLinUcbStore]:
+    store = RedisLinUcbStore(spec, dim=D, ridge=2.0)
+    yield store
+    store.close()
+
+
+def test_linucb_updates_accumulate_the_outer_products_and_rewards(linucb: RedisLinUcbStore) -> None:
+    rng = np.random.default_rng(1)
+    xs, rewards = rng.normal(size=(30, D)), rng.integers(0, 2, size=30).astype(float)
+    for n, (x, r) in enumerate(zip(xs, rewards)):
+        assert linucb.update(f"o{n}", "i:1", x, r)
+    A, b = linucb.read(["i:1", "never"])
+    np.testing.assert_allclose(A[0], 2.0 * np.eye(D) + xs.T @ xs, rtol=1e-12)
+    np.testing.assert_allclose(b[0], xs.T @ rewards, rtol=1e-12)
+    np.testing.assert_array_equal(A[1], 2.0 * np.eye(D))
+    np.testing.assert_array_equal(b[1], np.zeros(D))
+
+
+def test_a_replayed_linucb_update_adds_nothing(linucb: RedisLinUcbStore) -> None:
+    x = np.arange(D, dtype=float)
+    assert linucb.update("o1", "i1", x, 1.0)
+    assert not linucb.update("o1", "i1", x, 1.0)
+    A, b = linucb.read(["i1"])
+    np.testing.assert_allclose(A[0], 2.0 * np.eye(D) + np.outer(x, x))
+    np.testing.assert_allclose(b[0], x)
+
+
+def test_linucb_rejects_a_context_of_the_wrong_dimension(linucb: RedisLinUcbStore) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        linucb.update("o1", "i1", np.ones(D + 1), 1.0)
+
+
+def test_examined_counts_are_the_terms_of_the_debiased_ctr(spec: ConnectionSpec) -> None:
+    """E_i and c_i recombine into the store's own dCTR_i, and follow θ_k · impressions planted per slot."""
+    store = RedisAttributionStore(spec, dedup_ttl_s=86400, max_future_skew_s=900)
+    now = int(time.time() * 1000)
+    rng = np.random.default_rng(2)
+    planted = {"a": (60, 0.3), "b:2": (25, 0.1), "c": (5, 0.0)}
+    for item, (shown, ctr) in planted.items():
+        for n in range(shown):
+            impression = Impression(f"imp-{item}-{n}", "u", item, now - 1000, f"r{item}{n}", n % 3, "greedy", None, None)
+            store.record_impression(impression, now)
+            if rng.random() < ctr or n == 0 and ctr > 0:
+                store.record_credit(impression, Outcome(f"c-{item}-{n}", "u", item, "click", now - 500, None), now)
+    items = [*planted, "unknown"]
+    since, until = now - 3_600_000, now + 3_600_000
+    examined, clicks = examined_counts(store, items, since, until)
+    dctr = store.debiased_ctr(items, since, until)
+    np.testing.assert_allclose((clicks + CTR_PRIOR_ALPHA) / (examined + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA), dctr)
+    theta = store.position_bias(since, until)
+    expected = [sum(theta[str(p)] * sum(1 for n in range(shown) if n % 3 == p) for p in range(3))
+                for shown, _ in planted.values()]
+    np.testing.assert_allclose(examined, [*expected, 0.0])
+    assert clicks[-1] == 0 and clicks[0] >= 1
+    store.close()
