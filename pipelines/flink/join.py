@@ -1,7 +1,7 @@
 """The attribution join of one (user, item) key, as the stream job runs it, without Flink.
 
-`AttributionJoin` keeps its state in two keyed maps (Flink `MapState`s in the job, dicts in
-tests) and applies `feature_store.attribution.attribute`, the rule every engine implements:
+`AttributionJoin` keeps its state in two maps per key (`KeyState`: one JSON document in a Flink
+`ValueState` in the job, so an event costs one state read and one write) and applies `feature_store.attribution.attribute`, the rule every engine implements:
 
 - `impressions`: impression event id -> the impression and the outcome types already credited to
   it. Kept until the watermark passes `ts + window + allowed lateness` (after that no outcome that
@@ -37,13 +37,45 @@ from feature_store.attribution_store import AttributionStore, Miss, RecordResult
 
 
 class KeyedMap(Protocol):
-    """What the join needs of a keyed map state (`pyflink.datastream.state.MapState`)."""
+    """What the join needs of a map of its state (the method names of Flink's `MapState`)."""
 
-    def get(self, key: str) -> str: ...
     def put(self, key: str, value: str) -> None: ...
     def remove(self, key: str) -> None: ...
     def contains(self, key: str) -> bool: ...
     def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+class DictMap:
+    """A `KeyedMap` over a dict."""
+
+    def __init__(self, data: dict[str, str] | None = None) -> None:
+        self.data = {} if data is None else data
+
+    def put(self, key: str, value: str) -> None:
+        self.data[key] = value
+
+    def remove(self, key: str) -> None:
+        del self.data[key]
+
+    def contains(self, key: str) -> bool:
+        return key in self.data
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        return list(self.data.items())
+
+
+class KeyState:
+    """The state of one key, impressions and pending outcomes, as one JSON document."""
+
+    def __init__(self, document: str | None) -> None:
+        data = json.loads(document) if document else {"impressions": {}, "pending": {}}
+        self.impressions, self.pending = DictMap(data["impressions"]), DictMap(data["pending"])
+
+    def dump(self) -> str | None:
+        """The document to store, or None when the key holds nothing (clear the state)."""
+        if not self.impressions.data and not self.pending.data:
+            return None
+        return json.dumps({"impressions": self.impressions.data, "pending": self.pending.data})
 
 
 class AttributionJoin:

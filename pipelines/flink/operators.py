@@ -19,12 +19,13 @@ from pyflink.common import Types
 from pyflink.common.time import Time
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, KeySelector, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
+from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from feature_store.attribution import Impression, Outcome, is_outcome, join_key
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import EventType
 from pipelines.flink import features
+from pipelines.flink.join import KeyState
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,10 @@ class UserItem(KeySelector):
 class Attribute(KeyedProcessFunction):
     """Attributes outcomes to impressions per (user, item) in event time (`join.AttributionJoin`).
 
-    State: two map states (impressions, pending outcomes), checkpointed, with event-time timers
-    that clear them once the watermark passes them, and a processing-time TTL of twice the time
-    they are needed as a bound should the watermark stall. Outcomes older than the watermark minus
+    State: one value state per key (`join.KeyState`: impressions and pending outcomes),
+    checkpointed, with event-time timers that clear its entries once the watermark passes them,
+    and a processing-time TTL of twice the time they are needed as a bound should the watermark
+    stall. Outcomes older than the watermark minus
     the allowed lateness are too late: counted (`late` in the store, metric `too_late_events`),
     left to the batch layer; too-late impressions are only logged and counted in the metric.
     """
@@ -105,13 +107,9 @@ class Attribute(KeyedProcessFunction):
 
         params = self.params
         keep_ms = params.window_ms + params.allowed_lateness_ms
-        ttl = StateTtlConfig.new_builder(Time.milliseconds(2 * keep_ms)).build()
-        states = {}
-        for name in ("impressions", "pending"):
-            descriptor = MapStateDescriptor(name, Types.STRING(), Types.STRING())
-            descriptor.enable_time_to_live(ttl)
-            states[name] = runtime_context.get_map_state(descriptor)
-        self.impressions, self.pending = states["impressions"], states["pending"]
+        descriptor = ValueStateDescriptor("attribution", Types.STRING())
+        descriptor.enable_time_to_live(StateTtlConfig.new_builder(Time.milliseconds(2 * keep_ms)).build())
+        self.state = runtime_context.get_state(descriptor)
         self.store = RedisAttributionStore(params.redis, params.dedup_ttl_s, params.max_future_skew_s, params.recent_outcomes)
         self.join = AttributionJoin(self.store, params.window_ms, params.allowed_lateness_ms)
         self.metrics = runtime_context.get_metrics_group()
@@ -129,19 +127,31 @@ class Attribute(KeyedProcessFunction):
                         ts_ms, timers.current_watermark(), line[:200])
             if is_outcome(event):
                 self.join.late(Outcome.of(event))
-        elif event.type is EventType.IMPRESSION:
-            timers.register_event_time_timer(self.join.impression(Impression.of(event), self.impressions, self.pending))
+            self._flush_tally()
+            return iter(())
+        state = KeyState(self.state.value())
+        if event.type is EventType.IMPRESSION:
+            decide_at: int | None = self.join.impression(Impression.of(event), state.impressions, state.pending)
         else:
-            decide_at = self.join.outcome(Outcome.of(event), self.impressions, self.pending)
-            if decide_at is not None:
-                timers.register_event_time_timer(decide_at)
-        self._flush_tally()
+            decide_at = self.join.outcome(Outcome.of(event), state.impressions, state.pending)
+        if decide_at is not None:
+            timers.register_event_time_timer(decide_at)
+        self._save(state)
         return iter(())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        self.join.fire(timestamp, self.impressions, self.pending)
-        self._flush_tally()
+        state = KeyState(self.state.value())
+        self.join.fire(timestamp, state.impressions, state.pending)
+        self._save(state)
         return iter(())
+
+    def _save(self, state: KeyState) -> None:
+        document = state.dump()
+        if document is None:
+            self.state.clear()
+        else:
+            self.state.update(document)
+        self._flush_tally()
 
     def _flush_tally(self) -> None:
         for name, n in self.join.tally.items():

@@ -6,7 +6,7 @@ whatever the arrival order within the allowed lateness."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,33 +17,11 @@ from feature_store.attribution_store import RedisAttributionStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
-from pipelines.flink.join import AttributionJoin
+from pipelines.flink.join import AttributionJoin, DictMap, KeyState
 
 WINDOW_MS = 10 * 60_000
 OUT_OF_ORDERNESS_MS = 5_000
 LATENESS_MS = 60 * 60_000
-
-
-class DictMap:
-    """A keyed map state as a dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str) -> str:
-        return self.data[key]
-
-    def put(self, key: str, value: str) -> None:
-        self.data[key] = value
-
-    def remove(self, key: str) -> None:
-        del self.data[key]
-
-    def contains(self, key: str) -> bool:
-        return key in self.data
-
-    def items(self) -> Iterable[tuple[str, str]]:
-        return list(self.data.items())
 
 
 @pytest.fixture
@@ -90,29 +68,32 @@ def run_join(store: RedisAttributionStore, events: list[Event], seed: int) -> At
     join = AttributionJoin(store, WINDOW_MS, LATENESS_MS)
     arrival = arrival_order(events, seed)
     assert arrival != sorted(events, key=lambda e: Impression.of(e).ts_ms)
-    states: dict[str, tuple[DictMap, DictMap]] = {}
+    documents: dict[str, str | None] = {}  # each key's state as the job stores it
     timers: set[tuple[int, str]] = set()
     newest = -(2**62)
 
     def advance(watermark: int) -> None:
         for when, key in sorted(t for t in timers if t[0] <= watermark):
             timers.discard((when, key))
-            join.fire(when, *states[key])
+            state = KeyState(documents[key])
+            join.fire(when, state.impressions, state.pending)
+            documents[key] = state.dump()
 
     for event in arrival:
         assert Impression.of(event).ts_ms >= newest - OUT_OF_ORDERNESS_MS - 1 - LATENESS_MS, "too late: not fed"
         key = join_key(event.user_id, event.item_id)
-        impressions, pending = states.setdefault(key, (DictMap(), DictMap()))
+        state = KeyState(documents.get(key))
         if event.type is EventType.IMPRESSION:
-            timers.add((join.impression(Impression.of(event), impressions, pending), key))
+            timers.add((join.impression(Impression.of(event), state.impressions, state.pending), key))
         elif is_outcome(event):
-            when = join.outcome(Outcome.of(event), impressions, pending)
+            when = join.outcome(Outcome.of(event), state.impressions, state.pending)
             if when is not None:
                 timers.add((when, key))
+        documents[key] = state.dump()
         newest = max(newest, Impression.of(event).ts_ms)
         advance(newest - OUT_OF_ORDERNESS_MS - 1)
     advance(2**62)
-    assert all(not i.data and not p.data for i, p in states.values()), "state left after the watermark passed it"
+    assert not any(documents.values()), "state left after the watermark passed it"
     return join
 
 
