@@ -3,8 +3,8 @@
 Every feature is one `FeatureDef` in `FEATURES`. The same definitions drive:
 
 - the Spark batch job's output columns: `batch_view_columns(entity)` / `batch_view_ddl(entity)`;
-- the Flink job's live writes: `feature_store.live_writes.LiveWriter` turns events into Redis
-  updates for every feature `updated_by_stream()`;
+- the live writes (the API's, on every accepted event): `feature_store.live_writes.LiveWriter`
+  turns events into Redis updates for every feature `updated_by_stream()`;
 - the online read: `RedisOnlineStore.get_features(entity, ids, names)`;
 - the training-data join: `feature_store.offline_store.point_in_time_join`.
 
