@@ -43,6 +43,9 @@ class LinUcbStore(ABC):
     def read(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """A (n, d, d) and b (n, d), aligned with `item_ids`."""
 
+    def close(self) -> None:
+        """Release connections (none by default)."""
+
     @abstractmethod
     def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
         """Add one attributed outcome (context x, reward) to an item; False if `update_id` was applied before."""

@@ -187,6 +187,9 @@ class ExploreSettings(_Section):
     linucb_alpha: float = Field(default=1.0, ge=0, description="linucb: scale of the confidence bonus.")
     linucb_ridge: float = Field(default=1.0, gt=0, description="linucb: A starts as ridge * I.")
     stats_window: Literal["1h", "24h", "7d"] = Field(default="7d", description="Window of the attributed counts read.")
+    seed: int | None = Field(
+        default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: fresh entropy.",
+    )
 
 
 class Settings(BaseSettings):

@@ -24,6 +24,7 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import ServiceMiddleware
 from services.api.routes import admin, events, health, items, recommendations, users
 from services.api.state import ServiceState
+from services.explore.factory import explore_stage_from_settings
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.channels import default_channels
 from services.recommend.fallback import LastKnownPopular
@@ -104,11 +105,14 @@ def _start(
     stack.callback(catalog_sync.stop)
     fallback = LastKnownPopular()
     _prime(store, fallback, settings.api.recall_candidates)
+    explore = explore_stage_from_settings(settings, features)
+    stack.callback(explore.close)
     pipeline = RecommendationPipeline(
         store, default_channels(store, fallback), fallback, settings.api.recall_candidates,
         FEATURES.get(Entity.USER, "recent_items").cap,  # type: ignore[arg-type]  # sequences always have one
         observe_stage=lambda stage, seconds: metrics.stage_latency.labels(stage).observe(seconds),
         deadline_s=settings.api.recommend_deadline_s,
+        explore=explore,
     )
     stack.callback(pipeline.close)
     models = _model_manager(settings, metrics, version_source, bundle_loader, store)

@@ -21,6 +21,9 @@ class RecommendedItem(BaseModel):
     score: float
     sources: list[str] = Field(description="Recall channels that proposed the item")
     reason: str = Field(description="Why, in words a person can read")
+    propensity: float = Field(
+        default=1.0, description="Probability that the explore policy placed this item in this slot (the impression's)",
+    )
 
 
 class RecommendationsResponse(BaseModel):
@@ -42,6 +45,11 @@ class RecommendationsResponse(BaseModel):
         description="`popularity`: no trained ranker yet; `last_known_popular`: the online store was unreachable"
     )
     degraded: bool = Field(description="True when answered from the in-process fallback")
+    explore: str = Field(
+        default="greedy",
+        description="The explore policy that chose the slots, with its parameters; `greedy (stats unavailable)` "
+        "when its statistics could not be read",
+    )
     timings_ms: dict[str, float] = Field(description="Per-stage time: features, recall, filter, rank, explain")
 
 

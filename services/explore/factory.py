@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from feature_store.settings import ExploreSettings
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from feature_store.definitions import FEATURES, Entity
+from feature_store.linucb_store import RedisLinUcbStore
+from feature_store.online_store import RedisOnlineStore
+from feature_store.settings import ExploreSettings, Settings
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.linucb import LinUcb
 from services.explore.policy import Policy
+from services.explore.stage import ExploreStage
+from services.explore.stats import EMBEDDING, BanditStats
 from services.explore.thompson import Thompson
 from services.explore.ucb import Ucb1
 
@@ -25,3 +35,24 @@ def policy_from_settings(explore: ExploreSettings) -> Policy:
         case "linucb":
             return LinUcb(explore.linucb_alpha)
     raise ValueError(f"unknown explore policy {explore.policy!r}")
+
+
+def explore_stage_from_settings(settings: Settings, features: RedisOnlineStore) -> ExploreStage:
+    """The configured policy with its reads: examined counts from the attribution store, LinUCB
+    statistics of the item embedding's dimension."""
+    policy = policy_from_settings(settings.explore)
+    rng = request_generators(settings.explore.seed)
+    if policy.needs is None:
+        return ExploreStage(policy, rng=rng)
+    dim = int(FEATURES.get(Entity.ITEM, EMBEDDING).dim or 0)  # the store rejects a feature without one
+    linucb = RedisLinUcbStore(features.spec, dim, settings.explore.linucb_ridge, settings.feature_store.dedup_ttl_s)
+    stats = BanditStats(features, features.attribution(), linucb, settings.explore.stats_window)
+    return ExploreStage(policy, stats, rng)
+
+
+def request_generators(seed: int | None) -> Callable[[], np.random.Generator]:
+    """A generator per request: fresh entropy, or seeded [seed, request number] for reproducible runs."""
+    if seed is None:
+        return np.random.default_rng
+    numbers = itertools.count()
+    return lambda: np.random.default_rng([seed, next(numbers)])

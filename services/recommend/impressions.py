@@ -38,9 +38,6 @@ from services.recommend.types import RecommendationRequest, RecommendationResult
 
 log = logging.getLogger(__name__)
 
-#: Today's lists are the ranker's order, unexplored: every placement has probability 1.
-EXPLORER = "greedy"
-DETERMINISTIC_PROPENSITY = 1.0
 #: Request context fields an impression keeps (the rest of its context is the server's).
 REQUEST_CONTEXT = ("page", "experiment", "arm")
 # Events per intake call: its live-feature script holds Redis (~10 µs per event) and requests
@@ -64,12 +61,12 @@ def impression_event_id(request_id: str, position: int) -> str:
 
 
 def serving_policy(result: RecommendationResult) -> str:
-    """What produced the list's slots: `ranker=<version or fallback>;explore=<explorer>`, or
-    `fallback=<name>` for a degraded answer from the in-process fallback list."""
+    """What produced the list's slots: `ranker=<version or fallback>;explore=<policy label>`
+    (`services.explore`), or `fallback=<name>` for a degraded answer from the in-process fallback list."""
     if result.degraded:
         return f"fallback={result.fallback}"
     ranker = result.fallback or result.model_versions.get("ranker", "none")
-    return f"ranker={ranker};explore={EXPLORER}"
+    return f"ranker={ranker};explore={result.explore}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +78,7 @@ class ServedList:
     item_ids: tuple[str, ...]
     served_at: datetime
     policy: str
+    propensities: tuple[float, ...]  # per slot, under `policy`
     model_versions: dict[str, str] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
 
@@ -89,7 +87,7 @@ class ServedList:
            served_at: datetime) -> "ServedList":
         return cls(
             request_id, request.user_id, tuple(item.item_id for item in result.items), served_at,
-            serving_policy(result), dict(result.model_versions),
+            serving_policy(result), tuple(item.propensity for item in result.items), dict(result.model_versions),
             {name: request.context[name] for name in REQUEST_CONTEXT if request.context.get(name) is not None},
         )
 
@@ -100,7 +98,8 @@ class ServedList:
             try:
                 context = EventContext(
                     request_id=self.request_id, position=position, policy=self.policy,
-                    propensity=DETERMINISTIC_PROPENSITY, model_versions=self.model_versions or None, **self.context,
+                    propensity=self.propensities[position],
+                    model_versions=self.model_versions or None, **self.context,
                 )
                 events.append(Event(
                     event_id=impression_event_id(self.request_id, position), user_id=self.user_id,

@@ -1,4 +1,4 @@
-"""recall → filter → rank → explain, one request at a time, with per-stage timings.
+"""recall → filter → rank → explore → explain, one request at a time, with per-stage timings.
 
 The pipeline holds the parts that do not change with model versions (online store, fallback);
 the model-dependent parts (extra recall channels, ranker, versions) come in a `ModelBundle` per
@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.retrieval.multichannel import MultiChannelRecall, RecallChannel
+from services.explore.greedy import Greedy
+from services.explore.policy import Ranked
+from services.explore.stage import UNAVAILABLE, ExploreStage
 from services.recommend.channels import CategoryChannel
 from services.recommend.explain import explain, top_attended
 from services.recommend.fallback import LastKnownPopular
@@ -71,6 +74,7 @@ class RecommendationPipeline:
         observe_stage: StageObserver | None = None,
         quotas: dict[str, int] | None = None,
         deadline_s: float = 1.0,
+        explore: ExploreStage | None = None,
     ) -> None:
         self.store = store
         self.base_channels = tuple(base_channels)
@@ -81,6 +85,7 @@ class RecommendationPipeline:
         self.observe_stage = observe_stage or (lambda stage, seconds: None)
         self.default_ranker = RecallScoreRanker()
         self.deadline_s = deadline_s
+        self.explore = explore or ExploreStage(Greedy())
         self._executor = ThreadPoolExecutor(thread_name_prefix="recommend")
 
     def recommend(self, request: RecommendationRequest, bundle: ModelBundle) -> RecommendationResult:
@@ -111,7 +116,8 @@ class RecommendationPipeline:
         self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]
     ) -> RecommendationResult:
         items = self.fallback.answer(request)
-        return RecommendationResult(items, dict(bundle.versions), "last_known_popular", True, timings)
+        return RecommendationResult(items, dict(bundle.versions), "last_known_popular", True, timings,
+                                    explore=UNAVAILABLE)
 
     def _run(self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]) -> RecommendationResult:
         with self._stage("features", timings):
@@ -125,19 +131,26 @@ class RecommendationPipeline:
         fallback = None if bundle.ranker is not None else "popularity"
         with self._stage("rank", timings):
             try:
-                ranked, attended = self._rank(ranker, user, candidates, request.k)
+                ranked, attended = self._rank(ranker, user, candidates)
             except DegradedError:
                 raise
             except Exception:  # a broken model must cost ranking quality, not the request
                 log.exception("ranker %s failed; ranking by recall score", ranker.name)
-                ranked, attended = self._rank(self.default_ranker, user, candidates, request.k)
+                ranked, attended = self._rank(self.default_ranker, user, candidates)
                 fallback = "ranker_error"
+        with self._stage("explore", timings):
+            scores = np.array([c.recall_score for c in ranked], dtype=float)
+            explored = self.explore.run(Ranked(tuple(c.item_id for c in ranked), scores), request.k, user.history)
+            shown = [ranked[i] for i in explored.slate.positions]
+            attended = [attended[i] for i in explored.slate.positions] if attended else []
         with self._stage("explain", timings):
-            reasons = explain(ranked, attended, self.store)
+            reasons = explain(shown, attended, self.store)
         items = [
-            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason) for c, reason in zip(ranked, reasons)
+            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity)
+            for c, reason, propensity in zip(shown, reasons, explored.slate.propensities)
         ]
-        return RecommendationResult(items, dict(bundle.versions), fallback, False, timings, len(candidates))
+        return RecommendationResult(items, dict(bundle.versions), fallback, False, timings, len(candidates),
+                                    explored.policy)
 
     def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
         """Model channels first (they fill their quotas first), then the serving channels; a
@@ -163,12 +176,13 @@ class RecommendationPipeline:
         return kept
 
     def _rank(
-        self, ranker: Ranker, user: UserContext, candidates: list[Candidate], k: int
+        self, ranker: Ranker, user: UserContext, candidates: list[Candidate]
     ) -> tuple[list[Candidate], list[str | None]]:
+        """Every candidate, best first (the explore stage picks the shown k from them)."""
         if not candidates:
             return [], []
         output = ranker.rank(user, candidates)
-        order = np.argsort(-output.scores, kind="stable")[:k]
+        order = np.argsort(-output.scores, kind="stable")
         attended = top_attended(output.attention, user.history)
         ranked = []
         for index in order:

@@ -55,6 +55,7 @@ class Recommendation:
     score: float
     sources: list[str]
     reason: str
+    propensity: float = 1.0  # probability of this item in this slot under the explore policy
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RecommendationResult:
     degraded: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
+    explore: str = "greedy"  # the explore policy's label (services.explore)
 
 
 @dataclass

@@ -76,11 +76,13 @@ async def _recommend(
         request_id=request_id,
         user_id=request.user_id,
         items=[
-            RecommendedItem(item_id=i.item_id, position=position, score=i.score, sources=i.sources, reason=i.reason)
+            RecommendedItem(item_id=i.item_id, position=position, score=i.score, sources=i.sources, reason=i.reason,
+                            propensity=i.propensity)
             for position, i in enumerate(result.items)
         ],
         model_versions=result.model_versions,
         fallback=result.fallback,
         degraded=result.degraded,
+        explore=result.explore,
         timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
     )

@@ -1,0 +1,65 @@
+"""The explore stage of a request: read what the policy needs, let it choose, or serve greedy.
+
+When the statistics cannot be read (Redis down or slow), the stage serves the ranker's top k with
+propensity 1 and labels it `greedy (stats unavailable)`, a label the response and the impressions
+carry, so that an off-policy estimator never mistakes those slots for explored ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.explore.greedy import Greedy
+from services.explore.policy import ItemCounts, LinearStats, Policy, Ranked, Slate, Stats
+from services.explore.stats import BanditStats, StatsUnavailable
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "greedy (stats unavailable)"
+
+
+@dataclass(frozen=True)
+class Explored:
+    """The shown slate and the label of what chose it (a policy label or `UNAVAILABLE`)."""
+
+    slate: Slate
+    policy: str
+
+
+class ExploreStage:
+    """One policy and the reads it needs; `rng` makes each request's generator (fresh entropy by default)."""
+
+    def __init__(self, policy: Policy, stats: BanditStats | None = None,
+                 rng: Callable[[], np.random.Generator] = np.random.default_rng) -> None:
+        if policy.needs is not None and stats is None:
+            raise ValueError(f"policy {policy.name} needs statistics; pass a BanditStats")
+        self.policy = policy
+        self.stats = stats
+        self.rng = rng
+
+    def run(self, ranked: Ranked, k: int, history: Sequence[str] = ()) -> Explored:
+        if not len(ranked):
+            return Explored(Slate((), (), ()), self.policy.label)
+        try:
+            stats = self._read(ranked, history)
+        except StatsUnavailable as exc:
+            log.warning("explore: %s; serving greedy", exc)
+            return Explored(Greedy().choose(ranked, k, self.rng()), UNAVAILABLE)
+        return Explored(self.policy.choose(ranked, k, self.rng(), stats), self.policy.label)
+
+    def close(self) -> None:
+        if self.stats is not None:
+            self.stats.close()
+
+    def _read(self, ranked: Ranked, history: Sequence[str]) -> Stats:
+        if self.stats is None:
+            return None
+        if self.policy.needs is ItemCounts:
+            return self.stats.counts(ranked.item_ids)
+        if self.policy.needs is LinearStats:
+            return self.stats.linear(ranked.item_ids, history)
+        return None

@@ -1,0 +1,77 @@
+"""Reads the statistics a policy needs from the feature store, for one request.
+
+- `ItemCounts` (UCB1, Thompson): `feature_store.examined_counts` over `explore.stats_window`.
+- `LinearStats` (LinUCB): (A_i, b_i) from `feature_store.linucb_store`, and the context x_t: the
+  user's vector, the L2-normalised mean of the item `embedding` feature (Item2vec, d = 32) over
+  the user's recent items, the same for every candidate (Li et al.'s disjoint model with user
+  features); a user without history has x_t = 0, and LinUCB then keeps the ranker's order.
+
+Any failure to read (Redis down or slow, statistics that do not decode) is `StatsUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import redis
+
+from feature_store.attribution_store import RedisAttributionStore, window_bounds
+from feature_store.definitions import Entity
+from feature_store.errors import FeatureStoreUnavailableError
+from feature_store.examined_counts import examined_counts
+from feature_store.linucb_store import LinUcbStore
+from feature_store.online_store import OnlineStore
+from services.explore.policy import ItemCounts, LinearStats
+
+EMBEDDING = "embedding"
+
+
+class StatsUnavailable(RuntimeError):
+    """The statistics could not be read; the stage serves the greedy list instead."""
+
+
+@contextmanager
+def _unavailable_on_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (FeatureStoreUnavailableError, redis.RedisError, ValueError) as exc:
+        raise StatsUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+class BanditStats:
+    """The per-request reads of the explore stage (one instance per worker; clients made on first use)."""
+
+    def __init__(self, features: OnlineStore, attribution: RedisAttributionStore, linucb: LinUcbStore,
+                 window: str = "7d") -> None:
+        self.features = features
+        self.attribution = attribution
+        self.linucb = linucb
+        self.window = window
+
+    def close(self) -> None:
+        self.attribution.close()
+        self.linucb.close()
+
+    def counts(self, item_ids: Sequence[str]) -> ItemCounts:
+        with _unavailable_on_errors("reading examined counts"):
+            since_ms, until_ms = window_bounds(self.window)
+            return ItemCounts(*examined_counts(self.attribution, item_ids, since_ms, until_ms))
+
+    def linear(self, item_ids: Sequence[str], history: Sequence[str]) -> LinearStats:
+        with _unavailable_on_errors("reading LinUCB statistics"):
+            A, b = self.linucb.read(item_ids)
+            user = self.user_vector(history)
+        return LinearStats(A, b, np.tile(user, (len(item_ids), 1)))
+
+    def user_vector(self, history: Sequence[str]) -> np.ndarray:
+        """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""
+        if not history:
+            return np.zeros(self.linucb.dim)
+        vectors = np.stack(self.features.get_features(Entity.ITEM, history, [EMBEDDING])[EMBEDDING]).astype(float)
+        if vectors.shape[1] != self.linucb.dim:
+            raise ValueError(f"item embeddings of dimension {vectors.shape[1]}, LinUCB expects {self.linucb.dim}")
+        mean = vectors.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        return mean / norm if norm > 0 else mean
