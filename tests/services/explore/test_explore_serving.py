@@ -4,15 +4,22 @@ statistics serve the greedy list, marked, never a 5xx."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 from fastapi.testclient import TestClient
 
+from feature_store.definitions import Entity
 from feature_store.event_log import EventLogReader
+from feature_store.linucb_store import RedisLinUcbStore
+from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_layout import KeyLayout
+from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import ExploreSettings, Settings
 from services.api.app import create_app
+from tests.feature_store.helpers import WM, item_row
 from tests.services.conftest import EventFactory, put_items
 
 # Planted popularity: i0 is the most clicked, i7 the least, so a new user's ranked list is i0 … i7.
@@ -97,3 +104,53 @@ def test_unreadable_stats_serve_greedy_marked_in_the_response_and_the_impression
     for slot in range(K):
         assert logged[(body["request_id"], slot)].context.policy == "ranker=popularity;explore=greedy (stats unavailable)"
         assert logged[(body["request_id"], slot)].context.propensity == 1.0
+
+
+def test_linucb_reads_its_statistics_and_the_users_context_from_redis(
+    api_settings: Settings, make_event: EventFactory
+) -> None:
+    """Planted: the fan's only history item is i0, so x_t = e(i0)/|e(i0)|; i5 has three clicks in
+    that context (A = I + 3xxᵀ, b = 3x: score 3/4 + sqrt(1/4) = 1.25), i6 one impression without a
+    click (0 + sqrt(1/2)), every other item no statistics (0 + 1): i5 leads, i6 drops out."""
+    features = RedisOnlineStore.from_settings(api_settings)
+    rng = np.random.default_rng(0)
+    with features.publish_batch_view(Entity.ITEM, WM) as write:
+        write([item_row(item, embedding=rng.normal(size=32)) for item in CATALOG])
+    x = features.get_features(Entity.ITEM, ["i0"], ["embedding"])["embedding"][0].astype(float)
+    x /= np.linalg.norm(x)
+    linucb = RedisLinUcbStore(features.spec, dim=32, ridge=1.0)
+    for n in range(3):
+        linucb.update(f"click{n}", "i5", x, 1.0)
+    linucb.update("shown", "i6", x, 0.0)
+    with _app(api_settings, policy="linucb", linucb_alpha=1.0) as client:
+        _seed(client, make_event)
+        assert client.post("/v1/events", json=[make_event("fan", "i0")]).json()["accepted"] == 1
+        body = _recommend(client, "fan")
+    linucb.close()
+    features.close()
+    assert body["explore"] == "linucb(alpha=1)"
+    assert [(i["item_id"], i["propensity"]) for i in body["items"]] == [("i5", 1.0), ("i1", 1.0), ("i2", 1.0)]
+
+
+def test_redis_down_serves_the_fallback_list_marked_with_propensity_one(
+    tmp_path: Path, make_event: EventFactory
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    settings = Settings(state_dir=tmp_path / "state", event_log={"roll_max_age_s": 0.2},
+                        redis={"url": server.url, "socket_timeout_s": 0.2, "connect_timeout_s": 0.2},
+                        explore={"policy": "epsilon_greedy", "epsilon": 1.0, "seed": 3})
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.post("/v1/events", json=[make_event("crowd", item) for item in ("hit", "hit", "other")])
+            client.get("/v1/users/u/recommendations")  # the fallback remembers the popular list
+            server.kill()
+            response = client.get("/v1/users/u/recommendations", params={"k": 2})
+            assert response.status_code == 200
+            body = response.json()
+            logged = _impressions(client, settings)
+    finally:
+        server.stop()
+    assert body["degraded"] and body["explore"] == "greedy (stats unavailable)"
+    assert [(i["item_id"], i["propensity"]) for i in body["items"]] == [("hit", 1.0), ("other", 1.0)]
+    assert [logged[(body["request_id"], slot)].context.propensity for slot in range(2)] == [1.0, 1.0]
+    assert logged[(body["request_id"], 0)].context.policy == "fallback=last_known_popular"
