@@ -1,7 +1,8 @@
 """The attribution join of one (user, item) key, as the stream job runs it, without Flink.
 
 `AttributionJoin` keeps its state in two maps per key (`KeyState`: one JSON document in a Flink
-`ValueState` in the job, so an event costs one state read and one write) and applies `feature_store.attribution.attribute`, the rule every engine implements:
+`ValueState` in the job, so an event costs one state read and one write) and applies
+`feature_store.attribution.attribute`, the rule every engine implements:
 
 - `impressions`: impression event id -> the impression and the outcome types already credited to
   it. Kept until the watermark passes `ts + window + allowed lateness` (after that no outcome that
@@ -30,23 +31,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from feature_store.attribution import Impression, Outcome, attribute
 from feature_store.attribution_store import AttributionStore, Miss, RecordResult
 
 
-class KeyedMap(Protocol):
-    """What the join needs of a map of its state (the method names of Flink's `MapState`)."""
-
-    def put(self, key: str, value: str) -> None: ...
-    def remove(self, key: str) -> None: ...
-    def contains(self, key: str) -> bool: ...
-    def items(self) -> Iterable[tuple[str, str]]: ...
-
-
 class DictMap:
-    """A `KeyedMap` over a dict."""
+    """One map of a key's state: id -> JSON."""
 
     def __init__(self, data: dict[str, str] | None = None) -> None:
         self.data = {} if data is None else data
@@ -88,7 +80,7 @@ class AttributionJoin:
         self.keep_ms = window_ms + allowed_lateness_ms
         self.tally: Counter[str] = Counter()
 
-    def impression(self, impression: Impression, impressions: KeyedMap, pending: KeyedMap) -> int:
+    def impression(self, impression: Impression, impressions: DictMap, pending: DictMap) -> int:
         """Count `impression`, credit the pending outcomes of its request; returns its cleanup time."""
         if not impressions.contains(impression.event_id):
             impressions.put(impression.event_id, _encode(impression, []))
@@ -100,7 +92,7 @@ class AttributionJoin:
                     pending.remove(outcome.event_id)
         return impression.ts_ms + self.keep_ms
 
-    def outcome(self, outcome: Outcome, impressions: KeyedMap, pending: KeyedMap) -> int | None:
+    def outcome(self, outcome: Outcome, impressions: DictMap, pending: DictMap) -> int | None:
         """Credit `outcome` now if its request's impression is known; else park it and return when
         to decide it (once the watermark passes its time plus the allowed lateness)."""
         if outcome.request_id is not None and self._credit(outcome, impressions):
@@ -108,7 +100,7 @@ class AttributionJoin:
         pending.put(outcome.event_id, json.dumps(asdict(outcome)))
         return outcome.ts_ms + self.lateness_ms
 
-    def fire(self, timestamp: int, impressions: KeyedMap, pending: KeyedMap) -> None:
+    def fire(self, timestamp: int, impressions: DictMap, pending: DictMap) -> None:
         """The watermark reached `timestamp`: decide the outcomes up to it, drop impressions past use."""
         for outcome in [o for o in _outcomes(pending) if o.ts_ms + self.lateness_ms <= timestamp]:
             if not self._credit(outcome, impressions):
@@ -122,7 +114,7 @@ class AttributionJoin:
         """An outcome too late for the speed layer: counted, and left to the batch layer."""
         self._tally(self.store.record_miss(outcome, Miss.LATE), "late")
 
-    def _credit(self, outcome: Outcome, impressions: KeyedMap) -> bool:
+    def _credit(self, outcome: Outcome, impressions: DictMap) -> bool:
         """Credit `outcome` to its impression in state, if the rule finds one; False if none."""
         known = {event_id: json.loads(value) for event_id, value in impressions.items()}
         target = attribute(outcome, [_impression(v) for v in known.values()], self.window_ms)
@@ -148,5 +140,5 @@ def _impression(fields: dict) -> Impression:
     return Impression(**{k: v for k, v in fields.items() if k != "credited"})
 
 
-def _outcomes(pending: KeyedMap) -> list[Outcome]:
+def _outcomes(pending: DictMap) -> list[Outcome]:
     return [Outcome(**json.loads(value)) for _, value in pending.items()]
