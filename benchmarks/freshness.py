@@ -11,7 +11,8 @@ request id and a position), half clicks carrying the request id of an impression
 tick (10 ms) before. It polls each click's credit marker (`KeyLayout.attribution_credit`), which
 the attribution store sets in the same atomic script as the counts, so "marker present" means
 "attributed count readable". Prints p50/p95/p99, sustained clicks/s, CPU seconds of the job
-(driver, JVM, Python worker) per wall second, and files written per hour.
+(driver, JVM, Python worker) per wall second, files written per hour, and the rate at which the
+job works off a backlog (`--backlog` pairs appended at once: its capacity).
 """
 
 from __future__ import annotations
@@ -126,7 +127,27 @@ def _event(event_id: str, user: str, item: str, kind: EventType, ts: datetime, r
     return Event.model_construct(event_id=event_id, user_id=user, item_id=item, type=kind, ts=ts, context=context)
 
 
-def measure(config: Config, rates: list[int], seconds: float, workdir: Path, server: EmbeddedRedis) -> list[dict[str, str]]:
+def backlog_rate(log: LocalEventLog, poller: MarkerPoller, pairs: int) -> float:
+    """Events/s the job works off a backlog at: `pairs` impressions, then their clicks, appended at once."""
+    deadline = time.perf_counter() + 120
+    while poller.pending and time.perf_counter() < deadline:  # the job catches up with the rates first
+        time.sleep(0.1)
+    now = datetime.now(timezone.utc)
+    shown = [_event(f"b-{n}", f"u{n % 500}", f"i{n % 2000}", EventType.IMPRESSION, now, f"b-r{n}", n % 10)
+             for n in range(pairs)]
+    clicks = [_event(f"b-{n}-c", e.user_id, e.item_id, EventType.CLICK, now, f"b-r{n}", None) for n, e in enumerate(shown)]
+    poller.latencies.clear()
+    started = time.perf_counter()
+    log.append(shown + clicks)
+    poller.expect([poller.layout.attribution_credit(e.event_id, "click") for e in shown], started)
+    deadline = started + 300
+    while poller.pending and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    return len(poller.latencies) * 2 / (poller.last_seen - started)
+
+
+def measure(config: Config, rates: list[int], seconds: float, workdir: Path, server: EmbeddedRedis,
+            backlog: int) -> list[dict[str, str]]:
     state = workdir / config.name.replace(" ", "-")
     client = redis.Redis.from_url(server.url)
     prefix = f"bench{abs(hash(config.name)) % 10_000}"
@@ -169,6 +190,11 @@ def measure(config: Config, rates: list[int], seconds: float, workdir: Path, ser
                 "p99 ms": f"{np.percentile(lat, 99):.0f}", "sustained clicks/s": f"{len(lat) / wall:.0f}",
                 "job CPU s/s": f"{cpu / wall:.2f}", "files/hour": f"{files / seconds * 3600:.0f}",
             })
+        if backlog:
+            console.print(f"{config.name}: a backlog of {2 * backlog} events")
+            capacity = backlog_rate(log, poller, backlog)
+            for row in rows:
+                row["backlog ev/s"] = f"{capacity:.0f}"
     finally:
         poller.stopped = True
         job.stop()
@@ -210,6 +236,7 @@ def main() -> None:
     parser.add_argument("--compact", action="store_true", help="only measure Spark compact over many small files")
     parser.add_argument("--tuned-bundle", default="20,100", help="bundle time ms,size of the tuned config")
     parser.add_argument("--skip-at-least-once", action="store_true", help="measure only tuned and the peer")
+    parser.add_argument("--backlog", type=int, default=3000, help="impression+click pairs appended at once (0: skip)")
     args = parser.parse_args()
     bundle_ms, bundle_size = (int(v) for v in args.tuned_bundle.split(","))
     tuned = Config("tuned", TUNED.roll_s, TUNED.monitor_ms, bundle_ms, bundle_size)
@@ -227,7 +254,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="freshness-") as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis").start()
         try:
-            rows = [row for config in configs for row in measure(config, rates, args.seconds, Path(tmp), server)]
+            rows = [row for config in configs for row in measure(config, rates, args.seconds, Path(tmp), server, args.backlog)]
         finally:
             server.stop()
     table = Table(title="attribution freshness (click appended → attributed count readable in Redis)")
