@@ -20,9 +20,12 @@ from feature_store.redis_server import EmbeddedRedis
 ROOT = Path(__file__).resolve().parents[2]
 
 # Starts an embedded Redis the way every `recsys` process does, writes a key, then waits to be stopped.
+# It restores Ctrl-C's handler: a test run started in the background (`cmd &` in a script) passes
+# SIGINT down ignored, and Python then never raises KeyboardInterrupt.
 HOLDER = """
-import sys, time
+import signal, sys, time
 import redis
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from feature_store.redis_server import redis_url
 from feature_store.settings import Settings
 
