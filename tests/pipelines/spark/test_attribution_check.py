@@ -6,13 +6,15 @@ difference in a bucket that is not closed yet."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 from typer.testing import CliRunner
 
-from feature_store.attribution import Impression, Outcome, attribute, is_outcome, reference_counts
+from feature_store.attribution import Dimension, Impression, Outcome, attribute, is_outcome, reference_counts
 from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_server import EmbeddedRedis
 from feature_store.schemas import Event, EventType
@@ -107,3 +109,64 @@ def test_a_planted_discrepancy_fails_the_check_and_is_named(
     assert sorted(named) == sorted(str(d) for d in planted)
     assert len(named) == 4
     assert "4 differences" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_stream_job_and_the_batch_job_agree(spark: object, settings: Settings, redis_client: redis.Redis) -> None:
+    """Both real engines on the planted log (out of order within the stream's allowed lateness),
+    then the check: nothing differs."""
+    from feature_store.event_log import LocalEventLog
+    from feature_store.redis_layout import KeyLayout
+    from feature_store.settings import EventLogSettings
+    from pipelines.flink.runner import StreamJob
+
+    lateness = timedelta(hours=6)  # more than the log spans: the file source reads hours in any order
+    start = START - timedelta(hours=4)
+    events = planted_log(start)
+    # Past every outcome plus the lateness: the stream decides the last outcomes and closes the buckets.
+    tick = Event(event_id="tick", user_id="u9", item_id="i9", type=EventType.IMPRESSION,
+                 ts=max(e.ts for e in events) + lateness + timedelta(minutes=10))  # fmt: skip
+    expected = reference_counts(events + [tick], WINDOW_S * 1000)
+    env = {"RECSYS_REDIS__URL": settings.redis.url or "", "RECSYS_ATTRIBUTION__WINDOW_S": str(WINDOW_S),
+           "RECSYS_FLINK__OUT_OF_ORDERNESS_MS": "1000", "RECSYS_FLINK__CHECKPOINT_INTERVAL_MS": "1000",
+           "RECSYS_FLINK__ALLOWED_LATENESS_MS": str(int(lateness.total_seconds() * 1000))}  # fmt: skip
+    source = RedisCounts(settings, settings.redis.url or "")
+    markers = [KeyLayout(settings.redis.key_prefix).attribution_marker(e.event_id) for e in events if e.type == EventType.IMPRESSION]
+    job = StreamJob(settings.state_dir, env=env, checkpoint_dir=settings.flink_checkpoint_dir).start()
+    log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=0.1, fsync=False))
+    try:
+        log.append(events)
+        log.roll_all()
+        _wait(lambda: redis_client.exists(*set(markers)) == len(set(markers)), job, "every impression")
+        log.append([tick])
+        log.roll_all()
+        got: dict[tuple[str, str, int, str], int] = {}
+
+        def caught_up() -> bool:
+            got.update({(r.dimension, r.key, r.bucket_ms, r.measure): r.value for d in Dimension.ALL for r in source(d)})
+            return got == expected
+
+        _wait(caught_up, job, "the rule's counts")
+    finally:
+        log.close()
+        job.stop()
+    spark_settings = settings.model_copy(update={
+        "attribution": settings.attribution.model_copy(update={"window_s": WINDOW_S}),
+        "flink": settings.flink.model_copy(update={"out_of_orderness_ms": 1000}),
+    })  # fmt: skip
+    compact.run(spark, spark_settings)  # type: ignore[arg-type]
+    attribution.run(spark, spark_settings)  # type: ignore[arg-type]
+
+    report = check_attribution(spark, spark_settings, source)  # type: ignore[arg-type]
+
+    assert report.ok, list(differences(spark, report))  # type: ignore[arg-type]
+    assert report.compared == len([key for key in expected if key[2] < report.until_ms]) > 300
+
+
+def _wait(condition: Callable[[], bool], job: object, what: str, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert job.running, job.log_file.read_text()[-3000:]  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"the stream job did not reach {what} in {timeout_s:.0f} s"
+        time.sleep(0.5)
