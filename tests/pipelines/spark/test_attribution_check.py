@@ -132,13 +132,14 @@ def test_the_stream_job_and_the_batch_job_agree(spark: object, settings: Setting
            "RECSYS_FLINK__OUT_OF_ORDERNESS_MS": "1000", "RECSYS_FLINK__CHECKPOINT_INTERVAL_MS": "1000",
            "RECSYS_FLINK__ALLOWED_LATENESS_MS": str(int(lateness.total_seconds() * 1000))}  # fmt: skip
     source = RedisCounts(settings, settings.redis.url or "")
-    markers = [KeyLayout(settings.redis.key_prefix).attribution_marker(e.event_id) for e in events if e.type == EventType.IMPRESSION]
+    layout = KeyLayout(settings.redis.key_prefix)
+    markers = {layout.attribution_marker(e.event_id) for e in events if e.type == EventType.IMPRESSION}
     job = StreamJob(settings.state_dir, env=env, checkpoint_dir=settings.flink_checkpoint_dir).start()
     log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=0.1, fsync=False))
     try:
         log.append(events)
         log.roll_all()
-        _wait(lambda: redis_client.exists(*set(markers)) == len(set(markers)), job, "every impression")
+        _wait(lambda: redis_client.exists(*markers) == len(markers), job, "every impression")
         log.append([tick])
         log.roll_all()
         got: dict[tuple[str, str, int, str], int] = {}
