@@ -28,8 +28,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 
 from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, join_key
@@ -71,6 +73,48 @@ for i = 4, #ARGV, 6 do
 end
 return 1
 """
+
+# One round trip for `examined_counts`. ARGV: positions key, since ms, until ms, the impression and
+# click measure names, the position count key without its closing '}', n, then n item count keys
+# and n item-position count keys without the position and the closing '}' (positions are digits or
+# '-', which need no escaping). Returns {positions, {impressions, clicks} per position, clicks per
+# item, impressions per (item, position) item-major}, each summed over the buckets in [since, until).
+_EXAMINED = """
+local since, till, shown, clicked = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local function sum(key, measure)
+  local total, fields = 0, redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local name, bucket = string.match(fields[i], '^(.*):(%d+)$')
+    bucket = tonumber(bucket)
+    if name == measure and bucket >= since and bucket < till then total = total + tonumber(fields[i + 1]) end
+  end
+  return total
+end
+local positions = redis.call('ZRANGE', ARGV[1], 0, -1)
+local by_position, clicks, per_item = {}, {}, {}
+for _, p in ipairs(positions) do
+  local key = ARGV[6] .. p .. '}'
+  by_position[#by_position + 1] = sum(key, shown)
+  by_position[#by_position + 1] = sum(key, clicked)
+end
+local n = tonumber(ARGV[7])
+for i = 1, n do
+  clicks[i] = sum(ARGV[7 + i], clicked)
+  for _, p in ipairs(positions) do per_item[#per_item + 1] = sum(ARGV[7 + n + i] .. p .. '}', shown) end
+end
+return {positions, by_position, clicks, per_item}
+"""
+
+
+@dataclass(frozen=True)
+class ExaminedCounts:
+    """Per item, aligned with the ids asked for: examined impressions E_i = Σ_k θ_k · impressions_{i,k}
+    (θ_k of `position_bias.examination`) and attributed clicks c_i, the two terms of the debiased
+    CTR (Joachims et al., WSDM 2017, for examination weighting), kept apart so a bandit can put
+    its own prior on them."""
+
+    examined: np.ndarray
+    clicks: np.ndarray
 
 
 class RecordResult(StrEnum):
@@ -121,8 +165,13 @@ class AttributionStore(ABC):
         """θ per position (`feature_store.position_bias.examination`)."""
 
     @abstractmethod
+    def examined_counts(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> ExaminedCounts:
+        """(E_i, c_i) per item over the buckets in [since_ms, until_ms), in one read."""
+
     def debiased_ctr(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> list[float]:
         """dCTR per item (`feature_store.position_bias.debiased_ctr`), aligned with `item_ids`."""
+        counts = self.examined_counts(item_ids, since_ms, until_ms)
+        return [float(ctr) for ctr in debiased_ctr(counts.clicks, counts.examined)]
 
     def window_counts(self, dimension: str, key: str, window: str, now_ms: int | None = None) -> dict[str, int]:
         """`counts` over a window of `WINDOWS` ending with the current hour bucket."""
@@ -157,6 +206,7 @@ class RedisAttributionStore(AttributionStore):
         if self._client is None:
             self._client = self._spec.client()
             self._script = self._client.register_script(_RECORD)
+            self._examined = self._client.register_script(_EXAMINED)
         return self._client
 
     def close(self) -> None:
@@ -245,19 +295,21 @@ class RedisAttributionStore(AttributionStore):
         rows = self._many([(Dimension.POSITION, p) for p in positions], since_ms, until_ms)
         return examination(dict(zip(positions, rows)))
 
-    def debiased_ctr(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> list[float]:
-        positions = self._positions()
-        theta = examination(dict(zip(positions, self._many([(Dimension.POSITION, p) for p in positions],
-                                                                 since_ms, until_ms))))
-        wanted = [(Dimension.ITEM, item) for item in item_ids]
-        wanted += [(Dimension.ITEM_POSITION, join_key(item, p)) for item in item_ids for p in positions]
-        rows = self._many(wanted, since_ms, until_ms)
-        items, per_position = rows[:len(item_ids)], rows[len(item_ids):]
-        out = []
-        for n, item in enumerate(items):
-            shown = per_position[n * len(positions):(n + 1) * len(positions)]
-            out.append(debiased_ctr(item.get(CLICK, 0), {p: c.get(IMPRESSION, 0) for p, c in zip(positions, shown)}, theta))
-        return out
+    def examined_counts(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> ExaminedCounts:
+        layout = self._layout
+        heads = [layout.attribution_counts(Dimension.ITEM_POSITION, join_key(item, ""))[:-1] for item in item_ids]
+        args = [layout.attribution_positions(), since_ms, until_ms, IMPRESSION, CLICK,
+                layout.attribution_counts(Dimension.POSITION, "")[:-1], len(item_ids),
+                *(layout.attribution_counts(Dimension.ITEM, item) for item in item_ids), *heads]
+        client = self.client
+        with translate_errors(self._spec, f"reading the examined counts of {len(item_ids)} items"):
+            raw_positions, by_position, clicks, shown = self._examined(args=args, client=client)
+        positions = [p.decode() for p in raw_positions]
+        theta = examination({p: {IMPRESSION: by_position[2 * n], CLICK: by_position[2 * n + 1]}
+                             for n, p in enumerate(positions)})
+        weights = np.array([theta[p] for p in positions])
+        shown_matrix = np.array(shown, dtype=float).reshape(len(item_ids), len(positions))
+        return ExaminedCounts(shown_matrix @ weights, np.array(clicks, dtype=float))
 
     def _positions(self) -> list[str]:
         with translate_errors(self._spec, "reading attribution positions"):

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from feature_store.attribution import NO_VALUE
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, smoothed_ctr
 from feature_store.schemas import EventType
@@ -40,7 +43,7 @@ def examination(position_counts: Mapping[str, Mapping[str, int]]) -> dict[str, f
     return {position: 1.0 if position == NO_VALUE else ctr(position) / top for position in position_counts}
 
 
-def debiased_ctr(clicks: int, impressions_by_position: Mapping[str, int], theta: Mapping[str, float]) -> float:
-    """dCTR of one item from its clicks and its impressions per position (θ of an unknown position: 1)."""
-    examined = sum(theta.get(position, 1.0) * n for position, n in impressions_by_position.items())
-    return (clicks + CTR_PRIOR_ALPHA) / (examined + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)
+def debiased_ctr(clicks: ArrayLike, examined: ArrayLike) -> np.ndarray:
+    """dCTR from clicks and examined impressions Σ_k θ_k · impressions_k (elementwise)."""
+    return (np.asarray(clicks, dtype=float) + CTR_PRIOR_ALPHA) / (np.asarray(examined, dtype=float)
+                                                                  + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)

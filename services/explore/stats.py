@@ -1,6 +1,7 @@
 """Reads the statistics a policy needs from the feature store, for one request.
 
-- `ItemCounts` (UCB1, Thompson): `feature_store.examined_counts` over `explore.stats_window`.
+- `ItemCounts` (UCB1, Thompson): the attribution store's `examined_counts` over `explore.stats_window`,
+  one Redis round trip.
 - `LinearStats` (LinUCB): (A_i, b_i) from `feature_store.linucb_store`, and the context x_t: the
   user's vector, the L2-normalised mean of the item `embedding` feature (Item2vec, d = 32) over
   the user's recent items, the same for every candidate (Li et al.'s disjoint model with user
@@ -20,7 +21,6 @@ import redis
 from feature_store.attribution_store import RedisAttributionStore, window_bounds
 from feature_store.definitions import Entity
 from feature_store.errors import FeatureStoreUnavailableError
-from feature_store.examined_counts import examined_counts
 from feature_store.linucb_store import LinUcbStore
 from feature_store.online_store import OnlineStore
 from services.explore.policy import ItemCounts, LinearStats
@@ -57,7 +57,8 @@ class BanditStats:
     def counts(self, item_ids: Sequence[str]) -> ItemCounts:
         with _unavailable_on_errors("reading examined counts"):
             since_ms, until_ms = window_bounds(self.window)
-            return ItemCounts(*examined_counts(self.attribution, item_ids, since_ms, until_ms))
+            counts = self.attribution.examined_counts(item_ids, since_ms, until_ms)
+        return ItemCounts(counts.examined, counts.clicks)
 
     def linear(self, item_ids: Sequence[str], history: Sequence[str]) -> LinearStats:
         with _unavailable_on_errors("reading LinUCB statistics"):

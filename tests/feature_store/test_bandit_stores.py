@@ -12,7 +12,6 @@ import redis
 from feature_store.attribution import Impression, Outcome
 from feature_store.attribution_store import RedisAttributionStore
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
-from feature_store.examined_counts import examined_counts
 from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.settings import Settings
@@ -72,7 +71,8 @@ def test_examined_counts_are_the_terms_of_the_debiased_ctr(spec: ConnectionSpec)
                 store.record_credit(impression, Outcome(f"c-{item}-{n}", "u", item, "click", now - 500, None), now)
     items = [*planted, "unknown"]
     since, until = now - 3_600_000, now + 3_600_000
-    examined, clicks = examined_counts(store, items, since, until)
+    counts = store.examined_counts(items, since, until)
+    examined, clicks = counts.examined, counts.clicks
     dctr = store.debiased_ctr(items, since, until)
     np.testing.assert_allclose((clicks + CTR_PRIOR_ALPHA) / (examined + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA), dctr)
     theta = store.position_bias(since, until)
