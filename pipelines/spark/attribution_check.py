@@ -11,6 +11,9 @@ Compared: the buckets starting in [since, until) where
 - until is at most the end of the last *closed* bucket: bucket end + `attribution.window_s` <=
   the newest event time in the master table minus a margin (default `flink.out_of_orderness_ms`,
   the stream's watermark lag), so no outcome still to come can change it;
+  With `include_open` (the log is quiescent and the stream has caught up on it), every bucket up
+  to the newest event is compared: they agree except for outcomes the stream still holds pending
+  (those without a request id wait for the watermark; see `pipelines.flink.join`);
 - since is at least the oldest bucket the speed layer still holds whole: it applies no record
   older than min(`feature_store.dedup_ttl_s`, `attribution_store.RETENTION_MS`) at the time it
   sees it, and expires older buckets.
@@ -134,6 +137,7 @@ def check_attribution(
     until_ms: int | None = None,
     margin_ms: int | None = None,
     now_ms: int | None = None,
+    include_open: bool = False,
 ) -> CheckReport:
     """Compare `attribution_counts/` with `source` on the closed buckets in [since_ms, until_ms)
     (each bound narrowed as the module docstring says); differences go to `attribution_check/`."""
@@ -144,7 +148,10 @@ def check_attribution(
     events = read_parquet(spark, paths.events, produced_by="compact")
     newest_ms = events.agg(F.max(F.unix_millis("ts"))).first()[0] or 0
     margin = settings.flink.out_of_orderness_ms if margin_ms is None else margin_ms
-    closed = closed_until_ms(newest_ms, int(settings.attribution.window_s * 1000), margin)
+    if include_open:
+        closed = newest_ms - newest_ms % BUCKET_MS + BUCKET_MS
+    else:
+        closed = closed_until_ms(newest_ms, int(settings.attribution.window_s * 1000), margin)
     until = closed if until_ms is None else min(until_ms, closed)
     oldest = speed_oldest_ms(settings, int(time.time() * 1000) if now_ms is None else now_ms)
     since = oldest if since_ms is None else max(since_ms, oldest)

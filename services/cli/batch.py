@@ -110,6 +110,10 @@ def check_attribution(
     margin_s: Annotated[
         float | None, typer.Option(help="Distance from the newest event (default: flink.out_of_orderness_ms).")
     ] = None,
+    open_buckets: Annotated[bool, typer.Option(
+        "--open-buckets", help="Also compare the buckets not closed yet: only when no event is arriving and the "
+        "stream job has caught up on the log (outcomes without a request id may still be pending there)."
+    )] = False,
 ) -> None:
     """Compare Spark's attribution counts (run `attribution` first) with the speed layer's in Redis
     on closed hour buckets in [since, until); print every difference; exit 1 when any."""
@@ -125,13 +129,14 @@ def check_attribution(
     margin_ms = None if margin_s is None else int(margin_s * 1000)
     with _session(settings, "recsys-batch-check-attribution") as spark, redis_url(settings) as url:
         try:
-            report = check(spark, settings, RedisCounts(settings, url), ms(since), ms(until), margin_ms)
+            report = check(spark, settings, RedisCounts(settings, url), ms(since), ms(until), margin_ms,
+                           include_open=open_buckets)  # fmt: skip
         except BatchJobError as exc:
             fail(str(exc))
         for difference in differences(spark, report):
             typer.echo(f"difference: {difference}")
     hours = [datetime.fromtimestamp(at / 1000, timezone.utc).isoformat() for at in (report.since_ms, report.until_ms)]
-    typer.echo(f"compared {report.compared:,} counts in the closed buckets [{hours[0]}, {hours[1]}): "
+    typer.echo(f"compared {report.compared:,} counts in the {'' if open_buckets else 'closed '}buckets [{hours[0]}, {hours[1]}): "
                f"{report.differences:,} differences (written to {report.output})")  # fmt: skip
     if not report.ok:
         raise typer.Exit(code=1)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
 
+from feature_store.settings import Settings
 from services.cli.common import StateDirOption, console, fail, load_settings
 from services.cli.data import _progress_hook, _summary
+
+if TYPE_CHECKING:
+    from services.simulate.population import PopulationParams
 
 
 def simulate(
@@ -24,6 +28,10 @@ def simulate(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight.")] = 1,
     eta: Annotated[float, typer.Option("--eta", min=0, help="Position bias: e_k = 1/(k+1)^eta.")] = 1.0,
     load: Annotated[bool, typer.Option("--load/--no-load", help="Load catalog, users and history first.")] = True,
+    synthetic: Annotated[bool, typer.Option(
+        "--synthetic", help="Simulate the users of the synthetic data in the state directory (`recsys data synth`, "
+        "`make run DATA=`): its ids and planted preferences; implies --no-load; --users/--items/--categories ignored."
+    )] = False,
     drift_at: Annotated[int | None, typer.Option("--drift-at", min=0, help="Step at which preferences drift.")] = None,
     new_items_at: Annotated[int | None, typer.Option("--new-items-at", min=1, help="Step at which new items arrive.")] = None,
     new_items: Annotated[int, typer.Option("--new-items", min=0, help="How many items arrive then.")] = 0,
@@ -39,10 +47,13 @@ def simulate(
 
     settings = load_settings(state_dir)
     try:
+        if synthetic:
+            population, load = _synthetic_population(settings, drift_at, new_items), False
+        else:
+            population = PopulationParams(users=users, items=items, seed=seed, categories=min(categories, items),
+                                          drift_at=drift_at, new_items_at=new_items_at, new_items=new_items)  # fmt: skip
         spec = SimulationSpec(
-            PopulationParams(users=users, items=items, seed=seed, categories=min(categories, items), drift_at=drift_at,
-                             new_items_at=new_items_at, new_items=new_items),
-            RunParams(requests=requests, seconds=seconds, k=k, concurrency=concurrency, put_arrivals=load),
+            population, RunParams(requests=requests, seconds=seconds, k=k, concurrency=concurrency, put_arrivals=load),
             eta=eta, load=load,
         )  # fmt: skip
         with _progress_hook() as on_progress:
@@ -73,3 +84,17 @@ def simulate(
         console.print(f"[yellow]error[/] {sample}")
     if summary.requests == 0 and requests > 0 and seconds > 0:
         fail("no request succeeded")
+
+
+def _synthetic_population(settings: Settings, drift_at: int | None, new_items: int) -> PopulationParams:
+    """The population of the synthetic data `recsys data synth` wrote into this state directory."""
+    from pipelines.datasets.synthetic import load_truth, truth_path
+    from services.simulate.population import PopulationParams
+
+    path = truth_path(settings)
+    if not path.is_file():
+        fail(f"--synthetic: no synthetic data in {settings.state_dir} ({path} is missing): "
+             "run `recsys data synth` (or `make run DATA=`) with this state directory first")  # fmt: skip
+    if new_items:
+        fail("--synthetic: --new-items is not supported (arrivals would change the planted structure)")
+    return PopulationParams.of_synthetic(load_truth(path).params, drift_at=drift_at)

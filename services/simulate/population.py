@@ -64,6 +64,15 @@ class PopulationParams:
         if failed:
             raise ValueError("invalid population parameters: " + "; ".join(failed))
 
+    @classmethod
+    def of_synthetic(cls, synth: SynthParams, **knobs: float | int | None) -> PopulationParams:
+        """The population whose planted structure is that of the synthetic data `synth` describes
+        (`recsys data synth`): the same users, items, categories and vectors under the same ids
+        (no prefix), so the simulator clicks by the preferences the service's models trained on.
+        `knobs` sets the simulator's own parameters (affinity, drift, arrivals, ...)."""
+        return cls(users=synth.users, items=synth.items, seed=synth.seed, categories=synth.categories, dim=synth.dim,
+                   popularity_skew=synth.zipf_alpha, id_prefix="", **knobs)  # type: ignore[arg-type]  # fmt: skip
+
     @property
     def prefix(self) -> str:
         return self.id_prefix if self.id_prefix is not None else f"sim{self.seed}-"

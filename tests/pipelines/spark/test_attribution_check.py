@@ -111,6 +111,28 @@ def test_a_planted_discrepancy_fails_the_check_and_is_named(
     assert "4 differences" in result.output
 
 
+def test_open_buckets_are_compared_only_when_asked(
+    spark: object, batch: tuple[Settings, list[Event]], redis_client: redis.Redis
+) -> None:
+    """An impression the speed layer counted in the newest, open hour and Spark did not: ignored
+    by default, a difference per count key with `include_open`."""
+    settings, events = batch
+    _speed_layer(settings, events)
+    store = RedisOnlineStore.from_settings(settings).attribution()
+    open_bucket = Impression("open", "u0", "i0", int(TAIL.timestamp() * 1000) - 60_000, None, 1, None, None, None)
+    store.record_impression(open_bucket)
+    store.close()
+    source = RedisCounts(settings, settings.redis.url or "")
+
+    assert check_attribution(spark, settings, source).ok  # type: ignore[arg-type]
+    report = check_attribution(spark, settings, source, include_open=True)  # type: ignore[arg-type]
+
+    found = list(differences(spark, report))  # type: ignore[arg-type]
+    assert sorted((d.dimension, d.key) for d in found) == sorted(open_bucket.count_keys())
+    assert {(d.bucket_ms, d.measure, d.spark, d.flink) for d in found} == {(open_bucket.bucket_ms, "impression", 0, 1)}
+    assert report.until_ms == open_bucket.bucket_ms + HOUR_MS
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_stream_job_and_the_batch_job_agree(spark: object, settings: Settings, redis_client: redis.Redis) -> None:
