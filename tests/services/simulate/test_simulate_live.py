@@ -88,3 +88,29 @@ def test_the_cli_runs_a_simulation_and_writes_its_summary(api_settings: Settings
         assert Path(document["truth_path"]) == tmp_path / "sim" / "simulate" / "sim9-truth.npz"
         assert Path(document["truth_path"]).is_file()
         assert httpx.get(f"{url}/v1/users/sim9-u7").json()["attributes"]["segment"].startswith("sim9-c")
+
+
+def test_the_cli_simulates_the_users_of_the_synthetic_data(api_settings: Settings, tmp_path: Path) -> None:
+    """`--synthetic`: the population is the synthetic data's (its ids, its planted vectors), nothing is loaded."""
+    from pipelines.datasets.synthetic import load_truth, truth_path
+
+    state = ["--state-dir", str(api_settings.state_dir)]
+    missing = CliRunner().invoke(cli, ["simulate", "--synthetic", "--requests", "1", *state])
+    assert missing.exit_code != 0 and "no synthetic data" in missing.output and "recsys data synth" in missing.output
+    synth = CliRunner().invoke(cli, ["data", "synth", "--users", "20", "--items", "40", "--categories", "4",
+                                     "--events", "500", "--seed", "6", *state])  # fmt: skip
+    assert synth.exit_code == 0, synth.output
+    out = tmp_path / "results.json"
+    with live_server(create_app(api_settings)) as url:
+        result = CliRunner().invoke(cli, ["simulate", "--api-url", url, "--synthetic", "--requests", "10", "--k", "4",
+                                          "--out", str(out), *state])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert httpx.get(f"{url}/v1/users/sim6-u0").status_code == 404, "nothing of a simulated tenant was loaded"
+    document = json.loads(out.read_text())
+    assert document["tenant"] is None and document["summary"]["requests"] == 10
+    planted = load_truth(truth_path(api_settings))
+    with np.load(document["truth_path"]) as data:
+        params = json.loads(str(data["params"]))
+        assert (params["users"], params["items"], params["id_prefix"]) == (20, 40, "")
+        np.testing.assert_allclose(data["item_vectors"], planted.item_factors, rtol=1e-6)
+        np.testing.assert_array_equal(data["user_category"], planted.user_category)
