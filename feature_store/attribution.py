@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from feature_store.definitions import join_key
 from feature_store.schemas import Event, EventType
 
 ATTRIBUTED_OUTCOMES = frozenset({EventType.CLICK, EventType.LIKE, EventType.ADD_TO_CART, EventType.PURCHASE})
@@ -93,11 +94,6 @@ class Outcome:
     def of(cls, event: Event) -> "Outcome":
         return cls(event.event_id, event.user_id, event.item_id, str(event.type), event_ms(event),
                    event.context.request_id)
-
-
-def join_key(*parts: str) -> str:
-    """Parts joined by `|`, each with `%` and `|` percent-encoded: distinct tuples, distinct keys."""
-    return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in parts)
 
 
 def event_ms(event: Event) -> int:

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, join_key
+from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome
+from feature_store.definitions import join_key
 from feature_store.position_bias import CLICK, IMPRESSION, debiased_ctr, examination
 from feature_store.redis_client import ConnectionSpec, translate_errors
 from feature_store.redis_layout import KeyLayout, unescape_key_part

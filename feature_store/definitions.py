@@ -54,9 +54,14 @@ ENTITY_KEYS: dict[Entity, tuple[str, ...]] = {
 GLOBAL_ID = "_"
 
 
+def join_key(*parts: str) -> str:
+    """Parts joined by `|`, each with `%` and `|` percent-encoded: distinct tuples, distinct keys."""
+    return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in parts)
+
+
 def user_category_id(user_id: str, category: str) -> str:
-    """The entity id of one (user, category) pair."""
-    return f"{user_id}|{category}"
+    """The entity id of one (user, category) pair (`join_key`: ("a|b", "c") and ("a", "b|c") differ)."""
+    return join_key(user_id, category)
 
 
 def entity_id(entity: Entity, row: Mapping[str, Any]) -> str:

@@ -21,7 +21,8 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, KeySelector, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
-from feature_store.attribution import Impression, Outcome, is_outcome, join_key
+from feature_store.attribution import Impression, Outcome, is_outcome
+from feature_store.definitions import join_key
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import EventType
 from pipelines.flink import features

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from feature_store.definitions import (
     FEATURES, POSITIVE, DType, Entity, FeatureDef, FeatureRegistry, Kind, Source, UnknownFeatureError,
-    entity_id, smoothed_ctr,
+    entity_id, smoothed_ctr, user_category_id,
 )
 
 
@@ -58,3 +60,13 @@ def test_entity_ids_and_smoothing() -> None:
     with pytest.raises(ValueError, match="category"):
         entity_id(Entity.USER_CATEGORY, {"user_id": "u1"})
     assert smoothed_ctr(0, 0) == pytest.approx(1 / 21)
+
+
+PARTS = st.tuples(st.text(alphabet="a|%7C"), st.text(alphabet="a|%7C"))
+
+
+@given(PARTS, PARTS)
+def test_user_category_ids_are_distinct_for_distinct_pairs(a: tuple[str, str], b: tuple[str, str]) -> None:
+    """("u|x", "c") and ("u", "x|c") once shared the id "u|x|c", and so one user×category row."""
+    assert (user_category_id(*a) == user_category_id(*b)) == (a == b)
+    assert user_category_id("u|x", "c") != user_category_id("u", "x|c")

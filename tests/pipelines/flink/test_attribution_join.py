@@ -12,7 +12,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 
-from feature_store.attribution import Dimension, Impression, Outcome, is_outcome, join_key, reference_counts
+from feature_store.attribution import Dimension, Impression, Outcome, is_outcome, reference_counts
+from feature_store.definitions import join_key
 from feature_store.attribution_store import RedisAttributionStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import Event, EventType
