@@ -44,6 +44,14 @@ RETENTION_MS = 7 * 24 * BUCKET_MS + BUCKET_MS
 #: The windows the online reads serve: the current hour bucket and the buckets before it.
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
+
+
+def max_record_age_ms(dedup_ttl_s: float) -> int:
+    """How old a record may be when the store sees it and still be applied: no older than its
+    replay marker lives (a replay must find it) nor than the buckets it is counted in."""
+    return min(int(dedup_ttl_s * 1000), RETENTION_MS)
+
+
 _OLDEST = object()  # placeholder in an op for the oldest bucket kept (now - RETENTION_MS)
 
 # ARGV: marker, marker ttl ms, now ms, then ops of 6 slots: op, key, a, b, c, expire-at ms.
@@ -198,7 +206,7 @@ class RedisAttributionStore(AttributionStore):
         self._layout = KeyLayout(spec.key_prefix)
         self._skew_ms = int(max_future_skew_s * 1000)
         self._marker_ttl_ms = int(dedup_ttl_s * 1000) + self._skew_ms
-        self._max_age_ms = min(int(dedup_ttl_s * 1000), RETENTION_MS)
+        self._max_age_ms = max_record_age_ms(dedup_ttl_s)
         self._recent_cap = recent_outcomes
         self._client: redis.Redis | None = None
 

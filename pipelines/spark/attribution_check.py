@@ -15,8 +15,8 @@ Compared: the buckets starting in [since, until) where
   to the newest event is compared: they agree except for outcomes the stream still holds pending
   (those without a request id wait for the watermark; see `pipelines.flink.join`);
 - since is at least the oldest bucket the speed layer still holds whole: it applies no record
-  older than min(`feature_store.dedup_ttl_s`, `attribution_store.RETENTION_MS`) at the time it
-  sees it, and expires older buckets.
+  older than `attribution_store.max_record_age_ms` at the time it sees it, and expires older
+  buckets.
 
 Every (dimension, key, bucket, measure) whose values differ is a difference, a count missing on
 one side being 0. They are written to `attribution_check/` (Parquet: dimension, key, bucket_ms,
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from feature_store.attribution import BUCKET_MS, CountRow, Dimension
-from feature_store.attribution_store import RETENTION_MS
+from feature_store.attribution_store import max_record_age_ms
 from feature_store.settings import Settings
 from pipelines.spark.common import BatchPaths, read_parquet
 from pipelines.spark.jobs.attribution import COUNTS
@@ -104,7 +104,7 @@ def closed_until_ms(newest_event_ms: int, window_ms: int, margin_ms: int) -> int
 
 def speed_oldest_ms(settings: Settings, now_ms: int) -> int:
     """The first bucket the speed layer holds whole at `now_ms` (see the module docstring)."""
-    oldest = now_ms - min(int(settings.feature_store.dedup_ttl_s * 1000), RETENTION_MS)
+    oldest = now_ms - max_record_age_ms(settings.feature_store.dedup_ttl_s)
     return oldest - oldest % BUCKET_MS + BUCKET_MS
 
 
