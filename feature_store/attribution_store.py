@@ -45,7 +45,6 @@ RETENTION_MS = 7 * 24 * BUCKET_MS + BUCKET_MS
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
 
-
 def max_record_age_ms(dedup_ttl_s: float) -> int:
     """How old a record may be when the store sees it and still be applied: no older than its
     replay marker lives (a replay must find it) nor than the buckets it is counted in."""
