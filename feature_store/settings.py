@@ -182,7 +182,8 @@ class ExploreSettings(_Section):
     )
     ucb_c: float = Field(default=1.0, ge=0, description="ucb1: scale of the exploration bonus.")
     thompson_draws: int = Field(
-        default=1000, gt=0, le=100_000, description="thompson: Monte Carlo draws estimating each propensity.",
+        default=32, gt=0, le=100_000,
+        description="thompson: conditional Monte Carlo draws estimating each propensity (unbiased; see services/explore/thompson.py).",
     )
     linucb_alpha: float = Field(default=1.0, ge=0, description="linucb: scale of the confidence bonus.")
     linucb_ridge: float = Field(default=1.0, gt=0, description="linucb: A starts as ridge * I.")
@@ -190,6 +191,52 @@ class ExploreSettings(_Section):
     seed: int | None = Field(
         default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: fresh entropy.",
     )
+
+
+class GateSettings(_Section):
+    """The quality gate of the training DAG (pipelines/training/gate.py, docs/training.md): a
+    candidate is blessed when every metric is at least the blessed version's minus its delta and
+    at least its floor, on the held-out newest slice the candidate never trained on."""
+
+    recall_ndcg_at_10_delta: float = Field(default=0.01, ge=0, description="Recall NDCG@10 may drop this much below the blessed one.")
+    recall_hr_at_50_delta: float = Field(default=0.02, ge=0, description="Recall HR@50 may drop this much below the blessed one.")
+    recall_ndcg_at_10_floor: float = Field(default=0.005, ge=0, le=1, description="Recall NDCG@10 absolute floor.")
+    recall_hr_at_50_floor: float = Field(default=0.02, ge=0, le=1, description="Recall HR@50 absolute floor.")
+    ranker_auc_delta: float = Field(default=0.005, ge=0, description="Ranker AUC may drop this much below the blessed one.")
+    ranker_gauc_delta: float = Field(default=0.01, ge=0, description="Ranker GAUC may drop this much below the blessed one.")
+    ranker_auc_floor: float = Field(default=0.55, ge=0, le=1, description="Ranker AUC absolute floor (0.5 is chance).")
+    ranker_gauc_floor: float = Field(default=0.52, ge=0, le=1, description="Ranker GAUC absolute floor (0.5 is chance).")
+
+
+class TrainingSettings(_Section):
+    """The scheduled training DAG (pipelines/training, `recsys train run`, `recsys scheduler`)."""
+
+    schedule: str = Field(default="0 3 * * *", description="Cron expression (UTC) of `recsys scheduler`'s runs.")
+    step_timeout_s: float = Field(default=3600.0, gt=0, description="A step still running after this fails the run.")
+    step_retries: int = Field(default=1, ge=0, description="Retries of a step that raised (not of one that timed out).")
+    retry_backoff_s: float = Field(default=5.0, ge=0, description="Wait before the first retry; doubles per retry.")
+    embedding_models: list[str] = Field(default=["item2vec", "deepwalk", "node2vec"], description="Recall embeddings to train.")
+    embedding_dim: int = Field(default=64, ge=2)
+    embedding_epochs: int = Field(default=5, ge=1)
+    walks_per_node: int = Field(default=10, ge=1)
+    walk_length: int = Field(default=40, ge=2)
+    ranker: Literal["din", "wide_deep"] = Field(default="din", description="Ranker family the DAG trains.")
+    ranker_epochs: int = Field(default=10, ge=1)
+    ranker_batch_size: int = Field(default=256, ge=1)
+    ranker_patience: int = Field(default=2, ge=1)
+    seed: int = 0
+    notify_urls: list[str] = Field(
+        default_factory=list, description="API base URLs told to reload after a promotion (each worker also polls CURRENT).",
+    )
+    gate: GateSettings = Field(default_factory=GateSettings)
+
+
+class SchedulerSettings(_Section):
+    """`recsys scheduler`: cron ticks run the training DAG under a Redis lock (services/scheduler)."""
+
+    lock_ttl_s: float = Field(default=60.0, gt=0, description="The run lock expires this long after its holder stops renewing it.")
+    metrics_port: int = Field(default=9109, ge=0, le=65535, description="Prometheus /metrics port (0: none).")
+    run_timeout_s: float = Field(default=6 * 3600.0, gt=0, description="A whole run is stopped after this long.")
 
 
 class Settings(BaseSettings):
@@ -213,6 +260,8 @@ class Settings(BaseSettings):
     feature_store: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     explore: ExploreSettings = Field(default_factory=ExploreSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
 
     @model_validator(mode="before")
     @classmethod

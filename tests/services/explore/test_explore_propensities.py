@@ -101,14 +101,47 @@ def test_thompson_frequencies_match_its_estimated_propensities() -> None:
         assert abs(frequency - estimate) <= spread + 1 / (draws + 1) + 1 / slates, (i, j, frequency, estimate)
 
 
-def test_thompson_propensity_of_two_items_matches_the_integral() -> None:
-    """n = 2, k = 1: P(θ_0 > θ_1) = ∫ f_0(t) F_1(t) dt, computed independently of the policy."""
-    stats = _counts([30, 4], [2, 1])
+def _exact_thompson(a: np.ndarray, b: np.ndarray, i: int, slot: int) -> float:
+    """P(item i's draw has exactly `slot` of the others' draws above it), by quadrature over
+    ∫ f_i(t) · P(exactly `slot` others > t) dt, with the other items enumerated (small n)."""
+    others = [m for m in range(len(a)) if m != i]
+
+    def integrand(t: float) -> float:
+        total = 0.0
+        for above in itertools.combinations(others, slot):
+            total += float(np.prod([beta_dist.sf(t, a[m], b[m]) for m in above])
+                           * np.prod([beta_dist.cdf(t, a[m], b[m]) for m in others if m not in above]))
+        return float(beta_dist.pdf(t, a[i], b[i])) * total
+
+    return float(integrate.quad(integrand, 0, 1, limit=200)[0])
+
+
+def test_thompson_propensities_match_the_integrals_for_every_slot() -> None:
+    """n = 3, k = 2: each logged estimate averages to the exact P(item at slot), for both slots."""
+    stats = _counts([30, 4, 12], [2, 1, 1])
     a, b = posterior(stats, 5.0)
-    exact, _ = integrate.quad(lambda t: beta_dist.pdf(t, a[0], b[0]) * beta_dist.cdf(t, a[1], b[1]), 0, 1)
-    policy, draws, slates = Thompson(prior_strength=5.0, draws=2000), 2000, 400
+    policy, slates = Thompson(prior_strength=5.0, draws=32), 600
     rng = np.random.default_rng(3)
-    estimates = [s.propensities[0] for s in (policy.choose(_ranked(2), 1, rng, stats) for _ in range(slates))
-                 if s.positions[0] == 0]
-    error = _z(1) * np.sqrt(exact * (1 - exact) / ((draws + 1) * len(estimates))) + 1 / (draws + 1)
-    assert abs(float(np.mean(estimates)) - exact) <= error, (np.mean(estimates), exact)
+    returned: dict[tuple[int, int], list[float]] = {}
+    for _ in range(slates):
+        slate = policy.choose(_ranked(3), 2, rng, stats)
+        for slot, (index, propensity) in enumerate(zip(slate.positions, slate.propensities)):
+            returned.setdefault((index, slot), []).append(propensity)
+    z = _z(len(returned))
+    for (i, slot), estimates in returned.items():
+        exact = _exact_thompson(a, b, i, slot)
+        # Unbiased; each estimate's variance is at most the frequency estimate's p(1 − p) / draws.
+        error = z * np.sqrt(exact * (1 - exact) / (32 * len(estimates)))
+        assert abs(float(np.mean(estimates)) - exact) <= error, (i, slot, np.mean(estimates), exact)
+
+
+def test_thompson_estimates_vary_less_than_placement_frequencies() -> None:
+    """The conditional estimate's spread over seeds is below the frequency estimate's sqrt(p(1 − p) / N)."""
+    stats = _counts([400, 30, 0, 90, 10, 200, 0, 50], [30, 2, 0, 3, 1, 12, 0, 4])
+    policy, ranked = Thompson(prior_strength=10.0, draws=32), _ranked(8)
+    slate = policy.choose(ranked, 3, np.random.default_rng(0), stats)
+    a, b = posterior(stats, 10.0)
+    shown = np.array(slate.positions)
+    estimates = np.array([policy.propensities(a, b, shown, np.random.default_rng(seed)) for seed in range(300)])
+    p = estimates.mean(axis=0)
+    assert np.all(estimates.std(axis=0) < np.sqrt(p * (1 - p) / 32))
