@@ -5,7 +5,7 @@ the recall channels, the item facts (popularity, categories) and the ranker's tr
 
 Ranker training samples follow the ranking-samples contract (`models.ranking.samples`). For each
 user and each position ``t >= 1`` of their training sequence (or only the last
-``positions_per_user``), the positive is ``seq[t]`` with history ``seq[:t]``; negatives are
+``positions_per_user`` before the validation row), the positive is ``seq[t]`` with history ``seq[:t]``; negatives are
 ``recall_negatives`` items drawn from what the recall stage returns for that history (the
 candidates the ranker sees at serving) and ``random_negatives`` uniform items. The user's last
 training position is the validation row (it mimics the held-out task); the others are training
@@ -13,7 +13,9 @@ rows.
 
 Dense features are taken as of the end of the row's history (the time of ``seq[t-1]``), as the
 Spark ranking-samples job takes them as of each row's time: item popularity counts only training
-positives up to then, so no row sees its own or any later event. At evaluation the same
+positives strictly before then, so no row sees its own or any later event, even when the positive
+shares its timestamp with the last history item (ties are common: MovieLens rates many films in
+one second, and counting up to and including that time made the label's own event a feature). At evaluation the same
 definition applies as of the user's last training positive; nothing about the held-out event
 (item or time) is used. At evaluation the ranker rescores the recall candidates of the full
 training history. Sample features are assembled by `CandidateFeatures`, used for both training
@@ -51,7 +53,8 @@ DENSE_FEATURES = ("item_popularity", "item_pop_7d", "item_pop_30d", "user_positi
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Rows per user (``positions_per_user=None``: every position) and which negatives;
+    """Training rows per user besides the validation row (``positions_per_user=None``: every
+    position) and which negatives;
     ``recall_depth`` candidates are recalled; ``dense_features`` from `SUPPORTED_FEATURES`."""
 
     positions_per_user: int | None = None
@@ -93,9 +96,9 @@ class ItemClock:
         self._empty = np.zeros(0)
 
     def count(self, item: str, at: float, window: float | None) -> int:
-        """Positives of ``item`` at or before ``at`` (within the last ``window`` seconds if given)."""
+        """Positives of ``item`` strictly before ``at`` (within the last ``window`` seconds if given)."""
         times = self.times.get(item, self._empty)
-        upto = int(np.searchsorted(times, at, side="right"))
+        upto = int(np.searchsorted(times, at, side="left"))
         return upto if window is None else upto - int(np.searchsorted(times, at - window, side="right"))
 
 
@@ -103,7 +106,7 @@ class CandidateFeatures:
     """Builds ranking-sample rows (contract columns) for (user history, candidate) pairs.
 
     As of time ``at`` (the end of the history): ``item_popularity`` is the item's number of
-    training positives up to ``at``, ``item_pop_7d`` / ``item_pop_30d`` (and ``_1d``) those in the
+    training positives strictly before ``at``, ``item_pop_7d`` / ``item_pop_30d`` (and ``_1d``) those in the
     window ending at ``at``, ``user_positive_count`` the history length and
     ``user_category_affinity`` the share of the history in the candidate's primary category (as
     the Spark ranking-samples job and the feature store define them).
@@ -166,13 +169,14 @@ def write_training_samples(
     universe = features.items
     schema = samples.sample_schema(features.dense_features)
     counts: Counter[str] = Counter()
+    train_rows = 0
     users = sorted(u for u, items in split.train.items() if len(items) >= 2)
     with pq.ParquetWriter(path, schema) as writer:
         buffer: dict[str, list[Any]] = {name: [] for name in schema.names}
         for number, user in enumerate(users):
             sequence = split.train[user]
             seen = set(sequence)
-            first = 1 if config.positions_per_user is None else max(1, len(sequence) - config.positions_per_user)
+            first = 1 if config.positions_per_user is None else max(1, len(sequence) - 1 - config.positions_per_user)
             for t in range(first, len(sequence)):
                 history = sequence[:t]
                 recalled = [c.item_id for c in recall.recall(history, config.recall_depth) if c.item_id not in seen]
@@ -187,13 +191,15 @@ def write_training_samples(
                 for name, values in features.rows(user, history, at, items, labels, sources, which).items():
                     buffer[name].extend(values)
                 counts.update(sources)
+                train_rows += len(items) if which == "train" else 0
             if len(buffer[samples.ITEM_ID]) >= 50_000 or number == len(users) - 1:
                 writer.write_table(pa.Table.from_pydict(buffer, schema=schema))
                 buffer = {name: [] for name in schema.names}
             if progress is not None:
                 progress(number + 1, len(users))
-    if not counts:
-        raise ValueError("no training samples: every user has fewer than 2 training positives")
+    if not train_rows:
+        raise ValueError("no ranker training rows: every user's last training position is their validation row, "
+                         "so rankers need users with at least 3 training positives")
     return dict(counts)
 
 

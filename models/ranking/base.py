@@ -17,6 +17,7 @@ from models.ranking import samples
 from models.ranking.features import PAD, FeatureSpec
 
 Inputs = dict[str, tf.Tensor]
+NO_CATEGORY = "\x00no category"
 
 
 class Ranker(keras.Model):
@@ -30,8 +31,8 @@ class Ranker(keras.Model):
 
     def __init__(self, spec: FeatureSpec, learning_rate: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not spec.item_vocab or not spec.category_vocab:
-            raise ValueError("the feature spec has an empty item or category vocabulary")
+        if not spec.item_vocab:
+            raise ValueError("the feature spec has an empty item vocabulary")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         self.spec = spec
@@ -39,14 +40,17 @@ class Ranker(keras.Model):
         self.item_lookup = keras.layers.StringLookup(
             vocabulary=list(spec.item_vocab), mask_token=PAD, num_oov_indices=1, name="item_lookup"
         )
+        # A catalog without categories has an empty category vocabulary, which a lookup cannot
+        # hold: one token no real category can equal keeps the layer (every input maps to PAD/OOV).
+        categories = list(spec.category_vocab) or [NO_CATEGORY]
         self.category_lookup = keras.layers.StringLookup(
-            vocabulary=list(spec.category_vocab),
+            vocabulary=categories,
             mask_token=PAD,
             num_oov_indices=1,
             name="category_lookup",
         )
         self.item_vocab_size = len(spec.item_vocab) + 2
-        self.category_vocab_size = len(spec.category_vocab) + 2
+        self.category_vocab_size = len(categories) + 2
         count = len(spec.dense_features)
         self._dense_mean = np.asarray(spec.dense_mean or [0.0] * count, np.float32)
         self._dense_std = np.asarray(spec.dense_std or [1.0] * count, np.float32)

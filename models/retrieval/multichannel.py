@@ -151,9 +151,11 @@ class PopularChannel:
 
 
 class MultiChannelRecall:
-    """Runs every channel and merges: channel c fills up to `quotas[c]` new items (in channel
-    order), then the remaining slots go round-robin to leftovers; an item found by several
-    channels appears once, tagged with all of them."""
+    """Runs every channel and merges by rank: round r takes each channel's r-th best new item in
+    channel order, so every channel's best items reach the top of the list (scores of different
+    channels are not comparable; ranks are). Channel c contributes at most `quotas[c]` items
+    while any channel is under its quota; the remaining slots then go round-robin to leftovers.
+    An item found by several channels appears once, tagged with all of them."""
 
     def __init__(self, channels: Sequence[RecallChannel], quotas: dict[str, int] | None = None) -> None:
         if not channels:
@@ -169,15 +171,9 @@ class MultiChannelRecall:
         if exclude:
             results = {name: [e for e in found if e[0] not in exclude] for name, found in results.items()}
         merged: dict[str, RecallCandidate] = {}
-        for name, found in results.items():
-            taken = 0
-            for entry in found:
-                if taken >= self.quotas.get(name, default_quota) or len(merged) >= k:
-                    break
-                if entry[0] not in merged:
-                    merged[entry[0]] = _candidate(entry, name)
-                    taken += 1
-        self._fill(results, merged, k)
+        quotas = {name: self.quotas.get(name, default_quota) for name in results}
+        self._interleave(results, merged, k, quotas)
+        self._interleave(results, merged, k, None)
         for name, found in results.items():  # tag items a later channel also found
             for entry in found:
                 candidate = merged.get(entry[0])
@@ -188,15 +184,25 @@ class MultiChannelRecall:
         return list(merged.values())[:k]
 
     @staticmethod
-    def _fill(results: dict[str, list[Recalled]], merged: dict[str, RecallCandidate], k: int) -> None:
-        queues = [[(entry, name) for entry in found if entry[0] not in merged] for name, found in results.items()]
-        position = 0
-        while len(merged) < k and any(position < len(queue) for queue in queues):
-            for queue in queues:
-                if position < len(queue) and len(merged) < k and queue[position][0][0] not in merged:
-                    entry, name = queue[position]
-                    merged[entry[0]] = _candidate(entry, name)
-            position += 1
+    def _interleave(results: dict[str, list[Recalled]], merged: dict[str, RecallCandidate], k: int,
+                    quotas: dict[str, int] | None) -> None:  # fmt: skip
+        """Rounds over the channels, each taking its next item not merged yet, until `k` items,
+        every channel at its quota (when `quotas` is given) or every list used up."""
+        cursors = dict.fromkeys(results, 0)
+        taken = dict.fromkeys(results, 0)
+        while len(merged) < k:
+            active = [name for name in results
+                      if cursors[name] < len(results[name]) and (quotas is None or taken[name] < quotas[name])]  # fmt: skip
+            if not active:
+                return
+            for name in active:
+                found = results[name]
+                while cursors[name] < len(found) and found[cursors[name]][0] in merged:
+                    cursors[name] += 1
+                if cursors[name] < len(found) and len(merged) < k:
+                    merged[found[cursors[name]][0]] = _candidate(found[cursors[name]], name)
+                    cursors[name] += 1
+                    taken[name] += 1
 
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
         return [candidate.item_id for candidate in self.recall(history, k)]

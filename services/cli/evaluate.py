@@ -17,7 +17,7 @@ def evaluate(
     recall_models: Annotated[str, typer.Option(help="Embedding recall channels (comma-separated: item2vec, deepwalk, node2vec; '' for item-CF + popular only).")] = "item2vec",
     rankers: Annotated[str, typer.Option(help="Rankers re-scoring the recall candidates (comma-separated: din, wide_deep, lr).")] = "wide_deep,din",
     recall_depth: Annotated[int, typer.Option(min=1, help="Candidates recalled per user (ranker input).")] = 100,
-    positions_per_user: Annotated[int | None, typer.Option(min=1, help="Training positions per user for ranker samples (the last N; default: every position).")] = None,
+    positions_per_user: Annotated[int | None, typer.Option(min=1, help="Training positions per user for ranker samples (the last N before each user's validation row; default: every position).")] = None,
     recall_negatives: Annotated[int, typer.Option(min=0, help="Negatives per positive drawn from recall candidates.")] = 4,
     random_negatives: Annotated[int, typer.Option(min=0, help="Uniform random negatives per positive.")] = 2,
     ranker_epochs: Annotated[int, typer.Option(min=1, help="Most ranker epochs (early stopping on validation AUC).")] = 10,

@@ -75,6 +75,7 @@ def test_multichannel_merge_deduplicates_tags_and_respects_quotas() -> None:
     assert len(candidates) == 4 == len(by_item)
     assert by_item["a2"] == {"item2vec", "popular"}
     assert "a" not in by_item
-    assert list(by_item)[:3] == ["a2", "a3", "p1"]  # quotas first: 2 from item2vec, 1 from popular
+    # Interleaved by rank within the quotas (2 from item2vec, 1 from popular), then leftovers.
+    assert list(by_item)[:3] == ["a2", "p1", "a3"]
     assert all(c.channels for c in candidates)
     assert recall.recommend([], 2) == ["a2", "p1"]  # no history: only the popular channel answers

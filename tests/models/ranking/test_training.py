@@ -151,3 +151,15 @@ def test_publish_through_the_registry(din, tmp_path: Path) -> None:
         result.validation["auc"]
     )
     assert any(name.startswith("saved_model/") for name in current.manifest["files"])
+
+
+def test_early_stopping_restores_the_best_validation_epoch(shuffled_samples: Path) -> None:
+    # Shuffled labels: anything learned after the first epoch is noise that lowers validation AUC.
+    spec = build_spec(shuffled_samples, DENSE, 10)
+    seed_everything(0)
+    trainer = Trainer(build_model("din", spec, embedding_dim=16, learning_rate=1e-2),
+                      TrainConfig(epochs=8, batch_size=64, patience=2), show_progress=False)  # fmt: skip
+    result = trainer.fit(shuffled_samples)
+    aucs = [epoch["val_auc"] for epoch in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(aucs)) and len(aucs) == min(8, result.best_epoch + 2)
+    assert trainer.evaluate(shuffled_samples, "validation")["auc"] == result.validation["auc"] == max(aucs)
