@@ -7,7 +7,7 @@ import gc
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import ExitStack, asynccontextmanager
 
 import redis
@@ -22,9 +22,13 @@ from feature_store.settings import Settings
 from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.middleware import ServiceMiddleware
-from services.api.routes import admin, events, health, items, recommendations, users
+from services.api.routes import admin, events, experiments, health, items, recommendations, users
 from services.api.state import ServiceState
-from services.explore.factory import explore_stage_from_settings
+from services.experiments.manager import ExperimentManager
+from services.experiments.serving import ExperimentServing
+from services.experiments.store import ExperimentStore
+from services.explore.factory import explore_stage_from_settings, request_generators
+from models.registry import ModelRegistry
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.channels import default_channels
 from services.recommend.fallback import LastKnownPopular
@@ -66,12 +70,14 @@ def create_app(
 
     app = FastAPI(
         title="recsys", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
-        openapi_tags=[{"name": n} for n in ("recommendations", "items", "users", "events", "admin", "health")],
+        openapi_tags=[{"name": n} for n in ("recommendations", "items", "users", "events", "experiments", "admin",
+                                             "health")],
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    for router in (recommendations.router, users.router, items.router, events.router, admin.router, health.router):
+    for router in (recommendations.router, users.router, items.router, events.router, experiments.router,
+                   experiments.page, admin.router, health.router):
         app.include_router(router)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.api.max_body_bytes)
     return app
@@ -115,7 +121,14 @@ def _start(
         explore=explore,
     )
     stack.callback(pipeline.close)
-    models = _model_manager(settings, metrics, version_source, bundle_loader, store)
+    experiment_store = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
+    serving = ExperimentServing(
+        experiment_store, lambda explore_settings: explore_stage_from_settings(
+            settings.model_copy(update={"explore": explore_settings}), features),
+        request_generators(settings.explore.seed),
+    )
+    stack.callback(serving.close)
+    models = _model_manager(settings, metrics, version_source, bundle_loader, store, serving.ranker_versions)
     models.start()
     stack.callback(models.stop)
     impressions = ImpressionLogger(
@@ -125,7 +138,8 @@ def _start(
     impressions.start()
     stack.callback(impressions.close)  # before the event log and Redis client close: it drains into them
     return ServiceState(
-        settings, client, store, event_log, fallback, pipeline, models, metrics, impressions, catalog_sync
+        settings, client, store, event_log, fallback, pipeline, models, metrics, impressions, catalog_sync,
+        ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir)), serving,
     )
 
 
@@ -151,11 +165,12 @@ def _model_manager(
     version_source: VersionSource | None,
     bundle_loader: BundleLoader | None,
     store: ServingStore,
+    experiment_rankers: Callable[[], Iterable[str]],
 ) -> ModelManager:
     if version_source is None or bundle_loader is None:
         from services.recommend.registry_models import RegistryBundleLoader, RegistryVersionSource
 
-        version_source = version_source or RegistryVersionSource(settings.model_registry_dir)
+        version_source = version_source or RegistryVersionSource(settings.model_registry_dir, experiment_rankers)
         bundle_loader = bundle_loader or RegistryBundleLoader(settings, store)
 
     def on_swap(bundle) -> None:  # type: ignore[no-untyped-def]

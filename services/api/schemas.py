@@ -24,6 +24,7 @@ class RecommendedItem(BaseModel):
     propensity: float = Field(
         default=1.0, description="Probability that the explore policy placed this item in this slot (the impression's)",
     )
+    team: str | None = Field(default=None, description="Interleaving: the arm whose ranker placed the item")
 
 
 class RecommendationsResponse(BaseModel):
@@ -50,6 +51,8 @@ class RecommendationsResponse(BaseModel):
         description="The explore policy that chose the slots, with its parameters; `greedy (stats unavailable)` "
         "when its statistics could not be read",
     )
+    experiment: str | None = Field(default=None, description="The experiment that served the list (the impressions')")
+    arm: str | None = Field(default=None, description="Its arm, as `<experiment>:<arm>`; interleaving: `<experiment>:interleaved`")
     timings_ms: dict[str, float] = Field(description="Per-stage time: features, recall, filter, rank, explain")
 
 

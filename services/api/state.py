@@ -9,6 +9,8 @@ import redis
 from feature_store.event_log import LocalEventLog
 from feature_store.settings import Settings
 from services.api.metrics import ApiMetrics
+from services.experiments.manager import ExperimentManager
+from services.experiments.serving import ExperimentServing
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.fallback import LastKnownPopular
 from services.recommend.impressions import ImpressionLogger
@@ -29,3 +31,5 @@ class ServiceState:
     metrics: ApiMetrics
     impressions: ImpressionLogger
     catalog_sync: CatalogSync | None = None
+    experiments: ExperimentManager | None = None
+    experiment_serving: ExperimentServing | None = None

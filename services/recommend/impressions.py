@@ -9,8 +9,9 @@ concurrent posts, then the live features (impression counts).
 
 An impression's `event_id` is `imp-<request id>-<position>`, so a request retried with the same
 `X-Request-ID` never logs a slot twice; its `ts` is the server clock when the list was served; its
-context carries the slot, the request's page, experiment and arm, and the serving policy with the
-propensity of the placement under it (`serving_policy`).
+context carries the slot, the request's page, experiment and arm (the ones the service assigned,
+`services.experiments`, over the client's), the team of an interleaved slot, and the serving
+policy with the propensity of the placement under it (`serving_policy`).
 
 If the event log cannot be written (disk full, I/O error) the writer retries the same batch with
 backoff while the queue fills up and then drops new lists; `close` drains the queue for at most
@@ -81,6 +82,7 @@ class ServedList:
     propensities: tuple[float, ...]  # per slot, under `policy`
     model_versions: dict[str, str] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    teams: tuple[str | None, ...] = ()  # interleaving: the team of each slot
 
     @classmethod
     def of(cls, request: RecommendationRequest, result: RecommendationResult, request_id: str,
@@ -89,6 +91,7 @@ class ServedList:
             request_id, request.user_id, tuple(item.item_id for item in result.items), served_at,
             serving_policy(result), tuple(item.propensity for item in result.items), dict(result.model_versions),
             {name: request.context[name] for name in REQUEST_CONTEXT if request.context.get(name) is not None},
+            tuple(item.team for item in result.items) if any(item.team for item in result.items) else (),
         )
 
     def events(self) -> list[Event]:
@@ -99,7 +102,8 @@ class ServedList:
                 context = EventContext(
                     request_id=self.request_id, position=position, policy=self.policy,
                     propensity=self.propensities[position],
-                    model_versions=self.model_versions or None, **self.context,
+                    model_versions=self.model_versions or None,
+                    team=self.teams[position] if self.teams else None, **self.context,
                 )
                 events.append(Event(
                     event_id=impression_event_id(self.request_id, position), user_id=self.user_id,

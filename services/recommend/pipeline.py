@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 StageObserver = Callable[[str, float], None]
 
 
+#: The bundle's `versions` key of a ranker version loaded for an experiment (not the current one).
+EXTRA_RANKER = "ranker:"
+
+
 @dataclass(frozen=True)
 class ModelBundle:
     """Everything that comes from the model registry, swapped as one immutable unit."""
@@ -55,10 +59,38 @@ class ModelBundle:
     similar: SimilarItems | None = None
     versions: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # "role/version" that failed to load -> why
+    rankers: dict[str, Ranker] = field(default_factory=dict)  # version -> ranker, for experiments
 
     @property
     def has_models(self) -> bool:
         return self.ranker is not None or bool(self.channels)
+
+    @property
+    def served_versions(self) -> dict[str, str]:
+        """The current version per role (without the experiments' extra rankers)."""
+        return {role: version for role, version in self.versions.items() if not role.startswith(EXTRA_RANKER)}
+
+    def ranker_for(self, version: str | None) -> Ranker | None:
+        """The ranker of `version` (None: the current one); None when it is not loaded."""
+        if version is None or version == self.versions.get("ranker"):
+            return self.ranker
+        return self.rankers.get(version)
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """How an experiment serves one request (built by `services.experiments.serving`).
+
+    `versions`: the ranker version per arm (None: the current one). One version: an A/B arm,
+    served with `explore` when it names one. Several: interleaving, where `merge(rankings, k)`
+    returns the shown ids, the team (index into `versions`) and the propensity of each slot.
+    """
+
+    versions: tuple[str | None, ...]
+    explore: ExploreStage | None = None
+    merge: Callable[[list[list[str]], int], tuple[Sequence[str], Sequence[int], Sequence[float]]] | None = None
+    label: str | None = None  # the explore label of an interleaved list
+    teams: tuple[str, ...] = ()  # interleaving: each version's team name (its arm)
 
 
 class RecommendationPipeline:
@@ -88,20 +120,24 @@ class RecommendationPipeline:
         self.explore = explore or ExploreStage(Greedy())
         self._executor = ThreadPoolExecutor(thread_name_prefix="recommend")
 
-    def recommend(self, request: RecommendationRequest, bundle: ModelBundle) -> RecommendationResult:
+    def recommend(
+        self, request: RecommendationRequest, bundle: ModelBundle, plan: ServingPlan | None = None
+    ) -> RecommendationResult:
         timings: dict[str, float] = {}
         try:
-            return self._run(request, bundle, timings)
+            if plan is not None and plan.merge is not None:
+                return self._run_interleaved(request, bundle, plan, timings)
+            return self._run(request, bundle, timings, plan)
         except DegradedError:
             return self._degraded(request, bundle, timings)
 
     async def recommend_within_deadline(
-        self, request: RecommendationRequest, bundle: ModelBundle
+        self, request: RecommendationRequest, bundle: ModelBundle, plan: ServingPlan | None = None
     ) -> RecommendationResult:
         """`recommend` on a worker thread; the fallback's degraded answer if it takes longer than
         `deadline_s`. The abandoned run finishes in the background (bounded by the Redis socket
         timeouts); one still queued is dropped."""
-        work = asyncio.get_running_loop().run_in_executor(self._executor, self.recommend, request, bundle)
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self.recommend, request, bundle, plan)
         try:
             return await asyncio.wait_for(work, self.deadline_s)
         except TimeoutError:
@@ -116,10 +152,65 @@ class RecommendationPipeline:
         self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]
     ) -> RecommendationResult:
         items = self.fallback.answer(request)
-        return RecommendationResult(items, dict(bundle.versions), "last_known_popular", True, timings,
+        return RecommendationResult(items, bundle.served_versions, "last_known_popular", True, timings,
                                     explore=UNAVAILABLE)
 
-    def _run(self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]) -> RecommendationResult:
+    def _run(
+        self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float],
+        plan: ServingPlan | None = None,
+    ) -> RecommendationResult:
+        user, candidates = self._candidates(request, bundle, timings)
+        version = plan.versions[0] if plan is not None else None
+        ranked, attended, fallback = self._rank_stage(bundle.ranker_for(version), user, candidates, timings)
+        explore = plan.explore if plan is not None and plan.explore is not None else self.explore
+        with self._stage("explore", timings):
+            scores = np.array([c.recall_score for c in ranked], dtype=float)
+            explored = explore.run(Ranked(tuple(c.item_id for c in ranked), scores), request.k, user.history, request.user_id)
+            shown = [ranked[i] for i in explored.slate.positions]
+            attended = [attended[i] for i in explored.slate.positions] if attended else []
+        with self._stage("explain", timings):
+            reasons = explain(shown, attended, self.store)
+        items = [
+            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity)
+            for c, reason, propensity in zip(shown, reasons, explored.slate.propensities)
+        ]
+        versions = bundle.served_versions
+        if version is not None:
+            versions["ranker"] = version
+        return RecommendationResult(items, versions, fallback, False, timings, len(candidates), explored.policy)
+
+    def _run_interleaved(
+        self, request: RecommendationRequest, bundle: ModelBundle, plan: ServingPlan, timings: dict[str, float]
+    ) -> RecommendationResult:
+        """Every arm's ranker ranks its own copy of the candidates; the plan's merge picks the
+        shown list and each slot's team (no explore stage: the merge is the policy)."""
+        assert plan.merge is not None
+        user, candidates = self._candidates(request, bundle, timings)
+        rankings: list[list[Candidate]] = []
+        attention: dict[str, str | None] = {}
+        for version in plan.versions:
+            copies = [Candidate(c.item_id, c.recall_score, set(c.sources), c.because) for c in candidates]
+            ranked, attended, _ = self._rank_stage(bundle.ranker_for(version), user, copies, timings)
+            rankings.append(ranked)
+            for candidate, why in zip(ranked, attended or [None] * len(ranked)):
+                attention.setdefault(candidate.item_id, why)
+        with self._stage("explore", timings):
+            shown_ids, teams, propensities = plan.merge([[c.item_id for c in r] for r in rankings], request.k)
+            by_id = [{c.item_id: c for c in ranking} for ranking in rankings]
+            shown = [by_id[team][item_id] for item_id, team in zip(shown_ids, teams)]
+        with self._stage("explain", timings):
+            reasons = explain(shown, [attention.get(c.item_id) for c in shown], self.store)
+        items = [
+            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity, plan.teams[team])
+            for c, reason, propensity, team in zip(shown, reasons, propensities, teams)
+        ]
+        versions = bundle.served_versions
+        versions["ranker"] = "+".join(v or bundle.versions.get("ranker", "none") for v in plan.versions)
+        return RecommendationResult(items, versions, None, False, timings, len(candidates), plan.label or "interleaved")
+
+    def _candidates(
+        self, request: RecommendationRequest, bundle: ModelBundle, timings: dict[str, float]
+    ) -> tuple[UserContext, list[Candidate]]:
         with self._stage("features", timings):
             history, seen = self.store.user_behaviour(request.user_id, self.history_length)
             user = UserContext(request.user_id, history, seen)
@@ -127,8 +218,14 @@ class RecommendationPipeline:
             recalled = self._recall(user, request, bundle)
         with self._stage("filter", timings):
             candidates = self._filter(recalled, request)
-        ranker = bundle.ranker or self.default_ranker
-        fallback = None if bundle.ranker is not None else "popularity"
+        return user, candidates
+
+    def _rank_stage(
+        self, model: Ranker | None, user: UserContext, candidates: list[Candidate], timings: dict[str, float]
+    ) -> tuple[list[Candidate], list[str | None], str | None]:
+        """Ranked candidates, their attended history items, and the fallback used (if any)."""
+        ranker = model or self.default_ranker
+        fallback = None if model is not None else "popularity"
         with self._stage("rank", timings):
             try:
                 ranked, attended = self._rank(ranker, user, candidates)
@@ -138,19 +235,7 @@ class RecommendationPipeline:
                 log.exception("ranker %s failed; ranking by recall score", ranker.name)
                 ranked, attended = self._rank(self.default_ranker, user, candidates)
                 fallback = "ranker_error"
-        with self._stage("explore", timings):
-            scores = np.array([c.recall_score for c in ranked], dtype=float)
-            explored = self.explore.run(Ranked(tuple(c.item_id for c in ranked), scores), request.k, user.history)
-            shown = [ranked[i] for i in explored.slate.positions]
-            attended = [attended[i] for i in explored.slate.positions] if attended else []
-        with self._stage("explain", timings):
-            reasons = explain(shown, attended, self.store)
-        items = [
-            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity)
-            for c, reason, propensity in zip(shown, reasons, explored.slate.propensities)
-        ]
-        return RecommendationResult(items, dict(bundle.versions), fallback, False, timings, len(candidates),
-                                    explored.policy)
+        return ranked, attended, fallback
 
     def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
         """Model channels first (they fill their quotas first), then the serving channels; a

@@ -8,12 +8,13 @@ same broken version is not retried every poll; publishing a new version clears i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from feature_store.settings import Settings
 from models.registry import ModelRegistry, ModelVersion, RegistryError
 from services.recommend.online_store import ServingStore
-from services.recommend.pipeline import ModelBundle
+from services.recommend.pipeline import EXTRA_RANKER, ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,12 @@ ROLES = ("recall", "ranker")
 
 
 class RegistryVersionSource:
-    """Current version per role, read from the registry's CURRENT pointers."""
+    """Current version per role, read from the registry's CURRENT pointers, and the extra ranker
+    versions running experiments need (`ranker:<version>`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_rankers: Callable[[], Iterable[str]] = lambda: ()) -> None:
         self.registry = ModelRegistry(root)
+        self.extra_rankers = extra_rankers
 
     def current_versions(self) -> dict[str, str]:
         versions = {}
@@ -36,6 +39,9 @@ class RegistryVersionSource:
                 continue
             if current is not None:
                 versions[role] = current.version
+        for version in self.extra_rankers():
+            if version != versions.get("ranker"):
+                versions[EXTRA_RANKER + version] = version
         return versions
 
 
@@ -57,12 +63,15 @@ class RegistryBundleLoader:
                 self._load_good(role, version)
             if role in self._good:  # the wanted version, or the last good one when it failed
                 loaded[role], role_parts = self._good[role]
-                parts.update(role_parts)
+                if not role.startswith(EXTRA_RANKER):
+                    parts.update(role_parts)
         self._good = {role: self._good[role] for role in loaded}  # a role no longer current is let go
+        rankers = {loaded[key]: self._good[key][1]["ranker"] for key in loaded if key.startswith(EXTRA_RANKER)}
         return ModelBundle(
             channels=tuple(parts.get("channels", ())),  # type: ignore[arg-type]
             ranker=parts.get("ranker"),  # type: ignore[arg-type]
             similar=parts.get("similar"),  # type: ignore[arg-type]
+            rankers=rankers,  # type: ignore[arg-type]
             versions=loaded,
             errors={key: error for key, error in self.failed.items() if key.split("/")[0] in versions
                     and versions[key.split("/")[0]] == key.split("/", 1)[1]},
@@ -71,7 +80,7 @@ class RegistryBundleLoader:
     def _load_good(self, role: str, version: str) -> None:
         """Load `version` of `role` as its last good version, or remember why it cannot be."""
         try:
-            model_version = self.registry.get(role, version)
+            model_version = self.registry.get(_registry_role(role), version)
             self.registry.verify(model_version)
             self._good[role] = (version, self._load(role, model_version))
         except Exception as exc:  # any bad artifact: keep serving the last good one, if any
@@ -82,10 +91,15 @@ class RegistryBundleLoader:
     def _load(self, role: str, version: ModelVersion) -> dict[str, object]:
         from services.recommend import model_adapters
 
-        if role == "ranker":
+        if _registry_role(role) == "ranker":
             # TensorFlow's thread counts come from the environment (`services.api.app`).
             return {"ranker": model_adapters.load_ranker(version, self.settings.api.ranker, self.store)}
         if role == "recall":
             channels, similar = model_adapters.load_recall(version, threads=self.settings.api.inference_threads)
             return {"channels": channels, "similar": similar}
         raise RegistryError(f"no loader for role {role!r}")
+
+
+def _registry_role(role: str) -> str:
+    """The registry role of a bundle key: an experiment's `ranker:<version>` is a ranker."""
+    return "ranker" if role.startswith(EXTRA_RANKER) else role

@@ -56,6 +56,7 @@ class Recommendation:
     sources: list[str]
     reason: str
     propensity: float = 1.0  # probability of this item in this slot under the explore policy
+    team: str | None = None  # interleaving: the arm whose ranker placed it
 
 
 @dataclass

@@ -10,6 +10,7 @@ bounded queue, never a wait; its writer thread logs one impression event per sho
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -61,7 +62,13 @@ async def post_recommendations(
 async def _recommend(
     state: ServiceState, request: RecommendationRequest, request_id: str, log_impressions: bool
 ) -> RecommendationsResponse:
-    result = await state.pipeline.recommend_within_deadline(request, state.models.bundle)
+    bundle = state.models.bundle
+    served = None
+    if state.experiment_serving is not None:
+        served = state.experiment_serving.plan(request.user_id, bundle, datetime.now(timezone.utc))
+    if served is not None:  # the service's assignment replaces the client's experiment and arm
+        request = replace(request, context={**request.context, **served.context})
+    result = await state.pipeline.recommend_within_deadline(request, bundle, served.plan if served else None)
     if log_impressions and state.settings.api.log_impressions:
         state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc)))
     metrics = state.metrics
@@ -77,12 +84,14 @@ async def _recommend(
         user_id=request.user_id,
         items=[
             RecommendedItem(item_id=i.item_id, position=position, score=i.score, sources=i.sources, reason=i.reason,
-                            propensity=i.propensity)
+                            propensity=i.propensity, team=i.team)
             for position, i in enumerate(result.items)
         ],
         model_versions=result.model_versions,
         fallback=result.fallback,
         degraded=result.degraded,
         explore=result.explore,
+        experiment=request.context.get("experiment"),
+        arm=request.context.get("arm"),
         timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
     )

@@ -1,0 +1,134 @@
+"""The statistics of an experiment's report: pure functions over counts.
+
+A/B (per arm: impressions `n`, clicks `c`, CTR `p = c / n`):
+- CTR interval: Wilson score interval (Wilson, JASA 1927) at 95%.
+- Relative lift of arm `t` over the first arm `0`: `p_t / p_0 - 1`, with the delta-method interval
+  on the log ratio, `se = sqrt((1 - p_t)/c_t + (1 - p_0)/c_0)` (Katz et al., Biometrics 1978), and
+  the two-proportion z-test's two-sided p-value (pooled variance).
+- Sample-ratio mismatch: Pearson's chi-square of the arms' counts against their shares
+  (alarm at p < 0.001; Fabijan et al., KDD 2019).
+- Guardrail: one-sided test of `p_t < (1 - X) p_0`, `z = (p_t - (1 - X) p_0) / sqrt(v_t + (1 - X)^2 v_0)`.
+
+The impression-level tests treat impressions as independent; a user's impressions are not, so
+with heavy users these intervals are too narrow (the A/A benchmark measures the effect).
+
+Interleaving: per unit (user, or request), each team's credited clicks; a unit prefers the team
+with more credit, else ties. Preference `Δ = (w_A + t/2) / (w_A + w_B + t) - 1/2` over units with
+any credit (Chapelle et al., "Large-scale validation and analysis of interleaved search
+evaluation", TOIS 2012), a percentile bootstrap interval over units, and the sign test
+(two-sided binomial test of `w_A` among `w_A + w_B`).
+
+All tests are fixed-horizon: looking again and again until p < 0.05 inflates the false-positive
+rate, so the report says so and the sample size should be fixed in advance (benchmarks give it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+Z95 = 1.959963984540054
+SRM_ALPHA = 0.001
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+
+def wilson(clicks: int, n: int, z: float = Z95) -> Interval:
+    """CTR with its Wilson score interval; (0, 0, 1) without impressions."""
+    if n <= 0:
+        return Interval(0.0, 0.0, 1.0)
+    p = clicks / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def relative_lift(c_t: int, n_t: int, c_0: int, n_0: int, z: float = Z95) -> tuple[Interval, float]:
+    """(lift of t over 0 with its interval, two-sided p-value of the two-proportion z-test);
+    NaN where a CTR is 0 or an arm has no impressions."""
+    if min(c_t, c_0, n_t, n_0) <= 0:
+        return Interval(math.nan, math.nan, math.nan), math.nan
+    p_t, p_0 = c_t / n_t, c_0 / n_0
+    log_ratio = math.log(p_t / p_0)
+    se = math.sqrt((1 - p_t) / c_t + (1 - p_0) / c_0)
+    lift = Interval(math.exp(log_ratio) - 1, math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1)
+    return lift, two_proportion_p(c_t, n_t, c_0, n_0)
+
+
+def two_proportion_p(c_t: int | np.ndarray, n_t: int | np.ndarray, c_0: int | np.ndarray,
+                     n_0: int | np.ndarray) -> float | np.ndarray:
+    """Two-sided p-value of the pooled two-proportion z-test (vectorised over arrays)."""
+    pooled = (c_t + c_0) / (n_t + n_0)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_t + 1 / n_0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, (c_t / n_t - c_0 / n_0) / np.where(se > 0, se, 1), 0.0)
+    p = 2 * stats.norm.sf(np.abs(z))
+    return float(p) if np.ndim(p) == 0 else p
+
+
+def srm_p(counts: Sequence[int], shares: Sequence[float]) -> float:
+    """p-value of Pearson's chi-square of `counts` against the expected `shares`; 1 without counts."""
+    total = sum(counts)
+    if total == 0:
+        return 1.0
+    expected = np.asarray(shares, dtype=float) / sum(shares) * total
+    return float(stats.chisquare(np.asarray(counts, dtype=float), expected).pvalue)
+
+
+def guardrail_p(c_t: int, n_t: int, c_0: int, n_0: int, max_drop: float) -> float:
+    """One-sided p-value of H0 `p_t >= (1 - max_drop) p_0`: small when the arm fell further."""
+    if n_t <= 0 or n_0 <= 0:
+        return 1.0
+    p_t, p_0 = c_t / n_t, c_0 / n_0
+    keep = 1 - max_drop
+    variance = p_t * (1 - p_t) / n_t + keep * keep * p_0 * (1 - p_0) / n_0
+    if variance <= 0:
+        return 1.0 if p_t >= keep * p_0 else 0.0
+    return float(stats.norm.cdf((p_t - keep * p_0) / math.sqrt(variance)))
+
+
+@dataclass(frozen=True)
+class Preference:
+    """Interleaving outcome of team A against team B over units (users or requests)."""
+
+    wins_a: int
+    wins_b: int
+    ties: int
+    delta: Interval  # Δ in [-1/2, 1/2]: > 0 means A is preferred
+    sign_p: float
+
+
+def unit_outcomes(units: Sequence[str], credit_a: np.ndarray, credit_b: np.ndarray) -> np.ndarray:
+    """Per unit with any credit: +1 (A has more credit), -1 (B), 0 (tie). `units` names the unit
+    of each row (a user id, or a request id); rows of a unit are summed first."""
+    names, index = np.unique(np.asarray(units), return_inverse=True)
+    a = np.bincount(index, weights=credit_a, minlength=len(names))
+    b = np.bincount(index, weights=credit_b, minlength=len(names))
+    clicked = (a + b) > 0
+    return np.sign(a - b)[clicked].astype(np.int64)
+
+
+def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 2000) -> Preference:
+    """Δ with its 95% percentile-bootstrap interval over units, and the sign test's p-value."""
+    wins_a, wins_b = int((outcomes > 0).sum()), int((outcomes < 0).sum())
+    ties = int(len(outcomes) - wins_a - wins_b)
+    units = wins_a + wins_b + ties
+    if units == 0:
+        return Preference(0, 0, 0, Interval(0.0, math.nan, math.nan), 1.0)
+    # Units are exchangeable and each is one of three outcomes: a bootstrap resample is a
+    # multinomial draw of the three counts.
+    draws = rng.multinomial(units, [wins_a / units, wins_b / units, ties / units], size=resamples)
+    deltas = (draws[:, 0] + draws[:, 2] / 2) / units - 0.5
+    delta = (wins_a + ties / 2) / units - 0.5
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    sign_p = float(stats.binomtest(wins_a, wins_a + wins_b, 0.5).pvalue) if wins_a + wins_b else 1.0
+    return Preference(wins_a, wins_b, ties, Interval(delta, float(low), float(high)), sign_p)

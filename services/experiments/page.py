@@ -1,0 +1,114 @@
+"""The report page: one HTML document with the report's numbers and server-rendered SVG plots
+(per-arm CTR with its interval; cumulative lift or preference with its band over time). No
+JavaScript: a browser, a screenshot tool or `curl` sees the same page. Every number carries a
+`data-field` attribute naming where it is in the JSON report, so a test can compare them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from services.experiments.report import ExperimentReport, TimelinePoint
+
+WIDTH, HEIGHT, PAD = 640, 220, 40
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def render(report: ExperimentReport) -> str:
+    e = report.experiment
+    rows = "".join(
+        f"<tr><td>{escape(a.name)}</td><td>{escape(a.version or 'current')}</td>"
+        f"{_cell(f'arms.{i}.impressions', a.impressions, 'd')}{_cell(f'arms.{i}.clicks', a.clicks, 'd')}"
+        f"{_cell(f'arms.{i}.ctr', a.ctr)}<td>[{_num(f'arms.{i}.ctr_low', a.ctr_low)}, {_num(f'arms.{i}.ctr_high', a.ctr_high)}]</td>"
+        f"{_cell(f'arms.{i}.lift', a.lift)}<td>{_range(f'arms.{i}', a.lift_low, a.lift_high)}</td>"
+        f"{_cell(f'arms.{i}.p_value', a.p_value)}<td>{escape(a.stopped or '')}</td></tr>"
+        for i, a in enumerate(report.arms)
+    )
+    comparisons = "".join(
+        f"<tr><td>{escape(c.a)} vs {escape(c.b)}</td>{_cell(f'comparisons.{i}.wins_a', c.wins_a, 'd')}"
+        f"{_cell(f'comparisons.{i}.wins_b', c.wins_b, 'd')}{_cell(f'comparisons.{i}.ties', c.ties, 'd')}"
+        f"{_cell(f'comparisons.{i}.preference', c.preference)}<td>[{_num(f'comparisons.{i}.low', c.low)}, "
+        f"{_num(f'comparisons.{i}.high', c.high)}]</td>{_cell(f'comparisons.{i}.sign_p', c.sign_p)}</tr>"
+        for i, c in enumerate(report.comparisons)
+    )
+    srm = "" if report.srm_p is None else (
+        f"<p>Sample-ratio check: p = {_num('srm_p', report.srm_p)}"
+        f"{' <strong>SRM ALARM</strong>' if report.srm_alarm else ''}</p>")
+    trend = "lift:" if e.kind == "ab" else "preference:"
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Experiment {escape(e.id)}</title>
+<style>body{{font-family:sans-serif;margin:24px}}td,th{{padding:2px 10px;text-align:right}}</style></head>
+<body><h1>Experiment {escape(e.id)}</h1>
+<p>{escape(e.kind)}{'' if e.kind == 'ab' else ' (' + escape(e.method) + ')'}, layer {escape(e.layer)},
+status {escape(e.status)}, traffic {e.traffic:g}; report of {report.generated_at.isoformat()}</p>
+<table><tr><th>arm</th><th>version</th><th>impressions</th><th>clicks</th><th>CTR</th><th>95% CI</th>
+<th>lift</th><th>95% CI</th><th>p</th><th>stopped</th></tr>{rows}</table>
+{srm}
+{'<h2>Interleaving preference (per user)</h2><table><tr><th></th><th>wins A</th><th>wins B</th><th>ties</th><th>Δ</th><th>95% CI</th><th>sign test p</th></tr>' + comparisons + '</table>' if comparisons else ''}
+<h2>CTR per arm</h2>{_bars(report)}
+<h2>Cumulative {'lift' if e.kind == 'ab' else 'preference'} with its 95% band</h2>
+{_lines([p for p in report.timeline if p.series.startswith(trend)])}
+<p><em>{escape(report.caveat)}</em></p>
+</body></html>"""
+
+
+def _num(field: str, value: float | int | None, fmt: str = ".6f") -> str:
+    text = "–" if value is None else format(value, fmt)
+    return f'<span data-field="{field}">{text}</span>'
+
+
+def _cell(field: str, value: float | int | None, fmt: str = ".6f") -> str:
+    return f"<td>{_num(field, value, fmt)}</td>"
+
+
+def _range(prefix: str, low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return ""
+    return f"[{_num(prefix + '.lift_low', low)}, {_num(prefix + '.lift_high', high)}]"
+
+
+def _bars(report: ExperimentReport) -> str:
+    top = max([a.ctr_high for a in report.arms] + [1e-9])
+    width = (WIDTH - 2 * PAD) / max(len(report.arms), 1)
+    parts = []
+    for i, arm in enumerate(report.arms):
+        x = PAD + i * width
+        y = _y(arm.ctr, 0, top)
+        parts.append(f'<rect x="{x + width * 0.2:.1f}" y="{y:.1f}" width="{width * 0.6:.1f}" '
+                     f'height="{HEIGHT - PAD - y:.1f}" fill="{COLOURS[i % len(COLOURS)]}"/>')
+        parts.append(f'<line x1="{x + width / 2:.1f}" x2="{x + width / 2:.1f}" y1="{_y(arm.ctr_low, 0, top):.1f}" '
+                     f'y2="{_y(arm.ctr_high, 0, top):.1f}" stroke="black" stroke-width="2"/>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{HEIGHT - PAD + 15}" text-anchor="middle">{escape(arm.name)}</text>')
+    return _svg(parts, f"0 to {top:.4f}")
+
+
+def _lines(points: Sequence[TimelinePoint]) -> str:
+    if not points:
+        return "<p>No data yet.</p>"
+    low = min(min(p.low for p in points), 0.0)
+    high = max(max(p.high for p in points), 0.0)
+    series = sorted({p.series for p in points})
+    times = sorted({p.at for p in points})
+    x_of = {t: PAD + (WIDTH - 2 * PAD) * (i / max(len(times) - 1, 1)) for i, t in enumerate(times)}
+    parts = [f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{_y(0, low, high):.1f}" y2="{_y(0, low, high):.1f}" stroke="#999"/>']
+    for n, name in enumerate(series):
+        mine = [p for p in points if p.series == name]
+        colour = COLOURS[n % len(COLOURS)]
+        band = [f"{x_of[p.at]:.1f},{_y(p.high, low, high):.1f}" for p in mine]
+        band += [f"{x_of[p.at]:.1f},{_y(p.low, low, high):.1f}" for p in reversed(mine)]
+        parts.append(f'<polygon points="{" ".join(band)}" fill="{colour}" fill-opacity="0.2"/>')
+        line = " ".join(f"{x_of[p.at]:.1f},{_y(p.value, low, high):.1f}" for p in mine)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{WIDTH - PAD}" y="{15 + 15 * n}" text-anchor="end" fill="{colour}">{escape(name)}</text>')
+    return _svg(parts, f"{low:.4f} to {high:.4f}")
+
+
+def _y(value: float, low: float, high: float) -> float:
+    span = (high - low) or 1.0
+    return HEIGHT - PAD - (value - low) / span * (HEIGHT - 2 * PAD)
+
+
+def _svg(parts: list[str], scale: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img">'
+            f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white" stroke="#ccc"/>{"".join(parts)}'
+            f'<text x="{PAD}" y="15">y: {scale}</text></svg>')

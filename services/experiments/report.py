@@ -1,0 +1,231 @@
+"""An experiment's report, from the counts attribution already made (no second attribution).
+
+- A/B: impressions and clicks per arm from the attribution store's counts per (policy, arm)
+  (`feature_store.attribution_store`, filled by the Flink speed layer; 7 days of hourly buckets),
+  summed over the hours since the experiment started. The arm key is `<experiment>:<arm>`.
+- Interleaving: the team of every clicked slot needs the impressions themselves, so credit comes
+  from the Spark attribution job's `attributed_impressions/` (one row per impression with its
+  `team` and a 0/1 `click`), read with pyarrow; `recsys batch attribution` refreshes it.
+
+Reading the report applies the guardrail: an A/B arm past it is stopped (`ExperimentManager.stop_arm`).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from feature_store.attribution import BUCKET_MS, Dimension
+from feature_store.attribution_store import AttributionStore
+from services.experiments import analysis
+from services.experiments.manager import ExperimentManager
+from services.experiments.model import Experiment, Kind
+from services.experiments.serving import qualified_arm
+
+REPEATED_LOOKS = (
+    "Fixed-horizon tests: every look at p < 0.05 is another chance of a false positive. Decide the "
+    "sample size before starting (docs/experiments.md gives it per method) and read the result once there."
+)
+CLICK = "click"
+IMPRESSIONS = "attributed_impressions"
+
+
+class ArmReport(BaseModel):
+    name: str
+    version: str | None
+    impressions: int
+    clicks: int
+    ctr: float
+    ctr_low: float
+    ctr_high: float
+    lift: float | None = None
+    lift_low: float | None = None
+    lift_high: float | None = None
+    p_value: float | None = None
+    guardrail_p: float | None = None
+    stopped: str | None = None
+
+
+class Comparison(BaseModel):
+    a: str
+    b: str
+    units: str
+    wins_a: int
+    wins_b: int
+    ties: int
+    preference: float
+    low: float
+    high: float
+    sign_p: float
+
+
+class TimelinePoint(BaseModel):
+    at: datetime
+    series: str
+    value: float
+    low: float
+    high: float
+
+
+class ExperimentReport(BaseModel):
+    experiment: Experiment
+    generated_at: datetime
+    arms: list[ArmReport]
+    srm_p: float | None = None
+    srm_alarm: bool = False
+    comparisons: list[Comparison] = []
+    interleaved_impressions: int = 0
+    timeline: list[TimelinePoint] = []
+    caveat: str = REPEATED_LOOKS
+
+
+def build_report(manager: ExperimentManager, attribution: AttributionStore, batch_root: Path,
+                 experiment_id: str, now: datetime | None = None) -> ExperimentReport:
+    now = now or datetime.now(timezone.utc)
+    experiment = manager.get(experiment_id)
+    if experiment.kind == Kind.AB:
+        return _ab_report(manager, attribution, experiment, now)
+    return _interleaving_report(experiment, Path(batch_root) / IMPRESSIONS, now)
+
+
+def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment,
+               now: datetime) -> ExperimentReport:
+    buckets = _arm_buckets(attribution, experiment)
+    totals = {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms}
+    control = experiment.arms[0].name
+    c_0, n_0 = totals[control]
+    reports = []
+    for arm in experiment.arms:
+        clicks, shown = totals[arm.name]
+        ctr = analysis.wilson(clicks, shown)
+        report = ArmReport(name=arm.name, version=arm.version, impressions=shown, clicks=clicks, ctr=ctr.estimate,
+                           ctr_low=ctr.low, ctr_high=ctr.high, stopped=experiment.stopped_arms.get(arm.name))
+        if arm.name != control:
+            lift, p = analysis.relative_lift(clicks, shown, c_0, n_0)
+            report.lift, report.lift_low, report.lift_high, report.p_value = (
+                _finite(lift.estimate), _finite(lift.low), _finite(lift.high), _finite(p))
+            if experiment.guardrail is not None:
+                report.guardrail_p = analysis.guardrail_p(clicks, shown, c_0, n_0, experiment.guardrail.max_ctr_drop)
+                if report.guardrail_p < experiment.guardrail.p_value and report.stopped is None:
+                    why = (f"guardrail: CTR {ctr.estimate:.4f} below {1 - experiment.guardrail.max_ctr_drop:g} x "
+                           f"control's {c_0 / max(n_0, 1):.4f} (p = {report.guardrail_p:.2g})")
+                    experiment = manager.stop_arm(experiment.id, arm.name, why)
+                    report.stopped = why
+        reports.append(report)
+    srm = analysis.srm_p([r.impressions for r in reports], experiment.shares())
+    return ExperimentReport(experiment=experiment, generated_at=now, arms=reports, srm_p=srm,
+                            srm_alarm=srm < analysis.SRM_ALPHA, timeline=_ab_timeline(experiment, buckets))
+
+
+def _arm_buckets(attribution: AttributionStore, experiment: Experiment) -> dict[str, dict[int, list[int]]]:
+    """arm -> hour bucket ms -> [clicks, impressions], over every policy that served the arm."""
+    prefix = qualified_arm(experiment.id, "")
+    since = int(experiment.created_at.timestamp() * 1000)
+    since -= since % BUCKET_MS
+    out: dict[str, dict[int, list[int]]] = {}
+    for row in attribution.scan_counts(Dimension.POLICY_ARM):
+        arm = _unescape(row.key.rsplit("|", 1)[-1])
+        if not arm.startswith(prefix) or row.bucket_ms < since or row.measure not in (CLICK, "impression"):
+            continue
+        cell = out.setdefault(arm[len(prefix):], {}).setdefault(row.bucket_ms, [0, 0])
+        cell[0 if row.measure == CLICK else 1] += row.value
+    return out
+
+
+def _ab_timeline(experiment: Experiment, buckets: dict[str, dict[int, list[int]]]) -> list[TimelinePoint]:
+    """Cumulative CTR per arm, and each arm's cumulative lift over the first, per hour."""
+    hours = sorted({b for arm in buckets.values() for b in arm})
+    control = experiment.arms[0].name
+    points = []
+    running = {arm.name: [0, 0] for arm in experiment.arms}
+    for hour in hours:
+        at = datetime.fromtimestamp((hour + BUCKET_MS) / 1000, timezone.utc)
+        for arm in experiment.arms:
+            cell = buckets.get(arm.name, {}).get(hour, [0, 0])
+            running[arm.name] = [running[arm.name][0] + cell[0], running[arm.name][1] + cell[1]]
+            ctr = analysis.wilson(*running[arm.name])
+            points.append(TimelinePoint(at=at, series=f"ctr:{arm.name}", value=ctr.estimate, low=ctr.low, high=ctr.high))
+        for arm in experiment.arms[1:]:
+            lift, _ = analysis.relative_lift(*running[arm.name], *running[control])
+            if math.isfinite(lift.estimate):
+                points.append(TimelinePoint(at=at, series=f"lift:{arm.name}", value=lift.estimate, low=lift.low,
+                                            high=lift.high))
+    return points
+
+
+def _interleaving_report(experiment: Experiment, path: Path, now: datetime) -> ExperimentReport:
+    rows = _interleaved_rows(path, experiment.id)
+    teams = [arm.name for arm in experiment.arms]
+    credit = {team: np.asarray([c if t == team else 0 for t, c in zip(rows["team"], rows[CLICK])], dtype=float)
+              for team in teams}
+    arms = []
+    for arm in experiment.arms:
+        shown = sum(1 for t in rows["team"] if t == arm.name)
+        clicks = int(credit[arm.name].sum())
+        ctr = analysis.wilson(clicks, shown)
+        arms.append(ArmReport(name=arm.name, version=arm.version, impressions=shown, clicks=clicks,
+                              ctr=ctr.estimate, ctr_low=ctr.low, ctr_high=ctr.high))
+    comparisons, timeline = [], []
+    rng = np.random.default_rng(0)  # the report's bootstrap: the same numbers on every read
+    for other in teams[1:]:
+        outcomes = analysis.unit_outcomes(rows["user_id"], credit[teams[0]], credit[other])
+        pref = analysis.preference(outcomes, rng)
+        comparisons.append(Comparison(a=teams[0], b=other, units="users", wins_a=pref.wins_a, wins_b=pref.wins_b,
+                                      ties=pref.ties, preference=pref.delta.estimate, low=_nan0(pref.delta.low),
+                                      high=_nan0(pref.delta.high), sign_p=pref.sign_p))
+        timeline += _preference_timeline(rows, credit[teams[0]], credit[other], other, rng)
+    return ExperimentReport(experiment=experiment, generated_at=now, arms=arms, comparisons=comparisons,
+                            interleaved_impressions=len(rows["team"]), timeline=timeline)
+
+
+def _preference_timeline(rows: dict[str, list], credit_a: np.ndarray, credit_b: np.ndarray, name: str,
+                         rng: np.random.Generator) -> list[TimelinePoint]:
+    """Cumulative preference of the first team over `name` with its interval, per hour."""
+    hours = np.asarray([int(ts) - int(ts) % BUCKET_MS for ts in rows["ts_ms"]], dtype=np.int64)
+    points = []
+    for hour in sorted(set(hours.tolist())):
+        upto = hours <= hour
+        users = [u for u, keep in zip(rows["user_id"], upto) if keep]
+        pref = analysis.preference(analysis.unit_outcomes(users, credit_a[upto], credit_b[upto]), rng, 500)
+        points.append(TimelinePoint(at=datetime.fromtimestamp((hour + BUCKET_MS) / 1000, timezone.utc),
+                                    series=f"preference:{name}", value=pref.delta.estimate,
+                                    low=_nan0(pref.delta.low), high=_nan0(pref.delta.high)))
+    return points
+
+
+def _interleaved_rows(path: Path, experiment_id: str) -> dict[str, list]:
+    """user_id, team, click, ts_ms of the experiment's attributed impressions (empty if none yet)."""
+    columns: dict[str, list] = {"user_id": [], "team": [], CLICK: [], "ts_ms": []}
+    if not path.exists():
+        return columns
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
+        columns=["user_id", "team", CLICK, "ts", "experiment"], filter=pc.field("experiment") == experiment_id)
+    table = table.filter(pc.is_valid(table["team"]))
+    columns["user_id"] = table["user_id"].to_pylist()
+    columns["team"] = table["team"].to_pylist()
+    columns[CLICK] = [int(c or 0) for c in table[CLICK].to_pylist()]
+    columns["ts_ms"] = [int(t.timestamp() * 1000) for t in table["ts"].to_pylist()]
+    return columns
+
+
+def _sum(buckets: dict[int, list[int]]) -> tuple[int, int]:
+    return sum(c for c, _ in buckets.values()), sum(n for _, n in buckets.values())
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%7C", "|").replace("%25", "%")
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _nan0(value: float) -> float:
+    return value if math.isfinite(value) else 0.0

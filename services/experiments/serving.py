@@ -1,0 +1,114 @@
+"""The serving side: which experiment a request is in, and how that changes what it is served.
+
+A request is served by at most one experiment: the first of the user's assignments (by layer
+name) whose rankers are loaded. Its impressions carry `experiment` and `arm` (`context_of`) and,
+interleaved, each slot's `team`. Layers exist so experiments on other traffic can run at once;
+a user in two layers' experiments is served (and counted) by the first, so give experiments that
+must not share users the same layer.
+An arm whose ranker version the worker has not loaded yet (an experiment created a moment ago,
+before the next registry poll) serves nobody: its users get the default serving, unlabelled,
+until it is loaded, so no impression is labelled with a ranker that did not serve it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from feature_store.settings import ExploreSettings
+from services.experiments.assignment import Assignment, assign
+from services.experiments.interleaving import probabilistic, team_draft
+from services.experiments.model import Experiment, Method
+from services.experiments.store import ExperimentStore
+from services.explore.stage import ExploreStage
+from services.recommend.pipeline import ModelBundle, ServingPlan
+
+ExploreFactory = Callable[[ExploreSettings], ExploreStage]
+
+
+@dataclass(frozen=True)
+class Served:
+    """The plan of one request and the context its impressions carry."""
+
+    plan: ServingPlan
+    experiment: str
+    arm: str
+
+    @property
+    def context(self) -> dict[str, str]:
+        """The impressions' `experiment` and `arm`: the arm qualified by the experiment id
+        (`qualified_arm`), so the attribution store's counts per (policy, arm) keep experiments
+        whose arms share a name apart."""
+        return {"experiment": self.experiment, "arm": qualified_arm(self.experiment, self.arm)}
+
+
+def qualified_arm(experiment: str, arm: str) -> str:
+    return f"{experiment}:{arm}"
+
+
+class ExperimentServing:
+    """Turns a user's assignment into a `ServingPlan`; arms' explore stages are built once."""
+
+    def __init__(self, store: ExperimentStore, explore_factory: ExploreFactory,
+                 rng: Callable[[], np.random.Generator] = np.random.default_rng) -> None:
+        self.store = store
+        self.explore_factory = explore_factory
+        self.rng = rng
+        self._stages: dict[tuple[str, str], ExploreStage] = {}
+        self._lock = threading.Lock()
+
+    def ranker_versions(self) -> set[str]:
+        """Every ranker version a running experiment needs (the model manager loads them)."""
+        return {arm.version for e in self.store.all().values() if e.status == "running"
+                for arm in e.arms if arm.version is not None}
+
+    def plan(self, user_id: str, bundle: ModelBundle, now: datetime) -> Served | None:
+        for assignment in assign(self.store.all().values(), user_id, now):
+            served = self._served(assignment, bundle)
+            if served is not None:
+                return served
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            for stage in self._stages.values():
+                stage.close()
+            self._stages.clear()
+
+    def _served(self, assignment: Assignment, bundle: ModelBundle) -> Served | None:
+        experiment = assignment.experiment
+        if assignment.interleaved:
+            versions = tuple(arm.version for arm in experiment.arms)
+            if any(bundle.ranker_for(v) is None and v is not None for v in versions):
+                return None
+            plan = ServingPlan(versions, merge=self._merge(experiment), label=f"interleaving:{experiment.method}",
+                               teams=tuple(arm.name for arm in experiment.arms))
+            return Served(plan, experiment.id, assignment.arm)
+        arm = experiment.arm(assignment.arm)
+        if arm.version is not None and bundle.ranker_for(arm.version) is None:
+            return None
+        plan = ServingPlan((arm.version,), explore=self._stage(experiment.id, arm.name, arm.explore_settings()))
+        return Served(plan, experiment.id, arm.name)
+
+    def _stage(self, experiment: str, arm: str, settings: ExploreSettings | None) -> ExploreStage | None:
+        if settings is None:
+            return None
+        with self._lock:
+            if (experiment, arm) not in self._stages:
+                self._stages[(experiment, arm)] = self.explore_factory(settings)
+            return self._stages[(experiment, arm)]
+
+    def _merge(self, experiment: Experiment) -> Callable[[list[list[str]], int], tuple[Sequence[str], Sequence[int], Sequence[float]]]:
+        def merge(rankings: list[list[str]], k: int) -> tuple[Sequence[str], Sequence[int], Sequence[float]]:
+            rng = self.rng()
+            if experiment.method == Method.PROBABILISTIC:
+                merged = probabilistic(rankings, k, rng, experiment.tau)
+            else:
+                merged = team_draft(rankings, k, rng)
+            return merged.items, merged.teams, merged.propensities
+
+        return merge

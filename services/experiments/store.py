@@ -1,0 +1,108 @@
+"""Experiments stored durably under the state directory and mirrored in Redis.
+
+Files are the record: `<state_dir>/experiments/<id>.json`, written to a temp file, fsynced and
+renamed, under an exclusive lock on `<state_dir>/experiments/.lock` while a writer checks and
+writes (two workers creating overlapping experiments at once: the second sees the first).
+Redis is the mirror every worker reads on the request path: hash `P:x:defs` (id -> JSON) and
+counter `P:x:version`, bumped on every write. A reader does one GET of the counter per call and
+reloads the hash only when it changed, so all workers serve a change from their next request. A
+Redis that lost the mirror (flushed, replaced) is refilled from the files; a Redis that is
+unreachable leaves a worker on its last copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from services.experiments.errors import UnknownExperimentError
+from services.experiments.model import Experiment
+
+log = logging.getLogger(__name__)
+
+
+class ExperimentStore:
+    """Experiments in files (durable) and in Redis (shared by every worker)."""
+
+    def __init__(self, root: Path, client: redis.Redis, key_prefix: str) -> None:
+        self.root = Path(root)
+        self.client = client
+        self._defs = f"{key_prefix}:x:defs"
+        self._version = f"{key_prefix}:x:version"
+        self._seen_version: bytes | None = None
+        self._cache: dict[str, Experiment] = {}
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the writers' lock (check-then-write is atomic across workers and processes)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def from_files(self) -> dict[str, Experiment]:
+        """Every stored experiment, read from the files."""
+        if not self.root.is_dir():
+            return {}
+        found = {}
+        for path in sorted(self.root.glob("*.json")):
+            experiment = Experiment.model_validate_json(path.read_text(encoding="utf-8"))
+            found[experiment.id] = experiment
+        return found
+
+    def save(self, experiment: Experiment) -> None:
+        """Write one experiment durably, then mirror it (call under `locked`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f".{experiment.id}.json.tmp"
+        with temp.open("w", encoding="utf-8") as handle:
+            handle.write(experiment.model_dump_json(indent=2))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.root / f"{experiment.id}.json")
+        directory = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self.mirror()
+
+    def mirror(self) -> None:
+        """Copy every file into Redis and bump the version (one transaction)."""
+        experiments = self.from_files()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self._defs)
+        if experiments:
+            pipe.hset(self._defs, mapping={e.id: e.model_dump_json() for e in experiments.values()})
+        pipe.incr(self._version)
+        pipe.execute()
+
+    def all(self) -> dict[str, Experiment]:
+        """Every experiment as the mirror has it (refilled from the files if Redis lost it)."""
+        try:
+            version = self.client.get(self._version)
+            if version is None:
+                self.mirror()
+                version = self.client.get(self._version)
+            if version != self._seen_version:
+                raw = self.client.hgetall(self._defs)
+                self._cache = {k.decode(): Experiment.model_validate_json(v) for k, v in raw.items()}
+                self._seen_version = version
+        except redis.RedisError as exc:
+            log.warning("experiments mirror unreachable (%s): using the last copy", exc)
+        return dict(self._cache)
+
+    def get(self, experiment_id: str) -> Experiment:
+        try:
+            return self.all()[experiment_id]
+        except KeyError:
+            raise UnknownExperimentError(f"no experiment {experiment_id!r}") from None
