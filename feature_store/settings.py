@@ -222,6 +222,8 @@ class TrainingSettings(_Section):
     walk_length: int = Field(default=40, ge=2)
     ranker: Literal["din", "wide_deep"] = Field(default="din", description="Ranker family the DAG trains.")
     ranker_epochs: int = Field(default=10, ge=1)
+    ranker_embedding_dim: int = Field(default=16, ge=1)
+    ranker_learning_rate: float | None = Field(default=None, gt=0, description="Adam learning rate (unset: the model's default).")
     ranker_batch_size: int = Field(default=256, ge=1)
     ranker_patience: int = Field(default=2, ge=1)
     seed: int = 0

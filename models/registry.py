@@ -6,6 +6,8 @@ Layout, under the registry root::
     <role>/<version>/manifest.json    params, data window, metrics, created_at, sha256 of each file
     <role>/CURRENT                    one line: the version being served
     <role>/pins/<name>                one line: the version a name (e.g. `candidate`) pins
+    <role>/HISTORY.jsonl              every change of CURRENT (version, previous, action, time)
+    <role>/blessings/<version>.json   the quality gate's decision for a blessed version
     <role>/.tmp-*                     publications in progress (ignored by readers)
 
 Both writes are atomic: `publish` fills a hidden temp folder and renames it into place, and
@@ -20,6 +22,11 @@ Usage::
     registry.set_current("recall", version)
     current = registry.current("recall")        # ModelVersion | None
     registry.verify(current)                     # raises CorruptArtifactError on a bad checksum
+
+Published, blessed and current are apart: every published version can be read; `bless` records
+that one passed the quality gate (the training DAG's decision and numbers); `promote` makes only
+a blessed version current; `rollback` returns to the version that was current before it and
+revokes the rolled-back version's blessing, so the next gate does not compare against it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from typing import Any
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 PINS = "pins"
+HISTORY = "HISTORY.jsonl"
+BLESSINGS = "blessings"
 REQUIRED_MANIFEST_KEYS = ("params", "data_window", "metrics")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH_CHUNK = 1 << 20
@@ -102,7 +111,7 @@ class ModelRegistry:
                 **manifest,
                 "role": role,
                 "version": version,
-                "created_at": datetime.now(timezone.utc).isoformat(),
+                "created_at": _now(),
                 "files": _checksums(staging),
             }
             _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str))
@@ -148,11 +157,78 @@ class ModelRegistry:
             return None
         return self.get(role, version)
 
-    def set_current(self, role: str, version: str) -> None:
-        """Point `role` at `version` (after verifying its checksums), atomically."""
+    def set_current(self, role: str, version: str, action: str = "set_current") -> None:
+        """Point `role` at `version` (after verifying its checksums), atomically, and append the
+        change to the role's history."""
         self.verify(self.get(role, version))
+        previous = self.current(role)
         role_dir = self.root / role
         _write_durably(role_dir / f".{CURRENT}.{uuid.uuid4().hex}", version + "\n", replace=role_dir / CURRENT)
+        entry = {"at": _now(), "action": action, "version": version, "previous": previous and previous.version}
+        with (role_dir / HISTORY).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def history(self, role: str) -> list[dict[str, Any]]:
+        """Every change of `role`'s current version, oldest first."""
+        _check_name(role, "role")
+        path = self.root / role / HISTORY
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def bless(self, role: str, version: str, decision: dict[str, Any]) -> None:
+        """Record that `version` passed the quality gate, with the gate's `decision` (its numbers)."""
+        self.get(role, version)
+        self._write_blessing(role, version, {"version": version, "blessed_at": _now(), "decision": decision})
+
+    def blessing(self, role: str, version: str) -> dict[str, Any] | None:
+        """The gate record of a blessed `version` (with `revoked` once rolled back), else None."""
+        _check_name(version, "version")
+        path = self.root / role / BLESSINGS / f"{version}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+
+    def blessed(self, role: str) -> ModelVersion | None:
+        """The newest blessed, not revoked version of `role`: the baseline of the next gate."""
+        for version in reversed(self.versions(role)):
+            record = self.blessing(role, version)
+            if record is not None and not record.get("revoked"):
+                return self.get(role, version)
+        return None
+
+    def promote(self, role: str, version: str) -> None:
+        """Make the blessed `version` current; refuse a version the gate did not bless."""
+        record = self.blessing(role, version)
+        if record is None or record.get("revoked"):
+            state = "was rolled back" if record else "is not blessed"
+            raise RegistryError(f"{role}/{version} {state}: only a blessed version can be promoted")
+        self.set_current(role, version, action="promote")
+
+    def rollback(self, role: str) -> str:
+        """Make current again the version that was current before the current one, revoke the
+        current one's blessing, and return the version now current."""
+        current = self.current(role)
+        if current is None:
+            raise RegistryError(f"role {role!r} has no current version to roll back")
+        made_current = [e for e in self.history(role) if e["version"] == current.version and e["action"] != "rollback"]
+        previous = made_current[-1]["previous"] if made_current else None
+        if previous is None:
+            raise RegistryError(f"{role}/{current.version} has no earlier current version to roll back to")
+        record = self.blessing(role, current.version)
+        if record is not None:
+            self._write_blessing(role, current.version, {**record, "revoked": True, "revoked_at": _now()})
+        self.set_current(role, previous, action="rollback")
+        return str(previous)
+
+    def _write_blessing(self, role: str, version: str, record: dict[str, Any]) -> None:
+        folder = self.root / role / BLESSINGS
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        _write_durably(folder / f".{version}.{uuid.uuid4().hex}", text, replace=folder / f"{version}.json")
 
     def verify(self, version: ModelVersion) -> None:
         """Check every file against the manifest's sha256; raise CorruptArtifactError naming
@@ -214,6 +290,10 @@ def _check_manifest(manifest: dict[str, Any]) -> None:
     for key in REQUIRED_MANIFEST_KEYS:
         if not isinstance(manifest.get(key), dict):
             raise RegistryError(f"manifest needs a {key!r} dict (got {type(manifest.get(key)).__name__})")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def _new_version() -> str:

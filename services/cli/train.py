@@ -57,93 +57,48 @@ def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: 
            index_kind: str, evaluate_models: bool, publish: bool,
            walks_path: Path | None = None) -> None:  # fmt: skip
     from models.embeddings.inputs import read_graph_parquet, read_sequences_parquet, transition_graph
-    from models.embeddings.training import train_embeddings
-    from models.embeddings.walks import ItemGraph
-    from models.evaluation import ItemKNNRecommender, PopularityRecommender, evaluate
-    from models.retrieval.artifact import RecallArtifact
+    from models.evaluation import leave_last_one_out
+    from pipelines.training import recall
+    from pipelines.training.holdout import read_positives
 
     split = None
     if sequences_path is not None:
         train_sequences = read_sequences_parquet(sequences_path)
         window = {"source": str(sequences_path)}
     else:
-        split = _split_from_event_log(settings)
+        split = leave_last_one_out(read_positives(settings))
         train_sequences = split.train_sequences()
         window = {"start": str(split.start), "end": str(split.end), "held_out": "last positive per user"}
-    if not train_sequences:
-        raise ValueError("no training sequences: import events first (recsys data import-movielens …)")
     edges = read_graph_parquet(graph_path) if graph_path is not None else transition_graph(train_sequences)
-    item_graph = ItemGraph.from_edges(*edges)
     console.print(f"{len(train_sequences):,} sequences, {sum(map(len, train_sequences)):,} items, "
-                  f"graph {len(item_graph.ids):,} nodes / {len(item_graph.targets):,} edges")  # fmt: skip
+                  f"graph {len(set(edges[0]) | set(edges[1])):,} nodes / {len(edges[0]):,} edges")  # fmt: skip
+    walks = recall.read_walks(walks_path, config.models)
+    for model, corpus in (walks or {}).items():
+        console.print(f"{model}: {len(corpus):,} walks from {walks_path}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
         tasks = {name: bar.add_task(f"train {name}", total=1.0) for name in config.models}
-        trained = train_embeddings(train_sequences, item_graph, config, lambda phase, share: bar.update(tasks[phase], completed=share),
-                                   _read_walks(walks_path, config.models))  # fmt: skip
-    popular = PopularityRecommender(train_sequences)
-    artifact = RecallArtifact.build(trained.embeddings, popular, index_kind)
-    metrics: dict[str, Any] = {
-        name: {"pairs": stats.pairs, "pairs_per_s": round(stats.pairs_per_second), "device": stats.device,
-               "loss_per_epoch": stats.loss_per_epoch}
-        for name, stats in trained.stats.items()
-    }  # fmt: skip
+        run = recall.train_recall(train_sequences, config, index_kind, edges, walks,
+                                  lambda phase, share: bar.update(tasks[phase], completed=share))  # fmt: skip
+    metrics: dict[str, Any] = run.metrics()
     if evaluate_models and split is None:
         console.print("[yellow]--eval needs the event-log input (it holds out each user's last positive); skipped[/]")
     elif evaluate_models:
-        item_cf = ItemKNNRecommender(train_sequences)
-        metrics["offline"] = _evaluation_table(artifact, popular, item_cf, split, evaluate)
-    _summary(trained, artifact)
+        metrics["offline"] = recall.compare_recall(run, split)
+        _evaluation_table(metrics["offline"], len(split.test))
+    _summary(run.trained, run.artifact)
     if publish:
-        _publish(settings, artifact, config.to_dict() | {"index_kind": index_kind}, window, metrics)
+        version = recall.publish(settings, run, config.to_dict() | {"index_kind": index_kind}, window, metrics, set_current=True)
+        console.print(f"published recall version [bold]{version}[/] to {settings.model_registry_dir} (current)")
 
 
-def _read_walks(path: Path | None, models: tuple[str, ...]) -> dict[str, list[list[str]]] | None:
-    """Walk corpora by model from `--walks`: `<path>/<model>` when that folder exists, else `path`
-    itself for every walk model."""
-    from models.embeddings.inputs import read_walks_parquet
-
-    if path is None:
-        return None
-    if not path.exists():
-        raise ValueError(f"{path}: no such walks folder or file (run `recsys batch random_walks`)")
-    walks = {}
-    for model in (name for name in models if name in ("deepwalk", "node2vec")):
-        source = path / model if (path / model).is_dir() else path
-        walks[model] = read_walks_parquet(source)
-        console.print(f"{model}: {len(walks[model]):,} walks from {source}")
-    return walks
-
-
-def _split_from_event_log(settings: Any) -> Any:
-    from feature_store.event_log import LocalEventLog
-    from models.embeddings.inputs import positive_interactions
-    from models.evaluation import leave_last_one_out
-
-    if not settings.event_log_dir.is_dir():
-        raise ValueError(f"no event log at {settings.event_log_dir}: import events first")
-    log = LocalEventLog(settings.event_log_dir, settings.event_log)
-    try:
-        return leave_last_one_out(positive_interactions(log.read()))
-    finally:
-        log.close()
-
-
-def _evaluation_table(artifact: Any, popular: Any, item_cf: Any, split: Any, evaluate: Any) -> dict[str, dict[str, float]]:
-    from models.retrieval.multichannel import ChannelRecommender, MultiChannelRecall
-
-    channels = artifact.channels(item_cf)
-    contenders: dict[str, Any] = {"Pop": popular, "ItemKNN": item_cf}
-    contenders |= {c.name: ChannelRecommender(c) for c in channels if c.name in artifact.embeddings}
-    contenders["multi-channel"] = MultiChannelRecall(channels)
-    results = {name: evaluate(model, split) for name, model in contenders.items()}
-    table = Table(title=f"Leave-last-one-out, full ranking, {len(split.test):,} users")
+def _evaluation_table(results: dict[str, dict[str, float]], users: int) -> None:
+    table = Table(title=f"Leave-last-one-out, full ranking, {users:,} users")
     table.add_column("model")
     for metric in next(iter(results.values())):
         table.add_column(metric, justify="right")
     for name, row in results.items():
         table.add_row(name, *(f"{value:.4f}" for value in row.values()))
     console.print(table)
-    return results
 
 
 def _summary(trained: Any, artifact: Any) -> None:
@@ -154,16 +109,6 @@ def _summary(trained: Any, artifact: Any) -> None:
         table.add_row(name, f"{len(artifact.embeddings[name].ids):,}", f"{stats.pairs:,}", f"{stats.pairs_per_second:,.0f}",
                       stats.device, f"{stats.loss_per_epoch[-1]:.3f}" if stats.loss_per_epoch else "-", artifact.indexes[name].kind)  # fmt: skip
     console.print(table)
-
-
-def _publish(settings: Any, artifact: Any, params: dict[str, Any], window: dict[str, Any], metrics: dict[str, Any]) -> None:
-    from models.registry import ModelRegistry
-    from models.retrieval.artifact import publish_recall
-
-    manifest = {"params": params, "data_window": window, "metrics": metrics}
-    scratch = settings.state_dir if settings.state_dir.exists() else None
-    version = publish_recall(ModelRegistry(settings.model_registry_dir), artifact, manifest, scratch)
-    console.print(f"published recall version [bold]{version}[/] to {settings.model_registry_dir} (current)")
 
 
 @app.command("ranker")

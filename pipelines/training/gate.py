@@ -1,0 +1,150 @@
+"""The quality gate: bless a candidate only if it is no worse than the blessed version minus δ and
+above absolute floors, on the held-out newest slice (TFX's Evaluator blessing, with thresholds).
+
+Rule, per metric m with delta δ_m and floor f_m (settings `training.gate`):
+
+    pass_m = isfinite(m(candidate)) and m(candidate) >= f_m
+             and (no baseline or m(candidate) >= m(baseline) - δ_m)
+
+and the candidate is blessed when every pass_m holds and its sanity checks find nothing (a
+non-empty index, finite vectors). The baseline is the registry's newest blessed version of the
+role; before anything was blessed, the current one (if any). A baseline that cannot be scored
+on the held-out data (a missing feature column) is recorded and only the floors apply.
+
+Recall is scored with `models.evaluation.evaluate` (NDCG@10, HR@50, full ranking) on the
+embedding channels of the artifact, as served, without the popular fallback (which would hide a
+broken model); the ranker with `models.ranking.metrics.evaluate` (AUC, GAUC) on the ranking
+samples' test split, through each version's published SavedModel (the artifact that would serve).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feature_store.settings import GateSettings
+from models.evaluation import LeaveLastOut, evaluate
+from models.registry import ModelRegistry, ModelVersion
+from models.retrieval.artifact import RecallArtifact
+from models.retrieval.multichannel import EmbeddingNeighbourChannel, MultiChannelRecall
+
+RECALL_METRICS = ("NDCG@10", "HR@50")
+RANKER_METRICS = ("auc", "gauc")
+
+
+@dataclass
+class Check:
+    metric: str
+    candidate: float | None
+    baseline: float | None
+    floor: float
+    delta: float
+    passed: bool
+
+
+@dataclass
+class GateDecision:
+    """What the gate decided for one role, and every number it decided on."""
+
+    role: str
+    candidate: str
+    baseline: str | None
+    blessed: bool
+    checks: list[Check] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    held_out: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def thresholds(role: str, gate: GateSettings) -> dict[str, tuple[float, float]]:
+    """metric -> (delta, floor) for `role`."""
+    if role == "recall":
+        return {"NDCG@10": (gate.recall_ndcg_at_10_delta, gate.recall_ndcg_at_10_floor),
+                "HR@50": (gate.recall_hr_at_50_delta, gate.recall_hr_at_50_floor)}  # fmt: skip
+    return {"auc": (gate.ranker_auc_delta, gate.ranker_auc_floor), "gauc": (gate.ranker_gauc_delta, gate.ranker_gauc_floor)}
+
+
+def decide(role: str, candidate: str, metrics: dict[str, float], baseline: str | None,
+           baseline_metrics: dict[str, float] | None, limits: dict[str, tuple[float, float]],
+           problems: list[str]) -> GateDecision:  # fmt: skip
+    """Apply the rule above to measured metrics."""
+    checks = []
+    for metric, (delta, floor) in limits.items():
+        value = _finite(metrics.get(metric))
+        base = _finite((baseline_metrics or {}).get(metric))
+        passed = value is not None and value >= floor and (base is None or value >= base - delta)
+        checks.append(Check(metric, value, base, floor, delta, passed))
+    blessed = not problems and all(check.passed for check in checks)
+    return GateDecision(role, candidate, baseline, blessed, checks, list(problems))
+
+
+def baseline(registry: ModelRegistry, role: str) -> ModelVersion | None:
+    """The gate's baseline: the newest blessed version, else the current one."""
+    return registry.blessed(role) or registry.current(role)
+
+
+def load_recall(version: ModelVersion) -> RecallArtifact:
+    return RecallArtifact.load(version.path, [str(name) for name in version.manifest.get("models", [])])
+
+
+def recall_problems(artifact: RecallArtifact) -> list[str]:
+    """Sanity checks a recall artifact must pass whatever its metrics."""
+    problems = []
+    if not artifact.embeddings:
+        problems.append("no embedding model")
+    for name, model in artifact.embeddings.items():
+        if len(model.ids) == 0 or len(artifact.indexes[name]) == 0:
+            problems.append(f"{name}: empty index")
+        elif not np.isfinite(model.vectors).all():
+            problems.append(f"{name}: {int((~np.isfinite(model.vectors)).any(axis=1).sum())} non-finite vectors")
+    return problems
+
+
+def recall_quality(artifact: RecallArtifact, split: LeaveLastOut) -> dict[str, float]:
+    """NDCG@10 and HR@50 of the artifact's embedding channels on `split`."""
+    channels = [EmbeddingNeighbourChannel(name, artifact.embeddings[name], artifact.indexes[name])
+                for name in artifact.embeddings if len(artifact.indexes[name])]  # fmt: skip
+    if not channels:
+        return dict.fromkeys(RECALL_METRICS, 0.0)
+    return evaluate(MultiChannelRecall(channels), split, RECALL_METRICS)
+
+
+def ranker_quality(artifact_dir: Path, samples_path: Path, batch_size: int = 4096) -> dict[str, float]:
+    """AUC, GAUC, logloss and rows of an exported ranker on the samples' test split."""
+    import tensorflow as tf
+
+    from models.ranking import samples
+    from models.ranking.dataset import iter_batches
+    from models.ranking.export import load_exported
+    from models.ranking.metrics import evaluate as ranking_metrics
+
+    loaded, spec = load_exported(artifact_dir)
+    users, labels, scores = [], [], []
+    for batch, _ in iter_batches(samples_path, spec, "test", batch_size):
+        labels.append(batch.pop(samples.LABEL))
+        users.append(batch[samples.USER_ID])
+        inputs = {name: tf.constant(value, tf.string if name in samples.STRING_INPUTS else tf.float32)
+                  for name, value in batch.items()}  # fmt: skip
+        scores.append(loaded.score_batch(inputs)["score"].numpy())
+    if not labels:
+        raise ValueError(f"{samples_path}: no rows with split == 'test' (the held-out window)")
+    score = np.concatenate(scores)
+    # Ranks of NaN scores are arbitrary, so AUC alone would not reveal a model that outputs them.
+    return {**ranking_metrics(np.concatenate(users), np.concatenate(labels), score),
+            "non_finite_scores": float((~np.isfinite(score)).sum())}  # fmt: skip
+
+
+def ranker_problems(metrics: dict[str, float]) -> list[str]:
+    """Sanity checks a ranker must pass whatever its AUC."""
+    bad = int(metrics.get("non_finite_scores", 0))
+    return [f"{bad} non-finite scores on the held-out rows"] if bad else []
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None

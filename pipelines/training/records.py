@@ -1,0 +1,105 @@
+"""Run records of the training DAG: one JSON file per run under `<state_dir>/training/runs/`.
+
+A run record holds the run id, its status and, per step, the status (pending, running,
+succeeded, failed, timed_out, skipped), attempts, start/end times, duration, inputs, outputs
+and metrics. It is rewritten atomically (temp file + rename) after every change, so a reader
+(`recsys train history`, the scheduler's /metrics) never sees half a record, and a resumed run
+finds which steps already succeeded and what they produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+PENDING, RUNNING, SUCCEEDED, FAILED, TIMED_OUT = "pending", "running", "succeeded", "failed", "timed_out"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_run_id() -> str:
+    """Sorts by start time; the suffix keeps two runs started in one second apart."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class StepRecord:
+    """One step of one run."""
+
+    name: str
+    status: str = PENDING
+    attempts: int = 0
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class RunRecord:
+    """One run of the DAG: its steps in order, and the run's own status and times."""
+
+    run_id: str
+    steps: list[StepRecord]
+    status: str = PENDING
+    trigger: str = "manual"
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    def step(self, name: str) -> StepRecord:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"run {self.run_id} has no step {name!r}")
+
+    def outputs(self) -> dict[str, Any]:
+        """Every succeeded step's outputs, merged in step order (what later steps read)."""
+        merged: dict[str, Any] = {}
+        for step in self.steps:
+            if step.status == SUCCEEDED:
+                merged.update(step.outputs)
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        steps = [StepRecord(**step) for step in data.pop("steps")]
+        return cls(steps=steps, **data)
+
+
+class RunStore:
+    """Run records as `<root>/<run_id>.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def save(self, record: RunRecord) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".{record.run_id}.{uuid.uuid4().hex}"
+        staging.write_text(json.dumps(record.to_dict(), indent=2, default=str), encoding="utf-8")
+        os.replace(staging, self.root / f"{record.run_id}.json")
+
+    def load(self, run_id: str) -> RunRecord:
+        path = self.root / f"{run_id}.json"
+        if not path.is_file():
+            raise KeyError(f"no training run {run_id!r} under {self.root}")
+        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def runs(self, limit: int | None = None) -> list[RunRecord]:
+        """Run records, newest first."""
+        if not self.root.is_dir():
+            return []
+        names = sorted((p.stem for p in self.root.glob("*.json") if not p.name.startswith(".")), reverse=True)
+        return [self.load(name) for name in names[:limit]]

@@ -1,0 +1,200 @@
+"""The steps of the training DAG, in order:
+
+compact → attribution → batch views → embeddings + recall index → ranker → evaluate → gate →
+promote → notify serving.
+
+Each is idempotent: the Spark jobs rewrite their outputs; training publishes a new registry
+version that is not current (a resumed run skips a training step while its version still exists);
+evaluate and gate only read; gate records the decision in the registry (a rewrite of the same
+record); promote moves CURRENT only for a blessed candidate that is not already current.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from feature_store.settings import Settings
+from models.registry import ModelRegistry, RegistryError
+from pipelines.training import gate
+from pipelines.training.executor import Step, StepContext, StepResult
+from pipelines.training.holdout import holdout_cutoff, newest_slice_split, read_positives
+
+log = logging.getLogger(__name__)
+
+ROLES = ("recall", "ranker")
+BATCH_VIEWS = ("sequences", "item_graph", "batch_features", "ranking_samples")
+
+
+def _spark_jobs(names: tuple[str, ...]) -> Any:
+    def run(context: StepContext) -> StepResult:
+        from pipelines.spark.runner import run_jobs
+        from pipelines.spark.session import build_session
+
+        spark = build_session(context.settings, "recsys-training")  # one session for the run (getOrCreate)
+        summaries = {s.job: s.as_dict() for s in run_jobs(spark, context.settings, list(names))}
+        outputs = {f"{job}_outputs": summary["outputs"] for job, summary in summaries.items()}
+        return StepResult(outputs, summaries, {"events": str(context.settings.event_log_dir)})
+
+    return run
+
+
+def _registry(context: StepContext) -> ModelRegistry:
+    return ModelRegistry(context.settings.model_registry_dir)
+
+
+def _samples(settings: Settings) -> Path:
+    return Path(settings.batch_uri) / "samples"
+
+
+def _version_exists(role: str) -> Any:
+    def check(context: StepContext, outputs: dict[str, Any]) -> bool:
+        try:
+            _registry(context).get(role, outputs[f"{role}_version"])
+        except (RegistryError, KeyError):
+            return False
+        return True
+
+    return check
+
+
+def embeddings(context: StepContext) -> StepResult:
+    """Train the recall embeddings on everything before the held-out window; publish, not current."""
+    from models.embeddings.skipgram import SkipGramConfig
+    from models.embeddings.training import EmbeddingTrainingConfig, WalkConfig
+    from pipelines.training import recall
+
+    settings, cfg = context.settings, context.settings.training
+    positives = read_positives(settings)
+    cutoff = holdout_cutoff(settings, positives)
+    sequences = newest_slice_split(positives, cutoff).train_sequences()
+    config = EmbeddingTrainingConfig(
+        SkipGramConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, seed=cfg.seed),
+        WalkConfig(cfg.walks_per_node, cfg.walk_length), tuple(cfg.embedding_models),
+    )  # fmt: skip
+    run = recall.train_recall(sequences, config)
+    window = {"end": cutoff.isoformat(), "held_out_from": cutoff.isoformat(), "positives": len(positives)}
+    version = recall.publish(settings, run, config.to_dict() | {"index_kind": "auto"}, window, run.metrics(), set_current=False)
+    return StepResult({"recall_version": version, "holdout_from": cutoff.isoformat()},
+                      {"sequences": len(sequences), "items": len(run.graph.ids)} | run.metrics(),
+                      {"events": str(settings.event_log_dir)})  # fmt: skip
+
+
+def ranker(context: StepContext) -> StepResult:
+    """Train the ranker on the samples' train split (early stopping on validation); publish, not current."""
+    from models.ranking.pipeline import train_ranker
+    from models.ranking.trainer import TrainConfig
+
+    settings, cfg = context.settings, context.settings.training
+    config = TrainConfig(epochs=cfg.ranker_epochs, batch_size=cfg.ranker_batch_size, patience=cfg.ranker_patience, seed=cfg.seed)
+    params: dict[str, Any] = {"embedding_dim": cfg.ranker_embedding_dim}
+    if cfg.ranker_learning_rate is not None:
+        params["learning_rate"] = cfg.ranker_learning_rate
+    run = train_ranker(_samples(settings), cfg.ranker, max_seq_len=settings.batch.max_seq_len, config=config, model_params=params,
+                       registry=_registry(context), set_current=False, show_progress=False)  # fmt: skip
+    return StepResult({"ranker_version": run.version}, {"validation": run.result.validation, "best_epoch": run.result.best_epoch},
+                      {"samples": str(_samples(settings))})  # fmt: skip
+
+
+def evaluate(context: StepContext) -> StepResult:
+    """Score each candidate and its baseline on the same held-out window."""
+    from datetime import datetime
+
+    registry, outputs = _registry(context), context.outputs
+    evaluation: dict[str, Any] = {"held_out": {"ranker": f"split == 'test' of {_samples(context.settings)}"}}
+    split = None
+    if "recall_version" in outputs:
+        split = newest_slice_split(read_positives(context.settings), datetime.fromisoformat(outputs["holdout_from"]))
+        evaluation["held_out"] |= {"from": outputs["holdout_from"], "recall_users": len(split.test)}
+    for role in _roles(outputs):
+        candidate = registry.get(role, outputs[f"{role}_version"])
+        base = gate.baseline(registry, role)
+        entry: dict[str, Any] = {"candidate": candidate.version, "baseline": base and base.version}
+        entry["metrics"], entry["problems"] = _quality(role, candidate, split, context.settings)
+        if base is not None and base.version != candidate.version:
+            try:
+                entry["baseline_metrics"], _ = _quality(role, base, split, context.settings)
+            except (ValueError, OSError, RegistryError) as exc:
+                entry["baseline_error"] = f"{type(exc).__name__}: {exc}"
+        evaluation[role] = entry
+    return StepResult({"evaluation": evaluation}, evaluation)
+
+
+def _roles(found: dict[str, Any]) -> list[str]:
+    """The roles a run trained (both in the DAG; a caller may gate one alone)."""
+    return [role for role in ROLES if f"{role}_version" in found or role in found]
+
+
+def _quality(role: str, version: Any, split: Any, settings: Settings) -> tuple[dict[str, float], list[str]]:
+    if role == "recall":
+        artifact = gate.load_recall(version)
+        problems = gate.recall_problems(artifact)
+        return gate.recall_quality(artifact, split), problems
+    metrics = gate.ranker_quality(version.path, _samples(settings))
+    return metrics, gate.ranker_problems(metrics)
+
+
+def decide(context: StepContext) -> StepResult:
+    """Apply the gate to the evaluation; record each decision and bless the candidates that pass."""
+    registry, evaluation = _registry(context), context.outputs["evaluation"]
+    decisions = {}
+    for role in _roles(evaluation):
+        entry = evaluation[role]
+        decision = gate.decide(role, entry["candidate"], entry["metrics"], entry["baseline"], entry.get("baseline_metrics"),
+                               gate.thresholds(role, context.settings.training.gate), entry["problems"])  # fmt: skip
+        decision.held_out = evaluation["held_out"] | ({"baseline_error": entry["baseline_error"]} if "baseline_error" in entry else {})
+        if decision.blessed:
+            registry.bless(role, decision.candidate, decision.to_dict() | {"run_id": context.run_id})
+        decisions[role] = decision.to_dict()
+    return StepResult({"blessed": {role: d["blessed"] for role, d in decisions.items()}}, decisions)
+
+
+def promote(context: StepContext) -> StepResult:
+    """Make each blessed candidate current (a rejected one leaves the served version alone)."""
+    registry, outputs = _registry(context), context.outputs
+    promoted: dict[str, str] = {}
+    for role, blessed in outputs["blessed"].items():
+        version = outputs[f"{role}_version"]
+        if not blessed:
+            continue
+        current = registry.current(role)
+        if current is None or current.version != version:
+            registry.promote(role, version)
+        promoted[role] = version
+    return StepResult({"promoted": promoted}, {"promoted": promoted})
+
+
+def notify(context: StepContext) -> StepResult:
+    """Ask each configured API to reload now; every worker also polls CURRENT on its own
+    (`api.model_poll_interval_s`), so an unreachable URL is recorded, not fatal."""
+    settings = context.settings
+    if not context.outputs["promoted"]:
+        return StepResult({"notified": []}, {"reason": "nothing promoted"})
+    keys = [key.get_secret_value() for key in settings.api.api_keys]
+    headers = {"X-API-Key": keys[0]} if keys else {}
+    results: dict[str, Any] = {}
+    for url in settings.training.notify_urls:
+        try:
+            response = httpx.post(f"{url.rstrip('/')}/v1/admin/models/reload", headers=headers, timeout=30.0)
+            results[url] = response.json() if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            results[url] = f"{type(exc).__name__}: {exc}"
+            log.warning("notify %s failed: %s", url, exc)
+    return StepResult({"notified": list(results)}, {"responses": results, "poll_interval_s": settings.api.model_poll_interval_s})
+
+
+def training_steps() -> list[Step]:
+    return [
+        Step("compact", _spark_jobs(("compact",))),
+        Step("attribution", _spark_jobs(("attribution",))),
+        Step("batch_views", _spark_jobs(BATCH_VIEWS)),
+        Step("embeddings", embeddings, _version_exists("recall")),
+        Step("ranker", ranker, _version_exists("ranker")),
+        Step("evaluate", evaluate),
+        Step("gate", decide),
+        Step("promote", promote),
+        Step("notify", notify),
+    ]
