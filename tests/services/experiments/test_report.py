@@ -1,0 +1,130 @@
+"""Reports from planted attributed counts: A/B numbers against the planted truth and an independent
+computation, the guardrail, interleaving credit from attributed impressions, and the report page
+loaded by a real headless Chromium with the same numbers as the JSON report."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from scipy import stats
+
+from feature_store.attribution import Impression, Outcome
+from feature_store.online_store import RedisOnlineStore
+from feature_store.settings import Settings
+from services.api.app import create_app
+from tests.services.conftest import live_server
+from tests.services.experiments.conftest import ADMIN
+
+
+def plant_ab(settings: Settings, experiment: str, arms: dict[str, tuple[int, int]]) -> None:
+    """Impressions and clicks per arm through the speed layer's write path (the attribution store)."""
+    attribution = RedisOnlineStore.from_settings(settings).attribution()
+    now = datetime.now(timezone.utc)
+    for arm, (shown, clicks) in arms.items():
+        for n in range(shown):
+            ts_ms = int((now - timedelta(seconds=n % 50)).timestamp() * 1000)
+            impression = Impression(f"imp-{arm}-{n}", f"u{n}", f"i{n % 7}", ts_ms, f"r-{arm}-{n}", n % 5,
+                                    "ranker=popularity;explore=greedy", experiment, f"{experiment}:{arm}")
+            attribution.record_impression(impression)
+            if n < clicks:
+                attribution.record_credit(impression, Outcome(f"c-{arm}-{n}", f"u{n}", impression.item_id, "click",
+                                                              ts_ms + 1, impression.request_id))
+    attribution.close()
+
+
+def create(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post("/v1/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+
+
+def test_ab_report_counts_ctr_lift_and_srm(admin_client: TestClient, admin_settings: Settings) -> None:
+    create(admin_client, {"id": "ab1", "kind": "ab", "arms": [{"name": "control"}, {"name": "treatment"}]})
+    plant_ab(admin_settings, "ab1", {"control": (400, 40), "treatment": (300, 45)})
+    report = admin_client.get("/v1/experiments/ab1/report").json()
+    control, treatment = report["arms"]
+    assert (control["impressions"], control["clicks"], treatment["impressions"], treatment["clicks"]) == (400, 40, 300, 45)
+    wilson = stats.binomtest(45, 300).proportion_ci(method="wilson")
+    assert (treatment["ctr_low"], treatment["ctr_high"]) == pytest.approx((wilson.low, wilson.high))
+    assert treatment["lift"] == pytest.approx((45 / 300) / (40 / 400) - 1)
+    assert treatment["lift_low"] < treatment["lift"] < treatment["lift_high"]
+    expected_srm = stats.chisquare([400, 300], [350, 350]).pvalue  # equal shares planted 4:3
+    assert report["srm_p"] == pytest.approx(expected_srm) and report["srm_alarm"] == (expected_srm < 0.001)
+    assert "Fixed-horizon" in report["caveat"]
+
+
+def test_guardrail_stops_an_arm_that_fell(admin_client: TestClient, admin_settings: Settings) -> None:
+    create(admin_client, {"id": "g1", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
+                          "arms": [{"name": "control"}, {"name": "bad"}]})
+    plant_ab(admin_settings, "g1", {"control": (1000, 200), "bad": (1000, 100)})
+    report = admin_client.get("/v1/experiments/g1/report").json()
+    assert report["arms"][1]["stopped"].startswith("guardrail")
+    assert admin_client.get("/v1/experiments/g1", headers=ADMIN).json()["stopped_arms"].keys() == {"bad"}
+
+
+def test_interleaving_report_credits_teams_per_user(admin_client: TestClient, admin_settings: Settings) -> None:
+    create(admin_client, {"id": "il1", "kind": "interleaving", "arms": [{"name": "A"}, {"name": "B"}]})
+    # Users 0-5 click only A's items, 6-7 only B's, 8 one each (a tie), 9 nothing.
+    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "team", "click", "ts", "experiment")}
+    ts = datetime.now(timezone.utc)
+    plan = {**{u: (2, 0) for u in range(6)}, 6: (0, 1), 7: (0, 3), 8: (1, 1), 9: (0, 0)}
+    for user, (a_clicks, b_clicks) in plan.items():
+        for team, clicks in (("A", a_clicks), ("B", b_clicks)):
+            for slot in range(4):
+                rows["event_id"].append(f"imp-{user}-{team}-{slot}")
+                rows["user_id"].append(f"u{user}")
+                rows["team"].append(team)
+                rows["click"].append(int(slot < clicks))
+                rows["ts"].append(ts)
+                rows["experiment"].append("il1")
+    folder = Path(admin_settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table(rows), folder / "part-0.parquet")
+    report = admin_client.get("/v1/experiments/il1/report").json()
+    comparison = report["comparisons"][0]
+    assert (comparison["wins_a"], comparison["wins_b"], comparison["ties"]) == (6, 2, 1)
+    assert comparison["preference"] == pytest.approx((6 + 0.5) / 9 - 0.5)
+    assert comparison["sign_p"] == pytest.approx(stats.binomtest(6, 8, 0.5).pvalue)
+    assert [a["clicks"] for a in report["arms"]] == [13, 5]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium missing: `make test` installs it (apt-get install chromium)")
+def test_the_report_page_in_chromium_shows_the_reports_numbers(admin_settings: Settings, registry_versions: list[str],
+                                                                 tmp_path: Path) -> None:
+    with live_server(create_app(admin_settings)) as base:
+        with TestClient(create_app(admin_settings)) as client:
+            create(client, {"id": "page1", "kind": "ab", "arms": [{"name": "control"}, {"name": "treatment"}]})
+        plant_ab(admin_settings, "page1", {"control": (500, 50), "treatment": (500, 65)})
+        import httpx
+
+        report = httpx.get(f"{base}/v1/experiments/page1/report", timeout=60).json()
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+        shot = tmp_path / "page.png"
+        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=900,1400", f"{base}/experiments/page1"],
+                       check=True, capture_output=True, timeout=120)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", f"{base}/experiments/page1"], check=True,
+                             capture_output=True, text=True, timeout=120).stdout
+    shown = dict(re.findall(r'data-field="([^"]+)">([^<]+)<', dom))
+    assert shown, dom[:500]
+    for field, text in shown.items():
+        value: Any = report
+        for part in field.split("."):
+            value = value[int(part)] if part.isdigit() else value[part]
+        if value is None:
+            assert text == "–", field
+        else:
+            assert float(text) == pytest.approx(value, abs=5e-7), field
+    assert {"arms.1.lift", "arms.0.ctr", "srm_p"} <= shown.keys()
+    assert dom.count("<svg") == 2
