@@ -28,6 +28,9 @@ check-variant:
 check-tools:
 	@command -v java >/dev/null 2>&1 || { echo "error: java not found: install Java 17 (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); exit !(v[1] >= 17) }' || { echo "error: Java 17 or newer is required by Spark 4 and Flink 2: install openjdk-17"; exit 1; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	   else echo "error: chromium not found (the experiment report page's test runs it headless): install it, e.g. sudo apt-get install chromium"; exit 1; fi; }
 
 run: check-tools check-variant $(STAMP)
 	$(BIN)/recsys run $(if $(DATA),--movielens $(DATA),)
