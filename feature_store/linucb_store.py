@@ -9,6 +9,13 @@ personalized news article recommendation", Algorithm 1) keep
 An item without statistics reads as (λ·I_d, 0). An update is applied once per update id (a replay
 marker, like the attribution store's), so a stream job that replays after a restart adds nothing.
 Statistics have no TTL: one pair per catalog item.
+
+The context x of an update is the one the request used: a request served by LinUCB saves its
+user's context with its time (`save_context`, the API's only write here), and the stream job,
+once an impression's attribution window has closed, takes the user's newest context at or before
+the impression's time (`context_at`) and adds (x, clicked or not) to the item (`learn`). Contexts
+live `context_ttl` (the attribution window plus the stream job's allowed lateness plus an hour of
+slack): a stream job further behind than that skips those updates (tally `linucb_no_context`).
 """
 
 from __future__ import annotations
@@ -19,10 +26,34 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
+from feature_store.definitions import FEATURES, Entity
 from feature_store.redis_client import ConnectionSpec, translate_errors
 from feature_store.redis_layout import KeyLayout
+from feature_store.settings import Settings
 
 MAX_DIM = 32
+#: The item feature whose vectors make the context (Item2vec embeddings, `feature_store.definitions`).
+CONTEXT_FEATURE = "embedding"
+CONTEXT_SLACK_MS = 3_600_000
+
+
+def context_dim() -> int:
+    """d: the dimension of the context feature."""
+    return int(FEATURES.get(Entity.ITEM, CONTEXT_FEATURE).dim or 0)
+
+
+def context_ttl_ms(settings: Settings) -> int:
+    """How long a request's context is kept: until the stream job has surely finalised its impressions."""
+    return int(settings.attribution.window_s * 1000) + settings.flink.allowed_lateness_ms + CONTEXT_SLACK_MS
+
+
+#: How an impression served by LinUCB spells its explorer in `policy` (`services.explore`'s labels).
+POLICY_MARK = "explore=linucb("
+
+
+def served_by_linucb(policy: str | None) -> bool:
+    """Whether an impression's policy label says LinUCB chose the slot."""
+    return policy is not None and POLICY_MARK in policy
 
 
 def linucb_update(A: np.ndarray, b: np.ndarray, x: np.ndarray, reward: float) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +80,14 @@ class LinUcbStore(ABC):
     @abstractmethod
     def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
         """Add one attributed outcome (context x, reward) to an item; False if `update_id` was applied before."""
+
+    @abstractmethod
+    def save_context(self, user_id: str, ts_ms: int, x: np.ndarray, ttl_ms: int) -> None:
+        """Remember the context a request of `user_id` used at `ts_ms` (kept `ttl_ms`)."""
+
+    @abstractmethod
+    def context_at(self, user_id: str, ts_ms: int) -> np.ndarray | None:
+        """The user's newest saved context at or before `ts_ms`; None if none is kept."""
 
 
 class RedisLinUcbStore(LinUcbStore):
@@ -86,9 +125,7 @@ class RedisLinUcbStore(LinUcbStore):
         return A, b
 
     def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
-        x = np.asarray(x, dtype=np.float64)
-        if x.shape != (self.dim,):
-            raise ValueError(f"context of shape {x.shape}, expected ({self.dim},)")
+        x = self._checked(x)
         key, marker = self._layout.linucb(item_id), self._layout.linucb_marker(update_id)
 
         def apply(pipe: redis.client.Pipeline) -> bool:
@@ -105,6 +142,29 @@ class RedisLinUcbStore(LinUcbStore):
 
         with translate_errors(self._spec, f"updating the LinUCB statistics of {item_id}"):
             return bool(self.client.transaction(apply, key, marker, value_from_callable=True))
+
+    def save_context(self, user_id: str, ts_ms: int, x: np.ndarray, ttl_ms: int) -> None:
+        x = self._checked(x)
+        key = self._layout.linucb_context(user_id)
+        with translate_errors(self._spec, f"saving the LinUCB context of {user_id}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(key, {ts_ms.to_bytes(8, "big") + x.tobytes(): ts_ms})
+            pipe.zremrangebyscore(key, "-inf", f"({ts_ms - ttl_ms}")
+            pipe.pexpire(key, ttl_ms)
+            pipe.execute()
+
+    def context_at(self, user_id: str, ts_ms: int) -> np.ndarray | None:
+        with translate_errors(self._spec, f"reading the LinUCB context of {user_id}"):
+            found = self.client.zrevrangebyscore(self._layout.linucb_context(user_id), ts_ms, "-inf", start=0, num=1)
+        if not found or len(found[0]) != 8 + 8 * self.dim:
+            return None
+        return np.frombuffer(found[0][8:], dtype=np.float64).copy()
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.dim,):
+            raise ValueError(f"context of shape {x.shape}, expected ({self.dim},)")
+        return x
 
     def _decode(self, a_raw: bytes, b_raw: bytes) -> tuple[np.ndarray, np.ndarray]:
         A, b = np.frombuffer(a_raw, dtype=np.float64), np.frombuffer(b_raw, dtype=np.float64)

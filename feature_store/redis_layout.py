@@ -135,6 +135,9 @@ class KeyLayout:
     def linucb_marker(self, update_id: str) -> str:
         return f"{self.prefix}:l:seen:{escape_key_part(update_id)}"
 
+    def linucb_context(self, user_id: str) -> str:
+        return f"{self.prefix}:l:ctx:{escape_key_part(user_id)}"
+
 
 def encode_value(feature: FeatureDef, value: Any) -> str | None:
     """Encode one batch value for a Redis hash field; None means "no value" (the reader uses the default)."""

@@ -36,6 +36,7 @@ from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 
+from feature_store.linucb_store import context_dim
 from feature_store.settings import FlinkSettings, Settings
 from pipelines.flink import operators as ops
 from pipelines.flink.runner import latest_checkpoint
@@ -73,6 +74,8 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
         max_future_skew_s=settings.events.max_future_skew_s,
         window_ms=int(settings.attribution.window_s * 1000),
         recent_outcomes=settings.attribution.recent_outcomes,
+        linucb_dim=context_dim(),
+        linucb_ridge=settings.explore.linucb_ridge,
     )
 
 

@@ -19,6 +19,11 @@ When an outcome is decided:
   lateness, since the latest impression wins and a later one (in event time, up to the outcome's)
   may still arrive: after that, any such impression would be too late for the job anyway.
 
+When an impression leaves the state (its window and the allowed lateness have passed, so its
+outcomes are final) and LinUCB served it, the join adds it to the item's LinUCB statistics
+(`feature_store.linucb_store`): the context its request saved, reward 1 if a click was credited
+to it, else 0, once per impression (the store's replay marker).
+
 So a decision never depends on the order in which events arrive (the event log's files are read
 in no particular order after a restart or a pause), only on which events are within the allowed
 lateness. Each decision goes to the `AttributionStore`, whose replay markers make a second
@@ -35,6 +40,8 @@ from typing import Iterable
 
 from feature_store.attribution import Impression, Outcome, attribute
 from feature_store.attribution_store import AttributionStore, Miss, RecordResult
+from feature_store.linucb_store import LinUcbStore, served_by_linucb
+from feature_store.position_bias import CLICK
 
 
 class DictMap:
@@ -73,8 +80,10 @@ class KeyState:
 class AttributionJoin:
     """Joins the impressions and outcomes of one key; `tally` counts what it did (for metrics)."""
 
-    def __init__(self, store: AttributionStore, window_ms: int, allowed_lateness_ms: int) -> None:
+    def __init__(self, store: AttributionStore, window_ms: int, allowed_lateness_ms: int,
+                 linucb: LinUcbStore | None = None) -> None:
         self.store = store
+        self.linucb = linucb
         self.window_ms = window_ms
         self.lateness_ms = allowed_lateness_ms
         self.keep_ms = window_ms + allowed_lateness_ms
@@ -107,7 +116,9 @@ class AttributionJoin:
                 self._tally(self.store.record_miss(outcome, Miss.UNATTRIBUTED), "unattributed")
             pending.remove(outcome.event_id)
         for event_id, value in list(impressions.items()):
-            if json.loads(value)["ts_ms"] + self.keep_ms <= timestamp:
+            fields = json.loads(value)
+            if fields["ts_ms"] + self.keep_ms <= timestamp:
+                self._learn(_impression(fields), fields["credited"])
                 impressions.remove(event_id)
 
     def late(self, outcome: Outcome) -> None:
@@ -127,6 +138,18 @@ class AttributionJoin:
         self._tally(self.store.record_credit(target, outcome), "credit")
         impressions.put(target.event_id, _encode(target, [*credited, outcome.type]))
         return True
+
+    def _learn(self, impression: Impression, credited: list[str]) -> None:
+        """A LinUCB-served impression with final outcomes: one update of its item's statistics."""
+        if self.linucb is None or not served_by_linucb(impression.policy):
+            return
+        x = self.linucb.context_at(impression.user_id, impression.ts_ms)
+        if x is None:
+            self.tally["linucb_no_context"] += 1
+            return
+        reward = 1.0 if CLICK in credited else 0.0
+        applied = self.linucb.update(impression.event_id, impression.item_id, x, reward)
+        self.tally["linucb_applied" if applied else "linucb_duplicate"] += 1
 
     def _tally(self, result: RecordResult, what: str) -> None:
         self.tally[f"{what}_{result}"] += 1

@@ -2,7 +2,7 @@
 
 The join logic is `pipelines.flink.join.AttributionJoin` (plain Python, tested without Flink);
 `Attribute` gives it Flink's keyed state and event-time timers. The counts go through the feature
-store's idempotent `AttributionStore`. Each operator opens its own Redis connection in `open()`
+store's idempotent `AttributionStore`, LinUCB's statistics through its `LinUcbStore`. Each operator opens its own Redis connection in `open()`
 (one per task, never at import or pickling time) and receives only plain values (`JobParams`)
 from the job builder.
 """
@@ -44,6 +44,8 @@ class JobParams:
     max_future_skew_s: float
     window_ms: int
     recent_outcomes: int
+    linucb_dim: int
+    linucb_ridge: float
 
 
 class ParseEvents(FlatMapFunction):
@@ -104,6 +106,7 @@ class Attribute(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from feature_store.attribution_store import RedisAttributionStore
+        from feature_store.linucb_store import RedisLinUcbStore
         from pipelines.flink.join import AttributionJoin
 
         params = self.params
@@ -112,7 +115,8 @@ class Attribute(KeyedProcessFunction):
         descriptor.enable_time_to_live(StateTtlConfig.new_builder(Time.milliseconds(2 * keep_ms)).build())
         self.state = runtime_context.get_state(descriptor)
         self.store = RedisAttributionStore(params.redis, params.dedup_ttl_s, params.max_future_skew_s, params.recent_outcomes)
-        self.join = AttributionJoin(self.store, params.window_ms, params.allowed_lateness_ms)
+        self.linucb = RedisLinUcbStore(params.redis, params.linucb_dim, params.linucb_ridge, params.dedup_ttl_s)
+        self.join = AttributionJoin(self.store, params.window_ms, params.allowed_lateness_ms, self.linucb)
         self.metrics = runtime_context.get_metrics_group()
         self.counters: dict[str, Any] = {}
 
@@ -166,3 +170,4 @@ class Attribute(KeyedProcessFunction):
 
     def close(self) -> None:
         self.store.close()
+        self.linucb.close()

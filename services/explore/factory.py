@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from feature_store.definitions import FEATURES, Entity
-from feature_store.linucb_store import RedisLinUcbStore
+from feature_store.linucb_store import RedisLinUcbStore, context_dim, context_ttl_ms
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import ExploreSettings, Settings
 from services.explore.epsilon_greedy import EpsilonGreedy
@@ -16,7 +15,7 @@ from services.explore.greedy import Greedy
 from services.explore.linucb import LinUcb
 from services.explore.policy import Policy
 from services.explore.stage import ExploreStage
-from services.explore.stats import EMBEDDING, BanditStats
+from services.explore.stats import BanditStats
 from services.explore.thompson import Thompson
 from services.explore.ucb import Ucb1
 
@@ -44,9 +43,8 @@ def explore_stage_from_settings(settings: Settings, features: RedisOnlineStore) 
     rng = request_generators(settings.explore.seed)
     if policy.needs is None:
         return ExploreStage(policy, rng=rng)
-    dim = int(FEATURES.get(Entity.ITEM, EMBEDDING).dim or 0)  # the store rejects a feature without one
-    linucb = RedisLinUcbStore(features.spec, dim, settings.explore.linucb_ridge, settings.feature_store.dedup_ttl_s)
-    stats = BanditStats(features, features.attribution(), linucb, settings.explore.stats_window)
+    linucb = RedisLinUcbStore(features.spec, context_dim(), settings.explore.linucb_ridge, settings.feature_store.dedup_ttl_s)
+    stats = BanditStats(features, features.attribution(), linucb, settings.explore.stats_window, context_ttl_ms(settings))
     return ExploreStage(policy, stats, rng)
 
 

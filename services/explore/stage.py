@@ -41,11 +41,12 @@ class ExploreStage:
         self.stats = stats
         self.rng = rng
 
-    def run(self, ranked: Ranked, k: int, history: Sequence[str] = ()) -> Explored:
+    def run(self, ranked: Ranked, k: int, history: Sequence[str] = (), user_id: str | None = None) -> Explored:
+        """The shown slate for `user_id` (whose LinUCB context is saved for the stream job, when given)."""
         if not len(ranked):
             return Explored(Slate((), (), ()), self.policy.label)
         try:
-            stats = self._read(ranked, history)
+            stats = self._read(ranked, history, user_id)
         except StatsUnavailable as exc:
             log.warning("explore: %s; serving greedy", exc)
             return Explored(Greedy().choose(ranked, k, self.rng()), UNAVAILABLE)
@@ -55,11 +56,11 @@ class ExploreStage:
         if self.stats is not None:
             self.stats.close()
 
-    def _read(self, ranked: Ranked, history: Sequence[str]) -> Stats:
+    def _read(self, ranked: Ranked, history: Sequence[str], user_id: str | None) -> Stats:
         if self.stats is None:
             return None
         if self.policy.needs is ItemCounts:
             return self.stats.counts(ranked.item_ids)
         if self.policy.needs is LinearStats:
-            return self.stats.linear(ranked.item_ids, history)
+            return self.stats.linear(ranked.item_ids, history, user_id)
         return None

@@ -5,7 +5,9 @@
 - `LinearStats` (LinUCB): (A_i, b_i) from `feature_store.linucb_store`, and the context x_t: the
   user's vector, the L2-normalised mean of the item `embedding` feature (Item2vec, d = 32) over
   the user's recent items, the same for every candidate (Li et al.'s disjoint model with user
-  features); a user without history has x_t = 0, and LinUCB then keeps the ranker's order.
+  features); a user without history has x_t = 0, and LinUCB then keeps the ranker's order. The
+  request saves x_t with its time for the user (`LinUcbStore.save_context`), so that the stream
+  job updates the statistics with the context the request used.
 
 Any failure to read (Redis down or slow, statistics that do not decode) is `StatsUnavailable`.
 """
@@ -15,17 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import time
+
 import numpy as np
 import redis
 
 from feature_store.attribution_store import RedisAttributionStore, window_bounds
 from feature_store.definitions import Entity
 from feature_store.errors import FeatureStoreUnavailableError
-from feature_store.linucb_store import LinUcbStore
+from feature_store.linucb_store import CONTEXT_FEATURE, CONTEXT_SLACK_MS, LinUcbStore
 from feature_store.online_store import OnlineStore
 from services.explore.policy import ItemCounts, LinearStats
 
-EMBEDDING = "embedding"
 
 
 class StatsUnavailable(RuntimeError):
@@ -44,11 +47,12 @@ class BanditStats:
     """The per-request reads of the explore stage (one instance per worker; clients made on first use)."""
 
     def __init__(self, features: OnlineStore, attribution: RedisAttributionStore, linucb: LinUcbStore,
-                 window: str = "7d") -> None:
+                 window: str = "7d", context_ttl_ms: int = CONTEXT_SLACK_MS) -> None:
         self.features = features
         self.attribution = attribution
         self.linucb = linucb
         self.window = window
+        self.context_ttl_ms = context_ttl_ms
 
     def close(self) -> None:
         self.attribution.close()
@@ -60,17 +64,20 @@ class BanditStats:
             counts = self.attribution.examined_counts(item_ids, since_ms, until_ms)
         return ItemCounts(counts.examined, counts.clicks)
 
-    def linear(self, item_ids: Sequence[str], history: Sequence[str]) -> LinearStats:
+    def linear(self, item_ids: Sequence[str], history: Sequence[str], user_id: str | None = None) -> LinearStats:
+        """(A_i, b_i) per candidate and x_t; saves x_t for `user_id` (when given) for the stream job."""
         with _unavailable_on_errors("reading LinUCB statistics"):
             A, b = self.linucb.read(item_ids)
             user = self.user_vector(history)
+            if user_id is not None:
+                self.linucb.save_context(user_id, int(time.time() * 1000), user, self.context_ttl_ms)
         return LinearStats(A, b, np.tile(user, (len(item_ids), 1)))
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
         """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""
         if not history:
             return np.zeros(self.linucb.dim)
-        vectors = np.stack(self.features.get_features(Entity.ITEM, history, [EMBEDDING])[EMBEDDING]).astype(float)
+        vectors = np.stack(self.features.get_features(Entity.ITEM, history, [CONTEXT_FEATURE])[CONTEXT_FEATURE]).astype(float)
         if vectors.shape[1] != self.linucb.dim:
             raise ValueError(f"item embeddings of dimension {vectors.shape[1]}, LinUCB expects {self.linucb.dim}")
         mean = vectors.mean(axis=0)

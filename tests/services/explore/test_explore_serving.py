@@ -4,6 +4,7 @@ statistics serve the greedy list, marked, never a 5xx."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,14 @@ def test_linucb_reads_its_statistics_and_the_users_context_from_redis(
         _seed(client, make_event)
         assert client.post("/v1/events", json=[make_event("fan", "i0")]).json()["accepted"] == 1
         body = _recommend(client, "fan")
+        served_at = int(time.time() * 1000)
+    saved = linucb.context_at("fan", served_at)  # what the stream job will update the statistics with
     linucb.close()
     features.close()
     assert body["explore"] == "linucb(alpha=1)"
     assert [(i["item_id"], i["propensity"]) for i in body["items"]] == [("i5", 1.0), ("i1", 1.0), ("i2", 1.0)]
+    assert saved is not None
+    np.testing.assert_allclose(saved, x, rtol=1e-6)
 
 
 def test_redis_down_serves_the_fallback_list_marked_with_propensity_one(
