@@ -193,12 +193,10 @@ class ModelRegistry:
             return None
 
     def blessed(self, role: str) -> ModelVersion | None:
-        """The newest blessed, not revoked version of `role`: the baseline of the next gate."""
-        for version in reversed(self.versions(role)):
-            record = self.blessing(role, version)
-            if record is not None and not record.get("revoked"):
-                return self.get(role, version)
-        return None
+        """The most recently blessed, not revoked version of `role`: the baseline of the next gate."""
+        records = [r for r in map(lambda v: self.blessing(role, v), self.versions(role)) if r and not r.get("revoked")]
+        latest = max(records, key=lambda record: record["blessed_at"], default=None)
+        return None if latest is None else self.get(role, latest["version"])
 
     def promote(self, role: str, version: str) -> None:
         """Make the blessed `version` current; refuse a version the gate did not bless."""

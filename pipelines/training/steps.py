@@ -131,8 +131,8 @@ def _roles(found: dict[str, Any]) -> list[str]:
 def _quality(role: str, version: Any, split: Any, settings: Settings) -> tuple[dict[str, float], list[str]]:
     if role == "recall":
         artifact = gate.load_recall(version)
-        problems = gate.recall_problems(artifact)
-        return gate.recall_quality(artifact, split), problems
+        problems = gate.recall_problems(artifact)  # a broken artifact is not scored: its searches may fail
+        return ({} if problems else gate.recall_quality(artifact, split)), problems
     metrics = gate.ranker_quality(version.path, _samples(settings))
     return metrics, gate.ranker_problems(metrics)
 

@@ -4,7 +4,6 @@ rejected against a blessed good one. Scored on the true held-out test split."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from models.registry import ModelRegistry
 from pipelines.training import steps
 from pipelines.training.executor import StepContext
 from tests.models.ranking.conftest import DENSE, make_rows
+from tests.pipelines.training.conftest import fresh_registry
 
 pytestmark = pytest.mark.slow
 
@@ -79,11 +79,8 @@ def _with_nan_weight(settings: Settings, version: str) -> str:
 
 
 def _fresh(trained: tuple[Settings, dict[str, str]], tmp_path: Path) -> tuple[Settings, ModelRegistry, dict[str, str]]:
-    """A copy of the trained registry, so blessings made by one test do not reach another."""
-    settings, versions = trained
-    shutil.copytree(settings.model_registry_dir, tmp_path / "registry")
-    settings = settings.model_copy(update={"registry_dir": tmp_path / "registry"})
-    return settings, ModelRegistry(tmp_path / "registry"), versions
+    settings, registry = fresh_registry(trained[0], tmp_path)
+    return settings, registry, trained[1]
 
 
 def _gate(settings: Settings, candidate: str) -> dict:

@@ -1,0 +1,104 @@
+"""The quality gate on real recall artifacts, scored on the newest slice of a planted-cluster log
+(users browse one cluster): the DAG's embeddings step is blessed over a blessed model trained on
+shuffled items; against it, shuffled items, NaN vectors and an empty index are rejected."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feature_store.event_log import LocalEventLog
+from feature_store.schemas import Event, EventType
+from feature_store.settings import Settings
+from models.embeddings.item_embeddings import ItemEmbeddings
+from models.embeddings.skipgram import SkipGramConfig
+from models.embeddings.training import EmbeddingTrainingConfig
+from models.registry import ModelRegistry
+from models.retrieval.artifact import RecallArtifact
+from pipelines.training import recall, steps
+from pipelines.training.executor import StepContext
+from pipelines.training.holdout import holdout_cutoff, read_positives
+from tests.models.planted_clusters import CLUSTERS, PER_CLUSTER, planted_sequences
+from tests.pipelines.training.conftest import fresh_registry
+
+pytestmark = pytest.mark.slow
+
+LENGTH = 12
+
+
+def _log(settings: Settings) -> None:
+    """User u clicks item p of their sequence on day p: the newest slice is every user's last items."""
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    events = [Event(event_id=f"{user}-{p}", user_id=f"u{user}", item_id=item, type=EventType.CLICK,
+                    ts=start + timedelta(days=p, minutes=user))
+              for user, sequence in enumerate(planted_sequences(users=300, length=LENGTH, seed=1))
+              for p, item in enumerate(sequence)]  # fmt: skip
+    log = LocalEventLog(settings.event_log_dir, settings.event_log)
+    log.append(events)
+    log.close()
+
+
+def _publish(settings: Settings, artifact: RecallArtifact) -> str:
+    from models.retrieval.artifact import publish_recall
+
+    manifest = {"params": {}, "data_window": {}, "metrics": {}}
+    return publish_recall(ModelRegistry(settings.model_registry_dir), artifact, manifest, set_current=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, str]]:
+    root = tmp_path_factory.mktemp("gate-recall")
+    settings = Settings(state_dir=root / "state")
+    settings = settings.model_copy(update={"training": settings.training.model_copy(update={
+        "embedding_models": ["item2vec"], "embedding_dim": 16, "embedding_epochs": 3})})  # fmt: skip
+    _log(settings)
+    good = steps.embeddings(StepContext(settings, "t", {})).outputs
+    positives = read_positives(settings)
+    cutoff = holdout_cutoff(settings, positives)
+    assert good["holdout_from"] == cutoff.isoformat()
+    rng = np.random.default_rng(5)
+    shuffled = [[f"i{rng.integers(CLUSTERS * PER_CLUSTER)}" for _ in items]
+                for items in planted_sequences(users=300, length=LENGTH, seed=1)]  # fmt: skip
+    config = EmbeddingTrainingConfig(SkipGramConfig(dim=16, epochs=3), models=("item2vec",))
+    artifact = recall.train_recall(shuffled, config).artifact
+    versions = {"good": good["recall_version"], "shuffled": _publish(settings, artifact)}
+    good_artifact = RecallArtifact.load(ModelRegistry(settings.model_registry_dir).get("recall", versions["good"]).path, ["item2vec"])
+    vectors = good_artifact.embeddings["item2vec"].vectors.copy()
+    vectors[::7] = np.nan  # the index was built from the finite vectors: only the sanity check sees this
+    nan = ItemEmbeddings(good_artifact.embeddings["item2vec"].ids, vectors)
+    versions["nan"] = _publish(settings, RecallArtifact({"item2vec": nan}, good_artifact.indexes, good_artifact.popular))
+    empty = ItemEmbeddings(np.array([], dtype=str), np.zeros((0, 16), np.float32))
+    versions["empty"] = _publish(settings, RecallArtifact.build({"item2vec": empty}, recall.PopularityRecommender(shuffled)))
+    return settings.model_copy(update={"registry_dir": None}), versions | {"holdout_from": good["holdout_from"]}
+
+
+def _gate(settings: Settings, candidate: str, holdout_from: str) -> dict:
+    context = StepContext(settings, "gate-test", {"recall_version": candidate, "holdout_from": holdout_from})
+    context.outputs |= steps.evaluate(context).outputs
+    return steps.decide(context).metrics["recall"]
+
+
+def test_planted_recall_is_blessed_over_a_blessed_shuffled_one(trained: tuple[Settings, dict[str, str]], tmp_path: Path) -> None:
+    settings, registry = fresh_registry(trained[0], tmp_path)
+    versions = trained[1]
+    registry.bless("recall", versions["shuffled"], {"planted": "baseline"})
+    decision = _gate(settings, versions["good"], versions["holdout_from"])
+    ndcg = next(c for c in decision["checks"] if c["metric"] == "NDCG@10")
+    assert decision["baseline"] == versions["shuffled"] and decision["blessed"], decision
+    assert ndcg["candidate"] > 2 * ndcg["baseline"] > 0, ndcg
+    assert registry.blessed("recall").version == versions["good"]
+
+
+@pytest.mark.parametrize("bad", ["shuffled", "nan", "empty"])
+def test_shuffled_nan_or_empty_recall_is_rejected(trained: tuple[Settings, dict[str, str]], tmp_path: Path, bad: str) -> None:
+    settings, registry = fresh_registry(trained[0], tmp_path)
+    versions = trained[1]
+    registry.bless("recall", versions["good"], {"planted": "baseline"})
+    decision = _gate(settings, versions[bad], versions["holdout_from"])
+    assert decision["baseline"] == versions["good"] and not decision["blessed"], decision
+    assert registry.blessing("recall", versions[bad]) is None
+    expected = {"shuffled": None, "nan": "non-finite vectors", "empty": "empty index"}[bad]
+    assert (expected in " ".join(decision["problems"])) if expected else not all(c["passed"] for c in decision["checks"])
