@@ -1,0 +1,176 @@
+"""Interleaving against A/B on the simulator's click model: sensitivity, A/A false positives, agreement.
+
+In-process, against the simulator's ground truth (`services.simulate`: population, position-based
+click model), with the service's own code: `assignment.unit_hash` splits A/B users,
+`interleaving.team_draft` merges, `analysis.two_proportion_p` (A/B, per impression) and
+`analysis.unit_outcomes` + `analysis.preference` (interleaving, per user, sign test) decide.
+
+Rankers: each scores a user's items by `logit a(u, i) + σ·z` (z fixed per ranker, user and
+item; a larger σ is a worse ranker) and shows its top k. A ranker's true CTR is the mean over
+users of `Σ_k e_k a(u, list_k) / k`, exact from the truth. The sensitivity pair's noise levels are
+set so the worse one's true CTR is 2% (relative) below the better one's.
+
+    .venv/bin/python benchmarks/experiments.py --runs 100 --aa-runs 200 --pairs 30
+
+Prints the tables recorded in RESULTS.md (and writes --out JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.progress import track
+
+from services.experiments.analysis import preference, two_proportion_p, unit_outcomes
+from services.experiments.assignment import unit_hash
+from services.experiments.interleaving import team_credit, team_draft
+from services.simulate.click_model import GroundTruth, PositionBasedModel
+from services.simulate.population import PopulationParams, make_population
+
+K = 10
+ALPHA = 0.05
+UNIT = "request"  # interleaving's unit: "request" or "user" (--unit)
+
+
+class World:
+    """Attractiveness of every item for every user, and fixed per-ranker noise."""
+
+    def __init__(self, users: int, items: int, seed: int) -> None:
+        population = make_population(PopulationParams(users=users, items=items, seed=seed))
+        truth = GroundTruth(population, PositionBasedModel(1.0))
+        self.users = [population.user_id(u) for u in range(users)]
+        self.attract = np.stack([truth.attractiveness(u, [population.item_id(i) for i in range(items)], 0)
+                                 for u in self.users])
+        self.exam = truth.model.examination(K)
+        self.rng = np.random.default_rng(seed)
+
+    def ranker(self, sigma: float, noise: np.ndarray) -> np.ndarray:
+        """Each user's top-K item numbers under `logit a + sigma * noise`."""
+        logit = np.log(self.attract) - np.log1p(-self.attract)
+        return np.argsort(-(logit + sigma * noise), axis=1)[:, :K]
+
+    def true_ctr(self, lists: np.ndarray) -> float:
+        return float((np.take_along_axis(self.attract, lists, 1) * self.exam).sum(1).mean() / K)
+
+
+def pair_with_gap(world: World, gap: float, sigma_a: float = 1.0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Rankers A (noise sigma_a) and B, B's noise bisected until CTR_B = (1 - gap) CTR_A."""
+    noise_a, noise_b = world.rng.standard_normal((2, *world.attract.shape))
+    a = world.ranker(sigma_a, noise_a)
+    target = (1 - gap) * world.true_ctr(a)
+    low, high = sigma_a * 0.5, sigma_a * 8
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if world.true_ctr(world.ranker(mid, noise_b)) > target else (low, mid)
+    b = world.ranker((low + high) / 2, noise_b)
+    return a, b, world.true_ctr(a), world.true_ctr(b)
+
+
+def ab_run(world: World, lists: tuple[np.ndarray, np.ndarray], requests: int, seed: int) -> tuple[float, int]:
+    """One A/B test: (p-value, sign of CTR_A - CTR_B)."""
+    rng = np.random.default_rng(seed)
+    arm = np.array([unit_hash(f"arm:run{seed}", u) < 0.5 for u in world.users], dtype=np.int64)  # 1: A
+    users = rng.integers(len(world.users), size=requests)
+    probs = np.where(arm[users, None] == 1,
+                     np.take_along_axis(world.attract[users], lists[0][users], 1),
+                     np.take_along_axis(world.attract[users], lists[1][users], 1)) * world.exam
+    clicks = (rng.random(probs.shape) < probs).sum(1)
+    in_a = arm[users] == 1
+    c_a, n_a = int(clicks[in_a].sum()), int(in_a.sum()) * K
+    c_b, n_b = int(clicks[~in_a].sum()), int((~in_a).sum()) * K
+    return float(two_proportion_p(c_a, n_a, c_b, n_b)), int(np.sign(c_a / max(n_a, 1) - c_b / max(n_b, 1)))
+
+
+def interleaving_run(world: World, lists: tuple[np.ndarray, np.ndarray], requests: int, seed: int) -> tuple[float, int]:
+    """One team-draft interleaving test per unit (request or user): (sign-test p-value, sign of
+    the preference)."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(len(world.users), size=requests)
+    credit = np.zeros((requests, 2))
+    for n, user in enumerate(users):
+        merged = team_draft([lists[0][user].tolist(), lists[1][user].tolist()], K, rng)
+        shown = np.fromiter(merged.items, dtype=np.int64)
+        clicked = rng.random(len(shown)) < world.attract[user, shown] * world.exam[: len(shown)]
+        credit[n] = team_credit(merged.teams, clicked, 2)
+    units = np.arange(requests).astype(str) if UNIT == "request" else users.astype(str)
+    outcome = preference(unit_outcomes(units, credit[:, 0], credit[:, 1]), rng, resamples=200)
+    return outcome.sign_p, int(np.sign(outcome.wins_a - outcome.wins_b))
+
+
+def power(run, world, lists, requests: int, runs: int, offset: int) -> float:  # type: ignore[no-untyped-def]
+    """Share of seeded runs that pick A (the better) at p < ALPHA."""
+    results = [run(world, lists, requests, offset + s) for s in range(runs)]
+    return float(np.mean([p < ALPHA and sign > 0 for p, sign in results]))
+
+
+def needed(run, world, lists, runs: int, start: int, label: str) -> tuple[int | None, list[tuple[int, float]]]:  # type: ignore[no-untyped-def]
+    """Smallest request count on a x1.5 grid with power >= 0.8 (None past 64x the start)."""
+    curve = []
+    requests = start
+    while requests <= start * 64:
+        measured = power(run, world, lists, requests, runs, offset=requests)
+        curve.append((requests, measured))
+        print(f"  {label}: {requests:>9,} requests ({requests * K:>10,} impressions): power {measured:.2f}", flush=True)
+        if measured >= 0.8:
+            return requests, curve
+        requests = int(requests * 1.5)
+    return None, curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--items", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--aa-runs", type=int, default=200)
+    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--unit", choices=("request", "user"), default="request")
+    parser.add_argument("--il-start", type=int, default=500)
+    parser.add_argument("--ab-start", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    global UNIT
+    UNIT = args.unit
+    started = time.perf_counter()
+    world = World(args.users, args.items, args.seed)
+    a, b, ctr_a, ctr_b = pair_with_gap(world, 0.02)
+    print(f"pair: true CTR A {ctr_a:.5f}, B {ctr_b:.5f} (relative gap {1 - ctr_b / ctr_a:.4f})")
+    il_n, il_curve = needed(interleaving_run, world, (a, b), args.runs, args.il_start, "interleaving")
+    ab_n, ab_curve = needed(ab_run, world, (a, b), args.runs, args.ab_start, "A/B")
+    aa = {}
+    for name, run, requests in (("ab", ab_run, ab_n or 20_000), ("interleaving", interleaving_run, il_n or 500)):
+        ps = [run(world, (a, a), requests, 10_000 + s)[0] for s in track(range(args.aa_runs), description=f"A/A {name}")]
+        rate = float(np.mean(np.array(ps) < ALPHA))
+        half = 1.96 * np.sqrt(rate * (1 - rate) / len(ps))
+        aa[name] = {"requests": requests, "runs": len(ps), "false_positive_rate": rate, "ci95": [rate - half, rate + half]}
+        print(f"A/A {name}: {rate:.3f} [{rate - half:.3f}, {rate + half:.3f}] over {len(ps)} runs at {requests:,} requests")
+    agreement = []
+    for n in track(range(args.pairs), description="agreement"):
+        gap = float(world.rng.uniform(0.02, 0.10))
+        x, y, cx, cy = pair_with_gap(world, gap, sigma_a=float(world.rng.uniform(0.5, 2.0)))
+        il = interleaving_run(world, (x, y), il_n or 500, 20_000 + n)
+        ab = ab_run(world, (x, y), 40 * (ab_n or 20_000), 30_000 + n)
+        agreement.append({"gap": gap, "truth": int(np.sign(cx - cy)), "interleaving": il[1], "interleaving_p": il[0],
+                          "ab": ab[1], "ab_p": ab[0]})
+    agree_ab = float(np.mean([r["interleaving"] == r["ab"] for r in agreement]))
+    agree_truth = float(np.mean([r["interleaving"] == r["truth"] for r in agreement]))
+    summary = {
+        "true_ctr": [ctr_a, ctr_b], "interleaving_requests": il_n, "ab_requests": ab_n,
+        "ratio": (ab_n / il_n) if ab_n and il_n else None, "curves": {"interleaving": il_curve, "ab": ab_curve},
+        "aa": aa, "agreement_with_ab": agree_ab, "agreement_with_truth": agree_truth, "pairs": agreement,
+        "seconds": time.perf_counter() - started,
+    }
+    print(f"needed for 80% power at p < 0.05: interleaving {il_n} requests, A/B {ab_n} requests "
+          f"(ratio {summary['ratio']}); agreement with a 40x A/B {agree_ab:.2f}, with the truth {agree_truth:.2f}; "
+          f"{summary['seconds']:.0f} s")
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
