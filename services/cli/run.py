@@ -3,7 +3,7 @@
 Stages, in order: Redis (embedded unless a URL is configured) → data import (MovieLens from a
 path, or synthetic) → the Spark batch chain → embeddings + recall index → a DIN ranker (fast
 settings) → the Flink speed layer → the API on port 8000. It prints a sample recommendation with
-its reasons and the URLs, then serves until Ctrl-C, which stops the API, the streaming job and
+its reasons and the URLs, then serves until Ctrl-C (or SIGTERM), which stops the API, the streaming job and
 Redis cleanly. `--no-serve` stops after the sample (for smoke tests and CI-like checks).
 
 Every stage is the same code as its own command (`recsys data …`, `recsys batch all`,
@@ -41,6 +41,7 @@ def run(
     state_dir: StateDirOption = None,
 ) -> None:
     """Bring up the whole stack locally on embedded defaults, show a sample, serve until Ctrl-C."""
+    _stop_on_signals()
     settings = load_settings(state_dir)
     if movielens is not None and not movielens.is_dir():
         fail(f"{movielens} is not a directory")
@@ -221,9 +222,23 @@ def _summary(settings: Settings, url: str, base: str, timings: dict[str, float])
     console.print(table)
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (a service manager, `kill`) stops the stack the way Ctrl-C does, at any stage, and
+    Ctrl-C works even when a shell started us with SIGINT ignored (`cmd &`)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _wait_for_interrupt() -> None:
     try:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
+        # One stop at a time: a second signal must not cut the children's shutdown short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         console.print("stopping …")
