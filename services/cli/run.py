@@ -3,8 +3,8 @@
 Stages, in order: Redis (embedded unless a URL is configured) → data import (MovieLens from a
 path, or synthetic) → the Spark batch chain → embeddings + recall index → a DIN ranker (fast
 settings) → the Flink speed layer → the API on port 8000. It prints a sample recommendation with
-its reasons and the URLs, then serves until Ctrl-C (or SIGTERM), which stops the API, the streaming job and
-Redis cleanly. `--no-serve` stops after the sample (for smoke tests and CI-like checks).
+its reasons and the URLs, then serves until Ctrl-C (or SIGTERM), which stops the API, the
+streaming job and Redis cleanly. `--no-serve` stops after the sample (for smoke tests and CI-like checks).
 
 Every stage is the same code as its own command (`recsys data …`, `recsys batch all`,
 `recsys train …`, `recsys stream run`, `recsys serve`), called with fast training settings.
