@@ -47,6 +47,7 @@ CURRENT = "CURRENT"
 PINS = "pins"
 HISTORY = "HISTORY.jsonl"
 BLESSINGS = "blessings"
+ROLES = ("recall", "ranker")
 REQUIRED_MANIFEST_KEYS = ("params", "data_window", "metrics")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH_CHUNK = 1 << 20
@@ -221,6 +222,24 @@ class ModelRegistry:
             self._write_blessing(role, current.version, {**record, "revoked": True, "revoked_at": _now()})
         self.set_current(role, previous, action="rollback")
         return str(previous)
+
+    def role_of(self, version: str) -> str:
+        """The role (of `ROLES`) that published `version`."""
+        for role in ROLES:
+            if version in self.versions(role):
+                return role
+        raise RegistryError(f"no published version {version!r} under {self.root}")
+
+    def overview(self, role: str) -> list[dict[str, Any]]:
+        """Every published version of `role`, oldest first: created_at, blessed, revoked, current."""
+        current = self.current(role)
+        rows = []
+        for version in self.versions(role):
+            blessing = self.blessing(role, version) or {}
+            rows.append({"role": role, "version": version, "created_at": self.load_manifest(role, version).get("created_at"),
+                         "blessed": bool(blessing), "revoked": bool(blessing.get("revoked")),
+                         "current": current is not None and current.version == version})  # fmt: skip
+        return rows
 
     def _write_blessing(self, role: str, version: str, record: dict[str, Any]) -> None:
         folder = self.root / role / BLESSINGS

@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 
 from feature_store.settings import Settings
-from models.registry import ModelRegistry, RegistryError
+from models.registry import ROLES, ModelRegistry, RegistryError
 from pipelines.training import gate
 from pipelines.training.executor import Step, StepContext, StepResult
 from pipelines.training.holdout import holdout_cutoff, newest_slice_split, read_positives
 
 log = logging.getLogger(__name__)
 
-ROLES = ("recall", "ranker")
 BATCH_VIEWS = ("sequences", "item_graph", "batch_features", "ranking_samples")
 
 

@@ -22,7 +22,7 @@ from feature_store.settings import Settings
 from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.middleware import ServiceMiddleware
-from services.api.routes import admin, events, experiments, health, items, recommendations, users
+from services.api.routes import admin, events, experiments, health, items, models_admin, recommendations, users
 from services.api.state import ServiceState
 from services.experiments.manager import ExperimentManager
 from services.experiments.serving import ExperimentServing
@@ -77,7 +77,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     for router in (recommendations.router, users.router, items.router, events.router, experiments.router,
-                   experiments.page, admin.router, health.router):
+                   experiments.page, admin.router, models_admin.router, health.router):
         app.include_router(router)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.api.max_body_bytes)
     return app

@@ -170,3 +170,101 @@ def _ranker_table(run: Any) -> None:
         cells = [val.get("auc"), val.get("gauc"), test.get("auc"), test.get("gauc"), test.get("logloss")]
         table.add_row(name, *(f"{v:.4f}" if v is not None else "-" for v in cells), f"{int(test.get('rows', 0)):,}")
     console.print(table)
+
+
+@app.command("run")
+def run(
+    state_dir: StateDirOption = None,
+    resume: Annotated[str | None, typer.Option(help="Run id to resume: its succeeded steps are skipped.")] = None,
+    trigger: Annotated[str, typer.Option(help="Recorded as the run's trigger (the scheduler passes 'schedule').")] = "manual",
+) -> None:
+    """Run the training DAG now: compact → attribution → batch views → embeddings → ranker →
+    evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why)."""
+    from pipelines.training.dag import run_training
+    from pipelines.training.executor import StepFailed
+
+    settings = load_settings(state_dir)
+
+    def progress(name: str, event: str, step: Any) -> None:
+        if event == "start":
+            console.rule(f"[bold]{name}")
+        elif event == "skip":
+            console.print(f"{name}: succeeded in an earlier attempt; skipped")
+        elif event == "retry":
+            console.print(f"[yellow]{name}: {step.error}; retrying[/]")
+        else:
+            console.print(f"{name}: {step.status} in {step.duration_s:.1f} s")
+
+    try:
+        record = run_training(settings, resume, trigger, progress)
+    except StepFailed as exc:
+        console.print(f"[red]training run failed[/]: {exc}")
+        _history_table(_load_history(settings, 1))
+        raise typer.Exit(code=1) from None
+    except (KeyError, ValueError) as exc:
+        fail(str(exc))
+        return
+    _history_table([record])
+    _step_table(record)
+
+
+@app.command("history")
+def history(
+    state_dir: StateDirOption = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Show one run's steps.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run records as JSON.")] = False,
+) -> None:
+    """Recorded training runs, newest first (with --run: that run's steps, inputs, outputs and metrics)."""
+    import json
+
+    from pipelines.training.dag import history as load_history
+    from pipelines.training.dag import runs_dir
+    from pipelines.training.records import RunStore
+
+    settings = load_settings(state_dir)
+    try:
+        records = [RunStore(runs_dir(settings)).load(run_id)] if run_id else load_history(settings, limit)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+        return
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
+        return
+    _history_table(records)
+    if run_id:
+        _step_table(records[0])
+
+
+def _load_history(settings: Any, limit: int) -> list[Any]:
+    from pipelines.training.dag import history as load_history
+
+    return load_history(settings, limit)
+
+
+def _history_table(records: list[Any]) -> None:
+    table = Table(title="training runs")
+    for column in ("run", "trigger", "status", "started", "seconds", "failed step", "blessed", "promoted"):
+        table.add_column(column)
+    for record in records:
+        outputs = record.outputs()
+        failed = next((s.name for s in record.steps if s.status in ("failed", "timed_out")), "-")
+        seconds = sum(s.duration_s or 0.0 for s in record.steps)
+        table.add_row(record.run_id, record.trigger, record.status, record.started_at or "-", f"{seconds:.1f}", failed,
+                      _pairs(outputs.get("blessed")), _pairs(outputs.get("promoted")))  # fmt: skip
+    console.print(table)
+
+
+def _step_table(record: Any) -> None:
+    table = Table(title=f"run {record.run_id}")
+    for column in ("step", "status", "attempts", "seconds", "outputs", "error"):
+        table.add_column(column)
+    for step in record.steps:
+        outputs = ", ".join(f"{k}={v}" for k, v in step.outputs.items() if not isinstance(v, (dict, list)))
+        table.add_row(step.name, step.status, str(step.attempts),
+                      "-" if step.duration_s is None else f"{step.duration_s:.1f}", outputs or "-", step.error or "-")  # fmt: skip
+    console.print(table)
+
+
+def _pairs(value: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) and value else "-"
