@@ -72,6 +72,47 @@ def import_movielens(
     _summary("MovieLens import", rows)
 
 
+@app.command("import")
+def import_file(
+    path: Annotated[Path, typer.Argument(help="An interactions file (CSV, TSV, JSON lines, or user item item ... lines).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, tsv, jsonl or sequences.")] = "csv",
+    user: Annotated[str, typer.Option("--user", help="Column (or JSON key) of the user id.")] = "user_id",
+    item: Annotated[str, typer.Option("--item", help="Column (or JSON key) of the item id.")] = "item_id",
+    time_column: Annotated[str, typer.Option("--time", help="Column of the event time (unix seconds or ISO 8601; '' for file order).")] = "timestamp",
+    rating: Annotated[str, typer.Option("--rating", help="Column of a rating value ('' for none: every row is an --event-type event).")] = "",
+    event_type: Annotated[str, typer.Option("--event-type", help="Event type of rows without a rating.")] = "click",
+    categories: Annotated[Path | None, typer.Option("--categories", help="JSON object item -> list of categories, for the catalog.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Name used in event ids (default: the file name).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first malformed line, before writing anything.")] = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Import interactions from any export, columns mapped by name; bad lines are reported as file:line."""
+    from feature_store.schemas import EventType
+    from pipelines.datasets.interactions import Columns, import_interactions
+    from pipelines.datasets.movielens_formats import MalformedLine
+
+    settings = load_settings(state_dir)
+    try:
+        columns = Columns(user=user, item=item, time=time_column or None, rating=rating or None)
+        with _progress_hook() as on_progress:
+            report = import_interactions(path, settings, fmt, columns, dataset=dataset, event_type=EventType(event_type),
+                                         categories=categories, strict=strict, on_progress=on_progress)  # type: ignore[arg-type]  # fmt: skip
+    except (MalformedLine, ValueError, OSError) as exc:
+        fail(str(exc))
+        return
+    for line in report.first_rejects:
+        console.print(f"[yellow]rejected[/] {escape(line)}")
+    _summary("Interactions import", {
+        "dataset": f"{report.dataset} ({report.source})",
+        "status": "already imported: skipped, nothing written" if report.skipped else "imported",
+        "events written": "0" if report.skipped else f"{report.events:,}",
+        "users": f"{report.users:,}",
+        "items": f"{report.items:,}",
+        "rejected lines": f"{report.rejects:,}" + (f" (see {report.rejects_file})" if report.rejects_file else ""),
+        "time": f"{report.seconds:.1f} s",
+    })  # fmt: skip
+
+
 @app.command("synth")
 def synth(
     users: Annotated[int, typer.Option("--users", min=1, help="Number of users.")] = 1_000,

@@ -1,0 +1,255 @@
+"""Import any interaction export (CSV, TSV, JSON lines, or one user's item sequence a line) into
+the event log, with the columns mapped by name: no code per data set.
+
+- ``csv`` / ``tsv``: a header row names the columns; ``columns.user`` / ``item`` / ``time`` /
+  ``rating`` say which holds what (time and rating optional; without a time column, rows get
+  times in file order as sequences do).
+- ``jsonl``: one JSON object a line, the same mapping over its keys.
+- ``sequences``: ``user item item ...`` a line (whitespace-separated), items oldest first, no
+  times: each item gets an event time one second after the previous one in file order, from
+  `SEQUENCE_EPOCH`, so per-user order survives the project's time-based splits.
+
+Times are unix seconds (integer or decimal) or ISO 8601 (UTC when no offset is given). A row with
+a rating becomes a ``rating`` event with that value, any other row an ``event_type`` event
+(``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>`` (as the MovieLens importer's),
+so importing the same file twice writes nothing new (an import manifest also skips the rerun). Bad lines are
+reported as ``file:line: reason``, written to a rejects file and skipped, or with ``strict`` the
+whole file is checked first and the first bad line raises `MalformedLine` before anything is
+written. ``categories`` (a JSON object item -> list of category ids, e.g. Amazon's
+item2attributes) fills the catalog's item categories.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from feature_store.catalog import Catalog
+from feature_store.event_log import LocalEventLog
+from feature_store.schemas import CONTROL_CHARACTERS, Event, EventType, Item
+from feature_store.settings import Settings
+from pipelines.datasets import OnProgress, no_progress
+from pipelines.datasets.events import trusted_event
+from pipelines.datasets.manifest import digest_files, imports_dir, read_manifest, write_manifest
+from pipelines.datasets.movielens import ImportReport, _Rejects
+from pipelines.datasets.movielens_formats import MAX_TIMESTAMP, MalformedLine, read_records
+
+FORMATS = ("csv", "tsv", "jsonl", "sequences")
+SEQUENCE_EPOCH = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
+CHUNK_EVENTS = 100_000
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column (or JSON key) holds the user, item, time and rating; time and rating optional."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str | None = "timestamp"
+    rating: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    user_id: str
+    item_id: str
+    ts: int
+    rating: float | None
+
+
+def import_interactions(
+    path: Path, settings: Settings, fmt: str, columns: Columns = Columns(), *, dataset: str | None = None,
+    event_type: EventType = EventType.CLICK, categories: Path | None = None, strict: bool = False,
+    on_progress: OnProgress = no_progress,
+) -> ImportReport:  # fmt: skip
+    """Import the interactions in ``path``; a second import of the same files is skipped."""
+    started = time.perf_counter()
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    name = dataset or path.stem
+    parse = _parser(path, fmt, columns)
+    if strict:
+        for _, record in read_records(path, "utf-8", fmt in ("csv", "tsv"), parse):
+            if isinstance(record, MalformedLine):
+                raise record
+    sources = [path, *([categories] if categories else [])]
+    key = digest_files(json.dumps([name, fmt, asdict(columns), event_type.value]), sources)
+    report = ImportReport(dataset=name, source=path.resolve())
+    previous = read_manifest(settings.state_dir, key)
+    if previous is not None:
+        report.events, report.users, report.items = previous["events"], previous["users"], previous["items"]
+        report.skipped, report.seconds = True, time.perf_counter() - started
+        return report
+    rejects = _Rejects(imports_dir(settings.state_dir) / f"{key}.rejects.txt")
+    try:
+        file_order = fmt == "sequences" or columns.time is None
+        report.events, report.users, items = _import_events(path, fmt, parse, name, event_type, file_order, settings,
+                                                            rejects, on_progress)  # fmt: skip
+        report.items = len(items)
+        if categories is not None:
+            Catalog.from_settings(settings).upsert_items(_items(categories, items))
+    finally:
+        rejects.close()
+    report.rejects, report.first_rejects = rejects.count, rejects.first
+    report.rejects_file = rejects.path if rejects.count else None
+    report.seconds = time.perf_counter() - started
+    manifest = {k: v for k, v in asdict(report).items() if k not in ("manifest", "first_rejects")}
+    report.manifest = write_manifest(settings.state_dir, key, manifest)
+    return report
+
+
+def _import_events(path: Path, fmt: str, parse: Callable[[str], list[Row]], name: str, event_type: EventType,
+                   file_order: bool, settings: Settings, rejects: _Rejects,
+                   on_progress: OnProgress) -> tuple[int, int, set[str]]:  # fmt: skip
+    total, done, written = path.stat().st_size, 0, 0
+    users: set[str] = set()
+    items: set[str] = set()
+    chunk: list[Row] = []
+    clock = SEQUENCE_EPOCH
+    with LocalEventLog(settings.event_log_dir, settings.event_log) as log:
+        for size, record in read_records(path, "utf-8", fmt in ("csv", "tsv"), parse):
+            done += size
+            if isinstance(record, MalformedLine):
+                rejects.add(record)
+                continue
+            for row in record or ():
+                if file_order:  # no times in the file: file order is the time order
+                    row, clock = Row(row.user_id, row.item_id, clock, None), clock + 1
+                chunk.append(row)
+                users.add(row.user_id)
+                items.add(row.item_id)
+            if len(chunk) >= CHUNK_EVENTS:
+                written += log.append(_events(name, chunk, event_type))
+                chunk = []
+                on_progress(f"importing {path.name}", done, total)
+        written += log.append(_events(name, chunk, event_type))
+    on_progress(f"importing {path.name}", total, total)
+    return written, len(users), items
+
+
+def _events(name: str, rows: list[Row], event_type: EventType) -> list[Event]:
+    rows.sort(key=lambda r: r.ts)  # the log partitions by event hour: sorted chunks touch each once
+    return [
+        trusted_event(f"{name}:{r.user_id}:{r.item_id}:{r.ts}", r.user_id, r.item_id,
+                      EventType.RATING if r.rating is not None else event_type, r.ts, r.rating)  # fmt: skip
+        for r in rows
+    ]
+
+
+def _items(categories: Path, items: set[str]) -> Iterator[Item]:
+    try:
+        mapping = json.loads(categories.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{categories}: not a JSON object of item -> categories: {exc}") from exc
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{categories}: not a JSON object of item -> categories")
+    for item in sorted(items):
+        values = mapping.get(item) or []
+        values = values if isinstance(values, list) else [values]
+        yield Item(item_id=item, categories=[str(v) for v in values][:64])
+
+
+def _parser(path: Path, fmt: str, columns: Columns) -> Callable[[str], list[Row]]:
+    """One line -> its rows; `ValueError` with a reason for a bad line."""
+    if fmt == "sequences":
+        return _sequence
+    if fmt == "jsonl":
+        return lambda line: [_mapped(_json_object(line), columns)]
+    delimiter = "," if fmt == "csv" else "\t"
+    header = _header(path, delimiter, columns)
+    return lambda line: [_mapped(dict(zip(header, _csv_fields(line, delimiter, len(header)))), columns)]
+
+
+def _header(path: Path, delimiter: str, columns: Columns) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), [])
+    wanted = [c for c in (columns.user, columns.item, columns.time, columns.rating) if c]
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise ValueError(f"{path.name}:1: header has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})")
+    return header
+
+
+def _csv_fields(line: str, delimiter: str, width: int) -> list[str]:
+    fields = next(csv.reader([line], delimiter=delimiter), [])
+    if len(fields) != width:
+        raise ValueError(f"expected {width} fields, got {len(fields)}")
+    return fields
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _mapped(record: dict[str, Any], columns: Columns) -> Row:
+    user, item = _identifier(record, columns.user), _identifier(record, columns.item)
+    ts = _time(record.get(columns.time)) if columns.time else SEQUENCE_EPOCH
+    rating = _number(record.get(columns.rating), columns.rating) if columns.rating else None
+    return Row(user, item, ts, rating)
+
+
+def _identifier(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        raise ValueError(f"empty {name!r}")
+    return _checked_id(text, name)
+
+
+def _checked_id(text: str, name: str) -> str:
+    if len(text) > 128:
+        raise ValueError(f"{name!r} longer than 128 characters")
+    if CONTROL_CHARACTERS.search(text):
+        raise ValueError(f"{name!r} contains control characters")
+    return text
+
+
+def _time(value: Any) -> int:
+    if value is None or str(value).strip() == "":
+        raise ValueError("empty time")
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"time {text!r} is neither unix seconds nor ISO 8601") from None
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        seconds = parsed.timestamp()
+    if not math.isfinite(seconds) or not 0 <= seconds < MAX_TIMESTAMP:
+        raise ValueError(f"time {text!r} out of range")
+    return int(seconds)
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name!r} is not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name!r} is not finite: {value!r}")
+    return number
+
+
+def _sequence(line: str) -> list[Row]:
+    fields = line.split()
+    if len(fields) < 2:
+        raise ValueError("expected a user id and at least one item id")
+    user = _checked_id(fields[0], "user")
+    return [Row(user, _checked_id(item, "item"), SEQUENCE_EPOCH, None) for item in fields[1:]]
