@@ -6,9 +6,14 @@ click model), with the service's own code: `assignment.unit_hash` splits A/B use
 `analysis.unit_outcomes` + `analysis.preference` (interleaving, per user, sign test) decide.
 
 Rankers: each scores a user's items by `logit a(u, i) + σ·z` (z fixed per ranker, user and
-item; a larger σ is a worse ranker) and shows its top k. A ranker's true CTR is the mean over
+item; a larger σ is a worse ranker) and shows its top k (it hands the merge its top 2k, so
+team-draft always runs k/2 rounds). A ranker's true CTR is the mean over
 users of `Σ_k e_k a(u, list_k) / k`, exact from the truth. The sensitivity pair's noise levels are
 set so the worse one's true CTR is 2% (relative) below the better one's.
+
+Team-draft's only randomness is each round's order (k/2 coin flips for two rankers), so every
+user's 2^(k/2) possible interleaved lists are made once with `team_draft` itself (fed each coin
+sequence) and each request draws one uniformly: the same merge, vectorised over requests.
 
     .venv/bin/python benchmarks/experiments.py --runs 100 --aa-runs 200 --pairs 30
 
@@ -27,7 +32,7 @@ from rich.progress import track
 
 from services.experiments.analysis import preference, two_proportion_p, unit_outcomes
 from services.experiments.assignment import unit_hash
-from services.experiments.interleaving import team_credit, team_draft
+from services.experiments.interleaving import team_draft
 from services.simulate.click_model import GroundTruth, PositionBasedModel
 from services.simulate.population import PopulationParams, make_population
 
@@ -49,12 +54,39 @@ class World:
         self.rng = np.random.default_rng(seed)
 
     def ranker(self, sigma: float, noise: np.ndarray) -> np.ndarray:
-        """Each user's top-K item numbers under `logit a + sigma * noise`."""
+        """Each user's top-2K item numbers under `logit a + sigma * noise`."""
         logit = np.log(self.attract) - np.log1p(-self.attract)
-        return np.argsort(-(logit + sigma * noise), axis=1)[:, :K]
+        return np.argsort(-(logit + sigma * noise), axis=1)[:, : 2 * K]
 
     def true_ctr(self, lists: np.ndarray) -> float:
-        return float((np.take_along_axis(self.attract, lists, 1) * self.exam).sum(1).mean() / K)
+        """Mean over users of the shown top K's expected clicks per slot."""
+        return float((np.take_along_axis(self.attract, lists[:, :K], 1) * self.exam).sum(1).mean() / K)
+
+
+class _Coins:
+    """A generator stand-in that hands `team_draft` one given sequence of round orders."""
+
+    def __init__(self, orders: list[np.ndarray]) -> None:
+        self.orders = iter(orders)
+
+    def permutation(self, m: int) -> np.ndarray:
+        return next(self.orders)
+
+
+class Merges:
+    """Every user's 2^(K/2) team-draft lists of rankers A and B (item numbers, teams)."""
+
+    def __init__(self, lists: tuple[np.ndarray, np.ndarray]) -> None:
+        rounds = K // 2
+        users = lists[0].shape[0]
+        self.items = np.zeros((users, 2**rounds, K), dtype=np.int64)
+        self.teams = np.zeros((users, 2**rounds, K), dtype=np.int64)
+        for outcome in range(2**rounds):
+            orders = [np.array([0, 1]) if outcome >> r & 1 else np.array([1, 0]) for r in range(rounds)]
+            for user in range(users):
+                merged = team_draft([lists[0][user].tolist(), lists[1][user].tolist()], K, _Coins(list(orders)))
+                self.items[user, outcome] = merged.items
+                self.teams[user, outcome] = merged.teams
 
 
 def pair_with_gap(world: World, gap: float, sigma_a: float = 1.0) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -76,8 +108,8 @@ def ab_run(world: World, lists: tuple[np.ndarray, np.ndarray], requests: int, se
     arm = np.array([unit_hash(f"arm:run{seed}", u) < 0.5 for u in world.users], dtype=np.int64)  # 1: A
     users = rng.integers(len(world.users), size=requests)
     probs = np.where(arm[users, None] == 1,
-                     np.take_along_axis(world.attract[users], lists[0][users], 1),
-                     np.take_along_axis(world.attract[users], lists[1][users], 1)) * world.exam
+                     np.take_along_axis(world.attract[users], lists[0][users, :K], 1),
+                     np.take_along_axis(world.attract[users], lists[1][users, :K], 1)) * world.exam
     clicks = (rng.random(probs.shape) < probs).sum(1)
     in_a = arm[users] == 1
     c_a, n_a = int(clicks[in_a].sum()), int(in_a.sum()) * K
@@ -85,17 +117,15 @@ def ab_run(world: World, lists: tuple[np.ndarray, np.ndarray], requests: int, se
     return float(two_proportion_p(c_a, n_a, c_b, n_b)), int(np.sign(c_a / max(n_a, 1) - c_b / max(n_b, 1)))
 
 
-def interleaving_run(world: World, lists: tuple[np.ndarray, np.ndarray], requests: int, seed: int) -> tuple[float, int]:
+def interleaving_run(world: World, merges: Merges, requests: int, seed: int) -> tuple[float, int]:
     """One team-draft interleaving test per unit (request or user): (sign-test p-value, sign of
     the preference)."""
     rng = np.random.default_rng(seed)
     users = rng.integers(len(world.users), size=requests)
-    credit = np.zeros((requests, 2))
-    for n, user in enumerate(users):
-        merged = team_draft([lists[0][user].tolist(), lists[1][user].tolist()], K, rng)
-        shown = np.fromiter(merged.items, dtype=np.int64)
-        clicked = rng.random(len(shown)) < world.attract[user, shown] * world.exam[: len(shown)]
-        credit[n] = team_credit(merged.teams, clicked, 2)
+    outcome = rng.integers(merges.items.shape[1], size=requests)
+    shown, teams = merges.items[users, outcome], merges.teams[users, outcome]
+    clicked = rng.random(shown.shape) < np.take_along_axis(world.attract[users], shown, 1) * world.exam
+    credit = np.stack([(clicked & (teams == team)).sum(1) for team in (0, 1)], axis=1).astype(float)
     units = np.arange(requests).astype(str) if UNIT == "request" else users.astype(str)
     outcome = preference(unit_outcomes(units, credit[:, 0], credit[:, 1]), rng, resamples=200)
     return outcome.sign_p, int(np.sign(outcome.wins_a - outcome.wins_b))
@@ -140,11 +170,14 @@ def main() -> None:
     world = World(args.users, args.items, args.seed)
     a, b, ctr_a, ctr_b = pair_with_gap(world, 0.02)
     print(f"pair: true CTR A {ctr_a:.5f}, B {ctr_b:.5f} (relative gap {1 - ctr_b / ctr_a:.4f})")
-    il_n, il_curve = needed(interleaving_run, world, (a, b), args.runs, args.il_start, "interleaving")
+    merges = Merges((a, b))
+    il_n, il_curve = needed(interleaving_run, world, merges, args.runs, args.il_start, "interleaving")
     ab_n, ab_curve = needed(ab_run, world, (a, b), args.runs, args.ab_start, "A/B")
     aa = {}
-    for name, run, requests in (("ab", ab_run, ab_n or 20_000), ("interleaving", interleaving_run, il_n or 500)):
-        ps = [run(world, (a, a), requests, 10_000 + s)[0] for s in track(range(args.aa_runs), description=f"A/A {name}")]
+    same = Merges((a, a))
+    for name, run, arg, requests in (("ab", ab_run, (a, a), ab_n or args.ab_start),
+                                     ("interleaving", interleaving_run, same, il_n or args.il_start)):
+        ps = [run(world, arg, requests, 10_000 + s)[0] for s in track(range(args.aa_runs), description=f"A/A {name}")]
         rate = float(np.mean(np.array(ps) < ALPHA))
         half = 1.96 * np.sqrt(rate * (1 - rate) / len(ps))
         aa[name] = {"requests": requests, "runs": len(ps), "false_positive_rate": rate, "ci95": [rate - half, rate + half]}
@@ -153,8 +186,8 @@ def main() -> None:
     for n in track(range(args.pairs), description="agreement"):
         gap = float(world.rng.uniform(0.02, 0.10))
         x, y, cx, cy = pair_with_gap(world, gap, sigma_a=float(world.rng.uniform(0.5, 2.0)))
-        il = interleaving_run(world, (x, y), il_n or 500, 20_000 + n)
-        ab = ab_run(world, (x, y), 40 * (ab_n or 20_000), 30_000 + n)
+        il = interleaving_run(world, Merges((x, y)), il_n or args.il_start, 20_000 + n)
+        ab = ab_run(world, (x, y), 40 * (ab_n or args.ab_start), 30_000 + n)
         agreement.append({"gap": gap, "truth": int(np.sign(cx - cy)), "interleaving": il[1], "interleaving_p": il[0],
                           "ab": ab[1], "ab_p": ab[0]})
     agree_ab = float(np.mean([r["interleaving"] == r["ab"] for r in agreement]))
