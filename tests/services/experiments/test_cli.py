@@ -1,0 +1,48 @@
+"""`recsys experiments` in a child process on the real Redis: create, list, get, report, stop, and
+errors naming the file (and the line of broken JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from feature_store.settings import Settings
+from tests.services.test_cli_errors import ROOT
+
+
+def recsys(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RECSYS_REDIS__URL": str(settings.redis.url), "RECSYS_STATE_DIR": str(settings.state_dir)}
+    command = [sys.executable, "-c", "from services.cli import app; app()", "experiments", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_create_list_report_stop(api_settings: Settings, tmp_path: Path) -> None:
+    definition = tmp_path / "exp.json"
+    definition.write_text(json.dumps({"id": "cli1", "kind": "ab", "traffic": 0.3,
+                                      "arms": [{"name": "control"}, {"name": "treatment"}]}))
+    created = recsys(api_settings, "create", str(definition))
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["offset"] == 0.0
+    assert recsys(api_settings, "list").stdout.split("\t")[:3] == ["cli1", "ab", "default"]
+    report = json.loads(recsys(api_settings, "report", "cli1", "--json").stdout)
+    assert [arm["impressions"] for arm in report["arms"]] == [0, 0]
+    assert recsys(api_settings, "stop", "cli1").stdout.strip() == "cli1: stopped"
+    assert json.loads(recsys(api_settings, "get", "cli1").stdout)["status"] == "stopped"
+    assert (api_settings.state_dir / "experiments" / "cli1.json").is_file()
+
+
+def test_errors_name_the_file_and_the_line(api_settings: Settings, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"id": "x",\n "kind": "ab",\n "arms": [}\n')
+    result = recsys(api_settings, "create", str(broken))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {broken}: ")
+    assert "line 3" in result.stderr
+    shares = tmp_path / "shares.json"
+    shares.write_text(json.dumps({"id": "x", "kind": "ab", "arms": [{"name": "a", "share": 0.9}, {"name": "b", "share": 0.9}]}))
+    result = recsys(api_settings, "create", str(shares))
+    assert result.returncode == 2 and "shares must sum to 1" in result.stderr
+    missing = recsys(api_settings, "stop", "nope")
+    assert missing.returncode == 2 and "error: no experiment 'nope'" in missing.stderr
