@@ -16,6 +16,12 @@ class PopularityRecommender:
         counts = Counter(item for sequence in sequences for item in sequence)
         self.ranking = [item for item, _ in counts.most_common()]
         self.counts = counts
+        self.ids = np.array(self.ranking, dtype=str)
+        self._scores = np.array([counts[item] for item in self.ranking], dtype=np.float64)
+
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        """Training counts of `ids` (the same for every history)."""
+        return self._scores.copy()
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return [(item, float(self.counts[item])) for item in self.ranking[:k]]
@@ -28,9 +34,14 @@ class PopularityRecommender:
 class ItemKNNRecommender:
     """Item-based collaborative filtering (Sarwar et al. 2001): cosine similarity between item
     columns of the binary user-item matrix, each item keeping its `neighbours` most similar;
-    a user's score for item j is Σ_{i ∈ history} sim(i, j)."""
+    a user's score for item j is Σ_{i ∈ H} sim(i, j) over H, the user's last `recent` history
+    items (all of them when None). Both are tuned on validation under the protocol
+    (`models.evaluation.protocol`): a short recent window suits sequential data."""
 
-    def __init__(self, sequences: Sequence[Sequence[str]], neighbours: int = 100) -> None:
+    def __init__(self, sequences: Sequence[Sequence[str]], neighbours: int = 100, recent: int | None = None) -> None:
+        if neighbours < 1 or (recent is not None and recent < 1):
+            raise ValueError(f"neighbours and recent must be >= 1, got {neighbours} and {recent}")
+        self.recent = recent
         items = sorted({item for sequence in sequences for item in sequence})
         self.ids = np.array(items, dtype=str)
         self.position = {item: i for i, item in enumerate(items)}
@@ -66,7 +77,9 @@ class ItemKNNRecommender:
         return list(zip(self.ids[self.similarity.indices[top]].tolist(), self.similarity.data[top].tolist()))
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
-        rows = [self.position[item] for item in history if item in self.position]
+        """Σ sim(i, ·) over the last `recent` history items, aligned with `ids`."""
+        window = list(history)[-self.recent :] if self.recent else history
+        rows = [self.position[item] for item in window if item in self.position]
         return np.asarray(self.similarity[rows].sum(axis=0)).ravel() if rows else np.zeros(len(self.ids))
 
     def recommend(self, history: Sequence[str], k: int) -> list[str]:

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.evaluation.metrics import rank_metrics
 from models.evaluation.split import LeaveLastOut, Timestamp
 from models.ranking import samples
 from models.ranking.features import FeatureSpec
@@ -126,9 +127,11 @@ class CandidateFeatures:
         return self.categories.get(item, "")
 
     def as_of(self, user: str, position: int) -> float:
-        """Time of the end of ``user``'s history ``train[user][:position]`` (0 when unknown)."""
+        """Time of the end of ``user``'s history ``train[user][:position]`` (0 when unknown); a
+        longer history (the protocol's test phase adds the validation item, never trained on) is
+        taken as of the last training positive, so nothing about later events is used."""
         times = self.train_ts.get(user)
-        return times[position - 1] if times and position >= 1 else 0.0
+        return times[min(position, len(times)) - 1] if times and position >= 1 else 0.0
 
     def rows(self, user: str, history: Sequence[str], at: float, items: Sequence[str], labels: Sequence[int],
              sources: Sequence[str], split: str) -> dict[str, list[Any]]:  # fmt: skip
@@ -257,21 +260,18 @@ def per_user_metrics(model: Any, split: LeaveLastOut, ks: Sequence[int] = (10, 5
     """HR@K and NDCG@K per test user (same order as ``sorted(split.test)``), for bootstraps."""
     users = sorted(split.test)
     depth = max(ks)
-    out = {f"{kind}@{k}": np.zeros(len(users)) for k in ks for kind in ("HR", "NDCG")}
+    ranks = np.full(len(users), np.inf)
     for number, user in enumerate(users):
         if isinstance(model, UserRecommender):
             ranked = model.recommend_user(user, split.train[user], depth)
         else:
             ranked = model.recommend(split.train[user], depth)
-        held_out = split.test[user]
-        rank = ranked.index(held_out) + 1 if held_out in ranked else None
-        for k in ks:
-            if rank is not None and rank <= k:
-                out[f"HR@{k}"][number] = 1.0
-                out[f"NDCG@{k}"][number] = 1.0 / math.log2(rank + 1)
+        if split.test[user] in ranked:
+            ranks[number] = ranked.index(split.test[user]) + 1
         if progress is not None:
             progress(number + 1, len(users))
-    return out
+    values = rank_metrics(ranks, ks)
+    return {f"{kind}@{k}": values[f"{kind}@{k}"] for k in ks for kind in ("HR", "NDCG")}
 
 
 def bootstrap_ci(values: np.ndarray, rounds: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:

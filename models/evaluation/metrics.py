@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from models.evaluation.split import LeaveLastOut
 
 
@@ -40,6 +42,19 @@ def evaluate(
         if progress is not None and number % 100 == 0:
             progress(number, len(users))
     return {name: total / max(len(users), 1) for name, total in totals.items()}
+
+
+def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 50)) -> dict[str, np.ndarray]:
+    """Per-user HR@K, NDCG@K (one relevant item: 1/log2(rank+1) when rank <= K) and MRR (1/rank,
+    0 for a target never ranked) from each user's target rank (1 = best; inf = not ranked)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"HR@{k}"] = hit.astype(np.float64)
+        out[f"NDCG@{k}"] = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 1.0) + 1.0), 0.0)
+    out["MRR"] = np.where(np.isfinite(ranks), 1.0 / ranks, 0.0)
+    return out
 
 
 def _parse(name: str) -> tuple[str, int]:

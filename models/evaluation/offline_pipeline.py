@@ -68,12 +68,12 @@ def run_offline_evaluation(
     sequences = split.train_sequences()
     if not split.test:
         raise ValueError("no user has a held-out item: every user needs at least 2 positives")
-    with _single_threaded_faiss():
+    with single_threaded_faiss():
         return _run(split, sequences, categories, config, progress)
 
 
 @contextmanager
-def _single_threaded_faiss() -> Iterator[None]:
+def single_threaded_faiss() -> Iterator[None]:
     """Sample writing searches a small flat index tens of thousands of times, one query batch of
     a few vectors each; faiss's OpenMP threads cost more than they save there (3.5x slower per
     search measured on 2 busy cores), so they are switched off for the run and restored after."""
@@ -89,6 +89,20 @@ def _single_threaded_faiss() -> Iterator[None]:
 
 def _run(split: LeaveLastOut, sequences: list[list[str]], categories: Mapping[str, str], config: EvaluationConfig,
          progress: Progress | None) -> EvaluationResult:  # fmt: skip
+    contenders, counts, validation = build_contenders(split, sequences, categories, config, progress)
+    per_user = {
+        name: per_user_metrics(model, split, (10, 50), _phase(progress, f"evaluate {name}"))
+        for name, model in contenders.items()
+    }
+    return _summarise(per_user, config, counts, validation)
+
+
+def build_contenders(
+    split: LeaveLastOut, sequences: list[list[str]], categories: Mapping[str, str], config: EvaluationConfig,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], dict[str, int], dict[str, dict[str, float]]]:  # fmt: skip
+    """Pop, ItemKNN, the recall stage and recall -> each ranker, all trained on ``split.train``;
+    with the ranker sample counts and each ranker's validation metrics."""
     popular = PopularityRecommender(sequences)
     item_cf = ItemKNNRecommender(sequences)
     recall, embeddings = _build_recall(sequences, popular, item_cf, config)
@@ -105,11 +119,7 @@ def _run(split: LeaveLastOut, sequences: list[list[str]], categories: Mapping[st
             for kind in config.rankers:
                 score, spec, validation[kind] = _train_ranker(path, kind, config, item_vectors)
                 contenders[f"recall → {kind}"] = RerankRecommender(recall, features, spec, score, config.samples.recall_depth)
-    per_user = {
-        name: per_user_metrics(model, split, (10, 50), _phase(progress, f"evaluate {name}"))
-        for name, model in contenders.items()
-    }
-    return _summarise(per_user, config, counts, validation)
+    return contenders, counts, validation
 
 
 def _phase(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:

@@ -1,0 +1,110 @@
+"""One protocol run (`models.evaluation.protocol`): the tuned peers (Pop, ItemKNN over neighbours
+and last-n items, implicit ALS, GRU4Rec) and the project's pipeline (recall, recall -> rankers)
+on the same split, each chosen on validation and reported on test with bootstrap intervals over
+users. Behind `recsys evaluate --protocol loo` and `benchmarks/quality.py`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommender
+from models.evaluation.end_to_end import bootstrap_ci
+from models.evaluation.metrics import rank_metrics
+from models.evaluation.offline_pipeline import EvaluationConfig, single_threaded_faiss, build_contenders
+from models.evaluation.peers import GRU4Rec, ImplicitALS
+from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit, Tuned, full_ranks, tune
+
+Progress = Callable[[str, int, int], None]
+PROTOCOL_METRICS = ("HR@10", "NDCG@10", "HR@50", "MRR")
+PEERS = ("Pop", "ItemKNN", "ALS", "GRU4Rec")
+
+
+def _grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Which peers, their grids, GRU4Rec's budget, and the pipeline (None: peers only)."""
+
+    peers: tuple[str, ...] = PEERS
+    knn_grid: list[dict[str, Any]] = field(default_factory=lambda: _grid(neighbours=[20, 50, 100, 200], recent=[1, 3, 5, None]))
+    als_grid: list[dict[str, Any]] = field(default_factory=lambda: _grid(factors=[32, 64, 128], regularization=[0.01, 0.1], alpha=[1.0, 10.0]))
+    gru_grid: list[dict[str, Any]] = field(default_factory=lambda: _grid(dim=[64], dropout=[0.2]))
+    gru_epochs: int = 10
+    pipeline: EvaluationConfig | None = field(default_factory=EvaluationConfig)
+    bootstrap_rounds: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class ProtocolResult:
+    """Per model: chosen parameters, validation NDCG@10, test per-user metrics and their
+    (mean, low, high) summary."""
+
+    users: int
+    items: int
+    models: dict[str, Tuned]
+    summary: dict[str, dict[str, tuple[float, float, float]]]
+
+
+def run_protocol(split: ProtocolSplit, categories: Mapping[str, str], config: ProtocolConfig,
+                 progress: Progress | None = None) -> ProtocolResult:  # fmt: skip
+    """Fit every model on the training items, choose on validation, report on test."""
+    sequences = split.training_sequences()
+    tuned: dict[str, Tuned] = {}
+    for name in config.peers:
+        tuned[name] = _tune_peer(name, sequences, split, config, progress)
+    if config.pipeline is not None:
+        tuned.update(_pipeline(split, sequences, categories, config.pipeline, config.seed, progress))
+    summary = {
+        name: {m: (float(t.test[m].mean()), *bootstrap_ci(t.test[m], config.bootstrap_rounds, seed=config.seed))
+               for m in PROTOCOL_METRICS}
+        for name, t in tuned.items()
+    }  # fmt: skip
+    return ProtocolResult(len(split.test.test), len(split.items), tuned, summary)
+
+
+def _tune_peer(name: str, sequences: list[list[str]], split: ProtocolSplit, config: ProtocolConfig,
+               progress: Progress | None) -> Tuned:  # fmt: skip
+    seed = config.seed
+    if name == "Pop":
+        return tune(name, lambda: PopularityRecommender(sequences), [{}], split, seed, progress)
+    if name == "ItemKNN":
+        return tune(name, lambda **p: ItemKNNRecommender(sequences, **p), config.knn_grid, split, seed, progress)
+    if name == "ALS":
+        return tune(name, lambda **p: ImplicitALS(sequences, seed=seed, **p), config.als_grid, split, seed, progress)
+    if name == "GRU4Rec":
+
+        def validate(model: GRU4Rec) -> float:
+            return float(rank_metrics(full_ranks(model, split.validation, split.items, seed))[TUNING_METRIC].mean())
+
+        def build(**params: Any) -> GRU4Rec:
+            return GRU4Rec(sequences, seed=seed, **params).fit(config.gru_epochs, validate)
+
+        return tune(name, build, config.gru_grid, split, seed, progress)
+    raise ValueError(f"unknown peer {name!r}; expected some of {list(PEERS)}")
+
+
+def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapping[str, str],
+              config: EvaluationConfig, seed: int, progress: Progress | None) -> dict[str, Tuned]:  # fmt: skip
+    """The project's recall and recall -> rankers, trained on the training items (the validation
+    phase's split), as list models under full ranking."""
+    with single_threaded_faiss():
+        contenders, _, _ = build_contenders(split.validation, sequences, categories, config, progress)
+        out = {}
+        for name in [n for n in contenders if n.startswith("recall")]:
+            scorer = ListScorer(contenders[name], split.items, config.samples.recall_depth)
+            validation = rank_metrics(full_ranks(scorer, split.validation, split.items, seed))
+            test = rank_metrics(full_ranks(scorer, split.test, split.items, seed))
+            out[name] = Tuned(name, {}, scorer, validation, test, [({}, float(validation[TUNING_METRIC].mean()))])
+    return out
+
+
+def best_peer(result: ProtocolResult) -> str:
+    """The peer with the highest validation NDCG@10 (how a practitioner would pick one)."""
+    peers = [name for name in result.models if name in PEERS]
+    return max(peers, key=lambda name: float(result.models[name].validation[TUNING_METRIC].mean()))
