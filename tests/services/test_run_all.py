@@ -74,7 +74,7 @@ def test_recsys_run_serves_and_closes_the_feedback_loop(tmp_path: Path) -> None:
         output = log.read_text()
         assert run.poll() is None, output[-5000:]
         assert "recommendations?k=5" in output  # the sample table (run fails on an empty sample)
-        redis_url = re.search(r"redis\s+(redis://\S+)", output).group(1)  # type: ignore[union-attr]
+        redis_url = re.search(r"redis://[^\s│]+", output).group(0)  # type: ignore[union-attr]  # the summary's row
         settings = Settings(state_dir=state, redis={"url": redis_url})
         registry = ModelRegistry(state / "registry")
         assert registry.current("recall") is not None and registry.current("ranker") is not None
