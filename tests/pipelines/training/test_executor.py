@@ -1,0 +1,81 @@
+"""The DAG executor on small real steps that write files: a failing step is retried, a stuck one
+times out and fails the run, a resumed run skips what succeeded (while its output exists) and
+redoes the rest, and every step's record holds status, attempts, duration, inputs, outputs and
+metrics."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from feature_store.settings import Settings
+from pipelines.training.executor import RetryPolicy, Step, StepContext, StepFailed, StepResult, run_steps
+from pipelines.training.records import RunStore
+
+
+class Steps:
+    """Three steps writing `a.txt`, `b.txt` (failing its first `b_failures` attempts) and `c.txt`,
+    counting how often each ran."""
+
+    def __init__(self, folder: Path, b_failures: int = 0, block_c: threading.Event | None = None) -> None:
+        self.folder, self.b_failures, self.block_c = folder, b_failures, block_c
+        self.calls = {"a": 0, "b": 0, "c": 0}
+
+    def step(self, name: str) -> Step:
+        def run(context: StepContext) -> StepResult:
+            self.calls[name] += 1
+            if name == "b" and self.calls["b"] <= self.b_failures:
+                raise OSError(f"b failed on call {self.calls['b']}")
+            if name == "c" and self.block_c is not None:
+                self.block_c.wait(30)
+            path = self.folder / f"{name}.txt"
+            path.write_text(f"{name} after {sorted(context.outputs)}")
+            return StepResult({f"{name}_path": str(path)}, {"calls": self.calls[name]}, {"upstream": sorted(context.outputs)})
+
+        return Step(name, run, lambda context, outputs: Path(outputs[f"{name}_path"]).exists())
+
+    def all(self) -> list[Step]:
+        return [self.step(name) for name in "abc"]
+
+
+def test_retry_then_success_records_every_step(settings: Settings, tmp_path: Path) -> None:
+    store, dag = RunStore(tmp_path / "runs"), Steps(tmp_path, b_failures=1)
+    record = run_steps(dag.all(), settings, store, RetryPolicy(retries=1, backoff_s=0.0, timeout_s=30))
+    saved = store.load(record.run_id)
+    assert saved.status == "succeeded" and dag.calls == {"a": 1, "b": 2, "c": 1}
+    b = saved.step("b")
+    assert (b.status, b.attempts, b.error) == ("succeeded", 2, "attempt 1: OSError: b failed on call 1")
+    assert saved.step("c").inputs == {"upstream": ["a_path", "b_path"]} and saved.step("c").metrics == {"calls": 1}
+    assert all(step.duration_s is not None and step.duration_s >= 0 for step in saved.steps)
+    assert (tmp_path / "c.txt").read_text() == "c after ['a_path', 'b_path']"
+
+
+def test_failure_after_retries_then_resume_skips_what_succeeded(settings: Settings, tmp_path: Path) -> None:
+    store, dag = RunStore(tmp_path / "runs"), Steps(tmp_path, b_failures=2)
+    policy = RetryPolicy(retries=1, backoff_s=0.0, timeout_s=30)
+    with pytest.raises(StepFailed, match="step b failed: b failed on call 2"):
+        run_steps(dag.all(), settings, store, policy)
+    failed = store.runs()[0]
+    assert failed.status == "failed" and [s.status for s in failed.steps] == ["succeeded", "failed", "pending"]
+
+    (tmp_path / "a.txt").unlink()  # a's output is gone: resuming must redo it
+    run_steps(dag.all(), settings, store, policy, run_id=failed.run_id)
+    assert dag.calls == {"a": 2, "b": 3, "c": 1}
+    run_steps(dag.all(), settings, store, policy, run_id=failed.run_id)  # everything there: nothing reruns
+    assert dag.calls == {"a": 2, "b": 3, "c": 1} and store.load(failed.run_id).status == "succeeded"
+    assert len(store.runs()) == 1
+
+
+def test_a_step_past_its_timeout_fails_the_run_without_retry(settings: Settings, tmp_path: Path) -> None:
+    release = threading.Event()
+    store, dag = RunStore(tmp_path / "runs"), Steps(tmp_path, block_c=release)
+    try:
+        with pytest.raises(StepFailed, match="step c timed_out: still running after 0.5 s"):
+            run_steps(dag.all(), settings, store, RetryPolicy(retries=3, backoff_s=0.0, timeout_s=0.5))
+    finally:
+        release.set()
+    record = store.runs()[0]
+    assert record.status == "failed" and record.step("c").status == "timed_out" and record.step("c").attempts == 1
+    assert dag.calls["c"] == 1
