@@ -10,6 +10,8 @@ bounded queue, never a wait; its writer thread logs one impression event per sho
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Annotated
@@ -19,8 +21,12 @@ from fastapi import APIRouter, Query, Body
 from services.api.deps import ReadAccess, RequestIdDep, StateDep, UserIdPath
 from services.api.schemas import RecommendationsQuery, RecommendationsResponse, RecommendedItem
 from services.api.state import ServiceState
+from services.experiments.serving import Served
 from services.recommend.impressions import ServedList
+from services.recommend.pipeline import ModelBundle
 from services.recommend.types import RecommendationRequest
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/users", tags=["recommendations"], dependencies=[ReadAccess])
 
@@ -63,9 +69,7 @@ async def _recommend(
     state: ServiceState, request: RecommendationRequest, request_id: str, log_impressions: bool
 ) -> RecommendationsResponse:
     bundle = state.models.bundle
-    served = None
-    if state.experiment_serving is not None:
-        served = state.experiment_serving.plan(request.user_id, bundle, datetime.now(timezone.utc))
+    served = await _experiment(state, request.user_id, bundle)
     if served is not None:  # the service's assignment replaces the client's experiment and arm
         request = replace(request, context={**request.context, **served.context})
     result = await state.pipeline.recommend_within_deadline(request, bundle, served.plan if served else None)
@@ -95,3 +99,18 @@ async def _recommend(
         arm=request.context.get("arm"),
         timings_ms={name: round(ms, 3) for name, ms in result.timings_ms.items()},
     )
+
+
+async def _experiment(state: ServiceState, user_id: str, bundle: ModelBundle) -> Served | None:
+    """The user's experiment plan, read (one Redis GET) on a worker thread under the request's
+    deadline, like the pipeline's reads: a hanging Redis costs the experiment, not the event loop."""
+    if state.experiment_serving is None:
+        return None
+    plan = state.experiment_serving.plan
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(plan, user_id, bundle, datetime.now(timezone.utc)), state.settings.api.recommend_deadline_s
+        )
+    except TimeoutError:
+        log.warning("experiment assignment for %s missed the deadline: serving the default", user_id)
+        return None
