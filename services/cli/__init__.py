@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import batch, data, evaluate, experiments, models, run, serve, simulate, stream, train
+from services.cli import batch, data, evaluate, experiments, models, run, scheduler, serve, simulate, stream, train
 
 app = typer.Typer(
     name="recsys",
@@ -26,6 +26,7 @@ app.add_typer(experiments.app, name="experiments")
 app.add_typer(models.app, name="models")
 app.add_typer(stream.app, name="stream")
 app.command("run")(run.run)
+app.command("scheduler")(scheduler.scheduler)
 app.command("serve")(serve.serve)
 app.command("simulate")(simulate.simulate)
 app.add_typer(train.app, name="train")
