@@ -6,21 +6,29 @@ checks); a running API serves a change from its next request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from services.cli.common import StateDirOption, fail, load_settings
 
+if TYPE_CHECKING:
+    from feature_store.online_store import RedisOnlineStore
+    from feature_store.settings import Settings
+    from services.experiments.manager import ExperimentManager
+
+T = TypeVar("T")
+
 app = typer.Typer(help="A/B and interleaving experiments between rankers.", no_args_is_help=True)
 
 
 @contextmanager
-def _manager(state_dir: Path | None) -> Iterator[tuple[object, object, object]]:
+def _manager(state_dir: Path | None) -> Iterator[tuple[ExperimentManager, RedisOnlineStore, Settings]]:
+    """The manager on the state directory's store and Redis, its feature store and the settings."""
     import redis
 
     from feature_store.online_store import RedisOnlineStore
@@ -41,13 +49,15 @@ def _manager(state_dir: Path | None) -> Iterator[tuple[object, object, object]]:
             client.close()
 
 
-def _fail_on_errors(run):  # type: ignore[no-untyped-def]
+def _fail_on_errors(run: Callable[[], T]) -> T:
+    """`run()`, an experiment error turned into the CLI's one-line error."""
     from services.experiments.errors import ExperimentError
 
     try:
         return run()
     except ExperimentError as exc:
         fail(str(exc))
+        raise  # unreachable: fail exits
 
 
 @app.command("create")
@@ -66,7 +76,7 @@ def create(
         first = exc.errors()[0]
         fail(f"{definition}: {'.'.join(str(p) for p in first['loc']) or 'experiment'}: {first['msg']}")
     with _manager(state_dir) as (manager, _, _):
-        experiment = _fail_on_errors(lambda: manager.create(spec))  # type: ignore[attr-defined]
+        experiment = _fail_on_errors(lambda: manager.create(spec))
     typer.echo(experiment.model_dump_json(indent=2))
 
 
@@ -74,7 +84,7 @@ def create(
 def list_(state_dir: StateDirOption = None) -> None:
     """Every experiment: id, kind, layer, traffic slice, status."""
     with _manager(state_dir) as (manager, _, _):
-        for e in manager.list():  # type: ignore[attr-defined]
+        for e in manager.list():
             typer.echo(f"{e.id}\t{e.kind}\t{e.layer}\t[{e.offset:g}, {e.offset + e.traffic:g})\t{e.status}")
 
 
@@ -82,14 +92,14 @@ def list_(state_dir: StateDirOption = None) -> None:
 def get(experiment_id: str, state_dir: StateDirOption = None) -> None:
     """One experiment as JSON."""
     with _manager(state_dir) as (manager, _, _):
-        typer.echo(_fail_on_errors(lambda: manager.get(experiment_id)).model_dump_json(indent=2))  # type: ignore[attr-defined]
+        typer.echo(_fail_on_errors(lambda: manager.get(experiment_id)).model_dump_json(indent=2))
 
 
 @app.command("stop")
 def stop(experiment_id: str, state_dir: StateDirOption = None) -> None:
     """Stop an experiment (its users get the default serving)."""
     with _manager(state_dir) as (manager, _, _):
-        experiment = _fail_on_errors(lambda: manager.stop(experiment_id))  # type: ignore[attr-defined]
+        experiment = _fail_on_errors(lambda: manager.stop(experiment_id))
     typer.echo(f"{experiment.id}: {experiment.status}")
 
 
@@ -103,10 +113,10 @@ def report(
     from services.experiments.report import build_report
 
     with _manager(state_dir) as (manager, features, settings):
-        attribution = features.attribution()  # type: ignore[attr-defined]
+        attribution = features.attribution()
         try:
             result = _fail_on_errors(lambda: build_report(
-                manager, attribution, Path(settings.batch_uri), experiment_id))  # type: ignore[arg-type, attr-defined]
+                manager, attribution, Path(settings.batch_uri), experiment_id))
         finally:
             attribution.close()
     if as_json:
