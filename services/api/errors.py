@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.recommend.types import DegradedError
+from services.recommend.types import DegradedError, UnreadableEntryError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _degraded(request: Request, exc: DegradedError) -> JSONResponse:
         # Reads that can degrade (recommendations) catch it themselves; what reaches here cannot.
         return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
+
+    @app.exception_handler(UnreadableEntryError)
+    async def _unreadable(request: Request, exc: UnreadableEntryError) -> JSONResponse:
+        # 409: the request is fine; the entry it names must be PUT again (the message says so).
+        return JSONResponse(error_body(request, "stored_entry_unreadable", str(exc)), 409)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

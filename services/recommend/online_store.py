@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TypeVar
 
+import pydantic
 import redis
 
 from feature_store.definitions import GLOBAL_ID, Entity
@@ -37,7 +38,7 @@ from feature_store.live_writes import LiveWriter, LiveWriteResult
 from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import Event, Item, User
 from services.recommend.item_cache import ItemCache, TtlMemo
-from services.recommend.types import DegradedError
+from services.recommend.types import DegradedError, UnreadableEntryError
 
 T = TypeVar("T")
 
@@ -246,7 +247,7 @@ class ServingStore:
 
     def get_item(self, item_id: str) -> Item | None:
         raw = self._call(lambda: self.client.get(self._key("item", item_id)))
-        return Item.model_validate_json(raw) if raw else None
+        return _entry(Item, "item", item_id, raw)
 
     def upsert_user(self, user: User) -> bool:
         """Store a user (PUT /v1/users); returns True if it was new. The PUT time is recorded, as for items."""
@@ -259,7 +260,7 @@ class ServingStore:
 
     def get_user(self, user_id: str) -> User | None:
         raw = self._call(lambda: self.client.get(self._key("user", user_id)))
-        return User.model_validate_json(raw) if raw else None
+        return _entry(User, "user", user_id, raw)
 
     def _items(self, item_ids: Sequence[str]) -> dict[str, dict]:
         if not item_ids:
@@ -298,3 +299,19 @@ def _not_put_since(ids: Sequence[str], put_ms: Sequence[bytes | None], written_a
 
 def log_popularity(count: float) -> float:
     return math.log1p(max(count, 0.0))
+
+
+Entry = TypeVar("Entry", Item, User)
+
+
+def _entry(model: type[Entry], kind: str, entry_id: str, raw: bytes | None) -> Entry | None:
+    if not raw:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except (pydantic.ValidationError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise UnreadableEntryError(
+            f"{kind} {entry_id!r} is stored in a form this version cannot read back ({reason}); "
+            f"PUT it again (with metadata within the catalog bounds) to mend it"
+        ) from exc

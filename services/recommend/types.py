@@ -17,6 +17,11 @@ class DegradedError(RuntimeError):
     """An online dependency (Redis) failed or timed out; the caller answers from its fallback."""
 
 
+class UnreadableEntryError(ValueError):
+    """A stored catalog entry that no longer reads back (e.g. metadata PUT by a version without
+    `catalog.max_metadata_depth`); a new PUT of the entry mends it."""
+
+
 @dataclass
 class Candidate:
     """One recalled item with the channels that produced it and its best recall score."""

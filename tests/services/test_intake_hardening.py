@@ -4,6 +4,7 @@ characters in ids and categories, deeply nested metadata and whitespace around i
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -149,3 +150,25 @@ def test_ids_are_taken_exactly_not_stripped(client: TestClient, make_event: Even
     body = client.post("/v1/events", json=[make_event(" a", "i1", event_id="x1"), make_event("a", "i1 ", event_id="x2")]).json()
     assert body["accepted"] == 0
     assert {index: errors[0]["location"] for index, errors in _rejected(body).items()} == {0: "user_id", 1: "item_id"}
+
+
+def test_entries_stored_before_the_bounds_answer_a_clear_error_and_break_nothing(
+    client: TestClient, redis_client: Any
+) -> None:
+    """An item or user PUT by an older version with 220-deep metadata (stored then, 500 on every
+    GET since): its GET says what is wrong and how to mend it; a PUT mends it; the rest serve."""
+    assert client.put("/v1/items/fine", json={"title": "fine"}).status_code == 200
+    stored = client.app.state.service.store  # type: ignore[attr-defined]
+    old_item = {"item_id": "old", "title": "old", "categories": ["c"], "available": True, "created_at": None,
+                "metadata": _nested(220)}  # fmt: skip
+    redis_client.set(stored._key("item", "old"), json.dumps(old_item))
+    redis_client.set(stored._key("user", "old-user"), json.dumps({"user_id": "old-user", "attributes": _nested(220)}))
+
+    for path, what in (("/v1/items/old", "item"), ("/v1/users/old-user", "user")):
+        response = client.get(path)
+        assert response.status_code == 409, response.text
+        message = response.json()["error"]["message"]
+        assert f"{what} 'old" in message and "PUT" in message, message
+    assert client.get("/v1/items/fine").json()["title"] == "fine"
+    assert client.put("/v1/items/old", json={"title": "mended"}).status_code == 200
+    assert client.get("/v1/items/old").json()["title"] == "mended"
