@@ -1,9 +1,11 @@
 """Deployment files can't be run here (no Docker engine), so check what can be checked: the YAML
 parses into the expected shape, and every `recsys` command line they name parses against the
-real CLI (command path and options), and every file they reference exists."""
+real CLI (command path and options), every file they reference exists, and every environment
+key they set is a real setting (with a value the settings accept)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,6 +15,7 @@ import pytest
 import typer.main
 import yaml
 
+from feature_store.settings import Settings
 from services.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,26 +49,71 @@ def k8s_commands(document: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
             yield container["name"], container["args"]
 
 
-def test_compose_file_services_run_real_commands() -> None:
-    compose = yaml.safe_load((INFRA / "docker-compose.yaml").read_text())
-    assert {"redis", "api", "stream"} <= set(compose["services"])
+#: Environment keys read outside the RECSYS_ settings tree (feature_store/settings.py reads both).
+NON_SETTING_KEYS = {"REDIS_URL", "RECSYS_CONFIG"}
+
+
+def check_setting_keys(env: dict[str, Any], where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key names a field of `Settings` (nested with `__`), and the values validate."""
+    for key in env:
+        if key in NON_SETTING_KEYS:
+            continue
+        assert key.startswith("RECSYS_"), f"{where}: {key} is not a RECSYS_ setting"
+        model: Any = Settings
+        for part in key.removeprefix("RECSYS_").lower().split("__"):
+            assert model is not None and part in model.model_fields, f"{where}: {key} is not a setting"
+            model = model.model_fields[part].annotation
+            model = model if isinstance(model, type) and hasattr(model, "model_fields") else None
+    for name in [n for n in os.environ if n.startswith("RECSYS_") or n == "REDIS_URL"]:
+        monkeypatch.delenv(name)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    Settings()  # the values parse (types, ranges) like any deployment's
+
+
+def test_compose_file_services_run_real_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert {"redis", "api", "stream", "scheduler"} <= set(compose["services"])
     commands = dict(compose_commands(compose))
     assert commands, "no recsys services found"
     for name, args in commands.items():
         parse_recsys_args(args)
-    assert (ROOT / compose["x-recsys"]["build"]["dockerfile"]).is_file()
+        check_setting_keys(compose["services"][name].get("environment", {}), f"compose {name}", monkeypatch)
+    assert commands["scheduler"] == ["scheduler"] and commands["train"] == ["train", "run"]
+    assert (ROOT / compose["x-recsys"]["build"]["context"] / compose["x-recsys"]["build"]["dockerfile"]).is_file()
+    assert not (INFRA / "docker-compose.yaml").exists(), "one compose file, at the top level"
 
 
 K8S_FILES = sorted((INFRA / "k8s").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", K8S_FILES, ids=[p.name for p in K8S_FILES])
-def test_kubernetes_manifests_parse_and_name_real_commands(path: Path) -> None:
+def test_kubernetes_manifests_parse_and_name_real_commands(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for document in yaml.safe_load_all(path.read_text()):
         assert {"apiVersion", "kind", "metadata"} <= set(document)
+        if document["kind"] == "ConfigMap":
+            check_setting_keys(document["data"], f"{path.name} ConfigMap", monkeypatch)
         if document["kind"] in {"Deployment", "CronJob"}:
-            for _, args in k8s_commands(document):
+            for name, args in k8s_commands(document):
                 parse_recsys_args(args)
+            for name, env in k8s_env(document):
+                check_setting_keys(env, f"{path.name} {name}", monkeypatch)
+
+
+def k8s_env(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    spec = document["spec"]
+    if document["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod = spec["template"]["spec"]
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        yield container["name"], {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+def test_kubernetes_runs_the_training_dag_on_a_schedule() -> None:
+    jobs = [d for path in K8S_FILES for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "CronJob"]
+    commands = [args for job in jobs for _, args in k8s_commands(job)]
+    assert ["train", "run", "--trigger", "schedule"] in commands
+    assert all(job["spec"]["concurrencyPolicy"] == "Forbid" for job in jobs)
 
 
 def test_dockerfile_copies_existing_paths_and_runs_the_cli() -> None:
