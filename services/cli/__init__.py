@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from services.cli import batch, data, evaluate, experiments, models, run, scheduler, serve, simulate, stream, train
+from services.cli.common import print_error
 
 app = typer.Typer(
     name="recsys",
@@ -30,3 +31,19 @@ app.command("scheduler")(scheduler.scheduler)
 app.command("serve")(serve.serve)
 app.command("simulate")(simulate.simulate)
 app.add_typer(train.app, name="train")
+
+#: Modules that come from the `cpu` or `gpu` extra (pyproject.toml), not from the base install.
+EXTRA_MODULES = ("tensorflow", "faiss")
+
+
+def main() -> None:
+    """The `recsys` entry point: the app, with a missing cpu/gpu extra named instead of a traceback."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "").split(".")[0]
+        if module not in EXTRA_MODULES:
+            raise
+        print_error(f"{module} is not installed: it comes from the cpu or gpu extra; install one with "
+                    "`pip install -c constraints.txt -e '.[cpu]'` (or '.[gpu]' for NVIDIA GPUs), or `make test VARIANT=cpu|gpu`")  # fmt: skip
+        raise SystemExit(2) from None

@@ -30,8 +30,13 @@ def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
         raise  # unreachable, for type checkers
 
 
-def fail(message: str) -> None:
-    """Print `error: <message>` to stderr as one plain line (no markup, never wrapped) and exit 2."""
+def print_error(message: str) -> None:
+    """Print `error: <message>` to stderr as one plain line (no markup, never wrapped)."""
     typer.secho("error:", fg="red", bold=True, err=True, nl=False)
     typer.echo(f" {message}", err=True)
+
+
+def fail(message: str) -> None:
+    """`print_error(message)` and exit 2."""
+    print_error(message)
     raise typer.Exit(code=2)

@@ -45,3 +45,15 @@ def test_an_error_with_markup_like_text_is_printed_verbatim(settings: Settings, 
     result = recsys("stream", "run", "--state-dir", str(settings.state_dir), "--from-checkpoint", str(checkpoint))
     assert result.returncode == 2
     assert f"error: {checkpoint} is not a completed checkpoint" in result.stderr
+
+
+def test_a_missing_cpu_or_gpu_extra_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """TensorFlow made unimportable (as in an install without the cpu/gpu extra): the command says
+    which extra to install, in one plain line, and exits 2."""
+    script = ("import sys; sys.modules['tensorflow'] = None; from services.cli import main; "
+              f"sys.argv = ['recsys', 'train', 'ranker', '--samples', {str(tmp_path)!r}, '--state-dir', {str(tmp_path)!r}]; main()")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "error: tensorflow is not installed: it comes from the cpu or gpu extra" in result.stderr
+    assert "'.[cpu]'" in result.stderr
