@@ -182,3 +182,23 @@ class ListScorer:
             if item in self._position:
                 scores[self._position[item]] = -float(n)
         return scores
+
+
+def top_lists(model: Any, split: LeaveLastOut, items: Sequence[str], k: int = 10, seed: int = 0) -> list[list[str]]:
+    """Each user's top ``k`` items (users in sorted order) under the same full ranking as
+    `full_ranks`: history masked, ties broken at random."""
+    index = {item: i for i, item in enumerate(items)}
+    columns = np.array([index[item] for item in model.ids.tolist()], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    users = sorted(split.test)
+    lists: list[list[str]] = []
+    for start in range(0, len(users), 512):
+        chunk = users[start : start + 512]
+        for user, own in zip(chunk, _chunk_scores(model, split, chunk)):
+            full = np.full(len(items), -np.inf)
+            full[columns] = own
+            key = np.where(np.isneginf(full), 1e300, -full)  # unknown items tie below every score
+            key[[index[item] for item in split.train[user] if item in index]] = np.inf  # masked: last
+            order = np.lexsort((rng.random(len(items)), key))
+            lists.append([items[i] for i in order[:k]])
+    return lists

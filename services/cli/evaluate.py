@@ -67,7 +67,7 @@ def _field(settings: Any, pipeline: Any, min_interactions: int, peers: tuple[str
     from models.evaluation.protocol import implicit_interactions, protocol_split
     from models.evaluation.protocol_run import ProtocolConfig, run_protocol
 
-    events, categories = _read(settings)
+    events, categories = read_log(settings)
     split = protocol_split(implicit_interactions(events), min_interactions)
     console.print(f"{len(split.test.test):,} users with >= {min_interactions} interactions, {len(split.items):,} items")
     config = ProtocolConfig(peers=peers, gru_epochs=gru_epochs, pipeline=pipeline,
@@ -111,11 +111,11 @@ def _load(settings: Any) -> tuple[Any, dict[str, str]]:
     from models.embeddings.inputs import positive_interactions
     from models.evaluation import leave_last_one_out
 
-    events, categories = _read(settings)
+    events, categories = read_log(settings)
     return leave_last_one_out(positive_interactions(events)), categories
 
 
-def _read(settings: Any) -> tuple[list[Any], dict[str, str]]:
+def read_log(settings: Any) -> tuple[list[Any], dict[str, str]]:
     """Every event of the log, and each catalog item's first category."""
     from feature_store.catalog import Catalog
     from feature_store.event_log import LocalEventLog

@@ -1,0 +1,119 @@
+"""Recommendation quality under the field's protocol (issue 20): the project's pipeline (recall,
+recall -> DIN) against tuned peers (Pop, ItemKNN over neighbours x last-n items, implicit ALS,
+GRU4Rec) on the same split, with 95% bootstrap intervals over users, plus the catalog coverage
+and mean pairwise overlap of every model's top-10 lists (test-phase histories).
+
+Import a data set once, then run (one data set per run):
+
+    .venv/bin/recsys data import-movielens ../shared/data/ml-100k --state-dir /tmp/q-ml100k
+    .venv/bin/python benchmarks/quality.py --state-dir /tmp/q-ml100k --name ml-100k
+
+    .venv/bin/recsys data import ../shared/data/amazon-toys/Toys_and_Games.txt --format sequences \\
+        --event-type purchase --categories ../shared/data/amazon-toys/Toys_and_Games_item2attributes.json \\
+        --state-dir /tmp/q-toys
+    .venv/bin/python benchmarks/quality.py --state-dir /tmp/q-toys --name amazon-toys --positions-per-user 3
+
+Targets: pipeline NDCG@10 >= 1.10 x the best tuned peer's (peer chosen on validation); top-10
+coverage >= 3x today's with overlap <= 0.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from quiet import ForeignCpu  # benchmarks/quiet.py: the script's folder is on sys.path
+from feature_store.settings import Settings
+from models.evaluation.end_to_end import SampleConfig
+from models.evaluation.offline_pipeline import EvaluationConfig
+from models.evaluation.protocol import implicit_interactions, protocol_split, top_lists
+from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, best_peer, run_protocol
+from services.cli.evaluate import print_protocol, read_log
+
+
+def diversity(lists: list[list[str]], catalog: int) -> dict[str, float]:
+    """Distinct items over all lists, their share of the catalog, and the mean over user pairs
+    of |A ∩ B| / k, via Σ_i C(n_i, 2) / C(N, 2) / k (n_i: lists holding item i)."""
+    counts: dict[str, int] = {}
+    for items in lists:
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+    n, k = len(lists), max(map(len, lists), default=1)
+    shared = sum(c * (c - 1) / 2 for c in counts.values())
+    overlap = shared / (n * (n - 1) / 2) / k if n > 1 else 0.0
+    return {"distinct": float(len(counts)), "coverage": len(counts) / catalog, "overlap": overlap}
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, rounds: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) / mean(b) with a paired percentile bootstrap interval over users."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(a), size=(rounds, len(a)))
+    ratios = a[draws].mean(axis=1) / np.maximum(b[draws].mean(axis=1), 1e-12)
+    return float(a.mean() / max(b.mean(), 1e-12)), float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--rankers", default="din")
+    parser.add_argument("--ranker-epochs", type=int, default=3)
+    parser.add_argument("--positions-per-user", type=int, default=None)
+    parser.add_argument("--gru-epochs", type=int, default=20)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    events, categories = read_log(Settings(state_dir=args.state_dir))
+    split = protocol_split(implicit_interactions(events))
+    pipeline = EvaluationConfig(
+        rankers=tuple(r for r in args.rankers.split(",") if r), ranker_epochs=args.ranker_epochs,
+        samples=SampleConfig(positions_per_user=args.positions_per_user, seed=args.seed), bootstrap_rounds=args.bootstrap,
+        seed=args.seed,
+    )  # fmt: skip
+    config = ProtocolConfig(peers=tuple(args.peers.split(",")), gru_epochs=args.gru_epochs, pipeline=pipeline,
+                            bootstrap_rounds=args.bootstrap, seed=args.seed)  # fmt: skip
+    with ForeignCpu() as other, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        tasks: dict[str, int] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)  # type: ignore[arg-type]
+
+        result = run_protocol(split, categories, config, report)
+    seconds = time.perf_counter() - started
+    print_protocol(result)
+    summary(args, result, split, seconds, other)
+
+
+def summary(args: argparse.Namespace, result: ProtocolResult, split: object, seconds: float, other: ForeignCpu) -> None:
+    peer = best_peer(result)
+    figures: dict[str, object] = {"dataset": args.name, "users": result.users, "items": result.items, "seconds": seconds,
+                                  "other_core_seconds": other.core_seconds, "best_peer": peer, "models": {}}  # fmt: skip
+    print(f"\n{args.name}: best tuned peer on validation: {peer}; whole run {seconds / 60:.1f} min "
+          f"(other processes used {other.core_seconds / max(seconds, 1e-9):.2f} cores on average)")  # fmt: skip
+    print(f"{'model':<16} {'NDCG@10 / best peer [95% CI]':>30} {'top-10 items':>13} {'coverage':>9} {'overlap':>8}")
+    for name, tuned in result.models.items():
+        lists = top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
+        spread = diversity(lists, result.items)
+        ratio = ratio_ci(tuned.test["NDCG@10"], result.models[peer].test["NDCG@10"], args.bootstrap, args.seed)
+        print(f"{name:<16} {ratio[0]:>10.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]     {int(spread['distinct']):>13,} "
+              f"{spread['coverage']:>9.3f} {spread['overlap']:>8.3f}")  # fmt: skip
+        figures["models"][name] = {  # type: ignore[index]
+            "params": tuned.params, "validation_ndcg10": float(tuned.validation["NDCG@10"].mean()),
+            "test": {m: list(v) for m, v in result.summary[name].items()}, "ndcg10_vs_best_peer": list(ratio), **spread,
+        }  # fmt: skip
+    if args.output:
+        args.output.write_text(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
