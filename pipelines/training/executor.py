@@ -133,21 +133,22 @@ def _finish(entry: StepRecord, started: float, record: RunRecord, store: RunStor
 
 def _attempts(step: Step, context: StepContext, entry: StepRecord, record: RunRecord, store: RunStore,
               policy: RetryPolicy, notify: Progress) -> StepResult:  # fmt: skip
-    for attempt in range(policy.retries + 1):
-        entry.attempts = attempt + 1
+    attempt = 0
+    while True:
+        attempt += 1
+        entry.attempts = attempt
         try:
             return _with_timeout(step, context, policy.timeout_s)
         except _TimedOut:
             raise
         except Exception as exc:
-            if attempt == policy.retries:
+            if attempt > policy.retries:
                 raise
-            entry.error = f"attempt {attempt + 1}: {type(exc).__name__}: {exc}"
+            entry.error = f"attempt {attempt}: {type(exc).__name__}: {exc}"
             store.save(record)
             notify(step.name, "retry", entry)
-            log.warning("step %s attempt %d failed (%s); retrying", step.name, attempt + 1, exc)
-            time.sleep(policy.backoff_s * 2**attempt)
-    raise AssertionError("unreachable")
+            log.warning("step %s attempt %d failed (%s); retrying", step.name, attempt, exc)
+            time.sleep(policy.backoff_s * 2 ** (attempt - 1))
 
 
 class _TimedOut(Exception):

@@ -1,0 +1,123 @@
+"""The training DAG's wall time per step on MovieLens 100k (or synthetic events), and the quality
+gate's own cost.
+
+Runs, in one process on one embedded Redis:
+
+1. DAG run 1: no blessed model yet, so the gate scores the candidates only (floors);
+2. DAG run 2: the gate scores candidates and the blessed baselines on the same held-out window;
+3. the peer: the same work called directly, without the DAG (Spark chain in one call, then the
+   embeddings and ranker steps' functions): no run records, threads, evaluation or gate.
+
+Prints each step's seconds, run 2's total over the peer's (the DAG's overhead plus the gate), and
+the gate's cost (evaluate + gate steps) as a share of run 2.
+
+    .venv/bin/python benchmarks/training_dag.py --movielens ../shared/data/ml-100k
+    .venv/bin/python benchmarks/training_dag.py --synthetic 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from feature_store.redis_server import redis_url
+from feature_store.settings import Settings
+from pipelines.training.dag import run_training
+from pipelines.training.executor import StepContext
+from pipelines.training.records import RunRecord
+
+FAST_TRAINING = {"embedding_dim": 32, "embedding_epochs": 2, "walks_per_node": 5, "walk_length": 20,
+                 "ranker_epochs": 2, "ranker_patience": 1}  # fmt: skip
+
+
+def _import(settings: Settings, movielens: Path | None, synthetic: int) -> None:
+    if movielens is not None:
+        from pipelines.datasets import movielens as ml
+
+        ml.import_movielens(movielens, settings)
+    else:
+        from services.cli import data
+
+        data.synth(events=synthetic, state_dir=settings.state_dir)
+
+
+def _progress(name: str, event: str, step: object) -> None:
+    if event == "end":
+        print(f"  {name:<12} {step.status:<10} {step.duration_s:8.1f} s", flush=True)  # type: ignore[attr-defined]
+
+
+def _dag(settings: Settings, label: str) -> RunRecord:
+    print(f"{label}:", flush=True)
+    return run_training(settings, trigger="benchmark", progress=_progress)
+
+
+def _peer(settings: Settings) -> dict[str, float]:
+    """The same work without the DAG: batch chain, embeddings, ranker, timed."""
+    from pipelines.spark.runner import CHAIN, run_jobs
+    from pipelines.spark.session import build_session
+    from pipelines.training import steps
+
+    print("peer (direct calls, no DAG):", flush=True)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    spark = build_session(settings, "recsys-benchmark-peer")
+    try:
+        list(run_jobs(spark, settings, list(CHAIN)))
+    finally:
+        spark.stop()
+    seconds["batch chain"] = time.perf_counter() - started
+    outputs: dict[str, object] = {}
+    for name, function in (("embeddings", steps.embeddings), ("ranker", steps.ranker)):
+        started = time.perf_counter()
+        outputs |= function(StepContext(settings, "peer", dict(outputs))).outputs
+        seconds[name] = time.perf_counter() - started
+    for name, value in seconds.items():
+        print(f"  {name:<12} {value:8.1f} s", flush=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--movielens", type=Path, help="MovieLens directory (read in place)")
+    parser.add_argument("--synthetic", type=int, default=0, help="events to generate instead")
+    args = parser.parse_args()
+    if (args.movielens is None) == (args.synthetic == 0):
+        parser.error("give --movielens PATH or --synthetic N")
+    with tempfile.TemporaryDirectory(prefix="recsys-dag-bench-") as state:
+        base = Settings(state_dir=Path(state))
+        with redis_url(base) as url:
+            settings = base.model_copy(update={
+                "redis": base.redis.model_copy(update={"url": url}),
+                "training": base.training.model_copy(update=FAST_TRAINING),
+            })  # fmt: skip
+            started = time.perf_counter()
+            _import(settings, args.movielens, args.synthetic)
+            print(f"import: {time.perf_counter() - started:.1f} s", flush=True)
+            runs = [_dag(settings, "DAG run 1 (no baseline)"), _dag(settings, "DAG run 2 (gate vs blessed)")]
+            peer = _peer(settings)
+    _summary(runs, peer)
+
+
+def _summary(runs: list[RunRecord], peer: dict[str, float]) -> None:
+    seconds = [{s.name: s.duration_s or 0.0 for s in run.steps} for run in runs]
+    print(f"\n{'step':<12} {'run 1 s':>9} {'run 2 s':>9}")
+    for name in seconds[0]:
+        print(f"{name:<12} {seconds[0][name]:9.1f} {seconds[1][name]:9.1f}")
+    totals = [sum(s.values()) for s in seconds]
+    gate = [s["evaluate"] + s["gate"] for s in seconds]
+    print(f"{'total':<12} {totals[0]:9.1f} {totals[1]:9.1f}")
+    print(f"gate cost (evaluate + gate): run 1 {gate[0]:.1f} s ({gate[0] / totals[0]:.1%}), "
+          f"run 2 {gate[1]:.1f} s ({gate[1] / totals[1]:.1%})")  # fmt: skip
+    peer_total = sum(peer.values())
+    print(f"peer total {peer_total:.1f} s; DAG run 2 / peer = {totals[1] / peer_total:.2f}x")
+    for run in runs:
+        blessed = run.step("gate").metrics
+        print(f"run {run.run_id}: " + "; ".join(
+            f"{role} blessed={d['blessed']} " + ", ".join(f"{c['metric']} {c['candidate']} vs {c['baseline']}" for c in d["checks"])
+            for role, d in blessed.items()))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
