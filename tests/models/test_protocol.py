@@ -11,7 +11,7 @@ import pytest
 from models.evaluation import ItemKNNRecommender, PopularityRecommender
 from models.evaluation.metrics import rank_metrics
 from models.evaluation.peers import GRU4Rec, ImplicitALS
-from models.evaluation.protocol import ListScorer, full_ranks, protocol_split, tune
+from models.evaluation.protocol import ListScorer, full_ranks, protocol_split, top_lists, tune
 from models.evaluation.split import LeaveLastOut
 
 
@@ -129,7 +129,28 @@ def test_recsys_evaluate_field_protocol_reports_tuned_peers_and_the_pipeline(tmp
                                  "--rankers", "", "--bootstrap-rounds", "20", *state])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "60 users with >= 5 interactions, 20 items" in result.output
-    for name in ("Pop", "ItemKNN", "recall only", "MRR"):
+    for name in ("Pop", "ItemKNN", "recall only", "pipeline", "MRR"):
         assert name in result.output
     bad = runner.invoke(app, ["evaluate", "--protocol", "nope", *state])
     assert bad.exit_code != 0 and "unknown protocol 'nope'" in bad.output
+
+
+def test_top_lists_follow_the_scores_without_history() -> None:
+    model = _Fixed({"a": 9.0, "b": 5.0, "c": 3.0, "d": 1.0})
+    split = LeaveLastOut({"u": ["a"], "v": ["d"]}, {"u": "c", "v": "c"})
+    assert top_lists(model, split, ["a", "b", "c", "d", "e"], k=3) == [["b", "c", "d"], ["a", "b", "c"]]
+
+
+def test_pipeline_serves_the_order_that_wins_on_validation() -> None:
+    from models.evaluation.end_to_end import SampleConfig
+    from models.evaluation.offline_pipeline import EvaluationConfig
+    from models.evaluation.protocol_run import PIPELINE, ProtocolConfig, run_protocol
+
+    split = protocol_split(_chains(users=60, items=20))
+    pipeline = EvaluationConfig(recall_models=(), rankers=("din",), ranker_epochs=1, ranker_embedding_dim=4,
+                                samples=SampleConfig(positions_per_user=2, recall_depth=20, max_seq_len=4))  # fmt: skip
+    result = run_protocol(split, {}, ProtocolConfig(peers=(), pipeline=pipeline, bootstrap_rounds=20))
+    validation = {name: result.models[name].validation["NDCG@10"].mean() for name in ("recall only", "recall → din")}
+    chosen = result.models[PIPELINE]
+    assert chosen.params["order"] == max(validation, key=validation.get)  # type: ignore[arg-type]
+    assert np.array_equal(chosen.test["NDCG@10"], result.models[chosen.params["order"]].test["NDCG@10"])
