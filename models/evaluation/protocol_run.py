@@ -40,6 +40,13 @@ class ProtocolConfig:
     bootstrap_rounds: int = 1000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.peers if name not in PEERS]
+        if unknown:
+            raise ValueError(f"unknown peers {unknown}; expected some of {list(PEERS)}")
+        if self.gru_epochs < 1:
+            raise ValueError(f"gru_epochs must be >= 1, got {self.gru_epochs}")
+
 
 @dataclass
 class ProtocolResult:
@@ -87,7 +94,7 @@ def _tune_peer(name: str, sequences: list[list[str]], split: ProtocolSplit, conf
             return GRU4Rec(sequences, seed=seed, **params).fit(config.gru_epochs, validate)
 
         return tune(name, build, config.gru_grid, split, seed, progress)
-    raise ValueError(f"unknown peer {name!r}; expected some of {list(PEERS)}")
+    raise AssertionError(f"peer {name!r} passed ProtocolConfig's check")
 
 
 def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapping[str, str],

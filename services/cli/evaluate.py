@@ -67,11 +67,11 @@ def _field(settings: Any, pipeline: Any, min_interactions: int, peers: tuple[str
     from models.evaluation.protocol import implicit_interactions, protocol_split
     from models.evaluation.protocol_run import ProtocolConfig, run_protocol
 
+    config = ProtocolConfig(peers=peers, gru_epochs=gru_epochs, pipeline=pipeline,
+                            bootstrap_rounds=pipeline.bootstrap_rounds, seed=seed)  # fmt: skip
     events, categories = read_log(settings)
     split = protocol_split(implicit_interactions(events), min_interactions)
     console.print(f"{len(split.test.test):,} users with >= {min_interactions} interactions, {len(split.items):,} items")
-    config = ProtocolConfig(peers=peers, gru_epochs=gru_epochs, pipeline=pipeline,
-                            bootstrap_rounds=pipeline.bootstrap_rounds, seed=seed)  # fmt: skip
     with _progress() as bar:
         result = run_protocol(split, categories, config, _reporter(bar))
     print_protocol(result)

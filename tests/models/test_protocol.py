@@ -133,6 +133,8 @@ def test_recsys_evaluate_field_protocol_reports_tuned_peers_and_the_pipeline(tmp
         assert name in result.output
     bad = runner.invoke(app, ["evaluate", "--protocol", "nope", *state])
     assert bad.exit_code != 0 and "unknown protocol 'nope'" in bad.output
+    bad_peer = runner.invoke(app, ["evaluate", "--protocol", "field", "--peers", "SVD", *state])
+    assert bad_peer.exit_code != 0 and "unknown peers ['SVD']" in bad_peer.output
 
 
 def test_top_lists_follow_the_scores_without_history() -> None:
