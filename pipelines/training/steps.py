@@ -113,6 +113,8 @@ def evaluate(context: StepContext) -> StepResult:
         base = gate.baseline(registry, role)
         entry: dict[str, Any] = {"candidate": candidate.version, "baseline": base and base.version}
         entry["metrics"], entry["problems"] = _quality(role, candidate, split, context.settings)
+        if role == "recall" and split is not None and not split.test:
+            entry["problems"].append("no user has a positive in the held-out window: nothing to score")
         if base is not None and base.version != candidate.version:
             try:
                 entry["baseline_metrics"], _ = _quality(role, base, split, context.settings)
