@@ -3,7 +3,7 @@
 The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *what* to count by the rule of
 `feature_store.attribution`; this store keeps the counts, idempotently and bounded in memory:
 
-- one Lua script per record: it first sets the record's replay marker (`SET NX PX`), and applies
+- one Lua script per record (`record_many` sends a batch of them in one pipelined round trip): it first sets the record's replay marker (`SET NX PX`), and applies
   nothing if the marker exists, so a replay after a restart adds nothing. Markers: per impression
   event id (`record_impression`), per (impression event id, outcome type) (`record_credit`: an
   impression counts at most one outcome of each type), per outcome event id (`record_miss`:
@@ -137,20 +137,47 @@ class Miss(StrEnum):
     LATE = "late"  # too late for the speed layer; the batch layer attributes it
 
 
+@dataclass(frozen=True)
+class ImpressionRecord:
+    """Count an impression in every dimension (once per impression event id)."""
+
+    impression: Impression
+
+
+@dataclass(frozen=True)
+class CreditRecord:
+    """Credit `outcome` to `impression` (at most one outcome of each type per impression)."""
+
+    impression: Impression
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class MissRecord:
+    """Count an outcome that was not attributed, or came too late (once per outcome event id)."""
+
+    outcome: Outcome
+    miss: Miss
+
+
+Record = ImpressionRecord | CreditRecord | MissRecord
+
+
 class AttributionStore(ABC):
     """Attributed counts: idempotent writes of the speed layer, reads for serving and checks."""
 
     @abstractmethod
+    def record_many(self, records: Sequence[Record], now_ms: int | None = None) -> list[RecordResult]:
+        """Apply `records` (each idempotent, as its class says); one result per record, in order."""
+
     def record_impression(self, impression: Impression, now_ms: int | None = None) -> RecordResult:
-        """Count an impression in every dimension (once per impression event id)."""
+        return self.record_many([ImpressionRecord(impression)], now_ms)[0]
 
-    @abstractmethod
     def record_credit(self, impression: Impression, outcome: Outcome, now_ms: int | None = None) -> RecordResult:
-        """Credit `outcome` to `impression` (at most one outcome of each type per impression)."""
+        return self.record_many([CreditRecord(impression, outcome)], now_ms)[0]
 
-    @abstractmethod
     def record_miss(self, outcome: Outcome, miss: Miss, now_ms: int | None = None) -> RecordResult:
-        """Count an outcome that was not attributed, or came too late (once per outcome event id)."""
+        return self.record_many([MissRecord(outcome, miss)], now_ms)[0]
 
     @abstractmethod
     def counts(self, dimension: str, key: str, since_ms: int, until_ms: int) -> dict[str, int]:
@@ -222,14 +249,33 @@ class RedisAttributionStore(AttributionStore):
             self._client.close()
             self._client = None
 
-    def record_impression(self, impression: Impression, now_ms: int | None = None) -> RecordResult:
+    def record_many(self, records: Sequence[Record], now_ms: int | None = None) -> list[RecordResult]:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        results: list[RecordResult | None] = []
+        pipe = self.client.pipeline(transaction=False)
+        for record in records:
+            marker, ts_ms, ops = self._prepare(record)
+            results.append(self._queue(pipe, marker, ts_ms, ops, now_ms))
+        with translate_errors(self._spec, f"recording {len(records)} attributions"):
+            applied = iter(pipe.execute() if len(pipe) else [])
+        return [result or (RecordResult.APPLIED if int(next(applied)) else RecordResult.DUPLICATE) for result in results]
+
+    def _prepare(self, record: Record) -> tuple[str, int, list[Any]]:
+        """(replay marker, event time, ops) of a record."""
+        if isinstance(record, ImpressionRecord):
+            return self._impression_ops(record.impression)
+        if isinstance(record, CreditRecord):
+            return self._credit_ops(record.impression, record.outcome)
+        return self._miss_ops(record.outcome, record.miss)
+
+    def _impression_ops(self, impression: Impression) -> tuple[str, int, list[Any]]:
         layout = self._layout
         position = NO_VALUE if impression.position is None else str(impression.position)
         ops = self._count_ops(impression, IMPRESSION)
         ops += ["Z", layout.attribution_positions(), position, impression.bucket_ms, _OLDEST, None]
-        return self._record(layout.attribution_marker(impression.event_id), impression.ts_ms, ops, now_ms)
+        return layout.attribution_marker(impression.event_id), impression.ts_ms, ops
 
-    def record_credit(self, impression: Impression, outcome: Outcome, now_ms: int | None = None) -> RecordResult:
+    def _credit_ops(self, impression: Impression, outcome: Outcome) -> tuple[str, int, list[Any]]:
         record = json.dumps({
             "outcome_id": outcome.event_id, "type": outcome.type, "ts_ms": outcome.ts_ms,
             "impression_id": impression.event_id, "impression_ts_ms": impression.ts_ms,
@@ -239,12 +285,12 @@ class RedisAttributionStore(AttributionStore):
         })
         ops = self._count_ops(impression, outcome.type)
         ops += ["L", self._layout.attribution_recent(), record, self._recent_cap, "", None]
-        return self._record(self._layout.attribution_credit(impression.event_id, outcome.type), impression.ts_ms, ops, now_ms)
+        return self._layout.attribution_credit(impression.event_id, outcome.type), impression.ts_ms, ops
 
-    def record_miss(self, outcome: Outcome, miss: Miss, now_ms: int | None = None) -> RecordResult:
+    def _miss_ops(self, outcome: Outcome, miss: Miss) -> tuple[str, int, list[Any]]:
         field = f"{miss}:{outcome.type}:{outcome.ts_ms - outcome.ts_ms % BUCKET_MS}"
         ops = ["H", self._layout.attribution_stats(), field, _OLDEST, "", None]
-        return self._record(self._layout.attribution_marker(outcome.event_id), outcome.ts_ms, ops, now_ms)
+        return self._layout.attribution_marker(outcome.event_id), outcome.ts_ms, ops
 
     def _count_ops(self, impression: Impression, measure: str) -> list[Any]:
         field = f"{measure}:{impression.bucket_ms}"
@@ -253,8 +299,8 @@ class RedisAttributionStore(AttributionStore):
             ops += ["H", self._layout.attribution_counts(dimension, key), field, _OLDEST, "", None]
         return ops
 
-    def _record(self, marker: str, ts_ms: int, ops: list[Any], now_ms: int | None) -> RecordResult:
-        now_ms = _now_ms() if now_ms is None else now_ms
+    def _queue(self, pipe: redis.client.Pipeline, marker: str, ts_ms: int, ops: list[Any], now_ms: int) -> RecordResult | None:
+        """Queue one record's script call on `pipe`; or the result, when it is not to be applied."""
         if ts_ms > now_ms + self._skew_ms:
             return RecordResult.IN_FUTURE
         if ts_ms < now_ms - self._max_age_ms:
@@ -265,10 +311,8 @@ class RedisAttributionStore(AttributionStore):
         ops = [oldest if slot is _OLDEST else slot for slot in ops]
         for i in range(5, len(ops), 6):
             ops[i] = expire_at
-        client = self.client
-        with translate_errors(self._spec, "recording an attribution"):
-            applied = self._script(args=[marker, self._marker_ttl_ms, now_ms, *ops], client=client)
-        return RecordResult.APPLIED if int(applied) else RecordResult.DUPLICATE
+        self._script(args=[marker, self._marker_ttl_ms, now_ms, *ops], client=pipe)
+        return None
 
     def counts(self, dimension: str, key: str, since_ms: int, until_ms: int) -> dict[str, int]:
         with translate_errors(self._spec, f"reading {dimension} counts"):

@@ -86,6 +86,9 @@ class FlinkSettings(_Section):
     bundle_size: int = Field(default=100, gt=0, description="python.fn-execution.bundle.size (Flink default 100000).")
     out_of_orderness_ms: int = Field(default=5_000, ge=0, description="Watermark lag behind the largest event time.")
     allowed_lateness_ms: int = Field(default=60 * 60_000, ge=0, description="Events older than watermark minus this are too late.")
+    writes_in_flight: int = Field(
+        default=1000, gt=0, description="Attribution records the job's Redis writer holds at once; one round trip writes up to this many.",
+    )
 
 
 class ApiSettings(_Section):

@@ -11,9 +11,10 @@ Graph::
       -> ParseEvents (flat_map)               malformed and far-future lines logged, skipped
       -> event-time watermarks (bounded out-of-orderness)
       -> key_by (user, item)
-      -> Attribute (KeyedProcessFunction)     impressions and outcomes joined in keyed state with
-                                              event-time timers; counts through the feature
-                                              store's idempotent AttributionStore into Redis
+      -> Attribute (KeyedProcessFunction)     impressions and outcomes joined in keyed map state
+                                              (TTL) with event-time timers; emits store records
+      -> WriteRecords (async I/O)             records batched into pipelined round trips of the
+                                              feature store's idempotent AttributionStore
 
 The live features (sequences, counts, trending) are the API's to write (`LiveWriter`, on every
 posted event): one writer per feature. This job computes only what needs the join.
@@ -33,13 +34,15 @@ from pathlib import Path
 from types import FrameType
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.common.time import Time
+from pyflink.datastream import AsyncDataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 
 from feature_store.linucb_store import context_dim
 from feature_store.settings import FlinkSettings, Settings
 from pipelines.flink import operators as ops
 from pipelines.flink.runner import latest_checkpoint
+from pipelines.flink.sink import WriteRecords
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +79,14 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
         recent_outcomes=settings.attribution.recent_outcomes,
         linucb_dim=context_dim(),
         linucb_ridge=settings.explore.linucb_ridge,
+        writes_in_flight=settings.flink.writes_in_flight,
     )
 
 
 def build_job(
     env: StreamExecutionEnvironment, events_dir: Path, params: ops.JobParams, flink: FlinkSettings
 ) -> None:
-    """Wire source -> parse -> event time -> (user, item) keys -> attribution onto `env`."""
+    """Wire source -> parse -> event time -> (user, item) keys -> attribution -> writes onto `env`."""
     events_dir.mkdir(parents=True, exist_ok=True)
     source = (
         FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(events_dir.resolve()))
@@ -92,13 +96,18 @@ def build_job(
     watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(flink.out_of_orderness_ms)
     ).with_timestamp_assigner(ops.EventTime())
-    (
+    records = (
         env.from_source(source, WatermarkStrategy.no_watermarks(), "event-log")
-        .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.EVENT_TYPE_INFO).name("parse")
+        .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.RECORD_TYPE_INFO).name("parse")
         .assign_timestamps_and_watermarks(watermarks)
-        .key_by(ops.UserItem(), Types.STRING())
-        .process(ops.Attribute(params)).name("attribution")
+        .key_by(ops.JoinKey(), Types.STRING())
+        .process(ops.Attribute(params), Types.STRING()).name("attribution")
     )
+    # No timeout (0): a per-record timer thread would cost more than the write; Redis calls time out themselves.
+    AsyncDataStream.unordered_wait(
+        records, WriteRecords(params, params.writes_in_flight), Time.milliseconds(0),
+        params.writes_in_flight, Types.STRING(),
+    ).name("write")
 
 
 def run(settings: Settings, redis_url: str, restore_from: Path | None = None) -> None:

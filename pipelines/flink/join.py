@@ -1,32 +1,45 @@
 """The attribution join of one (user, item) key, as the stream job runs it, without Flink.
 
-`AttributionJoin` keeps its state in two maps per key (`KeyState`: one JSON document in a Flink
-`ValueState` in the job, so an event costs one state read and one write) and applies
-`feature_store.attribution.attribute`, the rule every engine implements:
+`AttributionJoin` keeps a key's state in three maps (`KeyMaps`; Flink `MapState`s in the job, plain
+dicts in tests) and applies `feature_store.attribution.attribute`, the rule every engine implements:
 
-- `impressions`: impression event id -> the impression and the outcome types already credited to
-  it. Kept until the watermark passes `ts + window + allowed lateness` (after that no outcome that
-  is not too late can match it);
-- `pending`: outcome event id -> an outcome not decided yet.
+- `impressions`: the key's impressions, under their request id (`r:<request id>`) or, without one,
+  their event id (`e:<event id>`). Written, never read, when an impression arrives: in PyFlink a
+  read of a key not in the Python worker's cache is a blocking request to the JVM, and nearly
+  every impression opens a new (user, item) key, while a write waits in the worker's write cache
+  until the bundle ends. A request shows an item once, so one entry per request suffices; a client
+  retry (same event id) rewrites the same entry;
+- `pending`: outcome event id -> an outcome not decided yet;
+- `credits`: `<impression event id>\\x1f<outcome type>` for the impressions the join must act on
+  when they leave the state (those LinUCB served), so that it knows their reward then.
 
 When an outcome is decided:
 
-- with a request id: as soon as that request's impression is in state (a request shows an item
-  once, so the match is final, whatever arrives later), else when the watermark passes the
-  outcome's time plus the allowed lateness (an impression arriving before that still matches it:
-  the outcome waits in `pending`); then it is unattributed if nothing matched;
+- with a request id: as soon as that request's impression is in state (one map read, usually
+  served by the worker's cache, since a click follows its impression closely), else when the
+  watermark passes the outcome's time plus the allowed lateness (an impression arriving before
+  that still matches it: the outcome waits in `pending`); then it is unattributed if nothing
+  matched;
 - without a request id: always when the watermark passes the outcome's time plus the allowed
   lateness, since the latest impression wins and a later one (in event time, up to the outcome's)
   may still arrive: after that, any such impression would be too late for the job anyway.
 
-When an impression leaves the state (its window and the allowed lateness have passed, so its
-outcomes are final) and LinUCB served it, the join adds it to the item's LinUCB statistics
+An impression credits the pending outcomes of its request at once, if its key is one the join saw
+park such an outcome (`awaiting`, in this worker's memory, so an impression reads `pending` only
+when something may wait there). After a restart that memory is empty: an outcome parked before
+the restart is then decided by its timer instead (the same decision, later).
+
+Impressions leave the state by the job's state TTL (processing time, twice the time they are
+needed), or, for a key that has a timer anyway, when the watermark passes `ts + window + allowed
+lateness` (no outcome that is not too late can match them after that). One that LinUCB served
+gets a timer of its own for that moment: the join then adds it to the item's LinUCB statistics
 (`feature_store.linucb_store`): the context its request saved, reward 1 if a click was credited
 to it, else 0, once per impression (the store's replay marker).
 
 So a decision never depends on the order in which events arrive (the event log's files are read
 in no particular order after a restart or a pause), only on which events are within the allowed
-lateness. Each decision goes to the `AttributionStore`, whose replay markers make a second
+lateness. Each decision becomes a record of the `AttributionStore` (`records`, drained by the
+caller: the job writes them in batches, `pipelines.flink.sink`), whose replay markers make a second
 application of the same decision (a replay after a restore) a no-op: the counts have an
 exactly-once effect.
 """
@@ -35,133 +48,159 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
-from typing import Iterable
+from dataclasses import asdict, dataclass
+from typing import Iterable, Protocol
 
-from feature_store.attribution import Impression, Outcome, attribute
-from feature_store.attribution_store import AttributionStore, Miss, RecordResult
+from feature_store.attribution import ATTRIBUTED_OUTCOMES, Impression, Outcome, attribute
+from feature_store.attribution_store import CreditRecord, ImpressionRecord, Miss, MissRecord, Record
+from feature_store.definitions import join_key
 from feature_store.linucb_store import LinUcbStore, served_by_linucb
 from feature_store.position_bias import CLICK
 
 
-class DictMap:
-    """One map of a key's state: id -> JSON."""
+class StateMap(Protocol):
+    """The part of Flink's `MapState[str, str]` the join uses."""
 
-    def __init__(self, data: dict[str, str] | None = None) -> None:
-        self.data = {} if data is None else data
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, value: str) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+class DictMap:
+    """A `StateMap` in a dict (tests, and the join without Flink)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.data.get(key)
 
     def put(self, key: str, value: str) -> None:
         self.data[key] = value
 
     def remove(self, key: str) -> None:
-        del self.data[key]
-
-    def contains(self, key: str) -> bool:
-        return key in self.data
+        self.data.pop(key, None)
 
     def items(self) -> Iterable[tuple[str, str]]:
         return list(self.data.items())
 
 
-class KeyState:
-    """The state of one key, impressions and pending outcomes, as one JSON document."""
+@dataclass
+class KeyMaps:
+    """The state of one key."""
 
-    def __init__(self, document: str | None) -> None:
-        data = json.loads(document) if document else {"impressions": {}, "pending": {}}
-        self.impressions, self.pending = DictMap(data["impressions"]), DictMap(data["pending"])
+    impressions: StateMap
+    pending: StateMap
+    credits: StateMap
 
-    def dump(self) -> str | None:
-        """The document to store, or None when the key holds nothing (clear the state)."""
-        if not self.impressions.data and not self.pending.data:
-            return None
-        return json.dumps({"impressions": self.impressions.data, "pending": self.pending.data})
+    @classmethod
+    def in_memory(cls) -> "KeyMaps":
+        return cls(DictMap(), DictMap(), DictMap())
+
+
+def impression_ref(impression: Impression) -> str:
+    """An impression's entry in `KeyMaps.impressions`."""
+    return f"e:{impression.event_id}" if impression.request_id is None else f"r:{impression.request_id}"
 
 
 class AttributionJoin:
-    """Joins the impressions and outcomes of one key; `tally` counts what it did (for metrics)."""
+    """Joins the impressions and outcomes of one key. What to count goes to `records` (see `drain`);
+    `tally` counts what it did with LinUCB (for metrics)."""
 
-    def __init__(self, store: AttributionStore, window_ms: int, allowed_lateness_ms: int,
-                 linucb: LinUcbStore | None = None) -> None:
-        self.store = store
+    def __init__(self, window_ms: int, allowed_lateness_ms: int, linucb: LinUcbStore | None = None) -> None:
+        self.records: list[Record] = []
         self.linucb = linucb
         self.window_ms = window_ms
         self.lateness_ms = allowed_lateness_ms
         self.keep_ms = window_ms + allowed_lateness_ms
         self.tally: Counter[str] = Counter()
+        self.awaiting: set[str] = set()  # keys whose `pending` may hold an outcome with a request id
 
-    def impression(self, impression: Impression, impressions: DictMap, pending: DictMap) -> int:
-        """Count `impression`, credit the pending outcomes of its request; returns its cleanup time."""
-        if not impressions.contains(impression.event_id):
-            impressions.put(impression.event_id, _encode(impression, []))
-        self._tally(self.store.record_impression(impression), "impression")
-        if impression.request_id is not None:
-            for outcome in [o for o in _outcomes(pending) if o.request_id == impression.request_id]:
-                if attribute(outcome, [impression], self.window_ms) is not None:
-                    self._credit(outcome, impressions)
-                    pending.remove(outcome.event_id)
-        return impression.ts_ms + self.keep_ms
+    def impression(self, impression: Impression, state: KeyMaps) -> int | None:
+        """Count `impression`, credit the pending outcomes of its request; returns when it needs a
+        timer (it leaves the state then, and LinUCB learns from it), or None."""
+        state.impressions.put(impression_ref(impression), json.dumps(asdict(impression)))
+        self.records.append(ImpressionRecord(impression))
+        key = join_key(impression.user_id, impression.item_id)
+        if impression.request_id is not None and key in self.awaiting:
+            for outcome in _outcomes(state.pending):
+                if outcome.request_id == impression.request_id and attribute(outcome, [impression], self.window_ms):
+                    self._credit(impression, outcome, state)
+                    state.pending.remove(outcome.event_id)
+            self._update_awaiting(key, state.pending)
+        return impression.ts_ms + self.keep_ms if self._learns(impression) else None
 
-    def outcome(self, outcome: Outcome, impressions: DictMap, pending: DictMap) -> int | None:
+    def outcome(self, outcome: Outcome, state: KeyMaps) -> int | None:
         """Credit `outcome` now if its request's impression is known; else park it and return when
         to decide it (once the watermark passes its time plus the allowed lateness)."""
-        if outcome.request_id is not None and self._credit(outcome, impressions):
-            return None
-        pending.put(outcome.event_id, json.dumps(asdict(outcome)))
+        if outcome.request_id is not None:
+            found = state.impressions.get(f"r:{outcome.request_id}")
+            target = found and attribute(outcome, [Impression(**json.loads(found))], self.window_ms)
+            if target:
+                self._credit(target, outcome, state)
+                return None
+            self.awaiting.add(join_key(outcome.user_id, outcome.item_id))
+        state.pending.put(outcome.event_id, json.dumps(asdict(outcome)))
         return outcome.ts_ms + self.lateness_ms
 
-    def fire(self, timestamp: int, impressions: DictMap, pending: DictMap) -> None:
+    def fire(self, timestamp: int, state: KeyMaps) -> None:
         """The watermark reached `timestamp`: decide the outcomes up to it, drop impressions past use."""
-        for outcome in [o for o in _outcomes(pending) if o.ts_ms + self.lateness_ms <= timestamp]:
-            if not self._credit(outcome, impressions):
-                self._tally(self.store.record_miss(outcome, Miss.UNATTRIBUTED), "unattributed")
-            pending.remove(outcome.event_id)
-        for event_id, value in list(impressions.items()):
-            fields = json.loads(value)
-            if fields["ts_ms"] + self.keep_ms <= timestamp:
-                self._learn(_impression(fields), fields["credited"])
-                impressions.remove(event_id)
+        impressions = [Impression(**json.loads(value)) for _, value in state.impressions.items()]
+        outcomes = _outcomes(state.pending)
+        for outcome in [o for o in outcomes if o.ts_ms + self.lateness_ms <= timestamp]:
+            target = attribute(outcome, impressions, self.window_ms)
+            if target is None:
+                self.records.append(MissRecord(outcome, Miss.UNATTRIBUTED))
+            else:
+                self._credit(target, outcome, state)
+            state.pending.remove(outcome.event_id)
+        for impression in impressions:
+            if impression.ts_ms + self.keep_ms <= timestamp:
+                self._learn(impression, state.credits)
+                state.impressions.remove(impression_ref(impression))
+        if outcomes:
+            self._update_awaiting(join_key(outcomes[0].user_id, outcomes[0].item_id), state.pending)
 
     def late(self, outcome: Outcome) -> None:
         """An outcome too late for the speed layer: counted, and left to the batch layer."""
-        self._tally(self.store.record_miss(outcome, Miss.LATE), "late")
+        self.records.append(MissRecord(outcome, Miss.LATE))
 
-    def _credit(self, outcome: Outcome, impressions: DictMap) -> bool:
-        """Credit `outcome` to its impression in state, if the rule finds one; False if none."""
-        known = {event_id: json.loads(value) for event_id, value in impressions.items()}
-        target = attribute(outcome, [_impression(v) for v in known.values()], self.window_ms)
-        if target is None:
-            return False
-        credited = known[target.event_id]["credited"]
-        if outcome.type in credited:
-            self.tally["credit_duplicate"] += 1
-            return True
-        self._tally(self.store.record_credit(target, outcome), "credit")
-        impressions.put(target.event_id, _encode(target, [*credited, outcome.type]))
-        return True
+    def drain(self) -> list[Record]:
+        """The records decided since the last drain, for the store."""
+        records, self.records = self.records, []
+        return records
 
-    def _learn(self, impression: Impression, credited: list[str]) -> None:
+    def _credit(self, impression: Impression, outcome: Outcome, state: KeyMaps) -> None:
+        """Count `outcome` for `impression` (the store applies one outcome of each type per impression)."""
+        self.records.append(CreditRecord(impression, outcome))
+        if self._learns(impression):
+            state.credits.put(f"{impression.event_id}\x1f{outcome.type}", "1")
+
+    def _update_awaiting(self, key: str, pending: StateMap) -> None:
+        if not any(o.request_id is not None for o in _outcomes(pending)):
+            self.awaiting.discard(key)
+
+    def _learns(self, impression: Impression) -> bool:
+        return self.linucb is not None and served_by_linucb(impression.policy)
+
+    def _learn(self, impression: Impression, credits: StateMap) -> None:
         """A LinUCB-served impression with final outcomes: one update of its item's statistics."""
         if self.linucb is None or not served_by_linucb(impression.policy):
             return
+        clicked = credits.get(f"{impression.event_id}\x1f{CLICK}") is not None
+        for kind in ATTRIBUTED_OUTCOMES:
+            credits.remove(f"{impression.event_id}\x1f{kind}")
         x = self.linucb.context_at(impression.user_id, impression.ts_ms)
         if x is None:
             self.tally["linucb_no_context"] += 1
             return
-        reward = 1.0 if CLICK in credited else 0.0
-        applied = self.linucb.update(impression.event_id, impression.item_id, x, reward)
+        applied = self.linucb.update(impression.event_id, impression.item_id, x, 1.0 if clicked else 0.0)
         self.tally["linucb_applied" if applied else "linucb_duplicate"] += 1
 
-    def _tally(self, result: RecordResult, what: str) -> None:
-        self.tally[f"{what}_{result}"] += 1
 
-
-def _encode(impression: Impression, credited: list[str]) -> str:
-    return json.dumps({**asdict(impression), "credited": credited})
-
-
-def _impression(fields: dict) -> Impression:
-    return Impression(**{k: v for k, v in fields.items() if k != "credited"})
-
-
-def _outcomes(pending: DictMap) -> list[Outcome]:
+def _outcomes(pending: StateMap) -> list[Outcome]:
     return [Outcome(**json.loads(value)) for _, value in pending.items()]

@@ -1,10 +1,11 @@
 """The Flink operators of the speed layer: parse, event time, key, and the attribution join.
 
 The join logic is `pipelines.flink.join.AttributionJoin` (plain Python, tested without Flink);
-`Attribute` gives it Flink's keyed state and event-time timers. The counts go through the feature
-store's idempotent `AttributionStore`, LinUCB's statistics through its `LinUcbStore`. Each operator opens its own Redis connection in `open()`
-(one per task, never at import or pickling time) and receives only plain values (`JobParams`)
-from the job builder.
+`Attribute` gives it Flink's keyed state and event-time timers and emits the records it decides,
+which `pipelines.flink.sink.WriteRecords` writes to the feature store's idempotent
+`AttributionStore` in batches; LinUCB's statistics go through its `LinUcbStore`. Each operator
+opens its own Redis connection in `open()` (one per task, never at import or pickling time) and
+receives only plain values (`JobParams`) from the job builder.
 """
 
 from __future__ import annotations
@@ -12,26 +13,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from pyflink.common import Types
 from pyflink.common.time import Time
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, KeySelector, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from feature_store.attribution import Impression, Outcome, is_outcome
 from feature_store.definitions import join_key
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import EventType
 from pipelines.flink import features
-from pipelines.flink.join import KeyState
+from pipelines.flink.join import KeyMaps
+from pipelines.flink.sink import encode_record
 
 log = logging.getLogger(__name__)
 
-#: (event JSON line, event time ms): the line travels unparsed to the join, which validates it once more.
-EVENT_TYPE_INFO = Types.TUPLE([Types.STRING(), Types.LONG()])
+#: (join key, record, event time ms). A record is the JSON of ["impression" | "outcome", fields of
+#: `attribution.Impression` | `attribution.Outcome`]: the line is validated once, by the parse.
+RECORD_TYPE_INFO = Types.TUPLE([Types.STRING(), Types.STRING(), Types.LONG()])
+IMPRESSION, OUTCOME = "impression", "outcome"
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,12 @@ class JobParams:
     recent_outcomes: int
     linucb_dim: int
     linucb_ridge: float
+    writes_in_flight: int
 
 
 class ParseEvents(FlatMapFunction):
-    """JSON line -> (line, event time); a malformed line is logged and skipped, nothing else lost.
+    """JSON line -> (join key, record, event time) for impressions and outcomes; other events are
+    not the job's and are dropped here. A malformed line is logged and skipped, nothing else lost.
 
     An event dated more than `max_future_skew_s` ahead of the clock (logged before the API checked
     it) is skipped too, before it reaches the watermark: it would move the event-time watermark past
@@ -62,7 +68,7 @@ class ParseEvents(FlatMapFunction):
     def __init__(self, max_future_skew_s: float) -> None:
         self.max_future_skew_ms = int(max_future_skew_s * 1000)
 
-    def flat_map(self, value: str) -> Iterator[tuple[str, int]]:
+    def flat_map(self, value: str) -> Iterator[tuple[str, str, int]]:
         if not value.strip():
             return
         try:
@@ -74,94 +80,96 @@ class ParseEvents(FlatMapFunction):
         if features.is_in_the_future(ts_ms, int(time.time() * 1000), self.max_future_skew_ms):
             log.warning("event log: skipping an event dated ahead of the clock: %s", value[:200])
             return
-        yield value, ts_ms
+        if event.type is EventType.IMPRESSION:
+            record = [IMPRESSION, asdict(Impression.of(event))]
+        elif is_outcome(event):
+            record = [OUTCOME, asdict(Outcome.of(event))]
+        else:
+            return
+        yield join_key(event.user_id, event.item_id), json.dumps(record), ts_ms
 
 
 class EventTime(TimestampAssigner):
-    def extract_timestamp(self, value: tuple[str, int], record_timestamp: int) -> int:
-        return int(value[1])
+    def extract_timestamp(self, value: tuple[str, str, int], record_timestamp: int) -> int:
+        return int(value[2])
 
 
-class UserItem(KeySelector):
-    """The join key: (user, item), as `attribution.join_key` spells it."""
+class JoinKey(KeySelector):
+    """The join key: (user, item), as `definitions.join_key` spells it (computed by the parse)."""
 
-    def get_key(self, value: tuple[str, int]) -> str:
-        event = json.loads(value[0])
-        return join_key(event["user_id"], event["item_id"])
+    def get_key(self, value: tuple[str, str, int]) -> str:
+        return value[0]
 
 
 class Attribute(KeyedProcessFunction):
     """Attributes outcomes to impressions per (user, item) in event time (`join.AttributionJoin`).
 
-    State: one value state per key (`join.KeyState`: impressions and pending outcomes),
-    checkpointed, with event-time timers that clear its entries once the watermark passes them,
-    and a processing-time TTL of twice the time they are needed as a bound should the watermark
-    stall. Outcomes older than the watermark minus
-    the allowed lateness are too late: counted (`late` in the store, metric `too_late_events`),
-    left to the batch layer; too-late impressions are only logged and counted in the metric.
+    State: three map states per key (`join.KeyMaps`), checkpointed, with a processing-time TTL of
+    twice the time an entry is needed (window plus allowed lateness), which is what removes most
+    impressions: they get no timer, since registering one per impression (and reading the key's
+    state when it fires) is the cost that capped the job at about 330 events/s. Event-time timers
+    decide pending outcomes and finalise the impressions LinUCB learns from. The TTL keeps the
+    Python worker's state caches on (`ReturnExpiredIfNotCleanedUp`: an expired impression still
+    read is harmless, the rule's window excludes it; `NeverReturnExpired` would switch every
+    cache off). Outcomes older than the watermark minus the allowed lateness are too late: counted
+    (`late` in the store, metric `too_late_events`), left to the batch layer; too-late impressions
+    are only logged and counted in the metric. Emits the store's records, encoded (`sink`).
     """
 
     def __init__(self, params: JobParams) -> None:
         self.params = params
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from feature_store.attribution_store import RedisAttributionStore
         from feature_store.linucb_store import RedisLinUcbStore
         from pipelines.flink.join import AttributionJoin
 
         params = self.params
-        keep_ms = params.window_ms + params.allowed_lateness_ms
-        descriptor = ValueStateDescriptor("attribution", Types.STRING())
-        descriptor.enable_time_to_live(StateTtlConfig.new_builder(Time.milliseconds(2 * keep_ms)).build())
-        self.state = runtime_context.get_state(descriptor)
-        self.store = RedisAttributionStore(params.redis, params.dedup_ttl_s, params.max_future_skew_s, params.recent_outcomes)
+        ttl = (
+            StateTtlConfig.new_builder(Time.milliseconds(2 * (params.window_ms + params.allowed_lateness_ms)))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
+            .build()
+        )
+
+        def map_state(name: str) -> Any:
+            descriptor = MapStateDescriptor(name, Types.STRING(), Types.STRING())
+            descriptor.enable_time_to_live(ttl)
+            return runtime_context.get_map_state(descriptor)
+
+        self.state = KeyMaps(map_state("impressions"), map_state("pending"), map_state("credits"))
         self.linucb = RedisLinUcbStore(params.redis, params.linucb_dim, params.linucb_ridge, params.dedup_ttl_s)
-        self.join = AttributionJoin(self.store, params.window_ms, params.allowed_lateness_ms, self.linucb)
+        self.join = AttributionJoin(params.window_ms, params.allowed_lateness_ms, self.linucb)
         self.metrics = runtime_context.get_metrics_group()
         self.counters: dict[str, Any] = {}
 
-    def process_element(self, value: tuple[str, int], ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        line, ts_ms = value
-        event = features.parse_event_line(line)
-        if event.type is not EventType.IMPRESSION and not is_outcome(event):
-            return iter(())
+    def process_element(self, value: tuple[str, str, int], ctx: KeyedProcessFunction.Context) -> Iterator[str]:
+        _, record, ts_ms = value
+        kind, fields = json.loads(record)
         timers = ctx.timer_service()
         if features.is_too_late(ts_ms, timers.current_watermark(), self.params.allowed_lateness_ms):
             self._count("too_late_events")
             log.warning("too late for the speed layer (event time %d, watermark %d): %s",
-                        ts_ms, timers.current_watermark(), line[:200])
-            if is_outcome(event):
-                self.join.late(Outcome.of(event))
-            self._flush_tally()
-            return iter(())
-        state = KeyState(self.state.value())
-        if event.type is EventType.IMPRESSION:
-            decide_at: int | None = self.join.impression(Impression.of(event), state.impressions, state.pending)
+                        ts_ms, timers.current_watermark(), record[:200])
+            if kind == OUTCOME:
+                self.join.late(Outcome(**fields))
+            return self._emit()
+        if kind == IMPRESSION:
+            decide_at = self.join.impression(Impression(**fields), self.state)
         else:
-            decide_at = self.join.outcome(Outcome.of(event), state.impressions, state.pending)
+            decide_at = self.join.outcome(Outcome(**fields), self.state)
         if decide_at is not None:
             timers.register_event_time_timer(decide_at)
-        self._save(state)
-        return iter(())
+        return self._emit()
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        state = KeyState(self.state.value())
-        self.join.fire(timestamp, state.impressions, state.pending)
-        self._save(state)
-        return iter(())
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[str]:
+        self.join.fire(timestamp, self.state)
+        return self._emit()
 
-    def _save(self, state: KeyState) -> None:
-        document = state.dump()
-        if document is None:
-            self.state.clear()
-        else:
-            self.state.update(document)
-        self._flush_tally()
-
-    def _flush_tally(self) -> None:
+    def _emit(self) -> Iterator[str]:
         for name, n in self.join.tally.items():
             self._count(name, n)
         self.join.tally.clear()
+        return iter([encode_record(record) for record in self.join.drain()])
 
     def _count(self, name: str, n: int = 1) -> None:
         if name not in self.counters:
@@ -169,5 +177,4 @@ class Attribute(KeyedProcessFunction):
         self.counters[name].inc(n)
 
     def close(self) -> None:
-        self.store.close()
         self.linucb.close()

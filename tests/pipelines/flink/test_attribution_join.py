@@ -6,6 +6,7 @@ whatever the arrival order within the allowed lateness."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -14,11 +15,12 @@ import redis
 
 from feature_store.attribution import Dimension, Impression, Outcome, is_outcome, reference_counts
 from feature_store.definitions import join_key
-from feature_store.attribution_store import RedisAttributionStore
+from feature_store.attribution_store import RecordResult, RedisAttributionStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
-from pipelines.flink.join import AttributionJoin, DictMap, KeyState
+from pipelines.flink.join import AttributionJoin, KeyMaps
+from pipelines.flink.sink import record_kind
 
 WINDOW_MS = 10 * 60_000
 OUT_OF_ORDERNESS_MS = 5_000
@@ -64,38 +66,44 @@ def arrival_order(events: list[Event], seed: int) -> list[Event]:
     return jittered[:quarter] + jittered[2 * quarter:3 * quarter] + jittered[quarter:2 * quarter] + jittered[3 * quarter:]
 
 
-def run_join(store: RedisAttributionStore, events: list[Event], seed: int) -> AttributionJoin:
-    """Feed `events` out of order with a bounded-out-of-orderness watermark and event-time timers."""
-    join = AttributionJoin(store, WINDOW_MS, LATENESS_MS)
+def run_join(store: RedisAttributionStore, events: list[Event], seed: int) -> Counter[str]:
+    """Feed `events` out of order with a bounded-out-of-orderness watermark and event-time timers,
+    writing the join's records after each step as the job does; returns the store's results."""
+    join, results = AttributionJoin(WINDOW_MS, LATENESS_MS), Counter[str]()
+
+    def write() -> None:
+        records = join.drain()
+        results.update(f"{record_kind(r)}_{result}" for r, result in zip(records, store.record_many(records)))
     arrival = arrival_order(events, seed)
     assert arrival != sorted(events, key=lambda e: Impression.of(e).ts_ms)
-    documents: dict[str, str | None] = {}  # each key's state as the job stores it
+    states: dict[str, KeyMaps] = {}  # each key's maps, as the job keeps them
     timers: set[tuple[int, str]] = set()
     newest = -(2**62)
 
     def advance(watermark: int) -> None:
         for when, key in sorted(t for t in timers if t[0] <= watermark):
             timers.discard((when, key))
-            state = KeyState(documents[key])
-            join.fire(when, state.impressions, state.pending)
-            documents[key] = state.dump()
+            join.fire(when, states[key])
+            write()
 
     for event in arrival:
         assert Impression.of(event).ts_ms >= newest - OUT_OF_ORDERNESS_MS - 1 - LATENESS_MS, "too late: not fed"
         key = join_key(event.user_id, event.item_id)
-        state = KeyState(documents.get(key))
+        state = states.setdefault(key, KeyMaps.in_memory())
         if event.type is EventType.IMPRESSION:
-            timers.add((join.impression(Impression.of(event), state.impressions, state.pending), key))
+            when = join.impression(Impression.of(event), state)
         elif is_outcome(event):
-            when = join.outcome(Outcome.of(event), state.impressions, state.pending)
-            if when is not None:
-                timers.add((when, key))
-        documents[key] = state.dump()
+            when = join.outcome(Outcome.of(event), state)
+        else:
+            when = None
+        if when is not None:
+            timers.add((when, key))
+        write()
         newest = max(newest, Impression.of(event).ts_ms)
         advance(newest - OUT_OF_ORDERNESS_MS - 1)
     advance(2**62)
-    assert not any(documents.values()), "state left after the watermark passed it"
-    return join
+    assert not any(s.pending.items() for s in states.values()), "outcomes left undecided"
+    return results
 
 
 def stored(store: RedisAttributionStore) -> dict[tuple[str, str, int, str], int]:
@@ -105,11 +113,11 @@ def stored(store: RedisAttributionStore) -> dict[tuple[str, str, int, str], int]
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_counts_equal_the_oracle_whatever_the_arrival_order(store: RedisAttributionStore, seed: int) -> None:
     events = make_log(seed, datetime.now(timezone.utc) - timedelta(hours=1))
-    join = run_join(store, events, seed)
+    results = run_join(store, events, seed)
     expected = reference_counts(events, WINDOW_MS)
     assert sum(n for k, n in expected.items() if k[3] == "click") > 20
     assert stored(store) == expected
-    assert join.tally["unattributed_applied"] > 0 and join.tally["credit_applied"] > 0
+    assert results["unattributed_applied"] > 0 and results["credit_applied"] > 0
     run_join(store, events, seed + 100)  # a replay in another order adds nothing
     assert stored(store) == expected
 
@@ -120,8 +128,10 @@ def test_an_outcome_logged_before_its_impression_is_still_credited(store: RedisA
                                   "ts": t0.isoformat(), "context": {"request_id": "r", "position": 1}})
     click = Event.model_validate({"event_id": "c", "user_id": "u", "item_id": "i", "type": "click",
                                   "ts": (t0 + timedelta(seconds=1)).isoformat(), "context": {"request_id": "r"}})
-    join, impressions, pending = AttributionJoin(store, WINDOW_MS, LATENESS_MS), DictMap(), DictMap()
-    assert join.outcome(Outcome.of(click), impressions, pending) == Outcome.of(click).ts_ms + LATENESS_MS  # parked
-    join.impression(Impression.of(shown), impressions, pending)
-    assert not pending.data and join.tally["credit_applied"] == 1  # credited on the impression's arrival
+    join, state = AttributionJoin(WINDOW_MS, LATENESS_MS), KeyMaps.in_memory()
+    assert join.outcome(Outcome.of(click), state) == Outcome.of(click).ts_ms + LATENESS_MS  # parked
+    join.impression(Impression.of(shown), state)
+    records = join.drain()
+    assert not state.pending.items() and [record_kind(r) for r in records] == ["impression", "credit"]  # at once
+    assert store.record_many(records) == [RecordResult.APPLIED, RecordResult.APPLIED]
     assert store.counts(Dimension.ITEM_POSITION, join_key("i", "1"), 0, 2**62) == {"impression": 1, "click": 1}
