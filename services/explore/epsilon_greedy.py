@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -35,6 +36,7 @@ class EpsilonGreedy(Policy):
     """
 
     name = "epsilon_greedy"
+    deterministic = False
 
     def __init__(self, epsilon: float) -> None:
         if not 0.0 <= epsilon <= 1.0:
@@ -65,6 +67,21 @@ class EpsilonGreedy(Policy):
                 positions.append(slot)
                 propensities.append(1.0 - q[slot])
         return Slate(tuple(ranked.item_ids[i] for i in positions), tuple(propensities), tuple(positions))
+
+
+    def placement(self, ranked: Ranked, items: Sequence[int], k: int, rng: np.random.Generator,
+                  stats: Stats = None) -> np.ndarray:
+        """The exact marginals of the class docstring: 1 − q_j for g_j at slot j, q_j / p for a pool item at any slot."""
+        k = min(k, len(ranked))
+        pool = len(ranked) - k
+        q = np.array(self.explore_probabilities(k, pool))
+        out = np.zeros((len(items), k))
+        for row, index in enumerate(items):
+            if index < k:
+                out[row, index] = 1.0 - q[index]
+            else:
+                out[row] = q / pool
+        return out
 
 
 @lru_cache(maxsize=1024)

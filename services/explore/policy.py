@@ -11,6 +11,7 @@ evaluation of contextual-bandit-based news article recommendation algorithms").
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,10 +70,20 @@ class Policy(ABC):
     name: str
     #: The statistics it reads: None, ItemCounts or LinearStats.
     needs: type | None = None
+    #: Whether `choose` gives one slate for given inputs (every propensity 1).
+    deterministic: bool = True
 
     @abstractmethod
     def choose(self, ranked: Ranked, k: int, rng: np.random.Generator, stats: Stats = None) -> Slate:
         """min(k, len(ranked)) shown items with the propensity of each (item, slot)."""
+
+    def placement(self, ranked: Ranked, items: Sequence[int], k: int, rng: np.random.Generator,
+                  stats: Stats = None) -> np.ndarray:
+        """P(ranked[items[m]] at slot j) as an (len(items), k) matrix (what off-policy evaluation
+        needs of a policy). A deterministic policy: 1 where its own slate has the item, else 0; a
+        randomised one overrides this."""
+        own = self.choose(ranked, k, rng, stats).positions
+        return np.array([[float(slot < len(own) and own[slot] == index) for slot in range(k)] for index in items])
 
     @property
     def label(self) -> str:

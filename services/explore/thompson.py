@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.special import betainc
 
@@ -29,6 +31,7 @@ class Thompson(Policy):
 
     name = "thompson"
     needs = ItemCounts
+    deterministic = False
 
     def __init__(self, prior_strength: float, draws: int = 64) -> None:
         if prior_strength <= 0 or draws < 1:
@@ -52,20 +55,38 @@ class Thompson(Policy):
         chosen = [int(i) for i in shown]
         return Slate(tuple(ranked.item_ids[i] for i in chosen), tuple(float(p) for p in propensities), tuple(chosen))
 
+    def placement(self, ranked: Ranked, items: Sequence[int], k: int, rng: np.random.Generator,
+                  stats: Stats = None) -> np.ndarray:
+        """The same conditional estimate for every slot j < k: E[F_i(o_j) − F_i(o_{j+1})]."""
+        if not isinstance(stats, ItemCounts):
+            raise TypeError("thompson needs ItemCounts")
+        a, b = posterior(stats, self.prior_strength)
+        items = np.asarray(items, dtype=int)
+        bounds = self._bounds(a, b, items, min(k, len(a)), rng)
+        cdf = betainc(a[items][:, None, None], b[items][:, None, None], bounds)
+        return (cdf[:, :, :-1] - cdf[:, :, 1:]).mean(axis=1)
+
     def propensities(self, a: np.ndarray, b: np.ndarray, shown: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The estimate of P(shown[j] at slot j) for each slot j (see the class docstring)."""
         k = len(shown)
+        bounds = self._bounds(a, b, shown, k, rng)
+        slots = np.arange(k)
+        upper, lower = bounds[slots, :, slots], bounds[slots, :, slots + 1]
+        cdf = betainc(a[shown][:, None], b[shown][:, None], np.stack([upper, lower]))
+        return (cdf[0] - cdf[1]).mean(axis=1)
+
+    def _bounds(self, a: np.ndarray, b: np.ndarray, items: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Per item and each of N fresh draws, [1, o_1, …, o_k]: the others' k largest draws,
+        sorted (0 where fewer than k others exist; F(0) = 0): shape (len(items), N, k + 1)."""
         draws = rng.beta(a, b, size=(self.draws, len(a)))
         top = _top_k(draws, min(k + 1, len(a)))
         values = np.take_along_axis(draws, top, axis=1)
-        # Per shown item, the others' sorted draws: its own draw dropped (0 sorts last, and F(0) = 0).
-        others = np.where(top[None, :, :] == shown[:, None, None], 0.0, values[None, :, :])
-        others = -np.sort(-others, axis=2)
-        others = np.concatenate([np.ones((k, self.draws, 1)), others, np.zeros((k, self.draws, 1))], axis=2)
-        slots = np.arange(k)
-        upper, lower = others[slots, :, slots], others[slots, :, slots + 1]
-        cdf = betainc(a[shown][:, None], b[shown][:, None], np.stack([upper, lower]))
-        return (cdf[0] - cdf[1]).mean(axis=1)
+        # The item's own draw dropped: set to 0, which sorts last.
+        others = -np.sort(-np.where(top[None, :, :] == items[:, None, None], 0.0, values[None, :, :]), axis=2)
+        m, columns = len(items), others.shape[2]
+        if columns < k:
+            others = np.concatenate([others, np.zeros((m, self.draws, k - columns))], axis=2)
+        return np.concatenate([np.ones((m, self.draws, 1)), others[:, :, :k]], axis=2)
 
 
 def _top_k(draws: np.ndarray, k: int) -> np.ndarray:

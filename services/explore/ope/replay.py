@@ -1,0 +1,59 @@
+"""Slate logs for a target policy from logged decisions whose inputs are known.
+
+A `Decision` is one logged request: the ranked candidates, the statistics the policies read, the
+slate the logging policy showed and the clicks. For a target policy this gives
+`estimators.SlateLogs`: exposure ratios from both policies' placement marginals
+(`Policy.placement`) and the examination θ of the reward model, and the direct-method term D_i,
+the model's expected clicks of the target's slate (averaged over `samples` slates drawn from a
+randomised target; one for a deterministic one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.explore.ope.estimators import SlateLogs
+from services.explore.ope.reward_model import PositionBasedRewards
+from services.explore.policy import Policy, Ranked, Slate, Stats
+
+
+@dataclass(frozen=True)
+class Decision:
+    ranked: Ranked
+    stats: Stats
+    slate: Slate
+    clicks: np.ndarray
+
+
+def reward_model(decisions: Sequence[Decision]) -> PositionBasedRewards:
+    """r̂ fit on every logged slot; randomised slots: those not holding the ranker's item for the slot."""
+    items = [item for d in decisions for item in d.slate.item_ids]
+    slots = np.concatenate([np.arange(len(d.slate.item_ids)) for d in decisions])
+    randomised = np.concatenate([np.asarray(d.slate.positions) != np.arange(len(d.slate.positions)) for d in decisions])
+    return PositionBasedRewards(items, slots, np.concatenate([d.clicks for d in decisions]).astype(float), randomised)
+
+
+def slate_logs(decisions: Sequence[Decision], logging: Policy, target: Policy, rewards: PositionBasedRewards,
+               rng: np.random.Generator, samples: int = 16) -> SlateLogs:
+    """The estimators' input for `target` over `decisions` logged by `logging`."""
+    k = max(len(d.slate.item_ids) for d in decisions)
+    theta = rewards.theta[:k] if len(rewards.theta) >= k else np.pad(rewards.theta, (0, k - len(rewards.theta)), "edge")
+    request, reward, weight, exam, predicted, direct = [], [], [], [], [], []
+    for n, d in enumerate(decisions):
+        slots = np.arange(len(d.slate.item_ids))
+        shown = list(d.slate.positions)
+        exposure_target = target.placement(d.ranked, shown, k, rng, d.stats) @ theta
+        exposure_logging = logging.placement(d.ranked, shown, k, rng, d.stats) @ theta
+        with np.errstate(divide="ignore"):
+            weight.append(exposure_target / exposure_logging)
+        request.append(np.full(len(slots), n))
+        reward.append(d.clicks.astype(float))
+        exam.append(theta[slots])
+        predicted.append(theta[slots] * rewards.rho(d.slate.item_ids))
+        slates = [target.choose(d.ranked, k, rng, d.stats).item_ids for _ in range(1 if target.deterministic else samples)]
+        direct.append(float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates])))
+    return SlateLogs(np.concatenate(request), np.concatenate(reward), np.concatenate(weight), np.concatenate(exam),
+                     np.concatenate(predicted), np.array(direct), k, float(theta.sum()))
