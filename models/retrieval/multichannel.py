@@ -53,22 +53,26 @@ def _best_unique(result: SearchResult, exclude: Collection[str], k: int) -> list
     return _best_of(result.ids.ravel(), result.scores.ravel(), exclude, k)
 
 
-def _merge_neighbours(lists: list[list[tuple[str, float]]], exclude: Collection[str], k: int) -> list[tuple[str, float]]:
-    """The `k` best (item, score) over several neighbour lists."""
-    pairs = [pair for neighbours in lists for pair in neighbours]
-    return _best_of([item for item, _ in pairs], np.array([score for _, score in pairs], np.float64), exclude, k)
+def _merge_neighbours(lists: dict[str, list[tuple[str, float]]], exclude: Collection[str], k: int) -> list[Recalled]:
+    """The `k` best (item, score, seed) over the neighbour lists of several seeds."""
+    triples = [(item, score, seed) for seed, neighbours in lists.items() for item, score in neighbours]
+    ids, scores, seeds = [t[0] for t in triples], np.array([t[1] for t in triples], np.float64), [t[2] for t in triples]
+    return _best_of(ids, scores, exclude, k, seeds)
 
 
-def _best_of(ids: Sequence[str] | np.ndarray, scores: np.ndarray, exclude: Collection[str], k: int) -> list[tuple[str, float]]:
+def _best_of(ids: Sequence[str] | np.ndarray, scores: np.ndarray, exclude: Collection[str], k: int,
+             seeds: Sequence[str] | np.ndarray | None = None) -> list[Recalled]:  # fmt: skip
     """Each item once at its best score, best first, skipping `exclude`; one sort in numpy, then
-    Python touches only the entries it keeps or skips."""
-    picked: list[tuple[str, float]] = []
+    Python touches only the entries it keeps or skips. With `seeds` (the query behind each
+    entry), each item also names the seed that found it at that best score: the history item
+    most similar to it, which its explanation names."""
+    picked: list[Recalled] = []
     taken = set(exclude)
     for index in np.argsort(-scores, kind="stable").tolist():
         item = str(ids[index])
         if item not in taken:
             taken.add(item)
-            picked.append((item, float(scores[index])))
+            picked.append((item, float(scores[index])) if seeds is None else (item, float(scores[index]), str(seeds[index])))
             if len(picked) == k:
                 break
     return picked
@@ -83,12 +87,14 @@ class EmbeddingNeighbourChannel:
         self._position = embeddings.position()
         self._unit = embeddings.normalized()
 
-    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
-        seeds = [self._position[item] for item in list(history)[-self.recent :] if item in self._position]
+    def recall(self, history: Sequence[str], k: int) -> list[Recalled]:
+        """Neighbours tagged with the seed (history item) they are most similar to."""
+        seeds = [item for item in list(history)[-self.recent :] if item in self._position]
         if not seeds:
             return []
-        result = self.index.search(self._unit[seeds], min(k + len(history), len(self.index)))
-        return _best_unique(result, {*history, ""}, k)
+        result = self.index.search(self._unit[[self._position[item] for item in seeds]], min(k + len(history), len(self.index)))
+        because = np.repeat(np.array(seeds, dtype=object), result.ids.shape[1])
+        return _best_of(result.ids.ravel(), result.scores.ravel(), {*history, ""}, k, because)
 
 
 class UserVectorChannel:
@@ -134,8 +140,9 @@ class ItemCFChannel:
     def __init__(self, model: ItemKNNRecommender, recent: int = 5) -> None:
         self.model, self.recent = model, recent
 
-    def recall(self, history: Sequence[str], k: int) -> list[tuple[str, float]]:
-        lists = [self.model.neighbours(item, k + len(history)) for item in list(history)[-self.recent :]]
+    def recall(self, history: Sequence[str], k: int) -> list[Recalled]:
+        """Neighbours tagged with the seed (history item) they co-occur with most."""
+        lists = {item: self.model.neighbours(item, k + len(history)) for item in list(history)[-self.recent :]}
         return _merge_neighbours(lists, history, k)
 
 
