@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from pyflink.common import Types
@@ -27,7 +27,7 @@ from feature_store.definitions import join_key
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import EventType
 from pipelines.flink import features
-from pipelines.flink.join import KeyMaps
+from pipelines.flink.join import KeyMaps, fields_of
 from pipelines.flink.sink import encode_record
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class ParseEvents(FlatMapFunction):
             log.warning("event log: skipping an event dated ahead of the clock: %s", value[:200])
             return
         if event.type is EventType.IMPRESSION:
-            record = [IMPRESSION, asdict(Impression.of(event))]
+            record = [IMPRESSION, fields_of(Impression.of(event))]
         elif is_outcome(event):
-            record = [OUTCOME, asdict(Outcome.of(event))]
+            record = [OUTCOME, fields_of(Outcome.of(event))]
         else:
             return
         yield join_key(event.user_id, event.item_id), json.dumps(record), ts_ms

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict
 from typing import Any, Callable, Generic, TypeVar
 
 from pyflink.datastream import RuntimeContext
@@ -25,6 +24,7 @@ from pyflink.datastream.functions import AsyncFunction
 
 from feature_store.attribution import Impression, Outcome
 from feature_store.attribution_store import CreditRecord, ImpressionRecord, Miss, MissRecord, Record
+from pipelines.flink.join import fields_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,10 +33,10 @@ R = TypeVar("R")
 def encode_record(record: Record) -> str:
     """A record as one JSON string (what travels from the join to the writer)."""
     if isinstance(record, ImpressionRecord):
-        return json.dumps(["impression", asdict(record.impression)])
+        return json.dumps(["impression", fields_of(record.impression)])
     if isinstance(record, CreditRecord):
-        return json.dumps(["credit", asdict(record.impression), asdict(record.outcome)])
-    return json.dumps([str(record.miss), asdict(record.outcome)])
+        return json.dumps(["credit", fields_of(record.impression), fields_of(record.outcome)])
+    return json.dumps([str(record.miss), fields_of(record.outcome)])
 
 
 def decode_record(text: str) -> Record:
