@@ -17,15 +17,21 @@ import numpy as np
 
 from services.explore.ope.estimators import SlateLogs
 from services.explore.ope.reward_model import PositionBasedRewards
-from services.explore.policy import Policy, Ranked, Slate, Stats
+from services.explore.policy import LinearStats, Policy, Ranked, Slate, Stats
 
 
 @dataclass(frozen=True)
 class Decision:
+    """One logged request; `stats` for the count policies, `linear` for LinUCB (the request's context)."""
+
     ranked: Ranked
     stats: Stats
     slate: Slate
     clicks: np.ndarray
+    linear: Stats = None
+
+    def stats_for(self, policy: Policy) -> Stats:
+        return self.linear if policy.needs is LinearStats else self.stats
 
 
 def reward_model(decisions: Sequence[Decision]) -> PositionBasedRewards:
@@ -45,15 +51,15 @@ def slate_logs(decisions: Sequence[Decision], logging: Policy, target: Policy, r
     for n, d in enumerate(decisions):
         slots = np.arange(len(d.slate.item_ids))
         shown = list(d.slate.positions)
-        exposure_target = target.placement(d.ranked, shown, k, rng, d.stats) @ theta
-        exposure_logging = logging.placement(d.ranked, shown, k, rng, d.stats) @ theta
+        exposure_target = target.placement(d.ranked, shown, k, rng, d.stats_for(target)) @ theta
+        exposure_logging = logging.placement(d.ranked, shown, k, rng, d.stats_for(logging)) @ theta
         with np.errstate(divide="ignore"):
             weight.append(exposure_target / exposure_logging)
         request.append(np.full(len(slots), n))
         reward.append(d.clicks.astype(float))
         exam.append(theta[slots])
         predicted.append(theta[slots] * rewards.rho(d.slate.item_ids))
-        slates = [target.choose(d.ranked, k, rng, d.stats).item_ids for _ in range(1 if target.deterministic else samples)]
+        slates = [target.choose(d.ranked, k, rng, d.stats_for(target)).item_ids for _ in range(1 if target.deterministic else samples)]
         direct.append(float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates])))
     return SlateLogs(np.concatenate(request), np.concatenate(reward), np.concatenate(weight), np.concatenate(exam),
                      np.concatenate(predicted), np.array(direct), k, float(theta.sum()))
