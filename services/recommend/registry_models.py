@@ -54,6 +54,8 @@ class RegistryBundleLoader:
         self.registry = ModelRegistry(settings.model_registry_dir)
         self.failed: dict[str, str] = {}  # "role/version" -> error
         self._good: dict[str, tuple[str, dict[str, object]]] = {}  # role -> last good version, its parts
+        # role -> the good version it replaced, kept loaded so a rollback swaps without loading
+        self._previous: dict[str, tuple[str, dict[str, object]]] = {}
 
     def __call__(self, versions: dict[str, str]) -> ModelBundle:
         parts: dict[str, object] = {}
@@ -66,6 +68,7 @@ class RegistryBundleLoader:
                 if not role.startswith(EXTRA_RANKER):
                     parts.update(role_parts)
         self._good = {role: self._good[role] for role in loaded}  # a role no longer current is let go
+        self._previous = {role: kept for role, kept in self._previous.items() if role in loaded}
         rankers = {loaded[key]: self._good[key][1]["ranker"] for key in loaded if key.startswith(EXTRA_RANKER)}
         return ModelBundle(
             channels=tuple(parts.get("channels", ())),  # type: ignore[arg-type]
@@ -79,10 +82,16 @@ class RegistryBundleLoader:
 
     def _load_good(self, role: str, version: str) -> None:
         """Load `version` of `role` as its last good version, or remember why it cannot be."""
+        replaced = self._good.get(role)
+        if self._previous.get(role, ("",))[0] == version:  # a rollback: already loaded and verified
+            self._good[role], self._previous[role] = self._previous[role], replaced  # type: ignore[assignment]
+            return
         try:
             model_version = self.registry.get(_registry_role(role), version)
             self.registry.verify(model_version)
             self._good[role] = (version, self._load(role, model_version))
+            if replaced is not None:
+                self._previous[role] = replaced
         except Exception as exc:  # any bad artifact: keep serving the last good one, if any
             key = f"{role}/{version}"
             self.failed[key] = f"{type(exc).__name__}: {exc}"

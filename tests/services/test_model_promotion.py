@@ -4,6 +4,7 @@ requests from concurrent clients during the swaps; a rolled-back version cannot 
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from feature_store.settings import Settings
@@ -122,3 +124,21 @@ def test_promote_and_rollback_reach_the_running_api_without_failed_requests(
     assert rows[v1]["current"] and rows[v1]["blessed"] and rows[v2]["revoked"] and not rows[v2]["current"]
     history = [(entry["action"], entry["version"]) for entry in ModelRegistry(root).history("ranker")]
     assert history == [("promote", v1), ("promote", v2), ("rollback", v1)]
+
+
+def test_a_rollback_swaps_back_to_the_models_still_in_memory(
+    api_settings: Settings, two_versions: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    shutil.copytree(two_versions[0], tmp_path / "registry")
+    registry, (v1, v2) = ModelRegistry(tmp_path / "registry"), two_versions[1]
+    registry.bless("ranker", v2, {"planted": "blessed again for this test"})  # the other test rolled it back
+    registry.promote("ranker", v1)
+    settings = with_api(api_settings.model_copy(update={"registry_dir": tmp_path / "registry"}), model_poll_interval_s=3600.0,
+                        api_keys=["k"])  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        models = client.app.state.service.models  # type: ignore[attr-defined]
+        first = models.bundle.ranker
+        assert client.post("/v1/admin/models/promote", json={"version": v2}, headers=KEY).json()["serving"] == {"ranker": v2}
+        assert models.bundle.ranker is not first
+        assert client.post("/v1/admin/models/rollback", json={"role": "ranker"}, headers=KEY).json()["serving"] == {"ranker": v1}
+        assert models.bundle.ranker is first  # not loaded again: the swap is one reference assignment
