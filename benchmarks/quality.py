@@ -22,18 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quiet import ForeignCpu  # benchmarks/quiet.py: the script's folder is on sys.path
 from feature_store.settings import Settings
-from models.evaluation.end_to_end import SampleConfig
+from models.evaluation.end_to_end import RerankRecommender, SampleConfig
 from models.evaluation.offline_pipeline import EvaluationConfig
 from models.evaluation.protocol import implicit_interactions, protocol_split, top_lists
 from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, best_peer, run_protocol
 from services.cli.evaluate import print_protocol, read_log
+from services.recommend.explain import explain
+from services.recommend.types import Candidate
 
 
 def diversity(lists: list[list[str]], catalog: int) -> dict[str, float]:
@@ -47,6 +51,29 @@ def diversity(lists: list[list[str]], catalog: int) -> dict[str, float]:
     shared = sum(c * (c - 1) / 2 for c in counts.values())
     overlap = shared / (n * (n - 1) / 2) / k if n > 1 else 0.0
     return {"distinct": float(len(counts)), "coverage": len(counts) / catalog, "overlap": overlap}
+
+
+class _Ids:
+    """Reasons name items by id here (the catalog's titles are a serving concern)."""
+
+    def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        return {item: item for item in item_ids}
+
+
+def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history: int = 10) -> float:
+    """Mean number of distinct reasons (`services.recommend.explain`) per top-10 list, over users
+    with at least `min_history` history items; each item's reason from the recall candidate that
+    brought it (its seed), as served without the ranker's attention."""
+    recall = model.model.recall if isinstance(model.model, RerankRecommender) else model.model
+    counts = []
+    for user, items in zip(sorted(split.test), lists):
+        history = split.train[user]
+        if len(history) < min_history:
+            continue
+        found = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in recall.recall(history, model.depth)}
+        shown = [found.get(item, Candidate(item, 0.0, set())) for item in items]
+        counts.append(len(set(explain(shown, [], _Ids()))))  # type: ignore[arg-type]
+    return float(np.mean(counts)) if counts else float("nan")
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, rounds: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -78,7 +105,7 @@ def main() -> None:
         samples=SampleConfig(positions_per_user=args.positions_per_user, seed=args.seed), bootstrap_rounds=args.bootstrap,
         seed=args.seed,
     )  # fmt: skip
-    config = ProtocolConfig(peers=tuple(args.peers.split(",")), gru_epochs=args.gru_epochs, pipeline=pipeline,
+    config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
                             bootstrap_rounds=args.bootstrap, seed=args.seed)  # fmt: skip
     with ForeignCpu() as other, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         tasks: dict[str, int] = {}
@@ -100,13 +127,15 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
                                   "other_core_seconds": other.core_seconds, "best_peer": peer, "models": {}}  # fmt: skip
     print(f"\n{args.name}: best tuned peer on validation: {peer}; whole run {seconds / 60:.1f} min "
           f"(other processes used {other.core_seconds / max(seconds, 1e-9):.2f} cores on average)")  # fmt: skip
-    print(f"{'model':<16} {'NDCG@10 / best peer [95% CI]':>30} {'top-10 items':>13} {'coverage':>9} {'overlap':>8}")
+    print(f"{'model':<32} {'NDCG@10 / best peer [95% CI]':>30} {'top-10 items':>13} {'coverage':>9} {'overlap':>8} {'reasons/list':>13}")
     for name, tuned in result.models.items():
         lists = top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
         spread = diversity(lists, result.items)
+        if name.startswith(("recall", "pipeline")):
+            spread["reasons_per_list"] = reasons_per_list(tuned.model, split.test, lists)  # type: ignore[attr-defined]
         ratio = ratio_ci(tuned.test["NDCG@10"], result.models[peer].test["NDCG@10"], args.bootstrap, args.seed)
-        print(f"{name:<16} {ratio[0]:>10.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]     {int(spread['distinct']):>13,} "
-              f"{spread['coverage']:>9.3f} {spread['overlap']:>8.3f}")  # fmt: skip
+        print(f"{name:<32} {ratio[0]:>10.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]     {int(spread['distinct']):>13,} "
+              f"{spread['coverage']:>9.3f} {spread['overlap']:>8.3f} {spread.get('reasons_per_list', float('nan')):>13.2f}")  # fmt: skip
         figures["models"][name] = {  # type: ignore[index]
             "params": tuned.params, "validation_ndcg10": float(tuned.validation["NDCG@10"].mean()),
             "test": {m: list(v) for m, v in result.summary[name].items()}, "ndcg10_vs_best_peer": list(ratio), **spread,
