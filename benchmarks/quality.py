@@ -34,7 +34,7 @@ from feature_store.settings import Settings
 from models.evaluation.end_to_end import RerankRecommender, SampleConfig
 from models.evaluation.offline_pipeline import EvaluationConfig
 from models.evaluation.protocol import implicit_interactions, protocol_split, top_lists
-from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, best_peer, run_protocol
+from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, grid, best_peer, run_protocol
 from services.cli.evaluate import print_protocol, read_log
 from services.recommend.explain import explain
 from services.recommend.types import Candidate
@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--ranker-epochs", type=int, default=3)
     parser.add_argument("--positions-per-user", type=int, default=None)
     parser.add_argument("--gru-epochs", type=int, default=20)
+    parser.add_argument("--gru-batch", type=int, default=32)
+    parser.add_argument("--small-grids", action="store_true",
+                        help="ItemKNN neighbours 50/200 x last-n 1/3/all, ALS 64 factors x λ 0.01/0.1 x α 1/10 (large sets)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,8 +108,12 @@ def main() -> None:
         samples=SampleConfig(positions_per_user=args.positions_per_user, seed=args.seed), bootstrap_rounds=args.bootstrap,
         seed=args.seed,
     )  # fmt: skip
+    grids: dict[str, Any] = {"gru_grid": grid(dim=[64], dropout=[0.2], batch_size=[args.gru_batch])}
+    if args.small_grids:
+        grids["knn_grid"] = grid(neighbours=[50, 200], recent=[1, 3, None])
+        grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
     config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
-                            bootstrap_rounds=args.bootstrap, seed=args.seed)  # fmt: skip
+                            bootstrap_rounds=args.bootstrap, seed=args.seed, **grids)  # fmt: skip
     with ForeignCpu() as other, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         tasks: dict[str, int] = {}
 

@@ -80,7 +80,9 @@ class GRU4Rec:
         tokens = keras.Input(shape=(None,), dtype="int32")
         embedded = keras.layers.Embedding(vocabulary, dim, mask_zero=True)(tokens)
         hidden = keras.layers.GRU(dim, return_sequences=True)(keras.layers.Dropout(dropout)(embedded))
-        logits = keras.layers.Dense(vocabulary)(keras.layers.Dropout(dropout)(hidden))
+        self.output_layer = keras.layers.Dense(vocabulary)
+        logits = self.output_layer(keras.layers.Dropout(dropout)(hidden))
+        self.encoder = keras.Model(tokens, hidden)  # scoring reads the last step only
         model = keras.Model(tokens, logits)
         model.compile(keras.optimizers.Adam(learning_rate),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))  # fmt: skip
@@ -123,7 +125,9 @@ class GRU4Rec:
         """Scores of `ids` for each history (one forward pass per batch of histories)."""
         rows = [self._encode(h) for h in histories]
         width = max(1, max(map(len, rows)))
-        logits = self.model.predict(self._padded(rows, width), batch_size=512, verbose=0)[:, -1, 1:]
+        last = self.encoder.predict(self._padded(rows, width), batch_size=512, verbose=0)[:, -1, :]
+        kernel, bias = (np.asarray(w) for w in self.output_layer.get_weights())
+        logits = (last @ kernel + bias)[:, 1:]
         empty = np.array([not row for row in rows])
         logits[empty] = 0.0
         return logits

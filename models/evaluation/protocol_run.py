@@ -23,7 +23,7 @@ PEERS = ("Pop", "ItemKNN", "ALS", "GRU4Rec")
 PIPELINE = "pipeline (chosen on validation)"
 
 
-def _grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
@@ -32,9 +32,9 @@ class ProtocolConfig:
     """Which peers, their grids, GRU4Rec's budget, and the pipeline (None: peers only)."""
 
     peers: tuple[str, ...] = PEERS
-    knn_grid: list[dict[str, Any]] = field(default_factory=lambda: _grid(neighbours=[20, 50, 100, 200], recent=[1, 3, 5, None]))
-    als_grid: list[dict[str, Any]] = field(default_factory=lambda: _grid(factors=[32, 64, 128], regularization=[0.01, 0.1], alpha=[1.0, 10.0]))
-    gru_grid: list[dict[str, Any]] = field(default_factory=lambda: _grid(dim=[64], dropout=[0.2]))
+    knn_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(neighbours=[20, 50, 100, 200], recent=[1, 3, 5, None]))
+    als_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(factors=[32, 64, 128], regularization=[0.01, 0.1], alpha=[1.0, 10.0]))
+    gru_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(dim=[64], dropout=[0.2]))
     gru_epochs: int = 10
     pipeline: EvaluationConfig | None = field(default_factory=EvaluationConfig)
     bootstrap_rounds: int = 1000
