@@ -67,7 +67,7 @@ K, HISTORY, COLD_TOLERANCE = 10, 10, 0.2
 
 def policies() -> dict[str, Policy]:
     return {"greedy": Greedy(), "eps 0.05": EpsilonGreedy(0.05), "eps 0.1": EpsilonGreedy(0.1),
-            "ucb1": Ucb1(10.0), "thompson": Thompson(10.0), "linucb": LinUcb(1.0)}
+            "ucb1": Ucb1(10.0), "ucb1 c=0.1": Ucb1(10.0, c=0.1), "thompson": Thompson(10.0), "linucb": LinUcb(1.0)}
 
 
 @dataclass
@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100, help="requests between two stream updates")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/exploration_regret.png"))
+    parser.add_argument("--policies", nargs="+", default=None, help="a subset of the policies (greedy is always run)")
     parser.add_argument("--ope", action="store_true", help="measure OPE accuracy instead (ε-greedy 0.2 logs)")
     parser.add_argument("--warmup", type=int, default=2000, help="--ope: ε-greedy requests before the statistics freeze")
     args = parser.parse_args()
@@ -240,11 +241,13 @@ def main() -> None:
             runs = [ope_accuracy(seed, args.warmup, args.requests, progress, task) for seed in range(args.seeds)]
         report_ope(console, runs, args)
         return
-    results: dict[str, list[dict]] = {name: [] for name in policies()}
+    chosen = {name: policy for name, policy in policies().items()
+              if args.policies is None or name in args.policies or name == "greedy"}
+    results: dict[str, list[dict]] = {name: [] for name in chosen}
     with Progress(console=console) as progress:
         task = progress.add_task("simulating", total=len(results) * args.seeds * args.requests)
         for seed in range(args.seeds):
-            for name, policy in policies().items():
+            for name, policy in chosen.items():
                 results[name].append(run(name, policy, seed, args.requests, args.batch, progress, task))
     report(console, results, args)
 
