@@ -11,8 +11,10 @@ request id and a position), half clicks carrying the request id of an impression
 tick (10 ms) before. It polls each click's credit marker (`KeyLayout.attribution_credit`), which
 the attribution store sets in the same atomic script as the counts, so "marker present" means
 "attributed count readable". Prints p50/p95/p99, sustained clicks/s, CPU seconds of the job
-(driver, JVM, Python worker) per wall second, files written per hour, and the rate at which the
-job works off a backlog (`--backlog` pairs appended at once: its capacity).
+(driver, JVM, Python worker) per wall second, files written per hour, the rate the appender
+really offered (it may fall short of the asked one on a busy machine), and the rate at which the
+job works off a backlog (`--backlog` pairs appended at once: its capacity), and the CPU other
+processes used meanwhile (the machine is shared: a figure taken beside them is not a quiet one's).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from feature_store.redis_server import EmbeddedRedis
 from feature_store.schemas import Event, EventContext, EventType
 from feature_store.settings import EventLogSettings
 from pipelines.flink.runner import StreamJob
+from quiet import ForeignCpu  # benchmarks/quiet.py: the script's folder is on sys.path
 
 console = Console(width=170)
 
@@ -184,7 +187,7 @@ def measure(config: Config, rates: list[int], seconds: float, workdir: Path, ser
             files = len(list((state / "events").rglob("part-*.jsonl"))) - files_before
             lat = np.array(poller.latencies) * 1000
             rows.append({
-                "config": config.name, "rate": f"{rate}/s", "clicks": str(sent),
+                "config": config.name, "rate": f"{rate}/s", "offered ev/s": f"{2 * sent / seconds:.0f}", "clicks": str(sent),
                 "credited": str(len(lat)),
                 "p50 ms": f"{np.percentile(lat, 50):.0f}", "p95 ms": f"{np.percentile(lat, 95):.0f}",
                 "p99 ms": f"{np.percentile(lat, 99):.0f}", "sustained clicks/s": f"{len(lat) / wall:.0f}",
@@ -253,10 +256,13 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="freshness-") as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis").start()
+        started = time.perf_counter()
         try:
-            rows = [row for config in configs for row in measure(config, rates, args.seconds, Path(tmp), server, args.backlog)]
+            with ForeignCpu() as other:
+                rows = [row for config in configs for row in measure(config, rates, args.seconds, Path(tmp), server, args.backlog)]
         finally:
             server.stop()
+        busy = other.core_seconds / (time.perf_counter() - started)
     table = Table(title="attribution freshness (click appended → attributed count readable in Redis)")
     for column in rows[0]:
         table.add_column(column)
@@ -267,6 +273,7 @@ def main() -> None:
         console.print(f"{config.name}: roll {config.roll_s}s, monitor {config.monitor_ms}ms, "
                       f"bundle.time {config.bundle_time_ms}ms, bundle.size {config.bundle_size}, "
                       f"checkpoints every {config.checkpoint_ms}ms {config.checkpoint_mode}")
+    console.print(f"other processes used {busy:.1f} cores on average (peak {other.peak:.1f}, {other.busiest})")
     for rate in rates:
         ours, peer = (next(r for r in rows if r["config"] == c.name and r["rate"] == f"{rate}/s") for c in (tuned, DEFAULTS))
         console.print(f"{rate}/s: p95 flink defaults / tuned = {float(peer['p95 ms']) / max(float(ours['p95 ms']), 1):.1f}x")
