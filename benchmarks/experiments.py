@@ -190,8 +190,8 @@ def main() -> None:
         ab = ab_run(world, (x, y), 40 * (ab_n or args.ab_start), 30_000 + n)
         agreement.append({"gap": gap, "truth": int(np.sign(cx - cy)), "interleaving": il[1], "interleaving_p": il[0],
                           "ab": ab[1], "ab_p": ab[0]})
-    agree_ab = float(np.mean([r["interleaving"] == r["ab"] for r in agreement]))
-    agree_truth = float(np.mean([r["interleaving"] == r["truth"] for r in agreement]))
+    agree_ab = float(np.mean([r["interleaving"] == r["ab"] for r in agreement])) if agreement else None
+    agree_truth = float(np.mean([r["interleaving"] == r["truth"] for r in agreement])) if agreement else None
     summary = {
         "true_ctr": [ctr_a, ctr_b], "interleaving_requests": il_n, "ab_requests": ab_n,
         "ratio": (ab_n / il_n) if ab_n and il_n else None, "curves": {"interleaving": il_curve, "ab": ab_curve},
@@ -199,7 +199,7 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
     }
     print(f"needed for 80% power at p < 0.05: interleaving {il_n} requests, A/B {ab_n} requests "
-          f"(ratio {summary['ratio']}); agreement with a 40x A/B {agree_ab:.2f}, with the truth {agree_truth:.2f}; "
+          f"(ratio {summary['ratio']}); agreement with a 40x A/B {agree_ab}, with the truth {agree_truth}; "
           f"{summary['seconds']:.0f} s")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
