@@ -80,7 +80,7 @@ class ExperimentSpec(BaseModel):
 
     id: Name
     kind: Kind
-    arms: list[Arm] = Field(min_length=2, max_length=8)
+    arms: list[Arm] = Field(min_length=2, max_length=6)  # an interleaved policy label names every version
     traffic: float = Field(default=1.0, gt=0, le=1, description="Share of the layer's users in the experiment")
     offset: float | None = Field(default=None, ge=0, lt=1, description="Start of its slice (default: the first free)")
     layer: Name = "default"
