@@ -133,11 +133,14 @@ class AttributionJoin:
         self.records.append(ImpressionRecord(impression))
         key = join_key(impression.user_id, impression.item_id)
         if impression.request_id is not None and key in self.awaiting:
+            left = []
             for outcome in _outcomes(state.pending):
                 if outcome.request_id == impression.request_id and attribute(outcome, [impression], self.window_ms):
                     self._credit(impression, outcome, state)
                     state.pending.remove(outcome.event_id)
-            self._update_awaiting(key, state.pending)
+                else:
+                    left.append(outcome)
+            self._update_awaiting(key, left)
         return impression.ts_ms + self.keep_ms if self._learns(impression) else None
 
     def outcome(self, outcome: Outcome, state: KeyMaps) -> int | None:
@@ -157,7 +160,8 @@ class AttributionJoin:
         """The watermark reached `timestamp`: decide the outcomes up to it, drop impressions past use."""
         impressions = [Impression(**json.loads(value)) for _, value in state.impressions.items()]
         outcomes = _outcomes(state.pending)
-        for outcome in [o for o in outcomes if o.ts_ms + self.lateness_ms <= timestamp]:
+        due = [o for o in outcomes if o.ts_ms + self.lateness_ms <= timestamp]
+        for outcome in due:
             target = attribute(outcome, impressions, self.window_ms)
             if target is None:
                 self.records.append(MissRecord(outcome, Miss.UNATTRIBUTED))
@@ -169,7 +173,7 @@ class AttributionJoin:
                 self._learn(impression, state.credits)
                 state.impressions.remove(impression_ref(impression))
         if outcomes:
-            self._update_awaiting(join_key(outcomes[0].user_id, outcomes[0].item_id), state.pending)
+            self._update_awaiting(join_key(outcomes[0].user_id, outcomes[0].item_id), [o for o in outcomes if o not in due])
 
     def late(self, outcome: Outcome) -> None:
         """An outcome too late for the speed layer: counted, and left to the batch layer."""
@@ -186,8 +190,9 @@ class AttributionJoin:
         if self._learns(impression):
             state.credits.put(f"{impression.event_id}\x1f{outcome.type}", "1")
 
-    def _update_awaiting(self, key: str, pending: StateMap) -> None:
-        if not any(o.request_id is not None for o in _outcomes(pending)):
+    def _update_awaiting(self, key: str, left: list[Outcome]) -> None:
+        """Forget `key` once none of the outcomes `left` in its state waits for a request's impression."""
+        if not any(o.request_id is not None for o in left):
             self.awaiting.discard(key)
 
     def _learns(self, impression: Impression) -> bool:

@@ -19,7 +19,7 @@ from feature_store.attribution_store import RecordResult, RedisAttributionStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
-from pipelines.flink.join import AttributionJoin, KeyMaps
+from pipelines.flink.join import AttributionJoin, DictMap, KeyMaps
 from pipelines.flink.sink import record_kind
 
 WINDOW_MS = 10 * 60_000
@@ -135,3 +135,43 @@ def test_an_outcome_logged_before_its_impression_is_still_credited(store: RedisA
     assert not state.pending.items() and [record_kind(r) for r in records] == ["impression", "credit"]  # at once
     assert store.record_many(records) == [RecordResult.APPLIED, RecordResult.APPLIED]
     assert store.counts(Dimension.ITEM_POSITION, join_key("i", "1"), 0, 2**62) == {"impression": 1, "click": 1}
+
+
+class CountingMap(DictMap):
+    """A key's map that counts its reads (in the job each read of an uncached key is a blocking
+    request to the JVM, what capped the job's capacity)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, key: str) -> str | None:
+        self.reads += 1
+        return super().get(key)
+
+    def items(self) -> list[tuple[str, str]]:
+        self.reads += 1
+        return list(super().items())
+
+
+def test_impressions_read_no_state_unless_an_outcome_of_their_key_waits() -> None:
+    t0 = datetime.now(timezone.utc)
+
+    def event(event_id: str, kind: str, seconds: int, request: str | None, item: str = "i") -> Event:
+        return Event.model_validate({"event_id": event_id, "user_id": "u", "item_id": item, "type": kind,
+                                     "ts": (t0 + timedelta(seconds=seconds)).isoformat(), "context": {"request_id": request}})
+
+    join = AttributionJoin(WINDOW_MS, LATENESS_MS)
+    state = KeyMaps(CountingMap(), CountingMap(), CountingMap())
+    maps = (state.impressions, state.pending, state.credits)
+    assert join.impression(Impression.of(event("a", "impression", 0, "r1")), state) is None  # no timer either
+    assert [m.reads for m in maps] == [0, 0, 0]
+    assert join.outcome(Outcome.of(event("c1", "click", 1, "r1")), state) is None  # credited at once
+    assert [m.reads for m in maps] == [1, 0, 0]
+    join.outcome(Outcome.of(event("c2", "click", 2, "r2")), state)  # its impression comes later: parked
+    join.impression(Impression.of(event("b", "impression", 1, "r2")), state)  # reads pending, credits c2
+    assert state.pending.reads == 1 and not state.pending.items()
+    other = KeyMaps(CountingMap(), CountingMap(), CountingMap())
+    join.impression(Impression.of(event("x", "impression", 0, "r3", item="j")), other)  # another key
+    assert [m.reads for m in (other.impressions, other.pending, other.credits)] == [0, 0, 0]
+    assert [record_kind(r) for r in join.drain()] == ["impression", "credit", "impression", "credit", "impression"]
