@@ -17,7 +17,9 @@ sequence) and each request draws one uniformly: the same merge, vectorised over 
 
     .venv/bin/python benchmarks/experiments.py --runs 100 --aa-runs 200 --pairs 30
 
-Prints the tables recorded in RESULTS.md (and writes --out JSON).
+Prints the tables recorded in RESULTS.md (and writes --out JSON). `--plot PNG` draws the power
+curves (matplotlib, the `bench` extra); `--from-json LABEL=FILE …` draws them from saved runs
+without running again.
 """
 
 from __future__ import annotations
@@ -151,6 +153,29 @@ def needed(run, world, lists, runs: int, start: int, label: str) -> tuple[int | 
     return None, curve
 
 
+def plot(summaries: dict[str, dict], path: Path) -> None:
+    """Power against impressions per run: interleaving per saved run (its label), and A/B."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, summary in summaries.items():
+        n, power_ = zip(*summary["curves"]["interleaving"])
+        axis.plot(np.array(n) * K, power_, marker="o", label=f"team-draft interleaving, per {label}")
+    n, power_ = zip(*next(iter(summaries.values()))["curves"]["ab"])
+    axis.plot(np.array(n) * K, power_, marker="s", color="black", label="A/B, per impression")
+    axis.axhline(0.8, color="grey", linestyle="--", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_xlabel("impressions per run (10 per request)")
+    axis.set_ylabel("power (p < 0.05, right winner; 100 runs)")
+    axis.set_title("2% relative true-CTR gap, simulator (2,000 users)")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2000)
@@ -163,7 +188,14 @@ def main() -> None:
     parser.add_argument("--il-start", type=int, default=500)
     parser.add_argument("--ab-start", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the power curves")
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="LABEL=FILE",
+                        help="plot saved runs (--out files) instead of running")
     args = parser.parse_args()
+    if args.from_json:
+        saved = dict(item.split("=", 1) for item in args.from_json)
+        plot({label: json.loads(Path(file).read_text()) for label, file in saved.items()}, args.plot)
+        return
     global UNIT
     UNIT = args.unit
     started = time.perf_counter()
@@ -203,6 +235,8 @@ def main() -> None:
           f"{summary['seconds']:.0f} s")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
+    if args.plot:
+        plot({args.unit: summary}, args.plot)
 
 
 if __name__ == "__main__":
