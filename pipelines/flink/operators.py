@@ -106,8 +106,8 @@ class Attribute(KeyedProcessFunction):
 
     State: three map states per key (`join.KeyMaps`), checkpointed, with a processing-time TTL of
     twice the time an entry is needed (window plus allowed lateness), which is what removes most
-    impressions: they get no timer, since registering one per impression (and reading the key's
-    state when it fires) is the cost that capped the job at about 330 events/s. Event-time timers
+    impressions: they get no timer, since registering one per impression, and reading the key's
+    state when it fires, was paid for every impression. Event-time timers
     decide pending outcomes and finalise the impressions LinUCB learns from. The TTL keeps the
     Python worker's state caches on (`ReturnExpiredIfNotCleanedUp`: an expired impression still
     read is harmless, the rule's window excludes it; `NeverReturnExpired` would switch every
