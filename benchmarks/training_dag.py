@@ -113,6 +113,7 @@ def _summary(runs: list[RunRecord], peer: dict[str, float]) -> None:
     peer_total = sum(peer.values())
     print(f"peer total {peer_total:.1f} s; DAG run 2 / peer = {totals[1] / peer_total:.2f}x")
     for run in runs:
+        print(f"run {run.run_id} held-out window: {run.step('evaluate').metrics['held_out']}")
         blessed = run.step("gate").metrics
         print(f"run {run.run_id}: " + "; ".join(
             f"{role} blessed={d['blessed']} " + ", ".join(f"{c['metric']} {c['candidate']} vs {c['baseline']}" for c in d["checks"])
