@@ -5,7 +5,11 @@
 
 - each event first sets its replay marker (`KeyLayout.seen_marker`) with `SET NX PX`; if the
   marker already exists the event was applied before and all its updates are skipped, in the
-  same atomic script, so replaying a stream never double-counts;
+  same atomic script, so replaying a stream never double-counts. On a Redis Cluster a script may
+  only touch keys of one hash slot, so there an event's updates are split by entity (the hash tag
+  `{E:ID}` of its keys), each part guarded by its own marker in that slot
+  (`KeyLayout.slot_seen_marker`) and applied by one script call per slot: each part is applied
+  exactly once, and a replay after a crash between parts applies just the missing ones;
 - events older than `dedup_ttl` (whose marker may have expired) are dropped as too late: the next
   batch run accounts for them; events more than `max_future_skew` ahead of the clock are not
   applied at all (`in_future`): an event time is untrusted, and a far-future one would top every
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from feature_store.definitions import FEATURES, GLOBAL_ID, Entity, FeatureDef, FeatureRegistry, Kind, Member
 from feature_store.redis_client import ConnectionSpec, translate_errors
@@ -35,7 +41,9 @@ from feature_store.schemas import Event
 
 CategoryLookup = Callable[[Sequence[str]], Sequence[Sequence[str]]]
 
-# ARGV: then per event: marker, marker ttl ms, n ops, and n ops of 7 slots: op, key, a, b, c, d, e.
+# KEYS[1]: a marker (routes the call to its slot's master; unused otherwise).
+# ARGV: per group: marker, marker ttl ms, n ops, and n ops of 7 slots: op, key, a, b, c, d, e.
+# Returns each group's freshness (1 applied, 0 a replay).
 _APPLY = """
 local function extend_ttl(key, ttl)
   if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
@@ -49,12 +57,12 @@ local function trim_buckets(key, prefix, min_bucket)
   end
 end
 local function cap_zset(key, cap) redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(cap) + 1)) end
-local applied, i = 0, 1
+local applied, i = {}, 1
 while i <= #ARGV do
   local fresh = redis.call('SET', ARGV[i], '1', 'NX', 'PX', ARGV[i + 1])
   local nops = tonumber(ARGV[i + 2])
   i = i + 3
-  if fresh then applied = applied + 1 end
+  applied[#applied + 1] = fresh and 1 or 0
   for _ = 1, nops do
     if fresh then
       local op, key, a, b, c, d, e = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
@@ -116,6 +124,7 @@ class LiveWriter:
         self._batch_size = batch_size
         self._categories_of = categories_of
         self._client = client or spec.client()
+        self._cluster = isinstance(self._client, RedisCluster)
         self._script = self._client.register_script(_APPLY)
         self._features = {e: registry.stream_features(e) for e in (Entity.USER, Entity.ITEM, Entity.GLOBAL)}
         self._needs_categories = any(f.member is Member.CATEGORY for fs in self._features.values() for f in fs)
@@ -146,15 +155,41 @@ class LiveWriter:
         categories = self._categories(fresh, item_categories)
         # A replay counts as fresh until ts + dedup_ttl, and ts is at most the skew ahead of now.
         marker_ttl = self._dedup_ttl_ms + self._max_future_skew_ms
-        args: list[Any] = []
-        for event in fresh:
-            ops = self._ops(event, categories.get(event.item_id, ()), now_ms)
-            args += [self._layout.seen_marker(event.event_id), marker_ttl, len(ops) // 7, *ops]
-        applied = 0
-        if args:
-            with translate_errors(self._spec, f"writing {len(fresh)} live events"):
-                applied = int(self._script(args=args))
+        groups = self._groups(fresh, categories, now_ms)
+        applied_events: set[int] = set()
+        with translate_errors(self._spec, f"writing {len(fresh)} live events"):
+            for call in self._calls(groups):
+                args: list[Any] = []
+                for _, marker, ops in call:
+                    args += [marker, marker_ttl, len(ops) // 7, *ops]
+                flags = self._script(keys=[call[0][1]], args=args)
+                applied_events.update(index for (index, _, _), flag in zip(call, flags) if int(flag))
+        applied = len(applied_events)
         return LiveWriteResult(applied, len(fresh) - applied, len(events) - len(fresh) - in_future, in_future)
+
+    def _groups(self, events: list[Event], categories: Mapping[str, Sequence[str]],
+                now_ms: int) -> list[tuple[int, str, list[Any]]]:
+        """(event index, marker, ops): one group per event, or on a cluster one per event and entity."""
+        groups: list[tuple[int, str, list[Any]]] = []
+        for index, event in enumerate(events):
+            parts = self._ops(event, categories.get(event.item_id, ()), now_ms)
+            if not self._cluster:
+                ops = [op for _, _, part_ops in parts for op in part_ops]
+                groups.append((index, self._layout.seen_marker(event.event_id), ops))
+                continue
+            parts = [part for part in parts if part[2]] or [(Entity.USER, event.user_id, [])]
+            groups += [(index, self._layout.slot_seen_marker(entity, entity_id, event.event_id), ops)
+                       for entity, entity_id, ops in parts]
+        return groups
+
+    def _calls(self, groups: list[tuple[int, str, list[Any]]]) -> list[list[tuple[int, str, list[Any]]]]:
+        """One script call for a single server; on a cluster, one per hash slot."""
+        if not groups or not self._cluster:
+            return [groups] if groups else []
+        by_slot: dict[int, list[tuple[int, str, list[Any]]]] = {}
+        for group in groups:
+            by_slot.setdefault(key_slot(group[1].encode()), []).append(group)
+        return list(by_slot.values())
 
     def _categories(self, events: list[Event],
                     given: Mapping[str, Sequence[str]] | None) -> Mapping[str, Sequence[str]]:
@@ -165,14 +200,17 @@ class LiveWriter:
         item_ids = sorted({e.item_id for e in events})
         return dict(zip(item_ids, self._categories_of(item_ids)))
 
-    def _ops(self, event: Event, categories: Sequence[str], now_ms: int) -> list[Any]:
+    def _ops(self, event: Event, categories: Sequence[str], now_ms: int) -> list[tuple[Entity, str, list[Any]]]:
+        """The event's updates per entity (each entity's keys share one hash slot)."""
         ids = {Entity.USER: event.user_id, Entity.ITEM: event.item_id, Entity.GLOBAL: GLOBAL_ID}
-        ops: list[Any] = []
+        parts: list[tuple[Entity, str, list[Any]]] = []
         for entity, features in self._features.items():
+            ops: list[Any] = []
             for feature in features:
                 if feature.events is None or feature.events.matches(event.type, event.value):
                     ops += self._feature_ops(feature, ids[entity], event, categories, now_ms)
-        return ops
+            parts.append((entity, ids[entity], ops))
+        return parts
 
     def _feature_ops(self, feature: FeatureDef, entity_id: str, event: Event, categories: Sequence[str],
                      now_ms: int) -> list[Any]:

@@ -2,20 +2,29 @@
 
 A `ConnectionSpec` is small and picklable, so Spark executors and Flink workers carry it and open
 their own connection (one per worker), never the driver's.
+
+The URL's scheme picks the client: `redis://` / `rediss://` / `unix://` a single server,
+`redis+cluster://host:port` / `rediss+cluster://host:port` a Redis Cluster (any node as the seed;
+the client discovers the others and routes each command to the master of its key's slot).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Union
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from feature_store.errors import FeatureStoreUnavailableError
 from feature_store.settings import Settings
+
+#: Either client; both take the same commands, scripts and non-transactional pipelines.
+RedisClient = Union[redis.Redis, RedisCluster]
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 @dataclass(frozen=True)
@@ -36,16 +45,23 @@ class ConnectionSpec:
         return cls(resolved, settings.redis.socket_timeout_s, settings.redis.connect_timeout_s,
                    settings.redis.key_prefix)
 
-    def client(self) -> redis.Redis:
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster (`redis+cluster://` or `rediss+cluster://`)."""
+        return self.url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+    def client(self) -> RedisClient:
         """A new client. Connections open lazily; failures surface as `FeatureStoreUnavailableError`
         through `translate_errors`, after at most the configured timeouts (no retries)."""
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout_s,
-            socket_connect_timeout=self.connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-        )
+        options = dict(socket_timeout=self.socket_timeout_s, socket_connect_timeout=self.connect_timeout_s,
+                       retry_on_timeout=False)
+        if self.cluster:
+            scheme, rest = self.url.split("://", 1)
+            # A cluster client does follow MOVED/ASK redirections (slot migrations), but does not
+            # retry a node that is down: that is the same no-silent-retries rule as below.
+            return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", cluster_error_retry_attempts=0,
+                                         **options)
+        return redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **options)
 
 
 @contextmanager
@@ -53,7 +69,7 @@ def translate_errors(spec: ConnectionSpec, doing: str) -> Iterator[None]:
     """Turn connection failures and timeouts into `FeatureStoreUnavailableError` naming what failed."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError) as exc:
         raise FeatureStoreUnavailableError(
             f"Redis at {spec.url} unavailable while {doing} "
             f"(connect timeout {spec.connect_timeout_s}s, socket timeout {spec.socket_timeout_s}s): {exc}"
