@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema, field_validator,
+    model_validator,
 )
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
@@ -88,6 +89,24 @@ class EventContext(BaseModel):
     model_versions: dict[str, Annotated[str, StringConstraints(max_length=128)]] | None = Field(
         default=None, max_length=16, description="Registry versions that served the slot, per role"
     )
+    candidates: list[Identifier] | None = Field(
+        default=None, max_length=1000,
+        description="First slot of a sampled request: the ranked candidates the explore stage chose from, best first (truncated)",
+    )
+    candidate_scores: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None, max_length=1000, description="The ranker's scores of `candidates`, in the same order"
+    )
+    candidate_count: int | None = Field(
+        default=None, ge=0, description="How many candidates were ranked (`candidates` holds the first of them)"
+    )
+
+    @model_validator(mode="after")
+    def _aligned_candidates(self) -> "EventContext":
+        if len(self.candidates or ()) != len(self.candidate_scores or ()):
+            raise ValueError("candidates and candidate_scores must have the same length")
+        if self.candidates is not None and (self.candidate_count or 0) < len(self.candidates):
+            raise ValueError("candidate_count must be at least the number of candidates logged")
+        return self
 
 
 class Event(BaseModel):

@@ -194,6 +194,13 @@ class ExploreSettings(_Section):
     seed: int | None = Field(
         default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: fresh entropy.",
     )
+    log_candidates_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of requests whose ranked candidates go into their first impression (the input of `recsys experiments ope`).",
+    )
+    log_candidates_top_n: int = Field(
+        default=50, ge=1, le=1000, description="Ranked candidates logged per sampled request (the first n, with their scores).",
+    )
 
 
 class GateSettings(_Section):

@@ -10,7 +10,9 @@ Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_ur
 - `events/`: the compacted master table, Parquet partitioned by `dt` (YYYY-MM-DD, UTC):
   event_id, user_id, item_id, type (strings), value double, ts timestamp (UTC), request_id,
   position long, page, experiment, arm, policy, propensity double, team, model_versions
-  map<string, string> (the last four null in logs written before they existed). One row per `event_id`.
+  map<string, string> (the last four null in logs written before they existed), candidates
+  list<string>, candidate_scores list<double>, candidate_count long (the first impression of a
+  request sampled by `explore.log_candidates_share`; else null). One row per `event_id`.
 - `rejects/`: lines of the event log that failed validation: source_file (URI), line_number
   (1-based, long), reason, raw (the line as written). Blank lines are skipped, not rejected.
 - `attributed_impressions/`: one row per impression, Parquet partitioned by `dt`: event_id,

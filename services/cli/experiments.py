@@ -1,4 +1,5 @@
-"""`recsys experiments …`: create, list, get, stop and report experiments (services/experiments).
+"""`recsys experiments …`: create, list, get, stop and report experiments (services/experiments), and
+estimate an explore policy off-policy from the logs (`ope`, services/explore/ope).
 
 Commands work on the state directory and Redis directly, as the API does (the same store and
 checks); a running API serves a change from its next request.
@@ -7,7 +8,8 @@ checks); a running API serves a change from its next request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -132,3 +134,55 @@ def report(
         typer.echo(f"{c.a} vs {c.b} ({c.units}): {c.wins_a} / {c.wins_b} / {c.ties} ties, "
                    f"preference {c.preference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], sign test p = {c.sign_p:.3g}")
     typer.echo(result.caveat)
+
+
+@app.command("ope")
+def ope(
+    policy: Annotated[str, typer.Option("--policy", help="Target policy: greedy, epsilon_greedy, ucb1 or thompson.")],
+    param: Annotated[list[str] | None, typer.Option("--param", help="A target parameter of the explore settings, k=v (e.g. epsilon=0.05).")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Requests served at or after this time (UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Requests served before this time (UTC).")] = None,
+    bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples of the CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of randomised targets.")] = 0,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Off-policy CTR estimates (IPS, SNIPS, DR, 95% bootstrap CIs) of a target explore policy from the
+    logged candidates and the Spark attributed impressions (docs/exploration.md)."""
+    from feature_store.settings import ExploreSettings
+    from pipelines.spark.common import BatchJobError
+    from pipelines.spark.ope_input import iterate, logged_requests
+    from services.cli.batch import _session
+    from services.explore.factory import explore_stage_from_settings, policy_from_settings
+    from services.explore.ope.logged import OpeError, evaluate
+
+    settings = load_settings(state_dir)
+    values: dict[str, str] = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--param {item!r}: expected name=value")
+        values[name.strip()] = value.strip()
+    try:
+        explore = ExploreSettings.model_validate({**settings.explore.model_dump(), **values, "policy": policy})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"--policy/--param: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+    target = policy_from_settings(explore)
+    with _session(settings, "recsys-experiments-ope") as spark, ExitStack() as resources:
+        stats = None
+        if target.needs is not None:
+            features = resources.enter_context(_manager(state_dir))[1]
+            stage = explore_stage_from_settings(settings.model_copy(update={"explore": explore}), features)
+            resources.callback(stage.close)
+            stats = lambda ranked: stage.stats.counts(ranked.item_ids)  # noqa: E731  (counts at OPE time)
+        try:
+            result = evaluate(iterate(logged_requests(spark, settings, since, until)), target, stats, bootstrap, seed)
+        except (BatchJobError, OpeError) as exc:
+            fail(str(exc))
+    typer.echo(f"target: {target.label}")
+    typer.echo(f"requests: {result.requests}")
+    typer.echo("logging policy: " + ", ".join(f"{label} ({n} requests)" for label, n in sorted(result.logging.items())))
+    for why, n in sorted(result.skipped.items()):
+        typer.echo(f"skipped: {n} requests: {why}")
+    for name, e in result.estimates.items():
+        typer.echo(f"{name.upper()}: CTR per slot {e.value:.4f} [{e.low:.4f}, {e.high:.4f}]")

@@ -11,7 +11,10 @@ An impression's `event_id` is `imp-<request id>-<position>`, so a request retrie
 `X-Request-ID` never logs a slot twice; its `ts` is the server clock when the list was served; its
 context carries the slot, the request's page, experiment and arm (the ones the service assigned,
 `services.experiments`, over the client's), the team of an interleaved slot, and the serving
-policy with the propensity of the placement under it (`serving_policy`).
+policy with the propensity of the placement under it (`serving_policy`). The first slot of a
+sampled share of requests (`explore.log_candidates_share`, decided by a hash of the request id) also
+carries the first `explore.log_candidates_top_n` ranked candidates the explore stage chose from,
+their scores and how many there were: the input of off-policy evaluation (docs/exploration.md).
 
 If the event log cannot be written (disk full, I/O error) the writer retries the same batch with
 backoff while the queue fills up and then drops new lists; `close` drains the queue for at most
@@ -20,6 +23,7 @@ its drain timeout and counts what is left as dropped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -83,15 +87,22 @@ class ServedList:
     model_versions: dict[str, str] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     teams: tuple[str | None, ...] = ()  # interleaving: the team of each slot
+    candidates: tuple[tuple[str, ...], tuple[float, ...], int] | None = None  # logged ids, scores, how many ranked
 
     @classmethod
     def of(cls, request: RecommendationRequest, result: RecommendationResult, request_id: str,
-           served_at: datetime) -> "ServedList":
+           served_at: datetime, candidates_share: float = 0.0, candidates_top_n: int = 0) -> "ServedList":
+        """`candidates_share` of requests (by request id) also log their first `candidates_top_n` ranked candidates."""
+        ids, scores = result.ranked
+        logged = None
+        if ids and not result.degraded and candidates_top_n > 0 and candidates_sampled(request_id, candidates_share):
+            logged = (ids[:candidates_top_n], scores[:candidates_top_n], len(ids))
         return cls(
             request_id, request.user_id, tuple(item.item_id for item in result.items), served_at,
             serving_policy(result), tuple(item.propensity for item in result.items), dict(result.model_versions),
             {name: request.context[name] for name in REQUEST_CONTEXT if request.context.get(name) is not None},
             tuple(item.team for item in result.items) if any(item.team for item in result.items) else (),
+            logged,
         )
 
     def events(self) -> list[Event]:
@@ -104,6 +115,7 @@ class ServedList:
                     propensity=self.propensities[position],
                     model_versions=self.model_versions or None,
                     team=self.teams[position] if self.teams else None, **self.context,
+                    **(self._candidates() if position == 0 and self.candidates else {}),
                 )
                 events.append(Event(
                     event_id=impression_event_id(self.request_id, position), user_id=self.user_id,
@@ -113,6 +125,19 @@ class ServedList:
                 log.error("impression of request %s slot %d is not a valid event: %s",
                           self.request_id, position, error_message(exc))
         return events
+
+    def _candidates(self) -> dict[str, Any]:
+        assert self.candidates is not None
+        ids, scores, count = self.candidates
+        return {"candidates": list(ids), "candidate_scores": list(scores), "candidate_count": count}
+
+
+def candidates_sampled(request_id: str, share: float) -> bool:
+    """Whether a request logs its candidates: a hash of its id below `share`, so a retry decides the same."""
+    if share <= 0.0:
+        return False
+    digest = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+    return digest < share * 2**64
 
 
 class ImpressionLogger:

@@ -165,7 +165,8 @@ class RecommendationPipeline:
         explore = plan.explore if plan is not None and plan.explore is not None else self.explore
         with self._stage("explore", timings):
             scores = np.array([c.recall_score for c in ranked], dtype=float)
-            explored = explore.run(Ranked(tuple(c.item_id for c in ranked), scores), request.k, user.history, request.user_id)
+            ranked_ids = tuple(c.item_id for c in ranked)
+            explored = explore.run(Ranked(ranked_ids, scores), request.k, user.history, request.user_id)
             shown = [ranked[i] for i in explored.slate.positions]
             attended = [attended[i] for i in explored.slate.positions] if attended else []
         with self._stage("explain", timings):
@@ -177,7 +178,8 @@ class RecommendationPipeline:
         versions = bundle.served_versions
         if version is not None:
             versions["ranker"] = version
-        return RecommendationResult(items, versions, fallback, False, timings, len(candidates), explored.policy)
+        return RecommendationResult(items, versions, fallback, False, timings, len(candidates), explored.policy,
+                                    (ranked_ids, tuple(scores.tolist())))
 
     def _run_interleaved(
         self, request: RecommendationRequest, bundle: ModelBundle, plan: ServingPlan, timings: dict[str, float]

@@ -73,6 +73,7 @@ class RecommendationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
     explore: str = "greedy"  # the explore policy's label (services.explore)
+    ranked: tuple[tuple[str, ...], tuple[float, ...]] = ((), ())  # what the explore stage chose from: ids, scores
 
 
 @dataclass

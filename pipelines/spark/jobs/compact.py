@@ -38,7 +38,8 @@ IDS = ("event_id", "user_id", "item_id")
 EDGE_WHITESPACE = r"(?U)^\s|\s$"
 MASTER_COLUMNS = [
     "event_id", "user_id", "item_id", "type", "value", "ts",
-    "request_id", "position", "page", "experiment", "arm", "policy", "propensity", "team", "model_versions", "dt",
+    "request_id", "position", "page", "experiment", "arm", "policy", "propensity", "team", "model_versions",
+    "candidates", "candidate_scores", "candidate_count", "dt",
 ]  # fmt: skip
 
 
@@ -61,6 +62,9 @@ def event_json_schema() -> StructType:
         T.StructField("propensity", T.DoubleType()),
         T.StructField("team", T.StringType()),
         T.StructField("model_versions", T.MapType(T.StringType(), T.StringType())),
+        T.StructField("candidates", T.ArrayType(T.StringType())),
+        T.StructField("candidate_scores", T.ArrayType(T.DoubleType())),
+        T.StructField("candidate_count", T.LongType()),
     ])  # fmt: skip
     return T.StructType([
         T.StructField("event_id", T.StringType()),
@@ -146,6 +150,7 @@ def transform(parsed: DataFrame, now: datetime, max_future_skew_s: float) -> Com
             *IDS, "type", "value", F.col("_ts").alias("ts"),
             "context.request_id", "context.position", "context.page", "context.experiment", "context.arm",
             "context.policy", "context.propensity", "context.team", "context.model_versions",
+            "context.candidates", "context.candidate_scores", "context.candidate_count",
             F.date_format("_ts", "yyyy-MM-dd").alias("dt"),
         )  # fmt: skip
     )

@@ -74,7 +74,9 @@ async def _recommend(
         request = replace(request, context={**request.context, **served.context})
     result = await state.pipeline.recommend_within_deadline(request, bundle, served.plan if served else None)
     if log_impressions and state.settings.api.log_impressions:
-        state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc)))
+        explore = state.settings.explore
+        state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc),
+                                               explore.log_candidates_share, explore.log_candidates_top_n))
     metrics = state.metrics
     metrics.recalled.inc(result.candidates)
     metrics.ranked.inc(len(result.items))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ESTIMATORS = ("ips", "snips", "dr")
+BOOTSTRAP_CELLS = 4_000_000  # request indices drawn per bootstrap chunk
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ def estimate(logs: SlateLogs, bootstrap: int = 1000, seed: int = 0) -> dict[str,
         np.bincount(logs.request, logs.weight * logs.examination, minlength=n),
         np.bincount(logs.request, logs.weight * (logs.reward - logs.predicted), minlength=n) + logs.direct,
     ])  # (3, n)
-    resamples = np.random.default_rng(seed).integers(0, n, size=(bootstrap, n))
-    sums = per_request[:, resamples].sum(axis=2)  # (3, bootstrap)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CELLS // n)  # resamples drawn at once, so memory stays bounded with many requests
+    sums = np.concatenate([per_request[:, rng.integers(0, n, size=(min(chunk, bootstrap - start), n))].sum(axis=2)
+                           for start in range(0, bootstrap, chunk)], axis=1)  # (3, bootstrap)
 
     def values(s: np.ndarray) -> np.ndarray:
         snips = logs.theta_total / k * s[0] / np.maximum(s[1], 1e-300)

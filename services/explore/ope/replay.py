@@ -22,13 +22,15 @@ from services.explore.policy import LinearStats, Policy, Ranked, Slate, Stats
 
 @dataclass(frozen=True)
 class Decision:
-    """One logged request; `stats` for the count policies, `linear` for LinUCB (the request's context)."""
+    """One logged request; `stats` for the count policies, `linear` for LinUCB (the request's context),
+    `logged_by` the policy that served it (None: the one `slate_logs` is given)."""
 
     ranked: Ranked
     stats: Stats
     slate: Slate
     clicks: np.ndarray
     linear: Stats = None
+    logged_by: Policy | None = None
 
     def stats_for(self, policy: Policy) -> Stats:
         return self.linear if policy.needs is LinearStats else self.stats
@@ -42,17 +44,19 @@ def reward_model(decisions: Sequence[Decision]) -> PositionBasedRewards:
     return PositionBasedRewards(items, slots, np.concatenate([d.clicks for d in decisions]).astype(float), randomised)
 
 
-def slate_logs(decisions: Sequence[Decision], logging: Policy, target: Policy, rewards: PositionBasedRewards,
+def slate_logs(decisions: Sequence[Decision], logging: Policy | None, target: Policy, rewards: PositionBasedRewards,
                rng: np.random.Generator, samples: int = 16) -> SlateLogs:
-    """The estimators' input for `target` over `decisions` logged by `logging`."""
+    """The estimators' input for `target` over `decisions` logged by `logging` (or each by its `logged_by`)."""
     k = max(len(d.slate.item_ids) for d in decisions)
     theta = rewards.theta[:k] if len(rewards.theta) >= k else np.pad(rewards.theta, (0, k - len(rewards.theta)), "edge")
     request, reward, weight, exam, predicted, direct = [], [], [], [], [], []
     for n, d in enumerate(decisions):
         slots = np.arange(len(d.slate.item_ids))
         shown = list(d.slate.positions)
-        exposure_target = target.placement(d.ranked, shown, k, rng, d.stats_for(target)) @ theta
-        exposure_logging = logging.placement(d.ranked, shown, k, rng, d.stats_for(logging)) @ theta
+        logged_by = d.logged_by or logging
+        assert logged_by is not None, "a decision without its logging policy"
+        exposure_target = _exposure(target.placement(d.ranked, shown, k, rng, d.stats_for(target)), theta)
+        exposure_logging = _exposure(logged_by.placement(d.ranked, shown, k, rng, d.stats_for(logged_by)), theta)
         with np.errstate(divide="ignore"):
             weight.append(exposure_target / exposure_logging)
         request.append(np.full(len(slots), n))
@@ -63,3 +67,8 @@ def slate_logs(decisions: Sequence[Decision], logging: Policy, target: Policy, r
         direct.append(float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates])))
     return SlateLogs(np.concatenate(request), np.concatenate(reward), np.concatenate(weight), np.concatenate(exam),
                      np.concatenate(predicted), np.array(direct), k, float(theta.sum()))
+
+
+def _exposure(placement: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Σ_j θ_j · P(item at j), over the slots the placement has (fewer than k with fewer candidates)."""
+    return placement @ theta[:placement.shape[1]]

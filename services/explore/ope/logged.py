@@ -1,0 +1,135 @@
+"""Off-policy evaluation from the served logs: logged requests → decisions → IPS, SNIPS and DR.
+
+A logged request (`pipelines.spark.ope_input`) is the ranked candidates its first impression
+carried (the first `explore.log_candidates_top_n` of `candidate_count`) and its shown slots with
+policy label, propensity and attributed click. Its `Decision`:
+
+- the ranked list: the logged candidates, then any shown item beyond them, then anonymous
+  placeholders up to `candidate_count` (scored as the last logged candidate). ε-greedy's placement
+  depends only on the pool size, so the logging side stays exact under truncation; a target that
+  ranks by statistics sees the unlogged tail as unknown items (an approximation);
+- the logging policy from the impressions' label (`serving_policy`): greedy, `greedy (stats
+  unavailable)` or ε-greedy. A request logged by UCB1, Thompson or LinUCB is skipped: their
+  placements depend on statistics the log does not carry. Each shown slot's logged propensity is
+  checked against the policy's placement; a request where they differ is skipped and counted;
+- the target's statistics (UCB1, Thompson) are read once at evaluation time through `stats`, not
+  as they were at each request: an approximation of a target that would have learned along.
+  LinUCB targets are refused (their per-request context is not logged).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.explore.epsilon_greedy import EpsilonGreedy
+from services.explore.greedy import Greedy
+from services.explore.ope.estimators import Estimate, estimate
+from services.explore.ope.replay import Decision, reward_model, slate_logs
+from services.explore.policy import ItemCounts, Policy, Ranked, Slate, Stats
+from services.explore.stage import UNAVAILABLE
+
+EXPLORE_LABEL = ";explore="
+PROPENSITY_TOLERANCE = 1e-6
+UNLOGGED = "\x00unlogged-"  # placeholder ids: never a valid item id (control character)
+
+
+class OpeError(ValueError):
+    """The logs cannot be evaluated for this target (no usable request, an unsupported target)."""
+
+
+@dataclass(frozen=True)
+class OpeResult:
+    """The estimates, the requests used per logging policy label and the requests skipped per reason."""
+
+    estimates: dict[str, Estimate]
+    requests: int
+    logging: dict[str, int]
+    skipped: dict[str, int]
+
+
+def logging_policy(served_by: str | None) -> Policy | None:
+    """The policy of an impression's `policy` label, or None when OPE cannot replay it."""
+    label = (served_by or "").partition(EXPLORE_LABEL)[2]
+    if label in ("greedy", UNAVAILABLE):
+        return Greedy()
+    if label.startswith("epsilon_greedy(epsilon=") and label.endswith(")"):
+        try:
+            return EpsilonGreedy(float(label[len("epsilon_greedy(epsilon="):-1]))
+        except ValueError:
+            return None
+    return None
+
+
+def decision(row: Mapping[str, Any], stats: Callable[[Ranked], Stats] | None = None) -> tuple[Decision | None, str]:
+    """The decision of one logged request, or None with why it is skipped; else its logging label."""
+    slots = sorted(row["slots"], key=lambda slot: slot["position"])
+    if [slot["position"] for slot in slots] != list(range(len(slots))):
+        return None, "incomplete slate (an impression is missing)"
+    label = slots[0]["policy"]
+    logged_by = logging_policy(label)
+    if logged_by is None:
+        return None, f"logged by {label!r}: its placement depends on statistics the log does not carry"
+    ids, scores = list(row["candidates"]), list(row["candidate_scores"])
+    index = {item: n for n, item in enumerate(ids)}
+    shown = [slot["item_id"] for slot in slots]
+    for item in shown:
+        if item not in index:
+            index[item] = len(ids)
+            ids.append(item)
+    floor = min(scores) if scores else 0.0
+    placeholders = [f"{UNLOGGED}{n}" for n in range(len(ids), int(row["candidate_count"]))]
+    ids += placeholders
+    ranked = Ranked(tuple(ids), np.array(scores + [floor] * (len(ids) - len(scores)), dtype=float))
+    positions = [index[item] for item in shown]
+    k = len(shown)
+    placement = logged_by.placement(ranked, positions, k, np.random.default_rng(0))
+    expected = placement[np.arange(k), np.arange(k)]
+    logged = np.array([slot["propensity"] if slot["propensity"] is not None else np.nan for slot in slots])
+    if not np.allclose(expected, logged, rtol=0, atol=PROPENSITY_TOLERANCE):
+        return None, "logged propensities differ from the logging policy's placement"
+    slate = Slate(tuple(shown), tuple(logged.tolist()), tuple(positions))
+    clicks = np.array([int(slot["click"] or 0) for slot in slots])
+    return Decision(ranked, _read(stats, ranked, len(ids) - len(placeholders)) if stats else None, slate, clicks,
+                    logged_by=logged_by), label
+
+
+def _read(stats: Callable[[Ranked], Stats], ranked: Ranked, logged: int) -> Stats:
+    """The statistics of the logged items; the placeholders count as never shown."""
+    counts = stats(Ranked(ranked.item_ids[:logged], ranked.scores[:logged]))
+    if not isinstance(counts, ItemCounts):
+        return counts
+    pad = len(ranked) - logged
+    return ItemCounts(np.pad(counts.examined, (0, pad)), np.pad(counts.clicks, (0, pad)))
+
+
+def evaluate(rows: Iterable[Mapping[str, Any]], target: Policy, stats: Callable[[Ranked], Stats] | None = None,
+             bootstrap: int = 1000, seed: int = 0, samples: int = 16) -> OpeResult:
+    """IPS, SNIPS and DR CTR-per-slot estimates of `target` from logged requests (module docstring).
+
+    `stats` reads the target's statistics for a ranked list (needed by UCB1 and Thompson)."""
+    if target.needs is not None and target.needs is not ItemCounts:
+        raise OpeError(f"{target.name}: off-policy evaluation needs each request's context, which is not logged")
+    if target.needs is ItemCounts and stats is None:
+        raise OpeError(f"{target.name} needs the feedback counts: pass `stats`")
+    decisions: list[Decision] = []
+    logging: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for row in rows:
+        made, why = decision(row, stats if target.needs is ItemCounts else None)
+        if made is None:
+            skipped[why] += 1
+        else:
+            decisions.append(made)
+            logging[why] += 1
+    if not decisions:
+        reasons = "; ".join(f"{n} {why}" for why, n in skipped.items()) or "no request logged its candidates"
+        raise OpeError(f"no usable logged request ({reasons}): set explore.log_candidates_share > 0 and run "
+                       "`recsys batch compact` and `recsys batch attribution`")
+    rng = np.random.default_rng(seed)
+    logs = slate_logs(decisions, None, target, reward_model(decisions), rng, samples)
+    return OpeResult(estimate(logs, bootstrap, seed), len(decisions), dict(logging), dict(skipped))
