@@ -4,7 +4,7 @@
         df.foreachPartition(writer)        # Spark: each executor opens its own connection
         # or: writer(rows) for rows computed in this process
 
-On leaving the block without an exception the version pointer `P:batch:E:current` is switched by
+On leaving the block without an exception the version pointer `P:batch:{E}:current` is switched by
 one Lua script (so a reader, whose read script reads the pointer and the rows atomically, sees the
 old view or the new one, never a mix); the replaced version is deleted after
 `settings.feature_store.batch_grace_s`. On an exception the half-written version is deleted and
@@ -124,7 +124,9 @@ class BatchViewPublish:
         with translate_errors(self._spec, f"starting a {entity} batch view publish"):
             self.version = str(self._client.incr(layout.version_counter(entity)))
             meta = {"wm": self.watermark_ms, "n": 0, **{f"f:{f.name}": i for i, f in enumerate(self._features)}}
-            pipe = self._client.pipeline(transaction=True)
+            # Staging first: a driver dying before the meta is written leaves a version that
+            # `collect_garbage` finds. Not a transaction, which a cluster pipeline cannot run.
+            pipe = self._client.pipeline(transaction=False)
             pipe.zadd(layout.staging(entity), {self.version: _now_ms()})
             pipe.hset(layout.meta(entity, self.version), mapping=meta)
             pipe.execute()

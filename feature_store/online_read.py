@@ -24,18 +24,21 @@ from feature_store.redis_layout import ROW_SEPARATOR, decode_sequence, decode_va
 
 # ARGV: prefix, entity, now ms, n ids, ids.., n batch names, names.., n ops, ops (5 slots: op, name, a, b, c).
 # Ids arrive escaped; the key shapes are `redis_layout.KeyLayout`'s (feature names need no escaping).
-READ_SCRIPT = """
+_READ_ARGS = """
 local prefix, entity, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n_ids = tonumber(ARGV[4])
 local p = 5 + n_ids
 local n_names = tonumber(ARGV[p])
 local n_ops, ops_at = tonumber(ARGV[p + n_names + 1]), p + n_names + 2
-local version = redis.call('GET', prefix .. ':batch:' .. entity .. ':current')
+"""
+# Resolves the batch pointer and reads the version's watermark, field codes and rows.
+_READ_BATCH = """
+local version = redis.call('GET', prefix .. ':batch:{' .. entity .. '}:current')
 local wm, present, blobs = false, {}, {}
 if version then
   local fields = {'wm'}
   for k = 1, n_names do fields[k + 1] = 'f:' .. ARGV[p + k] end
-  local meta = redis.call('HMGET', prefix .. ':batch:' .. entity .. ':' .. version .. ':meta', unpack(fields))
+  local meta = redis.call('HMGET', prefix .. ':batch:{' .. entity .. '}:' .. version .. ':meta', unpack(fields))
   wm = tonumber(meta[1])
   for k = 1, n_names do
     if meta[k + 1] then present[#present + 1] = k; present[#present + 1] = tonumber(meta[k + 1]) end
@@ -49,6 +52,9 @@ if #present > 0 then
     for _, blob in ipairs(redis.call('MGET', unpack(keys))) do blobs[#blobs + 1] = blob end
   end
 end
+"""
+# Reads every id's live keys (needs `wm`, false without a batch version).
+_READ_LIVE = """
 local function bucket_sum(key, name, first, last, row)
   if last < first then return 0 end
   if last - first >= 8 then
@@ -114,8 +120,12 @@ for k = 1, n_ids do
   end
   rows[k] = out
 end
-return {version, wm, present, blobs, rows}
 """
+READ_SCRIPT = _READ_ARGS + _READ_BATCH + _READ_LIVE + "return {version, wm, present, blobs, rows}\n"
+# The live part alone, for a Redis Cluster (one slot per call): n batch names is 0 and the
+# watermark (or "" for none) follows the ops.
+LIVE_READ_SCRIPT = (_READ_ARGS + "local wm = tonumber(ARGV[ops_at + n_ops * 5]) or false\n"
+                    + _READ_LIVE + "return rows\n")
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,15 @@ from datetime import datetime
 from typing import Iterator, Sequence
 
 import numpy as np
-import redis
+from redis.cluster import RedisCluster
 
 from feature_store.attribution_store import AttributionStore, RedisAttributionStore
 from feature_store.batch_views import BatchViewPublish, BatchViewWriter, collect_garbage
 from feature_store.definitions import FEATURES, Entity, FeatureRegistry
 from feature_store.live_writes import LiveWriter
 from feature_store.online_read import READ_SCRIPT, ReadPlan, assemble
-from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.cluster_read import ClusterRead
+from feature_store.redis_client import ConnectionSpec, RedisClient, translate_errors
 from feature_store.redis_layout import KeyLayout
 from feature_store.settings import EventSettings, FeatureStoreSettings, Settings
 
@@ -60,7 +61,7 @@ class OnlineStore(ABC):
 
 
 class RedisOnlineStore(OnlineStore):
-    """`OnlineStore` on one Redis server (Lua reads are not Redis Cluster-safe; see the docs)."""
+    """`OnlineStore` on one Redis server or a Redis Cluster (`redis+cluster://`, `cluster_read`)."""
 
     def __init__(self, spec: ConnectionSpec, config: FeatureStoreSettings | None = None,
                  registry: FeatureRegistry = FEATURES, events: EventSettings | None = None) -> None:
@@ -69,7 +70,8 @@ class RedisOnlineStore(OnlineStore):
         self.events = events or EventSettings()
         self.registry = registry
         self.layout = KeyLayout(spec.key_prefix)
-        self._client: redis.Redis | None = None
+        self._client: RedisClient | None = None
+        self._cluster_read: ClusterRead | None = None
         self._plans: dict[tuple[Entity, tuple[str, ...]], ReadPlan] = {}
 
     @classmethod
@@ -78,17 +80,20 @@ class RedisOnlineStore(OnlineStore):
         return cls(ConnectionSpec.from_settings(settings, url), settings.feature_store, registry, settings.events)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> RedisClient:
         """The store's client, made on first use."""
         if self._client is None:
             self._client = self.spec.client()
             self._read = self._client.register_script(READ_SCRIPT)
+            if isinstance(self._client, RedisCluster):
+                with translate_errors(self.spec, "loading the read script"):
+                    self._cluster_read = ClusterRead(self._client, self.layout)
         return self._client
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-            self._client = None
+            self._client = self._cluster_read = None
 
     def get_features(self, entity: Entity | str, ids: Sequence[str], names: Sequence[str],
                      now: float | None = None) -> dict[str, np.ndarray]:
@@ -97,7 +102,10 @@ class RedisOnlineStore(OnlineStore):
         now_ms = int((time.time() if now is None else now) * 1000)
         client = self.client
         with translate_errors(self.spec, f"reading {len(names)} {entity} features for {len(ids)} ids"):
-            reply = self._read(args=plan.script_args(self.spec.key_prefix, ids, now_ms), client=client)
+            if self._cluster_read is not None:
+                reply = self._cluster_read.read(plan, ids, now_ms)
+            else:
+                reply = self._read(args=plan.script_args(self.spec.key_prefix, ids, now_ms), client=client)
         return assemble(plan, reply, len(ids))
 
     def _plan(self, entity: Entity, names: Sequence[str]) -> ReadPlan:

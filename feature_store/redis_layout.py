@@ -3,11 +3,11 @@
 Keys (prefix `P` = `settings.redis.key_prefix`; `E` = entity; `V` = batch version; `ID` = entity id
 and `F` = feature name, both escaped by `escape_key_part`):
 
-    P:batch:E:current           string   the live batch version of entity E (the atomic pointer)
-    P:batch:E:seq               string   version counter (INCR)
-    P:batch:E:V:meta            hash     wm (watermark, epoch ms), n (rows written), f:<feature> -> field code
-    P:batch:E:staging           zset     versions being written, scored by start time (ms)
-    P:batch:E:retired           zset     replaced versions, scored by when they may be deleted (ms)
+    P:batch:{E}:current         string   the live batch version of entity E (the atomic pointer)
+    P:batch:{E}:seq             string   version counter (INCR)
+    P:batch:{E}:V:meta          hash     wm (watermark, epoch ms), n (rows written), f:<feature> -> field code
+    P:batch:{E}:staging         zset     versions being written, scored by start time (ms)
+    P:batch:{E}:retired         zset     replaced versions, scored by when they may be deleted (ms)
     P:b:E:V:ID                  string   one batch row: its encoded values in the version's column
                                          order (`f:<feature>` in meta), joined by U+001E
     P:s:{E:ID}                  hash     live counters `<feature>:<bucket>` and latest values `<feature>`,
@@ -34,7 +34,8 @@ and `F` = feature name, both escaped by `escape_key_part`):
 Ids come from clients, so they are escaped: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B`, `%7D`
 (injective, and an escaped id holds no separator or brace), which makes every key name one
 (entity, id, feature) triple; an id without those characters is spelled as is. An entity's live keys
-share the hash tag `{E:ID}`, so a Redis Cluster would keep them in one slot. The read script in
+share the hash tag `{E:ID}`, and an entity's batch control keys the tag `{E}`, so on a Redis Cluster
+each of those groups sits in one slot (a script may only touch one slot). The read script in
 `online_read` spells the same shapes in Lua from escaped ids.
 
 Values: ints and floats as decimal strings (floats with float32 precision, `%.9g`); strings as
@@ -79,19 +80,19 @@ class KeyLayout:
     prefix: str
 
     def pointer(self, entity: Entity) -> str:
-        return f"{self.prefix}:batch:{entity}:current"
+        return f"{self.prefix}:batch:{{{entity}}}:current"
 
     def version_counter(self, entity: Entity) -> str:
-        return f"{self.prefix}:batch:{entity}:seq"
+        return f"{self.prefix}:batch:{{{entity}}}:seq"
 
     def meta(self, entity: Entity, version: str) -> str:
-        return f"{self.prefix}:batch:{entity}:{version}:meta"
+        return f"{self.prefix}:batch:{{{entity}}}:{version}:meta"
 
     def staging(self, entity: Entity) -> str:
-        return f"{self.prefix}:batch:{entity}:staging"
+        return f"{self.prefix}:batch:{{{entity}}}:staging"
 
     def retired(self, entity: Entity) -> str:
-        return f"{self.prefix}:batch:{entity}:retired"
+        return f"{self.prefix}:batch:{{{entity}}}:retired"
 
     def batch_row(self, entity: Entity, version: str, entity_id: str) -> str:
         return f"{self.prefix}:b:{entity}:{version}:{escape_key_part(entity_id)}"

@@ -17,10 +17,12 @@ from feature_store.definitions import (
     ALL_EVENTS, GLOBAL_ID, POSITIVE, DType, Entity, FeatureDef, FeatureRegistry, Kind, Source,
 )
 from feature_store.live_writes import LiveWriter
+from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_layout import KeyLayout
 from feature_store.schemas import Event
-from tests.feature_store.helpers import WM, event
+from feature_store.settings import Settings
+from tests.feature_store.helpers import WM, event, item_row, user_row
 
 NOW = (WM + timedelta(minutes=59)).timestamp()
 REGISTRY = FeatureRegistry((
@@ -74,3 +76,27 @@ def test_live_writes_land_where_readers_find_them_and_replays_change_nothing(red
     assert (replay.applied, replay.duplicates) == (100, 200)
     writer.close()
     assert _stored(spec, {e.user_id for e in events}) == _truth(events)
+
+
+def test_published_batch_views_and_live_writes_merge_on_read(redis_url: str, settings: Settings) -> None:
+    store = RedisOnlineStore(ConnectionSpec(redis_url), settings.feature_store, events=settings.events)
+    with store.publish_batch_view(Entity.ITEM, WM) as write:
+        write([item_row(f"i{k}", popularity_all=100 * k, categories=[f"c{k % 3}"]) for k in range(30)])
+    with store.publish_batch_view(Entity.USER, WM) as write:
+        write([user_row("u1", recent_items=["h1", "h2"], last_category="Old")])
+    clicks = [event(f"c{k}", "u1", f"i{k}", "click", 1 + k) for k in range(5)]
+    assert store.live_writer().write(clicks, now=NOW).applied == 5
+    ids = [f"i{k}" for k in range(30)] + ["missing"]
+    items = store.get_features("item", ids, ["popularity_all", "categories", "clicks_24h"], now=NOW)
+    assert items["popularity_all"].tolist() == [100 * k + (k < 5) for k in range(30)] + [0]
+    assert items["categories"].tolist() == [[f"c{k % 3}"] for k in range(30)] + [[]]
+    assert items["clicks_24h"].tolist() == [int(k < 5) for k in range(30)] + [0]
+    user = store.get_features("user", ["u1"], ["recent_items", "last_category"], now=NOW)
+    assert user["recent_items"][0] == ["i4", "i3", "i2", "i1", "i0", "h1", "h2"]
+    assert user["last_category"][0] == "c1"  # i4's category, written after the watermark
+    with store.publish_batch_view(Entity.ITEM, WM + timedelta(hours=1)) as write:
+        write([item_row("i0", popularity_all=7)])
+    assert store.batch_version("item")[0] == "2"
+    after = store.get_features("item", ["i0", "i1"], ["popularity_all"], now=NOW + 3600)["popularity_all"]
+    assert after.tolist() == [7, 0]  # the new version only: i1 is not in it and its click predates its watermark
+    store.close()
