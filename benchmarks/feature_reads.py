@@ -1,12 +1,16 @@
 """Online feature reads: 200 items × 20 features per read, one round trip vs one GET per key.
 
-    .venv/bin/python benchmarks/feature_reads.py [--items 100000] [--reads 2000] [--naive-reads 50]
+    .venv/bin/python benchmarks/feature_reads.py [--items 100000] [--reads 2000] [--naive-reads 50] [--cluster]
 
 Starts an embedded redis-server on loopback (or uses REDIS_URL), publishes `--items` items with 20
 batch features through the real publish path, then times `RedisOnlineStore.get_features` (one Lua
 script per read) against the naive peer: the same values stored one string key per (item, feature)
 and read with one GET per key. Also reports Redis memory per item (used_memory delta / items),
 scaled to 1M items, against the raw size of the values.
+
+`--cluster` also starts a 3-master Redis Cluster on loopback (the test suite's fixture) and runs the
+same benchmark against it in the same process, then prints the cluster/single ratio of the read
+latency (on a cluster, `feature_store.cluster_read` assembles a read from several round trips).
 """
 
 from __future__ import annotations
@@ -84,29 +88,49 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--naive-reads", type=int, default=50)
+    parser.add_argument("--cluster", action="store_true", help="also run against a 3-master Redis Cluster")
     args = parser.parse_args()
     server = None if os.environ.get("REDIS_URL") else EmbeddedRedis(Path(tempfile.mkdtemp()) / "redis").start()
     url = os.environ.get("REDIS_URL") or server.url  # type: ignore[union-attr]
     try:
-        run(url, args)
+        single = run(url, args)
     finally:
         if server is not None:
             server.kill()  # no final save of a throwaway dataset
+    if args.cluster:
+        from tests.cluster.conftest import RedisClusterProcesses
+
+        cluster = RedisClusterProcesses(Path(tempfile.mkdtemp()) / "cluster").start()
+        try:
+            on_cluster = run(cluster.url, args)
+        finally:
+            cluster.stop()
+        print(f"cluster/single get_features: p50 {on_cluster[0] / single[0]:.2f}x, p99 {on_cluster[1] / single[1]:.2f}x")
 
 
-def run(url: str, args: argparse.Namespace) -> None:
+def used(client: Any, section: str, field: str) -> float:
+    """An INFO field, summed over the masters of a cluster (whose client answers per node)."""
+    info = client.info(section, target_nodes="primaries") if hasattr(client, "get_primaries") else client.info(section)
+    if field in info:
+        return float(info[field])
+    return float(sum(node[field] for node in info.values() if field in node))
+
+
+def run(url: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Publish, time the reads against the naive peer, print; returns get_features' (p50, p99) in ms."""
     spec = ConnectionSpec(url, socket_timeout_s=2.0, connect_timeout_s=2.0, key_prefix="bench")
+    cluster = spec.cluster
     store = RedisOnlineStore(spec, FeatureStoreSettings(write_batch_size=2000), REGISTRY)
     client = store.client
-    client.flushdb()
+    client.flushdb(target_nodes="primaries") if cluster else client.flushdb()
     rng = random.Random(42)
     rows = [make_row(k, rng) for k in range(args.items)]
-    before = int(client.info("memory")["used_memory"])
+    before = used(client, "memory", "used_memory")
     start = time.perf_counter()
     with store.publish_batch_view(Entity.ITEM, WATERMARK) as write:
         write(rows)
     publish_s = time.perf_counter() - start
-    per_item = (int(client.info("memory")["used_memory"]) - before) / args.items
+    per_item = (used(client, "memory", "used_memory") - before) / args.items
     raw_per_item = sum(raw_bytes(r) for r in rows) / len(rows)
 
     naive_items = min(args.items, 10_000)
@@ -121,21 +145,26 @@ def run(url: str, args: argparse.Namespace) -> None:
         return [client.get(f"naive:{i}:{name}") for i in ids for name in NAMES]
 
     time_reads(lambda ids: store.get_features("item", ids, NAMES), args.items, 100, rng)  # warm-up
-    client.config_resetstat()
+    client.config_resetstat(target_nodes="primaries") if cluster else client.config_resetstat()
     fast = time_reads(lambda ids: store.get_features("item", ids, NAMES), args.items, args.reads, rng)
-    server_us = client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+    server_us = None if cluster else client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
     naive = time_reads(naive_read, naive_items, args.naive_reads, rng)
     (fast50, fast99), (naive50, naive99) = percentiles(fast), percentiles(naive)
-    print(f"redis {client.info('server')['redis_version']} at {url}; {args.items:,} items × {len(NAMES)} features "
+    version = client.info("server", target_nodes="random")["redis_version"] if cluster else client.info("server")["redis_version"]
+    print(f"redis {version} at {url}; {args.items:,} items × {len(NAMES)} features "
           f"published in {publish_s:.1f}s ({args.items / publish_s:,.0f} items/s)")
-    print(f"get_features (one Lua round trip), 200 items × 20 features, {args.reads} reads: "
+    how = "pointer, meta, rows by MGET per slot (cluster_read)" if cluster else "one Lua round trip"
+    print(f"get_features ({how}), 200 items × 20 features, {args.reads} reads: "
           f"p50 {fast50:.3f} ms, p99 {fast99:.3f} ms")
-    print(f"  of which inside redis-server (commandstats, the read script): {server_us / 1000:.3f} ms per read")
+    if server_us is not None:
+        print(f"  of which inside redis-server (commandstats, the read script): {server_us / 1000:.3f} ms per read")
     print(f"naive one GET per key (4,000 GETs), {args.naive_reads} reads: p50 {naive50:.1f} ms, p99 {naive99:.1f} ms")
     print(f"speed-up naive/get_features: p50 {naive50 / fast50:.0f}x, p99 {naive99 / fast99:.0f}x")
     print(f"memory: {per_item:.0f} B/item in Redis → {per_item * 1e6 / 2**30:.2f} GiB per 1M items × 20 features; "
           f"raw data {raw_per_item:.0f} B/item → {per_item / raw_per_item:.1f}x raw")
     print(f"p99 target < 2 ms: {'met' if fast99 < 2 else 'NOT met'}; median of all: {statistics.median(fast) * 1000:.3f} ms")
+    store.close()
+    return fast50, fast99
 
 
 if __name__ == "__main__":
