@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from feature_store.definitions import FEATURES, Entity
 from feature_store.redis_client import ConnectionSpec, translate_errors
@@ -126,7 +127,7 @@ class RedisLinUcbStore(LinUcbStore):
 
     def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
         x = self._checked(x)
-        key, marker = self._layout.linucb(item_id), self._layout.linucb_marker(update_id)
+        key, marker = self._layout.linucb(item_id), self._layout.linucb_marker(item_id, update_id)
 
         def apply(pipe: redis.client.Pipeline) -> bool:
             if pipe.exists(marker):
@@ -141,7 +142,15 @@ class RedisLinUcbStore(LinUcbStore):
             return True
 
         with translate_errors(self._spec, f"updating the LinUCB statistics of {item_id}"):
-            return bool(self.client.transaction(apply, key, marker, value_from_callable=True))
+            return bool(self._node(key).transaction(apply, key, marker, value_from_callable=True))
+
+    def _node(self, key: str) -> redis.Redis:
+        """The client to run a transaction on `key`'s slot: a cluster client runs no WATCH/MULTI, so
+        there it is the connection to the master owning the slot (the marker shares the slot)."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            return client.get_node_from_key(key).redis_connection  # type: ignore[no-any-return]
+        return client
 
     def save_context(self, user_id: str, ts_ms: int, x: np.ndarray, ttl_ms: int) -> None:
         x = self._checked(x)

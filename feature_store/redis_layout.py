@@ -29,7 +29,8 @@ and `F` = feature name, both escaped by `escape_key_part`):
     P:a:recent                  list     the newest attributed outcomes (JSON), capped
     P:l:{linucb:ID}             hash     LinUCB statistics of item ID: `A`, `b` (float64 bytes, row-major)
                                          (`feature_store.linucb_store`)
-    P:l:seen:<update_id>        string   LinUCB replay marker of an applied update
+    P:l:{linucb:ID}:seen:<update_id>  string  LinUCB replay marker of an update applied to item ID (in
+                                         its slot, so one transaction watches both on a Redis Cluster)
 
 Ids come from clients, so they are escaped: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B`, `%7D`
 (injective, and an escaped id holds no separator or brace), which makes every key name one
@@ -139,8 +140,8 @@ class KeyLayout:
     def linucb(self, item_id: str) -> str:
         return f"{self.prefix}:l:{{linucb:{escape_key_part(item_id)}}}"
 
-    def linucb_marker(self, update_id: str) -> str:
-        return f"{self.prefix}:l:seen:{escape_key_part(update_id)}"
+    def linucb_marker(self, item_id: str, update_id: str) -> str:
+        return f"{self.linucb(item_id)}:seen:{escape_key_part(update_id)}"
 
     def linucb_context(self, user_id: str) -> str:
         return f"{self.prefix}:l:ctx:{escape_key_part(user_id)}"

@@ -11,11 +11,12 @@ import random
 from collections import Counter
 from datetime import timedelta
 
-import pytest
+import numpy as np
 
 from feature_store.definitions import (
     ALL_EVENTS, GLOBAL_ID, POSITIVE, DType, Entity, FeatureDef, FeatureRegistry, Kind, Source,
 )
+from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.live_writes import LiveWriter
 from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_client import ConnectionSpec
@@ -99,4 +100,19 @@ def test_published_batch_views_and_live_writes_merge_on_read(redis_url: str, set
     assert store.batch_version("item")[0] == "2"
     after = store.get_features("item", ["i0", "i1"], ["popularity_all"], now=NOW + 3600)["popularity_all"]
     assert after.tolist() == [7, 0]  # the new version only: i1 is not in it and its click predates its watermark
+    store.close()
+
+
+def test_linucb_updates_are_applied_once_per_update_id(redis_url: str) -> None:
+    store = RedisLinUcbStore(ConnectionSpec(redis_url), dim=4, ridge=2.0)
+    rng = np.random.default_rng(3)
+    updates = [(f"up{k}", f"i{k % 6}", rng.normal(size=4), float(k % 2)) for k in range(40)]
+    assert all(store.update(*update) for update in updates)
+    assert not any(store.update(*update) for update in updates[::3])  # replays
+    items = [f"i{k}" for k in range(7)]
+    A, b = store.read(items)
+    for n, item in enumerate(items):
+        mine = [(x, r) for _, i, x, r in updates if i == item]
+        assert np.allclose(A[n], 2.0 * np.eye(4) + sum((np.outer(x, x) for x, _ in mine), np.zeros((4, 4))))
+        assert np.allclose(b[n], sum((r * x for x, r in mine), np.zeros(4)))
     store.close()
