@@ -153,7 +153,7 @@ def ope(
     from pipelines.spark.ope_input import iterate, logged_requests
     from services.cli.batch import _session
     from services.explore.factory import explore_stage_from_settings, policy_from_settings
-    from services.explore.ope.logged import OpeError, evaluate
+    from services.explore.ope.logged import OpeError, check_target, evaluate
 
     settings = load_settings(state_dir)
     values: dict[str, str] = {}
@@ -168,13 +168,18 @@ def ope(
         first = exc.errors()[0]
         fail(f"--policy/--param: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
     target = policy_from_settings(explore)
+    try:
+        check_target(target)
+    except OpeError as exc:
+        fail(str(exc))
     with _session(settings, "recsys-experiments-ope") as spark, ExitStack() as resources:
         stats = None
         if target.needs is not None:
             features = resources.enter_context(_manager(state_dir))[1]
             stage = explore_stage_from_settings(settings.model_copy(update={"explore": explore}), features)
             resources.callback(stage.close)
-            stats = lambda ranked: stage.stats.counts(ranked.item_ids)  # noqa: E731  (counts at OPE time)
+            assert stage.stats is not None
+            stats = stage.stats.counts  # the counts at OPE time, not at each request (docs/exploration.md)
         try:
             result = evaluate(iterate(logged_requests(spark, settings, since, until)), target, stats, bootstrap, seed)
         except (BatchJobError, OpeError) as exc:

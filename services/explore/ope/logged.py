@@ -6,21 +6,22 @@ policy label, propensity and attributed click. Its `Decision`:
 
 - the ranked list: the logged candidates, then any shown item beyond them, then anonymous
   placeholders up to `candidate_count` (scored as the last logged candidate). ε-greedy's placement
-  depends only on the pool size, so the logging side stays exact under truncation; a target that
-  ranks by statistics sees the unlogged tail as unknown items (an approximation);
+  depends only on the pool size, so the logging side stays exact under truncation;
 - the logging policy from the impressions' label (`serving_policy`): greedy, `greedy (stats
   unavailable)` or ε-greedy. A request logged by UCB1, Thompson or LinUCB is skipped: their
   placements depend on statistics the log does not carry. Each shown slot's logged propensity is
   checked against the policy's placement; a request where they differ is skipped and counted;
 - the target's statistics (UCB1, Thompson) are read once at evaluation time through `stats`, not
-  as they were at each request: an approximation of a target that would have learned along.
+  as they were at each request: an approximation of a target that would have learned along. Such a
+  target chooses among the logged candidates only (the unlogged tail has no statistics to read):
+  exact when `candidate_count` ≤ `explore.log_candidates_top_n`, else a restricted target.
   LinUCB targets are refused (their per-request context is not logged).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,7 @@ def logging_policy(served_by: str | None) -> Policy | None:
     return None
 
 
-def decision(row: Mapping[str, Any], stats: Callable[[Ranked], Stats] | None = None) -> tuple[Decision | None, str]:
+def decision(row: Mapping[str, Any], stats: Callable[[Sequence[str]], Stats] | None = None) -> tuple[Decision | None, str]:
     """The decision of one logged request, or None with why it is skipped; else its logging label."""
     slots = sorted(row["slots"], key=lambda slot: slot["position"])
     if [slot["position"] for slot in slots] != list(range(len(slots))):
@@ -94,26 +95,26 @@ def decision(row: Mapping[str, Any], stats: Callable[[Ranked], Stats] | None = N
         return None, "logged propensities differ from the logging policy's placement"
     slate = Slate(tuple(shown), tuple(logged.tolist()), tuple(positions))
     clicks = np.array([int(slot["click"] or 0) for slot in slots])
-    return Decision(ranked, _read(stats, ranked, len(ids) - len(placeholders)) if stats else None, slate, clicks,
-                    logged_by=logged_by), label
+    if stats is None:
+        return Decision(ranked, None, slate, clicks, logged_by=logged_by), label
+    logged_n = len(row["candidates"])
+    target_ranked = Ranked(ranked.item_ids[:logged_n], ranked.scores[:logged_n])
+    return Decision(ranked, stats(target_ranked.item_ids), slate, clicks, logged_by=logged_by,
+                    target_ranked=target_ranked), label
 
 
-def _read(stats: Callable[[Ranked], Stats], ranked: Ranked, logged: int) -> Stats:
-    """The statistics of the logged items; the placeholders count as never shown."""
-    counts = stats(Ranked(ranked.item_ids[:logged], ranked.scores[:logged]))
-    if not isinstance(counts, ItemCounts):
-        return counts
-    pad = len(ranked) - logged
-    return ItemCounts(np.pad(counts.examined, (0, pad)), np.pad(counts.clicks, (0, pad)))
+def check_target(target: Policy) -> None:
+    """OpeError for a target the logs cannot evaluate (LinUCB: its per-request context is not logged)."""
+    if target.needs is not None and target.needs is not ItemCounts:
+        raise OpeError(f"{target.name}: off-policy evaluation needs each request's context, which is not logged")
 
 
-def evaluate(rows: Iterable[Mapping[str, Any]], target: Policy, stats: Callable[[Ranked], Stats] | None = None,
+def evaluate(rows: Iterable[Mapping[str, Any]], target: Policy, stats: Callable[[Sequence[str]], Stats] | None = None,
              bootstrap: int = 1000, seed: int = 0, samples: int = 16) -> OpeResult:
     """IPS, SNIPS and DR CTR-per-slot estimates of `target` from logged requests (module docstring).
 
-    `stats` reads the target's statistics for a ranked list (needed by UCB1 and Thompson)."""
-    if target.needs is not None and target.needs is not ItemCounts:
-        raise OpeError(f"{target.name}: off-policy evaluation needs each request's context, which is not logged")
+    `stats` reads the target's statistics of candidate ids (UCB1 and Thompson: `BanditStats.counts`)."""
+    check_target(target)
     if target.needs is ItemCounts and stats is None:
         raise OpeError(f"{target.name} needs the feedback counts: pass `stats`")
     decisions: list[Decision] = []

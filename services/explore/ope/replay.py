@@ -23,7 +23,8 @@ from services.explore.policy import LinearStats, Policy, Ranked, Slate, Stats
 @dataclass(frozen=True)
 class Decision:
     """One logged request; `stats` for the count policies, `linear` for LinUCB (the request's context),
-    `logged_by` the policy that served it (None: the one `slate_logs` is given)."""
+    `logged_by` the policy that served it (None: the one `slate_logs` is given), `target_ranked` the
+    candidates the target chooses from when they are not all of `ranked` (`stats` aligned with them)."""
 
     ranked: Ranked
     stats: Stats
@@ -31,6 +32,7 @@ class Decision:
     clicks: np.ndarray
     linear: Stats = None
     logged_by: Policy | None = None
+    target_ranked: Ranked | None = None
 
     def stats_for(self, policy: Policy) -> Stats:
         return self.linear if policy.needs is LinearStats else self.stats
@@ -55,7 +57,7 @@ def slate_logs(decisions: Sequence[Decision], logging: Policy | None, target: Po
         shown = list(d.slate.positions)
         logged_by = d.logged_by or logging
         assert logged_by is not None, "a decision without its logging policy"
-        exposure_target = _exposure(target.placement(d.ranked, shown, k, rng, d.stats_for(target)), theta)
+        exposure_target = _exposure(_target_placement(d, target, k, rng), theta)
         exposure_logging = _exposure(logged_by.placement(d.ranked, shown, k, rng, d.stats_for(logged_by)), theta)
         with np.errstate(divide="ignore"):
             weight.append(exposure_target / exposure_logging)
@@ -63,7 +65,7 @@ def slate_logs(decisions: Sequence[Decision], logging: Policy | None, target: Po
         reward.append(d.clicks.astype(float))
         exam.append(theta[slots])
         predicted.append(theta[slots] * rewards.rho(d.slate.item_ids))
-        slates = [target.choose(d.ranked, k, rng, d.stats_for(target)).item_ids for _ in range(1 if target.deterministic else samples)]
+        slates = [target.choose(d.target_ranked or d.ranked, k, rng, d.stats_for(target)).item_ids for _ in range(1 if target.deterministic else samples)]
         direct.append(float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates])))
     return SlateLogs(np.concatenate(request), np.concatenate(reward), np.concatenate(weight), np.concatenate(exam),
                      np.concatenate(predicted), np.array(direct), k, float(theta.sum()))
@@ -72,3 +74,16 @@ def slate_logs(decisions: Sequence[Decision], logging: Policy | None, target: Po
 def _exposure(placement: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Σ_j θ_j · P(item at j), over the slots the placement has (fewer than k with fewer candidates)."""
     return placement @ theta[:placement.shape[1]]
+
+
+def _target_placement(d: Decision, target: Policy, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The target's placement of the shown items; 0 for a shown item outside `target_ranked`."""
+    if d.target_ranked is None:
+        return target.placement(d.ranked, list(d.slate.positions), k, rng, d.stats_for(target))
+    index = {item: n for n, item in enumerate(d.target_ranked.item_ids)}
+    present = [m for m, item in enumerate(d.slate.item_ids) if item in index]
+    out = np.zeros((len(d.slate.item_ids), k))
+    if present:
+        placed = target.placement(d.target_ranked, [index[d.slate.item_ids[m]] for m in present], k, rng, d.stats_for(target))
+        out[present, :placed.shape[1]] = placed
+    return out

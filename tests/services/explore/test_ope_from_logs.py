@@ -81,3 +81,21 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
         assert low <= greedy <= high, (name, estimates[name], greedy, logged)
     # Not the logging policy's CTR in disguise: the exploring lists were clearly worse than greedy's.
     assert logged < 0.9 * greedy, (logged, greedy)
+
+    # A target reading the feedback counts (UCB1) takes them from Redis at OPE time.
+    ucb = CliRunner().invoke(cli, ["experiments", "ope", "--policy", "ucb1", "--bootstrap", "100", *state],
+                             env={"RECSYS_REDIS__URL": settings.redis.url})
+    assert ucb.exit_code == 0 and f"requests: {REQUESTS}\n" in ucb.output, ucb.output
+    assert {name for name, *_ in ESTIMATE.findall(ucb.output)} == {"IPS", "SNIPS", "DR"}, ucb.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--policy", "softmax"], "policy: Input should be"),
+    (["--policy", "epsilon_greedy", "--param", "epsilon=1.5"], "epsilon: Input should be less than or equal to 1"),
+    (["--policy", "greedy", "--param", "epsilon"], "expected name=value"),
+    (["--policy", "greedy", "--param", "colour=red"], "colour: Extra inputs are not permitted"),
+    (["--policy", "linucb"], "linucb: off-policy evaluation needs each request's context, which is not logged"),
+])  # fmt: skip
+def test_ope_rejects_bad_targets_with_a_message(settings: Settings, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["experiments", "ope", *args, "--state-dir", str(settings.state_dir)])
+    assert result.exit_code == 2 and message in result.output, result.output
