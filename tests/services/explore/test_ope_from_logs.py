@@ -81,6 +81,9 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
         assert low <= greedy <= high, (name, estimates[name], greedy, logged)
     # Not the logging policy's CTR in disguise: the exploring lists were clearly worse than greedy's.
     assert logged < 0.9 * greedy, (logged, greedy)
+    # --until before the run leaves no request: an error that says what to do.
+    early = CliRunner().invoke(cli, ["experiments", "ope", "--policy", "greedy", "--until", "2000-01-01", *state])
+    assert early.exit_code == 2 and "no usable logged request" in early.output, early.output
 
     # A target reading the feedback counts (UCB1) takes them from Redis at OPE time.
     ucb = CliRunner().invoke(cli, ["experiments", "ope", "--policy", "ucb1", "--bootstrap", "100", *state],
