@@ -17,7 +17,9 @@ The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *wh
   min(its newest bucket, now), never later, since an event time is untrusted; buckets older than
   the retention are trimmed when a new bucket starts.
 
-Keys travel in ARGV (like `live_writes`), so the scripts need one Redis server, not a Cluster.
+Keys travel in ARGV (like `live_writes`). On a Redis Cluster a record's updates are split by hash
+slot, each part under its own marker in that slot (`cluster_scripts`), and `examined_counts` sums
+the buckets client-side from one pipeline instead of one script.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome
+from feature_store.attribution_scripts import EXAMINED_SCRIPT, RECORD_SCRIPT
+from feature_store.cluster_scripts import ClusterScript, split_by_slot
 from feature_store.definitions import join_key
 from feature_store.position_bias import CLICK, IMPRESSION, debiased_ctr, examination
 from feature_store.redis_client import ConnectionSpec, translate_errors
@@ -53,65 +58,6 @@ def max_record_age_ms(dedup_ttl_s: float) -> int:
 
 _OLDEST = object()  # placeholder in an op for the oldest bucket kept (now - RETENTION_MS)
 
-# ARGV: marker, marker ttl ms, now ms, then ops of 6 slots: op, key, a, b, c, expire-at ms.
-_RECORD = """
-local now = tonumber(ARGV[3])
-local function expire_at(key, at)
-  local ttl = tonumber(at) - now
-  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
-end
-if not redis.call('SET', ARGV[1], '1', 'NX', 'PX', ARGV[2]) then return 0 end
-for i = 4, #ARGV, 6 do
-  local op, key, a, b, c, at = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  if op == 'H' then      -- bucketed count: field a += 1; a new field trims buckets older than b
-    if redis.call('HINCRBY', key, a, 1) == 1 then
-      for _, field in ipairs(redis.call('HKEYS', key)) do
-        local bucket = tonumber(string.match(field, ':(%d+)$'))
-        if bucket and bucket < tonumber(b) then redis.call('HDEL', key, field) end
-      end
-    end
-  elseif op == 'Z' then  -- member a with score b (never lowered); drop members scored below c
-    redis.call('ZADD', key, 'GT', b, a)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. c)
-  elseif op == 'L' then  -- push a, keep the newest b
-    redis.call('LPUSH', key, a)
-    redis.call('LTRIM', key, 0, tonumber(b) - 1)
-  end
-  expire_at(key, at)
-end
-return 1
-"""
-
-# One round trip for `examined_counts`. ARGV: positions key, since ms, until ms, the impression and
-# click measure names, the position count key without its closing '}', n, then n item count keys
-# and n item-position count keys without the position and the closing '}' (positions are digits or
-# '-', which need no escaping). Returns {positions, {impressions, clicks} per position, clicks per
-# item, impressions per (item, position) item-major}, each summed over the buckets in [since, until).
-_EXAMINED = """
-local since, till, shown, clicked = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local function sum(key, measure)
-  local total, fields = 0, redis.call('HGETALL', key)
-  for i = 1, #fields, 2 do
-    local name, bucket = string.match(fields[i], '^(.*):(%d+)$')
-    bucket = tonumber(bucket)
-    if name == measure and bucket >= since and bucket < till then total = total + tonumber(fields[i + 1]) end
-  end
-  return total
-end
-local positions = redis.call('ZRANGE', ARGV[1], 0, -1)
-local by_position, clicks, per_item = {}, {}, {}
-for _, p in ipairs(positions) do
-  local key = ARGV[6] .. p .. '}'
-  by_position[#by_position + 1] = sum(key, shown)
-  by_position[#by_position + 1] = sum(key, clicked)
-end
-local n = tonumber(ARGV[7])
-for i = 1, n do
-  clicks[i] = sum(ARGV[7 + i], clicked)
-  for _, p in ipairs(positions) do per_item[#per_item + 1] = sum(ARGV[7 + n + i] .. p .. '}', shown) end
-end
-return {positions, by_position, clicks, per_item}
-"""
 
 
 @dataclass(frozen=True)
@@ -240,8 +186,9 @@ class RedisAttributionStore(AttributionStore):
     def client(self) -> redis.Redis:
         if self._client is None:
             self._client = self._spec.client()
-            self._script = self._client.register_script(_RECORD)
-            self._examined = self._client.register_script(_EXAMINED)
+            self._script = self._client.register_script(RECORD_SCRIPT)
+            self._examined = self._client.register_script(EXAMINED_SCRIPT)
+            self._cluster = ClusterScript(self._client, RECORD_SCRIPT) if isinstance(self._client, RedisCluster) else None
         return self._client
 
     def close(self) -> None:
@@ -252,13 +199,26 @@ class RedisAttributionStore(AttributionStore):
     def record_many(self, records: Sequence[Record], now_ms: int | None = None) -> list[RecordResult]:
         now_ms = _now_ms() if now_ms is None else now_ms
         results: list[RecordResult | None] = []
-        pipe = self.client.pipeline(transaction=False)
+        calls: list[tuple[int, list[str], list[Any]]] = []  # (record, keys, args): per record, or per slot part
+        split = self.client is not None and self._cluster is not None
         for record in records:
             marker, ts_ms, ops = self._prepare(record)
-            results.append(self._queue(pipe, marker, ts_ms, ops, now_ms))
+            queued = self._queue(marker, ts_ms, ops, now_ms)
+            results.append(queued if isinstance(queued, RecordResult) else None)
+            if not isinstance(queued, RecordResult):
+                parts = split_by_slot(marker, queued, 6) if split else [(marker, queued)]
+                calls += [(len(results) - 1, [m], [m, self._marker_ttl_ms, now_ms, *o]) for m, o in parts]
         with translate_errors(self._spec, f"recording {len(records)} attributions"):
-            applied = iter(pipe.execute() if len(pipe) else [])
-        return [result or (RecordResult.APPLIED if int(next(applied)) else RecordResult.DUPLICATE) for result in results]
+            fresh = {n for (n, _, _), flag in zip(calls, self._run(calls)) if int(flag)}
+        return [result or (RecordResult.APPLIED if n in fresh else RecordResult.DUPLICATE) for n, result in enumerate(results)]
+
+    def _run(self, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
+        if self._cluster is not None:
+            return self._cluster.run_all([(keys, args) for _, keys, args in calls])
+        pipe = self.client.pipeline(transaction=False)
+        for _, _, args in calls:
+            self._script(args=args, client=pipe)
+        return pipe.execute() if calls else []
 
     def _prepare(self, record: Record) -> tuple[str, int, list[Any]]:
         """(replay marker, event time, ops) of a record."""
@@ -299,8 +259,8 @@ class RedisAttributionStore(AttributionStore):
             ops += ["H", self._layout.attribution_counts(dimension, key), field, _OLDEST, "", None]
         return ops
 
-    def _queue(self, pipe: redis.client.Pipeline, marker: str, ts_ms: int, ops: list[Any], now_ms: int) -> RecordResult | None:
-        """Queue one record's script call on `pipe`; or the result, when it is not to be applied."""
+    def _queue(self, marker: str, ts_ms: int, ops: list[Any], now_ms: int) -> RecordResult | list[Any]:
+        """One record's ops ready for the script; or the result, when it is not to be applied."""
         if ts_ms > now_ms + self._skew_ms:
             return RecordResult.IN_FUTURE
         if ts_ms < now_ms - self._max_age_ms:
@@ -311,8 +271,7 @@ class RedisAttributionStore(AttributionStore):
         ops = [oldest if slot is _OLDEST else slot for slot in ops]
         for i in range(5, len(ops), 6):
             ops[i] = expire_at
-        self._script(args=[marker, self._marker_ttl_ms, now_ms, *ops], client=pipe)
-        return None
+        return ops
 
     def counts(self, dimension: str, key: str, since_ms: int, until_ms: int) -> dict[str, int]:
         with translate_errors(self._spec, f"reading {dimension} counts"):
@@ -348,6 +307,8 @@ class RedisAttributionStore(AttributionStore):
         return examination(dict(zip(positions, rows)))
 
     def examined_counts(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> ExaminedCounts:
+        if self.client is not None and self._cluster is not None:  # keys in many slots: no one script
+            return self._examined_from_pipeline(item_ids, since_ms, until_ms)
         layout = self._layout
         heads = [layout.attribution_counts(Dimension.ITEM_POSITION, join_key(item, ""))[:-1] for item in item_ids]
         args = [layout.attribution_positions(), since_ms, until_ms, IMPRESSION, CLICK,
@@ -362,6 +323,18 @@ class RedisAttributionStore(AttributionStore):
         weights = np.array([theta[p] for p in positions])
         shown_matrix = np.array(shown, dtype=float).reshape(len(item_ids), len(positions))
         return ExaminedCounts(shown_matrix @ weights, np.array(clicks, dtype=float))
+
+    def _examined_from_pipeline(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> ExaminedCounts:
+        """`examined_counts` from one pipeline of the same count keys, summed here instead of in Lua."""
+        positions = self._positions()
+        n, m = len(item_ids), len(positions)
+        keys = [(Dimension.POSITION, p) for p in positions] + [(Dimension.ITEM, i) for i in item_ids]
+        keys += [(Dimension.ITEM_POSITION, join_key(i, p)) for i in item_ids for p in positions]
+        sums = self._many(keys, since_ms, until_ms)
+        theta = examination(dict(zip(positions, sums[:m])))
+        shown = np.array([s.get(IMPRESSION, 0) for s in sums[m + n:]], dtype=float).reshape(n, m)
+        clicks = np.array([s.get(CLICK, 0) for s in sums[m:m + n]], dtype=float)
+        return ExaminedCounts(shown @ np.array([theta[p] for p in positions]), clicks)
 
     def _positions(self) -> list[str]:
         with translate_errors(self._spec, "reading attribution positions"):

@@ -8,11 +8,15 @@ no reader can find, and fails here against the planted ground truth.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pytest
 
+from feature_store.attribution import BUCKET_MS, Dimension, join_key, reference_counts
+from feature_store.attribution_store import RedisAttributionStore
 from feature_store.definitions import (
     ALL_EVENTS, GLOBAL_ID, POSITIVE, DType, Entity, FeatureDef, FeatureRegistry, Kind, Source,
 )
@@ -24,6 +28,7 @@ from feature_store.redis_layout import KeyLayout
 from feature_store.schemas import Event
 from feature_store.settings import Settings
 from tests.feature_store.helpers import WM, event, item_row, user_row
+from tests.feature_store.test_attribution_store import WINDOW_MS, apply_log, planted_log, stored
 
 NOW = (WM + timedelta(minutes=59)).timestamp()
 REGISTRY = FeatureRegistry((
@@ -115,4 +120,26 @@ def test_linucb_updates_are_applied_once_per_update_id(redis_url: str) -> None:
         mine = [(x, r) for _, i, x, r in updates if i == item]
         assert np.allclose(A[n], 2.0 * np.eye(4) + sum((np.outer(x, x) for x, _ in mine), np.zeros((4, 4))))
         assert np.allclose(b[n], sum((r * x for x, r in mine), np.zeros(4)))
+    store.close()
+
+
+def test_attributed_counts_equal_the_rule_and_examined_counts_agree(redis_url: str) -> None:
+    store = RedisAttributionStore(ConnectionSpec(redis_url), dedup_ttl_s=2 * 86400, max_future_skew_s=900,
+                                  recent_outcomes=5)
+    events = planted_log(11, datetime.now(timezone.utc) - timedelta(hours=4))
+    apply_log(store, events)
+    apply_log(store, list(reversed(events)))  # a replay, in another order
+    assert stored(store) == reference_counts(events, WINDOW_MS)
+    assert len(store.recent_outcomes(100)) == 5
+    items = ["i0", "i:1", "i{2}", "i%3", "i|4", "i5", "never"]
+    got = store.examined_counts(items, 0, int(time.time() * 1000) + BUCKET_MS)
+    theta = store.position_bias(0, int(time.time() * 1000) + BUCKET_MS)
+    counts = stored(store)
+    for n, item in enumerate(items):  # E_i = Σ_k θ_k · impressions_{i,k}, c_i = attributed clicks
+        shown = sum(theta[position] * value for (dimension, key, _, measure), value in counts.items()
+                    for position in theta if dimension == Dimension.ITEM_POSITION
+                    and key == join_key(item, position) and measure == "impression")
+        clicks = sum(value for (dimension, key, _, measure), value in counts.items()
+                     if dimension == Dimension.ITEM and key == item and measure == "click")
+        assert (got.examined[n], got.clicks[n]) == (pytest.approx(shown), clicks), item
     store.close()
