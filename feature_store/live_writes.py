@@ -6,10 +6,9 @@
 - each event first sets its replay marker (`KeyLayout.seen_marker`) with `SET NX PX`; if the
   marker already exists the event was applied before and all its updates are skipped, in the
   same atomic script, so replaying a stream never double-counts. On a Redis Cluster a script may
-  only touch keys of one hash slot, so there an event's updates are split by entity (the hash tag
-  `{E:ID}` of its keys), each part guarded by its own marker in that slot
-  (`KeyLayout.slot_seen_marker`) and applied by one script call per slot: each part is applied
-  exactly once, and a replay after a crash between parts applies just the missing ones;
+  only touch keys of one hash slot, so there an event's updates are split by slot (an entity's
+  keys share the hash tag `{E:ID}`), each part guarded by its own marker in that slot, one
+  pipelined call per slot (`cluster_scripts`): each part is applied exactly once;
 - events older than `dedup_ttl` (whose marker may have expired) are dropped as too late: the next
   batch run accounts for them; events more than `max_future_skew` ahead of the clock are not
   applied at all (`in_future`): an event time is untrusted, and a far-future one would top every
@@ -34,6 +33,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from feature_store.cluster_scripts import ClusterScript, hash_tag, split_by_slot
 from feature_store.definitions import FEATURES, GLOBAL_ID, Entity, FeatureDef, FeatureRegistry, Kind, Member
 from feature_store.redis_client import ConnectionSpec, translate_errors
 from feature_store.redis_layout import KeyLayout
@@ -124,7 +124,7 @@ class LiveWriter:
         self._batch_size = batch_size
         self._categories_of = categories_of
         self._client = client or spec.client()
-        self._cluster = isinstance(self._client, RedisCluster)
+        self._cluster = ClusterScript(self._client, _APPLY) if isinstance(self._client, RedisCluster) else None
         self._script = self._client.register_script(_APPLY)
         self._features = {e: registry.stream_features(e) for e in (Entity.USER, Entity.ITEM, Entity.GLOBAL)}
         self._needs_categories = any(f.member is Member.CATEGORY for fs in self._features.values() for f in fs)
@@ -157,29 +157,32 @@ class LiveWriter:
         marker_ttl = self._dedup_ttl_ms + self._max_future_skew_ms
         groups = self._groups(fresh, categories, now_ms)
         applied_events: set[int] = set()
+        calls = self._calls(groups)
+        requests: list[tuple[list[str], list[Any]]] = []
+        for call in calls:
+            args: list[Any] = []
+            for _, marker, ops in call:
+                args += [marker, marker_ttl, len(ops) // 7, *ops]
+            requests.append(([call[0][1]], args))
         with translate_errors(self._spec, f"writing {len(fresh)} live events"):
-            for call in self._calls(groups):
-                args: list[Any] = []
-                for _, marker, ops in call:
-                    args += [marker, marker_ttl, len(ops) // 7, *ops]
-                flags = self._script(keys=[call[0][1]], args=args)
-                applied_events.update(index for (index, _, _), flag in zip(call, flags) if int(flag))
+            if self._cluster is not None:
+                replies = self._cluster.run_all(requests)
+            else:
+                replies = [self._script(keys=keys, args=args) for keys, args in requests]
+        for call, flags in zip(calls, replies):
+            applied_events.update(index for (index, _, _), flag in zip(call, flags) if int(flag))
         applied = len(applied_events)
         return LiveWriteResult(applied, len(fresh) - applied, len(events) - len(fresh) - in_future, in_future)
 
     def _groups(self, events: list[Event], categories: Mapping[str, Sequence[str]],
                 now_ms: int) -> list[tuple[int, str, list[Any]]]:
-        """(event index, marker, ops): one group per event, or on a cluster one per event and entity."""
+        """(event index, marker, ops): one group per event, or on a cluster one per event and slot."""
         groups: list[tuple[int, str, list[Any]]] = []
         for index, event in enumerate(events):
-            parts = self._ops(event, categories.get(event.item_id, ()), now_ms)
-            if not self._cluster:
-                ops = [op for _, _, part_ops in parts for op in part_ops]
-                groups.append((index, self._layout.seen_marker(event.event_id), ops))
-                continue
-            parts = [part for part in parts if part[2]] or [(Entity.USER, event.user_id, [])]
-            groups += [(index, self._layout.slot_seen_marker(entity, entity_id, event.event_id), ops)
-                       for entity, entity_id, ops in parts]
+            marker = self._layout.seen_marker(event.event_id)
+            ops = self._ops(event, categories.get(event.item_id, ()), now_ms)
+            parts = split_by_slot(marker, ops, 7) if self._cluster is not None and ops else [(marker, ops)]
+            groups += [(index, part_marker, part_ops) for part_marker, part_ops in parts]
         return groups
 
     def _calls(self, groups: list[tuple[int, str, list[Any]]]) -> list[list[tuple[int, str, list[Any]]]]:
@@ -188,7 +191,7 @@ class LiveWriter:
             return [groups] if groups else []
         by_slot: dict[int, list[tuple[int, str, list[Any]]]] = {}
         for group in groups:
-            by_slot.setdefault(key_slot(group[1].encode()), []).append(group)
+            by_slot.setdefault(key_slot(hash_tag(group[1]).encode()), []).append(group)
         return list(by_slot.values())
 
     def _categories(self, events: list[Event],
@@ -200,17 +203,14 @@ class LiveWriter:
         item_ids = sorted({e.item_id for e in events})
         return dict(zip(item_ids, self._categories_of(item_ids)))
 
-    def _ops(self, event: Event, categories: Sequence[str], now_ms: int) -> list[tuple[Entity, str, list[Any]]]:
-        """The event's updates per entity (each entity's keys share one hash slot)."""
+    def _ops(self, event: Event, categories: Sequence[str], now_ms: int) -> list[Any]:
         ids = {Entity.USER: event.user_id, Entity.ITEM: event.item_id, Entity.GLOBAL: GLOBAL_ID}
-        parts: list[tuple[Entity, str, list[Any]]] = []
+        ops: list[Any] = []
         for entity, features in self._features.items():
-            ops: list[Any] = []
             for feature in features:
                 if feature.events is None or feature.events.matches(event.type, event.value):
                     ops += self._feature_ops(feature, ids[entity], event, categories, now_ms)
-            parts.append((entity, ids[entity], ops))
-        return parts
+        return ops
 
     def _feature_ops(self, feature: FeatureDef, entity_id: str, event: Event, categories: Sequence[str],
                      now_ms: int) -> list[Any]:

@@ -16,8 +16,8 @@ and `F` = feature name, both escaped by `escape_key_part`):
                                          top-k (member, count); capped; TTL
     P:s:{E:ID}:F:<bucket>       zset     windowed top-k bucket (member, count); capped; TTL
     P:s:seen:<event_id>         string   replay marker (SET NX PX dedup_ttl + max future skew)
-    P:m:{E:ID}:<event_id>       string   on a Redis Cluster, the replay marker of an event's updates
-                                         of entity E, ID (in their slot); same TTL
+    P:s:seen:<event_id>:{T}     string   on a Redis Cluster, the replay marker of an event's updates in
+                                         the slot of hash tag T (`cluster_scripts.slot_marker`)
     P:a:{D:K}                   hash     attributed counts of dimension D, key K (`attribution.join_key`):
                                          `<measure>:<hour bucket ms>` -> count; expires 7 d + 1 h after
                                          its newest bucket (`feature_store.attribution_store`)
@@ -110,10 +110,6 @@ class KeyLayout:
 
     def seen_marker(self, event_id: str) -> str:
         return f"{self.prefix}:s:seen:{escape_key_part(event_id)}"
-
-    def slot_seen_marker(self, entity: Entity, entity_id: str, event_id: str) -> str:
-        """The replay marker of one event's updates of one entity, in that entity's hash slot."""
-        return f"{self.prefix}:m:{{{entity}:{escape_key_part(entity_id)}}}:{escape_key_part(event_id)}"
 
     def attribution_counts(self, dimension: str, key: str) -> str:
         return f"{self.prefix}:a:{{{dimension}:{escape_key_part(key)}}}"
