@@ -19,7 +19,7 @@ and truth (`services.simulate.click_model`, η = 1), k = 10 slots, every item is
   `--train` requests logged before the drift by a popularity Plackett–Luce policy; oracle: the same
   fit on `--train` requests logged after the drift, served from the drift on (the best a retrain of
   this ranker could do); DBGD (DRN's α = 0.1, η = 0.05, one comparison per round, and the values
-  the simulation prefers, `--alpha/--eta/--comparisons`) and PDGD (`--lr`) start from the frozen
+  the simulation prefers, `--alpha/--eta/--comparisons/--margin`) and PDGD (`--lr`) start from the frozen
   head at step 0 and learn from every request (a 100% learning share); DBGD A/A uses w̃ = w;
 - reported: CTR (expected clicks / k under the truth, not the drawn clicks) of the served list
   (the interleaved list for DBGD, the Plackett–Luce list for PDGD) and of the learner's own top-10
@@ -112,7 +112,7 @@ def learners(frozen: np.ndarray, args: argparse.Namespace, seed: int) -> dict[st
         "frozen": None, "oracle": None,
         "dbgd (DRN defaults)": Dbgd(frozen, alpha=0.1, eta=0.05, max_step=args.max_step, seed=seed),
         "dbgd (tuned)": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons,
-                             max_step=args.max_step, seed=seed),
+                             margin=args.margin, max_step=args.max_step, seed=seed),
         "dbgd A/A": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons, aa=True, seed=seed),
         "pdgd": Pdgd(frozen, lr=args.lr, max_step=args.max_step),
     }  # fmt: skip
@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--eta", type=float, default=0.5)
     parser.add_argument("--comparisons", type=int, default=3)
+    parser.add_argument("--margin", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
