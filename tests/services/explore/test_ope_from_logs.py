@@ -1,7 +1,9 @@
 """`recsys experiments ope` end to end: the live API serves ε-greedy lists and logs its candidates,
-the simulator clicks them, Spark compacts and attributes the log, and the command's estimate of
-greedy covers greedy's true CTR on the same requests, computed from the simulator's truth: the
+the simulator clicks them, Spark compacts and attributes the log, and the command's estimates of
+greedy match greedy's true CTR on the same requests, computed from the simulator's truth: the
 expected clicks of each request's logged top k (what greedy would have shown) for its user and step.
+Each estimate must lie within 3 bootstrap standard errors of that truth (the CI's half width is
+1.96 of them).
 
 The logged candidates are truncated (top 8 of more), so explored items beyond them exercise the
 reconstruction of the pool; a request whose logged propensities did not match the replayed
@@ -53,7 +55,7 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
     explore = ExploreSettings(policy="epsilon_greedy", epsilon=EPSILON, seed=3, log_candidates_share=1.0,
                               log_candidates_top_n=TOP_N)
     settings = api_settings.model_copy(update={"explore": explore})
-    spec = SimulationSpec(POPULATION, RunParams(requests=REQUESTS, seconds=600, k=K, concurrency=2), history_sessions=2)
+    spec = SimulationSpec(POPULATION, RunParams(requests=REQUESTS, seconds=600, k=K, concurrency=1), history_sessions=2)
     with live_server(create_app(settings)) as url:
         report = simulate(url, spec, settings.state_dir)
     assert (report.result.summary.requests, report.result.summary.errors) == (REQUESTS, 0)
@@ -78,7 +80,9 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
     estimates = {name: tuple(map(float, values)) for name, *values in ESTIMATE.findall(output)}
     assert set(estimates) == {"IPS", "SNIPS", "DR"}, output
     for name, (value, low, high) in estimates.items():
-        assert low <= greedy <= high, (name, estimates[name], greedy, logged)
+        # Within 3 bootstrap standard errors (the 95% CI is ±1.96): a 0.3% chance per estimator of
+        # a false failure, where requiring the CI itself to cover would fail one run in ~10.
+        assert abs(value - greedy) <= 3 * (high - low) / (2 * 1.96), (name, estimates[name], greedy, logged, output)
     # Not the logging policy's CTR in disguise: the exploring lists were clearly worse than greedy's.
     assert logged < 0.9 * greedy, (logged, greedy)
     # --until before the run leaves no request: an error that says what to do.
