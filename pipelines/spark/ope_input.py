@@ -8,7 +8,7 @@ by `compact` in the master table). Those rows are joined by request id with the 
     request_id, user_id, candidates, candidate_scores, candidate_count,
     slots: [(position, item_id, policy, propensity, click)] sorted by position
 
-Requests whose first impression falls in [since, until) are kept. The rows are streamed to the
+Requests whose first impression falls in [since, until) are kept (naive times are UTC). The rows are streamed to the
 driver one partition at a time (`toLocalIterator`), never collected whole.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from feature_store.schemas import as_utc
 from feature_store.settings import Settings
 from pipelines.spark.common import BatchJobError, BatchPaths, read_parquet
 from pipelines.spark.jobs.attribution import IMPRESSION, IMPRESSIONS, extract
@@ -41,9 +42,9 @@ def logged_requests(spark: SparkSession, settings: Settings, since: datetime | N
     lists = events.where((F.col("type") == IMPRESSION) & F.col("candidates").isNotNull()).select(
         "request_id", *CANDIDATE_COLUMNS, F.col("ts").alias("_served"))
     if since is not None:
-        lists = lists.where(F.col("_served") >= F.lit(since))
+        lists = lists.where(F.col("_served") >= F.lit(as_utc(since)))
     if until is not None:
-        lists = lists.where(F.col("_served") < F.lit(until))
+        lists = lists.where(F.col("_served") < F.lit(as_utc(until)))
     impressions = read_parquet(spark, paths.output(IMPRESSIONS), produced_by="attribution")
     slots = impressions.where(F.col("request_id").isNotNull()).groupBy("request_id").agg(
         F.first("user_id").alias("user_id"),

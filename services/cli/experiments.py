@@ -154,6 +154,7 @@ def ope(
     from services.cli.batch import _session
     from services.explore.factory import explore_stage_from_settings, policy_from_settings
     from services.explore.ope.logged import OpeError, check_target, evaluate
+    from services.explore.stats import StatsUnavailable
 
     settings = load_settings(state_dir)
     values: dict[str, str] = {}
@@ -182,7 +183,7 @@ def ope(
             stats = stage.stats.counts  # the counts at OPE time, not at each request (docs/exploration.md)
         try:
             result = evaluate(iterate(logged_requests(spark, settings, since, until)), target, stats, bootstrap, seed)
-        except (BatchJobError, OpeError) as exc:
+        except (BatchJobError, OpeError, StatsUnavailable) as exc:
             fail(str(exc))
     typer.echo(f"target: {target.label}")
     typer.echo(f"requests: {result.requests}")

@@ -74,7 +74,7 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
     state = ["--state-dir", str(settings.state_dir)]
     _invoke("batch", "compact", *state)
     _invoke("batch", "attribution", *state)
-    output = _invoke("experiments", "ope", "--policy", "greedy", "--bootstrap", "400", *state)
+    output = _invoke("experiments", "ope", "--policy", "greedy", "--bootstrap", "400", "--since", "2000-01-01", *state)
     assert f"requests: {REQUESTS}\n" in output and "skipped" not in output, output
     assert f"logging policy: ranker=popularity;explore=epsilon_greedy(epsilon={EPSILON:g}) ({REQUESTS} requests)" in output, output
     estimates = {name: tuple(map(float, values)) for name, *values in ESTIMATE.findall(output)}
