@@ -1,6 +1,6 @@
 """Interleaving against A/B on the simulator's click model: sensitivity, A/A false positives, agreement.
 
-In-process, against the simulator's ground truth (`services.simulate`: population, position-based
+In-process, against the simulator's ground truth (`pipelines.simulate`: population, position-based
 click model), with the service's own code: `assignment.unit_hash` splits A/B users,
 `interleaving.team_draft` merges, `analysis.two_proportion_p` (A/B, per impression) and
 `analysis.unit_outcomes` + `analysis.preference` (interleaving, per user, sign test) decide.
@@ -35,8 +35,8 @@ from rich.progress import track
 from services.experiments.analysis import preference, two_proportion_p, unit_outcomes
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import team_draft
-from services.simulate.click_model import GroundTruth, PositionBasedModel
-from services.simulate.population import PopulationParams, make_population
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
 
 K = 10
 ALPHA = 0.05

@@ -4,7 +4,7 @@
 
 In-process, not through HTTP (100k requests × 5 seeds × 6 policies through the API would take
 days on this machine): the same policy objects the explore stage runs (`services.explore`), the
-simulator's position-based click model and truth (`services.simulate.click_model`), and the
+simulator's position-based click model and truth (`pipelines.simulate.click_model`), and the
 attribution store's count arithmetic in memory:
 
 - population: 200 users, 160 items at the start and 40 more (20% of the final catalog) arriving
@@ -59,8 +59,8 @@ from services.explore.ope.replay import Decision, reward_model, slate_logs  # no
 from services.explore.policy import ItemCounts, LinearStats, Policy, Ranked  # noqa: E402
 from services.explore.thompson import Thompson  # noqa: E402
 from services.explore.ucb import Ucb1  # noqa: E402
-from services.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
-from services.simulate.population import PopulationParams, make_population  # noqa: E402
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
+from pipelines.simulate.population import PopulationParams, make_population  # noqa: E402
 
 K, HISTORY, COLD_TOLERANCE = 10, 10, 0.2
 

@@ -6,7 +6,7 @@ oracle retrained on post-drift data (issue 17).
 
 In-process, not through HTTP: the learners are the library the service would run
 (`services.learner`: `Dbgd`, `Pdgd`), clicks come from the simulator's position-based click model
-and truth (`services.simulate.click_model`, η = 1), k = 10 slots, every item is a candidate.
+and truth (`pipelines.simulate.click_model`, η = 1), k = 10 slots, every item is a candidate.
 
 - population: 200 users, 200 items, 16 dimensions; drift at step `--pre` (each user's vector turns
   toward another category, λ = 0.8); the no-drift condition is the same population without it;
@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.learner.base import OnlineLearner  # noqa: E402
 from services.learner.dbgd import Dbgd  # noqa: E402
 from services.learner.pdgd import Pdgd  # noqa: E402
-from services.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
-from services.simulate.population import Population, PopulationParams, make_population  # noqa: E402
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
+from pipelines.simulate.population import Population, PopulationParams, make_population  # noqa: E402
 
 K, HISTORY = 10, 10
 

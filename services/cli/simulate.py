@@ -13,7 +13,7 @@ from services.cli.common import StateDirOption, console, fail, load_settings
 from services.cli.data import _progress_hook, _summary
 
 if TYPE_CHECKING:
-    from services.simulate.population import PopulationParams
+    from pipelines.simulate.population import PopulationParams
 
 
 def simulate(
@@ -40,10 +40,10 @@ def simulate(
     state_dir: StateDirOption = None,
 ) -> None:
     """Simulate users with planted preferences and a position-based click model against the API."""
-    from services.simulate.population import PopulationParams
-    from services.simulate.runner import RunParams
-    from services.simulate.session import SimulationSpec, simulate as run
-    from services.simulate.tenant import TenantLoadError
+    from pipelines.simulate.population import PopulationParams
+    from pipelines.simulate.runner import RunParams
+    from pipelines.simulate.session import SimulationSpec, simulate as run
+    from pipelines.simulate.tenant import TenantLoadError
 
     settings = load_settings(state_dir)
     try:
@@ -89,7 +89,7 @@ def simulate(
 def _synthetic_population(settings: Settings, drift_at: int | None, new_items: int) -> PopulationParams:
     """The population of the synthetic data `recsys data synth` wrote into this state directory."""
     from pipelines.datasets.synthetic import load_truth, truth_path
-    from services.simulate.population import PopulationParams
+    from pipelines.simulate.population import PopulationParams
 
     path = truth_path(settings)
     if not path.is_file():

@@ -21,8 +21,8 @@ from services.explore.ope.replay import Decision, reward_model, slate_logs
 from services.explore.policy import ItemCounts, Policy, Ranked
 from services.explore.thompson import Thompson
 from services.explore.ucb import Ucb1
-from services.simulate.click_model import GroundTruth, PositionBasedModel
-from services.simulate.population import PopulationParams, make_population
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
 
 K, REQUESTS = 4, 3000
 

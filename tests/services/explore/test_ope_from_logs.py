@@ -24,10 +24,10 @@ from feature_store.settings import ExploreSettings, Settings
 from pipelines.spark.session import build_session
 from services.api.app import create_app
 from services.cli import app as cli
-from services.simulate.click_model import GroundTruth, PositionBasedModel
-from services.simulate.population import PopulationParams, make_population
-from services.simulate.runner import RunParams
-from services.simulate.session import SimulationSpec, simulate
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
+from pipelines.simulate.runner import RunParams
+from pipelines.simulate.session import SimulationSpec, simulate
 from tests.services.conftest import live_server
 
 POPULATION = PopulationParams(users=40, items=40, categories=4, seed=12)

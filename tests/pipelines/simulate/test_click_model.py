@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from services.simulate.click_model import GroundTruth, PositionBasedModel
-from services.simulate.population import PopulationParams, make_population
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
 
 
 def _attractive(truth: GroundTruth, user: int, items: list[int], step: int) -> np.ndarray:

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from pipelines.datasets import OnProgress, no_progress
-from services.simulate.click_model import GroundTruth, step_rng
-from services.simulate.tenant import EventTally, event_payload, put_items
+from pipelines.simulate.click_model import GroundTruth, step_rng
+from pipelines.simulate.tenant import EventTally, event_payload, put_items
 
 
 @dataclass(frozen=True)

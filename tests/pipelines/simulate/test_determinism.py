@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from services.simulate.click_model import GroundTruth, PositionBasedModel, load_truth
-from services.simulate.population import PopulationParams, make_population
-from services.simulate.runner import RunParams, pick_user, run_simulation
-from services.simulate.tenant import warmup_events
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel, load_truth
+from pipelines.simulate.population import PopulationParams, make_population
+from pipelines.simulate.runner import RunParams, pick_user, run_simulation
+from pipelines.simulate.tenant import warmup_events
 
 PARAMS = PopulationParams(users=25, items=60, categories=5, seed=7, drift_at=30, new_items_at=10, new_items=5)
 

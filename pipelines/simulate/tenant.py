@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 
 from pipelines.datasets import OnProgress, no_progress
-from services.simulate.click_model import GroundTruth
-from services.simulate.population import Population
+from pipelines.simulate.click_model import GroundTruth
+from pipelines.simulate.population import Population
 
 WARMUP_SPAN = timedelta(hours=1)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.datasets.synthetic_truth import write_npz
-from services.simulate.population import Population, population_from_arrays
+from pipelines.simulate.population import Population, population_from_arrays
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 
 from pipelines.datasets import OnProgress, no_progress
-from services.simulate.click_model import GroundTruth, PositionBasedModel
-from services.simulate.population import PopulationParams, make_population
-from services.simulate.runner import RunParams, SimulationResult, run_simulation
-from services.simulate.tenant import TenantReport, load_tenant
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
+from pipelines.simulate.runner import RunParams, SimulationResult, run_simulation
+from pipelines.simulate.tenant import TenantReport, load_tenant
 
 
 @dataclass(frozen=True)
