@@ -240,8 +240,9 @@ class RecommendationPipeline:
         return ranked, attended, fallback
 
     def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
-        """Model channels first (they fill their quotas first), then the serving channels; a
-        category-filtered request recalls from that category instead of the user's."""
+        """The model channels and the serving channels, interleaved by rank within their quotas
+        (`MultiChannelRecall`); a category-filtered request recalls from that category instead
+        of the user's."""
         base = self.base_channels
         if request.category:
             base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
