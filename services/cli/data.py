@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated, Any, Iterator
 
 import typer
 from rich.markup import escape
@@ -58,18 +58,7 @@ def import_movielens(
     except (movielens.UnknownLayout, movielens.MalformedLine) as exc:
         fail(str(exc))
         return
-    for line in report.first_rejects:
-        console.print(f"[yellow]rejected[/] {escape(line)}")
-    rows = {
-        "dataset": f"{report.dataset} ({report.source})",
-        "status": "already imported: skipped, nothing written" if report.skipped else "imported",
-        "events written": "0" if report.skipped else f"{report.events:,}",
-        "users": f"{report.users:,}",
-        "items": f"{report.items:,}",
-        "rejected lines": f"{report.rejects:,}" + (f" (see {report.rejects_file})" if report.rejects_file else ""),
-        "time": f"{report.seconds:.1f} s",
-    }
-    _summary("MovieLens import", rows)
+    _import_summary("MovieLens import", report)
 
 
 @app.command("import")
@@ -100,17 +89,7 @@ def import_file(
     except (MalformedLine, ValueError, OSError) as exc:
         fail(str(exc))
         return
-    for line in report.first_rejects:
-        console.print(f"[yellow]rejected[/] {escape(line)}")
-    _summary("Interactions import", {
-        "dataset": f"{report.dataset} ({report.source})",
-        "status": "already imported: skipped, nothing written" if report.skipped else "imported",
-        "events written": "0" if report.skipped else f"{report.events:,}",
-        "users": f"{report.users:,}",
-        "items": f"{report.items:,}",
-        "rejected lines": f"{report.rejects:,}" + (f" (see {report.rejects_file})" if report.rejects_file else ""),
-        "time": f"{report.seconds:.1f} s",
-    })  # fmt: skip
+    _import_summary("Interactions import", report)
 
 
 @app.command("synth")
@@ -145,3 +124,18 @@ def synth(
         "time": f"{report.seconds:.1f} s",
     }
     _summary("Synthetic data", rows)
+
+
+def _import_summary(title: str, report: Any) -> None:
+    """The first rejected lines, then the summary table of an import (MovieLens or interactions)."""
+    for line in report.first_rejects:
+        console.print(f"[yellow]rejected[/] {escape(line)}")
+    _summary(title, {
+        "dataset": f"{report.dataset} ({report.source})",
+        "status": "already imported: skipped, nothing written" if report.skipped else "imported",
+        "events written": "0" if report.skipped else f"{report.events:,}",
+        "users": f"{report.users:,}",
+        "items": f"{report.items:,}",
+        "rejected lines": f"{report.rejects:,}" + (f" (see {report.rejects_file})" if report.rejects_file else ""),
+        "time": f"{report.seconds:.1f} s",
+    })  # fmt: skip
