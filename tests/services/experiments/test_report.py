@@ -4,9 +4,11 @@ loaded by a real headless Chromium with the same numbers as the JSON report."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -109,13 +111,17 @@ def test_the_report_page_in_chromium_shows_the_reports_numbers(admin_settings: S
         import httpx
 
         report = httpx.get(f"{base}/v1/experiments/page1/report", timeout=60).json()
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
-        shot = tmp_path / "page.png"
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=900,1400", f"{base}/experiments/page1"],
-                       check=True, capture_output=True, timeout=120)
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-        dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", f"{base}/experiments/page1"], check=True,
-                             capture_output=True, text=True, timeout=120).stdout
+        # Chromium aborts when its profile's socket paths pass the 107-byte limit of a Unix socket
+        # (a long TMPDIR): its profile and temporary files go under a short directory of /tmp.
+        with tempfile.TemporaryDirectory(prefix="chr-", dir="/tmp") as short:
+            env = {**os.environ, "TMPDIR": short}
+            flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={short}/p"]
+            shot = tmp_path / "page.png"
+            subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=900,1400", f"{base}/experiments/page1"],
+                           check=True, capture_output=True, timeout=120, env=env)
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+            dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", f"{base}/experiments/page1"], check=True,
+                                 capture_output=True, text=True, timeout=120, env=env).stdout
     shown = dict(re.findall(r'data-field="([^"]+)">([^<]+)<', dom))
     assert shown, dom[:500]
     for field, text in shown.items():
