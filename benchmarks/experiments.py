@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
 from services.experiments.analysis import preference, two_proportion_p, unit_outcomes
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import team_draft
-from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
-from pipelines.simulate.population import PopulationParams, make_population
 
 K = 10
 ALPHA = 0.05

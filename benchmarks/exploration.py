@@ -51,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from feature_store.linucb_store import linucb_update  # noqa: E402
 from feature_store.position_bias import CLICK, IMPRESSION, debiased_ctr, examination  # noqa: E402
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
+from pipelines.simulate.population import PopulationParams, make_population  # noqa: E402
 from services.explore.epsilon_greedy import EpsilonGreedy  # noqa: E402
 from services.explore.greedy import Greedy  # noqa: E402
 from services.explore.linucb import LinUcb  # noqa: E402
@@ -59,8 +61,6 @@ from services.explore.ope.replay import Decision, reward_model, slate_logs  # no
 from services.explore.policy import ItemCounts, LinearStats, Policy, Ranked  # noqa: E402
 from services.explore.thompson import Thompson  # noqa: E402
 from services.explore.ucb import Ucb1  # noqa: E402
-from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
-from pipelines.simulate.population import PopulationParams, make_population  # noqa: E402
 
 K, HISTORY, COLD_TOLERANCE = 10, 10, 0.2
 

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from feature_store.event_log import EventLogReader
 from feature_store.settings import Settings
-from services.api.app import create_app
-from services.cli import app as cli
 from pipelines.simulate.population import PopulationParams
 from pipelines.simulate.runner import RunParams
 from pipelines.simulate.session import SimulationSpec, simulate
+from services.api.app import create_app
+from services.cli import app as cli
 from tests.services.conftest import live_server
 
 POPULATION = PopulationParams(users=30, items=60, categories=6, seed=4, drift_at=100, new_items_at=50, new_items=8)

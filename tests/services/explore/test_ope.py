@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
+from pipelines.simulate.population import PopulationParams, make_population
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.ope.estimators import estimate
@@ -21,8 +23,6 @@ from services.explore.ope.replay import Decision, reward_model, slate_logs
 from services.explore.policy import ItemCounts, Policy, Ranked
 from services.explore.thompson import Thompson
 from services.explore.ucb import Ucb1
-from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
-from pipelines.simulate.population import PopulationParams, make_population
 
 K, REQUESTS = 4, 3000
 

@@ -21,13 +21,13 @@ from typer.testing import CliRunner
 
 from feature_store.event_log import EventLogReader
 from feature_store.settings import ExploreSettings, Settings
-from pipelines.spark.session import build_session
-from services.api.app import create_app
-from services.cli import app as cli
 from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
 from pipelines.simulate.population import PopulationParams, make_population
 from pipelines.simulate.runner import RunParams
 from pipelines.simulate.session import SimulationSpec, simulate
+from pipelines.spark.session import build_session
+from services.api.app import create_app
+from services.cli import app as cli
 from tests.services.conftest import live_server
 
 POPULATION = PopulationParams(users=40, items=40, categories=4, seed=12)
