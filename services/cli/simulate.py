@@ -30,7 +30,7 @@ def simulate(
     load: Annotated[bool, typer.Option("--load/--no-load", help="Load catalog, users and history first.")] = True,
     synthetic: Annotated[bool, typer.Option(
         "--synthetic", help="Simulate the users of the synthetic data in the state directory (`recsys data synth`, "
-        "`make run DATA=`): its ids and planted preferences; implies --no-load; --users/--items/--categories ignored."
+        "`make run DATA=`): its ids, planted preferences and seed; implies --no-load; --users/--items/--categories/--seed ignored."
     )] = False,
     drift_at: Annotated[int | None, typer.Option("--drift-at", min=0, help="Step at which preferences drift.")] = None,
     new_items_at: Annotated[int | None, typer.Option("--new-items-at", min=1, help="Step at which new items arrive.")] = None,
