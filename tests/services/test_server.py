@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -122,26 +124,32 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(two_workers: tuple[subp
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in replaced)
 
 
-def test_metrics_count_every_workers_requests(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+@contextmanager
+def recsys_api_with_two_workers(redis_url: str, state_dir: Path, **env: str) -> Iterator[str]:
+    """The real API (`create_app_from_env`) under the launcher with 2 workers; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "RECSYS_REDIS__URL": redis_server.url, "RECSYS_STATE_DIR": str(tmp_path / "state"),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    environment = {**os.environ, "RECSYS_REDIS__URL": redis_url, "RECSYS_STATE_DIR": str(state_dir),
+                   "TF_CPP_MIN_LOG_LEVEL": "2", **env}  # fmt: skip
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [sys.executable, "-m", "services.api.server", "services.api.app:create_app_from_env", "--factory",
                "--port", str(port), "--workers", "2", "--log-level", "warning"]  # fmt: skip
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving(port, timeout_s=120)
-        base = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_metrics_count_every_workers_requests(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    with recsys_api_with_two_workers(redis_server.url, tmp_path / "state") as base:
         # Fresh connections are spread over both workers (one still starting queues its share).
         for user in range(30):
             assert httpx.get(f"{base}/v1/users/u{user}/recommendations", timeout=60).status_code == 200
         for _ in range(6):  # whichever worker answers, the count is the service's
             exposition = httpx.get(f"{base}/metrics", timeout=60).text
             assert sample(exposition, "recsys_request_seconds_count", endpoint="/v1/users/{user_id}/recommendations") == 30
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def sample(exposition: str, name: str, **labels: str) -> float:

@@ -4,9 +4,6 @@ two real API workers answering every user with the same arm."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,10 +11,10 @@ import httpx
 import numpy as np
 from scipy import stats
 
-from feature_store.redis_server import EmbeddedRedis, free_port
+from feature_store.redis_server import EmbeddedRedis
 from services.experiments.assignment import assign
 from services.experiments.model import Experiment
-from tests.services.test_server import ROOT, wait_until_serving
+from tests.services.test_server import recsys_api_with_two_workers
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -67,16 +64,7 @@ def test_an_experiment_outside_its_window_or_stopped_assigns_nobody() -> None:
 
 
 def test_two_workers_assign_every_user_the_same_arm(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "RECSYS_REDIS__URL": redis_server.url, "RECSYS_STATE_DIR": str(tmp_path / "state"),
-           "RECSYS_API__API_KEYS": '["k"]', "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-m", "services.api.server", "services.api.app:create_app_from_env", "--factory",
-               "--port", str(port), "--workers", "2", "--log-level", "warning"]  # fmt: skip
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_serving(port, timeout_s=120)
-        base = f"http://127.0.0.1:{port}"
+    with recsys_api_with_two_workers(redis_server.url, tmp_path / "state", RECSYS_API__API_KEYS='["k"]') as base:
         body = {"id": "sticky", "kind": "ab", "traffic": 0.6, "arms": [
             {"name": "control"}, {"name": "explorer", "explore": {"policy": "epsilon_greedy", "epsilon": 0.5}}]}
         created = httpx.post(f"{base}/v1/experiments", json=body, headers={"X-API-Key": "k"}, timeout=60)
@@ -87,6 +75,3 @@ def test_two_workers_assign_every_user_the_same_arm(redis_server: EmbeddedRedis,
                 answer = httpx.get(f"{base}/v1/users/u{n}/recommendations", timeout=60).json()
                 expected = reference_arm(reference, f"u{n}")
                 assert answer["arm"] == (None if expected is None else f"sticky:{expected}"), (round_, n)
-    finally:
-        server.terminate()
-        server.wait(30)
