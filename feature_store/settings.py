@@ -210,8 +210,9 @@ class GateSettings(_Section):
 
     recall_ndcg_at_10_delta: float = Field(default=0.01, ge=0, description="Recall NDCG@10 may drop this much below the blessed one.")
     recall_hr_at_50_delta: float = Field(default=0.02, ge=0, description="Recall HR@50 may drop this much below the blessed one.")
-    recall_ndcg_at_10_floor: float = Field(default=0.005, ge=0, le=1, description="Recall NDCG@10 absolute floor.")
-    recall_hr_at_50_floor: float = Field(default=0.02, ge=0, le=1, description="Recall HR@50 absolute floor.")
+    recall_floor_over_chance: float = Field(
+        default=3.0, ge=1, description="Recall floors: this multiple of a random ranking's expected NDCG@10 / HR@50 on the run's held-out window.",
+    )
     ranker_auc_delta: float = Field(default=0.005, ge=0, description="Ranker AUC may drop this much below the blessed one.")
     ranker_gauc_delta: float = Field(default=0.01, ge=0, description="Ranker GAUC may drop this much below the blessed one.")
     ranker_auc_floor: float = Field(default=0.55, ge=0, le=1, description="Ranker AUC absolute floor (0.5 is chance).")

@@ -41,6 +41,14 @@ def _spark_jobs(names: tuple[str, ...]) -> Any:
     return run
 
 
+def _spark_outputs_exist(context: StepContext, outputs: dict[str, Any]) -> bool:
+    """A Spark step is still done while every local output it wrote exists (a remote URI, which
+    only Spark's filesystem layer can list, is taken as present)."""
+    paths = [path for key, listed in outputs.items() if key.endswith("_outputs") for path in listed]
+    local = [path.removeprefix("file://") for path in paths if "://" not in path or path.startswith("file://")]
+    return all(Path(path).exists() for path in local)
+
+
 def _registry(context: StepContext) -> ModelRegistry:
     return ModelRegistry(context.settings.model_registry_dir)
 
@@ -113,8 +121,10 @@ def evaluate(context: StepContext) -> StepResult:
         base = gate.baseline(registry, role)
         entry: dict[str, Any] = {"candidate": candidate.version, "baseline": base and base.version}
         entry["metrics"], entry["problems"] = _quality(role, candidate, split, context.settings)
-        if role == "recall" and split is not None and not split.test:
-            entry["problems"].append("no user has a positive in the held-out window: nothing to score")
+        if role == "recall" and split is not None:
+            entry["chance"] = gate.chance_metrics(split)  # the floors' reference (gate.thresholds)
+            if not split.test:
+                entry["problems"].append("no user has a positive in the held-out window: nothing to score")
         if base is not None and base.version != candidate.version:
             try:
                 entry["baseline_metrics"], _ = _quality(role, base, split, context.settings)
@@ -145,7 +155,7 @@ def decide(context: StepContext) -> StepResult:
     for role in _roles(evaluation):
         entry = evaluation[role]
         decision = gate.decide(role, entry["candidate"], entry["metrics"], entry["baseline"], entry.get("baseline_metrics"),
-                               gate.thresholds(role, context.settings.training.gate), entry["problems"])  # fmt: skip
+                               gate.thresholds(role, context.settings.training.gate, entry.get("chance")), entry["problems"])  # fmt: skip
         decision.held_out = evaluation["held_out"] | ({"baseline_error": entry["baseline_error"]} if "baseline_error" in entry else {})
         if decision.blessed:
             registry.bless(role, decision.candidate, decision.to_dict() | {"run_id": context.run_id})
@@ -189,9 +199,9 @@ def notify(context: StepContext) -> StepResult:
 
 def training_steps() -> list[Step]:
     return [
-        Step("compact", _spark_jobs(("compact",))),
-        Step("attribution", _spark_jobs(("attribution",))),
-        Step("batch_views", _spark_jobs(BATCH_VIEWS)),
+        Step("compact", _spark_jobs(("compact",)), _spark_outputs_exist),
+        Step("attribution", _spark_jobs(("attribution",)), _spark_outputs_exist),
+        Step("batch_views", _spark_jobs(BATCH_VIEWS), _spark_outputs_exist),
         Step("embeddings", embeddings, _version_exists("recall")),
         Step("ranker", ranker, _version_exists("ranker")),
         Step("evaluate", evaluate),

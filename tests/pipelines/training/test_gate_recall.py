@@ -1,9 +1,13 @@
 """The quality gate on real recall artifacts, scored on the newest slice of a planted-cluster log
 (users browse one cluster): the DAG's embeddings step is blessed over a blessed model trained on
-shuffled items; against it, shuffled items, NaN vectors and an empty index are rejected."""
+shuffled items; against it, shuffled items, NaN vectors and an empty index are rejected. With no
+baseline (a first run) the floors alone decide: the planted model passes them, a model with random
+vectors is rejected. The floors' chance level equals an exhaustive enumeration of random rankings."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,11 +20,12 @@ from feature_store.settings import Settings
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.skipgram import SkipGramConfig
 from models.embeddings.training import EmbeddingTrainingConfig
+from models.evaluation import LeaveLastOut
 from models.registry import ModelRegistry
 from models.retrieval.artifact import RecallArtifact
-from pipelines.training import recall, steps
+from pipelines.training import gate, recall, steps
 from pipelines.training.executor import StepContext
-from pipelines.training.holdout import holdout_cutoff, read_positives
+from pipelines.training.holdout import holdout_cutoff, newest_slice_split, read_positives
 from tests.models.planted_clusters import CLUSTERS, PER_CLUSTER, planted_sequences
 from tests.pipelines.training.conftest import fresh_registry
 
@@ -71,6 +76,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[st
     nan = ItemEmbeddings(good_artifact.embeddings["item2vec"].ids, vectors)
     versions["nan"] = _publish(settings, RecallArtifact({"item2vec": nan}, good_artifact.indexes, good_artifact.popular))
     empty = ItemEmbeddings(np.array([], dtype=str), np.zeros((0, 16), np.float32))
+    random = ItemEmbeddings(nan.ids, np.random.default_rng(11).normal(size=vectors.shape).astype(np.float32))
+    versions["random"] = _publish(settings, RecallArtifact.build({"item2vec": random}, recall.PopularityRecommender(shuffled)))
     versions["empty"] = _publish(settings, RecallArtifact.build({"item2vec": empty}, recall.PopularityRecommender(shuffled)))
     return settings.model_copy(update={"registry_dir": None}), versions | {"holdout_from": good["holdout_from"]}
 
@@ -102,3 +109,38 @@ def test_shuffled_nan_or_empty_recall_is_rejected(trained: tuple[Settings, dict[
     assert registry.blessing("recall", versions[bad]) is None
     expected = {"shuffled": None, "nan": "non-finite vectors", "empty": "empty index"}[bad]
     assert (expected in " ".join(decision["problems"])) if expected else not all(c["passed"] for c in decision["checks"])
+
+
+def test_with_no_baseline_the_floors_bless_the_planted_model_and_reject_random_vectors(
+    trained: tuple[Settings, dict[str, str]], tmp_path: Path
+) -> None:
+    settings, registry = fresh_registry(trained[0], tmp_path)
+    versions = trained[1]
+    good = _gate(settings, versions["good"], versions["holdout_from"])
+    assert good["baseline"] is None and good["blessed"], good
+    settings, registry = fresh_registry(trained[0], tmp_path / "again")
+    random = _gate(settings, versions["random"], versions["holdout_from"])
+    assert random["baseline"] is None and not random["problems"] and not random["blessed"], random
+    split = newest_slice_split(read_positives(settings), datetime.fromisoformat(versions["holdout_from"]))
+    chance = gate.chance_metrics(split)
+    for check in random["checks"]:  # rejected by each floor; random vectors score about chance
+        assert check["baseline"] is None and check["candidate"] < check["floor"], check
+        assert 0 < check["candidate"] < 2 * chance[check["metric"]] < check["floor"], (check, chance)
+    assert registry.blessing("recall", versions["random"]) is None
+
+
+def test_chance_level_equals_the_mean_over_every_random_ranking() -> None:
+    """The catalog is what the histories hold (a..e); u1 saw a (held-out b), u2 saw a, c (held-out
+    e), u3 saw b, d, e (held-out z, outside the catalog: no ranking of the catalog can hit it)."""
+    split = LeaveLastOut({"u1": ["a"], "u2": ["a", "c", "a"], "u3": ["b", "d", "e"]}, {"u1": "b", "u2": "e", "u3": "z"})
+    catalog = "abcde"
+    expected = {"HR@2": 0.0, "NDCG@2": 0.0, "HR@50": 0.0}
+    for user, held_out in split.test.items():
+        left = [item for item in catalog if item not in split.train[user]]
+        rankings = list(itertools.permutations(left))
+        for ranking in rankings:
+            rank = ranking.index(held_out) + 1 if held_out in ranking else math.inf
+            expected["HR@2"] += (rank <= 2) / len(rankings) / 3
+            expected["NDCG@2"] += (1 / math.log2(rank + 1) if rank <= 2 else 0.0) / len(rankings) / 3
+            expected["HR@50"] += (rank <= 50) / len(rankings) / 3
+    assert gate.chance_metrics(split, tuple(expected)) == pytest.approx(expected)
