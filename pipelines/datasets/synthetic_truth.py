@@ -95,7 +95,8 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _zipf(rng: np.random.Generator, n: int, alpha: float) -> np.ndarray:
+def zipf_shares(rng: np.random.Generator, n: int, alpha: float) -> np.ndarray:
+    """Shares `∝ 1 / rank^alpha` over a random ranking of `n` things (sums to 1)."""
     ranks = rng.permutation(n)
     weights = 1.0 / np.power(ranks + 1.0, alpha)
     return weights / weights.sum()
@@ -124,8 +125,8 @@ def make_truth(params: SynthParams) -> SyntheticTruth:
         item_factors=item_factors,
         user_category=user_category,
         user_factors=user_factors,
-        item_popularity=_zipf(rng, n_items, params.zipf_alpha),
-        user_activity=_zipf(rng, n_users, 0.5),
+        item_popularity=zipf_shares(rng, n_items, params.zipf_alpha),
+        user_activity=zipf_shares(rng, n_users, 0.5),
         transition=_cycles_within(item_category, rng),
         examination=1.0 / (np.arange(SLATE_SIZE) + 1.0),
     )

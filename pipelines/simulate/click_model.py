@@ -4,9 +4,9 @@ Position-based model (PBM; Craswell et al., "An experimental comparison of click
 models", WSDM 2008): a user examines slot `k` (0-based) with probability `e_k = 1 / (k + 1)^η`,
 independently of what is there, and clicks an examined item with its attractiveness
 
-    a(u, i, t) = σ(u_t · v_i + b_i)
+    a(u, i, t) = σ(u_t · v_i + b_i + β_u)
 
-(`population` defines `u_t`, `v_i`, `b_i`). An item outside the population, or one that has not
+(`population` defines `u_t`, `v_i`, `b_i` and the user's click propensity `β_u`, 0 by default). An item outside the population, or one that has not
 arrived by step `t`, has `a = 0`: no simulated user can click it. So slot `k` is clicked with
 probability `e_k · a(u, item_k, t)`, and the expected clicks of a list are
 
@@ -58,7 +58,7 @@ class GroundTruth:
         self.model = model
 
     def attractiveness(self, user_id: str, item_ids: Sequence[str], step: int) -> np.ndarray:
-        """`a(u, i, t) = σ(u_t · v_i + b_i)` per item; 0 for unknown or not-yet-arrived items."""
+        """`a(u, i, t) = σ(u_t · v_i + b_i + β_u)` per item; 0 for unknown or not-yet-arrived items."""
         every = self._every_item(user_id, step)
         numbers = [self.population.item_index(item_id) for item_id in item_ids]
         return np.array([every[j] if j is not None else 0.0 for j in numbers], dtype=np.float64)
@@ -66,8 +66,9 @@ class GroundTruth:
     def _every_item(self, user_id: str, step: int) -> np.ndarray:
         """`a(u, i, t)` for every item number `i` (0 for items that have not arrived)."""
         population = self.population
-        user = population.vectors_at(step)[population.user_index(user_id)]
-        attractive = 1.0 / (1.0 + np.exp(-(population.item_vectors @ user + population.item_bias)))
+        number = population.user_index(user_id)
+        logits = population.item_vectors @ population.vectors_at(step)[number] + population.item_bias
+        attractive = 1.0 / (1.0 + np.exp(-(logits + population.user_bias[number])))
         return np.where(population.arrived(step), attractive, 0.0)
 
     def click_probabilities(self, user_id: str, item_ids: Sequence[str], step: int) -> np.ndarray:

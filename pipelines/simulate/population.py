@@ -6,6 +6,10 @@ category centroids, unit item and user factors near them, Zipf popularity and ac
 - user vector `u = affinity · û` (û: the synthetic unit factor), so `u · v ∈ [-affinity, affinity]`;
 - item bias `b_i = offset + popularity_weight · log(n · p_i)`, `p_i` the Zipf popularity over the
   `n` items: 0 extra for an item of average popularity, more for the head, less for the tail;
+- user click propensity `β_u ~ N(0, user_bias_spread²)`, added to every logit of user `u` (0 by
+  default: every user shares `offset`);
+- activity: each user's share of requests, Zipf over a random order of the users with exponent
+  `activity_skew` (default: the synthetic generator's, 0.5);
 - drift: from step `drift_at` on, every user's vector is `affinity · unit((1 - λ) û + λ c)`, `c`
   the centroid of another category drawn per user, `λ = drift_strength`;
 - arrivals: the last `new_items` items exist only from step `new_items_at` on (before it the
@@ -24,7 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pipelines.datasets.synthetic_truth import SynthParams, make_truth
+from pipelines.datasets.synthetic_truth import SynthParams, make_truth, zipf_shares
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class PopulationParams:
     popularity_weight: float = 0.5
     affinity: float = 4.0
     offset: float = -2.0
+    user_bias_spread: float = 0.0
+    activity_skew: float | None = None
     drift_at: int | None = None
     drift_strength: float = 0.8
     new_items_at: int | None = None
@@ -54,6 +60,8 @@ class PopulationParams:
             "dim must be >= 2": self.dim >= 2,
             "popularity_skew and popularity_weight must be >= 0": min(self.popularity_skew, self.popularity_weight) >= 0,
             "affinity must be > 0": self.affinity > 0,
+            "user_bias_spread must be >= 0": self.user_bias_spread >= 0,
+            "activity_skew must be >= 0": self.activity_skew is None or self.activity_skew >= 0,
             "drift_at must be >= 0": self.drift_at is None or self.drift_at >= 0,
             "drift_strength must be in [0, 1]": 0 <= self.drift_strength <= 1,
             "new_items must be >= 0": self.new_items >= 0,
@@ -91,6 +99,7 @@ class Population:
     item_category: np.ndarray  # (total_items,) int
     item_vectors: np.ndarray  # (total_items, dim) float64, unit rows
     item_bias: np.ndarray  # (total_items,) float64: b_i
+    user_bias: np.ndarray  # (users,) float64: β_u, the user's click propensity on the logit
     item_arrival: np.ndarray  # (total_items,) int: first step at which the item exists
     user_category: np.ndarray  # (users,) int: preferred category before any drift
     user_vectors: np.ndarray  # (users, dim) float64, norm `affinity`
@@ -140,7 +149,7 @@ class Population:
 
 
 _ARRAYS = (
-    "item_category", "item_vectors", "item_bias", "item_arrival", "user_category", "user_vectors",
+    "item_category", "item_vectors", "item_bias", "user_bias", "item_arrival", "user_category", "user_vectors",
     "drift_category", "drifted_vectors", "user_activity",
 )  # fmt: skip
 
@@ -148,6 +157,8 @@ _ARRAYS = (
 def population_from_arrays(arrays: Mapping[str, np.ndarray]) -> Population:
     """The population `Population.to_arrays` described (e.g. read back from an `.npz`)."""
     params = PopulationParams(**json.loads(str(arrays["params"])))
+    # Truth files written before user_bias existed had every user at 0.
+    arrays = {"user_bias": np.zeros(params.users), **arrays}
     return Population(params=params, **{name: np.asarray(arrays[name]) for name in _ARRAYS})
 
 
@@ -172,15 +183,20 @@ def make_population(params: PopulationParams) -> Population:
     drifted = _unit((1 - lam) * user_unit + lam * centroids[drift_category])
     arrival = np.zeros(n, dtype=np.int64)
     arrival[params.items :] = params.new_items_at or 0
+    # Own streams, so that the default draws (and every other array) stay as they were.
+    user_bias = params.user_bias_spread * np.random.default_rng([params.seed, 11]).standard_normal(params.users)
+    activity = base.user_activity if params.activity_skew is None else zipf_shares(
+        np.random.default_rng([params.seed, 12]), params.users, params.activity_skew)
     return Population(
         params=params,
         item_category=base.item_category.astype(np.int64),
         item_vectors=item_vectors,
         item_bias=params.offset + params.popularity_weight * np.log(n * base.item_popularity),
+        user_bias=user_bias,
         item_arrival=arrival,
         user_category=base.user_category.astype(np.int64),
         user_vectors=params.affinity * user_unit,
         drift_category=drift_category.astype(np.int64),
         drifted_vectors=params.affinity * drifted,
-        user_activity=base.user_activity,
+        user_activity=activity,
     )
