@@ -13,6 +13,10 @@ the gate's cost (evaluate + gate steps) as a share of run 2.
 
     .venv/bin/python benchmarks/training_dag.py --movielens ../shared/data/ml-100k
     .venv/bin/python benchmarks/training_dag.py --synthetic 1000000
+
+`--runs 1` stops after run 1 and `--no-peer` skips the peer (for sizes that would not finish on a
+shared machine otherwise); every step's seconds are printed as it ends, so a run cut short still
+leaves its finished steps in the output.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--movielens", type=Path, help="MovieLens directory (read in place)")
     parser.add_argument("--synthetic", type=int, default=0, help="events to generate instead")
+    parser.add_argument("--runs", type=int, choices=(1, 2), default=2, help="DAG runs (2: the second gates against the first)")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="time the direct calls too")
     args = parser.parse_args()
     if (args.movielens is None) == (args.synthetic == 0):
         parser.error("give --movielens PATH or --synthetic N")
@@ -95,28 +101,31 @@ def main() -> None:
             started = time.perf_counter()
             _import(settings, args.movielens, args.synthetic)
             print(f"import: {time.perf_counter() - started:.1f} s", flush=True)
-            runs = [_dag(settings, "DAG run 1 (no baseline)"), _dag(settings, "DAG run 2 (gate vs blessed)")]
-            peer = _peer(settings)
+            runs = [_dag(settings, "DAG run 1 (no baseline)")]
+            if args.runs == 2:
+                runs.append(_dag(settings, "DAG run 2 (gate vs blessed)"))
+            peer = _peer(settings) if args.peer else {}
     _summary(runs, peer)
 
 
 def _summary(runs: list[RunRecord], peer: dict[str, float]) -> None:
     seconds = [{s.name: s.duration_s or 0.0 for s in run.steps} for run in runs]
-    print(f"\n{'step':<12} {'run 1 s':>9} {'run 2 s':>9}")
+    print(f"\n{'step':<12} " + " ".join(f"{f'run {n} s':>9}" for n in range(1, len(runs) + 1)))
     for name in seconds[0]:
-        print(f"{name:<12} {seconds[0][name]:9.1f} {seconds[1][name]:9.1f}")
+        print(f"{name:<12} " + " ".join(f"{run[name]:9.1f}" for run in seconds))
     totals = [sum(s.values()) for s in seconds]
     gate = [s["evaluate"] + s["gate"] for s in seconds]
-    print(f"{'total':<12} {totals[0]:9.1f} {totals[1]:9.1f}")
-    print(f"gate cost (evaluate + gate): run 1 {gate[0]:.1f} s ({gate[0] / totals[0]:.1%}), "
-          f"run 2 {gate[1]:.1f} s ({gate[1] / totals[1]:.1%})")  # fmt: skip
-    peer_total = sum(peer.values())
-    print(f"peer total {peer_total:.1f} s; DAG run 2 / peer = {totals[1] / peer_total:.2f}x")
+    print(f"{'total':<12} " + " ".join(f"{total:9.1f}" for total in totals))
+    print("gate cost (evaluate + gate): " + ", ".join(
+        f"run {n} {cost:.1f} s ({cost / total:.1%})" for n, (cost, total) in enumerate(zip(gate, totals), start=1)))  # fmt: skip
+    if peer:
+        peer_total = sum(peer.values())
+        print(f"peer total {peer_total:.1f} s; DAG run {len(runs)} / peer = {totals[-1] / peer_total:.2f}x")
     for run in runs:
         print(f"run {run.run_id} held-out window: {run.step('evaluate').metrics['held_out']}")
         blessed = run.step("gate").metrics
         print(f"run {run.run_id}: " + "; ".join(
-            f"{role} blessed={d['blessed']} " + ", ".join(f"{c['metric']} {c['candidate']} vs {c['baseline']}" for c in d["checks"])
+            f"{role} blessed={d['blessed']} " + ", ".join(f"{c['metric']} {c['candidate']} vs {c['baseline']} (floor {c['floor']:.4f})" for c in d["checks"])
             for role, d in blessed.items()))  # fmt: skip
 
 
