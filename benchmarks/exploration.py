@@ -15,7 +15,7 @@ attribution store's count arithmetic in memory:
 - feedback as the stream job applies it, in batches of `--batch` requests (its freshness):
   impressions and clicks per (item, position), θ_k from the per-position counts with
   `feature_store.position_bias.examination`, examined counts E_i = Σ_k θ_k n_{i,k}; LinUCB's
-  (A_i, b_i) with `feature_store.linucb_store.linucb_update`, context x_t = the normalised mean
+  (A_i⁻¹, b_i) with `feature_store.linucb_store.linucb_update`, context x_t = the normalised mean
   planted vector of the user's last 10 clicked items (the service uses Item2vec vectors of the
   history: this is the optimistic case of a perfect embedding);
 - regret per request = oracle expected clicks − the shown list's expected clicks (the truth's exact
@@ -78,13 +78,13 @@ class Feedback:
     dim: int
     shown: np.ndarray = field(init=False)  # (items, K) impressions per position
     clicked: np.ndarray = field(init=False)  # (items, K) clicks per position
-    A: np.ndarray = field(init=False)
+    A_inv: np.ndarray = field(init=False)
     b: np.ndarray = field(init=False)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.shown, self.clicked = np.zeros((self.items, K)), np.zeros((self.items, K))
-        self.A, self.b = np.tile(np.eye(self.dim), (self.items, 1, 1)), np.zeros((self.items, self.dim))
+        self.A_inv, self.b = np.tile(np.eye(self.dim), (self.items, 1, 1)), np.zeros((self.items, self.dim))
 
     def record(self, items: np.ndarray, clicks: np.ndarray, x: np.ndarray) -> None:
         self.pending.append((items, clicks, x))
@@ -95,7 +95,7 @@ class Feedback:
             self.shown[items, slots] += 1
             self.clicked[items, slots] += clicks
             for item, click in zip(items, clicks):
-                self.A[item], self.b[item] = linucb_update(self.A[item], self.b[item], x, float(click))
+                self.A_inv[item], self.b[item] = linucb_update(self.A_inv[item], self.b[item], x, float(click))
         self.pending.clear()
 
     def counts(self) -> ItemCounts:
@@ -134,7 +134,7 @@ def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progres
         ranked = Ranked(tuple(ids[i] for i in order), popularity[order])
         x = _context(population, recent.get(user, []), params.dim)
         stats = (ItemCounts(counts.examined[order], counts.clicks[order]) if policy.needs is ItemCounts
-                 else LinearStats(feedback.A[order], feedback.b[order], np.tile(x, (len(order), 1)))
+                 else LinearStats(feedback.A_inv[order], feedback.b[order], np.tile(x, (len(order), 1)))
                  if policy.needs is LinearStats else None)
         slate = policy.choose(ranked, K, choices, stats)
         shown = order[list(slate.positions)]
@@ -199,7 +199,7 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
         if step < warmup:
             feedback.record(shown, drawn.astype(float), x)
             continue
-        linear = LinearStats(feedback.A[order], feedback.b[order], np.tile(x, (len(order), 1)))
+        linear = LinearStats(feedback.A_inv[order], feedback.b[order], np.tile(x, (len(order), 1)))
         decisions.append(Decision(ranked, counts, slate, drawn, linear))
         requesters.append(population.user_id(user))
         if step % 500 == 0:

@@ -74,7 +74,7 @@ def plant(spec: ConnectionSpec, ranked: Ranked, k: int, rng: np.random.Generator
     x = rng.normal(size=(len(ranked), 60, DIM)) / np.sqrt(DIM)
     A = np.eye(DIM) + np.einsum("nti,ntj->nij", x, x)
     b = np.einsum("nti,nt->ni", x, (rng.random((len(ranked), 60)) < 0.05).astype(float))
-    linear = LinearStats(A, b, np.tile(rng.normal(size=DIM) / np.sqrt(DIM), (len(ranked), 1)))
+    linear = LinearStats(np.linalg.inv(A), b, np.tile(rng.normal(size=DIM) / np.sqrt(DIM), (len(ranked), 1)))
     attribution.close()
     linucb.close()
     return counts, linear

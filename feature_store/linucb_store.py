@@ -6,9 +6,14 @@ personalized news article recommendation", Algorithm 1) keep
 
     A_i = λ·I_d + Σ x xᵀ,        b_i = Σ r · x
 
-An item without statistics reads as (λ·I_d, 0). An update is applied once per update id (a replay
-marker, like the attribution store's), so a stream job that replays after a restart adds nothing.
-Statistics have no TTL: one pair per catalog item.
+The store keeps A_i⁻¹ instead of A_i, updated by the Sherman–Morrison identity (`linucb_update`),
+so that a request scores 200 candidates with matrix-vector products and no solve. An item without
+statistics reads as ((1/λ)·I_d, 0). An update is applied once per update id (a replay marker, like
+the attribution store's), so a stream job that replays after a restart adds nothing. Statistics
+have no TTL: one pair per catalog item.
+
+Upgrade: a key written before A⁻¹ was kept holds `A`; a read inverts it, and the item's next
+update replaces it by `Ainv` (nothing to run).
 
 The context x of an update is the one the request used: a request served by LinUCB saves its
 user's context with its time (`save_context`, the API's only write here), and the stream job,
@@ -57,9 +62,14 @@ def served_by_linucb(policy: str | None) -> bool:
     return policy is not None and POLICY_MARK in policy
 
 
-def linucb_update(A: np.ndarray, b: np.ndarray, x: np.ndarray, reward: float) -> tuple[np.ndarray, np.ndarray]:
-    """(A + x xᵀ, b + reward · x): one observation added to one item's statistics."""
-    return A + np.outer(x, x), b + reward * x
+def linucb_update(A_inv: np.ndarray, b: np.ndarray, x: np.ndarray, reward: float) -> tuple[np.ndarray, np.ndarray]:
+    """((A + x xᵀ)⁻¹, b + reward · x) from (A⁻¹, b): one observation added to one item's statistics.
+
+    Sherman–Morrison (1950): (A + x xᵀ)⁻¹ = A⁻¹ − (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x), O(d²) per
+    update; A is symmetric positive definite, so the denominator is ≥ 1.
+    """
+    z = A_inv @ x
+    return A_inv - np.outer(z, z) / (1.0 + float(x @ z)), b + reward * x
 
 
 class LinUcbStore(ABC):
@@ -73,7 +83,7 @@ class LinUcbStore(ABC):
 
     @abstractmethod
     def read(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """A (n, d, d) and b (n, d), aligned with `item_ids`."""
+        """A⁻¹ (n, d, d) and b (n, d), aligned with `item_ids`."""
 
     def close(self) -> None:
         """Release connections (none by default)."""
@@ -116,14 +126,14 @@ class RedisLinUcbStore(LinUcbStore):
         with translate_errors(self._spec, f"reading LinUCB statistics of {len(item_ids)} items"):
             pipe = self.client.pipeline(transaction=False)
             for item_id in item_ids:
-                pipe.hmget(self._layout.linucb(item_id), "A", "b")
+                pipe.hmget(self._layout.linucb(item_id), "Ainv", "b", "A")
             rows = pipe.execute()
-        A = np.tile(np.eye(self.dim) * self.ridge, (len(item_ids), 1, 1))
+        A_inv = np.tile(np.eye(self.dim) / self.ridge, (len(item_ids), 1, 1))
         b = np.zeros((len(item_ids), self.dim))
-        for n, (a_raw, b_raw) in enumerate(rows):
-            if a_raw is not None and b_raw is not None:
-                A[n], b[n] = self._decode(a_raw, b_raw)
-        return A, b
+        for n, row in enumerate(rows):
+            if row[1] is not None:
+                A_inv[n], b[n] = self._decode(*row)
+        return A_inv, b
 
     def update(self, update_id: str, item_id: str, x: np.ndarray, reward: float) -> bool:
         x = self._checked(x)
@@ -132,12 +142,12 @@ class RedisLinUcbStore(LinUcbStore):
         def apply(pipe: redis.client.Pipeline) -> bool:
             if pipe.exists(marker):
                 return False
-            a_raw, b_raw = pipe.hmget(key, "A", "b")
-            A, b = (self._decode(a_raw, b_raw) if a_raw is not None and b_raw is not None
-                    else (np.eye(self.dim) * self.ridge, np.zeros(self.dim)))
-            A, b = linucb_update(A, b, x, reward)
+            row = pipe.hmget(key, "Ainv", "b", "A")
+            A_inv, b = self._decode(*row) if row[1] is not None else (np.eye(self.dim) / self.ridge, np.zeros(self.dim))
+            A_inv, b = linucb_update(A_inv, b, x, reward)
             pipe.multi()
-            pipe.hset(key, mapping={"A": A.tobytes(), "b": b.tobytes()})
+            pipe.hset(key, mapping={"Ainv": A_inv.tobytes(), "b": b.tobytes()})
+            pipe.hdel(key, "A")
             pipe.set(marker, 1, px=self._marker_ttl_ms)
             return True
 
@@ -175,8 +185,13 @@ class RedisLinUcbStore(LinUcbStore):
             raise ValueError(f"context of shape {x.shape}, expected ({self.dim},)")
         return x
 
-    def _decode(self, a_raw: bytes, b_raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-        A, b = np.frombuffer(a_raw, dtype=np.float64), np.frombuffer(b_raw, dtype=np.float64)
-        if A.size != self.dim * self.dim or b.size != self.dim:
+    def _decode(self, inv_raw: bytes | None, b_raw: bytes, a_raw: bytes | None) -> tuple[np.ndarray, np.ndarray]:
+        """(A⁻¹, b) of a stored item: `Ainv`, or the inverse of an older key's `A`."""
+        matrix_raw = inv_raw if inv_raw is not None else a_raw
+        if matrix_raw is None:
+            raise ValueError("stored LinUCB statistics without A or A⁻¹")
+        matrix, b = np.frombuffer(matrix_raw, dtype=np.float64), np.frombuffer(b_raw, dtype=np.float64)
+        if matrix.size != self.dim * self.dim or b.size != self.dim:
             raise ValueError(f"stored LinUCB statistics of dimension {b.size}, expected {self.dim}")
-        return A.reshape(self.dim, self.dim), b.copy()
+        matrix = matrix.reshape(self.dim, self.dim)
+        return (matrix.copy() if inv_raw is not None else np.linalg.inv(matrix)), b.copy()

@@ -27,7 +27,7 @@ and `F` = feature name, both escaped by `escape_key_part`):
     P:a:positions               zset     positions with impressions (member position, score newest bucket)
     P:a:stats                   hash     `<unattributed|late>:<type>:<bucket ms>` -> count
     P:a:recent                  list     the newest attributed outcomes (JSON), capped
-    P:l:{linucb:ID}             hash     LinUCB statistics of item ID: `A`, `b` (float64 bytes, row-major)
+    P:l:{linucb:ID}             hash     LinUCB statistics of item ID: `Ainv` (A⁻¹), `b` (float64 bytes, row-major)
                                          (`feature_store.linucb_store`)
     P:l:{linucb:ID}:seen:<update_id>  string  LinUCB replay marker of an update applied to item ID (in
                                          its slot, so one transaction watches both on a Redis Cluster)

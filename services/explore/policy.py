@@ -43,10 +43,10 @@ class ItemCounts:
 
 @dataclass(frozen=True)
 class LinearStats:
-    """Disjoint LinUCB statistics per candidate: A_i (n, d, d), b_i (n, d), and the request's
+    """Disjoint LinUCB statistics per candidate: A_i⁻¹ (n, d, d), b_i (n, d), and the request's
     context vector x_{t,i} per candidate (n, d)."""
 
-    A: np.ndarray
+    A_inv: np.ndarray
     b: np.ndarray
     contexts: np.ndarray
 

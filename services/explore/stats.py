@@ -2,7 +2,7 @@
 
 - `ItemCounts` (UCB1, Thompson): the attribution store's `examined_counts` over `explore.stats_window`,
   one Redis round trip.
-- `LinearStats` (LinUCB): (A_i, b_i) from `feature_store.linucb_store`, and the context x_t: the
+- `LinearStats` (LinUCB): (A_i⁻¹, b_i) from `feature_store.linucb_store`, and the context x_t: the
   user's vector, the L2-normalised mean of the item `embedding` feature (Item2vec, d = 32) over
   the user's recent items, the same for every candidate (Li et al.'s disjoint model with user
   features); a user without history has x_t = 0, and LinUCB then keeps the ranker's order. The
@@ -67,11 +67,11 @@ class BanditStats:
     def linear(self, item_ids: Sequence[str], history: Sequence[str], user_id: str | None = None) -> LinearStats:
         """(A_i, b_i) per candidate and x_t; saves x_t for `user_id` (when given) for the stream job."""
         with _unavailable_on_errors("reading LinUCB statistics"):
-            A, b = self.linucb.read(item_ids)
+            A_inv, b = self.linucb.read(item_ids)
             user = self.user_vector(history)
             if user_id is not None:
                 self.linucb.save_context(user_id, int(time.time() * 1000), user, self.context_ttl_ms)
-        return LinearStats(A, b, np.tile(user, (len(item_ids), 1)))
+        return LinearStats(A_inv, b, np.tile(user, (len(item_ids), 1)))
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
         """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""

@@ -115,10 +115,10 @@ def test_linucb_updates_are_applied_once_per_update_id(redis_url: str) -> None:
     assert all(store.update(*update) for update in updates)
     assert not any(store.update(*update) for update in updates[::3])  # replays
     items = [f"i{k}" for k in range(7)]
-    A, b = store.read(items)
+    A_inv, b = store.read(items)
     for n, item in enumerate(items):
         mine = [(x, r) for _, i, x, r in updates if i == item]
-        assert np.allclose(A[n], 2.0 * np.eye(4) + sum((np.outer(x, x) for x, _ in mine), np.zeros((4, 4))))
+        assert np.allclose(A_inv[n], np.linalg.inv(2.0 * np.eye(4) + sum((np.outer(x, x) for x, _ in mine), np.zeros((4, 4)))))
         assert np.allclose(b[n], sum((r * x for x, r in mine), np.zeros(4)))
     store.close()
 

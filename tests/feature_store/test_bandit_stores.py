@@ -14,6 +14,7 @@ from feature_store.attribution_store import RedisAttributionStore
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
 from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.redis_client import ConnectionSpec
+from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
 
 D = 4
@@ -31,15 +32,19 @@ def linucb(spec: ConnectionSpec) -> Iterator[RedisLinUcbStore]:
     store.close()
 
 
-def test_linucb_updates_accumulate_the_outer_products_and_rewards(linucb: RedisLinUcbStore) -> None:
+def test_linucb_keeps_the_inverse_of_the_outer_products_and_the_rewards(linucb: RedisLinUcbStore) -> None:
+    """A⁻¹ by Sherman–Morrison after a seeded sequence of updates (some replayed) equals
+    np.linalg.inv of λI + Σ x xᵀ over the updates applied once each."""
     rng = np.random.default_rng(1)
-    xs, rewards = rng.normal(size=(30, D)), rng.integers(0, 2, size=30).astype(float)
+    xs, rewards = rng.normal(size=(300, D)), rng.integers(0, 2, size=300).astype(float)
     for n, (x, r) in enumerate(zip(xs, rewards)):
         assert linucb.update(f"o{n}", "i:1", x, r)
-    A, b = linucb.read(["i:1", "never"])
-    np.testing.assert_allclose(A[0], 2.0 * np.eye(D) + xs.T @ xs, rtol=1e-12)
+        if n % 7 == 0:
+            assert not linucb.update(f"o{n // 2}", "i:1", xs[n // 2], rewards[n // 2])  # a replay adds nothing
+    A_inv, b = linucb.read(["i:1", "never"])
+    np.testing.assert_allclose(A_inv[0], np.linalg.inv(2.0 * np.eye(D) + xs.T @ xs), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(b[0], xs.T @ rewards, rtol=1e-12)
-    np.testing.assert_array_equal(A[1], 2.0 * np.eye(D))
+    np.testing.assert_array_equal(A_inv[1], np.eye(D) / 2.0)
     np.testing.assert_array_equal(b[1], np.zeros(D))
 
 
@@ -47,9 +52,25 @@ def test_a_replayed_linucb_update_adds_nothing(linucb: RedisLinUcbStore) -> None
     x = np.arange(D, dtype=float)
     assert linucb.update("o1", "i1", x, 1.0)
     assert not linucb.update("o1", "i1", x, 1.0)
-    A, b = linucb.read(["i1"])
-    np.testing.assert_allclose(A[0], 2.0 * np.eye(D) + np.outer(x, x))
+    A_inv, b = linucb.read(["i1"])
+    np.testing.assert_allclose(A_inv[0], np.linalg.inv(2.0 * np.eye(D) + np.outer(x, x)))
     np.testing.assert_allclose(b[0], x)
+
+
+def test_a_key_written_before_the_inverse_was_kept_reads_and_updates(linucb: RedisLinUcbStore, spec: ConnectionSpec) -> None:
+    """The upgrade path: an item hash holding `A` (the old layout) reads as A⁻¹, and its next update
+    stores A⁻¹ in its place."""
+    x, y = np.arange(D, dtype=float), np.ones(D)
+    A = 2.0 * np.eye(D) + np.outer(x, x)
+    client, key = spec.client(), KeyLayout(spec.key_prefix).linucb("old")
+    client.hset(key, mapping={"A": A.tobytes(), "b": x.tobytes()})
+    np.testing.assert_allclose(linucb.read(["old"])[0][0], np.linalg.inv(A))
+    assert linucb.update("o1", "old", y, 0.0)
+    A_inv, b = linucb.read(["old"])
+    np.testing.assert_allclose(A_inv[0], np.linalg.inv(A + np.outer(y, y)))
+    np.testing.assert_allclose(b[0], x)
+    assert sorted(client.hkeys(key)) == [b"Ainv", b"b"]
+    client.close()
 
 
 def test_linucb_rejects_a_context_of_the_wrong_dimension(linucb: RedisLinUcbStore) -> None:

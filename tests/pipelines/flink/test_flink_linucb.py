@@ -2,8 +2,8 @@
 
 Planted: contexts saved for two users as the API saves them (one user with an older and a newer
 context), impressions served by LinUCB and by another policy, clicks on some of them. Once the
-watermark passes every impression's window plus the allowed lateness, each item's (A, b) must be
-λI + Σ x xᵀ and Σ r x over its LinUCB impressions only, x being the user's newest context at or
+watermark passes every impression's window plus the allowed lateness, each item's (A⁻¹, b) must be
+(λI + Σ x xᵀ)⁻¹ and Σ r x over its LinUCB impressions only, x being the user's newest context at or
 before the impression, r = 1 for a clicked one: computed here independently of the job.
 """
 
@@ -78,8 +78,8 @@ def test_the_stream_job_adds_finalised_linucb_impressions_to_the_items_statistic
     }).start()
 
     def learned() -> bool:
-        A, b = store.read(["a", "b"])
-        return all(np.allclose(A[n], expected[item][0]) and np.allclose(b[n], expected[item][1])
+        A_inv, b = store.read(["a", "b"])
+        return all(np.allclose(A_inv[n], np.linalg.inv(expected[item][0])) and np.allclose(b[n], expected[item][1])
                    for n, item in enumerate(("a", "b")))
 
     try:
@@ -91,9 +91,9 @@ def test_the_stream_job_adds_finalised_linucb_impressions_to_the_items_statistic
     finally:
         job.stop()
         log.close()
-    A, b = store.read(["a", "b"])
+    A_inv, b = store.read(["a", "b"])
     store.close()
     for n, item in enumerate(("a", "b")):
-        np.testing.assert_allclose(A[n], expected[item][0], err_msg=item)
+        np.testing.assert_allclose(A_inv[n], np.linalg.inv(expected[item][0]), err_msg=item)
         np.testing.assert_allclose(b[n], expected[item][1], err_msg=item)
-    assert np.count_nonzero(b[0]) and not np.allclose(A[1], RIDGE * np.eye(d))  # both items learned something
+    assert np.count_nonzero(b[0]) and not np.allclose(A_inv[1], np.eye(d) / RIDGE)  # both items learned something
