@@ -16,6 +16,7 @@ class SchedulerMetrics:
         self.ticks = Counter("recsys_training_ticks_total", "Cron ticks seen", registry=r)
         self.runs = Counter("recsys_training_runs_total", "Training runs by outcome", ["status"], registry=r)
         self.skipped = Counter("recsys_training_skipped_total", "Ticks that started no run", ["reason"], registry=r)
+        self.lock_renewals = Counter("recsys_training_lock_renewals_total", "Renewals of the run lock's TTL during runs", registry=r)
         self.running = Gauge("recsys_training_running", "1 while this scheduler runs the DAG", registry=r)
         self.last_run_end = Gauge("recsys_training_last_run_end_timestamp_seconds", "When the last run ended", registry=r)
         self.last_run_seconds = Gauge("recsys_training_last_run_seconds", "Wall time of the last run", registry=r)

@@ -78,7 +78,9 @@ class TrainingScheduler:
         log.info("tick skipped: the previous training run is still going")
 
     def tick(self) -> str:
-        """One tick: run the DAG under the lock. Returns "succeeded", "failed" or "locked"."""
+        """One tick: run the DAG under the lock, renewed every third of its TTL while the run goes
+        on. Returns "succeeded", "failed", "locked" (another scheduler holds the lock) or
+        "lock_lost" (a renewal found the lock gone, so the run was stopped)."""
         self.metrics.ticks.inc()
         lock = RunLock(self.client, self.lock_key, self.settings.scheduler.lock_ttl_s)
         if not lock.acquire():
@@ -113,7 +115,16 @@ class TrainingScheduler:
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     log.error("training run past scheduler.run_timeout_s: stopping it")
-                    process.kill()
-                    process.wait()
+                    _stop(process)
                     return "failed"
-                lock.renew()
+                if not lock.renew():
+                    # Another scheduler may hold the lock now: two runs must not go on at once.
+                    log.error("training lock lost: stopping this run (resume it with recsys train run --resume)")
+                    _stop(process)
+                    return "lock_lost"
+                self.metrics.lock_renewals.inc()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
