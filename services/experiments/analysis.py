@@ -10,13 +10,19 @@ A/B (per arm: impressions `n`, clicks `c`, CTR `p = c / n`):
 - Guardrail: one-sided test of `p_t < (1 - X) p_0`, `z = (p_t - (1 - X) p_0) / sqrt(v_t + (1 - X)^2 v_0)`.
 
 The impression-level tests treat impressions as independent; a user's impressions are not, so
-with heavy users these intervals are too narrow (the A/A benchmark measures the effect).
+once users differ in click propensity or activity these intervals are too narrow. Users are the
+unit that was randomised, so `user_level_lift` is the honest A/B test: the CTR `R = Σc / Σn`
+over an arm's users with the delta-method variance of a ratio of means (Deng, Knoblich & Lu,
+"Applying the delta method in metric analytics", KDD 2018), the z-test of `R_t − R_0` and the
+lift's interval on `log R_t − log R_0`.
 
 Interleaving: per unit (user, or request), each team's credited clicks; a unit prefers the team
 with more credit, else ties. Preference `Δ = (w_A + t/2) / (w_A + w_B + t) - 1/2` over units with
 any credit (Chapelle et al., "Large-scale validation and analysis of interleaved search
 evaluation", TOIS 2012), a percentile bootstrap interval over units, and the sign test
-(two-sided binomial test of `w_A` among `w_A + w_B`).
+(two-sided binomial test of `w_A` among `w_A + w_B`). `credit_difference` keeps every click
+(Chapelle et al.'s count credit, not only the winner): the mean per-unit difference
+`d = c_A − c_B` with its t interval and the one-sample t-test of `E[d] = 0`.
 
 All tests are fixed-horizon: looking again and again until p < 0.05 inflates the false-positive
 rate, so the report says so and the sample size should be fixed in advance (benchmarks give it).
@@ -96,6 +102,35 @@ def guardrail_p(c_t: int, n_t: int, c_0: int, n_0: int, max_drop: float) -> floa
     return float(stats.norm.cdf((p_t - keep * p_0) / math.sqrt(variance)))
 
 
+def ratio_of_means(clicks: np.ndarray, shown: np.ndarray) -> tuple[float, float]:
+    """CTR `R = Σc / Σn` over users and its variance with users as the independent units, by the
+    delta method: `Var(R) ≈ (s_c² − 2 R s_cn + R² s_n²) / (m · n̄²)`, sample (co)variances over
+    the `m` users. (NaN, NaN) with fewer than two users or no impressions."""
+    clicks, shown = np.asarray(clicks, dtype=float), np.asarray(shown, dtype=float)
+    m = len(shown)
+    if m < 2 or shown.sum() <= 0:
+        return math.nan, math.nan
+    ratio = clicks.sum() / shown.sum()
+    cov = np.cov(clicks, shown)  # ddof 1
+    variance = (cov[0, 0] - 2 * ratio * cov[0, 1] + ratio * ratio * cov[1, 1]) / (m * shown.mean() ** 2)
+    return float(ratio), float(variance)
+
+
+def user_level_lift(clicks_t: np.ndarray, shown_t: np.ndarray, clicks_0: np.ndarray, shown_0: np.ndarray,
+                    z: float = Z95) -> tuple[Interval, float]:
+    """(lift of arm t's CTR over arm 0's with its interval, two-sided p-value), users as units:
+    per user of each arm its clicks and impressions. `z = (R_t − R_0) / sqrt(V_t + V_0)`; the
+    interval is `exp(log R_t − log R_0 ± z sqrt(V_t / R_t² + V_0 / R_0²)) − 1`. NaN where a CTR is
+    0 or an arm has fewer than two users."""
+    r_t, v_t = ratio_of_means(clicks_t, shown_t)
+    r_0, v_0 = ratio_of_means(clicks_0, shown_0)
+    if not (r_t > 0 and r_0 > 0) or v_t + v_0 <= 0:
+        return Interval(math.nan, math.nan, math.nan), math.nan
+    p = float(2 * stats.norm.sf(abs(r_t - r_0) / math.sqrt(v_t + v_0)))
+    log_ratio, se = math.log(r_t / r_0), math.sqrt(v_t / r_t**2 + v_0 / r_0**2)
+    return Interval(r_t / r_0 - 1, math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1), p
+
+
 @dataclass(frozen=True)
 class Preference:
     """Interleaving outcome of team A against team B over units (users or requests)."""
@@ -132,3 +167,19 @@ def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 
     low, high = np.percentile(deltas, [2.5, 97.5])
     sign_p = float(stats.binomtest(wins_a, wins_a + wins_b, 0.5).pvalue) if wins_a + wins_b else 1.0
     return Preference(wins_a, wins_b, ties, Interval(delta, float(low), float(high)), sign_p)
+
+
+def credit_difference(units: Sequence[str], credit_a: np.ndarray, credit_b: np.ndarray) -> tuple[Interval, float]:
+    """(mean per-unit credit difference `c_A − c_B` over units with any credit, with its 95% t
+    interval; two-sided p-value of the one-sample t-test); rows of a unit are summed first."""
+    names, index = np.unique(np.asarray(units), return_inverse=True)
+    a = np.bincount(index, weights=credit_a, minlength=len(names))
+    b = np.bincount(index, weights=credit_b, minlength=len(names))
+    d = (a - b)[(a + b) > 0]
+    if len(d) < 2 or not d.any():
+        return Interval(float(d.mean()) if len(d) else 0.0, math.nan, math.nan), 1.0
+    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    if se == 0:
+        return Interval(mean, mean, mean), 0.0
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * se
+    return Interval(mean, mean - half, mean + half), float(2 * stats.t.sf(abs(mean) / se, len(d) - 1))

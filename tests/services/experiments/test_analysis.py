@@ -58,3 +58,59 @@ def test_preference_units_sum_rows_and_the_bootstrap_interval_covers() -> None:
         covered += (pref := analysis.preference(draws, rng, 500)).delta.low <= 0.05 <= pref.delta.high
     assert abs(covered / 200 - 0.95) < 0.05
     assert pref.sign_p == pytest.approx(stats.binomtest(pref.wins_a, pref.wins_a + pref.wins_b).pvalue)
+
+
+def _users(rng: np.random.Generator, m: int, ctr: float) -> tuple[np.ndarray, np.ndarray]:
+    """m heterogeneous users: heavy-tailed impressions, click propensity lognormal around `ctr`."""
+    shown = 1 + rng.poisson(20 * rng.lognormal(0.0, 1.0, m))
+    propensity = np.clip(ctr * rng.lognormal(-0.5, 1.0, m), 0, 1)
+    return rng.binomial(shown, propensity).astype(float), shown.astype(float)
+
+
+def test_user_level_test_is_welch_with_equal_impressions_and_bootstrap_otherwise() -> None:
+    rng = np.random.default_rng(2)
+    shown = np.full(300, 40.0)
+    c_t, c_0 = rng.binomial(40, rng.beta(2, 8, 300)).astype(float), rng.binomial(40, rng.beta(2, 9, 300)).astype(float)
+    _, p = analysis.user_level_lift(c_t, shown, c_0, shown)
+    welch = stats.ttest_ind(c_t / 40, c_0 / 40, equal_var=False)
+    assert p == pytest.approx(2 * stats.norm.sf(abs(welch.statistic)), rel=1e-9)
+    clicks, shown = _users(rng, 400, 0.1)
+    ratio, variance = analysis.ratio_of_means(clicks, shown)
+    assert ratio == clicks.sum() / shown.sum()
+    picks = rng.integers(400, size=(4000, 400))
+    boot = clicks[picks].sum(1) / shown[picks].sum(1)
+    assert variance == pytest.approx(boot.var(), rel=0.1)
+    assert math.isnan(analysis.user_level_lift(clicks[:1], shown[:1], clicks, shown)[1])
+
+
+def test_a_a_user_level_holds_alpha_where_per_impression_does_not() -> None:
+    rng = np.random.default_rng(3)
+    runs, user_fp, impression_fp, covered = 400, 0, 0, 0
+    for _ in range(runs):
+        clicks, shown = _users(rng, 1000, 0.1)
+        arm = rng.random(1000) < 0.5
+        lift, p = analysis.user_level_lift(clicks[arm], shown[arm], clicks[~arm], shown[~arm])
+        user_fp += p < 0.05
+        covered += lift.low <= 0 <= lift.high
+        c = (int(clicks[arm].sum()), int(shown[arm].sum()), int(clicks[~arm].sum()), int(shown[~arm].sum()))
+        impression_fp += analysis.two_proportion_p(*c) < 0.05
+    assert abs(user_fp / runs - 0.05) < 0.025
+    assert abs(covered / runs - 0.95) < 0.025
+    assert impression_fp / runs > 0.3  # impressions of one user are not independent draws
+
+
+def test_credit_difference_is_a_t_test_over_units_with_credit() -> None:
+    rng = np.random.default_rng(4)
+    units = rng.integers(300, size=2000).astype(str)
+    a, b = rng.poisson(0.4, 2000).astype(float), rng.poisson(0.3, 2000).astype(float)
+    mean, p = analysis.credit_difference(units, a, b)
+    totals = {}
+    for unit, x, y in zip(units, a, b):
+        s = totals.setdefault(unit, [0.0, 0.0])
+        s[0], s[1] = s[0] + x, s[1] + y
+    d = np.array([x - y for x, y in totals.values() if x + y > 0])
+    expected = stats.ttest_1samp(d, 0.0)
+    assert p == pytest.approx(expected.pvalue, rel=1e-9)
+    ci = expected.confidence_interval()
+    assert (mean.estimate, mean.low, mean.high) == pytest.approx((d.mean(), ci.low, ci.high))
+    assert analysis.credit_difference(["x", "y"], np.zeros(2), np.zeros(2))[1] == 1.0
