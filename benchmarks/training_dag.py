@@ -28,12 +28,9 @@ from pathlib import Path
 
 from feature_store.redis_server import redis_url
 from feature_store.settings import Settings
-from pipelines.training.dag import run_training
+from pipelines.training.dag import fast, run_training
 from pipelines.training.executor import StepContext
 from pipelines.training.records import RunRecord
-
-FAST_TRAINING = {"embedding_dim": 32, "embedding_epochs": 2, "walks_per_node": 5, "walk_length": 20,
-                 "ranker_epochs": 2, "ranker_patience": 1}  # fmt: skip
 
 
 def _import(settings: Settings, movielens: Path | None, synthetic: int) -> None:
@@ -94,10 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="recsys-dag-bench-") as state:
         base = Settings(state_dir=Path(state))
         with redis_url(base) as url:
-            settings = base.model_copy(update={
-                "redis": base.redis.model_copy(update={"url": url}),
-                "training": base.training.model_copy(update=FAST_TRAINING),
-            })  # fmt: skip
+            settings = fast(base.model_copy(update={"redis": base.redis.model_copy(update={"url": url})}))
             started = time.perf_counter()
             _import(settings, args.movielens, args.synthetic)
             print(f"import: {time.perf_counter() - started:.1f} s", flush=True)

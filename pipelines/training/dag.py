@@ -10,6 +10,17 @@ from pipelines.training.records import RunRecord, RunStore
 from pipelines.training.steps import training_steps
 
 
+#: Training settings for a quick local run (`recsys run`, benchmarks/training_dag.py): small
+#: embeddings (dim 32, 2 epochs, 5 walks of 20 per node) and a DIN of 2 epochs, patience 1.
+FAST_TRAINING = {"embedding_dim": 32, "embedding_epochs": 2, "walks_per_node": 5, "walk_length": 20,
+                 "ranker_epochs": 2, "ranker_patience": 1}  # fmt: skip
+
+
+def fast(settings: Settings) -> Settings:
+    """`settings` with `FAST_TRAINING`."""
+    return settings.model_copy(update={"training": settings.training.model_copy(update=FAST_TRAINING)})
+
+
 def runs_dir(settings: Settings) -> Path:
     return settings.state_dir / "training" / "runs"
 

@@ -184,19 +184,8 @@ def run(
     from pipelines.training.executor import StepFailed
 
     settings = load_settings(state_dir)
-
-    def progress(name: str, event: str, step: Any) -> None:
-        if event == "start":
-            console.rule(f"[bold]{name}")
-        elif event == "skip":
-            console.print(f"{name}: succeeded in an earlier attempt; skipped")
-        elif event == "retry":
-            console.print(f"[yellow]{name}: {step.error}; retrying[/]")
-        else:
-            console.print(f"{name}: {step.status} in {step.duration_s:.1f} s")
-
     try:
-        record = run_training(settings, resume, trigger, progress)
+        record = run_training(settings, resume, trigger, show_step)
     except StepFailed as exc:
         console.print(f"[red]training run failed[/]: {exc}")
         _history_table(_load_history(settings, 1))
@@ -204,8 +193,25 @@ def run(
     except (KeyError, ValueError) as exc:
         fail(str(exc))
         return
+    show_run(record)
+
+
+def show_run(record: Any) -> None:
+    """A finished run: its row (status, blessed, promoted per role) and its steps."""
     _history_table([record])
     _step_table(record)
+
+
+def show_step(name: str, event: str, step: Any) -> None:
+    """Progress of a DAG run on the console (the executor's `Progress` callback)."""
+    if event == "start":
+        console.rule(f"[bold]{name}")
+    elif event == "skip":
+        console.print(f"{name}: succeeded in an earlier attempt; skipped")
+    elif event == "retry":
+        console.print(f"[yellow]{name}: {step.error}; retrying[/]")
+    else:
+        console.print(f"{name}: {step.status} in {step.duration_s:.1f} s")
 
 
 @app.command("history")
