@@ -252,6 +252,27 @@ class SchedulerSettings(_Section):
     run_timeout_s: float = Field(default=6 * 3600.0, gt=0, description="A whole run is stopped after this long.")
 
 
+class LearnerSettings(_Section):
+    """Online updates of the ranker's final linear layer between retrains (services/learner,
+    docs/online_learning.md): `recsys learn online` publishes revisions, every API worker serves them."""
+
+    enabled: bool = Field(default=True, description="Kill switch: false stops updates and serves the base (also `/v1/admin/learner`).")
+    share: float = Field(default=0.0, ge=0, le=1, description="Share of users (sticky by user hash) served the interleaved W/W~ list.")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=5, description="How often each API worker reads the current revision.")
+    algorithm: Literal["dbgd", "pdgd"] = Field(default="dbgd", description="The learner `recsys learn online` runs.")
+    alpha: float = Field(default=0.1, gt=0, description="DBGD explore scale: w~ = w + alpha * U(-1, 1) * w (DRN's 0.1).")
+    eta: float = Field(default=0.05, gt=0, description="DBGD step: w <- w + eta (w~ - w) (DRN's 0.05).")
+    comparisons: int = Field(default=1, ge=1, description="DBGD: interleaved requests with a click per round (N).")
+    margin: float = Field(default=0.0, ge=-1, lt=1, description="DBGD: explore wins minus current wins per comparison needed to move.")
+    lr: float = Field(default=0.1, gt=0, description="PDGD learning rate.")
+    max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")
+    tau: float = Field(default=3.0, gt=0, description="Probabilistic interleaving's rank softmax exponent.")
+    aa: bool = Field(default=False, description="A/A mode: w~ = w (measures chance wins; w never moves).")
+    rollback_window: int = Field(default=200, ge=1, description="M: the last M decided comparisons of a revision against its base.")
+    rollback_threshold: float = Field(default=0.4, ge=0, le=1, description="Roll back to the base when the revision wins fewer than this share of them.")
+    history: int = Field(default=1000, ge=1, description="Revisions kept per role (older ones are deleted).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_",
@@ -275,6 +296,7 @@ class Settings(BaseSettings):
     explore: ExploreSettings = Field(default_factory=ExploreSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
 
     @model_validator(mode="before")
     @classmethod

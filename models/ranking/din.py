@@ -79,21 +79,37 @@ class DIN(Ranker):
         return self._score(inputs, behaviours, candidate, mask, training)
 
     def forward_request(self, request: Inputs) -> tuple[tf.Tensor, tf.Tensor]:
-        """One user's request: the history is looked up and embedded once, not once per candidate.
+        """One user's request: logits `w · h + b` over `penultimate_request`'s `h`."""
+        hidden, weights = self.penultimate_request(request)
+        return self.output_logits(hidden), weights
 
-        The activation unit runs over the history's real length only: training pads to
-        `max_seq_len`, but padded positions are masked out of the pooling, so skipping them gives
-        the same scores for a fraction of the work with short histories. The attention weights
-        are padded back to [candidates, max_seq_len].
+    def output_logits(self, hidden: tf.Tensor) -> tf.Tensor:
+        """The output layer over `h` [N, H]: logits [N]."""
+        return tf.squeeze(self.tower.output_layer(hidden), axis=-1)
+
+    def penultimate_request(self, request: Inputs) -> tuple[tf.Tensor, tf.Tensor]:
+        """One user's request: the tower's last hidden layer `h(u, i)` [N, H] and the attention.
+
+        The history is looked up and embedded once, not once per candidate. The activation unit
+        runs over the history's real length only: training pads to `max_seq_len`, but padded
+        positions are masked out of the pooling, so skipping them gives the same scores for a
+        fraction of the work with short histories. The attention weights are padded back to
+        [candidates, max_seq_len].
         """
         length = self.spec.max_seq_len
         history = request[samples.HIST_ITEM_IDS][-length:]
         behaviours = self.embed_items(history, request[samples.HIST_CATEGORIES][-length:])
         candidate = self.embed_items(request[samples.ITEM_ID], request[samples.ITEM_CATEGORY])
         mask = (self.item_lookup(history) != 0)[None]
-        logits, weights = self._score(request, behaviours[None], candidate, mask, training=False)
+        features, weights = self._tower_input(request, behaviours[None], candidate, mask, training=False)
         weights = tf.pad(weights, [[0, 0], [0, length - tf.shape(history)[0]]])
-        return logits, tf.broadcast_to(weights, [tf.shape(candidate)[0], length])
+        hidden = self.tower.last_hidden(features, training=False)
+        return hidden, tf.broadcast_to(weights, [tf.shape(candidate)[0], length])
+
+    def head(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """The output layer over `penultimate_request`'s `h`: weights [H] and bias []."""
+        layer = self.tower.output_layer
+        return layer.kernel[:, 0], layer.bias[0]
 
     def _score(
         self,
@@ -103,11 +119,17 @@ class DIN(Ranker):
         mask: tf.Tensor,
         training: bool,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        raw_weights = self.attention(behaviours, candidate, training=training)
-        interest, weights = attention_pooling(behaviours, raw_weights, mask)
-        features = tf.concat([interest, candidate, self.dense(inputs)], axis=-1)
+        features, weights = self._tower_input(inputs, behaviours, candidate, mask, training)
         logits = tf.squeeze(self.tower(features, training=training), axis=-1)
         return logits, weights
+
+    def _tower_input(
+        self, inputs: Inputs, behaviours: tf.Tensor, candidate: tf.Tensor, mask: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """`[interest ; candidate ; dense]` and the attention weights."""
+        raw_weights = self.attention(behaviours, candidate, training=training)
+        interest, weights = attention_pooling(behaviours, raw_weights, mask)
+        return tf.concat([interest, candidate, self.dense(inputs)], axis=-1), weights
 
     def params(self) -> dict[str, Any]:
         return {

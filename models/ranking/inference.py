@@ -7,6 +7,9 @@
   -> ``{"score": [N] click probabilities, "attention": [N, max_seq_len]}``. The attention row
   of a candidate gives the weight of each of the last ``max_seq_len`` history items (zeros for
   models without attention, and for padding), so the API can say which past items drove a score.
+  DIN also returns ``hidden`` [N, H], its tower's last hidden layer `h(u, i)`, and ``head`` [H + 1],
+  the output layer's weights and bias (score = σ(head[:H] · h + head[H])), which online learning
+  re-weighs (`services.learner`).
 - ``score_batch(features)``: the training-shaped dict [B] / [B, L] -> ``{"score": [B]}``.
 
 The same functions are the SavedModel endpoints (see `models.ranking.export`), so the exported
@@ -38,6 +41,12 @@ class CompiledScorer:
         )
 
     def _score_user(self, request: Inputs) -> dict[str, tf.Tensor]:
+        if hasattr(self.model, "penultimate_request"):  # DIN: also what an online learner re-weighs
+            hidden, attention = self.model.penultimate_request(request)
+            weights, bias = self.model.head()
+            logits = self.model.output_logits(hidden)
+            return {"score": tf.sigmoid(logits), "attention": attention, "hidden": hidden,
+                    "head": tf.concat([weights, bias[None]], axis=0)}
         logits, attention = self.model.forward_request(request)
         if attention is None:
             attention = tf.zeros([tf.shape(logits)[0], self.model.spec.max_seq_len], tf.float32)

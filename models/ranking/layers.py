@@ -81,10 +81,15 @@ class MLP(keras.layers.Layer):
         self.output_layer = keras.layers.Dense(output_units) if output_units else None
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        hidden = self.last_hidden(inputs, training=training)
+        return self.output_layer(hidden) if self.output_layer is not None else hidden
+
+    def last_hidden(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """The last hidden layer `h_K`, the input of the linear output (what online learning re-weighs)."""
         hidden = inputs
         for dense, act, drop in zip(self.dense_layers, self.activations, self.dropouts):
             hidden = drop(act(dense(hidden), training=training), training=training)
-        return self.output_layer(hidden) if self.output_layer is not None else hidden
+        return hidden
 
     def get_config(self) -> dict[str, Any]:
         return {

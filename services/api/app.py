@@ -22,12 +22,16 @@ from feature_store.settings import Settings
 from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.middleware import ServiceMiddleware
-from services.api.routes import admin, events, experiments, health, items, models_admin, recommendations, users
+from services.api.routes import (
+    admin, events, experiments, health, items, learner_admin, models_admin, recommendations, users,
+)
 from services.api.state import ServiceState
 from services.experiments.manager import ExperimentManager
 from services.experiments.serving import ExperimentServing
 from services.experiments.store import ExperimentStore
+from services.learner.serving import LearnerServing
 from services.explore.factory import explore_stage_from_settings, request_generators
+from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.channels import default_channels
@@ -77,7 +81,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     for router in (recommendations.router, users.router, items.router, events.router, experiments.router,
-                   experiments.page, admin.router, models_admin.router, health.router):
+                   experiments.page, admin.router, models_admin.router, learner_admin.router, health.router):
         app.include_router(router)
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.api.max_body_bytes)
     return app
@@ -131,6 +135,12 @@ def _start(
     models = _model_manager(settings, metrics, version_source, bundle_loader, store, serving.ranker_versions)
     models.start()
     stack.callback(models.stop)
+    learner = LearnerServing(
+        RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history), settings.learner,
+        lambda: models.bundle.versions.get("ranker"), request_generators(settings.explore.seed),
+    )
+    learner.start()
+    stack.callback(learner.stop)
     impressions = ImpressionLogger(
         store, event_log, settings.api.impression_queue_size, settings.api.impression_drain_timeout_s,
         on_outcome=lambda outcome, count: metrics.impressions.labels(outcome=outcome).inc(count),
@@ -139,7 +149,7 @@ def _start(
     stack.callback(impressions.close)  # before the event log and Redis client close: it drains into them
     return ServiceState(
         settings, client, store, event_log, fallback, pipeline, models, metrics, impressions, catalog_sync,
-        ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir)), serving,
+        ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir)), serving, learner,
     )
 
 

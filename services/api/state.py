@@ -11,6 +11,7 @@ from feature_store.settings import Settings
 from services.api.metrics import ApiMetrics
 from services.experiments.manager import ExperimentManager
 from services.experiments.serving import ExperimentServing
+from services.learner.serving import LearnerServing
 from services.recommend.catalog_sync import CatalogSync
 from services.recommend.fallback import LastKnownPopular
 from services.recommend.impressions import ImpressionLogger
@@ -33,3 +34,4 @@ class ServiceState:
     catalog_sync: CatalogSync | None = None
     experiments: ExperimentManager | None = None
     experiment_serving: ExperimentServing | None = None
+    learner: LearnerServing | None = None

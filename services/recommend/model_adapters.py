@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,20 +107,47 @@ class ExportedRanker:
         # signature call takes flat keyword tensors and skips the restored function's
         # structured-input binding, ~0.1 ms per request.
         self._score_user = saved_model.signatures["serving_default"]  # type: ignore[attr-defined]
+        # DIN artifacts also return the tower's last hidden layer and the output layer (`hidden`,
+        # `head`): what an online learner re-weighs (`services.learner`).
+        self.has_penultimate = "hidden" in self._score_user.structured_outputs
 
     def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
+        output, history = self._call(user, candidates)
+        scores = output["score"].numpy().astype(np.float32)
+        return RankOutput(scores=scores, attention=self._attention(output, history))
+
+    def penultimate(self, user: UserContext, candidates: Sequence[Candidate]) -> Penultimate:
+        """The candidates' `h(u, i)` [N, H], the output layer `[w ; b]` [H + 1] and the attention,
+        from the one model call `rank` makes."""
+        if not self.has_penultimate:
+            raise RegistryError(f"this {self.name} artifact exports no penultimate features")
+        output, history = self._call(user, candidates)
+        return Penultimate(output["hidden"].numpy().astype(np.float64), output["head"].numpy().astype(np.float64),
+                           self._attention(output, history))
+
+    def _call(self, user: UserContext, candidates: Sequence[Candidate]) -> tuple[dict[str, Any], list[str]]:
         from models.ranking.inference import as_request
 
         request = self.inputs.request(user, [c.item_id for c in candidates])
-        history = request["hist_item_ids"]
-        output = self._score_user(**as_request(request))
-        scores = output["score"].numpy().astype(np.float32)
+        return self._score_user(**as_request(request)), request["hist_item_ids"]  # type: ignore[return-value]
+
+    def _attention(self, output: dict[str, Any], history: list[str]) -> np.ndarray | None:
         if not self.has_attention or not history:
-            return RankOutput(scores=scores)
+            return None
         # Column j of the model's attention is history[j] (oldest first); the pipeline's history
         # is newest first, so reverse the used columns.
         attention = output["attention"].numpy()[:, : len(history)][:, ::-1]
-        return RankOutput(scores=scores, attention=np.ascontiguousarray(attention))
+        return np.ascontiguousarray(attention)
+
+
+@dataclass(frozen=True)
+class Penultimate:
+    """One request's penultimate features `h(u, i)` (rows: candidates), the output layer `[w ; b]`
+    (score = σ(w · h + b)) and the ranker's attention (None without)."""
+
+    hidden: np.ndarray
+    head: np.ndarray
+    attention: np.ndarray | None
 
 
 def load_ranker(version: ModelVersion, family: str, store: ServingStore) -> ExportedRanker:

@@ -91,6 +91,7 @@ class ServingPlan:
     merge: Callable[[list[list[str]], int], tuple[Sequence[str], Sequence[int], Sequence[float]]] | None = None
     label: str | None = None  # the explore label of an interleaved list
     teams: tuple[str, ...] = ()  # interleaving: each version's team name (its arm)
+    rankers: tuple[Ranker, ...] = ()  # interleaving: each team's ranker, given (the online learner's heads)
 
 
 class RecommendationPipeline:
@@ -190,9 +191,10 @@ class RecommendationPipeline:
         user, candidates = self._candidates(request, bundle, timings)
         rankings: list[list[Candidate]] = []
         attention: dict[str, str | None] = {}
-        for version in plan.versions:
+        for team, version in enumerate(plan.versions):
             copies = [Candidate(c.item_id, c.recall_score, set(c.sources), c.because) for c in candidates]
-            ranked, attended, _ = self._rank_stage(bundle.ranker_for(version), user, copies, timings)
+            model = plan.rankers[team] if plan.rankers else bundle.ranker_for(version)
+            ranked, attended, _ = self._rank_stage(model, user, copies, timings)
             rankings.append(ranked)
             for candidate, why in zip(ranked, attended or [None] * len(ranked)):
                 attention.setdefault(candidate.item_id, why)

@@ -70,6 +70,8 @@ async def _recommend(
 ) -> RecommendationsResponse:
     bundle = state.models.bundle
     served = await _experiment(state, request.user_id, bundle)
+    if served is None and state.learner is not None:  # experiments first: the learner takes the rest
+        served = state.learner.plan(request.user_id, bundle)
     if served is not None:  # the service's assignment replaces the client's experiment and arm
         request = replace(request, context={**request.context, **served.context})
     result = await state.pipeline.recommend_within_deadline(request, bundle, served.plan if served else None)

@@ -1,0 +1,168 @@
+"""The online learner process (`recsys learn online`): DBGD on live interleaved feedback, publishing
+online revisions that every API worker serves (`services.learner.serving`).
+
+One `step()`:
+
+1. **Kill switch**: when `learner.enabled` or the stored switch (`/v1/admin/learner`) is off, nothing
+   is learned or published, and the comparisons read meanwhile are dropped.
+2. **Major update**: when the registry's current ranker is not the learner's base (a retrain was
+   blessed and promoted), the learner restarts from the new base's own output layer and publishes
+   its first revision; the old base's revisions stay in the history.
+3. **Learn**: each finished comparison of the current revision (`services.learner.feedback`; older
+   revisions' comparisons are stale and skipped) is one DBGD comparison of the `current` and
+   `explore` teams (`services.learner.dbgd.Dbgd`). When a round ends, `w` moved or not, a new
+   revision with the new `w̃` (and `w`) is published.
+4. **Rollback**: the `current` team's wins against the `base` team over the last
+   `learner.rollback_window` decided comparisons (ties left out), counted while `w` differs from
+   the base; when they fall below `learner.rollback_threshold`, a revision with the base's own
+   layer is published, and the log says why.
+
+The learner resumes from the base's current revision after a restart (its `w`), with a fresh `w̃`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from feature_store.settings import LearnerSettings
+from models.online_revisions import Revision, RevisionStore
+from models.registry import ModelRegistry, RegistryError
+from services.learner.base import Presentation
+from services.learner.dbgd import Dbgd
+from services.learner.feedback import Comparison, ComparisonReader
+from services.learner.serving import TEAMS, label
+
+log = logging.getLogger(__name__)
+
+CURRENT, EXPLORE, BASE = TEAMS
+HeadLoader = Callable[[str], np.ndarray]  # ranker version -> its output layer [w ; b]
+
+
+def exported_head(registry: ModelRegistry) -> HeadLoader:
+    """Reads a published ranker's output layer `[w ; b]` from its SavedModel (one scoring call)."""
+
+    def load(version: str) -> np.ndarray:
+        from models.ranking.export import load_exported
+        from models.ranking.inference import as_request
+
+        saved_model, spec = load_exported(registry.get("ranker", version).path)
+        request = {"user_id": "", "hist_item_ids": [], "hist_categories": [], "item_id": [""], "item_category": [""],
+                   **{name: [0.0] for name in spec.dense_features}}
+        output = saved_model.score_user(as_request(request))  # type: ignore[attr-defined]
+        if "head" not in output:
+            raise RegistryError(f"ranker {version} exports no output layer to learn (only DIN artifacts do)")
+        return np.asarray(output["head"].numpy(), dtype=np.float64)
+
+    return load
+
+
+@dataclass
+class Summary:
+    """What the learner did (logged periodically and at exit)."""
+
+    comparisons: int = 0
+    stale: int = 0
+    rounds: int = 0
+    moves: int = 0
+    revisions: int = 0
+    rollbacks: int = 0
+    bases: int = 0
+    paused_steps: int = 0
+
+
+class LearnerProcess:
+    """DBGD over the interleaved comparisons of the current revision of the registry's current ranker."""
+
+    def __init__(self, settings: LearnerSettings, store: RevisionStore, registry: ModelRegistry,
+                 comparisons: ComparisonReader, head_of: HeadLoader, seed: int = 0) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.comparisons = comparisons
+        self.head_of = head_of
+        self.seed = seed
+        self.summary = Summary()
+        self.base: str | None = None
+        self.base_weights = np.zeros(0)
+        self.learner: Dbgd | None = None
+        self.revision: Revision | None = None
+        self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
+
+    def step(self) -> None:
+        """Read the new feedback and learn from it (see the module docstring)."""
+        finished = self.comparisons.poll()
+        if not (self.settings.enabled and self.store.control().enabled):
+            self.summary.paused_steps += 1
+            return
+        current = self.registry.current("ranker")
+        if current is None:
+            return
+        if current.version != self.base:
+            self._start_base(current.version)
+        for comparison in finished:
+            self._learn(comparison)
+
+    def _start_base(self, version: str) -> None:
+        head = self.head_of(version)
+        self.base, self.base_weights = version, head[:-1]
+        resumed = self.store.current(version)
+        weights = resumed.weights if resumed is not None else self.base_weights
+        settings = self.settings
+        self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
+                            margin=settings.margin, max_step=settings.max_step, tau=settings.tau, aa=settings.aa,
+                            seed=self.seed + self.summary.bases)
+        self.against_base.clear()
+        self.summary.bases += 1
+        why = f"resumed from {resumed.id}" if resumed is not None else f"base {version} is the registry's current ranker"
+        log.info("learning on base %s (%s)", version, why)
+        self._publish(resumed.id if resumed is not None else None, why)
+
+    def _learn(self, comparison: Comparison) -> None:
+        assert self.learner is not None and self.revision is not None
+        if comparison.arm != label(self.revision.id):
+            self.summary.stale += 1
+            return
+        self.summary.comparisons += 1
+        self._track_against_base(comparison)
+        if self._rolled_back():
+            return
+        duel = [(team == EXPLORE, clicked) for team, clicked in zip(comparison.teams, comparison.clicked)
+                if team in (CURRENT, EXPLORE)]
+        explore_before = self.learner.explore
+        moved = self.learner.learn(Presentation(tuple(range(len(duel))), tuple(int(t) for t, _ in duel), np.zeros((0, 0))),
+                                   np.array([clicked for _, clicked in duel], dtype=bool))
+        if self.learner.explore is not explore_before:  # the round ended: a new w̃ (and maybe w)
+            self.summary.rounds += 1
+            self.summary.moves += moved
+            self._publish(self.revision.id, "explore won: w moved toward w~" if moved else "new explore direction")
+
+    def _track_against_base(self, comparison: Comparison) -> None:
+        if np.array_equal(self.revision.weights, self.base_weights):  # type: ignore[union-attr]
+            return  # the base against itself: a coin, not a preference
+        current, base = comparison.credit(CURRENT), comparison.credit(BASE)
+        if current != base:
+            self.against_base.append(int(current > base))
+
+    def _rolled_back(self) -> bool:
+        window, threshold = self.settings.rollback_window, self.settings.rollback_threshold
+        if len(self.against_base) < window or (share := float(np.mean(self.against_base))) >= threshold:
+            return False
+        assert self.learner is not None
+        why = (f"rollback: revision {self.revision.id} won {share:.1%} of its last {window} decided comparisons "  # type: ignore[union-attr]
+               f"against base {self.base} (threshold {threshold:.1%})")
+        log.warning(why)
+        self.learner.reset(self.base_weights)
+        self.against_base.clear()
+        self.summary.rollbacks += 1
+        self._publish(self.revision.id, why)  # type: ignore[union-attr]
+        return True
+
+    def _publish(self, parent: str | None, reason: str) -> None:
+        assert self.learner is not None and self.base is not None
+        self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason)
+        self.summary.revisions += 1

@@ -1,0 +1,170 @@
+"""Serving online revisions in an API worker: poll the current revision, interleave W, W̃ and the base.
+
+Each worker polls `RevisionStore.poll(base)` every `learner.poll_interval_s` for the ranker version
+it serves (the revision's blessed base) and swaps its `LiveRevision` by one reference assignment,
+so a request keeps the revision it started with. A user in the learning share (`learner.share`,
+sticky: `unit_hash("learner", user)` as experiments assign arms) gets the probabilistic
+interleaving (`services.experiments.interleaving.probabilistic`, exact propensities) of the lists
+of the current weights `w` (team `current`), the explore weights `w̃` (team `explore`, when the
+revision has them) and the base's own output layer (team `base`: the credit the rollback compares
+against). The ranker's penultimate features `h(u, i)` are computed once per request (one model
+call) and each team's scores are one dot product `σ(w_team · h + b)` over them.
+
+Served lists carry experiment `learner`, arm `learner:<revision id>` and explore label
+`learner:<revision id>`, so the learner process finds them (and their teams) in the event log.
+Nothing is served when the kill switch is off (the setting or `/v1/admin/learner`), when no revision
+exists for the served base, or when the served ranker exports no penultimate features.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+from feature_store.settings import LearnerSettings
+from models.online_revisions import Control, Revision, RevisionStore
+from services.experiments.assignment import unit_hash
+from services.experiments.interleaving import probabilistic
+from services.experiments.serving import Served
+from services.recommend.model_adapters import Penultimate
+from services.recommend.pipeline import ModelBundle, ServingPlan
+from services.recommend.types import Candidate, RankOutput, UserContext
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "learner"
+TEAMS = ("current", "explore", "base")
+
+
+def in_learning_share(user_id: str, share: float) -> bool:
+    """Whether a user is served the learner's interleaved list (sticky across workers and restarts)."""
+    return unit_hash(EXPERIMENT, user_id) < share
+
+
+def label(revision_id: str) -> str:
+    """The explore label (and arm) of a list interleaved for revision `revision_id`."""
+    return f"{EXPERIMENT}:{revision_id}"
+
+
+@dataclass(frozen=True)
+class LiveRevision:
+    """What a worker serves now: the base version, its current revision (or None) and the kill switch."""
+
+    base: str | None
+    revision: Revision | None
+    control: Control
+
+
+class SharedPenultimate:
+    """One request's penultimate features, computed by the first team's ranker and reused by the
+    others (the pipeline ranks the teams one after another on one thread)."""
+
+    def __init__(self, ranker: object) -> None:
+        self.ranker = ranker
+        self._key: tuple[str, ...] | None = None
+        self._value: Penultimate | None = None
+
+    def of(self, user: UserContext, candidates: Sequence[Candidate]) -> Penultimate:
+        key = tuple(c.item_id for c in candidates)
+        if self._value is None or key != self._key:
+            self._value = self.ranker.penultimate(user, candidates)  # type: ignore[attr-defined]
+            self._key = key
+        return self._value
+
+
+class HeadRanker:
+    """A `Ranker` scoring `σ(w · h(u, i) + b)` with given weights `w` (None: the base's own) over
+    shared penultimate features."""
+
+    def __init__(self, shared: SharedPenultimate, weights: np.ndarray | None, name: str) -> None:
+        self.shared = shared
+        self.weights = weights
+        self.name = name
+
+    def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
+        features = self.shared.of(user, candidates)
+        head, bias = features.head[:-1], features.head[-1]
+        weights = head if self.weights is None else self.weights
+        if weights.shape != head.shape:
+            raise ValueError(f"revision weights have {weights.shape[0]} entries, the ranker's layer {head.shape[0]}")
+        return RankOutput(scores=expit(features.hidden @ weights + bias), attention=features.attention)
+
+
+class LearnerServing:
+    """Polls the served base's current revision and turns a user in the share into a `ServingPlan`."""
+
+    def __init__(self, store: RevisionStore, settings: LearnerSettings, served_base: Callable[[], str | None],
+                 rng: Callable[[], np.random.Generator] = np.random.default_rng) -> None:
+        self.store = store
+        self.settings = settings
+        self.served_base = served_base
+        self.rng = rng
+        self.live = LiveRevision(None, None, Control(True))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """The kill switch: the setting and the stored control must both be on."""
+        return self.settings.enabled and self.live.control.enabled
+
+    def refresh(self) -> LiveRevision:
+        """Read the current revision of the served base (and the kill switch) and swap it in."""
+        base = self.served_base()
+        live = self.live
+        if base is None:
+            self.live = LiveRevision(None, None, self.store.control())
+            return self.live
+        revision_id, control = self.store.poll(base)
+        revision = live.revision if live.base == base and live.revision and live.revision.id == revision_id else (
+            None if revision_id is None else self.store.get(revision_id))
+        if revision is not None and (live.revision is None or revision.id != live.revision.id):
+            log.info("serving online revision %s of %s (%s)", revision.id, base, revision.reason)
+        self.live = LiveRevision(base, revision, control)  # one reference assignment: the atomic swap
+        return self.live
+
+    def plan(self, user_id: str, bundle: ModelBundle) -> Served | None:
+        """The interleaved plan of a user in the learning share, or None (plain serving)."""
+        live = self.live
+        revision = live.revision
+        if not (self.enabled and revision is not None and in_learning_share(user_id, self.settings.share)):
+            return None
+        if revision.base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
+            return None
+        shared = SharedPenultimate(bundle.ranker)
+        heads = [(TEAMS[0], revision.weights), (TEAMS[1], revision.explore_weights), (TEAMS[2], None)]
+        if revision.explore is None:
+            heads.pop(1)
+        rankers = tuple(HeadRanker(shared, weights, name) for name, weights in heads)
+        plan = ServingPlan(versions=(None,) * len(rankers), merge=self._merge, label=label(revision.id),
+                           teams=tuple(name for name, _ in heads), rankers=rankers)
+        return Served(plan, EXPERIMENT, revision.id)
+
+    def _merge(self, rankings: list[list[str]], k: int) -> tuple[Sequence[str], Sequence[int], Sequence[float]]:
+        merged = probabilistic(rankings, k, self.rng(), self.settings.tau)
+        return merged.items, merged.teams, merged.propensities
+
+    def start(self) -> None:
+        self._safe_refresh()
+        self._thread = threading.Thread(target=self._poll_forever, name="revision-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.settings.poll_interval_s):
+            self._safe_refresh()
+
+    def _safe_refresh(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # Redis away: keep serving the last revision read
+            log.exception("reading the current online revision failed; keeping %s", self.live.revision and self.live.revision.id)

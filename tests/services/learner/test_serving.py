@@ -1,0 +1,131 @@
+"""Online revisions served by the real API over a real DIN: the exported penultimate features
+reproduce the ranker's scores, an interleaved list of W, W̃ and the base equals an independent
+recomputation with the same seed, the kill switch turns it off without a restart, and a revision
+reaches both workers of a two-worker API within the poll interval."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from scipy.special import expit
+
+from feature_store.redis_server import EmbeddedRedis
+from feature_store.settings import LearnerSettings, Settings
+from models.online_revisions import RevisionStore
+from models.ranking import samples
+from models.ranking.export import load_exported
+from models.ranking.inference import as_request
+from models.registry import ModelRegistry
+from services.api.app import create_app
+from services.experiments.interleaving import probabilistic
+from tests.services.conftest import EventFactory, with_api
+from tests.services.experiments.conftest import ADMIN
+from tests.services.experiments.test_several_rankers import _seed
+from tests.services.test_models import published  # noqa: F401  (the module's two trained DIN versions)
+from tests.services.test_server import recsys_api_with_two_workers
+
+pytestmark = pytest.mark.slow
+SEED = 11
+QUIET = {"log_impressions": "false"}
+
+
+def base_head(root: Path, version: str) -> np.ndarray:
+    """`[w ; b]` of a published DIN's output layer, read from its SavedModel (not through the API)."""
+    saved_model, _ = load_exported(ModelRegistry(root).get("ranker", version).path)
+    return _call(saved_model, ["i1"], ["c1"])["head"].numpy().astype(np.float64)
+
+
+def _call(saved_model: object, items: list[str], categories: list[str]) -> dict:
+    request = {samples.USER_ID: "u", samples.HIST_ITEM_IDS: ["i3", "i11"], samples.HIST_CATEGORIES: ["c3", "c3"],
+               samples.ITEM_ID: items, samples.ITEM_CATEGORY: categories,
+               "item_pop_7d": [1.0] * len(items), "user_event_count": [2.0] * len(items)}
+    return saved_model.score_user(as_request(request))  # type: ignore[attr-defined]
+
+
+def test_the_exported_penultimate_features_and_head_give_the_score(published: tuple[Path, list[str]]) -> None:  # noqa: F811
+    root, versions = published
+    saved_model, _ = load_exported(ModelRegistry(root).get("ranker", versions[0]).path)
+    output = _call(saved_model, [f"i{n}" for n in range(30)], [f"c{n % 8}" for n in range(30)])
+    hidden, head = output["hidden"].numpy(), output["head"].numpy()
+    assert hidden.shape == (30, 16) and head.shape == (17,)  # the tower's (32, 16) hidden units, + bias
+    np.testing.assert_allclose(expit(hidden @ head[:-1] + head[-1]), output["score"].numpy(), atol=1e-6)
+
+
+def _settings(api_settings: Settings, root: Path) -> Settings:
+    settings = api_settings.model_copy(update={
+        "registry_dir": root, "explore": api_settings.explore.model_copy(update={"seed": SEED}),
+        "learner": LearnerSettings(share=1.0, poll_interval_s=0.2)})
+    return with_api(settings, model_poll_interval_s=0.2, api_keys=["admin-key"], recall_candidates=60)
+
+
+def test_interleaved_list_of_w_explore_and_base_matches_a_recomputation_and_the_switch_stops_it(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    settings = _settings(api_settings, root)
+    with TestClient(create_app(settings)) as client:
+        _seed(client, make_event)
+        plain = client.get("/v1/users/fan/recommendations", params={"k": 100, **QUIET}).json()
+        assert plain["explore"] == "greedy" and plain["experiment"] is None  # no revision yet: plain serving
+        order = [item["item_id"] for item in plain["items"]]
+        scores = np.array([item["score"] for item in plain["items"]])
+        assert len(order) == 60 and np.all(np.diff(scores) < -1e-6), "the recomputation needs a strict order"
+
+        # Planted revision: W is the base's own layer, W̃ its negation (so W̃ ranks in reverse).
+        head = base_head(root, versions[0])
+        store = RevisionStore(redis.Redis.from_url(settings.redis.url), settings.redis.key_prefix)
+        revision = store.publish(versions[0], head[:-1], -head[:-1], None, "planted")
+        status = client.post("/v1/admin/learner", json={"enabled": True, "reason": "test"}, headers=ADMIN).json()
+        assert status["revision"] == revision.id and status["base"] == versions[0] and status["enabled"]
+
+        answer = client.get("/v1/users/fan/recommendations", params={"k": 10, **QUIET}).json()
+        expected = probabilistic([order, order[::-1], order], 10, np.random.default_rng([SEED, 0]), 3.0)
+        assert [item["item_id"] for item in answer["items"]] == list(expected.items)
+        assert [item["team"] for item in answer["items"]] == [("current", "explore", "base")[t] for t in expected.teams]
+        np.testing.assert_allclose([item["propensity"] for item in answer["items"]], expected.propensities, rtol=1e-9)
+        assert answer["explore"] == f"learner:{revision.id}" and answer["experiment"] == "learner"
+        assert answer["arm"] == f"learner:{revision.id}"
+        assert {"explore", "current"} <= {item["team"] for item in answer["items"]}
+
+        stopped = client.post("/v1/admin/learner", json={"enabled": False, "reason": "kill"}, headers=ADMIN).json()
+        assert not stopped["enabled"] and stopped["reason"] == "kill"
+        after = client.get("/v1/users/fan/recommendations", params={"k": 10, **QUIET}).json()
+        assert after["explore"] == "greedy" and [item["item_id"] for item in after["items"]] == order[:10]
+        assert client.post("/v1/admin/learner", json={"enabled": False, "reason": ""}, headers=ADMIN).status_code == 422
+
+
+def test_a_revision_reaches_both_workers_within_the_poll_interval(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, published: tuple[Path, list[str]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    store = RevisionStore(redis_client, "recsys")
+    env = {"RECSYS_REGISTRY_DIR": str(root), "RECSYS_API__API_KEYS": '["k"]', "RECSYS_LEARNER__SHARE": "1",
+           "RECSYS_LEARNER__POLL_INTERVAL_S": "1"}
+    with recsys_api_with_two_workers(redis_server.url, tmp_path / "state", **env) as base:
+        serving = _workers_serving(base, lambda s: s["base"] == versions[0], timeout_s=120)
+        head = base_head(root, versions[0])
+        for step in range(2):
+            revision = store.publish(versions[0], head[:-1] * (1 + step), -head[:-1], None, f"step {step}")
+            published_at = time.monotonic()
+            serving = _workers_serving(base, lambda s: s["revision"] == revision.id, timeout_s=30)
+            print(f"revision {revision.id} on both workers after {time.monotonic() - published_at:.2f} s")
+        assert len(serving) == 2
+
+
+def _workers_serving(base: str, condition, timeout_s: float) -> set[int]:  # type: ignore[no-untyped-def]
+    """Poll `/v1/admin/learner` on fresh connections until two distinct workers meet `condition`."""
+    deadline, meeting = time.monotonic() + timeout_s, set()
+    while len(meeting) < 2:
+        assert time.monotonic() < deadline, f"only workers {meeting} serve it after {timeout_s} s"
+        status = httpx.get(f"{base}/v1/admin/learner", headers={"X-API-Key": "k"}, timeout=30).json()
+        meeting = meeting | {status["worker"]} if condition(status) else meeting - {status["worker"]}
+    return meeting
