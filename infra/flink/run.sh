@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# Submit the speed layer to a Flink cluster: infra/flink/run.sh [job args...]
+# Submit the speed layer to a Flink session cluster: infra/flink/run.sh [job args...]
+#   e.g. RECSYS_REDIS__URL=redis+cluster://redis:6379/0 infra/flink/run.sh --state-dir /shared/recsys
+# The cluster is the one FLINK_CONF_DIR's config.yaml names (rest.address, rest.port); `flink` is
+# $FLINK_HOME/bin/flink, else the one on PATH, else the one in PYTHON's apache-flink package.
+# PYTHON (default python3) runs the job's main on this machine, and the job tells the task
+# managers to run their Python workers with the same path, so it must exist there too, with the
+# project's dependencies. The project's own code travels with the job (--pyFiles zip).
 # The same job runs in a local mini-cluster with `recsys stream run`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-archive=$(mktemp -d)/recsys.zip
-(cd "$root" && zip -qr "$archive" feature_store models pipelines -x '*__pycache__*')
-exec flink run \
+python=${PYTHON:-python3}
+if [[ -n "${FLINK_HOME:-}" ]]; then
+  flink="$FLINK_HOME/bin/flink"
+elif command -v flink >/dev/null 2>&1; then
+  flink=flink
+else
+  flink="$("$python" -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))')/bin/flink"
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+(cd "$root" && zip -qr "$work/recsys.zip" feature_store models pipelines -x '*__pycache__*')
+"$flink" run \
   --python "$root/pipelines/flink/job.py" \
-  --pyFiles "$archive" \
+  --pyClientExecutable "$python" \
+  --pyFiles "$work/recsys.zip" \
   "$@"
