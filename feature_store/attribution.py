@@ -81,6 +81,13 @@ class Impression:
         return self.ts_ms - self.ts_ms % BUCKET_MS
 
 
+def split_item_position(key: str) -> tuple[str, str]:
+    """(item id, position) of an `item_position` count key: the inverse of `join_key(item, position)`
+    (a position holds no `|`)."""
+    item, _, position = key.rpartition("|")
+    return item.replace("%7C", "|").replace("%25", "%"), position
+
+
 @dataclass(frozen=True)
 class Outcome:
     event_id: str

@@ -30,32 +30,39 @@ return 1
 """
 
 # One round trip for `examined_counts`. ARGV: positions key, since ms, until ms, the impression and
-# click measure names, the position count key without its closing '}', n, then n item count keys
-# and n item-position count keys without the position and the closing '}' (positions are digits or
-# '-', which need no escaping). Returns {positions, {impressions, clicks} per position, clicks per
-# item, impressions per (item, position) item-major}, each summed over the buckets in [since, until).
+# click measure names, the position count key without its closing '}', the position mark, n, then
+# n item count keys (an item's hash holds its per-position counts as `<measure><mark><position>`
+# fields). Returns {positions, {impressions, clicks} per position, clicks per item, impressions per
+# (item, position) item-major}, each summed over the buckets in [since, until).
 EXAMINED_SCRIPT = """
-local since, till, shown, clicked = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local function sum(key, measure)
-  local total, fields = 0, redis.call('HGETALL', key)
+local since, till, shown, clicked, mark = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[7]
+local prefix = shown .. mark
+local find, sub = string.find, string.sub
+local function sums(key)  -- names hold no ':' here, so a plain find splits `<name>:<bucket>`
+  local totals, fields = {}, redis.call('HGETALL', key)
   for i = 1, #fields, 2 do
-    local name, bucket = string.match(fields[i], '^(.*):(%d+)$')
-    bucket = tonumber(bucket)
-    if name == measure and bucket >= since and bucket < till then total = total + tonumber(fields[i + 1]) end
+    local field = fields[i]
+    local cut = find(field, ':', 1, true)
+    local bucket = tonumber(sub(field, cut + 1))
+    if bucket >= since and bucket < till then
+      local name = sub(field, 1, cut - 1)
+      totals[name] = (totals[name] or 0) + tonumber(fields[i + 1])
+    end
   end
-  return total
+  return totals
 end
 local positions = redis.call('ZRANGE', ARGV[1], 0, -1)
 local by_position, clicks, per_item = {}, {}, {}
 for _, p in ipairs(positions) do
-  local key = ARGV[6] .. p .. '}'
-  by_position[#by_position + 1] = sum(key, shown)
-  by_position[#by_position + 1] = sum(key, clicked)
+  local totals = sums(ARGV[6] .. p .. '}')
+  by_position[#by_position + 1] = totals[shown] or 0
+  by_position[#by_position + 1] = totals[clicked] or 0
 end
-local n = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
 for i = 1, n do
-  clicks[i] = sum(ARGV[7 + i], clicked)
-  for _, p in ipairs(positions) do per_item[#per_item + 1] = sum(ARGV[7 + n + i] .. p .. '}', shown) end
+  local totals = sums(ARGV[8 + i])
+  clicks[i] = totals[clicked] or 0
+  for _, p in ipairs(positions) do per_item[#per_item + 1] = totals[prefix .. p] or 0 end
 end
 return {positions, by_position, clicks, per_item}
 """

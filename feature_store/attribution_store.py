@@ -12,7 +12,10 @@ The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *wh
   records dated more than `max_future_skew` ahead of the clock neither (`IN_FUTURE`);
 - counts of the dimensions of `attribution.Dimension`, in hourly buckets of the *impression's*
   event time, as hash fields `<measure>:<bucket ms>` (measure: `impression` or an outcome type)
-  of one key per (dimension, key) (`KeyLayout.attribution_counts`, with its own hash tag);
+  of one key per (dimension, key) (`KeyLayout.attribution_counts`, with its own hash tag), except
+  (item, position): those live in the item's own hash as fields `<measure>@<position>:<bucket ms>`,
+  so that the bandits' read of 200 candidates' examined counts touches 200 keys, not 200 × the
+  positions (`scan_counts` and `counts` give them as the `item_position` dimension);
 - every key expires `RETENTION` (7 d + 1 h: the longest read window plus a bucket) after
   min(its newest bucket, now), never later, since an event time is untrusted; buckets older than
   the retention are trimmed when a new bucket starts.
@@ -20,6 +23,9 @@ The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *wh
 Keys travel in ARGV (like `live_writes`). On a Redis Cluster a record's updates are split by hash
 slot, each part under its own marker in that slot (`cluster_scripts`), and `examined_counts` sums
 the buckets client-side from one pipeline instead of one script.
+
+Upgrade from the layout with one key per (item, position): `feature_store.attribution_upgrade`
+folds those keys into the item hashes (run once after the old stream job has stopped).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
-from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome
+from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, split_item_position
 from feature_store.attribution_scripts import EXAMINED_SCRIPT, RECORD_SCRIPT
 from feature_store.cluster_scripts import ClusterScript, split_by_slot
 from feature_store.definitions import join_key
@@ -46,6 +52,9 @@ from feature_store.redis_client import ConnectionSpec, translate_errors
 from feature_store.redis_layout import KeyLayout, unescape_key_part
 
 RETENTION_MS = 7 * 24 * BUCKET_MS + BUCKET_MS
+#: Separates the measure from the position in the item hash's (item, position) fields (measures
+#: are event types and positions digits or `-`, neither holds it).
+POSITION_MARK = "@"
 #: The windows the online reads serve: the current hour bucket and the buckets before it.
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
@@ -253,11 +262,18 @@ class RedisAttributionStore(AttributionStore):
         return self._layout.attribution_marker(outcome.event_id), outcome.ts_ms, ops
 
     def _count_ops(self, impression: Impression, measure: str) -> list[Any]:
-        field = f"{measure}:{impression.bucket_ms}"
         ops: list[Any] = []
         for dimension, key in impression.count_keys():
-            ops += ["H", self._layout.attribution_counts(dimension, key), field, _OLDEST, "", None]
+            redis_key, prefix = self._home(dimension, key)
+            ops += ["H", redis_key, f"{measure}{prefix}:{impression.bucket_ms}", _OLDEST, "", None]
         return ops
+
+    def _home(self, dimension: str, key: str) -> tuple[str, str]:
+        """The hash holding a count key's fields, and what its measure names carry after the measure."""
+        if dimension == Dimension.ITEM_POSITION:
+            item, position = split_item_position(key)
+            return self._layout.attribution_counts(Dimension.ITEM, item), f"{POSITION_MARK}{position}"
+        return self._layout.attribution_counts(dimension, key), ""
 
     def _queue(self, marker: str, ts_ms: int, ops: list[Any], now_ms: int) -> RecordResult | list[Any]:
         """One record's ops ready for the script; or the result, when it is not to be applied."""
@@ -274,22 +290,27 @@ class RedisAttributionStore(AttributionStore):
         return ops
 
     def counts(self, dimension: str, key: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        redis_key, prefix = self._home(dimension, key)
         with translate_errors(self._spec, f"reading {dimension} counts"):
-            fields = self.client.hgetall(self._layout.attribution_counts(dimension, key))
-        return _sum_buckets(fields, since_ms, until_ms)
+            fields = self.client.hgetall(redis_key)
+        return _sum_buckets(fields, since_ms, until_ms, prefix)
 
     def scan_counts(self, dimension: str) -> Iterator[CountRow]:
-        head = len(self._layout.attribution_counts(dimension, ""))
+        stored = Dimension.ITEM if dimension == Dimension.ITEM_POSITION else dimension
+        head = len(self._layout.attribution_counts(stored, ""))
         with translate_errors(self._spec, f"scanning {dimension} counts"):
-            for chunk in _chunks(self.client.scan_iter(self._layout.attribution_counts_pattern(dimension), count=1000), 500):
+            for chunk in _chunks(self.client.scan_iter(self._layout.attribution_counts_pattern(stored), count=1000), 500):
                 pipe = self.client.pipeline(transaction=False)
                 for redis_key in chunk:
                     pipe.hgetall(redis_key)
                 for redis_key, fields in zip(chunk, pipe.execute()):
                     key = unescape_key_part(redis_key.decode()[head - 1:-1])
                     for field, value in fields.items():
-                        measure, _, bucket = field.decode().rpartition(":")
-                        yield CountRow(dimension, key, int(bucket), measure, int(value))
+                        name, _, bucket = field.decode().rpartition(":")
+                        measure, mark, position = name.partition(POSITION_MARK)
+                        if bool(mark) == (dimension == Dimension.ITEM_POSITION):
+                            row_key = join_key(key, position) if mark else key
+                            yield CountRow(dimension, row_key, int(bucket), measure, int(value))
 
     def misses(self, since_ms: int, until_ms: int) -> dict[str, int]:
         with translate_errors(self._spec, "reading attribution misses"):
@@ -310,10 +331,9 @@ class RedisAttributionStore(AttributionStore):
         if self.client is not None and self._cluster is not None:  # keys in many slots: no one script
             return self._examined_from_pipeline(item_ids, since_ms, until_ms)
         layout = self._layout
-        heads = [layout.attribution_counts(Dimension.ITEM_POSITION, join_key(item, ""))[:-1] for item in item_ids]
         args = [layout.attribution_positions(), since_ms, until_ms, IMPRESSION, CLICK,
-                layout.attribution_counts(Dimension.POSITION, "")[:-1], len(item_ids),
-                *(layout.attribution_counts(Dimension.ITEM, item) for item in item_ids), *heads]
+                layout.attribution_counts(Dimension.POSITION, "")[:-1], POSITION_MARK, len(item_ids),
+                *(layout.attribution_counts(Dimension.ITEM, item) for item in item_ids)]
         client = self.client
         with translate_errors(self._spec, f"reading the examined counts of {len(item_ids)} items"):
             raw_positions, by_position, clicks, shown = self._examined(args=args, client=client)
@@ -327,14 +347,13 @@ class RedisAttributionStore(AttributionStore):
     def _examined_from_pipeline(self, item_ids: Sequence[str], since_ms: int, until_ms: int) -> ExaminedCounts:
         """`examined_counts` from one pipeline of the same count keys, summed here instead of in Lua."""
         positions = self._positions()
-        n, m = len(item_ids), len(positions)
-        keys = [(Dimension.POSITION, p) for p in positions] + [(Dimension.ITEM, i) for i in item_ids]
-        keys += [(Dimension.ITEM_POSITION, join_key(i, p)) for i in item_ids for p in positions]
-        sums = self._many(keys, since_ms, until_ms)
+        m = len(positions)
+        sums = self._many([(Dimension.POSITION, p) for p in positions] + [(Dimension.ITEM, i) for i in item_ids],
+                          since_ms, until_ms)
         theta = examination(dict(zip(positions, sums[:m])))
-        shown = np.array([s.get(IMPRESSION, 0) for s in sums[m + n:]], dtype=float).reshape(n, m)
-        clicks = np.array([s.get(CLICK, 0) for s in sums[m:m + n]], dtype=float)
-        return ExaminedCounts(shown @ np.array([theta[p] for p in positions]), clicks)
+        shown = np.array([[s.get(f"{IMPRESSION}{POSITION_MARK}{p}", 0) for p in positions] for s in sums[m:]], dtype=float)
+        clicks = np.array([s.get(CLICK, 0) for s in sums[m:]], dtype=float)
+        return ExaminedCounts(shown.reshape(len(item_ids), m) @ np.array([theta[p] for p in positions]), clicks)
 
     def _positions(self) -> list[str]:
         with translate_errors(self._spec, "reading attribution positions"):
@@ -348,13 +367,18 @@ class RedisAttributionStore(AttributionStore):
             return [_sum_buckets(fields, since_ms, until_ms) for fields in pipe.execute()]
 
 
-def _sum_buckets(fields: dict[bytes, bytes], since_ms: int, until_ms: int) -> dict[str, int]:
+def _sum_buckets(fields: dict[bytes, bytes], since_ms: int, until_ms: int, suffix: str | None = None) -> dict[str, int]:
+    """{name: count} of the fields `<name>:<bucket>` in [since_ms, until_ms); with a suffix, of the
+    fields `<measure><suffix>:<bucket>` by measure ("": the fields without a position mark)."""
     totals: dict[str, int] = {}
     for field, value in fields.items():
         name, _, bucket = field.decode().rpartition(":")
-        if since_ms <= int(bucket) < until_ms:
-            totals[name] = totals.get(name, 0) + int(value)
+        measure, mark, rest = name.partition(POSITION_MARK)
+        if (suffix is None or f"{mark}{rest}" == suffix) and since_ms <= int(bucket) < until_ms:
+            key = name if suffix is None else measure
+            totals[key] = totals.get(key, 0) + int(value)
     return totals
+
 
 
 def _chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:

@@ -1,0 +1,54 @@
+"""Upgrade of the attribution counts to the layout with (item, position) counts in the item hash.
+
+Before, each (item, position) had its own hash `P:a:{item_position:<item>|<position>}` with fields
+`<measure>:<bucket>`; now they are fields `<measure>@<position>:<bucket>` of the item's hash
+(`feature_store.attribution_store`), which the new stream job writes. `fold_item_positions` moves
+every old key's fields into its item hash and deletes it. Run it once, after the old stream job has
+stopped (a write of the old job after the fold would be lost); the new job may run meanwhile
+(increments commute). Each key is folded by one script in the item's hash slot under a marker (a
+rerun after a crash adds nothing twice), so it works on a Redis Cluster too. Not running it loses
+nothing for long: the old keys expire within the retention (7 d + 1 h), and the bandits' examined
+counts undercount the older impressions until then.
+"""
+
+from __future__ import annotations
+
+from feature_store.attribution import Dimension, split_item_position
+from feature_store.attribution_store import POSITION_MARK, RETENTION_MS
+from feature_store.cluster_scripts import slot_marker
+from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.redis_layout import KeyLayout, unescape_key_part
+
+# KEYS: item hash, marker (same slot). ARGV: marker ttl ms, the old key's ttl ms, then field, value pairs.
+FOLD_SCRIPT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 and redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+
+def fold_item_positions(spec: ConnectionSpec) -> int:
+    """Move every old (item, position) count key into its item's hash; the number of keys folded."""
+    layout = KeyLayout(spec.key_prefix)
+    head = len(layout.attribution_counts(Dimension.ITEM_POSITION, ""))
+    client = spec.client()
+    folded = 0
+    try:
+        with translate_errors(spec, "folding (item, position) counts into the item hashes"):
+            for raw in list(client.scan_iter(layout.attribution_counts_pattern(Dimension.ITEM_POSITION), count=1000)):
+                old = raw.decode()
+                item, position = split_item_position(unescape_key_part(old[head - 1:-1]))
+                target = layout.attribution_counts(Dimension.ITEM, item)
+                fields, ttl = client.hgetall(old), client.pttl(old)
+                args: list[str | int] = [RETENTION_MS, ttl]
+                for field, value in fields.items():
+                    measure, _, bucket = field.decode().rpartition(":")
+                    args += [f"{measure}{POSITION_MARK}{position}:{bucket}", int(value)]
+                marker = slot_marker(f"{spec.key_prefix}:a:upgrade:{old}", target)
+                folded += int(client.eval(FOLD_SCRIPT, 2, target, marker, *args))
+                client.delete(old)
+    finally:
+        client.close()
+    return folded
