@@ -1,25 +1,37 @@
 """Interleaving against A/B on the simulator's click model: sensitivity, A/A false positives, agreement.
 
 In-process, against the simulator's ground truth (`pipelines.simulate`: population, position-based
-click model), with the service's own code: `assignment.unit_hash` splits A/B users,
-`interleaving.team_draft` merges, `analysis.two_proportion_p` (A/B, per impression) and
-`analysis.unit_outcomes` + `analysis.preference` (interleaving, per user, sign test) decide.
+click model with η = 1), with the service's own merge and statistics: `interleaving.team_draft`,
+`analysis.user_level_lift` (A/B per user, the randomised unit), `analysis.two_proportion_p` (A/B
+per impression), `analysis.unit_outcomes` + `analysis.preference` (interleaving, sign test per
+request or per user) and `analysis.credit_difference` (interleaving, every click counted).
 
-Rankers: each scores a user's items by `logit a(u, i) + σ·z` (z fixed per ranker, user and
-item; a larger σ is a worse ranker) and shows its top k (it hands the merge its top 2k, so
-team-draft always runs k/2 rounds). A ranker's true CTR is the mean over
-users of `Σ_k e_k a(u, list_k) / k`, exact from the truth. The sensitivity pair's noise levels are
-set so the worse one's true CTR is 2% (relative) below the better one's.
+A run is an experiment on `users` users, each drawn from the population's users (its "types",
+with replacement, so a run can have more users than the population) and making
+`1 + Poisson((m − 1) · rate)` requests of K = 10 slots, `rate` the type's activity relative to
+the mean (`PopulationParams.activity_skew`) and `m` the mean requests per user. A/B splits the
+run's users 50/50 (a fresh draw per run; `assignment.unit_hash` is tested for this elsewhere);
+interleaving shows every request a team-draft merge. Populations (`--population`):
 
-Team-draft's only randomness is each round's order (k/2 coin flips for two rankers), so every
-user's 2^(k/2) possible interleaved lists are made once with `team_draft` itself (fed each coin
-sequence) and each request draws one uniformly: the same merge, vectorised over requests.
+- `realistic`: per-user click propensity `β_u ~ N(0, 1)` on the logit (an assumption: the 90th
+  percentile user's click odds 13× the 10th's) and Zipf(0.5) activity (the coefficient of
+  variation of requests per user 1.05, ml-100k's ratings per user 0.95);
+- `homogeneous`: the population of the first measurement: `β_u = 0`, every user equally active.
 
-    .venv/bin/python benchmarks/experiments.py --runs 100 --aa-runs 200 --pairs 30
+Ranker pairs (`--kinds`): A scores `logit a(u, i) + σ_A z` (z fixed per ranker, user and item);
+B is A made worse until its true CTR is 2% (relative) below A's: `noise` (B has its own noise,
+larger: a random reshuffle), `stale` (B uses an older user vector, `unit((1 − λ) û + λ r)` with
+`r` a random direction per user; shares A's noise) or `popularity` (B adds `w · log(n p_i)` to A's
+score). A ranker shows its top K (the merge gets its top 2K). A list's true CTR is exact from the
+truth: the mean over users of `Σ_k e_k a(u, list_k) / K`.
 
-Prints the tables recorded in RESULTS.md (and writes --out JSON). `--plot PNG` draws the power
-curves (matplotlib, the `bench` extra); `--from-json LABEL=FILE …` draws them from saved runs
-without running again.
+Team-draft's only randomness is each round's order, so each user's 2^(K/2) possible merges are
+made once with `team_draft` itself (fed each coin sequence) and each request draws one uniformly.
+
+    .venv/bin/python benchmarks/experiments.py --population realistic homogeneous --runs 100 \
+        --aa-runs 200 --pairs 30 --out results.json --plot benchmarks/experiments_power.png
+
+`--from-json FILE` draws the plot from a saved run.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,35 +47,72 @@ from rich.progress import track
 
 from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
 from pipelines.simulate.population import PopulationParams, make_population
-from services.experiments.analysis import preference, two_proportion_p, unit_outcomes
-from services.experiments.assignment import unit_hash
+from services.experiments.analysis import credit_difference, preference, two_proportion_p, unit_outcomes, user_level_lift
 from services.experiments.interleaving import team_draft
 
 K = 10
 ALPHA = 0.05
-UNIT = "request"  # interleaving's unit: "request" or "user" (--unit)
+POPULATIONS = {"realistic": {"user_bias_spread": 1.0}, "homogeneous": {"user_bias_spread": 0.0, "activity_skew": 0.0}}
+AB_METHODS = ("ab_user", "ab_impression")
+IL_METHODS = ("il_request_sign", "il_request_count", "il_user_sign")
+Outcomes = dict[str, tuple[float, int]]  # method -> (p-value, sign of A's advantage)
 
 
 class World:
-    """Attractiveness of every item for every user, and fixed per-ranker noise."""
+    """Attractiveness of every item for every population user, activity, and ranker parts."""
 
-    def __init__(self, users: int, items: int, seed: int) -> None:
-        population = make_population(PopulationParams(users=users, items=items, seed=seed))
+    def __init__(self, params: PopulationParams, requests_per_user: float) -> None:
+        population = make_population(params)
         truth = GroundTruth(population, PositionBasedModel(1.0))
-        self.users = [population.user_id(u) for u in range(users)]
-        self.attract = np.stack([truth.attractiveness(u, [population.item_id(i) for i in range(items)], 0)
-                                 for u in self.users])
+        items = [population.item_id(i) for i in range(params.items)]
+        self.attract = np.stack([truth.attractiveness(population.user_id(u), items, 0) for u in range(params.users)])
+        self.logit = np.log(self.attract) - np.log1p(-self.attract)
+        self.popularity = (population.item_bias - params.offset)[: params.items]  # w · log(n p_i)
+        self.vectors, self.items = population.user_vectors, population.item_vectors[: params.items]
+        self.rate = population.user_activity * params.users
+        self.requests_per_user = requests_per_user
         self.exam = truth.model.examination(K)
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(params.seed)
 
-    def ranker(self, sigma: float, noise: np.ndarray) -> np.ndarray:
-        """Each user's top-2K item numbers under `logit a + sigma * noise`."""
-        logit = np.log(self.attract) - np.log1p(-self.attract)
-        return np.argsort(-(logit + sigma * noise), axis=1)[:, : 2 * K]
+    def top(self, scores: np.ndarray) -> np.ndarray:
+        return np.argsort(-scores, axis=1)[:, : 2 * K]
 
     def true_ctr(self, lists: np.ndarray) -> float:
-        """Mean over users of the shown top K's expected clicks per slot."""
+        """Mean over population users of the shown top K's expected clicks per slot."""
         return float((np.take_along_axis(self.attract, lists[:, :K], 1) * self.exam).sum(1).mean() / K)
+
+    def draw_users(self, users: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(type, requests) of each of a run's users."""
+        types = rng.integers(len(self.rate), size=users)
+        return types, 1 + rng.poisson((self.requests_per_user - 1) * self.rate[types])
+
+
+def pair_with_gap(world: World, kind: str, gap: float, sigma_a: float = 1.0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Rankers A and B of `kind`, B's strength bisected until CTR_B = (1 - gap) CTR_A."""
+    noise_a, noise_b = world.rng.standard_normal((2, *world.attract.shape))
+    score_a = world.logit + sigma_a * noise_a
+    direction = world.rng.standard_normal(world.vectors.shape)
+    unit = world.vectors / np.linalg.norm(world.vectors, axis=1, keepdims=True)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    scale = np.linalg.norm(world.vectors, axis=1, keepdims=True)
+
+    def b_scores(strength: float) -> np.ndarray:
+        if kind == "noise":
+            return world.logit + strength * noise_b
+        if kind == "popularity":
+            return score_a + strength * world.popularity
+        stale = (1 - strength) * unit + strength * direction
+        stale = scale * stale / np.linalg.norm(stale, axis=1, keepdims=True)
+        return score_a + (stale - world.vectors) @ world.items.T
+
+    a = world.top(score_a)
+    target = (1 - gap) * world.true_ctr(a)
+    low, high = {"noise": (sigma_a * 0.5, sigma_a * 8), "stale": (0.0, 1.0), "popularity": (0.0, 20.0)}[kind]
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if world.true_ctr(world.top(b_scores(mid))) > target else (low, mid)
+    b = world.top(b_scores((low + high) / 2))
+    return a, b, world.true_ctr(a), world.true_ctr(b)
 
 
 class _Coins:
@@ -76,9 +126,10 @@ class _Coins:
 
 
 class Merges:
-    """Every user's 2^(K/2) team-draft lists of rankers A and B (item numbers, teams)."""
+    """Every population user's 2^(K/2) team-draft lists of rankers A and B (item numbers, teams)."""
 
     def __init__(self, lists: tuple[np.ndarray, np.ndarray]) -> None:
+        self.lists = lists
         rounds = K // 2
         users = lists[0].shape[0]
         self.items = np.zeros((users, 2**rounds, K), dtype=np.int64)
@@ -91,152 +142,192 @@ class Merges:
                 self.teams[user, outcome] = merged.teams
 
 
-def pair_with_gap(world: World, gap: float, sigma_a: float = 1.0) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Rankers A (noise sigma_a) and B, B's noise bisected until CTR_B = (1 - gap) CTR_A."""
-    noise_a, noise_b = world.rng.standard_normal((2, *world.attract.shape))
-    a = world.ranker(sigma_a, noise_a)
-    target = (1 - gap) * world.true_ctr(a)
-    low, high = sigma_a * 0.5, sigma_a * 8
-    for _ in range(40):
-        mid = (low + high) / 2
-        low, high = (mid, high) if world.true_ctr(world.ranker(mid, noise_b)) > target else (low, mid)
-    b = world.ranker((low + high) / 2, noise_b)
-    return a, b, world.true_ctr(a), world.true_ctr(b)
-
-
-def ab_run(world: World, lists: tuple[np.ndarray, np.ndarray], requests: int, seed: int) -> tuple[float, int]:
-    """One A/B test: (p-value, sign of CTR_A - CTR_B)."""
+def ab_run(world: World, merges: Merges, users: int, seed: int) -> Outcomes:
+    """One A/B test on `users` users, analysed per user and per impression."""
     rng = np.random.default_rng(seed)
-    arm = np.array([unit_hash(f"arm:run{seed}", u) < 0.5 for u in world.users], dtype=np.int64)  # 1: A
-    users = rng.integers(len(world.users), size=requests)
-    probs = np.where(arm[users, None] == 1,
-                     np.take_along_axis(world.attract[users], lists[0][users, :K], 1),
-                     np.take_along_axis(world.attract[users], lists[1][users, :K], 1)) * world.exam
-    clicks = (rng.random(probs.shape) < probs).sum(1)
-    in_a = arm[users] == 1
-    c_a, n_a = int(clicks[in_a].sum()), int(in_a.sum()) * K
-    c_b, n_b = int(clicks[~in_a].sum()), int((~in_a).sum()) * K
-    return float(two_proportion_p(c_a, n_a, c_b, n_b)), int(np.sign(c_a / max(n_a, 1) - c_b / max(n_b, 1)))
+    types, requests = world.draw_users(users, rng)
+    in_a = rng.random(users) < 0.5
+    lists = np.where(in_a[:, None], merges.lists[0][types, :K], merges.lists[1][types, :K])
+    probs = np.take_along_axis(world.attract[types], lists, 1) * world.exam
+    clicks = rng.binomial(requests[:, None], probs).sum(1).astype(float)
+    shown = (K * requests).astype(float)
+    _, p_user = user_level_lift(clicks[in_a], shown[in_a], clicks[~in_a], shown[~in_a])
+    c_a, n_a, c_b, n_b = clicks[in_a].sum(), shown[in_a].sum(), clicks[~in_a].sum(), shown[~in_a].sum()
+    sign = int(np.sign(c_a / max(n_a, 1) - c_b / max(n_b, 1)))
+    return {"ab_user": (p_user, sign), "ab_impression": (float(two_proportion_p(c_a, n_a, c_b, n_b)), sign)}
 
 
-def interleaving_run(world: World, merges: Merges, requests: int, seed: int) -> tuple[float, int]:
-    """One team-draft interleaving test per unit (request or user): (sign-test p-value, sign of
-    the preference)."""
+def interleaving_run(world: World, merges: Merges, users: int, seed: int) -> Outcomes:
+    """One team-draft interleaving test on `users` users: sign test per request and per user, and
+    the count-credit t-test per request."""
     rng = np.random.default_rng(seed)
-    users = rng.integers(len(world.users), size=requests)
-    outcome = rng.integers(merges.items.shape[1], size=requests)
-    shown, teams = merges.items[users, outcome], merges.teams[users, outcome]
-    clicked = rng.random(shown.shape) < np.take_along_axis(world.attract[users], shown, 1) * world.exam
-    credit = np.stack([(clicked & (teams == team)).sum(1) for team in (0, 1)], axis=1).astype(float)
-    units = np.arange(requests).astype(str) if UNIT == "request" else users.astype(str)
-    outcome = preference(unit_outcomes(units, credit[:, 0], credit[:, 1]), rng, resamples=200)
-    return outcome.sign_p, int(np.sign(outcome.wins_a - outcome.wins_b))
+    types, requests = world.draw_users(users, rng)
+    kind, owner = np.repeat(types, requests), np.repeat(np.arange(users), requests)
+    outcome = rng.integers(merges.items.shape[1], size=len(kind))
+    shown, teams = merges.items[kind, outcome], merges.teams[kind, outcome]
+    clicked = rng.random(shown.shape) < world.attract[kind[:, None], shown] * world.exam
+    a, b = ((clicked & (teams == team)).sum(1).astype(float) for team in (0, 1))
+    request = np.arange(len(kind))
+    out = {}
+    for name, units in (("il_request_sign", request), ("il_user_sign", owner)):
+        pref = preference(unit_outcomes(units, a, b), rng, resamples=10)
+        out[name] = (pref.sign_p, int(np.sign(pref.wins_a - pref.wins_b)))
+    mean, p = credit_difference(request, a, b)
+    out["il_request_count"] = (p, int(np.sign(mean.estimate)))
+    return out
 
 
-def power(run, world, lists, requests: int, runs: int, offset: int) -> float:  # type: ignore[no-untyped-def]
-    """Share of seeded runs that pick A (the better) at p < ALPHA."""
-    results = [run(world, lists, requests, offset + s) for s in range(runs)]
-    return float(np.mean([p < ALPHA and sign > 0 for p, sign in results]))
+Run = Callable[[World, Merges, int, int], Outcomes]
 
 
-def needed(run, world, lists, runs: int, start: int, label: str) -> tuple[int | None, list[tuple[int, float]]]:  # type: ignore[no-untyped-def]
-    """Smallest request count on a x1.5 grid with power >= 0.8 (None past 64x the start)."""
-    curve = []
-    requests = start
-    while requests <= start * 64:
-        measured = power(run, world, lists, requests, runs, offset=requests)
-        curve.append((requests, measured))
-        print(f"  {label}: {requests:>9,} requests ({requests * K:>10,} impressions): power {measured:.2f}", flush=True)
-        if measured >= 0.8:
-            return requests, curve
-        requests = int(requests * 1.5)
-    return None, curve
+def power(run: Run, world: World, merges: Merges, users: int, runs: int, offset: int) -> dict[str, float]:
+    """Per method, the share of seeded runs that pick A (the better) at p < ALPHA."""
+    results = [run(world, merges, users, offset + s) for s in range(runs)]
+    return {m: float(np.mean([r[m][0] < ALPHA and r[m][1] > 0 for r in results])) for m in results[0]}
 
 
-def plot(summaries: dict[str, dict], path: Path) -> None:
-    """Power against impressions per run: interleaving per saved run (its label), and A/B."""
+def needed(run: Run, world: World, merges: Merges, runs: int, start: int, label: str) -> dict[str, dict]:
+    """Per method: the smallest user count on a x1.5 grid with power >= 0.8 (None past 200x the
+    start) and the power curve."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    found: dict[str, int | None] = {}
+    users = start
+    while users <= start * 200:
+        measured = power(run, world, merges, users, runs, offset=users)
+        for method, value in measured.items():
+            curves.setdefault(method, []).append((users, value))
+            if value >= 0.8 and found.get(method) is None:
+                found[method] = users
+        print(f"  {label}: {users:>9,} users (~{users * world.requests_per_user * K:>12,.0f} impressions): "
+              + ", ".join(f"{m} {v:.2f}" for m, v in measured.items()), flush=True)
+        if all(found.get(m) is not None for m in measured):
+            break
+        users = int(users * 1.5)
+    return {m: {"users": found.get(m), "curve": curve} for m, curve in curves.items()}
+
+
+def sensitivity(world: World, kind: str, args: argparse.Namespace) -> dict:
+    a, b, ctr_a, ctr_b = pair_with_gap(world, kind, 0.02)
+    print(f"[{kind}] true CTR A {ctr_a:.5f}, B {ctr_b:.5f} (relative gap {1 - ctr_b / ctr_a:.4f}); "
+          f"top-{K} overlap {np.mean([len(set(x[:K]) & set(y[:K])) for x, y in zip(a, b)]) / K:.2f}", flush=True)
+    merges = Merges((a, b))
+    methods = {**needed(interleaving_run, world, merges, args.runs, args.il_start, f"{kind} interleaving"),
+               **needed(ab_run, world, merges, args.runs, args.ab_start, f"{kind} A/B")}
+    return {"true_ctr": [ctr_a, ctr_b], "methods": methods, "_merges": merges}
+
+
+def a_a(world: World, merges: Merges, sizes: dict[str, int], runs: int) -> dict:
+    """False-positive rates of every method with both arms the same ranker."""
+    same = Merges((merges.lists[0], merges.lists[0]))
+    rates = {}
+    for label, run, users in (("ab", ab_run, sizes["ab"]), ("interleaving", interleaving_run, sizes["il"])):
+        results = [run(world, same, users, 10_000 + s) for s in track(range(runs), description=f"A/A {label}")]
+        for method in results[0]:
+            rate = float(np.mean([r[method][0] < ALPHA for r in results]))
+            half = 1.96 * np.sqrt(rate * (1 - rate) / runs)
+            rates[method] = {"users": users, "runs": runs, "false_positive_rate": rate, "ci95": [rate - half, rate + half]}
+            print(f"A/A {method}: {rate:.3f} [{rate - half:.3f}, {rate + half:.3f}] over {runs} runs at {users:,} users")
+    return rates
+
+
+def agreement(world: World, pairs: int, il_users: int, ab_users: int, kinds: list[str]) -> list[dict]:
+    """Planted pairs (kinds in turn, gap 2-10%): interleaving per request against a high-powered
+    A/B per user, and both against the truth."""
+    out = []
+    for n in track(range(pairs), description="agreement"):
+        kind, gap = kinds[n % len(kinds)], float(world.rng.uniform(0.02, 0.10))
+        x, y, cx, cy = pair_with_gap(world, kind, gap, sigma_a=float(world.rng.uniform(0.5, 2.0)))
+        merges = Merges((x, y))
+        il = interleaving_run(world, merges, il_users, 20_000 + n)["il_request_sign"]
+        ab = ab_run(world, merges, ab_users, 30_000 + n)["ab_user"]
+        out.append({"kind": kind, "gap": gap, "truth": int(np.sign(cx - cy)), "interleaving": il[1],
+                    "interleaving_p": il[0], "ab": ab[1], "ab_p": ab[0]})
+    return out
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    knobs = {**POPULATIONS[name], **({"activity_skew": args.activity_skew} if args.activity_skew is not None else {})}
+    world = World(PopulationParams(users=args.users, items=args.items, seed=args.seed, **knobs), args.requests_per_user)
+    print(f"== population {name}: {knobs}, {args.requests_per_user:g} requests per user on average", flush=True)
+    kinds = {kind: sensitivity(world, kind, args) for kind in args.kinds}
+    head = kinds[args.kinds[0]]
+    il_users = head["methods"][args.il_method]["users"] or args.il_start
+    ab_users = head["methods"]["ab_user"]["users"] or args.ab_start
+    aa = a_a(world, head.pop("_merges"), {"il": il_users, "ab": ab_users}, args.aa_runs)
+    pairs = agreement(world, args.pairs, il_users, args.ab_power * ab_users, args.kinds)
+    for result in kinds.values():
+        result.pop("_merges", None)
+        ab_n, il_n = result["methods"]["ab_user"]["users"], result["methods"][args.il_method]["users"]
+        result["ratio_ab_user_to_interleaving"] = ab_n / il_n if ab_n and il_n else None
+    return {"knobs": knobs, "requests_per_user": args.requests_per_user, "kinds": kinds, "aa": aa, "pairs": pairs,
+            "agreement_with_ab": float(np.mean([p["interleaving"] == p["ab"] for p in pairs])) if pairs else None,
+            "agreement_with_truth": float(np.mean([p["interleaving"] == p["truth"] for p in pairs])) if pairs else None}
+
+
+def plot(summary: dict, path: Path, kind: str) -> None:
+    """Power against impressions per run for the `kind` pair, one panel per population."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for label, summary in summaries.items():
-        n, power_ = zip(*summary["curves"]["interleaving"])
-        axis.plot(np.array(n) * K, power_, marker="o", label=f"team-draft interleaving, per {label}")
-    n, power_ = zip(*next(iter(summaries.values()))["curves"]["ab"])
-    axis.plot(np.array(n) * K, power_, marker="s", color="black", label="A/B, per impression")
-    axis.axhline(0.8, color="grey", linestyle="--", linewidth=1)
-    axis.set_xscale("log")
-    axis.set_xlabel("impressions per run (10 per request)")
-    axis.set_ylabel("power (p < 0.05, right winner; 100 runs)")
-    axis.set_title("2% relative true-CTR gap, simulator (2,000 users)")
-    axis.legend(loc="lower right")
+    populations = summary["populations"]
+    figure, axes = plt.subplots(1, len(populations), figsize=(6.5 * len(populations), 4.2), squeeze=False)
+    for axis, (name, result) in zip(axes[0], populations.items()):
+        scale = result["requests_per_user"] * K
+        for method, style in (("il_request_sign", "o-"), ("il_request_count", "^-"), ("il_user_sign", "v:"),
+                              ("ab_user", "s-"), ("ab_impression", "x--")):
+            n, value = zip(*result["kinds"][kind]["methods"][method]["curve"])
+            axis.plot(np.array(n) * scale, value, style, label=method)
+        axis.axhline(0.8, color="grey", linestyle="--", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_xlabel(f"impressions per run (≈ users × {scale:g})")
+        axis.set_ylabel(f"power (p < 0.05, right winner; {summary['runs']} runs)")
+        axis.set_title(f"{name} population, '{kind}' pair, 2% true-CTR gap")
+        axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--population", nargs="+", choices=sorted(POPULATIONS), default=["realistic"])
+    parser.add_argument("--kinds", nargs="+", choices=("stale", "popularity", "noise"), default=["stale", "popularity", "noise"])
+    parser.add_argument("--users", type=int, default=2000, help="population users (types a run draws from)")
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--requests-per-user", type=float, default=5.0)
+    parser.add_argument("--activity-skew", type=float, default=None, help="override the population's Zipf exponent")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--aa-runs", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=30)
-    parser.add_argument("--unit", choices=("request", "user"), default="request")
-    parser.add_argument("--il-start", type=int, default=500)
-    parser.add_argument("--ab-start", type=int, default=20_000)
+    parser.add_argument("--ab-power", type=int, default=10, help="the agreement's A/B: this many times its needed users")
+    parser.add_argument("--unit", choices=("request", "user"), default="request", help="interleaving's headline unit")
+    parser.add_argument("--il-start", type=int, default=200, help="users at the start of interleaving's grid")
+    parser.add_argument("--ab-start", type=int, default=2000, help="users at the start of A/B's grid")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the power curves")
-    parser.add_argument("--from-json", nargs="+", default=None, metavar="LABEL=FILE",
-                        help="plot saved runs (--out files) instead of running")
+    parser.add_argument("--from-json", type=Path, default=None, help="plot a saved --out file instead of running")
     args = parser.parse_args()
     if args.from_json:
-        saved = dict(item.split("=", 1) for item in args.from_json)
-        plot({label: json.loads(Path(file).read_text()) for label, file in saved.items()}, args.plot)
+        saved = json.loads(args.from_json.read_text())
+        plot(saved, args.plot, saved["kinds"][0])
         return
-    global UNIT
-    UNIT = args.unit
+    args.il_method = f"il_{args.unit}_sign"
     started = time.perf_counter()
-    world = World(args.users, args.items, args.seed)
-    a, b, ctr_a, ctr_b = pair_with_gap(world, 0.02)
-    print(f"pair: true CTR A {ctr_a:.5f}, B {ctr_b:.5f} (relative gap {1 - ctr_b / ctr_a:.4f})")
-    merges = Merges((a, b))
-    il_n, il_curve = needed(interleaving_run, world, merges, args.runs, args.il_start, "interleaving")
-    ab_n, ab_curve = needed(ab_run, world, (a, b), args.runs, args.ab_start, "A/B")
-    aa = {}
-    same = Merges((a, a))
-    for name, run, arg, requests in (("ab", ab_run, (a, a), ab_n or args.ab_start),
-                                     ("interleaving", interleaving_run, same, il_n or args.il_start)):
-        ps = [run(world, arg, requests, 10_000 + s)[0] for s in track(range(args.aa_runs), description=f"A/A {name}")]
-        rate = float(np.mean(np.array(ps) < ALPHA))
-        half = 1.96 * np.sqrt(rate * (1 - rate) / len(ps))
-        aa[name] = {"requests": requests, "runs": len(ps), "false_positive_rate": rate, "ci95": [rate - half, rate + half]}
-        print(f"A/A {name}: {rate:.3f} [{rate - half:.3f}, {rate + half:.3f}] over {len(ps)} runs at {requests:,} requests")
-    agreement = []
-    for n in track(range(args.pairs), description="agreement"):
-        gap = float(world.rng.uniform(0.02, 0.10))
-        x, y, cx, cy = pair_with_gap(world, gap, sigma_a=float(world.rng.uniform(0.5, 2.0)))
-        il = interleaving_run(world, Merges((x, y)), il_n or args.il_start, 20_000 + n)
-        ab = ab_run(world, (x, y), 40 * (ab_n or args.ab_start), 30_000 + n)
-        agreement.append({"gap": gap, "truth": int(np.sign(cx - cy)), "interleaving": il[1], "interleaving_p": il[0],
-                          "ab": ab[1], "ab_p": ab[0]})
-    agree_ab = float(np.mean([r["interleaving"] == r["ab"] for r in agreement])) if agreement else None
-    agree_truth = float(np.mean([r["interleaving"] == r["truth"] for r in agreement])) if agreement else None
-    summary = {
-        "true_ctr": [ctr_a, ctr_b], "interleaving_requests": il_n, "ab_requests": ab_n,
-        "ratio": (ab_n / il_n) if ab_n and il_n else None, "curves": {"interleaving": il_curve, "ab": ab_curve},
-        "aa": aa, "agreement_with_ab": agree_ab, "agreement_with_truth": agree_truth, "pairs": agreement,
-        "seconds": time.perf_counter() - started,
-    }
-    print(f"needed for 80% power at p < 0.05: interleaving {il_n} requests, A/B {ab_n} requests "
-          f"(ratio {summary['ratio']}); agreement with a 40x A/B {agree_ab}, with the truth {agree_truth}; "
-          f"{summary['seconds']:.0f} s")
+    summary = {"runs": args.runs, "kinds": args.kinds, "populations": {name: measure(name, args) for name in args.population}}
+    summary["seconds"] = time.perf_counter() - started
+    for name, result in summary["populations"].items():
+        for kind, r in result["kinds"].items():
+            users = {m: v["users"] for m, v in r["methods"].items()}
+            print(f"{name}/{kind}: users needed for 80% power {users}; A/B per user / interleaving "
+                  f"{r['ratio_ab_user_to_interleaving']}")
+        print(f"{name}: agreement with the A/B {result['agreement_with_ab']}, with the truth {result['agreement_with_truth']}")
+    print(f"{summary['seconds']:.0f} s")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
     if args.plot:
-        plot({args.unit: summary}, args.plot)
+        plot(summary, args.plot, args.kinds[0])
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def report(
         lift = "" if arm.lift is None else f"  lift {arm.lift:+.4f} [{arm.lift_low:+.4f}, {arm.lift_high:+.4f}] p={arm.p_value:.3g}"
         typer.echo(f"{arm.name}: {arm.impressions} impressions, {arm.clicks} clicks, CTR {arm.ctr:.4f} "
                    f"[{arm.ctr_low:.4f}, {arm.ctr_high:.4f}]{lift}{'  STOPPED: ' + arm.stopped if arm.stopped else ''}")
+        if arm.user_lift is not None:
+            typer.echo(f"  per user ({arm.users} users): lift {arm.user_lift:+.4f} [{arm.user_lift_low:+.4f}, "
+                       f"{arm.user_lift_high:+.4f}] p={arm.user_p_value:.3g}")
     if result.srm_p is not None:
         typer.echo(f"sample ratio: p = {result.srm_p:.3g}{'  SRM ALARM' if result.srm_alarm else ''}")
     for c in result.comparisons:

@@ -142,7 +142,7 @@ class Preference:
     sign_p: float
 
 
-def unit_outcomes(units: Sequence[str], credit_a: np.ndarray, credit_b: np.ndarray) -> np.ndarray:
+def unit_outcomes(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray) -> np.ndarray:
     """Per unit with any credit: +1 (A has more credit), -1 (B), 0 (tie). `units` names the unit
     of each row (a user id, or a request id); rows of a unit are summed first."""
     names, index = np.unique(np.asarray(units), return_inverse=True)
@@ -169,7 +169,7 @@ def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 
     return Preference(wins_a, wins_b, ties, Interval(delta, float(low), float(high)), sign_p)
 
 
-def credit_difference(units: Sequence[str], credit_a: np.ndarray, credit_b: np.ndarray) -> tuple[Interval, float]:
+def credit_difference(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray) -> tuple[Interval, float]:
     """(mean per-unit credit difference `c_A − c_B` over units with any credit, with its 95% t
     interval; two-sided p-value of the one-sample t-test); rows of a unit are summed first."""
     names, index = np.unique(np.asarray(units), return_inverse=True)

@@ -2,7 +2,10 @@
 
 - A/B: impressions and clicks per arm from the attribution store's counts per (policy, arm)
   (`feature_store.attribution_store`, filled by the Flink speed layer; 7 days of hourly buckets),
-  summed over the hours since the experiment started. The arm key is `<experiment>:<arm>`.
+  summed over the hours since the experiment started. The arm key is `<experiment>:<arm>`. The
+  test to decide with is per user, the unit that was randomised (`analysis.user_level_lift`):
+  clicks and impressions per user from the Spark attribution job's `attributed_impressions/`
+  (`users`, `user_lift*`, `user_p_value`; None until `recsys batch attribution` has run).
 - Interleaving: the team of every clicked slot needs the impressions themselves, so credit comes
   from the Spark attribution job's `attributed_impressions/` (one row per impression with its
   `team` and a 0/1 `click`), read with pyarrow; `recsys batch attribution` refreshes it.
@@ -46,6 +49,11 @@ class ArmReport(BaseModel):
     lift_low: float | None = None
     lift_high: float | None = None
     p_value: float | None = None
+    users: int | None = None
+    user_lift: float | None = None
+    user_lift_low: float | None = None
+    user_lift_high: float | None = None
+    user_p_value: float | None = None
     guardrail_p: float | None = None
     stopped: str | None = None
 
@@ -88,13 +96,14 @@ def build_report(manager: ExperimentManager, attribution: AttributionStore, batc
     now = now or datetime.now(timezone.utc)
     experiment = manager.get(experiment_id)
     if experiment.kind == Kind.AB:
-        return _ab_report(manager, attribution, experiment, now)
+        return _ab_report(manager, attribution, experiment, now, Path(batch_root) / IMPRESSIONS)
     return _interleaving_report(experiment, Path(batch_root) / IMPRESSIONS, now)
 
 
 def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment,
-               now: datetime) -> ExperimentReport:
+               now: datetime, impressions: Path) -> ExperimentReport:
     buckets = _arm_buckets(attribution, experiment)
+    per_user = _per_user_counts(impressions, experiment)
     totals = {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms}
     control = experiment.arms[0].name
     c_0, n_0 = totals[control]
@@ -104,6 +113,12 @@ def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experi
         ctr = analysis.wilson(clicks, shown)
         report = ArmReport(name=arm.name, version=arm.version, impressions=shown, clicks=clicks, ctr=ctr.estimate,
                            ctr_low=ctr.low, ctr_high=ctr.high, stopped=experiment.stopped_arms.get(arm.name))
+        if arm.name in per_user:
+            report.users = len(per_user[arm.name][0])
+        if arm.name != control and arm.name in per_user and control in per_user:
+            user_lift, user_p = analysis.user_level_lift(*per_user[arm.name], *per_user[control])
+            report.user_lift, report.user_lift_low, report.user_lift_high, report.user_p_value = (
+                _finite(user_lift.estimate), _finite(user_lift.low), _finite(user_lift.high), _finite(user_p))
         if arm.name != control:
             lift, p = analysis.relative_lift(clicks, shown, c_0, n_0)
             report.lift, report.lift_low, report.lift_high, report.p_value = (
@@ -195,6 +210,27 @@ def _preference_timeline(rows: dict[str, list], credit_a: np.ndarray, credit_b: 
                                     series=f"preference:{name}", value=pref.delta.estimate,
                                     low=_nan0(pref.delta.low), high=_nan0(pref.delta.high)))
     return points
+
+
+def _per_user_counts(path: Path, experiment: Experiment) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """arm -> (clicks per user, impressions per user) from the attributed impressions."""
+    if not path.exists():
+        return {}
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
+        columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
+    prefix = qualified_arm(experiment.id, "")
+    out = {}
+    arms, users = np.asarray(table["arm"].to_pylist(), dtype=object), np.asarray(table["user_id"].to_pylist())
+    clicks = np.asarray([int(c or 0) for c in table[CLICK].to_pylist()], dtype=float)
+    for arm in experiment.arms:
+        rows = arms == prefix + arm.name
+        if rows.any():
+            _, index = np.unique(users[rows], return_inverse=True)
+            out[arm.name] = (np.bincount(index, weights=clicks[rows]), np.bincount(index).astype(float))
+    return out
 
 
 def _interleaved_rows(path: Path, experiment_id: str) -> dict[str, list]:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -96,6 +97,36 @@ def test_interleaving_report_credits_teams_per_user(admin_client: TestClient, ad
     assert comparison["preference"] == pytest.approx((6 + 0.5) / 9 - 0.5)
     assert comparison["sign_p"] == pytest.approx(stats.binomtest(6, 8, 0.5).pvalue)
     assert [a["clicks"] for a in report["arms"]] == [13, 5]
+
+
+def test_ab_report_tests_per_user_from_attributed_impressions(admin_client: TestClient, admin_settings: Settings) -> None:
+    create(admin_client, {"id": "ab2", "kind": "ab", "arms": [{"name": "control"}, {"name": "treatment"}]})
+    plant_ab(admin_settings, "ab2", {"control": (50, 5), "treatment": (50, 6)})
+    rng = np.random.default_rng(5)
+    planted = {arm: rng.binomial(20, rng.beta(2, beta, 60)) for arm, beta in (("control", 9), ("treatment", 7))}
+    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
+    ts = datetime.now(timezone.utc)
+    for experiment, arms in (("ab2", planted), ("other", {"control": np.full(60, 20)})):
+        for arm, clicks in arms.items():
+            for user, count in enumerate(clicks):
+                for slot in range(20):  # 20 impressions per user, the first `count` clicked
+                    rows["event_id"].append(f"{experiment}-{arm}-{user}-{slot}")
+                    rows["user_id"].append(f"{arm}-u{user}")
+                    rows["arm"].append(f"{experiment}:{arm}")
+                    rows["click"].append(int(slot < count))
+                    rows["ts"].append(ts)
+                    rows["experiment"].append(experiment)
+    folder = Path(admin_settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table(rows), folder / "part-0.parquet")
+    control, treatment = admin_client.get("/v1/experiments/ab2/report").json()["arms"]
+    assert (control["users"], treatment["users"]) == (60, 60)
+    assert treatment["user_lift"] == pytest.approx(planted["treatment"].sum() / planted["control"].sum() - 1)
+    # Equal impressions per user: the delta-method z is Welch's t statistic on per-user CTRs.
+    welch = stats.ttest_ind(planted["treatment"] / 20, planted["control"] / 20, equal_var=False)
+    assert treatment["user_p_value"] == pytest.approx(2 * stats.norm.sf(abs(welch.statistic)))
+    assert treatment["user_lift_low"] < treatment["user_lift"] < treatment["user_lift_high"]
+    assert control["user_p_value"] is None and treatment["impressions"] == 50  # live counts from the speed layer
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
