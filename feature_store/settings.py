@@ -191,6 +191,13 @@ class ExploreSettings(_Section):
     linucb_alpha: float = Field(default=1.0, ge=0, description="linucb: scale of the confidence bonus.")
     linucb_ridge: float = Field(default=1.0, gt=0, description="linucb: A starts as ridge * I.")
     stats_window: Literal["1h", "24h", "7d"] = Field(default="7d", description="Window of the attributed counts read.")
+    stats_cache_s: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="ucb1, thompson, linucb: seconds a worker reuses an item's statistics (0: read every request; services/explore/cache.py).",
+    )
+    stats_cache_items: int = Field(
+        default=5000, ge=1, description="Most items whose statistics a worker caches (LinUCB: ~8.4 KB each at d = 32).",
+    )
     seed: int | None = Field(
         default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: fresh entropy.",
     )
@@ -212,6 +219,9 @@ class GateSettings(_Section):
     recall_hr_at_50_delta: float = Field(default=0.02, ge=0, description="Recall HR@50 may drop this much below the blessed one.")
     recall_floor_over_chance: float = Field(
         default=3.0, ge=1, description="Recall floors: this multiple of a random ranking's expected NDCG@10 / HR@50 on the run's held-out window.",
+    )
+    recall_min_chance_hits: float = Field(
+        default=5.0, ge=0, description="A recall candidate is rejected when a random ranking expects fewer HR@50 hits on the held-out window.",
     )
     ranker_auc_delta: float = Field(default=0.005, ge=0, description="Ranker AUC may drop this much below the blessed one.")
     ranker_gauc_delta: float = Field(default=0.01, ge=0, description="Ranker GAUC may drop this much below the blessed one.")

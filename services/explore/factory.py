@@ -44,7 +44,9 @@ def explore_stage_from_settings(settings: Settings, features: RedisOnlineStore) 
     if policy.needs is None:
         return ExploreStage(policy, rng=rng)
     linucb = RedisLinUcbStore(features.spec, context_dim(), settings.explore.linucb_ridge, settings.feature_store.dedup_ttl_s)
-    stats = BanditStats(features, features.attribution(), linucb, settings.explore.stats_window, context_ttl_ms(settings))
+    explore = settings.explore
+    stats = BanditStats(features, features.attribution(), linucb, explore.stats_window, context_ttl_ms(settings),
+                        explore.stats_cache_s, explore.stats_cache_items)
     return ExploreStage(policy, stats, rng)
 
 

@@ -1,0 +1,164 @@
+"""The per-worker cache of the bandits' statistics, against a real Redis and a controlled clock:
+a value younger than `stats_cache_s` is served; until twice that it is served while a background
+refresh fetches the store's current value; older, the request reads it; a candidate not cached is
+read at once; the entries stay within `stats_cache_items`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import redis
+
+from feature_store.attribution import BUCKET_MS, Impression, Outcome
+from feature_store.linucb_store import RedisLinUcbStore
+from feature_store.online_store import RedisOnlineStore
+from feature_store.settings import Settings
+from services.explore.cache import StatsCache
+from services.explore.stats import BanditStats
+
+TTL_S, D = 2.0, 4
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Deferred:
+    """Background refreshes, run when the test says."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Callable[[], None]] = []
+
+    def __call__(self, job: Callable[[], None]) -> None:
+        self.jobs.append(job)
+
+    def run(self) -> int:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            job()
+        return len(jobs)
+
+
+def _show(features: RedisOnlineStore, item: str, n: int, clicked: bool) -> None:
+    now = int(time.time() * 1000)
+    store = features.attribution()
+    shown = Impression(f"imp-{item}-{n}", "u", item, now - 1000, f"r{item}{n}", 0, "greedy", None, None)
+    store.record_impression(shown, now)
+    if clicked:
+        store.record_credit(shown, Outcome(f"c-{item}-{n}", "u", item, "click", now - 500, None), now)
+    store.close()
+
+
+def _store_now(features: RedisOnlineStore, items: list[str]) -> list[tuple[float, float]]:
+    store = features.attribution()
+    now = int(time.time() * 1000)
+    counts = store.examined_counts(items, now - 7 * 24 * BUCKET_MS, now + BUCKET_MS)
+    store.close()
+    return list(zip(counts.examined.tolist(), counts.clicks.tolist()))
+
+
+def _pairs(stats: BanditStats, items: list[str]) -> list[tuple[float, float]]:
+    counts = stats.counts(items)
+    return list(zip(counts.examined.tolist(), counts.clicks.tolist()))
+
+
+def test_counts_are_served_within_the_staleness_bound(settings: Settings, redis_client: redis.Redis) -> None:
+    features = RedisOnlineStore.from_settings(settings)
+    clock, refresh = Clock(), Deferred()
+    stats = BanditStats(features, features.attribution(), RedisLinUcbStore(features.spec, D), cache_s=TTL_S,
+                        clock=clock, submit=refresh)
+    for n in range(3):
+        _show(features, "a", n, clicked=n == 0)
+    first = _pairs(stats, ["a", "b"])
+    assert first == [(3.0, 1.0), (0.0, 0.0)]
+    _show(features, "a", 3, clicked=True)
+    _show(features, "b", 0, clicked=True)
+    _show(features, "c", 0, clicked=False)
+
+    clock.now += TTL_S - 0.01  # fresh: cached, no refresh; a new candidate is read now
+    assert _pairs(stats, ["a", "b", "c"]) == [*first, (1.0, 0.0)]
+    assert refresh.jobs == []
+
+    clock.now += 0.01  # past ttl: still served, and refreshed in the background
+    assert _pairs(stats, ["a", "b"]) == first
+    assert refresh.run() == 1
+    assert _pairs(stats, ["a", "b"]) == _store_now(features, ["a", "b"]) == [(4.0, 2.0), (1.0, 1.0)]
+
+    _show(features, "a", 4, clicked=False)
+    clock.now += 2 * TTL_S  # a refresh that never ran: at twice the ttl the request reads itself
+    assert _pairs(stats, ["a"]) == [(5.0, 2.0)]
+    stats.close()
+    features.close()
+
+
+def test_without_a_cache_every_read_is_current(settings: Settings, redis_client: redis.Redis) -> None:
+    features = RedisOnlineStore.from_settings(settings)
+    refresh = Deferred()
+    stats = BanditStats(features, features.attribution(), RedisLinUcbStore(features.spec, D), cache_s=0.0,
+                        clock=Clock(), submit=refresh)
+    _show(features, "a", 0, clicked=False)
+    assert stats.counts(["a"]).examined[0] == 1.0
+    _show(features, "a", 1, clicked=False)
+    assert stats.counts(["a"]).examined[0] == 2.0 and refresh.jobs == []
+    stats.close()
+    features.close()
+
+
+def test_linucb_statistics_are_cached_with_the_same_bound(settings: Settings, redis_client: redis.Redis) -> None:
+    features = RedisOnlineStore.from_settings(settings)
+    clock = Clock()
+    linucb = RedisLinUcbStore(features.spec, D)
+    stats = BanditStats(features, features.attribution(), linucb, cache_s=TTL_S, clock=clock, submit=Deferred())
+    x = np.arange(1.0, D + 1.0)
+    assert linucb.update("u1", "a", x, 1.0)
+    before = stats.linear(["a"], [])
+    assert linucb.update("u2", "a", x, 1.0)
+    clock.now += TTL_S
+    np.testing.assert_array_equal(stats.linear(["a"], []).b, before.b)
+    clock.now += TTL_S
+    after = stats.linear(["a"], [])
+    np.testing.assert_allclose(after.b[0], 2 * x)
+    np.testing.assert_allclose(after.A_inv[0], np.linalg.inv(np.eye(D) + 2 * np.outer(x, x)))
+    stats.close()
+    features.close()
+
+
+def test_the_cache_keeps_at_most_max_items_and_rereads_what_it_dropped() -> None:
+    reads: list[list[str]] = []
+
+    def read(ids: list[str]) -> list[int]:
+        reads.append(ids)
+        return [int(i) for i in ids]
+
+    cache: StatsCache[int] = StatsCache(read, ttl_s=60.0, max_items=3, clock=Clock(), submit=Deferred())
+    assert cache.get_many(["1", "2", "3", "4", "5"]) == [1, 2, 3, 4, 5]
+    assert len(cache) == 3
+    assert cache.get_many(["3", "4", "5"]) == [3, 4, 5] and len(reads) == 1  # the newest three: cached
+    assert cache.get_many(["1", "5"]) == [1, 5] and reads[-1] == ["1"]  # the oldest were dropped
+    assert len(cache) == 3
+
+
+def test_a_failed_background_refresh_keeps_the_entries_and_allows_the_next() -> None:
+    calls, fail = [0], [False]
+
+    def read(ids: list[str]) -> list[int]:
+        calls[0] += 1
+        if fail[0]:
+            raise ConnectionError("down")
+        return [calls[0]] * len(ids)
+
+    clock, refresh = Clock(), Deferred()
+    cache: StatsCache[int] = StatsCache(read, ttl_s=1.0, max_items=10, clock=clock, submit=refresh)
+    assert cache.get_many(["a", "b"]) == [1, 1]
+    clock.now += 1.0
+    fail[0] = True
+    assert cache.get_many(["a"]) == [1] and refresh.run() == 1  # the failure is logged, not raised
+    fail[0] = False
+    assert cache.get_many(["a", "b"]) == [1, 1] and refresh.run() == 1  # a new refresh is allowed
+    assert cache.get_many(["a", "b"]) == [3, 3]
