@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import batch, data, evaluate, experiments, models, run, scheduler, serve, simulate, stream, train
+from services.cli import batch, data, evaluate, experiments, learn, models, run, scheduler, serve, simulate, stream, train
 from services.cli.common import print_error
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(batch.app, name="batch")
 app.add_typer(data.app, name="data")
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(learn.app, name="learn")
 app.add_typer(models.app, name="models")
 app.add_typer(stream.app, name="stream")
 app.command("run")(run.run)

@@ -23,13 +23,17 @@ The learner resumes from the base's current revision after a restart (its `w`), 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 import numpy as np
+import redis
 
-from feature_store.settings import LearnerSettings
+from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import Revision, RevisionStore
 from models.registry import ModelRegistry, RegistryError
 from services.learner.base import Presentation
@@ -166,3 +170,36 @@ class LearnerProcess:
         assert self.learner is not None and self.base is not None
         self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason)
         self.summary.revisions += 1
+
+
+def build(settings: Settings, client: redis.Redis, seed: int = 0) -> LearnerProcess:
+    """The learner process of `settings` over the event log, the registry and the revisions in Redis."""
+    if settings.learner.algorithm != "dbgd":
+        raise ValueError(
+            f"learner.algorithm={settings.learner.algorithm}: the process learns from the event log, which does not hold "
+            "the shown items' penultimate features PDGD's update needs; only dbgd runs as a service "
+            "(PDGD is measured in-process: benchmarks/online_learning.py)")
+    registry = ModelRegistry(settings.model_registry_dir)
+    store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
+    feedback = ComparisonReader(settings.event_log_dir, timedelta(seconds=settings.attribution.window_s))
+    return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed)
+
+
+def run(process: LearnerProcess, stop: threading.Event, interval_s: float, report_every_s: float = 60.0,
+        max_steps: int | None = None) -> Summary:
+    """`step()` every `interval_s` until `stop` is set (SIGTERM) or `max_steps` ran; logs the summary
+    every `report_every_s` and returns it. A failing step (Redis away, a bad artifact) is logged and
+    retried at the next interval."""
+    steps, reported = 0, time.monotonic()
+    while not stop.is_set() and (max_steps is None or steps < max_steps):
+        try:
+            process.step()
+        except Exception:
+            log.exception("learner step failed; retrying in %.1f s", interval_s)
+        steps += 1
+        if time.monotonic() - reported >= report_every_s:
+            log.info("learner: base %s, revision %s, %s", process.base,
+                     process.revision.id if process.revision else None, asdict(process.summary))
+            reported = time.monotonic()
+        stop.wait(interval_s)
+    return process.summary

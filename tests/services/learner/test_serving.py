@@ -5,7 +5,12 @@ reaches both workers of a two-worker API within the poll interval."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -24,11 +29,12 @@ from models.ranking.inference import as_request
 from models.registry import ModelRegistry
 from services.api.app import create_app
 from services.experiments.interleaving import probabilistic
+from services.learner.process import build
 from tests.services.conftest import EventFactory, with_api
 from tests.services.experiments.conftest import ADMIN
 from tests.services.experiments.test_several_rankers import _seed
 from tests.services.test_models import published  # noqa: F401  (the module's two trained DIN versions)
-from tests.services.test_server import recsys_api_with_two_workers
+from tests.services.test_server import ROOT, recsys_api_with_two_workers
 
 pytestmark = pytest.mark.slow
 SEED = 11
@@ -129,3 +135,63 @@ def _workers_serving(base: str, condition, timeout_s: float) -> set[int]:  # typ
         status = httpx.get(f"{base}/v1/admin/learner", headers={"X-API-Key": "k"}, timeout=30).json()
         meeting = meeting | {status["worker"]} if condition(status) else meeting - {status["worker"]}
     return meeting
+
+
+def test_the_learner_learns_from_the_apis_interleaved_lists_and_clicks(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    settings = _settings(api_settings, root)
+    settings = settings.model_copy(update={"attribution": settings.attribution.model_copy(update={"window_s": 1.0})})
+    with TestClient(create_app(settings)) as client:
+        _seed(client, make_event)
+        process = build(settings, redis.Redis.from_url(settings.redis.url), seed=5)
+        process.step()  # the first revision: the real DIN's own output layer, read from its SavedModel
+        first = process.store.current(versions[0])
+        np.testing.assert_allclose(first.weights, base_head(root, versions[0])[:-1])
+        assert client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()["revision"] == first.id
+
+        answer = client.get("/v1/users/fan/recommendations", params={"k": 10}).json()
+        explored = [item["item_id"] for item in answer["items"] if item["team"] == "explore"]
+        assert explored and answer["arm"] == f"learner:{first.id}"
+        assert client.app.state.service.impressions.flush(30)  # type: ignore[attr-defined]
+        clicks = [make_event("fan", item, context={"request_id": answer["request_id"]}) for item in explored]
+        tick = {**make_event("someone", "i1"), "ts": (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()}
+        assert client.post("/v1/events", json=[*clicks, tick], headers=ADMIN).json()["accepted"] == len(clicks) + 1
+
+        deadline = time.monotonic() + 60
+        while process.summary.comparisons == 0:  # the event log rolls its files every 0.2 s here
+            assert time.monotonic() < deadline, "the learner never saw the comparison"
+            time.sleep(0.2)
+            process.step()
+        second = process.store.current(versions[0])
+        expected = first.weights + 0.05 * (first.explore_weights - first.weights)  # explore won: DRN's step
+        expected *= np.linalg.norm(first.weights) / np.linalg.norm(expected)
+        np.testing.assert_allclose(second.weights, expected, rtol=1e-12)
+        assert second.parent == first.id
+        status = client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()
+        assert status["revision"] == second.id
+
+
+def test_recsys_learn_online_publishes_the_bases_layer_and_stops_cleanly_on_sigterm(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, published: tuple[Path, list[str]], tmp_path: Path,  # noqa: F811
+) -> None:
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    env = {**os.environ, "RECSYS_REDIS__URL": redis_server.url, "RECSYS_STATE_DIR": str(tmp_path / "state"),
+           "RECSYS_REGISTRY_DIR": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    learner = subprocess.Popen([sys.executable, "-c", "from services.cli import main; main()", "learn", "online", "--interval-s", "0.2"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = RevisionStore(redis_client, "recsys")
+    try:
+        deadline = time.monotonic() + 120
+        while store.current(versions[0]) is None:
+            assert learner.poll() is None and time.monotonic() < deadline, "no revision published"
+            time.sleep(0.2)
+        np.testing.assert_allclose(store.current(versions[0]).weights, base_head(root, versions[0])[:-1])
+    finally:
+        learner.send_signal(signal.SIGTERM)
+        output, _ = learner.communicate(timeout=60)
+    assert learner.returncode == 0, output
+    assert "learner stopped: base " + versions[0] in output and "'revisions': 1" in output
