@@ -16,7 +16,11 @@ candidate trained on (history excluded) has the expected metric c_m on this held
 Why λ = 3 by default: a random ranker's HR@K over n held-out users is Binomial(n, c)/n, and by
 the Chernoff bound P(X >= 3nc) <= (e²/27)^(nc), below 0.2% once nc >= 5; trained models sit far
 above it (ml-100k: HR@50 11x and NDCG@10 22x chance). The cap keeps the floor reachable on a
-catalog so small that λ · c_m nears 1. The baseline is the registry's newest blessed version of the
+catalog so small that λ · c_m nears 1. The same bound needs nc >= 5: on a held-out window where a
+random ranking expects fewer HR@50 hits than `recall_min_chance_hits`, the floors cannot tell a
+model from chance, and the candidate is rejected for it (`window_problems`).
+
+The baseline is the registry's newest blessed version of the
 role; before anything was blessed, the current one (if any). A baseline that cannot be scored
 on the held-out data (a missing feature column) is recorded and only the floors apply.
 
@@ -136,6 +140,15 @@ def chance_metrics(split: LeaveLastOut, metrics: tuple[str, ...] = RECALL_METRIC
             gain = depth if kind in ("HR", "Recall") else sum(1.0 / math.log2(r + 1) for r in range(1, depth + 1))
             totals[name] += gain / left
     return {name: total / max(len(split.test), 1) for name, total in totals.items()}
+
+
+def window_problems(users: int, chance: dict[str, float], gate: GateSettings) -> list[str]:
+    """A recall candidate cannot be judged on a window too small to tell it from chance."""
+    expected = users * chance["HR@50"]
+    if expected >= gate.recall_min_chance_hits:
+        return []
+    return [f"held-out window too small to tell a model from chance: {users} users, where a random ranking "
+            f"expects {expected:.2f} HR@50 hits (training.gate.recall_min_chance_hits = {gate.recall_min_chance_hits:g})"]
 
 
 def recall_quality(artifact: RecallArtifact, split: LeaveLastOut) -> dict[str, float]:

@@ -123,8 +123,7 @@ def evaluate(context: StepContext) -> StepResult:
         entry["metrics"], entry["problems"] = _quality(role, candidate, split, context.settings)
         if role == "recall" and split is not None:
             entry["chance"] = gate.chance_metrics(split)  # the floors' reference (gate.thresholds)
-            if not split.test:
-                entry["problems"].append("no user has a positive in the held-out window: nothing to score")
+            entry["problems"] += gate.window_problems(len(split.test), entry["chance"], context.settings.training.gate)
         if base is not None and base.version != candidate.version:
             try:
                 entry["baseline_metrics"], _ = _quality(role, base, split, context.settings)

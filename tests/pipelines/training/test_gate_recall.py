@@ -16,7 +16,7 @@ import pytest
 
 from feature_store.event_log import LocalEventLog
 from feature_store.schemas import Event, EventType
-from feature_store.settings import Settings
+from feature_store.settings import GateSettings, Settings
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.skipgram import SkipGramConfig
 from models.embeddings.training import EmbeddingTrainingConfig
@@ -144,3 +144,18 @@ def test_chance_level_equals_the_mean_over_every_random_ranking() -> None:
             expected["NDCG@2"] += (1 / math.log2(rank + 1) if rank <= 2 else 0.0) / len(rankings) / 3
             expected["HR@50"] += (rank <= 50) / len(rankings) / 3
     assert gate.chance_metrics(split, tuple(expected)) == pytest.approx(expected)
+
+
+def test_a_window_too_small_to_tell_a_model_from_chance_rejects_the_candidate(
+    trained: tuple[Settings, dict[str, str]], tmp_path: Path
+) -> None:
+    settings, registry = fresh_registry(trained[0], tmp_path)
+    users = len(newest_slice_split(read_positives(settings), datetime.fromisoformat(trained[1]["holdout_from"])).test)
+    strict = settings.training.gate.model_copy(update={"recall_min_chance_hits": users + 1.0})  # > users x chance, as chance <= 1
+    settings = settings.model_copy(update={"training": settings.training.model_copy(update={"gate": strict})})
+    decision = _gate(settings, trained[1]["good"], trained[1]["holdout_from"])
+    assert not decision["blessed"] and all(check["passed"] for check in decision["checks"]), decision
+    assert decision["problems"] and decision["problems"][0].startswith("held-out window too small"), decision
+    # Held-out items outside the catalog (chance 0) or a handful of users: nothing to judge on.
+    assert gate.window_problems(3, {"HR@50": 0.0}, strict) and gate.window_problems(9, {"HR@50": 0.5}, GateSettings())
+    assert gate.window_problems(10, {"HR@50": 0.5}, GateSettings()) == []
