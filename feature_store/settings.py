@@ -223,9 +223,6 @@ class GateSettings(_Section):
     recall_min_chance_hits: float = Field(
         default=5.0, ge=0, description="A recall candidate is rejected when a random ranking expects fewer HR@50 hits on the held-out window.",
     )
-    recall_min_chance_hits: float = Field(
-        default=5.0, ge=0, description="A recall candidate is rejected when a random ranking expects fewer HR@50 hits on the held-out window.",
-    )
     ranker_auc_delta: float = Field(default=0.005, ge=0, description="Ranker AUC may drop this much below the blessed one.")
     ranker_gauc_delta: float = Field(default=0.01, ge=0, description="Ranker GAUC may drop this much below the blessed one.")
     ranker_auc_floor: float = Field(default=0.55, ge=0, le=1, description="Ranker AUC absolute floor (0.5 is chance).")
