@@ -30,10 +30,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import redis
-from redis.cluster import RedisCluster
 
 from feature_store.definitions import FEATURES, Entity
-from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.redis_client import ConnectionSpec, slot_client, translate_errors
 from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
 
@@ -152,15 +151,7 @@ class RedisLinUcbStore(LinUcbStore):
             return True
 
         with translate_errors(self._spec, f"updating the LinUCB statistics of {item_id}"):
-            return bool(self._node(key).transaction(apply, key, marker, value_from_callable=True))
-
-    def _node(self, key: str) -> redis.Redis:
-        """The client to run a transaction on `key`'s slot: a cluster client runs no WATCH/MULTI, so
-        there it is the connection to the master owning the slot (the marker shares the slot)."""
-        client = self.client
-        if isinstance(client, RedisCluster):
-            return client.get_node_from_key(key).redis_connection  # type: ignore[no-any-return]
-        return client
+            return bool(slot_client(self.client, key).transaction(apply, key, marker, value_from_callable=True))
 
     def save_context(self, user_id: str, ts_ms: int, x: np.ndarray, ttl_ms: int) -> None:
         x = self._checked(x)

@@ -64,6 +64,15 @@ class ConnectionSpec:
         return redis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **options)
 
 
+def slot_client(client: RedisClient, key: str) -> redis.Redis:
+    """The client to run a MULTI (or WATCH/MULTI) transaction on `key`'s slot: `client` itself on
+    one server; on a cluster, whose client runs no transactions, the connection to the master that
+    owns the slot, so every key of the transaction must share it (a hash tag)."""
+    if isinstance(client, RedisCluster):
+        return client.get_node_from_key(key).redis_connection  # type: ignore[no-any-return]
+    return client
+
+
 @contextmanager
 def translate_errors(spec: ConnectionSpec, doing: str) -> Iterator[None]:
     """Turn connection failures and timeouts into `FeatureStoreUnavailableError` naming what failed."""

@@ -10,13 +10,13 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import ExitStack, asynccontextmanager
 
-import redis
 from fastapi import FastAPI
 
 from feature_store.catalog import Catalog
 from feature_store.definitions import FEATURES, Entity
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
+from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_server import redis_url
 from feature_store.settings import Settings
 from services.api.errors import install_error_handlers
@@ -96,11 +96,7 @@ def _start(
 ) -> ServiceState:
     _limit_inference_threads(settings.api.inference_threads)
     url = stack.enter_context(redis_url(settings))
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.connect_timeout_s,
-    )
+    client = ConnectionSpec.from_settings(settings, url).client()  # redis+cluster:// gives a cluster client
     stack.callback(client.close)
     features = RedisOnlineStore.from_settings(settings, url)
     stack.callback(features.close)

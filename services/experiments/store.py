@@ -3,9 +3,11 @@
 Files are the record: `<state_dir>/experiments/<id>.json`, written to a temp file, fsynced and
 renamed, under an exclusive lock on `<state_dir>/experiments/.lock` while a writer checks and
 writes (two workers creating overlapping experiments at once: the second sees the first).
-Redis is the mirror every worker reads on the request path: hash `P:x:defs` (id -> JSON) and
-counter `P:x:version`, bumped on every write. A reader does one GET of the counter per call and
-reloads the hash only when it changed, so all workers serve a change from their next request. A
+Redis is the mirror every worker reads on the request path: hash `P:x:{x}:defs` (id -> JSON) and
+counter `P:x:{x}:version`, bumped on every write in the same transaction (the hash tag `{x}`
+keeps both in one slot of a Redis Cluster, where the transaction runs on that slot's master). A
+reader does one GET of the counter per call and reloads the hash only when it changed, so all
+workers serve a change from their next request. A
 Redis that lost the mirror (flushed, replaced) is refilled from the files; a Redis that is
 unreachable leaves a worker on its last copy.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from feature_store.redis_client import RedisClient, slot_client
 from services.experiments.errors import UnknownExperimentError
 from services.experiments.model import Experiment
 
@@ -31,11 +34,11 @@ log = logging.getLogger(__name__)
 class ExperimentStore:
     """Experiments in files (durable) and in Redis (shared by every worker)."""
 
-    def __init__(self, root: Path, client: redis.Redis, key_prefix: str) -> None:
+    def __init__(self, root: Path, client: RedisClient, key_prefix: str) -> None:
         self.root = Path(root)
         self.client = client
-        self._defs = f"{key_prefix}:x:defs"
-        self._version = f"{key_prefix}:x:version"
+        self._defs = f"{key_prefix}:x:{{x}}:defs"
+        self._version = f"{key_prefix}:x:{{x}}:version"
         self._seen_version: bytes | None = None
         self._cache: dict[str, Experiment] = {}
 
@@ -79,7 +82,7 @@ class ExperimentStore:
     def mirror(self) -> None:
         """Copy every file into Redis and bump the version (one transaction)."""
         experiments = self.from_files()
-        pipe = self.client.pipeline(transaction=True)
+        pipe = slot_client(self.client, self._defs).pipeline(transaction=True)
         pipe.delete(self._defs)
         if experiments:
             pipe.hset(self._defs, mapping={e.id: e.model_dump_json() for e in experiments.values()})

@@ -15,6 +15,12 @@ side keeps itself, under `<prefix>:srv:`:
     cat:<category>      sorted set     item ids in the category, scored by created_at (newest first)
     unavailable         set            items that must never be recommended
 
+On a Redis Cluster these keys spread over the masters by their own names. No write here needs a
+transaction: an item's index entries (`cat:*`, `unavailable`) are written first and its record
+last, in a second round trip, because the index update is computed from the stored record: after a
+failure between the two, a retry of the PUT (or the next sync) reads the old record again and
+redoes the whole update. Multi-key reads (`mget`) are split by slot on a cluster.
+
 Every Redis failure (connection refused, timeout) surfaces as `DegradedError`, which the pipeline
 turns into a degraded answer instead of a 500.
 """
@@ -31,11 +37,13 @@ from typing import TypeVar
 
 import pydantic
 import redis
+from redis.cluster import RedisCluster
 
 from feature_store.definitions import GLOBAL_ID, Entity
 from feature_store.errors import FeatureStoreUnavailableError
 from feature_store.live_writes import LiveWriter, LiveWriteResult
 from feature_store.online_store import RedisOnlineStore
+from feature_store.redis_client import RedisClient
 from feature_store.schemas import Event, Item, User
 from services.recommend.item_cache import ItemCache, TtlMemo
 from services.recommend.types import DegradedError, UnreadableEntryError
@@ -55,7 +63,7 @@ class ServingStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         features: RedisOnlineStore,
         prefix: str = "recsys",
         dedup_ttl_s: int = 7 * 86400,
@@ -179,10 +187,9 @@ class ServingStore:
         The PUT time is recorded so a catalog sync of an older Parquet file does not undo it."""
         with _degrade_on_redis_errors():
             previous = self.client.get(self._key("item", item.item_id))
-            pipe = self.client.pipeline(transaction=True)
-            self._queue_item_write(pipe, item, previous)
+            pipe = self.client.pipeline(transaction=False)
             pipe.hset(self._key("item_put"), item.item_id, int(time.time() * 1000))
-            pipe.execute()
+            self._write_items(pipe, [(item, previous)])
         self.item_cache.invalidate(item.item_id)
         return previous is None
 
@@ -193,16 +200,12 @@ class ServingStore:
             return 0
         ids = [item.item_id for item in items]
         with _degrade_on_redis_errors():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.mget([self._key("item", i) for i in ids])
-            pipe.hmget(self._key("item_put"), ids)
-            previous, put_ms = pipe.execute()
+            previous = _get_many(self.client, [self._key("item", i) for i in ids])
+            put_ms = self.client.hmget(self._key("item_put"), ids)
             stored = _not_put_since(ids, put_ms, written_at_ms)
-            for item, old in zip(items, previous):
-                if item.item_id in stored:
-                    self._queue_item_write(pipe, item, old)
+            pipe = self.client.pipeline(transaction=False)
             self._forget_puts(pipe, "item_put", stored, put_ms, ids)
-            pipe.execute()
+            self._write_items(pipe, [(item, old) for item, old in zip(items, previous) if item.item_id in stored])
         for item_id in stored:
             self.item_cache.invalidate(item_id)
         return len(stored)
@@ -232,10 +235,19 @@ class ServingStore:
         if overridden:
             pipe.hdel(self._key(name), *overridden)
 
-    def _queue_item_write(self, pipe: redis.client.Pipeline, item: Item, previous: bytes | None) -> None:
+    def _write_items(self, pipe: redis.client.Pipeline, pairs: Sequence[tuple[Item, bytes | None]]) -> None:
+        """Send `pipe` (what the caller queued) with the items' index updates, then the items'
+        records (each pair: the item and its stored record before this write)."""
+        for item, previous in pairs:
+            self._queue_index_writes(pipe, item, previous)
+        pipe.execute()
+        for item, _ in pairs:
+            pipe.set(self._key("item", item.item_id), item.model_dump_json())
+        pipe.execute()
+
+    def _queue_index_writes(self, pipe: redis.client.Pipeline, item: Item, previous: bytes | None) -> None:
         old_categories = set(json.loads(previous)["categories"]) if previous else set()
         created = (item.created_at or datetime.now(timezone.utc)).timestamp()
-        pipe.set(self._key("item", item.item_id), item.model_dump_json())
         for category in old_categories - set(item.categories):
             pipe.zrem(self._key("cat", category), item.item_id)
         for category in item.categories:
@@ -252,10 +264,10 @@ class ServingStore:
     def upsert_user(self, user: User) -> bool:
         """Store a user (PUT /v1/users); returns True if it was new. The PUT time is recorded, as for items."""
         with _degrade_on_redis_errors():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(self._key("user", user.user_id), user.model_dump_json(), get=True)
+            pipe = self.client.pipeline(transaction=False)
             pipe.hset(self._key("user_put"), user.user_id, int(time.time() * 1000))
-            previous, _ = pipe.execute()
+            pipe.set(self._key("user", user.user_id), user.model_dump_json(), get=True)
+            _, previous = pipe.execute()
         return previous is None
 
     def get_user(self, user_id: str) -> User | None:
@@ -268,7 +280,7 @@ class ServingStore:
         return self.item_cache.get_many(item_ids, self._read_items)
 
     def _read_items(self, item_ids: list[str]) -> dict[str, dict]:
-        raw = self._call(lambda: self.client.mget([self._key("item", i) for i in item_ids]))
+        raw = self._call(lambda: _get_many(self.client, [self._key("item", i) for i in item_ids]))
         return {i: json.loads(value) for i, value in zip(item_ids, raw) if value}
 
     def categories_of(self, item_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -290,6 +302,11 @@ class ServingStore:
             return [value.decode() for value in raw]
 
         return self.global_cache.get(("category", category, limit), read)
+
+
+def _get_many(client: RedisClient, keys: list[str]) -> list[bytes | None]:
+    """MGET, split by hash slot on a cluster (one MGET per slot, pipelined by the client)."""
+    return client.mget_nonatomic(keys) if isinstance(client, RedisCluster) else client.mget(keys)
 
 
 def _not_put_since(ids: Sequence[str], put_ms: Sequence[bytes | None], written_at_ms: int) -> set[str]:

@@ -31,7 +31,7 @@ def test_create_resolves_versions_and_is_stored_in_files_and_redis(
     assert (created["offset"], created["salt"], created["status"]) == (0.0, "e1", "running")
     stored = json.loads((admin_settings.state_dir / "experiments" / "e1.json").read_text())
     assert stored["arms"][1]["version"] == registry_versions[1]
-    mirrored = json.loads(redis_client.hget(f"{admin_settings.redis.key_prefix}:x:defs", "e1"))
+    mirrored = json.loads(redis_client.hget(f"{admin_settings.redis.key_prefix}:x:{{x}}:defs", "e1"))
     assert mirrored["offset"] == 0.0
     second = admin_client.post("/v1/experiments", json=ab("e2", traffic=0.5), headers=ADMIN).json()
     assert second["offset"] == pytest.approx(0.4)  # the first free slice of the layer
