@@ -31,9 +31,8 @@ app = typer.Typer(help="A/B and interleaving experiments between rankers.", no_a
 @contextmanager
 def _manager(state_dir: Path | None) -> Iterator[tuple[ExperimentManager, RedisOnlineStore, Settings]]:
     """The manager on the state directory's store and Redis, its feature store and the settings."""
-    import redis
-
     from feature_store.online_store import RedisOnlineStore
+    from feature_store.redis_client import ConnectionSpec
     from feature_store.redis_server import redis_url
     from models.registry import ModelRegistry
     from services.experiments.manager import ExperimentManager
@@ -41,7 +40,7 @@ def _manager(state_dir: Path | None) -> Iterator[tuple[ExperimentManager, RedisO
 
     settings = load_settings(state_dir)
     with redis_url(settings) as url:
-        client = redis.Redis.from_url(url)
+        client = ConnectionSpec.from_settings(settings, url).client()
         features = RedisOnlineStore.from_settings(settings, url)
         try:
             store = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)

@@ -1,7 +1,8 @@
 """The real API on one Redis server and on the 3-master Redis Cluster (`REDIS_URL=redis+cluster://…`):
 the catalog sync (its lock and records), item and user PUTs (catalog records, category and
 availability indexes, PUT times), event intake (claim markers, live writes), recommendations
-read back through all of them, and an experiment created, mirrored to Redis and served.
+read back through all of them, and an experiment created, mirrored to Redis, served, and stopped
+by `recsys experiments stop` (the CLI's client) with the API serving the change.
 
 Every expected value is planted here: popularity counts, category moves, availability, the
 experiment's arms. On the cluster the app's client routes every command by its key's slot, so a
@@ -21,6 +22,7 @@ from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import Item, User
 from feature_store.settings import Settings
 from services.api.app import create_app
+from tests.services.experiments.test_cli import recsys
 from tests.services.conftest import EventFactory, make_event, put_items, with_api  # noqa: F401  (fixture)
 
 KEY = {"X-API-Key": "admin-key"}
@@ -92,7 +94,8 @@ def test_catalog_events_recommendations_and_experiments(
     assert [e["id"] for e in api.get("/v1/experiments").json()] == ["e1"]
     served = api.get("/v1/users/u1/recommendations", params={"k": 3}).json()
     assert served["experiment"] == "e1" and served["arm"] in ("e1:control", "e1:explorer"), served
-    assert api.post("/v1/experiments/e1/stop").json()["status"] == "stopped"
+    stopped = recsys(app_settings, "stop", "e1")  # the CLI's own client, in another process
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "e1: stopped", stopped.stderr
     assert api.get("/v1/users/u1/recommendations", params={"k": 3}).json()["experiment"] is None
 
     # The values are where a fresh client of this URL finds them (on the cluster: the owning master).
