@@ -8,5 +8,8 @@ bound and to roll back.
 
 - `base`: the `OnlineLearner` interface, `Presentation`, the bounded step;
 - `dbgd`: dueling bandit gradient descent as in DRN (Zheng et al., WWW 2018);
-- `pdgd`: pairwise differentiable gradient descent (Oosterhuis & de Rijke, CIKM 2018).
+- `pdgd`: pairwise differentiable gradient descent (Oosterhuis & de Rijke, CIKM 2018);
+- `serving`: an API worker's side: the polled current revision, W/W̃/base interleaved for the learning share;
+- `feedback`: interleaved comparisons (teams, attributed clicks) read from the event log;
+- `process`: `recsys learn online`: DBGD over them, revisions published, major updates, rollback, kill switch.
 """
