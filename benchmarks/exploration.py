@@ -190,6 +190,7 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
             feedback.apply()
             counts = feedback.counts()
             counts = ItemCounts(counts.examined[order], counts.clicks[order])
+            frozen = feedback.A_inv[order], feedback.b[order]  # shared by every logged request (memory)
         user = int(users.choice(params.users, p=population.user_activity))
         x = _context(population, recent.get(user, []), params.dim)
         slate = logging.choose(ranked, K, choices, None)
@@ -199,7 +200,7 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
         if step < warmup:
             feedback.record(shown, drawn.astype(float), x)
             continue
-        linear = LinearStats(feedback.A_inv[order], feedback.b[order], np.tile(x, (len(order), 1)))
+        linear = LinearStats(*frozen, np.tile(x, (len(order), 1)))
         decisions.append(Decision(ranked, counts, slate, drawn, linear))
         requesters.append(population.user_id(user))
         if step % 500 == 0:

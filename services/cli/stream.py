@@ -35,3 +35,21 @@ def run(
         console.print(f"speed layer: {settings.event_log_dir} → {url}; checkpoints in {settings.flink_checkpoint_dir}")
         job.run(settings, url, restore_from)
     console.print("speed layer stopped")
+
+
+@app.command("upgrade-counts")
+def upgrade_counts(state_dir: StateDirOption = None) -> None:
+    """Fold the attributed (item, position) counts of the old layout into the item hashes (once,
+    after the old stream job has stopped; docs/exploration.md)."""
+    from feature_store.attribution_upgrade import fold_item_positions
+    from feature_store.errors import FeatureStoreUnavailableError
+    from feature_store.redis_client import ConnectionSpec
+    from feature_store.redis_server import redis_url
+
+    settings = load_settings(state_dir)
+    with redis_url(settings) as url:
+        try:
+            folded = fold_item_positions(ConnectionSpec.from_settings(settings, url))
+        except FeatureStoreUnavailableError as exc:
+            fail(str(exc))
+    console.print(f"folded {folded} (item, position) count keys into their item hashes")
