@@ -25,8 +25,9 @@ def online(
 ) -> None:
     """Learn the current ranker's output layer from interleaved feedback (DBGD) and publish online
     revisions every API worker serves to `learner.share` of users, until Ctrl-C or SIGTERM."""
-    import redis
+    from dataclasses import replace
 
+    from feature_store.redis_client import ConnectionSpec
     from feature_store.redis_server import redis_url
     from services.learner.process import build, run
 
@@ -35,7 +36,8 @@ def online(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with redis_url(settings) as url:
-        client = redis.Redis.from_url(url, socket_timeout=settings.redis.socket_timeout_s * 20)
+        spec = ConnectionSpec.from_settings(settings, url)
+        client = replace(spec, socket_timeout_s=spec.socket_timeout_s * 20).client()  # redis+cluster:// too
         try:
             process = build(settings, client, seed)
         except ValueError as exc:

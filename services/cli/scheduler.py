@@ -21,9 +21,11 @@ def scheduler(
 ) -> None:
     """Run the training DAG on its cron schedule (UTC) until Ctrl-C or SIGTERM. Every scheduler
     sharing a Redis (set REDIS_URL) takes the same lock, so one run goes at a time."""
-    import redis
+    from dataclasses import replace
+
     from prometheus_client import start_http_server
 
+    from feature_store.redis_client import ConnectionSpec
     from feature_store.redis_server import redis_url
     from services.scheduler.service import TrainingScheduler
 
@@ -33,7 +35,8 @@ def scheduler(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with redis_url(settings) as url:
-        client = redis.Redis.from_url(url, socket_timeout=settings.redis.socket_timeout_s * 20)
+        spec = ConnectionSpec.from_settings(settings, url)
+        client = replace(spec, socket_timeout_s=spec.socket_timeout_s * 20).client()  # redis+cluster:// too
         service = TrainingScheduler(settings, client)
         if settings.scheduler.metrics_port:
             start_http_server(settings.scheduler.metrics_port, registry=service.metrics.registry)
