@@ -277,6 +277,7 @@ class LearnerSettings(_Section):
     lr: float = Field(default=0.1, gt=0, description="PDGD learning rate.")
     max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")
     tau: float = Field(default=3.0, gt=0, description="Probabilistic interleaving's rank softmax exponent.")
+    depth: int = Field(default=20, ge=1, description="Each team's top `depth` items are interleaved (the learner library's 20).")
     aa: bool = Field(default=False, description="A/A mode: w~ = w (measures chance wins; w never moves).")
     rollback_window: int = Field(default=200, ge=1, description="M: the last M decided comparisons of a revision against its base.")
     rollback_threshold: float = Field(default=0.4, ge=0, le=1, description="Roll back to the base when the revision wins fewer than this share of them.")

@@ -4,10 +4,10 @@ Each worker polls `RevisionStore.poll(base)` every `learner.poll_interval_s` for
 it serves (the revision's blessed base) and swaps its `LiveRevision` by one reference assignment,
 so a request keeps the revision it started with. A user in the learning share (`learner.share`,
 sticky: `unit_hash("learner", user)` as experiments assign arms) gets the probabilistic
-interleaving (`services.experiments.interleaving.probabilistic`, exact propensities) of the lists
-of the current weights `w` (team `current`), the explore weights `w̃` (team `explore`, when the
-revision has them) and the base's own output layer (team `base`: the credit the rollback compares
-against). The ranker's penultimate features `h(u, i)` are computed once per request (one model
+interleaving (`services.experiments.interleaving.probabilistic`, exact propensities) of the top
+`learner.depth` of three lists: the current weights `w`'s (team `current`), the explore weights
+`w̃`'s (team `explore`, when the revision has them) and the base's own output layer's (team `base`:
+the credit the rollback compares against). The ranker's penultimate features `h(u, i)` are computed once per request (one model
 call) and each team's scores are one dot product `σ(w_team · h + b)` over them.
 
 Served lists carry experiment `learner`, arm `learner:<revision id>` and explore label
@@ -81,10 +81,11 @@ class HeadRanker:
     """A `Ranker` scoring `σ(w · h(u, i) + b)` with given weights `w` (None: the base's own) over
     shared penultimate features."""
 
-    def __init__(self, shared: SharedPenultimate, weights: np.ndarray | None, name: str) -> None:
+    def __init__(self, shared: SharedPenultimate, weights: np.ndarray | None, name: str, attention: bool) -> None:
         self.shared = shared
         self.weights = weights
         self.name = name
+        self.attention = attention  # the first team's is enough: the pipeline keeps an item's first reason
 
     def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
         features = self.shared.of(user, candidates)
@@ -92,7 +93,7 @@ class HeadRanker:
         weights = head if self.weights is None else self.weights
         if weights.shape != head.shape:
             raise ValueError(f"revision weights have {weights.shape[0]} entries, the ranker's layer {head.shape[0]}")
-        return RankOutput(scores=expit(features.hidden @ weights + bias), attention=features.attention)
+        return RankOutput(expit(features.hidden @ weights + bias), features.attention if self.attention else None)
 
 
 class LearnerServing:
@@ -140,13 +141,14 @@ class LearnerServing:
         heads = [(TEAMS[0], revision.weights), (TEAMS[1], revision.explore_weights), (TEAMS[2], None)]
         if revision.explore is None:
             heads.pop(1)
-        rankers = tuple(HeadRanker(shared, weights, name) for name, weights in heads)
+        rankers = tuple(HeadRanker(shared, weights, name, team == 0) for team, (name, weights) in enumerate(heads))
         plan = ServingPlan(versions=(None,) * len(rankers), merge=self._merge, label=label(revision.id),
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, EXPERIMENT, revision.id)
 
     def _merge(self, rankings: list[list[str]], k: int) -> tuple[Sequence[str], Sequence[int], Sequence[float]]:
-        merged = probabilistic(rankings, k, self.rng(), self.settings.tau)
+        depth = self.settings.depth
+        merged = probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
         return merged.items, merged.teams, merged.propensities
 
     def start(self) -> None:

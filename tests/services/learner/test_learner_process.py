@@ -3,7 +3,7 @@ interleaved feedback, stale revisions' feedback is skipped, the kill switch stop
 bad revision is rolled back to the base with the reason, and a promotion restarts from the new base.
 
 The bases' output layers are planted (`HEADS`); reading them from a real DIN SavedModel is tested in
-`test_serving.py`."""
+`test_learner_serving.py`."""
 
 from __future__ import annotations
 
