@@ -171,13 +171,14 @@ def pin(cpus: set[int] | None) -> None:
 
 
 def start_server(
-    factory: str, env: dict[str, str], app_dir: Path, workers: int = 1, cpus: set[int] | None = None
+    factory: str, env: dict[str, str], app_dir: Path, workers: int = 1, cpus: set[int] | None = None,
+    cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     # `recsys serve`'s launcher: uvicorn, one SO_REUSEPORT socket per worker, no access log.
     command = [sys.executable, "-m", "services.api.server", factory, "--factory", "--app-dir", str(app_dir),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--workers", str(workers)]
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, preexec_fn=lambda: pin(cpus))
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=cwd, preexec_fn=lambda: pin(cpus))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
