@@ -142,6 +142,27 @@ class Merges:
                 self.teams[user, outcome] = merged.teams
 
 
+def credit_efficiency(world: World, merges: Merges) -> float:
+    """Exact `E[c_A − c_B]` per interleaved request over the A/B gap in expected clicks per request,
+    `E[clicks | A] − E[clicks | B]`, both from the truth (mean over population users; every merge
+    equally likely). With Poisson-like clicks, interleaving needs about `1 / (4 c²)` of A/B's
+    requests at equal between-user variance (A/B splits the requests and differences two means)."""
+    users = np.arange(len(world.attract))[:, None, None]
+    p = world.attract[users, merges.items] * world.exam
+    interleaved = (p * np.where(merges.teams == 0, 1.0, -1.0)).sum(2).mean()
+    a, b = (np.take_along_axis(world.attract, lists[:, :K], 1) * world.exam for lists in merges.lists)
+    return float(interleaved / (a.sum(1) - b.sum(1)).mean())
+
+
+def crossing(curve: list[tuple[int, float]], level: float = 0.8) -> float | None:
+    """Users at which the power curve first reaches `level`, interpolated linearly in log users
+    between the grid points around it (the grid's own answer is up to 1.5x coarser)."""
+    for (n0, p0), (n1, p1) in zip(curve, curve[1:]):
+        if p0 < level <= p1:
+            return float(np.exp(np.log(n0) + (level - p0) / (p1 - p0) * (np.log(n1) - np.log(n0))))
+    return float(curve[0][0]) if curve and curve[0][1] >= level else None
+
+
 def ab_run(world: World, merges: Merges, users: int, seed: int) -> Outcomes:
     """One A/B test on `users` users, analysed per user and per impression."""
     rng = np.random.default_rng(seed)
@@ -211,9 +232,11 @@ def sensitivity(world: World, kind: str, args: argparse.Namespace) -> dict:
     print(f"[{kind}] true CTR A {ctr_a:.5f}, B {ctr_b:.5f} (relative gap {1 - ctr_b / ctr_a:.4f}); "
           f"top-{K} overlap {np.mean([len(set(x[:K]) & set(y[:K])) for x, y in zip(a, b)]) / K:.2f}", flush=True)
     merges = Merges((a, b))
+    efficiency = credit_efficiency(world, merges)
+    print(f"[{kind}] interleaving credit efficiency c = {efficiency:.3f}", flush=True)
     methods = {**needed(interleaving_run, world, merges, args.runs, args.il_start, f"{kind} interleaving"),
                **needed(ab_run, world, merges, args.runs, args.ab_start, f"{kind} A/B")}
-    return {"true_ctr": [ctr_a, ctr_b], "methods": methods, "_merges": merges}
+    return {"true_ctr": [ctr_a, ctr_b], "credit_efficiency": efficiency, "methods": methods, "_merges": merges}
 
 
 def a_a(world: World, merges: Merges, sizes: dict[str, int], runs: int) -> dict:
@@ -257,11 +280,22 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     pairs = agreement(world, args.pairs, il_users, args.ab_power * ab_users, args.kinds)
     for result in kinds.values():
         result.pop("_merges", None)
-        ab_n, il_n = result["methods"]["ab_user"]["users"], result["methods"][args.il_method]["users"]
-        result["ratio_ab_user_to_interleaving"] = ab_n / il_n if ab_n and il_n else None
     return {"knobs": knobs, "requests_per_user": args.requests_per_user, "kinds": kinds, "aa": aa, "pairs": pairs,
             "agreement_with_ab": float(np.mean([p["interleaving"] == p["ab"] for p in pairs])) if pairs else None,
             "agreement_with_truth": float(np.mean([p["interleaving"] == p["truth"] for p in pairs])) if pairs else None}
+
+
+def report(summary: dict, il_method: str) -> None:
+    """Users needed per method (grid and interpolated), A/B per user over interleaving, agreement."""
+    for name, result in summary["populations"].items():
+        for kind, r in result["kinds"].items():
+            grid = {m: v["users"] for m, v in r["methods"].items()}
+            smooth = {m: crossing(v["curve"]) for m, v in r["methods"].items()}
+            ratio = (smooth["ab_user"] / smooth[il_method]) if smooth["ab_user"] and smooth[il_method] else None
+            print(f"{name}/{kind}: users for 80% power on the grid {grid}; interpolated "
+                  + ", ".join(f"{m} {v:,.0f}" if v else f"{m} -" for m, v in smooth.items())
+                  + f"; A/B per user / {il_method}: {ratio if ratio is None else round(ratio, 2)}")
+        print(f"{name}: agreement with the A/B {result['agreement_with_ab']}, with the truth {result['agreement_with_truth']}")
 
 
 def plot(summary: dict, path: Path, kind: str) -> None:
@@ -311,18 +345,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        plot(saved, args.plot, saved["kinds"][0])
+        report(saved, f"il_{args.unit}_sign")
+        if args.plot:
+            plot(saved, args.plot, saved["kinds"][0])
         return
     args.il_method = f"il_{args.unit}_sign"
     started = time.perf_counter()
     summary = {"runs": args.runs, "kinds": args.kinds, "populations": {name: measure(name, args) for name in args.population}}
     summary["seconds"] = time.perf_counter() - started
-    for name, result in summary["populations"].items():
-        for kind, r in result["kinds"].items():
-            users = {m: v["users"] for m, v in r["methods"].items()}
-            print(f"{name}/{kind}: users needed for 80% power {users}; A/B per user / interleaving "
-                  f"{r['ratio_ab_user_to_interleaving']}")
-        print(f"{name}: agreement with the A/B {result['agreement_with_ab']}, with the truth {result['agreement_with_truth']}")
+    report(summary, args.il_method)
     print(f"{summary['seconds']:.0f} s")
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
