@@ -1,22 +1,18 @@
-"""Tuned peers of the protocol (`models.evaluation.protocol`): implicit-feedback ALS and GRU4Rec.
+"""Tuned peers of the protocol (`models.evaluation.protocol`): implicit-feedback ALS.
 
-Both score every training item for a history (the `ItemScorer` interface): ALS folds the history
-in as a new user (one least-squares solve), GRU4Rec reads it as a session. ItemKNN and Pop are in
-`models.evaluation.baselines`.
+It scores every training item for a history (the `ItemScorer` interface) by folding the history
+in as a new user (one least-squares solve). ItemKNN and Pop are in `models.evaluation.baselines`;
+GRU4Rec, a peer and a recall channel of the pipeline, in `models.retrieval.sequential`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from scipy import sparse
 
-
-def _index(sequences: Sequence[Sequence[str]]) -> tuple[np.ndarray, dict[str, int]]:
-    items = sorted({item for sequence in sequences for item in sequence})
-    return np.array(items, dtype=str), {item: i for i, item in enumerate(items)}
+from models.retrieval.sequential import item_index
 
 
 class ImplicitALS:
@@ -32,7 +28,7 @@ class ImplicitALS:
                  alpha: float = 1.0, iterations: int = 15, seed: int = 0) -> None:  # fmt: skip
         from implicit.cpu.als import AlternatingLeastSquares
 
-        self.ids, self.position = _index(sequences)
+        self.ids, self.position = item_index(sequences)
         rows = [u for u, sequence in enumerate(sequences) for _ in dict.fromkeys(sequence)]
         cols = [self.position[item] for sequence in sequences for item in dict.fromkeys(sequence)]
         matrix = sparse.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(sequences), len(self.ids)))
@@ -52,82 +48,3 @@ class ImplicitALS:
         system = self.gram + (confidence - 1.0) * known.T @ known + self.regularization * np.eye(self.gram.shape[0])
         user = np.linalg.solve(system, confidence * known.sum(axis=0))
         return self.factors @ user
-
-
-class GRU4Rec:
-    """Session-based recommendation with a GRU (Hidasi et al. 2016, ICLR), trained with
-    cross-entropy over the full item softmax at every step (Hidasi & Karatzoglou 2018 report it
-    stronger than the original ranking losses at this scale): h_t = GRU(e(s_1..s_t)), the next
-    item's score is w_jᵀ h_t + b_j.
-
-    `fit` trains on the training sequences; with a validation callback (returning the score to
-    maximise) the best epoch's weights are kept and training stops after `patience` epochs
-    without improvement: the number of epochs is a hyper-parameter chosen on validation."""
-
-    def __init__(self, sequences: Sequence[Sequence[str]], dim: int = 64, max_len: int = 50, dropout: float = 0.2,
-                 learning_rate: float = 3e-3, batch_size: int = 32, seed: int = 0) -> None:  # fmt: skip
-        import keras
-
-        keras.utils.set_random_seed(seed)
-        self.ids, self.position = _index(sequences)
-        self.max_len, self.batch_size = max_len, batch_size
-        self.sequences = [list(s) for s in sequences if len(s) >= 2]
-        self.model = self._build(len(self.ids) + 1, dim, dropout, learning_rate)
-
-    def _build(self, vocabulary: int, dim: int, dropout: float, learning_rate: float) -> Any:
-        import keras
-
-        tokens = keras.Input(shape=(None,), dtype="int32")
-        embedded = keras.layers.Embedding(vocabulary, dim, mask_zero=True)(tokens)
-        hidden = keras.layers.GRU(dim, return_sequences=True)(keras.layers.Dropout(dropout)(embedded))
-        self.output_layer = keras.layers.Dense(vocabulary)
-        logits = self.output_layer(keras.layers.Dropout(dropout)(hidden))
-        self.encoder = keras.Model(tokens, hidden)  # scoring reads the last step only
-        model = keras.Model(tokens, logits)
-        model.compile(keras.optimizers.Adam(learning_rate),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))  # fmt: skip
-        return model
-
-    def _encode(self, history: Sequence[str]) -> list[int]:
-        return [self.position[item] + 1 for item in list(history)[-self.max_len :] if item in self.position]
-
-    def _padded(self, rows: list[list[int]], width: int) -> np.ndarray:
-        out = np.zeros((len(rows), width), np.int32)
-        for r, row in enumerate(rows):
-            if row:
-                out[r, -len(row) :] = row  # left-padded: the last step is the latest item
-        return out
-
-    def fit(self, epochs: int, validate: Any = None, patience: int = 2) -> GRU4Rec:
-        encoded = [self._encode(s)[-(self.max_len + 1) :] for s in self.sequences]
-        inputs = self._padded([e[:-1] for e in encoded], self.max_len)
-        targets = self._padded([e[1:] for e in encoded], self.max_len)
-        best, best_weights, stale = -np.inf, None, 0
-        for epoch in range(epochs):
-            self.model.fit(inputs, targets, batch_size=self.batch_size, epochs=1, shuffle=True, verbose=0)
-            if validate is None:
-                continue
-            score = validate(self)
-            if score > best:
-                best, best_weights, stale, self.best_epoch = score, self.model.get_weights(), 0, epoch + 1
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-        if best_weights is not None:
-            self.model.set_weights(best_weights)
-        return self
-
-    def scores(self, history: Sequence[str]) -> np.ndarray:
-        return self.batch_scores([history])[0]
-
-    def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        """Scores of `ids` for each history (one forward pass per batch of histories)."""
-        rows = [self._encode(h) for h in histories]
-        width = max(1, max(map(len, rows)))
-        last = self.encoder.predict(self._padded(rows, width), batch_size=512, verbose=0)[:, -1, :]
-        kernel, bias = (np.asarray(w) for w in self.output_layer.get_weights())
-        logits = (last @ kernel + bias)[:, 1:]
-        empty = np.array([not row for row in rows])
-        logits[empty] = 0.0
-        return logits

@@ -14,7 +14,8 @@ from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommende
 from models.evaluation.end_to_end import bootstrap_ci
 from models.evaluation.metrics import rank_metrics
 from models.evaluation.offline_pipeline import EvaluationConfig, single_threaded_faiss, build_contenders
-from models.evaluation.peers import GRU4Rec, ImplicitALS
+from models.evaluation.peers import ImplicitALS
+from models.retrieval.sequential import GRU4Rec
 from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit, Tuned, full_ranks, tune
 
 Progress = Callable[[str, int, int], None]

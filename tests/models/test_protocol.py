@@ -10,7 +10,8 @@ import pytest
 
 from models.evaluation import ItemKNNRecommender, PopularityRecommender
 from models.evaluation.metrics import rank_metrics
-from models.evaluation.peers import GRU4Rec, ImplicitALS
+from models.evaluation.peers import ImplicitALS
+from models.retrieval.sequential import GRU4Rec
 from models.evaluation.protocol import ListScorer, full_ranks, protocol_split, top_lists, tune
 from models.evaluation.split import LeaveLastOut
 
