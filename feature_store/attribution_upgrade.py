@@ -39,14 +39,15 @@ def fold_item_positions(spec: ConnectionSpec) -> int:
         with translate_errors(spec, "folding (item, position) counts into the item hashes"):
             for raw in list(client.scan_iter(layout.attribution_counts_pattern(Dimension.ITEM_POSITION), count=1000)):
                 old = raw.decode()
-                item, position = split_item_position(unescape_key_part(old[head - 1:-1]))
+                escaped = old[head - 1:-1]  # the count key, escaped: no braces, so the marker's slot is the item's
+                item, position = split_item_position(unescape_key_part(escaped))
                 target = layout.attribution_counts(Dimension.ITEM, item)
                 fields, ttl = client.hgetall(old), client.pttl(old)
                 args: list[str | int] = [RETENTION_MS, ttl]
                 for field, value in fields.items():
                     measure, _, bucket = field.decode().rpartition(":")
                     args += [f"{measure}{POSITION_MARK}{position}:{bucket}", int(value)]
-                marker = slot_marker(f"{spec.key_prefix}:a:upgrade:{old}", target)
+                marker = slot_marker(f"{spec.key_prefix}:a:upgrade:{escaped}", target)
                 folded += int(client.eval(FOLD_SCRIPT, 2, target, marker, *args))
                 client.delete(old)
     finally:

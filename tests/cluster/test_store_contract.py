@@ -29,6 +29,7 @@ from feature_store.schemas import Event
 from feature_store.settings import Settings
 from tests.feature_store.helpers import WM, event, item_row, user_row
 from tests.feature_store.test_attribution_store import WINDOW_MS, apply_log, planted_log, stored
+from tests.feature_store.test_attribution_upgrade import check_fold
 
 NOW = (WM + timedelta(minutes=59)).timestamp()
 REGISTRY = FeatureRegistry((
@@ -143,3 +144,7 @@ def test_attributed_counts_equal_the_rule_and_examined_counts_agree(redis_url: s
                      if dimension == Dimension.ITEM and key == item and measure == "click")
         assert (got.examined[n], got.clicks[n]) == (pytest.approx(shown), clicks), item
     store.close()
+
+
+def test_old_item_position_keys_fold_into_the_item_hashes(redis_url: str) -> None:
+    check_fold(ConnectionSpec(redis_url))

@@ -23,7 +23,12 @@ def _rows(store: RedisAttributionStore) -> Counter[tuple[str, int, str]]:
 
 
 def test_old_item_position_keys_fold_into_the_item_hash_once(settings: Settings, redis_client: redis.Redis) -> None:
-    spec = ConnectionSpec(settings.redis.url or "")
+    check_fold(ConnectionSpec(settings.redis.url or ""))
+
+
+def check_fold(spec: ConnectionSpec) -> None:
+    """The fold on the Redis (or Redis Cluster) of `spec`, which holds no attribution keys yet."""
+    redis_client = spec.client()
     store = RedisAttributionStore(spec, dedup_ttl_s=86_400, max_future_skew_s=900)
     now = int(time.time() * 1000)
     bucket = now - now % BUCKET_MS
@@ -60,3 +65,4 @@ def test_old_item_position_keys_fold_into_the_item_hash_once(settings: Settings,
     assert fold_item_positions(spec) == 0
     assert _rows(store) == expected and not redis_client.exists(key)
     store.close()
+    redis_client.close()
