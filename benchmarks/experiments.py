@@ -31,7 +31,9 @@ made once with `team_draft` itself (fed each coin sequence) and each request dra
     .venv/bin/python benchmarks/experiments.py --population realistic homogeneous --runs 100 \
         --aa-runs 200 --pairs 30 --out results.json --plot benchmarks/experiments_power.png
 
-`--from-json FILE` draws the plot from a saved run.
+Prints, per population and pair, the users each test needs for 80% power (on the ×1.5 grid and
+interpolated), the A/A rates and the agreement; `--from-json FILE` prints them and draws the plot
+(`--plot`) from a saved `--out` file without running again.
 """
 
 from __future__ import annotations
