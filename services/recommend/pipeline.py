@@ -94,6 +94,10 @@ class ServingPlan:
     rankers: tuple[Ranker, ...] = ()  # interleaving: each team's ranker, given (the online learner's heads)
 
 
+Assign = Callable[[RecommendationRequest], tuple[RecommendationRequest, ServingPlan | None]]
+"""The request with its assigned context (experiment, arm) and the plan that serves it (None: the default)."""
+
+
 class RecommendationPipeline:
     """Runs the stages; any online-store failure becomes a degraded answer from the fallback."""
 
@@ -133,18 +137,24 @@ class RecommendationPipeline:
             return self._degraded(request, bundle, timings)
 
     async def recommend_within_deadline(
-        self, request: RecommendationRequest, bundle: ModelBundle, plan: ServingPlan | None = None
-    ) -> RecommendationResult:
-        """`recommend` on a worker thread; the fallback's degraded answer if it takes longer than
-        `deadline_s`. The abandoned run finishes in the background (bounded by the Redis socket
-        timeouts); one still queued is dropped."""
-        work = asyncio.get_running_loop().run_in_executor(self._executor, self.recommend, request, bundle, plan)
+        self, request: RecommendationRequest, bundle: ModelBundle, assign: Assign | None = None
+    ) -> tuple[RecommendationRequest, RecommendationResult]:
+        """`assign(request)` (the request's experiment or learner plan, which may read Redis), then
+        `recommend`, on one worker thread: the request as assigned and its result. Past `deadline_s`,
+        the request as received and the fallback's degraded answer; the abandoned run finishes in
+        the background (bounded by the Redis socket timeouts), one still queued is dropped. One
+        thread hop for both: a second one for the assignment cost every request its wake-ups."""
+        def work() -> tuple[RecommendationRequest, RecommendationResult]:
+            assigned, plan = assign(request) if assign is not None else (request, None)
+            return assigned, self.recommend(assigned, bundle, plan)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
         try:
-            return await asyncio.wait_for(work, self.deadline_s)
+            return await asyncio.wait_for(future, self.deadline_s)
         except TimeoutError:
             log.warning("recommendation for %s missed its %.3fs deadline: answering degraded",
                         request.user_id, self.deadline_s)
-            return self._degraded(request, bundle, {})
+            return request, self._degraded(request, bundle, {})
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,17 +1,15 @@
 """`/v1/users/{user_id}/recommendations`: recall → filter → rank → explain.
 
-The pipeline runs on a worker thread under `api.recommend_deadline_s`: its Redis calls are
-synchronous, and on the event loop one that hangs (a paused or overloaded Redis, up to the socket
-timeout) stalled every request of the worker. A request past its deadline answers degraded from
-the fallback list. CPU concurrency still comes from uvicorn workers (`settings.api.workers`).
+The experiment assignment and the pipeline run on one worker thread under
+`api.recommend_deadline_s`: their Redis calls are synchronous, and on the event loop one that hangs
+(a paused or overloaded Redis, up to the socket timeout) stalled every request of the worker. A
+request past its deadline answers degraded from the fallback list, with no experiment. CPU concurrency still comes from uvicorn workers (`settings.api.workers`).
 
 Each answered list goes to the impression logger (`services.recommend.impressions`): a put on a
 bounded queue, never a wait; its writer thread logs one impression event per shown item."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Annotated
@@ -21,12 +19,9 @@ from fastapi import APIRouter, Query, Body
 from services.api.deps import ReadAccess, RequestIdDep, StateDep, UserIdPath
 from services.api.schemas import RecommendationsQuery, RecommendationsResponse, RecommendedItem
 from services.api.state import ServiceState
-from services.experiments.serving import Served
 from services.recommend.impressions import ServedList
-from services.recommend.pipeline import ModelBundle
+from services.recommend.pipeline import Assign, ModelBundle, ServingPlan
 from services.recommend.types import RecommendationRequest
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/users", tags=["recommendations"], dependencies=[ReadAccess])
 
@@ -69,12 +64,7 @@ async def _recommend(
     state: ServiceState, request: RecommendationRequest, request_id: str, log_impressions: bool
 ) -> RecommendationsResponse:
     bundle = state.models.bundle
-    served = await _experiment(state, request.user_id, bundle)
-    if served is None and state.learner is not None:  # experiments first: the learner takes the rest
-        served = state.learner.plan(request.user_id, bundle)
-    if served is not None:  # the service's assignment replaces the client's experiment and arm
-        request = replace(request, context={**request.context, **served.context})
-    result = await state.pipeline.recommend_within_deadline(request, bundle, served.plan if served else None)
+    request, result = await state.pipeline.recommend_within_deadline(request, bundle, _assignment(state, bundle))
     if log_impressions and state.settings.api.log_impressions:
         explore = state.settings.explore
         state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc),
@@ -105,16 +95,18 @@ async def _recommend(
     )
 
 
-async def _experiment(state: ServiceState, user_id: str, bundle: ModelBundle) -> Served | None:
-    """The user's experiment plan, read (one Redis GET) on a worker thread under the request's
-    deadline, like the pipeline's reads: a hanging Redis costs the experiment, not the event loop."""
-    if state.experiment_serving is None:
-        return None
-    plan = state.experiment_serving.plan
-    try:
-        return await asyncio.wait_for(
-            asyncio.to_thread(plan, user_id, bundle, datetime.now(timezone.utc)), state.settings.api.recommend_deadline_s
-        )
-    except TimeoutError:
-        log.warning("experiment assignment for %s missed the deadline: serving the default", user_id)
-        return None
+def _assignment(state: ServiceState, bundle: ModelBundle) -> Assign:
+    """The user's experiment plan (one Redis GET, run with the pipeline on its worker thread under
+    the request's deadline: a hanging Redis costs the request, not the event loop), else the
+    online learner's; the service's assignment replaces the client's experiment and arm."""
+    def assign(request: RecommendationRequest) -> tuple[RecommendationRequest, ServingPlan | None]:
+        served = None
+        if state.experiment_serving is not None:
+            served = state.experiment_serving.plan(request.user_id, bundle, datetime.now(timezone.utc))
+        if served is None and state.learner is not None:  # experiments first: the learner takes the rest
+            served = state.learner.plan(request.user_id, bundle)
+        if served is None:
+            return request, None
+        return replace(request, context={**request.context, **served.context}), served.plan
+
+    return assign
