@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import expit
@@ -31,9 +32,11 @@ from models.online_revisions import Control, Revision, RevisionStore
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic
 from services.experiments.serving import Served
-from services.recommend.model_adapters import Penultimate
 from services.recommend.pipeline import ModelBundle, ServingPlan
 from services.recommend.types import Candidate, RankOutput, UserContext
+
+if TYPE_CHECKING:  # the adapters load lazily, with the first model (`registry_models`)
+    from services.recommend.model_adapters import Penultimate
 
 log = logging.getLogger(__name__)
 
