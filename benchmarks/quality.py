@@ -64,13 +64,15 @@ def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history
     """Mean number of distinct reasons (`services.recommend.explain`) per top-10 list, over users
     with at least `min_history` history items; each item's reason from the recall candidate that
     brought it (its seed), as served without the ranker's attention."""
-    recall = model.model.recall if isinstance(model.model, RerankRecommender) else model.model
+    inner = getattr(model, "model", model)  # a list model inside its ListScorer; a blend scores directly
+    recall = inner.recall if isinstance(inner, RerankRecommender) else inner
+    depth = getattr(model, "depth", 100)
     counts = []
     for user, items in zip(sorted(split.test), lists):
         history = split.train[user]
         if len(history) < min_history:
             continue
-        found = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in recall.recall(history, model.depth)}
+        found = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in recall.recall(history, depth)}
         shown = [found.get(item, Candidate(item, 0.0, set())) for item in items]
         counts.append(len(set(explain(shown, [], _Ids()))))  # type: ignore[arg-type]
     return float(np.mean(counts)) if counts else float("nan")
@@ -138,7 +140,7 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
     for name, tuned in result.models.items():
         lists = top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
         spread = diversity(lists, result.items)
-        if name.startswith(("recall", "pipeline")):
+        if name.startswith(("recall", "blend", "pipeline")):
             spread["reasons_per_list"] = reasons_per_list(tuned.model, split.test, lists)  # type: ignore[attr-defined]
         ratio = ratio_ci(tuned.test["NDCG@10"], result.models[peer].test["NDCG@10"], args.bootstrap, args.seed)
         print(f"{name:<32} {ratio[0]:>10.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]     {int(spread['distinct']):>13,} "

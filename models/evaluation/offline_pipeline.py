@@ -122,6 +122,17 @@ def build_contenders(
     return contenders, counts, validation
 
 
+def with_recall(contenders: Mapping[str, Any], recall: Any, name: str) -> dict[str, Any]:
+    """`recall` itself as contender `name`, and `name -> ranker` for each trained ranker of
+    `contenders` (their `recall -> ranker`), the ranker unchanged over another recall stage."""
+    out = {name: recall}
+    for label, model in contenders.items():
+        if isinstance(model, RerankRecommender):
+            ranker = label.split(" → ", 1)[1]
+            out[f"{name} → {ranker}"] = RerankRecommender(recall, model.features, model.spec, model.score, model.depth)
+    return out
+
+
 def _phase(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:
     return None if progress is None else (lambda done, total: progress(name, done, total))
 

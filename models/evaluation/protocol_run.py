@@ -13,8 +13,11 @@ from typing import Any
 from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommender
 from models.evaluation.end_to_end import bootstrap_ci
 from models.evaluation.metrics import rank_metrics
-from models.evaluation.offline_pipeline import EvaluationConfig, single_threaded_faiss, build_contenders
+from models.evaluation.offline_pipeline import EvaluationConfig, build_contenders, single_threaded_faiss, with_recall
 from models.evaluation.peers import ImplicitALS
+from models.retrieval.blend import BlendedRecall, fit_blend
+from models.retrieval.multichannel import EmbeddingNeighbourChannel
+from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores, ScoredChannel, SequentialScores
 from models.retrieval.sequential import GRU4Rec
 from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit, Tuned, full_ranks, tune
 
@@ -68,7 +71,7 @@ def run_protocol(split: ProtocolSplit, categories: Mapping[str, str], config: Pr
     for name in config.peers:
         tuned[name] = _tune_peer(name, sequences, split, config, progress)
     if config.pipeline is not None:
-        tuned.update(_pipeline(split, sequences, categories, config.pipeline, config.seed, progress))
+        tuned.update(_pipeline(split, sequences, categories, config.pipeline, config.seed, progress, tuned))
     summary = {
         name: {m: (float(t.test[m].mean()), *bootstrap_ci(t.test[m], config.bootstrap_rounds, seed=config.seed))
                for m in PROTOCOL_METRICS}
@@ -99,23 +102,53 @@ def _tune_peer(name: str, sequences: list[list[str]], split: ProtocolSplit, conf
 
 
 def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapping[str, str],
-              config: EvaluationConfig, seed: int, progress: Progress | None) -> dict[str, Tuned]:  # fmt: skip
+              config: EvaluationConfig, seed: int, progress: Progress | None,
+              peers: Mapping[str, Tuned]) -> dict[str, Tuned]:  # fmt: skip
     """The project's recall and recall -> rankers, trained on the training items (the validation
-    phase's split), as list models under full ranking."""
+    phase's split), as list models under full ranking; with the tuned ItemKNN and GRU4Rec among
+    `peers`, also their blend with Item2vec (`models.retrieval.blend`, weights fitted on
+    validation) alone (full ranking) and -> each ranker."""
     with single_threaded_faiss():
         contenders, _, _ = build_contenders(split.validation, sequences, categories, config, progress)
+        blend = _blend(split, contenders["recall only"], peers, seed)
+        if blend is not None:
+            contenders.update(with_recall(contenders, blend, "blend"))
         out = {}
-        for name in [n for n in contenders if n.startswith("recall")]:
-            scorer = ListScorer(contenders[name], split.items, config.samples.recall_depth)
+        for name in [n for n in contenders if n.startswith(("recall", "blend"))]:
+            scorer = contenders[name] if name == "blend" else ListScorer(contenders[name], split.items, config.samples.recall_depth)
             validation = rank_metrics(full_ranks(scorer, split.validation, split.items, seed))
             test = rank_metrics(full_ranks(scorer, split.test, split.items, seed))
-            out[name] = Tuned(name, {}, scorer, validation, test, [({}, float(validation[TUNING_METRIC].mean()))])
+            params = {"normalisation": scorer.normalisation, "weights": _weights(scorer)} if name == "blend" else {}
+            out[name] = Tuned(name, params, scorer, validation, test, [({}, float(validation[TUNING_METRIC].mean()))])
     # A ranker must not make the recall order worse: the order served is the one that scores
     # better on validation (recall alone when every ranker loses to it).
     chosen = max(out, key=lambda name: out[name].grid[0][1])
     out[PIPELINE] = Tuned(PIPELINE, {"order": chosen}, out[chosen].model, out[chosen].validation, out[chosen].test,
                           [({"order": name}, t.grid[0][1]) for name, t in out.items()])  # fmt: skip
     return out
+
+
+def _blend(split: ProtocolSplit, recall: Any, peers: Mapping[str, Tuned], seed: int) -> BlendedRecall | None:
+    """Tuned ItemKNN, GRU4Rec (when tuned in this run) and the recall stage's embeddings as scored
+    channels, blended with weights fitted on the validation targets."""
+    channels: list[ScoredChannel] = []
+    if "ItemKNN" in peers:
+        channels.append(ItemKNNScores(peers["ItemKNN"].model))
+    if "GRU4Rec" in peers:
+        channels.append(SequentialScores(peers["GRU4Rec"].model))
+    for channel in getattr(recall, "channels", ()):
+        if isinstance(channel, EmbeddingNeighbourChannel):
+            embeddings = channel.embeddings
+            channels.append(EmbeddingScores(channel.name, embeddings.ids, embeddings.vectors))
+    if not channels:
+        return None
+    users = sorted(split.validation.test)
+    histories = [split.validation.train[u] for u in users]
+    return fit_blend(channels, split.items, histories, [split.validation.test[u] for u in users], seed=seed)
+
+
+def _weights(blend: BlendedRecall) -> dict[str, float]:
+    return {channel.name: float(w) for channel, w in zip(blend.channels, blend.weights)}
 
 
 def best_peer(result: ProtocolResult) -> str:

@@ -74,15 +74,10 @@ class ItemKNNScores:
         if not window:
             return [None] * len(items)
         rows = [self.model.position[item] for item in window]
-        out: list[str | None] = []
-        for item in items:
-            column = self.model.position.get(item)
-            if column is None:
-                out.append(None)
-                continue
-            terms = self.model.similarity[rows, column].toarray().ravel()
-            out.append(window[int(np.argmax(terms))] if terms.max() > 0 else None)
-        return out
+        columns = [self.model.position.get(item, -1) for item in items]
+        terms = self.model.similarity[rows].toarray()[:, columns]  # (window, items): sim(h, j)
+        best = np.argmax(terms, axis=0)
+        return [window[int(b)] if c >= 0 and terms[b, i] > 0 else None for i, (b, c) in enumerate(zip(best, columns))]
 
 
 class EmbeddingScores:
