@@ -57,19 +57,22 @@ class _Pending:
 class ComparisonReader:
     """Reads new event-log files and returns the learner's finished comparisons."""
 
-    def __init__(self, log_dir: Path, window: timedelta) -> None:
+    def __init__(self, log_dir: Path, window: timedelta, since: datetime | None = None) -> None:
+        """`since`: skip partitions before it at the first read (the process starts from the
+        current hour less the window: older feedback is for revisions no longer served)."""
         self.reader = EventLogReader(log_dir)
         self.window_ms = int(window.total_seconds() * 1000)
         self._read: set[Path] = set()
         self._pending: dict[str, _Pending] = {}
         self._watermark_ms = 0
-        self.events_read = 0
+        self._since = since
 
     def poll(self) -> list[Comparison]:
         """Comparisons finished by the events of the files that appeared since the last call."""
-        oldest = None
+        oldest = self._since
         if self._watermark_ms:
-            oldest = datetime.fromtimestamp((self._watermark_ms - self.window_ms) / 1000 - 3600, timezone.utc)
+            seen = datetime.fromtimestamp((self._watermark_ms - self.window_ms) / 1000 - 3600, timezone.utc)
+            oldest = seen if oldest is None else max(oldest, seen)
         listed = self.reader.files(oldest)
         for path in listed:
             if path not in self._read:
@@ -78,12 +81,7 @@ class ComparisonReader:
         self._read = set(listed)
         return self._finished(self._watermark_ms)
 
-    def flush(self) -> list[Comparison]:
-        """Every pending comparison, finished or not (at shutdown, or in a test)."""
-        return self._finished(None)
-
     def _take(self, event: Event) -> None:
-        self.events_read += 1
         impression = Impression.of(event) if event.type == EventType.IMPRESSION else None
         self._watermark_ms = max(self._watermark_ms, event_ms(event))
         context = event.context

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import redis
@@ -181,7 +181,8 @@ def build(settings: Settings, client: redis.Redis, seed: int = 0) -> LearnerProc
             "(PDGD is measured in-process: benchmarks/online_learning.py)")
     registry = ModelRegistry(settings.model_registry_dir)
     store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
-    feedback = ComparisonReader(settings.event_log_dir, timedelta(seconds=settings.attribution.window_s))
+    window = timedelta(seconds=settings.attribution.window_s)
+    feedback = ComparisonReader(settings.event_log_dir, window, datetime.now(timezone.utc) - window - timedelta(hours=1))
     return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed)
 
 

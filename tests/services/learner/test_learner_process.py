@@ -151,3 +151,11 @@ def test_a_promotion_restarts_from_the_new_base_and_keeps_the_history(tmp_path: 
     history = process.store.history()
     assert [r.base for r in history] == [versions[1], versions[0], versions[0]]
     assert process.store.current(versions[0]).id == history[1].id
+
+
+def test_the_reader_skips_partitions_before_its_start(tmp_path: Path) -> None:
+    feedback = Feedback(tmp_path / "events")
+    feedback.request("learner:r1", ["current", "explore"], [1])
+    feedback.close_window()
+    assert len(ComparisonReader(tmp_path / "events", WINDOW).poll()) == 1
+    assert ComparisonReader(tmp_path / "events", WINDOW, since=T0 + timedelta(hours=2)).poll() == []
