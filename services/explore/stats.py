@@ -90,7 +90,7 @@ class BanditStats:
 
     def _read_linear(self, item_ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         A_inv, b = self.linucb.read(item_ids)
-        return list(zip(A_inv, b))
+        return [(A_inv[n].copy(), b[n].copy()) for n in range(len(item_ids))]  # a row view would keep the whole read alive
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
         """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""
