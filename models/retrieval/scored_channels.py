@@ -2,8 +2,9 @@
 responsible for a candidate: the inputs of the learned blend (`models.retrieval.blend`).
 
 - `ItemKNNScores`: the tuned item-based kNN (`models.evaluation.baselines.ItemKNNRecommender`,
-  the same model and settings as the protocol's peer); responsible = the window item with the
-  largest term sim(h, j) of the score Σ_h sim(h, j).
+  the same model and settings as the protocol's peer; other windows over the same similarities
+  are further channels); responsible = the window item with the largest term sim(h, j) of the
+  score Σ_h sim(h, j).
 - `EmbeddingScores`: mean cosine between an item's embedding (Item2vec, DeepWalk, ...) and the
   last `recent` history items'; responsible = the most similar of them.
 - `SequentialScores`: GRU4Rec's next-item logits (`models.retrieval.sequential`); responsible =
@@ -54,20 +55,26 @@ def _most_similar(unit: np.ndarray, position: dict[str, int], window: Sequence[s
 
 
 class ItemKNNScores:
-    """The tuned ItemKNN as a scored channel (its own `recent` window and neighbours)."""
+    """The tuned ItemKNN as a scored channel: its similarities over the last `recent` history
+    items (default: the model's own tuned window; None with `whole_history`: every item)."""
 
-    name = "itemknn"
-
-    def __init__(self, model: ItemKNNRecommender) -> None:
+    def __init__(self, model: ItemKNNRecommender, recent: int | None = None, whole_history: bool = False) -> None:
         self.model = model
         self.ids = model.ids
+        self.recent = None if whole_history else (recent or model.recent)
+        self.name = "itemknn" if self.recent == model.recent else f"itemknn_last{self.recent or 'all'}"
 
     def _window(self, history: Sequence[str]) -> list[str]:
-        recent = list(history)[-self.model.recent :] if self.model.recent else list(history)
+        recent = list(history)[-self.recent :] if self.recent else list(history)
         return [item for item in recent if item in self.model.position]
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        return np.stack([self.model.scores(h) for h in histories]) if histories else np.zeros((0, len(self.ids)))
+        out = np.zeros((len(histories), len(self.ids)))
+        for row, history in enumerate(histories):
+            rows = [self.model.position[item] for item in self._window(history)]
+            if rows:
+                out[row] = np.asarray(self.model.similarity[rows].sum(axis=0)).ravel()
+        return out
 
     def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
         window = self._window(history)

@@ -33,8 +33,9 @@ def test_blend_uses_the_tuned_peer_and_the_pipeline_serves_the_validation_winner
     result = run_protocol(split, {}, config)
     blend = result.models["blend"].model
     assert isinstance(blend, BlendedRecall)
-    (channel,) = blend.channels
-    assert isinstance(channel, ItemKNNScores) and channel.model is result.models["ItemKNN"].model
+    tuned = result.models["ItemKNN"].model
+    assert all(isinstance(c, ItemKNNScores) and c.model is tuned for c in blend.channels)
+    assert blend.channels[0].recent == tuned.recent  # the tuned window, then others over the same similarities
     # Full ranking of the blend, computed independently of the run.
     again = rank_metrics(full_ranks(blend, split.test, split.items))["NDCG@10"]
     assert np.allclose(again, result.models["blend"].test["NDCG@10"])
