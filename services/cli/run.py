@@ -1,13 +1,16 @@
 """`recsys run`: the whole stack on one machine, behind `make run`.
 
 Stages, in order: Redis (embedded unless a URL is configured) → data import (MovieLens from a
-path, or synthetic) → the Spark batch chain → embeddings + recall index → a DIN ranker (fast
-settings) → the Flink speed layer → the API on port 8000. It prints a sample recommendation with
+path, or synthetic) → the training DAG with fast settings (`pipelines.training.dag.FAST_TRAINING`:
+the Spark batch chain, embeddings + recall index, a DIN ranker, the quality gate, promotion) →
+the Flink speed layer → the API on port 8000. It prints a sample recommendation with
 its reasons and the URLs, then serves until Ctrl-C (or SIGTERM), which stops the API, the
 streaming job and Redis cleanly. `--no-serve` stops after the sample (for smoke tests and CI-like checks).
 
-Every stage is the same code as its own command (`recsys data …`, `recsys batch all`,
-`recsys train …`, `recsys stream run`, `recsys serve`), called with fast training settings.
+Every stage is the same code as its own command (`recsys data …`, `recsys train run`,
+`recsys stream run`, `recsys serve`), so one path trains models: on a fresh state directory
+nothing is blessed yet and the gate judges the candidates by its floors alone; a candidate it
+rejects is not served (the API falls back to what it has) and the run says so.
 """
 
 from __future__ import annotations
@@ -54,9 +57,7 @@ def run(
         os.environ["RECSYS_STATE_DIR"] = str(settings.state_dir.resolve())
         state = settings.state_dir.resolve()
         _stage("data", timings, lambda: _import_data(state, movielens, synth_events))
-        _stage("batch layer (Spark)", timings, lambda: _batch(state))
-        _stage("embeddings + recall index", timings, lambda: _train_embeddings(state))
-        _stage("ranker (DIN)", timings, lambda: _train_ranker(state, settings))
+        timings |= _train(load_settings(state))
         with _background(_stream_job(state), "speed layer (Flink)"), _background(
             _api_process(state, port), "API"
         ) as api:
@@ -94,23 +95,26 @@ def _import_data(state_dir: Path, movielens: Path | None, synth_events: int) -> 
         data.synth(events=synth_events, state_dir=state_dir)
 
 
-def _batch(state_dir: Path) -> None:
-    from services.cli import batch
-
-    batch.run_all(state_dir=state_dir)
-
-
-def _train_embeddings(state_dir: Path) -> None:
+def _train(settings: Settings) -> dict[str, float]:
+    """The training DAG with fast settings; each step's seconds. A candidate the gate rejects
+    is reported and not served; a failed step stops `recsys run` with the run's id to resume."""
+    from pipelines.training.dag import fast, history, run_training
+    from pipelines.training.executor import StepFailed
     from services.cli import train
 
-    train.embeddings(state_dir=state_dir, dim=32, epochs=2, walks_per_node=5, walk_length=20)
-
-
-def _train_ranker(state_dir: Path, settings: Settings) -> None:
-    from services.cli import train
-
-    samples = Path(settings.batch_uri) / "samples"
-    train.ranker(samples_path=samples, model="din", state_dir=state_dir, epochs=2, patience=1)
+    try:
+        record = run_training(fast(settings), trigger="recsys run", progress=train.show_step)
+    except StepFailed as exc:
+        run_id = history(settings, limit=1)[0].run_id
+        fail(f"training run {run_id} failed: {exc}; `recsys train history --run {run_id}` shows it, "
+             f"`recsys train run --resume {run_id}` continues it")  # fmt: skip
+        return {}
+    train.show_run(record)
+    for role, blessed in record.step("gate").outputs["blessed"].items():
+        if not blessed:
+            console.print(f"[yellow]the {role} candidate did not pass the quality gate and is not served[/] "
+                          f"(`recsys train history --run {record.run_id}` shows why)")  # fmt: skip
+    return {f"training: {step.name}": step.duration_s or 0.0 for step in record.steps}
 
 
 class _background:

@@ -26,6 +26,7 @@ from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_server import free_port
 from feature_store.settings import Settings
 from models.registry import ModelRegistry
+from pipelines.training.dag import history
 
 RECSYS = [sys.executable, "-c", "from services.cli import app; app()"]
 
@@ -76,8 +77,15 @@ def test_recsys_run_serves_and_closes_the_feedback_loop(tmp_path: Path) -> None:
         assert "recommendations?k=5" in output  # the sample table (run fails on an empty sample)
         redis_url = re.search(r"redis://[^\s│]+", output).group(0)  # type: ignore[union-attr]  # the summary's row
         settings = Settings(state_dir=state, redis={"url": redis_url})
+        # One path trains models: recsys run's training DAG run is recorded, and what is current is
+        # exactly what its gate blessed (on data this small the gate may bless nothing).
+        (training,) = history(settings)
+        assert training.status == "succeeded" and training.trigger == "recsys run", training.to_dict()
         registry = ModelRegistry(state / "registry")
-        assert registry.current("recall") is not None and registry.current("ranker") is not None
+        for role, blessed in training.step("gate").outputs["blessed"].items():
+            current = registry.current(role)
+            candidate = training.outputs()[f"{role}_version"]
+            assert (current.version if current else None) == (candidate if blessed else None), (role, blessed)
 
         started_ms = int(time.time() * 1000)
         summary_file = tmp_path / "simulation.json"
