@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from feature_store.event_log import LocalEventLog
-from feature_store.schemas import Event, EventType
 from feature_store.settings import GateSettings, Settings
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.skipgram import SkipGramConfig
@@ -27,23 +25,11 @@ from pipelines.training import gate, recall, steps
 from pipelines.training.executor import StepContext
 from pipelines.training.holdout import holdout_cutoff, newest_slice_split, read_positives
 from tests.models.planted_clusters import CLUSTERS, PER_CLUSTER, planted_sequences
-from tests.pipelines.training.conftest import fresh_registry
+from tests.pipelines.training.conftest import fresh_registry, planted_click_log
 
 pytestmark = pytest.mark.slow
 
 LENGTH = 12
-
-
-def _log(settings: Settings) -> None:
-    """User u clicks item p of their sequence on day p: the newest slice is every user's last items."""
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    events = [Event(event_id=f"{user}-{p}", user_id=f"u{user}", item_id=item, type=EventType.CLICK,
-                    ts=start + timedelta(days=p, minutes=user))
-              for user, sequence in enumerate(planted_sequences(users=300, length=LENGTH, seed=1))
-              for p, item in enumerate(sequence)]  # fmt: skip
-    log = LocalEventLog(settings.event_log_dir, settings.event_log)
-    log.append(events)
-    log.close()
 
 
 def _publish(settings: Settings, artifact: RecallArtifact) -> str:
@@ -59,7 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[st
     settings = Settings(state_dir=root / "state")
     settings = settings.model_copy(update={"training": settings.training.model_copy(update={
         "embedding_models": ["item2vec"], "embedding_dim": 16, "embedding_epochs": 3})})  # fmt: skip
-    _log(settings)
+    planted_click_log(settings, users=300, length=LENGTH, step=timedelta(days=1))
     good = steps.embeddings(StepContext(settings, "t", {})).outputs
     positives = read_positives(settings)
     cutoff = holdout_cutoff(settings, positives)
