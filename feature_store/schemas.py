@@ -86,6 +86,16 @@ class EventContext(BaseModel):
         default=None, gt=0.0, le=1.0, description="Probability that this item was placed in this slot under the serving policy"
     )
     team: str | None = Field(default=None, max_length=128, description="Interleaving: the ranker that contributed the item")
+    ranks: dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, max_length=16,
+        description="Interleaving: each team's 0-based rank of the shown item in its own ranking (a team that did not rank it is absent)",
+    )
+    ranker_propensities: dict[
+        Annotated[str, StringConstraints(max_length=128)], Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+    ] | None = Field(
+        default=None, max_length=16,
+        description="Probabilistic interleaving: each team's probability of placing this item in this slot given the slots above",
+    )
     model_versions: dict[str, Annotated[str, StringConstraints(max_length=128)]] | None = Field(
         default=None, max_length=16, description="Registry versions that served the slot, per role"
     )

@@ -36,11 +36,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Interleaved:
-    """The shown list, the team (ranker index) of each slot, and each placement's probability."""
+    """The shown list, the team (ranker index) of each slot, and each placement's probability;
+    probabilistic interleaving also gives each ranker's probability of that placement
+    (`ranker_propensities[slot][ranker]`, whose mean is the propensity)."""
 
     items: tuple[str, ...]
     teams: tuple[int, ...]
     propensities: tuple[float, ...]
+    ranker_propensities: tuple[tuple[float, ...], ...] = ()
 
 
 def team_draft(rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generator) -> Interleaved:
@@ -78,9 +81,21 @@ def team_draft(rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generat
 
 def balanced(a: Sequence[str], b: Sequence[str], k: int, rng: np.random.Generator) -> Interleaved:
     """Balanced interleaving of two lists; the team of a slot is the ranker whose pointer added it
-    (credit uses `balanced_credit`, not the teams)."""
+    (credit uses `balanced_credit`, not the teams). The coin makes one of two lists; a slot's
+    propensity given the slots above is 1/2 where the other list shares those slots but not this
+    one, else 1."""
     _check([a, b], k)
     a_first = bool(rng.integers(2))
+    items, teams = _balanced_list(a, b, k, a_first)
+    other, _ = _balanced_list(a, b, k, not a_first)
+    propensities = tuple(0.5 if other[:s] == items[:s] and other[s:s + 1] != items[s:s + 1] else 1.0
+                         for s in range(len(items)))
+    return Interleaved(items, teams, propensities)
+
+
+def _balanced_list(a: Sequence[str], b: Sequence[str], k: int, a_first: bool) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Two pointers walk A and B, the one further behind (A on ties if `a_first`) adds its next
+    item unless shown already."""
     ka = kb = 0
     shown: list[str] = []
     teams: list[int] = []
@@ -96,20 +111,26 @@ def balanced(a: Sequence[str], b: Sequence[str], k: int, rng: np.random.Generato
             shown.append(item)
             teams.append(team)
             taken.add(item)
-    return Interleaved(tuple(shown), tuple(teams), tuple(0.5 for _ in shown))
+    return tuple(shown), tuple(teams)
 
 
 def balanced_credit(a: Sequence[str], b: Sequence[str], shown: Sequence[str], clicked: Sequence[int]) -> tuple[int, int]:
-    """Clicks credited to (A, B) by Joachims' rule (see the module docstring); (0, 0) without clicks."""
-    if not clicked:
+    """Clicks credited to (A, B) by Joachims' rule (see the module docstring); (0, 0) without clicks.
+    `clicked`: the clicked slots of `shown`."""
+    rank_a = {item: rank for rank, item in enumerate(a)}
+    rank_b = {item: rank for rank, item in enumerate(b)}
+    slots = sorted(clicked)
+    return balanced_credit_from_ranks([rank_a.get(shown[s]) for s in slots], [rank_b.get(shown[s]) for s in slots])
+
+
+def balanced_credit_from_ranks(ranks_a: Sequence[int | None], ranks_b: Sequence[int | None]) -> tuple[int, int]:
+    """Joachims' credit from the clicked items' 0-based ranks in A and in B (None: not in that
+    list), in shown order, as impressions log them: with `d` the depth at which A or B first holds
+    the lowest clicked item, A gets the clicks ranked above `d` in A, B those ranked above `d` in B."""
+    if not ranks_a:
         return 0, 0
-    lowest = shown[max(clicked)]
-    rank_a = _rank_or_none(a, lowest)
-    rank_b = _rank_or_none(b, lowest)
-    depth = min(r for r in (rank_a, rank_b) if r is not None) + 1
-    top_a, top_b = set(a[:depth]), set(b[:depth])
-    clicked_items = [shown[p] for p in clicked]
-    return sum(item in top_a for item in clicked_items), sum(item in top_b for item in clicked_items)
+    depth = min(r for r in (ranks_a[-1], ranks_b[-1]) if r is not None) + 1
+    return (sum(r is not None and r < depth for r in ranks_a), sum(r is not None and r < depth for r in ranks_b))
 
 
 def softmax_distribution(ranking: Sequence[str], universe: Sequence[str], tau: float) -> np.ndarray:
@@ -135,6 +156,7 @@ def probabilistic(
     shown: list[str] = []
     teams: list[int] = []
     propensities: list[float] = []
+    placed: list[tuple[float, ...]] = []
     for _ in range(min(k, len(universe))):
         live = np.where(remaining[None, :], weights, 0.0)
         live /= live.sum(axis=1, keepdims=True)
@@ -142,9 +164,10 @@ def probabilistic(
         index = int(rng.choice(len(universe), p=live[team]))
         shown.append(universe[index])
         teams.append(team)
+        placed.append(tuple(float(p) for p in live[:, index]))
         propensities.append(float(live[:, index].mean()))
         remaining[index] = False
-    return Interleaved(tuple(shown), tuple(teams), tuple(propensities))
+    return Interleaved(tuple(shown), tuple(teams), tuple(propensities), tuple(placed))
 
 
 def team_credit(teams: Sequence[int], clicked: Sequence[bool], rankers: int) -> np.ndarray:
@@ -161,13 +184,6 @@ def _peek_new(ranking: Sequence[str], cursors: list[int], team: int, taken: set[
     while cursors[team] < len(ranking) and ranking[cursors[team]] in taken:
         cursors[team] += 1
     return ranking[cursors[team]] if cursors[team] < len(ranking) else None
-
-
-def _rank_or_none(ranking: Sequence[str], item: str) -> int | None:
-    try:
-        return list(ranking).index(item)
-    except ValueError:
-        return None
 
 
 def _check(rankings: Sequence[Sequence[str]], k: int) -> None:

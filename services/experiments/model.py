@@ -31,6 +31,7 @@ class Method(StrEnum):
     """Interleaving merges served (`services.experiments.interleaving`)."""
 
     TEAM_DRAFT = "team_draft"
+    BALANCED = "balanced"
     PROBABILISTIC = "probabilistic"
 
 
@@ -117,6 +118,8 @@ class ExperimentSpec(BaseModel):
             raise ValueError("interleaving arms take no share: every user sees every arm's ranker")
         if self.guardrail is not None:
             raise ValueError("a guardrail applies to A/B arms (an interleaved list mixes the arms)")
+        if self.method == Method.BALANCED and len(self.arms) != 2:
+            raise ValueError(f"balanced interleaving compares two arms (got {len(self.arms)})")
 
 
 class Experiment(ExperimentSpec):

@@ -2,7 +2,9 @@
 
 A request is served by at most one experiment: the first of the user's assignments (by layer
 name) whose rankers are loaded. Its impressions carry `experiment` and `arm` (`context_of`) and,
-interleaved, each slot's `team`. Layers exist so experiments on other traffic can run at once;
+interleaved, each slot's `team`, every team's rank of the slot's item (`ranks`, what balanced
+interleaving's credit needs) and, for probabilistic interleaving, every team's probability of
+that placement (`ranker_propensities`, what the marginalised credit needs). Layers exist so experiments on other traffic can run at once;
 a user in two layers' experiments is served (and counted) by the first, so give experiments that
 must not share users the same layer.
 An arm whose ranker version the worker has not loaded yet (an experiment created a moment ago,
@@ -13,7 +15,7 @@ until it is loaded, so no impression is labelled with a ranker that did not serv
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,11 +23,12 @@ import numpy as np
 
 from feature_store.settings import ExploreSettings
 from services.experiments.assignment import Assignment, assign
-from services.experiments.interleaving import probabilistic, team_draft
+from services.experiments.interleaving import balanced, probabilistic, team_draft
 from services.experiments.model import Experiment, Method
 from services.experiments.store import ExperimentStore
 from services.explore.stage import ExploreStage
 from services.recommend.pipeline import ModelBundle, ServingPlan
+from services.recommend.types import Merged
 
 ExploreFactory = Callable[[ExploreSettings], ExploreStage]
 
@@ -102,13 +105,15 @@ class ExperimentServing:
                 self._stages[(experiment, arm)] = self.explore_factory(settings)
             return self._stages[(experiment, arm)]
 
-    def _merge(self, experiment: Experiment) -> Callable[[list[list[str]], int], tuple[Sequence[str], Sequence[int], Sequence[float]]]:
-        def merge(rankings: list[list[str]], k: int) -> tuple[Sequence[str], Sequence[int], Sequence[float]]:
+    def _merge(self, experiment: Experiment) -> Callable[[list[list[str]], int], Merged]:
+        def merge(rankings: list[list[str]], k: int) -> Merged:
             rng = self.rng()
             if experiment.method == Method.PROBABILISTIC:
                 merged = probabilistic(rankings, k, rng, experiment.tau)
+            elif experiment.method == Method.BALANCED:
+                merged = balanced(rankings[0], rankings[1], k, rng)
             else:
                 merged = team_draft(rankings, k, rng)
-            return merged.items, merged.teams, merged.propensities
+            return Merged(merged.items, merged.teams, merged.propensities, merged.ranker_propensities)
 
         return merge

@@ -10,7 +10,8 @@ concurrent posts, then the live features (impression counts).
 An impression's `event_id` is `imp-<request id>-<position>`, so a request retried with the same
 `X-Request-ID` never logs a slot twice; its `ts` is the server clock when the list was served; its
 context carries the slot, the request's page, experiment and arm (the ones the service assigned,
-`services.experiments`, over the client's), the team of an interleaved slot, and the serving
+`services.experiments`, over the client's), the team of an interleaved slot with every team's rank
+of its item (and, probabilistic, every team's propensity of the placement), and the serving
 policy with the propensity of the placement under it (`serving_policy`). The first slot of a
 sampled share of requests (`explore.log_candidates_share`, decided by a hash of the request id) also
 carries the first `explore.log_candidates_top_n` ranked candidates the explore stage chose from,
@@ -88,6 +89,8 @@ class ServedList:
     context: dict[str, Any] = field(default_factory=dict)
     teams: tuple[str | None, ...] = ()  # interleaving: the team of each slot
     candidates: tuple[tuple[str, ...], tuple[float, ...], int] | None = None  # logged ids, scores, how many ranked
+    ranks: tuple[dict[str, int] | None, ...] = ()  # interleaving: each team's rank of each slot's item
+    ranker_propensities: tuple[dict[str, float] | None, ...] = ()  # probabilistic interleaving, per slot
 
     @classmethod
     def of(cls, request: RecommendationRequest, result: RecommendationResult, request_id: str,
@@ -103,6 +106,9 @@ class ServedList:
             {name: request.context[name] for name in REQUEST_CONTEXT if request.context.get(name) is not None},
             tuple(item.team for item in result.items) if any(item.team for item in result.items) else (),
             logged,
+            tuple(item.ranks for item in result.items) if any(item.ranks for item in result.items) else (),
+            tuple(item.ranker_propensities for item in result.items)
+            if any(item.ranker_propensities for item in result.items) else (),
         )
 
     def events(self) -> list[Event]:
@@ -114,7 +120,10 @@ class ServedList:
                     request_id=self.request_id, position=position, policy=self.policy,
                     propensity=self.propensities[position],
                     model_versions=self.model_versions or None,
-                    team=self.teams[position] if self.teams else None, **self.context,
+                    team=self.teams[position] if self.teams else None,
+                    ranks=self.ranks[position] if self.ranks else None,
+                    ranker_propensities=self.ranker_propensities[position] if self.ranker_propensities else None,
+                    **self.context,
                     **(self._candidates() if position == 0 and self.candidates else {}),
                 )
                 events.append(Event(

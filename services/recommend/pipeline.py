@@ -33,6 +33,7 @@ from services.recommend.rankers import RecallScoreRanker
 from services.recommend.types import (
     Candidate,
     DegradedError,
+    Merged,
     Ranker,
     Recommendation,
     RecommendationRequest,
@@ -83,12 +84,13 @@ class ServingPlan:
 
     `versions`: the ranker version per arm (None: the current one). One version: an A/B arm,
     served with `explore` when it names one. Several: interleaving, where `merge(rankings, k)`
-    returns the shown ids, the team (index into `versions`) and the propensity of each slot.
+    returns the shown ids, the team (index into `versions`) and the propensity of each slot
+    (`Merged`, or those three as a tuple); each slot is logged with every team's rank of its item.
     """
 
     versions: tuple[str | None, ...]
     explore: ExploreStage | None = None
-    merge: Callable[[list[list[str]], int], tuple[Sequence[str], Sequence[int], Sequence[float]]] | None = None
+    merge: Callable[[list[list[str]], int], Merged | tuple[Sequence[str], Sequence[int], Sequence[float]]] | None = None
     label: str | None = None  # the explore label of an interleaved list
     teams: tuple[str, ...] = ()  # interleaving: each version's team name (its arm)
     rankers: tuple[Ranker, ...] = ()  # interleaving: each team's ranker, given (the online learner's heads)
@@ -209,14 +211,17 @@ class RecommendationPipeline:
             for candidate, why in zip(ranked, attended or [None] * len(ranked)):
                 attention.setdefault(candidate.item_id, why)
         with self._stage("explore", timings):
-            shown_ids, teams, propensities = plan.merge([[c.item_id for c in r] for r in rankings], request.k)
+            merged = Merged(*plan.merge([[c.item_id for c in r] for r in rankings], request.k))
             by_id = [{c.item_id: c for c in ranking} for ranking in rankings]
-            shown = [by_id[team][item_id] for item_id, team in zip(shown_ids, teams)]
+            shown = [by_id[team][item_id] for item_id, team in zip(merged.items, merged.teams)]
+            rank_of = [{c.item_id: rank for rank, c in enumerate(ranking)} for ranking in rankings]
         with self._stage("explain", timings):
             reasons = explain(shown, [attention.get(c.item_id) for c in shown], self.store)
         items = [
-            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity, plan.teams[team])
-            for c, reason, propensity, team in zip(shown, reasons, propensities, teams)
+            Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity, plan.teams[team],
+                           {name: ranks[c.item_id] for name, ranks in zip(plan.teams, rank_of) if c.item_id in ranks},
+                           dict(zip(plan.teams, merged.ranker_propensities[slot])) if merged.ranker_propensities else None)
+            for slot, (c, reason, propensity, team) in enumerate(zip(shown, reasons, merged.propensities, merged.teams))
         ]
         versions = bundle.served_versions
         versions["ranker"] = "+".join(v or bundle.versions.get("ranker", "none") for v in plan.versions)

@@ -8,7 +8,7 @@ registry's current versions in production.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -62,6 +62,19 @@ class Recommendation:
     reason: str
     propensity: float = 1.0  # probability of this item in this slot under the explore policy
     team: str | None = None  # interleaving: the arm whose ranker placed it
+    ranks: dict[str, int] | None = None  # interleaving: each team's 0-based rank of the item
+    ranker_propensities: dict[str, float] | None = None  # probabilistic interleaving: each team's P(item in slot | above)
+
+
+class Merged(NamedTuple):
+    """What an interleaving merge returns, per shown slot: the item, its team (index into the
+    rankings), its propensity and, for probabilistic interleaving, each ranker's probability of
+    placing it there given the slots above (empty for other merges)."""
+
+    items: Sequence[str]
+    teams: Sequence[int]
+    propensities: Sequence[float]
+    ranker_propensities: Sequence[Sequence[float]] = ()
 
 
 @dataclass

@@ -130,3 +130,18 @@ def test_bad_arguments_are_refused() -> None:
         probabilistic([["a"], ["b"]], 0, rng)
     with pytest.raises(ValueError, match="tau"):
         probabilistic([["a"], ["b"]], 1, rng, tau=0)
+
+
+def test_balanced_propensities_are_the_lists_probabilities() -> None:
+    # A coin decides who leads; lists that agree on a prefix make its slots certain (probability 1).
+    a, b = ["x", "y", "w"], ["x", "z", "y"]
+    rng = np.random.default_rng(4)
+    lists: Counter[tuple[str, ...]] = Counter()
+    claimed: dict[tuple[str, ...], float] = {}
+    for _ in range(4000):
+        merged = balanced(a, b, 3, rng)
+        lists[merged.items] += 1
+        claimed[merged.items] = float(np.prod(merged.propensities))
+    assert set(lists) == {("x", "y", "z"), ("x", "z", "y")}
+    assert claimed == {("x", "y", "z"): 0.5, ("x", "z", "y"): 0.5}  # slot 0 is x either way: propensity 1
+    assert all(_within(count / 4000, 0.5, 4000) for count in lists.values())

@@ -3,6 +3,7 @@ the experiment, the arm and the team the response showed."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from feature_store.settings import Settings
@@ -39,6 +40,8 @@ def test_interleaved_lists_log_experiment_arm_and_team(
             context = logged[(answer["request_id"], item["position"])]
             assert (context.experiment, context.arm, context.team) == ("il", f"il:{INTERLEAVED}", item["team"])
             assert context.propensity == item["propensity"]
+            rank = list(CATALOG).index(item["item_id"])  # the planted popularity order, both arms' ranker
+            assert context.ranks == {"A": rank, "B": rank} and context.ranker_propensities is None
 
 
 def test_a_stopped_experiment_serves_the_default(admin_client: TestClient, make_event: EventFactory) -> None:
@@ -49,3 +52,69 @@ def test_a_stopped_experiment_serves_the_default(admin_client: TestClient, make_
     admin_client.post("/v1/experiments/gone/stop", headers=ADMIN)
     answer = admin_client.get("/v1/users/u1/recommendations").json()
     assert answer["experiment"] is None and all(item["team"] is None for item in answer["items"])
+
+
+def test_balanced_serves_the_merge_and_logs_ranks(
+    admin_client: TestClient, admin_settings: Settings, make_event: EventFactory
+) -> None:
+    _seed(admin_client, make_event)
+    body = {"id": "bal", "kind": "interleaving", "method": "balanced", "arms": [{"name": "A"}, {"name": "B"}]}
+    assert admin_client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+    answers = [admin_client.get(f"/v1/users/u{n}/recommendations", params={"k": K}).json() for n in range(4)]
+    popular = list(CATALOG)[:K]
+    for answer in answers:
+        assert answer["explore"] == "interleaving:balanced"
+        # One ranking twice: either coin gives that ranking, so every slot is certain.
+        assert [item["item_id"] for item in answer["items"]] == popular
+        assert all(item["propensity"] == 1.0 and item["team"] in ("A", "B") for item in answer["items"])
+    _flush(admin_client)
+    logged = {(e.context.request_id, e.context.position): e.context for e in _impressions(admin_settings)}
+    for answer in answers:
+        for item in answer["items"]:
+            context = logged[(answer["request_id"], item["position"])]
+            assert context.ranks == {"A": item["position"], "B": item["position"]}
+
+
+def test_probabilistic_logs_each_rankers_propensity(
+    admin_client: TestClient, admin_settings: Settings, make_event: EventFactory
+) -> None:
+    _seed(admin_client, make_event)
+    body = {"id": "pi", "kind": "interleaving", "method": "probabilistic", "arms": [{"name": "A"}, {"name": "B"}]}
+    assert admin_client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+    answers = [admin_client.get(f"/v1/users/u{n}/recommendations", params={"k": K}).json() for n in range(4)]
+    _flush(admin_client)
+    logged = {(e.context.request_id, e.context.position): e.context for e in _impressions(admin_settings)}
+    ranking = list(CATALOG)
+    for answer in answers:
+        shown: list[str] = []
+        for item in answer["items"]:
+            context = logged[(answer["request_id"], item["position"])]
+            # One ranker for both arms: each one's softmax over the items not shown yet (tau 3).
+            left = [n for n, i in enumerate(ranking) if i not in shown]
+            expected = (ranking.index(item["item_id"]) + 1) ** -3.0 / sum((n + 1) ** -3.0 for n in left)
+            assert context.ranker_propensities == pytest.approx({"A": expected, "B": expected})
+            assert context.propensity == pytest.approx(expected)
+            shown.append(item["item_id"])
+
+
+def test_balanced_needs_two_arms(admin_client: TestClient) -> None:
+    body = {"id": "bal3", "kind": "interleaving", "method": "balanced",
+            "arms": [{"name": "A"}, {"name": "B"}, {"name": "C"}]}
+    response = admin_client.post("/v1/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422 and "balanced interleaving compares two arms" in response.text
+
+
+def test_bad_interleaving_context_is_rejected_with_a_message(admin_client: TestClient, make_event: EventFactory) -> None:
+    good = make_event("u1", "i1", "impression", context={"team": "A", "ranks": {"A": 0, "B": 3},
+                                                        "ranker_propensities": {"A": 0.5, "B": 0.25}})
+    bad = [
+        make_event("u1", "i2", "impression", context={"ranks": {"A": -1}}),
+        make_event("u1", "i3", "impression", context={"ranker_propensities": {"A": 1.5}}),
+        make_event("u1", "i4", "impression", context={"ranks": {f"t{n}": n for n in range(17)}}),
+    ]
+    answer = admin_client.post("/v1/events", json=[good, *bad], headers=ADMIN).json()
+    assert answer["accepted"] == 1
+    errors = {r["index"]: r["errors"][0] for r in answer["rejected"]}
+    assert errors[1]["location"] == "context.ranks.A" and "greater than or equal to 0" in errors[1]["message"]
+    assert errors[2]["location"] == "context.ranker_propensities.A" and "less than or equal to 1" in errors[2]["message"]
+    assert errors[3]["location"] == "context.ranks" and "at most 16" in errors[3]["message"]
