@@ -83,7 +83,14 @@ class BlendedRecall:
     def recall(self, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[RecallCandidate]:
         """The `k` best unseen items, each tagged with the channel contributing most to its
         score and the history item that channel names as responsible."""
-        matrices = self.channel_matrices([history])
+        return self.recall_many([history], k, exclude)[0]
+
+    def recall_many(self, histories: Sequence[Sequence[str]], k: int, exclude: Collection[str] = ()) -> list[list[RecallCandidate]]:
+        """`recall` for several histories, each channel scoring them in one batch."""
+        matrices = self.channel_matrices(histories)
+        return [self._top([m[row : row + 1] for m in matrices], history, k, exclude) for row, history in enumerate(histories)]
+
+    def _top(self, matrices: list[np.ndarray], history: Sequence[str], k: int, exclude: Collection[str]) -> list[RecallCandidate]:
         blended = sum((w * m[0] for w, m in zip(self.weights, matrices)), np.zeros(len(self.ids), np.float32))
         blocked = [self._position[i] for i in {*history, *exclude} if i in self._position]
         blended[blocked] = -np.inf

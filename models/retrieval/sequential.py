@@ -88,7 +88,11 @@ class GRU4Rec:
         """Scores of `ids` for each history (one forward pass per batch of histories)."""
         rows = [self._encode(h) for h in histories]
         width = max(1, max(map(len, rows)))
-        last = self.encoder.predict(self._padded(rows, width), batch_size=512, verbose=0)[:, -1, :]
+        padded = self._padded(rows, width)
+        if len(rows) <= 64:  # a request's few histories: predict()'s per-call setup costs more than the pass
+            last = np.asarray(self.encoder(padded, training=False))[:, -1, :]
+        else:
+            last = self.encoder.predict(padded, batch_size=512, verbose=0)[:, -1, :]
         kernel, bias = (np.asarray(w) for w in self.output_layer.get_weights())
         logits = (last @ kernel + bias)[:, 1:]
         empty = np.array([not row for row in rows])

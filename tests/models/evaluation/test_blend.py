@@ -88,3 +88,21 @@ def test_the_leading_channel_names_the_reason() -> None:
     found = {c.item_id: (c.because, c.channels) for c in blend.recall(["h1", "h2", "h3"], 3)}
     assert found["p"] == ("h1", {"item2vec"}) and found["q"] == ("h2", {"item2vec"})
     assert found["r"] == ("h3", {"itemknn"})
+
+
+def test_gru4rec_channel_scores_a_request_as_a_batch_does_and_names_the_most_similar_item() -> None:
+    from models.retrieval.scored_channels import SequentialScores
+    from models.retrieval.sequential import GRU4Rec
+
+    sequences = [[f"i{(s + t) % 12}" for t in range(6)] for s in range(40)]
+    gru = GRU4Rec(sequences, dim=8, dropout=0.0, batch_size=16).fit(1)
+    histories = [sequences[s][:4] for s in range(40)] + [sequences[0][:3]] * 30
+    # Under 64 histories the model is called directly; above, through predict(): the same scores.
+    assert np.allclose(gru.batch_scores(histories[:3]), gru.batch_scores(histories)[:3], atol=1e-5)
+    channel = SequentialScores(gru)
+    vectors = gru.item_vectors()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    history = ["i0", "i3", "i7"]
+    for item, because in zip(["i1", "i5", "i9"], channel.responsible(history, ["i1", "i5", "i9"])):
+        similarity = {h: float(unit[gru.position[h]] @ unit[gru.position[item]]) for h in history}
+        assert because == max(similarity, key=similarity.get)  # type: ignore[arg-type]
