@@ -33,7 +33,7 @@ from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic
 from services.experiments.serving import Served
 from services.recommend.pipeline import ModelBundle, ServingPlan
-from services.recommend.types import Candidate, RankOutput, UserContext
+from services.recommend.types import Candidate, Merged, RankOutput, UserContext
 
 if TYPE_CHECKING:  # the adapters load lazily, with the first model (`registry_models`)
     from services.recommend.model_adapters import Penultimate
@@ -149,10 +149,10 @@ class LearnerServing:
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, EXPERIMENT, revision.id)
 
-    def _merge(self, rankings: list[list[str]], k: int) -> tuple[Sequence[str], Sequence[int], Sequence[float]]:
+    def _merge(self, rankings: list[list[str]], k: int) -> Merged:
         depth = self.settings.depth
         merged = probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
-        return merged.items, merged.teams, merged.propensities
+        return Merged(merged.items, merged.teams, merged.propensities, merged.ranker_propensities)
 
     def start(self) -> None:
         self._safe_refresh()
