@@ -8,13 +8,17 @@ runs it in-process), so its process is the worker.
    GET /v1/users/{id}/recommendations, logging off (`log_impressions=false`) and on (until the
    writer has logged every shown item), and the server's idle CPU per second (background refresh
    threads) measured before. With `--baseline DIR` (another checkout of this repository, e.g.
-   `git worktree add /tmp/base <commit>`), a second API from that checkout runs beside this one on
-   the same Redis and registry, and the two are measured alternately `--repeats` times: on a
-   shared machine absolute CPU times are inflated by load, the ratio in the same run is not.
+   `git worktree add /tmp/base <commit>`), a second API from that checkout runs beside this one
+   (same registry, each on its own Redis), and the bare FastAPI floor of `serving.py` beside both;
+   all are measured alternately `--repeats` times: on a shared machine absolute CPU times are
+   inflated by load, the ratio in the same run is not. Then, for this checkout: Redis commands per
+   request (`INFO commandstats`) and CPU per request per thread (`/proc`, named by `py-spy dump`).
 2. **Profile** (`--profile`): py-spy samples the worker (`--rate` per second, running threads
    only: a thread waiting on the GIL or a lock is idle) over a closed loop with logging on, and
    prints the share of samples per thread kind, per request-path function (inclusive), and the
    top functions by self time.
+3. `--din-calls N`: the CPU of N calls of the DIN signature alone, in-process (the host's speed
+   on a fixed workload).
 
     .venv/bin/python benchmarks/serving_profile.py --profile --requests 1000
     .venv/bin/python benchmarks/serving_profile.py --baseline /tmp/base --requests 500 --repeats 3
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -122,6 +127,39 @@ def profile(pid: int, base: str, requests: int, rate: int, output: Path) -> Path
     spy.send_signal(signal.SIGINT)
     spy.wait(30)
     return output
+
+
+def din_call_cpu(registry: Path, version: str, calls: int) -> str:
+    """CPU per call of the published DIN's `score_user` signature, 200 candidates and 50 history
+    items: the calling thread's and TensorFlow's pool threads'. A fixed workload, comparable
+    across days: the host's speed. Run in a fresh process whose environment limits TensorFlow to
+    one thread, as the API's (`din_call_cpu_in_subprocess`)."""
+    from models.ranking.export import load_exported
+    from models.ranking.inference import as_request
+    from models.registry import ModelRegistry
+
+    saved_model, spec = load_exported(ModelRegistry(registry).get("ranker", version).path)
+    score = saved_model.signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    history, items = [f"i{i}" for i in rng.integers(1000, size=50)], [f"i{i}" for i in rng.integers(1000, size=200)]
+    request = as_request({"user_id": "u", "hist_item_ids": history, "hist_categories": [f"c{int(i[1:]) % 20}" for i in history],
+                          "item_id": items, "item_category": [f"c{int(i[1:]) % 20}" for i in items],
+                          **{name: np.full(len(items), 5.0, np.float32) for name in spec.dense_features}})
+    for _ in range(50):  # warm-up
+        score(**request)
+    caller, started = time.thread_time(), time.process_time()
+    for _ in range(calls):
+        score(**request)
+    total, own = time.process_time() - started, time.thread_time() - caller
+    return (f"DIN score_user, 200 candidates, 50 history items, {calls} calls: {total / calls * 1000:.2f} ms of CPU "
+            f"per call ({own / calls * 1000:.2f} calling thread, {(total - own) / calls * 1000:.2f} TensorFlow's pool)")
+
+
+def din_call_cpu_in_subprocess(registry: Path, version: str, calls: int) -> str:
+    threads = {name: "1" for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(threads)  # read by the spawned interpreter's TensorFlow (this one's is running)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(din_call_cpu, (registry, version, calls))
 
 
 def redis_calls(url: str, base: str, requests: int) -> None:
@@ -237,6 +275,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--stacks", type=Path, help="keep py-spy's raw stacks in this file")
+    parser.add_argument("--din-calls", type=int, default=0, help="then time this many DIN calls in-process")
     args = parser.parse_args()
     console.print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,6 +314,8 @@ def main() -> None:
                 pid, base = servers["this checkout"]
                 rows = parse_stacks(profile(pid, base, args.requests, args.rate, args.stacks or work / "stacks.txt"))
                 report_profile(rows, args.requests, args.top)
+            if args.din_calls:
+                console.print(din_call_cpu_in_subprocess(work / "registry", version, args.din_calls))
         finally:
             for process in processes:
                 process.terminate()
