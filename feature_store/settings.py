@@ -221,7 +221,7 @@ class GateSettings(_Section):
         default=3.0, ge=1, description="Recall floors: this multiple of a random ranking's expected NDCG@10 / HR@50 on the run's held-out window.",
     )
     recall_min_chance_hits: float = Field(
-        default=5.0, ge=0, description="A recall candidate is rejected when a random ranking expects fewer HR@50 hits on the held-out window.",
+        default=2.0, ge=0, description="A recall candidate is rejected when a random ranking expects fewer HR@50 hits on the held-out window.",
     )
     ranker_auc_delta: float = Field(default=0.005, ge=0, description="Ranker AUC may drop this much below the blessed one.")
     ranker_gauc_delta: float = Field(default=0.01, ge=0, description="Ranker GAUC may drop this much below the blessed one.")
