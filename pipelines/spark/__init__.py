@@ -12,11 +12,14 @@ Outputs, under `settings.batch_uri` (`<state_dir>/batch` unless `batch.output_ur
   position long, page, experiment, arm, policy, propensity double, team, model_versions
   map<string, string> (the last four null in logs written before they existed), candidates
   list<string>, candidate_scores list<double>, candidate_count long (the first impression of a
-  request sampled by `explore.log_candidates_share`; else null). One row per `event_id`.
+  request sampled by `explore.log_candidates_share`; else null), ranks map<string, long> and
+  ranker_propensities map<string, double> (an interleaved slot's, per team; else null). One row
+  per `event_id`.
 - `rejects/`: lines of the event log that failed validation: source_file (URI), line_number
   (1-based, long), reason, raw (the line as written). Blank lines are skipped, not rejected.
 - `attributed_impressions/`: one row per impression, Parquet partitioned by `dt`: event_id,
-  user_id, item_id, ts, request_id, position, page, policy, propensity, experiment, arm, team, and
+  user_id, item_id, ts, request_id, position, page, policy, propensity, experiment, arm, team, ranks,
+  ranker_propensities, and
   one 0/1 int column per attributed outcome type (add_to_cart, click, like, purchase): 1 when an
   outcome of that type is attributed to the impression by `feature_store.attribution`'s rule
   (window `attribution.window_s`). Ranker training data and the input of off-policy evaluation.

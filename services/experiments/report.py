@@ -6,9 +6,13 @@
   test to decide with is per user, the unit that was randomised (`analysis.user_level_lift`):
   clicks and impressions per user from the Spark attribution job's `attributed_impressions/`
   (`users`, `user_lift*`, `user_p_value`; None until `recsys batch attribution` has run).
-- Interleaving: the team of every clicked slot needs the impressions themselves, so credit comes
-  from the Spark attribution job's `attributed_impressions/` (one row per impression with its
-  `team` and a 0/1 `click`), read with pyarrow; `recsys batch attribution` refreshes it.
+- Interleaving: credit needs the impressions themselves, so it comes from the Spark attribution
+  job's `attributed_impressions/` (one row per impression with its `team`, `ranks`,
+  `ranker_propensities` and a 0/1 `click`), read with pyarrow; `recsys batch attribution`
+  refreshes it. Each method's credit rule (`credit`: team for team-draft, Joachims' for balanced,
+  the marginalised credit for probabilistic) feeds both the per-user preference with its sign test
+  and the count credit's mean difference with its t-test; the arms' impressions and clicks are the
+  slots each team placed and their clicks.
 
 Reading the report applies the guardrail: an A/B arm past it is stopped (`ExperimentManager.stop_arm`).
 """
@@ -24,7 +28,7 @@ from pydantic import BaseModel
 
 from feature_store.attribution import BUCKET_MS, Dimension
 from feature_store.attribution_store import AttributionStore
-from services.experiments import analysis
+from services.experiments import analysis, credit
 from services.experiments.manager import ExperimentManager
 from services.experiments.model import Experiment, Kind
 from services.experiments.serving import qualified_arm
@@ -35,6 +39,8 @@ REPEATED_LOOKS = (
 )
 CLICK = "click"
 IMPRESSIONS = "attributed_impressions"
+#: Columns of `attributed_impressions/` that a table written before them lacks.
+OPTIONAL_COLUMNS = ("request_id", "position", "ranks", "ranker_propensities")
 
 
 class ArmReport(BaseModel):
@@ -62,6 +68,7 @@ class Comparison(BaseModel):
     a: str
     b: str
     units: str
+    credit: str = "team"  # the credit rule (`credit.RULES`) both statistics use
     wins_a: int
     wins_b: int
     ties: int
@@ -69,6 +76,10 @@ class Comparison(BaseModel):
     low: float
     high: float
     sign_p: float
+    credit_difference: float | None = None  # mean per-user credit of a minus b, over users with credit
+    credit_low: float | None = None
+    credit_high: float | None = None
+    credit_p: float | None = None
 
 
 class TimelinePoint(BaseModel):
@@ -175,24 +186,29 @@ def _ab_timeline(experiment: Experiment, buckets: dict[str, dict[int, list[int]]
 def _interleaving_report(experiment: Experiment, path: Path, now: datetime) -> ExperimentReport:
     rows = _interleaved_rows(path, experiment.id)
     teams = [arm.name for arm in experiment.arms]
-    credit = {team: np.asarray([c if t == team else 0 for t, c in zip(rows["team"], rows[CLICK])], dtype=float)
-              for team in teams}
+    logged = credit.Logged(rows["team"], rows[CLICK], rows["request_id"], rows["position"], rows["ranks"],
+                           rows["ranker_propensities"])
+    credited = credit.credit(experiment.method, logged, teams)
     arms = []
     for arm in experiment.arms:
         shown = sum(1 for t in rows["team"] if t == arm.name)
-        clicks = int(credit[arm.name].sum())
+        clicks = sum(c for t, c in zip(rows["team"], rows[CLICK]) if t == arm.name)
         ctr = analysis.wilson(clicks, shown)
         arms.append(ArmReport(name=arm.name, version=arm.version, impressions=shown, clicks=clicks,
                               ctr=ctr.estimate, ctr_low=ctr.low, ctr_high=ctr.high))
     comparisons, timeline = [], []
     rng = np.random.default_rng(0)  # the report's bootstrap: the same numbers on every read
-    for other in teams[1:]:
-        outcomes = analysis.unit_outcomes(rows["user_id"], credit[teams[0]], credit[other])
+    for j, other in enumerate(teams[1:], start=1):
+        outcomes = analysis.unit_outcomes(rows["user_id"], credited[:, 0], credited[:, j])
         pref = analysis.preference(outcomes, rng)
-        comparisons.append(Comparison(a=teams[0], b=other, units="users", wins_a=pref.wins_a, wins_b=pref.wins_b,
-                                      ties=pref.ties, preference=pref.delta.estimate, low=_nan0(pref.delta.low),
-                                      high=_nan0(pref.delta.high), sign_p=pref.sign_p))
-        timeline += _preference_timeline(rows, credit[teams[0]], credit[other], other, rng)
+        difference, p = analysis.credit_difference(rows["user_id"], credited[:, 0], credited[:, j])
+        comparisons.append(Comparison(
+            a=teams[0], b=other, units="users", credit=credit.RULES[experiment.method], wins_a=pref.wins_a,
+            wins_b=pref.wins_b, ties=pref.ties, preference=pref.delta.estimate, low=_nan0(pref.delta.low),
+            high=_nan0(pref.delta.high), sign_p=pref.sign_p, credit_difference=_finite(difference.estimate),
+            credit_low=_finite(difference.low), credit_high=_finite(difference.high), credit_p=_finite(p),
+        ))  # fmt: skip
+        timeline += _preference_timeline(rows, credited[:, 0], credited[:, j], other, rng)
     return ExperimentReport(experiment=experiment, generated_at=now, arms=arms, comparisons=comparisons,
                             interleaved_impressions=len(rows["team"]), timeline=timeline)
 
@@ -234,20 +250,26 @@ def _per_user_counts(path: Path, experiment: Experiment) -> dict[str, tuple[np.n
 
 
 def _interleaved_rows(path: Path, experiment_id: str) -> dict[str, list]:
-    """user_id, team, click, ts_ms of the experiment's attributed impressions (empty if none yet)."""
-    columns: dict[str, list] = {"user_id": [], "team": [], CLICK: [], "ts_ms": []}
+    """user_id, team, click, ts_ms, request_id, position, ranks and ranker_propensities of the
+    experiment's attributed impressions (empty if none yet; None where a column predates the row)."""
+    columns: dict[str, list] = {name: [] for name in ("user_id", "team", CLICK, "ts_ms", *OPTIONAL_COLUMNS)}
     if not path.exists():
         return columns
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
-        columns=["user_id", "team", CLICK, "ts", "experiment"], filter=pc.field("experiment") == experiment_id)
+    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    present = [name for name in OPTIONAL_COLUMNS if name in dataset.schema.names]
+    table = dataset.to_table(columns=["user_id", "team", CLICK, "ts", "experiment", *present],
+                             filter=pc.field("experiment") == experiment_id)
     table = table.filter(pc.is_valid(table["team"]))
     columns["user_id"] = table["user_id"].to_pylist()
     columns["team"] = table["team"].to_pylist()
     columns[CLICK] = [int(c or 0) for c in table[CLICK].to_pylist()]
     columns["ts_ms"] = [int(t.timestamp() * 1000) for t in table["ts"].to_pylist()]
+    for name in OPTIONAL_COLUMNS:
+        values = table[name].to_pylist() if name in present else [None] * table.num_rows
+        columns[name] = [dict(v) if isinstance(v, list) else v for v in values]  # pyarrow maps: (key, value) pairs
     return columns
 
 

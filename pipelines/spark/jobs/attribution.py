@@ -13,7 +13,8 @@ request id see all of the user's impressions of the item. Linear in the events; 
 (user, item) pair is one sorted window partition, never a quadratic pairing.
 
 Outputs:
-- `attributed_impressions/` (Parquet by `dt`): one row per impression with its context and one
+- `attributed_impressions/` (Parquet by `dt`): one row per impression with its context (an
+  interleaved slot's `ranks` and `ranker_propensities` as maps, null elsewhere) and one
   0/1 column per outcome type of `ATTRIBUTED_OUTCOMES`: ranker training data and the input of
   off-policy evaluation.
 - `attribution_counts/` (Parquet): dimension, key, bucket_ms, measure, value, the shape of
@@ -44,6 +45,7 @@ OUTCOME_COLUMNS: tuple[str, ...] = tuple(sorted(t.value for t in ATTRIBUTED_OUTC
 CONTEXT_COLUMNS = {
     "request_id": "string", "position": "bigint", "page": "string", "policy": "string", "propensity": "double",
     "experiment": "string", "arm": "string", "team": "string",
+    "ranks": "map<string,bigint>", "ranker_propensities": "map<string,double>",
 }  # fmt: skip
 IMPRESSION_COLUMNS = ["event_id", "user_id", "item_id", "ts", *CONTEXT_COLUMNS]
 

@@ -5,8 +5,8 @@ PERMISSIVE mode, so a malformed line becomes a reject instead of failing the job
 (blank lines are skipped). Rejected too, as the API rejects them: ids with a control character or
 with whitespace at either end (ids are taken exactly), and events dated more than
 `events.max_future_skew_s` after the job's clock (a log written before the API checked event time
-could otherwise move the batch watermark past every live event), and a `context.propensity` outside
-(0, 1]. Rejects are written to `rejects/` with the file, the 1-based line
+could otherwise move the batch watermark past every live event), a `context.propensity` outside
+(0, 1], a negative `context.ranks` value and a `context.ranker_propensities` value outside [0, 1]. Rejects are written to `rejects/` with the file, the 1-based line
 number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
 files that hold rejects are read again, each by one executor task that numbers its lines, and the
 numbered lines are joined back to the rejects (identical lines of one file are told apart by their
@@ -39,7 +39,7 @@ EDGE_WHITESPACE = r"(?U)^\s|\s$"
 MASTER_COLUMNS = [
     "event_id", "user_id", "item_id", "type", "value", "ts",
     "request_id", "position", "page", "experiment", "arm", "policy", "propensity", "team", "model_versions",
-    "candidates", "candidate_scores", "candidate_count", "dt",
+    "candidates", "candidate_scores", "candidate_count", "ranks", "ranker_propensities", "dt",
 ]  # fmt: skip
 
 
@@ -65,6 +65,8 @@ def event_json_schema() -> StructType:
         T.StructField("candidates", T.ArrayType(T.StringType())),
         T.StructField("candidate_scores", T.ArrayType(T.DoubleType())),
         T.StructField("candidate_count", T.LongType()),
+        T.StructField("ranks", T.MapType(T.StringType(), T.LongType())),
+        T.StructField("ranker_propensities", T.MapType(T.StringType(), T.DoubleType())),
     ])  # fmt: skip
     return T.StructType([
         T.StructField("event_id", T.StringType()),
@@ -128,6 +130,9 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
         ))
         .when(F.isnan("value") | (F.abs("value") == float("inf")), F.lit("non-finite value"))
         .when(~propensity.between(0, 1) | (propensity == 0), F.lit("context.propensity is not in (0, 1]"))
+        .when(F.exists(F.map_values("context.ranks"), lambda r: r < 0), F.lit("context.ranks has a negative rank"))
+        .when(F.exists(F.map_values("context.ranker_propensities"), lambda p: ~p.between(0, 1) | F.isnan(p)),
+              F.lit("context.ranker_propensities has a value outside [0, 1]"))
     )
 
 
@@ -151,6 +156,7 @@ def transform(parsed: DataFrame, now: datetime, max_future_skew_s: float) -> Com
             "context.request_id", "context.position", "context.page", "context.experiment", "context.arm",
             "context.policy", "context.propensity", "context.team", "context.model_versions",
             "context.candidates", "context.candidate_scores", "context.candidate_count",
+            "context.ranks", "context.ranker_propensities",
             F.date_format("_ts", "yyyy-MM-dd").alias("dt"),
         )  # fmt: skip
     )
