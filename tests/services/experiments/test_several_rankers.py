@@ -1,5 +1,6 @@
-"""Several real DIN rankers served at once: an interleaved list follows team-draft over each
-version's own ranking, and A/B arms are served by their pinned versions while experiments start
+"""Several real DIN rankers served at once: an interleaved list follows team-draft (or balanced
+interleaving, whose impressions log each ranker's rank of the shown item) over each version's own
+ranking, and A/B arms are served by their pinned versions while experiments start
 and stop under concurrent requests without a failed one."""
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from feature_store.settings import Settings
 from models.registry import ModelRegistry
 from services.api.app import create_app
+from services.experiments.interleaving import balanced
 from services.experiments.model import Experiment
 from tests.models.ranking.conftest import ITEMS, category_of
 from tests.services.conftest import EventFactory, live_server, with_api
 from tests.services.experiments.conftest import ADMIN
 from tests.services.experiments.test_assignment import reference_arm
+from tests.services.test_impressions import _flush, _impressions
 from tests.services.test_models import published  # noqa: F401  (the module's two trained DIN versions)
 
 pytestmark = pytest.mark.slow
@@ -75,6 +79,43 @@ def test_interleaving_two_versions_follows_team_draft_over_each_ranking(
                 assert item["item_id"] == next(i for i in own if i not in shown), (item, shown)
                 shown.append(item["item_id"])
             assert Counter(item["team"] for item in answer["items"]) == {"old": 4, "new": 4}
+
+
+def test_balanced_interleaving_of_two_versions_logs_each_rankers_rank(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    root, versions = published
+    registry = ModelRegistry(root)
+    registry.set_current("ranker", versions[0])
+    depth = 30
+    with TestClient(create_app(_settings(api_settings, root))) as client:
+        _seed(client, make_event)
+        old = _ranking(client, depth)
+        registry.set_current("ranker", versions[1])
+        client.post("/v1/admin/models/reload", headers=ADMIN)
+        new = _ranking(client, depth)
+        registry.set_current("ranker", versions[0])
+        client.post("/v1/admin/models/reload", headers=ADMIN)
+        assert old[:8] != new[:8]
+        body = {"id": "bal", "kind": "interleaving", "method": "balanced",
+                "arms": [{"name": "old", "ranker": versions[0]}, {"name": "new", "ranker": versions[1]}]}
+        assert client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+        # Joachims' merge of the two rankings, whichever ranker the coin lets lead.
+        merges = {balanced(old, new, 8, np.random.default_rng(seed)).items for seed in range(20)}
+        assert len(merges) == 2
+        for _ in range(4):
+            answer = client.get("/v1/users/fan/recommendations", params={"k": 8, **QUIET}).json()
+            assert answer["explore"] == "interleaving:balanced"
+            assert tuple(item["item_id"] for item in answer["items"]) in merges
+        answer = client.get("/v1/users/fan/recommendations", params={"k": 8}).json()  # this one is logged
+        _flush(client)
+        logged = {e.context.position: e for e in _impressions(api_settings) if e.context.request_id == answer["request_id"]}
+    assert [logged[n].item_id for n in range(8)] == [item["item_id"] for item in answer["items"]]
+    for n in range(8):
+        item, ranks = logged[n].item_id, logged[n].context.ranks
+        assert ranks is not None and ranks.keys() == {"old", "new"}  # both rankers ranked every candidate
+        for team, ranking in (("old", old), ("new", new)):
+            assert ranks[team] == ranking.index(item) if item in ranking else ranks[team] >= depth, (n, team)
 
 
 def test_ab_arms_serve_their_versions_and_start_stop_fail_no_request(
