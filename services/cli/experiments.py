@@ -135,6 +135,10 @@ def report(
     for c in result.comparisons:
         typer.echo(f"{c.a} vs {c.b} ({c.units}): {c.wins_a} / {c.wins_b} / {c.ties} ties, "
                    f"preference {c.preference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], sign test p = {c.sign_p:.3g}")
+        if c.credit_difference is not None:
+            interval = "" if c.credit_low is None else f" [{c.credit_low:+.4f}, {c.credit_high:+.4f}]"
+            p = "" if c.credit_p is None else f", t-test p = {c.credit_p:.3g}"
+            typer.echo(f"  {c.credit} credit per user, {c.a} − {c.b}: {c.credit_difference:+.4f}{interval}{p}")
     typer.echo(result.caveat)
 
 

@@ -19,6 +19,7 @@ from scipy import stats
 
 from feature_store.settings import Settings
 from services.experiments.interleaving import probabilistic
+from tests.services.experiments.test_cli import recsys
 from tests.services.experiments.test_report import create
 
 SCHEMA = pa.schema([
@@ -71,6 +72,9 @@ def test_balanced_credit_from_logged_ranks_equals_the_hand_computation(
     assert comparison["credit_difference"] == pytest.approx(np.mean(differences))
     assert (comparison["credit_low"], comparison["credit_high"]) == pytest.approx((interval.low, interval.high))
     assert comparison["credit_p"] == pytest.approx(stats.ttest_1samp(differences, 0).pvalue)
+    printed = recsys(admin_settings, "report", "bal")
+    assert printed.returncode == 0, printed.stderr
+    assert f"balanced credit per user, A − B: {np.mean(differences):+.4f} [{interval.low:+.4f}" in printed.stdout
 
 
 def _enumerated_credit(rankings: list[list[str]], shown: tuple[str, ...], clicked: set[int], tau: float) -> float:
