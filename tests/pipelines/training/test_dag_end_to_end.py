@@ -1,6 +1,7 @@
 """The training DAG end to end, through `recsys train run`, on a small planted-cluster click log
-(users browse one cluster; 12 hourly partitions) with a real Redis, real Spark jobs and real TensorFlow training: a step that fails (the ranker cannot publish:
-its registry folder is blocked by a file) fails the run with every earlier step recorded; resuming
+(users browse one cluster; 3,600 clicks over 17 hours) with a real Redis, real Spark jobs and real
+TensorFlow training: a step that fails (the ranker cannot publish: its registry folder is blocked
+by a file) fails the run with every earlier step recorded; resuming
 the same run id skips the steps whose outputs are still there and reruns the failed one; the gate
 blesses the recall candidate (no baseline yet: its floors) and rejects the ranker (a floor it cannot
 reach), so only recall is promoted; the running API is told to reload and serves it."""
