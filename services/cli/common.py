@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from feature_store.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 # Scripts grep what commands print: long lines (paths) stay whole instead of wrapping at the width.
 console = Console(stderr=True, soft_wrap=True)
@@ -40,3 +48,26 @@ def fail(message: str) -> None:
     """`print_error(message)` and exit 2."""
     print_error(message)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def long_running(settings: Settings) -> Iterator[tuple[redis.Redis, threading.Event]]:
+    """What a long-running process (scheduler, learner) needs: plain log lines on stderr (a rich
+    handler wraps paths at the terminal width), an event SIGTERM sets, and a Redis client for
+    `settings` (an embedded server when no URL is set; `redis+cluster://` too) with a timeout long
+    enough for background work, closed on exit."""
+    from dataclasses import replace
+
+    from feature_store.redis_client import ConnectionSpec
+    from feature_store.redis_server import redis_url
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with redis_url(settings) as url:
+        spec = ConnectionSpec.from_settings(settings, url)
+        client = replace(spec, socket_timeout_s=spec.socket_timeout_s * 20).client()
+        try:
+            yield client, stop
+        finally:
+            client.close()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
-from services.cli.common import StateDirOption, console, fail, load_settings
+from services.cli.common import StateDirOption, console, fail, load_settings, long_running
 
 app = typer.Typer(help="Online learning: DRN-style minor updates of the ranker between retrains.", no_args_is_help=True)
 
@@ -25,19 +22,10 @@ def online(
 ) -> None:
     """Learn the current ranker's output layer from interleaved feedback (DBGD) and publish online
     revisions every API worker serves to `learner.share` of users, until Ctrl-C or SIGTERM."""
-    from dataclasses import replace
-
-    from feature_store.redis_client import ConnectionSpec
-    from feature_store.redis_server import redis_url
     from services.learner.process import build, run
 
     settings = load_settings(state_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with redis_url(settings) as url:
-        spec = ConnectionSpec.from_settings(settings, url)
-        client = replace(spec, socket_timeout_s=spec.socket_timeout_s * 20).client()  # redis+cluster:// too
+    with long_running(settings) as (client, stop):
         try:
             process = build(settings, client, seed)
         except ValueError as exc:
@@ -47,7 +35,5 @@ def online(
             summary = run(process, stop, interval_s, report_every_s, max_steps)
         except KeyboardInterrupt:
             summary = process.summary
-        finally:
-            client.close()
     console.print(f"learner stopped: base {process.base}, revision {process.revision.id if process.revision else None}, "
                   f"{asdict(summary)}")

@@ -4,15 +4,11 @@ command in `services/cli/__init__.py`."""
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-
 from typing import Annotated
 
 import typer
 
-from services.cli.common import StateDirOption, console, load_settings
+from services.cli.common import StateDirOption, console, load_settings, long_running
 
 
 def scheduler(
@@ -21,22 +17,12 @@ def scheduler(
 ) -> None:
     """Run the training DAG on its cron schedule (UTC) until Ctrl-C or SIGTERM. Every scheduler
     sharing a Redis (set REDIS_URL) takes the same lock, so one run goes at a time."""
-    from dataclasses import replace
-
     from prometheus_client import start_http_server
 
-    from feature_store.redis_client import ConnectionSpec
-    from feature_store.redis_server import redis_url
     from services.scheduler.service import TrainingScheduler
 
     settings = load_settings(state_dir)
-    # Plain lines on stderr: a rich log handler wraps messages (paths) at the terminal width.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with redis_url(settings) as url:
-        spec = ConnectionSpec.from_settings(settings, url)
-        client = replace(spec, socket_timeout_s=spec.socket_timeout_s * 20).client()  # redis+cluster:// too
+    with long_running(settings) as (client, stop):
         service = TrainingScheduler(settings, client)
         if settings.scheduler.metrics_port:
             start_http_server(settings.scheduler.metrics_port, registry=service.metrics.registry)
@@ -51,5 +37,4 @@ def scheduler(
             pass
         finally:
             service.shutdown()
-            client.close()
     console.print("scheduler stopped")
