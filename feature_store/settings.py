@@ -282,6 +282,7 @@ class LearnerSettings(_Section):
     rollback_window: int = Field(default=200, ge=1, description="M: the last M decided comparisons of a revision against its base.")
     rollback_threshold: float = Field(default=0.4, ge=0, le=1, description="Roll back to the base when the revision wins fewer than this share of them.")
     history: int = Field(default=1000, ge=1, description="Revisions kept per role (older ones are deleted).")
+    metrics_port: int = Field(default=9110, ge=0, le=65535, description="Prometheus /metrics port of `recsys learn online` (0: none).")
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,9 @@ def online(
 ) -> None:
     """Learn the current ranker's output layer from interleaved feedback (DBGD) and publish online
     revisions every API worker serves to `learner.share` of users, until Ctrl-C or SIGTERM."""
+    from prometheus_client import start_http_server
+
+    from services.learner.metrics import learner_registry
     from services.learner.process import build, run
 
     settings = load_settings(state_dir)
@@ -30,6 +33,9 @@ def online(
             process = build(settings, client, seed)
         except ValueError as exc:
             fail(str(exc))
+        if settings.learner.metrics_port:
+            start_http_server(settings.learner.metrics_port, registry=learner_registry(process))
+            console.print(f"metrics: http://0.0.0.0:{settings.learner.metrics_port}/metrics")
         console.print(f"learner: {settings.learner.algorithm}, event log {settings.event_log_dir}; Ctrl-C to stop")
         try:
             summary = run(process, stop, interval_s, report_every_s, max_steps)

@@ -20,7 +20,7 @@ import redis
 from fastapi.testclient import TestClient
 from scipy.special import expit
 
-from feature_store.redis_server import EmbeddedRedis
+from feature_store.redis_server import EmbeddedRedis, free_port
 from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import RevisionStore
 from models.ranking import samples
@@ -175,13 +175,14 @@ def test_the_learner_learns_from_the_apis_interleaved_lists_and_clicks(
         assert status["revision"] == second.id
 
 
-def test_recsys_learn_online_publishes_the_bases_layer_and_stops_cleanly_on_sigterm(
+def test_recsys_learn_online_publishes_the_bases_layer_serves_metrics_and_stops_cleanly_on_sigterm(
     redis_server: EmbeddedRedis, redis_client: redis.Redis, published: tuple[Path, list[str]], tmp_path: Path,  # noqa: F811
 ) -> None:
     root, versions = published
     ModelRegistry(root).set_current("ranker", versions[0])
+    port = free_port()
     env = {**os.environ, "RECSYS_REDIS__URL": redis_server.url, "RECSYS_STATE_DIR": str(tmp_path / "state"),
-           "RECSYS_REGISTRY_DIR": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+           "RECSYS_REGISTRY_DIR": str(root), "TF_CPP_MIN_LOG_LEVEL": "2", "RECSYS_LEARNER__METRICS_PORT": str(port)}
     learner = subprocess.Popen([sys.executable, "-c", "from services.cli import main; main()", "learn", "online", "--interval-s", "0.2"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     store = RevisionStore(redis_client, "recsys")
@@ -190,7 +191,14 @@ def test_recsys_learn_online_publishes_the_bases_layer_and_stops_cleanly_on_sigt
         while store.current(versions[0]) is None:
             assert learner.poll() is None and time.monotonic() < deadline, "no revision published"
             time.sleep(0.2)
-        np.testing.assert_allclose(store.current(versions[0]).weights, base_head(root, versions[0])[:-1])
+        revision = store.current(versions[0])
+        np.testing.assert_allclose(revision.weights, base_head(root, versions[0])[:-1])
+        metrics = ""
+        while "recsys_learner_revisions_total 1.0" not in metrics:  # counted just after the store's publish
+            assert time.monotonic() < deadline, f"no revision counted on /metrics:\n{metrics}"
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "recsys_learner_bases_total 1.0" in metrics and "recsys_learner_rollbacks_total 0.0" in metrics
+        assert f'recsys_learner_revision_info{{base="{versions[0]}",revision="{revision.id}"}} 1.0' in metrics
     finally:
         learner.send_signal(signal.SIGTERM)
         output, _ = learner.communicate(timeout=60)

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the learner process, read from its `Summary` at scrape time (one source
+of truth: the numbers on /metrics are the ones the progress lines and the exit summary print)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import fields
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.learner.process import LearnerProcess
+
+HELP = {
+    "comparisons": "Interleaved requests with a decided comparison fed to the learner",
+    "stale": "Comparisons skipped because they were served by an older revision",
+    "rounds": "DBGD rounds completed",
+    "moves": "Rounds in which w moved toward w~",
+    "revisions": "Online revisions published",
+    "rollbacks": "Automatic rollbacks to the blessed base",
+    "bases": "Blessed bases the learner (re)started from",
+    "paused_steps": "Steps skipped while the kill switch was off",
+}
+
+
+class LearnerCollector(Collector):
+    def __init__(self, process: LearnerProcess) -> None:
+        self.process = process
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        summary = self.process.summary
+        for field in fields(summary):
+            yield CounterMetricFamily(f"recsys_learner_{field.name}", HELP[field.name], value=getattr(summary, field.name))
+        info = GaugeMetricFamily("recsys_learner_revision_info", "1 for the revision the learner serves now",
+                                 labels=["base", "revision"])
+        revision = self.process.revision
+        if revision is not None:
+            info.add_metric([self.process.base or "", revision.id], 1.0)
+        yield info
+
+
+def learner_registry(process: LearnerProcess) -> CollectorRegistry:
+    """A registry holding the process's metrics, for `prometheus_client.start_http_server`."""
+    registry = CollectorRegistry()
+    registry.register(LearnerCollector(process))
+    return registry
