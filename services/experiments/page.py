@@ -20,15 +20,20 @@ def render(report: ExperimentReport) -> str:
         f"<tr><td>{escape(a.name)}</td><td>{escape(a.version or 'current')}</td>"
         f"{_cell(f'arms.{i}.impressions', a.impressions, 'd')}{_cell(f'arms.{i}.clicks', a.clicks, 'd')}"
         f"{_cell(f'arms.{i}.ctr', a.ctr)}<td>[{_num(f'arms.{i}.ctr_low', a.ctr_low)}, {_num(f'arms.{i}.ctr_high', a.ctr_high)}]</td>"
-        f"{_cell(f'arms.{i}.lift', a.lift)}<td>{_range(f'arms.{i}', a.lift_low, a.lift_high)}</td>"
-        f"{_cell(f'arms.{i}.p_value', a.p_value)}<td>{escape(a.stopped or '')}</td></tr>"
+        f"{_cell(f'arms.{i}.lift', a.lift)}<td>{_range(f'arms.{i}.lift', a.lift_low, a.lift_high)}</td>"
+        f"{_cell(f'arms.{i}.p_value', a.p_value)}{_cell(f'arms.{i}.users', a.users, 'd')}"
+        f"{_cell(f'arms.{i}.user_lift', a.user_lift)}<td>{_range(f'arms.{i}.user_lift', a.user_lift_low, a.user_lift_high)}</td>"
+        f"{_cell(f'arms.{i}.user_p_value', a.user_p_value)}<td>{escape(a.stopped or '')}</td></tr>"
         for i, a in enumerate(report.arms)
     )
     comparisons = "".join(
         f"<tr><td>{escape(c.a)} vs {escape(c.b)}</td>{_cell(f'comparisons.{i}.wins_a', c.wins_a, 'd')}"
         f"{_cell(f'comparisons.{i}.wins_b', c.wins_b, 'd')}{_cell(f'comparisons.{i}.ties', c.ties, 'd')}"
         f"{_cell(f'comparisons.{i}.preference', c.preference)}<td>[{_num(f'comparisons.{i}.low', c.low)}, "
-        f"{_num(f'comparisons.{i}.high', c.high)}]</td>{_cell(f'comparisons.{i}.sign_p', c.sign_p)}</tr>"
+        f"{_num(f'comparisons.{i}.high', c.high)}]</td>{_cell(f'comparisons.{i}.sign_p', c.sign_p)}"
+        f"<td>{escape(c.credit)}</td>{_cell(f'comparisons.{i}.credit_difference', c.credit_difference)}"
+        f"<td>[{_num(f'comparisons.{i}.credit_low', c.credit_low)}, {_num(f'comparisons.{i}.credit_high', c.credit_high)}]</td>"
+        f"{_cell(f'comparisons.{i}.credit_p', c.credit_p)}</tr>"
         for i, c in enumerate(report.comparisons)
     )
     srm = "" if report.srm_p is None else (
@@ -42,9 +47,10 @@ def render(report: ExperimentReport) -> str:
 <p>{escape(e.kind)}{'' if e.kind == 'ab' else ' (' + escape(e.method) + ')'}, layer {escape(e.layer)},
 status {escape(e.status)}, traffic {e.traffic:g}; report of {report.generated_at.isoformat()}</p>
 <table><tr><th>arm</th><th>version</th><th>impressions</th><th>clicks</th><th>CTR</th><th>95% CI</th>
-<th>lift</th><th>95% CI</th><th>p</th><th>stopped</th></tr>{rows}</table>
+<th>lift</th><th>95% CI</th><th>p</th><th>users</th><th>lift per user</th><th>95% CI</th><th>p per user</th>
+<th>stopped</th></tr>{rows}</table>
 {srm}
-{'<h2>Interleaving preference (per user)</h2><table><tr><th></th><th>wins A</th><th>wins B</th><th>ties</th><th>Δ</th><th>95% CI</th><th>sign test p</th></tr>' + comparisons + '</table>' if comparisons else ''}
+{'<h2>Interleaving preference (per user)</h2><table><tr><th></th><th>wins A</th><th>wins B</th><th>ties</th><th>Δ</th><th>95% CI</th><th>sign test p</th><th>credit</th><th>count credit Δ</th><th>95% CI</th><th>t-test p</th></tr>' + comparisons + '</table>' if comparisons else ''}
 <h2>CTR per arm</h2>{_bars(report)}
 <h2>Cumulative {'lift' if e.kind == 'ab' else 'preference'} with its 95% band</h2>
 {_lines([p for p in report.timeline if p.series.startswith(trend)])}
@@ -64,7 +70,7 @@ def _cell(field: str, value: float | int | None, fmt: str = ".6f") -> str:
 def _range(prefix: str, low: float | None, high: float | None) -> str:
     if low is None or high is None:
         return ""
-    return f"[{_num(prefix + '.lift_low', low)}, {_num(prefix + '.lift_high', high)}]"
+    return f"[{_num(prefix + '_low', low)}, {_num(prefix + '_high', high)}]"
 
 
 def _bars(report: ExperimentReport) -> str:

@@ -6,6 +6,7 @@ team assignment and draw that could have produced the shown list."""
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ def test_balanced_credit_from_logged_ranks_equals_the_hand_computation(
     assert comparison["credit_difference"] == pytest.approx(np.mean(differences))
     assert (comparison["credit_low"], comparison["credit_high"]) == pytest.approx((interval.low, interval.high))
     assert comparison["credit_p"] == pytest.approx(stats.ttest_1samp(differences, 0).pvalue)
+    page = admin_client.get("/experiments/bal").text  # the report page shows the rule and the count credit
+    shown = dict(re.findall(r'data-field="([^"]+)">([^<]+)<', page))
+    for field in ("credit_difference", "credit_low", "credit_high", "credit_p"):
+        assert float(shown[f"comparisons.0.{field}"]) == pytest.approx(comparison[field], abs=5e-7), field
+    assert "<td>balanced</td>" in page
     printed = recsys(admin_settings, "report", "bal")
     assert printed.returncode == 0, printed.stderr
     assert f"balanced credit per user, A − B: {np.mean(differences):+.4f} [{interval.low:+.4f}" in printed.stdout

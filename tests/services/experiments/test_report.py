@@ -44,6 +44,29 @@ def plant_ab(settings: Settings, experiment: str, arms: dict[str, tuple[int, int
     attribution.close()
 
 
+def plant_users(settings: Settings, experiment: str) -> dict[str, np.ndarray]:
+    """The batch layer's attributed impressions of 60 users per arm, 20 impressions each, the first
+    `count` clicked (counts drawn per user), beside another experiment's rows; the planted counts."""
+    rng = np.random.default_rng(5)
+    planted = {arm: rng.binomial(20, rng.beta(2, beta, 60)) for arm, beta in (("control", 9), ("treatment", 7))}
+    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
+    ts = datetime.now(timezone.utc)
+    for name, arms in ((experiment, planted), ("other", {"control": np.full(60, 20)})):
+        for arm, clicks in arms.items():
+            for user, count in enumerate(clicks):
+                for slot in range(20):
+                    rows["event_id"].append(f"{name}-{arm}-{user}-{slot}")
+                    rows["user_id"].append(f"{arm}-u{user}")
+                    rows["arm"].append(f"{name}:{arm}")
+                    rows["click"].append(int(slot < count))
+                    rows["ts"].append(ts)
+                    rows["experiment"].append(name)
+    folder = Path(settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), folder / f"part-{experiment}.parquet")
+    return planted
+
+
 def create(client: TestClient, body: dict[str, Any]) -> None:
     response = client.post("/v1/experiments", json=body, headers=ADMIN)
     assert response.status_code == 201, response.text
@@ -102,23 +125,7 @@ def test_interleaving_report_credits_teams_per_user(admin_client: TestClient, ad
 def test_ab_report_tests_per_user_from_attributed_impressions(admin_client: TestClient, admin_settings: Settings) -> None:
     create(admin_client, {"id": "ab2", "kind": "ab", "arms": [{"name": "control"}, {"name": "treatment"}]})
     plant_ab(admin_settings, "ab2", {"control": (50, 5), "treatment": (50, 6)})
-    rng = np.random.default_rng(5)
-    planted = {arm: rng.binomial(20, rng.beta(2, beta, 60)) for arm, beta in (("control", 9), ("treatment", 7))}
-    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
-    ts = datetime.now(timezone.utc)
-    for experiment, arms in (("ab2", planted), ("other", {"control": np.full(60, 20)})):
-        for arm, clicks in arms.items():
-            for user, count in enumerate(clicks):
-                for slot in range(20):  # 20 impressions per user, the first `count` clicked
-                    rows["event_id"].append(f"{experiment}-{arm}-{user}-{slot}")
-                    rows["user_id"].append(f"{arm}-u{user}")
-                    rows["arm"].append(f"{experiment}:{arm}")
-                    rows["click"].append(int(slot < count))
-                    rows["ts"].append(ts)
-                    rows["experiment"].append(experiment)
-    folder = Path(admin_settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table(rows), folder / "part-0.parquet")
+    planted = plant_users(admin_settings, "ab2")
     control, treatment = admin_client.get("/v1/experiments/ab2/report").json()["arms"]
     assert (control["users"], treatment["users"]) == (60, 60)
     assert treatment["user_lift"] == pytest.approx(planted["treatment"].sum() / planted["control"].sum() - 1)
@@ -139,6 +146,7 @@ def test_the_report_page_in_chromium_shows_the_reports_numbers(admin_settings: S
         with TestClient(create_app(admin_settings)) as client:
             create(client, {"id": "page1", "kind": "ab", "arms": [{"name": "control"}, {"name": "treatment"}]})
         plant_ab(admin_settings, "page1", {"control": (500, 50), "treatment": (500, 65)})
+        plant_users(admin_settings, "page1")
         import httpx
 
         report = httpx.get(f"{base}/v1/experiments/page1/report", timeout=60).json()
@@ -163,5 +171,6 @@ def test_the_report_page_in_chromium_shows_the_reports_numbers(admin_settings: S
             assert text == "–", field
         else:
             assert float(text) == pytest.approx(value, abs=5e-7), field
-    assert {"arms.1.lift", "arms.0.ctr", "srm_p"} <= shown.keys()
+    assert {"arms.1.lift", "arms.0.ctr", "srm_p", "arms.1.user_lift_low", "arms.1.user_p_value"} <= shown.keys()
+    assert report["arms"][1]["user_p_value"] is not None  # the per-user test is on the page with its numbers
     assert dom.count("<svg") == 2
