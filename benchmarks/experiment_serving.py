@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import multiprocessing
-import os
 import signal
 import sys
 import tempfile
@@ -40,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 from feature_store.redis_server import EmbeddedRedis  # noqa: E402
 from learner_serving import closed_loop_cost, cost  # noqa: E402
 from serving import (  # noqa: E402
-    KEY, USERS, console, drain, pin, publish_recall_model, seed, start_server, train_and_publish,
+    KEY, USERS, add_cpu_arguments, console, drain, load_generator, pin, publish_recall_model, seed, start_server,
+    train_and_publish,
 )
 
 TRAFFIC = 0.5
@@ -90,18 +89,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--closed-loop", type=int, default=1000, help="requests of the closed-loop comparison")
-    cpus = sorted(os.sched_getaffinity(0))
-    parser.add_argument("--server-cpus", type=int, nargs="*", default=cpus[:-1] if len(cpus) > 1 else [])
-    parser.add_argument("--client-cpus", type=int, nargs="*", default=cpus[-1:] if len(cpus) > 1 else [])
+    add_cpu_arguments(parser)
     args = parser.parse_args()
-    server_cpus, client_cpus = set(args.server_cpus) or None, set(args.client_cpus) or None
-    console.print(f"CPUs: servers {sorted(server_cpus or cpus)}, generator and Redis {sorted(client_cpus or cpus)}; "
-                  f"load average {os.getloadavg()[0]:.1f}")
-    generator = concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=pin, initargs=(client_cpus,))
+    generator, server_cpus = load_generator(args)
     with tempfile.TemporaryDirectory() as tmp, generator:
         work = Path(tmp)
-        pin(client_cpus)
+        pin(set(args.client_cpus) or None)
         redis_server = EmbeddedRedis(work / "redis").start()
         api = None
         try:

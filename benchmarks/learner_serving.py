@@ -32,8 +32,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import json
-import multiprocessing
-import os
 import signal
 import sys
 import tempfile
@@ -53,7 +51,8 @@ from http_load import open_loop  # noqa: E402
 from quiet import ForeignCpu  # noqa: E402
 from serving_impressions import server_cpu_s  # noqa: E402
 from serving import (  # noqa: E402
-    KEY, REQUEST_DEADLINE_S, USERS, console, drain, pin, publish_recall_model, seed, start_server, train_and_publish,
+    KEY, REQUEST_DEADLINE_S, USERS, add_cpu_arguments, console, drain, load_generator, pin, publish_recall_model, seed,
+    start_server, train_and_publish,
 )
 
 SHARE = 0.5
@@ -166,18 +165,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--revisions", type=int, default=10)
     parser.add_argument("--closed-loop", type=int, default=1000, help="requests of the closed-loop comparison")
-    cpus = sorted(os.sched_getaffinity(0))
-    parser.add_argument("--server-cpus", type=int, nargs="*", default=cpus[:-1] if len(cpus) > 1 else [])
-    parser.add_argument("--client-cpus", type=int, nargs="*", default=cpus[-1:] if len(cpus) > 1 else [])
+    add_cpu_arguments(parser)
     args = parser.parse_args()
-    server_cpus, client_cpus = set(args.server_cpus) or None, set(args.client_cpus) or None
-    console.print(f"CPUs: servers {sorted(server_cpus or cpus)}, generator and Redis {sorted(client_cpus or cpus)}; "
-                  f"load average {os.getloadavg()[0]:.1f}")
-    generator = concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=pin, initargs=(client_cpus,))
+    generator, server_cpus = load_generator(args)
     with tempfile.TemporaryDirectory() as tmp, generator:
         work = Path(tmp)
-        pin(client_cpus)
+        pin(set(args.client_cpus) or None)
         redis_server = EmbeddedRedis(work / "redis").start()
         api = None
         try:

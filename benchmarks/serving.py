@@ -170,6 +170,28 @@ def pin(cpus: set[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
+def add_cpu_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--server-cpus` and `--client-cpus`: the servers apart from the load generator and Redis."""
+    cpus = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--server-cpus", type=int, nargs="*", default=cpus[:-1] if len(cpus) > 1 else [],
+                        help="CPUs of the API and floor servers (default: all but the last; none: no pinning)")
+    parser.add_argument("--client-cpus", type=int, nargs="*", default=cpus[-1:] if len(cpus) > 1 else [],
+                        help="CPUs of the load generator and Redis (default: the last)")
+
+
+def load_generator(args: argparse.Namespace) -> tuple[concurrent.futures.ProcessPoolExecutor, set[int] | None]:
+    """The load generator's process pinned to `--client-cpus` (printed with the split and the load
+    average), and the servers' CPUs (None: no pinning); call `pin(client_cpus)` in the body."""
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, client_cpus = set(args.server_cpus) or None, set(args.client_cpus) or None
+    console.print(f"CPUs: servers {sorted(server_cpus or cpus)}, generator and Redis {sorted(client_cpus or cpus)}; "
+                  f"load average {os.getloadavg()[0]:.1f}")
+    generator = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=pin, initargs=(client_cpus,)
+    )
+    return generator, server_cpus
+
+
 def start_server(
     factory: str, env: dict[str, str], app_dir: Path, workers: int = 1, cpus: set[int] | None = None,
     cwd: Path = ROOT,
@@ -271,11 +293,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the API (and of the floor)")
     parser.add_argument("--threads", type=int, default=1, help="settings.api.inference_threads (TensorFlow and faiss)")
-    cpus = sorted(os.sched_getaffinity(0))
-    parser.add_argument("--server-cpus", type=int, nargs="*", default=cpus[:-1] if len(cpus) > 1 else [],
-                        help="CPUs of the API and floor servers (default: all but the last; none: no pinning)")
-    parser.add_argument("--client-cpus", type=int, nargs="*", default=cpus[-1:] if len(cpus) > 1 else [],
-                        help="CPUs of the load generator and Redis (default: the last)")
+    add_cpu_arguments(parser)
     parser.add_argument("--impressions", action="store_true",
                         help="instead of API vs floor: the API with impression logging on vs off, same server")
     parser.add_argument("--repeats", type=int, default=1, help="--impressions: off/on pairs per rate")
@@ -283,15 +301,10 @@ def main() -> None:
                         help="then a run this long with logging on, checking every shown item was logged (0: none)")
     parser.add_argument("--lossless-rate", type=int, default=200)
     args = parser.parse_args()
-    server_cpus, client_cpus = set(args.server_cpus) or None, set(args.client_cpus) or None
-    console.print(f"CPUs: servers {sorted(server_cpus or cpus)}, generator and Redis {sorted(client_cpus or cpus)}; "
-                  f"load average {os.getloadavg()[0]:.1f}")
-    generator = concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=pin, initargs=(client_cpus,)
-    )
+    generator, server_cpus = load_generator(args)
     with tempfile.TemporaryDirectory() as tmp, generator:
         work = Path(tmp)
-        pin(client_cpus)  # this process only seeds and waits; Redis inherits the generator's CPUs
+        pin(set(args.client_cpus) or None)  # this process only seeds and waits; Redis inherits the generator's CPUs
         redis = EmbeddedRedis(work / "redis").start()
         processes: list[subprocess.Popen[bytes]] = []
         try:
