@@ -18,12 +18,14 @@ from feature_store.redis_server import free_port
 from feature_store.settings import Settings
 from services.scheduler.service import TrainingScheduler
 
+# The fake training run: records itself, holds until the test creates `release` (at most 300 s,
+# so a run orphaned by a killed scheduler ends by itself).
 HOLD = """
 import pathlib, sys, time
 folder = pathlib.Path(sys.argv[1])
 with (folder / "runs.txt").open("a") as runs:
     runs.write("run\\n")
-deadline = time.monotonic() + 120
+deadline = time.monotonic() + 300
 while not (folder / "release").exists() and time.monotonic() < deadline:
     time.sleep(0.02)
 """

@@ -13,19 +13,11 @@ from models.evaluation.protocol import full_ranks, protocol_split
 from models.evaluation.protocol_run import PIPELINE, ProtocolConfig, grid, run_protocol
 from models.retrieval.blend import BlendedRecall
 from models.retrieval.scored_channels import ItemKNNScores
-
-
-def _chains(users: int = 60, items: int = 20, length: int = 8, seed: int = 0) -> list[tuple[str, str, float]]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(users):
-        start = int(rng.integers(items))
-        rows += [(f"u{u}", f"i{(start + t) % items}", float(t)) for t in range(length)]
-    return rows
+from tests.models.test_protocol import _chains
 
 
 def test_blend_uses_the_tuned_peer_and_the_pipeline_serves_the_validation_winner() -> None:
-    split = protocol_split(_chains())
+    split = protocol_split(_chains(users=60, items=20))
     pipeline = EvaluationConfig(recall_models=(), rankers=("din",), ranker_epochs=1, ranker_embedding_dim=4,
                                 samples=SampleConfig(positions_per_user=2, recall_depth=20, max_seq_len=4))  # fmt: skip
     config = ProtocolConfig(peers=("ItemKNN",), knn_grid=grid(neighbours=[5], recent=[1, None]), pipeline=pipeline,

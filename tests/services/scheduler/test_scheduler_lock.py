@@ -23,19 +23,10 @@ import redis
 
 from feature_store.settings import Settings
 from services.scheduler.service import TrainingScheduler
+from tests.services.test_scheduler import HOLD
 
 TTL_S = 9.0
 ROOT = Path(__file__).resolve().parents[3]
-
-HOLD = """
-import pathlib, sys, time
-folder = pathlib.Path(sys.argv[1])
-with (folder / "runs.txt").open("a") as runs:
-    runs.write("run\\n")
-deadline = time.monotonic() + 300
-while not (folder / "release").exists() and time.monotonic() < deadline:
-    time.sleep(0.02)
-"""
 
 # A scheduler in its own process, ticking once (the test kills it mid-run).
 CRASHING = """
