@@ -29,24 +29,12 @@ belongs to the team that placed it, as in the papers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Interleaved:
-    """The shown list, the team (ranker index) of each slot, and each placement's probability;
-    probabilistic interleaving also gives each ranker's probability of that placement
-    (`ranker_propensities[slot][ranker]`, whose mean is the propensity)."""
-
-    items: tuple[str, ...]
-    teams: tuple[int, ...]
-    propensities: tuple[float, ...]
-    ranker_propensities: tuple[tuple[float, ...], ...] = ()
+from services.recommend.types import Merged
 
 
-def team_draft(rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generator) -> Interleaved:
+def team_draft(rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generator) -> Merged:
     """Team-draft interleaving (two rankers) and multileaving (more), `k` slots at most.
 
     A placement's propensity is its exact probability given the slots above: the rankers still to
@@ -76,10 +64,10 @@ def team_draft(rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generat
             taken.add(item)
         if len(shown) == round_start:  # every ranker is exhausted
             break
-    return Interleaved(tuple(shown), tuple(teams), tuple(propensities))
+    return Merged(tuple(shown), tuple(teams), tuple(propensities))
 
 
-def balanced(a: Sequence[str], b: Sequence[str], k: int, rng: np.random.Generator) -> Interleaved:
+def balanced(a: Sequence[str], b: Sequence[str], k: int, rng: np.random.Generator) -> Merged:
     """Balanced interleaving of two lists; the team of a slot is the ranker whose pointer added it
     (credit uses `balanced_credit`, not the teams). The coin makes one of two lists; a slot's
     propensity given the slots above is 1/2 where the other list shares those slots but not this
@@ -90,7 +78,7 @@ def balanced(a: Sequence[str], b: Sequence[str], k: int, rng: np.random.Generato
     other, _ = _balanced_list(a, b, k, not a_first)
     propensities = tuple(0.5 if other[:s] == items[:s] and other[s:s + 1] != items[s:s + 1] else 1.0
                          for s in range(len(items)))
-    return Interleaved(items, teams, propensities)
+    return Merged(items, teams, propensities)
 
 
 def _balanced_list(a: Sequence[str], b: Sequence[str], k: int, a_first: bool) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -144,7 +132,7 @@ def softmax_distribution(ranking: Sequence[str], universe: Sequence[str], tau: f
 
 def probabilistic(
     rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generator, tau: float = 3.0
-) -> Interleaved:
+) -> Merged:
     """Probabilistic interleaving (m ≥ 2 rankers) with exact per-slot propensities."""
     _check(rankings, k)
     if tau <= 0:
@@ -167,7 +155,7 @@ def probabilistic(
         placed.append(tuple(float(p) for p in live[:, index]))
         propensities.append(float(live[:, index].mean()))
         remaining[index] = False
-    return Interleaved(tuple(shown), tuple(teams), tuple(propensities), tuple(placed))
+    return Merged(tuple(shown), tuple(teams), tuple(propensities), tuple(placed))
 
 
 def team_credit(teams: Sequence[int], clicked: Sequence[bool], rankers: int) -> np.ndarray:

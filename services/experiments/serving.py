@@ -109,11 +109,9 @@ class ExperimentServing:
         def merge(rankings: list[list[str]], k: int) -> Merged:
             rng = self.rng()
             if experiment.method == Method.PROBABILISTIC:
-                merged = probabilistic(rankings, k, rng, experiment.tau)
-            elif experiment.method == Method.BALANCED:
-                merged = balanced(rankings[0], rankings[1], k, rng)
-            else:
-                merged = team_draft(rankings, k, rng)
-            return Merged(merged.items, merged.teams, merged.propensities, merged.ranker_propensities)
+                return probabilistic(rankings, k, rng, experiment.tau)
+            if experiment.method == Method.BALANCED:
+                return balanced(rankings[0], rankings[1], k, rng)
+            return team_draft(rankings, k, rng)
 
         return merge

@@ -151,8 +151,7 @@ class LearnerServing:
 
     def _merge(self, rankings: list[list[str]], k: int) -> Merged:
         depth = self.settings.depth
-        merged = probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
-        return Merged(merged.items, merged.teams, merged.propensities, merged.ranker_propensities)
+        return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
 
     def start(self) -> None:
         self._safe_refresh()

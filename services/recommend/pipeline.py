@@ -85,12 +85,12 @@ class ServingPlan:
     `versions`: the ranker version per arm (None: the current one). One version: an A/B arm,
     served with `explore` when it names one. Several: interleaving, where `merge(rankings, k)`
     returns the shown ids, the team (index into `versions`) and the propensity of each slot
-    (`Merged`, or those three as a tuple); each slot is logged with every team's rank of its item.
+    (`Merged`); each slot is logged with every team's rank of its item.
     """
 
     versions: tuple[str | None, ...]
     explore: ExploreStage | None = None
-    merge: Callable[[list[list[str]], int], Merged | tuple[Sequence[str], Sequence[int], Sequence[float]]] | None = None
+    merge: Callable[[list[list[str]], int], Merged] | None = None
     label: str | None = None  # the explore label of an interleaved list
     teams: tuple[str, ...] = ()  # interleaving: each version's team name (its arm)
     rankers: tuple[Ranker, ...] = ()  # interleaving: each team's ranker, given (the online learner's heads)
@@ -211,7 +211,7 @@ class RecommendationPipeline:
             for candidate, why in zip(ranked, attended or [None] * len(ranked)):
                 attention.setdefault(candidate.item_id, why)
         with self._stage("explore", timings):
-            merged = Merged(*plan.merge([[c.item_id for c in r] for r in rankings], request.k))
+            merged = plan.merge([[c.item_id for c in r] for r in rankings], request.k)
             by_id = [{c.item_id: c for c in ranking} for ranking in rankings]
             shown = [by_id[team][item_id] for item_id, team in zip(merged.items, merged.teams)]
             rank_of = [{c.item_id: rank for rank, c in enumerate(ranking)} for ranking in rankings]

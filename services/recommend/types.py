@@ -69,7 +69,8 @@ class Recommendation:
 class Merged(NamedTuple):
     """What an interleaving merge returns, per shown slot: the item, its team (index into the
     rankings), its propensity and, for probabilistic interleaving, each ranker's probability of
-    placing it there given the slots above (empty for other merges)."""
+    placing it there given the slots above (`ranker_propensities[slot][ranker]`, whose mean is the
+    propensity; empty for other merges)."""
 
     items: Sequence[str]
     teams: Sequence[int]
