@@ -193,7 +193,7 @@ class ExploreSettings(_Section):
     stats_window: Literal["1h", "24h", "7d"] = Field(default="7d", description="Window of the attributed counts read.")
     stats_cache_s: float = Field(
         default=1.0, ge=0, le=3600,
-        description="ucb1, thompson, linucb: seconds a worker reuses an item's statistics (0: read every request; services/explore/cache.py).",
+        description="ucb1, thompson, linucb: seconds a worker reuses an item's statistics (0: read every request; services/explore/stats.py).",
     )
     stats_cache_items: int = Field(
         default=5000, ge=1, description="Most items whose statistics a worker caches, per cache (counts ~0.26 KB each, LinUCB ~8.5 KB at d = 32).",

@@ -9,8 +9,14 @@
   request saves x_t with its time for the user (`LinUcbStore.save_context`), so that the stream
   job updates the statistics with the context the request used.
 
-Per-item statistics are cached per worker for `explore.stats_cache_s` (`services.explore.cache`:
-the staleness bound and the memory bound); the context is per request and never cached.
+Per-item statistics are cached per worker for `explore.stats_cache_s` in the request path's
+per-item cache (`services.recommend.item_cache.ItemCache`), served stale while refreshed in the
+background for at most as long again: a value served at time t reflects the store as it was at
+some time in [t − 2·stats_cache_s, t] (bandits tolerate delayed feedback: Chapelle & Li, NIPS
+2011, measure Thompson sampling and UCB with feedback applied in delayed batches). A refresh that
+fails (Redis down) leaves the entries to age past the bound, and the request's own read then
+fails, which serves greedy. At most `explore.stats_cache_items` entries per cache. The context is
+per request and never cached.
 
 Any failure to read (Redis down or slow, statistics that do not decode) is `StatsUnavailable`.
 """
@@ -18,7 +24,7 @@ Any failure to read (Redis down or slow, statistics that do not decode) is `Stat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,8 +35,8 @@ from feature_store.definitions import Entity
 from feature_store.errors import FeatureStoreUnavailableError
 from feature_store.linucb_store import CONTEXT_FEATURE, CONTEXT_SLACK_MS, LinUcbStore
 from feature_store.online_store import OnlineStore
-from services.explore.cache import StatsCache
 from services.explore.policy import ItemCounts, LinearStats
+from services.recommend.item_cache import Clock, ItemCache, Submit
 
 
 class StatsUnavailable(RuntimeError):
@@ -50,15 +56,20 @@ class BanditStats:
 
     def __init__(self, features: OnlineStore, attribution: RedisAttributionStore, linucb: LinUcbStore,
                  window: str = "7d", context_ttl_ms: int = CONTEXT_SLACK_MS, cache_s: float = 0.0,
-                 cache_items: int = 5000, clock: Callable[[], float] = time.monotonic,
-                 submit: Callable[[Callable[[], None]], object] | None = None) -> None:
+                 cache_items: int = 5000, clock: Clock = time, submit: Submit | None = None) -> None:
         self.features = features
         self.attribution = attribution
         self.linucb = linucb
         self.window = window
         self.context_ttl_ms = context_ttl_ms
-        self._counts = StatsCache(self._read_counts, cache_s, cache_items, clock, submit)
-        self._linear = StatsCache(self._read_linear, cache_s, cache_items, clock, submit)
+        self._counts: ItemCache[tuple[float, float]] = self._cache(cache_s, cache_items, clock, submit, "counts")
+        self._linear: ItemCache[tuple[np.ndarray, np.ndarray]] = self._cache(cache_s, cache_items, clock, submit, "linucb")
+
+    @staticmethod
+    def _cache(ttl_s: float, items: int, clock: Clock, submit: Submit | None, what: str) -> ItemCache:
+        # Candidates cached together expire together: no pause to gather more expired items.
+        return ItemCache(ttl_s, items, max_stale_s=ttl_s, gather_s=0.0, clock=clock, submit=submit,
+                         name=f"explore-{what}-refresh")
 
     def close(self) -> None:
         self._counts.close()
@@ -68,14 +79,16 @@ class BanditStats:
 
     def counts(self, item_ids: Sequence[str]) -> ItemCounts:
         with _unavailable_on_errors("reading examined counts"):
-            rows = self._counts.get_many(item_ids)
+            found = self._counts.get_many(item_ids, self._read_counts)
+            rows = [found[item_id] for item_id in item_ids]
         examined, clicks = np.array(rows, dtype=float).reshape(len(item_ids), 2).T
         return ItemCounts(examined, clicks)
 
     def linear(self, item_ids: Sequence[str], history: Sequence[str], user_id: str | None = None) -> LinearStats:
         """(A_i⁻¹, b_i) per candidate and x_t; saves x_t for `user_id` (when given) for the stream job."""
         with _unavailable_on_errors("reading LinUCB statistics"):
-            rows = self._linear.get_many(item_ids)
+            found = self._linear.get_many(item_ids, self._read_linear)
+            rows = [found[item_id] for item_id in item_ids]
             user = self.user_vector(history)
             if user_id is not None:
                 self.linucb.save_context(user_id, int(time.time() * 1000), user, self.context_ttl_ms)
@@ -83,14 +96,15 @@ class BanditStats:
         b = np.stack([row[1] for row in rows]) if rows else np.zeros((0, self.linucb.dim))
         return LinearStats(A_inv, b, np.tile(user, (len(item_ids), 1)))
 
-    def _read_counts(self, item_ids: list[str]) -> list[tuple[float, float]]:  # also from the cache's refresh thread
+    def _read_counts(self, item_ids: list[str]) -> dict[str, tuple[float, float]]:  # also from the cache's refresh thread
         since_ms, until_ms = window_bounds(self.window)
         counts = self.attribution.examined_counts(item_ids, since_ms, until_ms)
-        return list(zip(counts.examined.tolist(), counts.clicks.tolist()))
+        return dict(zip(item_ids, zip(counts.examined.tolist(), counts.clicks.tolist())))
 
-    def _read_linear(self, item_ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _read_linear(self, item_ids: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         A_inv, b = self.linucb.read(item_ids)
-        return [(A_inv[n].copy(), b[n].copy()) for n in range(len(item_ids))]  # a row view would keep the whole read alive
+        # Copies: a row view would keep the whole read alive.
+        return {item_id: (A_inv[n].copy(), b[n].copy()) for n, item_id in enumerate(item_ids)}
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
         """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""

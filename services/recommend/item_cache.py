@@ -1,14 +1,18 @@
-"""Small in-process TTL caches for the request path: catalog entries and global lists.
+"""Small in-process TTL caches for the request path: per-item values and global lists.
 
-Item metadata changes rarely but is read for every candidate of every request; caching it for a
-few seconds removes most catalog round trips. Availability is never cached (it is checked in
-Redis on every request), so an item made unavailable disappears at once.
+Per-item values (catalog entries, ranker item features, the explore stage's bandit statistics)
+change slowly but are read for every candidate of every request; caching them for a few seconds
+removes most round trips. Availability is never cached (it is checked in Redis on every request),
+so an item made unavailable disappears at once.
 
 Both caches serve an expired entry stale while one background thread re-reads it, up to a bounded
 staleness: entries cached together expire together, and the request that found hundreds of them
 expired used to pay for re-reading all of them (the largest source of tail latency in
 `benchmarks/serving.py`). Past the bound, reads are synchronous again, so a failing source (Redis
 down) surfaces in requests instead of hiding behind old data.
+
+Staleness bound of `ItemCache`: an entry's age counts from *before* the read that fetched it, so
+a value served at time t reflects the source as it was at some time in [t − ttl_s − max_stale_s, t].
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Hashable, Protocol, TypeVar
+from typing import Any, Callable, Generic, Hashable, Protocol, TypeVar
 
 T = TypeVar("T")
+V = TypeVar("V")
+Submit = Callable[[Callable[[], None]], object]
 log = logging.getLogger(__name__)
 
 
@@ -38,15 +44,19 @@ class BackgroundRefresher:
     """Refreshes expired keys on one worker thread with `refresh(keys)`, each key at most once
     queued or in flight. Keys submitted within `gather_s` of the first are refreshed in one call:
     at a few hundred requests a second, most requests find a few items just expired, and one read
-    per request cost a round trip and a thread wake-up each, contending with the requests."""
+    per request cost a round trip and a thread wake-up each, contending with the requests.
+    `submit(job)` runs a refresh job; by default the refresher's own one-thread pool (tests pass
+    one that runs jobs when they say)."""
 
     def __init__(
-        self, name: str, refresh: Callable[[list[Any]], None], gather_s: float = 0.0, clock: Clock = time
+        self, name: str, refresh: Callable[[list[Any]], None], gather_s: float = 0.0, clock: Clock = time,
+        submit: Submit | None = None,
     ) -> None:
         self.name = name
         self.gather_s = gather_s
         self.clock = clock
         self._refresh = refresh
+        self._submit = submit or self._in_pool
         self._queued: set[Hashable] = set()
         self._in_flight: set[Hashable] = set()
         self._scheduled = False
@@ -62,10 +72,21 @@ class BackgroundRefresher:
             if self._scheduled:
                 return
             self._scheduled = True
+        self._submit(self._run)
+
+    def close(self) -> None:
+        """Waits for a refresh in flight and stops the thread (a later submit starts a new one)."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def _in_pool(self, job: Callable[[], None]) -> object:
+        with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
             executor = self._executor
-        executor.submit(self._run)
+        return executor.submit(job)
 
     def _run(self) -> None:
         if self.gather_s > 0:
@@ -84,10 +105,12 @@ class BackgroundRefresher:
                 self._in_flight.difference_update(keys)
 
 
-class ItemCache:
-    """Per-item LRU with a time-to-live (`ttl_s=0` disables it), bounded by `max_items`; expired
-    entries are served for up to `max_stale_s` more while refreshed in the background, those that
-    expire within `gather_s` of each other in one read."""
+class ItemCache(Generic[V]):
+    """Per-item LRU of values `V` with a time-to-live (`ttl_s=0` disables it), bounded by
+    `max_items` (the least recently fetched dropped first); expired entries are served for up to
+    `max_stale_s` more while refreshed in the background (`submit`, as `BackgroundRefresher`),
+    those that expire within `gather_s` of each other in one read. Thread-safe: a worker's request
+    threads share one cache."""
 
     def __init__(
         self,
@@ -96,26 +119,32 @@ class ItemCache:
         max_stale_s: float | None = None,
         gather_s: float = 0.05,
         clock: Clock = time,
+        submit: Submit | None = None,
+        name: str = "item-cache-refresh",
     ) -> None:
+        if ttl_s < 0 or max_items < 1:
+            raise ValueError(f"ttl_s must be >= 0 and max_items >= 1, got {ttl_s}, {max_items}")
         self.ttl_s = ttl_s
         self.clock = clock
         self.max_items = max_items
         self.max_stale_s = 10 * ttl_s if max_stale_s is None else max_stale_s
-        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
-        self._fetch: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None
-        self._refresher = BackgroundRefresher("item-cache-refresh", self._refresh, gather_s, clock)
+        self._fetch: Callable[[list[str]], Mapping[str, V]] | None = None
+        self._refresher = BackgroundRefresher(name, self._refresh, gather_s, clock, submit)
 
-    def get_many(
-        self, item_ids: Sequence[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]]
-    ) -> dict[str, dict[str, Any]]:
-        """Entries of `item_ids` that exist; `fetch(ids)` reads ids never cached (or too stale) now,
-        and expired ones in the background. Errors of a synchronous fetch propagate. Every call
-        on one cache must pass the same reader (the background refresh uses the latest)."""
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_many(self, item_ids: Sequence[str], fetch: Callable[[list[str]], Mapping[str, V]]) -> dict[str, V]:
+        """Entries of `item_ids` that exist, in the caller's order; `fetch(ids)` reads ids never
+        cached (or too stale) now, and expired ones in the background. Errors of a synchronous
+        fetch propagate. Every call on one cache must pass the same reader (the background refresh
+        uses the latest)."""
         if self.ttl_s <= 0:
-            return fetch(list(item_ids))
+            return dict(fetch(list(item_ids)))
         now = self.clock.monotonic()
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, V] = {}
         missing: list[str] = []
         expired: list[str] = []
         with self._lock:
@@ -132,14 +161,17 @@ class ItemCache:
             self._refresher.submit(expired)
         if missing:
             fetched = fetch(missing)
-            self.put_many(fetched)
+            self.put_many(fetched, now)
             found.update(fetched)
+            found = {item_id: found[item_id] for item_id in item_ids if item_id in found}
         return found
 
-    def put_many(self, entries: dict[str, dict[str, Any]]) -> None:
+    def put_many(self, entries: Mapping[str, V], read_at: float | None = None) -> None:
+        """Caches `entries`, read from the source at `read_at` (`clock.monotonic()`; default now):
+        their age counts from then, not from when the read returned."""
         if self.ttl_s <= 0 or not entries:
             return
-        expires = self.clock.monotonic() + self.ttl_s
+        expires = (self.clock.monotonic() if read_at is None else read_at) + self.ttl_s
         with self._lock:
             for item_id, data in entries.items():
                 self._entries[item_id] = (expires, data)
@@ -149,11 +181,16 @@ class ItemCache:
 
     def _refresh(self, item_ids: list[str]) -> None:
         assert self._fetch is not None  # set before the first submit
-        self.put_many(self._fetch(item_ids))
+        started = self.clock.monotonic()
+        self.put_many(self._fetch(item_ids), started)
 
     def invalidate(self, item_id: str) -> None:
         with self._lock:
             self._entries.pop(item_id, None)
+
+    def close(self) -> None:
+        """Stops the background refresh thread (waiting for a refresh in flight)."""
+        self._refresher.close()
 
 
 class TtlMemo:

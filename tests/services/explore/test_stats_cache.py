@@ -1,7 +1,8 @@
-"""The per-worker cache of the bandits' statistics, against a real Redis and a controlled clock:
-a value younger than `stats_cache_s` is served; until twice that it is served while a background
-refresh fetches the store's current value; older, the request reads it; a candidate not cached is
-read at once; the entries stay within `stats_cache_items`."""
+"""The per-worker cache of the bandits' statistics (the request path's `ItemCache`), against a
+real Redis and a controlled clock: a value younger than `stats_cache_s` is served; until twice
+that it is served while a background refresh fetches the store's current value; older, the
+request reads it; a candidate not cached is read at once; an entry's age counts from before the
+read that fetched it; the entries stay within `stats_cache_items`."""
 
 from __future__ import annotations
 
@@ -15,18 +16,23 @@ from feature_store.attribution import BUCKET_MS, Impression, Outcome
 from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import Settings
-from services.explore.cache import StatsCache
 from services.explore.stats import BanditStats
+from services.recommend.item_cache import ItemCache
 
 TTL_S, D = 2.0, 4
 
 
 class Clock:
+    """Time moves only when the test moves it (the caches here never sleep: no gathering pause)."""
+
     def __init__(self) -> None:
         self.now = 100.0
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float, /) -> None:
+        raise AssertionError(f"unexpected sleep({seconds})")
 
 
 class Deferred:
@@ -132,33 +138,67 @@ def test_linucb_statistics_are_cached_with_the_same_bound(settings: Settings, re
 def test_the_cache_keeps_at_most_max_items_and_rereads_what_it_dropped() -> None:
     reads: list[list[str]] = []
 
-    def read(ids: list[str]) -> list[int]:
+    def read(ids: list[str]) -> dict[str, int]:
         reads.append(ids)
-        return [int(i) for i in ids]
+        return {i: int(i) for i in ids}
 
-    cache: StatsCache[int] = StatsCache(read, ttl_s=60.0, max_items=3, clock=Clock(), submit=Deferred())
-    assert cache.get_many(["1", "2", "3", "4", "5"]) == [1, 2, 3, 4, 5]
+    def get(ids: list[str]) -> list[int]:
+        return list(cache.get_many(ids, read).values())
+
+    cache: ItemCache[int] = ItemCache(ttl_s=60.0, max_items=3, max_stale_s=60.0, gather_s=0.0, clock=Clock(),
+                                      submit=Deferred())
+    assert get(["1", "2", "3", "4", "5"]) == [1, 2, 3, 4, 5]
     assert len(cache) == 3
-    assert cache.get_many(["3", "4", "5"]) == [3, 4, 5] and len(reads) == 1  # the newest three: cached
-    assert cache.get_many(["1", "5"]) == [1, 5] and reads[-1] == ["1"]  # the oldest were dropped
+    assert get(["3", "4", "5"]) == [3, 4, 5] and len(reads) == 1  # the newest three: cached
+    assert get(["1", "5"]) == [1, 5] and reads[-1] == ["1"]  # the oldest were dropped; the caller's order
     assert len(cache) == 3
 
 
 def test_a_failed_background_refresh_keeps_the_entries_and_allows_the_next() -> None:
     calls, fail = [0], [False]
 
-    def read(ids: list[str]) -> list[int]:
+    def read(ids: list[str]) -> dict[str, int]:
         calls[0] += 1
         if fail[0]:
             raise ConnectionError("down")
-        return [calls[0]] * len(ids)
+        return dict.fromkeys(ids, calls[0])
+
+    def get(ids: list[str]) -> list[int]:
+        return list(cache.get_many(ids, read).values())
 
     clock, refresh = Clock(), Deferred()
-    cache: StatsCache[int] = StatsCache(read, ttl_s=1.0, max_items=10, clock=clock, submit=refresh)
-    assert cache.get_many(["a", "b"]) == [1, 1]
+    cache: ItemCache[int] = ItemCache(ttl_s=1.0, max_items=10, max_stale_s=1.0, gather_s=0.0, clock=clock,
+                                      submit=refresh)
+    assert get(["a", "b"]) == [1, 1]
     clock.now += 1.0
     fail[0] = True
-    assert cache.get_many(["a"]) == [1] and refresh.run() == 1  # the failure is logged, not raised
+    assert get(["a"]) == [1] and refresh.run() == 1  # the failure is logged, not raised
     fail[0] = False
-    assert cache.get_many(["a", "b"]) == [1, 1] and refresh.run() == 1  # a new refresh is allowed
-    assert cache.get_many(["a", "b"]) == [3, 3]
+    assert get(["a", "b"]) == [1, 1] and refresh.run() == 1  # a new refresh is allowed
+    assert get(["a", "b"]) == [3, 3]
+
+
+def test_an_entry_ages_from_before_the_read_that_fetched_it() -> None:
+    clock, refresh = Clock(), Deferred()
+    version = [0]
+
+    def slow_read(ids: list[str]) -> dict[str, int]:
+        read_at = version[0]
+        clock.now += 0.5  # the read takes half the ttl; the store may change meanwhile
+        return dict.fromkeys(ids, read_at)
+
+    def get(ids: list[str]) -> list[int]:
+        return list(cache.get_many(ids, slow_read).values())
+
+    cache: ItemCache[int] = ItemCache(ttl_s=1.0, max_items=10, max_stale_s=1.0, gather_s=0.0, clock=clock,
+                                      submit=refresh)
+    assert get(["a"]) == [0]  # read at 100.0, returned at 100.5
+    version[0] = 1
+    clock.now = 101.0  # one ttl after the read began: expired, served while refreshed
+    assert get(["a"]) == [0] and refresh.run() == 1  # the refresh reads from 101.0 to 101.5
+    version[0] = 2
+    clock.now = 102.99  # within 2 ttl of the refresh's start: served
+    assert get(["a"]) == [1] and refresh.run() == 1
+    version[0] = 3
+    clock.now = 105.5  # the last read began at 102.99: 2.51 ttl ago, read in the request
+    assert get(["a"]) == [3]
