@@ -52,6 +52,15 @@ class ItemKNNRecommender:
         normalized = matrix @ sparse.diags(1.0 / np.maximum(norms, 1e-12))
         self.similarity = self._keep_top((normalized.T @ normalized).tocsr(), neighbours)
 
+    @classmethod
+    def from_similarity(cls, ids: Sequence[str], similarity: sparse.csr_matrix, recent: int | None) -> ItemKNNRecommender:
+        """A fitted model from its saved parts (`ids`, the top-`neighbours` `similarity` rows)."""
+        model = cls.__new__(cls)
+        model.recent, model.ids = recent, np.array(list(ids), dtype=str)
+        model.position = {item: i for i, item in enumerate(model.ids.tolist())}
+        model.similarity = sparse.csr_matrix(similarity)
+        return model
+
     @staticmethod
     def _keep_top(similarity: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
         similarity.setdiag(0.0)

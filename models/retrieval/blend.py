@@ -7,19 +7,31 @@ with `norm` per user and channel either a z-score over the items (`zscore`) or r
 fusion 1 / (60 + rank) (`rrf`; Cormack, Clarke & Büttcher 2009). The weights and the
 normalisation are fitted on the protocol's validation targets by coordinate ascent on NDCG@10
 (`fit_blend`): each round tries every weight of a small grid for one channel with the others
-fixed and keeps the best. Each candidate's reason is the history item the channel contributing
-most to its blended score names (`ScoredChannel.responsible`).
+fixed and keeps the best.
+
+Each candidate's reason is the history item with the largest share of its blended score. A channel
+whose raw score is a sum of per-history-item terms t_c(h, j) (ItemKNN: sim(h, j); Item2vec: the
+mean cosine's cos(e_h, e_j) / n) credits each h with w_c / σ_c · t_c(h, j) under the z-score (σ_c:
+the user's spread of the channel's scores; the mean is common to every candidate) and with
+w_c · rrf_c(j) · t_c(h, j) / Σ_h t_c(h, j) under RRF; GRU4Rec's state is not such a sum, so its whole
+term w_c · norm_c(j) goes to the history item most similar to j in its input embedding
+(`ScoredChannel.responsible`). The named item is the argmax of the summed credit.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from models.retrieval.multichannel import RecallCandidate
-from models.retrieval.scored_channels import ScoredChannel
+from models.retrieval.scored_channels import ScoredChannel, load_channels, save_channels
+
+BLEND_FILE = "blend.json"
 
 NORMALISATIONS = ("zscore", "rrf")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -60,9 +72,16 @@ class BlendedRecall:
         self._position = {item: i for i, item in enumerate(self.ids.tolist())}
         self._columns = [np.array([self._position.get(i, -1) for i in c.ids.tolist()]) for c in self.channels]
 
+    def knows(self, item: str) -> bool:
+        """True when `item` is one of the blend's `items`."""
+        return item in self._position
+
     def channel_matrices(self, histories: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Each channel's normalised scores over `items` (an item a channel does not know takes
         that user's lowest raw score of the channel)."""
+        return [normalise(raw, self.normalisation) for raw in self._raw(histories)]
+
+    def _raw(self, histories: Sequence[Sequence[str]]) -> list[np.ndarray]:
         out = []
         for channel, columns in zip(self.channels, self._columns):
             raw = np.asarray(channel.batch_scores(histories), dtype=np.float32)
@@ -70,7 +89,7 @@ class BlendedRecall:
                              len(self.ids), axis=1)  # fmt: skip
             known = columns >= 0
             full[:, columns[known]] = raw[:, known]
-            out.append(normalise(full, self.normalisation))
+            out.append(full)
         return out
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
@@ -86,25 +105,78 @@ class BlendedRecall:
         return self.recall_many([history], k, exclude)[0]
 
     def recall_many(self, histories: Sequence[Sequence[str]], k: int, exclude: Collection[str] = ()) -> list[list[RecallCandidate]]:
-        """`recall` for several histories, each channel scoring them in one batch."""
-        matrices = self.channel_matrices(histories)
-        return [self._top([m[row : row + 1] for m in matrices], history, k, exclude) for row, history in enumerate(histories)]
+        """`recall` for several histories, each channel scoring them in one batch; each candidate is
+        tagged with the channel contributing most to its score."""
+        raw = self._raw(histories)
+        matrices = [normalise(r, self.normalisation) for r in raw]
+        return [self._top([m[row] for m in matrices], [r[row] for r in raw], history, k, exclude)
+                for row, history in enumerate(histories)]  # fmt: skip
 
-    def _top(self, matrices: list[np.ndarray], history: Sequence[str], k: int, exclude: Collection[str]) -> list[RecallCandidate]:
-        blended = sum((w * m[0] for w, m in zip(self.weights, matrices)), np.zeros(len(self.ids), np.float32))
+    def _top(self, normed: list[np.ndarray], raw: list[np.ndarray], history: Sequence[str], k: int,
+             exclude: Collection[str]) -> list[RecallCandidate]:  # fmt: skip
+        blended = sum((w * m for w, m in zip(self.weights, normed)), np.zeros(len(self.ids), np.float32))
         blocked = [self._position[i] for i in {*history, *exclude} if i in self._position]
         blended[blocked] = -np.inf
         top = np.argsort(-blended, kind="stable")[:k]
         top = top[np.isfinite(blended[top])]
-        contributions = np.stack([w * m[0, top] for w, m in zip(self.weights, matrices)])
-        leading = np.argmax(contributions, axis=0)
-        because: dict[int, str | None] = {}
+        leading = np.argmax(np.stack([w * m[top] for w, m in zip(self.weights, normed)]), axis=0)
+        because = self.responsible(history, top, normed, raw)
+        return [RecallCandidate(str(self.ids[j]), float(blended[j]), {self.channels[c].name}, why)
+                for j, c, why in zip(top.tolist(), leading.tolist(), because)]  # fmt: skip
+
+    def responsible(self, history: Sequence[str], top: np.ndarray, normed: list[np.ndarray],
+                    raw: list[np.ndarray]) -> list[str | None]:  # fmt: skip
+        """Per candidate column of `top`, the history item with the largest credit (module
+        docstring) under one user's normalised and raw channel rows; None when none has any."""
+        items = self.ids[top].tolist()
+        credit: dict[str, np.ndarray] = {}
         for c, channel in enumerate(self.channels):
-            rows = top[leading == c]
-            if len(rows):
-                because.update(zip(rows.tolist(), channel.responsible(history, self.ids[rows].tolist())))
-        return [RecallCandidate(str(self.ids[j]), float(blended[j]), {self.channels[c].name}, because.get(int(j)))
-                for j, c in zip(top.tolist(), leading.tolist())]  # fmt: skip
+            weight = float(self.weights[c])
+            spread = float(raw[c].std())
+            if weight == 0.0 or spread == 0.0:  # a channel constant for this user adds the same to every item
+                continue
+            share = weight * normed[c][top]
+            terms = channel.terms(history, items)
+            if terms is None:
+                for i, h in enumerate(channel.responsible(history, items)):
+                    if h is not None:
+                        credit.setdefault(h, np.zeros(len(top)))[i] += share[i]
+                continue
+            seeds, matrix = terms
+            if self.normalisation == "zscore":
+                parts = weight / spread * matrix
+            else:
+                total = matrix.sum(axis=0)
+                parts = share * matrix / np.where(total != 0, total, 1.0)
+            for h, row in zip(seeds, parts):
+                credit[h] = credit.get(h, np.zeros(len(top))) + row
+        if not credit:
+            return [None] * len(top)
+        names = list(credit)
+        table = np.stack([credit[h] for h in names])
+        best = np.argmax(table, axis=0)
+        return [names[b] if table[b, i] > 0 else None for i, b in enumerate(best)]
+
+    def summary(self) -> dict[str, Any]:
+        """Normalisation, weight per channel and validation NDCG@10 (None when not fitted), for a manifest."""
+        return {"normalisation": self.normalisation,
+                "weights": {c.name: float(w) for c, w in zip(self.channels, self.weights)},
+                "validation_ndcg10": None if np.isnan(self.validation_ndcg) else float(self.validation_ndcg)}  # fmt: skip
+
+    def save(self, folder: Path) -> None:
+        """Write the channels and the fitted blend under `folder`."""
+        specs = save_channels(self.channels, folder / "channels")
+        payload = self.summary() | {"channels": specs, "weight_list": self.weights.tolist(), "items": self.ids.tolist()}
+        (folder / BLEND_FILE).write_text(json.dumps(payload), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> BlendedRecall:
+        """The blend `save` wrote."""
+        saved = json.loads((folder / BLEND_FILE).read_text(encoding="utf-8"))
+        channels = load_channels(saved["channels"], folder / "channels")
+        score = saved["validation_ndcg10"]
+        return cls(channels, np.array(saved["weight_list"]), saved["items"], saved["normalisation"],
+                   float("nan") if score is None else score)  # fmt: skip
 
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
         return [candidate.item_id for candidate in self.recall(history, k)]

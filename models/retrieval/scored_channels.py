@@ -10,17 +10,27 @@ responsible for a candidate: the inputs of the learned blend (`models.retrieval.
 - `SequentialScores`: GRU4Rec's next-item logits (`models.retrieval.sequential`); responsible =
   the history item most similar to the candidate in GRU4Rec's input embedding (the GRU state
   itself is not a sum over items, so similarity stands in for attribution).
+
+A channel whose score is a sum over history items also gives those terms (`terms`), so the blend
+can credit each history item with its share of a candidate's blended score. `save_channels` /
+`load_channels` write and read a list of channels (each distinct model once) for serving.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+from scipy import sparse
 
 from models.evaluation.baselines import ItemKNNRecommender
 from models.retrieval.sequential import GRU4Rec
+
+Terms = tuple[list[str], np.ndarray]
+"""History items and a (len(items), candidates) matrix: each item's additive term of the raw score."""
 
 
 class ScoredChannel(Protocol):
@@ -35,6 +45,10 @@ class ScoredChannel(Protocol):
 
     def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
         """Per item, the history item most responsible for its score (None: none is)."""
+        ...
+
+    def terms(self, history: Sequence[str], items: Sequence[str]) -> Terms | None:
+        """The raw score of `items` as a sum of per-history-item terms; None when it is not one."""
         ...
 
 
@@ -76,15 +90,21 @@ class ItemKNNScores:
                 out[row] = np.asarray(self.model.similarity[rows].sum(axis=0)).ravel()
         return out
 
-    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
+    def terms(self, history: Sequence[str], items: Sequence[str]) -> Terms:
+        """sim(h, j) for each window item h (the score is their sum); 0 for an unknown j."""
         window = self._window(history)
+        columns = np.array([self.model.position.get(item, -1) for item in items], dtype=int)
+        if not window:
+            return window, np.zeros((0, len(items)))
+        found = self.model.similarity[[self.model.position[item] for item in window]].toarray()[:, np.maximum(columns, 0)]
+        return window, np.where(columns >= 0, found, 0.0)
+
+    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
+        window, terms = self.terms(history, items)
         if not window:
             return [None] * len(items)
-        rows = [self.model.position[item] for item in window]
-        columns = [self.model.position.get(item, -1) for item in items]
-        terms = self.model.similarity[rows].toarray()[:, columns]  # (window, items): sim(h, j)
         best = np.argmax(terms, axis=0)
-        return [window[int(b)] if c >= 0 and terms[b, i] > 0 else None for i, (b, c) in enumerate(zip(best, columns))]
+        return [window[int(b)] if terms[b, i] > 0 else None for i, b in enumerate(best)]
 
 
 class EmbeddingScores:
@@ -109,6 +129,15 @@ class EmbeddingScores:
                 queries[row] = self.unit[[self.position[item] for item in window]].mean(axis=0)
         return queries @ self.unit.T
 
+    def terms(self, history: Sequence[str], items: Sequence[str]) -> Terms:
+        """cos(e_h, e_j) / |window| for each window item h (the score is their sum)."""
+        window = self._window(history)
+        columns = np.array([self.position.get(item, -1) for item in items], dtype=int)
+        if not window:
+            return window, np.zeros((0, len(items)))
+        cosines = self.unit[[self.position[item] for item in window]] @ self.unit[np.maximum(columns, 0)].T
+        return window, np.where(columns >= 0, cosines / len(window), 0.0)
+
     def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
         return _most_similar(self.unit, self.position, self._window(history), items)
 
@@ -129,3 +158,79 @@ class SequentialScores:
     def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
         window = list(history)[-self.model.max_len :]
         return _most_similar(self.unit, self.model.position, window, items)
+
+    def terms(self, history: Sequence[str], items: Sequence[str]) -> None:
+        return None  # a GRU state is not a sum over history items
+
+
+def save_channels(channels: Sequence[ScoredChannel], folder: Path) -> list[dict[str, Any]]:
+    """Write `channels` under `folder` (each distinct model once) and return their specs, which
+    `load_channels` reads back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved: dict[int, str] = {}
+    specs: list[dict[str, Any]] = []
+    for channel in channels:
+        if isinstance(channel, ItemKNNScores):
+            model = _saved_once(saved, channel.model, f"itemknn{len(saved)}", lambda name: _save_knn(channel.model, folder / name))
+            specs.append({"kind": "itemknn", "model": model, "recent": channel.recent, "name": channel.name})
+        elif isinstance(channel, SequentialScores):
+            model = _saved_once(saved, channel.model, f"gru4rec{len(saved)}", lambda name: channel.model.save(folder / name))
+            specs.append({"kind": "gru4rec", "model": model, "name": channel.name})
+        elif isinstance(channel, EmbeddingScores):
+            model = _saved_once(saved, channel, f"embedding{len(saved)}", lambda name: _save_vectors(channel, folder / name))
+            specs.append({"kind": "embedding", "model": model, "recent": channel.recent, "name": channel.name})
+        else:
+            raise ValueError(f"cannot save a {type(channel).__name__} channel")
+    return specs
+
+
+def load_channels(specs: Sequence[dict[str, Any]], folder: Path) -> list[ScoredChannel]:
+    """The channels `save_channels` wrote (models shared between channels are loaded once)."""
+    loaders = {"itemknn": _load_knn, "gru4rec": GRU4Rec.load, "embedding": _load_vectors}
+    models: dict[str, Any] = {}
+    out: list[ScoredChannel] = []
+    for spec in specs:
+        kind, name = spec["kind"], spec["model"]
+        if kind not in loaders:
+            raise ValueError(f"{folder}: unknown channel kind {kind!r}")
+        if name not in models:
+            models[name] = loaders[kind](folder / name)
+        channel: ScoredChannel
+        if kind == "itemknn":
+            channel = ItemKNNScores(models[name], spec["recent"], whole_history=spec["recent"] is None)
+        elif kind == "gru4rec":
+            channel = SequentialScores(models[name])
+        else:
+            channel = EmbeddingScores(spec["name"], *models[name], spec["recent"])
+        channel.name = spec["name"]
+        out.append(channel)
+    return out
+
+
+def _saved_once(saved: dict[int, str], model: object, name: str, write: Any) -> str:
+    if id(model) not in saved:
+        write(name)
+        saved[id(model)] = name
+    return saved[id(model)]
+
+
+def _save_knn(model: ItemKNNRecommender, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    sparse.save_npz(folder / "similarity.npz", model.similarity.tocsr())
+    (folder / "model.json").write_text(json.dumps({"ids": model.ids.tolist(), "recent": model.recent}), encoding="utf-8")
+
+
+def _load_knn(folder: Path) -> ItemKNNRecommender:
+    saved = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    return ItemKNNRecommender.from_similarity(saved["ids"], sparse.load_npz(folder / "similarity.npz"), saved["recent"])
+
+
+def _save_vectors(channel: EmbeddingScores, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "vectors.npy", channel.unit, allow_pickle=False)
+    (folder / "ids.json").write_text(json.dumps(channel.ids.tolist()), encoding="utf-8")
+
+
+def _load_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.array(json.loads((folder / "ids.json").read_text(encoding="utf-8")), dtype=str)
+    return ids, np.load(folder / "vectors.npy", allow_pickle=False)

@@ -4,10 +4,15 @@ the pipeline (`models.retrieval.scored_channels`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+CONFIG_FILE = "gru4rec.json"
+WEIGHTS_FILE = "gru4rec.weights.h5"
 
 
 def item_index(sequences: Sequence[Sequence[str]]) -> tuple[np.ndarray, dict[str, int]]:
@@ -28,13 +33,35 @@ class GRU4Rec:
 
     def __init__(self, sequences: Sequence[Sequence[str]], dim: int = 64, max_len: int = 50, dropout: float = 0.2,
                  learning_rate: float = 3e-3, batch_size: int = 32, seed: int = 0) -> None:  # fmt: skip
+        self._setup(item_index(sequences)[0], dim=dim, max_len=max_len, dropout=dropout, learning_rate=learning_rate,
+                    batch_size=batch_size, seed=seed)  # fmt: skip
+        self.sequences = [list(s) for s in sequences if len(s) >= 2]
+
+    def _setup(self, ids: np.ndarray, **config: Any) -> None:
         import keras
 
-        keras.utils.set_random_seed(seed)
-        self.ids, self.position = item_index(sequences)
-        self.max_len, self.batch_size = max_len, batch_size
-        self.sequences = [list(s) for s in sequences if len(s) >= 2]
-        self.model = self._build(len(self.ids) + 1, dim, dropout, learning_rate)
+        keras.utils.set_random_seed(config["seed"])
+        self.config = config
+        self.ids = np.asarray(ids, dtype=str)
+        self.position = {item: i for i, item in enumerate(self.ids.tolist())}
+        self.max_len, self.batch_size = config["max_len"], config["batch_size"]
+        self.model = self._build(len(self.ids) + 1, config["dim"], config["dropout"], config["learning_rate"])
+
+    def save(self, folder: Path) -> None:
+        """Write the item ids, the hyper-parameters and the weights under `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps({"ids": self.ids.tolist(), "config": self.config}), encoding="utf-8")
+        self.model.save_weights(folder / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> GRU4Rec:
+        """The model `save` wrote (it scores; its training sequences are not kept)."""
+        saved = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        model = cls.__new__(cls)
+        model._setup(np.array(saved["ids"], dtype=str), **saved["config"])
+        model.sequences = []
+        model.model.load_weights(folder / WEIGHTS_FILE)
+        return model
 
     def _build(self, vocabulary: int, dim: int, dropout: float, learning_rate: float) -> Any:
         import keras

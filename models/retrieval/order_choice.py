@@ -1,0 +1,78 @@
+"""Which order to serve, chosen on validation: the blend's own, or a ranker's re-ranking of the
+blend's top `depth` (issue 20: a ranker never makes the recall order worse; the pipeline checks it
+on validation, says so, and serves the better order).
+
+    choice = ranker  if  NDCG@10(ranker over the blend's top depth) > NDCG@10(blend),  else blend
+
+on the same validation (history, target) pairs, one target per user (NDCG = 1 / log2(rank + 1)
+when the target is in the top 10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from models.retrieval.blend import BlendedRecall
+
+BLEND, RANKER = "blend", "ranker"
+
+Rerank = Callable[[int, Sequence[str], list[str]], np.ndarray]
+"""(validation row, history oldest first, candidates) -> one score per candidate, higher first."""
+
+
+@dataclass(frozen=True)
+class OrderChoice:
+    """The order chosen on validation and the figures behind it."""
+
+    order: str
+    blend_ndcg10: float
+    ranker_ndcg10: float | None
+    users: int
+    depth: int
+    ranker_version: str | None = None
+
+    def serves_ranker(self, version: str | None) -> bool:
+        """True when the ranker of `version` is the one that won on validation."""
+        return self.order == RANKER and version is not None and version == self.ranker_version
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> OrderChoice:
+        if values.get("order") not in (BLEND, RANKER):
+            raise ValueError(f"order choice {values.get('order')!r}: expected {BLEND!r} or {RANKER!r}")
+        return cls(**values)
+
+
+def ndcg_at(ranked: Sequence[str], target: str, k: int = 10) -> float:
+    """1 / log2(rank + 1) of the single relevant `target` when it is in the top `k`, else 0."""
+    head = list(ranked[:k])
+    return 1.0 / float(np.log2(head.index(target) + 2)) if target in head else 0.0
+
+
+def choose_order(blend: BlendedRecall, histories: Sequence[Sequence[str]], targets: Sequence[str],
+                 rerank: Rerank | None, ranker_version: str | None = None, depth: int = 100,
+                 batch: int = 256) -> OrderChoice:  # fmt: skip
+    """Score the blend and `rerank` over its top `depth` on the validation pairs; no ranker: blend."""
+    blend_gains: list[float] = []
+    ranker_gains: list[float] = []
+    for start in range(0, len(histories), batch):
+        lists = blend.recall_many(histories[start : start + batch], depth)
+        for offset, candidates in enumerate(lists):
+            row = start + offset
+            ids = [c.item_id for c in candidates]
+            blend_gains.append(ndcg_at(ids, targets[row]))
+            if rerank is not None and ids:
+                order = np.argsort(-np.asarray(rerank(row, histories[row], ids), dtype=np.float64), kind="stable")
+                ranker_gains.append(ndcg_at([ids[i] for i in order], targets[row]))
+            elif rerank is not None:
+                ranker_gains.append(0.0)
+    blend_score = float(np.mean(blend_gains)) if blend_gains else 0.0
+    ranker_score = float(np.mean(ranker_gains)) if rerank is not None and ranker_gains else None
+    order = RANKER if ranker_score is not None and ranker_score > blend_score else BLEND
+    return OrderChoice(order, blend_score, ranker_score, len(blend_gains), depth, ranker_version)
