@@ -53,6 +53,7 @@ class Config:
     bundle_size: int
     checkpoint_ms: int = 5_000
     checkpoint_mode: str = "EXACTLY_ONCE"
+    code_dir: Path | None = None  # run the job from this checkout (a "before"), else from this one
 
 
 TUNED = Config("tuned", roll_s=0.1, monitor_ms=100, bundle_time_ms=20, bundle_size=100)
@@ -130,8 +131,9 @@ def _event(event_id: str, user: str, item: str, kind: EventType, ts: datetime, r
     return Event.model_construct(event_id=event_id, user_id=user, item_id=item, type=kind, ts=ts, context=context)
 
 
-def backlog_rate(log: LocalEventLog, poller: MarkerPoller, pairs: int) -> float:
-    """Events/s the job works off a backlog at: `pairs` impressions, then their clicks, appended at once."""
+def backlog_rate(log: LocalEventLog, poller: MarkerPoller, pairs: int, job: StreamJob) -> tuple[float, float]:
+    """Events/s the job works off a backlog at (`pairs` impressions, then their clicks, appended at
+    once), and the job's CPU ms per event meanwhile (driver, JVM and Python workers together)."""
     deadline = time.perf_counter() + 120
     while poller.pending and time.perf_counter() < deadline:  # the job catches up with the rates first
         time.sleep(0.1)
@@ -140,13 +142,14 @@ def backlog_rate(log: LocalEventLog, poller: MarkerPoller, pairs: int) -> float:
              for n in range(pairs)]
     clicks = [_event(f"b-{n}-c", e.user_id, e.item_id, EventType.CLICK, now, f"b-r{n}", None) for n, e in enumerate(shown)]
     poller.latencies.clear()
-    started = time.perf_counter()
+    cpu_before, started = job_cpu_seconds(job), time.perf_counter()
     log.append(shown + clicks)
     poller.expect([poller.layout.attribution_credit(e.event_id, "click") for e in shown], started)
     deadline = started + 300
     while poller.pending and time.perf_counter() < deadline:
         time.sleep(0.05)
-    return len(poller.latencies) * 2 / (poller.last_seen - started)
+    cpu_ms = (job_cpu_seconds(job) - cpu_before) * 1000 / (2 * len(poller.latencies))
+    return len(poller.latencies) * 2 / (poller.last_seen - started), cpu_ms
 
 
 def measure(config: Config, rates: list[int], seconds: float, workdir: Path, server: EmbeddedRedis,
@@ -163,7 +166,7 @@ def measure(config: Config, rates: list[int], seconds: float, workdir: Path, ser
         "RECSYS_FLINK__CHECKPOINT_MODE": config.checkpoint_mode,
     }
     log = LocalEventLog(state / "events", EventLogSettings(roll_max_age_s=config.roll_s))
-    job = StreamJob(state, env=env).start()
+    job = StreamJob(state, env=env, code_dir=config.code_dir).start()
     poller = MarkerPoller(client, prefix)
     poller.start()
     rows = []
@@ -195,9 +198,10 @@ def measure(config: Config, rates: list[int], seconds: float, workdir: Path, ser
             })
         if backlog:
             console.print(f"{config.name}: a backlog of {2 * backlog} events")
-            capacity = backlog_rate(log, poller, backlog)
+            capacity, cpu_ms = backlog_rate(log, poller, backlog, job)
             for row in rows:
                 row["backlog ev/s"] = f"{capacity:.0f}"
+                row["backlog CPU ms/ev"] = f"{cpu_ms:.2f}"
     finally:
         poller.stopped = True
         job.stop()
@@ -240,6 +244,8 @@ def main() -> None:
     parser.add_argument("--tuned-bundle", default="20,100", help="bundle time ms,size of the tuned config")
     parser.add_argument("--skip-at-least-once", action="store_true", help="measure only tuned and the peer")
     parser.add_argument("--backlog", type=int, default=3000, help="impression+click pairs appended at once (0: skip)")
+    parser.add_argument("--before", type=Path, help="also run the tuned config with the job of this checkout "
+                        "(e.g. `git worktree add --detach /tmp/before <commit>`), first, in the same run")
     args = parser.parse_args()
     bundle_ms, bundle_size = (int(v) for v in args.tuned_bundle.split(","))
     tuned = Config("tuned", TUNED.roll_s, TUNED.monitor_ms, bundle_ms, bundle_size)
@@ -247,6 +253,9 @@ def main() -> None:
                            checkpoint_mode="AT_LEAST_ONCE")
     rates = [int(r) for r in args.rates.split(",")]
     configs = (tuned, DEFAULTS) if args.skip_at_least_once else (tuned, at_least_once, DEFAULTS)
+    if args.before:
+        configs = (Config("tuned (before)", tuned.roll_s, tuned.monitor_ms, bundle_ms, bundle_size,
+                          code_dir=args.before.resolve()), *configs)
     if args.compact:
         with tempfile.TemporaryDirectory(prefix="compact-") as tmp:
             rows = compact_cost(20_000, [1, 100, 2_000], Path(tmp))

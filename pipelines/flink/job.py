@@ -9,8 +9,8 @@ Graph::
 
     FileSource(text lines, monitor_continuously)            only complete (visible) files
       -> ParseEvents (flat_map)               malformed and far-future lines logged, skipped
-      -> event-time watermarks (bounded out-of-orderness)
-      -> key_by (user, item)
+      -> event-time watermarks (bounded out-of-orderness)    in the JVM (keyed_in_jvm)
+      -> key_by (user, item)                                  in the JVM
       -> Attribute (KeyedProcessFunction)     impressions and outcomes joined in keyed map state
                                               (TTL) with event-time timers; emits store records
       -> WriteRecords (async I/O)             records batched into pipelined round trips of the
@@ -35,8 +35,9 @@ from types import FrameType
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.time import Time
-from pyflink.datastream import AsyncDataStream, StreamExecutionEnvironment
+from pyflink.datastream import AsyncDataStream, DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+from pyflink.java_gateway import get_gateway
 
 from feature_store.linucb_store import context_dim
 from feature_store.settings import FlinkSettings, Settings
@@ -93,21 +94,34 @@ def build_job(
         .monitor_continuously(Duration.of_millis(flink.monitor_interval_ms))
         .build()
     )
-    watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(flink.out_of_orderness_ms)
-    ).with_timestamp_assigner(ops.EventTime())
-    records = (
+    parsed = (
         env.from_source(source, WatermarkStrategy.no_watermarks(), "event-log")
-        .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.RECORD_TYPE_INFO).name("parse")
-        .assign_timestamps_and_watermarks(watermarks)
-        .key_by(ops.JoinKey(), Types.STRING())
-        .process(ops.Attribute(params), Types.STRING()).name("attribution")
+        .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.PARSED_TYPE_INFO).name("parse")
     )
+    watermarks = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(flink.out_of_orderness_ms))
+    records = keyed_in_jvm(parsed, watermarks).process(ops.Attribute(params), Types.STRING()).name("attribution")
     # No timeout (0): a per-record timer thread would cost more than the write; Redis calls time out themselves.
     AsyncDataStream.unordered_wait(
         records, WriteRecords(params, params.writes_in_flight), Time.milliseconds(0),
         params.writes_in_flight, Types.STRING(),
     ).name("write")
+
+
+def keyed_in_jvm(parsed: DataStream, watermarks: WatermarkStrategy) -> KeyedStream:
+    """Event time and the (user, item) key of the parse's `(Row(key, record), ts)` records, by the
+    JVM's own functions (those PyFlink's `assign_timestamps_and_watermarks` and `key_by` use after
+    their Python steps): a record crosses into Python only for the parse and the join, instead of
+    also for a timestamp assigner and a key selector. The keyed stream's elements are
+    `Row(key, record)`, which PyFlink's keyed operators take as (key, value)."""
+    python_functions = get_gateway().jvm.org.apache.flink.streaming.api.functions.python
+    stamped = parsed._j_data_stream.assignTimestampsAndWatermarks(
+        watermarks._j_watermark_strategy.withTimestampAssigner(python_functions.eventtime.CustomTimestampAssigner())
+    ).name("event-time")
+    rows = stamped.map(
+        python_functions.eventtime.RemoveTimestampMapFunction(), ops.KEYED_RECORD_TYPE_INFO.get_java_type_info()
+    ).name("drop-time")
+    keyed = rows.keyBy(python_functions.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(keyed, Types.STRING(), parsed)
 
 
 def run(settings: Settings, redis_url: str, restore_from: Path | None = None) -> None:

@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.common.time import Time
-from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, KeySelector, RuntimeContext
+from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from feature_store.attribution import Impression, Outcome, is_outcome
@@ -32,9 +31,12 @@ from pipelines.flink.sink import encode_record
 
 log = logging.getLogger(__name__)
 
-#: (join key, record, event time ms). A record is the JSON of ["impression" | "outcome", fields of
-#: `attribution.Impression` | `attribution.Outcome`]: the line is validated once, by the parse.
-RECORD_TYPE_INFO = Types.TUPLE([Types.STRING(), Types.STRING(), Types.LONG()])
+#: (Row(join key, record), event time ms): the shape the JVM's own timestamp assigner and key
+#: selector read (`job.keyed_in_jvm`), so no Python operator does either. A record is the JSON of
+#: ["impression" | "outcome", fields of `attribution.Impression` | `attribution.Outcome`]: the line
+#: is validated once, by the parse.
+KEYED_RECORD_TYPE_INFO = Types.ROW([Types.STRING(), Types.STRING()])
+PARSED_TYPE_INFO = Types.TUPLE([KEYED_RECORD_TYPE_INFO, Types.LONG()])
 IMPRESSION, OUTCOME = "impression", "outcome"
 
 
@@ -68,7 +70,7 @@ class ParseEvents(FlatMapFunction):
     def __init__(self, max_future_skew_s: float) -> None:
         self.max_future_skew_ms = int(max_future_skew_s * 1000)
 
-    def flat_map(self, value: str) -> Iterator[tuple[str, str, int]]:
+    def flat_map(self, value: str) -> Iterator[tuple[Row, int]]:
         if not value.strip():
             return
         try:
@@ -86,19 +88,7 @@ class ParseEvents(FlatMapFunction):
             record = [OUTCOME, fields_of(Outcome.of(event))]
         else:
             return
-        yield join_key(event.user_id, event.item_id), json.dumps(record), ts_ms
-
-
-class EventTime(TimestampAssigner):
-    def extract_timestamp(self, value: tuple[str, str, int], record_timestamp: int) -> int:
-        return int(value[2])
-
-
-class JoinKey(KeySelector):
-    """The join key: (user, item), as `definitions.join_key` spells it (computed by the parse)."""
-
-    def get_key(self, value: tuple[str, str, int]) -> str:
-        return value[0]
+        yield Row(join_key(event.user_id, event.item_id), json.dumps(record)), ts_ms
 
 
 class Attribute(KeyedProcessFunction):
@@ -142,8 +132,8 @@ class Attribute(KeyedProcessFunction):
         self.metrics = runtime_context.get_metrics_group()
         self.counters: dict[str, Any] = {}
 
-    def process_element(self, value: tuple[str, str, int], ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        _, record, ts_ms = value
+    def process_element(self, record: str, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
+        ts_ms = ctx.timestamp()
         kind, fields = json.loads(record)
         timers = ctx.timer_service()
         if features.is_too_late(ts_ms, timers.current_watermark(), self.params.allowed_lateness_ms):

@@ -38,22 +38,26 @@ class StreamJob:
         env: dict[str, str] | None = None,
         log_file: Path | None = None,
         checkpoint_dir: Path | None = None,
+        code_dir: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.checkpoint_dir = checkpoint_dir or self.state_dir / "flink-checkpoints"
         self.env = {**os.environ, **(env or {})}
         self.log_file = log_file or self.state_dir / "logs" / "stream.log"
+        self.code_dir = code_dir  # the job's code from another checkout (the benchmark's "before"); default ours
+        if code_dir is not None:  # the Python workers find the job's modules there too
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_dir), self.env.get("PYTHONPATH")]))
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def start(self, resume: bool = False) -> "StreamJob":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_file.open("ab")
-        command = [sys.executable, "-m", "pipelines.flink.job", "--state-dir", str(self.state_dir)]
+        command = [sys.executable, "-m", "pipelines.flink.job", "--state-dir", str(self.state_dir.resolve())]
         self.process = subprocess.Popen(
             command + (["--resume"] if resume else []),
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True,
+            env=self.env, start_new_session=True, cwd=self.code_dir,
         )
         return self
 
