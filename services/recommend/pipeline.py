@@ -25,6 +25,7 @@ from models.retrieval.multichannel import MultiChannelRecall, RecallChannel
 from services.explore.greedy import Greedy
 from services.explore.policy import Ranked
 from services.explore.stage import UNAVAILABLE, ExploreStage
+from services.recommend.blend_recall import BLEND_ORDER, BLEND_SOURCE, BlendOrderRanker, BlendServing
 from services.recommend.channels import CategoryChannel
 from services.recommend.explain import explain, top_attended
 from services.recommend.fallback import LastKnownPopular
@@ -61,6 +62,7 @@ class ModelBundle:
     versions: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # "role/version" that failed to load -> why
     rankers: dict[str, Ranker] = field(default_factory=dict)  # version -> ranker, for experiments
+    blend: BlendServing | None = None  # the recall artifact's learned blend, when it has one
 
     @property
     def has_models(self) -> bool:
@@ -174,7 +176,12 @@ class RecommendationPipeline:
     ) -> RecommendationResult:
         user, candidates = self._candidates(request, bundle, timings)
         version = plan.versions[0] if plan is not None else None
-        ranked, attended, fallback = self._rank_stage(bundle.ranker_for(version), user, candidates, timings)
+        # Blended candidates keep the blend's order unless validation chose the current ranker
+        # over it (an experiment's named ranker version is served as the experiment says).
+        blend_order = (version is None and bundle.blend is not None and bool(candidates)
+                       and BLEND_SOURCE in candidates[0].sources and not bundle.blend.serves_ranker(bundle.versions.get("ranker")))  # fmt: skip
+        model = BlendOrderRanker() if blend_order else bundle.ranker_for(version)
+        ranked, attended, fallback = self._rank_stage(model, user, candidates, timings)
         explore = plan.explore if plan is not None and plan.explore is not None else self.explore
         with self._stage("explore", timings):
             scores = np.array([c.recall_score for c in ranked], dtype=float)
@@ -191,6 +198,8 @@ class RecommendationPipeline:
         versions = bundle.served_versions
         if version is not None:
             versions["ranker"] = version
+        if blend_order:
+            versions["ranker"] = BLEND_ORDER
         return RecommendationResult(items, versions, fallback, False, timings, len(candidates), explored.policy,
                                     (ranked_ids, tuple(scores.tolist())))
 
@@ -257,15 +266,20 @@ class RecommendationPipeline:
         return ranked, attended, fallback
 
     def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
-        """The model channels and the serving channels, interleaved by rank within their quotas
-        (`MultiChannelRecall`); a category-filtered request recalls from that category instead
-        of the user's."""
+        """The recall artifact's blend over the user's history when it has one and knows some of
+        it; else the model channels and the serving channels, interleaved by rank within their
+        quotas (`MultiChannelRecall`); a category-filtered request recalls from that category
+        instead of the user's."""
         base = self.base_channels
+        oldest_first = user.history[::-1]
+        blocked = user.seen | request.exclude  # skipped in the merge, so `candidates` unseen items reach the ranker
+        if bundle.blend is not None and not request.category:
+            blended = bundle.blend.candidates(oldest_first, self.candidates, blocked)
+            if blended is not None:
+                return blended
         if request.category:
             base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
         recall = MultiChannelRecall(bundle.channels + base, self.quotas)
-        oldest_first = user.history[::-1]
-        blocked = user.seen | request.exclude  # skipped in the merge, so `candidates` unseen items reach the ranker
         return [
             Candidate(c.item_id, c.score, c.channels, c.because)
             for c in recall.recall(oldest_first, self.candidates, exclude=blocked)

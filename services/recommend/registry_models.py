@@ -74,6 +74,7 @@ class RegistryBundleLoader:
             channels=tuple(parts.get("channels", ())),  # type: ignore[arg-type]
             ranker=parts.get("ranker"),  # type: ignore[arg-type]
             similar=parts.get("similar"),  # type: ignore[arg-type]
+            blend=parts.get("blend"),  # type: ignore[arg-type]
             rankers=rankers,  # type: ignore[arg-type]
             versions=loaded,
             errors={key: error for key, error in self.failed.items() if key.split("/")[0] in versions
@@ -104,8 +105,10 @@ class RegistryBundleLoader:
             # TensorFlow's thread counts come from the environment (`services.api.app`).
             return {"ranker": model_adapters.load_ranker(version, self.settings.api.ranker, self.store)}
         if role == "recall":
+            from services.recommend.blend_recall import load_blend
+
             channels, similar = model_adapters.load_recall(version, threads=self.settings.api.inference_threads)
-            return {"channels": channels, "similar": similar}
+            return {"channels": channels, "similar": similar, "blend": load_blend(version)}
         raise RegistryError(f"no loader for role {role!r}")
 
 

@@ -1,0 +1,59 @@
+"""Serving the recall artifact's learned blend (`models.retrieval.blend`, docs/evaluation.md "The
+blended pipeline"): the recall stage scores the user's live history with the same `BlendedRecall`
+that `recsys evaluate` ranks with, and the rank stage keeps the blend's order unless the
+artifact's validation choice (`models.retrieval.order_choice`) says the current ranker beats it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.registry import ModelVersion
+from models.retrieval.blend import BlendedRecall
+from models.retrieval.order_choice import OrderChoice
+from services.recommend.types import Candidate, RankOutput, UserContext
+
+#: The source tag of every blended candidate, and the `ranker` a response names when the blend's
+#: own order was served (so the impressions' policy reads `ranker=blend-order;…`).
+BLEND_SOURCE = "blend"
+BLEND_ORDER = "blend-order"
+
+
+@dataclass(frozen=True)
+class BlendServing:
+    """A loaded blend and its order choice (None: an artifact fitted without a ranker to compare)."""
+
+    recall: BlendedRecall
+    order: OrderChoice | None
+
+    def candidates(self, history: Sequence[str], k: int, exclude: Collection[str]) -> list[Candidate] | None:
+        """The blend's top `k` unseen items for `history` (oldest first) with their blended scores;
+        None when the blend knows none of the history (a new user: the channel merge serves them)."""
+        if not any(self.recall.knows(item) for item in history):
+            return None
+        return [Candidate(c.item_id, c.score, {BLEND_SOURCE, *c.channels}, c.because)
+                for c in self.recall.recall(history, k, exclude)]  # fmt: skip
+
+    def serves_ranker(self, ranker_version: str | None) -> bool:
+        """True only when validation chose the ranker, and it is this ranker version."""
+        return self.order is not None and self.order.serves_ranker(ranker_version)
+
+
+class BlendOrderRanker:
+    """Keeps the blend's order: the score is the blended recall score."""
+
+    name = BLEND_ORDER
+
+    def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
+        return RankOutput(scores=np.array([c.recall_score for c in candidates], dtype=np.float32))
+
+
+def load_blend(version: ModelVersion) -> BlendServing | None:
+    """The recall version's blend, or None for an artifact without one (served as before)."""
+    from models.retrieval.artifact import RecallArtifact
+
+    found = RecallArtifact.load_blend(version.path)
+    return None if found is None else BlendServing(*found)
