@@ -83,6 +83,31 @@ def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history
     return float(np.mean(counts)) if counts else float("nan")
 
 
+class PhaseClock:
+    """CPU and wall seconds per progress phase: the time since the previous report is charged to
+    the phase that reports (phases run one after another and report when a step ends). CPU is the
+    process's own (`time.process_time`: every thread), the measure that holds on a shared machine."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
+        self._last = (time.process_time(), time.perf_counter())
+
+    def charge(self, phase: str) -> None:
+        now = (time.process_time(), time.perf_counter())
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + now[0] - self._last[0]
+        self.wall[phase] = self.wall.get(phase, 0.0) + now[1] - self._last[1]
+        self._last = now
+
+    def table(self) -> str:
+        total = sum(self.cpu.values())
+        lines = [f"{'phase':<40} {'CPU min':>8} {'wall min':>9} {'CPU share':>10}"]
+        lines += [f"{phase:<40} {cpu / 60:>8.2f} {self.wall[phase] / 60:>9.2f} {cpu / max(total, 1e-9):>10.1%}"
+                  for phase, cpu in self.cpu.items()]  # fmt: skip
+        lines.append(f"{'total':<40} {total / 60:>8.2f} {sum(self.wall.values()) / 60:>9.2f}")
+        return "\n".join(lines)
+
+
 def ratio_ci(a: np.ndarray, b: np.ndarray, rounds: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """mean(a) / mean(b) with a paired percentile bootstrap interval over users."""
     rng = np.random.default_rng(seed)
@@ -121,10 +146,13 @@ def main() -> None:
         grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
     config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
                             bootstrap_rounds=args.bootstrap, seed=args.seed, **grids)  # fmt: skip
+    clock = PhaseClock()
+    clock.charge("read log, split")
     with ForeignCpu() as other, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         tasks: dict[str, int] = {}
 
         def report(phase: str, done: int, total: int) -> None:
+            clock.charge(phase)
             if phase not in tasks:
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done)  # type: ignore[arg-type]
@@ -132,10 +160,11 @@ def main() -> None:
         result = run_protocol(split, categories, config, report)
     seconds = time.perf_counter() - started
     print_protocol(result)
-    summary(args, result, split, seconds, other)
+    summary(args, result, split, seconds, other, clock)
 
 
-def summary(args: argparse.Namespace, result: ProtocolResult, split: object, seconds: float, other: ForeignCpu) -> None:
+def summary(args: argparse.Namespace, result: ProtocolResult, split: object, seconds: float, other: ForeignCpu,
+            clock: PhaseClock) -> None:  # fmt: skip
     peer = best_peer(result)
     figures: dict[str, object] = {"dataset": args.name, "users": result.users, "items": result.items, "seconds": seconds,
                                   "other_core_seconds": other.core_seconds, "best_peer": peer, "models": {}}  # fmt: skip
@@ -147,8 +176,10 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
         if id(tuned.model) not in measured:
             lists = top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
             measured[id(tuned.model)] = diversity(lists, result.items)
+            clock.charge("top-10 lists")
             if name.startswith(("recall", "blend")):
                 measured[id(tuned.model)]["reasons_per_list"] = reasons_per_list(tuned.model, split.test, lists)  # type: ignore[attr-defined]
+                clock.charge("reasons")
         spread = measured[id(tuned.model)]
         ratio = ratio_ci(tuned.test["NDCG@10"], result.models[peer].test["NDCG@10"], args.bootstrap, args.seed)
         print(f"{name:<32} {ratio[0]:>10.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]     {int(spread['distinct']):>13,} "
@@ -157,6 +188,8 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
             "params": tuned.params, "validation_ndcg10": float(tuned.validation["NDCG@10"].mean()),
             "test": {m: list(v) for m, v in result.summary[name].items()}, "ndcg10_vs_best_peer": list(ratio), **spread,
         }  # fmt: skip
+    print(f"\nCPU and wall time per phase (this process, every thread):\n{clock.table()}")
+    figures["phases"] = {phase: {"cpu_s": clock.cpu[phase], "wall_s": clock.wall[phase]} for phase in clock.cpu}
     if args.output:
         args.output.write_text(json.dumps(figures, indent=2, default=str))
 

@@ -31,17 +31,11 @@ class PopularityRecommender:
         return [item for item in self.ranking[: k + len(seen)] if item not in seen][:k]
 
 
-class ItemKNNRecommender:
-    """Item-based collaborative filtering (Sarwar et al. 2001): cosine similarity between item
-    columns of the binary user-item matrix, each item keeping its `neighbours` most similar;
-    a user's score for item j is Σ_{i ∈ H} sim(i, j) over H, the user's last `recent` history
-    items (all of them when None). Both are tuned on validation under the protocol
-    (`models.evaluation.protocol`): a short recent window suits sequential data."""
+class ItemCosine:
+    """Cosine similarity between the item columns of the binary user-item matrix of `sequences`,
+    self-similarity removed (`similarity[i, j]`, rows and columns in the order of `ids`)."""
 
-    def __init__(self, sequences: Sequence[Sequence[str]], neighbours: int = 100, recent: int | None = None) -> None:
-        if neighbours < 1 or (recent is not None and recent < 1):
-            raise ValueError(f"neighbours and recent must be >= 1, got {neighbours} and {recent}")
-        self.recent = recent
+    def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
         items = sorted({item for sequence in sequences for item in sequence})
         self.ids = np.array(items, dtype=str)
         self.position = {item: i for i, item in enumerate(items)}
@@ -50,7 +44,28 @@ class ItemKNNRecommender:
         matrix = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(sequences), len(items)))
         norms = np.sqrt(np.asarray(matrix.sum(axis=0)).ravel())
         normalized = matrix @ sparse.diags(1.0 / np.maximum(norms, 1e-12))
-        self.similarity = self._keep_top((normalized.T @ normalized).tocsr(), neighbours)
+        self.similarity = (normalized.T @ normalized).tocsr()
+        self.similarity.setdiag(0.0)
+        self.similarity.eliminate_zeros()
+
+
+class ItemKNNRecommender:
+    """Item-based collaborative filtering (Sarwar et al. 2001): cosine similarity between item
+    columns of the binary user-item matrix, each item keeping its `neighbours` most similar;
+    a user's score for item j is Σ_{i ∈ H} sim(i, j) over H, the user's last `recent` history
+    items (all of them when None). Both are tuned on validation under the protocol
+    (`models.evaluation.protocol`): a short recent window suits sequential data."""
+
+    def __init__(self, sequences: Sequence[Sequence[str]], neighbours: int = 100, recent: int | None = None,
+                 cosine: ItemCosine | None = None) -> None:  # fmt: skip
+        """`cosine`: the item cosines of these `sequences` when already computed (a tuning grid
+        computes them once for all its points)."""
+        if neighbours < 1 or (recent is not None and recent < 1):
+            raise ValueError(f"neighbours and recent must be >= 1, got {neighbours} and {recent}")
+        self.recent = recent
+        cosine = cosine or ItemCosine(sequences)
+        self.ids, self.position = cosine.ids, cosine.position
+        self.similarity = self._keep_top(cosine.similarity, neighbours)
 
     @classmethod
     def from_similarity(cls, ids: Sequence[str], similarity: sparse.csr_matrix, recent: int | None) -> ItemKNNRecommender:
@@ -63,8 +78,6 @@ class ItemKNNRecommender:
 
     @staticmethod
     def _keep_top(similarity: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
-        similarity.setdiag(0.0)
-        similarity.eliminate_zeros()
         rows, cols, values = [], [], []
         for row in range(similarity.shape[0]):
             start, end = similarity.indptr[row], similarity.indptr[row + 1]

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,10 @@ from models.ranking import samples
 from models.ranking.features import FeatureSpec
 from models.retrieval.multichannel import MultiChannelRecall
 
+_ROW_COLUMNS = (
+    samples.USER_ID, samples.ITEM_ID, samples.TS, samples.LABEL, samples.LABEL_SOURCE, samples.SPLIT,
+    samples.HIST_ITEM_IDS, samples.HIST_CATEGORIES, samples.ITEM_CATEGORY,
+)  # fmt: skip
 # Item popularity windows, named as the sample columns the serving path maps to the feature
 # store (`models.ranking.samples.DENSE_FEATURE_SOURCES`: item.popularity_all / _7d / _30d).
 POPULARITY_WINDOWS: dict[str, float | None] = {
@@ -95,12 +99,42 @@ class ItemClock:
                 times[item].append(_seconds(ts))
         self.times = {item: np.sort(np.asarray(values)) for item, values in times.items()}
         self._empty = np.zeros(0)
+        self._code = {item: code for code, item in enumerate(self.times)}
+        self._by_code = list(self.times.values())
 
     def count(self, item: str, at: float, window: float | None) -> int:
         """Positives of ``item`` strictly before ``at`` (within the last ``window`` seconds if given)."""
         times = self.times.get(item, self._empty)
         upto = int(np.searchsorted(times, at, side="left"))
         return upto if window is None else upto - int(np.searchsorted(times, at - window, side="right"))
+
+    def counts(self, items: Sequence[str], at: np.ndarray, window: float | None) -> np.ndarray:
+        """`count(items[r], at[r], window)` for every row r: one search per distinct item."""
+        codes = np.array([self._code.get(item, -1) for item in items], dtype=np.int64)
+        out = np.zeros(len(codes), dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]]) if len(codes) else []
+        for start, end in zip(starts, [*starts[1:], len(codes)]):
+            rows = order[start:end]
+            if codes[rows[0]] < 0:
+                continue  # an item without training positives counts 0
+            times = self._by_code[codes[rows[0]]]
+            out[rows] = np.searchsorted(times, at[rows], side="left")
+            if window is not None:
+                out[rows] -= np.searchsorted(times, at[rows] - window, side="right")
+        return out
+
+
+class RowRequest(NamedTuple):
+    """One user's candidates with ``history`` (oldest first) as of ``at``, and their labels."""
+
+    user: str
+    history: Sequence[str]
+    at: float
+    items: Sequence[str]
+    labels: Sequence[int]
+    sources: Sequence[str]
+    split: str
 
 
 class CandidateFeatures:
@@ -136,30 +170,35 @@ class CandidateFeatures:
     def rows(self, user: str, history: Sequence[str], at: float, items: Sequence[str], labels: Sequence[int],
              sources: Sequence[str], split: str) -> dict[str, list[Any]]:  # fmt: skip
         """Column lists for one user's candidates with ``history`` (oldest first) as of ``at``."""
-        recent = list(history)[-self.max_seq_len :]
-        size = len(items)
-        out: dict[str, list[Any]] = {
-            samples.USER_ID: [user] * size,
-            samples.ITEM_ID: list(items),
-            samples.TS: [datetime.fromtimestamp(at, timezone.utc)] * size,
-            samples.LABEL: list(labels),
-            samples.LABEL_SOURCE: list(sources),
-            samples.SPLIT: [split] * size,
-            samples.HIST_ITEM_IDS: [recent] * size,
-            samples.HIST_CATEGORIES: [[self.category(i) for i in recent]] * size,
-            samples.ITEM_CATEGORY: [self.category(i) for i in items],
-        }
-        for name in self.dense_features:
-            out[name] = self._dense(name, history, at, items)
-        return out
+        return self.rows_many([RowRequest(user, history, at, items, labels, sources, split)])
 
-    def _dense(self, name: str, history: Sequence[str], at: float, items: Sequence[str]) -> list[float]:
-        if name in POPULARITY_WINDOWS:
-            return [float(self.clock.count(i, at, POPULARITY_WINDOWS[name])) for i in items]
-        if name == "user_positive_count":
-            return [float(len(history))] * len(items)
-        counts = Counter(self.category(i) for i in history)
-        return [counts[self.category(i)] / len(history) if history else 0.0 for i in items]
+    def rows_many(self, requests: Sequence[RowRequest]) -> dict[str, list[Any]]:
+        """`rows` of several requests, concatenated; the item counts of all rows in one pass."""
+        out: dict[str, list[Any]] = {name: [] for name in (*_ROW_COLUMNS, *self.dense_features)}
+        category = self.categories.get
+        for request in requests:
+            recent = list(request.history)[-self.max_seq_len :]
+            size = len(request.items)
+            out[samples.USER_ID] += [request.user] * size
+            out[samples.ITEM_ID] += request.items
+            out[samples.TS] += [datetime.fromtimestamp(request.at, timezone.utc)] * size
+            out[samples.LABEL] += request.labels
+            out[samples.LABEL_SOURCE] += request.sources
+            out[samples.SPLIT] += [request.split] * size
+            out[samples.HIST_ITEM_IDS] += [recent] * size
+            out[samples.HIST_CATEGORIES] += [[category(i, "") for i in recent]] * size
+            out[samples.ITEM_CATEGORY] += [category(i, "") for i in request.items]
+            if "user_positive_count" in out:
+                out["user_positive_count"] += [float(len(request.history))] * size
+            if "user_category_affinity" in out:
+                counts = Counter(category(i, "") for i in request.history)
+                length = len(request.history)
+                out["user_category_affinity"] += [counts[category(i, "")] / length if length else 0.0 for i in request.items]
+        at = np.repeat([r.at for r in requests], [len(r.items) for r in requests])
+        for name in self.dense_features:
+            if name in POPULARITY_WINDOWS:
+                out[name] = self.clock.counts(out[samples.ITEM_ID], at, POPULARITY_WINDOWS[name]).astype(float).tolist()
+        return out
 
 
 def write_training_samples(
@@ -175,7 +214,8 @@ def write_training_samples(
     train_rows = 0
     users = sorted(u for u, items in split.train.items() if len(items) >= 2)
     with pq.ParquetWriter(path, schema) as writer:
-        buffer: dict[str, list[Any]] = {name: [] for name in schema.names}
+        pending: list[RowRequest] = []
+        pending_rows = 0
         for number, user in enumerate(users):
             sequence = split.train[user]
             seen = set(sequence)
@@ -190,14 +230,13 @@ def write_training_samples(
                 sources += ["sampled"] * (len(items) - len(sources))
                 labels = [1] + [0] * (len(items) - 1)
                 which = "validation" if t == len(sequence) - 1 else "train"
-                at = features.as_of(user, t)
-                for name, values in features.rows(user, history, at, items, labels, sources, which).items():
-                    buffer[name].extend(values)
+                pending.append(RowRequest(user, history, features.as_of(user, t), items, labels, sources, which))
+                pending_rows += len(items)
                 counts.update(sources)
                 train_rows += len(items) if which == "train" else 0
-            if len(buffer[samples.ITEM_ID]) >= 50_000 or number == len(users) - 1:
-                writer.write_table(pa.Table.from_pydict(buffer, schema=schema))
-                buffer = {name: [] for name in schema.names}
+            if pending_rows >= 50_000 or number == len(users) - 1:
+                writer.write_table(pa.Table.from_pydict(features.rows_many(pending), schema=schema))
+                pending, pending_rows = [], 0
             if progress is not None:
                 progress(number + 1, len(users))
     if not train_rows:
@@ -240,19 +279,43 @@ class RerankRecommender:
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
         return self._rerank("user", history, 0.0, k)
 
+    def recommend_users(self, users: Sequence[str], histories: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+        """`recommend_user` for several users at once: one recall batch where the recall stage
+        scores batches (`recall_many`) and one ranker call over every user's candidates (the
+        ranker scores each row on its own, so the lists are those of one call per user)."""
+        depth = max(self.depth, k)
+        if hasattr(self.recall, "recall_many"):
+            found = self.recall.recall_many(histories, depth)
+        else:
+            found = [self.recall.recall(history, depth) for history in histories]
+        candidates = [[c.item_id for c in recalled] for recalled in found]
+        ats = [self.features.as_of(user, len(history)) for user, history in zip(users, histories)]
+        scores = self._scores(users, histories, ats, candidates)
+        out, start = [], 0
+        for items in candidates:
+            own = scores[start : start + len(items)]
+            start += len(items)
+            out.append([items[i] for i in np.argsort(-own, kind="stable")[:k]])
+        return out
+
     def _rerank(self, user: str, history: Sequence[str], at: float, k: int) -> list[str]:
+        candidates = [c.item_id for c in self.recall.recall(history, max(self.depth, k))]
+        scores = self._scores([user], [history], [at], [candidates])
+        return [candidates[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+    def _scores(self, users: Sequence[str], histories: Sequence[Sequence[str]], ats: Sequence[float],
+                candidates: Sequence[Sequence[str]]) -> np.ndarray:  # fmt: skip
+        """The ranker's score of every candidate of every user, concatenated in order."""
         from models.ranking.dataset import decode_batch
 
-        candidates = [c.item_id for c in self.recall.recall(history, max(self.depth, k))]
-        if not candidates:
-            return []
-        size = len(candidates)
-        rows = self.features.rows(user, history, at, candidates, [0] * size, ["recall"] * size, "test")
-        batch = decode_batch(pa.RecordBatch.from_pydict(rows, schema=self.schema), self.spec, "candidates")
+        requests = [RowRequest(user, history, at, items, [0] * len(items), ["recall"] * len(items), "test")
+                    for user, history, at, items in zip(users, histories, ats, candidates)]  # fmt: skip
+        columns = self.features.rows_many(requests)
+        if not columns[samples.ITEM_ID]:
+            return np.zeros(0)
+        batch = decode_batch(pa.RecordBatch.from_pydict(columns, schema=self.schema), self.spec, "candidates")
         batch.pop(samples.LABEL, None)
-        scores = np.asarray(self.score(batch), dtype=np.float64)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [candidates[i] for i in order]
+        return np.asarray(self.score(batch), dtype=np.float64)
 
 
 def per_user_metrics(model: Any, split: LeaveLastOut, ks: Sequence[int] = (10, 50),

@@ -106,6 +106,8 @@ def build_contenders(
     popular = PopularityRecommender(sequences)
     item_cf = ItemKNNRecommender(sequences)
     recall, embeddings = _build_recall(sequences, popular, item_cf, config)
+    if progress is not None:
+        progress("train recall", 1, 1)
     item_vectors = embeddings.get(config.recall_models[0]) if config.warm_start and config.recall_models else None
     features = CandidateFeatures(split, categories, config.samples.max_seq_len, config.samples.dense_features)
     contenders: dict[str, Any] = {"Pop": popular, "ItemKNN": item_cf, "recall only": recall}
@@ -118,6 +120,8 @@ def build_contenders(
                                             _phase(progress, "ranker samples"))  # fmt: skip
             for kind in config.rankers:
                 score, spec, validation[kind] = _train_ranker(path, kind, config, item_vectors)
+                if progress is not None:
+                    progress(f"train {kind}", 1, 1)
                 contenders[f"recall → {kind}"] = RerankRecommender(recall, features, spec, score, config.samples.recall_depth)
     return contenders, counts, validation
 

@@ -107,6 +107,8 @@ def full_ranks(model: Any, split: LeaveLastOut, items: Sequence[str], seed: int 
 def _chunk_scores(model: Any, split: LeaveLastOut, users: Sequence[str]) -> Iterable[np.ndarray]:
     if hasattr(model, "batch_scores"):  # one forward pass for many users (sequence models)
         return model.batch_scores([split.train[user] for user in users])
+    if hasattr(model, "batch_user_scores"):  # list models: one ranker call for many users
+        return model.batch_user_scores(users, [split.train[user] for user in users])
     if isinstance(model, UserItemScorer):
         return (model.user_scores(user, split.train[user]) for user in users)
     return (model.scores(split.train[user]) for user in users)
@@ -159,6 +161,8 @@ def tune(name: str, build: Callable[..., Any], grid: Sequence[Mapping[str, Any]]
     assert best is not None
     _, params, model, validation = best
     test = rank_metrics(full_ranks(model, split.test, split.items, seed))
+    if progress is not None:
+        progress(f"test {name}", 1, 1)
     return Tuned(name, params, model, validation, test, scored)
 
 
@@ -173,10 +177,19 @@ class ListScorer:
         self._position = {item: i for i, item in enumerate(items)}
 
     def user_scores(self, user: str, history: Sequence[str]) -> np.ndarray:
-        if hasattr(self.model, "recommend_user"):
-            ranked = self.model.recommend_user(user, history, self.depth)
+        return self.batch_user_scores([user], [history])[0]
+
+    def batch_user_scores(self, users: Sequence[str], histories: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """`user_scores` of several users (one ranker call where the model takes a batch)."""
+        if hasattr(self.model, "recommend_users"):
+            lists = self.model.recommend_users(users, histories, self.depth)
+        elif hasattr(self.model, "recommend_user"):
+            lists = [self.model.recommend_user(user, history, self.depth) for user, history in zip(users, histories)]
         else:
-            ranked = self.model.recommend(history, self.depth)
+            lists = [self.model.recommend(history, self.depth) for history in histories]
+        return [self._scores(ranked) for ranked in lists]
+
+    def _scores(self, ranked: Sequence[str]) -> np.ndarray:
         scores = np.full(len(self.ids), -np.inf)
         for n, item in enumerate(ranked):
             if item in self._position:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommender
+from models.evaluation.baselines import ItemCosine, ItemKNNRecommender, PopularityRecommender
 from models.evaluation.end_to_end import bootstrap_ci
 from models.evaluation.metrics import rank_metrics
 from models.evaluation.offline_pipeline import EvaluationConfig, build_contenders, single_threaded_faiss, with_recall
@@ -86,7 +86,8 @@ def _tune_peer(name: str, sequences: list[list[str]], split: ProtocolSplit, conf
     if name == "Pop":
         return tune(name, lambda: PopularityRecommender(sequences), [{}], split, seed, progress)
     if name == "ItemKNN":
-        return tune(name, lambda **p: ItemKNNRecommender(sequences, **p), config.knn_grid, split, seed, progress)
+        cosine = ItemCosine(sequences)  # the same for every grid point: only the pruning and the window differ
+        return tune(name, lambda **p: ItemKNNRecommender(sequences, cosine=cosine, **p), config.knn_grid, split, seed, progress)
     if name == "ALS":
         return tune(name, lambda **p: ImplicitALS(sequences, seed=seed, **p), config.als_grid, split, seed, progress)
     if name == "GRU4Rec":
@@ -111,6 +112,8 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
     with single_threaded_faiss():
         contenders, _, _ = build_contenders(split.validation, sequences, categories, config, progress)
         blend = _blend(split, contenders["recall only"], peers, seed)
+        if progress is not None:
+            progress("fit blend", 1, 1)
         if blend is not None:
             contenders.update(with_recall(contenders, blend, "blend"))
         out = {}
@@ -118,6 +121,8 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
             scorer = contenders[name] if name == "blend" else ListScorer(contenders[name], split.items, config.samples.recall_depth)
             validation = rank_metrics(full_ranks(scorer, split.validation, split.items, seed))
             test = rank_metrics(full_ranks(scorer, split.test, split.items, seed))
+            if progress is not None:
+                progress(f"rank {name}", 1, 1)
             params = {"normalisation": scorer.normalisation, "weights": _weights(scorer)} if name == "blend" else {}
             out[name] = Tuned(name, params, scorer, validation, test, [({}, float(validation[TUNING_METRIC].mean()))])
     # A ranker must not make the recall order worse: the order served is the one that scores
