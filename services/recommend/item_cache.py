@@ -142,15 +142,17 @@ class ItemCache(Generic[V]):
         fetch propagate. Every call on one cache must pass the same reader (the background refresh
         uses the latest)."""
         if self.ttl_s <= 0:
-            return dict(fetch(list(item_ids)))
+            fetched = fetch(list(item_ids))
+            return {item_id: fetched[item_id] for item_id in item_ids if item_id in fetched}
         now = self.clock.monotonic()
         found: dict[str, V] = {}
         missing: list[str] = []
         expired: list[str] = []
+        entries, max_stale_s = self._entries, self.max_stale_s  # locals: this loop runs per candidate
         with self._lock:
             for item_id in item_ids:
-                entry = self._entries.get(item_id)
-                if entry is None or now >= entry[0] + self.max_stale_s:
+                entry = entries.get(item_id)
+                if entry is None or now >= entry[0] + max_stale_s:
                     missing.append(item_id)
                     continue
                 found[item_id] = entry[1]
