@@ -15,7 +15,7 @@ from scipy.stats import norm
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.policy import ItemCounts, Policy, Ranked, Stats
 from services.explore.prior import posterior
-from services.explore.thompson import Thompson
+from services.explore.thompson import Thompson, _others
 
 FAMILY_ERROR = 1e-3  # chance that a correct policy fails any one of these checks
 
@@ -145,3 +145,19 @@ def test_thompson_estimates_vary_less_than_placement_frequencies() -> None:
     estimates = np.array([policy.propensities(a, b, shown, np.random.default_rng(seed)) for seed in range(300)])
     p = estimates.mean(axis=0)
     assert np.all(estimates.std(axis=0) < np.sqrt(p * (1 - p) / 32))
+
+
+@pytest.mark.parametrize("n", [2, 3, 11, 40])
+def test_thompson_order_statistics_are_the_others_sorted_draws(n: int) -> None:
+    """o_m of each item (the m-th largest of the *other* candidates' draws, o_0 = 1, 0 past the
+    last) against sorting every draw without the item, with ties (draws rounded to 0.1, zeros)."""
+    k = 10
+    rng = np.random.default_rng(n)
+    draws = np.round(rng.beta(0.3, 1.0, size=(50, n)), 1)
+    items = np.arange(n)
+    got = _others(draws, items, np.broadcast_to(np.arange(k + 1), (n, k + 1)))
+    for t in range(len(draws)):
+        for i in items:
+            others = np.sort(np.delete(draws[t], i))[::-1]
+            expected = np.concatenate([[1.0], others[:k], np.zeros(max(0, k - len(others)))])
+            np.testing.assert_array_equal(got[t, i], expected)
