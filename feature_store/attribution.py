@@ -31,6 +31,9 @@ ATTRIBUTED_OUTCOMES = frozenset({EventType.CLICK, EventType.LIKE, EventType.ADD_
 DEFAULT_WINDOW = timedelta(minutes=30)
 BUCKET_MS = 3_600_000  # counts are kept per event-time hour
 NO_VALUE = "-"  # how an impression without policy, arm or position is spelled in a count key
+#: Event ids of the impressions the API logs for the lists it serves (`imp-<request id>-<position>`,
+#: `services.recommend.impressions.impression_event_id`).
+SERVER_IMPRESSION_PREFIX = "imp-"
 
 
 class Dimension:
@@ -101,6 +104,17 @@ class Outcome:
     def of(cls, event: Event) -> "Outcome":
         return cls(event.event_id, event.user_id, event.item_id, str(event.type), event_ms(event),
                    event.context.request_id)
+
+
+def replay_window_ms(event_type: str, event_id: str, dedup_ttl_s: float, server_impression_ttl_s: float) -> int:
+    """How long after its time a replay of an event is still recognised as one (its replay marker
+    lives this plus the clock-skew allowance), and so the oldest an event may be and still be
+    applied: `dedup_ttl_s`, or for an impression the API logged itself (`SERVER_IMPRESSION_PREFIX`)
+    the shorter of that and `server_impression_ttl_s`. Such an impression is repeated only by a
+    retried request (seconds later) or by the stream job reading it again after a restart (events
+    since its last checkpoint), while a client may resend its own events much later."""
+    server = event_type == EventType.IMPRESSION and event_id.startswith(SERVER_IMPRESSION_PREFIX)
+    return int(min(dedup_ttl_s, server_impression_ttl_s) * 1000) if server else int(dedup_ttl_s * 1000)
 
 
 def event_ms(event: Event) -> int:

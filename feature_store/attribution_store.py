@@ -7,8 +7,8 @@ The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *wh
   nothing if the marker exists, so a replay after a restart adds nothing. Markers: per impression
   event id (`record_impression`), per (impression event id, outcome type) (`record_credit`: an
   impression counts at most one outcome of each type), per outcome event id (`record_miss`:
-  unattributed and late outcomes). A marker lives `dedup_ttl + max_future_skew`, like the live
-  writes' markers; records older than that (or than the retention) are not applied (`TOO_OLD`),
+  unattributed and late outcomes). A marker lives `dedup_ttl + max_future_skew` (the API's own impressions:
+  `server_impression_ttl`, `attribution.replay_window_ms`); records older (or than the retention) are not applied (`TOO_OLD`),
   records dated more than `max_future_skew` ahead of the clock neither (`IN_FUTURE`);
 - counts of the dimensions of `attribution.Dimension`, in hourly buckets of the *impression's*
   event time, as hash fields `<measure>:<bucket ms>` (measure: `impression` or an outcome type)
@@ -43,7 +43,7 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
-from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, split_item_position
+from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, replay_window_ms, split_item_position
 from feature_store.attribution_scripts import EXAMINED_SCRIPT, RECORD_SCRIPT
 from feature_store.cluster_scripts import ClusterScript, split_by_slot
 from feature_store.definitions import join_key
@@ -66,7 +66,6 @@ def max_record_age_ms(dedup_ttl_s: float) -> int:
 
 
 _OLDEST = object()  # placeholder in an op for the oldest bucket kept (now - RETENTION_MS)
-
 
 
 @dataclass(frozen=True)
@@ -182,12 +181,12 @@ class RedisAttributionStore(AttributionStore):
     """`AttributionStore` on one Redis server; open one per worker (the client is made on first use)."""
 
     def __init__(self, spec: ConnectionSpec, dedup_ttl_s: float, max_future_skew_s: float,
-                 recent_outcomes: int = 1000) -> None:
+                 recent_outcomes: int = 1000, server_impression_ttl_s: float | None = None) -> None:
         self._spec = spec
         self._layout = KeyLayout(spec.key_prefix)
         self._skew_ms = int(max_future_skew_s * 1000)
-        self._marker_ttl_ms = int(dedup_ttl_s * 1000) + self._skew_ms
-        self._max_age_ms = max_record_age_ms(dedup_ttl_s)
+        self._dedup_ttl_s = dedup_ttl_s
+        self._server_ttl_s = dedup_ttl_s if server_impression_ttl_s is None else server_impression_ttl_s
         self._recent_cap = recent_outcomes
         self._client: redis.Redis | None = None
 
@@ -212,11 +211,12 @@ class RedisAttributionStore(AttributionStore):
         split = self.client is not None and self._cluster is not None
         for record in records:
             marker, ts_ms, ops = self._prepare(record)
-            queued = self._queue(marker, ts_ms, ops, now_ms)
+            window_ms = self._replay_window_ms(record)
+            queued = self._queue(ts_ms, ops, now_ms, max_record_age_ms(window_ms / 1000))
             results.append(queued if isinstance(queued, RecordResult) else None)
             if not isinstance(queued, RecordResult):
                 parts = split_by_slot(marker, queued, 6) if split else [(marker, queued)]
-                calls += [(len(results) - 1, [m], [m, self._marker_ttl_ms, now_ms, *o]) for m, o in parts]
+                calls += [(len(results) - 1, [m], [m, window_ms + self._skew_ms, now_ms, *o]) for m, o in parts]
         with translate_errors(self._spec, f"recording {len(records)} attributions"):
             fresh = {n for (n, _, _), flag in zip(calls, self._run(calls)) if int(flag)}
         return [result or (RecordResult.APPLIED if n in fresh else RecordResult.DUPLICATE) for n, result in enumerate(results)]
@@ -228,6 +228,11 @@ class RedisAttributionStore(AttributionStore):
         for _, _, args in calls:
             self._script(args=args, client=pipe)
         return pipe.execute() if calls else []
+
+    def _replay_window_ms(self, record: Record) -> int:  # an impression's count and credits: its window
+        if isinstance(record, MissRecord):
+            return int(self._dedup_ttl_s * 1000)
+        return replay_window_ms(IMPRESSION, record.impression.event_id, self._dedup_ttl_s, self._server_ttl_s)
 
     def _prepare(self, record: Record) -> tuple[str, int, list[Any]]:
         """(replay marker, event time, ops) of a record."""
@@ -275,11 +280,11 @@ class RedisAttributionStore(AttributionStore):
             return self._layout.attribution_counts(Dimension.ITEM, item), f"{POSITION_MARK}{position}"
         return self._layout.attribution_counts(dimension, key), ""
 
-    def _queue(self, marker: str, ts_ms: int, ops: list[Any], now_ms: int) -> RecordResult | list[Any]:
+    def _queue(self, ts_ms: int, ops: list[Any], now_ms: int, max_age_ms: int) -> RecordResult | list[Any]:
         """One record's ops ready for the script; or the result, when it is not to be applied."""
         if ts_ms > now_ms + self._skew_ms:
             return RecordResult.IN_FUTURE
-        if ts_ms < now_ms - self._max_age_ms:
+        if ts_ms < now_ms - max_age_ms:
             return RecordResult.TOO_OLD
         # Every key of a record lives RETENTION from its bucket, and never from a time ahead of now.
         expire_at = min(ts_ms - ts_ms % BUCKET_MS, now_ms) + RETENTION_MS
@@ -378,7 +383,6 @@ def _sum_buckets(fields: dict[bytes, bytes], since_ms: int, until_ms: int, suffi
             key = name if suffix is None else measure
             totals[key] = totals.get(key, 0) + int(value)
     return totals
-
 
 
 def _chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:

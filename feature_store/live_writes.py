@@ -10,10 +10,12 @@
   keys share the hash tag `{E:ID}`), each part guarded by its own marker in that slot, one
   pipelined call per slot (`cluster_scripts`): each part is applied exactly once;
 - events older than `dedup_ttl` (whose marker may have expired) are dropped as too late: the next
-  batch run accounts for them; events more than `max_future_skew` ahead of the clock are not
+  batch run accounts for them. Impressions the API logs itself use `server_impression_ttl`
+  instead, when shorter (`attribution.replay_window_ms`): only a retried request repeats them, so
+  their markers, one per served slot and most of the markers kept, need not live two days; events more than `max_future_skew` ahead of the clock are not
   applied at all (`in_future`): an event time is untrusted, and a far-future one would top every
   sequence and latest value for ever. So no TTL derives from an event time: a marker lives
-  `dedup_ttl + max_future_skew`, every other key its feature's TTL;
+  `dedup_ttl (or server_impression_ttl) + max_future_skew`, every other key its feature's TTL;
 - counts go into per-bucket hash fields (`<feature>:<bucket>`), sequences into capped sorted sets,
   top-k into capped sorted sets (per time bucket when windowed), latest values into hash fields
   guarded by their event time; every key carries a TTL that only ever grows, and count buckets
@@ -33,6 +35,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from feature_store.attribution import replay_window_ms
 from feature_store.cluster_scripts import ClusterScript, hash_tag, split_by_slot
 from feature_store.definitions import FEATURES, GLOBAL_ID, Entity, FeatureDef, FeatureRegistry, Kind, Member
 from feature_store.redis_client import ConnectionSpec, translate_errors
@@ -112,14 +115,18 @@ class LiveWriter:
 
     `categories_of(item_ids)` returns each item's categories (needed by category features); the
     online store wires it to the item batch view. `write` also accepts them explicitly.
+    `server_impression_ttl_s` (default: `dedup_ttl_s`) is the replay window of the impressions the
+    API logs itself.
     """
 
     def __init__(self, spec: ConnectionSpec, dedup_ttl_s: float, max_future_skew_s: float,
                  batch_size: int = 500, registry: FeatureRegistry = FEATURES,
-                 categories_of: CategoryLookup | None = None, client: redis.Redis | None = None) -> None:
+                 categories_of: CategoryLookup | None = None, client: redis.Redis | None = None,
+                 server_impression_ttl_s: float | None = None) -> None:
         self._spec = spec
         self._layout = KeyLayout(spec.key_prefix)
-        self._dedup_ttl_ms = int(dedup_ttl_s * 1000)
+        self._dedup_ttl_s = dedup_ttl_s
+        self._server_ttl_s = dedup_ttl_s if server_impression_ttl_s is None else server_impression_ttl_s
         self._max_future_skew_ms = int(max_future_skew_s * 1000)
         self._batch_size = batch_size
         self._categories_of = categories_of
@@ -150,19 +157,21 @@ class LiveWriter:
                      now: float | None) -> LiveWriteResult:
         now_ms = int((time.time() if now is None else now) * 1000)
         newest = now_ms + self._max_future_skew_ms
-        fresh = [e for e in events if now_ms - self._dedup_ttl_ms <= _ms(e) <= newest]
+        windows = [self._replay_window_ms(e) for e in events]
+        kept = [(e, w) for e, w in zip(events, windows) if now_ms - w <= _ms(e) <= newest]
+        fresh = [e for e, _ in kept]
         in_future = sum(1 for e in events if _ms(e) > newest)
         categories = self._categories(fresh, item_categories)
-        # A replay counts as fresh until ts + dedup_ttl, and ts is at most the skew ahead of now.
-        marker_ttl = self._dedup_ttl_ms + self._max_future_skew_ms
+        # A replay counts as fresh until ts + its window, and ts is at most the skew ahead of now.
+        marker_ttls = [w + self._max_future_skew_ms for _, w in kept]
         groups = self._groups(fresh, categories, now_ms)
         applied_events: set[int] = set()
         calls = self._calls(groups)
         requests: list[tuple[list[str], list[Any]]] = []
         for call in calls:
             args: list[Any] = []
-            for _, marker, ops in call:
-                args += [marker, marker_ttl, len(ops) // 7, *ops]
+            for index, marker, ops in call:
+                args += [marker, marker_ttls[index], len(ops) // 7, *ops]
             requests.append(([call[0][1]], args))
         with translate_errors(self._spec, f"writing {len(fresh)} live events"):
             if self._cluster is not None:
@@ -173,6 +182,9 @@ class LiveWriter:
             applied_events.update(index for (index, _, _), flag in zip(call, flags) if int(flag))
         applied = len(applied_events)
         return LiveWriteResult(applied, len(fresh) - applied, len(events) - len(fresh) - in_future, in_future)
+
+    def _replay_window_ms(self, event: Event) -> int:
+        return replay_window_ms(event.type, event.event_id, self._dedup_ttl_s, self._server_ttl_s)
 
     def _groups(self, events: list[Event], categories: Mapping[str, Sequence[str]],
                 now_ms: int) -> list[tuple[int, str, list[Any]]]:

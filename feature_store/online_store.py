@@ -146,10 +146,12 @@ class RedisOnlineStore(OnlineStore):
 
     def live_writer(self) -> LiveWriter:
         return LiveWriter(self.spec, self.config.dedup_ttl_s, self.events.max_future_skew_s,
-                          self.config.write_batch_size, self.registry, categories_of=self._item_categories)
+                          self.config.write_batch_size, self.registry, categories_of=self._item_categories,
+                          server_impression_ttl_s=self.config.server_impression_dedup_ttl_s)
 
     def attribution(self) -> RedisAttributionStore:
-        return RedisAttributionStore(self.spec, self.config.dedup_ttl_s, self.events.max_future_skew_s)
+        return RedisAttributionStore(self.spec, self.config.dedup_ttl_s, self.events.max_future_skew_s,
+                                     server_impression_ttl_s=self.config.server_impression_dedup_ttl_s)
 
     def _item_categories(self, item_ids: Sequence[str]) -> Sequence[Sequence[str]]:
         if "categories" not in self.registry.names(Entity.ITEM):

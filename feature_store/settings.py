@@ -169,6 +169,11 @@ class FeatureStoreSettings(_Section):
     batch_grace_s: float = Field(default=3600.0, ge=0, description="Keep a replaced batch version this long.")
     staging_max_age_s: float = Field(default=86_400.0, gt=0, description="Delete unfinished publishes after this.")
     dedup_ttl_s: float = Field(default=172_800.0, gt=0, description="Replays within this window are no-ops; older live events are dropped.")
+    server_impression_dedup_ttl_s: float = Field(
+        default=21_600.0, gt=0,
+        description="dedup_ttl_s for the impressions the API logs itself (ids imp-...), when shorter: their replay markers, "
+        "most of those kept, live this long; the speed layer counts such an impression only within it (docs/speed_layer.md).",
+    )
     write_batch_size: int = Field(default=1000, gt=0, description="Entities or events per pipelined write.")
     offline_dir: Path | None = Field(default=None, description="Default: <state_dir>/offline")
 

@@ -74,6 +74,7 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
     return ops.JobParams(
         redis=ConnectionSpec.from_settings(settings, redis_url),
         dedup_ttl_s=settings.feature_store.dedup_ttl_s,
+        server_impression_ttl_s=settings.feature_store.server_impression_dedup_ttl_s,
         allowed_lateness_ms=settings.flink.allowed_lateness_ms,
         max_future_skew_s=settings.events.max_future_skew_s,
         window_ms=int(settings.attribution.window_s * 1000),

@@ -46,6 +46,7 @@ class JobParams:
 
     redis: ConnectionSpec
     dedup_ttl_s: float
+    server_impression_ttl_s: float
     allowed_lateness_ms: int
     max_future_skew_s: float
     window_ms: int

@@ -102,7 +102,8 @@ class WriteRecords(AsyncFunction):
         from feature_store.attribution_store import RedisAttributionStore
 
         params = self.params
-        self.store = RedisAttributionStore(params.redis, params.dedup_ttl_s, params.max_future_skew_s, params.recent_outcomes)
+        self.store = RedisAttributionStore(params.redis, params.dedup_ttl_s, params.max_future_skew_s,
+                                           params.recent_outcomes, params.server_impression_ttl_s)
         self.commit: GroupCommit[Record, Any] = GroupCommit(self.store.record_many, self.max_batch)
         self.metrics = runtime_context.get_metrics_group()
         self.counters: dict[str, Any] = {}

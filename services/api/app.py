@@ -30,6 +30,7 @@ from services.experiments.manager import ExperimentManager
 from services.experiments.serving import ExperimentServing
 from services.experiments.store import ExperimentStore
 from services.learner.serving import LearnerServing
+from services.learner.shown import ShownStore, ShownWriter
 from services.explore.factory import explore_stage_from_settings, request_generators
 from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
@@ -134,6 +135,7 @@ def _start(
     learner = LearnerServing(
         RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history), settings.learner,
         lambda: models.bundle.versions.get("ranker"), request_generators(settings.explore.seed),
+        ShownWriter(ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s), settings.learner.shown_queue),
     )
     learner.start()
     stack.callback(learner.stop)

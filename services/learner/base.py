@@ -39,6 +39,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 class OnlineLearner(ABC):
     """Weights `w` of a linear scoring head, learned online from clicks on the lists it presents."""
 
+    explore: np.ndarray | None = None  # the explore weights w̃ of a learner with an explore network
+
     def __init__(self, weights: np.ndarray, max_step: float) -> None:
         if max_step <= 0:
             raise ValueError("max_step must be > 0")

@@ -15,10 +15,12 @@ from services.learner.process import LearnerProcess
 HELP = {
     "comparisons": "Interleaved requests with a decided comparison fed to the learner",
     "stale": "Comparisons skipped because they were served by an older revision",
-    "rounds": "DBGD rounds completed",
-    "moves": "Rounds in which w moved toward w~",
+    "rounds": "Learning rounds completed (DBGD: N decided comparisons; PDGD: one clicked list with its features)",
+    "moves": "Rounds in which w moved (DBGD: toward w~)",
     "revisions": "Online revisions published",
-    "rollbacks": "Automatic rollbacks to the blessed base",
+    "rollbacks": "Automatic rollbacks to the blessed base (DBGD: preference against the base)",
+    "guardrail_rollbacks": "Rollbacks to the blessed base because the learner experiment's guardrail stopped an arm",
+    "missing_features": "PDGD: clicked lists skipped because their shown features had expired or were never written",
     "bases": "Blessed bases the learner (re)started from",
     "paused_steps": "Steps skipped while the kill switch was off",
 }

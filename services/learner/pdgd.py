@@ -11,22 +11,43 @@ swapped, which makes the gradient unbiased w.r.t. position bias, and the step is
     ∇_w P(d_k ≻ d_l) = σ(s_k − s_l) σ(s_l − s_k) (x_k − x_l),
 
 bounded in norm by `max_step`. No explore network: every slot is team 0.
+
+`P(R)` needs only the shown items' scores and `log Σ_{d ∈ D} exp(s_d)` over all candidates, so a
+served list's update needs only the shown items' features, their scores under the weights that drew
+the list and that one number (`logged_gradient`; what the API keeps for `recsys learn online`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, logsumexp
 
 from services.learner.base import OnlineLearner, Presentation
 
 
+def list_log_probability(list_scores: np.ndarray, log_total: float) -> float:
+    """`log P(R)` of a (top-k) list under Plackett–Luce, from its items' scores in list order and
+    `log Σ_{d ∈ D} exp(s_d)` over every candidate."""
+    top = max(log_total, float(list_scores.max()))
+    drawn = np.exp(list_scores - top)
+    remaining = np.exp(log_total - top) - np.concatenate(([0.0], np.cumsum(drawn)[:-1]))
+    return float(np.sum(list_scores - top - np.log(np.maximum(remaining, np.finfo(np.float64).tiny))))
+
+
 def plackett_luce_log_probability(ranking: np.ndarray, scores: np.ndarray) -> float:
-    """`log P(ranking)` of a (top-k) list under Plackett–Luce over all `scores`."""
-    shifted = np.exp(scores - scores.max())
-    remaining = shifted.sum() - np.concatenate(([0.0], np.cumsum(shifted[ranking])[:-1]))
-    numerators = scores[ranking] - scores.max()
-    return float(np.sum(numerators - np.log(np.maximum(remaining, np.finfo(np.float64).tiny))))
+    """`log P(ranking)` of a (top-k) list of candidate indices under Plackett–Luce over all `scores`."""
+    return list_log_probability(scores[ranking], float(logsumexp(scores)))
+
+
+def sample_list(scores: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A Plackett–Luce list of `min(k, len(scores))` candidate indices (Gumbel-max: the top k of
+    scores plus Gumbel noise) and each slot's propensity given the slots above,
+    `exp(s_d) / Σ_{d' not yet shown} exp(s_d')` (exact, as the interleaving merges log it)."""
+    shown = np.argsort(-(scores + rng.gumbel(size=len(scores))), kind="stable")[:k]
+    top = float(scores.max())
+    drawn = np.exp(scores[shown] - top)
+    remaining = np.exp(scores - top).sum() - np.concatenate(([0.0], np.cumsum(drawn)[:-1]))
+    return shown, drawn / remaining
 
 
 def preference_pairs(clicks: np.ndarray) -> list[tuple[int, int]]:
@@ -38,20 +59,30 @@ def preference_pairs(clicks: np.ndarray) -> list[tuple[int, int]]:
     return [(k, l) for k in clicked for l in considered if not clicks[l]]
 
 
-def pdgd_gradient(shown: np.ndarray, clicks: np.ndarray, features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """`Σ ρ · ∇_w P(d_k ≻ d_l)` over the inferred pairs (zero without clicks)."""
-    scores = features @ weights
-    log_shown = plackett_luce_log_probability(shown, scores)
-    gradient = np.zeros_like(weights)
+def logged_gradient(clicks: np.ndarray, features: np.ndarray, scores: np.ndarray, logged_scores: np.ndarray,
+                    log_total: float) -> np.ndarray:
+    """`Σ ρ · ∇_w P(d_k ≻ d_l)` over a shown list's inferred pairs (zero without clicks).
+
+    `features` [k, H] and `scores` [k]: the shown items' in slot order, scores under the weights
+    being learned; `logged_scores` [k] and `log_total`: under the weights that drew the list (ρ is
+    a ratio of that policy's probabilities; the same as `scores` when it learns at once)."""
+    log_shown = list_log_probability(logged_scores, log_total)
+    gradient = np.zeros(features.shape[1])
     for k, l in preference_pairs(clicks):
-        swapped = shown.copy()
-        swapped[k], swapped[l] = shown[l], shown[k]
-        log_swapped = plackett_luce_log_probability(swapped, scores)
+        swapped = logged_scores.copy()
+        swapped[k], swapped[l] = logged_scores[l], logged_scores[k]
+        log_swapped = list_log_probability(swapped, log_total)
         rho = float(np.exp(log_swapped - np.logaddexp(log_shown, log_swapped)))
-        dk, dl = shown[k], shown[l]
-        gap = scores[dk] - scores[dl]
-        gradient += rho * expit(gap) * expit(-gap) * (features[dk] - features[dl])
+        gap = scores[k] - scores[l]
+        gradient += rho * expit(gap) * expit(-gap) * (features[k] - features[l])
     return gradient
+
+
+def pdgd_gradient(shown: np.ndarray, clicks: np.ndarray, features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`logged_gradient` of the list `shown` (candidate indices) drawn by `weights` itself."""
+    scores = features @ weights
+    listed = scores[shown]
+    return logged_gradient(clicks, features[shown], listed, listed, float(logsumexp(scores)))
 
 
 class Pdgd(OnlineLearner):
@@ -64,9 +95,7 @@ class Pdgd(OnlineLearner):
         self.lr = lr
 
     def present(self, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation:
-        # Gumbel-max: sorting scores plus Gumbel noise draws a Plackett–Luce list.
-        noisy = features @ self.weights + rng.gumbel(size=len(features))
-        shown = np.argsort(-noisy, kind="stable")[:k]
+        shown, _ = sample_list(features @ self.weights, k, rng)
         return Presentation(tuple(int(i) for i in shown), (0,) * len(shown), features)
 
     def learn(self, presentation: Presentation, clicks: np.ndarray) -> bool:
@@ -75,4 +104,13 @@ class Pdgd(OnlineLearner):
             return False
         shown = np.array(presentation.shown)
         self._apply(self.lr * pdgd_gradient(shown, clicks, presentation.features, self.weights))
+        return True
+
+    def learn_logged(self, clicks: np.ndarray, features: np.ndarray, logged_scores: np.ndarray, log_total: float) -> bool:
+        """Learn from a list served earlier: its shown items' `features`, their `logged_scores` and
+        the candidates' `log_total` under the weights that drew it (`logged_gradient`)."""
+        clicks = np.asarray(clicks, dtype=bool)
+        if not clicks.any():
+            return False
+        self._apply(self.lr * logged_gradient(clicks, features, features @ self.weights, logged_scores, log_total))
         return True

@@ -1,5 +1,6 @@
-"""The online learner process (`recsys learn online`): DBGD on live interleaved feedback, publishing
-online revisions that every API worker serves (`services.learner.serving`).
+"""The online learner process (`recsys learn online`): DBGD on live interleaved feedback, or PDGD on
+live Plackett–Luce lists, publishing online revisions that every API worker serves
+(`services.learner.serving`).
 
 One `step()`:
 
@@ -8,11 +9,18 @@ One `step()`:
 2. **Major update**: when the registry's current ranker is not the learner's base (a retrain was
    blessed and promoted), the learner restarts from the new base's own output layer and publishes
    its first revision; the old base's revisions stay in the history.
-3. **Learn**: each finished comparison of the current revision (`services.learner.feedback`; older
+3. **Guardrail**: when an arm of the experiment named `learner` was stopped by its guardrail
+   (`services.experiments.report`: the arm's CTR fell below the allowed drop), the learner rolls
+   back to the base once per stop, with the guardrail's reason in the revision and the log.
+4. **Learn (DBGD)**: each finished comparison of the current revision (`services.learner.feedback`; older
    revisions' comparisons are stale and skipped) is one DBGD comparison of the `current` and
    `explore` teams (`services.learner.dbgd.Dbgd`). When a round ends, `w` moved or not, a new
    revision with the new `w̃` (and `w`) is published.
-4. **Rollback**: the `current` team's wins against the `base` team over the last
+   **Learn (PDGD)**: each finished list with a click, served by a revision of the current base, is
+   joined by request id to the shown items' features the API kept (`services.learner.shown`; an
+   expired or missing one is skipped and counted) and moves `w` by PDGD's step, with `ρ` from the
+   scores that drew the list; one revision is published per step that moved `w`.
+5. **Rollback (DBGD)**: the `current` team's wins against the `base` team over the last
    `learner.rollback_window` decided comparisons (ties left out), counted while `w` differs from
    the base; when they fall below `learner.rollback_threshold`, a revision with the base's own
    layer is published, and the log says why.
@@ -26,7 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -37,14 +45,28 @@ from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import Revision, RevisionStore
 from models.registry import ModelRegistry, RegistryError
 from services.learner.base import Presentation
+from services.experiments.store import ExperimentStore
 from services.learner.dbgd import Dbgd
-from services.learner.feedback import Comparison, ComparisonReader
+from services.learner.feedback import EXPERIMENT, Comparison, ComparisonReader
+from services.learner.pdgd import Pdgd
 from services.learner.serving import TEAMS, label
+from services.learner.shown import ShownStore
 
 log = logging.getLogger(__name__)
 
 CURRENT, EXPLORE, BASE = TEAMS
 HeadLoader = Callable[[str], np.ndarray]  # ranker version -> its output layer [w ; b]
+Guardrail = Callable[[], dict[str, str]]  # the `learner` experiment's stopped arms -> why
+
+
+def stopped_arms(experiments: ExperimentStore) -> Guardrail:
+    """The arms of the experiment named `learner` that its guardrail stopped (none without it)."""
+
+    def read() -> dict[str, str]:
+        experiment = experiments.all().get(EXPERIMENT)
+        return {} if experiment is None else dict(experiment.stopped_arms)
+
+    return read
 
 
 def exported_head(registry: ModelRegistry) -> HeadLoader:
@@ -75,16 +97,24 @@ class Summary:
     moves: int = 0
     revisions: int = 0
     rollbacks: int = 0
+    guardrail_rollbacks: int = 0
+    missing_features: int = 0
     bases: int = 0
     paused_steps: int = 0
 
 
 class LearnerProcess:
-    """DBGD over the interleaved comparisons of the current revision of the registry's current ranker."""
+    """DBGD (or PDGD) over the served lists of the current revisions of the registry's current ranker."""
 
     def __init__(self, settings: LearnerSettings, store: RevisionStore, registry: ModelRegistry,
-                 comparisons: ComparisonReader, head_of: HeadLoader, seed: int = 0) -> None:
+                 comparisons: ComparisonReader, head_of: HeadLoader, seed: int = 0, shown: ShownStore | None = None,
+                 guardrail: Guardrail = dict) -> None:
+        """`shown`: the served lists' features (PDGD needs it); `guardrail`: the stopped arms to roll back on."""
+        if settings.algorithm == "pdgd" and shown is None:
+            raise ValueError("learner.algorithm=pdgd needs the served lists' features (a ShownStore)")
         self.settings = settings
+        self.shown = shown
+        self.guardrail = guardrail
         self.store = store
         self.registry = registry
         self.comparisons = comparisons
@@ -93,8 +123,10 @@ class LearnerProcess:
         self.summary = Summary()
         self.base: str | None = None
         self.base_weights = np.zeros(0)
-        self.learner: Dbgd | None = None
+        self.learner: Dbgd | Pdgd | None = None
         self.revision: Revision | None = None
+        self.arms: set[str] = set()  # the labels of the revisions published on this base
+        self.handled = {revision.reason for revision in store.history()}  # guardrail stops rolled back on
         self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
 
     def step(self) -> None:
@@ -108,6 +140,10 @@ class LearnerProcess:
             return
         if current.version != self.base:
             self._start_base(current.version)
+        self._check_guardrail()
+        if isinstance(self.learner, Pdgd):
+            self._learn_lists(finished)
+            return
         for comparison in finished:
             self._learn(comparison)
 
@@ -117,17 +153,58 @@ class LearnerProcess:
         resumed = self.store.current(version)
         weights = resumed.weights if resumed is not None else self.base_weights
         settings = self.settings
-        self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
-                            margin=settings.margin, max_step=settings.max_step, tau=settings.tau, aa=settings.aa,
-                            seed=self.seed + self.summary.bases)
+        if settings.algorithm == "pdgd":
+            self.learner = Pdgd(weights, lr=settings.lr, max_step=settings.max_step)
+        else:
+            self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
+                                margin=settings.margin, max_step=settings.max_step, tau=settings.tau, aa=settings.aa,
+                                seed=self.seed + self.summary.bases)
         self.against_base.clear()
+        self.arms.clear()
         self.summary.bases += 1
         why = f"resumed from {resumed.id}" if resumed is not None else f"base {version} is the registry's current ranker"
         log.info("learning on base %s (%s)", version, why)
         self._publish(resumed.id if resumed is not None else None, why)
 
+    def _check_guardrail(self) -> None:
+        for arm, why in sorted(self.guardrail().items()):
+            reason = f"rollback: experiment {EXPERIMENT!r} stopped arm {arm!r} ({why})"
+            if reason in self.handled:
+                continue
+            assert self.learner is not None and self.revision is not None
+            log.warning(reason)
+            self.handled.add(reason)
+            self.learner.reset(self.base_weights)
+            self.against_base.clear()
+            self.summary.guardrail_rollbacks += 1
+            self._publish(self.revision.id, reason)
+
+    def _learn_lists(self, finished: Sequence[Comparison]) -> None:
+        """PDGD: each clicked list of this base's revisions, joined to its shown features by request id."""
+        assert isinstance(self.learner, Pdgd) and self.revision is not None
+        clicked = []
+        for comparison in finished:
+            if comparison.arm not in self.arms:
+                self.summary.stale += 1
+                continue
+            self.summary.comparisons += 1
+            if any(comparison.clicked):
+                clicked.append(comparison)
+        stored = self.shown.read([c.request_id for c in clicked]) if clicked else {}  # type: ignore[union-attr]
+        moved = 0
+        for comparison in clicked:
+            shown = stored.get(comparison.request_id)
+            if shown is None or len(shown.items) != len(comparison.clicked) or shown.features.shape[1] != len(self.learner.weights):
+                self.summary.missing_features += 1
+                continue
+            self.summary.rounds += 1
+            moved += self.learner.learn_logged(np.array(comparison.clicked), shown.features, shown.scores, shown.log_total)
+        if moved:
+            self.summary.moves += moved
+            self._publish(self.revision.id, f"pdgd: w moved by {moved} clicked lists")
+
     def _learn(self, comparison: Comparison) -> None:
-        assert self.learner is not None and self.revision is not None
+        assert isinstance(self.learner, Dbgd) and self.revision is not None
         if comparison.arm != label(self.revision.id):
             self.summary.stale += 1
             return
@@ -169,21 +246,21 @@ class LearnerProcess:
     def _publish(self, parent: str | None, reason: str) -> None:
         assert self.learner is not None and self.base is not None
         self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason)
+        self.arms.add(label(self.revision.id))
         self.summary.revisions += 1
 
 
 def build(settings: Settings, client: redis.Redis, seed: int = 0) -> LearnerProcess:
-    """The learner process of `settings` over the event log, the registry and the revisions in Redis."""
-    if settings.learner.algorithm != "dbgd":
-        raise ValueError(
-            f"learner.algorithm={settings.learner.algorithm}: the process learns from the event log, which does not hold "
-            "the shown items' penultimate features PDGD's update needs; only dbgd runs as a service "
-            "(PDGD is measured in-process: benchmarks/online_learning.py)")
+    """The learner process of `settings` over the event log, the registry, the revisions and (PDGD)
+    the served lists' features in Redis, rolling back when the `learner` experiment's guardrail fires."""
     registry = ModelRegistry(settings.model_registry_dir)
     store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
     window = timedelta(seconds=settings.attribution.window_s)
     feedback = ComparisonReader(settings.event_log_dir, window, datetime.now(timezone.utc) - window - timedelta(hours=1))
-    return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed)
+    shown = ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s)
+    experiments = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
+    return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed, shown,
+                          stopped_arms(experiments))
 
 
 def run(process: LearnerProcess, stop: threading.Event, interval_s: float, report_every_s: float = 60.0,

@@ -10,6 +10,11 @@ interleaving (`services.experiments.interleaving.probabilistic`, exact propensit
 the credit the rollback compares against). The ranker's penultimate features `h(u, i)` are computed once per request (one model
 call) and each team's scores are one dot product `σ(w_team · h + b)` over them.
 
+With `learner.algorithm=pdgd` the share gets one list instead, drawn from the Plackett–Luce model of
+W's scores `w · h` over every ranked candidate (team `current`, each slot's exact propensity given
+the slots above), and the shown items' features go to Redis by request id off the request path
+(`services.learner.shown`): what PDGD's update needs and the event log does not hold.
+
 Served lists carry experiment `learner`, arm `learner:<revision id>` and explore label
 `learner:<revision id>`, so the learner process finds them (and their teams) in the event log.
 Nothing is served when the kill switch is off (the setting or `/v1/admin/learner`), when no revision
@@ -25,13 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, logsumexp
 
 from feature_store.settings import LearnerSettings
 from models.online_revisions import Control, Revision, RevisionStore
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic
 from services.experiments.serving import Served
+from services.learner.pdgd import sample_list
+from services.learner.shown import ShownList, ShownWriter
 from services.recommend.pipeline import ModelBundle, ServingPlan
 from services.recommend.types import Candidate, Merged, RankOutput, UserContext
 
@@ -79,6 +86,11 @@ class SharedPenultimate:
             self._key = key
         return self._value
 
+    @property
+    def cached(self) -> tuple[tuple[str, ...], Penultimate] | None:
+        """The candidate ids and features computed last (None before the first `of`)."""
+        return None if self._value is None or self._key is None else (self._key, self._value)
+
 
 class HeadRanker:
     """A `Ranker` scoring `σ(w · h(u, i) + b)` with given weights `w` (None: the base's own) over
@@ -103,8 +115,11 @@ class LearnerServing:
     """Polls the served base's current revision and turns a user in the share into a `ServingPlan`."""
 
     def __init__(self, store: RevisionStore, settings: LearnerSettings, served_base: Callable[[], str | None],
-                 rng: Callable[[], np.random.Generator] = np.random.default_rng) -> None:
+                 rng: Callable[[], np.random.Generator] = np.random.default_rng,
+                 shown: ShownWriter | None = None) -> None:
+        """`shown`: where PDGD's served lists go (`learner.algorithm=pdgd` serves nothing without it)."""
         self.store = store
+        self.shown = shown
         self.settings = settings
         self.served_base = served_base
         self.rng = rng
@@ -132,8 +147,9 @@ class LearnerServing:
         self.live = LiveRevision(base, revision, control)  # one reference assignment: the atomic swap
         return self.live
 
-    def plan(self, user_id: str, bundle: ModelBundle) -> Served | None:
-        """The interleaved plan of a user in the learning share, or None (plain serving)."""
+    def plan(self, user_id: str, bundle: ModelBundle, request_id: str) -> Served | None:
+        """The learner's plan for a user in the learning share, or None (plain serving): DBGD's
+        interleaved W/W̃/base list, or PDGD's Plackett–Luce list of W."""
         live = self.live
         revision = live.revision
         if not (self.enabled and revision is not None and in_learning_share(user_id, self.settings.share)):
@@ -141,6 +157,8 @@ class LearnerServing:
         if revision.base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
             return None
         shared = SharedPenultimate(bundle.ranker)
+        if self.settings.algorithm == "pdgd":
+            return self._pdgd_plan(shared, revision, request_id)
         heads = [(TEAMS[0], revision.weights), (TEAMS[1], revision.explore_weights), (TEAMS[2], None)]
         if revision.explore is None:
             heads.pop(1)
@@ -149,11 +167,37 @@ class LearnerServing:
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, EXPERIMENT, revision.id)
 
+    def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, request_id: str) -> Served | None:
+        """One team (`current`) ranking by W; the merge draws the shown list from W's Plackett–Luce
+        model over every ranked candidate and hands the shown items' features to the writer."""
+        if self.shown is None:
+            return None
+        weights, rng, shown = revision.weights, self.rng, self.shown
+
+        def merge(rankings: list[list[str]], k: int) -> Merged:
+            cached = shared.cached
+            if cached is None:  # W's ranker failed and the pipeline ranked by recall score: nothing to learn
+                top = rankings[0][:k]
+                return Merged(top, (0,) * len(top), (1.0,) * len(top))
+            ids, features = cached
+            scores = features.hidden @ weights
+            slots, propensities = sample_list(scores, k, rng())
+            items = tuple(ids[i] for i in slots)
+            shown.submit(ShownList(request_id, revision.id, items, features.hidden[slots], scores[slots],
+                                   float(logsumexp(scores))))
+            return Merged(items, (0,) * len(items), tuple(float(p) for p in propensities))
+
+        plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],),
+                           rankers=(HeadRanker(shared, weights, TEAMS[0], True),))
+        return Served(plan, EXPERIMENT, revision.id)
+
     def _merge(self, rankings: list[list[str]], k: int) -> Merged:
         depth = self.settings.depth
         return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
 
     def start(self) -> None:
+        if self.shown is not None:
+            self.shown.start()
         self._safe_refresh()
         self._thread = threading.Thread(target=self._poll_forever, name="revision-poller", daemon=True)
         self._thread.start()
@@ -162,6 +206,8 @@ class LearnerServing:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.shown is not None:
+            self.shown.close()
 
     def _poll_forever(self) -> None:
         while not self._stop.wait(self.settings.poll_interval_s):

@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from feature_store.attribution import SERVER_IMPRESSION_PREFIX
 from feature_store.event_log import EventLog
 from feature_store.schemas import Event, EventContext, EventType, error_message
 from services.recommend.intake import ingest
@@ -63,7 +64,7 @@ before: a retried request id), `dropped` (queue full, or still unwritten at shut
 
 def impression_event_id(request_id: str, position: int) -> str:
     """The event id of a slot: deterministic, so a retried request logs each slot once."""
-    return f"imp-{request_id}-{position}"
+    return f"{SERVER_IMPRESSION_PREFIX}{request_id}-{position}"
 
 
 def serving_policy(result: RecommendationResult) -> str:

@@ -18,8 +18,10 @@ from feature_store.attribution import (
 from feature_store.attribution_store import RETENTION_MS, Miss, RecordResult, RedisAttributionStore
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
 from feature_store.redis_client import ConnectionSpec
+from feature_store.redis_layout import KeyLayout
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
+from services.recommend.impressions import impression_event_id
 
 WINDOW_MS = 30 * 60_000
 SKEW_S = 900.0
@@ -199,3 +201,30 @@ def test_serving_reads_the_counts_through_the_online_store(store: RedisAttributi
     assert online.attribution().debiased_ctr(["i1"], 0, now_ms() + BUCKET_MS) == pytest.approx(
         [(1 + CTR_PRIOR_ALPHA) / (1 + CTR_PRIOR_ALPHA + CTR_PRIOR_BETA)])
     online.close()
+
+
+def test_server_impressions_keep_shorter_replay_markers(settings: Settings, redis_client: redis.Redis) -> None:
+    """The API's own impressions (ids `imp-…`) and their credits: a replay within
+    `server_impression_ttl_s` counts nothing, one after it is too old (never applied, so never
+    counted twice), and their markers expire with it; a client's impression keeps `dedup_ttl_s`."""
+    spec = ConnectionSpec(settings.redis.url or "")
+    store = RedisAttributionStore(spec, dedup_ttl_s=2 * 86400, max_future_skew_s=SKEW_S, server_impression_ttl_s=6 * 3600)
+    now = now_ms()
+    server = Impression(impression_event_id("r1", 0), "u", "i1", now - 60_000, "r1", 0, None, None, None)
+    client = Impression("c1", "u", "i1", now - 60_000, "r2", 1, None, None, None)
+    click = Outcome("k1", "u", "i1", "click", now - 30_000, "r1")
+    for impression in (server, client):
+        assert store.record_impression(impression, now_ms=now) is RecordResult.APPLIED
+    assert store.record_credit(server, click, now_ms=now) is RecordResult.APPLIED
+    later, too_late = now + 5 * 3600_000, now + 6 * 3600_000 + 120_000
+    assert store.record_impression(server, now_ms=later) is RecordResult.DUPLICATE
+    assert store.record_credit(server, click, now_ms=later) is RecordResult.DUPLICATE
+    assert store.record_impression(server, now_ms=too_late) is RecordResult.TOO_OLD
+    assert store.record_credit(server, click, now_ms=too_late) is RecordResult.TOO_OLD
+    assert store.record_impression(client, now_ms=too_late) is RecordResult.DUPLICATE
+    assert store.counts(Dimension.ITEM, "i1", 0, now + BUCKET_MS) == {"impression": 2, "click": 1}
+    layout, short, long = KeyLayout(spec.key_prefix), (6 * 3600 + SKEW_S) * 1000, (2 * 86400 + SKEW_S) * 1000
+    for key, ttl in ((layout.attribution_marker(server.event_id), short), (layout.attribution_credit(server.event_id, "click"), short),
+                     (layout.attribution_marker(client.event_id), long)):
+        assert ttl - 60_000 < redis_client.pttl(key) <= ttl, key
+    store.close()

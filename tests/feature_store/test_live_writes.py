@@ -15,6 +15,7 @@ from feature_store.definitions import (
 from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.settings import EventSettings, FeatureStoreSettings, Settings
+from services.recommend.impressions import impression_event_id
 from tests.feature_store.helpers import WM, event, item_row, user_row
 
 NOW = (WM + timedelta(minutes=50)).timestamp()
@@ -187,3 +188,27 @@ def test_a_far_future_event_pins_nothing_and_no_ttl_comes_from_an_event_time(
     ttls = {key.decode(): redis_client.pttl(key) for key in redis_client.keys("*")}
     assert ttls and all(0 < ttl <= bound_ms for ttl in ttls.values()), ttls
     writer.close()
+
+
+def test_server_impressions_keep_shorter_replay_markers(settings: Settings, redis_client: redis.Redis) -> None:
+    """The API's own impressions (ids `imp-…`) are recognised as replays for
+    `server_impression_dedup_ttl_s`, not `dedup_ttl_s`: a replay within it counts nothing, one after
+    it is too late (never applied, so never counted twice), and their markers expire with it."""
+    config = FeatureStoreSettings(dedup_ttl_s=48 * 3600, server_impression_dedup_ttl_s=6 * 3600)
+    store = RedisOnlineStore(ConnectionSpec.from_settings(settings), config, events=EventSettings(max_future_skew_s=900))
+    writer = store.live_writer()
+    server = event(impression_event_id("r1", 0), "u1", "i1", "impression", 49)
+    client = event("c1", "u1", "i1", "impression", 49)
+    assert writer.write([server, client], CATEGORIES, now=NOW).applied == 2
+    replay = writer.write([server], CATEGORIES, now=NOW + 5 * 3600)  # within its 6 h: a replay
+    assert (replay.applied, replay.duplicates) == (0, 1)
+    assert writer.write([server], CATEGORIES, now=NOW + 6 * 3600 + 120).too_late == 1  # past it: never applied
+    assert writer.write([client], CATEGORIES, now=NOW + 6 * 3600 + 120).duplicates == 1  # a client's lives 48 h
+    counts = store.get_features("item", ["i1"], ["impressions_24h"], now=NOW)
+    assert counts["impressions_24h"].tolist() == [2]
+    layout = store.layout
+    server_ttl, client_ttl = (redis_client.pttl(layout.seen_marker(e.event_id)) for e in (server, client))
+    assert 6 * 3600_000 + 900_000 - 60_000 < server_ttl <= 6 * 3600_000 + 900_000
+    assert 48 * 3600_000 + 900_000 - 60_000 < client_ttl <= 48 * 3600_000 + 900_000
+    writer.close()
+    store.close()

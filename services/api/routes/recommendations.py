@@ -64,7 +64,7 @@ async def _recommend(
     state: ServiceState, request: RecommendationRequest, request_id: str, log_impressions: bool
 ) -> RecommendationsResponse:
     bundle = state.models.bundle
-    request, result = await state.pipeline.recommend_within_deadline(request, bundle, _assignment(state, bundle))
+    request, result = await state.pipeline.recommend_within_deadline(request, bundle, _assignment(state, bundle, request_id))
     if log_impressions and state.settings.api.log_impressions:
         explore = state.settings.explore
         state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc),
@@ -95,7 +95,7 @@ async def _recommend(
     )
 
 
-def _assignment(state: ServiceState, bundle: ModelBundle) -> Assign:
+def _assignment(state: ServiceState, bundle: ModelBundle, request_id: str) -> Assign:
     """The user's experiment plan (one Redis GET, run with the pipeline on its worker thread under
     the request's deadline: a hanging Redis costs the request, not the event loop), else the
     online learner's; the service's assignment replaces the client's experiment and arm."""
@@ -104,7 +104,7 @@ def _assignment(state: ServiceState, bundle: ModelBundle) -> Assign:
         if state.experiment_serving is not None:
             served = state.experiment_serving.plan(request.user_id, bundle, datetime.now(timezone.utc))
         if served is None and state.learner is not None:  # experiments first: the learner takes the rest
-            served = state.learner.plan(request.user_id, bundle)
+            served = state.learner.plan(request.user_id, bundle, request_id)
         if served is None:
             return request, None
         return replace(request, context={**request.context, **served.context}), served.plan

@@ -1,6 +1,9 @@
 """The learner process on a real event log, a real Redis and a real registry: DBGD steps from planted
 interleaved feedback, stale revisions' feedback is skipped, the kill switch stops updates, a planted
-bad revision is rolled back to the base with the reason, and a promotion restarts from the new base.
+bad revision is rolled back to the base with the reason, and a promotion restarts from the new base;
+PDGD's exact step from a planted served list joined by request id (an expired one skipped and
+counted); a planted guardrail breach of the `learner` experiment, through the real report, rolls
+back to the base once.
 
 The bases' output layers are planted (`HEADS`); reading them from a real DIN SavedModel is tested in
 `test_learner_serving.py`."""
@@ -10,17 +13,26 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import math
+import time
+
 import numpy as np
 import redis
+from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 
 from feature_store.event_log import LocalEventLog
 from feature_store.schemas import Event
-from feature_store.settings import LearnerSettings
+from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
+from services.experiments.store import ExperimentStore
 from services.learner.feedback import ComparisonReader
-from services.learner.process import LearnerProcess
-from tests.services.experiments.conftest import publish_dummy
+from services.learner.metrics import learner_registry
+from services.learner.process import Guardrail, LearnerProcess, stopped_arms
+from services.learner.shown import ShownList, ShownStore
+from tests.services.experiments.conftest import ADMIN, admin_client, admin_settings, publish_dummy, registry_versions  # noqa: F401
+from tests.services.experiments.test_report import create, plant_ab
 
 WINDOW = timedelta(minutes=30)
 T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
@@ -51,7 +63,8 @@ class Feedback:
         self.log.roll_all()
 
 
-def _process(tmp_path: Path, client: redis.Redis, **settings: object) -> tuple[LearnerProcess, Feedback, list[str]]:
+def _process(tmp_path: Path, client: redis.Redis, guardrail: Guardrail = dict,
+             **settings: object) -> tuple[LearnerProcess, Feedback, list[str]]:
     registry = ModelRegistry(tmp_path / "registry")
     versions = [publish_dummy(registry, tmp_path / "artifacts", name) for name in ("v1", "v2")]
     registry.set_current("ranker", versions[0])
@@ -60,7 +73,7 @@ def _process(tmp_path: Path, client: redis.Redis, **settings: object) -> tuple[L
     store = RevisionStore(client, "t")
     feedback = Feedback(tmp_path / "events")
     process = LearnerProcess(learner_settings, store, registry, ComparisonReader(tmp_path / "events", WINDOW),
-                             heads.__getitem__, seed=3)
+                             heads.__getitem__, seed=3, shown=ShownStore(client, "t", ttl_s=600), guardrail=guardrail)
     return process, feedback, versions
 
 
@@ -159,3 +172,82 @@ def test_the_reader_skips_partitions_before_its_start(tmp_path: Path) -> None:
     feedback.close_window()
     assert len(ComparisonReader(tmp_path / "events", WINDOW).poll()) == 1
     assert ComparisonReader(tmp_path / "events", WINDOW, since=T0 + timedelta(hours=2)).poll() == []
+
+
+def _served_probability(order: list[int], scores: np.ndarray, total: float) -> float:
+    """Plackett–Luce of a shown list, each slot over the mass `total` of every candidate not shown above."""
+    p, used = 1.0, 0.0
+    for item in order:
+        p *= math.exp(scores[item]) / (total - used)
+        used += math.exp(scores[item])
+    return p
+
+
+def test_pdgd_joins_clicked_lists_to_their_shown_features_and_skips_expired_ones(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", lr=0.2)
+    process.step()
+    first = process.store.current(versions[0])
+    assert first.explore is None and first.weights.tolist() == [3.0, 4.0, 0.0]
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3)) * 0.3  # the shown items' features, slot order
+    s = x @ first.weights
+    total = float(np.exp(s).sum() + np.exp(rng.normal(size=20)).sum())  # 20 more candidates were ranked, not shown
+    shown = ShownStore(redis_client, "t", ttl_s=600)
+    for n in (1, 2):  # req1 and req2 (the Feedback's request ids)
+        shown.write([ShownList(f"req{n}", first.id, tuple(f"i{p}" for p in range(5)), x, s, math.log(total))])
+    feedback.request(f"learner:{first.id}", ["current"] * 5, [2])  # req1: a click on slot 2
+    feedback.request(f"learner:{first.id}", ["current"] * 5, [0])  # req2: its features expire below
+    feedback.request(f"learner:{first.id}", ["current"] * 5, [])  # req3: no click, nothing to learn
+    feedback.request("learner:r999", ["current"] * 5, [1])  # another base's revision: stale
+    redis_client.pexpire(shown.key("req2"), 1)
+    deadline = time.monotonic() + 30
+    while redis_client.exists(shown.key("req2")):
+        assert time.monotonic() < deadline, "the planted TTL never expired"
+        time.sleep(0.01)
+    feedback.close_window()
+    process.step()
+
+    expected = np.zeros(3)  # the paper's pairs for a click on slot 2: (2, 0), (2, 1), (2, 3)
+    for l in (0, 1, 3):
+        swapped = [0, 1, 2, 3, 4]
+        swapped[2], swapped[l] = l, 2
+        rho = _served_probability(swapped, s, total) / (_served_probability(swapped, s, total)
+                                                        + _served_probability([0, 1, 2, 3, 4], s, total))
+        p = 1 / (1 + math.exp(-(s[2] - s[l])))
+        expected += rho * p * (1 - p) * (x[2] - x[l])
+    second = process.store.current(versions[0])
+    np.testing.assert_allclose(second.weights, first.weights + 0.2 * expected, rtol=1e-6)
+    assert second.parent == first.id and second.reason.startswith("pdgd")
+    assert all((x[2] - x[l]) @ (second.weights - first.weights) > 0 for l in (0, 1, 3))  # here it rose against each
+    summary = process.summary
+    assert (summary.comparisons, summary.stale, summary.rounds, summary.moves, summary.missing_features) == (3, 1, 1, 1, 1)
+
+
+def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_once(
+    tmp_path: Path, redis_client: redis.Redis, admin_client: TestClient, admin_settings: Settings  # noqa: F811
+) -> None:
+    experiments = ExperimentStore(admin_settings.state_dir / "experiments", redis_client, admin_settings.redis.key_prefix)
+    process, feedback, versions = _process(tmp_path / "learner", redis_client, guardrail=stopped_arms(experiments))
+    drifted = process.store.publish(versions[0], np.array([2.0, 5.0, 1.0]), np.array([2.1, 5.0, 1.0]), None, "learned")
+    create(admin_client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
+                          "arms": [{"name": "base"}, {"name": "online"}]})
+    plant_ab(admin_settings, "learner", {"base": (1000, 200), "online": (1000, 120)})
+    process.step()  # the guardrail has not been read yet: the learner resumes from its revision
+    np.testing.assert_array_equal(process.store.current(versions[0]).weights, drifted.weights)
+    assert process.summary.guardrail_rollbacks == 0
+
+    report = admin_client.get("/v1/experiments/learner/report").json()
+    assert report["arms"][1]["stopped"].startswith("guardrail")  # 12% CTR against 20%, allowed drop 10%
+    process.step()
+    rolled = process.store.current(versions[0])
+    np.testing.assert_array_equal(rolled.weights, [3.0, 4.0, 0.0])  # the base's own layer
+    assert "stopped arm 'online'" in rolled.reason and "guardrail: CTR 0.1200" in rolled.reason
+    assert process.summary.guardrail_rollbacks == 1 and process.summary.rollbacks == 0
+    assert b"recsys_learner_guardrail_rollbacks_total 1.0" in generate_latest(learner_registry(process))
+
+    process.step()  # the arm stays stopped: one rollback per stop
+    restarted, _, _ = _process(tmp_path / "again", redis_client, guardrail=stopped_arms(experiments))
+    restarted.step()  # a restarted learner finds the rollback in the history
+    assert process.summary.guardrail_rollbacks == 1 and restarted.summary.guardrail_rollbacks == 0

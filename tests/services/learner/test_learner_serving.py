@@ -1,7 +1,8 @@
 """Online revisions served by the real API over a real DIN: the exported penultimate features
 reproduce the ranker's scores, an interleaved list of W, W̃ and the base equals an independent
-recomputation with the same seed, the kill switch turns it off without a restart, and a revision
-reaches both workers of a two-worker API within the poll interval."""
+recomputation with the same seed, the kill switch turns it off without a restart, a revision
+reaches both workers of a two-worker API within the poll interval, and PDGD's served list (its
+features kept in Redis by request id) moves w by the paper's exact step from clicks on it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import math
 
 import httpx
 import numpy as np
@@ -30,6 +33,7 @@ from models.registry import ModelRegistry
 from services.api.app import create_app
 from services.experiments.interleaving import probabilistic
 from services.learner.process import build
+from services.learner.shown import ShownStore
 from tests.services.conftest import EventFactory, with_api
 from tests.services.experiments.conftest import ADMIN
 from tests.services.experiments.test_several_rankers import _seed
@@ -204,3 +208,78 @@ def test_recsys_learn_online_publishes_the_bases_layer_serves_metrics_and_stops_
         output, _ = learner.communicate(timeout=60)
     assert learner.returncode == 0, output
     assert "learner stopped: base " + versions[0] in output and "'revisions': 1" in output
+
+
+def _pdgd_step(clicked: int, x: np.ndarray, w: np.ndarray, logged: np.ndarray, log_total: float) -> np.ndarray:
+    """Oosterhuis & de Rijke's gradient for one click on slot `clicked` of a served list, in plain
+    Python: pairs with every unclicked slot above it and the one below, ρ from Plackett–Luce with
+    each slot's denominator the mass of the candidates not shown above it."""
+    def probability(order: list[int]) -> float:
+        p, left = 1.0, math.exp(log_total)
+        for slot in order:
+            p *= math.exp(logged[slot]) / left
+            left -= math.exp(logged[slot])
+        return p
+
+    shown, s, gradient = list(range(len(logged))), x @ w, np.zeros(len(w))
+    for other in [*range(clicked), clicked + 1]:
+        swapped = list(shown)
+        swapped[clicked], swapped[other] = other, clicked
+        rho = probability(swapped) / (probability(swapped) + probability(shown))
+        p = 1 / (1 + math.exp(s[other] - s[clicked]))
+        gradient += rho * p * (1 - p) * (x[clicked] - x[other])
+    return gradient
+
+
+def test_pdgd_serves_a_plackett_luce_list_of_w_and_learns_from_its_clicks_by_the_exact_step(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    settings = _settings(api_settings, root)
+    settings = settings.model_copy(update={
+        "attribution": settings.attribution.model_copy(update={"window_s": 30.0}),
+        "learner": settings.learner.model_copy(update={"algorithm": "pdgd", "lr": 0.5})})
+    client_redis = redis.Redis.from_url(settings.redis.url)
+    shown = ShownStore(client_redis, settings.redis.key_prefix, settings.learner.shown_ttl_s)
+    with TestClient(create_app(settings)) as client:
+        _seed(client, make_event)
+        process = build(settings, client_redis, seed=5)
+        process.step()
+        first = process.store.current(versions[0])
+        assert first.explore is None
+        assert client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()["revision"] == first.id
+        answer, expiring = [client.get("/v1/users/fan/recommendations", params={"k": 10}).json() for _ in range(2)]
+        clicks = [make_event("fan", answer["items"][3]["item_id"], context={"request_id": answer["request_id"]}),
+                  make_event("fan", expiring["items"][0]["item_id"], context={"request_id": expiring["request_id"]})]
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.learner.shown.flush()
+        assert service.impressions.flush(30)
+        assert answer["explore"] == f"learner:{first.id}" and {item["team"] for item in answer["items"]} == {"current"}
+        kept = shown.read([answer["request_id"]])[answer["request_id"]]
+        assert kept.items == tuple(item["item_id"] for item in answer["items"]) and kept.revision == first.id
+        x, logged = kept.features, kept.scores
+        head = base_head(root, versions[0])
+        # The kept features are the ones W scored (the served score is σ(w · h + b)), and each slot's
+        # logged propensity is Plackett–Luce's given the slots above, over every ranked candidate.
+        np.testing.assert_allclose(expit(x @ first.weights + head[-1]), [i["score"] for i in answer["items"]], atol=1e-5)
+        left = math.exp(kept.log_total) - np.concatenate(([0.0], np.cumsum(np.exp(logged))[:-1]))
+        np.testing.assert_allclose([i["propensity"] for i in answer["items"]], np.exp(logged) / left, rtol=1e-9)
+
+        client_redis.pexpire(shown.key(expiring["request_id"]), 1)  # the second list's features expire
+        deadline = time.monotonic() + 30
+        while client_redis.exists(shown.key(expiring["request_id"])):
+            assert time.monotonic() < deadline, "the planted TTL never expired"
+            time.sleep(0.01)
+        tick = {**make_event("someone", "i1"), "ts": (datetime.now(timezone.utc) + timedelta(seconds=60)).isoformat()}
+        assert client.post("/v1/events", json=[*clicks, tick], headers=ADMIN).json()["accepted"] == 3
+        deadline = time.monotonic() + 60
+        while process.summary.comparisons < 2:  # the event log rolls its files every 0.2 s here
+            assert time.monotonic() < deadline, "the learner never saw both lists"
+            time.sleep(0.2)
+            process.step()
+        second = process.store.current(versions[0])
+        step = 0.5 * _pdgd_step(3, x, first.weights, logged, kept.log_total)
+        assert np.linalg.norm(step) > 1e-6  # a positive combination of x_3 − x_l over the click's pairs
+        np.testing.assert_allclose(second.weights, first.weights + step, rtol=1e-9)
+        assert second.parent == first.id and process.summary.missing_features == 1 and process.summary.moves == 1

@@ -9,7 +9,14 @@ import pytest
 
 from services.learner.base import Presentation, bounded
 from services.learner.dbgd import Dbgd
-from services.learner.pdgd import Pdgd, pdgd_gradient, plackett_luce_log_probability, preference_pairs
+from services.learner.pdgd import (
+    Pdgd,
+    logged_gradient,
+    pdgd_gradient,
+    plackett_luce_log_probability,
+    preference_pairs,
+    sample_list,
+)
 
 
 def test_preference_pairs_stop_one_below_the_last_click() -> None:
@@ -41,6 +48,52 @@ def test_pdgd_gradient_matches_a_hand_computation() -> None:
     learner = Pdgd(w, lr=0.5)
     assert learner.learn(Presentation((0, 1), (0, 0), x), np.array([False, True]))
     np.testing.assert_allclose(learner.weights, w + 0.5 * expected, rtol=1e-12)
+
+
+def _pl_probability(order: list[int], scores: np.ndarray) -> float:
+    """Plackett–Luce by its definition: each slot's item over the candidates not placed yet."""
+    left, p = list(range(len(scores))), 1.0
+    for item in order:
+        p *= math.exp(scores[item]) / sum(math.exp(scores[d]) for d in left)
+        left.remove(item)
+    return p
+
+
+def test_pdgd_on_a_planted_list_equals_the_papers_formula_from_served_features_alone() -> None:
+    rng = np.random.default_rng(8)
+    x, w = rng.normal(size=(12, 4)), rng.normal(size=4)
+    s = x @ w
+    shown, clicks = [7, 2, 9, 0, 5], np.array([False, True, False, True, False])
+    expected = np.zeros(4)  # Oosterhuis & de Rijke (2018), eq. 7–10, pair by pair, in plain Python
+    for k, l in [(1, 0), (1, 2), (1, 4), (3, 0), (3, 2), (3, 4)]:  # clicked ≻ unclicked above or one below the last click
+        swapped = list(shown)
+        swapped[k], swapped[l] = shown[l], shown[k]
+        rho = _pl_probability(swapped, s) / (_pl_probability(shown, s) + _pl_probability(swapped, s))
+        dk, dl = shown[k], shown[l]
+        p_kl = math.exp(s[dk]) / (math.exp(s[dk]) + math.exp(s[dl]))
+        expected += rho * p_kl * (1 - p_kl) * (x[dk] - x[dl])
+    np.testing.assert_allclose(pdgd_gradient(np.array(shown), clicks, x, w), expected, rtol=1e-10)
+    # What a served list keeps: the shown rows, their scores and log Σ exp(s) over all 12 candidates.
+    log_total = math.log(sum(math.exp(v) for v in s))
+    np.testing.assert_allclose(logged_gradient(clicks, x[shown], s[shown], s[shown], log_total), expected, rtol=1e-10)
+    learner = Pdgd(w, lr=0.3)
+    assert learner.learn_logged(clicks, x[shown], s[shown], log_total)
+    np.testing.assert_allclose(learner.weights, w + 0.3 * expected, rtol=1e-10)
+    assert not learner.learn_logged(np.zeros(5, dtype=bool), x[shown], s[shown], log_total)
+
+
+def test_a_sampled_list_logs_each_slots_plackett_luce_probability_and_follows_the_model() -> None:
+    s = np.array([1.0, 0.2, -0.5, 0.7])
+    shown, propensities = sample_list(s, 3, np.random.default_rng(2))
+    left = list(range(4))
+    for item, propensity in zip(shown, propensities):
+        assert propensity == pytest.approx(math.exp(s[item]) / sum(math.exp(s[d]) for d in left), rel=1e-12)
+        left.remove(int(item))
+    rng = np.random.default_rng(3)
+    draws = 20_000
+    firsts = np.bincount([int(sample_list(s, 2, rng)[0][0]) for _ in range(draws)], minlength=4) / draws
+    expected = np.exp(s) / np.exp(s).sum()
+    assert np.all(np.abs(firsts - expected) < 4 * np.sqrt(expected * (1 - expected) / draws))
 
 
 def _clicks(features: np.ndarray, shown: tuple[int, ...], truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:

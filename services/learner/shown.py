@@ -1,0 +1,135 @@
+"""What PDGD needs of a served list and the event log does not hold: the shown items' penultimate
+features, their scores and the candidates' Plackett–Luce normaliser, kept in Redis by request id.
+
+Why not in the impressions: 80 floats per slot would multiply the event log (the master dataset,
+kept forever) for a record the learner needs once, within the attribution window. Why one key per
+request and not a stream: the learner joins a finished comparison to its list by request id, one
+GET, and a record it never read (the learner was down, or the list got no click) expires on its own;
+a stream would need a consumer that buffers every entry for the attribution window.
+
+Key `P:learn:shown:{<request id>}` (a hash tag per request: a Redis Cluster spreads them), value
+a JSON header line `{"revision", "items", "scores", "log_total", "dim"}` and the features as
+float32 bytes `[k, dim]`, with a TTL (`learner.shown_ttl_s`, longer than the attribution window,
+which the learner waits out before it reads). Memory: about `k · dim · 4` bytes per learning-share
+request (3.2 kB for k = 10 and DIN's 80 hidden units) times requests per TTL.
+
+API workers write through `ShownWriter`: a bounded queue and one background thread (the impression
+logger's pattern), so a request never waits on Redis for it; a full queue drops the record and
+counts it (the learner then skips that list and counts it as missing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from feature_store.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShownList:
+    """One served PDGD list: shown items (slot order), their features [k, dim] and scores under the
+    serving revision's weights, and `log Σ exp(score)` over every ranked candidate."""
+
+    request_id: str
+    revision: str
+    items: tuple[str, ...]
+    features: np.ndarray
+    scores: np.ndarray
+    log_total: float
+
+    def encode(self) -> bytes:
+        header = {"revision": self.revision, "items": list(self.items), "scores": self.scores.tolist(),
+                  "log_total": self.log_total, "dim": int(self.features.shape[1])}
+        return json.dumps(header).encode() + b"\n" + np.ascontiguousarray(self.features, dtype=np.float32).tobytes()
+
+    @classmethod
+    def decode(cls, request_id: str, raw: bytes) -> "ShownList":
+        head, body = raw.split(b"\n", 1)
+        header = json.loads(head)
+        features = np.frombuffer(body, dtype=np.float32).reshape(len(header["items"]), header["dim"])
+        return cls(request_id, str(header["revision"]), tuple(header["items"]), features.astype(np.float64),
+                   np.asarray(header["scores"], dtype=np.float64), float(header["log_total"]))
+
+
+class ShownStore:
+    """Shown lists by request id, each with a TTL."""
+
+    def __init__(self, client: RedisClient, key_prefix: str, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0")
+        self.client = client
+        self.prefix = f"{key_prefix}:learn:shown:"
+        self.ttl_ms = int(ttl_s * 1000)
+
+    def key(self, request_id: str) -> str:
+        return f"{self.prefix}{{{request_id}}}"
+
+    def write(self, lists: Sequence[ShownList]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for shown in lists:
+            pipe.set(self.key(shown.request_id), shown.encode(), px=self.ttl_ms)
+        pipe.execute()
+
+    def read(self, request_ids: Sequence[str]) -> dict[str, ShownList]:
+        """The stored lists of `request_ids` (an expired or never written one is absent)."""
+        pipe = self.client.pipeline(transaction=False)
+        for request_id in request_ids:
+            pipe.get(self.key(request_id))
+        return {rid: ShownList.decode(rid, raw) for rid, raw in zip(request_ids, pipe.execute()) if raw is not None}
+
+
+class ShownWriter:
+    """A bounded queue of shown lists and the thread that writes them to the `ShownStore`."""
+
+    def __init__(self, store: ShownStore, queue_size: int) -> None:
+        self.store = store
+        self.dropped = 0
+        self._queue: queue.Queue[ShownList | None] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name="shown-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, shown: ShownList) -> None:
+        """Queue a list (never blocks: a full queue drops it and counts it)."""
+        try:
+            self._queue.put_nowait(shown)
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Wait until everything queued before this call is written (or failed)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 100 and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            lists = [shown for shown in batch if shown is not None]
+            try:
+                if lists:
+                    self.store.write(lists)
+            except Exception:  # Redis away: the lists are lost, the learner skips them (counted there)
+                self.dropped += len(lists)
+                log.exception("writing %d shown lists for the learner failed", len(lists))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if None in batch:
+                return
