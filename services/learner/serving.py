@@ -72,7 +72,13 @@ class LiveRevision:
 
 class SharedPenultimate:
     """One request's penultimate features, computed by the first team's ranker and reused by the
-    others (the pipeline ranks the teams one after another on one thread)."""
+    others (and by PDGD's merge).
+
+    Safe without a lock, and it would stay correct if the pipeline ranked the teams on several
+    threads: an instance lives for one request (`LearnerServing.plan` makes it), and every team
+    of a request ranks copies of the same candidates in the same order, so every call has the same
+    key and any value a call returns is that key's; concurrent calls could at worst compute it
+    twice. A call with other candidates recomputes (the key is the candidate ids)."""
 
     def __init__(self, ranker: object) -> None:
         self.ranker = ranker
@@ -176,8 +182,8 @@ class LearnerServing:
 
         def merge(rankings: list[list[str]], k: int) -> Merged:
             cached = shared.cached
-            if cached is None:  # W's ranker failed and the pipeline ranked by recall score: nothing to learn
-                top = rankings[0][:k]
+            if cached is None or cached[1].hidden.shape[1] != len(weights):
+                top = rankings[0][:k]  # W's ranker failed, the pipeline ranked by recall score: nothing to learn
                 return Merged(top, (0,) * len(top), (1.0,) * len(top))
             ids, features = cached
             scores = features.hidden @ weights
