@@ -20,7 +20,8 @@ def online(
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps (default: until SIGTERM).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the explore draws.")] = 0,
 ) -> None:
-    """Learn the current ranker's output layer from interleaved feedback (DBGD) and publish online
+    """Learn the current ranker's output layer from interleaved feedback (DBGD) or from clicks on
+    Plackett–Luce lists (PDGD, `learner.algorithm=pdgd`) and publish online
     revisions every API worker serves to `learner.share` of users, until Ctrl-C or SIGTERM."""
     from prometheus_client import start_http_server
 
