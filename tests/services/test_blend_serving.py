@@ -116,9 +116,12 @@ def test_served_list_is_the_blends_top_k_in_the_blends_order_when_validation_cho
     assert [item["item_id"] for item in body["items"]] == expected, body
     assert np.allclose([item["score"] for item in body["items"]], scores, atol=1e-4)
     assert body["model_versions"]["ranker"] == BLEND_ORDER and body["fallback"] is None
-    assert all("blend" in item["sources"] and item["reason"].startswith("because you watched Film") for item in body["items"])
-    offline = [c.item_id for c in blend.recall(history, 10)]  # the code `recsys evaluate` ranks with
-    assert offline == expected
+    offline = blend.recall(history, 10)  # the code `recsys evaluate` ranks with
+    assert [c.item_id for c in offline] == expected
+    # Each reason names the history item the blend credits most for that candidate.
+    assert all(c.because in history for c in offline)
+    assert [item["reason"] for item in body["items"]] == [f"because you watched Film {c.because[1:]}" for c in offline]
+    assert all("blend" in item["sources"] for item in body["items"])
 
 
 def test_the_ranker_ranks_the_blends_candidates_when_validation_chose_it(
