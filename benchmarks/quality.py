@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--positions-per-user", type=int, default=None)
     parser.add_argument("--gru-epochs", type=int, default=20)
     parser.add_argument("--gru-batch", type=int, default=32)
+    parser.add_argument("--gru-max-len", type=int, default=50,
+                        help="GRU4Rec's window (trains on each user's last max-len + 1 items; pads every row to it)")
     parser.add_argument("--small-grids", action="store_true",
                         help="ItemKNN neighbours 50/200 x last-n 1/3/all, ALS 64 factors x λ 0.01/0.1 x α 1/10 (large sets)")
     parser.add_argument("--bootstrap", type=int, default=1000)
@@ -140,7 +142,7 @@ def main() -> None:
         samples=SampleConfig(positions_per_user=args.positions_per_user, seed=args.seed), bootstrap_rounds=args.bootstrap,
         seed=args.seed,
     )  # fmt: skip
-    grids: dict[str, Any] = {"gru_grid": grid(dim=[64], dropout=[0.2], batch_size=[args.gru_batch])}
+    grids: dict[str, Any] = {"gru_grid": grid(dim=[64], dropout=[0.2], batch_size=[args.gru_batch], max_len=[args.gru_max_len])}
     if args.small_grids:
         grids["knn_grid"] = grid(neighbours=[50, 200], recent=[1, 3, None])
         grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
