@@ -11,9 +11,10 @@ from pipelines.training.steps import training_steps
 
 
 #: Training settings for a quick local run (`recsys run`, benchmarks/training_dag.py): small
-#: embeddings (dim 32, 2 epochs, 5 walks of 20 per node) and a DIN of 2 epochs, patience 1.
+#: embeddings (dim 32, 2 epochs, 5 walks of 20 per node), a DIN of 2 epochs, patience 1, and the
+#: blend's GRU4Rec of 2 epochs.
 FAST_TRAINING = {"embedding_dim": 32, "embedding_epochs": 2, "walks_per_node": 5, "walk_length": 20,
-                 "ranker_epochs": 2, "ranker_patience": 1}  # fmt: skip
+                 "ranker_epochs": 2, "ranker_patience": 1, "blend_gru_epochs": 2}  # fmt: skip
 
 
 def fast(settings: Settings) -> Settings:

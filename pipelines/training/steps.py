@@ -1,7 +1,7 @@
 """The steps of the training DAG, in order:
 
-compact → attribution → batch views → embeddings + recall index → ranker → evaluate → gate →
-promote → notify serving.
+compact → attribution → batch views → ranker → embeddings + recall index + blend (whose order
+choice re-ranks with the ranker just trained) → evaluate → gate → promote → notify serving.
 
 Each is idempotent: the Spark jobs rewrite their outputs; training publishes a new registry
 version that is not current (a resumed run skips a training step while its version still exists);
@@ -74,19 +74,29 @@ def embeddings(context: StepContext) -> StepResult:
     from models.embeddings.training import EmbeddingTrainingConfig, WalkConfig
     from pipelines.training import recall
 
+    from pipelines.training.blend import attach_blend, validation_split
+
     settings, cfg = context.settings, context.settings.training
     positives = read_positives(settings)
     cutoff = holdout_cutoff(settings, positives)
     sequences = newest_slice_split(positives, cutoff).train_sequences()
+    prefixes, histories, targets = validation_split(sequences)
+    if cfg.blend:  # each user's last training item is the blend's validation target: nothing trains on it
+        sequences = prefixes
     config = EmbeddingTrainingConfig(
         SkipGramConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, seed=cfg.seed),
         WalkConfig(cfg.walks_per_node, cfg.walk_length), tuple(cfg.embedding_models),
     )  # fmt: skip
     run = recall.train_recall(sequences, config)
+    if cfg.blend and histories:
+        trained = context.outputs.get("ranker_version")
+        ranker = (trained, _registry(context).get("ranker", trained).path) if trained else None
+        attach_blend(run.artifact, prefixes, histories, targets, settings, ranker)
     window = {"end": cutoff.isoformat(), "held_out_from": cutoff.isoformat(), "positives": len(positives)}
     version = recall.publish(settings, run, config.to_dict() | {"index_kind": "auto"}, window, run.metrics(), set_current=False)
+    blend = {"blend": run.artifact.blend_summary()} if run.artifact.blend is not None else {}
     return StepResult({"recall_version": version, "holdout_from": cutoff.isoformat()},
-                      {"sequences": len(sequences), "items": len(run.graph.ids)} | run.metrics(),
+                      {"sequences": len(sequences), "items": len(run.graph.ids)} | run.metrics() | blend,
                       {"events": str(settings.event_log_dir)})  # fmt: skip
 
 
@@ -201,8 +211,8 @@ def training_steps() -> list[Step]:
         Step("compact", _spark_jobs(("compact",)), _spark_outputs_exist),
         Step("attribution", _spark_jobs(("attribution",)), _spark_outputs_exist),
         Step("batch_views", _spark_jobs(BATCH_VIEWS), _spark_outputs_exist),
-        Step("embeddings", embeddings, _version_exists("recall")),
         Step("ranker", ranker, _version_exists("ranker")),
+        Step("embeddings", embeddings, _version_exists("recall")),
         Step("evaluate", evaluate),
         Step("gate", decide),
         Step("promote", promote),

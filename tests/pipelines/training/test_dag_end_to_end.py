@@ -1,7 +1,8 @@
 """The training DAG end to end, through `recsys train run`, on a small planted-cluster click log
 (users browse one cluster; 3,600 clicks over 17 hours) with a real Redis, real Spark jobs and real
 TensorFlow training: a step that fails (the ranker cannot publish: its registry folder is blocked
-by a file) fails the run with every earlier step recorded; resuming
+by a file) fails the run with every earlier step recorded; the recall step then fits the blend and
+its order choice against the ranker just trained; resuming
 the same run id skips the steps whose outputs are still there and reruns the failed one; the gate
 blesses the recall candidate (no baseline yet: its floors) and rejects the ranker (a floor it cannot
 reach), so only recall is promoted; the running API is told to reload and serves it."""
@@ -64,8 +65,8 @@ def test_dag_fails_resumes_gates_promotes_and_the_api_swaps(settings: Settings, 
     (first,) = RunStore(runs_dir(settings)).runs()
     statuses = {step.name: step.status for step in first.steps}
     assert first.status == "failed" and statuses == {
-        "compact": "succeeded", "attribution": "succeeded", "batch_views": "succeeded", "embeddings": "succeeded",
-        "ranker": "failed", "evaluate": "pending", "gate": "pending", "promote": "pending", "notify": "pending",
+        "compact": "succeeded", "attribution": "succeeded", "batch_views": "succeeded", "ranker": "failed",
+        "embeddings": "pending", "evaluate": "pending", "gate": "pending", "promote": "pending", "notify": "pending",
     }, statuses  # fmt: skip
     assert "FileExistsError" in first.step("ranker").error or "NotADirectoryError" in first.step("ranker").error
     for step, jobs in SPARK_STEPS.items():
@@ -74,9 +75,7 @@ def test_dag_fails_resumes_gates_promotes_and_the_api_swaps(settings: Settings, 
         assert all(Path(path).exists() for paths in outputs.values() for path in paths), outputs
         assert all(first.step(step).metrics[job]["rows_in"] > 0 for job in jobs), first.step(step).metrics
     assert first.step("batch_views").metrics["ranking_samples"]["rows_out"] > 3600  # the clicks and sampled negatives
-    recall_version = first.step("embeddings").outputs["recall_version"]
     registry = ModelRegistry(settings.model_registry_dir)
-    assert registry.get("recall", recall_version) and registry.current("recall") is None  # published, not current
 
     blocked.unlink()
     api = with_api(settings, api_keys=[KEY], model_poll_interval_s=3600.0)  # swaps only when told (notify)
@@ -89,12 +88,21 @@ def test_dag_fails_resumes_gates_promotes_and_the_api_swaps(settings: Settings, 
 
     (run,) = RunStore(runs_dir(settings)).runs()  # the same run, continued
     assert run.run_id == first.run_id and run.status == "succeeded"
-    for name in ("compact", "attribution", "batch_views", "embeddings"):  # skipped: their outputs still exist
+    for name in ("compact", "attribution", "batch_views"):  # skipped: their outputs still exist
         assert f"{name}: succeeded in an earlier attempt; skipped" in resumed.output
         assert run.step(name).started_at == first.step(name).started_at and run.step(name).outputs == first.step(name).outputs
     assert all(step.status == "succeeded" and step.duration_s is not None for step in run.steps)
     ranker_version = run.step("ranker").outputs["ranker_version"]
     assert run.step("ranker").attempts == 1 and registry.get("ranker", ranker_version)
+    recall_version = run.step("embeddings").outputs["recall_version"]
+    # The recall artifact holds the blend, fitted on validation, and its order choice against the
+    # ranker this run trained, with the validation figures behind it.
+    blend = registry.get("recall", recall_version).manifest["blend"]
+    assert set(blend["weights"]) == {"itemknn", "itemknn_last1", "itemknn_lastall", "gru4rec", "item2vec"}, blend
+    order = blend["order"]
+    assert order["ranker_version"] == ranker_version and order["users"] > 100 and order["order"] in ("blend", "ranker")
+    assert order["blend_ndcg10"] > 0 and order["ranker_ndcg10"] is not None, order
+    assert (order["order"] == "ranker") == (order["ranker_ndcg10"] > order["blend_ndcg10"])
 
     evaluation = run.step("evaluate").outputs["evaluation"]
     assert evaluation["held_out"]["from"] == run.step("embeddings").outputs["holdout_from"]
@@ -113,4 +121,4 @@ def test_dag_fails_resumes_gates_promotes_and_the_api_swaps(settings: Settings, 
     (response,) = run.step("notify").metrics["responses"].values()
     assert response["swapped"] and response["model_versions"] == {"recall": recall_version}, response
     assert serving == {"recall": recall_version} and served.get("recall") == recall_version, (serving, served)
-    assert "ranker" not in served
+    assert served.get("ranker") in (None, "blend-order")  # no ranker promoted: the blend's own order, if it knows u1
