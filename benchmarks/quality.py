@@ -176,7 +176,7 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
     measured: dict[int, dict[str, float]] = {}  # the pipeline row is one of the other models
     for name, tuned in result.models.items():
         if id(tuned.model) not in measured:
-            lists = top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
+            lists = tuned.test_lists or top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
             measured[id(tuned.model)] = diversity(lists, result.items)
             clock.charge("top-10 lists")
             if name.startswith(("recall", "blend")):

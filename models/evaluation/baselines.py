@@ -66,6 +66,7 @@ class ItemKNNRecommender:
         cosine = cosine or ItemCosine(sequences)
         self.ids, self.position = cosine.ids, cosine.position
         self.similarity = self._keep_top(cosine.similarity, neighbours)
+        self._ranked: dict[int, list[tuple[str, float]]] = {}
 
     @classmethod
     def from_similarity(cls, ids: Sequence[str], similarity: sparse.csr_matrix, recent: int | None) -> ItemKNNRecommender:
@@ -74,6 +75,7 @@ class ItemKNNRecommender:
         model.recent, model.ids = recent, np.array(list(ids), dtype=str)
         model.position = {item: i for i, item in enumerate(model.ids.tolist())}
         model.similarity = sparse.csr_matrix(similarity)
+        model._ranked = {}
         return model
 
     @staticmethod
@@ -94,9 +96,12 @@ class ItemKNNRecommender:
         row = self.position.get(item)
         if row is None:
             return []
-        start, end = self.similarity.indptr[row], self.similarity.indptr[row + 1]
-        top = start + np.argsort(-self.similarity.data[start:end])[:k]
-        return list(zip(self.ids[self.similarity.indices[top]].tolist(), self.similarity.data[top].tolist()))
+        ranked = self._ranked.get(row)
+        if ranked is None:  # a row is sorted once: recall asks for the same seeds again and again
+            start, end = self.similarity.indptr[row], self.similarity.indptr[row + 1]
+            top = start + np.argsort(-self.similarity.data[start:end])
+            ranked = self._ranked[row] = list(zip(self.ids[self.similarity.indices[top]].tolist(), self.similarity.data[top].tolist()))
+        return ranked[:k]
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
         """Σ sim(i, ·) over the last `recent` history items, aligned with `ids`."""

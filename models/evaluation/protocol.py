@@ -11,7 +11,7 @@ Hyper-parameters are chosen on validation NDCG@10 and reported on test.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -90,18 +90,28 @@ def full_ranks(model: Any, split: LeaveLastOut, items: Sequence[str], seed: int 
     1 + the unmasked items scoring higher + a uniform draw over those scoring equal. Items the
     model does not know score -inf (tied at the bottom); history items are masked; a target
     inside the history can never be hit (rank inf)."""
+    return ranks_and_lists(model, split, items, seed, 0, progress)[0]
+
+
+def ranks_and_lists(model: Any, split: LeaveLastOut, items: Sequence[str], seed: int = 0, k: int = 10,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[list[str]]]:  # fmt: skip
+    """`full_ranks` and (``k`` > 0) `top_lists` from one scoring pass over the users: the same
+    values as the two calls, each with its own generator seeded with ``seed``."""
     index = {item: i for i, item in enumerate(items)}
     columns = np.array([index[item] for item in model.ids.tolist()], dtype=np.int64)
-    rng = np.random.default_rng(seed)
+    rank_rng, list_rng = np.random.default_rng(seed), np.random.default_rng(seed)
     users = sorted(split.test)
     ranks = np.empty(len(users))
+    lists: list[list[str]] = []
     for start in range(0, len(users), 512):
         chunk = users[start : start + 512]
         for number, (user, own) in enumerate(zip(chunk, _chunk_scores(model, split, chunk)), start=start):
-            ranks[number] = _rank(own, columns, split.train[user], split.test[user], index, rng)
+            ranks[number] = _rank(own, columns, split.train[user], split.test[user], index, rank_rng)
+            if k > 0:
+                lists.append(_top(own, columns, split.train[user], items, index, k, list_rng))
         if progress is not None:
             progress(start + len(chunk), len(users))
-    return ranks
+    return ranks, lists
 
 
 def _chunk_scores(model: Any, split: LeaveLastOut, users: Sequence[str]) -> Iterable[np.ndarray]:
@@ -139,6 +149,7 @@ class Tuned:
     validation: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     grid: list[tuple[dict[str, Any], float]]
+    test_lists: list[list[str]] = field(default_factory=list)  # each test user's top 10, same order
 
 
 def tune(name: str, build: Callable[..., Any], grid: Sequence[Mapping[str, Any]], split: ProtocolSplit,
@@ -160,10 +171,10 @@ def tune(name: str, build: Callable[..., Any], grid: Sequence[Mapping[str, Any]]
             progress(f"tune {name}", number + 1, len(grid))
     assert best is not None
     _, params, model, validation = best
-    test = rank_metrics(full_ranks(model, split.test, split.items, seed))
+    ranks, lists = ranks_and_lists(model, split.test, split.items, seed)
     if progress is not None:
         progress(f"test {name}", 1, 1)
-    return Tuned(name, params, model, validation, test, scored)
+    return Tuned(name, params, model, validation, rank_metrics(ranks), scored, lists)
 
 
 class ListScorer:
@@ -208,10 +219,15 @@ def top_lists(model: Any, split: LeaveLastOut, items: Sequence[str], k: int = 10
     for start in range(0, len(users), 512):
         chunk = users[start : start + 512]
         for user, own in zip(chunk, _chunk_scores(model, split, chunk)):
-            full = np.full(len(items), -np.inf)
-            full[columns] = own
-            key = np.where(np.isneginf(full), 1e300, -full)  # unknown items tie below every score
-            key[[index[item] for item in split.train[user] if item in index]] = np.inf  # masked: last
-            order = np.lexsort((rng.random(len(items)), key))
-            lists.append([items[i] for i in order[:k]])
+            lists.append(_top(own, columns, split.train[user], items, index, k, rng))
     return lists
+
+
+def _top(own: np.ndarray, columns: np.ndarray, history: Sequence[str], items: Sequence[str], index: Mapping[str, int],
+         k: int, rng: np.random.Generator) -> list[str]:  # fmt: skip
+    full = np.full(len(items), -np.inf)
+    full[columns] = own
+    key = np.where(np.isneginf(full), 1e300, -full)  # unknown items tie below every score
+    key[[index[item] for item in history if item in index]] = np.inf  # masked: last
+    order = np.lexsort((rng.random(len(items)), key))
+    return [items[i] for i in order[:k]]

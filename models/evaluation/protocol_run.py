@@ -19,7 +19,7 @@ from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.multichannel import EmbeddingNeighbourChannel
 from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores, ScoredChannel, SequentialScores
 from models.retrieval.sequential import GRU4Rec
-from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit, Tuned, full_ranks, tune
+from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit, Tuned, full_ranks, ranks_and_lists, tune
 
 Progress = Callable[[str, int, int], None]
 PROTOCOL_METRICS = ("HR@10", "NDCG@10", "HR@50", "MRR")
@@ -120,16 +120,17 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
         for name in [n for n in contenders if n.startswith(("recall", "blend"))]:
             scorer = contenders[name] if name == "blend" else ListScorer(contenders[name], split.items, config.samples.recall_depth)
             validation = rank_metrics(full_ranks(scorer, split.validation, split.items, seed))
-            test = rank_metrics(full_ranks(scorer, split.test, split.items, seed))
+            ranks, lists = ranks_and_lists(scorer, split.test, split.items, seed)
             if progress is not None:
                 progress(f"rank {name}", 1, 1)
             params = {"normalisation": scorer.normalisation, "weights": _weights(scorer)} if name == "blend" else {}
-            out[name] = Tuned(name, params, scorer, validation, test, [({}, float(validation[TUNING_METRIC].mean()))])
+            out[name] = Tuned(name, params, scorer, validation, rank_metrics(ranks), [({}, float(validation[TUNING_METRIC].mean()))],
+                              lists)  # fmt: skip
     # A ranker must not make the recall order worse: the order served is the one that scores
     # better on validation (recall alone when every ranker loses to it).
     chosen = max(out, key=lambda name: out[name].grid[0][1])
     out[PIPELINE] = Tuned(PIPELINE, {"order": chosen}, out[chosen].model, out[chosen].validation, out[chosen].test,
-                          [({"order": name}, t.grid[0][1]) for name, t in out.items()])  # fmt: skip
+                          [({"order": name}, t.grid[0][1]) for name, t in out.items()], out[chosen].test_lists)  # fmt: skip
     return out
 
 

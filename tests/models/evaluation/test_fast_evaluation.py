@@ -19,7 +19,7 @@ from models.evaluation.end_to_end import (
     POPULARITY_WINDOWS, CandidateFeatures, RerankRecommender, SampleConfig, write_training_samples,
 )  # fmt: skip
 from models.evaluation.offline_pipeline import EvaluationConfig
-from models.evaluation.protocol import ListScorer, protocol_split
+from models.evaluation.protocol import ListScorer, full_ranks, protocol_split, ranks_and_lists, top_lists, tune
 from models.evaluation.protocol_run import ProtocolConfig, grid, run_protocol
 from models.ranking.dataset import decode_batch
 from models.retrieval.multichannel import ItemCFChannel, MultiChannelRecall, PopularChannel
@@ -119,3 +119,20 @@ def test_item_knn_grid_shares_one_cosine_fit() -> None:
         assert (shared.similarity != fresh.similarity).nnz == 0 and shared.recent == recent
         assert all(np.diff(shared.similarity.indptr) <= neighbours)
     assert sparse.issparse(cosine.similarity)
+    # Neighbour lists come from one sort per row, in any order of requests and lengths.
+    model = ItemKNNRecommender(sequences, 8)
+    for item, k in [("i3", 2), ("i3", 8), ("i5", 5), ("i3", 1), ("i5", 20)]:
+        start, end = model.similarity.indptr[cosine.position[item]], model.similarity.indptr[cosine.position[item] + 1]
+        row = model.similarity.data[start:end]
+        want = sorted(row, reverse=True)[:k]
+        assert [score for _, score in model.neighbours(item, k)] == want
+
+
+def test_one_pass_gives_the_ranks_and_top_lists_of_two() -> None:
+    split = protocol_split(_chains(users=60, items=20))
+    model = ItemKNNRecommender(split.training_sequences(), 5, 1)  # many tied scores: the draws matter
+    ranks, lists = ranks_and_lists(model, split.test, split.items, seed=4)
+    assert np.array_equal(ranks, full_ranks(model, split.test, split.items, seed=4))
+    assert lists == top_lists(model, split.test, split.items, 10, seed=4)
+    tuned = tune("ItemKNN", lambda **p: ItemKNNRecommender(split.training_sequences(), **p), [{"neighbours": 5, "recent": 1}], split, 4)
+    assert tuned.test_lists == lists
