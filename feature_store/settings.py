@@ -170,7 +170,7 @@ class FeatureStoreSettings(_Section):
     staging_max_age_s: float = Field(default=86_400.0, gt=0, description="Delete unfinished publishes after this.")
     dedup_ttl_s: float = Field(default=172_800.0, gt=0, description="Replays within this window are no-ops; older live events are dropped.")
     server_impression_dedup_ttl_s: float = Field(
-        default=21_600.0, gt=0,
+        default=86_400.0, gt=0,
         description="dedup_ttl_s for the impressions the API logs itself (ids imp-...), when shorter: their replay markers, "
         "most of those kept, live this long; the speed layer counts such an impression only within it (docs/speed_layer.md).",
     )
