@@ -13,7 +13,9 @@ the attribution store sets in the same atomic script as the counts, so "marker p
 "attributed count readable". Prints p50/p95/p99, sustained clicks/s, CPU seconds of the job
 (driver, JVM, Python worker) per wall second, files written per hour, the rate the appender
 really offered (it may fall short of the asked one on a busy machine), and the rate at which the
-job works off a backlog (`--backlog` pairs appended at once: its capacity), and the CPU other
+job works off a backlog (`--backlog` pairs appended at once: its capacity) with its CPU ms per
+event meanwhile; `--before DIR` first runs the tuned config with the job of another checkout (a
+before/after in one run on a shared machine), and the CPU other
 processes used meanwhile (the machine is shared: a figure taken beside them is not a quiet one's).
 """
 
