@@ -26,9 +26,9 @@ The baseline is the registry's newest blessed version of the
 role; before anything was blessed, the current one (if any). A baseline that cannot be scored
 on the held-out data (a missing feature column) is recorded and only the floors apply.
 
-Recall is scored with `models.evaluation.evaluate` (NDCG@10, HR@50, full ranking) on the
-embedding channels of the artifact, as served, without the popular fallback (which would hide a
-broken model); the ranker with `models.ranking.metrics.evaluate` (AUC, GAUC) on the ranking
+Recall is scored with `models.evaluation.evaluate` (NDCG@10, HR@50, full ranking) on what the
+API serves from the artifact: its learned blend when it has one, else its embedding channels,
+without the popular fallback (which would hide a broken model); the ranker with `models.ranking.metrics.evaluate` (AUC, GAUC) on the ranking
 samples' test split, through each version's published SavedModel (the artifact that would serve).
 """
 
@@ -108,7 +108,12 @@ def baseline(registry: ModelRegistry, role: str) -> ModelVersion | None:
 
 
 def load_recall(version: ModelVersion) -> RecallArtifact:
-    return RecallArtifact.load(version.path, [str(name) for name in version.manifest.get("models", [])])
+    """The artifact with its blend, when it has one (what the API serves)."""
+    artifact = RecallArtifact.load(version.path, [str(name) for name in version.manifest.get("models", [])])
+    found = RecallArtifact.load_blend(version.path)
+    if found is not None:
+        artifact.blend, artifact.order = found
+    return artifact
 
 
 def recall_problems(artifact: RecallArtifact) -> list[str]:
@@ -154,7 +159,10 @@ def window_problems(users: int, chance: dict[str, float], gate: GateSettings) ->
 
 
 def recall_quality(artifact: RecallArtifact, split: LeaveLastOut) -> dict[str, float]:
-    """NDCG@10 and HR@50 of the artifact's embedding channels on `split`."""
+    """NDCG@10 and HR@50 on `split` of the artifact's blend when it has one, else of its
+    embedding channels: the recall the API serves."""
+    if artifact.blend is not None:
+        return evaluate(artifact.blend, split, RECALL_METRICS)
     channels = [EmbeddingNeighbourChannel(name, artifact.embeddings[name], artifact.indexes[name])
                 for name in artifact.embeddings if len(artifact.indexes[name])]  # fmt: skip
     if not channels:
