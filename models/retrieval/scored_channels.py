@@ -60,12 +60,9 @@ def _most_similar(unit: np.ndarray, position: dict[str, int], window: Sequence[s
     seeds = [item for item in window if item in position]
     if not seeds:
         return [None] * len(items)
-    known = [position.get(item) for item in items]
-    rows = unit[[position[s] for s in seeds]]
-    out: list[str | None] = []
-    for row in known:
-        out.append(None if row is None else seeds[int(np.argmax(rows @ unit[row]))])
-    return out
+    known = np.array([position.get(item, -1) for item in items], dtype=int)
+    best = np.argmax(unit[[position[s] for s in seeds]] @ unit[np.maximum(known, 0)].T, axis=0)
+    return [seeds[int(b)] if row >= 0 else None for b, row in zip(best, known)]
 
 
 class ItemKNNScores:
