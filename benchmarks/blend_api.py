@@ -58,6 +58,7 @@ def publish_blends(root: Path, today: str, din: str) -> dict[str, str]:
     artifact = RecallArtifact.load(source.path, source.manifest["models"])
     prefixes, histories, targets = validation_split(interest_sequences())
     artifact.blend = fit_serving_blend(prefixes, histories, targets, artifact.embeddings, TrainingSettings(blend_gru_epochs=2))
+    console.print(f"blend: {artifact.blend.summary()}")
     versions = {}
     measured = choose_order(artifact.blend, histories[:500], targets[:500], None)
     for kind, order in (("blend order", measured), ("blend -> DIN", OrderChoice(RANKER, measured.blend_ndcg10, 1.0, 0, 200, din))):

@@ -81,9 +81,14 @@ class BlendedRecall:
         that user's lowest raw score of the channel)."""
         return [normalise(raw, self.normalisation) for raw in self._raw(histories)]
 
-    def _raw(self, histories: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    def _raw(self, histories: Sequence[Sequence[str]], weighted_only: bool = False) -> list[np.ndarray]:
+        """Each channel's raw scores over `items`; with `weighted_only`, a channel of weight 0 is
+        not run (zeros: it adds nothing to the blend and names no reason)."""
         out = []
-        for channel, columns in zip(self.channels, self._columns):
+        for channel, columns, weight in zip(self.channels, self._columns, self.weights):
+            if weighted_only and weight == 0.0:
+                out.append(np.zeros((len(histories), len(self.ids)), np.float32))
+                continue
             raw = np.asarray(channel.batch_scores(histories), dtype=np.float32)
             full = np.repeat(raw.min(axis=1, keepdims=True) if raw.size else np.zeros((len(histories), 1), np.float32),
                              len(self.ids), axis=1)  # fmt: skip
@@ -93,7 +98,7 @@ class BlendedRecall:
         return out
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        matrices = self.channel_matrices(histories)
+        matrices = [normalise(raw, self.normalisation) for raw in self._raw(histories, weighted_only=True)]
         return sum((w * m for w, m in zip(self.weights, matrices)), np.zeros((len(histories), len(self.ids)), np.float32))
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
@@ -107,7 +112,7 @@ class BlendedRecall:
     def recall_many(self, histories: Sequence[Sequence[str]], k: int, exclude: Collection[str] = ()) -> list[list[RecallCandidate]]:
         """`recall` for several histories, each channel scoring them in one batch; each candidate is
         tagged with the channel contributing most to its score."""
-        raw = self._raw(histories)
+        raw = self._raw(histories, weighted_only=True)
         matrices = [normalise(r, self.normalisation) for r in raw]
         return [self._top([m[row] for m in matrices], [r[row] for r in raw], history, k, exclude)
                 for row, history in enumerate(histories)]  # fmt: skip
