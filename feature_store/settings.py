@@ -284,6 +284,8 @@ class LearnerSettings(_Section):
     comparisons: int = Field(default=1, ge=1, description="DBGD: interleaved requests with a click per round (N).")
     margin: float = Field(default=0.0, ge=-1, lt=1, description="DBGD: explore wins minus current wins per comparison needed to move.")
     lr: float = Field(default=0.1, gt=0, description="PDGD learning rate.")
+    shown_ttl_s: float = Field(default=2400.0, gt=0, description="PDGD: how long a served list's features stay in Redis for the learner (longer than attribution.window_s).")
+    shown_queue: int = Field(default=1000, ge=1, description="PDGD: served lists an API worker queues for its Redis writer before dropping.")
     max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")
     tau: float = Field(default=3.0, gt=0, description="Probabilistic interleaving's rank softmax exponent.")
     depth: int = Field(default=20, ge=1, description="Each team's top `depth` items are interleaved (the learner library's 20).")
