@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -267,16 +267,17 @@ class RecommendationPipeline:
 
     def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
         """The recall artifact's blend over the user's history when it has one and knows some of
-        it; else the model channels and the serving channels, interleaved by rank within their
-        quotas (`MultiChannelRecall`); a category-filtered request recalls from that category
-        instead of the user's."""
+        it, followed by the serving channels' candidates (`_after_blend`); else the model channels
+        and the serving channels, interleaved by rank within their quotas (`MultiChannelRecall`);
+        a category-filtered request recalls from that category instead of the user's."""
         base = self.base_channels
         oldest_first = user.history[::-1]
         blocked = user.seen | request.exclude  # skipped in the merge, so `candidates` unseen items reach the ranker
         if bundle.blend is not None and not request.category:
-            blended = bundle.blend.candidates(oldest_first, self.candidates, blocked)
+            reserved = self.candidates // 4
+            blended = bundle.blend.candidates(oldest_first, self.candidates - reserved, blocked)
             if blended is not None:
-                return blended
+                return blended + self._after_blend(oldest_first, blended, reserved, blocked)
         if request.category:
             base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
         recall = MultiChannelRecall(bundle.channels + base, self.quotas)
@@ -284,6 +285,17 @@ class RecommendationPipeline:
             Candidate(c.item_id, c.score, c.channels, c.because)
             for c in recall.recall(oldest_first, self.candidates, exclude=blocked)
         ]
+
+    def _after_blend(self, history: Sequence[str], blended: list[Candidate], k: int, blocked: Collection[str]) -> list[Candidate]:
+        """Up to `k` candidates of the serving channels (category, popular, trending) that the
+        blend did not recall: the blend knows only its training items, and without these a known
+        user would never be offered a new or trending item, nor could the explore stage try one.
+        They score below every blended item, in the channels' merged order, so the blend's own
+        order serves them last."""
+        taken = set(blocked) | {c.item_id for c in blended}
+        lowest = min((c.recall_score for c in blended), default=0.0)
+        found = MultiChannelRecall(self.base_channels, self.quotas).recall(history, k, exclude=taken) if k else []
+        return [Candidate(c.item_id, lowest - 1.0 - rank, c.channels, c.because) for rank, c in enumerate(found)]
 
     def _filter(self, candidates: list[Candidate], request: RecommendationRequest) -> list[Candidate]:
         """Seen and excluded items never got past recall; here: availability and the category."""

@@ -94,15 +94,19 @@ def _by_hand(blend: BlendedRecall, history: list[str], k: int) -> tuple[list[str
     return [ids[i] for i in top], total[top]
 
 
-def _serve(settings: Settings, root: Path, recall: str, make_event: EventFactory, history: list[str]) -> dict[str, Any]:
+def _serve(settings: Settings, root: Path, recall: str, make_event: EventFactory, history: list[str],
+           k: int = 10, new_items: dict[str, str] | None = None) -> dict[str, Any]:
+    """`new_items`: item -> category, put into the catalog after the models were trained."""
     ModelRegistry(root).set_current("recall", recall)
     with TestClient(create_app(with_api(settings.model_copy(update={"registry_dir": root}), api_keys=["k"]))) as client:
         for item in range(ITEMS):
             client.put(f"/v1/items/i{item}", json={"title": f"Film {item}", "categories": [category_of(item)]}, headers=KEY)
+        for item, category in (new_items or {}).items():
+            client.put(f"/v1/items/{item}", json={"title": f"New {item}", "categories": [category]}, headers=KEY)
         start = datetime.now(timezone.utc) - timedelta(minutes=1)
         events = [make_event("fan", item, ts=(start + timedelta(seconds=n)).isoformat()) for n, item in enumerate(history)]
         assert client.post("/v1/events", json=events, headers=KEY).status_code == 202
-        body = client.get("/v1/users/fan/recommendations", params={"k": 10}).json()
+        body = client.get("/v1/users/fan/recommendations", params={"k": k}).json()
     return body
 
 
@@ -132,7 +136,29 @@ def test_the_ranker_ranks_the_blends_candidates_when_validation_chose_it(
     body = _serve(api_settings, registry_with_blend["root"], registry_with_blend["recall"][RANKER], make_event, history)
     assert body["model_versions"]["ranker"] == registry_with_blend["din"], body
     served = [item["item_id"] for item in body["items"]]
-    candidates = [c.item_id for c in blend.recall(history, api_settings.api.recall_candidates)]
-    assert set(served) <= set(candidates) and served != candidates[:10]  # DIN's order, not the blend's
+    recall_candidates = api_settings.api.recall_candidates
+    candidates = [c.item_id for c in blend.recall(history, recall_candidates - recall_candidates // 4)]
+    # DIN's order, not the blend's, over the blend's candidates and the serving channels' (no "blend" source)
+    assert all(item["item_id"] in candidates or "blend" not in item["sources"] for item in body["items"]), body
+    assert served != candidates[:10]
     scores = [item["score"] for item in body["items"]]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)  # DIN probabilities
+
+
+def test_a_new_item_reaches_a_known_user_after_the_blends_candidates(
+    api_settings: Settings, registry_with_blend: dict[str, Any], make_event: EventFactory
+) -> None:
+    """The blend knows only its training items; the serving channels fill the last quarter of the
+    candidates, so an item put into the catalog after training (here: the newest of the user's
+    main category) is still offered, after every blended item in the blend's order."""
+    blend = registry_with_blend["blend"]
+    history = ["i3", "i11", "i19", "i27", "i5", "i35", "i43"]
+    settings = api_settings.model_copy(update={"api": api_settings.api.model_copy(update={"recall_candidates": 20})})
+    body = _serve(settings, registry_with_blend["root"], registry_with_blend["recall"][BLEND], make_event, history,
+                  k=20, new_items={"fresh": "c3"})
+    served = [item["item_id"] for item in body["items"]]
+    expected, _ = _by_hand(blend, history, 15)
+    assert served[:15] == expected and body["model_versions"]["ranker"] == BLEND_ORDER, body
+    assert "fresh" not in blend.ids and "fresh" in served[15:], body
+    assert "category" in body["items"][served.index("fresh")]["sources"]
+    assert all("blend" not in item["sources"] for item in body["items"][15:])
