@@ -6,6 +6,7 @@ features kept in Redis by request id) moves w by the paper's exact step from cli
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -13,8 +14,6 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-
-import math
 
 import httpx
 import numpy as np
@@ -25,14 +24,14 @@ from scipy.special import expit
 
 from feature_store.redis_server import EmbeddedRedis, free_port
 from feature_store.settings import LearnerSettings, Settings
-from models.online_revisions import RevisionStore
+from models.online_revisions import Revision, RevisionStore
 from models.ranking import samples
 from models.ranking.export import load_exported
 from models.ranking.inference import as_request
 from models.registry import ModelRegistry
 from services.api.app import create_app
 from services.experiments.interleaving import probabilistic
-from services.learner.process import build
+from services.learner.process import LearnerProcess, build
 from services.learner.shown import ShownStore
 from tests.services.conftest import EventFactory, with_api
 from tests.services.experiments.conftest import ADMIN
@@ -142,6 +141,18 @@ def _workers_serving(base: str, condition, timeout_s: float) -> set[int]:  # typ
     return meeting
 
 
+def _learner_started(client: TestClient, make_event: EventFactory, settings: Settings,
+                     client_redis: redis.Redis, version: str) -> tuple[LearnerProcess, Revision]:
+    """Seed the API's catalog and histories, build the learner and take its first step: the first
+    revision is the real DIN's own output layer, read from its SavedModel."""
+    _seed(client, make_event)
+    process = build(settings, client_redis, seed=5)
+    process.step()
+    first = process.store.current(version)
+    assert first is not None
+    return process, first
+
+
 def test_the_learner_learns_from_the_apis_interleaved_lists_and_clicks(
     api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
 ) -> None:
@@ -150,10 +161,7 @@ def test_the_learner_learns_from_the_apis_interleaved_lists_and_clicks(
     settings = _settings(api_settings, root)
     settings = settings.model_copy(update={"attribution": settings.attribution.model_copy(update={"window_s": 1.0})})
     with TestClient(create_app(settings)) as client:
-        _seed(client, make_event)
-        process = build(settings, redis.Redis.from_url(settings.redis.url), seed=5)
-        process.step()  # the first revision: the real DIN's own output layer, read from its SavedModel
-        first = process.store.current(versions[0])
+        process, first = _learner_started(client, make_event, settings, redis.Redis.from_url(settings.redis.url), versions[0])
         np.testing.assert_allclose(first.weights, base_head(root, versions[0])[:-1])
         assert client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()["revision"] == first.id
 
@@ -243,10 +251,7 @@ def test_pdgd_serves_a_plackett_luce_list_of_w_and_learns_from_its_clicks_by_the
     client_redis = redis.Redis.from_url(settings.redis.url)
     shown = ShownStore(client_redis, settings.redis.key_prefix, settings.learner.shown_ttl_s)
     with TestClient(create_app(settings)) as client:
-        _seed(client, make_event)
-        process = build(settings, client_redis, seed=5)
-        process.step()
-        first = process.store.current(versions[0])
+        process, first = _learner_started(client, make_event, settings, client_redis, versions[0])
         assert first.explore is None
         assert client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()["revision"] == first.id
         answer, expiring = [client.get("/v1/users/fan/recommendations", params={"k": 10}).json() for _ in range(2)]
