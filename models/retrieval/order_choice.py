@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from models.evaluation.metrics import rank_metrics
 from models.retrieval.blend import BlendedRecall
 
 BLEND, RANKER = "blend", "ranker"
@@ -49,30 +50,33 @@ class OrderChoice:
         return cls(**values)
 
 
-def ndcg_at(ranked: Sequence[str], target: str, k: int = 10) -> float:
-    """1 / log2(rank + 1) of the single relevant `target` when it is in the top `k`, else 0."""
-    head = list(ranked[:k])
-    return 1.0 / float(np.log2(head.index(target) + 2)) if target in head else 0.0
+def _rank(ranked: Sequence[str], target: str) -> float:
+    """The target's 1-based rank in `ranked` (inf when absent)."""
+    return float(list(ranked).index(target) + 1) if target in ranked else float("inf")
+
+
+def _ndcg10(ranks: list[float]) -> float:
+    return float(rank_metrics(np.asarray(ranks), ks=(10,))["NDCG@10"].mean()) if ranks else 0.0
 
 
 def choose_order(blend: BlendedRecall, histories: Sequence[Sequence[str]], targets: Sequence[str],
                  rerank: Rerank | None, ranker_version: str | None = None, depth: int = 100,
                  batch: int = 256) -> OrderChoice:  # fmt: skip
     """Score the blend and `rerank` over its top `depth` on the validation pairs; no ranker: blend."""
-    blend_gains: list[float] = []
-    ranker_gains: list[float] = []
+    blend_ranks: list[float] = []
+    ranker_ranks: list[float] = []
     for start in range(0, len(histories), batch):
         lists = blend.recall_many(histories[start : start + batch], depth)
         for offset, candidates in enumerate(lists):
             row = start + offset
             ids = [c.item_id for c in candidates]
-            blend_gains.append(ndcg_at(ids, targets[row]))
+            blend_ranks.append(_rank(ids, targets[row]))
             if rerank is not None and ids:
                 order = np.argsort(-np.asarray(rerank(row, histories[row], ids), dtype=np.float64), kind="stable")
-                ranker_gains.append(ndcg_at([ids[i] for i in order], targets[row]))
+                ranker_ranks.append(_rank([ids[i] for i in order], targets[row]))
             elif rerank is not None:
-                ranker_gains.append(0.0)
-    blend_score = float(np.mean(blend_gains)) if blend_gains else 0.0
-    ranker_score = float(np.mean(ranker_gains)) if rerank is not None and ranker_gains else None
+                ranker_ranks.append(float("inf"))
+    blend_score = _ndcg10(blend_ranks)
+    ranker_score = _ndcg10(ranker_ranks) if rerank is not None and ranker_ranks else None
     order = RANKER if ranker_score is not None and ranker_score > blend_score else BLEND
-    return OrderChoice(order, blend_score, ranker_score, len(blend_gains), depth, ranker_version)
+    return OrderChoice(order, blend_score, ranker_score, len(blend_ranks), depth, ranker_version)
