@@ -135,7 +135,8 @@ def _start(
     learner = LearnerServing(
         RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history), settings.learner,
         lambda: models.bundle.versions.get("ranker"), request_generators(settings.explore.seed),
-        ShownWriter(ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s), settings.learner.shown_queue),
+        ShownWriter(ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s), settings.learner.shown_queue,
+                    metrics.learner_shown_dropped.inc),
     )
     learner.start()
     stack.callback(learner.stop)

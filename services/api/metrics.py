@@ -57,6 +57,10 @@ class ApiMetrics:
             "Served-list impressions by outcome: logged, duplicate, dropped, not_applied (logged, live counts pending)",
             ["outcome"], registry=r,
         )
+        self.learner_shown_dropped = Counter(
+            "recsys_learner_shown_dropped_total",
+            "PDGD served lists whose features never reached Redis (queue full or Redis away)", registry=r,
+        )
 
     def set_model_versions(self, versions: dict[str, str]) -> None:
         for role, version in self._versions.items():

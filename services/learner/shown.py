@@ -24,7 +24,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,9 +90,11 @@ class ShownStore:
 class ShownWriter:
     """A bounded queue of shown lists and the thread that writes them to the `ShownStore`."""
 
-    def __init__(self, store: ShownStore, queue_size: int) -> None:
+    def __init__(self, store: ShownStore, queue_size: int, on_drop: Callable[[int], None] = lambda count: None) -> None:
+        """`on_drop(count)`: told of every dropped list (the API counts them on /metrics)."""
         self.store = store
         self.dropped = 0
+        self.on_drop = on_drop
         self._queue: queue.Queue[ShownList | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="shown-writer", daemon=True)
 
@@ -104,7 +106,7 @@ class ShownWriter:
         try:
             self._queue.put_nowait(shown)
         except queue.Full:
-            self.dropped += 1
+            self._drop(1)
 
     def flush(self) -> None:
         """Wait until everything queued before this call is written (or failed)."""
@@ -126,10 +128,14 @@ class ShownWriter:
                 if lists:
                     self.store.write(lists)
             except Exception:  # Redis away: the lists are lost, the learner skips them (counted there)
-                self.dropped += len(lists)
+                self._drop(len(lists))
                 log.exception("writing %d shown lists for the learner failed", len(lists))
             finally:
                 for _ in batch:
                     self._queue.task_done()
             if None in batch:
                 return
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        self.on_drop(count)
