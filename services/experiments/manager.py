@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from models.registry import ModelRegistry, RegistryError
 from services.experiments.errors import ExperimentConflictError, InvalidExperimentError
-from services.experiments.model import SHARE_TOLERANCE, Experiment, ExperimentSpec, Status
+from services.experiments.model import LEARNER, SHARE_TOLERANCE, Experiment, ExperimentSpec, Status
 from services.experiments.store import ExperimentStore
 
 RANKER = "ranker"
@@ -31,7 +31,8 @@ class ExperimentManager:
             stored = self.store.from_files()
             if spec.id in stored:
                 raise ExperimentConflictError(f"experiment {spec.id!r} exists (ids are never reused)")
-            running = [e for e in stored.values() if e.status == Status.RUNNING and e.layer == spec.layer]
+            running = [e for e in stored.values()  # the learner's experiment holds no slice (`model.LEARNER`)
+                       if e.status == Status.RUNNING and e.layer == spec.layer and LEARNER not in (e.id, spec.id)]
             offset = spec.offset if spec.offset is not None else _first_gap(running, spec.traffic, spec.layer)
             experiment = Experiment.model_validate({
                 **spec.model_dump(), "arms": [a.model_dump() for a in arms], "offset": offset,

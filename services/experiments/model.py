@@ -20,6 +20,12 @@ from feature_store.settings import ExploreSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SHARE_TOLERANCE = 1e-9
+#: The experiment that reports the online learner (`services.learner.serving`): the learner assigns
+#: and serves its arms (`online`: the learning share; `control`: a same-sized slice served plainly),
+#: so `ExperimentServing` leaves it alone and it takes no slice of its layer; it is defined here for
+#: its A/B report and guardrail.
+LEARNER = "learner"
+LEARNER_ARMS = ("control", "online")
 
 
 class Kind(StrEnum):
@@ -109,7 +115,16 @@ class ExperimentSpec(BaseModel):
             raise ValueError("end must be after start")
         if self.kind == Kind.INTERLEAVING:
             self._check_interleaving()
+        if self.id == LEARNER:
+            self._check_learner()
         return self
+
+    def _check_learner(self) -> None:
+        plain = all(arm.ranker is None and arm.explore is None and arm.share is None for arm in self.arms)
+        if self.kind != Kind.AB or tuple(arm.name for arm in self.arms) != LEARNER_ARMS or not plain:
+            raise ValueError(f"experiment {LEARNER!r} reports the online learner's traffic: kind 'ab' with arms "
+                             f"{' and '.join(map(repr, LEARNER_ARMS))}, in that order, without ranker, explore or "
+                             "share (the learner serves them: docs/online_learning.md)")
 
     def _check_interleaving(self) -> None:
         if any(arm.explore is not None for arm in self.arms):

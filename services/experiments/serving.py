@@ -24,7 +24,7 @@ import numpy as np
 from feature_store.settings import ExploreSettings
 from services.experiments.assignment import Assignment, assign
 from services.experiments.interleaving import balanced, probabilistic, team_draft
-from services.experiments.model import Experiment, Method
+from services.experiments.model import LEARNER, Experiment, Method
 from services.experiments.store import ExperimentStore
 from services.explore.stage import ExploreStage
 from services.recommend.pipeline import ModelBundle, ServingPlan
@@ -70,7 +70,10 @@ class ExperimentServing:
                 for arm in e.arms if arm.version is not None}
 
     def plan(self, user_id: str, bundle: ModelBundle, now: datetime) -> Served | None:
-        for assignment in assign(self.store.all().values(), user_id, now):
+        """The plan of the user's first servable assignment; the `learner` experiment is the online
+        learner's to serve (`model.LEARNER`)."""
+        experiments = [e for e in self.store.all().values() if e.id != LEARNER]
+        for assignment in assign(experiments, user_id, now):
             served = self._served(assignment, bundle)
             if served is not None:
                 return served

@@ -10,6 +10,10 @@ The cursor is the set of files already read: a visible file is complete and neve
 file is read once. Files of partitions older than the attribution window before the newest event
 seen are not listed again (a late file there could only hold outcomes past the window).
 
+A request's revision is the policy's explore label (`…;explore=learner:<revision id>`); impressions
+logged before the learner's traffic became arms of the `learner` experiment also carry it as their
+arm, which is read when the policy is missing.
+
 A request's comparison is final once the newest event time seen passes its impressions' time plus
 the attribution window (an event-time watermark, as the Flink join uses): outcomes attributed
 later would not count there either. Outcomes are attributed by the project's one rule
@@ -27,14 +31,15 @@ from pathlib import Path
 from feature_store.attribution import Impression, Outcome, attribute, event_ms, is_outcome
 from feature_store.event_log import EventLogReader
 from feature_store.schemas import Event, EventType
+from services.experiments.model import LEARNER
 
-EXPERIMENT = "learner"  # the `experiment` of every impression the learner's interleaving served
+EXPERIMENT = LEARNER  # the `experiment` of every impression the learner served
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One interleaved request: its arm (`learner:<revision id>`), each slot's team, and which
-    slots got an attributed outcome."""
+    """One learner request: its revision's label (`learner:<revision id>`), each slot's team, and
+    which slots got an attributed outcome."""
 
     request_id: str
     arm: str
@@ -86,8 +91,9 @@ class ComparisonReader:
         self._watermark_ms = max(self._watermark_ms, event_ms(event))
         context = event.context
         if impression is not None and context is not None and context.experiment == EXPERIMENT:
-            if context.request_id and context.position is not None and context.team and context.arm:
-                pending = self._pending.setdefault(context.request_id, _Pending(context.arm, impression.ts_ms))
+            revision = revision_label(context.policy) or context.arm
+            if context.request_id and context.position is not None and context.team and revision:
+                pending = self._pending.setdefault(context.request_id, _Pending(revision, impression.ts_ms))
                 pending.slots[context.position] = (context.team, impression)
         elif is_outcome(event):
             self._credit(Outcome.of(event))
@@ -109,6 +115,13 @@ class ComparisonReader:
         positions = sorted(pending.slots)
         return Comparison(request_id, pending.arm, tuple(pending.slots[p][0] for p in positions),
                           tuple(p in pending.clicked for p in positions))
+
+
+def revision_label(policy: str | None) -> str | None:
+    """`learner:<revision id>` from a policy `ranker=…;explore=learner:<revision id>`, else None."""
+    parts = dict(part.split("=", 1) for part in (policy or "").split(";") if "=" in part)
+    explore = parts.get("explore", "")
+    return explore if explore.startswith(f"{EXPERIMENT}:") else None
 
 
 def _events(path: Path) -> Iterator[Event]:

@@ -15,10 +15,15 @@ W's scores `w · h` over every ranked candidate (team `current`, each slot's exa
 the slots above), and the shown items' features go to Redis by request id off the request path
 (`services.learner.shown`): what PDGD's update needs and the event log does not hold.
 
-Served lists carry experiment `learner`, arm `learner:<revision id>` and explore label
-`learner:<revision id>`, so the learner process finds them (and their teams) in the event log.
-Nothing is served when the kill switch is off (the setting or `/v1/admin/learner`), when no revision
-exists for the served base, or when the served ranker exports no penultimate features.
+The learning share and its control are the two arms of the experiment `learner`
+(`services.experiments.model.LEARNER`), so its A/B report and guardrail count the learner's own
+traffic: the share's lists carry arm `online` (impression arm `learner:online`), and a same-sized
+sticky slice of users (`share ≤ unit_hash("learner", user) < share + min(share, 1 − share)`) is
+served plainly under arm `control`; both only while the learner serves (same conditions below), so
+the arms stay comparable. The revision id is in the policy's explore label (`…;explore=learner:<revision
+id>`), where the learner process finds it (and the teams) in the event log. Nothing is served or
+labelled when the kill switch is off (the setting or `/v1/admin/learner`), when no revision exists
+for the served base, or when the served ranker exports no penultimate features.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from feature_store.settings import LearnerSettings
 from models.online_revisions import Control, Revision, RevisionStore
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic
+from services.experiments.model import LEARNER, LEARNER_ARMS
 from services.experiments.serving import Served
 from services.learner.pdgd import sample_list
 from services.learner.shown import ShownList, ShownWriter
@@ -47,17 +53,26 @@ if TYPE_CHECKING:  # the adapters load lazily, with the first model (`registry_m
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "learner"
+EXPERIMENT = LEARNER
+CONTROL, ONLINE = LEARNER_ARMS
 TEAMS = ("current", "explore", "base")
 
 
+def learner_arm(user_id: str, share: float) -> str | None:
+    """The user's arm of the `learner` experiment (sticky across workers and restarts): `online` for
+    the learning share, `control` for the next slice of the same size (what is left when the share is
+    over one half), None for everyone else."""
+    point = unit_hash(EXPERIMENT, user_id)
+    return ONLINE if point < share else CONTROL if point < share + min(share, 1 - share) else None
+
+
 def in_learning_share(user_id: str, share: float) -> bool:
-    """Whether a user is served the learner's interleaved list (sticky across workers and restarts)."""
-    return unit_hash(EXPERIMENT, user_id) < share
+    """Whether a user is served the learner's list (the `online` arm)."""
+    return learner_arm(user_id, share) == ONLINE
 
 
 def label(revision_id: str) -> str:
-    """The explore label (and arm) of a list interleaved for revision `revision_id`."""
+    """The explore label of a list served for revision `revision_id` (before the arms, also its arm)."""
     return f"{EXPERIMENT}:{revision_id}"
 
 
@@ -154,14 +169,20 @@ class LearnerServing:
         return self.live
 
     def plan(self, user_id: str, bundle: ModelBundle, request_id: str) -> Served | None:
-        """The learner's plan for a user in the learning share, or None (plain serving): DBGD's
-        interleaved W/W̃/base list, or PDGD's Plackett–Luce list of W."""
+        """The learner's plan for a user in one of its arms, or None (plain serving, unlabelled):
+        `online`, DBGD's interleaved W/W̃/base list or PDGD's Plackett–Luce list of W; `control`, the
+        plain list labelled with its arm."""
         live = self.live
         revision = live.revision
-        if not (self.enabled and revision is not None and in_learning_share(user_id, self.settings.share)):
+        arm = learner_arm(user_id, self.settings.share)
+        if not (self.enabled and revision is not None and arm is not None):
             return None
         if revision.base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
             return None
+        if self.settings.algorithm == "pdgd" and self.shown is None:
+            return None
+        if arm == CONTROL:
+            return Served(ServingPlan((None,)), EXPERIMENT, CONTROL)
         shared = SharedPenultimate(bundle.ranker)
         if self.settings.algorithm == "pdgd":
             return self._pdgd_plan(shared, revision, request_id)
@@ -171,13 +192,12 @@ class LearnerServing:
         rankers = tuple(HeadRanker(shared, weights, name, team == 0) for team, (name, weights) in enumerate(heads))
         plan = ServingPlan(versions=(None,) * len(rankers), merge=self._merge, label=label(revision.id),
                            teams=tuple(name for name, _ in heads), rankers=rankers)
-        return Served(plan, EXPERIMENT, revision.id)
+        return Served(plan, EXPERIMENT, ONLINE)
 
-    def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, request_id: str) -> Served | None:
+    def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, request_id: str) -> Served:
         """One team (`current`) ranking by W; the merge draws the shown list from W's Plackett–Luce
         model over every ranked candidate and hands the shown items' features to the writer."""
-        if self.shown is None:
-            return None
+        assert self.shown is not None
         weights, rng, shown = revision.weights, self.rng, self.shown
 
         def merge(rankings: list[list[str]], k: int) -> Merged:
@@ -195,7 +215,7 @@ class LearnerServing:
 
         plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],),
                            rankers=(HeadRanker(shared, weights, TEAMS[0], True),))
-        return Served(plan, EXPERIMENT, revision.id)
+        return Served(plan, EXPERIMENT, ONLINE)
 
     def _merge(self, rankings: list[list[str]], k: int) -> Merged:
         depth = self.settings.depth

@@ -45,12 +45,15 @@ class Feedback:
         self.log = LocalEventLog(root)
         self.requests = 0
 
-    def request(self, arm: str, teams: list[str], clicked: list[int]) -> None:
+    def request(self, revision: str, teams: list[str], clicked: list[int], old: bool = False) -> None:
+        """A request served by `revision` (`learner:<id>`) as the API logs it: arm `learner:online`,
+        the revision in the policy; `old`: as logged before the arms (the revision as the arm, no policy)."""
         self.requests += 1
         served = T0 + timedelta(seconds=self.requests)
         rid = f"req{self.requests}"
+        labels = {"arm": revision} if old else {"arm": "learner:online", "policy": f"ranker=v1;explore={revision}"}
         events = [Event(event_id=f"imp-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="impression", ts=served,
-                        context={"request_id": rid, "position": p, "experiment": "learner", "arm": arm, "team": team})
+                        context={"request_id": rid, "position": p, "experiment": "learner", "team": team, **labels})
                   for p, team in enumerate(teams)]
         events += [Event(event_id=f"click-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="click",
                          ts=served + timedelta(seconds=0.5), context={"request_id": rid}) for p in clicked]
@@ -169,8 +172,11 @@ def test_a_promotion_restarts_from_the_new_base_and_keeps_the_history(tmp_path: 
 def test_the_reader_skips_partitions_before_its_start(tmp_path: Path) -> None:
     feedback = Feedback(tmp_path / "events")
     feedback.request("learner:r1", ["current", "explore"], [1])
+    feedback.request("learner:r2", ["explore", "current"], [0], old=True)  # logged before the arms
     feedback.close_window()
-    assert len(ComparisonReader(tmp_path / "events", WINDOW).poll()) == 1
+    read = ComparisonReader(tmp_path / "events", WINDOW).poll()
+    assert sorted((c.arm, c.teams, c.clicked) for c in read) == [
+        ("learner:r1", ("current", "explore"), (False, True)), ("learner:r2", ("explore", "current"), (True, False))]
     assert ComparisonReader(tmp_path / "events", WINDOW, since=T0 + timedelta(hours=2)).poll() == []
 
 
@@ -232,8 +238,8 @@ def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_onc
     process, feedback, versions = _process(tmp_path / "learner", redis_client, guardrail=stopped_arms(experiments))
     drifted = process.store.publish(versions[0], np.array([2.0, 5.0, 1.0]), np.array([2.1, 5.0, 1.0]), None, "learned")
     create(admin_client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
-                          "arms": [{"name": "base"}, {"name": "online"}]})
-    plant_ab(admin_settings, "learner", {"base": (1000, 200), "online": (1000, 120)})
+                          "arms": [{"name": "control"}, {"name": "online"}]})
+    plant_ab(admin_settings, "learner", {"control": (1000, 200), "online": (1000, 120)})
     process.step()  # the guardrail has not been read yet: the learner resumes from its revision
     np.testing.assert_array_equal(process.store.current(versions[0]).weights, drifted.weights)
     assert process.summary.guardrail_rollbacks == 0
@@ -251,3 +257,11 @@ def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_onc
     restarted, _, _ = _process(tmp_path / "again", redis_client, guardrail=stopped_arms(experiments))
     restarted.step()  # a restarted learner finds the rollback in the history
     assert process.summary.guardrail_rollbacks == 1 and restarted.summary.guardrail_rollbacks == 0
+
+
+def test_the_learner_experiment_is_checked_and_holds_no_slice_of_its_layer(admin_client: TestClient) -> None:  # noqa: F811
+    bad = admin_client.post("/v1/experiments", headers=ADMIN, json={
+        "id": "learner", "kind": "ab", "arms": [{"name": "base"}, {"name": "online"}]})
+    assert bad.status_code == 422 and "arms 'control' and 'online'" in bad.text
+    create(admin_client, {"id": "learner", "kind": "ab", "arms": [{"name": "control"}, {"name": "online"}]})
+    create(admin_client, {"id": "other", "kind": "ab", "arms": [{"name": "a"}, {"name": "b"}]})  # the whole layer

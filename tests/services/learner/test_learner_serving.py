@@ -6,12 +6,14 @@ features kept in Redis by request id) moves w by the paper's exact step from cli
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,6 +24,9 @@ import redis
 from fastapi.testclient import TestClient
 from scipy.special import expit
 
+from feature_store.attribution import Impression, Outcome
+from feature_store.event_log import EventLogReader
+from feature_store.online_store import RedisOnlineStore
 from feature_store.redis_server import EmbeddedRedis, free_port
 from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import Revision, RevisionStore
@@ -29,12 +34,14 @@ from models.ranking import samples
 from models.ranking.export import load_exported
 from models.ranking.inference import as_request
 from models.registry import ModelRegistry
+from pipelines.flink.join import AttributionJoin, KeyMaps
 from services.api.app import create_app
 from services.experiments.interleaving import probabilistic
 from services.learner.process import LearnerProcess, build
 from services.learner.shown import ShownStore
 from tests.services.conftest import EventFactory, with_api
 from tests.services.experiments.conftest import ADMIN
+from tests.services.experiments.test_report import create
 from tests.services.experiments.test_several_rankers import _seed
 from tests.services.test_models import published  # noqa: F401  (the module's two trained DIN versions)
 from tests.services.test_server import ROOT, recsys_api_with_two_workers
@@ -101,7 +108,7 @@ def test_interleaved_list_of_w_explore_and_base_matches_a_recomputation_and_the_
         assert [item["team"] for item in answer["items"]] == [("current", "explore", "base")[t] for t in expected.teams]
         np.testing.assert_allclose([item["propensity"] for item in answer["items"]], expected.propensities, rtol=1e-9)
         assert answer["explore"] == f"learner:{revision.id}" and answer["experiment"] == "learner"
-        assert answer["arm"] == f"learner:{revision.id}"
+        assert answer["arm"] == "learner:online"
         assert {"explore", "current"} <= {item["team"] for item in answer["items"]}
 
         stopped = client.post("/v1/admin/learner", json={"enabled": False, "reason": "kill"}, headers=ADMIN).json()
@@ -167,7 +174,7 @@ def test_the_learner_learns_from_the_apis_interleaved_lists_and_clicks(
 
         answer = client.get("/v1/users/fan/recommendations", params={"k": 10}).json()
         explored = [item["item_id"] for item in answer["items"] if item["team"] == "explore"]
-        assert explored and answer["arm"] == f"learner:{first.id}"
+        assert explored and answer["arm"] == "learner:online"
         assert client.app.state.service.impressions.flush(30)  # type: ignore[attr-defined]
         clicks = [make_event("fan", item, context={"request_id": answer["request_id"]}) for item in explored]
         tick = {**make_event("someone", "i1"), "ts": (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()}
@@ -288,3 +295,92 @@ def test_pdgd_serves_a_plackett_luce_list_of_w_and_learns_from_its_clicks_by_the
         assert np.linalg.norm(step) > 1e-6  # a positive combination of x_3 − x_l over the click's pairs
         np.testing.assert_allclose(second.weights, first.weights + step, rtol=1e-9)
         assert second.parent == first.id and process.summary.missing_features == 1 and process.summary.moves == 1
+
+
+def _arm_of(user: str, share: float) -> str | None:
+    """The learner arm a user must get, from SHA-256 directly: `online` below `share` of the
+    `learner` hash, `control` in the next slice of the same size."""
+    point = int.from_bytes(hashlib.sha256(f"learner:{user}".encode()).digest()[:8], "big") / 2**64
+    return "online" if point < share else "control" if point < 2 * share else None
+
+
+def _attribute_logged_events(settings: Settings, expected_impressions: int) -> None:
+    """The stream job's join (`AttributionJoin`, without Flink) over the API's event log, written to
+    the attribution store the A/B report reads (what `recsys stream attribution` does)."""
+    reader, deadline = EventLogReader(settings.event_log_dir), time.monotonic() + 60
+    while True:  # the event log rolls its files every 0.2 s here
+        events = list(reader.read())
+        if sum(e.type == "impression" and e.context is not None and e.context.experiment == "learner" for e in events) >= expected_impressions:
+            break
+        assert time.monotonic() < deadline, "the API's impressions never reached the event log"
+        time.sleep(0.2)
+    join, states = AttributionJoin(int(settings.attribution.window_s * 1000), 0), defaultdict(KeyMaps.in_memory)
+    for event in sorted(events, key=lambda e: e.type != "impression"):  # impressions first: clicks credit at once
+        if event.type == "impression":
+            join.impression(Impression.of(event), states[(event.user_id, event.item_id)])
+        elif event.type == "click":
+            join.outcome(Outcome.of(event), states[(event.user_id, event.item_id)])
+    attribution = RedisOnlineStore.from_settings(settings).attribution()
+    attribution.record_many(join.drain())
+    attribution.close()
+
+
+def test_the_learning_share_and_its_control_are_arms_of_the_learner_experiment_whose_guardrail_rolls_back(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    """A planted bad revision (w = −base) served to the `online` arm, clicks from a planted click model
+    (the base's top 10 for a new user clicked at 50%, other items at 5%): the real A/B report of
+    experiment `learner` counts both arms from the learner's own impressions, its guardrail stops
+    `online`, and the learner rolls back to the base once, with the reason."""
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    share = 0.3
+    settings = _settings(api_settings, root)
+    settings = settings.model_copy(update={"learner": settings.learner.model_copy(update={"share": share})})
+    users = [f"new{n}" for n in range(200)]
+    by_arm = {arm: [u for u in users if _arm_of(u, share) == arm][:20] for arm in ("online", "control", None)}
+    assert all(len(chosen) == 20 for chosen in by_arm.values())
+    client_redis = redis.Redis.from_url(settings.redis.url)
+    with TestClient(create_app(settings)) as client:
+        _seed(client, make_event)
+        plain = client.get(f"/v1/users/{by_arm[None][0]}/recommendations", params={"k": 10, **QUIET}).json()
+        liked = {item["item_id"] for item in plain["items"]}  # a new user's plain top 10 (no history: the same for all)
+        head = base_head(root, versions[0])
+        RevisionStore(client_redis, settings.redis.key_prefix).publish(versions[0], -head[:-1], None, None, "planted bad")
+        process = build(settings, client_redis, seed=5)
+        process.step()  # resumes from the bad revision (w = −base), with an explore head
+        bad = process.revision
+        assert bad is not None and np.allclose(bad.weights, -head[:-1])
+        create(client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
+                        "arms": [{"name": "control"}, {"name": "online"}]})
+        assert client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()["revision"] == bad.id
+
+        rng, clicks, planted = np.random.default_rng(SEED), [], {"online": [0, 0], "control": [0, 0]}
+        for arm in ("online", "control"):
+            for user in by_arm[arm]:
+                answer = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+                assert (answer["experiment"], answer["arm"]) == ("learner", f"learner:{arm}")
+                if arm == "online":  # the revision stays in the policy label
+                    assert answer["explore"] == f"learner:{bad.id}" and {i["team"] for i in answer["items"]} >= {"current"}
+                else:  # served plainly
+                    assert answer["explore"] == "greedy" and [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in plain["items"]]
+                for item in answer["items"]:
+                    planted[arm][1] += 1
+                    if rng.random() < (0.5 if item["item_id"] in liked else 0.05):
+                        planted[arm][0] += 1
+                        clicks.append(make_event(user, item["item_id"], context={"request_id": answer["request_id"]}))
+        assert client.app.state.service.impressions.flush(30)  # type: ignore[attr-defined]
+        assert client.post("/v1/events", json=clicks, headers=ADMIN).json()["accepted"] == len(clicks)
+        _attribute_logged_events(settings, 400)
+
+        report = client.get("/v1/experiments/learner/report").json()
+        counted = {arm["name"]: [arm["clicks"], arm["impressions"]] for arm in report["arms"]}
+        assert counted == planted, (counted, planted)
+        assert planted["online"][0] < 0.6 * planted["control"][0]  # the click model favours control
+        assert report["arms"][1]["stopped"].startswith("guardrail")
+        process.step()
+        rolled = process.store.current(versions[0])
+        np.testing.assert_allclose(rolled.weights, head[:-1])  # the base's own layer
+        assert rolled.reason.startswith("rollback: experiment 'learner' stopped arm 'online' (guardrail: CTR")
+        process.step()
+        assert process.summary.guardrail_rollbacks == 1 and process.store.current(versions[0]).id == rolled.id
