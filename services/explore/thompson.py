@@ -57,8 +57,8 @@ class Thompson(Policy):
         draws = rng.beta(a, b, size=(self.draws + 1, len(a)))
         shown = _top_k(draws[:1], k)[0]
         propensities = self._slot_propensities(a, b, shown, draws[1:])
-        chosen = [int(i) for i in shown]
-        return Slate(tuple(ranked.item_ids[i] for i in chosen), tuple(float(p) for p in propensities), tuple(chosen))
+        chosen = shown.tolist()
+        return Slate(tuple(ranked.item_ids[i] for i in chosen), tuple(propensities.tolist()), tuple(chosen))
 
     def placement(self, ranked: Ranked, items: Sequence[int], k: int, rng: np.random.Generator,
                   stats: Stats = None) -> np.ndarray:
@@ -70,8 +70,8 @@ class Thompson(Policy):
         k = min(k, len(a))
         orders = np.broadcast_to(np.arange(k + 1), (len(items), k + 1))
         bounds = _others(rng.beta(a, b, size=(self.draws, len(a))), items, orders)  # (N, items, k + 1)
-        cdf = betainc(a[items][None, :, None], b[items][None, :, None], bounds)
-        return (cdf[:, :, :-1] - cdf[:, :, 1:]).mean(axis=0)
+        cdf = _cdf(a[items][None, :, None], b[items][None, :, None], bounds)
+        return (cdf[:, :, :-1] - cdf[:, :, 1:]).mean(axis=0, dtype=np.float64)
 
     def propensities(self, a: np.ndarray, b: np.ndarray, shown: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The estimate of P(shown[j] at slot j) for each slot j (see the class docstring), from N
@@ -82,8 +82,14 @@ class Thompson(Policy):
     def _slot_propensities(a: np.ndarray, b: np.ndarray, shown: np.ndarray, draws: np.ndarray) -> np.ndarray:
         slots = np.arange(len(shown))
         bounds = _others(draws, shown, np.stack([slots, slots + 1], axis=1))  # (N, k, 2): o_j, o_{j+1}
-        cdf = betainc(a[shown][None, :, None], b[shown][None, :, None], bounds)
-        return (cdf[:, :, 0] - cdf[:, :, 1]).mean(axis=0)
+        cdf = _cdf(a[shown][None, :, None], b[shown][None, :, None], bounds)
+        return (cdf[:, :, 0] - cdf[:, :, 1]).mean(axis=0, dtype=np.float64)
+
+
+def _cdf(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The Beta(a, b) CDF I_x(a, b) in float32: its error (≲ 2e-7 absolute, from rounding x) is
+    far below the estimate's Monte Carlo error, and the float32 kernel is ~1.6x faster."""
+    return betainc(a.astype(np.float32), b.astype(np.float32), x.astype(np.float32))
 
 
 def _others(draws: np.ndarray, items: np.ndarray, orders: np.ndarray) -> np.ndarray:
