@@ -10,7 +10,8 @@ bound and to roll back.
 - `dbgd`: dueling bandit gradient descent as in DRN (Zheng et al., WWW 2018);
 - `pdgd`: pairwise differentiable gradient descent (Oosterhuis & de Rijke, CIKM 2018);
 - `serving`: an API worker's side: the polled current revision, W/W̃/base interleaved (DBGD) or W's
-  Plackett–Luce list (PDGD) for the learning share;
+  Plackett–Luce list (PDGD) for the learning share (arm `online` of experiment `learner`), the
+  plain list for its control slice (arm `control`);
 - `shown`: PDGD's served lists' features in Redis by request id (written off the request path);
 - `feedback`: the learner's served lists (teams, attributed clicks) read from the event log;
 - `process`: `recsys learn online`: DBGD or PDGD over them, revisions published, major updates,

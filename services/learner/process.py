@@ -10,7 +10,8 @@ One `step()`:
    blessed and promoted), the learner restarts from the new base's own output layer and publishes
    its first revision; the old base's revisions stay in the history.
 3. **Guardrail**: when an arm of the experiment named `learner` was stopped by its guardrail
-   (`services.experiments.report`: the arm's CTR fell below the allowed drop), the learner rolls
+   (`services.experiments.report`: the `online` arm's CTR, the learning share's own traffic, fell
+   below the allowed drop against its `control` slice), the learner rolls
    back to the base once per stop, with the guardrail's reason in the revision and the log.
 4. **Learn (DBGD)**: each finished comparison of the current revision (`services.learner.feedback`; older
    revisions' comparisons are stale and skipped) is one DBGD comparison of the `current` and
