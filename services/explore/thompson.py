@@ -87,8 +87,9 @@ class Thompson(Policy):
 
 
 def _cdf(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The Beta(a, b) CDF I_x(a, b) in float32: its error (≲ 2e-7 absolute, from rounding x) is
-    far below the estimate's Monte Carlo error, and the float32 kernel is ~1.6x faster."""
+    """The Beta(a, b) CDF I_x(a, b) in float32, whose kernel is ~1.6x faster than float64's. Its
+    absolute error (≤ 1e-5 below 10⁴ trials, ≤ 5e-5 at 2·10⁶) moves a logged propensity by ≤ 0.1%
+    of the estimate's Monte Carlo standard deviation (tests/services/explore/test_thompson_precision.py)."""
     return betainc(a.astype(np.float32), b.astype(np.float32), x.astype(np.float32))
 
 
