@@ -51,11 +51,11 @@ def fail(message: str) -> None:
 
 
 @contextmanager
-def long_running(settings: Settings) -> Iterator[tuple[redis.Redis, threading.Event]]:
+def long_running(settings: Settings) -> Iterator[tuple[redis.Redis, threading.Event, str]]:
     """What a long-running process (scheduler, learner) needs: plain log lines on stderr (a rich
     handler wraps paths at the terminal width), an event SIGTERM sets, and a Redis client for
     `settings` (an embedded server when no URL is set; `redis+cluster://` too) with a timeout long
-    enough for background work, closed on exit."""
+    enough for background work, closed on exit, with the URL it talks to."""
     from dataclasses import replace
 
     from feature_store.redis_client import ConnectionSpec
@@ -68,6 +68,6 @@ def long_running(settings: Settings) -> Iterator[tuple[redis.Redis, threading.Ev
         spec = ConnectionSpec.from_settings(settings, url)
         client = replace(spec, socket_timeout_s=spec.socket_timeout_s * 20).client()
         try:
-            yield client, stop
+            yield client, stop, url
         finally:
             client.close()

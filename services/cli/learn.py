@@ -29,9 +29,9 @@ def online(
     from services.learner.process import build, run
 
     settings = load_settings(state_dir)
-    with long_running(settings) as (client, stop):
+    with long_running(settings) as (client, stop, url):
         try:
-            process = build(settings, client, seed)
+            process = build(settings, client, seed, url)
         except ValueError as exc:
             fail(str(exc))
         if settings.learner.metrics_port:

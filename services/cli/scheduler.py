@@ -22,7 +22,7 @@ def scheduler(
     from services.scheduler.service import TrainingScheduler
 
     settings = load_settings(state_dir)
-    with long_running(settings) as (client, stop):
+    with long_running(settings) as (client, stop, _):
         service = TrainingScheduler(settings, client)
         if settings.scheduler.metrics_port:
             start_http_server(settings.scheduler.metrics_port, registry=service.metrics.registry)

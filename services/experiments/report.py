@@ -111,11 +111,39 @@ def build_report(manager: ExperimentManager, attribution: AttributionStore, batc
     return _interleaving_report(experiment, Path(batch_root) / IMPRESSIONS, now)
 
 
+def enforce_guardrail(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment) -> Experiment:
+    """Stop every arm of an A/B experiment whose CTR breaches its guardrail, from the attributed
+    counts; the experiment as it stands after. What the report does on every read, for a process
+    that must act without anyone reading it (the online learner)."""
+    if experiment.kind != Kind.AB or experiment.guardrail is None:
+        return experiment
+    buckets = _arm_buckets(attribution, experiment)
+    return _stop_breaching(manager, experiment, {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms})
+
+
+def _stop_breaching(manager: ExperimentManager, experiment: Experiment, totals: dict[str, tuple[int, int]]) -> Experiment:
+    """Stop each arm not stopped yet whose CTR fell below `(1 − max_ctr_drop)` × the first arm's
+    (one-sided test, `analysis.guardrail_p` < the guardrail's p-value), with the reason."""
+    guardrail = experiment.guardrail
+    if guardrail is None:
+        return experiment
+    c_0, n_0 = totals[experiment.arms[0].name]
+    for arm in experiment.arms[1:]:
+        clicks, shown = totals[arm.name]
+        p = analysis.guardrail_p(clicks, shown, c_0, n_0, guardrail.max_ctr_drop)
+        if p < guardrail.p_value and arm.name not in experiment.stopped_arms:
+            why = (f"guardrail: CTR {analysis.wilson(clicks, shown).estimate:.4f} below {1 - guardrail.max_ctr_drop:g} x "
+                   f"control's {c_0 / max(n_0, 1):.4f} (p = {p:.2g})")
+            experiment = manager.stop_arm(experiment.id, arm.name, why)
+    return experiment
+
+
 def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment,
                now: datetime, impressions: Path) -> ExperimentReport:
     buckets = _arm_buckets(attribution, experiment)
     per_user = _per_user_counts(impressions, experiment)
     totals = {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms}
+    experiment = _stop_breaching(manager, experiment, totals)
     control = experiment.arms[0].name
     c_0, n_0 = totals[control]
     reports = []
@@ -136,11 +164,6 @@ def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experi
                 _finite(lift.estimate), _finite(lift.low), _finite(lift.high), _finite(p))
             if experiment.guardrail is not None:
                 report.guardrail_p = analysis.guardrail_p(clicks, shown, c_0, n_0, experiment.guardrail.max_ctr_drop)
-                if report.guardrail_p < experiment.guardrail.p_value and report.stopped is None:
-                    why = (f"guardrail: CTR {ctr.estimate:.4f} below {1 - experiment.guardrail.max_ctr_drop:g} x "
-                           f"control's {c_0 / max(n_0, 1):.4f} (p = {report.guardrail_p:.2g})")
-                    experiment = manager.stop_arm(experiment.id, arm.name, why)
-                    report.stopped = why
         reports.append(report)
     srm = analysis.srm_p([r.impressions for r in reports], experiment.shares())
     return ExperimentReport(experiment=experiment, generated_at=now, arms=reports, srm_p=srm,

@@ -42,11 +42,15 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import redis
 
+from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import Revision, RevisionStore
 from models.registry import ModelRegistry, RegistryError
-from services.learner.base import Presentation
+from services.experiments.manager import ExperimentManager
+from services.experiments.model import Experiment
+from services.experiments.report import enforce_guardrail
 from services.experiments.store import ExperimentStore
+from services.learner.base import Presentation
 from services.learner.dbgd import Dbgd
 from services.learner.feedback import EXPERIMENT, Comparison, ComparisonReader
 from services.learner.pdgd import Pdgd
@@ -60,11 +64,15 @@ HeadLoader = Callable[[str], np.ndarray]  # ranker version -> its output layer [
 Guardrail = Callable[[], dict[str, str]]  # the `learner` experiment's stopped arms -> why
 
 
-def stopped_arms(experiments: ExperimentStore) -> Guardrail:
-    """The arms of the experiment named `learner` that its guardrail stopped (none without it)."""
+def stopped_arms(experiments: ExperimentStore, enforce: Callable[[Experiment], Experiment] | None = None) -> Guardrail:
+    """The arms of the experiment named `learner` that its guardrail stopped (none without it);
+    with `enforce`, the guardrail is applied first (`services.experiments.report.enforce_guardrail`),
+    so it acts at every step even when nobody reads the experiment's report."""
 
     def read() -> dict[str, str]:
         experiment = experiments.all().get(EXPERIMENT)
+        if experiment is not None and enforce is not None:
+            experiment = enforce(experiment)
         return {} if experiment is None else dict(experiment.stopped_arms)
 
     return read
@@ -251,17 +259,21 @@ class LearnerProcess:
         self.summary.revisions += 1
 
 
-def build(settings: Settings, client: redis.Redis, seed: int = 0) -> LearnerProcess:
+def build(settings: Settings, client: redis.Redis, seed: int = 0, redis_url: str | None = None) -> LearnerProcess:
     """The learner process of `settings` over the event log, the registry, the revisions and (PDGD)
-    the served lists' features in Redis, rolling back when the `learner` experiment's guardrail fires."""
+    the served lists' features in Redis, rolling back when the `learner` experiment's guardrail
+    fires (checked at every step against the attributed counts). `redis_url`: the server `client`
+    talks to, when `settings` names none (an embedded one)."""
     registry = ModelRegistry(settings.model_registry_dir)
     store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
     window = timedelta(seconds=settings.attribution.window_s)
     feedback = ComparisonReader(settings.event_log_dir, window, datetime.now(timezone.utc) - window - timedelta(hours=1))
     shown = ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s)
     experiments = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
-    return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed, shown,
-                          stopped_arms(experiments))
+    manager = ExperimentManager(experiments, registry)
+    attribution = RedisOnlineStore.from_settings(settings, redis_url).attribution()
+    guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment))
+    return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed, shown, guardrail)
 
 
 def run(process: LearnerProcess, stop: threading.Event, interval_s: float, report_every_s: float = 60.0,

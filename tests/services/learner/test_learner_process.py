@@ -22,10 +22,13 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from feature_store.event_log import LocalEventLog
+from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import Event
 from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
+from services.experiments.manager import ExperimentManager
+from services.experiments.report import enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.feedback import ComparisonReader
 from services.learner.metrics import learner_registry
@@ -240,7 +243,7 @@ def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_onc
     create(admin_client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
                           "arms": [{"name": "control"}, {"name": "online"}]})
     plant_ab(admin_settings, "learner", {"control": (1000, 200), "online": (1000, 120)})
-    process.step()  # the guardrail has not been read yet: the learner resumes from its revision
+    process.step()  # only reading the stopped arms, and nobody read the report: the learner resumes from its revision
     np.testing.assert_array_equal(process.store.current(versions[0]).weights, drifted.weights)
     assert process.summary.guardrail_rollbacks == 0
 
@@ -265,3 +268,25 @@ def test_the_learner_experiment_is_checked_and_holds_no_slice_of_its_layer(admin
     assert bad.status_code == 422 and "arms 'control' and 'online'" in bad.text
     create(admin_client, {"id": "learner", "kind": "ab", "arms": [{"name": "control"}, {"name": "online"}]})
     create(admin_client, {"id": "other", "kind": "ab", "arms": [{"name": "a"}, {"name": "b"}]})  # the whole layer
+
+
+def test_the_learner_applies_the_guardrail_itself_when_nobody_reads_the_report(
+    tmp_path: Path, redis_client: redis.Redis, admin_client: TestClient, admin_settings: Settings  # noqa: F811
+) -> None:
+    experiments = ExperimentStore(admin_settings.state_dir / "experiments", redis_client, admin_settings.redis.key_prefix)
+    manager = ExperimentManager(experiments, ModelRegistry(admin_settings.model_registry_dir))
+    attribution = RedisOnlineStore.from_settings(admin_settings).attribution()
+    guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment))
+    process, _, versions = _process(tmp_path / "learner", redis_client, guardrail=guardrail)
+    process.store.publish(versions[0], np.array([2.0, 5.0, 1.0]), np.array([2.1, 5.0, 1.0]), None, "learned")
+    create(admin_client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
+                          "arms": [{"name": "control"}, {"name": "online"}]})
+    plant_ab(admin_settings, "learner", {"control": (1000, 200), "online": (1000, 120)})  # 12% against 20%, drop 10% allowed
+    process.step()
+    rolled = process.store.current(versions[0])
+    np.testing.assert_array_equal(rolled.weights, [3.0, 4.0, 0.0])  # the base's own layer
+    assert "stopped arm 'online'" in rolled.reason and "guardrail: CTR 0.1200" in rolled.reason
+    assert process.summary.guardrail_rollbacks == 1
+    stopped = experiments.all()["learner"].stopped_arms  # the stop is the experiment's, as if the report had made it
+    assert list(stopped) == ["online"] and stopped["online"] in rolled.reason
+    attribution.close()
