@@ -304,15 +304,17 @@ def _arm_of(user: str, share: float) -> str | None:
     return "online" if point < share else "control" if point < 2 * share else None
 
 
-def _attribute_logged_events(settings: Settings, expected_impressions: int) -> None:
-    """The stream job's join (`AttributionJoin`, without Flink) over the API's event log, written to
+def _attribute_logged_events(settings: Settings, expected_impressions: int, expected_clicks: int) -> None:
+    """Once the event log holds the API's `expected_impressions` and the `expected_clicks` with a
+    request id, the stream job's join (`AttributionJoin`, without Flink) over the API's event log, written to
     the attribution store the A/B report reads (what `recsys stream attribution` does)."""
     reader, deadline = EventLogReader(settings.event_log_dir), time.monotonic() + 60
-    while True:  # the event log rolls its files every 0.2 s here
+    while True:  # the event log rolls its files every 0.2 s here: wait for the impressions and the clicks
         events = list(reader.read())
-        if sum(e.type == "impression" and e.context is not None and e.context.experiment == "learner" for e in events) >= expected_impressions:
+        impressions = sum(e.type == "impression" and e.context is not None and e.context.experiment == "learner" for e in events)
+        if impressions >= expected_impressions and sum(e.type == "click" and e.context is not None and e.context.request_id is not None for e in events) >= expected_clicks:
             break
-        assert time.monotonic() < deadline, "the API's impressions never reached the event log"
+        assert time.monotonic() < deadline, "the API's impressions and the posted clicks never reached the event log"
         time.sleep(0.2)
     join, states = AttributionJoin(int(settings.attribution.window_s * 1000), 0), defaultdict(KeyMaps.in_memory)
     for event in sorted(events, key=lambda e: e.type != "impression"):  # impressions first: clicks credit at once
@@ -371,7 +373,7 @@ def test_the_learning_share_and_its_control_are_arms_of_the_learner_experiment_w
                         clicks.append(make_event(user, item["item_id"], context={"request_id": answer["request_id"]}))
         assert client.app.state.service.impressions.flush(30)  # type: ignore[attr-defined]
         assert client.post("/v1/events", json=clicks, headers=ADMIN).json()["accepted"] == len(clicks)
-        _attribute_logged_events(settings, 400)
+        _attribute_logged_events(settings, 400, len(clicks))
 
         report = client.get("/v1/experiments/learner/report").json()
         counted = {arm["name"]: [arm["clicks"], arm["impressions"]] for arm in report["arms"]}
