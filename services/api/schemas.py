@@ -21,8 +21,10 @@ class RecommendedItem(BaseModel):
     score: float
     sources: list[str] = Field(description="Recall channels that proposed the item")
     reason: str = Field(description="Why, in words a person can read")
-    propensity: float = Field(
-        default=1.0, description="Probability that the explore policy placed this item in this slot (the impression's)",
+    propensity: float | None = Field(
+        default=1.0, description="Probability that the explore policy placed this item in this slot (the impression's); "
+        "null for Thompson sampling when the service logs the impressions: its estimate is computed off the request "
+        "path and logged with the impression",
     )
     team: str | None = Field(default=None, description="Interleaving: the arm whose ranker placed the item")
 

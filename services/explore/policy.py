@@ -11,7 +11,7 @@ evaluation of contextual-bandit-based news article recommendation algorithms").
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,8 @@ class LinearStats:
 
 
 Stats = ItemCounts | LinearStats | None
+Deferred = Callable[[], tuple[float, ...]]
+"""A slate's propensities computed later, off the request path (`Policy.choose_deferred`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ class Policy(ABC):
     @abstractmethod
     def choose(self, ranked: Ranked, k: int, rng: np.random.Generator, stats: Stats = None) -> Slate:
         """min(k, len(ranked)) shown items with the propensity of each (item, slot)."""
+
+    def choose_deferred(self, ranked: Ranked, k: int, rng: np.random.Generator,
+                        stats: Stats = None) -> tuple[Slate, Deferred | None]:
+        """The slate of `choose` and, where its propensities are costly (Thompson's estimate), a
+        callable that computes them later with `rng` (the slate's propensities are then NaN); else
+        `choose`'s slate and None."""
+        return self.choose(ranked, k, rng, stats), None
 
     def placement(self, ranked: Ranked, items: Sequence[int], k: int, rng: np.random.Generator,
                   stats: Stats = None) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.explore.greedy import Greedy
-from services.explore.policy import ItemCounts, LinearStats, Policy, Ranked, Slate, Stats
+from services.explore.policy import Deferred, ItemCounts, LinearStats, Policy, Ranked, Slate, Stats
 from services.explore.stats import BanditStats, StatsUnavailable
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,18 @@ UNAVAILABLE = "greedy (stats unavailable)"
 
 @dataclass(frozen=True)
 class Explored:
-    """The shown slate and the label of what chose it (a policy label or `UNAVAILABLE`)."""
+    """The shown slate and the label of what chose it (a policy label or `UNAVAILABLE`); `pending`
+    computes the slate's propensities when the policy left them for later (Thompson: the impression
+    writer calls it, off the request path; `Policy.choose_deferred`)."""
 
     slate: Slate
     policy: str
+    pending: Deferred | None = None
+
+    @property
+    def propensities(self) -> tuple[float | None, ...]:
+        """Per slot, the propensity, or None while `pending` has not computed it."""
+        return (None,) * len(self.slate.item_ids) if self.pending is not None else self.slate.propensities
 
 
 class ExploreStage:
@@ -42,7 +50,8 @@ class ExploreStage:
         self.rng = rng
 
     def run(self, ranked: Ranked, k: int, history: Sequence[str] = (), user_id: str | None = None) -> Explored:
-        """The shown slate for `user_id` (whose LinUCB context is saved for the stream job, when given)."""
+        """The shown slate for `user_id` (whose LinUCB context is saved for the stream job, when
+        given); Thompson's propensities pending (`Explored.pending`)."""
         if not len(ranked):
             return Explored(Slate((), (), ()), self.policy.label)
         try:
@@ -50,7 +59,8 @@ class ExploreStage:
         except StatsUnavailable as exc:
             log.warning("explore: %s; serving greedy", exc)
             return Explored(Greedy().choose(ranked, k, self.rng()), UNAVAILABLE)
-        return Explored(self.policy.choose(ranked, k, self.rng(), stats), self.policy.label)
+        slate, pending = self.policy.choose_deferred(ranked, k, self.rng(), stats)
+        return Explored(slate, self.policy.label, pending)
 
     def close(self) -> None:
         if self.stats is not None:

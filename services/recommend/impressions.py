@@ -12,7 +12,8 @@ An impression's `event_id` is `imp-<request id>-<position>`, so a request retrie
 context carries the slot, the request's page, experiment and arm (the ones the service assigned,
 `services.experiments`, over the client's), the team of an interleaved slot with every team's rank
 of its item (and, probabilistic, every team's propensity of the placement), and the serving
-policy with the propensity of the placement under it (`serving_policy`). The first slot of a
+policy with the propensity of the placement under it (`serving_policy`; Thompson's estimate is
+computed here, on the writer thread, from what the explore stage left pending). The first slot of a
 sampled share of requests (`explore.log_candidates_share`, decided by a hash of the request id) also
 carries the first `explore.log_candidates_top_n` ranked candidates the explore stage chose from,
 their scores and how many there were: the input of off-policy evaluation (docs/exploration.md).
@@ -85,13 +86,14 @@ class ServedList:
     item_ids: tuple[str, ...]
     served_at: datetime
     policy: str
-    propensities: tuple[float, ...]  # per slot, under `policy`
+    propensities: tuple[float | None, ...]  # per slot, under `policy`
     model_versions: dict[str, str] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     teams: tuple[str | None, ...] = ()  # interleaving: the team of each slot
     candidates: tuple[tuple[str, ...], tuple[float, ...], int] | None = None  # logged ids, scores, how many ranked
     ranks: tuple[dict[str, int] | None, ...] = ()  # interleaving: each team's rank of each slot's item
     ranker_propensities: tuple[dict[str, float] | None, ...] = ()  # probabilistic interleaving, per slot
+    pending: Callable[[], tuple[float, ...]] | None = None  # computes `propensities` (None per slot until then)
 
     @classmethod
     def of(cls, request: RecommendationRequest, result: RecommendationResult, request_id: str,
@@ -110,16 +112,19 @@ class ServedList:
             tuple(item.ranks for item in result.items) if any(item.ranks for item in result.items) else (),
             tuple(item.ranker_propensities for item in result.items)
             if any(item.ranker_propensities for item in result.items) else (),
+            result.pending_propensities,
         )
 
     def events(self) -> list[Event]:
-        """One impression event per slot; a slot that is not a valid event is logged and skipped."""
+        """One impression event per slot; a slot that is not a valid event is logged and skipped.
+        Computes pending propensities first (Thompson's estimate: here, on the writer thread)."""
         events = []
+        propensities = self.pending() if self.pending is not None else self.propensities
         for position, item_id in enumerate(self.item_ids):
             try:
                 context = EventContext(
                     request_id=self.request_id, position=position, policy=self.policy,
-                    propensity=self.propensities[position],
+                    propensity=propensities[position],
                     model_versions=self.model_versions or None,
                     team=self.teams[position] if self.teams else None,
                     ranks=self.ranks[position] if self.ranks else None,

@@ -193,7 +193,7 @@ class RecommendationPipeline:
             reasons = explain(shown, attended, self.store)
         items = [
             Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity)
-            for c, reason, propensity in zip(shown, reasons, explored.slate.propensities)
+            for c, reason, propensity in zip(shown, reasons, explored.propensities)
         ]
         versions = bundle.served_versions
         if version is not None:
@@ -201,7 +201,7 @@ class RecommendationPipeline:
         if blend_order:
             versions["ranker"] = BLEND_ORDER
         return RecommendationResult(items, versions, fallback, False, timings, len(candidates), explored.policy,
-                                    (ranked_ids, tuple(scores.tolist())))
+                                    (ranked_ids, tuple(scores.tolist())), explored.pending)
 
     def _run_interleaved(
         self, request: RecommendationRequest, bundle: ModelBundle, plan: ServingPlan, timings: dict[str, float]

@@ -8,7 +8,7 @@ registry's current versions in production.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class Recommendation:
     score: float
     sources: list[str]
     reason: str
-    propensity: float = 1.0  # probability of this item in this slot under the explore policy
+    propensity: float | None = 1.0  # probability of this item in this slot under the explore policy (None: pending)
     team: str | None = None  # interleaving: the arm whose ranker placed it
     ranks: dict[str, int] | None = None  # interleaving: each team's 0-based rank of the item
     ranker_propensities: dict[str, float] | None = None  # probabilistic interleaving: each team's P(item in slot | above)
@@ -88,6 +88,15 @@ class RecommendationResult:
     candidates: int = 0
     explore: str = "greedy"  # the explore policy's label (services.explore)
     ranked: tuple[tuple[str, ...], tuple[float, ...]] = ((), ())  # what the explore stage chose from: ids, scores
+    # Computes the items' propensities left pending by the explore stage (Thompson), off the request path.
+    pending_propensities: Callable[[], tuple[float, ...]] | None = None
+
+    def resolve_propensities(self) -> None:
+        """Fill the pending propensities in now (for a list the service does not log itself)."""
+        if self.pending_propensities is not None:
+            for item, propensity in zip(self.items, self.pending_propensities()):
+                item.propensity = propensity
+            self.pending_propensities = None
 
 
 @dataclass

@@ -69,6 +69,8 @@ async def _recommend(
         explore = state.settings.explore
         state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc),
                                                explore.log_candidates_share, explore.log_candidates_top_n))
+    else:
+        result.resolve_propensities()  # the client logs this list itself: it needs every slot's propensity
     metrics = state.metrics
     metrics.recalled.inc(result.candidates)
     metrics.ranked.inc(len(result.items))

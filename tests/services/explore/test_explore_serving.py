@@ -20,6 +20,8 @@ from feature_store.redis_layout import KeyLayout
 from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import ExploreSettings, Settings
 from services.api.app import create_app
+from services.explore.policy import ItemCounts, Ranked
+from services.explore.thompson import Thompson
 from tests.feature_store.helpers import WM, item_row
 from tests.services.conftest import EventFactory, put_items
 
@@ -88,6 +90,32 @@ def test_ucb_serves_and_logs_deterministic_slates(api_settings: Settings, make_e
     assert body["explore"] == "ucb1(m=10,c=1)"
     assert [item["item_id"] for item in body["items"]] == RANKED[:K]  # no feedback yet: the prior's order
     assert [logged[(body["request_id"], slot)].context.propensity for slot in range(K)] == [1.0] * K
+
+
+def test_thompson_logs_the_propensities_of_choose_computed_off_the_request_path(
+    api_settings: Settings, make_event: EventFactory
+) -> None:
+    """A seeded stage gives request n the generator [seed, n]; no feedback yet, so every count is 0.
+    Each impression carries exactly `Thompson.choose`'s propensities for that generator, computed by
+    the impression writer: the response leaves them null, except for a list the client logs itself
+    (`log_impressions=false`), whose response carries them."""
+    seed, draws, requests = 4, 32, 4
+    with _app(api_settings, policy="thompson", seed=seed, thompson_draws=draws) as client:
+        _seed(client, make_event)
+        served = [_recommend(client, f"new{n}") for n in range(requests)]
+        own = client.get("/v1/users/own/recommendations", params={"k": K, "log_impressions": "false"}).json()
+        logged = _impressions(client, api_settings)
+    policy = Thompson(ExploreSettings().prior_strength, draws)
+    ranked, zero = Ranked(tuple(RANKED), np.linspace(1, 0, len(RANKED))), np.zeros(len(RANKED))
+    for n, body in enumerate(served + [own]):
+        expected = policy.choose(ranked, K, np.random.default_rng([seed, n]), ItemCounts(zero, zero))
+        assert [item["item_id"] for item in body["items"]] == list(expected.item_ids)
+        if n < requests:
+            assert [item["propensity"] for item in body["items"]] == [None] * K
+            assert tuple(logged[(body["request_id"], slot)].context.propensity for slot in range(K)) == expected.propensities
+        else:
+            assert tuple(item["propensity"] for item in body["items"]) == expected.propensities
+            assert not any(request_id == body["request_id"] for request_id, _ in logged)
 
 
 def test_unreadable_stats_serve_greedy_marked_in_the_response_and_the_impressions(
