@@ -271,6 +271,12 @@ class SchedulerSettings(_Section):
     run_timeout_s: float = Field(default=6 * 3600.0, gt=0, description="A whole run is stopped after this long.")
 
 
+class ExperimentsSettings(_Section):
+    """A/B and interleaving experiments (services/experiments, docs/experiments.md)."""
+
+    guardrail_interval_s: float = Field(default=60.0, gt=0, description="How often the API applies every running A/B experiment's guardrail (one worker per interval, under a Redis lock).")
+
+
 class LearnerSettings(_Section):
     """Online updates of the ranker's final linear layer between retrains (services/learner,
     docs/online_learning.md): `recsys learn online` publishes revisions, every API worker serves them."""
@@ -320,6 +326,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    experiments: ExperimentsSettings = Field(default_factory=ExperimentsSettings)
 
     @model_validator(mode="before")
     @classmethod

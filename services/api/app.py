@@ -26,6 +26,7 @@ from services.api.routes import (
     admin, events, experiments, health, items, learner_admin, models_admin, recommendations, users,
 )
 from services.api.state import ServiceState
+from services.experiments.guardrail import GuardrailMonitor
 from services.experiments.manager import ExperimentManager
 from services.experiments.serving import ExperimentServing
 from services.experiments.store import ExperimentStore
@@ -146,9 +147,16 @@ def _start(
     )
     impressions.start()
     stack.callback(impressions.close)  # before the event log and Redis client close: it drains into them
+    manager = ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir))
+    guardrails = GuardrailMonitor(
+        manager, features.attribution, client, settings.redis.key_prefix, settings.experiments.guardrail_interval_s,
+        metrics.guardrail_checks.inc, lambda experiment, arm: metrics.guardrail_stops.labels(experiment, arm).inc(),
+    )
+    guardrails.start()
+    stack.callback(guardrails.stop)
     return ServiceState(
         settings, client, store, event_log, fallback, pipeline, models, metrics, impressions, catalog_sync,
-        ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir)), serving, learner,
+        manager, serving, learner,
     )
 
 

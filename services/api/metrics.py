@@ -61,6 +61,13 @@ class ApiMetrics:
             "recsys_learner_shown_dropped_total",
             "PDGD served lists whose features never reached Redis (queue full or Redis away)", registry=r,
         )
+        self.guardrail_checks = Counter(
+            "recsys_experiment_guardrail_checks_total", "Scheduled guardrail checks of the running experiments", registry=r,
+        )
+        self.guardrail_stops = Counter(
+            "recsys_experiment_guardrail_stops_total", "A/B arms stopped by the scheduled guardrail check",
+            ["experiment", "arm"], registry=r,
+        )
 
     def set_model_versions(self, versions: dict[str, str]) -> None:
         for role, version in self._versions.items():

@@ -32,9 +32,10 @@ def plant_ab(settings: Settings, experiment: str, arms: dict[str, tuple[int, int
     """Impressions and clicks per arm through the speed layer's write path (the attribution store)."""
     attribution = RedisOnlineStore.from_settings(settings).attribution()
     now = datetime.now(timezone.utc)
+    hour = now.replace(minute=0, second=0, microsecond=0)  # the report counts from the creation's hour
     for arm, (shown, clicks) in arms.items():
         for n in range(shown):
-            ts_ms = int((now - timedelta(seconds=n % 50)).timestamp() * 1000)
+            ts_ms = int(max(now - timedelta(seconds=n % 50), hour).timestamp() * 1000)
             impression = Impression(f"imp-{arm}-{n}", f"u{n}", f"i{n % 7}", ts_ms, f"r-{arm}-{n}", n % 5,
                                     "ranker=popularity;explore=greedy", experiment, f"{experiment}:{arm}")
             attribution.record_impression(impression)
