@@ -50,6 +50,7 @@ from services.learner.dbgd import Dbgd  # noqa: E402
 from services.learner.pdgd import Pdgd  # noqa: E402
 
 K, HISTORY = 10, 10
+LEARNERS = ("dbgd (DRN defaults)", "dbgd (tuned)", "dbgd A/A", "pdgd")
 
 
 class World:
@@ -112,7 +113,7 @@ def learners(frozen: np.ndarray, args: argparse.Namespace, seed: int) -> dict[st
         "frozen": None, "oracle": None,
         "dbgd (DRN defaults)": Dbgd(frozen, alpha=0.1, eta=0.05, max_step=args.max_step, seed=seed),
         "dbgd (tuned)": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons,
-                             margin=args.margin, max_step=args.max_step, seed=seed),
+                             margin=args.margin, significance=args.significance, max_step=args.max_step, seed=seed),
         "dbgd A/A": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons, aa=True, seed=seed),
         "pdgd": Pdgd(frozen, lr=args.lr, max_step=args.max_step),
     }  # fmt: skip
@@ -136,6 +137,8 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
                     np.random.default_rng([seed, 3])) if drift else frozen  # fmt: skip
     out = {}
     for name, learner in learners(frozen, args, seed).items():
+        if learner is not None and name not in args.methods:
+            continue
         world = World(seed, args.pre if drift else None)
         world.history = {u: list(h) for u, h in warm_history.items()}
         clicks_rng, list_rng = np.random.default_rng([seed, 4]), np.random.default_rng([seed, 5])
@@ -242,15 +245,19 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=0.5)
     parser.add_argument("--comparisons", type=int, default=3)
     parser.add_argument("--margin", type=float, default=0.0)
+    parser.add_argument("--significance", type=float, default=1.0, help="DBGD's sign test level (1.0: none)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
+    parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),
+                        help="learners to run (frozen and oracle always run)")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/online_learning.png"))
     args = parser.parse_args()
     console = Console()
     drifted, steady = [], []
     with Progress(console=console) as progress:
-        task = progress.add_task("simulating", total=2 * args.seeds * 6 * (args.pre + args.post))
+        methods = 2 + len(args.methods)
+        task = progress.add_task("simulating", total=2 * args.seeds * methods * (args.pre + args.post))
         for seed in range(args.seeds):
             drifted.append(run_seed(seed, True, args, progress, task))
             steady.append(run_seed(seed, False, args, progress, task))

@@ -289,6 +289,7 @@ class LearnerSettings(_Section):
     eta: float = Field(default=0.05, gt=0, description="DBGD step: w <- w + eta (w~ - w) (DRN's 0.05).")
     comparisons: int = Field(default=1, ge=1, description="DBGD: interleaved requests with a click per round (N).")
     margin: float = Field(default=0.0, ge=-1, lt=1, description="DBGD: explore wins minus current wins per comparison needed to move.")
+    significance: float = Field(default=1.0, gt=0, le=1, description="DBGD: move only when a round's explore wins pass a one-sided sign test at this level (ties left out; 1: no test).")
     lr: float = Field(default=0.1, gt=0, description="PDGD learning rate.")
     shown_ttl_s: float = Field(default=2400.0, gt=0, description="PDGD: how long a served list's features stay in Redis for the learner (longer than attribution.window_s).")
     shown_queue: int = Field(default=1000, ge=1, description="PDGD: served lists an API worker queues for its Redis writer before dropping.")

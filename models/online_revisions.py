@@ -16,6 +16,8 @@ them in one slot and the publish script may touch them all):
                                        every API worker polls)
     P:learn:{R}:seq            string  revision counter
     P:learn:{R}:control        hash    `enabled` (1/0), `reason`, `at`: the kill switch
+    P:learn:{R}:handled        set     the guardrail stops the learner rolled back on (one entry per
+                                       stop, never trimmed: the bounded history forgets, this must not)
 
 A publish is one Lua script (revision, history, pointer and trim at once), so a reader never sees a
 pointer to a revision that is not stored.
@@ -97,8 +99,8 @@ class RevisionStore:
         self.role = role
         self.history_size = history
         tag = f"{key_prefix}:learn:{{{role}}}"
-        self._revisions, self._history, self._seq, self._control = (
-            f"{tag}:rev", f"{tag}:history", f"{tag}:seq", f"{tag}:control")
+        self._revisions, self._history, self._seq, self._control, self._handled = (
+            f"{tag}:rev", f"{tag}:history", f"{tag}:seq", f"{tag}:control", f"{tag}:handled")
         self._pointer_prefix = f"{tag}:current:"
         self._publish = client.register_script(_PUBLISH)
 
@@ -137,6 +139,14 @@ class RevisionStore:
         if not ids:
             return []
         return [Revision.from_json(raw) for raw in self.client.hmget(self._revisions, ids) if raw is not None]
+
+    def handled(self, stop: str) -> bool:
+        """Whether the guardrail stop `stop` (its rollback reason) was already rolled back on."""
+        return bool(self.client.sismember(self._handled, stop))
+
+    def mark_handled(self, stop: str) -> None:
+        """Record that the learner rolled back on the guardrail stop `stop`."""
+        self.client.sadd(self._handled, stop)
 
     def control(self) -> Control:
         """The kill switch: enabled unless it was turned off."""

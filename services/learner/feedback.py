@@ -33,8 +33,6 @@ from feature_store.event_log import EventLogReader
 from feature_store.schemas import Event, EventType
 from services.experiments.model import LEARNER
 
-EXPERIMENT = LEARNER  # the `experiment` of every impression the learner served
-
 
 @dataclass(frozen=True)
 class Comparison:
@@ -90,7 +88,7 @@ class ComparisonReader:
         impression = Impression.of(event) if event.type == EventType.IMPRESSION else None
         self._watermark_ms = max(self._watermark_ms, event_ms(event))
         context = event.context
-        if impression is not None and context is not None and context.experiment == EXPERIMENT:
+        if impression is not None and context is not None and context.experiment == LEARNER:
             revision = revision_label(context.policy) or context.arm
             if context.request_id and context.position is not None and context.team and revision:
                 pending = self._pending.setdefault(context.request_id, _Pending(revision, impression.ts_ms))
@@ -121,7 +119,7 @@ def revision_label(policy: str | None) -> str | None:
     """`learner:<revision id>` from a policy `ranker=…;explore=learner:<revision id>`, else None."""
     parts = dict(part.split("=", 1) for part in (policy or "").split(";") if "=" in part)
     explore = parts.get("explore", "")
-    return explore if explore.startswith(f"{EXPERIMENT}:") else None
+    return explore if explore.startswith(f"{LEARNER}:") else None
 
 
 def _events(path: Path) -> Iterator[Event]:

@@ -25,13 +25,19 @@ from scipy.special import expit, logsumexp
 from services.learner.base import OnlineLearner, Presentation
 
 
-def list_log_probability(list_scores: np.ndarray, log_total: float) -> float:
-    """`log P(R)` of a (top-k) list under Plackett–Luce, from its items' scores in list order and
-    `log Σ_{d ∈ D} exp(s_d)` over every candidate."""
+def slot_log_probabilities(list_scores: np.ndarray, log_total: float) -> np.ndarray:
+    """Each slot's `log P(d | the slots above) = s_d − log Σ_{d' ∈ D not yet shown} exp(s_d')` under
+    Plackett–Luce, from a (top-k) list's scores in list order and `log Σ_{d ∈ D} exp(s_d)` over every
+    candidate."""
     top = max(log_total, float(list_scores.max()))
     drawn = np.exp(list_scores - top)
     remaining = np.exp(log_total - top) - np.concatenate(([0.0], np.cumsum(drawn)[:-1]))
-    return float(np.sum(list_scores - top - np.log(np.maximum(remaining, np.finfo(np.float64).tiny))))
+    return list_scores - top - np.log(np.maximum(remaining, np.finfo(np.float64).tiny))
+
+
+def list_log_probability(list_scores: np.ndarray, log_total: float) -> float:
+    """`log P(R)` of a (top-k) list: the sum of its `slot_log_probabilities`."""
+    return float(np.sum(slot_log_probabilities(list_scores, log_total)))
 
 
 def plackett_luce_log_probability(ranking: np.ndarray, scores: np.ndarray) -> float:
@@ -41,13 +47,10 @@ def plackett_luce_log_probability(ranking: np.ndarray, scores: np.ndarray) -> fl
 
 def sample_list(scores: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A Plackett–Luce list of `min(k, len(scores))` candidate indices (Gumbel-max: the top k of
-    scores plus Gumbel noise) and each slot's propensity given the slots above,
-    `exp(s_d) / Σ_{d' not yet shown} exp(s_d')` (exact, as the interleaving merges log it)."""
+    scores plus Gumbel noise) and each slot's propensity given the slots above
+    (`slot_log_probabilities`, exact, as the interleaving merges log it)."""
     shown = np.argsort(-(scores + rng.gumbel(size=len(scores))), kind="stable")[:k]
-    top = float(scores.max())
-    drawn = np.exp(scores[shown] - top)
-    remaining = np.exp(scores - top).sum() - np.concatenate(([0.0], np.cumsum(drawn)[:-1]))
-    return shown, drawn / remaining
+    return shown, np.exp(slot_log_probabilities(scores[shown], float(logsumexp(scores))))
 
 
 def preference_pairs(clicks: np.ndarray) -> list[tuple[int, int]]:

@@ -12,7 +12,9 @@ One `step()`:
 3. **Guardrail**: when an arm of the experiment named `learner` was stopped by its guardrail
    (`services.experiments.report`: the `online` arm's CTR, the learning share's own traffic, fell
    below the allowed drop against its `control` slice), the learner rolls
-   back to the base once per stop, with the guardrail's reason in the revision and the log.
+   back to the base once per stop, with the guardrail's reason in the revision and the log (the
+   stops handled are kept in Redis, `RevisionStore.handled`, not looked up in the bounded history:
+   a restarted learner must not roll back again on a stop whose rollback the history forgot).
 4. **Learn (DBGD)**: each finished comparison of the current revision (`services.learner.feedback`; older
    revisions' comparisons are stale and skipped) is one DBGD comparison of the `current` and
    `explore` teams (`services.learner.dbgd.Dbgd`). When a round ends, `w` moved or not, a new
@@ -47,12 +49,12 @@ from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import Revision, RevisionStore
 from models.registry import ModelRegistry, RegistryError
 from services.experiments.manager import ExperimentManager
-from services.experiments.model import Experiment
+from services.experiments.model import LEARNER, Experiment
 from services.experiments.report import enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.base import Presentation
 from services.learner.dbgd import Dbgd
-from services.learner.feedback import EXPERIMENT, Comparison, ComparisonReader
+from services.learner.feedback import Comparison, ComparisonReader
 from services.learner.pdgd import Pdgd
 from services.learner.serving import TEAMS, label
 from services.learner.shown import ShownStore
@@ -70,7 +72,7 @@ def stopped_arms(experiments: ExperimentStore, enforce: Callable[[Experiment], E
     so it acts at every step even when nobody reads the experiment's report."""
 
     def read() -> dict[str, str]:
-        experiment = experiments.all().get(EXPERIMENT)
+        experiment = experiments.all().get(LEARNER)
         if experiment is not None and enforce is not None:
             experiment = enforce(experiment)
         return {} if experiment is None else dict(experiment.stopped_arms)
@@ -135,7 +137,6 @@ class LearnerProcess:
         self.learner: Dbgd | Pdgd | None = None
         self.revision: Revision | None = None
         self.arms: set[str] = set()  # the labels of the revisions published on this base
-        self.handled = {revision.reason for revision in store.history()}  # guardrail stops rolled back on
         self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
 
     def step(self) -> None:
@@ -166,7 +167,8 @@ class LearnerProcess:
             self.learner = Pdgd(weights, lr=settings.lr, max_step=settings.max_step)
         else:
             self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
-                                margin=settings.margin, max_step=settings.max_step, tau=settings.tau, aa=settings.aa,
+                                margin=settings.margin, significance=settings.significance, max_step=settings.max_step,
+                                tau=settings.tau, aa=settings.aa,
                                 seed=self.seed + self.summary.bases)
         self.against_base.clear()
         self.arms.clear()
@@ -177,16 +179,16 @@ class LearnerProcess:
 
     def _check_guardrail(self) -> None:
         for arm, why in sorted(self.guardrail().items()):
-            reason = f"rollback: experiment {EXPERIMENT!r} stopped arm {arm!r} ({why})"
-            if reason in self.handled:
+            reason = f"rollback: experiment {LEARNER!r} stopped arm {arm!r} ({why})"
+            if self.store.handled(reason):
                 continue
             assert self.learner is not None and self.revision is not None
             log.warning(reason)
-            self.handled.add(reason)
             self.learner.reset(self.base_weights)
             self.against_base.clear()
             self.summary.guardrail_rollbacks += 1
             self._publish(self.revision.id, reason)
+            self.store.mark_handled(reason)
 
     def _learn_lists(self, finished: Sequence[Comparison]) -> None:
         """PDGD: each clicked list of this base's revisions, joined to its shown features by request id."""

@@ -53,7 +53,6 @@ if TYPE_CHECKING:  # the adapters load lazily, with the first model (`registry_m
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = LEARNER
 CONTROL, ONLINE = LEARNER_ARMS
 TEAMS = ("current", "explore", "base")
 
@@ -62,7 +61,7 @@ def learner_arm(user_id: str, share: float) -> str | None:
     """The user's arm of the `learner` experiment (sticky across workers and restarts): `online` for
     the learning share, `control` for the next slice of the same size (what is left when the share is
     over one half), None for everyone else."""
-    point = unit_hash(EXPERIMENT, user_id)
+    point = unit_hash(LEARNER, user_id)
     return ONLINE if point < share else CONTROL if point < share + min(share, 1 - share) else None
 
 
@@ -73,7 +72,7 @@ def in_learning_share(user_id: str, share: float) -> bool:
 
 def label(revision_id: str) -> str:
     """The explore label of a list served for revision `revision_id` (before the arms, also its arm)."""
-    return f"{EXPERIMENT}:{revision_id}"
+    return f"{LEARNER}:{revision_id}"
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,7 @@ class LearnerServing:
         if self.settings.algorithm == "pdgd" and self.shown is None:
             return None
         if arm == CONTROL:
-            return Served(ServingPlan((None,)), EXPERIMENT, CONTROL)
+            return Served(ServingPlan((None,)), LEARNER, CONTROL)
         shared = SharedPenultimate(bundle.ranker)
         if self.settings.algorithm == "pdgd":
             return self._pdgd_plan(shared, revision, request_id)
@@ -192,7 +191,7 @@ class LearnerServing:
         rankers = tuple(HeadRanker(shared, weights, name, team == 0) for team, (name, weights) in enumerate(heads))
         plan = ServingPlan(versions=(None,) * len(rankers), merge=self._merge, label=label(revision.id),
                            teams=tuple(name for name, _ in heads), rankers=rankers)
-        return Served(plan, EXPERIMENT, ONLINE)
+        return Served(plan, LEARNER, ONLINE)
 
     def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, request_id: str) -> Served:
         """One team (`current`) ranking by W; the merge draws the shown list from W's Plackett–Luce
@@ -215,14 +214,16 @@ class LearnerServing:
 
         plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],),
                            rankers=(HeadRanker(shared, weights, TEAMS[0], True),))
-        return Served(plan, EXPERIMENT, ONLINE)
+        return Served(plan, LEARNER, ONLINE)
 
     def _merge(self, rankings: list[list[str]], k: int) -> Merged:
         depth = self.settings.depth
         return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
 
     def start(self) -> None:
-        if self.shown is not None:
+        """Read the current revision, then poll it in the background; PDGD's shown-list writer is
+        started only when the learner is PDGD (DBGD's lists need no features)."""
+        if self.shown is not None and self.settings.algorithm == "pdgd":
             self.shown.start()
         self._safe_refresh()
         self._thread = threading.Thread(target=self._poll_forever, name="revision-poller", daemon=True)

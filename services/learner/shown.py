@@ -101,6 +101,11 @@ class ShownWriter:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is alive (started and not closed)."""
+        return self._thread.is_alive()
+
     def submit(self, shown: ShownList) -> None:
         """Queue a list (never blocks: a full queue drops it and counts it)."""
         try:

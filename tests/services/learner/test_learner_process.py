@@ -76,7 +76,7 @@ def _process(tmp_path: Path, client: redis.Redis, guardrail: Guardrail = dict,
     registry.set_current("ranker", versions[0])
     heads = {versions[0]: np.array([3.0, 4.0, 0.0, 0.5]), versions[1]: np.array([1.0, -1.0, 2.0, 0.1])}
     learner_settings = LearnerSettings(**{"comparisons": 1, "rollback_window": 10, **settings})
-    store = RevisionStore(client, "t")
+    store = RevisionStore(client, "t", history=learner_settings.history)
     feedback = Feedback(tmp_path / "events")
     process = LearnerProcess(learner_settings, store, registry, ComparisonReader(tmp_path / "events", WINDOW),
                              heads.__getitem__, seed=3, shown=ShownStore(client, "t", ttl_s=600), guardrail=guardrail)
@@ -260,6 +260,27 @@ def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_onc
     restarted, _, _ = _process(tmp_path / "again", redis_client, guardrail=stopped_arms(experiments))
     restarted.step()  # a restarted learner finds the rollback in the history
     assert process.summary.guardrail_rollbacks == 1 and restarted.summary.guardrail_rollbacks == 0
+
+
+def test_a_guardrail_stop_is_rolled_back_once_even_after_the_bounded_history_forgot_the_rollback(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    stops = {"online": "guardrail: CTR 0.1200 below 0.9 x control's 0.2000 (p = 1e-06)"}
+    process, _, versions = _process(tmp_path / "learner", redis_client, guardrail=lambda: stops, history=3)
+    process.step()
+    assert process.summary.guardrail_rollbacks == 1
+    for n in range(4):  # the learner learns on: the history (3 revisions) no longer holds the rollback
+        learned = process.store.publish(versions[0], np.array([2.0, 5.0, float(n)]), None, None, "learned")
+    assert not any("stopped arm" in revision.reason for revision in process.store.history())
+    restarted = LearnerProcess(process.settings, RevisionStore(redis_client, "t", history=3), process.registry,
+                               process.comparisons, process.head_of, shown=process.shown, guardrail=lambda: stops)
+    restarted.step()  # the same stop: no second rollback
+    assert restarted.summary.guardrail_rollbacks == 0
+    np.testing.assert_array_equal(restarted.store.current(versions[0]).weights, learned.weights)
+    stops["online"] = "guardrail: CTR 0.1000 below 0.9 x control's 0.2000 (p = 1e-09)"  # another stop: rolled back
+    restarted.step()
+    assert restarted.summary.guardrail_rollbacks == 1
+    np.testing.assert_array_equal(restarted.store.current(versions[0]).weights, [3.0, 4.0, 0.0])
 
 
 def test_the_learner_experiment_is_checked_and_holds_no_slice_of_its_layer(admin_client: TestClient) -> None:  # noqa: F811

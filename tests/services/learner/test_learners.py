@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.learner.base import Presentation, bounded
-from services.learner.dbgd import Dbgd
+from services.learner.dbgd import Dbgd, sign_test
 from services.learner.pdgd import (
     Pdgd,
     logged_gradient,
@@ -145,6 +145,64 @@ def test_dbgd_in_aa_mode_never_moves_and_wins_by_chance(seed: int) -> None:
     assert decided > 300
     # Identical lists: which team placed a clicked item is a fair coin (binomial 99.9% band).
     assert abs(learner.explore_wins / decided - 0.5) < 3.3 * 0.5 / math.sqrt(decided)
+
+
+def _binomial_tail(wins: int, losses: int) -> float:
+    """P(X >= wins), X ~ Binomial(wins + losses, 1/2), by counting."""
+    n = wins + losses
+    return sum(math.comb(n, j) for j in range(wins, n + 1)) / 2**n
+
+
+@pytest.mark.parametrize(("wins", "losses"), [(0, 0), (1, 0), (5, 0), (8, 2), (9, 1), (7, 7), (3, 9), (15, 5)])
+def test_the_sign_test_is_the_binomial_tail(wins: int, losses: int) -> None:
+    assert sign_test(wins, losses) == pytest.approx(_binomial_tail(wins, losses), rel=1e-12)
+
+
+def _round(learner: Dbgd, outcomes: list[str]) -> bool:
+    """Feed one round of planted comparisons ('e': explore's click, 'c': current's, 't': one each)."""
+    slots = {"e": ((1,), (True,)), "c": ((0,), (True,)), "t": ((0, 1), (True, True))}
+    moved = False
+    for outcome in outcomes:
+        teams, clicks = slots[outcome]
+        moved = learner.learn(Presentation(tuple(range(len(teams))), teams, np.zeros((0, 0))), np.array(clicks))
+    return moved
+
+
+@pytest.mark.parametrize(("outcomes", "steps"), [
+    ("eeeeeeeecc", False),  # p = 56/1024 = 0.055 > 0.05
+    ("eeeeeeeeec", True),   # p = 11/1024 = 0.011
+    ("eeeeeeeett", True),   # ties left out: 8 of 8, p = 1/256
+    ("eeeeettttt", True),   # 5 of 5, p = 1/32
+    ("eeeetttttt", False),  # 4 of 4, p = 1/16
+])  # fmt: skip
+def test_dbgd_steps_only_when_the_explore_wins_pass_the_sign_test(outcomes: str, steps: bool) -> None:
+    learner = Dbgd(START, alpha=0.5, eta=0.5, comparisons=10, significance=0.05, seed=0)
+    explore = learner.explore.copy()
+    wins, losses = outcomes.count("e"), outcomes.count("c")
+    assert (_binomial_tail(wins, losses) <= 0.05) is steps
+    assert _round(learner, list(outcomes)) is steps
+    target = START + 0.5 * (explore - START)
+    expected = target * np.linalg.norm(START) / np.linalg.norm(target) if steps else START
+    np.testing.assert_allclose(learner.weights, expected, rtol=1e-12)
+
+
+def test_with_clicks_blind_to_the_lists_the_sign_test_keeps_dbgd_from_walking() -> None:
+    # A/A in effect: clicks do not depend on the list, so every explore "win" is chance. One
+    # comparison per round steps on about half of the rounds; N = 10 with the test at 5% on at
+    # most 5% of them (fewer: the binomial is discrete).
+    rng = np.random.default_rng(9)
+    features = rng.normal(size=(30, 3))
+    noisy, tested = (Dbgd(START, alpha=0.5, eta=0.5, comparisons=n, significance=s, seed=1) for n, s in ((1, 1.0), (10, 0.05)))
+    rounds = {}
+    for learner in (noisy, tested):
+        rounds[learner] = 0
+        for _ in range(3000):
+            explore = learner.explore
+            learner.learn(learner.present(features, 5, rng), rng.random(5) < 0.3)
+            rounds[learner] += learner.explore is not explore
+    assert noisy.updates > 0.35 * rounds[noisy]
+    assert rounds[tested] > 150
+    assert tested.updates <= 0.05 * rounds[tested] + 3.1 * math.sqrt(0.05 * 0.95 * rounds[tested])  # 99.9% binomial band
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -1,13 +1,18 @@
 """PDGD's shown-list writer never blocks a request: a full queue, or a Redis it cannot reach, drops
-the list and reports every drop to the API's Prometheus counter."""
+the list and reports every drop to the API's Prometheus counter; an API worker starts its thread
+only when the learner is PDGD."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import redis
 from prometheus_client import CollectorRegistry, Counter
 
 from feature_store.redis_server import free_port
+from feature_store.settings import LearnerSettings
+from models.online_revisions import RevisionStore
+from services.learner.serving import LearnerServing
 from services.learner.shown import ShownList, ShownStore, ShownWriter
 
 
@@ -41,3 +46,15 @@ def test_lists_lost_to_an_unreachable_redis_are_counted() -> None:
     writer.close()
     assert writer.dropped == 4
     assert registry.get_sample_value("shown_dropped_total") == 4.0
+
+
+@pytest.mark.parametrize(("algorithm", "running"), [("dbgd", False), ("pdgd", True)])
+def test_a_worker_starts_the_writer_thread_only_for_pdgd(redis_client: redis.Redis, algorithm: str, running: bool) -> None:
+    writer = ShownWriter(ShownStore(redis_client, "t", 60), queue_size=10)
+    serving = LearnerServing(RevisionStore(redis_client, "t"), LearnerSettings(algorithm=algorithm), lambda: None, shown=writer)
+    serving.start()
+    try:
+        assert writer.running is running
+    finally:
+        serving.stop()
+    assert not writer.running
