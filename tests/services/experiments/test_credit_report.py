@@ -125,3 +125,18 @@ def test_marginalised_credit_equals_a_direct_enumeration(admin_client: TestClien
     assert comparison["credit_p"] == pytest.approx(stats.ttest_1samp(expected, 0).pvalue)
     signs = np.sign(expected)
     assert (comparison["wins_a"], comparison["wins_b"]) == (int((signs > 0).sum()), int((signs < 0).sum()))
+
+
+def test_identical_rankers_get_exactly_zero_marginalised_credit(admin_client: TestClient, admin_settings: Settings) -> None:
+    create(admin_client, {"id": "same", "kind": "interleaving", "method": "probabilistic",
+                          "arms": [{"name": "A"}, {"name": "B"}]})
+    # One ranker in both arms: every slot's two propensities are equal, whichever team the coin
+    # chose. The clicks fall on team A's slots, so the observed teams' credit would favour A.
+    placed = [{"A": 0.6, "B": 0.6}, {"A": 0.3, "B": 0.3}, {"A": 0.125, "B": 0.125}]
+    slots = [(team, None, p) for team, p in zip(("A", "B", "A"), placed)]
+    _plant(admin_settings, "same", [{"user": f"u{n}", "slots": slots, "clicked": {0, 2} if n % 2 else {0}}
+                                    for n in range(6)])
+    comparison = admin_client.get("/v1/experiments/same/report").json()["comparisons"][0]
+    assert comparison["credit"] == "marginalised"
+    assert (comparison["wins_a"], comparison["wins_b"], comparison["ties"]) == (0, 0, 6)
+    assert comparison["preference"] == 0.0 and comparison["credit_difference"] == 0.0

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from feature_store.settings import Settings
 from models.registry import ModelRegistry
 from services.api.app import create_app
+from services.experiments.credit import Logged, marginalised_rows
 from services.experiments.interleaving import balanced
 from services.experiments.model import Experiment
 from tests.models.ranking.conftest import ITEMS, category_of
@@ -116,6 +117,49 @@ def test_balanced_interleaving_of_two_versions_logs_each_rankers_rank(
         assert ranks is not None and ranks.keys() == {"old", "new"}  # both rankers ranked every candidate
         for team, ranking in (("old", old), ("new", new)):
             assert ranks[team] == ranking.index(item) if item in ranking else ranks[team] >= depth, (n, team)
+
+
+def test_probabilistic_interleaving_of_two_versions_logs_each_rankers_softmax(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    root, versions = published
+    registry = ModelRegistry(root)
+    registry.set_current("ranker", versions[0])
+    tau, k = 2.0, 8
+    # 60 candidates: a list of k = 100 is each ranker's whole ranking of them.
+    with TestClient(create_app(with_api(_settings(api_settings, root), recall_candidates=60))) as client:
+        _seed(client, make_event)
+        old = _ranking(client, 100)
+        registry.set_current("ranker", versions[1])
+        client.post("/v1/admin/models/reload", headers=ADMIN)
+        new = _ranking(client, 100)
+        registry.set_current("ranker", versions[0])
+        client.post("/v1/admin/models/reload", headers=ADMIN)
+        assert len(old) < 100 and set(old) == set(new) and old[:k] != new[:k]
+        body = {"id": "prob", "kind": "interleaving", "method": "probabilistic", "tau": tau,
+                "arms": [{"name": "old", "ranker": versions[0]}, {"name": "new", "ranker": versions[1]}]}
+        assert client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+        answer = client.get("/v1/users/fan/recommendations", params={"k": k}).json()  # logged
+        _flush(client)
+        logged = {e.context.position: e for e in _impressions(api_settings) if e.context.request_id == answer["request_id"]}
+    assert answer["explore"] == "interleaving:probabilistic"
+    rank = {team: {item: r for r, item in enumerate(ranking, start=1)} for team, ranking in (("old", old), ("new", new))}
+    shown: list[str] = []
+    posteriors = []
+    for n in range(k):
+        item, context = logged[n].item_id, logged[n].context
+        left = [i for i in old if i not in shown]
+        # Each ranker's softmax over the items not shown yet: P_j(d) = r_j(d)^-tau / sum of r_j^-tau.
+        expected = {team: r[item] ** -tau / sum(r[i] ** -tau for i in left) for team, r in rank.items()}
+        assert context.ranker_propensities == pytest.approx(expected, rel=1e-9), n
+        assert context.propensity == pytest.approx((expected["old"] + expected["new"]) / 2, rel=1e-9)
+        # The report's marginalised credit of a click here: q_s = P_old / (P_old + P_new).
+        clicked = Logged([context.team], [1], [None], [n], [None], [context.ranker_propensities])
+        q = expected["old"] / (expected["old"] + expected["new"])
+        assert marginalised_rows(clicked, ["old", "new"]) == pytest.approx(np.array([[q, 1 - q]]), rel=1e-9)
+        posteriors.append(q)
+        shown.append(item)
+    assert max(abs(q - 0.5) for q in posteriors) > 0.05  # two different rankers: the posteriors say who placed what
 
 
 def test_ab_arms_serve_their_versions_and_start_stop_fail_no_request(
