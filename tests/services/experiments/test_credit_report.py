@@ -1,7 +1,7 @@
 """The interleaving report's credit rules on planted attributed impressions (the Spark job's
 columns, map types included): balanced credit from the logged ranks against a hand computation,
 and the marginalised credit of probabilistic interleaving against a direct enumeration of every
-team assignment and draw that could have produced the shown list."""
+team assignment and draw that could have produced the shown list (zero for identical rankers)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Several real DIN rankers served at once: an interleaved list follows team-draft (or balanced
 interleaving, whose impressions log each ranker's rank of the shown item) over each version's own
-ranking, and A/B arms are served by their pinned versions while experiments start
+ranking, probabilistic interleaving logs each ranker's softmax propensity of every slot, and A/B arms are served by their pinned versions while experiments start
 and stop under concurrent requests without a failed one."""
 
 from __future__ import annotations
