@@ -4,8 +4,9 @@ attributed counts), so a failing arm is stopped without anyone reading the repor
 
 Each API worker runs a `GuardrailMonitor` thread; a tick acts only when it takes the Redis lock
 `<prefix>:experiments:guardrail:lock` (`services.scheduler.lock.RunLock`), which it leaves to
-expire after nine tenths of the interval instead of releasing it: however many workers run, one
-check happens per interval, and a dead worker's ticks are taken over by the others.
+expire after nine tenths of the interval instead of releasing it: however many workers run, the
+checks are at least 0.9 intervals apart and at most one interval (plus a check's time), and a
+dead worker's ticks are taken over by the others.
 """
 
 from __future__ import annotations
