@@ -41,6 +41,7 @@ from services.explore.policy import ItemCounts, LinearStats
 from services.recommend.item_cache import Clock, ItemCache, Submit
 
 T = TypeVar("T")
+LINEAR_READ_CHUNK = 25  # LinUCB items per round trip: ~0.3 ms of parsing and decoding between GIL releases
 
 
 class StatsUnavailable(RuntimeError):
@@ -111,11 +112,20 @@ class BanditStats:
 
     def _read_linear(self, item_ids: list[str]) -> dict[str, np.ndarray]:
         """Per item, A_i⁻¹ (row-major) and b_i packed in one array of d² + d: a request joins its
-        candidates' in one `np.concatenate` (three times faster than stacking 2 × 200 arrays)."""
-        A_inv, b = self.linucb.read(item_ids)
-        packed = np.concatenate([A_inv.reshape(len(item_ids), -1), b], axis=1)
-        # Row copies: a row view would keep the whole read alive.
-        return {item_id: packed[n].copy() for n, item_id in enumerate(item_ids)}
+        candidates' in one `np.concatenate` (three times faster than stacking 2 × 200 arrays).
+
+        Read `LINEAR_READ_CHUNK` items per round trip. The cache's background refresh runs this on
+        its own thread, holding the GIL while it parses and decodes (~2.5 ms for 200 items at
+        d = 32); a request thread that let the GIL go inside numpy waited for all of it, which was
+        the cached stage's p99 (benchmarks/RESULTS.md, issue 19). Each round trip releases the GIL."""
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(item_ids), LINEAR_READ_CHUNK):
+            chunk = item_ids[start:start + LINEAR_READ_CHUNK]
+            A_inv, b = self.linucb.read(chunk)
+            packed = np.concatenate([A_inv.reshape(len(chunk), -1), b], axis=1)
+            # Row copies: a row view would keep the whole read alive.
+            out.update((item_id, packed[n].copy()) for n, item_id in enumerate(chunk))
+        return out
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
         """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""

@@ -16,7 +16,7 @@ from feature_store.attribution import BUCKET_MS, Impression, Outcome
 from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import Settings
-from services.explore.stats import BanditStats
+from services.explore.stats import LINEAR_READ_CHUNK, BanditStats
 from services.recommend.item_cache import ItemCache
 
 TTL_S, D = 2.0, 4
@@ -202,3 +202,37 @@ def test_an_entry_ages_from_before_the_read_that_fetched_it() -> None:
     version[0] = 3
     clock.now = 105.5  # the last read began at 102.99: 2.51 ttl ago, read in the request
     assert get(["a"]) == [3]
+
+
+def test_linucb_statistics_of_many_candidates_are_read_in_chunks_each_in_its_place(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """More candidates than one read chunk (LINEAR_READ_CHUNK): each gets its own statistics, in
+    the caller's order, cold and from a background refresh: A⁻¹ = (I + x xᵀ)⁻¹ and b = r x of its
+    one planted update (items without one: I and 0)."""
+    features = RedisOnlineStore.from_settings(settings)
+    clock, refresh = Clock(), Deferred()
+    linucb = RedisLinUcbStore(features.spec, D)
+    stats = BanditStats(features, features.attribution(), linucb, cache_s=TTL_S, clock=clock, submit=refresh)
+    items = [f"m{n}" for n in range(2 * LINEAR_READ_CHUNK + 7)][::-1]
+    rng = np.random.default_rng(2)
+    planted = {item: (rng.normal(size=D), float(n % 2)) for n, item in enumerate(items) if n % 3}
+    for item, (x, reward) in planted.items():
+        assert linucb.update(f"u-{item}", item, x, reward)
+
+    def check(read: np.ndarray, b: np.ndarray) -> None:
+        for n, item in enumerate(items):
+            x, reward = planted.get(item, (np.zeros(D), 0.0))
+            np.testing.assert_allclose(read[n], np.linalg.inv(np.eye(D) + np.outer(x, x)), atol=1e-12)
+            np.testing.assert_allclose(b[n], reward * x, atol=1e-12)
+
+    cold = stats.linear(items, [])
+    check(cold.A_inv, cold.b)
+    clock.now += TTL_S  # expired: served, and refreshed in the background
+    stats.linear(items, [])
+    assert refresh.run() == 1
+    clock.now += 0.5
+    warm = stats.linear(items, [])
+    check(warm.A_inv, warm.b)
+    stats.close()
+    features.close()
