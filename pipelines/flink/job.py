@@ -7,7 +7,8 @@ environment variables or `RECSYS_CONFIG`; the Redis URL must then be set).
 
 Graph::
 
-    FileSource(text lines, monitor_continuously)            only complete (visible) files
+    FileSource(text lines, monitor_continuously)            only complete (visible) files, in path
+                                                            order (oldest hour first: ordered_splits)
       -> ParseEvents (flat_map)               malformed and far-future lines logged, skipped
       -> event-time watermarks (bounded out-of-orderness)    in the JVM (keyed_in_jvm)
       -> key_by (user, item)                                  in the JVM
@@ -36,12 +37,13 @@ from types import FrameType
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.time import Time
 from pyflink.datastream import AsyncDataStream, DataStream, KeyedStream, StreamExecutionEnvironment
-from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+from pyflink.datastream.connectors.file_system import FileSource, FileSplitAssignerProvider, StreamFormat
 from pyflink.java_gateway import get_gateway
 
 from feature_store.linucb_store import context_dim
 from feature_store.settings import FlinkSettings, Settings
 from pipelines.flink import operators as ops
+from pipelines.flink.ordered_splits import path_ordered_assigner
 from pipelines.flink.runner import latest_checkpoint
 from pipelines.flink.sink import WriteRecords
 
@@ -86,15 +88,17 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
 
 
 def build_job(
-    env: StreamExecutionEnvironment, events_dir: Path, params: ops.JobParams, flink: FlinkSettings
+    env: StreamExecutionEnvironment, events_dir: Path, params: ops.JobParams, flink: FlinkSettings,
+    split_order: FileSplitAssignerProvider | None = None,
 ) -> None:
-    """Wire source -> parse -> event time -> (user, item) keys -> attribution -> writes onto `env`."""
+    """Wire source -> parse -> event time -> (user, item) keys -> attribution -> writes onto `env`.
+
+    `split_order` decides which pending file is read next (`ordered_splits`; None: Flink's default)."""
     events_dir.mkdir(parents=True, exist_ok=True)
-    source = (
-        FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(events_dir.resolve()))
-        .monitor_continuously(Duration.of_millis(flink.monitor_interval_ms))
-        .build()
-    )
+    builder = FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(events_dir.resolve()))
+    if split_order is not None:
+        builder = builder.set_split_assigner(split_order)
+    source = builder.monitor_continuously(Duration.of_millis(flink.monitor_interval_ms)).build()
     parsed = (
         env.from_source(source, WatermarkStrategy.no_watermarks(), "event-log")
         .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.PARSED_TYPE_INFO).name("parse")
@@ -128,7 +132,8 @@ def keyed_in_jvm(parsed: DataStream, watermarks: WatermarkStrategy) -> KeyedStre
 def run(settings: Settings, redis_url: str, restore_from: Path | None = None) -> None:
     """Run the job until SIGTERM/SIGINT, then cancel it cleanly (its checkpoints are retained)."""
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings, restore_from))
-    build_job(env, settings.event_log_dir, job_params(settings, redis_url), settings.flink)
+    split_order = path_ordered_assigner(env, settings.state_dir / "flink-lib")
+    build_job(env, settings.event_log_dir, job_params(settings, redis_url), settings.flink, split_order)
     client = env.execute_async("recsys-speed-layer")
     log.info("speed layer running (job %s), restored from %s", client.get_job_id(), restore_from)
     stop = _stop_flag()

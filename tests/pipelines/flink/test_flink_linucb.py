@@ -40,9 +40,9 @@ def test_the_stream_job_adds_finalised_linucb_impressions_to_the_items_statistic
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     url, prefix, d = settings.redis.url or "", settings.redis.key_prefix, context_dim()
-    # Every event inside one hour of the event log's hourly partitions: the job may read two
-    # partitions' files in either order, and the tick read first would make the rest late.
-    start = datetime.now(timezone.utc).replace(minute=1, second=0, microsecond=0) - timedelta(hours=2)
+    # The tick falls in the next hour's partition of the event log: the job must read that file
+    # after the impressions' (path order, pipelines/flink/ordered_splits.py), or they are too late.
+    start = datetime.now(timezone.utc).replace(minute=50, second=0, microsecond=0) - timedelta(hours=2)
     ms = lambda at: int(at.timestamp() * 1000)  # noqa: E731
     rng = np.random.default_rng(7)
     store = RedisLinUcbStore(ConnectionSpec(url, key_prefix=prefix), d, RIDGE)

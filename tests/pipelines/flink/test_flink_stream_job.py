@@ -8,10 +8,13 @@ state). The log also holds a malformed line, a client retry (duplicate ids), an 
 the future (skipped before the watermark), outcomes without a request id and with an unknown
 one (unattributed, counted), an impression within the allowed lateness (counted) and an outcome
 beyond it (counted as late, left to the batch layer), as docs/speed_layer.md documents.
+
+A job started on hours of log written before it must read them oldest hour first: no outcome late.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -162,3 +165,70 @@ def test_attributed_counts_survive_kill_and_restart(settings: Settings, redis_cl
     assert misses.get("late:click") == 1
     assert not redis_client.exists(KeyLayout(prefix).attribution_marker("far-future"))
     assert all(redis_client.pttl(key) > 0 for key in redis_client.scan_iter(f"{prefix}:a:*")), "a key without a TTL"
+
+
+def backlog_events(start: datetime, hours: int, seed: int) -> list[Event]:
+    """A request of 3 slots every 30 s over `hours`; clicks and purchases 10-360 s after their
+    impression (most within WINDOW, some in the next hour's partition), most with the request id,
+    some without one or with an unknown one."""
+    rng, events = random.Random(seed), []
+    for n in range(hours * 120):
+        shown, user = start + timedelta(seconds=30 * n), f"u{rng.randrange(5)}"
+        for slot in range(3):
+            item = f"i{rng.randrange(12)}"
+            events.append(at(f"b{n}-{slot}", user, item, "impression", shown, request_id=f"rb{n}", position=slot))
+            if rng.random() < 0.3:
+                context = rng.choice([{"request_id": f"rb{n}"}] * 7 + [{}] * 2 + [{"request_id": "unknown"}])
+                events.append(at(f"b{n}-{slot}-o", user, item, rng.choice(["click", "click", "purchase"]),
+                                 shown + timedelta(seconds=rng.randrange(10, 360)), **context))
+    return sorted(events, key=lambda e: e.ts)
+
+
+def test_a_backlog_of_several_hours_is_read_without_late_outcomes(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Issue 14: a job started on hours of log written before it (first start, restart without
+    --resume, after an outage) reads the hour files in event-time order, so no outcome of an
+    earlier hour is read after a later hour moved the watermark past it: the counts equal the
+    rule's, and no outcome is counted late (the allowed lateness here is shorter than an hour)."""
+    url, prefix = settings.redis.url or "", settings.redis.key_prefix
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=6)
+    events = backlog_events(start, 4, seed=14)
+    tick = at("tick", "u9", "i9", "impression", events[-1].ts + LATENESS + timedelta(seconds=10))
+    log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=3600, fsync=False))
+    for first in range(0, len(events), 40):  # ~50 files over 5-6 hour partitions
+        log.append(events[first:first + 40])
+        log.roll_all()
+    log.append([tick])
+    log.close()
+    impressions = [Impression.of(e) for e in events if e.type == "impression"]
+    window_ms = int(WINDOW.total_seconds() * 1000)
+    unattributed = sum(is_outcome(e) and attribute(Outcome.of(e), impressions, window_ms) is None for e in events)
+    expected = reference_counts(events + [tick], window_ms)
+    assert len({partition_of(e.ts) for e in events}) >= 4 and unattributed > 0
+    assert sum(n for key, n in expected.items() if key[3] == "click") >= 50
+    job = StreamJob(settings.state_dir, log_file=tmp_path / "backlog.log", env={
+        "RECSYS_REDIS__URL": url,
+        "RECSYS_FLINK__ALLOWED_LATENESS_MS": str(int(LATENESS.total_seconds() * 1000)),
+        "RECSYS_FLINK__OUT_OF_ORDERNESS_MS": str(int(OUT_OF_ORDERNESS.total_seconds() * 1000)),
+        "RECSYS_ATTRIBUTION__WINDOW_S": str(WINDOW.total_seconds()),
+    }).start()
+    store = RedisAttributionStore(ConnectionSpec(url, key_prefix=prefix), 2 * 86400, 900)
+
+    def unattributed_and_late() -> tuple[int, dict[str, int]]:
+        misses = store.misses(0, 2**62)
+        return (sum(n for name, n in misses.items() if name.startswith("unattributed:")),
+                {name: n for name, n in misses.items() if name.startswith("late:")})
+    try:
+        wait_for(lambda: impressions_recorded(redis_client, prefix, [tick]), "the tick", [job])
+        # Every outcome decided once the tick's watermark passed them: credited, unattributed or late.
+        wait_for(lambda: unattributed_and_late() == (unattributed, {}) and counts(url, prefix) == expected,
+                 "the rule's counts", [job], timeout_s=60)
+    except AssertionError as exc:
+        got = counts(url, prefix)
+        differences = sum(got.get(k) != expected.get(k) for k in got.keys() | expected.keys())
+        raise AssertionError(f"(unattributed, late) = {unattributed_and_late()}, expected ({unattributed}, {{}}); "
+                             f"{differences} counts differ") from exc
+    finally:
+        job.stop()
+        store.close()
