@@ -9,8 +9,10 @@ neighbour + user-vector channels) on the same histories.
 Full ranking on test (history = training + validation item), HR@10 / NDCG@10 with 95% bootstrap
 intervals over users; reasons as `benchmarks/quality.py` counts them (`reasons_per_list`, users
 with >= 10 history items). CPU per request is `time.process_time` (every thread of this process)
-per recall call with the API's 200 candidates and the last 50 history items, in alternating
-blocks of 50 requests, so a neighbour's load hits both paths alike; the ratio is blend / today.
+per recall call with the API's 200 candidates and the last 50 history items (the blend's call
+includes the reasons of its top 10, as the explain stage names them for the shown items; today's
+channels name their seeds while recalling), in alternating blocks of 50 requests, so a
+neighbour's load hits both paths alike; the ratio is blend / today.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from models.evaluation.end_to_end import bootstrap_ci
 from models.evaluation.protocol import full_ranks, implicit_interactions, protocol_split, top_lists
 from models.evaluation.metrics import rank_metrics
 from models.retrieval import build_index
+from models.retrieval.blend import BlendedRecall
 from models.retrieval.multichannel import EmbeddingNeighbourChannel, MultiChannelRecall, UserVectorChannel
 from pipelines.training.blend import fit_serving_blend, validation_split
 from services.cli.evaluate import read_log
@@ -47,6 +50,12 @@ def cpu_per_call(paths: dict[str, Callable[[Sequence[str]], object]], histories:
                 call(history)
             out[name].append((time.process_time() - began) / len(histories[start : start + block]))
     return {name: np.array(values) for name, values in out.items()}
+
+
+def blend_request(blend: BlendedRecall, history: Sequence[str]) -> list[str | None]:
+    """The served blend's recall stage and the reasons of the 10 items it would show."""
+    found = blend.recall(history, CANDIDATES, history)
+    return blend.reasons(history, [c.item_id for c in found[:10]])
 
 
 def main() -> None:
@@ -71,7 +80,8 @@ def main() -> None:
         lists = top_lists(blend, split.test, split.items)
         reasons = reasons_per_list(blend, split.test, lists)
         long = [split.test.train[u] for u in users if len(split.test.train[u]) >= 10]
-        named = [(c.because, history[-1]) for history, found in zip(long, blend.recall_many(long, 10)) for c in found]
+        named = [(because, history[-1]) for history, found in zip(long, blend.recall_many(long, 10))
+                 for because in blend.reasons(history, [c.item_id for c in found])]  # fmt: skip
         last_share = float(np.mean([because == last for because, last in named]))
         progress.advance(task)
         index = build_index(item2vec.dim, len(item2vec.ids), "exact")
@@ -80,9 +90,9 @@ def main() -> None:
                                     UserVectorChannel("user_vector", item2vec, index)])  # fmt: skip
         requests = [split.test.train[u][-HISTORY:] for u in users[: args.requests]]
         for history in requests[:20]:  # warm both paths (TensorFlow's first calls trace)
-            blend.recall(history, CANDIDATES, history), today.recall(history, CANDIDATES, history)
+            blend_request(blend, history), today.recall(history, CANDIDATES, history)
         cpu = cpu_per_call({"today": lambda h: today.recall(h, CANDIDATES, h),
-                            "blend": lambda h: blend.recall(h, CANDIDATES, h)}, requests)  # fmt: skip
+                            "blend": lambda h: blend_request(blend, h)}, requests)  # fmt: skip
     print(f"blend: {blend.normalisation}, weights {blend.summary()['weights']}, validation NDCG@10 {blend.validation_ndcg:.4f}")
     for metric in ("HR@10", "NDCG@10"):
         low, high = bootstrap_ci(test[metric])

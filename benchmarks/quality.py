@@ -63,7 +63,8 @@ class _Ids:
 def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history: int = 10) -> float:
     """Mean number of distinct reasons (`services.recommend.explain`) per top-10 list, over users
     with at least `min_history` history items; each item's reason from the recall candidate that
-    brought it (its seed), as served without the ranker's attention."""
+    brought it (its seed; the blend's `reasons` for the listed items), as served without the
+    ranker's attention."""
     inner = getattr(model, "model", model)  # a list model inside its ListScorer; a blend scores directly
     recall = inner.recall if isinstance(inner, RerankRecommender) else inner
     depth = getattr(model, "depth", 100)
@@ -76,9 +77,12 @@ def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history
             recalled = recall.recall_many(histories, depth)
         else:
             recalled = [recall.recall(history, depth) for history in histories]
-        for (_, items), found in zip(chunk, recalled):
+        for (user, items), found in zip(chunk, recalled):
             by_id = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in found}
             shown = [by_id.get(item, Candidate(item, 0.0, set())) for item in items]
+            if hasattr(recall, "reasons"):  # the blend explains the shown items only, as served
+                for candidate, why in zip(shown, recall.reasons(split.train[user], items)):
+                    candidate.because = why
             counts.append(len(set(explain(shown, [], _Ids()))))  # type: ignore[arg-type]
     return float(np.mean(counts)) if counts else float("nan")
 

@@ -9,13 +9,21 @@ normalisation are fitted on the protocol's validation targets by coordinate asce
 (`fit_blend`): each round tries every weight of a small grid for one channel with the others
 fixed and keeps the best.
 
-Each candidate's reason is the history item with the largest share of its blended score. A channel
-whose raw score is a sum of per-history-item terms t_c(h, j) (ItemKNN: sim(h, j); Item2vec: the
-mean cosine's cos(e_h, e_j) / n) credits each h with w_c / σ_c · t_c(h, j) under the z-score (σ_c:
-the user's spread of the channel's scores; the mean is common to every candidate) and with
-w_c · rrf_c(j) · t_c(h, j) / Σ_h t_c(h, j) under RRF; GRU4Rec's state is not such a sum, so its whole
-term w_c · norm_c(j) goes to the history item most similar to j in its input embedding
-(`ScoredChannel.responsible`). The named item is the argmax of the summed credit.
+A candidate's reason (`reasons`, asked only for the items shown) is the history item whose
+removal takes the most from its blended score (leave-one-out attribution: the counterfactual "had
+the user not had h" of Ghazimatin et al., "PRINCE", WSDM 2020, for one action and on the score):
+
+    reason(u, j) = argmax_h  Σ_c w_c · [norm_H(s_c(H, ·))_j − norm_H(s_c(H ∖ {h}, j))]
+
+over the distinct items h of the history H, where H ∖ {h} drops every occurrence of h (so each
+channel's window takes in the next older item: the channel's raw score as it would be for a user
+who never had h) and norm_H places a raw score on the scale of the user's own normalisation (the
+z-score's mean and spread of H's scores; under RRF its rank among H's scores of the other items).
+Holding the scale fixed leaves out the shift a removal gives the whole catalog, which is the same
+for every item and names nobody: an item without evidence from any channel gets no reason, as it
+gets none when no removal lowers its score. The rule is exact for every channel, GRU4Rec's too (its
+state is not a sum over history items, so no additive share exists for it). Only the histories a
+removal changes are re-scored, per channel (`ScoredChannel.reads`).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ BLEND_FILE = "blend.json"
 NORMALISATIONS = ("zscore", "rrf")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 RRF_OFFSET = 60.0
+LEAST_DROP = 1e-6  # in blended-score units (weights × z-scores or RRF terms)
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
@@ -49,6 +58,21 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
         order = np.argsort(-scores, axis=1, kind="stable")
         np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1, dtype=np.float32)[None, :].repeat(len(scores), 0), axis=1)
         return 1.0 / (RRF_OFFSET + ranks)
+    raise ValueError(f"unknown normalisation {how!r}; expected one of {list(NORMALISATIONS)}")
+
+
+def on_scale(base: np.ndarray, values: np.ndarray, columns: np.ndarray, how: str) -> np.ndarray:
+    """`values[:, i]`, raw scores of item `columns[i]`, normalised on the scale `normalise` gives
+    the row `base` (z-score: its mean and spread; rrf: the rank among base's other items, ties
+    placed as `normalise` places them); `values` equal to `base[columns]` give `normalise(base)`."""
+    if how == "zscore":
+        spread = base.std()
+        return (values - base.mean()) / (spread if spread > 0 else 1.0)
+    if how == "rrf":
+        others = np.arange(len(base))[None, None, :] != columns[None, :, None]
+        ahead = (base[None, None, :] > values[:, :, None]) | (
+            (base[None, None, :] == values[:, :, None]) & (np.arange(len(base))[None, None, :] < columns[None, :, None]))
+        return 1.0 / (RRF_OFFSET + 1.0 + (ahead & others).sum(axis=2))
     raise ValueError(f"unknown normalisation {how!r}; expected one of {list(NORMALISATIONS)}")
 
 
@@ -83,19 +107,19 @@ class BlendedRecall:
 
     def _raw(self, histories: Sequence[Sequence[str]], weighted_only: bool = False) -> list[np.ndarray]:
         """Each channel's raw scores over `items`; with `weighted_only`, a channel of weight 0 is
-        not run (zeros: it adds nothing to the blend and names no reason)."""
-        out = []
-        for channel, columns, weight in zip(self.channels, self._columns, self.weights):
-            if weighted_only and weight == 0.0:
-                out.append(np.zeros((len(histories), len(self.ids)), np.float32))
-                continue
-            raw = np.asarray(channel.batch_scores(histories), dtype=np.float32)
-            full = np.repeat(raw.min(axis=1, keepdims=True) if raw.size else np.zeros((len(histories), 1), np.float32),
-                             len(self.ids), axis=1)  # fmt: skip
-            known = columns >= 0
-            full[:, columns[known]] = raw[:, known]
-            out.append(full)
-        return out
+        not run (zeros: it adds nothing to the blend)."""
+        return [np.zeros((len(histories), len(self.ids)), np.float32) if weighted_only and weight == 0.0
+                else self._channel_raw(c, histories)
+                for c, weight in enumerate(self.weights)]  # fmt: skip
+
+    def _channel_raw(self, c: int, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """Channel `c`'s raw scores over `items` (an item it does not know: the history's lowest)."""
+        raw = np.asarray(self.channels[c].batch_scores(histories), dtype=np.float32)
+        full = np.repeat(raw.min(axis=1, keepdims=True) if raw.size else np.zeros((len(histories), 1), np.float32),
+                         len(self.ids), axis=1)  # fmt: skip
+        known = self._columns[c] >= 0
+        full[:, self._columns[c][known]] = raw[:, known]
+        return full
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         matrices = [normalise(raw, self.normalisation) for raw in self._raw(histories, weighted_only=True)]
@@ -105,62 +129,47 @@ class BlendedRecall:
         return self.batch_scores([history])[0]
 
     def recall(self, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[RecallCandidate]:
-        """The `k` best unseen items, each tagged with the channel contributing most to its
-        score and the history item that channel names as responsible."""
+        """The `k` best unseen items, each tagged with the channel contributing most to its score
+        (no reason: `reasons` explains the items shown)."""
         return self.recall_many([history], k, exclude)[0]
 
     def recall_many(self, histories: Sequence[Sequence[str]], k: int, exclude: Collection[str] = ()) -> list[list[RecallCandidate]]:
         """`recall` for several histories, each channel scoring them in one batch; each candidate is
         tagged with the channel contributing most to its score."""
-        raw = self._raw(histories, weighted_only=True)
-        matrices = [normalise(r, self.normalisation) for r in raw]
-        return [self._top([m[row] for m in matrices], [r[row] for r in raw], history, k, exclude)
-                for row, history in enumerate(histories)]  # fmt: skip
+        matrices = [normalise(r, self.normalisation) for r in self._raw(histories, weighted_only=True)]
+        return [self._top([m[row] for m in matrices], history, k, exclude) for row, history in enumerate(histories)]
 
-    def _top(self, normed: list[np.ndarray], raw: list[np.ndarray], history: Sequence[str], k: int,
-             exclude: Collection[str]) -> list[RecallCandidate]:  # fmt: skip
+    def _top(self, normed: list[np.ndarray], history: Sequence[str], k: int, exclude: Collection[str]) -> list[RecallCandidate]:
         blended = sum((w * m for w, m in zip(self.weights, normed)), np.zeros(len(self.ids), np.float32))
         blocked = [self._position[i] for i in {*history, *exclude} if i in self._position]
         blended[blocked] = -np.inf
         top = np.argsort(-blended, kind="stable")[:k]
         top = top[np.isfinite(blended[top])]
         leading = np.argmax(np.stack([w * m[top] for w, m in zip(self.weights, normed)]), axis=0)
-        because = self.responsible(history, top, normed, raw)
-        return [RecallCandidate(str(self.ids[j]), float(blended[j]), {self.channels[c].name}, why)
-                for j, c, why in zip(top.tolist(), leading.tolist(), because)]  # fmt: skip
+        return [RecallCandidate(str(self.ids[j]), float(blended[j]), {self.channels[c].name})
+                for j, c in zip(top.tolist(), leading.tolist())]  # fmt: skip
 
-    def responsible(self, history: Sequence[str], top: np.ndarray, normed: list[np.ndarray],
-                    raw: list[np.ndarray]) -> list[str | None]:  # fmt: skip
-        """Per candidate column of `top`, the history item with the largest credit (module
-        docstring) under one user's normalised and raw channel rows; None when none has any."""
-        items = self.ids[top].tolist()
-        credit: dict[str, np.ndarray] = {}
-        for c, channel in enumerate(self.channels):
-            weight = float(self.weights[c])
-            spread = float(raw[c].std())
-            if weight == 0.0 or spread == 0.0:  # a channel constant for this user adds the same to every item
-                continue
-            share = weight * normed[c][top]
-            terms = channel.terms(history, items)
-            if terms is None:
-                for i, h in enumerate(channel.responsible(history, items)):
-                    if h is not None:
-                        credit.setdefault(h, np.zeros(len(top)))[i] += share[i]
-                continue
-            seeds, matrix = terms
-            if self.normalisation == "zscore":
-                parts = weight / spread * matrix
-            else:
-                total = matrix.sum(axis=0)
-                parts = share * matrix / np.where(total != 0, total, 1.0)
-            for h, row in zip(seeds, parts):
-                credit[h] = credit.get(h, np.zeros(len(top))) + row
-        if not credit:
-            return [None] * len(top)
-        names = list(credit)
-        table = np.stack([credit[h] for h in names])
-        best = np.argmax(table, axis=0)
-        return [names[b] if table[b, i] > 0 else None for i, b in enumerate(best)]
+    def reasons(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
+        """Per item of `items`, the history item whose removal takes the most from its blended
+        score (module docstring); None for an item the blend does not know or no removal lowers."""
+        history = list(history)
+        columns = np.array([self._position.get(item, -1) for item in items], dtype=int)
+        weighted = [c for c, weight in enumerate(self.weights) if weight != 0.0]
+        removable = list(dict.fromkeys(h for c in weighted for h in self.channels[c].reads(history)))
+        if not removable or not (columns >= 0).any():
+            return [None] * len(items)
+        known = np.maximum(columns, 0)
+        drop = np.zeros((len(removable), len(items)), np.float64)
+        for c in weighted:
+            read = set(self.channels[c].reads(history))
+            changed = [r for r, h in enumerate(removable) if h in read]
+            variants = [history] + [[item for item in history if item != removable[r]] for r in changed]
+            raw = self._channel_raw(c, variants).astype(np.float64)
+            scaled = on_scale(raw[0], raw[:, known], known, self.normalisation)
+            drop[changed] += float(self.weights[c]) * (scaled[0] - scaled[1:])
+        best = np.argmax(drop, axis=0)
+        # float32 channel sums differ by round-off when a removal leaves an item's evidence as it was
+        return [removable[b] if col >= 0 and drop[b, i] > LEAST_DROP else None for i, (b, col) in enumerate(zip(best, columns))]
 
     def summary(self) -> dict[str, Any]:
         """Normalisation, weight per channel and validation NDCG@10 (None when not fitted), for a manifest."""

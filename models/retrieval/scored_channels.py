@@ -1,19 +1,17 @@
-"""Recall channels that score every item for a history, each able to name the history item most
-responsible for a candidate: the inputs of the learned blend (`models.retrieval.blend`).
+"""Recall channels that score every item for a history: the inputs of the learned blend
+(`models.retrieval.blend`).
 
 - `ItemKNNScores`: the tuned item-based kNN (`models.evaluation.baselines.ItemKNNRecommender`,
   the same model and settings as the protocol's peer; other windows over the same similarities
-  are further channels); responsible = the window item with the largest term sim(h, j) of the
-  score Σ_h sim(h, j).
+  are further channels): score Σ_{h in window} sim(h, j).
 - `EmbeddingScores`: mean cosine between an item's embedding (Item2vec, DeepWalk, ...) and the
-  last `recent` history items'; responsible = the most similar of them.
-- `SequentialScores`: GRU4Rec's next-item logits (`models.retrieval.sequential`); responsible =
-  the history item most similar to the candidate in GRU4Rec's input embedding (the GRU state
-  itself is not a sum over items, so similarity stands in for attribution).
+  last `recent` history items'.
+- `SequentialScores`: GRU4Rec's next-item logits (`models.retrieval.sequential`).
 
-A channel whose score is a sum over history items also gives those terms (`terms`), so the blend
-can credit each history item with its share of a candidate's blended score. `save_channels` /
-`load_channels` write and read a list of channels (each distinct model once) for serving.
+Each channel says which history items its score reads (`reads`: removing any other item leaves
+the score unchanged), so the blend's reasons (leave-one-out, `BlendedRecall.reasons`) re-score
+only the histories a removal changes. `save_channels` / `load_channels` write and read a list of
+channels (each distinct model once) for serving.
 """
 
 from __future__ import annotations
@@ -29,12 +27,9 @@ from scipy import sparse
 from models.evaluation.baselines import ItemKNNRecommender
 from models.retrieval.sequential import GRU4Rec
 
-Terms = tuple[list[str], np.ndarray]
-"""History items and a (len(items), candidates) matrix: each item's additive term of the raw score."""
-
 
 class ScoredChannel(Protocol):
-    """Scores of `ids` for each history, and per candidate the history item behind it."""
+    """Scores of `ids` for each history, and the history items a score depends on."""
 
     name: str
     ids: np.ndarray
@@ -43,26 +38,14 @@ class ScoredChannel(Protocol):
         """(len(histories), len(ids)) scores, higher is better; histories oldest first."""
         ...
 
-    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
-        """Per item, the history item most responsible for its score (None: none is)."""
-        ...
-
-    def terms(self, history: Sequence[str], items: Sequence[str]) -> Terms | None:
-        """The raw score of `items` as a sum of per-history-item terms; None when it is not one."""
+    def reads(self, history: Sequence[str]) -> list[str]:
+        """The items of `history` (oldest first) its score reads, known to the channel or not:
+        removing any other item of `history` leaves the score unchanged."""
         ...
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _most_similar(unit: np.ndarray, position: dict[str, int], window: Sequence[str], items: Sequence[str]) -> list[str | None]:
-    seeds = [item for item in window if item in position]
-    if not seeds:
-        return [None] * len(items)
-    known = np.array([position.get(item, -1) for item in items], dtype=int)
-    best = np.argmax(unit[[position[s] for s in seeds]] @ unit[np.maximum(known, 0)].T, axis=0)
-    return [seeds[int(b)] if row >= 0 else None for b, row in zip(best, known)]
 
 
 class ItemKNNScores:
@@ -75,9 +58,11 @@ class ItemKNNScores:
         self.recent = None if whole_history else (recent or model.recent)
         self.name = "itemknn" if self.recent == model.recent else f"itemknn_last{self.recent or 'all'}"
 
+    def reads(self, history: Sequence[str]) -> list[str]:
+        return list(history)[-self.recent :] if self.recent else list(history)
+
     def _window(self, history: Sequence[str]) -> list[str]:
-        recent = list(history)[-self.recent :] if self.recent else list(history)
-        return [item for item in recent if item in self.model.position]
+        return [item for item in self.reads(history) if item in self.model.position]
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         out = np.zeros((len(histories), len(self.ids)))
@@ -86,22 +71,6 @@ class ItemKNNScores:
             if rows:
                 out[row] = np.asarray(self.model.similarity[rows].sum(axis=0)).ravel()
         return out
-
-    def terms(self, history: Sequence[str], items: Sequence[str]) -> Terms:
-        """sim(h, j) for each window item h (the score is their sum); 0 for an unknown j."""
-        window = self._window(history)
-        columns = np.array([self.model.position.get(item, -1) for item in items], dtype=int)
-        if not window:
-            return window, np.zeros((0, len(items)))
-        found = self.model.similarity[[self.model.position[item] for item in window]].toarray()[:, np.maximum(columns, 0)]
-        return window, np.where(columns >= 0, found, 0.0)
-
-    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
-        window, terms = self.terms(history, items)
-        if not window:
-            return [None] * len(items)
-        best = np.argmax(terms, axis=0)
-        return [window[int(b)] if terms[b, i] > 0 else None for i, b in enumerate(best)]
 
 
 class EmbeddingScores:
@@ -114,9 +83,11 @@ class EmbeddingScores:
         self.unit = _unit(np.asarray(vectors, dtype=np.float32))
         self.position = {item: i for i, item in enumerate(self.ids.tolist())}
 
+    def reads(self, history: Sequence[str]) -> list[str]:
+        return list(history)[-self.recent :] if self.recent else list(history)
+
     def _window(self, history: Sequence[str]) -> list[str]:
-        recent = list(history)[-self.recent :] if self.recent else list(history)
-        return [item for item in recent if item in self.position]
+        return [item for item in self.reads(history) if item in self.position]
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         queries = np.zeros((len(histories), self.unit.shape[1]), np.float32)
@@ -126,38 +97,21 @@ class EmbeddingScores:
                 queries[row] = self.unit[[self.position[item] for item in window]].mean(axis=0)
         return queries @ self.unit.T
 
-    def terms(self, history: Sequence[str], items: Sequence[str]) -> Terms:
-        """cos(e_h, e_j) / |window| for each window item h (the score is their sum)."""
-        window = self._window(history)
-        columns = np.array([self.position.get(item, -1) for item in items], dtype=int)
-        if not window:
-            return window, np.zeros((0, len(items)))
-        cosines = self.unit[[self.position[item] for item in window]] @ self.unit[np.maximum(columns, 0)].T
-        return window, np.where(columns >= 0, cosines / len(window), 0.0)
-
-    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
-        return _most_similar(self.unit, self.position, self._window(history), items)
-
 
 class SequentialScores:
-    """GRU4Rec's scores; reasons from its input embedding over the history it reads."""
+    """GRU4Rec's scores over the last `max_len` history items."""
 
     name = "gru4rec"
 
     def __init__(self, model: GRU4Rec) -> None:
         self.model = model
         self.ids = model.ids
-        self.unit = _unit(model.item_vectors())
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         return self.model.batch_scores(histories)
 
-    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
-        window = list(history)[-self.model.max_len :]
-        return _most_similar(self.unit, self.model.position, window, items)
-
-    def terms(self, history: Sequence[str], items: Sequence[str]) -> None:
-        return None  # a GRU state is not a sum over history items
+    def reads(self, history: Sequence[str]) -> list[str]:
+        return list(history)[-self.model.max_len :]
 
 
 def save_channels(channels: Sequence[ScoredChannel], folder: Path) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Serving the recall artifact's learned blend (`models.retrieval.blend`, docs/evaluation.md "The
 blended pipeline"): the recall stage scores the user's live history with the same `BlendedRecall`
-that `recsys evaluate` ranks with, and the rank stage keeps the blend's order unless the
-artifact's validation choice (`models.retrieval.order_choice`) says the current ranker beats it.
+that `recsys evaluate` ranks with, the rank stage keeps the blend's order unless the artifact's
+validation choice (`models.retrieval.order_choice`) says the current ranker beats it, and the
+explain stage names each shown blended item's reason (`BlendedRecall.reasons`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,21 @@ class BlendServing:
     order: OrderChoice | None
 
     def candidates(self, history: Sequence[str], k: int, exclude: Collection[str]) -> list[Candidate] | None:
-        """The blend's top `k` unseen items for `history` (oldest first) with their blended scores;
-        None when the blend knows none of the history (a new user: the channel merge serves them)."""
+        """The blend's top `k` unseen items for `history` (oldest first) with their blended scores,
+        without reasons (`explain`); None when the blend knows none of the history (a new user: the
+        channel merge serves them)."""
         if not any(self.recall.knows(item) for item in history):
             return None
-        return [Candidate(c.item_id, c.score, {BLEND_SOURCE, *c.channels}, c.because)
-                for c in self.recall.recall(history, k, exclude)]  # fmt: skip
+        return [Candidate(c.item_id, c.score, {BLEND_SOURCE, *c.channels}) for c in self.recall.recall(history, k, exclude)]
+
+    def explain(self, history: Sequence[str], shown: Sequence[Candidate]) -> None:
+        """Set `because` of each shown blended candidate to the history item (`history` oldest
+        first) whose removal lowers its blended score the most: computed for the shown items
+        only, since it re-scores the history once per history item a channel reads."""
+        blended = [c for c in shown if BLEND_SOURCE in c.sources]
+        if blended:
+            for candidate, why in zip(blended, self.recall.reasons(history, [c.item_id for c in blended])):
+                candidate.because = why
 
     def serves_ranker(self, ranker_version: str | None) -> bool:
         """True only when validation chose the ranker, and it is this ranker version."""

@@ -190,6 +190,8 @@ class RecommendationPipeline:
             shown = [ranked[i] for i in explored.slate.positions]
             attended = [attended[i] for i in explored.slate.positions] if attended else []
         with self._stage("explain", timings):
+            if bundle.blend is not None:
+                bundle.blend.explain(user.history[::-1], shown)
             reasons = explain(shown, attended, self.store)
         items = [
             Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity)
@@ -225,6 +227,8 @@ class RecommendationPipeline:
             shown = [by_id[team][item_id] for item_id, team in zip(merged.items, merged.teams)]
             rank_of = [{c.item_id: rank for rank, c in enumerate(ranking)} for ranking in rankings]
         with self._stage("explain", timings):
+            if bundle.blend is not None:
+                bundle.blend.explain(user.history[::-1], shown)
             reasons = explain(shown, [attention.get(c.item_id) for c in shown], self.store)
         items = [
             Recommendation(c.item_id, c.recall_score, sorted(c.sources), reason, propensity, plan.teams[team],

@@ -20,8 +20,8 @@ class PlantedScores:
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         return np.stack([self.planted[tuple(h)] for h in histories])
 
-    def responsible(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
-        return [history[-1]] * len(items)
+    def reads(self, history: Sequence[str]) -> list[str]:
+        return list(history)
 
 
 def _planted(users: int = 300, size: int = 60, seed: int = 0) -> tuple[list[str], list[list[str]], list[str], PlantedScores, PlantedScores]:
@@ -67,7 +67,9 @@ def test_each_candidate_names_the_history_item_with_the_largest_contribution() -
     knn = ItemKNNRecommender(sequences, neighbours=10, recent=None)
     channel = ItemKNNScores(knn)
     history = ["a", "b", "c"]
-    found = {c.item_id: c.because for c in BlendedRecall([channel], np.ones(1), knn.ids.tolist()).recall(history, 3)}
+    blend = BlendedRecall([channel], np.ones(1), knn.ids.tolist())
+    top = [c.item_id for c in blend.recall(history, 3)]
+    found = dict(zip(top, blend.reasons(history, top)))
     sim = knn.similarity.toarray()
     pos = knn.position
     for item, because in found.items():
@@ -77,21 +79,21 @@ def test_each_candidate_names_the_history_item_with_the_largest_contribution() -
 
 
 def test_the_leading_channel_names_the_reason() -> None:
-    # Embeddings: p near h1, q near h2. ItemKNN sees only h3 -> r. Each item's reason comes from
-    # the channel that put it there.
+    # Embeddings: p near h1, q near h2. ItemKNN sees only h3 -> r. Each item is tagged with the
+    # channel that put it there, and its reason is the history item that channel's score rests on.
     ids = np.array(["h1", "h2", "h3", "p", "q", "r"])
     vectors = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0.1, 0], [0.1, 1, 0], [0, 0, 0.01]], np.float32)
     embedding = EmbeddingScores("item2vec", ids, vectors, recent=None)
-    assert embedding.responsible(["h1", "h2", "h3"], ["p", "q"]) == ["h1", "h2"]
     knn = ItemKNNScores(ItemKNNRecommender([["h3", "r"], ["h3", "r"], ["h1", "h2"]], recent=None))
     blend = BlendedRecall([embedding, knn], np.array([1.0, 1.0]), ids.tolist(), "zscore")
-    found = {c.item_id: (c.because, c.channels) for c in blend.recall(["h1", "h2", "h3"], 3)}
+    recalled = blend.recall(["h1", "h2", "h3"], 3)
+    reasons = blend.reasons(["h1", "h2", "h3"], [c.item_id for c in recalled])
+    found = {c.item_id: (why, c.channels) for c, why in zip(recalled, reasons)}
     assert found["p"] == ("h1", {"item2vec"}) and found["q"] == ("h2", {"item2vec"})
     assert found["r"] == ("h3", {"itemknn"})
 
 
-def test_gru4rec_channel_scores_a_request_as_a_batch_does_and_names_the_most_similar_item() -> None:
-    from models.retrieval.scored_channels import SequentialScores
+def test_gru4rec_channel_scores_a_request_as_a_batch_does() -> None:
     from models.retrieval.sequential import GRU4Rec
 
     sequences = [[f"i{(s + t) % 12}" for t in range(6)] for s in range(40)]
@@ -99,10 +101,3 @@ def test_gru4rec_channel_scores_a_request_as_a_batch_does_and_names_the_most_sim
     histories = [sequences[s][:4] for s in range(40)] + [sequences[0][:3]] * 30
     # Under 64 histories the model is called directly; above, through predict(): the same scores.
     assert np.allclose(gru.batch_scores(histories[:3]), gru.batch_scores(histories)[:3], atol=1e-5)
-    channel = SequentialScores(gru)
-    vectors = gru.item_vectors()
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    history = ["i0", "i3", "i7"]
-    for item, because in zip(["i1", "i5", "i9"], channel.responsible(history, ["i1", "i5", "i9"])):
-        similarity = {h: float(unit[gru.position[h]] @ unit[gru.position[item]]) for h in history}
-        assert because == max(similarity, key=similarity.get)  # type: ignore[arg-type]
