@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,9 +186,14 @@ def _context(population, recent: list[int], dim: int) -> np.ndarray:
     return mean / norm if norm > 0 else mean
 
 
-def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task: int) -> dict[str, dict[str, float]]:
+OPE_TARGETS = {"greedy": Greedy(), "ucb1": Ucb1(10.0), "thompson": Thompson(10.0), "linucb": LinUcb(1.0)}
+
+
+def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task: int,
+                 targets: Sequence[str] = tuple(OPE_TARGETS), true_theta: bool = False) -> dict[str, dict[str, float]]:
     """Log `requests` ε-greedy (0.2) slates with statistics frozen after `warmup` ε-greedy requests,
-    estimate each target from the log, and return {target: {estimator: relative error, "true": CTR}}."""
+    estimate each target from the log, and return {target: {estimator: relative error, "true": CTR,
+    "<estimator> se": the bootstrap standard error relative to the truth, "<estimator> covers": 0/1}}."""
     params = PopulationParams(users=200, items=200, dim=16, seed=seed)
     population = make_population(params)
     truth = GroundTruth(population, PositionBasedModel(1.0))
@@ -213,20 +219,24 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
         if step < warmup:
             feedback.record(shown, drawn.astype(float), x)
             continue
-        linear = LinearStats(*frozen, np.tile(x, (len(order), 1)))
+        linear = LinearStats(*frozen, np.broadcast_to(x, (len(order), params.dim)))  # a view: no copy per request
         decisions.append(Decision(ranked, counts, slate, drawn, linear))
         requesters.append(population.user_id(user))
         if step % 500 == 0:
             progress.update(task, advance=500)
     rewards = reward_model(decisions)
+    if true_theta:  # diagnostic: the click model's own examination instead of the estimate
+        rewards.theta = truth.model.examination(K)
     out = {}
-    for name, target in {"greedy": Greedy(), "ucb1": Ucb1(10.0), "thompson": Thompson(10.0), "linucb": LinUcb(1.0)}.items():
+    for name in targets:
+        target = OPE_TARGETS[name]
         logs = slate_logs(decisions, logging, target, rewards, np.random.default_rng([seed, 9]), samples=2)
         true = np.mean([truth.expected_clicks(u, target.choose(d.ranked, K, choices, d.stats_for(target)).item_ids, warmup)
                         for u, d in zip(requesters, decisions) for _ in range(1 if target.deterministic else 4)]) / K
         estimates = estimate(logs, bootstrap=500, seed=seed)
         out[name] = {"true": float(true), **{e: v.value / true - 1 for e, v in estimates.items()},
-                     **{f"{e} covers": float(v.low <= true <= v.high) for e, v in estimates.items()}}
+                     **{f"{e} covers": float(v.low <= true <= v.high) for e, v in estimates.items()},
+                     **{f"{e} se": (v.high - v.low) / (2 * 1.96 * true) for e, v in estimates.items()}}
     return out
 
 
@@ -247,12 +257,17 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=None, help="a subset of the policies (greedy is always run)")
     parser.add_argument("--ope", action="store_true", help="measure OPE accuracy instead (ε-greedy 0.2 logs)")
     parser.add_argument("--warmup", type=int, default=2000, help="--ope: ε-greedy requests before the statistics freeze")
+    parser.add_argument("--targets", nargs="+", choices=list(OPE_TARGETS), default=list(OPE_TARGETS),
+                        help="--ope: the target policies to estimate")
+    parser.add_argument("--true-theta", action="store_true",
+                        help="--ope diagnostic: weight with the click model's examination, not the one estimated from the log")
     args = parser.parse_args()
     console = Console()
     if args.ope:
         with Progress(console=console) as progress:
             task = progress.add_task("logging", total=args.seeds * args.requests)
-            runs = [ope_accuracy(seed, args.warmup, args.requests, progress, task) for seed in range(args.seeds)]
+            runs = [ope_accuracy(seed, args.warmup, args.requests, progress, task, args.targets, args.true_theta)
+                    for seed in range(args.seeds)]
         report_ope(console, runs, args)
         return
     chosen = {name: policy for name, policy in policies().items()
@@ -280,6 +295,14 @@ def report_ope(console: Console, runs: list[dict[str, dict[str, float]]], args: 
         cells.append(" / ".join(f"{c:.0f}" for c in covered) + f" of {len(runs)}")
         table.add_row(target, *cells)
     console.print(table)
+    seeds = Table(title="Per seed: relative error (error / bootstrap standard error); variance alone gives |z| < 2 in ~95% of cells")
+    for column in ("target", "seed", "IPS", "SNIPS", "DR"):
+        seeds.add_column(column)
+    for target in runs[0]:
+        for seed, r in enumerate(runs):
+            seeds.add_row(target, str(seed), *(f"{r[target][e]:+.1%} ({r[target][e] / r[target][f'{e} se']:+.1f})"
+                                               for e in ("ips", "snips", "dr")))
+    console.print(seeds)
 
 
 def report(console: Console, results: dict[str, list[dict]], args: argparse.Namespace) -> None:

@@ -14,6 +14,9 @@ Three measures, per policy (greedy, ε-greedy 0.1, UCB1, Thompson with 32 and 16
   (A⁻¹, b) (one pipeline);
 - `stage, cached`: the same with the per-worker statistics cache (`explore.stats_cache_s`,
   `--cache-s`): a request reads Redis only for entries older than that.
+
+Thompson's `choose` includes its propensity estimate (the CPU a request costs); its `stage` leaves
+the estimate pending, as serving does (the impression writer computes it off the request path).
 The LinUCB user vector is read only for users with a history; requests here have none, so that
 extra read (and the context write of a served user) is not in these figures.
 
