@@ -1,29 +1,38 @@
 """The training DAG's recall blend (issue 20, docs/evaluation.md "The blended pipeline"): the
-channels the offline protocol blends, fitted here on the DAG's training sequences, and the
-validation choice between the blend's order and the ranker's.
+channels the offline protocol blends, their weights and the order choice fitted on validation, and
+the served channels refitted on every training sequence.
 
 Validation: each training sequence of >= 3 items gives its last item as the target and the rest
 as the history; every channel (ItemKNN over the last `blend_recent` / last 1 / all items, GRU4Rec,
-each recall embedding) is fitted on those prefixes only, the blend's weights on the targets
-(`models.retrieval.blend.fit_blend`), and the order choice re-ranks the blend's top
-`api.recall_candidates` with the ranker the same run trained (`models.retrieval.order_choice`).
+each recall embedding) is fitted on those prefixes only, the blend's weights and normalisation on
+the targets (`models.retrieval.blend.fit_blend`), and the order choice re-ranks the blend's top
+`api.recall_candidates` with a ranker that never saw the targets (`pipelines.training.rankers`,
+`models.retrieval.order_choice`).
+
+Serving: once the weights and the order are chosen, the channels are fitted again on the whole
+training sequences (targets included) with the same hyper-parameters and keep the fitted weights
+and normalisation, as the field's protocol refits on training + validation before the test phase:
+a user's newest item, and an item seen only there, is in the served models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from feature_store.settings import Settings, TrainingSettings
 from models.embeddings.item_embeddings import ItemEmbeddings
+from models.embeddings.training import EmbeddingTrainingConfig
 from models.evaluation.baselines import ItemKNNRecommender
 from models.retrieval.artifact import RecallArtifact
 from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.order_choice import Rerank, choose_order
 from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores, ScoredChannel, SequentialScores
 from models.retrieval.sequential import GRU4Rec
+from pipelines.training.recall import fit_embeddings
 
 MIN_VALIDATION_LENGTH = 3
 MAX_VALIDATION_USERS = 2000  # as `fit_blend`: enough for the choice, bounded in time
@@ -43,32 +52,66 @@ def validation_split(sequences: Sequence[Sequence[str]]) -> tuple[list[list[str]
     return prefixes, histories, targets
 
 
+def validation_target_times(positives: Iterable[tuple[str, str, datetime]], cutoff: datetime) -> dict[str, datetime]:
+    """user -> event time of their validation target (the last item `validation_split` takes from
+    the time-ordered sequence of their positives before `cutoff`), for users with >= 3 of them."""
+    counts: dict[str, int] = {}
+    newest: dict[str, datetime] = {}
+    for user, _, ts in positives:
+        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+        if ts < cutoff:
+            counts[user] = counts.get(user, 0) + 1
+            newest[user] = max(newest.get(user, ts), ts)
+    return {user: ts for user, ts in newest.items() if counts[user] >= MIN_VALIDATION_LENGTH}
+
+
+def blend_channels(sequences: list[list[str]], embeddings: dict[str, ItemEmbeddings], cfg: TrainingSettings) -> list[ScoredChannel]:
+    """The blend's channels fitted on `sequences` with the settings' hyper-parameters."""
+    knn = ItemKNNRecommender(sequences, neighbours=cfg.blend_neighbours, recent=cfg.blend_recent)
+    channels: list[ScoredChannel] = [ItemKNNScores(knn)] + [ItemKNNScores(knn, 1)] * (cfg.blend_recent != 1)
+    channels.append(ItemKNNScores(knn, whole_history=True))
+    channels.append(SequentialScores(GRU4Rec(sequences, seed=cfg.seed).fit(cfg.blend_gru_epochs)))
+    return channels + [EmbeddingScores(name, model.ids, model.vectors) for name, model in embeddings.items()]
+
+
 def fit_serving_blend(prefixes: list[list[str]], histories: list[list[str]], targets: list[str],
                       embeddings: dict[str, ItemEmbeddings], cfg: TrainingSettings) -> BlendedRecall:  # fmt: skip
     """The channels fitted on `prefixes`, blended with weights fitted on (history, target)."""
-    knn = ItemKNNRecommender(prefixes, neighbours=cfg.blend_neighbours, recent=cfg.blend_recent)
-    channels: list[ScoredChannel] = [ItemKNNScores(knn)] + [ItemKNNScores(knn, 1)] * (cfg.blend_recent != 1)
-    channels.append(ItemKNNScores(knn, whole_history=True))
-    channels.append(SequentialScores(GRU4Rec(prefixes, seed=cfg.seed).fit(cfg.blend_gru_epochs)))
-    channels += [EmbeddingScores(name, model.ids, model.vectors) for name, model in embeddings.items()]
     items = sorted({item for sequence in prefixes for item in sequence})
-    return fit_blend(channels, items, histories, targets, seed=cfg.seed)
+    return fit_blend(blend_channels(prefixes, embeddings, cfg), items, histories, targets, seed=cfg.seed)
 
 
-def attach_blend(artifact: RecallArtifact, prefixes: list[list[str]], histories: list[list[str]], targets: list[str],
+def refit_blend(fitted: BlendedRecall, sequences: list[list[str]], embeddings: dict[str, ItemEmbeddings],
+                cfg: TrainingSettings) -> BlendedRecall:  # fmt: skip
+    """`fitted`'s channels fitted again on `sequences` (same hyper-parameters), with `fitted`'s
+    weights, normalisation and validation figures."""
+    channels = blend_channels(sequences, embeddings, cfg)
+    if [c.name for c in channels] != [c.name for c in fitted.channels]:
+        raise ValueError(f"refit channels {[c.name for c in channels]} differ from the fitted {[c.name for c in fitted.channels]}")
+    items = sorted({item for sequence in sequences for item in sequence})
+    return BlendedRecall(channels, fitted.weights, items, fitted.normalisation, fitted.validation_ndcg, fitted.fit_trace)
+
+
+def attach_blend(artifact: RecallArtifact, sequences: list[list[str]], config: EmbeddingTrainingConfig,
                  settings: Settings, ranker: tuple[str, Path] | None) -> None:  # fmt: skip
-    """Fit the blend into `artifact` with its order choice against `ranker` (version, folder):
-    the ranker is served only where it beats the blend's own order on validation."""
+    """Fit the blend and its order choice on validation (module docstring) and put the blend
+    refitted on `sequences` into `artifact`, whose embeddings are the ones trained on `sequences`.
+    `ranker`: (the served ranker's version, the folder of its copy that never saw the validation
+    targets); the ranker is served only where that copy beats the blend's own order on validation."""
     cfg = settings.training
-    artifact.blend = fit_serving_blend(prefixes, histories, targets, artifact.embeddings, cfg)
+    prefixes, histories, targets = validation_split(sequences)
+    if not histories:
+        return
+    validation_embeddings = fit_embeddings(prefixes, config)[0].embeddings
+    fitted = fit_serving_blend(prefixes, histories, targets, validation_embeddings, cfg)
     chosen = np.random.default_rng(cfg.seed).permutation(len(histories))[:MAX_VALIDATION_USERS]
     histories, targets = [histories[i] for i in chosen], [targets[i] for i in chosen]
     rerank = None
     if ranker is not None:
         categories = catalog_categories(Path(settings.batch.catalog_uri or settings.catalog_dir) / "items.parquet")
         rerank = exported_rerank(ranker[1], categories)
-    artifact.order = choose_order(artifact.blend, histories, targets, rerank, ranker and ranker[0],
-                                  settings.api.recall_candidates)  # fmt: skip
+    artifact.order = choose_order(fitted, histories, targets, rerank, ranker and ranker[0], settings.api.recall_candidates)
+    artifact.blend = refit_blend(fitted, sequences, artifact.embeddings, cfg)
 
 
 def exported_rerank(artifact_dir: Path, categories: dict[str, str]) -> Rerank:

@@ -45,12 +45,21 @@ def train_recall(
 ) -> RecallRun:  # fmt: skip
     """Train the configured embeddings on `sequences` (and on walks over `graph_edges`, default the
     sequences' transition graph) and build one recall index per model."""
+    trained, graph = fit_embeddings(sequences, config, graph_edges, walks, progress)
+    popular = PopularityRecommender(sequences)
+    return RecallRun(RecallArtifact.build(trained.embeddings, popular, index_kind), trained, popular, sequences, graph)
+
+
+def fit_embeddings(
+    sequences: list[list[str]], config: EmbeddingTrainingConfig, graph_edges: tuple[Any, Any, Any] | None = None,
+    walks: dict[str, list[list[str]]] | None = None, progress: PhaseProgress | None = None,
+) -> tuple[TrainedEmbeddings, ItemGraph]:  # fmt: skip
+    """The configured embeddings trained on `sequences` (and walks over `graph_edges`, default the
+    sequences' transition graph), with that graph; no recall index."""
     if not sequences:
         raise ValueError("no training sequences: import events first (recsys data import-movielens …)")
     graph = ItemGraph.from_edges(*(graph_edges if graph_edges is not None else transition_graph(sequences)))
-    trained = train_embeddings(sequences, graph, config, progress, walks)
-    popular = PopularityRecommender(sequences)
-    return RecallRun(RecallArtifact.build(trained.embeddings, popular, index_kind), trained, popular, sequences, graph)
+    return train_embeddings(sequences, graph, config, progress, walks), graph
 
 
 def read_walks(path: Path | None, models: Sequence[str]) -> dict[str, list[list[str]]] | None:

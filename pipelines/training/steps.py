@@ -69,32 +69,37 @@ def _version_exists(role: str) -> Any:
 
 
 def embeddings(context: StepContext) -> StepResult:
-    """Train the recall embeddings on everything before the held-out window; publish, not current."""
+    """Train the recall embeddings on everything before the held-out window, and (`training.blend`)
+    the blend fitted on validation then refitted on the same data (`pipelines.training.blend`);
+    publish, not current."""
+    import tempfile
+
     from models.embeddings.skipgram import SkipGramConfig
     from models.embeddings.training import EmbeddingTrainingConfig, WalkConfig
     from pipelines.training import recall
-
-    from pipelines.training.blend import attach_blend, validation_split
+    from pipelines.training.blend import attach_blend, validation_target_times
+    from pipelines.training.rankers import choice_ranker
 
     settings, cfg = context.settings, context.settings.training
     positives = read_positives(settings)
     cutoff = holdout_cutoff(settings, positives)
     sequences = newest_slice_split(positives, cutoff).train_sequences()
-    prefixes, histories, targets = validation_split(sequences)
-    if cfg.blend:  # each user's last training item is the blend's validation target: nothing trains on it
-        sequences = prefixes
     config = EmbeddingTrainingConfig(
         SkipGramConfig(dim=cfg.embedding_dim, epochs=cfg.embedding_epochs, seed=cfg.seed),
         WalkConfig(cfg.walks_per_node, cfg.walk_length), tuple(cfg.embedding_models),
     )  # fmt: skip
     run = recall.train_recall(sequences, config)
-    if cfg.blend and histories:
-        trained = context.outputs.get("ranker_version")
-        ranker = (trained, _registry(context).get("ranker", trained).path) if trained else None
-        attach_blend(run.artifact, prefixes, histories, targets, settings, ranker)
+    choice_rows: dict[str, int] = {}
+    if cfg.blend:
+        with tempfile.TemporaryDirectory(dir=settings.state_dir if settings.state_dir.exists() else None) as scratch:
+            served = context.outputs.get("ranker_version")
+            targets = validation_target_times(positives, cutoff)
+            ranker, choice_rows = (choice_ranker(settings, served, targets, _samples(settings), Path(scratch))
+                                   if served and targets else (None, {}))  # fmt: skip
+            attach_blend(run.artifact, sequences, config, settings, ranker)
     window = {"end": cutoff.isoformat(), "held_out_from": cutoff.isoformat(), "positives": len(positives)}
     version = recall.publish(settings, run, config.to_dict() | {"index_kind": "auto"}, window, run.metrics(), set_current=False)
-    blend = {"blend": run.artifact.blend_summary()} if run.artifact.blend is not None else {}
+    blend = {"blend": run.artifact.blend_summary(), "choice_ranker_rows": choice_rows} if run.artifact.blend is not None else {}
     return StepResult({"recall_version": version, "holdout_from": cutoff.isoformat()},
                       {"sequences": len(sequences), "items": len(run.graph.ids)} | run.metrics() | blend,
                       {"events": str(settings.event_log_dir)})  # fmt: skip
@@ -102,18 +107,11 @@ def embeddings(context: StepContext) -> StepResult:
 
 def ranker(context: StepContext) -> StepResult:
     """Train the ranker on the samples' train split (early stopping on validation); publish, not current."""
-    from models.ranking.pipeline import train_ranker
-    from models.ranking.trainer import TrainConfig
+    from pipelines.training.rankers import fit_ranker
 
-    settings, cfg = context.settings, context.settings.training
-    config = TrainConfig(epochs=cfg.ranker_epochs, batch_size=cfg.ranker_batch_size, patience=cfg.ranker_patience, seed=cfg.seed)
-    params: dict[str, Any] = {"embedding_dim": cfg.ranker_embedding_dim}
-    if cfg.ranker_learning_rate is not None:
-        params["learning_rate"] = cfg.ranker_learning_rate
-    run = train_ranker(_samples(settings), cfg.ranker, max_seq_len=settings.batch.max_seq_len, config=config, model_params=params,
-                       registry=_registry(context), set_current=False, show_progress=False)  # fmt: skip
+    run = fit_ranker(context.settings, _samples(context.settings), _registry(context))
     return StepResult({"ranker_version": run.version}, {"validation": run.result.validation, "best_epoch": run.result.best_epoch},
-                      {"samples": str(_samples(settings))})  # fmt: skip
+                      {"samples": str(_samples(context.settings))})  # fmt: skip
 
 
 def evaluate(context: StepContext) -> StepResult:
