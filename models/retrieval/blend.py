@@ -69,10 +69,11 @@ def on_scale(base: np.ndarray, values: np.ndarray, columns: np.ndarray, how: str
         spread = base.std()
         return (values - base.mean()) / (spread if spread > 0 else 1.0)
     if how == "rrf":
-        others = np.arange(len(base))[None, None, :] != columns[None, :, None]
-        ahead = (base[None, None, :] > values[:, :, None]) | (
-            (base[None, None, :] == values[:, :, None]) & (np.arange(len(base))[None, None, :] < columns[None, :, None]))
-        return 1.0 / (RRF_OFFSET + 1.0 + (ahead & others).sum(axis=2))
+        position, row = np.arange(len(base))[None, None, :], base[None, None, :]
+        above = row > values[:, :, None]
+        tied_before = (row == values[:, :, None]) & (position < columns[None, :, None])
+        others = position != columns[None, :, None]
+        return 1.0 / (RRF_OFFSET + 1.0 + ((above | tied_before) & others).sum(axis=2))
     raise ValueError(f"unknown normalisation {how!r}; expected one of {list(NORMALISATIONS)}")
 
 
