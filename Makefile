@@ -26,7 +26,7 @@ check-variant:
 	 test "$$installed" = none -o "$$installed" = "$(VARIANT)" || { echo "error: $(VENV) holds the $$installed variant, not $(VARIANT): use another virtualenv (make VARIANT=$(VARIANT) VENV=.venv-$(VARIANT) ...) or remove $(VENV)"; exit 1; }
 
 check-tools:
-	@command -v java >/dev/null 2>&1 || { echo "error: java not found: install Java 17 (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v java >/dev/null 2>&1 || { echo "error: java not found: install Java 17 (e.g. apt-get install openjdk-17-jdk-headless: the stream job compiles its split assigner with javac)"; exit 1; }
 	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); exit !(v[1] >= 17) }' || { echo "error: Java 17 or newer is required by Spark 4 and Flink 2: install openjdk-17"; exit 1; }
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
