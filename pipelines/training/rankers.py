@@ -45,19 +45,23 @@ def fit_ranker(settings: Settings, samples_path: Path, registry: ModelRegistry) 
 
 
 def held_out_samples(samples_path: Path, target_times: Mapping[str, datetime], out: Path) -> dict[str, int]:
-    """Write to `out` (one Parquet file) the sample rows of `samples_path` that are strictly before
-    their user's validation target time (every row of a user without one); rows per split kept."""
-    table = open_samples(samples_path, ()).to_table()
+    """Write to `out` (one Parquet file, batch by batch) the sample rows of `samples_path` that are
+    strictly before their user's validation target time (every row of a user without one);
+    returns the rows kept per split."""
+    dataset = open_samples(samples_path, ())
     users = pa.array(list(target_times), pa.string())
-    limits = pa.array([_utc(ts) for ts in target_times.values()], pa.timestamp("us", tz="UTC")).cast(table[samples.TS].type)
-    where = pc.index_in(table[samples.USER_ID], value_set=users)
-    limit = pc.take(limits, where)  # null for a user without a validation target
-    keep = pc.fill_null(pc.less(table[samples.TS], limit), True)
-    kept = table.filter(keep)
+    limits = pa.array([_utc(ts) for ts in target_times.values()], pa.timestamp("us", tz="UTC"))
+    limits = limits.cast(dataset.schema.field(samples.TS).type)
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(kept, out / "part-0.parquet")
-    splits = pc.value_counts(kept[samples.SPLIT]).to_pylist()
-    return {row["values"]: row["counts"] for row in splits}
+    counts: dict[str, int] = {}
+    with pq.ParquetWriter(out / "part-0.parquet", dataset.schema) as writer:
+        for batch in dataset.to_batches():
+            limit = pc.take(limits, pc.index_in(batch[samples.USER_ID], value_set=users))  # null: no target
+            kept = batch.filter(pc.fill_null(pc.less(batch[samples.TS], limit), True))
+            writer.write_batch(kept)
+            for row in pc.value_counts(kept[samples.SPLIT]).to_pylist():
+                counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return counts
 
 
 def _utc(ts: datetime) -> datetime:
