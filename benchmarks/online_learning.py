@@ -2,7 +2,7 @@
 oracle retrained on post-drift data (issue 17).
 
     .venv/bin/python benchmarks/online_learning.py [--seeds 5] [--pre 1500] [--post 4500] \\
-        [--plot benchmarks/online_learning.png]
+        [--methods pdgd "dbgd (tuned)" ...] [--plot benchmarks/online_learning.png]
 
 In-process, not through HTTP: the learners are the library the service would run
 (`services.learner`: `Dbgd`, `Pdgd`), clicks come from the simulator's position-based click model
@@ -19,7 +19,8 @@ and truth (`pipelines.simulate.click_model`, η = 1), k = 10 slots, every item i
   `--train` requests logged before the drift by a popularity Plackett–Luce policy; oracle: the same
   fit on `--train` requests logged after the drift, served from the drift on (the best a retrain of
   this ranker could do); DBGD (DRN's α = 0.1, η = 0.05, one comparison per round, and the values
-  the simulation prefers, `--alpha/--eta/--comparisons/--margin`) and PDGD (`--lr`) start from the frozen
+  the simulation prefers, `--alpha/--eta/--comparisons/--margin/--significance`, by default the
+  settings' defaults) and PDGD (`--lr`) start from the frozen
   head at step 0 and learn from every request (a 100% learning share); DBGD A/A uses w̃ = w;
 - reported: CTR (expected clicks / k under the truth, not the drawn clicks) of the served list
   (the interleaved list for DBGD, the Plackett–Luce list for PDGD) and of the learner's own top-10
@@ -241,12 +242,12 @@ def main() -> None:
     parser.add_argument("--pre", type=int, default=1500, help="requests before the drift")
     parser.add_argument("--post", type=int, default=4500, help="requests after the drift (until the next retrain)")
     parser.add_argument("--train", type=int, default=3000, help="logged requests each fit uses")
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--eta", type=float, default=0.5)
-    parser.add_argument("--comparisons", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--eta", type=float, default=0.015)
+    parser.add_argument("--comparisons", type=int, default=1)
     parser.add_argument("--margin", type=float, default=0.0)
     parser.add_argument("--significance", type=float, default=1.0, help="DBGD's sign test level (1.0: none)")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),

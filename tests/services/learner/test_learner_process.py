@@ -96,7 +96,7 @@ def test_explore_winning_moves_w_toward_explore_and_publishes_a_child_revision(t
     feedback.close_window()
     process.step()
     second = process.store.current(versions[0])
-    expected = first.weights + 0.05 * (first.explore_weights - first.weights)  # DRN: w + η (w̃ − w)
+    expected = first.weights + process.settings.eta * (first.explore_weights - first.weights)  # DRN: w + η (w̃ − w)
     expected *= np.linalg.norm(first.weights) / np.linalg.norm(expected)  # rescaled to |w|
     np.testing.assert_allclose(second.weights, expected, rtol=1e-12)
     assert second.parent == first.id and "moved" in second.reason

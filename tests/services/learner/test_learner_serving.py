@@ -186,7 +186,7 @@ def test_the_learner_learns_from_the_apis_interleaved_lists_and_clicks(
             time.sleep(0.2)
             process.step()
         second = process.store.current(versions[0])
-        expected = first.weights + 0.05 * (first.explore_weights - first.weights)  # explore won: DRN's step
+        expected = first.weights + settings.learner.eta * (first.explore_weights - first.weights)  # explore won: DRN's step
         expected *= np.linalg.norm(first.weights) / np.linalg.norm(expected)
         np.testing.assert_allclose(second.weights, expected, rtol=1e-12)
         assert second.parent == first.id
