@@ -112,6 +112,11 @@ class ApiSettings(_Section):
     )
     ranker: str = Field(default="din", pattern="^(din|wide_deep)$", description="Ranker family to serve.")
     recall_candidates: int = Field(default=200, gt=0, le=5000)
+    reason_recent: int = Field(
+        default=10, ge=0,
+        description="A served blended item's reason is the history item, among the user's last this many, whose "
+        "removal lowers its blended score the most (0: every history item; each item tried re-scores the history).",
+    )
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
     item_cache_ttl_s: float = Field(default=5.0, ge=0, description="In-process catalog cache TTL (0: off).")
     global_cache_ttl_s: float = Field(default=1.0, ge=0, description="Popular/trending/category lists memo TTL.")
@@ -285,8 +290,8 @@ class LearnerSettings(_Section):
     share: float = Field(default=0.0, ge=0, le=1, description="Share of users (sticky by user hash) served the interleaved W/W~ list.")
     poll_interval_s: float = Field(default=1.0, gt=0, le=5, description="How often each API worker reads the current revision.")
     algorithm: Literal["dbgd", "pdgd"] = Field(default="dbgd", description="The learner `recsys learn online` runs.")
-    alpha: float = Field(default=1.0, gt=0, description="DBGD explore scale: w~ = w + alpha * U(-1, 1) * w (DRN's 0.1 is too small to be told apart by clicks in the simulation; docs/online_learning.md).")
-    eta: float = Field(default=0.015, gt=0, description="DBGD step: w <- w + eta (w~ - w) (DRN's 0.05 recovers more after drift but loses 0.0068 CTR without it in the simulation).")
+    alpha: float = Field(default=0.1, gt=0, description="DBGD explore scale: w~ = w + alpha * U(-1, 1) * w (DRN's 0.1; the simulation prefers 1.0: docs/online_learning.md).")
+    eta: float = Field(default=0.05, gt=0, description="DBGD step: w <- w + eta (w~ - w) (DRN's 0.05; the simulation prefers 0.015 with alpha 1.0: docs/online_learning.md).")
     comparisons: int = Field(default=1, ge=1, description="DBGD: interleaved requests with a click per round (N).")
     margin: float = Field(default=0.0, ge=-1, lt=1, description="DBGD: explore wins minus current wins per comparison needed to move.")
     significance: float = Field(default=1.0, gt=0, le=1, description="DBGD: move only when a round's explore wins pass a one-sided sign test at this level (ties left out; 1: no test).")

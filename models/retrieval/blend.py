@@ -150,13 +150,18 @@ class BlendedRecall:
         return [RecallCandidate(str(self.ids[j]), float(blended[j]), {self.channels[c].name})
                 for j, c in zip(top.tolist(), leading.tolist())]  # fmt: skip
 
-    def reasons(self, history: Sequence[str], items: Sequence[str]) -> list[str | None]:
+    def reasons(self, history: Sequence[str], items: Sequence[str], recent: int | None = None) -> list[str | None]:
         """Per item of `items`, the history item whose removal takes the most from its blended
-        score (module docstring); None for an item the blend does not know or no removal lowers."""
+        score (module docstring); None for an item the blend does not know or no removal lowers.
+
+        `recent` bounds the cost: only the last `recent` history items are tried as removals (None:
+        every item a channel reads). Each removal re-scores every channel that reads the item, so
+        a sequential channel reading 50 items costs 50 forward passes without the bound."""
         history = list(history)
         columns = np.array([self._position.get(item, -1) for item in items], dtype=int)
         weighted = [c for c, weight in enumerate(self.weights) if weight != 0.0]
-        removable = list(dict.fromkeys(h for c in weighted for h in self.channels[c].reads(history)))
+        tried = set(history[-recent:]) if recent else set(history)
+        removable = list(dict.fromkeys(h for c in weighted for h in self.channels[c].reads(history) if h in tried))
         if not removable or not (columns >= 0).any():
             return [None] * len(items)
         known = np.maximum(columns, 0)

@@ -25,10 +25,12 @@ BLEND_ORDER = "blend-order"
 
 @dataclass(frozen=True)
 class BlendServing:
-    """A loaded blend and its order choice (None: an artifact fitted without a ranker to compare)."""
+    """A loaded blend, its order choice (None: an artifact fitted without a ranker to compare) and
+    how many of the last history items `explain` tries as reasons (None: all, `api.reason_recent`)."""
 
     recall: BlendedRecall
     order: OrderChoice | None
+    reason_recent: int | None = None
 
     def candidates(self, history: Sequence[str], k: int, exclude: Collection[str]) -> list[Candidate] | None:
         """The blend's top `k` unseen items for `history` (oldest first) with their blended scores,
@@ -40,11 +42,11 @@ class BlendServing:
 
     def explain(self, history: Sequence[str], shown: Sequence[Candidate]) -> None:
         """Set `because` of each shown blended candidate to the history item (`history` oldest
-        first) whose removal lowers its blended score the most: computed for the shown items
-        only, since it re-scores the history once per history item a channel reads."""
+        first), among its last `reason_recent`, whose removal lowers its blended score the most:
+        computed for the shown items only, since it re-scores the history once per item tried."""
         blended = [c for c in shown if BLEND_SOURCE in c.sources]
         if blended:
-            for candidate, why in zip(blended, self.recall.reasons(history, [c.item_id for c in blended])):
+            for candidate, why in zip(blended, self.recall.reasons(history, [c.item_id for c in blended], self.reason_recent)):
                 candidate.because = why
 
     def serves_ranker(self, ranker_version: str | None) -> bool:
@@ -61,9 +63,10 @@ class BlendOrderRanker:
         return RankOutput(scores=np.array([c.recall_score for c in candidates], dtype=np.float32))
 
 
-def load_blend(version: ModelVersion) -> BlendServing | None:
-    """The recall version's blend, or None for an artifact without one (served as before)."""
+def load_blend(version: ModelVersion, reason_recent: int = 0) -> BlendServing | None:
+    """The recall version's blend, or None for an artifact without one (served as before);
+    `reason_recent` as `api.reason_recent` (0: every history item)."""
     from models.retrieval.artifact import RecallArtifact
 
     found = RecallArtifact.load_blend(version.path)
-    return None if found is None else BlendServing(*found)
+    return None if found is None else BlendServing(*found, reason_recent or None)

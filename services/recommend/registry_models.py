@@ -108,7 +108,7 @@ class RegistryBundleLoader:
             from services.recommend.blend_recall import load_blend
 
             channels, similar = model_adapters.load_recall(version, threads=self.settings.api.inference_threads)
-            return {"channels": channels, "similar": similar, "blend": load_blend(version)}
+            return {"channels": channels, "similar": similar, "blend": load_blend(version, self.settings.api.reason_recent)}
         raise RegistryError(f"no loader for role {role!r}")
 
 

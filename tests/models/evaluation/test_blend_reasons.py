@@ -33,12 +33,13 @@ def _on_users_scale(base: np.ndarray, value: float, column: int, how: str) -> fl
 
 
 def leave_one_out_reasons(raws: Sequence[Raw], weights: Sequence[float], history: list[str], columns: list[int],
-                   how: str) -> list[str | None]:  # fmt: skip
-    """Per column, argmax over the history's items h of Σ_c w_c (scaled s_c(H)_j − scaled s_c(H − h)_j),
-    `raws[c]` giving channel c's raw scores for a history (also used by the served-blend test)."""
+                   how: str, recent: int | None = None) -> list[str | None]:  # fmt: skip
+    """Per column, argmax over the history's items h (its last `recent`, None: all) of
+    Σ_c w_c (scaled s_c(H)_j − scaled s_c(H − h)_j), `raws[c]` giving channel c's raw scores for a
+    history (also used by the served-blend test)."""
     bases = [raw(history) for raw in raws]
     drops = {}
-    for h in dict.fromkeys(history):
+    for h in dict.fromkeys(history[-recent:] if recent else history):
         without = [item for item in history if item != h]
         rows = [raw(without) for raw in raws]
         drops[h] = [sum(w * (_on_users_scale(base, base[j], j, how) - _on_users_scale(base, row[j], j, how))
@@ -70,6 +71,20 @@ def test_the_reason_is_the_item_whose_removal_takes_most_and_not_always_the_last
     # co-occurrences, read by the whole-history channel) is the one x cannot do without.
     # y leans on c alone, z on the oldest item d; r has no evidence, so no reason.
     assert found == ["a", "c", "d", None]
+
+
+def test_reasons_tried_only_among_the_last_recent_items() -> None:
+    knn = ItemKNNRecommender(SEQUENCES, neighbours=10, recent=None)
+    ids = knn.ids.tolist()
+    blend = BlendedRecall([ItemKNNScores(knn, 1), ItemKNNScores(knn, whole_history=True)], np.array([4.0, 1.0]), ids)
+    candidates = ["x", "y", "z", "r"]
+    found = blend.reasons(HISTORY, candidates, recent=2)
+    expected = leave_one_out_reasons([_knn_raw(knn, 1), _knn_raw(knn, None)], [4.0, 1.0], HISTORY,
+                                     [ids.index(item) for item in candidates], "zscore", recent=2)  # fmt: skip
+    assert found == expected
+    # Only b and c are tried: x's a and z's d (older) are not, so x names b (one of x's
+    # co-occurrences, read by the whole-history channel) and z has nothing left to name.
+    assert found == ["b", "c", None, None]
 
 
 @pytest.mark.parametrize("how", ["zscore", "rrf"])
