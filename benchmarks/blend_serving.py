@@ -52,10 +52,10 @@ def cpu_per_call(paths: dict[str, Callable[[Sequence[str]], object]], histories:
     return {name: np.array(values) for name, values in out.items()}
 
 
-def blend_request(blend: BlendedRecall, history: Sequence[str]) -> list[str | None]:
+def blend_request(blend: BlendedRecall, history: Sequence[str], recent: int | None) -> list[str | None]:
     """The served blend's recall stage and the reasons of the 10 items it would show."""
     found = blend.recall(history, CANDIDATES, history)
-    return blend.reasons(history, [c.item_id for c in found[:10]])
+    return blend.reasons(history, [c.item_id for c in found[:10]], recent)
 
 
 def main() -> None:
@@ -63,7 +63,10 @@ def main() -> None:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--gru-epochs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--reason-recent", type=int, default=Settings().api.reason_recent,
+                        help="history items tried as reasons (api.reason_recent; 0: all)")
     args = parser.parse_args()
+    recent = args.reason_recent or None
     started = time.perf_counter()
     events, _ = read_log(Settings(state_dir=args.state_dir))
     split = protocol_split(implicit_interactions(events))
@@ -78,10 +81,10 @@ def main() -> None:
         progress.advance(task)
         test = rank_metrics(full_ranks(blend, split.test, split.items))
         lists = top_lists(blend, split.test, split.items)
-        reasons = reasons_per_list(blend, split.test, lists)
+        reasons = reasons_per_list(blend, split.test, lists, recent=recent)
         long = [split.test.train[u] for u in users if len(split.test.train[u]) >= 10]
         named = [(because, history[-1]) for history, found in zip(long, blend.recall_many(long, 10))
-                 for because in blend.reasons(history, [c.item_id for c in found])]  # fmt: skip
+                 for because in blend.reasons(history, [c.item_id for c in found], recent)]  # fmt: skip
         last_share = float(np.mean([because == last for because, last in named]))
         progress.advance(task)
         index = build_index(item2vec.dim, len(item2vec.ids), "exact")
@@ -90,14 +93,14 @@ def main() -> None:
                                     UserVectorChannel("user_vector", item2vec, index)])  # fmt: skip
         requests = [split.test.train[u][-HISTORY:] for u in users[: args.requests]]
         for history in requests[:20]:  # warm both paths (TensorFlow's first calls trace)
-            blend_request(blend, history), today.recall(history, CANDIDATES, history)
+            blend_request(blend, history, recent), today.recall(history, CANDIDATES, history)
         cpu = cpu_per_call({"today": lambda h: today.recall(h, CANDIDATES, h),
-                            "blend": lambda h: blend_request(blend, h)}, requests)  # fmt: skip
+                            "blend": lambda h: blend_request(blend, h, recent)}, requests)  # fmt: skip
     print(f"blend: {blend.normalisation}, weights {blend.summary()['weights']}, validation NDCG@10 {blend.validation_ndcg:.4f}")
     for metric in ("HR@10", "NDCG@10"):
         low, high = bootstrap_ci(test[metric])
         print(f"test {metric}: {test[metric].mean():.4f} [{low:.4f}, {high:.4f}] over {len(test[metric])} users")
-    print(f"distinct reasons per top-10 list (users with >= 10 history items): {reasons:.2f}; "
+    print(f"distinct reasons per top-10 list (users with >= 10 history items, the last {recent or 'all'} tried): {reasons:.2f}; "
           f"reasons naming the last history item: {last_share:.1%}")
     ratio, low, high = ratio_ci(cpu["blend"], cpu["today"])
     print(f"recall CPU per request: today {cpu['today'].mean() * 1e3:.2f} ms, blend {cpu['blend'].mean() * 1e3:.2f} ms, "

@@ -60,7 +60,8 @@ class _Ids:
         return {item: item for item in item_ids}
 
 
-def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history: int = 10) -> float:
+def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history: int = 10,
+                     recent: int | None = Settings().api.reason_recent or None) -> float:
     """Mean number of distinct reasons (`services.recommend.explain`) per top-10 list, over users
     with at least `min_history` history items; each item's reason from the recall candidate that
     brought it (its seed; the blend's `reasons` for the listed items), as served without the
@@ -81,7 +82,7 @@ def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history
             by_id = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in found}
             shown = [by_id.get(item, Candidate(item, 0.0, set())) for item in items]
             if hasattr(recall, "reasons"):  # the blend explains the shown items only, as served
-                for candidate, why in zip(shown, recall.reasons(split.train[user], items)):
+                for candidate, why in zip(shown, recall.reasons(split.train[user], items, recent)):
                     candidate.because = why
             counts.append(len(set(explain(shown, [], _Ids()))))  # type: ignore[arg-type]
     return float(np.mean(counts)) if counts else float("nan")
