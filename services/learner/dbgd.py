@@ -7,9 +7,10 @@ the probabilistic interleaving (Hofmann et al., CIKM 2011; `services.experiments
 their top lists, and a click credits the team that placed the item. After `comparisons` requests
 with at least one click, if `(explore wins − current wins) / comparisons > margin` and the
 explore wins pass a one-sided sign test at level `significance` (below), then `w ← w + η (w̃ − w)`
-rescaled to the norm `w` had (the step bounded in norm), and a new `w̃` is drawn either way. The rescaling is ours: a linear head's ranking depends only on the direction of
-`w`, and without it DRN's multiplicative noise shrinks `w` geometrically (`E log(1 + ηαU) < 0`),
-and the explore step with it, until learning stops.
+rescaled to the norm `w` had (the step bounded in norm), and a new `w̃` is drawn either way. The
+rescaling is ours: a linear head's ranking depends only on the direction of `w`, and without it
+DRN's multiplicative noise shrinks `w` geometrically (`E log(1 + ηαU) < 0`), and the explore step
+with it, until learning stops.
 
 The sign test (Dixon & Mood, JASA 1946) is ours too: with one comparison per round (DRN, Yue &
 Joachims) `w` steps toward every `w̃` that wins a single comparison by chance, and without drift,
