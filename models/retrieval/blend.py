@@ -159,16 +159,16 @@ class BlendedRecall:
         a sequential channel reading 50 items costs 50 forward passes without the bound."""
         history = list(history)
         columns = np.array([self._position.get(item, -1) for item in items], dtype=int)
-        weighted = [c for c, weight in enumerate(self.weights) if weight != 0.0]
+        reads = {c: self.channels[c].reads(history) for c, weight in enumerate(self.weights) if weight != 0.0}
         tried = set(history[-recent:]) if recent else set(history)
-        removable = list(dict.fromkeys(h for c in weighted for h in self.channels[c].reads(history) if h in tried))
+        removable = list(dict.fromkeys(h for read in reads.values() for h in read if h in tried))
         if not removable or not (columns >= 0).any():
             return [None] * len(items)
         known = np.maximum(columns, 0)
         drop = np.zeros((len(removable), len(items)), np.float64)
-        for c in weighted:
-            read = set(self.channels[c].reads(history))
-            changed = [r for r, h in enumerate(removable) if h in read]
+        for c, read in reads.items():
+            members = set(read)
+            changed = [r for r, h in enumerate(removable) if h in members]
             variants = [history] + [[item for item in history if item != removable[r]] for r in changed]
             raw = self._channel_raw(c, variants).astype(np.float64)
             scaled = on_scale(raw[0], raw[:, known], known, self.normalisation)

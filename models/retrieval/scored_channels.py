@@ -44,6 +44,11 @@ class ScoredChannel(Protocol):
         ...
 
 
+def _last(history: Sequence[str], recent: int | None) -> list[str]:
+    """The last `recent` items of `history` (None: all of it)."""
+    return list(history)[-recent:] if recent else list(history)
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -59,7 +64,7 @@ class ItemKNNScores:
         self.name = "itemknn" if self.recent == model.recent else f"itemknn_last{self.recent or 'all'}"
 
     def reads(self, history: Sequence[str]) -> list[str]:
-        return list(history)[-self.recent :] if self.recent else list(history)
+        return _last(history, self.recent)
 
     def _window(self, history: Sequence[str]) -> list[str]:
         return [item for item in self.reads(history) if item in self.model.position]
@@ -84,7 +89,7 @@ class EmbeddingScores:
         self.position = {item: i for i, item in enumerate(self.ids.tolist())}
 
     def reads(self, history: Sequence[str]) -> list[str]:
-        return list(history)[-self.recent :] if self.recent else list(history)
+        return _last(history, self.recent)
 
     def _window(self, history: Sequence[str]) -> list[str]:
         return [item for item in self.reads(history) if item in self.position]

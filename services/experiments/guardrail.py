@@ -18,7 +18,7 @@ from collections.abc import Callable
 from feature_store.attribution_store import AttributionStore
 from feature_store.redis_client import RedisClient
 from services.experiments.manager import ExperimentManager
-from services.experiments.model import Kind, Status
+from services.experiments.model import Status
 from services.experiments.report import enforce_guardrail
 from services.scheduler.lock import RunLock
 
@@ -69,8 +69,8 @@ class GuardrailMonitor:
         attribution = self.attribution()
         try:
             for experiment in self.manager.list():
-                if experiment.status != Status.RUNNING or experiment.kind != Kind.AB or experiment.guardrail is None:
-                    continue
+                if experiment.status != Status.RUNNING:
+                    continue  # enforce_guardrail itself leaves alone what is not A/B or has no guardrail
                 after = enforce_guardrail(self.manager, attribution, experiment)
                 for arm, why in after.stopped_arms.items():
                     if arm not in experiment.stopped_arms:
