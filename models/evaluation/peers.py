@@ -40,11 +40,20 @@ class ImplicitALS:
         self.alpha, self.regularization = alpha, regularization
 
     def scores(self, history: Sequence[str]) -> np.ndarray:
-        rows = sorted({self.position[item] for item in history if item in self.position})
-        if not rows:
-            return np.zeros(len(self.ids))
-        known = self.factors[rows]
+        return self.batch_scores([history])[0]
+
+    def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """`scores` of each history (rows): the fold-in systems solved as one stacked batch and the
+        scores of every item as one product `Y [x_1 … x_n]`, not a matrix-vector product per user."""
+        size = self.gram.shape[0]
+        systems = np.empty((len(histories), size, size))
+        rhs = np.zeros((len(histories), size))
         confidence = 1.0 + self.alpha
-        system = self.gram + (confidence - 1.0) * known.T @ known + self.regularization * np.eye(self.gram.shape[0])
-        user = np.linalg.solve(system, confidence * known.sum(axis=0))
-        return self.factors @ user
+        base = self.gram + self.regularization * np.eye(size)
+        for n, history in enumerate(histories):
+            rows = sorted({self.position[item] for item in history if item in self.position})
+            known = self.factors[rows]
+            systems[n] = base + (confidence - 1.0) * known.T @ known
+            rhs[n] = confidence * known.sum(axis=0)
+        users = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0]  # no known item: x = 0, every score 0
+        return users @ self.factors.T

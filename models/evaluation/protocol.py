@@ -229,5 +229,10 @@ def _top(own: np.ndarray, columns: np.ndarray, history: Sequence[str], items: Se
     full[columns] = own
     key = np.where(np.isneginf(full), 1e300, -full)  # unknown items tie below every score
     key[[index[item] for item in history if item in index]] = np.inf  # masked: last
-    order = np.lexsort((rng.random(len(items)), key))
+    draws = rng.random(len(items))
+    if k < len(items):  # only the items up to the k-th key can reach the top k: sort those alone
+        kept = np.flatnonzero(key <= np.partition(key, k - 1)[k - 1])
+        order = kept[np.lexsort((draws[kept], key[kept]))]
+    else:
+        order = np.lexsort((draws, key))
     return [items[i] for i in order[:k]]

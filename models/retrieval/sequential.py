@@ -45,6 +45,7 @@ class GRU4Rec:
         self.ids = np.asarray(ids, dtype=str)
         self.position = {item: i for i, item in enumerate(self.ids.tolist())}
         self.max_len, self.batch_size = config["max_len"], config["batch_size"]
+        self._shuffle = np.random.default_rng(config["seed"])
         self.model = self._build(len(self.ids) + 1, config["dim"], config["dropout"], config["learning_rate"])
         import tensorflow as tf
 
@@ -76,13 +77,38 @@ class GRU4Rec:
         self.embedding_layer = keras.layers.Embedding(vocabulary, dim, mask_zero=True)
         embedded = self.embedding_layer(tokens)
         hidden = keras.layers.GRU(dim, return_sequences=True)(keras.layers.Dropout(dropout)(embedded))
+        self.output_dropout = keras.layers.Dropout(dropout)
         self.output_layer = keras.layers.Dense(vocabulary)
-        logits = self.output_layer(keras.layers.Dropout(dropout)(hidden))
+        logits = self.output_layer(self.output_dropout(hidden))
         self.encoder = keras.Model(tokens, hidden)  # scoring reads the last step only
-        model = keras.Model(tokens, logits)
-        model.compile(keras.optimizers.Adam(learning_rate),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))  # fmt: skip
-        return model
+        self.optimizer = keras.optimizers.Adam(learning_rate)
+        return keras.Model(tokens, logits)
+
+    def _train_step(self) -> Any:
+        """One Adam step on a batch: the mean cross-entropy over the batch's real next items.
+
+        The softmax over every item is computed for those steps only, not for the padding of
+        each row: on Amazon Toys (window 20, about 6 training items per user) most of a padded
+        row is padding, and the full softmax was most of an epoch's cost. The loss is the one
+        `SparseCategoricalCrossentropy(ignore_class=0)` takes over the padded rows (its mean
+        runs over the unmasked steps), so the objective is unchanged."""
+        import tensorflow as tf
+
+        variables = self.model.trainable_variables
+        self.optimizer.build(variables)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)] * 2)
+        def step(inputs: Any, targets: Any) -> Any:
+            with tf.GradientTape() as tape:
+                valid = tf.not_equal(targets, 0)
+                hidden = tf.boolean_mask(self.encoder(inputs, training=True), valid)
+                logits = self.output_layer(self.output_dropout(hidden, training=True))
+                labels = tf.boolean_mask(targets, valid)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return step
 
     def _encode(self, history: Sequence[str]) -> list[int]:
         return [self.position[item] + 1 for item in list(history)[-self.max_len :] if item in self.position]
@@ -98,9 +124,15 @@ class GRU4Rec:
         encoded = [self._encode(s)[-(self.max_len + 1) :] for s in self.sequences]
         inputs = self._padded([e[:-1] for e in encoded], self.max_len)
         targets = self._padded([e[1:] for e in encoded], self.max_len)
+        lengths = np.array([len(e) - 1 for e in encoded])
+        step = self._train_step()
         best, best_weights, stale = -np.inf, None, 0
         for epoch in range(epochs):
-            self.model.fit(inputs, targets, batch_size=self.batch_size, epochs=1, shuffle=True, verbose=0)
+            order = self._shuffle.permutation(len(inputs))
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                width = int(lengths[rows].max())  # left-padded: the last `width` columns hold every step
+                step(inputs[rows, -width:], targets[rows, -width:])
             if validate is None:
                 continue
             score = validate(self)
