@@ -85,3 +85,35 @@ def test_gru4rec_step_on_real_steps_equals_keras_step_on_padded_rows() -> None:
     for mine, keras_weights in zip(ours.model.get_weights(), theirs.model.get_weights()):
         assert np.allclose(mine, keras_weights, atol=1e-5)
     assert not np.allclose(ours.model.get_weights()[0], GRU4Rec(sequences, dim=8, max_len=10, dropout=0.0, seed=1).model.get_weights()[0])
+
+
+def test_reranking_drops_history_padding_without_changing_a_score() -> None:
+    import pyarrow as pa
+
+    from models.evaluation.end_to_end import RerankRecommender, SampleConfig
+    from models.evaluation.offline_pipeline import EvaluationConfig
+    from models.evaluation.protocol import ListScorer
+    from models.evaluation.protocol_run import ProtocolConfig, grid, run_protocol
+    from models.ranking.dataset import decode_batch
+
+    split = protocol_split(_chains(users=60, items=20, length=7))
+    pipeline = EvaluationConfig(recall_models=(), rankers=("din",), ranker_epochs=1, ranker_embedding_dim=4,
+                                samples=SampleConfig(positions_per_user=2, recall_depth=20, max_seq_len=30))  # fmt: skip
+    config = ProtocolConfig(peers=("ItemKNN",), knn_grid=grid(neighbours=[5], recent=[1]), pipeline=pipeline, bootstrap_rounds=20)
+    scorer = run_protocol(split, {}, config).models["recall → din"].model
+    assert isinstance(scorer, ListScorer) and isinstance(scorer.model, RerankRecommender)
+    rerank = scorer.model
+    users = sorted(split.test.test)[:12]
+    histories = [split.test.train[u] for u in users]  # 6 items each: 24 of 30 positions are padding
+    candidates = [[c.item_id for c in rerank.recall.recall(h, rerank.depth)] for h in histories]
+    ats = [rerank.features.as_of(u, len(h)) for u, h in zip(users, histories)]
+    trimmed = rerank._scores(users, histories, ats, candidates)
+    padded = []
+    for user, history, at, items in zip(users, histories, ats, candidates):
+        rows = rerank.features.rows(user, history, at, items, [0] * len(items), ["recall"] * len(items), "test")
+        batch = decode_batch(pa.RecordBatch.from_pydict(rows, schema=rerank.schema), rerank.spec, "candidates")
+        assert batch["hist_item_ids"].shape[1] == 30
+        batch.pop("label", None)
+        padded.append(np.asarray(rerank.score(batch), dtype=np.float64))
+    assert np.allclose(trimmed, np.concatenate(padded), rtol=0, atol=1e-6)
+    assert len(set(np.round(trimmed, 6))) > 10  # the ranker tells candidates apart
