@@ -137,6 +137,8 @@ def main() -> None:
                         help="ItemKNN neighbours 50/200 x last-n 1/3/all, ALS 64 factors x λ 0.01/0.1 x α 1/10 (large sets)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--reason-curve", action="store_true",
+                        help="also print the blend's reason selection curve (benchmarks/reason_selection.py)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -152,7 +154,8 @@ def main() -> None:
         grids["knn_grid"] = grid(neighbours=[50, 200], recent=[1, 3, None])
         grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
     config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
-                            bootstrap_rounds=args.bootstrap, seed=args.seed, **grids)  # fmt: skip
+                            bootstrap_rounds=args.bootstrap, seed=args.seed,
+                            reason_recent=Settings().api.reason_recent or None, **grids)  # fmt: skip
     clock = PhaseClock()
     clock.charge("read log, split")
     with ForeignCpu() as other, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
@@ -195,6 +198,12 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
             "params": tuned.params, "validation_ndcg10": float(tuned.validation["NDCG@10"].mean()),
             "test": {m: list(v) for m, v in result.summary[name].items()}, "ndcg10_vs_best_peer": list(ratio), **spread,
         }  # fmt: skip
+    if args.reason_curve and "blend" in result.models:
+        from reason_selection import selection_curve  # benchmarks/reason_selection.py
+
+        figures["reason_curve"] = selection_curve(result, split, peer, Settings().api.reason_recent or None, args.bootstrap,
+                                                  args.seed, ratio_ci)  # fmt: skip
+        clock.charge("reason selection curve")
     print(f"\nCPU and wall time per phase (this process, every thread):\n{clock.table()}")
     figures["phases"] = {phase: {"cpu_s": clock.cpu[phase], "wall_s": clock.wall[phase]} for phase in clock.cpu}
     if args.output:

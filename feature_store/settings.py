@@ -261,6 +261,12 @@ class TrainingSettings(_Section):
     blend_neighbours: int = Field(default=100, ge=1, description="Blend: ItemKNN neighbours kept per item.")
     blend_recent: int = Field(default=3, ge=1, description="Blend: ItemKNN's main window (last n items; last 1 and all are channels too).")
     blend_gru_epochs: int = Field(default=5, ge=1, description="Blend: GRU4Rec training epochs.")
+    blend_min_reasons: float = Field(
+        default=5.0, ge=0,
+        description="Blend: its own order shows the top items re-ordered so fewer share a reason; the penalty and depth "
+        "are those of best validation NDCG@10 among the ones reaching this many distinct reasons per top-10 list "
+        "(0: the best validation NDCG@10, usually the blend's plain order).",
+    )
     seed: int = 0
     notify_urls: list[str] = Field(
         default_factory=list, description="API base URLs told to reload after a promotion (each worker also polls CURRENT).",

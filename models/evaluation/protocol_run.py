@@ -17,6 +17,7 @@ from models.evaluation.offline_pipeline import EvaluationConfig, build_contender
 from models.evaluation.peers import ImplicitALS
 from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.multichannel import EmbeddingNeighbourChannel
+from models.retrieval.reason_selection import SelectedBlendScores, fit_reason_penalty
 from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores, ScoredChannel, SequentialScores
 from models.retrieval.sequential import GRU4Rec
 from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit, Tuned, full_ranks, ranks_and_lists, tune
@@ -33,7 +34,8 @@ def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """Which peers, their grids, GRU4Rec's budget, and the pipeline (None: peers only)."""
+    """Which peers, their grids, GRU4Rec's budget, the pipeline (None: peers only), and how many of
+    the last history items the blend tries as reasons (`api.reason_recent` as served; None: all)."""
 
     peers: tuple[str, ...] = PEERS
     knn_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(neighbours=[20, 50, 100, 200], recent=[1, 3, 5, None]))
@@ -43,6 +45,7 @@ class ProtocolConfig:
     pipeline: EvaluationConfig | None = field(default_factory=EvaluationConfig)
     bootstrap_rounds: int = 1000
     seed: int = 0
+    reason_recent: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.peers if name not in PEERS]
@@ -79,7 +82,8 @@ def run_protocol(split: ProtocolSplit, categories: Mapping[str, str], config: Pr
         for name in config.peers:
             tuned[name] = _tune_peer(name, sequences, split, config, progress)
         if config.pipeline is not None:
-            tuned.update(_pipeline(split, sequences, categories, config.pipeline, config.seed, progress, tuned))
+            tuned.update(_pipeline(split, sequences, categories, config.pipeline, config.seed, progress, tuned,
+                                   config.reason_recent))  # fmt: skip
     summary = {
         name: {m: (float(t.test[m].mean()), *bootstrap_ci(t.test[m], config.bootstrap_rounds, seed=config.seed))
                for m in PROTOCOL_METRICS}
@@ -112,11 +116,11 @@ def _tune_peer(name: str, sequences: list[list[str]], split: ProtocolSplit, conf
 
 def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapping[str, str],
               config: EvaluationConfig, seed: int, progress: Progress | None,
-              peers: Mapping[str, Tuned]) -> dict[str, Tuned]:  # fmt: skip
+              peers: Mapping[str, Tuned], reason_recent: int | None = None) -> dict[str, Tuned]:  # fmt: skip
     """The project's recall and recall -> rankers, trained on the training items (the validation
     phase's split), as list models under full ranking; with the tuned ItemKNN and GRU4Rec among
-    `peers`, also their blend with Item2vec (`models.retrieval.blend`, weights fitted on
-    validation) alone (full ranking) and -> each ranker."""
+    `peers`, also their blend with Item2vec (`models.retrieval.blend`, weights and reason
+    selection fitted on validation) alone (full ranking, the order it serves) and -> each ranker."""
     with single_threaded_faiss():
         contenders, _, _ = build_contenders(split.validation, sequences, categories, config, progress)
         blend = _blend(split, contenders["recall only"], peers, seed)
@@ -124,6 +128,13 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
             progress("fit blend", 1, 1)
         if blend is not None:
             contenders.update(with_recall(contenders, blend, "blend"))
+            users = sorted(split.validation.test)
+            choice = fit_reason_penalty(blend, [split.validation.train[u] for u in users], [split.validation.test[u] for u in users],
+                                        reason_recent, seed=seed)  # fmt: skip
+            blend.reason_penalty, blend.reason_depth = choice.penalty, choice.depth
+            contenders["blend"] = SelectedBlendScores(blend, reason_recent)
+            if progress is not None:
+                progress("fit reason selection", 1, 1)
         out = {}
         for name in [n for n in contenders if n.startswith(("recall", "blend"))]:
             scorer = contenders[name] if name == "blend" else ListScorer(contenders[name], split.items, config.samples.recall_depth)
@@ -131,7 +142,7 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
             ranks, lists = ranks_and_lists(scorer, split.test, split.items, seed)
             if progress is not None:
                 progress(f"rank {name}", 1, 1)
-            params = {"normalisation": scorer.normalisation, "weights": _weights(scorer)} if name == "blend" else {}
+            params = _params(blend) if name == "blend" and blend is not None else {}
             out[name] = Tuned(name, params, scorer, validation, rank_metrics(ranks), [({}, float(validation[TUNING_METRIC].mean()))],
                               lists)  # fmt: skip
     # A ranker must not make the recall order worse: the order served is the one that scores
@@ -165,8 +176,9 @@ def _blend(split: ProtocolSplit, recall: Any, peers: Mapping[str, Tuned], seed: 
     return fit_blend(channels, split.items, histories, [split.validation.test[u] for u in users], seed=seed)
 
 
-def _weights(blend: BlendedRecall) -> dict[str, float]:
-    return {channel.name: float(w) for channel, w in zip(blend.channels, blend.weights)}
+def _params(blend: BlendedRecall) -> dict[str, Any]:
+    return {"normalisation": blend.normalisation, "weights": {c.name: float(w) for c, w in zip(blend.channels, blend.weights)},
+            "reason_penalty": blend.reason_penalty, "reason_depth": blend.reason_depth}  # fmt: skip
 
 
 def best_peer(result: ProtocolResult) -> str:

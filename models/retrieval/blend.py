@@ -24,6 +24,10 @@ for every item and names nobody: an item without evidence from any channel gets 
 gets none when no removal lowers its score. The rule is exact for every channel, GRU4Rec's too (its
 state is not a sum over history items, so no additive share exists for it). Only the histories a
 removal changes are re-scored, per channel (`ScoredChannel.reads`).
+
+The items shown in the blend's own order are its top `reason_depth` re-ordered so that fewer of
+them share a reason (`models.retrieval.reason_selection`, penalty `reason_penalty` chosen on
+validation; 0: the blend's order); `shown_keys` is that order for both serving and evaluation.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from models.retrieval.multichannel import RecallCandidate
+from models.retrieval.reason_selection import SELECTION_DEPTH, selection_keys
 from models.retrieval.scored_channels import ScoredChannel, load_channels, save_channels
 
 BLEND_FILE = "blend.json"
@@ -88,6 +93,8 @@ class BlendedRecall:
     normalisation: str = "zscore"
     validation_ndcg: float = float("nan")
     fit_trace: list[tuple[str, tuple[float, ...], float]] = field(default_factory=list)
+    reason_penalty: float = 0.0
+    reason_depth: int = SELECTION_DEPTH
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(self.channels):
@@ -177,11 +184,23 @@ class BlendedRecall:
         # float32 channel sums differ by round-off when a removal leaves an item's evidence as it was
         return [removable[b] if col >= 0 and drop[b, i] > LEAST_DROP else None for i, (b, col) in enumerate(zip(best, columns))]
 
+    def shown_keys(self, history: Sequence[str], items: Sequence[str], scores: np.ndarray,
+                   recent: int | None = None) -> tuple[np.ndarray, list[str | None]]:  # fmt: skip
+        """Keys whose stable descending sort is the shown order of `items` (unseen, best first by
+        their blended `scores`): the first `reason_depth` re-ordered by `reason_penalty`
+        (`reason_selection.selection_keys`; 0: the keys are the scores); and the reasons (`recent`
+        as in `reasons`) of those first items, None for the items after them (not computed)."""
+        head = list(items[: self.reason_depth]) if self.reason_penalty > 0 else []
+        reasons = self.reasons(history, head, recent) if head else []
+        return selection_keys(scores, reasons, self.reason_penalty), reasons + [None] * (len(items) - len(head))
+
     def summary(self) -> dict[str, Any]:
-        """Normalisation, weight per channel and validation NDCG@10 (None when not fitted), for a manifest."""
+        """Normalisation, weight per channel, validation NDCG@10 (None when not fitted) and the
+        reason selection's penalty and depth, for a manifest."""
         return {"normalisation": self.normalisation,
                 "weights": {c.name: float(w) for c, w in zip(self.channels, self.weights)},
-                "validation_ndcg10": None if np.isnan(self.validation_ndcg) else float(self.validation_ndcg)}  # fmt: skip
+                "validation_ndcg10": None if np.isnan(self.validation_ndcg) else float(self.validation_ndcg),
+                "reason_penalty": self.reason_penalty, "reason_depth": self.reason_depth}  # fmt: skip
 
     def save(self, folder: Path) -> None:
         """Write the channels and the fitted blend under `folder`."""
@@ -196,7 +215,8 @@ class BlendedRecall:
         channels = load_channels(saved["channels"], folder / "channels")
         score = saved["validation_ndcg10"]
         return cls(channels, np.array(saved["weight_list"]), saved["items"], saved["normalisation"],
-                   float("nan") if score is None else score)  # fmt: skip
+                   float("nan") if score is None else score, reason_penalty=saved.get("reason_penalty", 0.0),
+                   reason_depth=saved.get("reason_depth", SELECTION_DEPTH))  # fmt: skip
 
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
         return [candidate.item_id for candidate in self.recall(history, k)]

@@ -4,6 +4,9 @@ on validation, says so, and serves the better order).
 
     choice = ranker  if  NDCG@10(ranker over the blend's top depth) > NDCG@10(blend),  else blend
 
+the blend's order being the one it serves (its top items re-ordered by their reasons,
+`BlendedRecall.shown_keys`, with the served `recent`);
+
 on the same validation (history, target) pairs, one target per user (NDCG = 1 / log2(rank + 1)
 when the target is in the top 10).
 """
@@ -61,8 +64,9 @@ def _ndcg10(ranks: list[float]) -> float:
 
 def choose_order(blend: BlendedRecall, histories: Sequence[Sequence[str]], targets: Sequence[str],
                  rerank: Rerank | None, ranker_version: str | None = None, depth: int = 100,
-                 batch: int = 256) -> OrderChoice:  # fmt: skip
-    """Score the blend and `rerank` over its top `depth` on the validation pairs; no ranker: blend."""
+                 batch: int = 256, recent: int | None = None) -> OrderChoice:  # fmt: skip
+    """Score the blend's served order and `rerank` over its top `depth` on the validation pairs
+    (`recent`: the history items tried as reasons, as served); no ranker: blend."""
     blend_ranks: list[float] = []
     ranker_ranks: list[float] = []
     for start in range(0, len(histories), batch):
@@ -70,7 +74,8 @@ def choose_order(blend: BlendedRecall, histories: Sequence[Sequence[str]], targe
         for offset, candidates in enumerate(lists):
             row = start + offset
             ids = [c.item_id for c in candidates]
-            blend_ranks.append(_rank(ids, targets[row]))
+            keys, _ = blend.shown_keys(histories[row], ids, np.array([c.score for c in candidates]), recent)
+            blend_ranks.append(_rank([ids[i] for i in np.argsort(-keys, kind="stable")], targets[row]))
             if rerank is not None and ids:
                 order = np.argsort(-np.asarray(rerank(row, histories[row], ids), dtype=np.float64), kind="stable")
                 ranker_ranks.append(_rank([ids[i] for i in order], targets[row]))

@@ -5,13 +5,15 @@ the served channels refitted on every training sequence.
 Validation: each training sequence of >= 3 items gives its last item as the target and the rest
 as the history; every channel (ItemKNN over the last `blend_recent` / last 1 / all items, GRU4Rec,
 each recall embedding) is fitted on those prefixes only, the blend's weights and normalisation on
-the targets (`models.retrieval.blend.fit_blend`), and the order choice re-ranks the blend's top
+the targets (`models.retrieval.blend.fit_blend`), the reason selection's penalty on the same targets
+(`models.retrieval.reason_selection.fit_reason_penalty`, reasons tried among the last
+`api.reason_recent` items as served, `training.blend_min_reasons` distinct reasons asked), and the order choice re-ranks the blend's top
 `api.recall_candidates` with a ranker that never saw the targets (`pipelines.training.rankers`,
 `models.retrieval.order_choice`).
 
 Serving: once the weights and the order are chosen, the channels are fitted again on the whole
-training sequences (targets included) with the same hyper-parameters and keep the fitted weights
-and normalisation, as the field's protocol refits on training + validation before the test phase:
+training sequences (targets included) with the same hyper-parameters and keep the fitted weights,
+normalisation and reason penalty, as the field's protocol refits on training + validation before the test phase:
 a user's newest item, and an item seen only there, is in the served models.
 """
 
@@ -30,6 +32,7 @@ from models.evaluation.baselines import ItemKNNRecommender
 from models.retrieval.artifact import RecallArtifact
 from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.order_choice import Rerank, choose_order
+from models.retrieval.reason_selection import fit_reason_penalty
 from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores, ScoredChannel, SequentialScores
 from models.retrieval.sequential import GRU4Rec
 from pipelines.training.recall import fit_embeddings
@@ -84,12 +87,13 @@ def fit_serving_blend(prefixes: list[list[str]], histories: list[list[str]], tar
 def refit_blend(fitted: BlendedRecall, sequences: list[list[str]], embeddings: dict[str, ItemEmbeddings],
                 cfg: TrainingSettings) -> BlendedRecall:  # fmt: skip
     """`fitted`'s channels fitted again on `sequences` (same hyper-parameters), with `fitted`'s
-    weights, normalisation and validation figures."""
+    weights, normalisation, reason selection and validation figures."""
     channels = blend_channels(sequences, embeddings, cfg)
     if [c.name for c in channels] != [c.name for c in fitted.channels]:
         raise ValueError(f"refit channels {[c.name for c in channels]} differ from the fitted {[c.name for c in fitted.channels]}")
     items = sorted({item for sequence in sequences for item in sequence})
-    return BlendedRecall(channels, fitted.weights, items, fitted.normalisation, fitted.validation_ndcg, fitted.fit_trace)
+    return BlendedRecall(channels, fitted.weights, items, fitted.normalisation, fitted.validation_ndcg, fitted.fit_trace,
+                         fitted.reason_penalty, fitted.reason_depth)  # fmt: skip
 
 
 def attach_blend(artifact: RecallArtifact, sequences: list[list[str]], config: EmbeddingTrainingConfig,
@@ -106,11 +110,15 @@ def attach_blend(artifact: RecallArtifact, sequences: list[list[str]], config: E
     fitted = fit_serving_blend(prefixes, histories, targets, validation_embeddings, cfg)
     chosen = np.random.default_rng(cfg.seed).permutation(len(histories))[:MAX_VALIDATION_USERS]
     histories, targets = [histories[i] for i in chosen], [targets[i] for i in chosen]
+    recent = settings.api.reason_recent or None
+    selection = fit_reason_penalty(fitted, histories, targets, recent, cfg.blend_min_reasons)
+    fitted.reason_penalty, fitted.reason_depth = selection.penalty, selection.depth
     rerank = None
     if ranker is not None:
         categories = catalog_categories(Path(settings.batch.catalog_uri or settings.catalog_dir) / "items.parquet")
         rerank = exported_rerank(ranker[1], categories)
-    artifact.order = choose_order(fitted, histories, targets, rerank, ranker and ranker[0], settings.api.recall_candidates)
+    artifact.order = choose_order(fitted, histories, targets, rerank, ranker and ranker[0], settings.api.recall_candidates,
+                                  recent=recent)  # fmt: skip
     artifact.blend = refit_blend(fitted, sequences, artifact.embeddings, cfg)
 
 

@@ -67,8 +67,8 @@ def _field(settings: Any, pipeline: Any, min_interactions: int, peers: tuple[str
     from models.evaluation.protocol import implicit_interactions, protocol_split
     from models.evaluation.protocol_run import ProtocolConfig, run_protocol
 
-    config = ProtocolConfig(peers=peers, gru_epochs=gru_epochs, pipeline=pipeline,
-                            bootstrap_rounds=pipeline.bootstrap_rounds, seed=seed)  # fmt: skip
+    config = ProtocolConfig(peers=peers, gru_epochs=gru_epochs, pipeline=pipeline, bootstrap_rounds=pipeline.bootstrap_rounds,
+                            seed=seed, reason_recent=settings.api.reason_recent or None)  # fmt: skip
     events, categories = read_log(settings)
     split = protocol_split(implicit_interactions(events), min_interactions)
     console.print(f"{len(split.test.test):,} users with >= {min_interactions} interactions, {len(split.items):,} items")

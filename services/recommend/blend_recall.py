@@ -1,8 +1,9 @@
 """Serving the recall artifact's learned blend (`models.retrieval.blend`, docs/evaluation.md "The
 blended pipeline"): the recall stage scores the user's live history with the same `BlendedRecall`
 that `recsys evaluate` ranks with, the rank stage keeps the blend's order unless the artifact's
-validation choice (`models.retrieval.order_choice`) says the current ranker beats it, and the
-explain stage names each shown blended item's reason (`BlendedRecall.reasons`).
+validation choice (`models.retrieval.order_choice`) says the current ranker beats it (the blend's
+order being its top items re-ordered so that fewer share a reason, `BlendedRecall.shown_keys`),
+and the explain stage names each shown blended item's reason (`BlendedRecall.reasons`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,26 @@ class BlendServing:
             return None
         return [Candidate(c.item_id, c.score, {BLEND_SOURCE, *c.channels}) for c in self.recall.recall(history, k, exclude)]
 
+    def shown_keys(self, history: Sequence[str], candidates: Sequence[Candidate]) -> np.ndarray:
+        """The keys of the blend's own order over `candidates` (the blend's first, best first, then
+        the serving channels' below them): its leading blended candidates re-ordered as
+        `BlendedRecall.shown_keys` says, the others after them in their order. The reasons that
+        choice computed are kept on the candidates (`because`) for `explain`."""
+        scores = np.array([c.recall_score for c in candidates], dtype=np.float64)
+        blended = next((n for n, c in enumerate(candidates) if BLEND_SOURCE not in c.sources), len(candidates))
+        keys, reasons = self.recall.shown_keys(history, [c.item_id for c in candidates[:blended]], scores[:blended],
+                                               self.reason_recent)  # fmt: skip
+        for candidate, why in zip(candidates, reasons):
+            candidate.because = why
+        lowest = keys.min() if blended else np.inf
+        return np.concatenate([keys, np.minimum(scores[blended:], lowest)])
+
     def explain(self, history: Sequence[str], shown: Sequence[Candidate]) -> None:
         """Set `because` of each shown blended candidate to the history item (`history` oldest
         first), among its last `reason_recent`, whose removal lowers its blended score the most:
-        computed for the shown items only, since it re-scores the history once per item tried."""
-        blended = [c for c in shown if BLEND_SOURCE in c.sources]
+        computed for the shown items only (those `shown_keys` did not already explain), since it
+        re-scores the history once per item tried."""
+        blended = [c for c in shown if BLEND_SOURCE in c.sources and c.because is None]
         if blended:
             for candidate, why in zip(blended, self.recall.reasons(history, [c.item_id for c in blended], self.reason_recent)):
                 candidate.because = why
@@ -55,12 +71,16 @@ class BlendServing:
 
 
 class BlendOrderRanker:
-    """Keeps the blend's order: the score is the blended recall score."""
+    """Serves the blend's own order (`BlendServing.shown_keys`: the blended score, or for the
+    blend's top items the score less the reason selection's penalty, as evaluated offline)."""
 
     name = BLEND_ORDER
 
+    def __init__(self, blend: BlendServing) -> None:
+        self.blend = blend
+
     def rank(self, user: UserContext, candidates: Sequence[Candidate]) -> RankOutput:
-        return RankOutput(scores=np.array([c.recall_score for c in candidates], dtype=np.float32))
+        return RankOutput(scores=self.blend.shown_keys(user.history[::-1], candidates))
 
 
 def load_blend(version: ModelVersion, reason_recent: int = 0) -> BlendServing | None:

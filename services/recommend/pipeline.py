@@ -180,7 +180,7 @@ class RecommendationPipeline:
         # over it (an experiment's named ranker version is served as the experiment says).
         blend_order = (version is None and bundle.blend is not None and bool(candidates)
                        and BLEND_SOURCE in candidates[0].sources and not bundle.blend.serves_ranker(bundle.versions.get("ranker")))  # fmt: skip
-        model = BlendOrderRanker() if blend_order else bundle.ranker_for(version)
+        model = BlendOrderRanker(bundle.blend) if blend_order and bundle.blend is not None else bundle.ranker_for(version)
         ranked, attended, fallback = self._rank_stage(model, user, candidates, timings)
         explore = plan.explore if plan is not None and plan.explore is not None else self.explore
         with self._stage("explore", timings):

@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import dataclasses
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -20,7 +22,10 @@ from models.evaluation.baselines import PopularityRecommender
 from models.registry import ModelRegistry
 from models.retrieval.artifact import RecallArtifact, publish_recall
 from models.retrieval.blend import BlendedRecall
+from models.evaluation.protocol import top_lists
+from models.evaluation.split import LeaveLastOut
 from models.retrieval.order_choice import BLEND, RANKER, choose_order
+from models.retrieval.reason_selection import SelectedBlendScores
 from pipelines.training.blend import fit_serving_blend, validation_split
 from services.api.app import create_app
 from services.recommend.blend_recall import BLEND_ORDER
@@ -32,6 +37,7 @@ from tests.services.test_models import _train_and_publish
 pytestmark = pytest.mark.slow
 KEY = {"X-API-Key": "k"}
 CATEGORIES = 8
+SELECTED, SELECTED_PENALTY, SELECTED_DEPTH = "selected", 3.0, 30
 
 
 def _sequences(users: int = 240, length: int = 12, seed: int = 3) -> list[list[str]]:
@@ -49,8 +55,9 @@ def _sequences(users: int = 240, length: int = 12, seed: int = 3) -> list[list[s
 
 @pytest.fixture(scope="module")
 def registry_with_blend(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One DIN and two recall versions holding the same blend: validation chose the blend's order
-    in one (DIN scored as an inverted oracle), the DIN in the other (DIN scored as an oracle)."""
+    """One DIN and three recall versions holding the same blend: validation chose the blend's order
+    in one (DIN scored as an inverted oracle), the DIN in another (DIN scored as an oracle); the
+    third serves the blend's order with a reason selection (penalty SELECTED_PENALTY)."""
     root = tmp_path_factory.mktemp("registry")
     registry = ModelRegistry(root)
     din = _train_and_publish(registry, tmp_path_factory.mktemp("din"), seed=7, epochs=2)
@@ -73,7 +80,11 @@ def registry_with_blend(tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
         artifact = RecallArtifact.build({"item2vec": item2vec}, PopularityRecommender(prefixes), "exact")
         artifact.blend, artifact.order = blend, choice
         versions[name] = publish_recall(registry, artifact, {"params": {}, "data_window": {}, "metrics": {}}, set_current=False)
-    return {"root": root, "din": din, "recall": versions, "blend": blend}
+    selected = dataclasses.replace(blend, reason_penalty=SELECTED_PENALTY, reason_depth=SELECTED_DEPTH)
+    artifact = RecallArtifact.build({"item2vec": item2vec}, PopularityRecommender(prefixes), "exact")
+    artifact.blend, artifact.order = selected, choices[BLEND]
+    versions[SELECTED] = publish_recall(registry, artifact, {"params": {}, "data_window": {}, "metrics": {}}, set_current=False)
+    return {"root": root, "din": din, "recall": versions, "blend": blend, "selected": selected}
 
 
 def _raw_by_hand(blend: BlendedRecall, channel: Any, history: list[str]) -> np.ndarray:
@@ -183,3 +194,35 @@ def test_a_new_item_reaches_a_known_user_after_the_blends_candidates(
     assert "fresh" not in blend.ids and "fresh" in served[15:], body
     assert "category" in body["items"][served.index("fresh")]["sources"]
     assert all("blend" not in item["sources"] for item in body["items"][15:])
+
+
+def test_the_served_blend_order_is_the_reason_selection_evaluated_offline(
+    api_settings: Settings, registry_with_blend: dict[str, Any], make_event: EventFactory
+) -> None:
+    """The blend's top SELECTED_DEPTH, computed and explained by hand, re-ordered by hand (each
+    pick the highest score − penalty × shown items of the same reason): the API serves that order,
+    with those reasons and the picked values as scores, and it is the order `recsys evaluate`
+    ranks with (`SelectedBlendScores`)."""
+    selected = registry_with_blend["selected"]
+    history = ["i3", "i11", "i19", "i27", "i5", "i35", "i43"]
+    body = _serve(api_settings, registry_with_blend["root"], registry_with_blend["recall"][SELECTED], make_event, history)
+    top, scores = _by_hand(selected, history, SELECTED_DEPTH)
+    raws = [lambda h, c=channel: _raw_by_hand(selected, c, h) for channel, w in zip(selected.channels, selected.weights) if w]
+    reasons = leave_one_out_reasons(raws, [float(w) for w in selected.weights if w], history,
+                                    [selected.ids.tolist().index(i) for i in top], selected.normalisation)  # fmt: skip
+    chosen: list[int] = []
+    picked: list[float] = []
+    while len(chosen) < 10:
+        values = {i: scores[i] - SELECTED_PENALTY * sum(reasons[c] == reasons[i] for c in chosen)
+                  for i in range(len(top)) if i not in chosen}  # fmt: skip
+        best = max(values, key=lambda i: (values[i], -i))
+        chosen.append(best)
+        picked.append(values[best])
+    assert [item["item_id"] for item in body["items"]] == [top[i] for i in chosen], body
+    assert np.allclose([item["score"] for item in body["items"]], picked, atol=1e-4)
+    assert body["model_versions"]["ranker"] == BLEND_ORDER
+    assert [item["reason"] for item in body["items"]] == [f"because you watched Film {reasons[i][1:]}" for i in chosen]  # type: ignore[index]
+    assert chosen != list(range(10))  # the selection moved items: not the blend's own top 10
+    scorer = SelectedBlendScores(selected, Settings().api.reason_recent or None)
+    split = LeaveLastOut({"fan": history}, {"fan": top[chosen[0]]})
+    assert top_lists(scorer, split, tuple(selected.ids.tolist()), 10)[0] == [top[i] for i in chosen]

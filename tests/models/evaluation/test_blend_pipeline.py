@@ -12,6 +12,7 @@ from models.evaluation.offline_pipeline import EvaluationConfig
 from models.evaluation.protocol import full_ranks, protocol_split
 from models.evaluation.protocol_run import PIPELINE, ProtocolConfig, grid, run_protocol
 from models.retrieval.blend import BlendedRecall
+from models.retrieval.reason_selection import SelectedBlendScores, fit_reason_penalty
 from models.retrieval.scored_channels import ItemKNNScores
 from tests.models.test_protocol import _chains
 
@@ -23,13 +24,18 @@ def test_blend_uses_the_tuned_peer_and_the_pipeline_serves_the_validation_winner
     config = ProtocolConfig(peers=("ItemKNN",), knn_grid=grid(neighbours=[5], recent=[1, None]), pipeline=pipeline,
                             bootstrap_rounds=20)  # fmt: skip
     result = run_protocol(split, {}, config)
-    blend = result.models["blend"].model
-    assert isinstance(blend, BlendedRecall)
+    scored = result.models["blend"].model
+    assert isinstance(scored, SelectedBlendScores) and isinstance(scored.model, BlendedRecall)
+    blend = scored.model
     tuned = result.models["ItemKNN"].model
     assert all(isinstance(c, ItemKNNScores) and c.model is tuned for c in blend.channels)
     assert blend.channels[0].recent == tuned.recent  # the tuned window, then others over the same similarities
-    # Full ranking of the blend, computed independently of the run.
-    again = rank_metrics(full_ranks(blend, split.test, split.items))["NDCG@10"]
+    # The reason selection's penalty is the one validation chooses; the blend is ranked in the
+    # order it serves (full ranking computed again outside the run).
+    users = sorted(split.validation.test)
+    chosen_penalty = fit_reason_penalty(blend, [split.validation.train[u] for u in users], [split.validation.test[u] for u in users], None)
+    assert blend.reason_penalty == chosen_penalty.penalty == result.models["blend"].params["reason_penalty"]
+    again = rank_metrics(full_ranks(SelectedBlendScores(blend, None), split.test, split.items))["NDCG@10"]
     assert np.allclose(again, result.models["blend"].test["NDCG@10"])
     orders = ("recall only", "recall → din", "blend", "blend → din")
     validation = {name: float(result.models[name].validation["NDCG@10"].mean()) for name in orders}

@@ -16,6 +16,7 @@ from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
 from models.ranking import samples
 from models.registry import ModelRegistry
+from models.retrieval.reason_selection import DEPTH_GRID, PENALTY_GRID
 from pipelines.training import gate, steps
 from pipelines.training.blend import validation_target_times
 from pipelines.training.executor import StepContext
@@ -54,6 +55,9 @@ def test_the_served_blend_knows_an_item_seen_only_as_a_validation_target(tmp_pat
     assert scores[knn.ids.tolist().index("solo")] > 0  # "solo" is among i3's served neighbours
     served = result.metrics["blend"]
     assert served["weights"] == {c.name: float(w) for c, w in zip(blend.channels, blend.weights)}
+    # The reason selection chosen on validation is served with the refitted channels (manifest = artifact).
+    assert (served["reason_penalty"], served["reason_depth"]) == (blend.reason_penalty, blend.reason_depth)
+    assert blend.reason_penalty in PENALTY_GRID and blend.reason_depth in DEPTH_GRID
 
 
 def _sample_rows(rng: np.random.Generator) -> tuple[list[tuple[str, str, datetime]], pa.Table]:
