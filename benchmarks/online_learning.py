@@ -20,8 +20,9 @@ and truth (`pipelines.simulate.click_model`, η = 1), k = 10 slots, every item i
   fit on `--train` requests logged after the drift, served from the drift on (the best a retrain of
   this ranker could do); DBGD (DRN's α = 0.1, η = 0.05, one comparison per round, and the values
   the simulation prefers, `--alpha/--eta/--comparisons/--margin/--significance`, by default the
-  settings' defaults) and PDGD (`--lr`) start from the frozen
-  head at step 0 and learn from every request (a 100% learning share); DBGD A/A uses w̃ = w;
+  settings' defaults) and PDGD (`--lr`; `--sharpness` c: from c × the frozen head, the same
+  ranking with a sharper Plackett–Luce list) start from the frozen head at step 0 and learn from
+  every request (a 100% learning share); DBGD A/A uses w̃ = w;
 - reported: CTR (expected clicks / k under the truth, not the drawn clicks) of the served list
   (the interleaved list for DBGD, the Plackett–Luce list for PDGD) and of the learner's own top-10
   (what the traffic outside the learning share would see), after the drift; recovery of the gap
@@ -48,7 +49,7 @@ from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # no
 from pipelines.simulate.population import Population, PopulationParams, make_population  # noqa: E402
 from services.learner.base import OnlineLearner  # noqa: E402
 from services.learner.dbgd import Dbgd  # noqa: E402
-from services.learner.pdgd import Pdgd  # noqa: E402
+from services.learner.pdgd import Pdgd, starting_weights  # noqa: E402
 
 K, HISTORY = 10, 10
 LEARNERS = ("dbgd (DRN defaults)", "dbgd (tuned)", "dbgd A/A", "pdgd")
@@ -116,7 +117,7 @@ def learners(frozen: np.ndarray, args: argparse.Namespace, seed: int) -> dict[st
         "dbgd (tuned)": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons,
                              margin=args.margin, significance=args.significance, max_step=args.max_step, seed=seed),
         "dbgd A/A": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons, aa=True, seed=seed),
-        "pdgd": Pdgd(frozen, lr=args.lr, max_step=args.max_step),
+        "pdgd": Pdgd(starting_weights(frozen, args.sharpness), lr=args.lr, max_step=args.max_step),
     }  # fmt: skip
 
 
@@ -144,6 +145,7 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
         world.history = {u: list(h) for u, h in warm_history.items()}
         clicks_rng, list_rng = np.random.default_rng([seed, 4]), np.random.default_rng([seed, 5])
         served, own = np.zeros(steps), np.zeros(steps)
+        start = None if learner is None else learner.weights.copy()
         for step, user in enumerate(users):
             features = world.features(int(user))
             attractive = world.attractive(int(user), step)
@@ -161,7 +163,7 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
             else:
                 learner.learn(presentation, clicks)
         share = learner.explore_wins / max(learner.explore_wins + learner.current_wins, 1) if isinstance(learner, Dbgd) else np.nan
-        moved = float(np.linalg.norm(learner.weights - frozen)) if learner is not None else 0.0
+        moved = float(np.linalg.norm(learner.weights - start)) if learner is not None else 0.0
         out[name] = {"served": served / K, "own": own / K, "explore_share": share, "moved": moved}
         progress.update(task, advance=steps)
     return out
@@ -248,6 +250,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0)
     parser.add_argument("--significance", type=float, default=1.0, help="DBGD's sign test level (1.0: none)")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--sharpness", type=float, default=1.0, help="PDGD starts from this multiple of the frozen head")
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),

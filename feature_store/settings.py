@@ -302,6 +302,7 @@ class LearnerSettings(_Section):
     margin: float = Field(default=0.0, ge=-1, lt=1, description="DBGD: explore wins minus current wins per comparison needed to move.")
     significance: float = Field(default=1.0, gt=0, le=1, description="DBGD: move only when a round's explore wins pass a one-sided sign test at this level (ties left out; 1: no test).")
     lr: float = Field(default=0.01, gt=0, description="PDGD learning rate (the paper's 0.1 loses more CTR without drift in the simulation; docs/online_learning.md).")
+    sharpness: float = Field(default=1.0, gt=0, description="PDGD: starts from (and rolls back to) this multiple c of the base's layer: the same ranking, a sharper Plackett-Luce list (softmax of c * w.h); docs/online_learning.md.")
     shown_ttl_s: float = Field(default=2400.0, gt=0, description="PDGD: how long a served list's features stay in Redis for the learner (longer than attribution.window_s).")
     shown_queue: int = Field(default=1000, ge=1, description="PDGD: served lists an API worker queues for its Redis writer before dropping.")
     max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")

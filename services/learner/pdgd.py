@@ -12,6 +12,14 @@ swapped, which makes the gradient unbiased w.r.t. position bias, and the step is
 
 bounded in norm by `max_step`. No explore network: every slot is team 0.
 
+**Sharpness** (ours): the learner starts from `c · w_base` (`starting_weights`), the base's ranking
+with a sharper Plackett–Luce list (the softmax of `c · s`). With the base's own scale the list
+spreads over the whole catalogue, so most inferred pairs compare items far below the top, and the
+step follows a catalogue-wide pairwise objective whose optimum for the linear head is not the best
+top-k: without drift `w` walks away from a good base (−0.0008 CTR on its own top-10 in the
+simulation at lr 0.01, c = 1; benchmarks/RESULTS.md). A sharper list draws its pairs near the top
+(and costs the learning share less CTR).
+
 `P(R)` needs only the shown items' scores and `log Σ_{d ∈ D} exp(s_d)` over all candidates, so a
 served list's update needs only the shown items' features, their scores under the weights that drew
 the list and that one number (`logged_gradient`; what the API keeps for `recsys learn online`).
@@ -23,6 +31,14 @@ import numpy as np
 from scipy.special import expit, logsumexp
 
 from services.learner.base import OnlineLearner, Presentation
+
+
+def starting_weights(base: np.ndarray, sharpness: float) -> np.ndarray:
+    """Where PDGD starts (and rolls back to) on a base layer `w_base`: `c · w_base`, `c` = `sharpness`
+    (the same ranking; Plackett–Luce lists of `c · s`, see the module docstring)."""
+    if sharpness <= 0:
+        raise ValueError("sharpness must be > 0")
+    return sharpness * np.asarray(base, dtype=np.float64)
 
 
 def slot_log_probabilities(list_scores: np.ndarray, log_total: float) -> np.ndarray:

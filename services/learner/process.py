@@ -12,7 +12,7 @@ One `step()`:
 3. **Guardrail**: when an arm of the experiment named `learner` was stopped by its guardrail
    (`services.experiments.report`: the `online` arm's CTR, the learning share's own traffic, fell
    below the allowed drop against its `control` slice), the learner rolls
-   back to the base once per stop, with the guardrail's reason in the revision and the log (the
+   back to the base (PDGD: `learner.sharpness` × the base's layer, the same ranking) once per stop, with the guardrail's reason in the revision and the log (the
    stops handled are kept in Redis, `RevisionStore.handled`, not looked up in the bounded history:
    a restarted learner must not roll back again on a stop whose rollback the history forgot).
 4. **Learn (DBGD)**: each finished comparison of the current revision (`services.learner.feedback`; older
@@ -55,7 +55,7 @@ from services.experiments.store import ExperimentStore
 from services.learner.base import Presentation
 from services.learner.dbgd import Dbgd
 from services.learner.feedback import Comparison, ComparisonReader
-from services.learner.pdgd import Pdgd
+from services.learner.pdgd import Pdgd, starting_weights
 from services.learner.serving import TEAMS, label
 from services.learner.shown import ShownStore
 
@@ -134,6 +134,7 @@ class LearnerProcess:
         self.summary = Summary()
         self.base: str | None = None
         self.base_weights = np.zeros(0)
+        self.origin = np.zeros(0)  # where the learner starts and rolls back to (PDGD: c × the base's layer)
         self.learner: Dbgd | Pdgd | None = None
         self.revision: Revision | None = None
         self.arms: set[str] = set()  # the labels of the revisions published on this base
@@ -160,9 +161,10 @@ class LearnerProcess:
     def _start_base(self, version: str) -> None:
         head = self.head_of(version)
         self.base, self.base_weights = version, head[:-1]
-        resumed = self.store.current(version)
-        weights = resumed.weights if resumed is not None else self.base_weights
         settings = self.settings
+        self.origin = starting_weights(self.base_weights, settings.sharpness) if settings.algorithm == "pdgd" else self.base_weights
+        resumed = self.store.current(version)
+        weights = resumed.weights if resumed is not None else self.origin
         if settings.algorithm == "pdgd":
             self.learner = Pdgd(weights, lr=settings.lr, max_step=settings.max_step)
         else:
@@ -184,7 +186,7 @@ class LearnerProcess:
                 continue
             assert self.learner is not None and self.revision is not None
             log.warning(reason)
-            self.learner.reset(self.base_weights)
+            self.learner.reset(self.origin)
             self.against_base.clear()
             self.summary.guardrail_rollbacks += 1
             self._publish(self.revision.id, reason)
@@ -248,7 +250,7 @@ class LearnerProcess:
         why = (f"rollback: revision {self.revision.id} won {share:.1%} of its last {window} decided comparisons "  # type: ignore[union-attr]
                f"against base {self.base} (threshold {threshold:.1%})")
         log.warning(why)
-        self.learner.reset(self.base_weights)
+        self.learner.reset(self.origin)
         self.against_base.clear()
         self.summary.rollbacks += 1
         self._publish(self.revision.id, why)  # type: ignore[union-attr]

@@ -195,10 +195,10 @@ def _served_probability(order: list[int], scores: np.ndarray, total: float) -> f
 def test_pdgd_joins_clicked_lists_to_their_shown_features_and_skips_expired_ones(
     tmp_path: Path, redis_client: redis.Redis
 ) -> None:
-    process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", lr=0.2)
+    process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", lr=0.2, sharpness=2.5)
     process.step()
     first = process.store.current(versions[0])
-    assert first.explore is None and first.weights.tolist() == [3.0, 4.0, 0.0]
+    assert first.explore is None and first.weights.tolist() == [7.5, 10.0, 0.0]  # 2.5 × the base's layer
     rng = np.random.default_rng(4)
     x = rng.normal(size=(5, 3)) * 0.3  # the shown items' features, slot order
     s = x @ first.weights
@@ -232,6 +232,27 @@ def test_pdgd_joins_clicked_lists_to_their_shown_features_and_skips_expired_ones
     assert all((x[2] - x[l]) @ (second.weights - first.weights) > 0 for l in (0, 1, 3))  # here it rose against each
     summary = process.summary
     assert (summary.comparisons, summary.stale, summary.rounds, summary.moves, summary.missing_features) == (3, 1, 1, 1, 1)
+
+
+def test_pdgd_starts_from_and_rolls_back_to_sharpness_times_the_base(tmp_path: Path, redis_client: redis.Redis) -> None:
+    stops: dict[str, str] = {}
+    process, feedback, versions = _process(tmp_path, redis_client, lambda: dict(stops), algorithm="pdgd", lr=0.5,
+                                           sharpness=4.0)
+    process.step()
+    first = process.store.current(versions[0])
+    np.testing.assert_array_equal(first.weights, [12.0, 16.0, 0.0])
+    x = np.array([[0.1, -0.2, 0.3], [0.4, 0.1, -0.1], [-0.3, 0.2, 0.2]])
+    s = x @ first.weights
+    ShownStore(redis_client, "t", ttl_s=600).write([ShownList("req1", first.id, ("i0", "i1", "i2"), x, s, float(np.log(np.exp(s).sum())))])
+    feedback.request(f"learner:{first.id}", ["current"] * 3, [1])
+    feedback.close_window()
+    process.step()
+    assert not np.array_equal(process.store.current(versions[0]).weights, first.weights)
+    stops["online"] = "planted stop"
+    process.step()
+    rolled = process.store.current(versions[0])
+    np.testing.assert_array_equal(rolled.weights, [12.0, 16.0, 0.0])  # not the base's own [3, 4, 0]
+    assert rolled.reason.startswith("rollback") and process.summary.guardrail_rollbacks == 1
 
 
 def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_once(
