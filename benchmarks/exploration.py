@@ -147,7 +147,7 @@ def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progres
         order, ranked = rankings[int(exists.sum())]
         x = _context(population, recent.get(user, []), params.dim) if linear else None
         stats = (ItemCounts(counts.examined[order], counts.clicks[order]) if policy.needs is ItemCounts
-                 else LinearStats(feedback.A_inv[order], feedback.b[order], np.tile(x, (len(order), 1)))
+                 else LinearStats.from_inverse(feedback.A_inv[order], feedback.b[order], x)
                  if linear else None)
         slate = policy.choose(ranked, K, choices, stats)
         shown = order[list(slate.positions)]
@@ -209,7 +209,7 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
             feedback.apply()
             counts = feedback.counts()
             counts = ItemCounts(counts.examined[order], counts.clicks[order])
-            frozen = feedback.A_inv[order], feedback.b[order]  # shared by every logged request (memory)
+            frozen = LinearStats.pack(feedback.A_inv[order], feedback.b[order])  # shared by every logged request (memory)
         user = int(users.choice(params.users, p=population.user_activity))
         x = _context(population, recent.get(user, []), params.dim)
         slate = logging.choose(ranked, K, choices, None)
@@ -219,7 +219,7 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
         if step < warmup:
             feedback.record(shown, drawn.astype(float), x)
             continue
-        linear = LinearStats(*frozen, np.broadcast_to(x, (len(order), params.dim)))  # a view: no copy per request
+        linear = LinearStats.from_packed(frozen, x)  # views: no copy per request
         decisions.append(Decision(ranked, counts, slate, drawn, linear))
         requesters.append(population.user_id(user))
         if step % 500 == 0:

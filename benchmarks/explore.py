@@ -84,7 +84,7 @@ def plant(spec: ConnectionSpec, ranked: Ranked, k: int, hours: int,
     x = rng.normal(size=(len(ranked), 60, DIM)) / np.sqrt(DIM)
     A = np.eye(DIM) + np.einsum("nti,ntj->nij", x, x)
     b = np.einsum("nti,nt->ni", x, (rng.random((len(ranked), 60)) < 0.05).astype(float))
-    linear = LinearStats(np.linalg.inv(A), b, np.tile(rng.normal(size=DIM) / np.sqrt(DIM), (len(ranked), 1)))
+    linear = LinearStats.from_inverse(np.linalg.inv(A), b, rng.normal(size=DIM) / np.sqrt(DIM))
     attribution.close()
     linucb.close()
     return counts, linear

@@ -14,10 +14,13 @@ class LinUcb(Policy):
 
     with A_i = λI + Σ x xᵀ and b_i = Σ r x over item i's attributed impressions (read from the
     store; the stream job updates them, `feature_store.linucb_store`), x_i the request's context
-    for item i (dimension d ≤ 32). The store keeps A_i⁻¹ (Sherman–Morrison in the stream job), so
-    with z_i = A_i⁻¹ x_i the score is z_iᵀ b_i + α · sqrt(x_iᵀ z_i): one batched matrix-vector
-    product, no solve. Ties keep the ranker's order. The request only reads; deterministic given
-    the statistics, so every propensity is 1.
+    (dimension d ≤ 32, the user's, the same for every candidate). The store keeps A_i⁻¹
+    (Sherman–Morrison in the stream job), and the statistics arrive packed (`LinearStats`):
+    θ_i = A_i⁻ᵀ b_i and the coefficients c_i of the quadratic form, so the score is
+    xᵀθ_i + α · sqrt(c_i · q(x)) with q(x) = (x_j x_k)_{j≤k}: two dot products per candidate, no
+    solve and no matrix product. Each candidate's score depends only on its own row (equal
+    statistics score equally), and ties keep the ranker's order. The request only reads;
+    deterministic given the statistics, so every propensity is 1.
     """
 
     name = "linucb"
@@ -33,10 +36,10 @@ class LinUcb(Policy):
         return f"{self.name}(alpha={self.alpha:g})"
 
     def indices(self, stats: LinearStats) -> np.ndarray:
-        x = stats.contexts
-        z = np.matmul(stats.A_inv, x[:, :, None])[:, :, 0]  # A⁻¹ is symmetric: xᵀA⁻¹b = zᵀb
-        mean = np.einsum("ni,ni->n", z, stats.b)
-        width = np.einsum("ni,ni->n", x, z)
+        # vecdot: one dot per row, so equal rows give bit-equal scores (a BLAS gemv over the
+        # stack rounds a row differently by its position, which would reorder ties).
+        mean = np.vecdot(stats.theta, stats.context)
+        width = np.vecdot(stats.quad, stats.quadratic_terms())
         return mean + self.alpha * np.sqrt(np.maximum(width, 0.0))
 
     def choose(self, ranked: Ranked, k: int, rng: np.random.Generator, stats: Stats = None) -> Slate:

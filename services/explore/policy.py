@@ -10,6 +10,7 @@ evaluation of contextual-bandit-based news article recommendation algorithms").
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,12 +44,52 @@ class ItemCounts:
 
 @dataclass(frozen=True)
 class LinearStats:
-    """Disjoint LinUCB statistics per candidate: A_i⁻¹ (n, d, d), b_i (n, d), and the request's
-    context vector x_{t,i} per candidate (n, d)."""
+    """Disjoint LinUCB statistics per candidate, in the form its score reads, and the request's
+    context x (d,), the same for every candidate (`services.explore.linucb`):
 
-    A_inv: np.ndarray
-    b: np.ndarray
-    contexts: np.ndarray
+    - `theta` (n, d): θ_i = A_i⁻ᵀ b_i, so that xᵀθ_i = (A_i⁻¹x)ᵀ b_i;
+    - `quad` (n, d(d+1)/2): the coefficients of the quadratic form xᵀA_i⁻¹x = Σ_{j≤k} c_{i,jk} x_j x_k,
+      i.e. A_i⁻¹'s upper triangle row by row, each off-diagonal entry plus its mirror
+      (c_jk = A⁻¹_jk + A⁻¹_kj, c_jj = A⁻¹_jj).
+
+    Per item they are one row of `pack`: what a cache keeps, so that a request gathers
+    d + d(d+1)/2 floats per candidate instead of d² + d and needs no matrix product."""
+
+    theta: np.ndarray
+    quad: np.ndarray
+    context: np.ndarray
+
+    @staticmethod
+    def pack(A_inv: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Rows [θ_i | c_i] (n, d + d(d+1)/2) of A⁻¹ (n, d, d) and b (n, d)."""
+        n, d = b.shape
+        upper, lower = triangle(d)
+        flat = A_inv.reshape(n, d * d)
+        quad = flat.take(upper * d + lower, axis=1) + flat.take(lower * d + upper, axis=1)
+        quad[:, upper == lower] *= 0.5  # exact: each diagonal entry was added to itself
+        return np.concatenate([np.matmul(b[:, None, :], A_inv)[:, 0], quad], axis=1)  # bᵀA⁻¹ = θᵀ
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, context: np.ndarray) -> LinearStats:
+        """The statistics of `pack`'s rows (one per candidate) with the request's context."""
+        d = len(context)
+        return cls(packed[:, :d], packed[:, d:], context)
+
+    @classmethod
+    def from_inverse(cls, A_inv: np.ndarray, b: np.ndarray, context: np.ndarray) -> LinearStats:
+        """The statistics of A⁻¹ (n, d, d) and b (n, d) with the request's context."""
+        return cls.from_packed(cls.pack(A_inv, b), context)
+
+    def quadratic_terms(self) -> np.ndarray:
+        """x_j x_k for j ≤ k, in `quad`'s order."""
+        upper, lower = triangle(len(self.context))
+        return np.outer(self.context, self.context)[upper, lower]
+
+
+@functools.cache
+def triangle(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a d × d upper triangle, row by row (`np.triu_indices`)."""
+    return np.triu_indices(d)
 
 
 Stats = ItemCounts | LinearStats | None

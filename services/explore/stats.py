@@ -37,7 +37,7 @@ from feature_store.definitions import Entity
 from feature_store.errors import FeatureStoreUnavailableError
 from feature_store.linucb_store import CONTEXT_FEATURE, CONTEXT_SLACK_MS, LinUcbStore
 from feature_store.online_store import OnlineStore
-from services.explore.policy import ItemCounts, LinearStats
+from services.explore.policy import ItemCounts, LinearStats, triangle
 from services.recommend.item_cache import Clock, ItemCache, Submit
 
 T = TypeVar("T")
@@ -73,7 +73,7 @@ class BanditStats:
         self.window = window
         self.context_ttl_ms = context_ttl_ms
         self._counts: ItemCache[tuple[float, float]] = self._cache(cache_s, cache_items, clock, submit, "counts")
-        self._linear: ItemCache[np.ndarray] = self._cache(cache_s, cache_items, clock, submit, "linucb")
+        self._linear: ItemCache[bytes] = self._cache(cache_s, cache_items, clock, submit, "linucb")
 
     @staticmethod
     def _cache(ttl_s: float, items: int, clock: Clock, submit: Submit | None, what: str) -> ItemCache:
@@ -95,36 +95,36 @@ class BanditStats:
         return ItemCounts(examined, clicks)
 
     def linear(self, item_ids: Sequence[str], history: Sequence[str], user_id: str | None = None) -> LinearStats:
-        """(A_i⁻¹, b_i) per candidate and x_t; saves x_t for `user_id` (when given) for the stream job."""
+        """The candidates' statistics (`LinearStats`, packed from (A_i⁻¹, b_i)) and x_t; saves x_t for
+        `user_id` (when given) for the stream job."""
         with _unavailable_on_errors("reading LinUCB statistics"):
             rows = _in_order(self._linear.get_many(item_ids, self._read_linear), item_ids)
             user = self.user_vector(history)
             if user_id is not None:
                 self.linucb.save_context(user_id, int(time.time() * 1000), user, self.context_ttl_ms)
-        d = self.linucb.dim
-        packed = np.concatenate(rows).reshape(len(rows), d * d + d) if rows else np.zeros((0, d * d + d))
-        return LinearStats(packed[:, :d * d].reshape(-1, d, d), packed[:, d * d:], np.tile(user, (len(item_ids), 1)))
+        width = self.linucb.dim + len(triangle(self.linucb.dim)[0])
+        return LinearStats.from_packed(np.frombuffer(b"".join(rows), np.float64).reshape(len(rows), width), user)
 
     def _read_counts(self, item_ids: list[str]) -> dict[str, tuple[float, float]]:  # also from the cache's refresh thread
         since_ms, until_ms = window_bounds(self.window)
         counts = self.attribution.examined_counts(item_ids, since_ms, until_ms)
         return dict(zip(item_ids, zip(counts.examined.tolist(), counts.clicks.tolist())))
 
-    def _read_linear(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        """Per item, A_i⁻¹ (row-major) and b_i packed in one array of d² + d: a request joins its
-        candidates' in one `np.concatenate` (three times faster than stacking 2 × 200 arrays).
+    def _read_linear(self, item_ids: list[str]) -> dict[str, bytes]:
+        """Per item, the row of `LinearStats.pack` (θ_i and the quadratic form's coefficients,
+        d + d(d+1)/2 floats, computed here and not per request) as immutable bytes: a request joins
+        its candidates' rows with one `bytes.join` (a third of `np.concatenate`'s time over 200
+        arrays, and with the GIL held: numpy lets it go for each row, and a waiting thread takes
+        it) and scores them with two dot products each.
 
         Read `LINEAR_READ_CHUNK` items per round trip. The cache's background refresh runs this on
-        its own thread, holding the GIL while it parses and decodes (~2.5 ms for 200 items at
-        d = 32); a request thread that let the GIL go inside numpy waited for all of it, which was
-        the cached stage's p99 (benchmarks/RESULTS.md, issue 19). Each round trip releases the GIL."""
+        its own thread, holding the GIL while it parses and decodes, and each round trip releases
+        it (benchmarks/RESULTS.md, issue 19)."""
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(item_ids), LINEAR_READ_CHUNK):
             chunk = item_ids[start:start + LINEAR_READ_CHUNK]
-            A_inv, b = self.linucb.read(chunk)
-            packed = np.concatenate([A_inv.reshape(len(chunk), -1), b], axis=1)
-            # Row copies: a row view would keep the whole read alive.
-            out.update((item_id, packed[n].copy()) for n, item_id in enumerate(chunk))
+            packed = LinearStats.pack(*self.linucb.read(chunk))
+            out.update((item_id, packed[n].tobytes()) for n, item_id in enumerate(chunk))
         return out
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:

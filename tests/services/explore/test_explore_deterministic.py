@@ -29,17 +29,18 @@ def _explored_counts() -> ItemCounts:
     return ItemCounts(examined, examined * 0.08)
 
 
-def _linear_gram() -> tuple[np.ndarray, LinearStats]:
-    """A_i and the statistics the policy reads (A_i⁻¹, b_i, x)."""
+def _linear_gram() -> tuple[np.ndarray, np.ndarray, np.ndarray, LinearStats]:
+    """A_i, b_i, x and the statistics the policy reads (packed from A_i⁻¹, b_i)."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(N, 50, D))
     A = np.eye(D) + np.einsum("nti,ntj->nij", x, x)
     b = np.einsum("nti,nt->ni", x, rng.random((N, 50)))
-    return A, LinearStats(np.linalg.inv(A), b, np.tile(rng.normal(size=D), (N, 1)))
+    context = rng.normal(size=D)
+    return A, b, context, LinearStats.from_inverse(np.linalg.inv(A), b, context)
 
 
 def _linear_stats() -> LinearStats:
-    return _linear_gram()[1]
+    return _linear_gram()[3]
 
 
 @pytest.mark.parametrize(("policy", "stats"), [
@@ -68,9 +69,8 @@ def test_ucb_without_feedback_keeps_the_rankers_order() -> None:
 
 def test_linucb_scores_follow_the_formula() -> None:
     """p_i = xᵀA⁻¹b + α·sqrt(xᵀA⁻¹x), computed one item at a time with solves."""
-    gram, stats = _linear_gram()
-    expected = [x @ np.linalg.solve(A, b) + 0.5 * np.sqrt(x @ np.linalg.solve(A, x))
-                for A, b, x in zip(gram, stats.b, stats.contexts)]
+    gram, bs, x, stats = _linear_gram()
+    expected = [x @ np.linalg.solve(A, b) + 0.5 * np.sqrt(x @ np.linalg.solve(A, x)) for A, b in zip(gram, bs)]
     np.testing.assert_allclose(LinUcb(alpha=0.5).indices(stats), expected, rtol=1e-9)
     order = LinUcb(alpha=0.5).choose(_ranked(), K, np.random.default_rng(0), stats).positions
     assert list(order) == list(np.argsort(expected)[::-1][:K])
@@ -78,7 +78,7 @@ def test_linucb_scores_follow_the_formula() -> None:
 
 def test_linucb_prefers_the_uncertain_item_when_means_tie() -> None:
     A = np.stack([np.eye(D) * 100.0, np.eye(D)] + [np.eye(D) * 100.0] * (N - 2))
-    stats = LinearStats(np.linalg.inv(A), np.zeros((N, D)), np.ones((N, D)))
+    stats = LinearStats.from_inverse(np.linalg.inv(A), np.zeros((N, D)), np.ones(D))
     assert LinUcb(alpha=1.0).choose(_ranked(), 1, np.random.default_rng(0), stats).item_ids == ("i1",)
 
 

@@ -16,6 +16,7 @@ from feature_store.attribution import BUCKET_MS, Impression, Outcome
 from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import Settings
+from services.explore.policy import LinearStats
 from services.explore.stats import LINEAR_READ_CHUNK, BanditStats
 from services.recommend.item_cache import ItemCache
 
@@ -67,6 +68,15 @@ def _store_now(features: RedisOnlineStore, items: list[str]) -> list[tuple[float
     counts = store.examined_counts(items, now - 7 * 24 * BUCKET_MS, now + BUCKET_MS)
     store.close()
     return list(zip(counts.examined.tolist(), counts.clicks.tolist()))
+
+
+def _assert_statistics_of(stats: LinearStats, n: int, A: np.ndarray, b: np.ndarray) -> None:
+    """Candidate n's packed statistics are those of (A⁻¹, b): checked through what the score reads,
+    y·θ = yᵀA⁻¹b and c·q(y) = yᵀA⁻¹y, on probe vectors y, against solves."""
+    upper, lower = np.triu_indices(D)
+    for y in np.random.default_rng(9).normal(size=(3, D)):
+        np.testing.assert_allclose(stats.theta[n] @ y, y @ np.linalg.solve(A, b), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(stats.quad[n] @ np.outer(y, y)[upper, lower], y @ np.linalg.solve(A, y), rtol=1e-9)
 
 
 def _pairs(stats: BanditStats, items: list[str]) -> list[tuple[float, float]]:
@@ -124,13 +134,14 @@ def test_linucb_statistics_are_cached_with_the_same_bound(settings: Settings, re
     x = np.arange(1.0, D + 1.0)
     assert linucb.update("u1", "a", x, 1.0)
     before = stats.linear(["a"], [])
+    _assert_statistics_of(before, 0, np.eye(D) + np.outer(x, x), x)
     assert linucb.update("u2", "a", x, 1.0)
     clock.now += TTL_S
-    np.testing.assert_array_equal(stats.linear(["a"], []).b, before.b)
+    stale = stats.linear(["a"], [])
+    np.testing.assert_array_equal(stale.theta, before.theta)
+    np.testing.assert_array_equal(stale.quad, before.quad)
     clock.now += TTL_S
-    after = stats.linear(["a"], [])
-    np.testing.assert_allclose(after.b[0], 2 * x)
-    np.testing.assert_allclose(after.A_inv[0], np.linalg.inv(np.eye(D) + 2 * np.outer(x, x)))
+    _assert_statistics_of(stats.linear(["a"], []), 0, np.eye(D) + 2 * np.outer(x, x), 2 * x)
     stats.close()
     features.close()
 
@@ -208,8 +219,8 @@ def test_linucb_statistics_of_many_candidates_are_read_in_chunks_each_in_its_pla
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     """More candidates than one read chunk (LINEAR_READ_CHUNK): each gets its own statistics, in
-    the caller's order, cold and from a background refresh: A⁻¹ = (I + x xᵀ)⁻¹ and b = r x of its
-    one planted update (items without one: I and 0)."""
+    the caller's order, cold and from a background refresh: those of A = I + x xᵀ and b = r x of
+    its one planted update (items without one: I and 0)."""
     features = RedisOnlineStore.from_settings(settings)
     clock, refresh = Clock(), Deferred()
     linucb = RedisLinUcbStore(features.spec, D)
@@ -220,19 +231,16 @@ def test_linucb_statistics_of_many_candidates_are_read_in_chunks_each_in_its_pla
     for item, (x, reward) in planted.items():
         assert linucb.update(f"u-{item}", item, x, reward)
 
-    def check(read: np.ndarray, b: np.ndarray) -> None:
+    def check(read: LinearStats) -> None:
         for n, item in enumerate(items):
             x, reward = planted.get(item, (np.zeros(D), 0.0))
-            np.testing.assert_allclose(read[n], np.linalg.inv(np.eye(D) + np.outer(x, x)), atol=1e-12)
-            np.testing.assert_allclose(b[n], reward * x, atol=1e-12)
+            _assert_statistics_of(read, n, np.eye(D) + np.outer(x, x), reward * x)
 
-    cold = stats.linear(items, [])
-    check(cold.A_inv, cold.b)
+    check(stats.linear(items, []))
     clock.now += TTL_S  # expired: served, and refreshed in the background
     stats.linear(items, [])
     assert refresh.run() == 1
     clock.now += 0.5
-    warm = stats.linear(items, [])
-    check(warm.A_inv, warm.b)
+    check(stats.linear(items, []))
     stats.close()
     features.close()
