@@ -202,7 +202,7 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
         from reason_selection import selection_curve  # benchmarks/reason_selection.py
 
         figures["reason_curve"] = selection_curve(result, split, peer, Settings().api.reason_recent or None, args.bootstrap,
-                                                  args.seed, ratio_ci)  # fmt: skip
+                                                  args.seed)  # fmt: skip
         clock.charge("reason selection curve")
     print(f"\nCPU and wall time per phase (this process, every thread):\n{clock.table()}")
     figures["phases"] = {phase: {"cpu_s": clock.cpu[phase], "wall_s": clock.wall[phase]} for phase in clock.cpu}

@@ -1,24 +1,41 @@
 """The trade-off of the blend's reason selection (issue 20: ≥ 5 distinct reasons per 10-item list
 without losing NDCG; `models.retrieval.reason_selection`): for every (depth, λ) of the grids, the
 protocol's blend's validation NDCG@10 and reasons (what the choice saw) beside its test NDCG@10 and
-HR@10 with 95% bootstrap intervals over users, NDCG@10 / the best tuned peer's (paired interval)
-and the distinct reasons per test top-10 list (users with >= 10 history items). Printed by
+HR@10 with 95% bootstrap intervals over users, NDCG@10 / the best tuned peer's and / the plain
+blend's (λ = 0; paired intervals) and the distinct reasons per test top-10 list (users with >= 10 history items). Printed by
 `benchmarks/quality.py --reason-curve` after its own table, on the same run's blend and peers.
 
 Test lists here are the blend's top 150 unseen items re-ordered (the full ranking's top 10 up to
 random tie-breaks), so the chosen pair's row repeats quality.py's blend row as a check.
+
+Run alone, it measures what the selection adds to a served request: CPU per request (this
+process, one thread as the API caps it) of the training DAG's blend recalling the API's 150 blended
+candidates for the last 50 history items and explaining the shown 10 in the plain order, against
+the same recall with the selection (`BlendedRecall.shown_keys`, its reasons for the top `depth`)
+at the given depth and λ, in alternating blocks of 50 requests; the ratio is selected / plain:
+
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        .venv/bin/python benchmarks/reason_selection.py --state-dir /tmp/q-ml100k --depth 100 --penalty 3
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from blend_serving import cpu_per_call  # benchmarks/blend_serving.py: the script's folder is on sys.path
+from feature_store.settings import Settings, TrainingSettings
+from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
 from models.evaluation.end_to_end import bootstrap_ci
+from models.evaluation.protocol import implicit_interactions, protocol_split
 from models.retrieval.blend import BlendedRecall
 from models.retrieval.reason_selection import DEPTH_GRID, PENALTY_GRID, fit_reason_penalty, list_figures
+from pipelines.training.blend import fit_serving_blend, validation_split
+from quality import ratio_ci
+from services.cli.evaluate import read_log
 
 
 def _rows(blend: BlendedRecall, histories: Sequence[Sequence[str]], targets: Sequence[str], recent: int | None,
@@ -34,9 +51,8 @@ def _rows(blend: BlendedRecall, histories: Sequence[Sequence[str]], targets: Seq
     return scores, reasons, where
 
 
-def selection_curve(result: Any, split: Any, peer: str, recent: int | None, rounds: int, seed: int,
-                    ratio_ci: Any) -> list[dict[str, float]]:  # fmt: skip
-    """Print and return the curve's rows (module docstring); `ratio_ci` is quality.py's paired ratio."""
+def selection_curve(result: Any, split: Any, peer: str, recent: int | None, rounds: int, seed: int) -> list[dict[str, float]]:
+    """Print and return the curve's rows (module docstring)."""
     blend: BlendedRecall = result.models["blend"].model.model
     users = sorted(split.test.test)
     validation = fit_reason_penalty(blend, [split.validation.train[u] for u in users], [split.validation.test[u] for u in users],
@@ -46,25 +62,66 @@ def selection_curve(result: Any, split: Any, peer: str, recent: int | None, roun
                                    recent, max(DEPTH_GRID))  # fmt: skip
     long = np.array([len(split.test.train[u]) >= 10 for u in users])
     peer_ndcg = result.models[peer].test["NDCG@10"]
+    plain_ndcg = list_figures(scores, reasons, where, 0.0)["NDCG@10"]
     rows = []
     print(f"\nreason selection (chosen on validation: depth {blend.reason_depth}, λ {blend.reason_penalty:g}); test over "
           f"{len(users)} users, reasons over the {int(long.sum())} with >= 10 history items")  # fmt: skip
     print(f"{'depth':>5} {'λ':>6} {'val NDCG@10':>11} {'val reasons':>11} {'test NDCG@10 [95% CI]':>26} "
-          f"{'HR@10 [95% CI]':>26} {'NDCG / ' + peer:>24} {'reasons':>8}")  # fmt: skip
+          f"{'HR@10 [95% CI]':>26} {'NDCG / ' + peer:>24} {'NDCG / plain':>24} {'reasons':>8}")  # fmt: skip
     for depth in DEPTH_GRID:
         cut = [t if t < depth else -1 for t in where]
         for penalty in PENALTY_GRID:
             figures = list_figures([s[:depth] for s in scores], [r[:depth] for r in reasons], cut, penalty)
             ndcg, hr = figures["NDCG@10"], figures["HR@10"]
-            ratio = ratio_ci(ndcg, peer_ndcg, rounds, seed)
+            ratio, kept = ratio_ci(ndcg, peer_ndcg, rounds, seed), ratio_ci(ndcg, plain_ndcg, rounds, seed)
             row = {"depth": depth, "penalty": penalty, "validation_ndcg10": seen[(depth, penalty)][0],
                    "validation_reasons": seen[(depth, penalty)][1], "ndcg10": float(ndcg.mean()), "hr10": float(hr.mean()),
-                   "ratio": ratio[0], "ratio_low": ratio[1], "ratio_high": ratio[2],
+                   "ratio": ratio[0], "ratio_low": ratio[1], "ratio_high": ratio[2], "vs_plain": kept[0],
+                   "vs_plain_low": kept[1], "vs_plain_high": kept[2],
                    "reasons": float(figures["reasons"][long].mean())}  # fmt: skip
             rows.append(row)
             low, high = bootstrap_ci(ndcg, rounds, seed=seed)
             hr_low, hr_high = bootstrap_ci(hr, rounds, seed=seed)
             print(f"{depth:>5} {penalty:>6g} {row['validation_ndcg10']:>11.4f} {row['validation_reasons']:>11.2f} "
                   f"{ndcg.mean():>8.4f} [{low:.4f}, {high:.4f}] {hr.mean():>8.4f} [{hr_low:.4f}, {hr_high:.4f}] "
-                  f"{ratio[0]:>8.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}] {row['reasons']:>8.2f}")  # fmt: skip
+                  f"{ratio[0]:>8.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}] {kept[0]:>8.3f} [{kept[1]:.3f}, {kept[2]:.3f}] "
+                  f"{row['reasons']:>8.2f}")  # fmt: skip
     return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--depth", type=int, default=100)
+    parser.add_argument("--penalty", type=float, default=3.0)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    recent = Settings().api.reason_recent or None
+    events, _ = read_log(Settings(state_dir=args.state_dir))
+    split = protocol_split(implicit_interactions(events))
+    users = sorted(split.test.train)
+    prefixes, histories, targets = validation_split([split.test.train[u] for u in users])
+    item2vec = SkipGramTrainer(SkipGramConfig(seed=0)).fit(prefixes)
+    blend = fit_serving_blend(prefixes, histories, targets, {"item2vec": item2vec}, TrainingSettings())
+    requests = [split.test.train[u][-50:] for u in users[: args.requests]]
+
+    def plain(history: Sequence[str]) -> object:
+        found = blend.recall(history, 150, history)
+        return blend.reasons(history, [c.item_id for c in found[:10]], recent)
+
+    def selected(history: Sequence[str]) -> object:
+        found = blend.recall(history, 150, history)
+        return blend.shown_keys(history, [c.item_id for c in found], np.array([c.score for c in found]), recent)
+
+    blend.reason_penalty, blend.reason_depth = args.penalty, args.depth
+    for history in requests[:20]:  # TensorFlow's first calls trace
+        plain(history), selected(history)
+    cpu = cpu_per_call({"plain": plain, "selected": selected}, requests)
+    ratio, low, high = ratio_ci(cpu["selected"], cpu["plain"])
+    print(f"CPU per request: plain order + reasons of the top 10 {cpu['plain'].mean() * 1e3:.2f} ms, selection at depth "
+          f"{args.depth}, λ {args.penalty:g} {cpu['selected'].mean() * 1e3:.2f} ms, ratio {ratio:.3f} [{low:.3f}, {high:.3f}] "
+          f"({len(requests)} requests, blocks of 50)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
