@@ -12,7 +12,9 @@ Run alone, it measures what the selection adds to a served request: CPU per requ
 process, one thread as the API caps it) of the training DAG's blend recalling the API's 150 blended
 candidates for the last 50 history items and explaining the shown 10 in the plain order, against
 the same recall with the selection (`BlendedRecall.shown_keys`, its reasons for the top `depth`)
-at the given depth and λ, in alternating blocks of 50 requests; the ratio is selected / plain:
+at the given depth and λ, in alternating blocks of 50 requests; the ratio is selected / plain.
+With `--choice`, instead, the (depth, λ) choice on that blend's validation users (reasons only,
+no test phase: cheap enough for Amazon Toys):
 
     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
         .venv/bin/python benchmarks/reason_selection.py --state-dir /tmp/q-ml100k --depth 100 --penalty 3
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--penalty", type=float, default=3.0)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--choice", action="store_true",
+                        help="instead of the CPU: the (depth, λ) choice on this blend's validation users, every pair's figures")
     args = parser.parse_args()
     recent = Settings().api.reason_recent or None
     events, _ = read_log(Settings(state_dir=args.state_dir))
@@ -103,6 +107,12 @@ def main() -> None:
     prefixes, histories, targets = validation_split([split.test.train[u] for u in users])
     item2vec = SkipGramTrainer(SkipGramConfig(seed=0)).fit(prefixes)
     blend = fit_serving_blend(prefixes, histories, targets, {"item2vec": item2vec}, TrainingSettings())
+    if args.choice:
+        choice = fit_reason_penalty(blend, histories, targets, recent)
+        print(f"{len(histories)} validation users (at most 2,000 drawn); chosen depth {choice.depth}, λ {choice.penalty:g}")
+        for depth, penalty, ndcg, reasons in choice.trace:
+            print(f"depth {depth:>4} λ {penalty:>6g} validation NDCG@10 {ndcg:.4f} distinct reasons per list {reasons:.2f}")
+        return
     requests = [split.test.train[u][-50:] for u in users[: args.requests]]
 
     def plain(history: Sequence[str]) -> object:

@@ -14,8 +14,8 @@ next, so they serve as the shown items' scores (`selection_keys`).
 
 λ and the depth are chosen on the protocol's validation targets (`choose_penalty`): the pair of
 the grids with the highest validation NDCG@10 among those whose top-10 lists carry at least
-`min_reasons` distinct reasons on average (the issue's target, 5); where none does, the pair with
-the most. `min_reasons` 0 keeps the blend's own order unless a pair scores higher on validation.
+`min_reasons` distinct reasons on average over users with >= 10 history items (the issue's target,
+5); where none does, the pair with the most. `min_reasons` 0 keeps the blend's own order unless a pair scores higher on validation.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ PENALTY_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 100.0)
 DEPTH_GRID = (30, 50, 80, 100, 150)
 SELECTION_DEPTH = 50  # a blend saved before the selection existed serves penalty 0: depth unused
 REASONS_TARGET = 5.0
+REASONS_MIN_HISTORY = 10  # the target counts lists of users with at least this many history items
 
 
 def reason_order(scores: np.ndarray, reasons: Sequence[Hashable | None], penalty: float,
@@ -106,15 +107,17 @@ def list_figures(scores: Sequence[np.ndarray], reasons: Sequence[Sequence[Hashab
 
 def choose_penalty(scores: Sequence[np.ndarray], reasons: Sequence[Sequence[Hashable | None]], targets: Sequence[int],
                    grid: Sequence[float] = PENALTY_GRID, depths: Sequence[int] = DEPTH_GRID,
-                   min_reasons: float = REASONS_TARGET) -> PenaltyChoice:  # fmt: skip
+                   min_reasons: float = REASONS_TARGET, counted: Sequence[bool] | None = None) -> PenaltyChoice:  # fmt: skip
     """The (depth, λ) of the grids (module docstring) from each user's candidates (best first, at
-    least max(depths) where the user has them) cut to each depth; λ = 0 is always tried."""
+    least max(depths) where the user has them) cut to each depth; λ = 0 is always tried. Reasons
+    are averaged over the users `counted` marks (None or none marked: every user)."""
+    mask = np.asarray(counted if counted is not None and any(counted) else [True] * len(scores), dtype=bool)
     trace = []
     for depth in sorted(depths):
         cut = [t if t < depth else -1 for t in targets]
         for penalty in sorted({0.0, *grid}):
             figures = list_figures([s[:depth] for s in scores], [r[:depth] for r in reasons], cut, penalty)
-            trace.append((int(depth), float(penalty), float(figures["NDCG@10"].mean()), float(figures["reasons"].mean())))
+            trace.append((int(depth), float(penalty), float(figures["NDCG@10"].mean()), float(figures["reasons"][mask].mean())))
     reaching = [row for row in trace if row[3] >= min_reasons]
     depth, penalty, _, _ = (max(reaching, key=lambda row: row[2]) if reaching
                             else max(trace, key=lambda row: (row[3], row[2])))  # fmt: skip
@@ -127,7 +130,8 @@ def fit_reason_penalty(blend: BlendedRecall, histories: Sequence[Sequence[str]],
                        batch: int = 256) -> PenaltyChoice:  # fmt: skip
     """`choose_penalty` over the blend's top max(depths) unseen items of each validation history
     (at most `max_users`, drawn with `seed`, as `fit_blend` draws them), each with its served
-    reason (`BlendedRecall.reasons`, `recent` as served). The caller sets the blend's
+    reason (`BlendedRecall.reasons`, `recent` as served), reasons counted over the users with
+    >= `REASONS_MIN_HISTORY` history items. The caller sets the blend's
     `reason_penalty` and `reason_depth` from the choice."""
     chosen = np.random.default_rng(seed).permutation(len(histories))[:max_users]
     histories, targets = [histories[i] for i in chosen], [targets[i] for i in chosen]
@@ -141,7 +145,8 @@ def fit_reason_penalty(blend: BlendedRecall, histories: Sequence[Sequence[str]],
             scores.append(np.array([c.score for c in found]))
             reasons.append(blend.reasons(history, ids, recent))
             where.append(ids.index(target) if target in ids else -1)
-    return choose_penalty(scores, reasons, where, grid, depths, min_reasons)
+    counted = [len(history) >= REASONS_MIN_HISTORY for history in histories]
+    return choose_penalty(scores, reasons, where, grid, depths, min_reasons, counted)
 
 
 class SelectedBlendScores:

@@ -91,13 +91,14 @@ def test_the_choice_is_the_best_validation_ndcg_among_the_pairs_reaching_the_rea
     targets = [int(t) for t in rng.integers(-1, 40, rows)]
     grid, depths = (0.0, 0.2, 0.5, 1.0, 3.0), (20, 40)
 
-    def by_hand(depth: int, penalty: float) -> tuple[float, float]:
+    def by_hand(depth: int, penalty: float, counted: Sequence[bool] = (True,) * rows) -> tuple[float, float]:
         gains, distinct = [], []
-        for s, r, t in zip(scores, reasons, targets):
+        for s, r, t, c in zip(scores, reasons, targets, counted):
             order = _greedy_by_hand(s[:depth].tolist(), r[:depth], penalty)
             place = order.index(t) if 0 <= t < depth else 99
             gains.append(1.0 / np.log2(place + 2) if place < 10 else 0.0)
-            distinct.append(len({r[j] for j in order[:10]}))
+            if c:
+                distinct.append(len({r[j] for j in order[:10]}))
         return float(np.mean(gains)), float(np.mean(distinct))
 
     table = {(d, p): by_hand(d, p) for d in depths for p in grid}
@@ -108,6 +109,14 @@ def test_the_choice_is_the_best_validation_ndcg_among_the_pairs_reaching_the_rea
         assert (choice.depth, choice.penalty) == best
         assert all(np.isclose(ndcg, table[(d, p)][0]) and np.isclose(n, table[(d, p)][1]) for d, p, ndcg, n in choice.trace)
     assert table[(40, 3.0)][1] > table[(40, 0.0)][1]  # the penalty does spread the reasons
+    # The reasons are counted over the marked users only (the target's users with >= 10 items).
+    counted = [row % 3 == 0 for row in range(rows)]
+    marked = {(d, p): by_hand(d, p, counted) for d in depths for p in grid}
+    choice = choose_penalty(scores, reasons, targets, grid, depths, 3.5, counted)
+    assert all(np.isclose(n, marked[(d, p)][1]) for d, p, _, n in choice.trace)
+    reaching = {pair: v for pair, v in marked.items() if v[1] >= 3.5}
+    best = max(reaching, key=lambda pair: reaching[pair][0]) if reaching else max(marked, key=lambda pair: marked[pair][::-1])
+    assert (choice.depth, choice.penalty) == best
 
 
 def test_a_saved_blend_keeps_its_penalty(tmp_path: pytest.TempPathFactory) -> None:
