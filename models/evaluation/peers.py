@@ -27,14 +27,18 @@ class ImplicitALS:
     def __init__(self, sequences: Sequence[Sequence[str]], factors: int = 64, regularization: float = 0.01,
                  alpha: float = 1.0, iterations: int = 15, seed: int = 0) -> None:  # fmt: skip
         from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
 
         self.ids, self.position = item_index(sequences)
         rows = [u for u, sequence in enumerate(sequences) for _ in dict.fromkeys(sequence)]
         cols = [self.position[item] for sequence in sequences for item in dict.fromkeys(sequence)]
         matrix = sparse.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(sequences), len(self.ids)))
-        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                        iterations=iterations, random_state=seed)  # fmt: skip
-        model.fit(matrix, show_progress=False)
+        # One BLAS thread, as `implicit` asks: its solver calls scipy's OpenBLAS (loaded by the
+        # import above, so a cap set before it does not reach it) from its own parallel loop.
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                            iterations=iterations, random_state=seed)  # fmt: skip
+            model.fit(matrix, show_progress=False)
         self.factors = np.asarray(model.item_factors, dtype=np.float64)
         self.gram = self.factors.T @ self.factors
         self.alpha, self.regularization = alpha, regularization
