@@ -11,7 +11,7 @@ Three measures, per policy (greedy, ε-greedy 0.1, UCB1, Thompson with 32 and 16
   redis-server, or REDIS_URL): the examined counts (one Lua call over the 200 item hashes of the
   attribution store, which hold the per-position counts, filled through
   `record_impression`/`record_credit` over the last `--hours` hour buckets), or LinUCB's
-  (A⁻¹, b) (one pipeline);
+  (A⁻¹, b) (25 items per round trip, packed for the score: `LinearStats.pack`);
 - `stage, cached`: the same with the per-worker statistics cache (`explore.stats_cache_s`,
   `--cache-s`): a request reads Redis only for entries older than that.
 
