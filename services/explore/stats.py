@@ -120,7 +120,7 @@ class BanditStats:
         Read `LINEAR_READ_CHUNK` items per round trip. The cache's background refresh runs this on
         its own thread, holding the GIL while it parses and decodes, and each round trip releases
         it (benchmarks/RESULTS.md, issue 19)."""
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, bytes] = {}
         for start in range(0, len(item_ids), LINEAR_READ_CHUNK):
             chunk = item_ids[start:start + LINEAR_READ_CHUNK]
             packed = LinearStats.pack(*self.linucb.read(chunk))
