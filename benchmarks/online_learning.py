@@ -249,8 +249,9 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=1)
     parser.add_argument("--margin", type=float, default=0.0)
     parser.add_argument("--significance", type=float, default=1.0, help="DBGD's sign test level (1.0: none)")
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--sharpness", type=float, default=1.0, help="PDGD starts from this multiple of the frozen head")
+    parser.add_argument("--lr", type=float, default=0.2, help="PDGD's learning rate (learner.lr's default)")
+    parser.add_argument("--sharpness", type=float, default=5.0,
+                        help="PDGD starts from this multiple of the frozen head (learner.sharpness's default)")
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),
