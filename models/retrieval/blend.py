@@ -33,7 +33,7 @@ validation; 0: the blend's order); `shown_keys` is that order for both serving a
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,23 +234,31 @@ def blend_ndcg(matrices: Sequence[np.ndarray], weights: Sequence[float], targets
     return float(gains.mean())
 
 
-def fit_weights(matrices: Sequence[np.ndarray], targets: np.ndarray, masked: np.ndarray,
-                grid: Sequence[float] = WEIGHT_GRID, rounds: int = 3) -> tuple[np.ndarray, float]:  # fmt: skip
-    """Coordinate ascent on NDCG@10 from equal weights; a change is kept only if it improves."""
-    weights = np.ones(len(matrices))
-    best = blend_ndcg(matrices, weights, targets, masked)
+def coordinate_ascent(objective: Callable[[np.ndarray], float], start: np.ndarray, grid: Sequence[float] = WEIGHT_GRID,
+                      rounds: int = 3) -> tuple[np.ndarray, float]:  # fmt: skip
+    """(weights, objective there): from `start`, each round tries every value of `grid` for one
+    weight at a time, the others fixed, and keeps a change only if it raises `objective`; stops
+    after `rounds` rounds or a round without a change."""
+    weights = np.asarray(start, dtype=np.float64).copy()
+    best = objective(weights)
     for _ in range(rounds):
         moved = False
-        for c in range(len(matrices)):
+        for c in range(len(weights)):
             for value in grid:
                 trial = weights.copy()
                 trial[c] = value
-                score = blend_ndcg(matrices, trial, targets, masked)
+                score = objective(trial)
                 if score > best + 1e-12:
                     best, weights, moved = score, trial, True
         if not moved:
             break
     return weights, best
+
+
+def fit_weights(matrices: Sequence[np.ndarray], targets: np.ndarray, masked: np.ndarray,
+                grid: Sequence[float] = WEIGHT_GRID, rounds: int = 3) -> tuple[np.ndarray, float]:  # fmt: skip
+    """`coordinate_ascent` on NDCG@10 from equal weights."""
+    return coordinate_ascent(lambda weights: blend_ndcg(matrices, weights, targets, masked), np.ones(len(matrices)), grid, rounds)
 
 
 def fit_blend(channels: list[ScoredChannel], items: Sequence[str], histories: Sequence[Sequence[str]],

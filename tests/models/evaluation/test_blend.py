@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.evaluation.baselines import ItemKNNRecommender
-from models.retrieval.blend import BlendedRecall, blend_ndcg, fit_blend, normalise
+from models.retrieval.blend import BlendedRecall, blend_ndcg, coordinate_ascent, fit_blend, normalise
 from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores
 
 
@@ -52,6 +52,26 @@ def test_fitted_weights_favour_the_channel_that_carries_the_signal() -> None:
     columns = np.array([items.index(t) for t in targets])
     masked = np.zeros((len(histories), len(items)), bool)
     assert blend.validation_ndcg > blend_ndcg(matrices, [1.0, 1.0], columns, masked) + 0.05
+
+
+def test_coordinate_ascent_matches_a_search_by_hand() -> None:
+    # A planted objective on the grid {0, 1, 2} whose best point needs two rounds: from (0, 0),
+    # round 1 moves w0 to 1 (3 > 0; 2 gives 1 < 3), then w1 to 2 (w0 = 1: 5 > 3); round 2 moves
+    # w0 to 2 (w1 = 2: 9 > 5) and keeps w1; round 3 moves nothing. A tie (w1 = 1 at w0 = 1: 3)
+    # does not move.
+    table = {(0, 0): 0.0, (1, 0): 3.0, (2, 0): 1.0, (0, 1): 0.0, (1, 1): 3.0, (2, 1): 0.0,
+             (0, 2): 0.0, (1, 2): 5.0, (2, 2): 9.0}  # fmt: skip
+    calls: list[tuple[float, ...]] = []
+
+    def objective(weights: np.ndarray) -> float:
+        calls.append(tuple(weights))
+        return table[(int(weights[0]), int(weights[1]))]
+
+    weights, best = coordinate_ascent(objective, np.zeros(2), grid=(0.0, 1.0, 2.0), rounds=5)
+    assert weights.tolist() == [2.0, 2.0] and best == 9.0
+    assert len(calls) == 1 + 3 * 6  # the start, then three rounds of 2 weights x 3 values
+    single, single_best = coordinate_ascent(objective, np.zeros(2), grid=(0.0, 1.0, 2.0), rounds=1)
+    assert single.tolist() == [1.0, 2.0] and single_best == 5.0
 
 
 def test_normalisations() -> None:
