@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.evaluation.baselines import ItemCosine, ItemKNNRecommender, PopularityRecommender
-from models.evaluation.end_to_end import bootstrap_ci
+from models.evaluation.end_to_end import RerankRecommender, bootstrap_ci
 from models.evaluation.metrics import rank_metrics
 from models.evaluation.offline_pipeline import EvaluationConfig, build_contenders, single_threaded_faiss, with_recall
 from models.evaluation.peers import ImplicitALS
+from models.evaluation.recall_cache import CachedRecall
 from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.multichannel import EmbeddingNeighbourChannel
 from models.retrieval.reason_selection import SelectedBlendScores, fit_reason_penalty
@@ -123,11 +124,13 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
     selection fitted on validation) alone (full ranking, the order it serves) and -> each ranker."""
     with single_threaded_faiss():
         contenders, _, _ = build_contenders(split.validation, sequences, categories, config, progress)
+        _share_recall(contenders, "recall only")
         blend = _blend(split, contenders["recall only"], peers, seed)
         if progress is not None:
             progress("fit blend", 1, 1)
         if blend is not None:
             contenders.update(with_recall(contenders, blend, "blend"))
+            _share_recall(contenders, "blend")
             users = sorted(split.validation.test)
             choice = fit_reason_penalty(blend, [split.validation.train[u] for u in users], [split.validation.test[u] for u in users],
                                         reason_recent, seed=seed)  # fmt: skip
@@ -151,6 +154,16 @@ def _pipeline(split: ProtocolSplit, sequences: list[list[str]], categories: Mapp
     out[PIPELINE] = Tuned(PIPELINE, {"order": chosen}, out[chosen].model, out[chosen].validation, out[chosen].test,
                           [({"order": name}, t.grid[0][1]) for name, t in out.items()], out[chosen].test_lists)  # fmt: skip
     return out
+
+
+def _share_recall(contenders: dict[str, Any], name: str) -> None:
+    """Contender `name` (a recall stage) and each ranker over it read one `CachedRecall` of it:
+    every user's candidates computed once for all of them and the reasons count."""
+    stage = contenders[name]
+    contenders[name] = cached = CachedRecall(stage)
+    for model in contenders.values():
+        if isinstance(model, RerankRecommender) and model.recall is stage:
+            model.recall = cached
 
 
 def _blend(split: ProtocolSplit, recall: Any, peers: Mapping[str, Tuned], seed: int) -> BlendedRecall | None:
