@@ -35,6 +35,8 @@ from models.evaluation.end_to_end import RerankRecommender, SampleConfig
 from models.evaluation.offline_pipeline import EvaluationConfig
 from models.evaluation.protocol import implicit_interactions, protocol_split, top_lists
 from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, grid, best_peer, run_protocol
+from models.evaluation.recall_cache import CachedRecall
+from models.evaluation.shared_reasons import SharedReasons
 from services.cli.evaluate import print_protocol, read_log
 from services.recommend.explain import explain
 from services.recommend.types import Candidate
@@ -60,14 +62,37 @@ class _Ids:
         return {item: item for item in item_ids}
 
 
+def _recall_stage(model: Any) -> Any:
+    """The recall stage whose candidates a protocol model lists."""
+    inner = getattr(model, "model", model)  # a list model inside its ListScorer; a blend scores directly
+    return inner.recall if isinstance(inner, RerankRecommender) else inner
+
+
+def _explainer(recall: Any) -> Any:
+    """The object whose `reasons` explain `recall`'s items (the blend under its cache)."""
+    return recall.inner if isinstance(recall, CachedRecall) else recall
+
+
+def share_reasons(models: Sequence[tuple[Any, list[list[str]]]], split: Any, shared: SharedReasons, min_history: int = 10) -> None:
+    """Register with `shared` every list `reasons_per_list` will explain with a blend's reasons, so
+    each user's lists over one blend take one leave-one-out pass."""
+    for model, lists in models:
+        explainer = _explainer(_recall_stage(model))
+        if hasattr(explainer, "reasons"):
+            for user, items in zip(sorted(split.test), lists):
+                if len(split.train[user]) >= min_history:
+                    shared.want(explainer, split.train[user], items)
+
+
 def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history: int = 10,
-                     recent: int | None = Settings().api.reason_recent or None) -> float:
+                     recent: int | None = Settings().api.reason_recent or None, shared: SharedReasons | None = None) -> float:  # fmt: skip
     """Mean number of distinct reasons (`services.recommend.explain`) per top-10 list, over users
     with at least `min_history` history items; each item's reason from the recall candidate that
-    brought it (its seed; the blend's `reasons` for the listed items), as served without the
-    ranker's attention."""
-    inner = getattr(model, "model", model)  # a list model inside its ListScorer; a blend scores directly
-    recall = inner.recall if isinstance(inner, RerankRecommender) else inner
+    brought it (its seed; the blend's `reasons` for the listed items, through `shared` when given:
+    its `recent` then applies), as served without the ranker's attention."""
+    recall = _recall_stage(model)
+    explainer = _explainer(recall)
+    shared = shared or SharedReasons(recent)
     depth = getattr(model, "depth", 100)
     kept = [(user, items) for user, items in zip(sorted(split.test), lists) if len(split.train[user]) >= min_history]
     counts = []
@@ -81,8 +106,8 @@ def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history
         for (user, items), found in zip(chunk, recalled):
             by_id = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in found}
             shown = [by_id.get(item, Candidate(item, 0.0, set())) for item in items]
-            if hasattr(recall, "reasons"):  # the blend explains the shown items only, as served
-                for candidate, why in zip(shown, recall.reasons(split.train[user], items, recent)):
+            if hasattr(explainer, "reasons"):  # the blend explains the shown items only, as served
+                for candidate, why in zip(shown, shared.reasons(explainer, split.train[user], items)):
                     candidate.because = why
             counts.append(len(set(explain(shown, [], _Ids()))))  # type: ignore[arg-type]
     return float(np.mean(counts)) if counts else float("nan")
@@ -182,13 +207,18 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
           f"(other processes used {other.core_seconds / max(seconds, 1e-9):.2f} cores on average)")  # fmt: skip
     print(f"{'model':<32} {'NDCG@10 / best peer [95% CI]':>30} {'top-10 items':>13} {'coverage':>9} {'overlap':>8} {'reasons/list':>13}")
     measured: dict[int, dict[str, float]] = {}  # the pipeline row is one of the other models
+    lists = {id(tuned.model): tuned.test_lists or top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
+             for tuned in result.models.values()}  # fmt: skip
+    clock.charge("top-10 lists")
+    shared = SharedReasons(Settings().api.reason_recent or None)
+    explained = {id(t.model): (t.model, lists[id(t.model)]) for name, t in result.models.items() if name.startswith(("recall", "blend"))}
+    share_reasons(list(explained.values()), split.test, shared)  # type: ignore[attr-defined]
     for name, tuned in result.models.items():
         if id(tuned.model) not in measured:
-            lists = tuned.test_lists or top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
-            measured[id(tuned.model)] = diversity(lists, result.items)
-            clock.charge("top-10 lists")
+            measured[id(tuned.model)] = diversity(lists[id(tuned.model)], result.items)
             if name.startswith(("recall", "blend")):
-                measured[id(tuned.model)]["reasons_per_list"] = reasons_per_list(tuned.model, split.test, lists)  # type: ignore[attr-defined]
+                measured[id(tuned.model)]["reasons_per_list"] = reasons_per_list(tuned.model, split.test, lists[id(tuned.model)],  # type: ignore[attr-defined]
+                                                                                 shared=shared)  # fmt: skip
                 clock.charge("reasons")
         spread = measured[id(tuned.model)]
         ratio = ratio_ci(tuned.test["NDCG@10"], result.models[peer].test["NDCG@10"], args.bootstrap, args.seed)
