@@ -14,7 +14,13 @@ candidates for the last 50 history items and explaining the shown 10 in the plai
 the same recall with the selection (`BlendedRecall.shown_keys`, its reasons for the top `depth`)
 at the given depth and λ, in alternating blocks of 50 requests; the ratio is selected / plain.
 With `--choice`, instead, the (depth, λ) choice on that blend's validation users (reasons only,
-no test phase: cheap enough for Amazon Toys):
+no test phase: cheap enough for Amazon Toys). With `--weights-search`, the blend's weights are
+fitted again with the reasons in the objective: `coordinate_ascent` (the blend's own fit) from the
+fitted weights, maximising the validation NDCG@10 of the selection's best (depth, λ) among those
+reaching `training.blend_min_reasons` reasons per list; then the test phase as served (channels
+refitted on the whole training sequences, each user's training items as history, the test item as
+target, the top 150 re-ordered) for the plain blend, the current selection (NDCG-fitted weights
+and their chosen pair) and the searched weights with theirs, with paired 95% intervals over users:
 
     TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
         .venv/bin/python benchmarks/reason_selection.py --state-dir /tmp/q-ml100k --depth 100 --penalty 3
@@ -33,9 +39,10 @@ from feature_store.settings import Settings, TrainingSettings
 from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
 from models.evaluation.end_to_end import bootstrap_ci
 from models.evaluation.protocol import implicit_interactions, protocol_split
-from models.retrieval.blend import BlendedRecall
-from models.retrieval.reason_selection import DEPTH_GRID, PENALTY_GRID, fit_reason_penalty, list_figures
-from pipelines.training.blend import fit_serving_blend, validation_split
+from models.retrieval.blend import BlendedRecall, coordinate_ascent
+from models.retrieval.reason_selection import (DEPTH_GRID, PENALTY_GRID, REASONS_MIN_HISTORY, PenaltyChoice,
+                                               fit_reason_penalty, list_figures)  # fmt: skip
+from pipelines.training.blend import fit_serving_blend, refit_blend, validation_split
 from quality import ratio_ci
 from services.cli.evaluate import read_log
 
@@ -91,12 +98,56 @@ def selection_curve(result: Any, split: Any, peer: str, recent: int | None, roun
     return rows
 
 
+def weights_search(blend: BlendedRecall, split: Any, users: list[str], histories: list[list[str]], targets: list[str],
+                   recent: int | None, min_reasons: float) -> None:  # fmt: skip
+    """Print the reason-constrained weight fit and its test-phase comparison (module docstring)."""
+    choices: dict[tuple[float, ...], PenaltyChoice] = {}
+
+    def objective(weights: np.ndarray) -> float:
+        key = tuple(float(w) for w in weights)
+        if key not in choices:
+            blend.weights = np.asarray(weights, dtype=np.float32)
+            choices[key] = fit_reason_penalty(blend, histories, targets, recent, min_reasons)
+        reaching = [ndcg for _, _, ndcg, reasons in choices[key].trace if reasons >= min_reasons]
+        print(f"  weights {key}: best validation NDCG@10 at >= {min_reasons:g} reasons "
+              f"{max(reaching) if reaching else float('nan'):.4f}", flush=True)  # fmt: skip
+        return max(reaching, default=0.0)
+
+    fitted = blend.weights.astype(np.float64)
+    searched, _ = coordinate_ascent(objective, fitted)
+    names = [c.name for c in blend.channels]
+    sequences = [split.test.train[u] for u in users]
+    blend.weights = np.asarray(fitted, dtype=np.float32)
+    served = refit_blend(blend, sequences, {"item2vec": SkipGramTrainer(SkipGramConfig(seed=0)).fit(sequences)}, TrainingSettings())
+    tested = sorted(split.test.test)
+    test_histories, test_targets = [split.test.train[u] for u in tested], [split.test.test[u] for u in tested]
+    long = np.array([len(h) >= REASONS_MIN_HISTORY for h in test_histories])
+    figures = {}
+    for label, weights, depth, penalty in [
+        ("plain blend", fitted, max(DEPTH_GRID), 0.0),
+        ("current selection", fitted, choices[tuple(fitted)].depth, choices[tuple(fitted)].penalty),
+        ("searched weights", searched, choices[tuple(searched)].depth, choices[tuple(searched)].penalty),
+    ]:  # fmt: skip
+        served.weights = np.asarray(weights, dtype=np.float32)
+        scores, reasons, where = _rows(served, test_histories, test_targets, recent, depth)
+        figures[label] = list_figures(scores, reasons, where, penalty)
+        key = tuple(float(w) for w in weights)
+        print(f"{label}: weights {dict(zip(names, key))}, depth {depth}, λ {penalty:g}: validation NDCG@10 "
+              f"{[n for d, p, n, _ in choices[key].trace if (d, p) == (depth, penalty)][0]:.4f}, test NDCG@10 "
+              f"{figures[label]['NDCG@10'].mean():.4f}, test reasons {figures[label]['reasons'][long].mean():.2f}")  # fmt: skip
+    for a, b in [("searched weights", "current selection"), ("searched weights", "plain blend"), ("current selection", "plain blend")]:
+        ratio, low, high = ratio_ci(figures[a]["NDCG@10"], figures[b]["NDCG@10"])
+        print(f"test NDCG@10 {a} / {b}: {ratio:.3f} [{low:.3f}, {high:.3f}] ({len(tested)} users)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--penalty", type=float, default=3.0)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--weights-search", action="store_true",
+                        help="instead of the CPU: the blend's weights fitted with the reasons in the objective, and its test phase")
     parser.add_argument("--choice", action="store_true",
                         help="instead of the CPU: the (depth, λ) choice on this blend's validation users, every pair's figures")
     args = parser.parse_args()
@@ -107,6 +158,9 @@ def main() -> None:
     prefixes, histories, targets = validation_split([split.test.train[u] for u in users])
     item2vec = SkipGramTrainer(SkipGramConfig(seed=0)).fit(prefixes)
     blend = fit_serving_blend(prefixes, histories, targets, {"item2vec": item2vec}, TrainingSettings())
+    if args.weights_search:
+        weights_search(blend, split, users, histories, targets, recent, Settings().training.blend_min_reasons)
+        return
     if args.choice:
         choice = fit_reason_penalty(blend, histories, targets, recent)
         print(f"{len(histories)} validation users (at most 2,000 drawn); chosen depth {choice.depth}, λ {choice.penalty:g}")
