@@ -34,7 +34,7 @@ from feature_store.settings import Settings
 from models.evaluation.end_to_end import RerankRecommender, SampleConfig
 from models.evaluation.offline_pipeline import EvaluationConfig
 from models.evaluation.protocol import implicit_interactions, protocol_split, top_lists
-from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, grid, best_peer, run_protocol
+from models.evaluation.protocol_run import PEERS, ProtocolConfig, ProtocolResult, grid, best_peer, rare_collections, run_protocol
 from models.evaluation.recall_cache import CachedRecall
 from models.evaluation.shared_reasons import SharedReasons
 from services.cli.evaluate import print_protocol, read_log
@@ -103,6 +103,8 @@ def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history
             recalled = recall.recall_many(histories, depth)
         else:
             recalled = [recall.recall(history, depth) for history in histories]
+        if hasattr(explainer, "reasons_many"):
+            shared.fill(explainer, histories)
         for (user, items), found in zip(chunk, recalled):
             by_id = {c.item_id: Candidate(c.item_id, c.score, c.channels, c.because) for c in found}
             shown = [by_id.get(item, Candidate(item, 0.0, set())) for item in items]
@@ -195,7 +197,8 @@ def main() -> None:
         result = run_protocol(split, categories, config, report)
     seconds = time.perf_counter() - started
     print_protocol(result)
-    summary(args, result, split, seconds, other, clock)
+    with rare_collections():
+        summary(args, result, split, seconds, other, clock)
 
 
 def summary(args: argparse.Namespace, result: ProtocolResult, split: object, seconds: float, other: ForeignCpu,

@@ -16,7 +16,8 @@ from typing import Any
 class SharedReasons:
     """Register every list first (`want`), then read each list's reasons (`reasons`): per (stage,
     history), the stage's `reasons` is called once, for the union of the items registered, in order
-    of first registration. `recent` is passed on (`BlendedRecall.reasons`)."""
+    of first registration (or `fill` finds them for many histories at once). `recent` is passed on
+    (`BlendedRecall.reasons`)."""
 
     def __init__(self, recent: int | None = None) -> None:
         self.recent = recent
@@ -30,6 +31,18 @@ class SharedReasons:
         self._stages[id(stage)] = stage
         self._wanted.setdefault(key, {}).update(dict.fromkeys(items))
         self._found.pop(key, None)  # a later registration widens the call
+
+    def fill(self, stage: Any, histories: Sequence[Sequence[str]]) -> None:
+        """Find the registered items' reasons of every history of `histories` not found yet in one
+        `stage.reasons_many` call (`BlendedRecall` batches the re-scoring across histories)."""
+        keys = list(dict.fromkeys((id(stage), tuple(history)) for history in histories))
+        missing = [key for key in keys if key not in self._found and self._wanted.get(key)]
+        if not missing:
+            return
+        unions = [list(self._wanted[key]) for key in missing]
+        found = stage.reasons_many([list(history) for _, history in missing], unions, self.recent)
+        for key, union, why in zip(missing, unions, found):
+            self._found[key] = dict(zip(union, why))
 
     def reasons(self, stage: Any, history: Sequence[str], items: Sequence[str]) -> list[Hashable | None]:
         """`stage.reasons(history, items, recent)`, item for item, from the one call per history."""

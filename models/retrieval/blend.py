@@ -43,6 +43,7 @@ import numpy as np
 from models.retrieval.multichannel import RecallCandidate
 from models.retrieval.reason_selection import SELECTION_DEPTH, selection_keys
 from models.retrieval.scored_channels import ScoredChannel, load_channels, save_channels
+from models.retrieval.topk import stable_top
 
 BLEND_FILE = "blend.json"
 
@@ -50,6 +51,13 @@ NORMALISATIONS = ("zscore", "rrf")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 RRF_OFFSET = 60.0
 LEAST_DROP = 1e-6  # in blended-score units (weights × z-scores or RRF terms)
+REASONS_BATCH = 256  # histories whose removals one channel call re-scores (bounds its memory)
+
+
+def _columns_of(items: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per item of `items`, its index in `ids` (-1 when absent)."""
+    where = {item: i for i, item in enumerate(ids.tolist())}
+    return np.array([where.get(item, -1) for item in items.tolist()], dtype=np.int64)
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
@@ -101,8 +109,10 @@ class BlendedRecall:
             raise ValueError(f"{len(self.weights)} weights for {len(self.channels)} channels")
         self.weights = np.asarray(self.weights, dtype=np.float32)
         self.ids = np.array(self.items, dtype=str)
-        self._position = {item: i for i, item in enumerate(self.ids.tolist())}
-        self._columns = [np.array([self._position.get(i, -1) for i in c.ids.tolist()]) for c in self.channels]
+        self._names: list[str] = self.ids.tolist()
+        self._position = {item: i for i, item in enumerate(self._names)}
+        # per channel, the channel's column of each of `items` (-1: the channel does not know it)
+        self._gather = [_columns_of(self.ids, channel.ids) for channel in self.channels]
 
     def knows(self, item: str) -> bool:
         """True when `item` is one of the blend's `items`."""
@@ -123,10 +133,13 @@ class BlendedRecall:
     def _channel_raw(self, c: int, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Channel `c`'s raw scores over `items` (an item it does not know: the history's lowest)."""
         raw = np.asarray(self.channels[c].batch_scores(histories), dtype=np.float32)
-        full = np.repeat(raw.min(axis=1, keepdims=True) if raw.size else np.zeros((len(histories), 1), np.float32),
-                         len(self.ids), axis=1)  # fmt: skip
-        known = self._columns[c] >= 0
-        full[:, self._columns[c][known]] = raw[:, known]
+        gather = self._gather[c]
+        if len(gather) == raw.shape[1] and np.array_equal(gather, np.arange(len(gather))):
+            return raw  # the channel lists `items` in the same order
+        full = raw[:, np.maximum(gather, 0)] if raw.shape[1] else np.zeros((len(histories), len(gather)), np.float32)
+        unknown = gather < 0
+        if unknown.any():
+            full[:, unknown] = raw.min(axis=1, keepdims=True) if raw.shape[1] else 0.0
         return full
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
@@ -151,11 +164,12 @@ class BlendedRecall:
         blended = sum((w * m for w, m in zip(self.weights, normed)), np.zeros(len(self.ids), np.float32))
         blocked = [self._position[i] for i in {*history, *exclude} if i in self._position]
         blended[blocked] = -np.inf
-        top = np.argsort(-blended, kind="stable")[:k]
+        top = stable_top(blended, k)
         top = top[np.isfinite(blended[top])]
         leading = np.argmax(np.stack([w * m[top] for w, m in zip(self.weights, normed)]), axis=0)
-        return [RecallCandidate(str(self.ids[j]), float(blended[j]), {self.channels[c].name})
-                for j, c in zip(top.tolist(), leading.tolist())]  # fmt: skip
+        names = [channel.name for channel in self.channels]
+        return [RecallCandidate(self._names[j], score, {names[c]})
+                for j, score, c in zip(top.tolist(), blended[top].tolist(), leading.tolist())]  # fmt: skip
 
     def reasons(self, history: Sequence[str], items: Sequence[str], recent: int | None = None) -> list[str | None]:
         """Per item of `items`, the history item whose removal takes the most from its blended
@@ -164,25 +178,40 @@ class BlendedRecall:
         `recent` bounds the cost: only the last `recent` history items are tried as removals (None:
         every item a channel reads). Each removal re-scores every channel that reads the item, so
         a sequential channel reading 50 items costs 50 forward passes without the bound."""
-        history = list(history)
-        columns = np.array([self._position.get(item, -1) for item in items], dtype=int)
-        reads = {c: self.channels[c].reads(history) for c, weight in enumerate(self.weights) if weight != 0.0}
-        tried = set(history[-recent:]) if recent else set(history)
-        removable = list(dict.fromkeys(h for read in reads.values() for h in read if h in tried))
-        if not removable or not (columns >= 0).any():
-            return [None] * len(items)
-        known = np.maximum(columns, 0)
-        drop = np.zeros((len(removable), len(items)), np.float64)
-        for c, read in reads.items():
-            members = set(read)
-            changed = [r for r, h in enumerate(removable) if h in members]
-            variants = [history] + [[item for item in history if item != removable[r]] for r in changed]
-            raw = self._channel_raw(c, variants).astype(np.float64)
-            scaled = on_scale(raw[0], raw[:, known], known, self.normalisation)
-            drop[changed] += float(self.weights[c]) * (scaled[0] - scaled[1:])
-        best = np.argmax(drop, axis=0)
-        # float32 channel sums differ by round-off when a removal leaves an item's evidence as it was
-        return [removable[b] if col >= 0 and drop[b, i] > LEAST_DROP else None for i, (b, col) in enumerate(zip(best, columns))]
+        return self.reasons_many([history], [items], recent)[0]
+
+    def reasons_many(self, histories: Sequence[Sequence[str]], items: Sequence[Sequence[str]], recent: int | None = None,
+                     batch: int = REASONS_BATCH) -> list[list[str | None]]:  # fmt: skip
+        """`reasons` for each history and its items, every channel re-scoring the removals of up
+        to `batch` histories in one call (a call's own cost, a forward pass's setup or a sparse
+        product's, then falls on many histories)."""
+        out: list[list[str | None]] = []
+        for start in range(0, len(histories), batch):
+            out += self._reasons_batch(histories[start : start + batch], items[start : start + batch], recent)
+        return out
+
+    def _reasons_batch(self, histories: Sequence[Sequence[str]], items: Sequence[Sequence[str]],
+                       recent: int | None) -> list[list[str | None]]:  # fmt: skip
+        users = [_Removals.of(self, list(history), wanted, recent) for history, wanted in zip(histories, items)]
+        for c, weight in enumerate(self.weights):
+            if weight == 0.0:
+                continue
+            variants: list[list[str]] = []
+            spans: list[tuple[_Removals, int, list[int]]] = []
+            for user in users:
+                changed = user.changed(self.channels[c]) if user.removable else []
+                if changed:
+                    spans.append((user, len(variants), changed))
+                    variants += [user.history] + [user.without(r) for r in changed]
+            if not variants:
+                continue
+            raw = self._channel_raw(c, variants)
+            for user, first, changed in spans:
+                block = raw[first : first + 1 + len(changed)]
+                scaled = on_scale(block[0].astype(np.float64), block[:, user.known].astype(np.float64), user.known,
+                                  self.normalisation)  # fmt: skip
+                user.drop[changed] += float(weight) * (scaled[0] - scaled[1:])
+        return [user.named() for user in users]
 
     def shown_keys(self, history: Sequence[str], items: Sequence[str], scores: np.ndarray,
                    recent: int | None = None) -> tuple[np.ndarray, list[str | None]]:  # fmt: skip
@@ -190,9 +219,16 @@ class BlendedRecall:
         their blended `scores`): the first `reason_depth` re-ordered by `reason_penalty`
         (`reason_selection.selection_keys`; 0: the keys are the scores); and the reasons (`recent`
         as in `reasons`) of those first items, None for the items after them (not computed)."""
-        head = list(items[: self.reason_depth]) if self.reason_penalty > 0 else []
-        reasons = self.reasons(history, head, recent) if head else []
-        return selection_keys(scores, reasons, self.reason_penalty), reasons + [None] * (len(items) - len(head))
+        return self.shown_keys_many([history], [items], [scores], recent)[0]
+
+    def shown_keys_many(self, histories: Sequence[Sequence[str]], items: Sequence[Sequence[str]],
+                        scores: Sequence[np.ndarray], recent: int | None = None) -> list[tuple[np.ndarray, list[str | None]]]:  # fmt: skip
+        """`shown_keys` for each history, its items and their scores, the reasons from one
+        `reasons_many` call."""
+        heads = [list(listed[: self.reason_depth]) if self.reason_penalty > 0 else [] for listed in items]
+        reasons = self.reasons_many(histories, heads, recent)
+        return [(selection_keys(row, why, self.reason_penalty), why + [None] * (len(listed) - len(why)))
+                for listed, row, why in zip(items, scores, reasons)]  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         """Normalisation, weight per channel, validation NDCG@10 (None when not fitted) and the
@@ -288,3 +324,42 @@ def fit_blend(channels: list[ScoredChannel], items: Sequence[str], histories: Se
     assert best is not None
     best.fit_trace = trace
     return best
+
+
+@dataclass
+class _Removals:
+    """One history's leave-one-out bookkeeping for `BlendedRecall.reasons_many`: the items tried
+    as removals, the asked items' columns, and each removal's drop of each asked item's score."""
+
+    history: list[str]
+    columns: np.ndarray
+    removable: list[str]
+    drop: np.ndarray
+
+    @classmethod
+    def of(cls, blend: BlendedRecall, history: list[str], items: Sequence[str], recent: int | None) -> _Removals:
+        columns = np.array([blend._position.get(item, -1) for item in items], dtype=int)
+        tried = set(history[-recent:]) if recent else set(history)
+        read = [h for c, weight in enumerate(blend.weights) if weight != 0.0 for h in blend.channels[c].reads(history)]
+        removable = list(dict.fromkeys(h for h in read if h in tried)) if (columns >= 0).any() else []
+        return cls(history, columns, removable, np.zeros((len(removable), len(items)), np.float64))
+
+    @property
+    def known(self) -> np.ndarray:
+        return np.maximum(self.columns, 0)
+
+    def changed(self, channel: ScoredChannel) -> list[int]:
+        """The removals that change `channel`'s scores (the items it reads)."""
+        members = set(channel.reads(self.history))
+        return [r for r, h in enumerate(self.removable) if h in members]
+
+    def without(self, r: int) -> list[str]:
+        return [item for item in self.history if item != self.removable[r]]
+
+    def named(self) -> list[str | None]:
+        if not self.removable:
+            return [None] * len(self.columns)
+        best = np.argmax(self.drop, axis=0)
+        # float32 channel sums differ by round-off when a removal leaves an item's evidence as it was
+        return [self.removable[b] if col >= 0 and self.drop[b, i] > LEAST_DROP else None
+                for i, (b, col) in enumerate(zip(best, self.columns))]  # fmt: skip

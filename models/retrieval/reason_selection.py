@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.retrieval.topk import stable_top
+
 if TYPE_CHECKING:
     from models.retrieval.blend import BlendedRecall
 
@@ -140,11 +142,12 @@ def fit_reason_penalty(blend: BlendedRecall, histories: Sequence[Sequence[str]],
     where: list[int] = []
     for start in range(0, len(histories), batch):
         chunk = histories[start : start + batch]
-        for history, target, found in zip(chunk, targets[start : start + batch], blend.recall_many(chunk, max(depths))):
-            ids = [c.item_id for c in found]
-            scores.append(np.array([c.score for c in found]))
-            reasons.append(blend.reasons(history, ids, recent))
-            where.append(ids.index(target) if target in ids else -1)
+        found = blend.recall_many(chunk, max(depths))
+        ids = [[c.item_id for c in row] for row in found]
+        reasons += blend.reasons_many(chunk, ids, recent)
+        for listed, row, target in zip(ids, found, targets[start : start + batch]):
+            scores.append(np.array([c.score for c in row]))
+            where.append(listed.index(target) if target in listed else -1)
     counted = [len(history) >= REASONS_MIN_HISTORY for history in histories]
     return choose_penalty(scores, reasons, where, grid, depths, min_reasons, counted)
 
@@ -164,12 +167,16 @@ class SelectedBlendScores:
         scores = self.model.batch_scores(histories).astype(np.float64)
         if self.model.reason_penalty == 0:
             return scores
+        tops = []
         for row, history in enumerate(histories):
             own = scores[row].copy()
             own[[self._position[h] for h in set(history) if h in self._position]] = -np.inf
-            top = np.argsort(-own, kind="stable")[: self.model.reason_depth]
+            top = stable_top(own, self.model.reason_depth)
             top = top[np.isfinite(own[top])]
-            keys, _ = self.model.shown_keys(history, self.ids[top].tolist(), own[top], self.recent)
+            tops.append((top, own[top]))
+        shown = self.model.shown_keys_many(histories, [self.ids[top].tolist() for top, _ in tops],
+                                           [best for _, best in tops], self.recent)  # fmt: skip
+        for row, ((top, _), (keys, _)) in enumerate(zip(tops, shown)):
             order = top[np.argsort(-keys, kind="stable")]
             scores[row, order] = scores[row].max() + np.arange(len(order), 0, -1)
         return scores

@@ -70,12 +70,12 @@ class ItemKNNScores:
         return [item for item in self.reads(history) if item in self.model.position]
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        out = np.zeros((len(histories), len(self.ids)))
-        for row, history in enumerate(histories):
-            rows = [self.model.position[item] for item in self._window(history)]
-            if rows:
-                out[row] = np.asarray(self.model.similarity[rows].sum(axis=0)).ravel()
-        return out
+        """One sparse product for the batch: (histories × items window counts) @ similarity."""
+        windows = [[self.model.position[item] for item in self._window(history)] for history in histories]
+        rows = np.repeat(np.arange(len(windows)), [len(window) for window in windows])
+        columns = np.fromiter((column for window in windows for column in window), dtype=np.int64, count=len(rows))
+        counts = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(windows), len(self.ids)))
+        return (counts @ self.model.similarity).toarray()
 
 
 class EmbeddingScores:

@@ -16,13 +16,14 @@ from tests.models.evaluation.test_blend_reasons import HISTORY, SEQUENCES
 
 
 class _Counting(BlendedRecall):
-    """The real blend, counting its `reasons` calls."""
+    """The real blend, counting its `reasons_many` calls (`reasons` is one for one history)."""
 
     calls = 0
 
-    def reasons(self, history: Sequence[str], items: Sequence[str], recent: int | None = None) -> list[str | None]:
+    def reasons_many(self, histories: Sequence[Sequence[str]], items: Sequence[Sequence[str]], recent: int | None = None,
+                     batch: int = 256) -> list[list[str | None]]:  # fmt: skip
         type(self).calls += 1
-        return super().reasons(history, items, recent)
+        return super().reasons_many(histories, items, recent, batch)
 
 
 def test_one_call_for_the_union_gives_each_list_its_own_reasons() -> None:
@@ -44,3 +45,20 @@ def test_one_call_for_the_union_gives_each_list_its_own_reasons() -> None:
     assert got == expected
     assert _Counting.calls == len(histories)
     assert shared.reasons(blend, histories[1], ["z"]) == blend.reasons(histories[1], ["z"], 3)  # unregistered: asked
+
+
+def test_fill_finds_every_history_in_one_call_with_each_items_own_reason() -> None:
+    knn = ItemKNNRecommender(SEQUENCES, neighbours=10, recent=None)
+    items = sorted({i for s in SEQUENCES for i in s})
+    blend = _Counting([ItemKNNScores(knn), ItemKNNScores(knn, 1)], np.array([1.0, 2.0]), items, "zscore")
+    histories = [HISTORY, ["a", "b"], ["c", "d", "a"], HISTORY]  # a history asked twice is found once
+    lists = [["x", "y", "z"], ["x", "c"], ["y", "b", "x"], ["r", "x"]]
+    expected = [blend.reasons(h, own) for h, own in zip(histories, lists)]
+    assert len({why for row in expected for why in row if why}) > 1
+    shared = SharedReasons()
+    for history, own in zip(histories, lists):
+        shared.want(blend, history, own)
+    _Counting.calls = 0
+    shared.fill(blend, histories)
+    assert [shared.reasons(blend, h, own) for h, own in zip(histories, lists)] == expected
+    assert _Counting.calls == 1
