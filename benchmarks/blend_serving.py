@@ -29,6 +29,7 @@ from feature_store.settings import Settings, TrainingSettings
 from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
 from models.evaluation.end_to_end import bootstrap_ci
 from models.evaluation.protocol import full_ranks, implicit_interactions, protocol_split, top_lists
+from models.evaluation.shared_reasons import SharedReasons
 from models.evaluation.metrics import rank_metrics
 from models.retrieval import build_index
 from models.retrieval.blend import BlendedRecall
@@ -81,7 +82,7 @@ def main() -> None:
         progress.advance(task)
         test = rank_metrics(full_ranks(blend, split.test, split.items))
         lists = top_lists(blend, split.test, split.items)
-        reasons = reasons_per_list(blend, split.test, lists, recent=recent)
+        reasons = reasons_per_list(blend, split.test, lists, SharedReasons(recent))
         long = [split.test.train[u] for u in users if len(split.test.train[u]) >= 10]
         named = [(because, history[-1]) for history, found in zip(long, blend.recall_many(long, 10))
                  for because in blend.reasons(history, [c.item_id for c in found], recent)]  # fmt: skip

@@ -84,15 +84,13 @@ def share_reasons(models: Sequence[tuple[Any, list[list[str]]]], split: Any, sha
                     shared.want(explainer, split.train[user], items)
 
 
-def reasons_per_list(model: Any, split: Any, lists: list[list[str]], min_history: int = 10,
-                     recent: int | None = Settings().api.reason_recent or None, shared: SharedReasons | None = None) -> float:  # fmt: skip
+def reasons_per_list(model: Any, split: Any, lists: list[list[str]], shared: SharedReasons, min_history: int = 10) -> float:
     """Mean number of distinct reasons (`services.recommend.explain`) per top-10 list, over users
     with at least `min_history` history items; each item's reason from the recall candidate that
-    brought it (its seed; the blend's `reasons` for the listed items, through `shared` when given:
-    its `recent` then applies), as served without the ranker's attention."""
+    brought it (its seed; the blend's `reasons` for the listed items, through `shared`, whose
+    `recent` applies), as served without the ranker's attention."""
     recall = _recall_stage(model)
     explainer = _explainer(recall)
-    shared = shared or SharedReasons(recent)
     depth = getattr(model, "depth", 100)
     kept = [(user, items) for user, items in zip(sorted(split.test), lists) if len(split.train[user]) >= min_history]
     counts = []
@@ -168,6 +166,7 @@ def main() -> None:
                         help="also print the blend's reason selection curve (benchmarks/reason_selection.py)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    recent = Settings().api.reason_recent or None
     started = time.perf_counter()
     events, categories = read_log(Settings(state_dir=args.state_dir))
     split = protocol_split(implicit_interactions(events))
@@ -182,7 +181,7 @@ def main() -> None:
         grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
     config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
                             bootstrap_rounds=args.bootstrap, seed=args.seed,
-                            reason_recent=Settings().api.reason_recent or None, **grids)  # fmt: skip
+                            reason_recent=recent, **grids)  # fmt: skip
     clock = PhaseClock()
     clock.charge("read log, split")
     with ForeignCpu() as other, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
@@ -198,11 +197,12 @@ def main() -> None:
     seconds = time.perf_counter() - started
     print_protocol(result)
     with rare_collections():
-        summary(args, result, split, seconds, other, clock)
+        summary(args, result, split, seconds, other, clock, recent)
 
 
 def summary(args: argparse.Namespace, result: ProtocolResult, split: object, seconds: float, other: ForeignCpu,
-            clock: PhaseClock) -> None:  # fmt: skip
+            clock: PhaseClock, recent: int | None) -> None:  # fmt: skip
+    """Print and save the figures; `recent`: the history items the blend tries as reasons (as served)."""
     peer = best_peer(result)
     figures: dict[str, object] = {"dataset": args.name, "users": result.users, "items": result.items, "seconds": seconds,
                                   "other_core_seconds": other.core_seconds, "best_peer": peer, "models": {}}  # fmt: skip
@@ -213,7 +213,7 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
     lists = {id(tuned.model): tuned.test_lists or top_lists(tuned.model, split.test, split.items, 10, args.seed)  # type: ignore[attr-defined]
              for tuned in result.models.values()}  # fmt: skip
     clock.charge("top-10 lists")
-    shared = SharedReasons(Settings().api.reason_recent or None)
+    shared = SharedReasons(recent)
     explained = {id(t.model): (t.model, lists[id(t.model)]) for name, t in result.models.items() if name.startswith(("recall", "blend"))}
     share_reasons(list(explained.values()), split.test, shared)  # type: ignore[attr-defined]
     for name, tuned in result.models.items():
@@ -221,7 +221,7 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
             measured[id(tuned.model)] = diversity(lists[id(tuned.model)], result.items)
             if name.startswith(("recall", "blend")):
                 measured[id(tuned.model)]["reasons_per_list"] = reasons_per_list(tuned.model, split.test, lists[id(tuned.model)],  # type: ignore[attr-defined]
-                                                                                 shared=shared)  # fmt: skip
+                                                                                 shared)  # fmt: skip
                 clock.charge("reasons")
         spread = measured[id(tuned.model)]
         ratio = ratio_ci(tuned.test["NDCG@10"], result.models[peer].test["NDCG@10"], args.bootstrap, args.seed)
@@ -234,7 +234,7 @@ def summary(args: argparse.Namespace, result: ProtocolResult, split: object, sec
     if args.reason_curve and "blend" in result.models:
         from reason_selection import selection_curve  # benchmarks/reason_selection.py
 
-        figures["reason_curve"] = selection_curve(result, split, peer, Settings().api.reason_recent or None, args.bootstrap,
+        figures["reason_curve"] = selection_curve(result, split, peer, recent, args.bootstrap,
                                                   args.seed)  # fmt: skip
         clock.charge("reason selection curve")
     print(f"\nCPU and wall time per phase (this process, every thread):\n{clock.table()}")
