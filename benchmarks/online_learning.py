@@ -49,10 +49,11 @@ from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # no
 from pipelines.simulate.population import Population, PopulationParams, make_population  # noqa: E402
 from services.learner.base import OnlineLearner  # noqa: E402
 from services.learner.dbgd import Dbgd  # noqa: E402
+from services.learner.gate import Gated, ServingGate  # noqa: E402
 from services.learner.pdgd import Pdgd, starting_weights  # noqa: E402
 
 K, HISTORY = 10, 10
-LEARNERS = ("dbgd (DRN defaults)", "dbgd (tuned)", "dbgd A/A", "pdgd")
+LEARNERS = ("dbgd (DRN defaults)", "dbgd (tuned)", "dbgd A/A", "pdgd", "pdgd (gated)")
 
 
 class World:
@@ -118,6 +119,9 @@ def learners(frozen: np.ndarray, args: argparse.Namespace, seed: int) -> dict[st
                              margin=args.margin, significance=args.significance, max_step=args.max_step, seed=seed),
         "dbgd A/A": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons, aa=True, seed=seed),
         "pdgd": Pdgd(starting_weights(frozen, args.sharpness), lr=args.lr, max_step=args.max_step),
+        "pdgd (gated)": Gated(Pdgd(starting_weights(frozen, args.sharpness), lr=args.lr, max_step=args.max_step),
+                              ServingGate(frozen, share=args.gate_share, window=args.gate_window,
+                                          level=args.gate_level, seed=seed)),
     }  # fmt: skip
 
 
@@ -145,6 +149,7 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
         world.history = {u: list(h) for u, h in warm_history.items()}
         clicks_rng, list_rng = np.random.default_rng([seed, 4]), np.random.default_rng([seed, 5])
         served, own = np.zeros(steps), np.zeros(steps)
+        promoted = 0
         start = None if learner is None else learner.weights.copy()
         for step, user in enumerate(users):
             features = world.features(int(user))
@@ -162,9 +167,11 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
                 own[step] = served[step]
             else:
                 learner.learn(presentation, clicks)
+                promoted += isinstance(learner, Gated) and learner.gate.promoted
         share = learner.explore_wins / max(learner.explore_wins + learner.current_wins, 1) if isinstance(learner, Dbgd) else np.nan
         moved = float(np.linalg.norm(learner.weights - start)) if learner is not None else 0.0
-        out[name] = {"served": served / K, "own": own / K, "explore_share": share, "moved": moved}
+        out[name] = {"served": served / K, "own": own / K, "explore_share": share, "moved": moved,
+                     "promoted": promoted / steps if isinstance(learner, Gated) else np.nan}
         progress.update(task, advance=steps)
     return out
 
@@ -186,7 +193,8 @@ def report(console: Console, drifted: list[dict], steady: list[dict], args: argp
     table = Table(title=f"Drift at step {args.pre}, {args.post} steps after it, {len(drifted)} seeds, k = {K}; "
                         "CTR after the drift; 95% CIs over seeds")  # fmt: skip
     for column in ("method", "served CTR", "own top-10 CTR", "recovery (served)", "recovery (own)",
-                   "no drift: served − frozen", "no drift: own − frozen", "explore wins", "‖w − w0‖ (drift)"):
+                   "no drift: served − frozen", "no drift: own − frozen", "explore wins", "‖w − w0‖ (drift)",
+                   "w served (drift / no drift)"):
         table.add_column(column)
     frozen = np.array([r["frozen"]["served"][post].mean() for r in drifted])
     gap = np.array([r["oracle"]["served"][post].mean() for r in drifted]) - frozen
@@ -201,6 +209,8 @@ def report(console: Console, drifted: list[dict], steady: list[dict], args: argp
             fmt(np.array([r[name]["own"].mean() for r in steady]) - steady_frozen),
             "" if np.isnan(shares).all() else fmt(shares, True).replace("+", ""),
             f"{np.mean([r[name]['moved'] for r in drifted]):.3f}",
+            "" if name not in ("pdgd (gated)",) else
+            f"{np.mean([r[name]['promoted'] for r in drifted]):.1%} / {np.mean([r[name]['promoted'] for r in steady]):.1%}",
         )  # fmt: skip
     console.print(table)
     console.print(f"CTR gap oracle − frozen after the drift: {fmt(gap)}")
@@ -252,6 +262,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.2, help="PDGD's learning rate (learner.lr's default)")
     parser.add_argument("--sharpness", type=float, default=5.0,
                         help="PDGD starts from this multiple of the frozen head (learner.sharpness's default)")
+    parser.add_argument("--gate-share", type=float, default=0.2,
+                        help="pdgd (gated): share of learning requests showing the base-vs-w comparison")
+    parser.add_argument("--gate-window", type=int, default=300, help="pdgd (gated): decided comparisons in the sign test")
+    parser.add_argument("--gate-level", type=float, default=0.01, help="pdgd (gated): the sign test's level")
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),

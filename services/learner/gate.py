@@ -1,0 +1,115 @@
+"""Serve the learned weights only once they beat the blessed base in an online comparison.
+
+An online learner's `w` keeps learning on the learning share as before, but what the rest of the
+traffic sees (and what a learner would publish as the served revision) is the base until `w` has
+beaten it with confidence. On a share `share` of the learning requests the shown list is instead the
+team-draft interleaving (`services.experiments.interleaving.team_draft`; Radlinski et al., CIKM
+2008) of the base's and `w`'s top-k, and a click credits the team that placed the item
+(`team_credit`); the learner does not learn from these lists. Over the last `window` decided
+comparisons (ties left out) `w` won `x` of `n`; it is served while
+
+    p = P(X ≥ x | X ~ Binomial(n, 1/2)) ≤ level
+
+(the one-sided sign test, `services.learner.dbgd.sign_test`), and the base is served again as soon
+as the window's evidence no longer says so.
+
+Why: without drift PDGD's `w` drifts slightly below a good base (a bias of its pairwise objective,
+benchmarks/RESULTS.md), so it should rarely win and the served ranking stays the base's; after a
+preference drift `w` beats the stale base clearly and is served. When `w` ranks the same top-k as
+the base, team-draft assigns the teams by coin flips, so the test sees chance (A/A).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from services.experiments.interleaving import team_credit, team_draft
+from services.learner.base import OnlineLearner, Presentation, top_k
+from services.learner.dbgd import sign_test
+
+BASE_TEAM, LEARNED_TEAM = 0, 1
+
+
+class ServingGate:
+    """The running comparison of learned weights against the base, and which of the two is served."""
+
+    def __init__(self, base: np.ndarray, *, share: float = 0.2, window: int = 300, level: float = 0.01,
+                 seed: int = 0) -> None:
+        if not (0 < share <= 1 and window >= 1 and 0 < level < 1):
+            raise ValueError("need 0 < share <= 1, window >= 1, 0 < level < 1")
+        self.base = np.asarray(base, dtype=np.float64).copy()
+        self.share, self.window, self.level = share, window, level
+        self.outcomes: deque[int] = deque(maxlen=window)  # 1: the learned team won, 0: the base team
+        self.promoted = False
+        self.promotions = 0
+        self._coin = np.random.default_rng([seed, 29])
+
+    def reset(self, base: np.ndarray) -> None:
+        """A new base (or a rollback): the comparison starts again and the base is served."""
+        self.base = np.asarray(base, dtype=np.float64).copy()
+        self.outcomes.clear()
+        self.promoted = False
+
+    def compares(self) -> bool:
+        """Whether this learning request shows the base-vs-learned comparison (a `share` coin)."""
+        return bool(self._coin.random() < self.share)
+
+    def present(self, learned: np.ndarray, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation:
+        """The team-draft interleaving of the base's and `learned`'s top-`k` (teams `BASE_TEAM`, `LEARNED_TEAM`)."""
+        lists = [[str(i) for i in top_k(features @ w, k)] for w in (self.base, learned)]
+        merged = team_draft(lists, k, rng)
+        return Presentation(tuple(int(i) for i in merged.items), merged.teams, features)
+
+    def record(self, presentation: Presentation, clicks: np.ndarray) -> bool:
+        """Credit one comparison's clicks; returns whether the learned weights are served now."""
+        base, learned = team_credit(presentation.teams, [bool(c) for c in clicks], 2)
+        if base != learned:
+            self.outcomes.append(int(learned > base))
+        wins = sum(self.outcomes)
+        promoted = sign_test(wins, len(self.outcomes) - wins) <= self.level
+        self.promotions += promoted and not self.promoted
+        self.promoted = promoted
+        return promoted
+
+    def served(self, learned: np.ndarray) -> np.ndarray:
+        """The weights the traffic outside the learning share gets: `learned` once promoted, else the base."""
+        return learned if self.promoted else self.base
+
+
+class Gated(OnlineLearner):
+    """An online learner behind a `ServingGate`: `rank` gives the served weights' top-k; `present`
+    shows the gate's comparison on its share of requests and the learner's own list otherwise."""
+
+    def __init__(self, learner: OnlineLearner, gate: ServingGate) -> None:
+        self.learner, self.gate = learner, gate
+        self._comparison: Presentation | None = None
+
+    @property
+    def weights(self) -> np.ndarray:  # type: ignore[override]
+        return self.learner.weights
+
+    @property
+    def updates(self) -> int:  # type: ignore[override]
+        return self.learner.updates
+
+    def rank(self, features: np.ndarray, k: int) -> np.ndarray:
+        return top_k(features @ self.gate.served(self.learner.weights), k)
+
+    def reset(self, weights: np.ndarray) -> None:
+        self.learner.reset(weights)
+        self.gate.reset(weights)
+
+    def present(self, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation:
+        if self.gate.compares():
+            self._comparison = self.gate.present(self.learner.weights, features, k, rng)
+            return self._comparison
+        return self.learner.present(features, k, rng)
+
+    def learn(self, presentation: Presentation, clicks: np.ndarray) -> bool:
+        if presentation is self._comparison:
+            self._comparison = None
+            self.gate.record(presentation, clicks)
+            return False
+        return self.learner.learn(presentation, clicks)
