@@ -183,9 +183,9 @@ def ci(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
-def fmt(values: np.ndarray, percent: bool = False) -> str:
+def fmt(values: np.ndarray, percent: bool = False, digits: int = 4) -> str:
     mean, half = ci(values)
-    return f"{mean:+.1%} ± {half:.1%}" if percent else f"{mean:.4f} ± {half:.4f}"
+    return f"{mean:+.1%} ± {half:.1%}" if percent else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
 def report(console: Console, drifted: list[dict], steady: list[dict], args: argparse.Namespace) -> None:
@@ -206,7 +206,7 @@ def report(console: Console, drifted: list[dict], steady: list[dict], args: argp
         table.add_row(
             name, fmt(served), fmt(own), fmt((served - frozen) / gap, True), fmt((own - frozen) / gap, True),
             fmt(np.array([r[name]["served"].mean() for r in steady]) - steady_frozen),
-            fmt(np.array([r[name]["own"].mean() for r in steady]) - steady_frozen),
+            fmt(np.array([r[name]["own"].mean() for r in steady]) - steady_frozen, digits=5),
             "" if np.isnan(shares).all() else fmt(shares, True).replace("+", ""),
             f"{np.mean([r[name]['moved'] for r in drifted]):.3f}",
             "" if name not in ("pdgd (gated)",) else

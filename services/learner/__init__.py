@@ -9,6 +9,8 @@ bound and to roll back.
 - `base`: the `OnlineLearner` interface, `Presentation`, the bounded step;
 - `dbgd`: dueling bandit gradient descent as in DRN (Zheng et al., WWW 2018);
 - `pdgd`: pairwise differentiable gradient descent (Oosterhuis & de Rijke, CIKM 2018);
+- `gate`: serve the learned weights only once they beat the base in team-draft comparisons (library
+  and benchmark only; not wired into `process`/`serving` yet);
 - `serving`: an API worker's side: the polled current revision, W/W̃/base interleaved (DBGD) or W's
   Plackett–Luce list (PDGD) for the learning share (arm `online` of experiment `learner`), the
   plain list for its control slice (arm `control`);
