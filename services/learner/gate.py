@@ -5,7 +5,8 @@ traffic sees (and what a learner would publish as the served revision) is the ba
 beaten it with confidence. On a share `share` of the learning requests the shown list is instead the
 team-draft interleaving (`services.experiments.interleaving.team_draft`; Radlinski et al., CIKM
 2008) of the base's and `w`'s top-k, and a click credits the team that placed the item
-(`team_credit`); the learner does not learn from these lists. Over the last `window` decided
+(`team_credit`); the learner does not learn from these lists. A request where both rank the same
+top-k is not compared (the teams would be coin flips) and goes to the learner. Over the last `window` decided
 comparisons (ties left out) `w` won `x` of `n`; it is served while
 
     p = P(X ≥ x | X ~ Binomial(n, 1/2)) ≤ level
@@ -20,7 +21,7 @@ was served on only 44% of the drift runs' requests and recovered 60% ± 28% of t
 Why: without drift PDGD's `w` drifts slightly below a good base (a bias of its pairwise objective,
 benchmarks/RESULTS.md), so it should rarely win and the served ranking stays the base's; after a
 preference drift `w` beats the stale base clearly and is served. When `w` ranks the same top-k as
-the base, team-draft assigns the teams by coin flips, so the test sees chance (A/A).
+the base there is nothing to compare (A/A: the base stays served).
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ class ServingGate:
         """Whether this learning request shows the base-vs-learned comparison (a `share` coin)."""
         return bool(self._coin.random() < self.share)
 
-    def present(self, learned: np.ndarray, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation:
-        """The team-draft interleaving of the base's and `learned`'s top-`k` (teams `BASE_TEAM`, `LEARNED_TEAM`)."""
+    def present(self, learned: np.ndarray, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation | None:
+        """The team-draft interleaving of the base's and `learned`'s top-`k` (teams `BASE_TEAM`,
+        `LEARNED_TEAM`); None when both rank the same top-`k` (the teams would be coin flips: no
+        evidence, and the request is better spent on learning)."""
         lists = [[str(i) for i in top_k(features @ w, k)] for w in (self.base, learned)]
+        if lists[0] == lists[1]:
+            return None
         merged = team_draft(lists, k, rng)
         return Presentation(tuple(int(i) for i in merged.items), merged.teams, features)
 
@@ -109,7 +114,8 @@ class Gated(OnlineLearner):
     def present(self, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation:
         if self.gate.compares():
             self._comparison = self.gate.present(self.learner.weights, features, k, rng)
-            return self._comparison
+            if self._comparison is not None:
+                return self._comparison
         return self.learner.present(features, k, rng)
 
     def learn(self, presentation: Presentation, clicks: np.ndarray) -> bool:

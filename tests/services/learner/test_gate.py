@@ -55,12 +55,29 @@ def test_the_base_is_served_again_when_the_evidence_reverses() -> None:
     assert np.array_equal(gate.served(BAD), middling)
 
 
-def test_a_a_stays_on_the_base() -> None:
-    """Learned = base: the lists are the same, team-draft's coins decide the teams, the test sees chance."""
-    gate = ServingGate(GOOD, window=300, level=0.01)
-    served = compare(gate, GOOD * 3, 3000, np.random.default_rng(2))  # the same ranking at another scale
-    assert np.mean(served) < 0.02
-    assert 0.45 < np.mean(gate.outcomes) < 0.55
+def test_a_a_is_not_compared_and_stays_on_the_base() -> None:
+    """Learned = base (the same ranking at another scale): nothing to compare, the base stays served."""
+    gate = ServingGate(GOOD, window=300, level=0.05)
+    rng = np.random.default_rng(2)
+    assert all(gate.present(GOOD * 3, FEATURES, K, rng) is None for _ in range(100))
+    assert not gate.promoted and not gate.outcomes
+
+
+def test_chance_wins_rarely_promote() -> None:
+    """Different lists, clicks blind to the items (every win is chance), 6 seeds: the learned team
+    wins about half of the decided comparisons, a false promotion is rare (the sign test at 5%) and
+    ends once the window's wins fall back to its losses, so the base is served nearly always."""
+    served, promotions = [], []
+    for seed in range(6):
+        gate = ServingGate(GOOD, window=300, level=0.05)
+        rng = np.random.default_rng(seed)
+        for _ in range(3000):
+            presentation = gate.present(BAD, FEATURES, K, rng)
+            assert presentation is not None
+            served.append(gate.record(presentation, rng.random(K) < 0.3 / np.arange(1, K + 1)))
+        promotions.append(gate.promotions)
+        assert 0.45 < np.mean(gate.outcomes) < 0.55
+    assert np.mean(served) < 0.1 and max(promotions) <= 2
 
 
 def test_decision_is_the_sign_test_over_the_window_then_more_wins_than_losses() -> None:
