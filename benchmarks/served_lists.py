@@ -123,10 +123,11 @@ def list_figures(lists: list[list[str]], split: ProtocolSplit, users: list[str],
     ranks = np.array([items.index(split.test.test[u]) + 1.0 if split.test.test[u] in items else np.inf
                       for u, items in zip(users, lists)])  # fmt: skip
     metrics = rank_metrics(ranks, (10,))
-    out: dict[str, Any] = diversity(lists, len(split.items)) | {"lists": lists, "ndcg10": metrics["NDCG@10"], "hr10": metrics["HR@10"]}
+    out: dict[str, Any] = diversity(lists, len(split.items))
+    out |= {"lists": lists, "ndcg10": metrics["NDCG@10"], "hr10": metrics["HR@10"]}
     rng = np.random.default_rng(seed)
-    out["distinct_at_issue_users"] = float(np.mean([diversity([lists[i] for i in rng.choice(len(lists), ISSUE_USERS, replace=False)],
-                                                             len(split.items))["distinct"] for _ in range(100)]))  # fmt: skip
+    draws = [rng.choice(len(lists), ISSUE_USERS, replace=False) for _ in range(100)]
+    out["distinct_at_issue_users"] = float(np.mean([diversity([lists[i] for i in d], len(split.items))["distinct"] for d in draws]))
     for name in ("ndcg10", "hr10"):
         out[f"{name}_ci"] = bootstrap_ci(out[name], rounds, seed=seed)
     return out
