@@ -144,6 +144,9 @@ POSITIVE = EventFilter(
                EventType.ADD_TO_CART, EventType.SHARE}),
     min_rating=MIN_POSITIVE_RATING,
 )
+#: What the seen filter calls an interaction: every event but an impression. A shown item the user
+#: did not act on may come back; an item rated low, skipped or clicked never does.
+INTERACTIONS = EventFilter(frozenset(EventType) - {EventType.IMPRESSION})
 CLICKS = EventFilter(frozenset({EventType.CLICK}))
 IMPRESSIONS = EventFilter(frozenset({EventType.IMPRESSION}))
 
@@ -349,6 +352,10 @@ def _project_features() -> tuple[FeatureDef, ...]:
         FeatureDef(user, "recent_items", DType.SEQUENCE, S, Kind.SEQUENCE, events=POSITIVE, cap=50,
                    lambda_merge=True, ttl=30 * _D,
                    description="last-N positive items, newest first (the DIN behaviour sequence)"),
+        FeatureDef(user, "seen", DType.SEQUENCE, S, Kind.SEQUENCE, events=INTERACTIONS, cap=500,
+                   lambda_merge=True, ttl=30 * _D,
+                   description="last-N items the user acted on in any way (any rating, skips; not impressions), "
+                   "newest first: the seen filter's items beside the positives"),
         FeatureDef(user, "last_category", DType.STRING, S, Kind.LATEST, events=POSITIVE, member=Member.CATEGORY,
                    lambda_merge=True, ttl=30 * _D, description="primary category of the last positive item"),
         FeatureDef(user, "recent_categories", DType.SEQUENCE, S, Kind.TOP_K, events=POSITIVE,

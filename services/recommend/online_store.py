@@ -137,14 +137,15 @@ class ServingStore:
 
     def user_behaviour(self, user_id: str, limit: int) -> tuple[list[str], frozenset[str]]:
         """The DIN behaviour sequence (newest first, batch history merged with live events) and
-        every item the feature store knows the user interacted with (for the seen filter)."""
-        columns = self._call(lambda: self.features.get_features(Entity.USER, [user_id], ["recent_items", "history"]))
+        every item the feature store knows the user interacted with (for the seen filter: the
+        positives, and `seen`'s items acted on in any other way, such as a low rating or a skip)."""
+        columns = self._call(lambda: self.features.get_features(Entity.USER, [user_id], ["recent_items", "history", "seen"]))
         history = list(columns["history"][0])
         # `recent_items` is a speed-layer feature: the batch layer publishes the same positives as
         # `history`, so the merged sequence is live items after the watermark, then the batch
         # history (what the ranking samples' hist_item_ids hold: every positive before the ts).
         recent = list(dict.fromkeys([*columns["recent_items"][0], *history]))
-        return recent[:limit], frozenset(recent) | frozenset(history)
+        return recent[:limit], frozenset(recent) | frozenset(history) | frozenset(columns["seen"][0])
 
     def read_features(self, entity: Entity, ids: Sequence[str], names: Sequence[str]) -> dict:
         """Typed feature columns from the feature store (for the ranker's dense inputs)."""

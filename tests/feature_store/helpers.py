@@ -18,7 +18,7 @@ def item_row(item_id: str, **values: Any) -> dict[str, Any]:
 
 def user_row(user_id: str, **values: Any) -> dict[str, Any]:
     row = {"user_id": user_id, "event_count": 0, "positive_count": 0, "top_categories": None, "history": None,
-           "recent_items": None, "last_category": None}
+           "recent_items": None, "seen": None, "last_category": None}
     return {**row, **values}
 
 

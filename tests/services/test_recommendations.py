@@ -51,6 +51,16 @@ def test_a_click_changes_the_next_recommendations_and_seen_items_never_return(
         assert not seen & set(_ids(client.get("/v1/users/fan/recommendations", params={"k": 8}).json()))
 
 
+def test_an_item_rated_low_or_skipped_never_returns_but_one_only_shown_does(client: TestClient, make_event: EventFactory) -> None:
+    _seed(client, make_event)
+    events = [make_event("critic", "d1", "rating", value=1.0), make_event("critic", "d2", "skip"),
+              make_event("critic", "a1", "impression"), make_event("critic", "c1", "rating", value=5.0)]  # fmt: skip
+    assert client.post("/v1/events", json=events).json()["accepted"] == 4
+    ids = _ids(client.get("/v1/users/critic/recommendations", params={"k": 8}).json())
+    assert not {"d1", "d2", "c1"} & set(ids)  # the two most popular items, acted on though not liked
+    assert "a1" in ids  # shown, never acted on
+
+
 def test_exclude_category_and_unavailable_filters(client: TestClient, make_event: EventFactory) -> None:
     _seed(client, make_event)
     client.put("/v1/items/d2", json={"title": "Amadeus", "categories": ["Drama"], "available": False})

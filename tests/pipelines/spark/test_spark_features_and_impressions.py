@@ -32,6 +32,9 @@ def _shop_events() -> list[Event]:
         Event(event_id=f"rate{k}", user_id="u2", item_id=f"i{k}", type=EventType.RATING, value=5.0, ts=T0 + timedelta(minutes=10 * k))
         for k in range(1, 4)
     ]
+    # u3 acts on items without liking them: a low rating and a skip (no positive)
+    events += [Event(event_id="low", user_id="u3", item_id="i3", type=EventType.RATING, value=1.0, ts=T0 + timedelta(minutes=40)),
+               Event(event_id="skip", user_id="u3", item_id="i2", type=EventType.SKIP, ts=T0 + timedelta(minutes=50))]
     # after the last full hour: outside the batch watermark
     events.append(Event(event_id="late", user_id="u2", item_id="i3", type=EventType.CLICK, ts=T0 + timedelta(hours=3, minutes=5)))
     return events
@@ -49,14 +52,17 @@ def test_features_published_and_impression_negatives(spark: object, settings: Se
     store = RedisOnlineStore.from_settings(settings)
     try:
         items = store.get_features("item", ["i1", "i2"], ["popularity_all", "ctr", "primary_category"])
-        users = store.get_features("user", ["u1", "u2"], ["event_count", "history"])
+        users = store.get_features("user", ["u1", "u2", "u3"], ["event_count", "history", "seen"])
     finally:
         store.close()
     assert list(items["popularity_all"]) == [3, 1]  # i1: two clicks and a rating; the late click is after the watermark
     assert abs(items["ctr"][0] - (2 + 1.0) / (2 + 21.0)) < 1e-6
     assert list(items["primary_category"]) == ["c1", "c0"]
-    assert list(users["event_count"]) == [6, 3]
+    assert list(users["event_count"]) == [6, 3, 2]
     assert list(users["history"][1]) == ["i3", "i2", "i1"]
+    # the seen filter's items: every interaction but an impression (u1 was shown i2, never acted on it)
+    assert [list(seen) for seen in users["seen"]] == [["i1"], ["i3", "i2", "i1"], ["i2", "i3"]]
+    assert list(users["history"][2]) == []
 
     samples = pq.read_table(Path(settings.batch_uri) / "samples").to_pandas()
     u1 = samples[samples["user_id"] == "u1"]
