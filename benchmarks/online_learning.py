@@ -33,6 +33,7 @@ and truth (`pipelines.simulate.click_model`, η = 1), k = 10 slots, every item i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -214,6 +215,11 @@ def report(console: Console, drifted: list[dict], steady: list[dict], args: argp
         )  # fmt: skip
     console.print(table)
     console.print(f"CTR gap oracle − frozen after the drift: {fmt(gap)}")
+    if args.output is not None:
+        per_seed = {name: {"recovery_own": ((np.array([r[name]["own"][post].mean() for r in drifted]) - frozen) / gap).tolist(),
+                           "no_drift_own": (np.array([r[name]["own"].mean() for r in steady]) - steady_frozen).tolist()}
+                    for name in drifted[0]}  # fmt: skip
+        args.output.write_text(json.dumps(per_seed, indent=1))
     plot(drifted, args)
 
 
@@ -271,6 +277,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),
                         help="learners to run (frozen and oracle always run)")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/online_learning.png"))
+    parser.add_argument("--output", type=Path, help="JSON of each method's per-seed recovery and no-drift difference (own top-10)")
     args = parser.parse_args()
     console = Console()
     drifted, steady = [], []
