@@ -6,15 +6,16 @@ beaten it with confidence. On a share `share` of the learning requests the shown
 team-draft interleaving (`services.experiments.interleaving.team_draft`; Radlinski et al., CIKM
 2008) of the base's and `w`'s top-k, and a click credits the team that placed the item
 (`team_credit`); the learner does not learn from these lists. A request where both rank the same
-top-k is not compared (the teams would be coin flips) and goes to the learner. Over the last `window` decided
-comparisons (ties left out) `w` won `x` of `n`; it is served while
+top-k is not compared (the teams would be coin flips) and goes to the learner. Over the last
+`window` decided comparisons (ties left out) `w` won `x` of `n`; it is promoted (served) when
 
     p = P(X ≥ x | X ~ Binomial(n, 1/2)) ≤ level
 
 (the one-sided sign test, `services.learner.dbgd.sign_test`); once served, `w` stays served until
 the evidence reverses (`x ≤ n − x`: the base wins at least as many of the window's comparisons), and
 then the base is served again. The hysteresis is there because just after a drift the window's
-p-value hovers around `level` while `w` is already better: without it (level 0.1, 20 seeds) `w`
+p-value hovers around `level` while `w` is already better: without it (and comparing equal top-k
+lists too; level 0.1, 20 seeds) `w`
 was served on only 44% of the drift runs' requests and recovered 60% ± 28% of the gap
 (benchmarks/RESULTS.md).
 
