@@ -270,7 +270,7 @@ def main() -> None:
                         help="PDGD starts from this multiple of the frozen head (learner.sharpness's default)")
     parser.add_argument("--gate-share", type=float, default=0.3,
                         help="pdgd (gated): share of learning requests showing the base-vs-w comparison")
-    parser.add_argument("--gate-window", type=int, default=300, help="pdgd (gated): decided comparisons in the sign test")
+    parser.add_argument("--gate-window", type=int, default=250, help="pdgd (gated): decided comparisons in the sign test")
     parser.add_argument("--gate-level", type=float, default=0.05, help="pdgd (gated): the sign test's level")
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)

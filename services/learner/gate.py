@@ -41,7 +41,7 @@ BASE_TEAM, LEARNED_TEAM = 0, 1
 class ServingGate:
     """The running comparison of learned weights against the base, and which of the two is served."""
 
-    def __init__(self, base: np.ndarray, *, share: float = 0.3, window: int = 300, level: float = 0.05,
+    def __init__(self, base: np.ndarray, *, share: float = 0.3, window: int = 250, level: float = 0.05,
                  seed: int = 0) -> None:
         if not (0 < share <= 1 and window >= 1 and 0 < level < 1):
             raise ValueError("need 0 < share <= 1, window >= 1, 0 < level < 1")
