@@ -257,6 +257,7 @@ def plot(drifted: list[dict], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed .. first-seed + seeds - 1")
     parser.add_argument("--pre", type=int, default=1500, help="requests before the drift")
     parser.add_argument("--post", type=int, default=4500, help="requests after the drift (until the next retrain)")
     parser.add_argument("--train", type=int, default=3000, help="logged requests each fit uses")
@@ -284,7 +285,7 @@ def main() -> None:
     with Progress(console=console) as progress:
         methods = 2 + len(args.methods)
         task = progress.add_task("simulating", total=2 * args.seeds * methods * (args.pre + args.post))
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             drifted.append(run_seed(seed, True, args, progress, task))
             steady.append(run_seed(seed, False, args, progress, task))
     report(console, drifted, steady, args)
