@@ -165,16 +165,13 @@ def offline_lists(registry: ModelRegistry, version: str, histories: list[list[st
 def offline_passes(registry: ModelRegistry, version: str, split: ProtocolSplit, positives: dict[str, list[str]],
                    users: list[str], rounds: int, seed: int) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Where the served figures part from the protocol's: the plain blend offline over the history
-    the service reads (its last `recent_items` positives; every `history` positive masked, as served,
-    or every training interaction masked) and over the protocol's history (every training
-    interaction, all masked)."""
-    recent, kept = FEATURES.get("user", "recent_items").cap, FEATURES.get("user", "history").cap
-    served = [positives.get(u, []) for u in users]
-    histories = {"offline plain blend, served history": ([p[-recent:] for p in served], [set(p[-kept:]) for p in served]),
-                 "offline plain blend, served history, all training masked": (
-                     [p[-recent:] for p in served], [set(split.test.train[u]) for u in users]),
-                 "offline plain blend, protocol history": ([split.test.train[u] for u in users],
-                                                           [set(split.test.train[u]) for u in users])}  # fmt: skip
+    the service reads (its last `recent_items` positives) with every training interaction masked,
+    as the seen filter masks them (`user.seen`), and over the protocol's history (every training
+    interaction)."""
+    recent = FEATURES.get("user", "recent_items").cap
+    masked = [set(split.test.train[u]) for u in users]
+    histories = {"offline plain blend, served history": ([positives.get(u, [])[-recent:] for u in users], masked),
+                 "offline plain blend, protocol history": ([split.test.train[u] for u in users], masked)}
     return {name: list_figures(offline_lists(registry, version, h, m), split, users, rounds, seed)
             for name, (h, m) in histories.items()}  # fmt: skip
 
