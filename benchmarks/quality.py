@@ -1,6 +1,6 @@
 """Recommendation quality under the field's protocol (issue 20): the project's pipeline (recall,
-recall -> DIN) against tuned peers (Pop, ItemKNN over neighbours x last-n items, implicit ALS,
-GRU4Rec) on the same split, with 95% bootstrap intervals over users, plus the catalog coverage
+recall -> DIN) against tuned peers (Pop, ItemKNN over neighbours x last-n items, sequential rules
+over windows x last-n items, implicit ALS, GRU4Rec) on the same split, with 95% bootstrap intervals over users, plus the catalog coverage
 and mean pairwise overlap of every model's top-10 lists (test-phase histories).
 
 Import a data set once, then run (one data set per run):
@@ -159,7 +159,8 @@ def main() -> None:
     parser.add_argument("--gru-max-len", type=int, default=50,
                         help="GRU4Rec's window (trains on each user's last max-len + 1 items; pads every row to it)")
     parser.add_argument("--small-grids", action="store_true",
-                        help="ItemKNN neighbours 50/200 x last-n 1/3/all, ALS 64 factors x λ 0.01/0.1 x α 1/10 (large sets)")
+                        help="ItemKNN neighbours 50/200 x last-n 1/3/all, SR window 3/10/20 x last-n 1/3, "
+                        "ALS 64 factors x λ 0.01/0.1 x α 1/10 (large sets)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--reason-curve", action="store_true",
@@ -178,6 +179,7 @@ def main() -> None:
     grids: dict[str, Any] = {"gru_grid": grid(dim=[64], dropout=[0.2], batch_size=[args.gru_batch], max_len=[args.gru_max_len])}
     if args.small_grids:
         grids["knn_grid"] = grid(neighbours=[50, 200], recent=[1, 3, None])
+        grids["sr_grid"] = grid(window=[3, 10, 20], neighbours=[100], recent=[1, 3])
         grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
     config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
                             bootstrap_rounds=args.bootstrap, seed=args.seed,

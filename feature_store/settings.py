@@ -257,9 +257,19 @@ class TrainingSettings(_Section):
     ranker_learning_rate: float | None = Field(default=None, gt=0, description="Adam learning rate (unset: the model's default).")
     ranker_batch_size: int = Field(default=256, ge=1)
     ranker_patience: int = Field(default=2, ge=1)
-    blend: bool = Field(default=True, description="Fit the learned recall blend (ItemKNN, GRU4Rec, embeddings) into the recall artifact.")
-    blend_neighbours: int = Field(default=100, ge=1, description="Blend: ItemKNN neighbours kept per item.")
-    blend_recent: int = Field(default=3, ge=1, description="Blend: ItemKNN's main window (last n items; last 1 and all are channels too).")
+    blend: bool = Field(
+        default=True,
+        description="Fit the learned recall blend (ItemKNN, sequential rules, GRU4Rec, embeddings) into the recall artifact.",
+    )
+    blend_neighbours: int = Field(default=100, ge=1, description="Blend: ItemKNN and sequential-rule neighbours kept per item.")
+    blend_recent: int = Field(
+        default=3, ge=1,
+        description="Blend: ItemKNN's and the sequential rules' main window (last n items; last 1, and all for ItemKNN, are "
+        "channels too).",
+    )
+    blend_rules_window: int = Field(
+        default=10, ge=1, description="Blend: sequential rules count an item following another up to this many steps later.",
+    )
     blend_gru_epochs: int = Field(default=5, ge=1, description="Blend: GRU4Rec training epochs.")
     blend_min_reasons: float = Field(
         default=5.0, ge=0,

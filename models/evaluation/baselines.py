@@ -1,4 +1,5 @@
-"""Baselines every model is compared with: most-popular and item-based kNN (cosine)."""
+"""Baselines every model is compared with: most-popular and item-based kNN, over the item cosine
+or over sequential rules (which items follow which)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class ItemCosine:
     """Cosine similarity between the item columns of the binary user-item matrix of `sequences`,
     self-similarity removed (`similarity[i, j]`, rows and columns in the order of `ids`)."""
 
+    kind = "itemknn"
+
     def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
         items = sorted({item for sequence in sequences for item in sequence})
         self.ids = np.array(items, dtype=str)
@@ -49,30 +52,66 @@ class ItemCosine:
         self.similarity.eliminate_zeros()
 
 
+class ItemTransitions:
+    """Sequential rules (Ludewig & Jannach, "Evaluation of session-based recommendation
+    algorithms", UMUAI 2018, "SR"): the weight of the rule h → j is Σ 1/d over every time j follows
+    h at distance d ≤ `window` in a training sequence (`similarity[h, j]`, rows and columns in the
+    order of `ids`). Directed, unlike the cosine: it says what comes *after* an item, which
+    leave-last-out asks for. Unnormalised, as in the paper; self-rules removed."""
+
+    kind = "sr"
+
+    def __init__(self, sequences: Sequence[Sequence[str]], window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        items = sorted({item for sequence in sequences for item in sequence})
+        self.ids = np.array(items, dtype=str)
+        self.position = {item: i for i, item in enumerate(items)}
+        rows, cols, weights = [], [], []
+        for sequence in sequences:
+            positions = np.array([self.position[item] for item in sequence], dtype=np.int64)
+            for distance in range(1, min(window, len(positions) - 1) + 1):
+                rows.append(positions[:-distance])
+                cols.append(positions[distance:])
+                weights.append(np.full(len(positions) - distance, 1.0 / distance))
+        shape = (len(items), len(items))
+        if rows:  # duplicate (h, j) pairs are summed by the constructor
+            self.similarity = sparse.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
+        else:
+            self.similarity = sparse.csr_matrix(shape)
+        self.similarity.setdiag(0.0)
+        self.similarity.eliminate_zeros()
+
+
 class ItemKNNRecommender:
-    """Item-based collaborative filtering (Sarwar et al. 2001): cosine similarity between item
-    columns of the binary user-item matrix, each item keeping its `neighbours` most similar;
-    a user's score for item j is Σ_{i ∈ H} sim(i, j) over H, the user's last `recent` history
-    items (all of them when None). Both are tuned on validation under the protocol
-    (`models.evaluation.protocol`): a short recent window suits sequential data."""
+    """Item-based collaborative filtering (Sarwar et al. 2001): each item keeps its `neighbours`
+    most similar items; a user's score for item j is Σ_{i ∈ H} sim(i, j) over H, the user's last
+    `recent` history items (all of them when None). The similarity is the cosine between item
+    columns of the binary user-item matrix (`ItemCosine`), or sequential rules (`ItemTransitions`:
+    the same scoring over rule weights, SR in Ludewig & Jannach 2018); `kind` says which. Both
+    are tuned on validation under the protocol (`models.evaluation.protocol`): a short recent
+    window suits sequential data."""
 
     def __init__(self, sequences: Sequence[Sequence[str]], neighbours: int = 100, recent: int | None = None,
-                 cosine: ItemCosine | None = None) -> None:  # fmt: skip
-        """`cosine`: the item cosines of these `sequences` when already computed (a tuning grid
-        computes them once for all its points)."""
+                 similarity: ItemCosine | ItemTransitions | None = None) -> None:  # fmt: skip
+        """`similarity`: the item similarities of these `sequences` when already computed (a
+        tuning grid computes them once for all its points); the cosine when None."""
         if neighbours < 1 or (recent is not None and recent < 1):
             raise ValueError(f"neighbours and recent must be >= 1, got {neighbours} and {recent}")
         self.recent = recent
-        cosine = cosine or ItemCosine(sequences)
-        self.ids, self.position = cosine.ids, cosine.position
-        self.similarity = self._keep_top(cosine.similarity, neighbours)
+        similarity = similarity or ItemCosine(sequences)
+        self.kind = similarity.kind
+        self.ids, self.position = similarity.ids, similarity.position
+        self.similarity = self._keep_top(similarity.similarity, neighbours)
         self._ranked: dict[int, list[tuple[str, float]]] = {}
 
     @classmethod
-    def from_similarity(cls, ids: Sequence[str], similarity: sparse.csr_matrix, recent: int | None) -> ItemKNNRecommender:
+    def from_similarity(cls, ids: Sequence[str], similarity: sparse.csr_matrix, recent: int | None,
+                        kind: str = ItemCosine.kind) -> ItemKNNRecommender:  # fmt: skip
         """A fitted model from its saved parts (`ids`, the top-`neighbours` `similarity` rows)."""
         model = cls.__new__(cls)
-        model.recent, model.ids = recent, np.array(list(ids), dtype=str)
+        model.recent, model.kind, model.ids = recent, kind, np.array(list(ids), dtype=str)
         model.position = {item: i for i, item in enumerate(model.ids.tolist())}
         model.similarity = sparse.csr_matrix(similarity)
         model._ranked = {}

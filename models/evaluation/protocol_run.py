@@ -1,5 +1,5 @@
 """One protocol run (`models.evaluation.protocol`): the tuned peers (Pop, ItemKNN over neighbours
-and last-n items, implicit ALS, GRU4Rec) and the project's pipeline (recall, recall -> rankers)
+and last-n items, sequential rules (SR) over windows and last-n items, implicit ALS, GRU4Rec) and the project's pipeline (recall, recall -> rankers)
 on the same split, each chosen on validation and reported on test with bootstrap intervals over
 users. Behind `recsys evaluate --protocol loo` and `benchmarks/quality.py`."""
 
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.evaluation.baselines import ItemCosine, ItemKNNRecommender, PopularityRecommender
+from models.evaluation.baselines import ItemCosine, ItemKNNRecommender, ItemTransitions, PopularityRecommender
 from models.evaluation.end_to_end import RerankRecommender, bootstrap_ci
 from models.evaluation.metrics import rank_metrics
 from models.evaluation.offline_pipeline import EvaluationConfig, build_contenders, single_threaded_faiss, with_recall
@@ -27,7 +27,7 @@ from models.evaluation.protocol import TUNING_METRIC, ListScorer, ProtocolSplit,
 
 Progress = Callable[[str, int, int], None]
 PROTOCOL_METRICS = ("HR@10", "NDCG@10", "HR@50", "MRR")
-PEERS = ("Pop", "ItemKNN", "ALS", "GRU4Rec")
+PEERS = ("Pop", "ItemKNN", "SR", "ALS", "GRU4Rec")
 PIPELINE = "pipeline (chosen on validation)"
 
 
@@ -42,6 +42,7 @@ class ProtocolConfig:
 
     peers: tuple[str, ...] = PEERS
     knn_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(neighbours=[20, 50, 100, 200], recent=[1, 3, 5, None]))
+    sr_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(window=[1, 3, 10, 20], neighbours=[100], recent=[1, 3, 5]))
     als_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(factors=[32, 64, 128], regularization=[0.01, 0.1], alpha=[1.0, 10.0]))
     gru_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(dim=[64], dropout=[0.2]))
     gru_epochs: int = 10
@@ -122,7 +123,16 @@ def _tune_peer(name: str, sequences: list[list[str]], split: ProtocolSplit, conf
         return tune(name, lambda: PopularityRecommender(sequences), [{}], split, seed, progress)
     if name == "ItemKNN":
         cosine = ItemCosine(sequences)  # the same for every grid point: only the pruning and the window differ
-        return tune(name, lambda **p: ItemKNNRecommender(sequences, cosine=cosine, **p), config.knn_grid, split, seed, progress)
+        return tune(name, lambda **p: ItemKNNRecommender(sequences, similarity=cosine, **p), config.knn_grid, split, seed, progress)
+    if name == "SR":
+        rules: dict[int, ItemTransitions] = {}  # one rule matrix per window for every grid point
+
+        def sequential_rules(window: int, **p: Any) -> ItemKNNRecommender:
+            if window not in rules:
+                rules[window] = ItemTransitions(sequences, window)
+            return ItemKNNRecommender(sequences, similarity=rules[window], **p)
+
+        return tune(name, sequential_rules, config.sr_grid, split, seed, progress)
     if name == "ALS":
         return tune(name, lambda **p: ImplicitALS(sequences, seed=seed, **p), config.als_grid, split, seed, progress)
     if name == "GRU4Rec":
@@ -189,8 +199,8 @@ def _share_recall(contenders: dict[str, Any], name: str) -> None:
 
 
 def _blend(split: ProtocolSplit, recall: Any, peers: Mapping[str, Tuned], seed: int) -> BlendedRecall | None:
-    """Tuned ItemKNN, GRU4Rec (when tuned in this run) and the recall stage's embeddings as scored
-    channels, blended with weights fitted on the validation targets."""
+    """Tuned ItemKNN, SR, GRU4Rec (when tuned in this run) and the recall stage's embeddings as
+    scored channels, blended with weights fitted on the validation targets."""
     channels: list[ScoredChannel] = []
     if "ItemKNN" in peers:
         # The tuned window, and the last item and the whole history over the same similarities
@@ -198,6 +208,9 @@ def _blend(split: ProtocolSplit, recall: Any, peers: Mapping[str, Tuned], seed: 
         knn = peers["ItemKNN"].model
         channels += [ItemKNNScores(knn)] + [ItemKNNScores(knn, 1)] * (knn.recent != 1)
         channels += [ItemKNNScores(knn, whole_history=True)] * (knn.recent is not None)
+    if "SR" in peers:  # the tuned rules, and the last item's alone
+        rules = peers["SR"].model
+        channels += [ItemKNNScores(rules)] + [ItemKNNScores(rules, 1)] * (rules.recent != 1)
     if "GRU4Rec" in peers:
         channels.append(SequentialScores(peers["GRU4Rec"].model))
     for channel in getattr(recall, "channels", ()):

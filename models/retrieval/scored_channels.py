@@ -3,7 +3,8 @@
 
 - `ItemKNNScores`: the tuned item-based kNN (`models.evaluation.baselines.ItemKNNRecommender`,
   the same model and settings as the protocol's peer; other windows over the same similarities
-  are further channels): score Σ_{h in window} sim(h, j).
+  are further channels): score Σ_{h in window} sim(h, j), over the item cosine or over sequential
+  rules (`ItemTransitions`: which items follow which).
 - `EmbeddingScores`: mean cosine between an item's embedding (Item2vec, DeepWalk, ...) and the
   last `recent` history items'.
 - `SequentialScores`: GRU4Rec's next-item logits (`models.retrieval.sequential`).
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import sparse
 
-from models.evaluation.baselines import ItemKNNRecommender
+from models.evaluation.baselines import ItemCosine, ItemKNNRecommender
 from models.retrieval.sequential import GRU4Rec
 
 
@@ -54,14 +55,15 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 class ItemKNNScores:
-    """The tuned ItemKNN as a scored channel: its similarities over the last `recent` history
-    items (default: the model's own tuned window; None with `whole_history`: every item)."""
+    """A tuned ItemKNN (cosine or sequential rules) as a scored channel: its similarities over the
+    last `recent` history items (default: the model's own tuned window; None with `whole_history`:
+    every item), named after the model's kind and the window ("itemknn", "sr_last1", ...)."""
 
     def __init__(self, model: ItemKNNRecommender, recent: int | None = None, whole_history: bool = False) -> None:
         self.model = model
         self.ids = model.ids
         self.recent = None if whole_history else (recent or model.recent)
-        self.name = "itemknn" if self.recent == model.recent else f"itemknn_last{self.recent or 'all'}"
+        self.name = model.kind if self.recent == model.recent else f"{model.kind}_last{self.recent or 'all'}"
 
     def reads(self, history: Sequence[str]) -> list[str]:
         return _last(history, self.recent)
@@ -173,12 +175,14 @@ def _saved_once(saved: dict[int, str], model: object, name: str, write: Any) -> 
 def _save_knn(model: ItemKNNRecommender, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     sparse.save_npz(folder / "similarity.npz", model.similarity.tocsr())
-    (folder / "model.json").write_text(json.dumps({"ids": model.ids.tolist(), "recent": model.recent}), encoding="utf-8")
+    saved = {"ids": model.ids.tolist(), "recent": model.recent, "kind": model.kind}
+    (folder / "model.json").write_text(json.dumps(saved), encoding="utf-8")
 
 
 def _load_knn(folder: Path) -> ItemKNNRecommender:
     saved = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    return ItemKNNRecommender.from_similarity(saved["ids"], sparse.load_npz(folder / "similarity.npz"), saved["recent"])
+    return ItemKNNRecommender.from_similarity(saved["ids"], sparse.load_npz(folder / "similarity.npz"), saved["recent"],
+                                              saved.get("kind", ItemCosine.kind))  # fmt: skip
 
 
 def _save_vectors(channel: EmbeddingScores, folder: Path) -> None:

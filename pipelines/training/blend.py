@@ -3,8 +3,8 @@ channels the offline protocol blends, their weights and the order choice fitted 
 the served channels refitted on every training sequence.
 
 Validation: each training sequence of >= 3 items gives its last item as the target and the rest
-as the history; every channel (ItemKNN over the last `blend_recent` / last 1 / all items, GRU4Rec,
-each recall embedding) is fitted on those prefixes only, the blend's weights and normalisation on
+as the history; every channel (ItemKNN over the last `blend_recent` / last 1 / all items,
+sequential rules over the last `blend_recent` / last 1, GRU4Rec, each recall embedding) is fitted on those prefixes only, the blend's weights and normalisation on
 the targets (`models.retrieval.blend.fit_blend`), the reason selection's penalty on the same targets
 (`models.retrieval.reason_selection.fit_reason_penalty`, reasons tried among the last
 `api.reason_recent` items as served, `training.blend_min_reasons` distinct reasons asked), and the order choice re-ranks the blend's top
@@ -28,7 +28,7 @@ import numpy as np
 from feature_store.settings import Settings, TrainingSettings
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.training import EmbeddingTrainingConfig
-from models.evaluation.baselines import ItemKNNRecommender
+from models.evaluation.baselines import ItemKNNRecommender, ItemTransitions
 from models.retrieval.artifact import RecallArtifact
 from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.order_choice import Rerank, choose_order
@@ -71,7 +71,10 @@ def validation_target_times(positives: Iterable[tuple[str, str, datetime]], cuto
 def blend_channels(sequences: list[list[str]], embeddings: dict[str, ItemEmbeddings], cfg: TrainingSettings) -> list[ScoredChannel]:
     """The blend's channels fitted on `sequences` with the settings' hyper-parameters."""
     knn = ItemKNNRecommender(sequences, neighbours=cfg.blend_neighbours, recent=cfg.blend_recent)
-    channels: list[ScoredChannel] = [ItemKNNScores(knn)] + [ItemKNNScores(knn, 1)] * (cfg.blend_recent != 1)
+    rules = ItemKNNRecommender(sequences, cfg.blend_neighbours, cfg.blend_recent, ItemTransitions(sequences, cfg.blend_rules_window))
+    channels: list[ScoredChannel] = []
+    for model in (knn, rules):
+        channels += [ItemKNNScores(model)] + [ItemKNNScores(model, 1)] * (cfg.blend_recent != 1)
     channels.append(ItemKNNScores(knn, whole_history=True))
     channels.append(SequentialScores(GRU4Rec(sequences, seed=cfg.seed).fit(cfg.blend_gru_epochs)))
     return channels + [EmbeddingScores(name, model.ids, model.vectors) for name, model in embeddings.items()]

@@ -16,7 +16,7 @@ def evaluate(
     state_dir: StateDirOption = None,
     protocol: Annotated[str, typer.Option(help="'last': hold out each user's last positive (today's report); 'field': the field's protocol (>= --min-interactions, last item test, second-last validation, full ranking, tuned peers).")] = "last",
     min_interactions: Annotated[int, typer.Option(min=3, help="field protocol: users with fewer interactions are dropped.")] = 5,
-    peers: Annotated[str, typer.Option(help="field protocol: tuned peers (comma-separated: Pop, ItemKNN, ALS, GRU4Rec).")] = "Pop,ItemKNN,ALS,GRU4Rec",
+    peers: Annotated[str, typer.Option(help="field protocol: tuned peers (comma-separated: Pop, ItemKNN, SR, ALS, GRU4Rec).")] = "Pop,ItemKNN,SR,ALS,GRU4Rec",
     gru_epochs: Annotated[int, typer.Option(min=1, help="field protocol: most GRU4Rec epochs (the best on validation is kept).")] = 30,
     recall_models: Annotated[str, typer.Option(help="Embedding recall channels (comma-separated: item2vec, deepwalk, node2vec; '' for item-CF + popular only).")] = "item2vec",
     rankers: Annotated[str, typer.Option(help="Rankers re-scoring the recall candidates (comma-separated: din, wide_deep, lr).")] = "wide_deep,din",

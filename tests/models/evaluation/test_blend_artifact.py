@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.evaluation.baselines import ItemKNNRecommender, PopularityRecommender
+from models.evaluation.baselines import ItemKNNRecommender, ItemTransitions, PopularityRecommender
 from models.retrieval.artifact import RecallArtifact
 from models.retrieval.blend import BlendedRecall, fit_blend
 from models.retrieval.order_choice import BLEND, RANKER, choose_order
@@ -24,10 +24,12 @@ def _sequences(users: int = 120, seed: int = 0) -> list[list[str]]:
 def _blend(sequences: list[list[str]]) -> tuple[BlendedRecall, list[list[str]], list[str]]:
     prefixes, targets = [s[:-1] for s in sequences], [s[-1] for s in sequences]
     knn = ItemKNNRecommender(prefixes, neighbours=20, recent=3)
+    rules = ItemKNNRecommender(prefixes, neighbours=20, recent=2, similarity=ItemTransitions(prefixes, window=3))
     gru = GRU4Rec(prefixes, dim=8, dropout=0.0, batch_size=16).fit(1)
     rng = np.random.default_rng(1)
     ids = knn.ids
-    channels = [ItemKNNScores(knn), ItemKNNScores(knn, 1), ItemKNNScores(knn, whole_history=True), SequentialScores(gru),
+    channels = [ItemKNNScores(knn), ItemKNNScores(knn, 1), ItemKNNScores(knn, whole_history=True), ItemKNNScores(rules),
+                ItemKNNScores(rules, 1), SequentialScores(gru),
                 EmbeddingScores("item2vec", ids, rng.normal(size=(len(ids), 6)).astype(np.float32))]  # fmt: skip
     return fit_blend(channels, ids.tolist(), prefixes, targets), prefixes, targets
 
@@ -43,6 +45,8 @@ def test_a_saved_blend_loads_back_scoring_and_explaining_as_fitted(tmp_path: Pat
     assert order == choice and order.order == BLEND and order.ranker_ndcg10 is None
     assert loaded.normalisation == blend.normalisation and np.allclose(loaded.weights, blend.weights)
     assert [c.name for c in loaded.channels] == [c.name for c in blend.channels]
+    assert [c.name for c in blend.channels[3:5]] == ["sr", "sr_last1"]
+    assert all(c.model.kind == "sr" for c in loaded.channels[3:5])  # type: ignore[attr-defined]
     histories = prefixes[:20]
     assert np.allclose(loaded.batch_scores(histories), blend.batch_scores(histories), atol=1e-5)
     for history, before, after in zip(histories, blend.recall_many(histories, 10), loaded.recall_many(histories, 10)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.evaluation.baselines import ItemKNNRecommender, ItemTransitions
 from models.evaluation.end_to_end import SampleConfig
 from models.evaluation.metrics import rank_metrics
 from models.evaluation.offline_pipeline import EvaluationConfig
@@ -21,15 +22,22 @@ def test_blend_uses_the_tuned_peer_and_the_pipeline_serves_the_validation_winner
     split = protocol_split(_chains(users=60, items=20))
     pipeline = EvaluationConfig(recall_models=(), rankers=("din",), ranker_epochs=1, ranker_embedding_dim=4,
                                 samples=SampleConfig(positions_per_user=2, recall_depth=20, max_seq_len=4))  # fmt: skip
-    config = ProtocolConfig(peers=("ItemKNN",), knn_grid=grid(neighbours=[5], recent=[1, None]), pipeline=pipeline,
-                            bootstrap_rounds=20)  # fmt: skip
+    config = ProtocolConfig(peers=("ItemKNN", "SR"), knn_grid=grid(neighbours=[5], recent=[1, None]),
+                            sr_grid=grid(window=[1, 3], neighbours=[5], recent=[1, 2]), pipeline=pipeline, bootstrap_rounds=20)  # fmt: skip
     result = run_protocol(split, {}, config)
     scored = result.models["blend"].model
     assert isinstance(scored, SelectedBlendScores) and isinstance(scored.model, BlendedRecall)
     blend = scored.model
-    tuned = result.models["ItemKNN"].model
-    assert all(isinstance(c, ItemKNNScores) and c.model is tuned for c in blend.channels)
-    assert blend.channels[0].recent == tuned.recent  # the tuned window, then others over the same similarities
+    tuned, rules = result.models["ItemKNN"].model, result.models["SR"].model
+    assert all(isinstance(c, ItemKNNScores) and c.model in (tuned, rules) for c in blend.channels)
+    assert blend.channels[0].model is tuned and blend.channels[0].recent == tuned.recent  # the tuned window, then others
+    sr_channels = [c for c in blend.channels if c.model is rules]  # type: ignore[attr-defined]
+    assert sr_channels[0].recent == rules.recent and [c.name for c in sr_channels][0] == "sr"
+    # SR's choice is the grid point with the best validation NDCG@10, recomputed here.
+    window = result.models["SR"].params["window"]
+    again = ItemKNNRecommender(split.training_sequences(), 5, rules.recent, ItemTransitions(split.training_sequences(), window))
+    assert np.allclose(rank_metrics(full_ranks(again, split.validation, split.items))["NDCG@10"], result.models["SR"].validation["NDCG@10"])
+    assert max(score for _, score in result.models["SR"].grid) == float(result.models["SR"].validation["NDCG@10"].mean())
     # The reason selection's penalty is the one validation chooses; the blend is ranked in the
     # order it serves (full ranking computed again outside the run).
     users = sorted(split.validation.test)

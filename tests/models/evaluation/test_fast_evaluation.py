@@ -114,7 +114,7 @@ def test_item_knn_grid_shares_one_cosine_fit() -> None:
     np.fill_diagonal(dense, 0.0)
     assert np.allclose(cosine.similarity.toarray(), dense)
     for neighbours, recent in [(3, 1), (3, None), (8, 2)]:
-        shared = ItemKNNRecommender(sequences, neighbours, recent, cosine=cosine)
+        shared = ItemKNNRecommender(sequences, neighbours, recent, similarity=cosine)
         fresh = ItemKNNRecommender(sequences, neighbours, recent)
         assert (shared.similarity != fresh.similarity).nnz == 0 and shared.recent == recent
         assert all(np.diff(shared.similarity.indptr) <= neighbours)

@@ -98,7 +98,7 @@ def test_dag_fails_resumes_gates_promotes_and_the_api_swaps(settings: Settings, 
     # The recall artifact holds the blend, fitted on validation, and its order choice against the
     # ranker this run trained, with the validation figures behind it.
     blend = registry.get("recall", recall_version).manifest["blend"]
-    assert set(blend["weights"]) == {"itemknn", "itemknn_last1", "itemknn_lastall", "gru4rec", "item2vec"}, blend
+    assert set(blend["weights"]) == {"itemknn", "itemknn_last1", "sr", "sr_last1", "itemknn_lastall", "gru4rec", "item2vec"}, blend
     order = blend["order"]
     assert order["ranker_version"] == ranker_version and order["users"] > 100 and order["order"] in ("blend", "ranker")
     assert order["blend_ndcg10"] > 0 and order["ranker_ndcg10"] is not None, order
