@@ -1,7 +1,8 @@
 """Recommendation quality under the field's protocol (issue 20): the project's pipeline (recall,
 recall -> DIN) against tuned peers (Pop, ItemKNN over neighbours x last-n items, sequential rules
-over windows x last-n items, implicit ALS, GRU4Rec) on the same split, with 95% bootstrap intervals over users, plus the catalog coverage
-and mean pairwise overlap of every model's top-10 lists (test-phase histories).
+over windows x last-n items, implicit ALS, GRU4Rec) on the same split, with 95% bootstrap intervals
+over users, plus the catalog coverage and mean pairwise overlap of every model's top-10 lists
+(test-phase histories).
 
 Import a data set once, then run (one data set per run):
 
