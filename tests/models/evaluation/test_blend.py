@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.evaluation.baselines import ItemKNNRecommender
-from models.retrieval.blend import BlendedRecall, blend_ndcg, coordinate_ascent, fit_blend, normalise
+from models.retrieval.blend import BlendedRecall, blend_ndcg, coordinate_ascent, fit_blend, fit_weights, normalise
 from models.retrieval.scored_channels import EmbeddingScores, ItemKNNScores
 
 
@@ -72,6 +72,23 @@ def test_coordinate_ascent_matches_a_search_by_hand() -> None:
     assert len(calls) == 1 + 3 * 6  # the start, then three rounds of 2 weights x 3 values
     single, single_best = coordinate_ascent(objective, np.zeros(2), grid=(0.0, 1.0, 2.0), rounds=1)
     assert single.tolist() == [1.0, 2.0] and single_best == 5.0
+
+
+def test_the_weight_fit_equals_coordinate_ascent_on_the_plain_objective() -> None:
+    # `fit_weights` shares the other channels' sum between one weight's trials; it must visit the
+    # same points and keep the same weights as the search that sums every channel per trial.
+    rng = np.random.default_rng(3)
+    users, items = 300, 80
+    latent = rng.normal(size=(users, items))
+    matrices = [normalise(latent + rng.normal(scale=s, size=(users, items)), "zscore") for s in (0.5, 1.0, 2.0, 4.0)]
+    targets = latent.argmax(axis=1)
+    masked = rng.random((users, items)) < 0.1
+    masked[np.arange(users), targets] = False
+    fitted, best = fit_weights(matrices, targets, masked)
+    plain, plain_best = coordinate_ascent(lambda w: blend_ndcg(matrices, w, targets, masked), np.ones(len(matrices)))
+    assert fitted.tolist() == plain.tolist() and np.isclose(best, plain_best)
+    assert np.isclose(best, blend_ndcg(matrices, fitted, targets, masked))
+    assert fitted.tolist() != [1.0] * 4  # the search moved (the least noisy channel weighs more)
 
 
 def test_normalisations() -> None:
