@@ -132,15 +132,20 @@ class BlendedRecall:
 
     def _channel_raw(self, c: int, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Channel `c`'s raw scores over `items` (an item it does not know: the history's lowest)."""
-        raw = np.asarray(self.channels[c].batch_scores(histories), dtype=np.float32)
-        gather = self._gather[c]
-        if len(gather) == raw.shape[1] and np.array_equal(gather, np.arange(len(gather))):
+        return self._in_blend_order(c, np.asarray(self.channels[c].batch_scores(histories), dtype=np.float32))
+
+    def _in_blend_order(self, c: int, raw: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """Rows of channel `c`'s scores `raw` (the channel's own item order) at the blend's
+        `columns` (every item when None); an item the channel does not know takes its row's lowest
+        score."""
+        gather = self._gather[c] if columns is None else self._gather[c][columns]
+        if columns is None and len(gather) == raw.shape[1] and np.array_equal(gather, np.arange(len(gather))):
             return raw  # the channel lists `items` in the same order
-        full = raw[:, np.maximum(gather, 0)] if raw.shape[1] else np.zeros((len(histories), len(gather)), np.float32)
+        picked = raw[:, np.maximum(gather, 0)] if raw.shape[1] else np.zeros((len(raw), len(gather)), np.float32)
         unknown = gather < 0
         if unknown.any():
-            full[:, unknown] = raw.min(axis=1, keepdims=True) if raw.shape[1] else 0.0
-        return full
+            picked[:, unknown] = raw.min(axis=1, keepdims=True) if raw.shape[1] else 0.0
+        return picked
 
     def batch_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         matrices = [normalise(raw, self.normalisation) for raw in self._raw(histories, weighted_only=True)]
@@ -205,11 +210,14 @@ class BlendedRecall:
                     variants += [user.history] + [user.without(r) for r in changed]
             if not variants:
                 continue
-            raw = self._channel_raw(c, variants)
+            # In the channel's own order: only each base row is needed whole (the normalisation's
+            # scale), the variants only at the items asked about.
+            raw = np.asarray(self.channels[c].batch_scores(variants), dtype=np.float32)
             for user, first, changed in spans:
                 block = raw[first : first + 1 + len(changed)]
-                scaled = on_scale(block[0].astype(np.float64), block[:, user.known].astype(np.float64), user.known,
-                                  self.normalisation)  # fmt: skip
+                base = self._in_blend_order(c, block[:1])[0]
+                values = self._in_blend_order(c, block, user.known)
+                scaled = on_scale(base.astype(np.float64), values.astype(np.float64), user.known, self.normalisation)
                 user.drop[changed] += float(weight) * (scaled[0] - scaled[1:])
         return [user.named() for user in users]
 

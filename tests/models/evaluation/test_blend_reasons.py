@@ -134,3 +134,25 @@ def test_on_scale_places_the_rows_own_scores_as_normalise_does(how: str) -> None
     base = np.array([3.0, 1.0, 3.0, 2.0, 1.0, 0.5])  # ties: the first listed ranks ahead
     columns = np.arange(len(base))
     assert np.allclose(on_scale(base, base[None, :], columns, how)[0], normalise(base[None, :], how)[0])
+
+
+def test_reasons_when_the_blend_lists_items_in_another_order_and_some_unknown_to_a_channel() -> None:
+    # The blend's items: the channels' in reverse, then two the channels never saw (an unknown item
+    # takes the history's lowest raw score of the channel, in every leave-one-out variant too).
+    knn = ItemKNNRecommender(SEQUENCES, neighbours=10, recent=None)
+    items = knn.ids.tolist()[::-1] + ["new1", "new2"]
+    blend = BlendedRecall([ItemKNNScores(knn, 1), ItemKNNScores(knn, whole_history=True)], np.array([4.0, 1.0]), items)
+
+    def in_blend_order(raw: Raw) -> Raw:
+        def row(history: list[str]) -> np.ndarray:
+            own = raw(history)
+            return np.array([own[knn.position[item]] if item in knn.position else own.min() for item in items])
+
+        return row
+
+    candidates = ["x", "new1", "y", "z", "r"]
+    found = blend.reasons(HISTORY, candidates)
+    expected = leave_one_out_reasons([in_blend_order(_knn_raw(knn, 1)), in_blend_order(_knn_raw(knn, None))], [4.0, 1.0],
+                                     HISTORY, [items.index(item) for item in candidates], "zscore")  # fmt: skip
+    assert found == expected
+    assert found[0] == "a" and found[2:] == ["c", "d", None]  # as in the channels' own order
