@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 
+from models.retrieval.sequential import item_index
+
 
 class PopularityRecommender:
     """Items by number of training interactions, the user's history excluded."""
@@ -39,12 +41,10 @@ class ItemCosine:
     kind = "itemknn"
 
     def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
-        items = sorted({item for sequence in sequences for item in sequence})
-        self.ids = np.array(items, dtype=str)
-        self.position = {item: i for i, item in enumerate(items)}
+        self.ids, self.position = item_index(sequences)
         rows = np.concatenate([np.full(len(set(s)), u) for u, s in enumerate(sequences)]) if sequences else []
         cols = [self.position[item] for sequence in sequences for item in dict.fromkeys(sequence)]
-        matrix = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(sequences), len(items)))
+        matrix = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(sequences), len(self.ids)))
         norms = np.sqrt(np.asarray(matrix.sum(axis=0)).ravel())
         normalized = matrix @ sparse.diags(1.0 / np.maximum(norms, 1e-12))
         self.similarity = (normalized.T @ normalized).tocsr()
@@ -65,9 +65,7 @@ class ItemTransitions:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.window = window
-        items = sorted({item for sequence in sequences for item in sequence})
-        self.ids = np.array(items, dtype=str)
-        self.position = {item: i for i, item in enumerate(items)}
+        self.ids, self.position = item_index(sequences)
         rows, cols, weights = [], [], []
         for sequence in sequences:
             positions = np.array([self.position[item] for item in sequence], dtype=np.int64)
@@ -75,7 +73,7 @@ class ItemTransitions:
                 rows.append(positions[:-distance])
                 cols.append(positions[distance:])
                 weights.append(np.full(len(positions) - distance, 1.0 / distance))
-        shape = (len(items), len(items))
+        shape = (len(self.ids), len(self.ids))
         if rows:  # duplicate (h, j) pairs are summed by the constructor
             self.similarity = sparse.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
         else:

@@ -1,7 +1,8 @@
 """One protocol run (`models.evaluation.protocol`): the tuned peers (Pop, ItemKNN over neighbours
 and last-n items, sequential rules (SR) over windows and last-n items, implicit ALS, GRU4Rec) and
 the project's pipeline (recall, recall -> rankers) on the same split, each chosen on validation and
-reported on test with bootstrap intervals over users. Behind `recsys evaluate --protocol loo` and `benchmarks/quality.py`."""
+reported on test with bootstrap intervals over users. Behind `recsys evaluate --protocol loo` and
+`benchmarks/quality.py`."""
 
 from __future__ import annotations
 
