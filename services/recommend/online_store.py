@@ -71,8 +71,10 @@ class ServingStore:
         global_cache: TtlMemo | None = None,
     ) -> None:
         self.client = client
-        self.item_cache = item_cache or ItemCache(ttl_s=0.0)
-        self.global_cache = global_cache or TtlMemo(ttl_s=0.0)
+        # `is None`, not `or`: an empty ItemCache is falsy (it has a length), and `or` silently
+        # replaced the configured cache with an uncached one.
+        self.item_cache = ItemCache(ttl_s=0.0) if item_cache is None else item_cache
+        self.global_cache = TtlMemo(ttl_s=0.0) if global_cache is None else global_cache
         self.features = features
         self.prefix = f"{prefix}:srv:"
         self.dedup_ttl_s = dedup_ttl_s
