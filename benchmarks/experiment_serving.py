@@ -9,6 +9,11 @@ catalog and 300 users with 50-item histories, impressions logged. One interleavi
 ranker calls, the merge, ranks and, probabilistic, per-ranker propensities in the impressions),
 the others the plain list (one ranker call, greedy).
 
+`--explore POLICY …` (issue 19: the serving benchmark with exploration on vs off in the same run)
+runs, per policy, an A/B experiment over all users with two equal arms of the current ranker:
+`greedy` (no explore policy) and `explore` (the policy with its default settings). The arms'
+users alternate as the plain and interleaved users do above.
+
 The peer in the same run is the plain request, alternated with the interleaved one
 (`benchmarks/learner_serving.py`'s measurements, reused): closed loop first (alternating blocks of
 50, server CPU per request and the paired difference of the blocks with a 95% t-interval), then
@@ -16,6 +21,7 @@ open loop at `--rates` with `--repeats` runs (p99 of each kind per run, their di
 with a 95% t-interval over the runs, other processes' CPU during each run: the machine is shared).
 
     .venv/bin/python benchmarks/experiment_serving.py --rates 200 --seconds 10 --repeats 3 --workers 2
+    .venv/bin/python benchmarks/experiment_serving.py --methods --explore linucb thompson --rates 200
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
@@ -45,16 +52,28 @@ from serving import (  # noqa: E402
 TRAFFIC = 0.5
 
 
-def split_users(experiment: dict[str, object]) -> tuple[list[str], list[str]]:
-    """Users the experiment serves and the rest (the service's own sticky assignment)."""
+def split_users(experiment: dict[str, object], arm: str | None = None) -> tuple[list[str], list[str]]:
+    """Users the experiment serves (in `arm`, if given) and the rest (the service's own sticky
+    assignment)."""
     from services.experiments.assignment import assign
     from services.experiments.model import Experiment
 
     created = Experiment.model_validate(experiment)
     now = datetime.now(timezone.utc)
     users = [f"user{n}" for n in range(USERS)]
-    inside = [u for u in users if assign([created], u, now)]
+    inside = [u for u in users if any(arm in (None, a.arm) for a in assign([created], u, now))]
     return inside, [u for u in users if u not in inside]
+
+
+def wait_until_served(base: str, user: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """The user's response once 10 in a row pass `check` (every worker has read the experiment)."""
+    served_in_a_row, deadline = 0, time.monotonic() + 120
+    while served_in_a_row < 10:
+        response = httpx.get(f"{base}/v1/users/{user}/recommendations", params={"k": 10}, timeout=30).json()
+        served_in_a_row = served_in_a_row + 1 if check(response) else 0
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not served by every worker within 120 s: {response}")
+    return response
 
 
 def run_method(generator: concurrent.futures.Executor, base: str, pid: int, method: str, versions: list[str],
@@ -64,13 +83,7 @@ def run_method(generator: concurrent.futures.Executor, base: str, pid: int, meth
     response = httpx.post(f"{base}/v1/experiments", json=body, headers={"X-API-Key": KEY}, timeout=30)
     response.raise_for_status()
     interleaved, plain = split_users(response.json())
-    served_in_a_row = 0
-    deadline = time.monotonic() + 120
-    while served_in_a_row < 10:  # every worker has loaded both versions (its next registry poll)
-        check = httpx.get(f"{base}/v1/users/{interleaved[0]}/recommendations", params={"k": 10}, timeout=30).json()
-        served_in_a_row = served_in_a_row + 1 if check["explore"] == f"interleaving:{method}" else 0
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{method}: interleaving not served by every worker within 120 s: {check}")
+    check = wait_until_served(base, interleaved[0], lambda r: r["explore"] == f"interleaving:{method}", method)
     assert len({item["team"] for item in check["items"]}) == 2, check
     assert httpx.get(f"{base}/v1/users/{plain[0]}/recommendations", timeout=30).json()["experiment"] is None
     console.rule(f"{method}: {len(interleaved)} of {USERS} users interleaved")
@@ -80,10 +93,26 @@ def run_method(generator: concurrent.futures.Executor, base: str, pid: int, meth
     httpx.post(f"{base}/v1/experiments/{body['id']}/stop", headers={"X-API-Key": KEY}, timeout=30).raise_for_status()
 
 
+def run_policy(generator: concurrent.futures.Executor, base: str, pid: int, policy: str, args: argparse.Namespace) -> None:
+    body = {"id": f"cost-{policy.replace('_', '-')}", "kind": "ab", "traffic": 1.0,
+            "arms": [{"name": "greedy"}, {"name": "explore", "explore": {"policy": policy}}]}
+    response = httpx.post(f"{base}/v1/experiments", json=body, headers={"X-API-Key": KEY}, timeout=30)
+    response.raise_for_status()
+    exploring, greedy = split_users(response.json(), "explore")
+    check = wait_until_served(base, exploring[0], lambda r: str(r["explore"]).startswith(policy), policy)
+    assert wait_until_served(base, greedy[0], lambda r: r["explore"] == "greedy", "greedy")["arm"].endswith(":greedy")
+    console.rule(f"{policy}: {len(exploring)} of {USERS} users explored ({check['explore']})")
+    drain(base)
+    closed_loop_cost(base, pid, args.closed_loop, exploring, greedy, label=policy)
+    cost(generator, base, args.rates, args.seconds, args.repeats, exploring, greedy, label=policy)
+    httpx.post(f"{base}/v1/experiments/{body['id']}/stop", headers={"X-API-Key": KEY}, timeout=30).raise_for_status()
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["team_draft", "balanced", "probabilistic"])
+    parser.add_argument("--methods", nargs="*", default=["team_draft", "balanced", "probabilistic"])
+    parser.add_argument("--explore", nargs="*", default=[], help="explore policies, each in an A/B experiment against greedy")
     parser.add_argument("--rates", type=int, nargs="+", default=[200])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -110,6 +139,8 @@ def main() -> None:
             seed(base)
             for method in args.methods:
                 run_method(generator, base, api.pid, method, versions, args)
+            for policy in args.explore:
+                run_policy(generator, base, api.pid, policy, args)
         finally:
             if api is not None:
                 api.terminate()

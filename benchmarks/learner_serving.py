@@ -87,7 +87,9 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def cost(generator: concurrent.futures.Executor, base: str, rates: list[int], seconds: float, repeats: int,
-         learners: list[str], plain: list[str]) -> None:
+         learners: list[str], plain: list[str], label: str = "interleaved") -> None:
+    """Open loop at each rate, `repeats` runs: p99 of plain requests and of the others (`label`:
+    what they do on top) alternated in each run, their difference and ratio with a 95% t-interval."""
     for rate in rates:
         generator.submit(mixed_run, base, rate, 1.0, learners, plain).result()  # warm-up
         drain(base)
@@ -100,17 +102,18 @@ def cost(generator: concurrent.futures.Executor, base: str, rates: list[int], se
             p50 = {kind: float(np.percentile(result[kind], 50)) for kind in ("plain", "interleaved")}
             differences.append(p99["interleaved"] - p99["plain"])
             ratios.append(p99["interleaved"] / p99["plain"])
-            console.print(f"{rate} rps run {run + 1}: p50 plain {p50['plain']:.1f} ms, interleaved "
-                          f"{p50['interleaved']:.1f} ms; p99 plain {p99['plain']:.1f} ms, interleaved "
+            console.print(f"{rate} rps run {run + 1}: p50 plain {p50['plain']:.1f} ms, {label} "
+                          f"{p50['interleaved']:.1f} ms; p99 plain {p99['plain']:.1f} ms, {label} "
                           f"{p99['interleaved']:.1f} ms; errors {result['errors'][0]:.0f}, generator lag p99 "
                           f"{result['lag_p99'][0]:.1f} ms, other processes {other.core_seconds:.1f} CPU-s "
                           f"(peak {other.peak:.0%} of a core, {other.busiest})")
         difference, ratio = mean_ci(differences), mean_ci(ratios)
-        console.print(f"[bold]{rate} rps: p99 interleaved − plain {difference[0]:+.2f} ± {difference[1]:.2f} ms, "
+        console.print(f"[bold]{rate} rps: p99 {label} − plain {difference[0]:+.2f} ± {difference[1]:.2f} ms, "
                       f"ratio {ratio[0]:.3f} ± {ratio[1]:.3f} (mean ± 95% CI over {repeats} runs)[/]")
 
 
-def closed_loop_cost(base: str, pid: int, requests: int, learners: list[str], plain: list[str], block: int = 50) -> None:
+def closed_loop_cost(base: str, pid: int, requests: int, learners: list[str], plain: list[str], block: int = 50,
+                     label: str = "interleaved") -> None:
     """One request at a time, in alternating blocks of `block` plain and `block` interleaved
     requests: each kind's latency, and the server's CPU per request of each block (its processes'
     user + system time, less sensitive to other processes than latency); the paired difference of
@@ -130,9 +133,9 @@ def closed_loop_cost(base: str, pid: int, requests: int, learners: list[str], pl
     pairs = len(cpu["interleaved"])
     difference = mean_ci(list(np.asarray(cpu["interleaved"]) - np.asarray(cpu["plain"][:pairs])))
     console.print(f"[bold]closed loop, {requests} requests: latency p50 plain {np.percentile(times['plain'], 50):.2f} ms, "
-                  f"interleaved {np.percentile(times['interleaved'], 50):.2f} ms, p99 plain "
-                  f"{np.percentile(times['plain'], 99):.2f} ms, interleaved {np.percentile(times['interleaved'], 99):.2f} ms; "
-                  f"server CPU per request plain {np.mean(cpu['plain']):.2f} ms, interleaved "
+                  f"{label} {np.percentile(times['interleaved'], 50):.2f} ms, p99 plain "
+                  f"{np.percentile(times['plain'], 99):.2f} ms, {label} {np.percentile(times['interleaved'], 99):.2f} ms; "
+                  f"server CPU per request plain {np.mean(cpu['plain']):.2f} ms, {label} "
                   f"{np.mean(cpu['interleaved']):.2f} ms, difference {difference[0]:+.2f} ± {difference[1]:.2f} ms "
                   f"(95% CI over {pairs} block pairs of {block})[/]")
 
