@@ -7,7 +7,9 @@
   the user's recent items, the same for every candidate (Li et al.'s disjoint model with user
   features); a user without history has x_t = 0, and LinUCB then keeps the ranker's order. The
   request saves x_t with its time for the user (`LinUcbStore.save_context`), so that the stream
-  job updates the statistics with the context the request used.
+  job updates the statistics with the context the request used. The history items' embeddings are
+  cached like the statistics (they change only when a batch view is published); x_t itself is per
+  request.
 
 Per-item statistics are cached per worker for `explore.stats_cache_s` in the request path's
 per-item cache (`services.recommend.item_cache.ItemCache`), served stale while refreshed in the
@@ -15,8 +17,7 @@ background for at most as long again: a value served at time t reflects the stor
 some time in [t − 2·stats_cache_s, t] (bandits tolerate delayed feedback: Chapelle & Li, NIPS
 2011, measure Thompson sampling and UCB with feedback applied in delayed batches). A refresh that
 fails (Redis down) leaves the entries to age past the bound, and the request's own read then
-fails, which serves greedy. At most `explore.stats_cache_items` entries per cache. The context is
-per request and never cached.
+fails, which serves greedy. At most `explore.stats_cache_items` entries per cache.
 
 Any failure to read (Redis down or slow, statistics that do not decode) is `StatsUnavailable`.
 """
@@ -74,6 +75,7 @@ class BanditStats:
         self.context_ttl_ms = context_ttl_ms
         self._counts: ItemCache[tuple[float, float]] = self._cache(cache_s, cache_items, clock, submit, "counts")
         self._linear: ItemCache[bytes] = self._cache(cache_s, cache_items, clock, submit, "linucb")
+        self._embeddings: ItemCache[np.ndarray] = self._cache(cache_s, cache_items, clock, submit, "context")
 
     @staticmethod
     def _cache(ttl_s: float, items: int, clock: Clock, submit: Submit | None, what: str) -> ItemCache:
@@ -84,6 +86,7 @@ class BanditStats:
     def close(self) -> None:
         self._counts.close()
         self._linear.close()
+        self._embeddings.close()
         self.attribution.close()
         self.linucb.close()
 
@@ -127,11 +130,16 @@ class BanditStats:
             out.update((item_id, packed[n].tobytes()) for n, item_id in enumerate(chunk))
         return out
 
+    def _read_embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        column = self.features.get_features(Entity.ITEM, item_ids, [CONTEXT_FEATURE])[CONTEXT_FEATURE]
+        return {item_id: np.asarray(vector, dtype=float) for item_id, vector in zip(item_ids, column)}
+
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
         """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""
         if not history:
             return np.zeros(self.linucb.dim)
-        vectors = np.stack(self.features.get_features(Entity.ITEM, history, [CONTEXT_FEATURE])[CONTEXT_FEATURE]).astype(float)
+        found = self._embeddings.get_many(history, self._read_embeddings)
+        vectors = np.stack([found[item_id] for item_id in history])
         if vectors.shape[1] != self.linucb.dim:
             raise ValueError(f"item embeddings of dimension {vectors.shape[1]}, LinUCB expects {self.linucb.dim}")
         mean = vectors.mean(axis=0)

@@ -102,7 +102,7 @@ def test_linucb_slates_and_scores_match_an_independent_computation_cold_cached_a
     assert _expected_slate(ranked, after, k) != _expected_slate(ranked, before, k)
     clock.now += TTL_S
     check(before)  # expired: served as it was while the refresh is queued
-    assert refresh.run() == 1
+    assert refresh.run() == 2  # the statistics, and the history's embeddings
     check(after)
     stats.close()
     features.close()

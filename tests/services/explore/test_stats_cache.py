@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import numpy as np
 import redis
 
 from feature_store.attribution import BUCKET_MS, Impression, Outcome
+from feature_store.definitions import Entity
 from feature_store.linucb_store import RedisLinUcbStore
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import Settings
 from services.explore.policy import LinearStats
 from services.explore.stats import LINEAR_READ_CHUNK, BanditStats
 from services.recommend.item_cache import ItemCache
+from tests.feature_store.helpers import WM, item_row
 
 TTL_S, D = 2.0, 4
 
@@ -142,6 +145,43 @@ def test_linucb_statistics_are_cached_with_the_same_bound(settings: Settings, re
     np.testing.assert_array_equal(stale.quad, before.quad)
     clock.now += TTL_S
     _assert_statistics_of(stats.linear(["a"], []), 0, np.eye(D) + 2 * np.outer(x, x), 2 * x)
+    stats.close()
+    features.close()
+
+
+def test_the_context_embeddings_are_cached_with_the_same_bound(settings: Settings, redis_client: redis.Redis) -> None:
+    """x_t is the normalised mean of the history's embeddings, read through the cache: a newly
+    published embedding reaches x_t only after the cache's bound, and x_t stays per request."""
+    features = RedisOnlineStore.from_settings(settings)
+    clock, refresh = Clock(), Deferred()
+    dim = 32  # the item `embedding` feature's
+    stats = BanditStats(features, features.attribution(), RedisLinUcbStore(features.spec, dim), cache_s=TTL_S,
+                        clock=clock, submit=refresh)
+
+    def vector(**axes: float) -> np.ndarray:
+        out = np.zeros(dim)
+        for axis, value in axes.items():
+            out[int(axis[1:])] = value
+        return out
+
+    def publish(vectors: dict[str, np.ndarray], watermark: datetime) -> None:
+        with features.publish_batch_view(Entity.ITEM, watermark) as write:
+            write([item_row(item, embedding=v) for item, v in vectors.items()])
+
+    def context(history: list[str]) -> np.ndarray:
+        return stats.linear(["a"], history).context
+
+    half = np.sqrt(0.5)
+    publish({"h0": vector(x0=1.0), "h1": vector(x1=1.0)}, WM)
+    np.testing.assert_allclose(context(["h0", "h1"]), vector(x0=half, x1=half))
+    publish({"h0": vector(x2=3.0), "h1": vector(x3=4.0)}, WM + timedelta(hours=1))
+    clock.now += TTL_S - 0.01
+    np.testing.assert_allclose(context(["h0", "h1"]), vector(x0=half, x1=half))  # cached
+    np.testing.assert_allclose(context(["h1"]), vector(x1=1.0))  # per request, from the same cache
+    clock.now += 0.01
+    np.testing.assert_allclose(context(["h1", "h0"]), vector(x0=half, x1=half))  # expired: served, refreshed
+    assert refresh.run() == 2  # the item's statistics, and the embeddings
+    np.testing.assert_allclose(context(["h0", "h1"]), vector(x2=0.6, x3=0.8))
     stats.close()
     features.close()
 
