@@ -104,7 +104,8 @@ def _start(
     stack.callback(features.close)
     store = ServingStore(
         client, features, settings.redis.key_prefix, math.ceil(settings.feature_store.dedup_ttl_s),
-        ItemCache(ttl_s=settings.api.item_cache_ttl_s), TtlMemo(ttl_s=settings.api.global_cache_ttl_s),
+        ItemCache(ttl_s=settings.api.item_cache_ttl_s, on_lookup=metrics.count_cache_lookups("catalog")),
+        TtlMemo(ttl_s=settings.api.global_cache_ttl_s),
     )
     event_log = LocalEventLog(settings.event_log_dir, settings.event_log)
     stack.callback(event_log.close)

@@ -14,6 +14,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from services.recommend.item_cache import LookupCounter
+
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -61,6 +63,11 @@ class ApiMetrics:
             "recsys_learner_shown_dropped_total",
             "PDGD served lists whose features never reached Redis (queue full or Redis away)", registry=r,
         )
+        self.cache_lookups = Counter(
+            "recsys_item_cache_lookups_total",
+            "Per-item cache lookups by cache and result: fresh, stale (served while refreshed), read (from Redis now)",
+            ["cache", "result"], registry=r,
+        )
         self.guardrail_checks = Counter(
             "recsys_experiment_guardrail_checks_total", "Scheduled guardrail checks of the running experiments", registry=r,
         )
@@ -68,6 +75,17 @@ class ApiMetrics:
             "recsys_experiment_guardrail_stops_total", "A/B arms stopped by the scheduled guardrail check",
             ["experiment", "arm"], registry=r,
         )
+
+    def count_cache_lookups(self, cache: str) -> LookupCounter:
+        """An `ItemCache` lookup counter for `cache` (children made once: this runs per request)."""
+        fresh, stale, read = (self.cache_lookups.labels(cache, result) for result in ("fresh", "stale", "read"))
+
+        def count(fresh_n: int, stale_n: int, read_n: int) -> None:
+            for counter, n in ((fresh, fresh_n), (stale, stale_n), (read, read_n)):
+                if n:
+                    counter.inc(n)
+
+        return count
 
     def set_model_versions(self, versions: dict[str, str]) -> None:
         for role, version in self._versions.items():

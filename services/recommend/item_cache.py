@@ -28,6 +28,9 @@ from typing import Any, Callable, Generic, Hashable, Protocol, TypeVar
 T = TypeVar("T")
 V = TypeVar("V")
 Submit = Callable[[Callable[[], None]], object]
+#: Called once per `ItemCache.get_many` with how many of its ids were fresh, served stale (expired,
+#: refreshed in the background) and read now (never cached, too stale, or the cache is off).
+LookupCounter = Callable[[int, int, int], None]
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +113,8 @@ class ItemCache(Generic[V]):
     `max_items` (the least recently fetched dropped first); expired entries are served for up to
     `max_stale_s` more while refreshed in the background (`submit`, as `BackgroundRefresher`),
     those that expire within `gather_s` of each other in one read. Thread-safe: a worker's request
-    threads share one cache."""
+    threads share one cache. `on_lookup` counts each lookup's outcomes (the API's metrics: a cache
+    that never hits shows there)."""
 
     def __init__(
         self,
@@ -121,6 +125,7 @@ class ItemCache(Generic[V]):
         clock: Clock = time,
         submit: Submit | None = None,
         name: str = "item-cache-refresh",
+        on_lookup: LookupCounter | None = None,
     ) -> None:
         if ttl_s < 0 or max_items < 1:
             raise ValueError(f"ttl_s must be >= 0 and max_items >= 1, got {ttl_s}, {max_items}")
@@ -132,6 +137,7 @@ class ItemCache(Generic[V]):
         self._lock = threading.Lock()
         self._fetch: Callable[[list[str]], Mapping[str, V]] | None = None
         self._refresher = BackgroundRefresher(name, self._refresh, gather_s, clock, submit)
+        self._on_lookup = on_lookup
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -142,6 +148,8 @@ class ItemCache(Generic[V]):
         fetch propagate. Every call on one cache must pass the same reader (the background refresh
         uses the latest)."""
         if self.ttl_s <= 0:
+            if self._on_lookup is not None:
+                self._on_lookup(0, 0, len(item_ids))
             fetched = fetch(list(item_ids))
             return {item_id: fetched[item_id] for item_id in item_ids if item_id in fetched}
         now = self.clock.monotonic()
@@ -158,6 +166,8 @@ class ItemCache(Generic[V]):
                 found[item_id] = entry[1]
                 if now >= entry[0]:
                     expired.append(item_id)
+        if self._on_lookup is not None:
+            self._on_lookup(len(found) - len(expired), len(expired), len(missing))
         if expired:
             self._fetch = fetch
             self._refresher.submit(expired)
