@@ -2,19 +2,20 @@
 channels the offline protocol blends, their weights and the order choice fitted on validation, and
 the served channels refitted on every training sequence.
 
-Validation: each training sequence of >= 3 items gives its last item as the target and the rest
-as the history; every channel (ItemKNN over the last `blend_recent` / last 1 / all items,
-sequential rules over the last `blend_recent` / last 1, GRU4Rec, each recall embedding) is fitted
-on those prefixes only, the blend's weights and normalisation on the targets (`models.retrieval.blend.fit_blend`), the reason selection's penalty on the same targets
+Validation: each training sequence of >= 3 items gives its last item as the target and the rest as
+the history; every channel (ItemKNN over the last `blend_recent` / last 1 / all items, sequential
+rules over the last `blend_recent` / last 1, GRU4Rec, each recall embedding) is fitted on those
+prefixes only, the blend's weights and normalisation on the targets
+(`models.retrieval.blend.fit_blend`), the reason selection's penalty on the same targets
 (`models.retrieval.reason_selection.fit_reason_penalty`, reasons tried among the last
-`api.reason_recent` items as served, `training.blend_min_reasons` distinct reasons asked), and the order choice re-ranks the blend's top
-`api.recall_candidates` with a ranker that never saw the targets (`pipelines.training.rankers`,
-`models.retrieval.order_choice`).
+`api.reason_recent` items as served, `training.blend_min_reasons` distinct reasons asked), and the
+order choice re-ranks the blend's top `api.recall_candidates` with a ranker that never saw the
+targets (`pipelines.training.rankers`, `models.retrieval.order_choice`).
 
 Serving: once the weights and the order are chosen, the channels are fitted again on the whole
 training sequences (targets included) with the same hyper-parameters and keep the fitted weights,
-normalisation and reason penalty, as the field's protocol refits on training + validation before the test phase:
-a user's newest item, and an item seen only there, is in the served models.
+normalisation and reason penalty, as the field's protocol refits on training + validation before
+the test phase: a user's newest item, and an item seen only there, is in the served models.
 """
 
 from __future__ import annotations
