@@ -1,9 +1,12 @@
 """Online revisions of a ranker's final linear layer, in Redis (DRN-style minor updates, issue 17).
 
-A revision is `{id, role, parent, base, w, explore, created, reason}`: `w` is the current weights of
-the ranker's output layer over its penultimate features, `explore` the explore weights `w̃` DBGD is
-testing (None: no explore network), `base` the registry version (blessed, promoted) whose layer it
-updates, `parent` the revision it was derived from (None for the first revision of a base). The
+A revision is `{id, role, parent, base, w, explore, served, created, reason}`: `w` is the current
+weights of the ranker's output layer over its penultimate features, `explore` the explore weights `w̃`
+DBGD is testing (None: no explore network), `served` whether `w` has beaten the base in the online
+comparison and serves the traffic outside the learner's arms (the serving gate,
+`services.learner.gate`; absent in revisions stored before it: false), `base` the registry version
+(blessed, promoted) whose layer it updates, `parent` the revision it was derived from (None for the
+first revision of a base). The
 registry (`models.registry`) keeps the artifacts; this store keeps what changes between retrains.
 
 Keys (prefix `P` = `settings.redis.key_prefix`; one hash tag per role, so a Redis Cluster keeps
@@ -60,6 +63,7 @@ class Revision:
     parent: str | None
     created: str
     reason: str
+    served: bool = False
 
     @property
     def weights(self) -> np.ndarray:
@@ -76,7 +80,7 @@ class Revision:
         return cls(
             id=str(data["id"]), role=str(data["role"]), base=str(data["base"]), w=tuple(map(float, data["w"])),
             explore=None if not explore else tuple(map(float, explore)), parent=data.get("parent") or None,
-            created=str(data["created"]), reason=str(data["reason"]),
+            created=str(data["created"]), reason=str(data["reason"]), served=bool(data.get("served", False)),
         )
 
 
@@ -104,7 +108,8 @@ class RevisionStore:
         self._pointer_prefix = f"{tag}:current:"
         self._publish = client.register_script(_PUBLISH)
 
-    def publish(self, base: str, w: np.ndarray, explore: np.ndarray | None, parent: str | None, reason: str) -> Revision:
+    def publish(self, base: str, w: np.ndarray, explore: np.ndarray | None, parent: str | None, reason: str,
+                served: bool = False) -> Revision:
         """Store a new revision of `base` and make it the base's current one; returns it with its id."""
         w = np.asarray(w, dtype=np.float64)
         if explore is not None and np.shape(explore) != w.shape:
@@ -113,7 +118,7 @@ class RevisionStore:
             raise ValueError("revision weights must be finite")
         body = {"role": self.role, "base": base, "w": w.tolist(), "parent": parent or "",
                 "explore": [] if explore is None else np.asarray(explore, dtype=np.float64).tolist(),
-                "created": datetime.now(timezone.utc).isoformat(), "reason": reason}
+                "served": served, "created": datetime.now(timezone.utc).isoformat(), "reason": reason}
         keys = [self._revisions, self._history, self._pointer_prefix + base, self._seq]
         revision_id = self._publish(keys=keys, args=[json.dumps(body), self.history_size]).decode()
         return Revision.from_json(json.dumps({**body, "id": revision_id}))

@@ -35,17 +35,20 @@ ExploreFactory = Callable[[ExploreSettings], ExploreStage]
 
 @dataclass(frozen=True)
 class Served:
-    """The plan of one request and the context its impressions carry."""
+    """The plan of one request and the context its impressions carry (none without an experiment:
+    the online learner's promoted weights serve outside any)."""
 
     plan: ServingPlan
-    experiment: str
-    arm: str
+    experiment: str | None = None
+    arm: str | None = None
 
     @property
     def context(self) -> dict[str, str]:
         """The impressions' `experiment` and `arm`: the arm qualified by the experiment id
         (`qualified_arm`), so the attribution store's counts per (policy, arm) keep experiments
         whose arms share a name apart."""
+        if self.experiment is None or self.arm is None:
+            return {}
         return {"experiment": self.experiment, "arm": qualified_arm(self.experiment, self.arm)}
 
 

@@ -52,11 +52,13 @@ class ServingGate:
         self.promotions = 0
         self._coin = np.random.default_rng([seed, 29])
 
-    def reset(self, base: np.ndarray) -> None:
-        """A new base (or a rollback): the comparison starts again and the base is served."""
+    def reset(self, base: np.ndarray, promoted: bool = False) -> None:
+        """A new base (or a rollback): the comparison starts again and the base is served.
+        `promoted`: a restarted learner resuming weights that were served keeps serving them, and
+        the hysteresis rule judges them on the new evidence."""
         self.base = np.asarray(base, dtype=np.float64).copy()
         self.outcomes.clear()
-        self.promoted = False
+        self.promoted = promoted
 
     def compares(self) -> bool:
         """Whether this learning request shows the base-vs-learned comparison (a `share` coin)."""
@@ -75,14 +77,23 @@ class ServingGate:
     def record(self, presentation: Presentation, clicks: np.ndarray) -> bool:
         """Credit one comparison's clicks; returns whether the learned weights are served now."""
         base, learned = team_credit(presentation.teams, [bool(c) for c in clicks], 2)
+        return self.record_credit(base, learned)
+
+    def record_credit(self, base: int, learned: int) -> bool:
+        """One comparison's outcomes on the slots each team placed (a tie is not counted); returns
+        whether the learned weights are served now."""
         if base != learned:
             self.outcomes.append(int(learned > base))
-        wins = sum(self.outcomes)
-        losses = len(self.outcomes) - wins
+        wins, losses = self.evidence()
         promoted = wins > losses if self.promoted else sign_test(wins, losses) <= self.level
         self.promotions += promoted and not self.promoted
         self.promoted = promoted
         return promoted
+
+    def evidence(self) -> tuple[int, int]:
+        """The learned weights' wins and losses over the window's decided comparisons."""
+        wins = sum(self.outcomes)
+        return wins, len(self.outcomes) - wins
 
     def served(self, learned: np.ndarray) -> np.ndarray:
         """The weights the traffic outside the learning share gets: `learned` once promoted, else the base."""

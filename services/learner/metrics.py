@@ -23,6 +23,9 @@ HELP = {
     "missing_features": "PDGD: clicked lists skipped because their shown features had expired or were never written",
     "bases": "Blessed bases the learner (re)started from",
     "paused_steps": "Steps skipped while the kill switch was off",
+    "gate_comparisons": "Decided comparisons of w against its base fed to the serving gate",
+    "promotions": "Times the serving gate promoted w to the traffic outside the learner's arms",
+    "demotions": "Times the serving gate served the base again after w lost its lead",
 }
 
 
@@ -40,6 +43,8 @@ class LearnerCollector(Collector):
         if revision is not None:
             info.add_metric([self.process.base or "", revision.id], 1.0)
         yield info
+        yield GaugeMetricFamily("recsys_learner_promoted", "1 while w serves the traffic outside the learner's arms",
+                                value=1.0 if revision is not None and revision.served else 0.0)
 
 
 def learner_registry(process: LearnerProcess) -> CollectorRegistry:

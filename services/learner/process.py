@@ -27,6 +27,14 @@ One `step()`:
    `learner.rollback_window` decided comparisons (ties left out), counted while `w` differs from
    the base; when they fall below `learner.rollback_threshold`, a revision with the base's own
    layer is published, and the log says why.
+6. **Serving gate** (`services.learner.gate.ServingGate`, with `learner.promote`): every decided
+   comparison of `w` against the base (DBGD: the `current` and `base` teams of its lists, while `w`
+   differs from the base; PDGD: the team-draft lists of the `current` and `base` teams that the API
+   shows on `learner.gate_share` of its learning requests, which PDGD does not learn from) goes to
+   the gate; when `w` is promoted or demoted, a revision with the same weights and the new `served`
+   flag is published, and the API serves `w` to the traffic outside the learner's arms while it is
+   set. A new base or a rollback starts the comparison again with the base served; a restart
+   keeps serving what the resumed revision served, judged on new evidence.
 
 The learner resumes from the base's current revision after a restart (its `w`), with a fresh `w̃`.
 """
@@ -53,8 +61,9 @@ from services.experiments.model import LEARNER, Experiment
 from services.experiments.report import enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.base import Presentation
-from services.learner.dbgd import Dbgd
+from services.learner.dbgd import Dbgd, sign_test
 from services.learner.feedback import Comparison, ComparisonReader
+from services.learner.gate import ServingGate
 from services.learner.pdgd import Pdgd, starting_weights
 from services.learner.serving import TEAMS, label
 from services.learner.shown import ShownStore
@@ -112,6 +121,9 @@ class Summary:
     missing_features: int = 0
     bases: int = 0
     paused_steps: int = 0
+    gate_comparisons: int = 0
+    promotions: int = 0
+    demotions: int = 0
 
 
 class LearnerProcess:
@@ -139,6 +151,7 @@ class LearnerProcess:
         self.revision: Revision | None = None
         self.arms: set[str] = set()  # the labels of the revisions published on this base
         self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
+        self.gate = ServingGate(np.zeros(0), window=settings.gate_window, level=settings.gate_level)
 
     def step(self) -> None:
         """Read the new feedback and learn from it (see the module docstring)."""
@@ -173,7 +186,8 @@ class LearnerProcess:
                                 tau=settings.tau, aa=settings.aa,
                                 seed=self.seed + self.summary.bases)
         self.against_base.clear()
-        self.arms.clear()
+        self.gate.reset(self.base_weights, promoted=resumed is not None and resumed.served and settings.promote)
+        self.arms = {label(resumed.id)} if resumed is not None else set()  # its lists are this base's too
         self.summary.bases += 1
         why = f"resumed from {resumed.id}" if resumed is not None else f"base {version} is the registry's current ranker"
         log.info("learning on base %s (%s)", version, why)
@@ -188,6 +202,7 @@ class LearnerProcess:
             log.warning(reason)
             self.learner.reset(self.origin)
             self.against_base.clear()
+            self.gate.reset(self.base_weights)
             self.summary.guardrail_rollbacks += 1
             self._publish(self.revision.id, reason)
             self.store.mark_handled(reason)
@@ -195,10 +210,13 @@ class LearnerProcess:
     def _learn_lists(self, finished: Sequence[Comparison]) -> None:
         """PDGD: each clicked list of this base's revisions, joined to its shown features by request id."""
         assert isinstance(self.learner, Pdgd) and self.revision is not None
-        clicked = []
+        clicked, gated = [], False
         for comparison in finished:
             if comparison.arm not in self.arms:
                 self.summary.stale += 1
+                continue
+            if BASE in comparison.teams:  # the gate's comparison of w and the base: not learned from
+                gated |= self._gate(comparison.credit(BASE), comparison.credit(CURRENT))
                 continue
             self.summary.comparisons += 1
             if any(comparison.clicked):
@@ -215,6 +233,8 @@ class LearnerProcess:
         if moved:
             self.summary.moves += moved
             self._publish(self.revision.id, f"pdgd: w moved by {moved} clicked lists")
+        elif gated:
+            self._publish(self.revision.id, self._gate_reason())
 
     def _learn(self, comparison: Comparison) -> None:
         assert isinstance(self.learner, Dbgd) and self.revision is not None
@@ -241,6 +261,29 @@ class LearnerProcess:
         current, base = comparison.credit(CURRENT), comparison.credit(BASE)
         if current != base:
             self.against_base.append(int(current > base))
+        if self._gate(base, current):
+            self._publish(self.revision.id, self._gate_reason())  # type: ignore[union-attr]
+
+    def _gate(self, base: int, learned: int) -> bool:
+        """One comparison of `w` against the base for the serving gate; whether `w`'s promotion changed."""
+        if not self.settings.promote or base == learned:
+            return False
+        self.summary.gate_comparisons += 1
+        before = self.gate.promoted
+        if self.gate.record_credit(base, learned) == before:
+            return False
+        if before:
+            self.summary.demotions += 1
+        else:
+            self.summary.promotions += 1
+        return True
+
+    def _gate_reason(self) -> str:
+        wins, losses = self.gate.evidence()
+        if self.gate.promoted:
+            return (f"gate: w served, it won {wins} of the last {wins + losses} decided comparisons against base "
+                    f"{self.base} (sign test p = {sign_test(wins, losses):.3g} <= {self.gate.level})")
+        return f"gate: base served again, w won {wins} of the last {wins + losses} decided comparisons"
 
     def _rolled_back(self) -> bool:
         window, threshold = self.settings.rollback_window, self.settings.rollback_threshold
@@ -252,13 +295,15 @@ class LearnerProcess:
         log.warning(why)
         self.learner.reset(self.origin)
         self.against_base.clear()
+        self.gate.reset(self.base_weights)
         self.summary.rollbacks += 1
         self._publish(self.revision.id, why)  # type: ignore[union-attr]
         return True
 
     def _publish(self, parent: str | None, reason: str) -> None:
         assert self.learner is not None and self.base is not None
-        self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason)
+        self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason,
+                                           served=self.gate.promoted)
         self.arms.add(label(self.revision.id))
         self.summary.revisions += 1
 

@@ -10,6 +10,16 @@ interleaving (`services.experiments.interleaving.probabilistic`, exact propensit
 the credit the rollback compares against). The ranker's penultimate features `h(u, i)` are computed once per request (one model
 call) and each team's scores are one dot product `σ(w_team · h + b)` over them.
 
+**The serving gate** (`learner.promote`, `services.learner.gate`): while the current revision is
+`served` (its `w` beat the base in the learner's online comparison), every user outside both arms
+is ranked by `w` (PDGD's divided by `learner.sharpness`: the same order, on the base's score scale,
+which the explore stage's priors read), logged as ranker `<base>@<revision id>`; the explore stage
+is the configured one. Not when the recall artifact's blend serves its own order instead of the
+ranker (the gate compared rankers). PDGD's comparison: on `learner.gate_share` of the learning
+requests, the list is the team-draft interleaving of the base's and `w`'s top k (teams `base` and
+`current`), with its propensities; when both top k are the same (nothing to compare) or k < 2,
+the request gets PDGD's own list instead.
+
 With `learner.algorithm=pdgd` the share gets one list instead, drawn from the Plackett–Luce model of
 W's scores `w · h` over every ranked candidate (team `current`, each slot's exact propensity given
 the slots above), and the shown items' features go to Redis by request id off the request path
@@ -40,7 +50,7 @@ from scipy.special import expit, logsumexp
 from feature_store.settings import LearnerSettings
 from models.online_revisions import Control, Revision, RevisionStore
 from services.experiments.assignment import unit_hash
-from services.experiments.interleaving import probabilistic
+from services.experiments.interleaving import probabilistic, team_draft
 from services.experiments.model import LEARNER, LEARNER_ARMS
 from services.experiments.serving import Served
 from services.learner.pdgd import sample_list
@@ -173,11 +183,13 @@ class LearnerServing:
         plain list labelled with its arm."""
         live = self.live
         revision = live.revision
-        arm = learner_arm(user_id, self.settings.share)
-        if not (self.enabled and revision is not None and arm is not None):
+        if not (self.enabled and revision is not None):
             return None
         if revision.base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
             return None
+        arm = learner_arm(user_id, self.settings.share)
+        if arm is None:
+            return self._promoted_plan(revision, bundle)
         if self.settings.algorithm == "pdgd" and self.shown is None:
             return None
         if arm == CONTROL:
@@ -193,11 +205,22 @@ class LearnerServing:
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, LEARNER, ONLINE)
 
+    def _promoted_plan(self, revision: Revision, bundle: ModelBundle) -> Served | None:
+        """`w` for a user outside the arms while the gate has it served (see the module docstring)."""
+        if not (self.settings.promote and revision.served):
+            return None
+        if bundle.blend is not None and not bundle.blend.serves_ranker(revision.base):
+            return None
+        weights = revision.weights / self.settings.sharpness if self.settings.algorithm == "pdgd" else revision.weights
+        ranker = HeadRanker(SharedPenultimate(bundle.ranker), weights, TEAMS[0], True)
+        return Served(ServingPlan((None,), rankers=(ranker,), ranker_version=f"{revision.base}@{revision.id}"))
+
     def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, request_id: str) -> Served:
         """One team (`current`) ranking by W; the merge draws the shown list from W's Plackett–Luce
-        model over every ranked candidate and hands the shown items' features to the writer."""
+        model over every ranked candidate and hands the shown items' features to the writer. On the
+        gate's share, the base ranks too and the merge shows the two teams' team-draft instead."""
         assert self.shown is not None
-        weights, rng, shown = revision.weights, self.rng, self.shown
+        weights, rng, shown = revision.weights, self.rng(), self.shown
 
         def merge(rankings: list[list[str]], k: int) -> Merged:
             cached = shared.cached
@@ -206,14 +229,22 @@ class LearnerServing:
                 return Merged(top, (0,) * len(top), (1.0,) * len(top))
             ids, features = cached
             scores = features.hidden @ weights
-            slots, propensities = sample_list(scores, k, rng())
+            slots, propensities = sample_list(scores, k, rng)
             items = tuple(ids[i] for i in slots)
             shown.submit(ShownList(request_id, revision.id, items, features.hidden[slots], scores[slots],
                                    float(logsumexp(scores))))
             return Merged(items, (0,) * len(items), tuple(float(p) for p in propensities))
 
-        plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],),
-                           rankers=(HeadRanker(shared, weights, TEAMS[0], True),))
+        current = HeadRanker(shared, weights, TEAMS[0], True)
+        if self.settings.promote and rng.random() < self.settings.gate_share:
+            def compare(rankings: list[list[str]], k: int) -> Merged:
+                tops = [ranking[:k] for ranking in rankings]
+                return merge(rankings, k) if k < 2 or tops[0] == tops[1] else team_draft(tops, k, rng)
+
+            plan = ServingPlan(versions=(None, None), merge=compare, label=label(revision.id), teams=(TEAMS[0], TEAMS[2]),
+                               rankers=(current, HeadRanker(shared, None, TEAMS[2], False)))
+        else:
+            plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],), rankers=(current,))
         return Served(plan, LEARNER, ONLINE)
 
     def _merge(self, rankings: list[list[str]], k: int) -> Merged:

@@ -85,9 +85,10 @@ class ServingPlan:
     """How an experiment serves one request (built by `services.experiments.serving`).
 
     `versions`: the ranker version per arm (None: the current one). One version: an A/B arm,
-    served with `explore` when it names one. Several: interleaving, where `merge(rankings, k)`
-    returns the shown ids, the team (index into `versions`) and the propensity of each slot
-    (`Merged`); each slot is logged with every team's rank of its item.
+    served with `explore` when it names one, or ranked by `rankers[0]` when given (the online
+    learner's promoted weights), logged as ranker `ranker_version`. Several: interleaving, where
+    `merge(rankings, k)` returns the shown ids, the team (index into `versions`) and the propensity
+    of each slot (`Merged`); each slot is logged with every team's rank of its item.
     """
 
     versions: tuple[str | None, ...]
@@ -95,7 +96,8 @@ class ServingPlan:
     merge: Callable[[list[list[str]], int], Merged] | None = None
     label: str | None = None  # the explore label of an interleaved list
     teams: tuple[str, ...] = ()  # interleaving: each version's team name (its arm)
-    rankers: tuple[Ranker, ...] = ()  # interleaving: each team's ranker, given (the online learner's heads)
+    rankers: tuple[Ranker, ...] = ()  # each team's ranker, given (the online learner's heads)
+    ranker_version: str | None = None  # one version ranked by `rankers[0]`: the ranker its impressions name
 
 
 Assign = Callable[[RecommendationRequest], tuple[RecommendationRequest, ServingPlan | None]]
@@ -176,11 +178,15 @@ class RecommendationPipeline:
     ) -> RecommendationResult:
         user, candidates = self._candidates(request, bundle, timings)
         version = plan.versions[0] if plan is not None else None
+        given = plan.rankers[0] if plan is not None and plan.rankers else None
         # Blended candidates keep the blend's order unless validation chose the current ranker
-        # over it (an experiment's named ranker version is served as the experiment says).
-        blend_order = (version is None and bundle.blend is not None and bool(candidates)
+        # over it (an experiment's named ranker version, or a given ranker, is served as the plan says).
+        blend_order = (version is None and given is None and bundle.blend is not None and bool(candidates)
                        and BLEND_SOURCE in candidates[0].sources and not bundle.blend.serves_ranker(bundle.versions.get("ranker")))  # fmt: skip
-        model = BlendOrderRanker(bundle.blend) if blend_order and bundle.blend is not None else bundle.ranker_for(version)
+        if blend_order and bundle.blend is not None:
+            model: Ranker | None = BlendOrderRanker(bundle.blend)
+        else:
+            model = given if given is not None else bundle.ranker_for(version)
         ranked, attended, fallback = self._rank_stage(model, user, candidates, timings)
         explore = plan.explore if plan is not None and plan.explore is not None else self.explore
         with self._stage("explore", timings):
@@ -200,6 +206,8 @@ class RecommendationPipeline:
         versions = bundle.served_versions
         if version is not None:
             versions["ranker"] = version
+        if plan is not None and plan.ranker_version is not None:
+            versions["ranker"] = plan.ranker_version
         if blend_order:
             versions["ranker"] = BLEND_ORDER
         return RecommendationResult(items, versions, fallback, False, timings, len(candidates), explored.policy,

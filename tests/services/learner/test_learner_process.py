@@ -3,7 +3,8 @@ interleaved feedback, stale revisions' feedback is skipped, the kill switch stop
 bad revision is rolled back to the base with the reason, and a promotion restarts from the new base;
 PDGD's exact step from a planted served list joined by request id (an expired one skipped and
 counted); a planted guardrail breach of the `learner` experiment, through the real report, rolls
-back to the base once.
+back to the base once; the serving gate promotes and demotes w from planted comparisons against the
+base (PDGD's team-draft lists, DBGD's own), by an independent sign test.
 
 The bases' output layers are planted (`HEADS`); reading them from a real DIN SavedModel is tested in
 `test_learner_serving.py`."""
@@ -20,6 +21,7 @@ import numpy as np
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
+from scipy.stats import binomtest
 
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
@@ -332,3 +334,106 @@ def test_the_learner_applies_the_guardrail_itself_when_nobody_reads_the_report(
     stopped = experiments.all()["learner"].stopped_arms  # the stop is the experiment's, as if the report had made it
     assert list(stopped) == ["online"] and stopped["online"] in rolled.reason
     attribution.close()
+
+
+def _one_sided_sign_p(wins: int, losses: int) -> float:
+    """P(X >= wins) for X ~ Binomial(wins + losses, 1/2), from scipy (not the gate's own test)."""
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
+
+
+def test_pdgd_gate_comparisons_promote_w_by_the_sign_test_and_demote_it_when_it_stops_winning(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """Team-draft lists of the `current` and `base` teams (the API's gate share) go to the serving
+    gate, not to PDGD: w is published `served` once its wins pass the one-sided sign test at the
+    level, stays served while it wins more than it loses, and a revision says why at each change."""
+    process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", sharpness=2.0, gate_window=10,
+                                           gate_level=0.05)
+    learned = process.store.publish(versions[0], np.array([8.0, 2.0, 1.0]), None, None, "planted learned w")
+    process.step()  # resumes from it
+    assert not process.store.current(versions[0]).served
+    assert _one_sided_sign_p(4, 0) > 0.05 >= _one_sided_sign_p(5, 0)  # so the 5th straight win promotes
+
+    def compare(current_wins: bool, revision_id: str) -> None:
+        feedback.request(f"learner:{revision_id}", ["current", "base", "base", "current"], [0] if current_wins else [1])
+
+    resumed = process.store.current(versions[0])
+    compare(True, resumed.id)
+    feedback.request(f"learner:{resumed.id}", ["base", "current"], [0, 1])  # a tie: not counted
+    feedback.request(f"learner:{resumed.id}", ["current", "base"], [])  # no click: not counted
+    for _ in range(3):
+        compare(True, resumed.id)
+    feedback.close_window()
+    process.step()
+    assert process.store.current(versions[0]).id == resumed.id  # 4 wins: p = 1/16, nothing published
+    assert (process.summary.gate_comparisons, process.summary.comparisons, process.summary.missing_features) == (4, 0, 0)
+
+    compare(True, resumed.id)
+    feedback.close_window()
+    process.step()
+    promoted = process.store.current(versions[0])
+    assert promoted.served and promoted.parent == resumed.id and process.summary.promotions == 1
+    np.testing.assert_array_equal(promoted.weights, learned.weights)  # the gate's lists never move w
+    assert promoted.reason == (f"gate: w served, it won 5 of the last 5 decided comparisons against base {versions[0]} "
+                               f"(sign test p = {_one_sided_sign_p(5, 0):.3g} <= 0.05)")
+
+    x = np.array([[0.2, 0.1, -0.3], [-0.1, 0.3, 0.2]])  # a PDGD list after the promotion: w moves, stays served
+    s = x @ promoted.weights
+    ShownStore(redis_client, "t", ttl_s=600).write(
+        [ShownList(f"req{feedback.requests + 1}", promoted.id, ("i0", "i1"), x, s, float(np.log(np.exp(s).sum())))])
+    feedback.request(f"learner:{promoted.id}", ["current", "current"], [1])
+    feedback.close_window()
+    process.step()
+    moved = process.store.current(versions[0])
+    assert moved.served and not np.array_equal(moved.weights, promoted.weights) and moved.reason.startswith("pdgd")
+
+    for n in range(5):  # the base wins 5: wins (5) no longer exceed losses (5) only at the 5th
+        compare(False, moved.id)
+        feedback.close_window()
+        process.step()
+        assert process.store.current(versions[0]).served == (n < 4)
+    demoted = process.store.current(versions[0])
+    assert demoted.reason == "gate: base served again, w won 5 of the last 10 decided comparisons"
+    np.testing.assert_array_equal(demoted.weights, moved.weights)
+    summary = process.summary
+    assert (summary.gate_comparisons, summary.promotions, summary.demotions, summary.comparisons) == (10, 1, 1, 1)
+    metrics = generate_latest(learner_registry(process)).decode()
+    assert "recsys_learner_promotions_total 1.0" in metrics and "recsys_learner_promoted 0.0" in metrics
+
+
+def test_dbgd_feeds_the_gate_from_its_own_lists_and_a_rollback_serves_the_base_again(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    process, feedback, versions = _process(tmp_path, redis_client, comparisons=50, gate_window=10)
+    process.store.publish(versions[0], np.array([3.0, 3.0, 1.0]), np.array([3.1, 3.0, 1.0]), None, "planted learned w")
+    process.step()
+    for n in range(5):  # the current team's items clicked, the base team's not
+        revision = process.store.current(versions[0])
+        assert not revision.served
+        feedback.request(f"learner:{revision.id}", ["current", "base", "explore"], [0])
+        feedback.close_window()
+        process.step()
+    promoted = process.store.current(versions[0])
+    assert promoted.served and promoted.reason.startswith("gate: w served") and process.summary.promotions == 1
+    np.testing.assert_array_equal(promoted.weights, [3.0, 3.0, 1.0])
+
+    for n in range(10):  # then it loses every comparison: the rollback (window 10, threshold 0.4) serves the base
+        revision = process.store.current(versions[0])
+        feedback.request(f"learner:{revision.id}", ["current", "base", "explore"], [1])
+        feedback.close_window()
+        process.step()
+    rolled = process.store.current(versions[0])
+    assert rolled.reason.startswith("rollback:") and not rolled.served
+    np.testing.assert_array_equal(rolled.weights, [3.0, 4.0, 0.0])
+
+
+def test_with_promote_off_w_is_never_served(tmp_path: Path, redis_client: redis.Redis) -> None:
+    process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", promote=False, gate_window=10)
+    process.store.publish(versions[0], np.array([8.0, 2.0, 1.0]), None, None, "planted learned w")
+    process.step()
+    resumed = process.store.current(versions[0])
+    for _ in range(10):
+        feedback.request(f"learner:{resumed.id}", ["current", "base"], [0])
+    feedback.close_window()
+    process.step()
+    assert process.store.current(versions[0]) == resumed and process.summary.gate_comparisons == 0

@@ -36,7 +36,7 @@ from models.ranking.inference import as_request
 from models.registry import ModelRegistry
 from pipelines.flink.join import AttributionJoin, KeyMaps
 from services.api.app import create_app
-from services.experiments.interleaving import probabilistic
+from services.experiments.interleaving import probabilistic, team_draft
 from services.learner.process import LearnerProcess, build
 from services.learner.shown import ShownStore
 from tests.services.conftest import EventFactory, with_api
@@ -386,3 +386,80 @@ def test_the_learning_share_and_its_control_are_arms_of_the_learner_experiment_w
         assert rolled.reason.startswith("rollback: experiment 'learner' stopped arm 'online' (guardrail: CTR")
         process.step()
         assert process.summary.guardrail_rollbacks == 1 and process.store.current(versions[0]).id == rolled.id
+
+
+
+def test_a_promoted_revision_serves_users_outside_the_arms_and_pdgds_gate_share_shows_the_team_draft_of_w_and_the_base(
+    api_settings: Settings, published: tuple[Path, list[str]], make_event: EventFactory  # noqa: F811
+) -> None:
+    """PDGD with sharpness 2 and the whole learning share on the gate's comparison. A new user's
+    plain list (no history: the same for every new user) is the base's order. A revision `w` = −2 ×
+    the base's layer ranks in reverse: while it is not `served` a user outside the arms gets the
+    plain list; once it is, that user gets the reversed list (`w` / sharpness: the base's scores
+    negated inside σ, recomputed here from the plain scores), logged as ranker `<base>@<revision>`
+    with no experiment. An `online` user gets the team-draft of the two top 10s under the learner's
+    first seeded generator. A learner started then resumes serving `w`, and a click on a `current`
+    slot of that list reaches it as a gate comparison `w` won."""
+    root, versions = published
+    ModelRegistry(root).set_current("ranker", versions[0])
+    share = 0.3
+    settings = _settings(api_settings, root)
+    settings = settings.model_copy(update={
+        "attribution": settings.attribution.model_copy(update={"window_s": 1.0}),
+        "learner": settings.learner.model_copy(update={"share": share, "algorithm": "pdgd", "sharpness": 2.0,
+                                                        "gate_share": 1.0, "gate_window": 10})})
+    users = [f"new{n}" for n in range(100)]
+    outside = next(u for u in users if _arm_of(u, share) is None)
+    online = next(u for u in users if _arm_of(u, share) == "online")
+    client_redis = redis.Redis.from_url(settings.redis.url)
+    store = RevisionStore(client_redis, settings.redis.key_prefix)
+    with TestClient(create_app(settings)) as client:
+        _seed(client, make_event)
+        plain = client.get(f"/v1/users/{outside}/recommendations", params={"k": 100, **QUIET}).json()
+        order = [item["item_id"] for item in plain["items"]]
+        scores = np.array([item["score"] for item in plain["items"]])
+        assert len(order) >= 20 and np.all(np.diff(scores) < -1e-6), "the recomputation needs a strict order"
+        head = base_head(root, versions[0])
+
+        def serve(served: bool) -> Revision:
+            revision = store.publish(versions[0], -2.0 * head[:-1], None, None, "planted", served=served)
+            status = client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()
+            assert status["revision"] == revision.id
+            return revision
+
+        serve(False)
+        answer = client.get(f"/v1/users/{outside}/recommendations", params={"k": 10, **QUIET}).json()
+        assert [item["item_id"] for item in answer["items"]] == order[:10] and answer["model_versions"]["ranker"] == versions[0]
+
+        promoted = serve(True)
+        answer = client.get(f"/v1/users/{outside}/recommendations", params={"k": 100, **QUIET}).json()
+        assert [item["item_id"] for item in answer["items"]] == order[::-1]
+        assert answer["experiment"] is None and answer["explore"] == "greedy"
+        assert answer["model_versions"]["ranker"] == f"{versions[0]}@{promoted.id}"
+        logit, bias = np.log(scores / (1 - scores)), head[-1]  # w / 2 is minus the base's layer: σ(2b − logit)
+        np.testing.assert_allclose([item["score"] for item in answer["items"]], expit(2 * bias - logit)[::-1], atol=1e-5)
+
+        compared = client.get(f"/v1/users/{online}/recommendations", params={"k": 10}).json()
+        rng = np.random.default_rng([SEED, 0])  # the learner's first generator: its first learning request
+        rng.random()  # the gate's coin (share 1.0)
+        expected = team_draft([order[::-1][:10], order[:10]], 10, rng)
+        assert [item["item_id"] for item in compared["items"]] == list(expected.items)
+        assert [item["team"] for item in compared["items"]] == [("current", "base")[t] for t in expected.teams]
+        np.testing.assert_allclose([item["propensity"] for item in compared["items"]], expected.propensities)
+        assert compared["arm"] == "learner:online" and compared["explore"] == f"learner:{promoted.id}"
+
+        process = build(settings, client_redis, seed=5)
+        process.step()
+        resumed = process.store.current(versions[0])
+        assert resumed.parent == promoted.id and resumed.served  # a restarted learner keeps serving w
+        assert client.app.state.service.impressions.flush(30)  # type: ignore[attr-defined]
+        won = next(item["item_id"] for item in compared["items"] if item["team"] == "current")
+        click = make_event(online, won, context={"request_id": compared["request_id"]})
+        tick = {**make_event("someone", "i1"), "ts": (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()}
+        assert client.post("/v1/events", json=[click, tick], headers=ADMIN).json()["accepted"] == 2
+        deadline = time.monotonic() + 60
+        while process.summary.gate_comparisons == 0:  # the event log rolls its files every 0.2 s here
+            assert time.monotonic() < deadline, "the learner never saw the gate's comparison"
+            time.sleep(0.2)
+            process.step()
+        assert process.gate.evidence() == (1, 0) and process.summary.comparisons == 0 and process.gate.promoted
