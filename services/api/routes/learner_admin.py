@@ -29,6 +29,7 @@ class LearnerStatus(BaseModel):
     base: str | None = Field(description="The ranker version this worker serves (the revisions' base).")
     revision: str | None = Field(description="The online revision this worker serves for that base.")
     share: float
+    promoted: bool = Field(description="Whether that revision's w serves the users outside the learner's arms (the serving gate).")
     worker: int = Field(description="The answering worker's process id.")
 
 
@@ -69,5 +70,7 @@ def _status(state: ServiceState) -> LearnerStatus:
     return LearnerStatus(
         enabled=learner.enabled, setting_enabled=learner.settings.enabled, switch_enabled=live.control.enabled,
         reason=live.control.reason, changed_at=live.control.at, base=live.base,
-        revision=live.revision.id if live.revision else None, share=learner.settings.share, worker=os.getpid(),
+        revision=live.revision.id if live.revision else None, share=learner.settings.share,
+        promoted=learner.enabled and learner.settings.promote and live.revision is not None and live.revision.served,
+        worker=os.getpid(),
     )
