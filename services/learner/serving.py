@@ -11,7 +11,7 @@ the credit the rollback compares against). The ranker's penultimate features `h(
 call) and each team's scores are one dot product `σ(w_team · h + b)` over them.
 
 **The serving gate** (`learner.promote`, `services.learner.gate`): while the current revision is
-`served` (its `w` beat the base in the learner's online comparison), every user outside both arms
+`served` (its `w` beat the base in the learner's online comparison) and `learner.share` > 0, every user outside both arms
 is ranked by `w` (PDGD's divided by `learner.sharpness`: the same order, on the base's score scale,
 which the explore stage's priors read), logged as ranker `<base>@<revision id>`; the explore stage
 is the configured one. Not when the recall artifact's blend serves its own order instead of the
@@ -207,8 +207,8 @@ class LearnerServing:
 
     def _promoted_plan(self, revision: Revision, bundle: ModelBundle) -> Served | None:
         """`w` for a user outside the arms while the gate has it served (see the module docstring)."""
-        if not (self.settings.promote and revision.served):
-            return None
+        if not (self.settings.promote and revision.served and self.settings.share > 0):
+            return None  # share 0: the learner is off in this API, whatever a stored revision says
         if bundle.blend is not None and not bundle.blend.serves_ranker(revision.base):
             return None
         weights = revision.weights / self.settings.sharpness if self.settings.algorithm == "pdgd" else revision.weights
