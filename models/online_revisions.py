@@ -6,8 +6,8 @@ DBGD is testing (None: no explore network), `served` whether `w` has beaten the 
 comparison and serves the traffic outside the learner's arms (the serving gate,
 `services.learner.gate`; absent in revisions stored before it: false), `base` the registry version
 (blessed, promoted) whose layer it updates, `parent` the revision it was derived from (None for the
-first revision of a base). The
-registry (`models.registry`) keeps the artifacts; this store keeps what changes between retrains.
+first revision of a base). The registry (`models.registry`) keeps the artifacts; this store keeps
+what changes between retrains.
 
 Keys (prefix `P` = `settings.redis.key_prefix`; one hash tag per role, so a Redis Cluster keeps
 them in one slot and the publish script may touch them all):

@@ -1,8 +1,9 @@
 """Serve the learned weights only once they beat the blessed base in an online comparison.
 
 An online learner's `w` keeps learning on the learning share as before, but what the rest of the
-traffic sees (and what a learner would publish as the served revision) is the base until `w` has
-beaten it with confidence. On a share `share` of the learning requests the shown list is instead the
+traffic sees is the base until `w` has beaten it with confidence (in the service: the learner
+process publishes the decision as the revision's `served` flag, `services.learner.process`, and the
+API serves it, `services.learner.serving`; here also the benchmark's `Gated`). On a share `share` of the learning requests the shown list is instead the
 team-draft interleaving (`services.experiments.interleaving.team_draft`; Radlinski et al., CIKM
 2008) of the base's and `w`'s top-k, and a click credits the team that placed the item
 (`team_credit`); the learner does not learn from these lists. A request where both rank the same
