@@ -14,9 +14,7 @@ call) and each team's scores are one dot product `σ(w_team · h + b)` over them
 `served` (its `w` beat the base in the learner's online comparison) and `learner.share` > 0, every user outside both arms
 is ranked by `w` (PDGD's divided by `learner.sharpness`: the same order, on the base's score scale,
 which the explore stage's priors read), logged as ranker `<base>@<revision id>`; the explore stage
-is the configured one. Not when the recall artifact's blend serves its own order instead of the
-ranker (the gate compared rankers). PDGD's comparison: on `learner.gate_share` of the learning
-requests, the list is the team-draft interleaving of the base's and `w`'s top k (teams `base` and
+is the configured one. PDGD's comparison: on `learner.gate_share` of the learning requests, the list is the team-draft interleaving of the base's and `w`'s top k (teams `base` and
 `current`), with its propensities; when both top k are the same (nothing to compare) or k < 2,
 the request gets PDGD's own list instead.
 
@@ -33,7 +31,10 @@ served plainly under arm `control`; both only while the learner serves (same con
 the arms stay comparable. The revision id is in the policy's explore label (`…;explore=learner:<revision
 id>`), where the learner process finds it (and the teams) in the event log. Nothing is served or
 labelled when the kill switch is off (the setting or `/v1/admin/learner`), when no revision exists
-for the served base, or when the served ranker exports no penultimate features.
+for the served base, or when the served ranker exports no penultimate features or is not what is
+served (`serves_ranker`: the recall artifact's blend serves its own order when validation chose it
+over the ranker; the learner would update a ranker nobody sees, and the `learner` experiment would
+compare the ranker's lists against the blend's).
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def learner_arm(user_id: str, share: float) -> str | None:
 def in_learning_share(user_id: str, share: float) -> bool:
     """Whether a user is served the learner's list (the `online` arm)."""
     return learner_arm(user_id, share) == ONLINE
+
+
+def serves_ranker(bundle: ModelBundle, base: str | None) -> bool:
+    """Whether `bundle` serves ranker version `base` by a ranker with penultimate features (what the
+    learner updates): not another version, not a ranker without them, and not when the recall
+    artifact's blend serves its own order because validation chose it over this ranker."""
+    if base is None or base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
+        return False
+    return bundle.blend is None or bundle.blend.serves_ranker(base)
 
 
 def label(revision_id: str) -> str:
@@ -185,7 +195,7 @@ class LearnerServing:
         revision = live.revision
         if not (self.enabled and revision is not None):
             return None
-        if revision.base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
+        if not serves_ranker(bundle, revision.base):
             return None
         arm = learner_arm(user_id, self.settings.share)
         if arm is None:
@@ -209,8 +219,6 @@ class LearnerServing:
         """`w` for a user outside the arms while the gate has it served (see the module docstring)."""
         if not (self.settings.promote and revision.served and self.settings.share > 0):
             return None  # share 0: the learner is off in this API, whatever a stored revision says
-        if bundle.blend is not None and not bundle.blend.serves_ranker(revision.base):
-            return None
         weights = revision.weights / self.settings.sharpness if self.settings.algorithm == "pdgd" else revision.weights
         ranker = HeadRanker(SharedPenultimate(bundle.ranker), weights, TEAMS[0], True)
         return Served(ServingPlan((None,), rankers=(ranker,), ranker_version=f"{revision.base}@{revision.id}"))

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from services.api.deps import AdminAccess, StateDep
 from services.api.errors import ApiError
 from services.api.state import ServiceState
-from services.learner.serving import LearnerServing
+from services.learner.serving import LearnerServing, serves_ranker
 
 router = APIRouter(prefix="/v1/admin/learner", tags=["admin"], dependencies=[AdminAccess])
 
@@ -30,6 +30,8 @@ class LearnerStatus(BaseModel):
     revision: str | None = Field(description="The online revision this worker serves for that base.")
     share: float
     promoted: bool = Field(description="Whether that revision's w serves the users outside the learner's arms (the serving gate).")
+    ranker_served: bool = Field(description="Whether this worker serves that base by its ranker (false: a ranker without "
+                                "penultimate features, or the recall blend's own order won validation; the learner serves nobody).")
     worker: int = Field(description="The answering worker's process id.")
 
 
@@ -72,5 +74,5 @@ def _status(state: ServiceState) -> LearnerStatus:
         reason=live.control.reason, changed_at=live.control.at, base=live.base,
         revision=live.revision.id if live.revision else None, share=learner.settings.share,
         promoted=learner.enabled and learner.settings.promote and live.revision is not None and live.revision.served,
-        worker=os.getpid(),
+        ranker_served=serves_ranker(state.models.bundle, live.base), worker=os.getpid(),
     )

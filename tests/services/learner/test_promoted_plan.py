@@ -1,7 +1,8 @@
 """Which users a promoted revision serves (`LearnerServing.plan`), on a real Redis: a `served`
 revision of the served base ranks every user outside the learner's arms by its `w`, logged as
 `<base>@<revision>` and in no experiment; not while it is unserved, with `learner.promote` off,
-with `learner.share` 0, for another base, or when the kill switch is off. The ranker is planted
+with `learner.share` 0, for another base, or when the kill switch is off; and no learner plan at all
+while the recall blend's own order is served instead of the ranker. The ranker is planted
 (its penultimate features and output layer given), so the expected order is known exactly."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from scipy.special import expit
 
 from feature_store.settings import LearnerSettings
 from models.online_revisions import RevisionStore
-from services.learner.serving import LearnerServing, learner_arm
+from models.retrieval.order_choice import OrderChoice
+from services.learner.serving import LearnerServing, learner_arm, serves_ranker
+from services.recommend.blend_recall import BlendServing
 from services.recommend.model_adapters import Penultimate
 from services.recommend.pipeline import ModelBundle
 from services.recommend.types import Candidate, UserContext
@@ -84,3 +87,17 @@ def test_no_promoted_serving_without_every_condition(redis_client: redis.Redis) 
     store.set_control(True, "on")
     serving.refresh()
     assert serving.plan(user, BUNDLE, "req1") is not None
+
+
+def test_the_learner_serves_nobody_while_the_recall_blend_serves_its_own_order(redis_client: redis.Redis) -> None:
+    """Validation chose the blend's order over ranker v1: the learner would update a ranker nobody
+    sees, so no user gets a learner plan; when validation chose v1, they do."""
+    serving, store = _serving(redis_client)
+    store.publish("v1", np.array([-1.0, 3.0]), None, None, "planted", served=True)
+    serving.refresh()
+    users = [f"u{n}" for n in range(100)]
+    for order, planned in (("blend", False), ("ranker", True)):
+        blend = BlendServing(None, OrderChoice(order, 0.1, 0.05, 100, 10, "v1"))  # type: ignore[arg-type]  # the recall is not read
+        bundle = ModelBundle(ranker=PlantedRanker(), versions={"ranker": "v1"}, blend=blend)  # type: ignore[arg-type]
+        assert serves_ranker(bundle, "v1") is planned
+        assert all((serving.plan(user, bundle, "req") is not None) is planned for user in users)

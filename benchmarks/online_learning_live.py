@@ -1,0 +1,237 @@
+"""Online learning through the live service: PDGD behind the serving gate against a frozen ranker, after a drift.
+
+Everything is the real stack on one machine: the state directory of `recsys run --no-serve` (synthetic
+data with planted preferences, the training DAG's DIN and recall models, batch views in its embedded
+Redis), `recsys serve` (one worker) and, for the learning run, `recsys learn online` (PDGD); the
+simulator (`pipelines.simulate`, the synthetic data's own population, `--drift-at` its preference
+drift) drives the API over HTTP and posts its clicks back. Two runs start from copies of the same
+state: **frozen** (no learner process: every user gets the base DIN) and **pdgd** (`learner.share`
+of users learn on PDGD's lists, the same share is the `control` slice, the rest are *outside*: they
+get `w` once the serving gate promoted it). Steps pick the same users with the same click streams in
+both runs (the simulator's seeded steps), so the runs are paired by user.
+
+Reported per run, group (online / control / outside) and phase (before / after the drift): the
+expected CTR of the served lists under the simulator's truth (not the drawn clicks), and the truth
+oracle's; the outside group's paired difference pdgd − frozen after the drift, with a 95% bootstrap
+interval over users; the learner's promotions and demotions (its revisions) and the share of the
+outside group's post-drift requests served by a promoted `w` (their ranker version names a revision).
+
+    .venv/bin/python benchmarks/online_learning_live.py --state-dir /tmp/olive --requests 12000 --drift-at 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from feature_store.event_log import EventLogReader  # noqa: E402
+from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from feature_store.settings import Settings  # noqa: E402
+from models.online_revisions import RevisionStore  # noqa: E402
+from pipelines.datasets.synthetic import load_truth  # noqa: E402
+from pipelines.datasets.synthetic import truth_path as synthetic_truth_path  # noqa: E402
+from pipelines.simulate.population import PopulationParams  # noqa: E402
+from pipelines.simulate.runner import RunParams, ServedRequest  # noqa: E402
+from pipelines.simulate.session import SimulationSpec, simulate  # noqa: E402
+from services.learner.serving import learner_arm  # noqa: E402
+
+console = Console(width=160)
+KEY = "live-key"
+RECSYS = [sys.executable, "-c", "from services.cli import main; main()"]
+
+
+def prepare(state: Path, events: int) -> None:
+    """`recsys run --no-serve` on synthetic data, once per state directory."""
+    if (state / "registry").is_dir():
+        return
+    console.print(f"preparing {state}: recsys run --no-serve --synth-events {events}")
+    env = {**os.environ, "RECSYS_STATE_DIR": str(state), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("RECSYS_REDIS__URL", None)
+    subprocess.run([*RECSYS, "run", "--no-serve", "--synth-events", str(events)], env=env, cwd=ROOT, check=True)
+
+
+def service_env(state: Path, redis_url: str, args: argparse.Namespace) -> dict[str, str]:
+    return {
+        **os.environ, "RECSYS_STATE_DIR": str(state), "RECSYS_REDIS__URL": redis_url, "TF_CPP_MIN_LOG_LEVEL": "2",
+        "RECSYS_API__API_KEYS": json.dumps([KEY]), "RECSYS_EVENT_LOG__ROLL_MAX_AGE_S": "1",
+        "RECSYS_ATTRIBUTION__WINDOW_S": str(args.window_s), "RECSYS_LEARNER__SHARE": str(args.share),
+        "RECSYS_LEARNER__ALGORITHM": "pdgd", "RECSYS_LEARNER__GATE_SHARE": str(args.gate_share),
+        "RECSYS_LEARNER__GATE_WINDOW": str(args.gate_window), "RECSYS_LEARNER__GATE_LEVEL": str(args.gate_level),
+    }
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the API did not become ready")
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def one_run(method: str, prepared: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Copy the prepared state, serve it (and learn, for `pdgd`), simulate, collect."""
+    state = work / method
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.copytree(prepared, state, ignore=shutil.ignore_patterns("*.pid", "logs"))
+    server = EmbeddedRedis(state / "redis").start()
+    api = learner = None
+    try:
+        env = service_env(state, server.url, args)
+        port = free_port()
+        logs = state / "logs"
+        logs.mkdir(exist_ok=True)
+        api = subprocess.Popen([*RECSYS, "serve", "--port", str(port), "--log-level", "warning"], env=env, cwd=ROOT,
+                               stdout=(logs / "api.log").open("wb"), stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, api)
+        if method == "pdgd":
+            learner = subprocess.Popen([*RECSYS, "learn", "online", "--interval-s", "0.5", "--report-every-s", "30"],
+                                       env=env, cwd=ROOT, stdout=(logs / "learner.log").open("wb"), stderr=subprocess.STDOUT)
+        truth = load_truth(synthetic_truth_path(Settings(state_dir=state)))
+        spec = SimulationSpec(PopulationParams.of_synthetic(truth.params, drift_at=args.drift_at),
+                              RunParams(requests=args.requests, seconds=args.seconds, k=10, concurrency=args.concurrency,
+                                        put_arrivals=False), load=False)  # fmt: skip
+        started = time.monotonic()
+        report = simulate(base, spec, state, api_key=KEY)
+        console.print(f"{method}: {report.result.summary.requests:,} requests in {time.monotonic() - started:.0f} s, "
+                      f"{report.result.summary.errors} errors")
+        time.sleep(3)  # the last impressions reach the log
+        revisions = RevisionStore(redis.Redis.from_url(server.url), "recsys").history() if method == "pdgd" else []
+    finally:
+        stop(learner)
+        stop(api)
+        server.stop()
+    rankers = ranker_versions(Settings(state_dir=state).event_log_dir)
+    return {"served": report.result.served, "revisions": revisions, "rankers": rankers}
+
+
+def ranker_versions(log_dir: Path) -> dict[str, str]:
+    """request id -> the ranker version its impressions name (`<base>@<revision>` when a promoted w served it)."""
+    out: dict[str, str] = {}
+    for event in EventLogReader(log_dir).read():
+        context = event.context
+        if event.type == "impression" and context is not None and context.request_id and context.model_versions:
+            out.setdefault(context.request_id, context.model_versions.get("ranker", ""))
+    return out
+
+
+def group_of(user: str, share: float) -> str:
+    return learner_arm(user, share) or "outside"
+
+
+def ctr_table(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for method, run in runs.items():
+        sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for record in run["served"]:
+            key = (group_of(record.user_id, args.share), "after" if record.step >= args.drift_at else "before")
+            sums[key][0] += record.expected_clicks
+            sums[key][1] += record.oracle_clicks
+            sums[key][2] += len(record.items)
+        rows[method] = {f"{g}/{p}": {"ctr": e / n, "oracle_ctr": o / n, "impressions": n} for (g, p), (e, o, n) in sums.items()}
+    return rows
+
+
+def paired_outside(runs: dict[str, dict[str, Any]], args: argparse.Namespace, group: str) -> dict[str, float]:
+    """pdgd − frozen expected CTR after the drift for `group`'s users, per user then weighted by their
+    impressions, with a 95% bootstrap interval over users."""
+    per_user: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
+    for method, run in runs.items():
+        for record in run["served"]:
+            if record.step >= args.drift_at and group_of(record.user_id, args.share) == group:
+                per_user[record.user_id][method][0] += record.expected_clicks
+                per_user[record.user_id][method][1] += len(record.items)
+    users = [u for u, m in per_user.items() if m["frozen"][1] and m["pdgd"][1]]
+    diff = np.array([per_user[u]["pdgd"][0] / per_user[u]["pdgd"][1] - per_user[u]["frozen"][0] / per_user[u]["frozen"][1]
+                     for u in users])
+    weight = np.array([per_user[u]["frozen"][1] for u in users])
+    rng = np.random.default_rng(0)
+    boot = [np.average(diff[s], weights=weight[s]) for s in (rng.integers(len(users), size=len(users)) for _ in range(2000))]
+    return {"users": len(users), "diff": float(np.average(diff, weights=weight)),
+            "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5))}
+
+
+def promoted_share(run: dict[str, Any], args: argparse.Namespace) -> float:
+    after = [r for r in run["served"] if r.step >= args.drift_at and group_of(r.user_id, args.share) == "outside"]
+    served_by_w = sum("@" in run["rankers"].get(r.request_id, "") for r in after)
+    return served_by_w / len(after) if after else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", type=Path, required=True, help="prepared by `recsys run --no-serve` (done here if empty)")
+    parser.add_argument("--synth-events", type=int, default=100_000)
+    parser.add_argument("--work", type=Path, default=None, help="where the runs' copies go (default: <state-dir>-runs)")
+    parser.add_argument("--requests", type=int, default=12_000)
+    parser.add_argument("--seconds", type=float, default=1800.0)
+    parser.add_argument("--drift-at", type=int, default=3_000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--share", type=float, default=0.3)
+    parser.add_argument("--gate-share", type=float, default=0.3)
+    parser.add_argument("--gate-window", type=int, default=250)
+    parser.add_argument("--gate-level", type=float, default=0.05)
+    parser.add_argument("--window-s", type=float, default=5.0, help="attribution window (the learner waits it out)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    prepare(args.state_dir, args.synth_events)
+    work = args.work or args.state_dir.with_name(args.state_dir.name + "-runs")
+    runs = {method: one_run(method, args.state_dir, work, args) for method in ("frozen", "pdgd")}
+
+    ctr = ctr_table(runs, args)
+    table = Table(title="expected CTR under the truth (oracle CTR), by group and phase")
+    table.add_column("group / phase")
+    for method in runs:
+        table.add_column(method, justify="right")
+    for key in sorted({k for rows in ctr.values() for k in rows}):
+        table.add_row(key, *(f"{ctr[m][key]['ctr']:.4f} ({ctr[m][key]['oracle_ctr']:.4f}), {ctr[m][key]['impressions']:,.0f} imp."
+                             if key in ctr[m] else "" for m in runs))
+    console.print(table)
+    paired = {group: paired_outside(runs, args, group) for group in ("outside", "online", "control")}
+    for group, result in paired.items():
+        console.print(f"after the drift, {group} users (paired by user, {result['users']}): pdgd − frozen = "
+                      f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]")
+    revisions = runs["pdgd"]["revisions"]
+    gate = [(r.created, r.served, r.reason) for r in reversed(revisions) if r.reason.startswith("gate")]
+    console.print(f"revisions {len(revisions)}; gate changes {len(gate)}: " + "; ".join(f"{c[11:19]} {reason}" for c, _, reason in gate[:6]))
+    share = promoted_share(runs["pdgd"], args)
+    console.print(f"outside requests after the drift served by a promoted w: {share:.1%}")
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "ctr": ctr, "paired": paired,
+                                        "gate": gate, "promoted_share_after_drift": share}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
