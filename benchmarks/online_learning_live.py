@@ -59,11 +59,13 @@ RECSYS = [sys.executable, "-c", "from services.cli import main; main()"]
 
 
 def prepare(state: Path, events: int) -> None:
-    """`recsys run --no-serve` on synthetic data, once per state directory."""
+    """`recsys run --no-serve` on synthetic data without the recall blend, once per state directory."""
     if (state / "registry").is_dir():
         return
     console.print(f"preparing {state}: recsys run --no-serve --synth-events {events}")
-    env = {**os.environ, "RECSYS_STATE_DIR": str(state), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Without the recall blend: its own order would win validation and be served instead of the
+    # ranker, and the learner serves nobody then (docs/online_learning.md).
+    env = {**os.environ, "RECSYS_STATE_DIR": str(state), "TF_CPP_MIN_LOG_LEVEL": "2", "RECSYS_TRAINING__BLEND": "false"}
     env.pop("RECSYS_REDIS__URL", None)
     subprocess.run([*RECSYS, "run", "--no-serve", "--synth-events", str(events)], env=env, cwd=ROOT, check=True)
 

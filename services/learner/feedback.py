@@ -18,11 +18,22 @@ A request's comparison is final once the newest event time seen passes its impre
 the attribution window (an event-time watermark, as the Flink join uses): outcomes attributed
 later would not count there either. Outcomes are attributed by the project's one rule
 (`feature_store.attribution.attribute`): the request id when the outcome carries one, else the
-user's latest impression of the item within the window.
+user's latest impression of the item within the window. The pending requests' impressions are
+indexed by (user, item), so an outcome costs a lookup, not a scan of every pending request.
+
+An outcome can be read before the impression it belongs to: the API appends a posted click at
+once, while its impressions wait in the impression writer's queue, so a client that clicks within
+milliseconds (the simulator does) puts the click first in the log (9 of 10 of the learner's
+clicks in a live run read that way, and were lost). An outcome that matches no pending impression
+waits, indexed the same way, until an impression it belongs to arrives or the watermark passes its
+time plus `ORPHAN_WAIT_MS` (the writer's delay is well under it); at most `max_orphans` wait, the
+oldest dropped first. An outcome without a request id that waits is attributed to the first
+matching impression to arrive, not necessarily the latest.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -32,6 +43,10 @@ from feature_store.attribution import Impression, Outcome, attribute, event_ms, 
 from feature_store.event_log import EventLogReader
 from feature_store.schemas import Event, EventType
 from services.experiments.model import LEARNER
+
+ORPHAN_WAIT_MS = 60_000
+MAX_ORPHANS = 100_000
+Pair = tuple[str, str]  # (user id, item id)
 
 
 @dataclass(frozen=True)
@@ -60,13 +75,18 @@ class _Pending:
 class ComparisonReader:
     """Reads new event-log files and returns the learner's finished comparisons."""
 
-    def __init__(self, log_dir: Path, window: timedelta, since: datetime | None = None) -> None:
+    def __init__(self, log_dir: Path, window: timedelta, since: datetime | None = None, max_orphans: int = MAX_ORPHANS) -> None:
         """`since`: skip partitions before it at the first read (the process starts from the
         current hour less the window: older feedback is for revisions no longer served)."""
         self.reader = EventLogReader(log_dir)
+        self.max_orphans = max_orphans
         self.window_ms = int(window.total_seconds() * 1000)
         self._read: set[Path] = set()
         self._pending: dict[str, _Pending] = {}
+        self._shown: dict[Pair, list[Impression]] = {}  # the pending requests' impressions
+        self._orphans: OrderedDict[str, Outcome] = OrderedDict()  # event id -> outcome read before its impression
+        self._orphans_by_pair: dict[Pair, dict[str, Outcome]] = {}
+        self.orphans_dropped = 0
         self._watermark_ms = 0
         self._since = since
 
@@ -82,6 +102,7 @@ class ComparisonReader:
                 for event in _events(path):
                     self._take(event)
         self._read = set(listed)
+        self._expire_orphans(self._watermark_ms - ORPHAN_WAIT_MS)
         return self._finished(self._watermark_ms)
 
     def _take(self, event: Event) -> None:
@@ -92,20 +113,65 @@ class ComparisonReader:
             revision = revision_label(context.policy) or context.arm
             if context.request_id and context.position is not None and context.team and revision:
                 pending = self._pending.setdefault(context.request_id, _Pending(revision, impression.ts_ms))
+                replaced = pending.slots.get(context.position)
+                if replaced is not None:  # the same slot logged again (a retried request id)
+                    self._unshow(replaced[1])
                 pending.slots[context.position] = (context.team, impression)
+                self._shown.setdefault((impression.user_id, impression.item_id), []).append(impression)
+                self._adopt(impression)
         elif is_outcome(event):
             self._credit(Outcome.of(event))
 
     def _credit(self, outcome: Outcome) -> None:
-        candidates = [impression for pending in self._pending.values() for _, impression in pending.slots.values()
-                      if impression.user_id == outcome.user_id and impression.item_id == outcome.item_id]
-        chosen = attribute(outcome, candidates, self.window_ms)
+        pair = (outcome.user_id, outcome.item_id)
+        chosen = attribute(outcome, self._shown.get(pair, ()), self.window_ms)
         if chosen is not None:
-            pending = self._pending[chosen.request_id]
-            pending.clicked.update(p for p, (_, imp) in pending.slots.items() if imp is chosen)
+            self._click(chosen)
+        elif outcome.event_id not in self._orphans:
+            self._orphans[outcome.event_id] = outcome
+            self._orphans_by_pair.setdefault(pair, {})[outcome.event_id] = outcome
+            if len(self._orphans) > self.max_orphans:
+                self._drop_orphan(next(iter(self._orphans)))
+                self.orphans_dropped += 1
 
-    def _finished(self, watermark_ms: int | None) -> list[Comparison]:
-        done = [rid for rid, p in self._pending.items() if watermark_ms is None or p.served_ms + self.window_ms < watermark_ms]
+    def _click(self, impression: Impression) -> None:
+        pending = self._pending[impression.request_id]  # type: ignore[index]  # pending impressions have one
+        pending.clicked.update(p for p, (_, shown) in pending.slots.items() if shown is impression)
+
+    def _unshow(self, impression: Impression) -> None:
+        pair = (impression.user_id, impression.item_id)
+        shown = self._shown[pair]
+        shown.remove(impression)
+        if not shown:
+            del self._shown[pair]
+
+    def _adopt(self, impression: Impression) -> None:
+        """Credit `impression` with the waiting outcomes that belong to it."""
+        waiting = self._orphans_by_pair.get((impression.user_id, impression.item_id), {})
+        for event_id, outcome in list(waiting.items()):
+            if attribute(outcome, [impression], self.window_ms) is impression:
+                self._click(impression)
+                self._drop_orphan(event_id)
+
+    def _drop_orphan(self, event_id: str) -> None:
+        outcome = self._orphans.pop(event_id)
+        pair = (outcome.user_id, outcome.item_id)
+        waiting = self._orphans_by_pair[pair]
+        del waiting[event_id]
+        if not waiting:
+            del self._orphans_by_pair[pair]
+
+    def _expire_orphans(self, before_ms: int) -> None:
+        """Drop the waiting outcomes older than `before_ms`, oldest read first (the log is read in
+        about event-time order, so one slightly out of order waits until a later poll)."""
+        while self._orphans and next(iter(self._orphans.values())).ts_ms < before_ms:
+            self._drop_orphan(next(iter(self._orphans)))
+
+    def _finished(self, watermark_ms: int) -> list[Comparison]:
+        done = [rid for rid, p in self._pending.items() if p.served_ms + self.window_ms < watermark_ms]
+        for rid in done:
+            for _, impression in self._pending[rid].slots.values():
+                self._unshow(impression)
         return [self._comparison(rid, self._pending.pop(rid)) for rid in done]
 
     @staticmethod

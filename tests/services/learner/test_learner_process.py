@@ -50,9 +50,12 @@ class Feedback:
         self.log = LocalEventLog(root)
         self.requests = 0
 
-    def request(self, revision: str, teams: list[str], clicked: list[int], old: bool = False) -> None:
+    def request(self, revision: str, teams: list[str], clicked: list[int], old: bool = False,
+                clicks_first: str | None = None) -> None:
         """A request served by `revision` (`learner:<id>`) as the API logs it: arm `learner:online`,
-        the revision in the policy; `old`: as logged before the arms (the revision as the arm, no policy)."""
+        the revision in the policy; `old`: as logged before the arms (the revision as the arm, no
+        policy); `clicks_first`: the clicks reach the log before the impressions, in the same file
+        (`"line"`) or in an earlier one (`"file"`), as when the impression writer lags a fast client."""
         self.requests += 1
         served = T0 + timedelta(seconds=self.requests)
         rid = f"req{self.requests}"
@@ -60,9 +63,14 @@ class Feedback:
         events = [Event(event_id=f"imp-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="impression", ts=served,
                         context={"request_id": rid, "position": p, "experiment": "learner", "team": team, **labels})
                   for p, team in enumerate(teams)]
-        events += [Event(event_id=f"click-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="click",
-                         ts=served + timedelta(seconds=0.5), context={"request_id": rid}) for p in clicked]
-        self.log.append(events)
+        clicks = [Event(event_id=f"click-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="click",
+                        ts=served + timedelta(seconds=0.5), context={"request_id": rid}) for p in clicked]
+        if clicks_first == "file":
+            self.log.append(clicks)
+            self.log.roll_all()
+            self.log.append(events)
+        else:
+            self.log.append(clicks + events if clicks_first == "line" else events + clicks)
 
     def close_window(self) -> None:
         """An event past every request's window (the watermark finishes them); files made visible."""
@@ -437,3 +445,33 @@ def test_with_promote_off_w_is_never_served(tmp_path: Path, redis_client: redis.
     feedback.close_window()
     process.step()
     assert process.store.current(versions[0]) == resumed and process.summary.gate_comparisons == 0
+
+
+def test_clicks_read_before_their_impressions_wait_for_them(tmp_path: Path) -> None:
+    """The API logs a click at once and its impressions from a queue: a fast client's click comes
+    first in the log, in the same file or an earlier one, and still counts; a click whose impression
+    never comes waits `ORPHAN_WAIT_MS` of event time, then is dropped."""
+    feedback = Feedback(tmp_path / "events")
+    feedback.request("learner:r1", ["current", "base", "current"], [1, 2], clicks_first="line")
+    feedback.request("learner:r1", ["base", "current"], [0], clicks_first="file")
+    feedback.request("learner:r1", ["base", "current"], [1])
+    feedback.log.append([Event(event_id="lost", user_id="u1", item_id="i9", type="click", ts=T0,
+                               context={"request_id": "never-served"})])
+    reader = ComparisonReader(tmp_path / "events", WINDOW)
+    feedback.log.roll_all()
+    assert reader.poll() == [] and len(reader._orphans) == 1  # the unmatched click waits
+    feedback.close_window()
+    read = sorted((c.request_id, c.teams, c.clicked) for c in reader.poll())
+    assert read == [("req1", ("current", "base", "current"), (False, True, True)),
+                    ("req2", ("base", "current"), (True, False)), ("req3", ("base", "current"), (False, True))]
+    assert reader._orphans == {} and reader._shown == {}  # expired: the watermark is WINDOW past it
+
+
+def test_the_orphans_are_bounded(tmp_path: Path) -> None:
+    log = LocalEventLog(tmp_path / "events")
+    log.append([Event(event_id=f"c{n}", user_id="u1", item_id=f"i{n}", type="click", ts=T0 + timedelta(seconds=n),
+                      context={"request_id": f"r{n}"}) for n in range(5)])
+    log.roll_all()
+    reader = ComparisonReader(tmp_path / "events", WINDOW, max_orphans=3)
+    reader.poll()
+    assert list(reader._orphans) == ["c2", "c3", "c4"] and reader.orphans_dropped == 2
