@@ -232,9 +232,9 @@ class LearnerProcess:
             moved += self.learner.learn_logged(np.array(comparison.clicked), shown.features, shown.scores, shown.log_total)
         if moved:
             self.summary.moves += moved
-            self._publish(self.revision.id, f"pdgd: w moved by {moved} clicked lists")
-        elif gated:
-            self._publish(self.revision.id, self._gate_reason())
+        if moved or gated:
+            reasons = ([f"pdgd: w moved by {moved} clicked lists"] if moved else []) + ([self._gate_reason()] if gated else [])
+            self._publish(self.revision.id, "; ".join(reasons))
 
     def _learn(self, comparison: Comparison) -> None:
         assert isinstance(self.learner, Dbgd) and self.revision is not None

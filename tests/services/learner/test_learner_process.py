@@ -377,29 +377,25 @@ def test_pdgd_gate_comparisons_promote_w_by_the_sign_test_and_demote_it_when_it_
     assert (process.summary.gate_comparisons, process.summary.comparisons, process.summary.missing_features) == (4, 0, 0)
 
     compare(True, resumed.id)
-    feedback.close_window()
-    process.step()
-    promoted = process.store.current(versions[0])
-    assert promoted.served and promoted.parent == resumed.id and process.summary.promotions == 1
-    np.testing.assert_array_equal(promoted.weights, learned.weights)  # the gate's lists never move w
-    assert promoted.reason == (f"gate: w served, it won 5 of the last 5 decided comparisons against base {versions[0]} "
-                               f"(sign test p = {_one_sided_sign_p(5, 0):.3g} <= 0.05)")
-
-    x = np.array([[0.2, 0.1, -0.3], [-0.1, 0.3, 0.2]])  # a PDGD list after the promotion: w moves, stays served
-    s = x @ promoted.weights
+    x = np.array([[0.2, 0.1, -0.3], [-0.1, 0.3, 0.2]])  # and a PDGD list in the same step: w moves as it is promoted
+    s = x @ resumed.weights
     ShownStore(redis_client, "t", ttl_s=600).write(
-        [ShownList(f"req{feedback.requests + 1}", promoted.id, ("i0", "i1"), x, s, float(np.log(np.exp(s).sum())))])
-    feedback.request(f"learner:{promoted.id}", ["current", "current"], [1])
+        [ShownList(f"req{feedback.requests + 1}", resumed.id, ("i0", "i1"), x, s, float(np.log(np.exp(s).sum())))])
+    feedback.request(f"learner:{resumed.id}", ["current", "current"], [1])
     feedback.close_window()
     process.step()
     moved = process.store.current(versions[0])
-    assert moved.served and not np.array_equal(moved.weights, promoted.weights) and moved.reason.startswith("pdgd")
+    assert moved.served and moved.parent == resumed.id and process.summary.promotions == 1
+    assert not np.array_equal(moved.weights, learned.weights)  # by the PDGD list only (below: the gate's never move it)
+    assert moved.reason == (f"pdgd: w moved by 1 clicked lists; gate: w served, it won 5 of the last 5 decided "
+                            f"comparisons against base {versions[0]} (sign test p = {_one_sided_sign_p(5, 0):.3g} <= 0.05)")
 
     for n in range(5):  # the base wins 5: wins (5) no longer exceed losses (5) only at the 5th
         compare(False, moved.id)
         feedback.close_window()
         process.step()
         assert process.store.current(versions[0]).served == (n < 4)
+        assert process.store.current(versions[0]).id == moved.id or n == 4  # nothing else published
     demoted = process.store.current(versions[0])
     assert demoted.reason == "gate: base served again, w won 5 of the last 10 decided comparisons"
     np.testing.assert_array_equal(demoted.weights, moved.weights)
