@@ -12,11 +12,13 @@ both runs (the simulator's seeded steps), so the runs are paired by user.
 
 Reported per run, group (online / control / outside) and phase (before / after the drift): the
 expected CTR of the served lists under the simulator's truth (not the drawn clicks), and the truth
-oracle's; the outside group's paired difference pdgd − frozen after the drift, with a 95% bootstrap
-interval over users; the learner's promotions and demotions (its revisions) and the share of the
-outside group's post-drift requests served by a promoted `w` (their ranker version names a revision).
+oracle's. Per group, the paired difference pdgd − frozen (per user, weighted by impressions, 95%
+bootstrap interval over users) before the drift, after it, and after it split at the first step an
+outside user was served a promoted `w` (their impressions' ranker version names a revision). The
+`control` slice is served the base in both runs: its difference is the noise floor of two live runs
+(timing changes the users' live histories). And the learner's revisions where the `served` flag changed.
 
-    .venv/bin/python benchmarks/online_learning_live.py --state-dir /tmp/olive --requests 12000 --drift-at 3000
+    .venv/bin/python benchmarks/online_learning_live.py --state-dir /tmp/olive --requests 30000 --drift-at 3000
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ def one_run(method: str, prepared: Path, work: Path, args: argparse.Namespace) -
             learner = subprocess.Popen([*RECSYS, "learn", "online", "--interval-s", "0.5", "--report-every-s", "30"],
                                        env=env, cwd=ROOT, stdout=(logs / "learner.log").open("wb"), stderr=subprocess.STDOUT)
         truth = load_truth(synthetic_truth_path(Settings(state_dir=state)))
-        spec = SimulationSpec(PopulationParams.of_synthetic(truth.params, drift_at=args.drift_at),
+        drift_at = None if args.drift_at >= args.requests else args.drift_at
+        spec = SimulationSpec(PopulationParams.of_synthetic(truth.params, drift_at=drift_at),
                               RunParams(requests=args.requests, seconds=args.seconds, k=10, concurrency=args.concurrency,
                                         put_arrivals=False), load=False)  # fmt: skip
         started = time.monotonic()
@@ -167,13 +170,13 @@ def ctr_table(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     return rows
 
 
-def paired_outside(runs: dict[str, dict[str, Any]], args: argparse.Namespace, group: str) -> dict[str, float]:
-    """pdgd − frozen expected CTR after the drift for `group`'s users, per user then weighted by their
-    impressions, with a 95% bootstrap interval over users."""
+def paired(runs: dict[str, dict[str, Any]], args: argparse.Namespace, group: str, first: int, last: int) -> dict[str, float]:
+    """pdgd − frozen expected CTR of `group`'s users over steps [first, last), per user then weighted
+    by their impressions, with a 95% bootstrap interval over users."""
     per_user: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
     for method, run in runs.items():
         for record in run["served"]:
-            if record.step >= args.drift_at and group_of(record.user_id, args.share) == group:
+            if first <= record.step < last and group_of(record.user_id, args.share) == group:
                 per_user[record.user_id][method][0] += record.expected_clicks
                 per_user[record.user_id][method][1] += len(record.items)
     users = [u for u, m in per_user.items() if m["frozen"][1] and m["pdgd"][1]]
@@ -186,10 +189,10 @@ def paired_outside(runs: dict[str, dict[str, Any]], args: argparse.Namespace, gr
             "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5))}
 
 
-def promoted_share(run: dict[str, Any], args: argparse.Namespace) -> float:
-    after = [r for r in run["served"] if r.step >= args.drift_at and group_of(r.user_id, args.share) == "outside"]
-    served_by_w = sum("@" in run["rankers"].get(r.request_id, "") for r in after)
-    return served_by_w / len(after) if after else 0.0
+def served_by_w(run: dict[str, Any], args: argparse.Namespace) -> list[int]:
+    """The steps of outside users served by a promoted `w` (their ranker version names a revision)."""
+    return [r.step for r in run["served"]
+            if group_of(r.user_id, args.share) == "outside" and "@" in run["rankers"].get(r.request_id, "")]
 
 
 def main() -> None:
@@ -199,7 +202,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="where the runs' copies go (default: <state-dir>-runs)")
     parser.add_argument("--requests", type=int, default=12_000)
     parser.add_argument("--seconds", type=float, default=1800.0)
-    parser.add_argument("--drift-at", type=int, default=3_000)
+    parser.add_argument("--drift-at", type=int, default=3_000, help="at or past --requests: no drift")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--gate-share", type=float, default=0.3)
@@ -221,18 +224,31 @@ def main() -> None:
         table.add_row(key, *(f"{ctr[m][key]['ctr']:.4f} ({ctr[m][key]['oracle_ctr']:.4f}), {ctr[m][key]['impressions']:,.0f} imp."
                              if key in ctr[m] else "" for m in runs))
     console.print(table)
-    paired = {group: paired_outside(runs, args, group) for group in ("outside", "online", "control")}
-    for group, result in paired.items():
-        console.print(f"after the drift, {group} users (paired by user, {result['users']}): pdgd − frozen = "
-                      f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]")
-    revisions = runs["pdgd"]["revisions"]
-    gate = [(r.created, r.served, r.reason) for r in reversed(revisions) if r.reason.startswith("gate")]
-    console.print(f"revisions {len(revisions)}; gate changes {len(gate)}: " + "; ".join(f"{c[11:19]} {reason}" for c, _, reason in gate[:6]))
-    share = promoted_share(runs["pdgd"], args)
-    console.print(f"outside requests after the drift served by a promoted w: {share:.1%}")
+    by_w = served_by_w(runs["pdgd"], args)
+    promoted_at = min(by_w, default=args.requests)
+    outside_after = [r for r in runs["pdgd"]["served"] if r.step >= promoted_at and group_of(r.user_id, args.share) == "outside"]
+    periods = {"before the drift": (0, args.drift_at), "after the drift": (args.drift_at, args.requests),
+               "after the drift, before w was first served": (args.drift_at, max(args.drift_at, promoted_at)),
+               "from w's first serving on": (promoted_at, args.requests)}
+    differences = {f"{group}, {period}": paired(runs, args, group, *bounds)
+                   for period, bounds in periods.items() for group in ("outside", "online", "control")
+                   if bounds[1] > bounds[0]}
+    for name, result in differences.items():
+        if result["users"]:
+            console.print(f"{name} ({result['users']} users, paired): pdgd − frozen = "
+                          f"{result['diff']:+.4f} [{result['low']:+.4f}, {result['high']:+.4f}]")
+    revisions = list(reversed(runs["pdgd"]["revisions"]))
+    changes = [(r.created, r.served, r.reason) for before, r in zip([None, *revisions], revisions)
+               if r.served != (before.served if before is not None else False)]
+    console.print(f"revisions {len(revisions)}; served flag changes {len(changes)}: "
+                  + "; ".join(f"{created[11:19]} served={served}: {reason}" for created, served, reason in changes[:6]))
+    share = len(by_w) / len(outside_after) if outside_after else 0.0
+    console.print(f"outside users' requests served by a promoted w: first at step {promoted_at:,} (drift at "
+                  f"{args.drift_at:,}); {share:.1%} of their requests from then on")
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "ctr": ctr, "paired": paired,
-                                        "gate": gate, "promoted_share_after_drift": share}, indent=2))
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "ctr": ctr,
+                                        "differences": differences, "served_changes": changes,
+                                        "first_served_step": promoted_at, "served_share_from_then": share}, indent=2))
 
 
 if __name__ == "__main__":
