@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from feature_store.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from models.registry import ModelRegistry  # noqa: E402
+from serving import wait_ready  # noqa: E402
 from tests.models.ranking.conftest import ITEMS, write_samples  # noqa: E402
 
 KEY = "bench-key"
@@ -94,19 +95,6 @@ def _serve(state: Path, redis_url: str, port: int, workers: int, poll_s: float) 
     return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(state / "api.log", "wb"))
 
 
-def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the API exited; see api.log"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the API did not become ready")
-
-
 def _quantiles(latencies: list[float]) -> tuple[float, float]:
     values = np.array(latencies) * 1000
     return (float(np.percentile(values, 50)), float(np.percentile(values, 99))) if len(values) else (float("nan"),) * 2
@@ -134,7 +122,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         api = _serve(state, redis.url, port, args.workers, args.poll_s)
         try:
-            _wait_ready(base, api)
+            wait_ready(base, api)
             crowd = [{"event_id": f"c{n}", "user_id": f"crowd{n % 7}", "item_id": f"i{n % ITEMS}", "type": "click",
                       "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} for n in range(200)]  # fmt: skip
             httpx.post(f"{base}/v1/events", json=crowd, headers={"X-API-Key": KEY}, timeout=30)

@@ -35,7 +35,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import redis
 from rich.console import Console
@@ -54,6 +53,7 @@ from pipelines.simulate.population import PopulationParams  # noqa: E402
 from pipelines.simulate.runner import RunParams, ServedRequest  # noqa: E402
 from pipelines.simulate.session import SimulationSpec, simulate  # noqa: E402
 from services.learner.serving import learner_arm  # noqa: E402
+from serving import wait_ready  # noqa: E402
 
 console = Console(width=160)
 KEY = "live-key"
@@ -80,20 +80,6 @@ def service_env(state: Path, redis_url: str, args: argparse.Namespace) -> dict[s
         "RECSYS_LEARNER__ALGORITHM": "pdgd", "RECSYS_LEARNER__GATE_SHARE": str(args.gate_share),
         "RECSYS_LEARNER__GATE_WINDOW": str(args.gate_window), "RECSYS_LEARNER__GATE_LEVEL": str(args.gate_level),
     }
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the API exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the API did not become ready")
 
 
 def stop(process: subprocess.Popen[bytes] | None) -> None:

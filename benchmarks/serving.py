@@ -202,16 +202,27 @@ def start_server(
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--workers", str(workers)]
     process = subprocess.Popen(command, env={**os.environ, **env}, cwd=cwd, preexec_fn=lambda: pin(cpus))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    try:
+        wait_ready(base, process, timeout_s=120)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, base
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+    """Until the API at `base` answers `/readyz`; RuntimeError if `process` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited with {process.returncode}")
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return process, base
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{factory} did not become ready")
+    raise RuntimeError(f"the API at {base} did not become ready in {timeout_s:.0f} s")
 
 
 def seed(base: str) -> None:
