@@ -60,16 +60,17 @@ KEY = "live-key"
 RECSYS = [sys.executable, "-c", "from services.cli import main; main()"]
 
 
-def prepare(state: Path, events: int) -> None:
+def prepare(state: Path, events: int, seed: int) -> None:
     """`recsys run --no-serve` on synthetic data without the recall blend, once per state directory."""
     if (state / "registry").is_dir():
         return
-    console.print(f"preparing {state}: recsys run --no-serve --synth-events {events}")
+    console.print(f"preparing {state}: recsys run --no-serve --synth-events {events} --synth-seed {seed}")
     # Without the recall blend: its own order would win validation and be served instead of the
     # ranker, and the learner serves nobody then (docs/online_learning.md).
     env = {**os.environ, "RECSYS_STATE_DIR": str(state), "TF_CPP_MIN_LOG_LEVEL": "2", "RECSYS_TRAINING__BLEND": "false"}
     env.pop("RECSYS_REDIS__URL", None)
-    subprocess.run([*RECSYS, "run", "--no-serve", "--synth-events", str(events)], env=env, cwd=ROOT, check=True)
+    subprocess.run([*RECSYS, "run", "--no-serve", "--synth-events", str(events), "--synth-seed", str(seed)],
+                   env=env, cwd=ROOT, check=True)
 
 
 def service_env(state: Path, redis_url: str, args: argparse.Namespace) -> dict[str, str]:
@@ -185,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, required=True, help="prepared by `recsys run --no-serve` (done here if empty)")
     parser.add_argument("--synth-events", type=int, default=100_000)
+    parser.add_argument("--synth-seed", type=int, default=0, help="the synthetic population (a new --state-dir per seed)")
     parser.add_argument("--work", type=Path, default=None, help="where the runs' copies go (default: <state-dir>-runs)")
     parser.add_argument("--requests", type=int, default=12_000)
     parser.add_argument("--seconds", type=float, default=1800.0)
@@ -197,7 +199,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=5.0, help="attribution window (the learner waits it out)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    prepare(args.state_dir, args.synth_events)
+    prepare(args.state_dir, args.synth_events, args.synth_seed)
     work = args.work or args.state_dir.with_name(args.state_dir.name + "-runs")
     runs = {method: one_run(method, args.state_dir, work, args) for method in ("frozen", "pdgd")}
 

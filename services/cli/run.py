@@ -39,6 +39,7 @@ def run(
         typer.Option(help="MovieLens directory (ml-100k, ml-1m or ml-latest-small); synthetic data if omitted."),
     ] = None,
     synth_events: Annotated[int, typer.Option(help="Events to generate when no MovieLens path is given.")] = 100_000,
+    synth_seed: Annotated[int, typer.Option(help="Seed of the synthetic data (another seed, another population).")] = 0,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving until Ctrl-C.")] = True,
     port: Annotated[int | None, typer.Option(help="API port (default: settings.api.port).")] = None,
     state_dir: StateDirOption = None,
@@ -56,7 +57,7 @@ def run(
         os.environ["RECSYS_REDIS__URL"] = url
         os.environ["RECSYS_STATE_DIR"] = str(settings.state_dir.resolve())
         state = settings.state_dir.resolve()
-        _stage("data", timings, lambda: _import_data(state, movielens, synth_events))
+        _stage("data", timings, lambda: _import_data(state, movielens, synth_events, synth_seed))
         timings |= _train(load_settings(state))
         with _background(_stream_job(state), "speed layer (Flink)"), _background(
             _api_process(state, port), "API"
@@ -86,13 +87,13 @@ def _stage(name: str, timings: dict[str, float], work: Callable[[], None]) -> No
     timings[name] = time.perf_counter() - started
 
 
-def _import_data(state_dir: Path, movielens: Path | None, synth_events: int) -> None:
+def _import_data(state_dir: Path, movielens: Path | None, synth_events: int, synth_seed: int) -> None:
     from services.cli import data
 
     if movielens is not None:
         data.import_movielens(movielens, strict=False, state_dir=state_dir)
     else:
-        data.synth(events=synth_events, state_dir=state_dir)
+        data.synth(events=synth_events, seed=synth_seed, state_dir=state_dir)
 
 
 def _train(settings: Settings) -> dict[str, float]:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
@@ -125,3 +126,19 @@ def test_recsys_run_serves_and_closes_the_feedback_loop(tmp_path: Path) -> None:
     assert "recsys run stopped cleanly" in output
     assert "stopped API" in output and "stopped speed layer (Flink)" in output
     assert (state / "redis" / "dump.rdb").is_file()  # the embedded Redis saved on a clean shutdown
+
+
+def test_the_synthetic_seed_reaches_the_generator(tmp_path: Path) -> None:
+    """`recsys run --synth-seed S` generates population S: the truth file records it, and another
+    seed plants other preferences."""
+    from pipelines.datasets.synthetic import load_truth, truth_path
+    from services.cli.run import _import_data
+
+    planted = {}
+    for seed in (0, 7):
+        state = tmp_path / f"seed{seed}"
+        _import_data(state, None, 500, seed)
+        truth = load_truth(truth_path(Settings(state_dir=state)))
+        assert truth.params.seed == seed and truth.params.events == 500
+        planted[seed] = truth
+    assert not np.array_equal(planted[0].user_factors, planted[7].user_factors)
