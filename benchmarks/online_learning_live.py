@@ -120,13 +120,12 @@ def one_run(method: str, prepared: Path, work: Path, args: argparse.Namespace) -
         report = simulate(base, spec, state, api_key=KEY)
         console.print(f"{method}: {report.result.summary.requests:,} requests in {time.monotonic() - started:.0f} s, "
                       f"{report.result.summary.errors} errors")
-        time.sleep(3)  # the last impressions reach the log
         revisions = RevisionStore(redis.Redis.from_url(server.url), "recsys").history() if method == "pdgd" else []
     finally:
         stop(learner)
         stop(api)
         server.stop()
-    rankers = ranker_versions(Settings(state_dir=state).event_log_dir)
+    rankers = ranker_versions(Settings(state_dir=state).event_log_dir)  # the API's shutdown drained its impressions
     return {"served": report.result.served, "revisions": revisions, "rankers": rankers}
 
 

@@ -215,10 +215,16 @@ class LearnerServing:
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, LEARNER, ONLINE)
 
+    def promotes(self, revision: Revision | None) -> bool:
+        """Whether `revision`'s `w` serves the users outside the arms: the gate promoted it and
+        `learner.promote` is on; never with `learner.share` 0 (the learner is off in this API,
+        whatever a stored revision says)."""
+        return revision is not None and revision.served and self.settings.promote and self.settings.share > 0
+
     def _promoted_plan(self, revision: Revision, bundle: ModelBundle) -> Served | None:
         """`w` for a user outside the arms while the gate has it served (see the module docstring)."""
-        if not (self.settings.promote and revision.served and self.settings.share > 0):
-            return None  # share 0: the learner is off in this API, whatever a stored revision says
+        if not self.promotes(revision):
+            return None
         weights = revision.weights / self.settings.sharpness if self.settings.algorithm == "pdgd" else revision.weights
         ranker = HeadRanker(SharedPenultimate(bundle.ranker), weights, TEAMS[0], True)
         return Served(ServingPlan((None,), rankers=(ranker,), ranker_version=f"{revision.base}@{revision.id}"))

@@ -73,6 +73,6 @@ def _status(state: ServiceState) -> LearnerStatus:
         enabled=learner.enabled, setting_enabled=learner.settings.enabled, switch_enabled=live.control.enabled,
         reason=live.control.reason, changed_at=live.control.at, base=live.base,
         revision=live.revision.id if live.revision else None, share=learner.settings.share,
-        promoted=learner.enabled and learner.settings.promote and live.revision is not None and live.revision.served,
+        promoted=learner.enabled and learner.promotes(live.revision),
         ranker_served=serves_ranker(state.models.bundle, live.base), worker=os.getpid(),
     )
