@@ -230,8 +230,7 @@ class LearnerProcess:
                 continue
             self.summary.rounds += 1
             moved += self.learner.learn_logged(np.array(comparison.clicked), shown.features, shown.scores, shown.log_total)
-        if moved:
-            self.summary.moves += moved
+        self.summary.moves += moved
         if moved or gated:
             reasons = ([f"pdgd: w moved by {moved} clicked lists"] if moved else []) + ([self._gate_reason()] if gated else [])
             self._publish(self.revision.id, "; ".join(reasons))
