@@ -22,8 +22,12 @@ from pydantic_settings import (
 )
 
 
+#: Probabilistic interleaving's largest exponent: 2^-100 ~ 1e-30, the softmax is the ranking itself.
+MAX_TAU = 100.0
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RedisSettings(_Section):
@@ -316,7 +320,7 @@ class LearnerSettings(_Section):
     shown_ttl_s: float = Field(default=2400.0, gt=0, description="PDGD: how long a served list's features stay in Redis for the learner (longer than attribution.window_s).")
     shown_queue: int = Field(default=1000, ge=1, description="PDGD: served lists an API worker queues for its Redis writer before dropping.")
     max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")
-    tau: float = Field(default=3.0, gt=0, description="Probabilistic interleaving's rank softmax exponent.")
+    tau: float = Field(default=3.0, gt=0, le=MAX_TAU, description="Probabilistic interleaving's rank softmax exponent.")
     depth: int = Field(default=20, ge=1, description="Each team's top `depth` items are interleaved (the learner library's 20).")
     aa: bool = Field(default=False, description="A/A mode: w~ = w (measures chance wins; w never moves).")
     promote: bool = Field(default=True, description="Serve w to the traffic outside the learner's arms while it beats its base in the online comparison (the serving gate; docs/online_learning.md); false: they always get the base.")

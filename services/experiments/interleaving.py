@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import numpy as np
 
+from feature_store.settings import MAX_TAU
 from services.recommend.types import Merged
 
 
@@ -121,13 +122,24 @@ def balanced_credit_from_ranks(ranks_a: Sequence[int | None], ranks_b: Sequence[
     return (sum(r is not None and r < depth for r in ranks_a), sum(r is not None and r < depth for r in ranks_b))
 
 
-def softmax_distribution(ranking: Sequence[str], universe: Sequence[str], tau: float) -> np.ndarray:
-    """`P(d) ∝ 1 / r(d)^τ` over `universe`, `r` the 1-based rank in `ranking` (unlisted items:
-    `len(ranking) + 1`)."""
+def softmax_log_weights(ranking: Sequence[str], universe: Sequence[str], tau: float) -> np.ndarray:
+    """`log P(d) = −τ log r(d)` up to a constant, over `universe`, `r` the 1-based rank in `ranking`
+    (unlisted items: `len(ranking) + 1`). In logs because `r^−τ` underflows to 0 for every item
+    past the first few at a large τ."""
     position = {item: rank for rank, item in enumerate(ranking, start=1)}
     ranks = np.array([position.get(item, len(ranking) + 1) for item in universe], dtype=np.float64)
-    weights = ranks ** -tau
-    return weights / weights.sum()
+    return -tau * np.log(ranks)
+
+
+def softmax_distribution(ranking: Sequence[str], universe: Sequence[str], tau: float) -> np.ndarray:
+    """`P(d) ∝ 1 / r(d)^τ` over `universe` (`softmax_log_weights`)."""
+    return _normalised(softmax_log_weights(ranking, universe, tau))
+
+
+def _normalised(log_weights: np.ndarray) -> np.ndarray:
+    """Each row's softmax; −inf entries get probability 0."""
+    shifted = np.exp(log_weights - log_weights.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def probabilistic(
@@ -135,10 +147,10 @@ def probabilistic(
 ) -> Merged:
     """Probabilistic interleaving (m ≥ 2 rankers) with exact per-slot propensities."""
     _check(rankings, k)
-    if tau <= 0:
-        raise ValueError("tau must be > 0")
+    if not 0 < tau <= MAX_TAU:
+        raise ValueError(f"tau must be in (0, {MAX_TAU:g}] (got {tau})")
     universe = list(dict.fromkeys(item for ranking in rankings for item in ranking))
-    weights = np.stack([softmax_distribution(r, universe, tau) for r in rankings])  # unnormalised per slot below
+    log_weights = np.stack([softmax_log_weights(r, universe, tau) for r in rankings])
     remaining = np.ones(len(universe), dtype=bool)
     m = len(rankings)
     shown: list[str] = []
@@ -146,8 +158,7 @@ def probabilistic(
     propensities: list[float] = []
     placed: list[tuple[float, ...]] = []
     for _ in range(min(k, len(universe))):
-        live = np.where(remaining[None, :], weights, 0.0)
-        live /= live.sum(axis=1, keepdims=True)
+        live = _normalised(np.where(remaining[None, :], log_weights, -np.inf))
         team = int(rng.integers(m))
         index = int(rng.choice(len(universe), p=live[team]))
         shown.append(universe[index])

@@ -16,10 +16,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from feature_store.settings import ExploreSettings
+from feature_store.settings import MAX_TAU, ExploreSettings
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SHARE_TOLERANCE = 1e-9
+#: Every number is finite: JSON has no infinity, so a stored `inf` would read back as null.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 #: The experiment that reports the online learner (`services.learner.serving`): the learner assigns
 #: and serves its arms (`online`: the learning share; `control`: a same-sized slice served plainly),
 #: so `ExperimentServing` leaves it alone and it takes no slice of its layer; it is defined here for
@@ -49,7 +51,7 @@ class Status(StrEnum):
 class Arm(BaseModel):
     """One arm: a ranker (None: whatever the service serves as current) and an explore policy."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: Name
     ranker: Name | None = Field(default=None, description="Registry reference: version id, 'current' or a pin name")
@@ -74,7 +76,7 @@ class Guardrail(BaseModel):
     """Flag (and stop) an arm whose CTR is below the first arm's by more than `max_ctr_drop`
     (relative), with a one-sided p-value under `p_value`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     max_ctr_drop: float = Field(gt=0, lt=1)
     p_value: float = Field(default=0.01, gt=0, lt=1)
@@ -83,7 +85,7 @@ class Guardrail(BaseModel):
 class ExperimentSpec(BaseModel):
     """What a client sends to create an experiment."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     id: Name
     kind: Kind
@@ -96,7 +98,7 @@ class ExperimentSpec(BaseModel):
     end: datetime | None = None
     guardrail: Guardrail | None = None
     method: Method = Field(default=Method.TEAM_DRAFT, description="Interleaving: the merge")
-    tau: float = Field(default=3.0, gt=0, description="Probabilistic interleaving: the softmax's exponent")
+    tau: float = Field(default=3.0, gt=0, le=MAX_TAU, description="Probabilistic interleaving: the softmax's exponent")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentSpec":

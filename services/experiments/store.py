@@ -25,7 +25,8 @@ from pathlib import Path
 import redis
 
 from feature_store.redis_client import RedisClient, slot_client
-from services.experiments.errors import UnknownExperimentError
+from feature_store.schemas import error_message
+from services.experiments.errors import InvalidExperimentError, UnknownExperimentError
 from services.experiments.model import Experiment
 
 log = logging.getLogger(__name__)
@@ -54,21 +55,32 @@ class ExperimentStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def from_files(self) -> dict[str, Experiment]:
-        """Every stored experiment, read from the files."""
+        """Every stored experiment, read from the files. A file that does not read (edited by hand,
+        written by an older version) is logged and left out: it must not stop the other
+        experiments, the mirror or the requests that read it."""
         if not self.root.is_dir():
             return {}
         found = {}
         for path in sorted(self.root.glob("*.json")):
-            experiment = Experiment.model_validate_json(path.read_text(encoding="utf-8"))
+            try:
+                experiment = Experiment.model_validate_json(path.read_bytes())
+            except ValueError as exc:
+                log.error("experiment file %s left out: %s", path, error_message(exc))
+                continue
             found[experiment.id] = experiment
         return found
 
     def save(self, experiment: Experiment) -> None:
         """Write one experiment durably, then mirror it (call under `locked`)."""
+        text = experiment.model_dump_json(indent=2)
+        try:
+            Experiment.model_validate_json(text)  # what is stored must read back
+        except ValueError as exc:
+            raise InvalidExperimentError(f"experiment {experiment.id!r} would not read back: {error_message(exc)}") from None
         self.root.mkdir(parents=True, exist_ok=True)
         temp = self.root / f".{experiment.id}.json.tmp"
         with temp.open("w", encoding="utf-8") as handle:
-            handle.write(experiment.model_dump_json(indent=2))
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.root / f"{experiment.id}.json")

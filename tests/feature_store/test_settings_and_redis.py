@@ -42,6 +42,18 @@ def test_unknown_keys_are_rejected(clean_env: pytest.MonkeyPatch, tmp_path: Path
         Settings()
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("RECSYS_LEARNER__TAU", "inf", "finite number"),
+    ("RECSYS_LEARNER__TAU", "1000", "less than or equal to 100"),
+    ("RECSYS_EXPLORE__EPSILON", "nan", "finite number"),
+    ("RECSYS_LEARNER__LR", "inf", "finite number"),
+])  # fmt: skip
+def test_numbers_must_be_finite(clean_env: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
 def test_missing_config_file_is_a_clear_error(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("RECSYS_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):

@@ -47,11 +47,19 @@ def test_create_resolves_versions_and_is_stored_in_files_and_redis(
     (ab("bad", arms=[{"name": "a", "explore": {"policy": "nope"}}, {"name": "b"}]), 422, "policy"),
     ({"id": "bad", "kind": "interleaving", "arms": [{"name": "a", "explore": {"policy": "ucb1"}}, {"name": "b"}]},
      422, "no explore policy"),
+    # JSON has no infinity: stored, it would read back as null and break every later read of the store
+    ({"id": "bad", "kind": "interleaving", "method": "probabilistic", "tau": float("inf"),
+      "arms": [{"name": "a"}, {"name": "b", "ranker": "candidate"}]}, 422, "tau: Input should be a finite number"),
+    ({"id": "bad", "kind": "interleaving", "method": "probabilistic", "tau": 1e308,
+      "arms": [{"name": "a"}, {"name": "b", "ranker": "candidate"}]}, 422, "tau: Input should be less than or equal to 100"),
+    (ab("bad", traffic=float("nan")), 422, "traffic: Input should be a finite number"),
 ])  # fmt: skip
 def test_invalid_definitions_get_a_4xx_with_a_message(
     admin_client: TestClient, body: dict[str, Any], status: int, message: str
 ) -> None:
-    response = admin_client.post("/v1/experiments", json=body, headers=ADMIN)
+    # json.dumps writes inf and NaN as the tokens Infinity and NaN, which the API's JSON parser reads
+    response = admin_client.post("/v1/experiments", content=json.dumps(body),
+                                 headers={**ADMIN, "Content-Type": "application/json"})
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
     assert admin_client.get("/v1/experiments", headers=ADMIN).json() == []  # nothing stored
@@ -89,6 +97,18 @@ def test_a_flushed_redis_mirror_is_refilled_from_the_files(
     admin_client.post("/v1/experiments", json=ab("kept"), headers=ADMIN)
     redis_client.flushdb()
     assert [e["id"] for e in admin_client.get("/v1/experiments", headers=ADMIN).json()] == ["kept"]
+
+
+def test_an_unreadable_experiment_file_is_left_out_and_breaks_nothing(
+    admin_client: TestClient, admin_settings: Settings, redis_client: redis.Redis
+) -> None:
+    admin_client.post("/v1/experiments", json=ab("kept", traffic=0.5), headers=ADMIN)
+    broken = admin_settings.state_dir / "experiments" / "broken.json"
+    broken.write_text('{"id": "broken", "kind": "interleaving", "tau": null}')  # what an older version could store
+    redis_client.flushdb()  # the mirror is refilled from the files
+    assert [e["id"] for e in admin_client.get("/v1/experiments", headers=ADMIN).json()] == ["kept"]
+    assert admin_client.post("/v1/experiments", json=ab("next", traffic=0.5), headers=ADMIN).status_code == 201
+    assert admin_client.get("/v1/users/u1/recommendations").status_code == 200
 
 
 def test_registry_resolves_current_pins_and_version_ids(admin_settings: Settings, registry_versions: list[str]) -> None:

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from feature_store.settings import MAX_TAU
 from services.experiments.interleaving import (
     balanced,
     balanced_credit,
@@ -120,6 +121,23 @@ def test_probabilistic_list_frequencies_follow_the_propensities() -> None:
         claimed[merged.items] = float(np.prod(merged.propensities))
     for items, count in lists.items():
         assert _within(count / DRAWS, claimed[items], DRAWS), items
+
+
+def test_probabilistic_interleaving_at_the_largest_tau_follows_the_rankings() -> None:
+    # r^-τ underflows to 0 past the first few ranks at τ = 100: the merge must still be a distribution.
+    a = [f"i{n}" for n in range(200)]
+    b = a[::-1]
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        merged = probabilistic([a, b], 10, rng, tau=MAX_TAU)
+        shown: list[str] = []
+        for item, team, propensity in zip(merged.items, merged.teams, merged.propensities):
+            top_left = next(i for i in (a, b)[team] if i not in shown)
+            assert item == top_left  # (r + 1)^-100 / r^-100 <= 1e-4 for r <= 10: the team's best remaining item
+            assert propensity == pytest.approx(0.5, abs=1e-4)  # the other ranking gives it probability ~0
+            shown.append(item)
+    with pytest.raises(ValueError, match="tau must be in"):
+        probabilistic([a, b], 10, rng, tau=MAX_TAU * 2)
 
 
 def test_bad_arguments_are_refused() -> None:
