@@ -52,7 +52,7 @@ class ServiceMiddleware:
             await self.app(scope, body_receive, send_with_id)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = getattr(route, "path_format", None) or "unmatched"  # `{id}`, not `{id:path}`
             self.metrics.request_latency.labels(scope["method"], endpoint, str(status["code"])).observe(
                 time.perf_counter() - started
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi.testclient import TestClient
 
 from feature_store.catalog import Catalog
@@ -18,3 +20,21 @@ def test_upserts_are_written_through_to_the_parquet_catalog(api_settings: Settin
     catalog = Catalog(api_settings.catalog_dir)  # what batch jobs and the startup sync read
     assert catalog.get_item("i7").categories == ["Drama"]  # type: ignore[union-attr]
     assert catalog.get_user("u7").attributes == {"age": 31}  # type: ignore[union-attr]
+
+
+def test_ids_with_slashes_are_reachable_percent_encoded(api_settings: Settings) -> None:
+    # An item id may be a URL; the events API accepts such ids, so every route must reach them.
+    item, user = "https://shop.example/p/42", "team/alice"
+    with TestClient(create_app(with_api(api_settings, api_keys=[WRITE_KEY]))) as client:
+        headers = {"X-API-Key": WRITE_KEY}
+        path = {"item": quote(item, safe=""), "user": quote(user, safe="")}
+        assert path["item"] == "https%3A%2F%2Fshop.example%2Fp%2F42"
+        client.put(f"/v1/items/{path['item']}", json={"title": "Shoe", "categories": ["Shoes"]}, headers=headers).raise_for_status()
+        client.put(f"/v1/users/{path['user']}", json={"attributes": {"team": "a"}}, headers=headers).raise_for_status()
+        assert client.get(f"/v1/items/{path['item']}", headers=headers).json()["item_id"] == item
+        assert client.get(f"/v1/users/{path['user']}", headers=headers).json()["attributes"] == {"team": "a"}
+        similar = client.get(f"/v1/items/{path['item']}/similar", headers=headers)
+        assert similar.status_code == 200 and similar.json()["item_id"] == item
+        recommended = client.get(f"/v1/users/{path['user']}/recommendations", headers=headers)
+        assert recommended.status_code == 200, recommended.text
+    assert Catalog(api_settings.catalog_dir).get_item(item).title == "Shoe"  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from services.recommend.similar import similar_items
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
 
-@router.put("/{item_id}", response_model=UpsertResponse, dependencies=[WriteAccess])
+@router.put("/{item_id:path}", response_model=UpsertResponse, dependencies=[WriteAccess])
 def put_item(
     item_id: ItemIdPath, body: ItemUpsert, state: StateDep, store: StoreDep, request_id: RequestIdDep
 ) -> UpsertResponse:
@@ -34,16 +34,7 @@ def put_item(
     return UpsertResponse(id=item_id, created=created, request_id=request_id)
 
 
-@router.get("/{item_id}", response_model=Item, dependencies=[ReadAccess])
-def get_item(item_id: ItemIdPath, store: StoreDep) -> Item:
-    """The catalog entry of one item."""
-    item = store.get_item(item_id)
-    if item is None:
-        raise NotFoundError(f"item {item_id!r} is not in the catalog")
-    return item
-
-
-@router.get("/{item_id}/similar", response_model=SimilarItemsResponse, dependencies=[ReadAccess])
+@router.get("/{item_id:path}/similar", response_model=SimilarItemsResponse, dependencies=[ReadAccess])
 def get_similar(
     item_id: ItemIdPath, state: StateDep, request_id: RequestIdDep,
     k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -57,3 +48,13 @@ def get_similar(
         item_id=item_id, source=source, request_id=request_id,
         items=[SimilarItem(item_id=i, score=s) for i, s in neighbours],
     )
+
+
+# After `/similar`: a path parameter takes slashes (an item id may be a URL), so the first match wins.
+@router.get("/{item_id:path}", response_model=Item, dependencies=[ReadAccess])
+def get_item(item_id: ItemIdPath, store: StoreDep) -> Item:
+    """The catalog entry of one item."""
+    item = store.get_item(item_id)
+    if item is None:
+        raise NotFoundError(f"item {item_id!r} is not in the catalog")
+    return item

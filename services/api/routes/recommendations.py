@@ -36,7 +36,7 @@ LogImpressions = Annotated[
 ]
 
 
-@router.get("/{user_id}/recommendations", response_model=RecommendationsResponse)
+@router.get("/{user_id:path}/recommendations", response_model=RecommendationsResponse)
 async def get_recommendations(
     user_id: UserIdPath, state: StateDep, request_id: RequestIdDep, k: K = 10, exclude: Exclude = [],
     category: Category = None, log_impressions: LogImpressions = True,
@@ -47,7 +47,7 @@ async def get_recommendations(
     return await _recommend(state, request, request_id, log_impressions)
 
 
-@router.post("/{user_id}/recommendations", response_model=RecommendationsResponse)
+@router.post("/{user_id:path}/recommendations", response_model=RecommendationsResponse)
 async def post_recommendations(
     user_id: UserIdPath, state: StateDep, request_id: RequestIdDep,
     query: Annotated[RecommendationsQuery, Body()] = RecommendationsQuery(),

@@ -13,7 +13,7 @@ from services.api.schemas import UpsertResponse, UserUpsert
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
-@router.put("/{user_id}", response_model=UpsertResponse, dependencies=[WriteAccess])
+@router.put("/{user_id:path}", response_model=UpsertResponse, dependencies=[WriteAccess])
 def put_user(
     user_id: UserIdPath, body: UserUpsert, state: StateDep, store: StoreDep, request_id: RequestIdDep
 ) -> UpsertResponse:
@@ -29,7 +29,7 @@ def put_user(
     return UpsertResponse(id=user_id, created=created, request_id=request_id)
 
 
-@router.get("/{user_id}", response_model=User, dependencies=[ReadAccess])
+@router.get("/{user_id:path}", response_model=User, dependencies=[ReadAccess])
 def get_user(user_id: UserIdPath, store: StoreDep) -> User:
     """A user's profile."""
     user = store.get_user(user_id)
