@@ -71,13 +71,18 @@ class EventType(StrEnum):
     SKIP = "skip"
 
 
+#: The largest integer a context field may hold: Spark reads them as LongType, and an event its
+#: batch layer cannot read would be counted by the speed layer only.
+MAX_LONG = 2**63 - 1
+
+
 class EventContext(BaseModel):
     """Where an event happened: which request, slot and experiment arm produced it."""
 
     model_config = ConfigDict(extra="forbid")
 
     request_id: str | None = Field(default=None, max_length=128)
-    position: int | None = Field(default=None, ge=0)
+    position: int | None = Field(default=None, ge=0, le=MAX_LONG)
     page: str | None = Field(default=None, max_length=128)
     experiment: str | None = Field(default=None, max_length=128)
     arm: str | None = Field(default=None, max_length=128)
@@ -86,7 +91,7 @@ class EventContext(BaseModel):
         default=None, gt=0.0, le=1.0, description="Probability that this item was placed in this slot under the serving policy"
     )
     team: str | None = Field(default=None, max_length=128, description="Interleaving: the ranker that contributed the item")
-    ranks: dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0)]] | None = Field(
+    ranks: dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0, le=MAX_LONG)]] | None = Field(
         default=None, max_length=16,
         description="Interleaving: each team's 0-based rank of the shown item in its own ranking (a team that did not rank it is absent)",
     )
@@ -107,7 +112,7 @@ class EventContext(BaseModel):
         default=None, max_length=1000, description="The ranker's scores of `candidates`, in the same order"
     )
     candidate_count: int | None = Field(
-        default=None, ge=0, description="How many candidates were ranked (`candidates` holds the first of them)"
+        default=None, ge=0, le=MAX_LONG, description="How many candidates were ranked (`candidates` holds the first of them)"
     )
 
     @model_validator(mode="after")

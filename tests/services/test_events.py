@@ -28,6 +28,15 @@ def test_bad_events_are_itemized_and_good_ones_kept(api_settings: Settings, make
     assert sorted(e.event_id for e in logged) == sorted(e["event_id"] for e in good)
 
 
+def test_context_integers_stop_where_the_batch_layer_can_read_them(client: TestClient, make_event: EventFactory) -> None:
+    # Spark reads positions as LongType: a larger one would be counted by the stream and lost by the batch
+    fits = make_event("u3", "i1", type="impression", context={"request_id": "r1", "position": 2**63 - 1})
+    over = make_event("u3", "i2", type="impression", context={"request_id": "r1", "position": 2**63})
+    body = client.post("/v1/events", json=[fits, over]).json()
+    assert body["accepted"] == 1
+    assert [(r["index"], r["errors"][0]["location"]) for r in body["rejected"]] == [(1, "context.position")]
+
+
 def test_duplicates_are_accepted_idempotently(client: TestClient, api_settings: Settings, make_event: EventFactory) -> None:
     event = make_event("u2", "i9")
     first = client.post("/v1/events", json=[event, event]).json()

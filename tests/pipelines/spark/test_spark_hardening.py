@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from feature_store.catalog import ITEM_SCHEMA
 from feature_store.online_store import RedisOnlineStore
+from feature_store.schemas import MAX_LONG
 from feature_store.settings import Settings
 from pipelines.spark.jobs import batch_features, compact
 from tests.pipelines.spark.conftest import batch_settings
@@ -42,6 +43,9 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
         + _line("e7", "u1", "i4", later)  # 7
         + _line("e8\x1e", "u1", "i4", "2024-05-01T08:04:00Z")  # 8
         + _line("e9", "u1", "i5 ", "2024-05-01T08:05:00Z")  # 9
+        + json.dumps({"event_id": "e10", "user_id": "u1", "item_id": "i6", "type": "impression",
+                      "ts": "2024-05-01T08:06:00Z", "context": {"position": MAX_LONG, "candidate_count": MAX_LONG,
+                                                                "ranks": {"a": MAX_LONG}}}) + "\n"  # the API's bound: kept
     )
     summary = compact.run(spark, settings)  # type: ignore[arg-type]
 
@@ -55,7 +59,7 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
     for line in (3, 7):
         assert rejects[line].startswith("ts is more than 900 s ahead of the clock"), rejects[line]
     kept = sorted(r.event_id for r in spark.read.parquet(f"{settings.batch_uri}/events").collect())  # type: ignore[attr-defined]
-    assert kept == ["e1", "e5"] and summary.rejects == 7
+    assert kept == ["e1", "e10", "e5"] and summary.rejects == 7
 
 
 def _old_master_table(spark: object, settings: Settings, rows: list[tuple[str, str, str, datetime]]) -> None:
