@@ -25,7 +25,11 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
-def _exact_id(value: str) -> str:
+MAX_ID_LENGTH = 128
+
+
+def exact_id(value: str) -> str:
+    """`value` if it is an id as given: no control characters, no whitespace at either end."""
     _no_control_characters(value)
     if value != value.strip():
         raise ValueError("must not start or end with whitespace: ids are taken exactly as given")
@@ -34,9 +38,9 @@ def _exact_id(value: str) -> str:
 
 Identifier = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=128),
-    AfterValidator(_exact_id),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 128, "pattern": _ID_PATTERN}),
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(exact_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": _ID_PATTERN}),
 ]
 """An entity or event id: 1-128 characters, no control characters, no whitespace at either end."""
 

@@ -7,13 +7,27 @@ values our own parsers or generator produced, which are valid by construction. P
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 
-from feature_store.schemas import Event, EventContext, EventType
+from feature_store.schemas import MAX_ID_LENGTH, Event, EventContext, EventType
 
 _EVENT_FIELDS = frozenset(Event.model_fields)
 _CONTEXT_FIELDS = frozenset(EventContext.model_fields)
 _EMPTY_CONTEXT = EventContext()
+
+
+def import_event_id(dataset: str, user_id: str, item_id: str, ts: int) -> str:
+    """The id of an imported interaction: `<dataset>:<user>:<item>:<ts>`, so a re-import writes
+    nothing new. Where that is ambiguous (a `:` in the user or item id: `a:1` + `b` and `a` + `1:b`
+    would share it) or longer than an event id may be, `<dataset>:#<hash of the four fields>`
+    instead; its last field starts with `#`, never a digit, so it cannot equal a plain id."""
+    plain = f"{dataset}:{user_id}:{item_id}:{ts}"
+    if ":" not in user_id and ":" not in item_id and len(plain) <= MAX_ID_LENGTH:
+        return plain
+    digest = hashlib.sha256(json.dumps([dataset, user_id, item_id, ts]).encode()).hexdigest()[:40]
+    return f"{dataset[: MAX_ID_LENGTH - 42]}:#{digest}"
 
 
 def trusted_event(

@@ -9,9 +9,11 @@ the event log, with the columns mapped by name: no code per data set.
   times: each item gets an event time one second after the previous one in file order, from
   `SEQUENCE_EPOCH`, so per-user order survives the project's time-based splits.
 
-Times are unix seconds (integer or decimal) or ISO 8601 (UTC when no offset is given). A row with
+Ids are strings (or JSON integers), taken exactly as the events API takes them, except that spaces
+and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC when no offset is given). A row with
 a rating becomes a ``rating`` event with that value, any other row an ``event_type`` event
-(``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>`` (as the MovieLens importer's),
+(``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>`` (as the MovieLens importer's; a hash
+where that would be ambiguous or too long: `pipelines.datasets.events.import_event_id`),
 so importing the same file twice writes nothing new (an import manifest also skips the rerun). Bad lines are
 reported as ``file:line: reason``, written to a rejects file and skipped, or with ``strict`` the
 whole file is checked first and the first bad line raises `MalformedLine` before anything is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -32,10 +35,10 @@ from typing import Any, Callable, Iterator
 
 from feature_store.catalog import Catalog
 from feature_store.event_log import LocalEventLog
-from feature_store.schemas import CONTROL_CHARACTERS, Event, EventType, Item
+from feature_store.schemas import MAX_ID_LENGTH, Event, EventType, Item, exact_id
 from feature_store.settings import Settings
 from pipelines.datasets import OnProgress, no_progress
-from pipelines.datasets.events import trusted_event
+from pipelines.datasets.events import import_event_id, trusted_event
 from pipelines.datasets.manifest import digest_files, imports_dir, read_manifest, write_manifest
 from pipelines.datasets.movielens import ImportReport, _Rejects
 from pipelines.datasets.movielens_formats import MAX_TIMESTAMP, MalformedLine, read_records
@@ -43,6 +46,7 @@ from pipelines.datasets.movielens_formats import MAX_TIMESTAMP, MalformedLine, r
 FORMATS = ("csv", "tsv", "jsonl", "sequences")
 SEQUENCE_EPOCH = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
 CHUNK_EVENTS = 100_000
+SEQUENCE_SEPARATOR = re.compile(r"[ \t]+")
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def import_interactions(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(f"{path} is a directory, not a file" if path.is_dir() else f"no such file: {path}")
     name = dataset or path.stem
     parse = _parser(path, fmt, columns)
     if strict:
@@ -139,7 +143,7 @@ def _import_events(path: Path, fmt: str, parse: Callable[[str], list[Row]], name
 def _events(name: str, rows: list[Row], event_type: EventType) -> list[Event]:
     rows.sort(key=lambda r: r.ts)  # the log partitions by event hour: sorted chunks touch each once
     return [
-        trusted_event(f"{name}:{r.user_id}:{r.item_id}:{r.ts}", r.user_id, r.item_id,
+        trusted_event(import_event_id(name, r.user_id, r.item_id, r.ts), r.user_id, r.item_id,
                       EventType.RATING if r.rating is not None else event_type, r.ts, r.rating)  # fmt: skip
         for r in rows
     ]
@@ -170,8 +174,12 @@ def _parser(path: Path, fmt: str, columns: Columns) -> Callable[[str], list[Row]
 
 
 def _header(path: Path, delimiter: str, columns: Columns) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        header = next(csv.reader(handle, delimiter=delimiter), [])
+    with path.open("rb") as handle:  # line 1 only: a bad byte further down is that line's reject
+        first = handle.readline()
+    try:
+        header = next(csv.reader([first.decode("utf-8").rstrip("\r\n")], delimiter=delimiter), [])
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path.name}:1: header is not valid utf-8: {exc.reason}") from None
     wanted = [c for c in (columns.user, columns.item, columns.time, columns.rating) if c]
     missing = [c for c in wanted if c not in header]
     if missing:
@@ -204,19 +212,24 @@ def _mapped(record: dict[str, Any], columns: Columns) -> Row:
 
 
 def _identifier(record: dict[str, Any], name: str) -> str:
+    """The id in `record[name]`: a string or a (JSON) integer. Spaces and tabs around it are trimmed
+    (exports pad fields); anything else is taken exactly, as the events API takes it."""
     value = record.get(name)
-    text = str(value).strip() if value is not None else ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"empty {name!r}" if value is None else f"{name!r} is a {type(value).__name__}, not an id")
+    text = str(value).strip(" \t")
     if not text:
         raise ValueError(f"empty {name!r}")
     return _checked_id(text, name)
 
 
 def _checked_id(text: str, name: str) -> str:
-    if len(text) > 128:
-        raise ValueError(f"{name!r} longer than 128 characters")
-    if CONTROL_CHARACTERS.search(text):
-        raise ValueError(f"{name!r} contains control characters")
-    return text
+    if len(text) > MAX_ID_LENGTH:
+        raise ValueError(f"{name!r} longer than {MAX_ID_LENGTH} characters")
+    try:
+        return exact_id(text)
+    except ValueError as exc:
+        raise ValueError(f"{name!r} {exc}") from None
 
 
 def _time(value: Any) -> int:
@@ -248,7 +261,7 @@ def _number(value: Any, name: str) -> float:
 
 
 def _sequence(line: str) -> list[Row]:
-    fields = line.split()
+    fields = SEQUENCE_SEPARATOR.split(line.strip(" \t"))  # not str.split: it also splits at U+001C-U+001F
     if len(fields) < 2:
         raise ValueError("expected a user id and at least one item id")
     user = _checked_id(fields[0], "user")

@@ -21,7 +21,7 @@ from feature_store.event_log import LocalEventLog
 from feature_store.schemas import Event, EventType, Item, User
 from feature_store.settings import Settings
 from pipelines.datasets import OnProgress, no_progress
-from pipelines.datasets.events import trusted_event
+from pipelines.datasets.events import import_event_id, trusted_event
 from pipelines.datasets.manifest import digest_files, imports_dir, read_manifest, write_manifest
 from pipelines.datasets.movielens_formats import (
     Layout,
@@ -210,7 +210,7 @@ def _import_ratings(
 def _to_events(dataset: str, chunk: list[Rating]) -> list[Event]:
     chunk.sort(key=lambda r: r.ts)  # the log partitions by event hour: sorted chunks touch each once
     return [
-        trusted_event(f"{dataset}:{r.user_id}:{r.item_id}:{r.ts}", r.user_id, r.item_id, EventType.RATING, r.ts, r.rating)
+        trusted_event(import_event_id(dataset, r.user_id, r.item_id, r.ts), r.user_id, r.item_id, EventType.RATING, r.ts, r.rating)
         for r in chunk
     ]
 

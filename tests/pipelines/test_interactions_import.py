@@ -73,3 +73,45 @@ def test_strict_and_missing_columns_fail_naming_file_and_line(tmp_path: Path, se
     assert not settings.event_log_dir.exists() or _events(settings) == []
     missing = _cli(settings, path, "--rating", "stars")
     assert missing.exit_code != 0 and "bad.csv:1: header has no column 'stars'" in missing.output
+
+
+def test_ids_are_exact_unambiguous_and_fit_an_event_id(tmp_path: Path, settings: Settings) -> None:
+    rows = [
+        {"u": "a:1", "i": "b", "t": 100},  # with the next row, `<dataset>:<user>:<item>:<ts>` would collide
+        {"u": "a", "i": "1:b", "t": 100},
+        {"u": "x" * 100, "i": "y" * 100, "t": 100},  # a plain id of 215 characters
+        {"u": "u\u001e", "i": "i1", "t": 100},  # str.strip() would have made this user "u"
+        {"u": {"a": 1}, "i": "i1", "t": 100},
+        {"u": " padded\t", "i": "i1", "t": 100},  # spaces and tabs around a field are trimmed
+    ]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = _cli(settings, path, "--format", "jsonl", "--user", "u", "--item", "i", "--time", "t")
+    assert result.exit_code == 0, result.output
+    assert "ids.jsonl:4: 'u' must not contain control characters (U+001E at position 1)" in result.output
+    assert "ids.jsonl:5: 'u' is a dict, not an id" in result.output
+    logged = list(EventLogReader(settings.event_log_dir).read())  # validates every event it reads
+    assert sorted((e.user_id, e.item_id) for e in logged) == sorted(
+        [("a:1", "b"), ("a", "1:b"), ("x" * 100, "y" * 100), ("padded", "i1")])
+    assert len({e.event_id for e in logged}) == 4 and max(len(e.event_id) for e in logged) <= 128
+    assert "ids:padded:i1:100" in {e.event_id for e in logged}  # plain where unambiguous: re-imports match
+
+
+def test_a_bad_byte_is_that_lines_reject_even_near_the_header(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "early.csv"
+    path.write_bytes(b"user_id,item_id,timestamp\nu1,i\xff\xfe1,1700000000\nu2,i2,1700000000\n")
+    result = _cli(settings, path)
+    assert result.exit_code == 0 and "early.csv:2: not valid utf-8" in result.output
+    assert [(u, i) for u, i, *_ in _events(settings)] == [("u2", "i2")]
+    bad_header = tmp_path / "header.csv"
+    bad_header.write_bytes(b"user_id,item\xff,timestamp\nu1,i1,1\n")
+    failed = _cli(settings, bad_header)
+    assert failed.exit_code == 2 and "header.csv:1: header is not valid utf-8" in failed.output
+
+
+def test_sequences_split_at_spaces_and_tabs_only(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a\tb\nu2\u001fc d\n")  # str.split() would split at U+001F and import user "u2"
+    result = _cli(settings, path, "--format", "sequences")
+    assert result.exit_code == 0 and "seq.txt:2: 'user' must not contain control characters" in result.output
+    assert sorted((u, i) for u, i, *_ in _events(settings)) == [("u1", "a"), ("u1", "b")]
