@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 
+from feature_store.schemas import error_message
 from feature_store.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,9 +35,13 @@ def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
         overrides["state_dir"] = state_dir
     try:
         return Settings(**overrides)
-    except (ValidationError, FileNotFoundError) as exc:
+    except ValidationError as exc:
+        fail(f"invalid settings: {error_message(exc)}")
+    except SettingsError as exc:  # a value the environment source cannot parse (a list that is not JSON)
+        fail(f"invalid settings: {exc}" + (f": {exc.__cause__}" if exc.__cause__ else ""))
+    except FileNotFoundError as exc:
         fail(f"invalid settings: {exc}")
-        raise  # unreachable, for type checkers
+    raise AssertionError("unreachable: fail exits")
 
 
 def print_error(message: str) -> None:

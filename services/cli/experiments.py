@@ -73,6 +73,8 @@ def create(
         spec = ExperimentSpec.model_validate_json(definition.read_text(encoding="utf-8"))
     except OSError as exc:
         fail(f"{definition}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        fail(f"{definition}: not valid utf-8 (byte {exc.start})")
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"{definition}: {'.'.join(str(p) for p in first['loc']) or 'experiment'}: {first['msg']}")

@@ -7,14 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from feature_store.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def recsys(*args: str, columns: int = 40) -> subprocess.CompletedProcess[str]:
+def recsys(*args: str, columns: int = 40, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process, on a narrow terminal as far as rich and typer can tell."""
-    env = {**os.environ, "COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns)}
+    env = {**os.environ, "COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns), **(env or {})}
     command = [sys.executable, "-c", "from services.cli import app; app()", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -37,6 +39,16 @@ def test_a_usage_error_is_one_line() -> None:
     result = recsys("serve", option)
     assert result.returncode == 2
     assert f"Error: No such option: {option}\n" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("RECSYS_EXPLORE__POLICY", "bogus", "invalid settings: explore.policy: Input should be 'greedy', "),
+    ("RECSYS_API__API_KEYS", "notjson", 'invalid settings: error parsing value for field "api" from source "EnvSettingsSource": '),
+])  # fmt: skip
+def test_a_settings_error_is_one_line(tmp_path: Path, name: str, value: str, message: str) -> None:
+    result = recsys("models", "list", "--state-dir", str(tmp_path), env={name: value})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
 
 
 def test_an_error_with_markup_like_text_is_printed_verbatim(settings: Settings, tmp_path: Path) -> None:

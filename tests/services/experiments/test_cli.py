@@ -44,5 +44,9 @@ def test_errors_name_the_file_and_the_line(api_settings: Settings, tmp_path: Pat
     shares.write_text(json.dumps({"id": "x", "kind": "ab", "arms": [{"name": "a", "share": 0.9}, {"name": "b", "share": 0.9}]}))
     result = recsys(api_settings, "create", str(shares))
     assert result.returncode == 2 and "shares must sum to 1" in result.stderr
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'\xff\xfe{}')
+    result = recsys(api_settings, "create", str(latin))
+    assert result.returncode == 2 and result.stderr == f"error: {latin}: not valid utf-8 (byte 0)\n"
     missing = recsys(api_settings, "stop", "nope")
     assert missing.returncode == 2 and "error: no experiment 'nope'" in missing.stderr
