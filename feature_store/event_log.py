@@ -69,7 +69,9 @@ class EventLog(ABC):
 
 def partition_of(ts: datetime) -> str:
     ts = ts.astimezone(timezone.utc)
-    return f"dt={ts:%Y-%m-%d}/hr={ts:%H}"
+    # The year padded by hand: strftime's %Y writes year 1 as "1", which sorts after "2024" in the
+    # readers' path order and differs from Spark's partition value 0001-01-01.
+    return f"dt={ts.year:04d}-{ts:%m-%d}/hr={ts:%H}"
 
 
 @dataclass

@@ -36,6 +36,15 @@ def test_events_are_partitioned_by_event_hour_and_read_back_in_time_order(tmp_pa
     assert [e.event_id for e in log.read()] == [e.event_id for e in events]
 
 
+def test_early_years_are_padded_and_read_in_time_order(tmp_path: Path) -> None:
+    early = [Event(event_id=f"y{year}", user_id="u", item_id="i", type="click", ts=datetime(year, 1, 1, tzinfo=timezone.utc))
+             for year in (2024, 1, 999)]
+    assert partition_of(early[1].ts) == "dt=0001-01-01/hr=00"  # Spark's partition value for the same day
+    with LocalEventLog(tmp_path) as log:
+        log.append(early)
+    assert [e.event_id for e in log.read()] == ["y1", "y999", "y2024"]
+
+
 def test_in_progress_files_are_hidden_until_rolled(tmp_path: Path) -> None:
     log = LocalEventLog(tmp_path, EventLogSettings(roll_max_age_s=3600))
     log.append(make_events(10))
