@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
 from pipelines.simulate.population import Population, PopulationParams, make_population  # noqa: E402
-from services.learner.base import OnlineLearner  # noqa: E402
+from services.experiments.interleaving import team_credit  # noqa: E402
+from services.learner.base import OnlineLearner, top_k  # noqa: E402
 from services.learner.dbgd import Dbgd  # noqa: E402
 from services.learner.gate import Gated, ServingGate  # noqa: E402
 from services.learner.pdgd import Pdgd, starting_weights  # noqa: E402
@@ -151,6 +152,10 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
         clicks_rng, list_rng = np.random.default_rng([seed, 4]), np.random.default_rng([seed, 5])
         served, own = np.zeros(steps), np.zeros(steps)
         promoted = 0
+        # The gate's evidence, for replaying other promotion rules (benchmarks/gate_rules.py): the
+        # base's and w's own top-k CTR and each comparison's credit (w's clicks − the base's).
+        base_own, learned_own, credit = np.zeros(steps), np.zeros(steps), np.zeros(steps, dtype=np.int8)
+        compared = np.zeros(steps, dtype=bool)
         start = None if learner is None else learner.weights.copy()
         for step, user in enumerate(users):
             features = world.features(int(user))
@@ -160,21 +165,48 @@ def run_seed(seed: int, drift: bool, args: argparse.Namespace, progress: Progres
                 shown = np.argsort(-(features @ w), kind="stable")[:K]
             else:
                 top = learner.rank(features, K)
-                own[step] = float((attractive[top] / np.arange(1, K + 1)).sum())
+                own[step] = expected_clicks(attractive, top)
+                if isinstance(learner, Gated):
+                    base_own[step] = expected_clicks(attractive, top_k(features @ learner.gate.base, K))
+                    learned_own[step] = expected_clicks(attractive, top_k(features @ learner.weights, K))
                 presentation = learner.present(features, K, list_rng)
                 shown = np.array(presentation.shown)
             clicks, served[step] = world.show(int(user), shown, step, clicks_rng)
             if learner is None:
                 own[step] = served[step]
             else:
+                if isinstance(learner, Gated) and presentation is learner.comparison:
+                    base, learned = team_credit(presentation.teams, [bool(c) for c in clicks], 2)
+                    compared[step], credit[step] = True, learned - base
                 learner.learn(presentation, clicks)
                 promoted += isinstance(learner, Gated) and learner.gate.promoted
         share = learner.explore_wins / max(learner.explore_wins + learner.current_wins, 1) if isinstance(learner, Dbgd) else np.nan
         moved = float(np.linalg.norm(learner.weights - start)) if learner is not None else 0.0
         out[name] = {"served": served / K, "own": own / K, "explore_share": share, "moved": moved,
                      "promoted": promoted / steps if isinstance(learner, Gated) else np.nan}
+        if isinstance(learner, Gated):
+            out[name]["gate"] = {"base": base_own / K, "learned": learned_own / K, "compared": compared, "credit": credit}
         progress.update(task, advance=steps)
     return out
+
+
+def expected_clicks(attractive: np.ndarray, ranking: np.ndarray) -> float:
+    """Expected clicks on `ranking` under the position-based model (examination 1 / rank, η = 1)."""
+    return float((attractive[ranking] / np.arange(1, len(ranking) + 1)).sum())
+
+
+def save_traces(path: Path, drifted: list[dict], steady: list[dict], args: argparse.Namespace) -> None:
+    """Per seed and condition, what a promotion rule needs to be replayed (benchmarks/gate_rules.py):
+    frozen's and the oracle's CTR and the gated learner's evidence. Promotion feeds back into
+    nothing here (the traffic outside the learning share is not simulated: its CTR is computed), so a
+    replay of another rule on these traces is exact."""
+    arrays = {}
+    for condition, runs in (("drift", drifted), ("steady", steady)):
+        for seed, run in zip(range(args.first_seed, args.first_seed + args.seeds), runs):
+            prefix = f"{condition}/{seed}/"
+            arrays[prefix + "frozen"], arrays[prefix + "oracle"] = run["frozen"]["served"], run["oracle"]["served"]
+            arrays.update({prefix + key: value for key, value in run["pdgd (gated)"]["gate"].items()})
+    np.savez_compressed(path, pre=args.pre, **arrays)
 
 
 def ci(values: np.ndarray) -> tuple[float, float]:
@@ -279,6 +311,7 @@ def main() -> None:
                         help="learners to run (frozen and oracle always run)")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/online_learning.png"))
     parser.add_argument("--output", type=Path, help="JSON of each method's per-seed recovery and no-drift difference (own top-10)")
+    parser.add_argument("--traces", type=Path, help="pdgd (gated): save the gate's evidence per step (.npz) for gate_rules.py")
     args = parser.parse_args()
     console = Console()
     drifted, steady = [], []
@@ -288,6 +321,9 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             drifted.append(run_seed(seed, True, args, progress, task))
             steady.append(run_seed(seed, False, args, progress, task))
+    if args.traces is not None:
+        save_traces(args.traces, drifted, steady, args)
+        console.print(f"traces: {args.traces}")
     report(console, drifted, steady, args)
     console.print(f"plot: {args.plot}")
 

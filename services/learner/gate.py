@@ -107,7 +107,7 @@ class Gated(OnlineLearner):
 
     def __init__(self, learner: OnlineLearner, gate: ServingGate) -> None:
         self.learner, self.gate = learner, gate
-        self._comparison: Presentation | None = None
+        self.comparison: Presentation | None = None  # the comparison list last presented, until it is learned from
 
     @property
     def weights(self) -> np.ndarray:  # type: ignore[override]
@@ -126,14 +126,14 @@ class Gated(OnlineLearner):
 
     def present(self, features: np.ndarray, k: int, rng: np.random.Generator) -> Presentation:
         if self.gate.compares():
-            self._comparison = self.gate.present(self.learner.weights, features, k, rng)
-            if self._comparison is not None:
-                return self._comparison
+            self.comparison = self.gate.present(self.learner.weights, features, k, rng)
+            if self.comparison is not None:
+                return self.comparison
         return self.learner.present(features, k, rng)
 
     def learn(self, presentation: Presentation, clicks: np.ndarray) -> bool:
-        if presentation is self._comparison:
-            self._comparison = None
+        if presentation is self.comparison:
+            self.comparison = None
             self.gate.record(presentation, clicks)
             return False
         return self.learner.learn(presentation, clicks)

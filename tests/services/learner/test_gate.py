@@ -113,7 +113,7 @@ def test_gated_learner_serves_the_base_until_promoted_and_learns_only_from_its_o
     for request in range(300):
         before = learner.weights.copy()
         presentation = gated.present(FEATURES, K, rng)
-        is_comparison = presentation is gated._comparison
+        is_comparison = presentation is gated.comparison
         np.testing.assert_array_equal(gated.rank(FEATURES, K), np.argsort(-gated.gate.served(learner.weights), kind="stable")[:K])
         gated.learn(presentation, clicks_on(presentation.shown, rng))
         if is_comparison:
