@@ -11,8 +11,9 @@ is computed, not simulated, so it feeds back into nothing: replaying another rul
 evidence gives exactly the figures a run with that rule would (the service's rule replayed here
 reproduces the run's own table). Rules:
 
-- `window M L`: the service's gate (`services.learner.gate.ServingGate`): promote when the one-sided
-  sign test over the last M decided comparisons is ≤ L, demote when wins no longer exceed losses;
+- `window M L [N]`: the service's gate (`services.learner.gate.ServingGate`): promote when the
+  one-sided sign test over the last M decided comparisons is ≤ L and at least N (default 1) were
+  decided, demote when wins no longer exceed losses;
 - `count M L`: the same with a one-sided t-test of the mean credit difference (ties included);
 - `cusum P H`: Page's CUSUM of the log-likelihood ratio of a win rate P against 1/2 (promote at H;
   once promoted the mirrored CUSUM demotes at H), the classic detector of a change;
@@ -43,13 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.learner.gate import ServingGate  # noqa: E402
 
 Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (compared, credit) -> served before each step
-DEFAULT_RULES = ("never", "always", "ideal", "window 250 0.05", "window 250 0.01", "window 150 0.05",
+DEFAULT_RULES = ("never", "always", "ideal", "window 250 0.05", "window 250 0.05 50", "window 250 0.01", "window 150 0.05",
                  "window 400 0.05", "count 250 0.05", "cusum 0.6 3", "cusum 0.6 4", "cusum 0.65 4")
 
 
-def window_rule(window: int, level: float) -> Rule:
+def window_rule(window: int, level: float, least: int = 1) -> Rule:
     def served(compared: np.ndarray, credit: np.ndarray) -> np.ndarray:
-        gate = ServingGate(np.zeros(1), window=window, level=level)
+        gate = ServingGate(np.zeros(1), window=window, level=level, min_comparisons=least)
         state = np.zeros(len(credit), dtype=bool)
         for step in range(len(credit)):
             state[step] = gate.promoted  # a step is ranked before its own comparison is credited
@@ -98,11 +99,12 @@ def parse_rule(text: str) -> Rule | str:
     name, *values = text.split()
     if name in ("never", "always", "ideal"):
         return name
-    builders = {"window": lambda m, l: window_rule(int(m), float(l)), "count": lambda m, l: count_rule(int(m), float(l)),
-                "cusum": lambda p, h: cusum_rule(float(p), float(h))}  # fmt: skip
-    if name not in builders or len(values) != 2:
-        raise argparse.ArgumentTypeError(f"unknown rule {text!r}: never | always | ideal | window M L | count M L | cusum P H")
-    return builders[name](*values)
+    builders = {"window": lambda m, l, n="1": window_rule(int(m), float(l), int(n)),
+                "count": lambda m, l: count_rule(int(m), float(l)), "cusum": lambda p, h: cusum_rule(float(p), float(h))}
+    try:
+        return builders[name](*values)
+    except (KeyError, TypeError, ValueError):
+        raise SystemExit(f"error: unknown rule {text!r}: never | always | ideal | window M L [N] | count M L | cusum P H") from None
 
 
 def served_by(rule: Rule | str, run: dict[str, np.ndarray]) -> np.ndarray:

@@ -122,8 +122,8 @@ def learners(frozen: np.ndarray, args: argparse.Namespace, seed: int) -> dict[st
         "dbgd A/A": Dbgd(frozen, alpha=args.alpha, eta=args.eta, comparisons=args.comparisons, aa=True, seed=seed),
         "pdgd": Pdgd(starting_weights(frozen, args.sharpness), lr=args.lr, max_step=args.max_step),
         "pdgd (gated)": Gated(Pdgd(starting_weights(frozen, args.sharpness), lr=args.lr, max_step=args.max_step),
-                              ServingGate(frozen, share=args.gate_share, window=args.gate_window,
-                                          level=args.gate_level, seed=seed)),
+                              ServingGate(frozen, share=args.gate_share, window=args.gate_window, level=args.gate_level,
+                                          min_comparisons=args.gate_min_comparisons, seed=seed)),
     }  # fmt: skip
 
 
@@ -305,6 +305,8 @@ def main() -> None:
                         help="pdgd (gated): share of learning requests showing the base-vs-w comparison")
     parser.add_argument("--gate-window", type=int, default=250, help="pdgd (gated): decided comparisons in the sign test")
     parser.add_argument("--gate-level", type=float, default=0.05, help="pdgd (gated): the sign test's level")
+    parser.add_argument("--gate-min-comparisons", type=int, default=50,
+                        help="pdgd (gated): no promotion before this many decided comparisons (learner.gate_min_comparisons)")
     parser.add_argument("--max-step", type=float, default=1.0)
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--methods", nargs="+", choices=LEARNERS, default=list(LEARNERS),

@@ -80,6 +80,7 @@ def service_env(state: Path, redis_url: str, args: argparse.Namespace) -> dict[s
         "RECSYS_ATTRIBUTION__WINDOW_S": str(args.window_s), "RECSYS_LEARNER__SHARE": str(args.share),
         "RECSYS_LEARNER__ALGORITHM": "pdgd", "RECSYS_LEARNER__GATE_SHARE": str(args.gate_share),
         "RECSYS_LEARNER__GATE_WINDOW": str(args.gate_window), "RECSYS_LEARNER__GATE_LEVEL": str(args.gate_level),
+        "RECSYS_LEARNER__GATE_MIN_COMPARISONS": str(args.gate_min_comparisons),
     }
 
 
@@ -195,6 +196,7 @@ def main() -> None:
     parser.add_argument("--gate-share", type=float, default=0.3)
     parser.add_argument("--gate-window", type=int, default=250)
     parser.add_argument("--gate-level", type=float, default=0.05)
+    parser.add_argument("--gate-min-comparisons", type=int, default=50)
     parser.add_argument("--window-s", type=float, default=5.0, help="attribution window (the learner waits it out)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

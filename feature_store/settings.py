@@ -327,6 +327,7 @@ class LearnerSettings(_Section):
     gate_share: float = Field(default=0.3, gt=0, le=1, description="PDGD: share of the learning lists that show the team-draft comparison of the base's and w's top k instead (DBGD compares in its own lists).")
     gate_window: int = Field(default=250, ge=1, description="The serving gate's window: the last M decided comparisons of w against its base.")
     gate_level: float = Field(default=0.05, gt=0, lt=1, description="w is served once its wins over the window pass a one-sided sign test at this level, until it wins no more than it loses.")
+    gate_min_comparisons: int = Field(default=50, ge=1, description="No promotion before this many decided comparisons since the last base (at most gate_window; five straight wins already pass the sign test at 0.05).")
     rollback_window: int = Field(default=200, ge=1, description="M: the last M decided comparisons of a revision against its base.")
     rollback_threshold: float = Field(default=0.4, ge=0, le=1, description="Roll back to the base when the revision wins fewer than this share of them.")
     history: int = Field(default=1000, ge=1, description="Revisions kept per role (older ones are deleted).")

@@ -12,7 +12,11 @@ top-k is not compared (the teams would be coin flips) and goes to the learner. O
 
     p = P(X ≥ x | X ~ Binomial(n, 1/2)) ≤ level
 
-(the one-sided sign test, `services.learner.dbgd.sign_test`); once served, `w` stays served until
+(the one-sided sign test, `services.learner.dbgd.sign_test`) and at least `min_comparisons` were
+decided (five straight wins already pass p ≤ 0.05: tested after every comparison, such a rule
+promotes on early luck; replayed on 60 seeds a floor of 50 left the recovery after a drift as it was
+and served `w` on 12.5% instead of 15.1% of the no-drift requests, benchmarks/gate_rules.py);
+once served, `w` stays served until
 the evidence reverses (`x ≤ n − x`: the base wins at least as many of the window's comparisons), and
 then the base is served again. The hysteresis is there because just after a drift the window's
 p-value hovers around `level` while `w` is already better: without it (and comparing equal top-k
@@ -43,11 +47,11 @@ class ServingGate:
     """The running comparison of learned weights against the base, and which of the two is served."""
 
     def __init__(self, base: np.ndarray, *, share: float = 0.3, window: int = 250, level: float = 0.05,
-                 seed: int = 0) -> None:
-        if not (0 < share <= 1 and window >= 1 and 0 < level < 1):
-            raise ValueError("need 0 < share <= 1, window >= 1, 0 < level < 1")
+                 min_comparisons: int = 1, seed: int = 0) -> None:
+        if not (0 < share <= 1 and window >= 1 and 0 < level < 1 and 1 <= min_comparisons <= window):
+            raise ValueError("need 0 < share <= 1, window >= 1, 0 < level < 1, 1 <= min_comparisons <= window")
         self.base = np.asarray(base, dtype=np.float64).copy()
-        self.share, self.window, self.level = share, window, level
+        self.share, self.window, self.level, self.min_comparisons = share, window, level, min_comparisons
         self.outcomes: deque[int] = deque(maxlen=window)  # 1: the learned team won, 0: the base team
         self.promoted = False
         self.promotions = 0
@@ -86,7 +90,10 @@ class ServingGate:
         if base != learned:
             self.outcomes.append(int(learned > base))
         wins, losses = self.evidence()
-        promoted = wins > losses if self.promoted else sign_test(wins, losses) <= self.level
+        if self.promoted:
+            promoted = wins > losses
+        else:
+            promoted = wins + losses >= self.min_comparisons and sign_test(wins, losses) <= self.level
         self.promotions += promoted and not self.promoted
         self.promoted = promoted
         return promoted

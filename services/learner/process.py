@@ -151,7 +151,8 @@ class LearnerProcess:
         self.revision: Revision | None = None
         self.arms: set[str] = set()  # the labels of the revisions published on this base
         self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
-        self.gate = ServingGate(np.zeros(0), window=settings.gate_window, level=settings.gate_level)
+        self.gate = ServingGate(np.zeros(0), window=settings.gate_window, level=settings.gate_level,
+                                min_comparisons=min(settings.gate_min_comparisons, settings.gate_window))
 
     def step(self) -> None:
         """Read the new feedback and learn from it (see the module docstring)."""

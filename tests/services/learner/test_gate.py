@@ -45,6 +45,13 @@ def test_clearly_better_weights_are_served_after_enough_comparisons() -> None:
     assert np.array_equal(gate.served(GOOD), GOOD) and gate.promotions == 1
 
 
+def test_no_promotion_before_the_minimum_number_of_comparisons() -> None:
+    gate = ServingGate(BAD, window=100, level=0.05, min_comparisons=20)
+    served = [gate.record_credit(0, 1) for _ in range(20)]  # straight wins: p = 1/32 already at the 5th
+    assert served == [False] * 19 + [True]
+    assert binomial_tail(5, 5) <= 0.05 and gate.promotions == 1
+
+
 def test_the_base_is_served_again_when_the_evidence_reverses() -> None:
     middling = GOOD - 10.0 * (np.arange(ITEMS) < 5)  # the truth's order with its best 5 items last
     gate = ServingGate(middling, window=50, level=0.01)
@@ -140,6 +147,6 @@ def test_reset_serves_the_new_base() -> None:
 
 
 def test_bad_settings_are_rejected() -> None:
-    for kwargs in ({"share": 0.0}, {"window": 0}, {"level": 1.0}):
+    for kwargs in ({"share": 0.0}, {"window": 0}, {"level": 1.0}, {"window": 10, "min_comparisons": 11}):
         with pytest.raises(ValueError):
             ServingGate(GOOD, **kwargs)

@@ -356,7 +356,7 @@ def test_pdgd_gate_comparisons_promote_w_by_the_sign_test_and_demote_it_when_it_
     gate, not to PDGD: w is published `served` once its wins pass the one-sided sign test at the
     level, stays served while it wins more than it loses, and a revision says why at each change."""
     process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", sharpness=2.0, gate_window=10,
-                                           gate_level=0.05)
+                                           gate_level=0.05, gate_min_comparisons=1)
     learned = process.store.publish(versions[0], np.array([8.0, 2.0, 1.0]), None, None, "planted learned w")
     process.step()  # resumes from it
     assert not process.store.current(versions[0]).served
@@ -408,7 +408,7 @@ def test_pdgd_gate_comparisons_promote_w_by_the_sign_test_and_demote_it_when_it_
 def test_dbgd_feeds_the_gate_from_its_own_lists_and_a_rollback_serves_the_base_again(
     tmp_path: Path, redis_client: redis.Redis
 ) -> None:
-    process, feedback, versions = _process(tmp_path, redis_client, comparisons=50, gate_window=10)
+    process, feedback, versions = _process(tmp_path, redis_client, comparisons=50, gate_window=10, gate_min_comparisons=1)
     process.store.publish(versions[0], np.array([3.0, 3.0, 1.0]), np.array([3.1, 3.0, 1.0]), None, "planted learned w")
     process.step()
     for n in range(5):  # the current team's items clicked, the base team's not
