@@ -152,7 +152,7 @@ def _events(name: str, rows: list[Row], event_type: EventType) -> list[Event]:
 def _items(categories: Path, items: set[str]) -> Iterator[Item]:
     try:
         mapping = json.loads(categories.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSON or utf-8 decoding
         raise ValueError(f"{categories}: not a JSON object of item -> categories: {exc}") from exc
     if not isinstance(mapping, dict):
         raise ValueError(f"{categories}: not a JSON object of item -> categories")

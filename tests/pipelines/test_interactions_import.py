@@ -115,3 +115,12 @@ def test_sequences_split_at_spaces_and_tabs_only(tmp_path: Path, settings: Setti
     result = _cli(settings, path, "--format", "sequences")
     assert result.exit_code == 0 and "seq.txt:2: 'user' must not contain control characters" in result.output
     assert sorted((u, i) for u, i, *_ in _events(settings)) == [("u1", "a"), ("u1", "b")]
+
+
+def test_a_categories_file_that_is_not_utf8_is_named(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a b\n")
+    attributes = tmp_path / "attrs.json"
+    attributes.write_bytes(b'{"a": ["\xff"]}')
+    result = _cli(settings, path, "--format", "sequences", "--categories", str(attributes))
+    assert result.exit_code == 2 and f"{attributes}: not a JSON object of item -> categories" in result.output
