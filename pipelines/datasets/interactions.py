@@ -10,11 +10,12 @@ the event log, with the columns mapped by name: no code per data set.
   `SEQUENCE_EPOCH`, so per-user order survives the project's time-based splits.
 
 Ids are strings (or JSON integers), taken exactly as the events API takes them, except that spaces
-and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC when no offset is given). A row with
-a rating becomes a ``rating`` event with that value, any other row an ``event_type`` event
-(``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>`` (as the MovieLens importer's; a hash
-where that would be ambiguous or too long: `pipelines.datasets.events.import_event_id`),
-so importing the same file twice writes nothing new (an import manifest also skips the rerun). Bad lines are
+and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC
+when no offset is given). A row with a rating becomes a ``rating`` event with that value, any other
+row an ``event_type`` event (``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>``
+(as the MovieLens importer's; a hash where that would be ambiguous or too long:
+`pipelines.datasets.events.import_event_id`), so importing the same file twice writes nothing new
+(an import manifest also skips the rerun). Bad lines are
 reported as ``file:line: reason``, written to a rejects file and skipped, or with ``strict`` the
 whole file is checked first and the first bad line raises `MalformedLine` before anything is
 written. ``categories`` (a JSON object item -> list of category ids, e.g. Amazon's
