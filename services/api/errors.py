@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from feature_store.redis_server import RedisUnavailableError
 from services.recommend.types import DegradedError, UnreadableEntryError
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DegradedError)
     async def _degraded(request: Request, exc: DegradedError) -> JSONResponse:
         # Reads that can degrade (recommendations) catch it themselves; what reaches here cannot.
+        return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
+
+    @app.exception_handler(RedisUnavailableError)
+    @app.exception_handler(redis.RedisError)
+    async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A read with no degraded answer (an experiment's report, its page): retry, as for the catalog.
         return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
 
     @app.exception_handler(UnreadableEntryError)

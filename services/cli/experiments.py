@@ -51,14 +51,19 @@ def _manager(state_dir: Path | None) -> Iterator[tuple[ExperimentManager, RedisO
 
 
 def _fail_on_errors(run: Callable[[], T]) -> T:
-    """`run()`, an experiment error turned into the CLI's one-line error."""
+    """`run()`, an experiment error (or Redis not answering) turned into the CLI's one-line error."""
+    import redis
+
+    from feature_store.redis_server import RedisUnavailableError
     from services.experiments.errors import ExperimentError
 
     try:
         return run()
     except ExperimentError as exc:
         fail(str(exc))
-        raise  # unreachable: fail exits
+    except (RedisUnavailableError, redis.RedisError) as exc:
+        fail(f"Redis did not answer ({exc}); retry when it does")
+    raise AssertionError("unreachable: fail exits")
 
 
 @app.command("create")

@@ -23,3 +23,9 @@ class ExperimentConflictError(ExperimentError):
 
 class UnknownExperimentError(ExperimentError):
     status_code = 404
+
+
+class ExperimentStoreUnavailableError(ExperimentError):
+    """Redis, which every worker reads experiments from, did not answer: the change was not made."""
+
+    status_code = 503

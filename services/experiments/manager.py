@@ -59,6 +59,7 @@ class ExperimentManager:
         with self.store.locked():
             experiment = self._stored(experiment_id)
             if experiment.status == Status.STOPPED:
+                self.store.sync()  # a repeated stop also repairs a mirror that missed the first
                 return experiment
             stopped = experiment.model_copy(update={"status": Status.STOPPED,
                                                     "stopped_at": now or datetime.now(timezone.utc)})

@@ -4,12 +4,13 @@ Files are the record: `<state_dir>/experiments/<id>.json`, written to a temp fil
 renamed, under an exclusive lock on `<state_dir>/experiments/.lock` while a writer checks and
 writes (two workers creating overlapping experiments at once: the second sees the first).
 Redis is the mirror every worker reads on the request path: hash `P:x:{x}:defs` (id -> JSON) and
-counter `P:x:{x}:version`, bumped on every write in the same transaction (the hash tag `{x}`
+token `P:x:{x}:version`, a new random value on every write in the same transaction (the hash tag `{x}`
 keeps both in one slot of a Redis Cluster, where the transaction runs on that slot's master). A
-reader does one GET of the counter per call and reloads the hash only when it changed, so all
+reader does one GET of the token per call and reloads the hash only when it changed, so all
 workers serve a change from their next request. A
 Redis that lost the mirror (flushed, replaced) is refilled from the files; a Redis that is
-unreachable leaves a worker on its last copy.
+unreachable leaves a worker on its last copy (a process that has none reads the files), and a
+write it cannot mirror is undone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +28,7 @@ import redis
 
 from feature_store.redis_client import RedisClient, slot_client
 from feature_store.schemas import error_message
-from services.experiments.errors import InvalidExperimentError, UnknownExperimentError
+from services.experiments.errors import ExperimentStoreUnavailableError, InvalidExperimentError, UnknownExperimentError
 from services.experiments.model import Experiment
 
 log = logging.getLogger(__name__)
@@ -71,25 +73,49 @@ class ExperimentStore:
         return found
 
     def save(self, experiment: Experiment) -> None:
-        """Write one experiment durably, then mirror it (call under `locked`)."""
+        """Write one experiment durably, then mirror it (call under `locked`). When Redis does not
+        answer, the file is put back as it was: a change the workers cannot see is not made (a
+        stopped experiment that every worker keeps serving, a failed create that goes live at the
+        next write) and the caller gets `ExperimentStoreUnavailableError` (503)."""
         text = experiment.model_dump_json(indent=2)
         try:
             Experiment.model_validate_json(text)  # what is stored must read back
         except ValueError as exc:
             raise InvalidExperimentError(f"experiment {experiment.id!r} would not read back: {error_message(exc)}") from None
+        path = self.root / f"{experiment.id}.json"
+        previous = path.read_bytes() if path.exists() else None
+        self._write(path, text.encode())
+        try:
+            self.mirror()
+        except redis.RedisError as exc:
+            if previous is None:
+                path.unlink()
+            else:
+                self._write(path, previous)
+            raise ExperimentStoreUnavailableError(
+                f"Redis did not answer ({exc}): experiment {experiment.id!r} was not changed; retry when it does") from None
+
+    def sync(self) -> None:
+        """Mirror the files into Redis now (`ExperimentStoreUnavailableError` when Redis does not answer)."""
+        try:
+            self.mirror()
+        except redis.RedisError as exc:
+            raise ExperimentStoreUnavailableError(f"Redis did not answer ({exc}); retry when it does") from None
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """`data` at `path` atomically and durably (temp file, fsync, rename, fsync the folder)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{experiment.id}.json.tmp"
-        with temp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
+        temp = self.root / f".{path.name}.tmp"
+        with temp.open("wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, self.root / f"{experiment.id}.json")
+        os.replace(temp, path)
         directory = os.open(self.root, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
-        self.mirror()
 
     def mirror(self) -> None:
         """Copy every file into Redis and bump the version (one transaction)."""
@@ -98,7 +124,9 @@ class ExperimentStore:
         pipe.delete(self._defs)
         if experiments:
             pipe.hset(self._defs, mapping={e.id: e.model_dump_json() for e in experiments.values()})
-        pipe.incr(self._version)
+        # A fresh token, not a counter: a Redis that lost its data would count again from 1 and a
+        # reader that saw 1 before would keep its stale copy.
+        pipe.set(self._version, uuid.uuid4().hex)
         pipe.execute()
 
     def all(self) -> dict[str, Experiment]:
@@ -113,6 +141,9 @@ class ExperimentStore:
                 self._cache = {k.decode(): Experiment.model_validate_json(v) for k, v in raw.items()}
                 self._seen_version = version
         except redis.RedisError as exc:
+            if self._seen_version is None:  # nothing read yet (a CLI command): the files are the record
+                log.warning("experiments mirror unreachable (%s): reading the files", exc)
+                return self.from_files()
             log.warning("experiments mirror unreachable (%s): using the last copy", exc)
         return dict(self._cache)
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import httpx
 import redis
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import Settings
 from services.api.app import create_app
+from services.experiments.store import ExperimentStore
 from tests.services.conftest import EventFactory, live_server
 
 
@@ -122,3 +124,40 @@ def _concurrent_recommendations(base_url: str, users: list[str]) -> list[dict]:
         thread.join()
     assert len(bodies) == len(users), "a request failed (see the thread's traceback)"
     return [bodies[user] for user in users]
+
+
+def test_experiments_with_redis_down_answer_503_and_change_nothing(tmp_path: Path) -> None:
+    """Redis is where every worker reads experiments: a create or stop it cannot mirror is not made
+    (the file is put back), reads with no degraded answer say 503, and after Redis returns the
+    same commands work. A process with no copy yet (the CLI) reads the files."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    settings = _settings(tmp_path, server.url)
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"api_keys": [SecretStr("adm")]})})
+    files = settings.state_dir / "experiments"
+    admin = {"X-API-Key": "adm"}
+    try:
+        with TestClient(create_app(settings)) as client:
+            define = lambda name: {"id": name, "kind": "ab", "traffic": 0.2,  # noqa: E731
+                                   "arms": [{"name": "a"}, {"name": "b"}], "layer": name}
+            assert client.post("/v1/experiments", json=define("kept"), headers=admin).status_code == 201
+            kept = (files / "kept.json").read_bytes()
+
+            server.kill()
+            created = client.post("/v1/experiments", json=define("late"), headers=admin)
+            assert created.status_code == 503 and "'late' was not changed" in created.json()["error"]["message"]
+            assert not (files / "late.json").exists()
+            stopped = client.post("/v1/experiments/kept/stop", headers=admin)
+            assert stopped.status_code == 503 and (files / "kept.json").read_bytes() == kept
+            for path in ("/v1/experiments/kept/report", "/experiments/kept"):
+                response = client.get(path, headers=admin)
+                assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable", path
+            cold = ExperimentStore(files, redis.Redis.from_url(server.url, socket_connect_timeout=0.2), "recsys")
+            assert list(cold.all()) == ["kept"]  # no copy yet: the files
+
+            server = EmbeddedRedis(tmp_path / "redis", port=server.port).start()
+            assert client.post("/v1/experiments/kept/stop", headers=admin).json()["status"] == "stopped"
+            assert client.post("/v1/experiments", json=define("late"), headers=admin).status_code == 201
+            assert {e["id"]: e["status"] for e in client.get("/v1/experiments", headers=admin).json()} == {
+                "kept": "stopped", "late": "running"}
+    finally:
+        server.stop()

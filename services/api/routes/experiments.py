@@ -34,7 +34,8 @@ def _as_api_errors() -> Iterator[None]:
     except ExperimentError as exc:
         error = ApiError(str(exc))
         error.status_code = exc.status_code
-        error.code = {404: "not_found", 409: "conflict", 422: "validation_error"}.get(exc.status_code, "bad_request")
+        error.code = {404: "not_found", 409: "conflict", 422: "validation_error", 503: "unavailable"}.get(
+            exc.status_code, "bad_request")
         raise error from None
 
 

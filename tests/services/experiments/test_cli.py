@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from feature_store.redis_server import free_port
 from feature_store.settings import Settings
 from tests.services.test_cli_errors import ROOT
 
@@ -50,3 +51,15 @@ def test_errors_name_the_file_and_the_line(api_settings: Settings, tmp_path: Pat
     assert result.returncode == 2 and result.stderr == f"error: {latin}: not valid utf-8 (byte 0)\n"
     missing = recsys(api_settings, "stop", "nope")
     assert missing.returncode == 2 and "error: no experiment 'nope'" in missing.stderr
+
+
+def test_with_redis_down_list_reads_the_files_and_writes_fail_in_one_line(api_settings: Settings, tmp_path: Path) -> None:
+    definition = tmp_path / "exp.json"
+    definition.write_text(json.dumps({"id": "cli2", "kind": "ab", "arms": [{"name": "a"}, {"name": "b"}]}))
+    assert recsys(api_settings, "create", str(definition)).returncode == 0
+    down = api_settings.model_copy(update={"redis": api_settings.redis.model_copy(
+        update={"url": f"redis://127.0.0.1:{free_port()}/0"})})  # nothing listens there: refused at once
+    assert recsys(down, "list").stdout.split("\t")[:2] == ["cli2", "ab"]  # the files, not "nothing"
+    stopped = recsys(down, "stop", "cli2")
+    assert stopped.returncode == 2 and stopped.stderr.startswith("error: Redis did not answer") and stopped.stderr.count("\n") == 1
+    assert json.loads(recsys(api_settings, "get", "cli2").stdout)["status"] == "running"  # not changed
