@@ -79,6 +79,13 @@ class RunRecord:
         return cls(steps=steps, **data)
 
 
+class UnknownRunError(KeyError):
+    """No run record of that id. A KeyError, printed as its message (a KeyError's str quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class RunStore:
     """Run records as `<root>/<run_id>.json`."""
 
@@ -94,7 +101,7 @@ class RunStore:
     def load(self, run_id: str) -> RunRecord:
         path = self.root / f"{run_id}.json"
         if not path.is_file():
-            raise KeyError(f"no training run {run_id!r} under {self.root}")
+            raise UnknownRunError(f"no training run {run_id!r} under {self.root}")
         return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:

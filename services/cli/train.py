@@ -232,7 +232,7 @@ def history(
     try:
         records = [RunStore(runs_dir(settings)).load(run_id)] if run_id else load_history(settings, limit)
     except KeyError as exc:
-        fail(str(exc.args[0]))
+        fail(str(exc))
         return
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))

@@ -37,4 +37,6 @@ def test_history_lists_runs_and_one_runs_steps(settings: Settings, tmp_path: Pat
     assert record["steps"][1]["metrics"] == {"bytes": len(runs[0].run_id)}
 
     missing = CliRunner().invoke(app, ["train", "history", "--run", "nope", *state])
-    assert missing.exit_code == 2 and "no training run 'nope'" in missing.output
+    assert missing.exit_code == 2 and "error: no training run 'nope'" in missing.output
+    resume = CliRunner().invoke(app, ["train", "run", "--resume", "nope", *state])
+    assert resume.exit_code == 2 and "error: no training run 'nope'" in resume.output  # not quoted as a KeyError
