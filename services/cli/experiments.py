@@ -135,7 +135,8 @@ def report(
         typer.echo(f"{arm.name}: {arm.impressions} impressions, {arm.clicks} clicks, CTR {arm.ctr:.4f} "
                    f"[{arm.ctr_low:.4f}, {arm.ctr_high:.4f}]{lift}{'  STOPPED: ' + arm.stopped if arm.stopped else ''}")
         if arm.user_lift is not None:
-            typer.echo(f"  per user ({arm.users} users): lift {arm.user_lift:+.4f} [{arm.user_lift_low:+.4f}, "
+            control = result.arms[0]  # the lift is against the first arm: both arms' users
+            typer.echo(f"  per user ({arm.users} users; {control.name}: {control.users}): lift {arm.user_lift:+.4f} [{arm.user_lift_low:+.4f}, "
                        f"{arm.user_lift_high:+.4f}] p={arm.user_p_value:.3g}")
     if result.srm_p is not None:
         typer.echo(f"sample ratio: p = {result.srm_p:.3g}{'  SRM ALARM' if result.srm_alarm else ''}")
