@@ -118,7 +118,7 @@ class ExperimentStore:
             os.close(directory)
 
     def mirror(self) -> None:
-        """Copy every file into Redis and bump the version (one transaction)."""
+        """Copy every file into Redis with a new version token (one transaction)."""
         experiments = self.from_files()
         pipe = slot_client(self.client, self._defs).pipeline(transaction=True)
         pipe.delete(self._defs)
