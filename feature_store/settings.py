@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -247,6 +247,15 @@ class TrainingSettings(_Section):
     """The scheduled training DAG (pipelines/training, `recsys train run`, `recsys scheduler`)."""
 
     schedule: str = Field(default="0 3 * * *", description="Cron expression (UTC) of `recsys scheduler`'s runs.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger  # the scheduler's own parser
+
+        CronTrigger.from_crontab(schedule, timezone="UTC")  # ValueError: a settings error at load, not at 3 a.m.
+        return schedule
+
     step_timeout_s: float = Field(default=3600.0, gt=0, description="A step still running after this fails the run.")
     step_retries: int = Field(default=1, ge=0, description="Retries of a step that raised (not of one that timed out).")
     retry_backoff_s: float = Field(default=5.0, ge=0, description="Wait before the first retry; doubles per retry.")
@@ -334,6 +343,18 @@ class LearnerSettings(_Section):
     metrics_port: int = Field(default=9110, ge=0, le=65535, description="Prometheus /metrics port of `recsys learn online` (0: none).")
 
 
+class _RedisUrlAlias(PydanticBaseSettingsSource):
+    """`REDIS_URL` (the name compose and Kubernetes files use) as `redis.url`: an environment
+    variable, so it beats the YAML file; `RECSYS_REDIS__URL` beats it."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        url = os.environ.get("REDIS_URL")
+        return {"redis": {"url": url}} if url else {}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_",
@@ -360,16 +381,6 @@ class Settings(BaseSettings):
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
     experiments: ExperimentsSettings = Field(default_factory=ExperimentsSettings)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _redis_url_alias(cls, data: Any) -> Any:
-        url = os.environ.get("REDIS_URL")
-        if url and isinstance(data, dict):
-            redis = dict(data.get("redis") or {})
-            redis.setdefault("url", url)
-            data = {**data, "redis": redis}
-        return data
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -379,7 +390,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _RedisUrlAlias(settings_cls)]
         config_file = os.environ.get("RECSYS_CONFIG")
         if config_file:
             if not Path(config_file).is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
@@ -41,6 +43,8 @@ def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
         fail(f"invalid settings: {exc}" + (f": {exc.__cause__}" if exc.__cause__ else ""))
     except FileNotFoundError as exc:
         fail(f"invalid settings: {exc}")
+    except (yaml.YAMLError, ValueError) as exc:  # RECSYS_CONFIG that is not YAML, or not a mapping
+        fail(f"invalid settings in {os.environ.get('RECSYS_CONFIG')}: {' '.join(str(exc).split())}")
     raise AssertionError("unreachable: fail exits")
 
 

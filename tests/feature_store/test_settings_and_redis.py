@@ -54,6 +54,16 @@ def test_numbers_must_be_finite(clean_env: pytest.MonkeyPatch, name: str, value:
         Settings()
 
 
+def test_redis_url_beats_the_yaml_file_and_recsys_redis_url_beats_it(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "recsys.yaml"
+    config.write_text("redis: {url: 'redis://yaml:6379/0', socket_timeout_s: 3}\n")
+    clean_env.setenv("RECSYS_CONFIG", str(config))
+    clean_env.setenv("REDIS_URL", "redis://env:6379/0")  # the name compose and Kubernetes set
+    assert (str(Settings().redis.url), Settings().redis.socket_timeout_s) == ("redis://env:6379/0", 3.0)
+    clean_env.setenv("RECSYS_REDIS__URL", "redis://nested:6379/0")
+    assert str(Settings().redis.url) == "redis://nested:6379/0"
+
+
 def test_missing_config_file_is_a_clear_error(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clean_env.setenv("RECSYS_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(FileNotFoundError, match="nope.yaml"):

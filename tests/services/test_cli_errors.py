@@ -44,11 +44,20 @@ def test_a_usage_error_is_one_line() -> None:
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("RECSYS_EXPLORE__POLICY", "bogus", "invalid settings: explore.policy: Input should be 'greedy', "),
     ("RECSYS_API__API_KEYS", "notjson", 'invalid settings: error parsing value for field "api" from source "EnvSettingsSource": '),
+    ("RECSYS_TRAINING__SCHEDULE", "0 3 * *", "invalid settings: training.schedule: Value error, Wrong number of fields"),
 ])  # fmt: skip
 def test_a_settings_error_is_one_line(tmp_path: Path, name: str, value: str, message: str) -> None:
     result = recsys("models", "list", "--state-dir", str(tmp_path), env={name: value})
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "recsys.yaml"
+    config.write_text("spark:\n  master: [unclosed\n")
+    result = recsys("models", "list", "--state-dir", str(tmp_path), env={"RECSYS_CONFIG": str(config)})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: invalid settings in {config}: while parsing a flow sequence")
 
 
 def test_an_error_with_markup_like_text_is_printed_verbatim(settings: Settings, tmp_path: Path) -> None:
