@@ -35,6 +35,7 @@ def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings object, turning a validation error into a one-line CLI error."""
     if state_dir is not None:
         overrides["state_dir"] = state_dir
+    _warn_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -46,6 +47,21 @@ def load_settings(state_dir: Path | None = None, **overrides: Any) -> Settings:
     except (yaml.YAMLError, ValueError) as exc:  # RECSYS_CONFIG that is not YAML, or not a mapping
         fail(f"invalid settings in {os.environ.get('RECSYS_CONFIG')}: {' '.join(str(exc).split())}")
     raise AssertionError("unreachable: fail exits")
+
+
+#: `RECSYS_` variables that are not settings: the config file's path, `recsys simulate --api-key`.
+OTHER_VARIABLES = {"RECSYS_CONFIG", "RECSYS_API_KEY"}
+
+
+def _warn_unknown_variables() -> None:
+    """A warning line per `RECSYS_` variable that names no setting. Inside a section a wrong name is
+    an error (unknown keys are rejected), but pydantic-settings cannot tell a misspelled top-level
+    name (`RECSYS_SPARK_MASTER` for `RECSYS_SPARK__MASTER`) from another program's and ignores it."""
+    known = {f"RECSYS_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    for name in sorted(os.environ):
+        if name.startswith("RECSYS_") and name.split("__")[0] not in known:
+            typer.echo(f"warning: {name} is not a setting and is ignored (nested names use __, "
+                       "e.g. RECSYS_SPARK__MASTER)", err=True)
 
 
 def print_error(message: str) -> None:

@@ -52,6 +52,12 @@ def test_a_settings_error_is_one_line(tmp_path: Path, name: str, value: str, mes
     assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_a_misspelled_top_level_variable_is_warned_about(tmp_path: Path) -> None:
+    result = recsys("models", "list", "--state-dir", str(tmp_path), env={"RECSYS_SPARK_MASTER": "spark://x:7077"})
+    assert result.returncode == 0, result.stderr
+    assert "warning: RECSYS_SPARK_MASTER is not a setting and is ignored" in result.stderr
+
+
 def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "recsys.yaml"
     config.write_text("spark:\n  master: [unclosed\n")
