@@ -39,14 +39,20 @@ def compose_commands(compose: dict[str, Any]) -> Iterator[tuple[str, list[str]]]
             yield name, service["command"]
 
 
-def k8s_commands(document: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
+def containers(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A Deployment's or CronJob's containers, init containers first."""
     spec = document["spec"]
     if document["kind"] == "CronJob":
         spec = spec["jobTemplate"]["spec"]
     pod = spec["template"]["spec"]
     for container in pod.get("initContainers", []) + pod["containers"]:
+        yield container["name"], container
+
+
+def k8s_commands(document: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
+    for name, container in containers(document):
         if container["image"].startswith("recsys"):
-            yield container["name"], container["args"]
+            yield name, container["args"]
 
 
 #: Environment keys read outside the RECSYS_ settings tree (feature_store/settings.py reads both).
@@ -80,6 +86,9 @@ def test_compose_file_services_run_real_commands(monkeypatch: pytest.MonkeyPatch
         parse_recsys_args(args)
         check_setting_keys(compose["services"][name].get("environment", {}), f"compose {name}", monkeypatch)
     assert commands["scheduler"] == ["scheduler"] and commands["train"] == ["train", "run"]
+    assert commands["stream"] == ["stream", "run", "--resume"]  # a restart keeps the job's state
+    shares = {name: compose["services"][name]["environment"].get("RECSYS_LEARNER__SHARE") for name in ("api", "learner")}
+    assert shares["api"] == shares["learner"] and float(shares["api"]) > 0  # the API assigns the learner's users
     assert (ROOT / compose["x-recsys"]["build"]["context"] / compose["x-recsys"]["build"]["dockerfile"]).is_file()
     assert not (INFRA / "docker-compose.yaml").exists(), "one compose file, at the top level"
 
@@ -101,12 +110,21 @@ def test_kubernetes_manifests_parse_and_name_real_commands(path: Path, monkeypat
 
 
 def k8s_env(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
-    spec = document["spec"]
-    if document["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    pod = spec["template"]["spec"]
-    for container in pod.get("initContainers", []) + pod["containers"]:
-        yield container["name"], {item["name"]: item.get("value", "") for item in container.get("env", [])}
+    for name, container in containers(document):
+        yield name, {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+def test_kubernetes_defines_what_its_pods_refer_to() -> None:
+    documents = [d for path in K8S_FILES for d in yaml.safe_load_all(path.read_text())]
+    names = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    assert {("Service", "recsys-redis"), ("ConfigMap", "recsys-config"), ("PersistentVolumeClaim", "recsys-state")} <= names
+    config = next(d["data"] for d in documents if d["kind"] == "ConfigMap")
+    assert config["REDIS_URL"].startswith("redis://recsys-redis:") and float(config["RECSYS_LEARNER__SHARE"]) > 0
+    for document in documents:  # the secret is optional: it only turns API keys on
+        if document["kind"] in {"Deployment", "CronJob"}:
+            for source in (src for _, container in containers(document) for src in container.get("envFrom", [])):
+                if "secretRef" in source:
+                    assert source["secretRef"].get("optional") is True, document["metadata"]["name"]
 
 
 def test_kubernetes_runs_the_training_dag_on_a_schedule() -> None:
