@@ -178,6 +178,7 @@ def load(output: CompactOutput, paths: BatchPaths, partitions: int) -> None:
 def run(spark: SparkSession, settings: Settings) -> JobSummary:
     """Compact the whole event log; returns the summary (rows in/out, rejects, duplicates)."""
     from pyspark import StorageLevel
+    from pyspark.errors import AnalysisException
 
     watch = Stopwatch(JOB)
     paths = BatchPaths.from_settings(settings)
@@ -194,7 +195,13 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
     reject_count = rejects.count()
     for row in rejects.limit(5).collect():
         watch.step("reject %s line %s: %s: %.200s", row.source_file, row.line_number, row.reason, row.raw)
-    rows_out = spark.read.parquet(paths.events).count()
+    try:
+        rows_out = spark.read.parquet(paths.events).count()
+    except AnalysisException as exc:  # an empty frame is written as no file at all, which has no schema to read
+        if "UNABLE_TO_INFER_SCHEMA" not in str(exc):
+            raise
+        raise BatchJobError(f"the event log {paths.event_log} holds no valid event ({rows_in} lines read, "
+                            f"{reject_count} rejected: {paths.rejects}): nothing to compact") from None
     return JobSummary(
         job=JOB, rows_in=rows_in, rows_out=rows_out, rejects=reject_count, seconds=watch.elapsed(),
         outputs=[paths.events, paths.rejects], details={"duplicates": rows_in - reject_count - rows_out},

@@ -11,12 +11,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 from feature_store.catalog import ITEM_SCHEMA
 from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import MAX_LONG
 from feature_store.settings import Settings
+from pipelines.spark.common import BatchJobError
 from pipelines.spark.jobs import batch_features, compact
 from tests.pipelines.spark.conftest import batch_settings
 
@@ -60,6 +62,15 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
         assert rejects[line].startswith("ts is more than 900 s ahead of the clock"), rejects[line]
     kept = sorted(r.event_id for r in spark.read.parquet(f"{settings.batch_uri}/events").collect())  # type: ignore[attr-defined]
     assert kept == ["e1", "e10", "e5"] and summary.rejects == 7
+
+
+def test_compact_of_a_log_with_no_valid_event_is_a_clear_error(spark: object, tmp_path: Path) -> None:
+    settings = batch_settings(tmp_path / "state")
+    partition = settings.event_log_dir / "dt=2024-05-01" / "hr=08"
+    partition.mkdir(parents=True)
+    (partition / "part-old.jsonl").write_text(_line("e1", "u1", "i1", "9999-12-31T23:59:59Z"))  # in the future
+    with pytest.raises(BatchJobError, match=r"holds no valid event \(1 lines read, 1 rejected"):
+        compact.run(spark, settings)  # type: ignore[arg-type]
 
 
 def _old_master_table(spark: object, settings: Settings, rows: list[tuple[str, str, str, datetime]]) -> None:
