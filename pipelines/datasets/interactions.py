@@ -81,7 +81,8 @@ def import_interactions(
     if not path.is_file():
         raise FileNotFoundError(f"{path} is a directory, not a file" if path.is_dir() else f"no such file: {path}")
     name = dataset or path.stem
-    parse = _parser(path, fmt, columns)
+    # Times past the batch layer's clock skew would be imported, then dropped by `compact`.
+    parse = _parser(path, fmt, columns, latest=time.time() + settings.events.max_future_skew_s)
     if strict:
         for _, record in read_records(path, "utf-8", fmt in ("csv", "tsv"), parse):
             if isinstance(record, MalformedLine):
@@ -163,15 +164,15 @@ def _items(categories: Path, items: set[str]) -> Iterator[Item]:
         yield Item(item_id=item, categories=[str(v) for v in values][:64])
 
 
-def _parser(path: Path, fmt: str, columns: Columns) -> Callable[[str], list[Row]]:
+def _parser(path: Path, fmt: str, columns: Columns, latest: float) -> Callable[[str], list[Row]]:
     """One line -> its rows; `ValueError` with a reason for a bad line."""
     if fmt == "sequences":
         return _sequence
     if fmt == "jsonl":
-        return lambda line: [_mapped(_json_object(line), columns)]
+        return lambda line: [_mapped(_json_object(line), columns, latest)]
     delimiter = "," if fmt == "csv" else "\t"
     header = _header(path, delimiter, columns)
-    return lambda line: [_mapped(dict(zip(header, _csv_fields(line, delimiter, len(header)))), columns)]
+    return lambda line: [_mapped(dict(zip(header, _csv_fields(line, delimiter, len(header)))), columns, latest)]
 
 
 def _header(path: Path, delimiter: str, columns: Columns) -> list[str]:
@@ -205,9 +206,9 @@ def _json_object(line: str) -> dict[str, Any]:
     return value
 
 
-def _mapped(record: dict[str, Any], columns: Columns) -> Row:
+def _mapped(record: dict[str, Any], columns: Columns, latest: float) -> Row:
     user, item = _identifier(record, columns.user), _identifier(record, columns.item)
-    ts = _time(record.get(columns.time)) if columns.time else SEQUENCE_EPOCH
+    ts = _time(record.get(columns.time), latest) if columns.time else SEQUENCE_EPOCH
     rating = _number(record.get(columns.rating), columns.rating) if columns.rating else None
     return Row(user, item, ts, rating)
 
@@ -233,7 +234,7 @@ def _checked_id(text: str, name: str) -> str:
         raise ValueError(f"{name!r} {exc}") from None
 
 
-def _time(value: Any) -> int:
+def _time(value: Any, latest: float) -> int:
     if value is None or str(value).strip() == "":
         raise ValueError("empty time")
     text = str(value).strip()
@@ -248,6 +249,8 @@ def _time(value: Any) -> int:
         seconds = parsed.timestamp()
     if not math.isfinite(seconds) or not 0 <= seconds < MAX_TIMESTAMP:
         raise ValueError(f"time {text!r} out of range")
+    if seconds > latest:
+        raise ValueError(f"time {text!r} is in the future (events.max_future_skew_s)")
     return int(seconds)
 
 

@@ -124,3 +124,11 @@ def test_a_categories_file_that_is_not_utf8_is_named(tmp_path: Path, settings: S
     attributes.write_bytes(b'{"a": ["\xff"]}')
     result = _cli(settings, path, "--format", "sequences", "--categories", str(attributes))
     assert result.exit_code == 2 and f"{attributes}: not a JSON object of item -> categories" in result.output
+
+
+def test_a_future_time_is_that_lines_reject_not_a_later_compact_drop(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "future.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i1,1700000000\nu1,i2,4000000000\n")  # 2096: compact would drop it
+    result = _cli(settings, path)
+    assert result.exit_code == 0 and "future.csv:3: time '4000000000' is in the future" in result.output
+    assert [(u, i) for u, i, *_ in _events(settings)] == [("u1", "i1")]
