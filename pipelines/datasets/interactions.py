@@ -34,9 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pydantic import TypeAdapter, ValidationError
+
 from feature_store.catalog import Catalog
 from feature_store.event_log import LocalEventLog
-from feature_store.schemas import MAX_ID_LENGTH, Event, EventType, Item, exact_id
+from feature_store.schemas import MAX_ID_LENGTH, Category, Event, EventType, Item, error_message, exact_id
 from feature_store.settings import Settings
 from pipelines.datasets import OnProgress, no_progress
 from pipelines.datasets.events import import_event_id, trusted_event
@@ -48,6 +50,7 @@ FORMATS = ("csv", "tsv", "jsonl", "sequences")
 SEQUENCE_EPOCH = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
 CHUNK_EVENTS = 100_000
 SEQUENCE_SEPARATOR = re.compile(r"[ \t]+")
+CATEGORIES = TypeAdapter(list[Category])
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def import_interactions(
         for _, record in read_records(path, "utf-8", fmt in ("csv", "tsv"), parse):
             if isinstance(record, MalformedLine):
                 raise record
+    category_map = _category_map(categories) if categories is not None else None
     sources = [path, *([categories] if categories else [])]
     key = digest_files(json.dumps([name, fmt, asdict(columns), event_type.value]), sources)
     report = ImportReport(dataset=name, source=path.resolve())
@@ -101,8 +105,8 @@ def import_interactions(
         report.events, report.users, items = _import_events(path, fmt, parse, name, event_type, file_order, settings,
                                                             rejects, on_progress)  # fmt: skip
         report.items = len(items)
-        if categories is not None:
-            Catalog.from_settings(settings).upsert_items(_items(categories, items))
+        if category_map is not None:
+            Catalog.from_settings(settings).upsert_items(_items(category_map, items))
     finally:
         rejects.close()
     report.rejects, report.first_rejects = rejects.count, rejects.first
@@ -151,17 +155,30 @@ def _events(name: str, rows: list[Row], event_type: EventType) -> list[Event]:
     ]
 
 
-def _items(categories: Path, items: set[str]) -> Iterator[Item]:
+def _category_map(categories: Path) -> dict[str, list[str]]:
+    """The categories file, checked whole before any event is written: item -> its categories
+    (strings or integers, each a valid catalog category; the first 64 kept)."""
     try:
         mapping = json.loads(categories.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: JSON or utf-8 decoding
         raise ValueError(f"{categories}: not a JSON object of item -> categories: {exc}") from exc
     if not isinstance(mapping, dict):
         raise ValueError(f"{categories}: not a JSON object of item -> categories")
+    checked = {}
+    for item, values in mapping.items():
+        values = [] if values is None else values if isinstance(values, list) else [values]
+        if any(isinstance(v, bool) or not isinstance(v, (str, int)) for v in values):
+            raise ValueError(f"{categories}: item {item!r}: categories are strings or integers, not {json.dumps(values)[:80]}")
+        try:
+            checked[item] = CATEGORIES.validate_python([str(v) for v in values][:64])
+        except ValidationError as exc:
+            raise ValueError(f"{categories}: item {item!r}: {error_message(exc)}") from None
+    return checked
+
+
+def _items(categories: dict[str, list[str]], items: set[str]) -> Iterator[Item]:
     for item in sorted(items):
-        values = mapping.get(item) or []
-        values = values if isinstance(values, list) else [values]
-        yield Item(item_id=item, categories=[str(v) for v in values][:64])
+        yield Item(item_id=item, categories=categories.get(item, []))
 
 
 def _parser(path: Path, fmt: str, columns: Columns, latest: float) -> Callable[[str], list[Row]]:

@@ -132,3 +132,16 @@ def test_a_future_time_is_that_lines_reject_not_a_later_compact_drop(tmp_path: P
     result = _cli(settings, path)
     assert result.exit_code == 0 and "future.csv:3: time '4000000000' is in the future" in result.output
     assert [(u, i) for u, i, *_ in _events(settings)] == [("u1", "i1")]
+
+
+def test_a_bad_categories_file_fails_in_one_line_before_any_event_is_written(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a b\n")
+    attributes = tmp_path / "attrs.json"
+    for mapping, message in (({"a": [""]}, "item 'a': 0: String should have at least 1 character"),
+                             ({"b": [None]}, "item 'b': categories are strings or integers, not [null]"),
+                             ({"a": [{"k": 1}]}, "item 'a': categories are strings or integers")):
+        attributes.write_text(json.dumps(mapping))
+        result = _cli(settings, path, "--format", "sequences", "--categories", str(attributes))
+        assert result.exit_code == 2 and f"error: {attributes}: {message}" in result.output, result.output
+        assert "\n" not in result.output.strip() and not settings.event_log_dir.exists()
