@@ -95,6 +95,9 @@ class Trainer:
             result.train_seconds += time.perf_counter() - started
             result.train_rows += rows
             metrics = self.evaluate(path, "validation")
+            if not math.isfinite(metrics["auc"]):  # else no epoch is ever best: the untrained weights would be kept
+                raise ValueError(f"{path}: the validation split has one class only (AUC undefined): the "
+                                 "samples need clicked and unclicked rows; nothing to choose an epoch by")
             result.history.append(
                 {"epoch": epoch, "loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}
             )

@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
-from conftest import DENSE
+from conftest import DENSE, make_rows
 
 from models.ranking import build_model, samples
 from models.ranking.base import Ranker, expand_request
@@ -163,3 +165,16 @@ def test_early_stopping_restores_the_best_validation_epoch(shuffled_samples: Pat
     aucs = [epoch["val_auc"] for epoch in result.history]
     assert result.best_epoch == 1 + int(np.argmax(aucs)) and len(aucs) == min(8, result.best_epoch + 2)
     assert trainer.evaluate(shuffled_samples, "validation")["auc"] == result.validation["auc"] == max(aucs)
+
+
+def test_a_validation_split_of_one_class_is_an_error_not_an_untrained_model(tmp_path: Path) -> None:
+    # Every row clicked (a catalog the one user has all seen: no negatives to sample). Its AUC is
+    # NaN, no epoch would ever be "best", and the untrained weights would be kept and published.
+    table = make_rows(600, 3)
+    table[samples.LABEL] = [1 for _ in table[samples.LABEL]]
+    path = tmp_path / "samples.parquet"
+    pq.write_table(pa.Table.from_pydict(table, schema=samples.sample_schema(DENSE)), path)
+    trainer = Trainer(build_model("din", build_spec(path, DENSE, 10), embedding_dim=8),
+                      TrainConfig(epochs=2, batch_size=64), show_progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="the validation split has one class only"):
+        trainer.fit(path)
