@@ -34,7 +34,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, POSITIVE, EventFilter
 from feature_store.settings import BatchSettings, Settings
@@ -45,7 +45,7 @@ from pipelines.spark.hadoop_files import write_text
 from pipelines.spark.point_in_time import as_of, history_facts, stack
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 JOB = "ranking_samples"
 SAMPLE_KEYS = ["user_id", "item_id", "ts", "label", "label_source", "event_id"]
@@ -201,15 +201,56 @@ def with_point_in_time_features(samples: DataFrame, events: DataFrame, params: S
     )  # fmt: skip
 
 
-def split_boundaries(samples: DataFrame, batch: BatchSettings) -> tuple[int, int]:
-    """Event-time boundaries (epoch micros) of validation and test: quantiles of the positives' ts."""
+class Boundary(NamedTuple):
+    """Where a split starts: at `micros`, with the first `share_before` of the rows at exactly that
+    time (by a hash of the row) still in the split before it."""
+
+    micros: int
+    share_before: float
+
+
+TIE_BUCKETS = 1 << 20
+
+
+def split_boundaries(samples: DataFrame, batch: BatchSettings) -> tuple[Boundary, Boundary]:
+    """Event-time boundaries of validation and test: quantiles of the positives' ts.
+
+    Times tie (exports at day or second granularity, a backfill at one instant): a quantile then
+    lands on a timestamp that holds many rows, and `ts < quantile` would put all of them on one
+    side, down to an empty validation split. So the rows at the boundary's own time are shared: the
+    earlier split keeps the part of them that brings it to its quantile."""
     from pyspark.sql import functions as F
 
-    micros = samples.where(F.col("label") == 1).select(F.unix_micros("ts").cast("double").alias("t"))
-    quantiles = micros.approxQuantile("t", [1 - batch.validation_fraction - batch.test_fraction, 1 - batch.test_fraction], 1e-4)
+    positives = samples.where(F.col("label") == 1).select(F.unix_micros("ts").alias("t"))
+    levels = [1 - batch.validation_fraction - batch.test_fraction, 1 - batch.test_fraction]
+    quantiles = positives.select(F.col("t").cast("double").alias("t")).approxQuantile("t", levels, 1e-4)
     if not quantiles:
-        return (0, 0)
-    return int(quantiles[0]), int(quantiles[1])
+        return Boundary(0, 0.0), Boundary(0, 0.0)
+    at = [int(q) for q in quantiles]
+    counts = positives.agg(
+        F.count("*").alias("n"),
+        *[F.sum((F.col("t") < b).cast("long")).alias(f"below{k}") for k, b in enumerate(at)],
+        *[F.sum((F.col("t") == b).cast("long")).alias(f"at{k}") for k, b in enumerate(at)],
+    ).first()
+    bounds = []
+    for k, (b, level) in enumerate(zip(at, levels)):
+        tied = counts[f"at{k}"] or 0
+        share = 0.0 if tied == 0 else min(max((level * counts["n"] - counts[f"below{k}"]) / tied, 0.0), 1.0)
+        bounds.append(Boundary(b, share))
+    return bounds[0], bounds[1]
+
+
+def split_column(validation: Boundary, test: Boundary) -> Column:
+    """`train` / `validation` / `test` by `ts`, rows at a boundary's own time shared by a hash of the row."""
+    from pyspark.sql import functions as F
+
+    micros = F.unix_micros("ts")
+    bucket = F.pmod(F.xxhash64("user_id", "item_id", "ts", "label"), F.lit(TIE_BUCKETS)) / TIE_BUCKETS
+
+    def before(boundary: Boundary) -> Column:
+        return (micros < boundary.micros) | ((micros == boundary.micros) & (bucket < boundary.share_before))
+
+    return F.when(before(validation), "train").when(before(test), "validation").otherwise("test")
 
 
 def transform(events: DataFrame, params: SampleParams) -> SampleBuild:
@@ -229,10 +270,11 @@ def transform(events: DataFrame, params: SampleParams) -> SampleBuild:
     samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
     validation_from, test_from = split_boundaries(samples, params.batch)
     labelled.unpersist()  # now held by `samples`
-    micros = F.unix_micros("ts")
-    split = F.when(micros < validation_from, "train").when(micros < test_from, "validation").otherwise("test")
+    split = split_column(validation_from, test_from)
     featured = with_point_in_time_features(samples, events, params).withColumn("split", split)
-    info = {"validation_from": _iso(validation_from), "test_from": _iso(test_from), "sampling_anchors": anchors}
+    info = {"validation_from": _iso(validation_from.micros), "test_from": _iso(test_from.micros),
+            "validation_tie_share": validation_from.share_before, "test_tie_share": test_from.share_before,
+            "sampling_anchors": anchors}
     return SampleBuild(featured.select(*OUTPUT_COLUMNS), info, [samples, events])
 
 

@@ -49,3 +49,28 @@ def test_tied_positives_never_see_their_own_event(spark: object) -> None:
     tied = [r for r in positives if any(e[1] == r.user_id and e[5] == r.ts.replace(tzinfo=timezone.utc)
                                         and e[2] != r.item_id for e in events)]  # fmt: skip
     assert len(tied) == len(positives)  # every positive shares its ts with another of the user's
+
+
+def _split_shares(spark: object, events: list[tuple]) -> dict[str, float]:
+    frame = spark.createDataFrame(  # type: ignore[attr-defined]
+        events, "event_id string, user_id string, item_id string, type string, value double, ts timestamp, category string"
+    )
+    build = transform(frame, SampleParams(batch=BatchSettings(negative_sampling_ratio=1), attribution_seconds=1800))
+    try:
+        splits = [r.split for r in build.rows.where("label = 1").select("split").collect()]
+    finally:
+        build.release()
+    return {name: splits.count(name) / len(splits) for name in ("train", "validation", "test")}
+
+
+def test_splits_keep_their_shares_when_the_boundaries_fall_on_tied_times(spark: object) -> None:
+    # An export at day granularity: each user's first 6 clicks on day 1, the last 2 on day 2. The
+    # 80% and 90% quantiles both fall on day 2, and `ts < quantile` left validation empty.
+    day2 = T0 + timedelta(days=1)
+    events = [(f"e{u}-{n}", f"u{u}", f"i{(u + n) % 40}", "click", None, T0 if n < 6 else day2, f"c{n % 3}")
+              for u in range(60) for n in range(8)]  # fmt: skip
+    # Day 1 is 75% of the positives; day 2's rows are shared by a hash: 5% to train, 10% and 10%.
+    for timed in (events, [(*e[:5], T0, e[6]) for e in events]):  # then everything at one instant
+        shares = _split_shares(spark, timed)
+        assert abs(shares["train"] - 0.8) < 0.05, shares
+        assert abs(shares["validation"] - 0.1) < 0.05 and abs(shares["test"] - 0.1) < 0.05, shares
