@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from feature_store.settings import Settings
@@ -35,6 +36,14 @@ def test_history_lists_runs_and_one_runs_steps(settings: Settings, tmp_path: Pat
     (record,) = json.loads(shown.output)
     assert record["status"] == "succeeded" and [s["name"] for s in record["steps"]] == ["first", "second"]
     assert record["steps"][1]["metrics"] == {"bytes": len(runs[0].run_id)}
+
+    record_file = runs_dir(settings) / f"{runs[0].run_id}.json"  # a one-class validation AUC is NaN
+    stored = json.loads(record_file.read_text())
+    stored["steps"][1]["metrics"] = {"auc": float("nan")}
+    record_file.write_text(json.dumps(stored))
+    shown = CliRunner().invoke(app, ["train", "history", "--run", runs[0].run_id, "--json", *state])
+    strict = json.loads(shown.output, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert strict[0]["steps"][1]["metrics"] == {"auc": None}
 
     missing = CliRunner().invoke(app, ["train", "history", "--run", "nope", *state])
     assert missing.exit_code == 2 and "error: no training run 'nope'" in missing.output
