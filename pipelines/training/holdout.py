@@ -1,8 +1,8 @@
 """The held-out newest slice: what the candidate models never train on and the gate scores them on.
 
 The cutoff is the ranking-samples job's `test_from` (recorded in `<batch>/samples/_manifest.json`):
-the ranker's test split is every sample at or after it, so recall and ranker are judged on the
-same window. Without that manifest the cutoff is the same quantile, computed here: the
+the ranker's test split is every sample after it, and a hashed share of those at exactly that time
+(when many rows tie there), so recall and ranker are judged on about the same window. Without that manifest the cutoff is the same quantile, computed here: the
 `1 - batch.test_fraction` quantile of the positives' event times.
 
 Recall is scored on users with positives on both sides of the cutoff: their history is what came

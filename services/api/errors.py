@@ -86,9 +86,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
 
     @app.exception_handler(RedisUnavailableError)
-    @app.exception_handler(redis.RedisError)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
     async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # A read with no degraded answer (an experiment's report, its page): retry, as for the catalog.
+        # Only Redis not answering: an error it answers with (OOM, WRONGTYPE) is a bug, left to `_unexpected`.
+        log.warning("Redis unavailable in %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
 
     @app.exception_handler(UnreadableEntryError)

@@ -29,7 +29,7 @@ class ExperimentManager:
         arms = [arm.model_copy(update={"version": self._resolve(arm.ranker)}) for arm in spec.arms]
         with self.store.locked():
             stored = self.store.from_files()
-            if spec.id in stored:
+            if spec.id in stored or self.store.exists(spec.id):  # an unreadable file still holds its id
                 raise ExperimentConflictError(f"experiment {spec.id!r} exists (ids are never reused)")
             running = [e for e in stored.values()  # the learner's experiment holds no slice (`model.LEARNER`)
                        if e.status == Status.RUNNING and e.layer == spec.layer and LEARNER not in (e.id, spec.id)]

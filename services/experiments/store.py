@@ -92,6 +92,10 @@ class ExperimentStore:
                 path.unlink()
             else:
                 self._write(path, previous)
+            try:  # a timeout may come after Redis applied the transaction: put the files' state back there too
+                self.mirror()
+            except redis.RedisError:
+                pass
             raise ExperimentStoreUnavailableError(
                 f"Redis did not answer ({exc}): experiment {experiment.id!r} was not changed; retry when it does") from None
 
@@ -137,8 +141,7 @@ class ExperimentStore:
                 self.mirror()
                 version = self.client.get(self._version)
             if version != self._seen_version:
-                raw = self.client.hgetall(self._defs)
-                self._cache = {k.decode(): Experiment.model_validate_json(v) for k, v in raw.items()}
+                self._cache = self._readable(self.client.hgetall(self._defs))
                 self._seen_version = version
         except redis.RedisError as exc:
             if self._seen_version is None:  # nothing read yet (a CLI command): the files are the record
@@ -146,6 +149,21 @@ class ExperimentStore:
                 return self.from_files()
             log.warning("experiments mirror unreachable (%s): using the last copy", exc)
         return dict(self._cache)
+
+    def exists(self, experiment_id: str) -> bool:
+        """Whether a file holds this id, readable or not (ids are never reused)."""
+        return (self.root / f"{experiment_id}.json").exists()
+
+    @staticmethod
+    def _readable(raw: dict[bytes, bytes]) -> dict[str, Experiment]:
+        """The mirror's experiments; one that does not read (stored by an older version) is logged and left out."""
+        found = {}
+        for key, value in raw.items():
+            try:
+                found[key.decode()] = Experiment.model_validate_json(value)
+            except ValueError as exc:
+                log.error("experiment %s in the Redis mirror left out: %s", key.decode(), error_message(exc))
+        return found
 
     def get(self, experiment_id: str) -> Experiment:
         try:

@@ -109,6 +109,14 @@ def test_an_unreadable_experiment_file_is_left_out_and_breaks_nothing(
     assert [e["id"] for e in admin_client.get("/v1/experiments", headers=ADMIN).json()] == ["kept"]
     assert admin_client.post("/v1/experiments", json=ab("next", traffic=0.5), headers=ADMIN).status_code == 201
     assert admin_client.get("/v1/users/u1/recommendations").status_code == 200
+    again = admin_client.post("/v1/experiments", json=ab("broken", traffic=0.1, layer="other"), headers=ADMIN)
+    assert again.status_code == 409  # its id stays taken: ids are never reused
+    # The Redis copy of an older version's definition that no longer validates: left out, not a 500
+    prefix = admin_settings.redis.key_prefix
+    redis_client.hset(f"{prefix}:x:{{x}}:defs", "old", '{"id": "old", "kind": "ab", "tau": 150}')
+    redis_client.set(f"{prefix}:x:{{x}}:version", "token-from-an-older-writer")
+    assert [e["id"] for e in admin_client.get("/v1/experiments", headers=ADMIN).json()] == ["kept", "next"]
+    assert admin_client.get("/v1/users/u1/recommendations").status_code == 200
 
 
 def test_registry_resolves_current_pins_and_version_ids(admin_settings: Settings, registry_versions: list[str]) -> None:
