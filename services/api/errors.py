@@ -80,10 +80,13 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "ApiKey"} if exc.status_code == 401 else None
         return JSONResponse(error_body(request, exc.code, exc.message, exc.details), exc.status_code, headers)
 
+    def unavailable(request: Request) -> JSONResponse:
+        return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
+
     @app.exception_handler(DegradedError)
     async def _degraded(request: Request, exc: DegradedError) -> JSONResponse:
         # Reads that can degrade (recommendations) catch it themselves; what reaches here cannot.
-        return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
+        return unavailable(request)
 
     @app.exception_handler(RedisUnavailableError)
     @app.exception_handler(redis.ConnectionError)
@@ -92,7 +95,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # A read with no degraded answer (an experiment's report, its page): retry, as for the catalog.
         # Only Redis not answering: an error it answers with (OOM, WRONGTYPE) is a bug, left to `_unexpected`.
         log.warning("Redis unavailable in %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body(request, "unavailable", "online store unavailable; retry later"), 503)
+        return unavailable(request)
 
     @app.exception_handler(UnreadableEntryError)
     async def _unreadable(request: Request, exc: UnreadableEntryError) -> JSONResponse:

@@ -62,15 +62,8 @@ class ExperimentStore:
         experiments, the mirror or the requests that read it."""
         if not self.root.is_dir():
             return {}
-        found = {}
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                experiment = Experiment.model_validate_json(path.read_bytes())
-            except ValueError as exc:
-                log.error("experiment file %s left out: %s", path, error_message(exc))
-                continue
-            found[experiment.id] = experiment
-        return found
+        read = (_readable(f"experiment file {path}", path.read_bytes()) for path in sorted(self.root.glob("*.json")))
+        return {experiment.id: experiment for experiment in read if experiment is not None}
 
     def save(self, experiment: Experiment) -> None:
         """Write one experiment durably, then mirror it (call under `locked`). When Redis does not
@@ -82,7 +75,7 @@ class ExperimentStore:
             Experiment.model_validate_json(text)  # what is stored must read back
         except ValueError as exc:
             raise InvalidExperimentError(f"experiment {experiment.id!r} would not read back: {error_message(exc)}") from None
-        path = self.root / f"{experiment.id}.json"
+        path = self._path(experiment.id)
         previous = path.read_bytes() if path.exists() else None
         self._write(path, text.encode())
         try:
@@ -141,7 +134,9 @@ class ExperimentStore:
                 self.mirror()
                 version = self.client.get(self._version)
             if version != self._seen_version:
-                self._cache = self._readable(self.client.hgetall(self._defs))
+                read = {k.decode(): _readable(f"experiment {k.decode()} in the Redis mirror", v)
+                        for k, v in self.client.hgetall(self._defs).items()}
+                self._cache = {k: experiment for k, experiment in read.items() if experiment is not None}
                 self._seen_version = version
         except redis.RedisError as exc:
             if self._seen_version is None:  # nothing read yet (a CLI command): the files are the record
@@ -152,21 +147,23 @@ class ExperimentStore:
 
     def exists(self, experiment_id: str) -> bool:
         """Whether a file holds this id, readable or not (ids are never reused)."""
-        return (self.root / f"{experiment_id}.json").exists()
+        return self._path(experiment_id).exists()
 
-    @staticmethod
-    def _readable(raw: dict[bytes, bytes]) -> dict[str, Experiment]:
-        """The mirror's experiments; one that does not read (stored by an older version) is logged and left out."""
-        found = {}
-        for key, value in raw.items():
-            try:
-                found[key.decode()] = Experiment.model_validate_json(value)
-            except ValueError as exc:
-                log.error("experiment %s in the Redis mirror left out: %s", key.decode(), error_message(exc))
-        return found
+    def _path(self, experiment_id: str) -> Path:
+        return self.root / f"{experiment_id}.json"
 
     def get(self, experiment_id: str) -> Experiment:
         try:
             return self.all()[experiment_id]
         except KeyError:
             raise UnknownExperimentError(f"no experiment {experiment_id!r}") from None
+
+
+def _readable(what: str, data: bytes) -> Experiment | None:
+    """The experiment in `data`, or None (logged) when it does not read: edited by hand, or stored by
+    an older version whose bounds were wider. One such entry must not stop the others."""
+    try:
+        return Experiment.model_validate_json(data)
+    except ValueError as exc:
+        log.error("%s left out: %s", what, error_message(exc))
+        return None
