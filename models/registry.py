@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from feature_store.json_values import json_safe
+
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 PINS = "pins"
@@ -115,7 +117,7 @@ class ModelRegistry:
                 "created_at": _now(),
                 "files": _checksums(staging),
             }
-            _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str))
+            _write_durably(staging / MANIFEST, json.dumps(json_safe(full), indent=2, sort_keys=True, default=str))
             os.rename(staging, role_dir / version)
             _fsync_dir(role_dir)
         except BaseException:
@@ -244,7 +246,7 @@ class ModelRegistry:
     def _write_blessing(self, role: str, version: str, record: dict[str, Any]) -> None:
         folder = self.root / role / BLESSINGS
         folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(record, indent=2, sort_keys=True, default=str)
+        text = json.dumps(json_safe(record), indent=2, sort_keys=True, default=str)
         _write_durably(folder / f".{version}.{uuid.uuid4().hex}", text, replace=folder / f"{version}.json")
 
     def verify(self, version: ModelVersion) -> None:

@@ -16,7 +16,6 @@ automatically, so raw string ids go in.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,7 @@ def build_manifest(
             "end": spec.data_end,
             "train_rows": spec.train_rows,
         },
-        "metrics": _finite(metrics),
+        "metrics": metrics,
         "training": {
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
@@ -105,7 +104,3 @@ def publish_ranker(
         registry.set_current(ROLE, version)
     return version
 
-
-def _finite(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
-    # JSON has no NaN: a metric undefined on the data (e.g. one-class split) is recorded as null.
-    return json.loads(json.dumps(metrics, allow_nan=True).replace("NaN", "null"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -236,22 +235,12 @@ def history(
         fail(str(exc))
         return
     if as_json:
-        typer.echo(json.dumps(_finite([r.to_dict() for r in records]), indent=2, default=str))
+        typer.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
         return
     _history_table(records)
     if run_id:
         _step_table(records[0])
 
-
-def _finite(value: Any) -> Any:
-    """`value` with NaN and infinities as None: JSON has no such numbers (a one-class AUC is NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _load_history(settings: Any, limit: int) -> list[Any]:

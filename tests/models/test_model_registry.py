@@ -94,3 +94,22 @@ def test_bad_requests_get_clear_errors(tmp_path: Path) -> None:
         registry.publish("recall", source, MANIFEST, move=True)
     assert source.is_dir()
     assert registry.versions("recall") == []
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path.name} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_undefined_metrics_are_written_as_null_so_strict_readers_load_manifests(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    manifest = MANIFEST | {"metrics": {"validation": {"auc": float("nan"), "gauc": 0.7}, "ratio": float("inf")}}
+    version = registry.publish("ranker", _artifact(tmp_path), manifest)
+    registry.bless("ranker", version, {"checks": [{"metric": "auc", "value": float("nan"), "baseline": 0.6}]})
+
+    written = _strict_json(registry.get("ranker", version).path / "manifest.json")
+    assert written["metrics"] == {"validation": {"auc": None, "gauc": 0.7}, "ratio": None}
+    blessing = _strict_json(tmp_path / "registry" / "ranker" / "blessings" / f"{version}.json")
+    assert blessing["decision"]["checks"] == [{"metric": "auc", "value": None, "baseline": 0.6}]

@@ -79,3 +79,15 @@ def test_a_step_past_its_timeout_fails_the_run_without_retry(settings: Settings,
     record = store.runs()[0]
     assert record.status == "failed" and record.step("c").status == "timed_out" and record.step("c").attempts == 1
     assert dag.calls["c"] == 1
+
+
+def test_an_undefined_metric_is_recorded_as_null_not_the_non_json_nan(settings: Settings, tmp_path: Path) -> None:
+    def one_class_auc(context: StepContext) -> StepResult:
+        return StepResult({}, {"auc": float("nan"), "rows": 3.0}, {})
+
+    store = RunStore(tmp_path / "runs")
+    record = run_steps([Step("rank", one_class_auc, lambda context, outputs: True)], settings, store,
+                       RetryPolicy(retries=0, backoff_s=0.0, timeout_s=30))  # fmt: skip
+    text = (tmp_path / "runs" / f"{record.run_id}.json").read_text(encoding="utf-8")
+    assert "NaN" not in text
+    assert store.load(record.run_id).step("rank").metrics == {"auc": None, "rows": 3.0}
