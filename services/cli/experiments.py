@@ -56,13 +56,14 @@ def _fail_on_errors(run: Callable[[], T]) -> T:
 
     from feature_store.redis_server import RedisUnavailableError
     from services.experiments.errors import ExperimentError
+    from services.experiments.store import redis_failure
 
     try:
         return run()
     except ExperimentError as exc:
         fail(str(exc))
     except (RedisUnavailableError, redis.RedisError) as exc:
-        fail(f"Redis did not answer ({exc}); retry when it does")
+        fail(f"{redis_failure(exc)}; retry when it does")
     raise AssertionError("unreachable: fail exits")
 
 

@@ -90,14 +90,14 @@ class ExperimentStore:
             except redis.RedisError:
                 pass
             raise ExperimentStoreUnavailableError(
-                f"Redis did not answer ({exc}): experiment {experiment.id!r} was not changed; retry when it does") from None
+                f"{redis_failure(exc)}: experiment {experiment.id!r} was not changed; retry when it does") from None
 
     def sync(self) -> None:
         """Mirror the files into Redis now (`ExperimentStoreUnavailableError` when Redis does not answer)."""
         try:
             self.mirror()
         except redis.RedisError as exc:
-            raise ExperimentStoreUnavailableError(f"Redis did not answer ({exc}); retry when it does") from None
+            raise ExperimentStoreUnavailableError(f"{redis_failure(exc)}; retry when it does") from None
 
     def _write(self, path: Path, data: bytes) -> None:
         """`data` at `path` atomically and durably (temp file, fsync, rename, fsync the folder)."""
@@ -157,6 +157,13 @@ class ExperimentStore:
             return self.all()[experiment_id]
         except KeyError:
             raise UnknownExperimentError(f"no experiment {experiment_id!r}") from None
+
+
+def redis_failure(exc: Exception) -> str:
+    """What Redis did: not answer (down, timed out) or answer with an error (no permission, out of memory)."""
+    if isinstance(exc, redis.ResponseError):
+        return f"Redis refused the command ({exc})"
+    return f"Redis did not answer ({exc})"
 
 
 def _readable(what: str, data: bytes) -> Experiment | None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from feature_store.redis_server import free_port
 from feature_store.settings import Settings
@@ -63,3 +64,21 @@ def test_with_redis_down_list_reads_the_files_and_writes_fail_in_one_line(api_se
     stopped = recsys(down, "stop", "cli2")
     assert stopped.returncode == 2 and stopped.stderr.startswith("error: Redis did not answer") and stopped.stderr.count("\n") == 1
     assert json.loads(recsys(api_settings, "get", "cli2").stdout)["status"] == "running"  # not changed
+
+
+def test_a_redis_that_refuses_the_write_is_named_as_refusing_and_nothing_is_created(
+    api_settings: Settings, redis_client: Any, tmp_path: Path
+) -> None:
+    definition = tmp_path / "exp.json"
+    definition.write_text(json.dumps({"id": "cli3", "kind": "ab", "arms": [{"name": "a"}, {"name": "b"}]}))
+    # A misconfigured deployment: the service's Redis user may read but not write.
+    redis_client.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "+@read", "+@connection", "+multi", "+exec")
+    try:
+        url = str(api_settings.redis.url).replace("redis://", "redis://reader:pw@", 1)
+        read_only = api_settings.model_copy(update={"redis": api_settings.redis.model_copy(update={"url": url})})
+        created = recsys(read_only, "create", str(definition))
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "reader")
+    assert created.returncode == 2 and created.stderr.count("\n") == 1
+    assert created.stderr.startswith("error: Redis refused the command (") and "no permissions" in created.stderr
+    assert not (api_settings.state_dir / "experiments" / "cli3.json").exists()
