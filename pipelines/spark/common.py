@@ -20,8 +20,10 @@ UNKNOWN_CATEGORY = "unknown"
 CONTROL_CHARACTER = r"\p{Cc}"  # Java regex for what feature_store.schemas.CONTROL_CHARACTERS matches
 
 
-class BatchJobError(RuntimeError):
-    """A batch job cannot run: a missing input, bad configuration. The message says which."""
+class BatchJobError(ValueError):
+    """A batch job cannot run: a missing input, bad configuration. The message says which.
+
+    A ValueError: the same input fails the same way, so the training DAG does not retry it."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ after every step. Resuming a run (same run id) skips every step that succeeded b
 outputs are still there (`Step.still_valid`), and runs the rest: a run stopped by a crash, a
 timeout or Ctrl-C continues from its first unfinished step.
 
+A step that raises is retried (a Spark or file-system hiccup), except on a `ValueError`: the data
+or the settings are wrong (too few events to train on, a bad parameter), and the same input fails
+the same way, so a retry would only delay the failure by its backoff.
+
 A step runs in a worker thread so its timeout can be enforced: when it expires the step is
 recorded `timed_out` and the run fails at once. Python cannot kill a thread, so a timed-out step
 is not retried (its thread may still be writing); the process running the DAG is expected to
@@ -142,7 +146,7 @@ def _attempts(step: Step, context: StepContext, entry: StepRecord, record: RunRe
         except _TimedOut:
             raise
         except Exception as exc:
-            if attempt > policy.retries:
+            if attempt > policy.retries or isinstance(exc, ValueError):
                 raise
             entry.error = f"attempt {attempt}: {type(exc).__name__}: {exc}"
             store.save(record)

@@ -91,3 +91,17 @@ def test_an_undefined_metric_is_recorded_as_null_not_the_non_json_nan(settings: 
     text = (tmp_path / "runs" / f"{record.run_id}.json").read_text(encoding="utf-8")
     assert "NaN" not in text
     assert store.load(record.run_id).step("rank").metrics == {"auc": None, "rows": 3.0}
+
+
+def test_a_step_refusing_its_data_fails_at_once_without_the_retries(settings: Settings, tmp_path: Path) -> None:
+    calls = []
+
+    def too_few_events(context: StepContext) -> StepResult:
+        calls.append(1)
+        raise ValueError("no sequence has two or more known items: nothing to train on")
+
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(StepFailed, match="nothing to train on"):
+        run_steps([Step("embeddings", too_few_events, lambda context, outputs: True)], settings, store,
+                  RetryPolicy(retries=3, backoff_s=0.0, timeout_s=30))  # fmt: skip
+    assert len(calls) == 1 and store.runs()[0].step("embeddings").attempts == 1
