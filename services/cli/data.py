@@ -98,13 +98,15 @@ def synth(
     items: Annotated[int, typer.Option("--items", min=10, help="Number of items.")] = 2_000,
     events: Annotated[int, typer.Option("--events", min=1, help="Number of events to generate.")] = 100_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same data.")] = 0,
-    categories: Annotated[int, typer.Option("--categories", min=1, help="Number of item categories.")] = 20,
+    categories: Annotated[int | None, typer.Option(
+        "--categories", min=1, help="Number of item categories [default: 20, or --items when fewer].")] = None,
     state_dir: StateDirOption = None,
 ) -> None:
     """Generate synthetic events with planted structure, catalogs and a ground-truth file."""
     from pipelines.datasets import synthetic
 
     settings = load_settings(state_dir)
+    categories = min(20, items) if categories is None else categories
     params = {"users": users, "items": items, "events": events, "seed": seed, "categories": categories}
     try:
         synthetic.SynthParams(**params)

@@ -122,3 +122,11 @@ def test_cli_rejects_bad_parameters(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "categories must be between 1 and items" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_default_categories_fit_a_small_catalog(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "s")
+    result = CliRunner().invoke(app, ["data", "synth", "--users", "20", "--items", "10", "--events", "300",
+                                      "--state-dir", str(settings.state_dir)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert synthetic.load_truth(synthetic.truth_path(settings)).params.categories == 10
