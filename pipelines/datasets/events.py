@@ -18,15 +18,21 @@ _CONTEXT_FIELDS = frozenset(EventContext.model_fields)
 _EMPTY_CONTEXT = EventContext()
 
 
-def import_event_id(dataset: str, user_id: str, item_id: str, ts: int) -> str:
+def import_event_id(dataset: str, user_id: str, item_id: str, ts: int, type: EventType = EventType.RATING) -> str:
     """The id of an imported interaction: `<dataset>:<user>:<item>:<ts>`, so a re-import writes
-    nothing new. Where that is ambiguous (a `:` in the user or item id: `a:1` + `b` and `a` + `1:b`
-    would share it) or longer than an event id may be, `<dataset>:#<hash of the four fields>`
-    instead; its last field starts with `#`, never a digit, so it cannot equal a plain id."""
-    plain = f"{dataset}:{user_id}:{item_id}:{ts}"
+    nothing new. An event of another type than a rating or a click ends in `:<type>`: a purchase
+    and a view of the same item in the same second, imported from two files under one `--dataset`
+    name, are two events, not one dropped as the other's duplicate (ratings and clicks keep the
+    ids they were imported under before types were part of it). Where that is ambiguous (a `:` in
+    the user or item id: `a:1` + `b` and `a` + `1:b` would share it) or longer than an event id may
+    be, `<dataset>:#<hash of the fields>` instead; its last field starts with `#`, never a digit or
+    a type's letter, so it cannot equal a plain id."""
+    typed = type not in (EventType.RATING, EventType.CLICK)
+    plain = f"{dataset}:{user_id}:{item_id}:{ts}" + (f":{type.value}" if typed else "")
     if ":" not in user_id and ":" not in item_id and len(plain) <= MAX_ID_LENGTH:
         return plain
-    digest = hashlib.sha256(json.dumps([dataset, user_id, item_id, ts]).encode()).hexdigest()[:40]
+    fields = [dataset, user_id, item_id, ts] + ([type.value] if typed else [])
+    digest = hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:40]
     return f"{dataset[: MAX_ID_LENGTH - 42]}:#{digest}"
 
 

@@ -13,7 +13,7 @@ Ids are strings (or JSON integers), taken exactly as the events API takes them, 
 and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC
 when no offset is given). A row with a rating becomes a ``rating`` event with that value, any other
 row an ``event_type`` event (``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>``
-(as the MovieLens importer's; a hash where that would be ambiguous or too long:
+(as the MovieLens importer's; ``:<type>`` appended for types other than rating and click; a hash where that would be ambiguous or too long:
 `pipelines.datasets.events.import_event_id`), so importing the same file twice writes nothing new
 (an import manifest also skips the rerun). Bad lines are
 reported as ``file:line: reason``, written to a rejects file and skipped, or with ``strict`` the
@@ -148,11 +148,12 @@ def _import_events(path: Path, fmt: str, parse: Callable[[str], list[Row]], name
 
 def _events(name: str, rows: list[Row], event_type: EventType) -> list[Event]:
     rows.sort(key=lambda r: r.ts)  # the log partitions by event hour: sorted chunks touch each once
-    return [
-        trusted_event(import_event_id(name, r.user_id, r.item_id, r.ts), r.user_id, r.item_id,
-                      EventType.RATING if r.rating is not None else event_type, r.ts, r.rating)  # fmt: skip
-        for r in rows
-    ]
+    events = []
+    for r in rows:
+        kind = EventType.RATING if r.rating is not None else event_type
+        events.append(trusted_event(import_event_id(name, r.user_id, r.item_id, r.ts, kind), r.user_id, r.item_id,
+                                    kind, r.ts, r.rating))  # fmt: skip
+    return events
 
 
 def _category_map(categories: Path) -> dict[str, list[str]]:

@@ -81,6 +81,8 @@ def import_file(
     from pipelines.datasets.movielens_formats import MalformedLine
 
     settings = load_settings(state_dir)
+    if event_type not in set(EventType):
+        fail(f"--event-type {event_type!r} is not an event type: one of {', '.join(EventType)}")
     try:
         columns = Columns(user=user, item=item, time=time_column or None, rating=rating or None)
         with _progress_hook() as on_progress:

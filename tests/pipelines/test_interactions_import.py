@@ -145,3 +145,17 @@ def test_a_bad_categories_file_fails_in_one_line_before_any_event_is_written(tmp
         result = _cli(settings, path, "--format", "sequences", "--categories", str(attributes))
         assert result.exit_code == 2 and f"error: {attributes}: {message}" in result.output, result.output
         assert "\n" not in result.output.strip() and not settings.event_log_dir.exists()
+
+
+def test_a_purchase_and_a_cart_add_in_one_second_under_one_dataset_name_are_two_events(tmp_path: Path, settings: Settings) -> None:
+    views, purchases = tmp_path / "views.csv", tmp_path / "purchases.csv"
+    views.write_text("user_id,item_id,ts\nu1,i1,100\nu1,i2,100\n")
+    purchases.write_text("user_id,item_id,ts\nu1,i1,100\n")
+    for path, kind in ((views, "add_to_cart"), (purchases, "purchase"), (views, "add_to_cart")):
+        result = _cli(settings, path, "--dataset", "shop", "--time", "ts", "--event-type", kind)
+        assert result.exit_code == 0, result.output
+    assert [(u, i, kind) for u, i, kind, _, _ in _events(settings)] == [
+        ("u1", "i1", "add_to_cart"), ("u1", "i1", "purchase"), ("u1", "i2", "add_to_cart")]
+    purchases.write_text("user_id,item_id,ts\nu1,i1,100\nu2,i1,200\n")  # the export grew: its old row is not doubled
+    assert _cli(settings, purchases, "--dataset", "shop", "--time", "ts", "--event-type", "purchase").exit_code == 0
+    assert [(u, kind) for u, i, kind, _, _ in _events(settings) if kind == "purchase"] == [("u1", "purchase"), ("u2", "purchase")]
