@@ -89,7 +89,8 @@ class EventContext(BaseModel):
     position: int | None = Field(default=None, ge=0, le=MAX_LONG)
     page: str | None = Field(default=None, max_length=128)
     experiment: str | None = Field(default=None, max_length=128)
-    arm: str | None = Field(default=None, max_length=128)
+    # 129: the service's arms are `<experiment>:<arm>`, two names of up to 64 characters each.
+    arm: str | None = Field(default=None, max_length=129)
     policy: str | None = Field(default=None, max_length=256, description="What produced the slot: ranker version and explorer")
     propensity: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Probability that this item was placed in this slot under the serving policy"

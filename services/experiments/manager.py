@@ -2,7 +2,9 @@
 
 Creating one resolves each arm's ranker reference in the model registry (an unknown one is a
 422), takes the first free slice of its layer that holds its traffic unless an offset is given
-(no room, or an overlap with a running experiment of the layer, is a 409), and stores it.
+(no room, or an overlap with a running experiment of the layer, is a 409), and stores it. An
+arm's explore settings are its policy's; the candidate logging (`explore.log_candidates_*`) is
+the whole service's, and an arm that sets it is a 422 rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from services.experiments.model import LEARNER, SHARE_TOLERANCE, Experiment, Exp
 from services.experiments.store import ExperimentStore
 
 RANKER = "ranker"
+#: Explore settings of the whole service (the impression logger's, for every list), never of one arm.
+SERVICE_WIDE_EXPLORE = ("log_candidates_share", "log_candidates_top_n")
 
 
 class ExperimentManager:
@@ -26,6 +30,11 @@ class ExperimentManager:
 
     def create(self, spec: ExperimentSpec, now: datetime | None = None) -> Experiment:
         now = now or datetime.now(timezone.utc)
+        for arm in spec.arms:
+            service_wide = [name for name in SERVICE_WIDE_EXPLORE if name in (arm.explore or {})]
+            if service_wide:
+                raise InvalidExperimentError(f"arm {arm.name!r}: {', '.join(service_wide)} is a setting of the whole "
+                                             f"service (explore.{service_wide[0]}), not of an arm")
         arms = [arm.model_copy(update={"version": self._resolve(arm.ranker)}) for arm in spec.arms]
         with self.store.locked():
             stored = self.store.from_files()

@@ -72,6 +72,12 @@ class ExperimentServing:
         return {arm.version for e in self.store.all().values() if e.status == "running"
                 for arm in e.arms if arm.version is not None}
 
+    def owns(self, experiment: str | None, arm: str | None) -> bool:
+        """Whether a label names one of this service's experiments (stored, running or not, or the
+        learner's): only the service's own assignment may carry such a label."""
+        names = {experiment, None if arm is None else arm.split(":", 1)[0]} - {None}
+        return bool(names) and (LEARNER in names or any(name in self.store.all() for name in names))
+
     def plan(self, user_id: str, bundle: ModelBundle, now: datetime) -> Served | None:
         """The plan of the user's first servable assignment; the `learner` experiment is the online
         learner's to serve (`model.LEARNER`)."""

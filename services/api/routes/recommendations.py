@@ -100,7 +100,9 @@ async def _recommend(
 def _assignment(state: ServiceState, bundle: ModelBundle, request_id: str) -> Assign:
     """The user's experiment plan (one Redis GET, run with the pipeline on its worker thread under
     the request's deadline: a hanging Redis costs the request, not the event loop), else the
-    online learner's; the service's assignment replaces the client's experiment and arm."""
+    online learner's; the service's assignment replaces the client's experiment and arm. A client's
+    own labels pass through, except one naming an experiment of the service that did not assign the
+    user (or has stopped): it would be counted in that experiment's report."""
     def assign(request: RecommendationRequest) -> tuple[RecommendationRequest, ServingPlan | None]:
         served = None
         if state.experiment_serving is not None:
@@ -108,6 +110,9 @@ def _assignment(state: ServiceState, bundle: ModelBundle, request_id: str) -> As
         if served is None and state.learner is not None:  # experiments first: the learner takes the rest
             served = state.learner.plan(request.user_id, bundle, request_id)
         if served is None:
+            serving = state.experiment_serving
+            if serving is not None and serving.owns(request.context.get("experiment"), request.context.get("arm")):
+                request = replace(request, context={k: v for k, v in request.context.items() if k not in ("experiment", "arm")})
             return request, None
         return replace(request, context={**request.context, **served.context}), served.plan
 

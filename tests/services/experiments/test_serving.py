@@ -118,3 +118,51 @@ def test_bad_interleaving_context_is_rejected_with_a_message(admin_client: TestC
     assert errors[1]["location"] == "context.ranks.A" and "greater than or equal to 0" in errors[1]["message"]
     assert errors[2]["location"] == "context.ranker_propensities.A" and "less than or equal to 1" in errors[2]["message"]
     assert errors[3]["location"] == "context.ranks" and "at most 16" in errors[3]["message"]
+
+
+def test_the_longest_valid_experiment_and_arm_names_are_logged(
+    admin_client: TestClient, admin_settings: Settings, make_event: EventFactory
+) -> None:
+    _seed(admin_client, make_event)
+    experiment, arm = "e" * 64, "a" * 64  # the longest names a definition may have
+    body = {"id": experiment, "kind": "ab", "arms": [{"name": arm}, {"name": "b" * 64}]}
+    assert admin_client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+    answers = [admin_client.get(f"/v1/users/u{n}/recommendations", params={"k": K}).json() for n in range(8)]
+    _flush(admin_client)
+    logged = {(e.context.request_id, e.context.arm) for e in _impressions(admin_settings)}
+    assert {answer["arm"] for answer in answers} == {f"{experiment}:{arm}", f"{experiment}:{'b' * 64}"}
+    assert logged == {(answer["request_id"], answer["arm"]) for answer in answers}
+
+
+def test_a_client_cannot_label_its_list_with_an_experiment_of_the_service(
+    admin_client: TestClient, admin_settings: Settings, make_event: EventFactory
+) -> None:
+    _seed(admin_client, make_event)
+    body = {"id": "owned", "kind": "ab", "arms": [{"name": "a"}, {"name": "b"}]}
+    assert admin_client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+    assigned = admin_client.get("/v1/users/u1/recommendations", params={"k": K}).json()
+    assert admin_client.post("/v1/experiments/owned/stop", headers=ADMIN).status_code == 200
+
+    def recommend(user: str, experiment: str, arm: str) -> dict:
+        context = {"experiment": experiment, "arm": arm, "page": "home"}
+        return admin_client.post(f"/v1/users/{user}/recommendations", json={"k": K, "context": context}).json()
+
+    replayed = recommend("u1", "owned", assigned["arm"])  # an earlier answer's label, sent back after the stop
+    forged = recommend("u2", "other", "owned:b")  # the report counts arms by their `owned:` prefix
+    learner = recommend("u3", "learner", "learner:online")
+    external = recommend("u4", "app-test", "app-test:blue")  # the client's own experiment: kept
+    for answer in (replayed, forged, learner):
+        assert (answer["experiment"], answer["arm"]) == (None, None)
+    assert (external["experiment"], external["arm"]) == ("app-test", "app-test:blue")
+    _flush(admin_client)
+    labels = {e.context.request_id: (e.context.experiment, e.context.arm, e.context.page) for e in _impressions(admin_settings)}
+    assert labels[replayed["request_id"]] == labels[forged["request_id"]] == labels[learner["request_id"]] == (None, None, "home")
+    assert labels[external["request_id"]] == ("app-test", "app-test:blue", "home")
+
+
+def test_an_arm_cannot_set_the_service_wide_candidate_logging(admin_client: TestClient) -> None:
+    body = {"id": "cands", "kind": "ab", "arms": [{"name": "a", "explore": {"policy": "epsilon_greedy",
+                                                                           "log_candidates_share": 0.5}}, {"name": "b"}]}
+    response = admin_client.post("/v1/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    assert "arm 'a': log_candidates_share is a setting of the whole service" in response.json()["error"]["message"]
