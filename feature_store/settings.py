@@ -330,7 +330,7 @@ class LearnerSettings(_Section):
     shown_queue: int = Field(default=1000, ge=1, description="PDGD: served lists an API worker queues for its Redis writer before dropping.")
     max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")
     tau: float = Field(default=3.0, gt=0, le=MAX_TAU, description="Probabilistic interleaving's rank softmax exponent.")
-    depth: int = Field(default=20, ge=1, description="Each team's top `depth` items are interleaved (the learner library's 20).")
+    depth: int = Field(default=20, ge=1, description="Each team's top `depth` items (k when more are asked for) are interleaved (the learner library's 20).")
     aa: bool = Field(default=False, description="A/A mode: w~ = w (measures chance wins; w never moves).")
     promote: bool = Field(default=True, description="Serve w to the traffic outside the learner's arms while it beats its base in the online comparison (the serving gate; docs/online_learning.md); false: they always get the base.")
     gate_share: float = Field(default=0.3, gt=0, le=1, description="PDGD: share of the learning lists that show the team-draft comparison of the base's and w's top k instead (DBGD compares in its own lists).")

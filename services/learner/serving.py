@@ -262,7 +262,7 @@ class LearnerServing:
         return Served(plan, LEARNER, ONLINE)
 
     def _merge(self, rankings: list[list[str]], k: int) -> Merged:
-        depth = self.settings.depth
+        depth = max(self.settings.depth, k)  # a longer list than the depth still gets its k items
         return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
 
     def start(self) -> None:

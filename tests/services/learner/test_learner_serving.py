@@ -120,6 +120,9 @@ def test_interleaved_list_of_w_explore_and_base_matches_a_recomputation_and_the_
         assert answer["explore"] == f"learner:{revision.id}" and answer["experiment"] == "learner"
         assert answer["arm"] == "learner:online"
         assert {"explore", "current"} <= {item["team"] for item in answer["items"]}
+        longer = client.get(f"/v1/users/{user}/recommendations", params={"k": 30, **QUIET}).json()  # k > depth
+        expected = probabilistic([order[:30], order[::-1][:30], order[:30]], 30, np.random.default_rng([SEED, 1]), 3.0)
+        assert [item["item_id"] for item in longer["items"]] == list(expected.items) and len(expected.items) == 30
 
         stopped = client.post("/v1/admin/learner", json={"enabled": False, "reason": "kill"}, headers=ADMIN).json()
         assert not stopped["enabled"] and stopped["reason"] == "kill"
