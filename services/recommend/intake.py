@@ -9,7 +9,8 @@ after the append means an id is never called a duplicate before it is durable.
 Events the server makes itself (impressions: ids unique unless a request is retried) skip the
 claim markers (`claim=False`): those cost two Redis round trips and a key per event for
 `feature_store.dedup_ttl_s`, as much as the live write itself; the live writer's replay markers
-still apply each id once and count the repeats, and log readers drop repeated ids.
+still apply each id once and count the repeats (a client posting such an id again is told it
+is a duplicate within their window), and log readers drop repeated ids.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def ingest(store: ServingStore, event_log: EventLog, events: Sequence[Event], cl
     event_log.append(unseen)
     fresh = _claim(store, unseen)
     try:
-        store.apply_events(fresh)
-        degraded = False
+        # A replay the live writer caught is a duplicate too: a server-made impression (no claim
+        # marker) that a client posts again.
+        repeats, degraded = store.apply_events(fresh).duplicates, False
     except DegradedError:
-        degraded = True
-    return IntakeResult(len(fresh), len(events) - len(fresh), degraded)
+        repeats, degraded = 0, True
+    return IntakeResult(len(fresh) - repeats, len(events) - len(fresh) + repeats, degraded)
 
 
 def _drop_duplicates(store: ServingStore, events: Sequence[Event]) -> list[Event]:

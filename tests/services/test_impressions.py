@@ -192,3 +192,20 @@ def test_a_client_impression_with_a_propensity_outside_0_1_is_rejected(
         (error,) = reject["errors"]
         assert error["location"] == "context.propensity"
         assert "greater than 0" in error["message"] or "less than or equal to 1" in error["message"]
+
+
+def test_a_served_impression_posted_again_is_a_duplicate(api_settings: Settings, make_event: EventFactory) -> None:
+    with TestClient(create_app(api_settings)) as client:
+        _seed(client, make_event)
+        served = _recommend(client, "u1")
+        _flush(client)
+        logged = [e for e in _impressions(api_settings) if e.context.request_id == served["request_id"]]
+        assert len(logged) == K
+        store = _service(client).store
+        def counts() -> dict[str, list[int]]:
+            return {name: list(values) for name, values in store.read_features(Entity.ITEM, list(CATALOG), COUNTS).items()}
+
+        before = counts()
+        again = client.post("/v1/events", json=[e.model_dump(mode="json") for e in logged]).json()
+        assert (again["accepted"], again["duplicates"]) == (0, K)
+        assert counts() == before and sum(before["impressions_all"]) == K
