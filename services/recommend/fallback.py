@@ -24,6 +24,10 @@ class LastKnownPopular:
         return len(self._items)
 
     def answer(self, request: RecommendationRequest) -> list[Recommendation]:
+        """The remembered list less `exclude`; nothing for a category request: which items are in
+        the category is in Redis, and an item from another category would break the client's rule."""
+        if request.category:
+            return []
         with self._lock:
             items = self._items
         chosen = [(item, score) for item, score in items if item not in request.exclude][: request.k]

@@ -38,6 +38,9 @@ def test_redis_killed_then_restarted(tmp_path: Path, make_event: EventFactory) -
                 body = response.json()
                 assert body["degraded"] is True and body["fallback"] == "last_known_popular"
                 assert [i["item_id"] for i in body["items"]] == ["hit"]
+            # Which items are in a category is in Redis: nothing rather than items of another category.
+            in_category = client.get("/v1/users/u/recommendations", params={"category": "c1"}).json()
+            assert in_category["degraded"] is True and in_category["items"] == []
             assert client.get("/readyz").status_code == 503
             posted = client.post("/v1/events", json=[make_event("u", "hit")])
             assert posted.status_code == 202 and posted.json() == {**posted.json(), "accepted": 1, "degraded": True}
