@@ -213,7 +213,7 @@ class ExploreSettings(_Section):
         default=5000, ge=1, description="Most items whose statistics a worker caches, per cache (counts ~0.26 KB each, LinUCB ~8.5 KB at d = 32).",
     )
     seed: int | None = Field(
-        default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: fresh entropy.",
+        default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: from the request id and the service's salt (a retry draws the same).",
     )
     log_candidates_share: float = Field(
         default=0.0, ge=0, le=1,
@@ -251,9 +251,9 @@ class TrainingSettings(_Section):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, schedule: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger  # the scheduler's own parser
+        from feature_store.cron import cron_trigger  # the scheduler's own reading
 
-        CronTrigger.from_crontab(schedule, timezone="UTC")  # ValueError: a settings error at load, not at 3 a.m.
+        cron_trigger(schedule)  # ValueError: a settings error at load, not at 3 a.m.
         return schedule
 
     step_timeout_s: float = Field(default=3600.0, gt=0, description="A step still running after this fails the run.")

@@ -32,7 +32,8 @@ from services.experiments.serving import ExperimentServing
 from services.experiments.store import ExperimentStore
 from services.learner.serving import LearnerServing
 from services.learner.shown import ShownStore, ShownWriter
-from services.explore.factory import explore_stage_from_settings, request_generators
+from services.explore.factory import explore_stage_from_settings
+from services.explore.randomness import request_generators, shared_salt
 from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
 from services.recommend.catalog_sync import CatalogSync
@@ -114,7 +115,8 @@ def _start(
     stack.callback(catalog_sync.stop)
     fallback = LastKnownPopular()
     _prime(store, fallback, settings.api.recall_candidates)
-    explore = explore_stage_from_settings(settings, features)
+    salt = shared_salt(client, settings.redis.key_prefix) if settings.explore.seed is None else None
+    explore = explore_stage_from_settings(settings, features, salt)
     stack.callback(explore.close)
     pipeline = RecommendationPipeline(
         store, default_channels(store, fallback), fallback, settings.api.recall_candidates,
@@ -127,8 +129,8 @@ def _start(
     experiment_store = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
     serving = ExperimentServing(
         experiment_store, lambda explore_settings: explore_stage_from_settings(
-            settings.model_copy(update={"explore": explore_settings}), features),
-        request_generators(settings.explore.seed),
+            settings.model_copy(update={"explore": explore_settings}), features, salt),
+        request_generators(settings.explore.seed, salt),
     )
     stack.callback(serving.close)
     models = _model_manager(settings, metrics, version_source, bundle_loader, store, serving.ranker_versions)
@@ -136,7 +138,7 @@ def _start(
     stack.callback(models.stop)
     learner = LearnerServing(
         RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history), settings.learner,
-        lambda: models.bundle.versions.get("ranker"), request_generators(settings.explore.seed),
+        lambda: models.bundle.versions.get("ranker"), request_generators(settings.explore.seed, salt),
         ShownWriter(ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s), settings.learner.shown_queue,
                     metrics.learner_shown_dropped.inc),
     )

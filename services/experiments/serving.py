@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
-
 from feature_store.settings import ExploreSettings
 from services.experiments.assignment import Assignment, assign
 from services.experiments.interleaving import balanced, probabilistic, team_draft
 from services.experiments.model import LEARNER, Experiment, Method
 from services.experiments.store import ExperimentStore
+from services.explore.randomness import RequestGenerators, fresh_generator
 from services.explore.stage import ExploreStage
 from services.recommend.pipeline import ModelBundle, ServingPlan
 from services.recommend.types import Merged
@@ -60,7 +59,7 @@ class ExperimentServing:
     """Turns a user's assignment into a `ServingPlan`; arms' explore stages are built once."""
 
     def __init__(self, store: ExperimentStore, explore_factory: ExploreFactory,
-                 rng: Callable[[], np.random.Generator] = np.random.default_rng) -> None:
+                 rng: RequestGenerators = fresh_generator) -> None:
         self.store = store
         self.explore_factory = explore_factory
         self.rng = rng
@@ -78,12 +77,13 @@ class ExperimentServing:
         names = {experiment, None if arm is None else arm.split(":", 1)[0]} - {None}
         return bool(names) and (LEARNER in names or any(name in self.store.all() for name in names))
 
-    def plan(self, user_id: str, bundle: ModelBundle, now: datetime) -> Served | None:
-        """The plan of the user's first servable assignment; the `learner` experiment is the online
-        learner's to serve (`model.LEARNER`)."""
+    def plan(self, user_id: str, bundle: ModelBundle, now: datetime, request_id: str = "") -> Served | None:
+        """The plan of the user's first servable assignment (an interleaving drawn from the request
+        id: `services.explore.randomness`); the `learner` experiment is the online learner's to
+        serve (`model.LEARNER`)."""
         experiments = [e for e in self.store.all().values() if e.id != LEARNER]
         for assignment in assign(experiments, user_id, now):
-            served = self._served(assignment, bundle)
+            served = self._served(assignment, bundle, request_id)
             if served is not None:
                 return served
         return None
@@ -94,13 +94,13 @@ class ExperimentServing:
                 stage.close()
             self._stages.clear()
 
-    def _served(self, assignment: Assignment, bundle: ModelBundle) -> Served | None:
+    def _served(self, assignment: Assignment, bundle: ModelBundle, request_id: str) -> Served | None:
         experiment = assignment.experiment
         if assignment.interleaved:
             versions = tuple(arm.version for arm in experiment.arms)
             if any(bundle.ranker_for(v) is None and v is not None for v in versions):
                 return None
-            plan = ServingPlan(versions, merge=self._merge(experiment), label=f"interleaving:{experiment.method}",
+            plan = ServingPlan(versions, merge=self._merge(experiment, request_id), label=f"interleaving:{experiment.method}",
                                teams=tuple(arm.name for arm in experiment.arms))
             return Served(plan, experiment.id, assignment.arm)
         arm = experiment.arm(assignment.arm)
@@ -117,9 +117,9 @@ class ExperimentServing:
                 self._stages[(experiment, arm)] = self.explore_factory(settings)
             return self._stages[(experiment, arm)]
 
-    def _merge(self, experiment: Experiment) -> Callable[[list[list[str]], int], Merged]:
+    def _merge(self, experiment: Experiment, request_id: str) -> Callable[[list[list[str]], int], Merged]:
         def merge(rankings: list[list[str]], k: int) -> Merged:
-            rng = self.rng()
+            rng = self.rng(request_id)
             if experiment.method == Method.PROBABILISTIC:
                 return probabilistic(rankings, k, rng, experiment.tau)
             if experiment.method == Method.BALANCED:

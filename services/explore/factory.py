@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-
-import numpy as np
-
 from feature_store.linucb_store import RedisLinUcbStore, context_dim, context_ttl_ms
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import ExploreSettings, Settings
@@ -14,6 +9,7 @@ from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.linucb import LinUcb
 from services.explore.policy import Policy
+from services.explore.randomness import request_generators
 from services.explore.stage import ExploreStage
 from services.explore.stats import BanditStats
 from services.explore.thompson import Thompson
@@ -36,11 +32,12 @@ def policy_from_settings(explore: ExploreSettings) -> Policy:
     raise ValueError(f"unknown explore policy {explore.policy!r}")
 
 
-def explore_stage_from_settings(settings: Settings, features: RedisOnlineStore) -> ExploreStage:
+def explore_stage_from_settings(settings: Settings, features: RedisOnlineStore, salt: int | None = None) -> ExploreStage:
     """The configured policy with its reads: examined counts from the attribution store, LinUCB
-    statistics of the item embedding's dimension."""
+    statistics of the item embedding's dimension; each request draws from `salt` and its id
+    (`services.explore.randomness`)."""
     policy = policy_from_settings(settings.explore)
-    rng = request_generators(settings.explore.seed)
+    rng = request_generators(settings.explore.seed, salt)
     if policy.needs is None:
         return ExploreStage(policy, rng=rng)
     linucb = RedisLinUcbStore(features.spec, context_dim(), settings.explore.linucb_ridge, settings.feature_store.dedup_ttl_s)
@@ -49,10 +46,3 @@ def explore_stage_from_settings(settings: Settings, features: RedisOnlineStore) 
                         explore.stats_cache_s, explore.stats_cache_items)
     return ExploreStage(policy, stats, rng)
 
-
-def request_generators(seed: int | None) -> Callable[[], np.random.Generator]:
-    """A generator per request: fresh entropy, or seeded [seed, request number] for reproducible runs."""
-    if seed is None:
-        return np.random.default_rng
-    numbers = itertools.count()
-    return lambda: np.random.default_rng([seed, next(numbers)])

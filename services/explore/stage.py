@@ -8,13 +8,12 @@ carry, so that an off-policy estimator never mistakes those slots for explored o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from services.explore.greedy import Greedy
 from services.explore.policy import Deferred, ItemCounts, LinearStats, Policy, Ranked, Slate, Stats
+from services.explore.randomness import RequestGenerators, fresh_generator
 from services.explore.stats import BanditStats, StatsUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,18 @@ class Explored:
 
 
 class ExploreStage:
-    """One policy and the reads it needs; `rng` makes each request's generator (fresh entropy by default)."""
+    """One policy and the reads it needs; `rng` makes each request's generator from its id
+    (`services.explore.randomness`; fresh entropy by default)."""
 
-    def __init__(self, policy: Policy, stats: BanditStats | None = None,
-                 rng: Callable[[], np.random.Generator] = np.random.default_rng) -> None:
+    def __init__(self, policy: Policy, stats: BanditStats | None = None, rng: RequestGenerators = fresh_generator) -> None:
         if policy.needs is not None and stats is None:
             raise ValueError(f"policy {policy.name} needs statistics; pass a BanditStats")
         self.policy = policy
         self.stats = stats
         self.rng = rng
 
-    def run(self, ranked: Ranked, k: int, history: Sequence[str] = (), user_id: str | None = None) -> Explored:
+    def run(self, ranked: Ranked, k: int, history: Sequence[str] = (), user_id: str | None = None,
+            request_id: str = "") -> Explored:
         """The shown slate for `user_id` (whose LinUCB context is saved for the stream job, when
         given); Thompson's propensities pending (`Explored.pending`)."""
         if not len(ranked):
@@ -58,8 +58,8 @@ class ExploreStage:
             stats = self._read(ranked, history, user_id)
         except StatsUnavailable as exc:
             log.warning("explore: %s; serving greedy", exc)
-            return Explored(Greedy().choose(ranked, k, self.rng()), UNAVAILABLE)
-        slate, pending = self.policy.choose_deferred(ranked, k, self.rng(), stats)
+            return Explored(Greedy().choose(ranked, k, self.rng(request_id)), UNAVAILABLE)
+        slate, pending = self.policy.choose_deferred(ranked, k, self.rng(request_id), stats)
         return Explored(slate, self.policy.label, pending)
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic, team_draft
 from services.experiments.model import LEARNER, LEARNER_ARMS
 from services.experiments.serving import Served
+from services.explore.randomness import RequestGenerators, fresh_generator
 from services.learner.pdgd import sample_list
 from services.learner.shown import ShownList, ShownWriter
 from services.recommend.pipeline import ModelBundle, ServingPlan
@@ -155,7 +156,7 @@ class LearnerServing:
     """Polls the served base's current revision and turns a user in the share into a `ServingPlan`."""
 
     def __init__(self, store: RevisionStore, settings: LearnerSettings, served_base: Callable[[], str | None],
-                 rng: Callable[[], np.random.Generator] = np.random.default_rng,
+                 rng: RequestGenerators = fresh_generator,
                  shown: ShownWriter | None = None) -> None:
         """`shown`: where PDGD's served lists go (`learner.algorithm=pdgd` serves nothing without it)."""
         self.store = store
@@ -211,7 +212,7 @@ class LearnerServing:
         if revision.explore is None:
             heads.pop(1)
         rankers = tuple(HeadRanker(shared, weights, name, team == 0) for team, (name, weights) in enumerate(heads))
-        plan = ServingPlan(versions=(None,) * len(rankers), merge=self._merge, label=label(revision.id),
+        plan = ServingPlan(versions=(None,) * len(rankers), merge=self._interleave(request_id), label=label(revision.id),
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, LEARNER, ONLINE)
 
@@ -234,7 +235,7 @@ class LearnerServing:
         model over every ranked candidate and hands the shown items' features to the writer. On the
         gate's share, the base ranks too and the merge shows the two teams' team-draft instead."""
         assert self.shown is not None
-        weights, rng, shown = revision.weights, self.rng(), self.shown
+        weights, rng, shown = revision.weights, self.rng(request_id), self.shown
 
         def merge(rankings: list[list[str]], k: int) -> Merged:
             cached = shared.cached
@@ -261,9 +262,13 @@ class LearnerServing:
             plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],), rankers=(current,))
         return Served(plan, LEARNER, ONLINE)
 
-    def _merge(self, rankings: list[list[str]], k: int) -> Merged:
-        depth = max(self.settings.depth, k)  # a longer list than the depth still gets its k items
-        return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(), self.settings.tau)
+    def _interleave(self, request_id: str) -> Callable[[list[list[str]], int], Merged]:
+        """DBGD's merge: the probabilistic interleaving of each team's top `depth` (at least k)."""
+        def merge(rankings: list[list[str]], k: int) -> Merged:
+            depth = max(self.settings.depth, k)  # a longer list than the depth still gets its k items
+            return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(request_id), self.settings.tau)
+
+        return merge
 
     def start(self) -> None:
         """Read the current revision, then poll it in the background; PDGD's shown-list writer is

@@ -192,7 +192,7 @@ class RecommendationPipeline:
         with self._stage("explore", timings):
             scores = np.array([c.recall_score for c in ranked], dtype=float)
             ranked_ids = tuple(c.item_id for c in ranked)
-            explored = explore.run(Ranked(ranked_ids, scores), request.k, user.history, request.user_id)
+            explored = explore.run(Ranked(ranked_ids, scores), request.k, user.history, request.user_id, request.request_id)
             shown = [ranked[i] for i in explored.slate.positions]
             attended = [attended[i] for i in explored.slate.positions] if attended else []
         with self._stage("explain", timings):

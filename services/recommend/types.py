@@ -39,6 +39,7 @@ class RecommendationRequest:
     exclude: frozenset[str] = frozenset()
     category: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""  # its random draws come from it (`services.explore.randomness`)
 
 
 @dataclass(frozen=True)

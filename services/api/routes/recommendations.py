@@ -43,8 +43,8 @@ async def get_recommendations(
 ) -> RecommendationsResponse:
     """Top-k items for a user; items the user already interacted with never come back. Each
     shown item is logged as an impression unless `log_impressions=false`."""
-    request = RecommendationRequest(user_id, k, frozenset(exclude), category)
-    return await _recommend(state, request, request_id, log_impressions)
+    request = RecommendationRequest(user_id, k, frozenset(exclude), category, request_id=request_id)
+    return await _recommend(state, request, log_impressions)
 
 
 @router.post("/{user_id:path}/recommendations", response_model=RecommendationsResponse)
@@ -55,19 +55,19 @@ async def post_recommendations(
     """The same as GET, with the request context (page, experiment, arm: copied into the
     impressions) in the body."""
     request = RecommendationRequest(
-        user_id, query.k, frozenset(query.exclude), query.category, query.context.model_dump(exclude_none=True)
+        user_id, query.k, frozenset(query.exclude), query.category, query.context.model_dump(exclude_none=True), request_id
     )
-    return await _recommend(state, request, request_id, query.log_impressions)
+    return await _recommend(state, request, query.log_impressions)
 
 
 async def _recommend(
-    state: ServiceState, request: RecommendationRequest, request_id: str, log_impressions: bool
+    state: ServiceState, request: RecommendationRequest, log_impressions: bool
 ) -> RecommendationsResponse:
     bundle = state.models.bundle
-    request, result = await state.pipeline.recommend_within_deadline(request, bundle, _assignment(state, bundle, request_id))
+    request, result = await state.pipeline.recommend_within_deadline(request, bundle, _assignment(state, bundle))
     if log_impressions and state.settings.api.log_impressions:
         explore = state.settings.explore
-        state.impressions.submit(ServedList.of(request, result, request_id, datetime.now(timezone.utc),
+        state.impressions.submit(ServedList.of(request, result, request.request_id, datetime.now(timezone.utc),
                                                explore.log_candidates_share, explore.log_candidates_top_n))
     else:
         result.resolve_propensities()  # the client logs this list itself: it needs every slot's propensity
@@ -80,7 +80,7 @@ async def _recommend(
     elif result.fallback:
         metrics.fallback_responses.inc()
     return RecommendationsResponse(
-        request_id=request_id,
+        request_id=request.request_id,
         user_id=request.user_id,
         items=[
             RecommendedItem(item_id=i.item_id, position=position, score=i.score, sources=i.sources, reason=i.reason,
@@ -97,7 +97,7 @@ async def _recommend(
     )
 
 
-def _assignment(state: ServiceState, bundle: ModelBundle, request_id: str) -> Assign:
+def _assignment(state: ServiceState, bundle: ModelBundle) -> Assign:
     """The user's experiment plan (one Redis GET, run with the pipeline on its worker thread under
     the request's deadline: a hanging Redis costs the request, not the event loop), else the
     online learner's; the service's assignment replaces the client's experiment and arm. A client's
@@ -106,9 +106,9 @@ def _assignment(state: ServiceState, bundle: ModelBundle, request_id: str) -> As
     def assign(request: RecommendationRequest) -> tuple[RecommendationRequest, ServingPlan | None]:
         served = None
         if state.experiment_serving is not None:
-            served = state.experiment_serving.plan(request.user_id, bundle, datetime.now(timezone.utc))
+            served = state.experiment_serving.plan(request.user_id, bundle, datetime.now(timezone.utc), request.request_id)
         if served is None and state.learner is not None:  # experiments first: the learner takes the rest
-            served = state.learner.plan(request.user_id, bundle, request_id)
+            served = state.learner.plan(request.user_id, bundle, request.request_id)
         if served is None:
             serving = state.experiment_serving
             if serving is not None and serving.owns(request.context.get("experiment"), request.context.get("arm")):

@@ -187,3 +187,22 @@ def test_redis_down_serves_the_fallback_list_marked_with_propensity_one(
     assert [(i["item_id"], i["propensity"]) for i in body["items"]] == [("hit", 1.0), ("other", 1.0)]
     assert [logged[(body["request_id"], slot)].context.propensity for slot in range(2)] == [1.0, 1.0]
     assert logged[(body["request_id"], 0)].context.policy == "fallback=last_known_popular"
+
+
+def test_a_retried_request_draws_the_same_slate_on_any_worker(api_settings: Settings, make_event: EventFactory) -> None:
+    """Impression ids are the request id and the position: a retry that drew another slate would log
+    a list the client never showed under the ids of the one it shows."""
+    def slates(client: TestClient, request_ids: list[str]) -> list[tuple[str, ...]]:
+        answers = [client.get("/v1/users/u/recommendations", params={"k": K}, headers={"X-Request-ID": rid}).json()
+                   for rid in request_ids]  # fmt: skip
+        assert [answer["request_id"] for answer in answers] == request_ids
+        return [tuple(item["item_id"] for item in answer["items"]) for answer in answers]
+
+    request_ids = [f"req-{n}" for n in range(REQUESTS)]
+    with _app(api_settings, policy="epsilon_greedy", epsilon=EPSILON) as first:
+        _seed(first, make_event)
+        drawn = slates(first, request_ids)
+        with _app(api_settings, policy="epsilon_greedy", epsilon=EPSILON) as second:  # another worker
+            assert slates(second, request_ids) == drawn
+        assert slates(first, request_ids) == drawn
+    assert len(set(drawn)) > 1 and any(slate != tuple(RANKED[:K]) for slate in drawn)  # the requests explored
