@@ -22,8 +22,8 @@ def scheduler(
     from services.scheduler.service import TrainingScheduler
 
     settings = load_settings(state_dir)
-    with long_running(settings) as (client, stop, _):
-        service = TrainingScheduler(settings, client)
+    with long_running(settings) as (client, stop, url):
+        service = TrainingScheduler(settings, client, redis_url=url)
         if settings.scheduler.metrics_port:
             start_http_server(settings.scheduler.metrics_port, registry=service.metrics.registry)
             console.print(f"metrics: http://0.0.0.0:{settings.scheduler.metrics_port}/metrics")

@@ -25,17 +25,24 @@ class RunLock:
         """True when this holder got the lock; False when another holds it."""
         return bool(self._lock.acquire(blocking=False))
 
-    def renew(self) -> bool:
-        """Reset the TTL; False (and a log line) when the lock was lost meanwhile."""
+    def renew(self) -> bool | None:
+        """Reset the TTL: True; False (and a log line) when the lock was lost meanwhile; None when
+        Redis did not answer, so whether it is still held cannot be told (the caller decides how
+        long to wait: until the TTL would run out, the lock is still this holder's)."""
         try:
             self._lock.reacquire()
             return True
         except LockError as exc:
             log.error("training lock lost while a run was going on: %s", exc)
             return False
+        except redis.RedisError as exc:
+            log.warning("training lock not renewed, Redis did not answer: %s", exc)
+            return None
 
     def release(self) -> None:
         try:
             self._lock.release()
         except LockError as exc:  # expired and maybe taken by another scheduler: not ours to free
             log.warning("training lock already gone at release: %s", exc)
+        except redis.RedisError as exc:  # it expires by itself within its TTL
+            log.warning("training lock not released, Redis did not answer: %s", exc)

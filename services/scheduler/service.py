@@ -14,6 +14,7 @@ would add a broker or a metadata database for one job.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -23,8 +24,9 @@ from datetime import datetime, timezone
 import redis
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 
+from feature_store.cron import cron_trigger
+from feature_store.processes import die_with_parent
 from feature_store.settings import Settings
 from pipelines.training.dag import history
 from services.scheduler.lock import RunLock
@@ -45,13 +47,15 @@ class TrainingScheduler:
     """Cron ticks → locked runs of `command` (default: the training DAG)."""
 
     def __init__(self, settings: Settings, client: redis.Redis, command: Sequence[str] | None = None,
-                 metrics: SchedulerMetrics | None = None) -> None:  # fmt: skip
+                 metrics: SchedulerMetrics | None = None, redis_url: str | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.client = client
         self.command = list(command or default_command(settings))
+        # The run publishes its features to the scheduler's Redis: an embedded one is not started twice.
+        self.env = {**os.environ, "RECSYS_REDIS__URL": redis_url} if redis_url else None
         self.metrics = metrics or SchedulerMetrics()
         self.lock_key = f"{settings.redis.key_prefix}:training:lock"
-        self.trigger = CronTrigger.from_crontab(settings.training.schedule, timezone="UTC")
+        self.trigger = cron_trigger(settings.training.schedule)
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
 
@@ -105,9 +109,12 @@ class TrainingScheduler:
 
     def _run(self, lock: RunLock) -> str:
         log.info("training run starting: %s", " ".join(self.command))
-        process = subprocess.Popen(self.command)  # its progress goes to our stdout/stderr
+        # Its progress goes to our stdout/stderr; it dies with this thread's process, so a scheduler
+        # killed mid-run leaves no run going on without the lock.
+        process = subprocess.Popen(self.command, env=self.env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.scheduler.run_timeout_s
-        renew_every = self.settings.scheduler.lock_ttl_s / 3
+        ttl = self.settings.scheduler.lock_ttl_s
+        renew_every, renewed = ttl / 3, time.monotonic()
         while True:
             try:
                 code = process.wait(timeout=min(renew_every, max(deadline - time.monotonic(), 0.01)))
@@ -117,12 +124,16 @@ class TrainingScheduler:
                     log.error("training run past scheduler.run_timeout_s: stopping it")
                     _stop(process)
                     return "failed"
-                if not lock.renew():
-                    # Another scheduler may hold the lock now: two runs must not go on at once.
+                held = lock.renew()
+                # Lost, or not confirmed for 2/3 of the TTL (Redis down): another scheduler may hold
+                # it by the next renewal, and two runs must not go on at once.
+                if held is False or (held is None and time.monotonic() - renewed >= 2 * ttl / 3):
                     log.error("training lock lost: stopping this run (resume it with recsys train run --resume)")
                     _stop(process)
                     return "lock_lost"
-                self.metrics.lock_renewals.inc()
+                if held:
+                    renewed = time.monotonic()
+                    self.metrics.lock_renewals.inc()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -21,10 +21,10 @@ from services.scheduler.service import TrainingScheduler
 # The fake training run: records itself, holds until the test creates `release` (at most 300 s,
 # so a run orphaned by a killed scheduler ends by itself).
 HOLD = """
-import pathlib, sys, time
+import os, pathlib, sys, time
 folder = pathlib.Path(sys.argv[1])
 with (folder / "runs.txt").open("a") as runs:
-    runs.write("run\\n")
+    runs.write(f"run {os.getpid()} {os.environ.get('RECSYS_REDIS__URL')}\\n")
 deadline = time.monotonic() + 300
 while not (folder / "release").exists() and time.monotonic() < deadline:
     time.sleep(0.02)

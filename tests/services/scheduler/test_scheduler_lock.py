@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import Settings
 from services.scheduler.service import TrainingScheduler
 from tests.services.test_scheduler import HOLD
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # A scheduler in its own process, ticking once (the test kills it mid-run).
 CRASHING = """
 import sys, redis
+from feature_store.redis_server import EmbeddedRedis
 from feature_store.settings import Settings
 from services.scheduler.service import TrainingScheduler
 settings = Settings.model_validate_json(sys.argv[1])
@@ -57,6 +59,19 @@ def _until(condition: Callable[[], bool], what: str, timeout_s: float = 120) -> 
 def _runs(folder: Path) -> int:
     path = folder / "runs.txt"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _run_pids(folder: Path) -> list[int]:
+    return [int(line.split()[1]) for line in (folder / "runs.txt").read_text().splitlines()]
+
+
+def _alive(pid: int) -> bool:
+    """Running (an ended child not yet reaped by its new parent is a zombie: not running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def _tick_in_thread(scheduler: TrainingScheduler, results: list[str]) -> threading.Thread:
@@ -93,10 +108,13 @@ def test_a_crashed_schedulers_lock_expires_and_the_other_runs(settings: Settings
     try:
         _until(lambda: _runs(tmp_path) == 1, "the crashing scheduler's run started")
         assert survivor.tick() == "locked"
+        orphan = _run_pids(tmp_path)[0]
         os.kill(crashing.pid, signal.SIGKILL)  # no release, no more renewals
         crashing.wait(60)
+        # Its run dies with it: left going, it would overlap the survivor's once the lock expires.
+        _until(lambda: not _alive(orphan), "the dead scheduler's run to end with it", timeout_s=30)
         _until(lambda: not redis_client.exists(survivor.lock_key), "the dead scheduler's lock to expire", timeout_s=TTL_S * 4)
-        (tmp_path / "release").touch()  # also ends the orphaned run of the dead scheduler
+        (tmp_path / "release").touch()
         assert survivor.tick() == "succeeded" and _runs(tmp_path) == 2
     finally:
         (tmp_path / "release").touch()
@@ -121,3 +139,29 @@ def test_a_scheduler_that_lost_its_lock_stops_its_run(settings: Settings, redis_
     finally:
         (tmp_path / "release").touch()
         thread.join(60)
+
+
+def test_redis_down_mid_run_stops_the_run_before_the_lock_could_expire(tmp_path: Path) -> None:
+    """A renewal Redis does not answer cannot tell whether the lock is still held: the run goes on
+    while the lock would still be its own, then stops, and the scheduler's gauge and counters are
+    right although the release cannot reach Redis either."""
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    settings = _with_ttl(Settings(state_dir=tmp_path / "state", redis={"url": server.url, "socket_timeout_s": 0.5,
+                                                                        "connect_timeout_s": 0.5}))  # fmt: skip
+    scheduler = TrainingScheduler(settings, redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5),
+                                  [sys.executable, "-c", HOLD, str(tmp_path)], redis_url=server.url)  # fmt: skip
+    results: list[str] = []
+    thread = _tick_in_thread(scheduler, results)
+    try:
+        _until(lambda: _runs(tmp_path) == 1, "the run started")
+        assert (tmp_path / "runs.txt").read_text().split()[2] == server.url  # the run publishes to this Redis
+        server.kill()
+        stopped = time.monotonic()
+        thread.join(TTL_S * 4)
+        assert results == ["lock_lost"] and time.monotonic() - stopped < TTL_S
+        assert not _alive(_run_pids(tmp_path)[0]) and not (tmp_path / "release").exists()
+        assert scheduler.metrics.running._value.get() == 0 and scheduler.metrics.runs.labels("lock_lost")._value.get() == 1
+    finally:
+        (tmp_path / "release").touch()
+        thread.join(60)
+        server.stop()
