@@ -151,23 +151,27 @@ class ModelRegistry:
             raise CorruptArtifactError(f"{path}: manifest is not valid JSON ({exc})") from None
 
     def current(self, role: str) -> ModelVersion | None:
-        """The version `CURRENT` points at, or None when the role has no current version yet."""
+        """The version `CURRENT` points at, or None when the role has no current version yet
+        (RegistryError when it points at a version that is gone: `set_current` still repairs it)."""
+        version = self._pointer(role)
+        return None if version is None else self.get(role, version)
+
+    def _pointer(self, role: str) -> str | None:
+        """The version name in `CURRENT`, whether or not that version still exists."""
         _check_name(role, "role")
-        pointer = self.root / role / CURRENT
         try:
-            version = pointer.read_text(encoding="utf-8").strip()
+            return (self.root / role / CURRENT).read_text(encoding="utf-8").strip() or None
         except FileNotFoundError:
             return None
-        return self.get(role, version)
 
     def set_current(self, role: str, version: str, action: str = "set_current") -> None:
         """Point `role` at `version` (after verifying its checksums), atomically, and append the
         change to the role's history."""
         self.verify(self.get(role, version))
-        previous = self.current(role)
+        previous = self._pointer(role)  # a version deleted by hand is still replaced
         role_dir = self.root / role
         _write_durably(role_dir / f".{CURRENT}.{uuid.uuid4().hex}", version + "\n", replace=role_dir / CURRENT)
-        entry = {"at": _now(), "action": action, "version": version, "previous": previous and previous.version}
+        entry = {"at": _now(), "action": action, "version": version, "previous": previous}
         with (role_dir / HISTORY).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
             handle.flush()
@@ -207,23 +211,38 @@ class ModelRegistry:
         if record is None or record.get("revoked"):
             state = "was rolled back" if record else "is not blessed"
             raise RegistryError(f"{role}/{version} {state}: only a blessed version can be promoted")
+        if self._pointer(role) == version:
+            return  # already current: a history entry naming it its own previous would be rolled back to itself
         self.set_current(role, version, action="promote")
 
     def rollback(self, role: str) -> str:
-        """Make current again the version that was current before the current one, revoke the
-        current one's blessing, and return the version now current."""
+        """Make current again the version that was current before the current one (the latest
+        such that is not itself rolled back), revoke the current one's blessing, and return the
+        version now current. Nothing changes when that version fails its checksums."""
         current = self.current(role)
         if current is None:
             raise RegistryError(f"role {role!r} has no current version to roll back")
-        made_current = [e for e in self.history(role) if e["version"] == current.version and e["action"] != "rollback"]
-        previous = made_current[-1]["previous"] if made_current else None
+        previous = self._rollback_target(role, current.version)
         if previous is None:
             raise RegistryError(f"{role}/{current.version} has no earlier current version to roll back to")
+        self.verify(self.get(role, previous))  # before the revocation: a failed rollback revokes nothing
         record = self.blessing(role, current.version)
         if record is not None:
             self._write_blessing(role, current.version, {**record, "revoked": True, "revoked_at": _now()})
         self.set_current(role, previous, action="rollback")
-        return str(previous)
+        return previous
+
+    def _rollback_target(self, role: str, current: str) -> str | None:
+        """What was current before each time `current` was made current, latest first: the first
+        that is another version, still published and not rolled back itself."""
+        made_current = [e for e in self.history(role) if e["version"] == current and e["action"] != "rollback"]
+        for entry in reversed(made_current):
+            previous = entry["previous"]
+            if previous in (None, current) or previous not in self.versions(role):
+                continue
+            if not (self.blessing(role, previous) or {}).get("revoked"):
+                return str(previous)
+        return None
 
     def role_of(self, version: str) -> str:
         """The role (of `ROLES`) that published `version`."""
@@ -233,14 +252,18 @@ class ModelRegistry:
         raise RegistryError(f"no published version {version!r} under {self.root}")
 
     def overview(self, role: str) -> list[dict[str, Any]]:
-        """Every published version of `role`, oldest first: created_at, blessed, revoked, current."""
-        current = self.current(role)
+        """Every published version of `role`, oldest first: created_at, blessed, revoked, current,
+        and `problem` (why its manifest does not read, else None)."""
+        current = self._pointer(role)
         rows = []
         for version in self.versions(role):
             blessing = self.blessing(role, version) or {}
-            rows.append({"role": role, "version": version, "created_at": self.load_manifest(role, version).get("created_at"),
-                         "blessed": bool(blessing), "revoked": bool(blessing.get("revoked")),
-                         "current": current is not None and current.version == version})  # fmt: skip
+            try:
+                created, problem = self.load_manifest(role, version).get("created_at"), None
+            except RegistryError as exc:  # one damaged version must not hide the others
+                created, problem = None, str(exc)
+            rows.append({"role": role, "version": version, "created_at": created, "blessed": bool(blessing),
+                         "revoked": bool(blessing.get("revoked")), "current": current == version, "problem": problem})  # fmt: skip
         return rows
 
     def _write_blessing(self, role: str, version: str, record: dict[str, Any]) -> None:

@@ -32,7 +32,8 @@ def list_versions(state_dir: StateDirOption = None) -> None:
     for role in ROLES:
         for row in registry.overview(role):
             blessed = "revoked" if row["revoked"] else "yes" if row["blessed"] else "-"
-            table.add_row(role, row["version"], str(row["created_at"]), blessed, "*" if row["current"] else "")
+            created = str(row["created_at"]) if row["problem"] is None else f"unreadable: {row['problem']}"
+            table.add_row(role, row["version"], created, blessed, "*" if row["current"] else "")
     console.print(table)
 
 

@@ -3,6 +3,7 @@ the promotions and revokes; the gate's baseline is the most recently blessed ver
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,55 @@ def test_promote_rollback_and_blessed_baseline(tmp_path: Path) -> None:
     overview = {row["version"]: row for row in registry.overview("ranker")}
     assert overview[a]["current"] and overview[b]["revoked"] and overview[c]["revoked"]
     assert registry.role_of(b) == "ranker"
+
+
+def _blessed(registry: ModelRegistry, tmp_path: Path, names: str) -> list[str]:
+    versions = [_publish(registry, tmp_path, name) for name in names]
+    for version in versions:
+        registry.bless("ranker", version, {"blessed": True})
+    return versions
+
+
+def test_promoting_the_current_version_again_is_not_a_step_to_roll_back_to(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    a, b = _blessed(registry, tmp_path, "ab")
+    registry.promote("ranker", a)
+    registry.promote("ranker", b)
+    registry.promote("ranker", b)  # already current: nothing to record
+    assert registry.rollback("ranker") == a and not registry.blessing("ranker", a).get("revoked")
+
+
+def test_rollback_never_returns_to_a_rolled_back_version(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    a, b = _blessed(registry, tmp_path, "ab")
+    for version in (a, b, a):
+        registry.promote("ranker", version)
+    assert registry.rollback("ranker") == b  # a revoked
+    with pytest.raises(RegistryError, match="no earlier current version"):  # b's previous is the revoked a
+        registry.rollback("ranker")
+    assert registry.current("ranker").version == b and not registry.blessing("ranker", b).get("revoked")
+
+
+def test_a_rollback_to_a_damaged_version_fails_and_revokes_nothing(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    a, b = _blessed(registry, tmp_path, "ab")
+    registry.promote("ranker", a)
+    registry.promote("ranker", b)
+    (registry.get("ranker", a).path / "weights.bin").write_bytes(b"truncated")
+    with pytest.raises(RegistryError, match="checksum mismatch"):
+        registry.rollback("ranker")
+    assert registry.current("ranker").version == b and not registry.blessing("ranker", b).get("revoked")
+
+
+def test_a_current_pointer_to_a_deleted_version_is_listed_and_repaired_by_a_promotion(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    a, b = _blessed(registry, tmp_path, "ab")
+    registry.promote("ranker", b)
+    shutil.rmtree(registry.get("ranker", b).path)  # removed by hand
+    (registry.get("ranker", a).path / "manifest.json").write_text("{")  # and another damaged
+    rows = registry.overview("ranker")
+    assert [(row["version"], row["current"]) for row in rows] == [(a, False)]
+    assert "manifest is not valid JSON" in rows[0]["problem"]
+    c = _blessed(registry, tmp_path, "c")[0]
+    registry.promote("ranker", c)
+    assert registry.current("ranker").version == c and registry.history("ranker")[-1]["previous"] == b

@@ -44,7 +44,7 @@ def test_a_usage_error_is_one_line() -> None:
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("RECSYS_EXPLORE__POLICY", "bogus", "invalid settings: explore.policy: Input should be 'greedy', "),
     ("RECSYS_API__API_KEYS", "notjson", 'invalid settings: error parsing value for field "api" from source "EnvSettingsSource": '),
-    ("RECSYS_TRAINING__SCHEDULE", "0 3 * *", "invalid settings: training.schedule: Value error, Wrong number of fields"),
+    ("RECSYS_TRAINING__SCHEDULE", "0 3 * *", "invalid settings: training.schedule: Value error, cron '0 3 * *': 5 fields expected"),
 ])  # fmt: skip
 def test_a_settings_error_is_one_line(tmp_path: Path, name: str, value: str, message: str) -> None:
     result = recsys("models", "list", "--state-dir", str(tmp_path), env={name: value})

@@ -25,6 +25,7 @@ class ModelRow(BaseModel):
     blessed: bool
     revoked: bool
     current: bool
+    problem: str | None = None  # why its manifest does not read
 
 
 class ModelList(BaseModel):
