@@ -134,8 +134,9 @@ def evaluate(context: StepContext) -> StepResult:
             entry["problems"] += gate.window_problems(len(split.test), entry["chance"], context.settings.training.gate)
         if base is not None and base.version != candidate.version:
             try:
+                registry.verify(base)  # a damaged file would fail deep in the model loader
                 entry["baseline_metrics"], _ = _quality(role, base, split, context.settings)
-            except (ValueError, OSError, RegistryError) as exc:
+            except Exception as exc:  # whatever keeps the baseline from scoring must not block every run
                 entry["baseline_error"] = f"{type(exc).__name__}: {exc}"
         evaluation[role] = entry
     return StepResult({"evaluation": evaluation}, evaluation)

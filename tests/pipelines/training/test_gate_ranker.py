@@ -113,3 +113,16 @@ def test_shuffled_or_nan_ranker_is_rejected(trained: tuple[Settings, dict[str, s
         assert decision["problems"] and "non-finite" in decision["problems"][0]
     else:
         assert not all(check["passed"] for check in decision["checks"])
+
+
+def test_a_damaged_baseline_is_recorded_and_the_floors_alone_judge(
+    trained: tuple[Settings, dict[str, str]], tmp_path: Path
+) -> None:
+    settings, registry, versions = _fresh(trained, tmp_path)
+    registry.bless("ranker", versions["shuffled"], {"planted": "baseline"})
+    weights = next((registry.get("ranker", versions["shuffled"]).path / "saved_model" / "variables").glob("*.data*"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated after publication
+    decision = _gate(settings, versions["good"])
+    assert decision["baseline"] == versions["shuffled"] and decision["blessed"], decision
+    assert "checksum mismatch" in decision["held_out"]["baseline_error"]
+    assert all(check["baseline"] is None for check in decision["checks"])
