@@ -10,6 +10,7 @@ finds which steps already succeeded and what they produced.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.json_values import json_safe
+
+log = logging.getLogger(__name__)
 
 PENDING, RUNNING, SUCCEEDED, FAILED, TIMED_OUT = "pending", "running", "succeeded", "failed", "timed_out"
 
@@ -89,6 +92,10 @@ class UnknownRunError(KeyError):
         return str(self.args[0])
 
 
+class UnreadableRunError(ValueError):
+    """A run record that is not a run record's JSON (a crash mid-write on an old version, a hand edit)."""
+
+
 class RunStore:
     """Run records as `<root>/<run_id>.json`."""
 
@@ -96,20 +103,35 @@ class RunStore:
         self.root = Path(root)
 
     def save(self, record: RunRecord) -> None:
+        """Write the record durably (fsynced before the rename), so a crash leaves the old or the new one."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".{record.run_id}.{uuid.uuid4().hex}"
-        staging.write_text(json.dumps(record.to_dict(), indent=2, default=str), encoding="utf-8")
+        with staging.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(record.to_dict(), indent=2, default=str))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(staging, self.root / f"{record.run_id}.json")
 
     def load(self, run_id: str) -> RunRecord:
         path = self.root / f"{run_id}.json"
         if not path.is_file():
             raise UnknownRunError(f"no training run {run_id!r} under {self.root}")
-        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or not a record's fields
+            raise UnreadableRunError(f"{path}: not a readable run record ({type(exc).__name__}: {exc})") from None
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
-        """Run records, newest first."""
+        """Run records, newest first; an unreadable one is logged and left out."""
         if not self.root.is_dir():
             return []
         names = sorted((p.stem for p in self.root.glob("*.json") if not p.name.startswith(".")), reverse=True)
-        return [self.load(name) for name in names[:limit]]
+        records: list[RunRecord] = []
+        for name in names:
+            if limit is not None and len(records) >= limit:
+                break
+            try:
+                records.append(self.load(name))
+            except UnreadableRunError as exc:
+                log.warning("%s", exc)
+        return records

@@ -231,7 +231,7 @@ def history(
     settings = load_settings(state_dir)
     try:
         records = [RunStore(runs_dir(settings)).load(run_id)] if run_id else load_history(settings, limit)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:  # unknown or unreadable run
         fail(str(exc))
         return
     if as_json:

@@ -49,3 +49,10 @@ def test_history_lists_runs_and_one_runs_steps(settings: Settings, tmp_path: Pat
     assert missing.exit_code == 2 and "error: no training run 'nope'" in missing.output
     resume = CliRunner().invoke(app, ["train", "run", "--resume", "nope", *state])
     assert resume.exit_code == 2 and "error: no training run 'nope'" in resume.output  # not quoted as a KeyError
+
+    broken = runs_dir(settings) / "20990101T000000000000Z-crashed.json"  # newest: listed first if it read
+    broken.write_text("")
+    listing = CliRunner().invoke(app, ["train", "history", *state])
+    assert listing.exit_code == 0 and all(run.run_id in listing.output for run in runs), listing.output
+    shown = CliRunner().invoke(app, ["train", "history", "--run", broken.stem, *state])
+    assert shown.exit_code == 2 and "not a readable run record" in shown.output
