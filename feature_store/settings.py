@@ -24,6 +24,9 @@ from pydantic_settings import (
 
 #: Probabilistic interleaving's largest exponent: 2^-100 ~ 1e-30, the softmax is the ranking itself.
 MAX_TAU = 100.0
+#: The longest timeout a step or run may have (30 days): a thread's wait past `threading.TIMEOUT_MAX`
+#: fails only once the step has started, so "effectively none" is this, not 1e10.
+MAX_WAIT_S = 30 * 86400.0
 
 
 class _Section(BaseModel):
@@ -256,10 +259,11 @@ class TrainingSettings(_Section):
         cron_trigger(schedule)  # ValueError: a settings error at load, not at 3 a.m.
         return schedule
 
-    step_timeout_s: float = Field(default=3600.0, gt=0, description="A step still running after this fails the run.")
+    step_timeout_s: float = Field(default=3600.0, gt=0, le=MAX_WAIT_S, description="A step still running after this fails the run.")
     step_retries: int = Field(default=1, ge=0, description="Retries of a step that raised (not of one that timed out).")
     retry_backoff_s: float = Field(default=5.0, ge=0, description="Wait before the first retry; doubles per retry.")
-    embedding_models: list[str] = Field(default=["item2vec", "deepwalk", "node2vec"], description="Recall embeddings to train.")
+    embedding_models: list[Literal["item2vec", "deepwalk", "node2vec"]] = Field(
+        default=["item2vec", "deepwalk", "node2vec"], min_length=1, description="Recall embeddings to train.")
     embedding_dim: int = Field(default=64, ge=2)
     embedding_epochs: int = Field(default=5, ge=1)
     walks_per_node: int = Field(default=10, ge=1)
@@ -302,7 +306,7 @@ class SchedulerSettings(_Section):
 
     lock_ttl_s: float = Field(default=60.0, gt=0, description="The run lock expires this long after its holder stops renewing it.")
     metrics_port: int = Field(default=9109, ge=0, le=65535, description="Prometheus /metrics port (0: none).")
-    run_timeout_s: float = Field(default=6 * 3600.0, gt=0, description="A whole run is stopped after this long.")
+    run_timeout_s: float = Field(default=6 * 3600.0, gt=0, le=MAX_WAIT_S, description="A whole run is stopped after this long.")
 
 
 class ExperimentsSettings(_Section):

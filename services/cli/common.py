@@ -76,6 +76,19 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def serve_metrics(port: int, registry: Any, setting: str) -> None:
+    """Prometheus metrics of `registry` on `port` (0: none); a port in use is a one-line error naming `setting`."""
+    from prometheus_client import start_http_server
+
+    if not port:
+        return
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        fail(f"metrics port {port} ({setting}): {exc.strerror or exc}; set another, or 0 for none")
+    console.print(f"metrics: http://0.0.0.0:{port}/metrics")
+
+
 @contextmanager
 def long_running(settings: Settings) -> Iterator[tuple[redis.Redis, threading.Event, str]]:
     """What a long-running process (scheduler, learner) needs: plain log lines on stderr (a rich

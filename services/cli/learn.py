@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import StateDirOption, console, fail, load_settings, long_running
+from services.cli.common import StateDirOption, console, fail, load_settings, long_running, serve_metrics
 
 app = typer.Typer(help="Online learning: DRN-style minor updates of the ranker between retrains.", no_args_is_help=True)
 
@@ -23,8 +23,6 @@ def online(
     """Learn the current ranker's output layer from interleaved feedback (DBGD) or from clicks on
     Plackett–Luce lists (PDGD, `learner.algorithm=pdgd`) and publish online
     revisions every API worker serves to `learner.share` of users, until Ctrl-C or SIGTERM."""
-    from prometheus_client import start_http_server
-
     from services.learner.metrics import learner_registry
     from services.learner.process import build, run
 
@@ -34,9 +32,7 @@ def online(
             process = build(settings, client, seed, url)
         except ValueError as exc:
             fail(str(exc))
-        if settings.learner.metrics_port:
-            start_http_server(settings.learner.metrics_port, registry=learner_registry(process))
-            console.print(f"metrics: http://0.0.0.0:{settings.learner.metrics_port}/metrics")
+        serve_metrics(settings.learner.metrics_port, learner_registry(process), "learner.metrics_port")
         console.print(f"learner: {settings.learner.algorithm}, event log {settings.event_log_dir}; Ctrl-C to stop")
         try:
             summary = run(process, stop, interval_s, report_every_s, max_steps)

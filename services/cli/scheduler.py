@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import StateDirOption, console, load_settings, long_running
+from services.cli.common import StateDirOption, console, load_settings, long_running, serve_metrics
 
 
 def scheduler(
@@ -17,16 +17,12 @@ def scheduler(
 ) -> None:
     """Run the training DAG on its cron schedule (UTC) until Ctrl-C or SIGTERM. Every scheduler
     sharing a Redis (set REDIS_URL) takes the same lock, so one run goes at a time."""
-    from prometheus_client import start_http_server
-
     from services.scheduler.service import TrainingScheduler
 
     settings = load_settings(state_dir)
     with long_running(settings) as (client, stop, url):
         service = TrainingScheduler(settings, client, redis_url=url)
-        if settings.scheduler.metrics_port:
-            start_http_server(settings.scheduler.metrics_port, registry=service.metrics.registry)
-            console.print(f"metrics: http://0.0.0.0:{settings.scheduler.metrics_port}/metrics")
+        serve_metrics(settings.scheduler.metrics_port, service.metrics.registry, "scheduler.metrics_port")
         service.start()
         if run_now:
             service.run_now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,10 @@ def test_a_usage_error_is_one_line() -> None:
     ("RECSYS_EXPLORE__POLICY", "bogus", "invalid settings: explore.policy: Input should be 'greedy', "),
     ("RECSYS_API__API_KEYS", "notjson", 'invalid settings: error parsing value for field "api" from source "EnvSettingsSource": '),
     ("RECSYS_TRAINING__SCHEDULE", "0 3 * *", "invalid settings: training.schedule: Value error, cron '0 3 * *': 5 fields expected"),
+    # Caught at load, not at the embeddings step after the Spark jobs, nor once a step's thread started:
+    ("RECSYS_TRAINING__EMBEDDING_MODELS", '["item2vec", "deepwalks"]',
+     "invalid settings: training.embedding_models.1: Input should be 'item2vec', 'deepwalk' or 'node2vec'"),
+    ("RECSYS_TRAINING__STEP_TIMEOUT_S", "1e10", "invalid settings: training.step_timeout_s: Input should be less than or equal to 2592000"),
 ])  # fmt: skip
 def test_a_settings_error_is_one_line(tmp_path: Path, name: str, value: str, message: str) -> None:
     result = recsys("models", "list", "--state-dir", str(tmp_path), env={name: value})
@@ -84,3 +89,14 @@ def test_a_missing_cpu_or_gpu_extra_is_named_not_a_traceback(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
     assert "error: tensorflow is not installed: it comes from the cpu or gpu extra" in result.stderr
     assert "'.[cpu]'" in result.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = recsys("scheduler", "--state-dir", str(settings.state_dir),
+                        env={"RECSYS_REDIS__URL": str(settings.redis.url), "RECSYS_SCHEDULER__METRICS_PORT": str(port)})  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: metrics port {port} (scheduler.metrics_port): Address already in use")
