@@ -125,6 +125,7 @@ class ApiSettings(_Section):
         "removal lowers its blended score the most (0: every history item; each item tried re-scores the history).",
     )
     model_poll_interval_s: float = Field(default=5.0, gt=0, description="Registry CURRENT poll period.")
+    model_retry_s: float = Field(default=60.0, gt=0, description="A current version that failed to load is tried again this long after.")
     item_cache_ttl_s: float = Field(default=5.0, ge=0, description="In-process catalog cache TTL (0: off).")
     global_cache_ttl_s: float = Field(default=1.0, ge=0, description="Popular/trending/category lists memo TTL.")
     recommend_deadline_s: float = Field(

@@ -153,10 +153,10 @@ class ModelRegistry:
     def current(self, role: str) -> ModelVersion | None:
         """The version `CURRENT` points at, or None when the role has no current version yet
         (RegistryError when it points at a version that is gone: `set_current` still repairs it)."""
-        version = self._pointer(role)
+        version = self.current_name(role)
         return None if version is None else self.get(role, version)
 
-    def _pointer(self, role: str) -> str | None:
+    def current_name(self, role: str) -> str | None:
         """The version name in `CURRENT`, whether or not that version still exists."""
         _check_name(role, "role")
         try:
@@ -168,7 +168,7 @@ class ModelRegistry:
         """Point `role` at `version` (after verifying its checksums), atomically, and append the
         change to the role's history."""
         self.verify(self.get(role, version))
-        previous = self._pointer(role)  # a version deleted by hand is still replaced
+        previous = self.current_name(role)  # a version deleted by hand is still replaced
         role_dir = self.root / role
         _write_durably(role_dir / f".{CURRENT}.{uuid.uuid4().hex}", version + "\n", replace=role_dir / CURRENT)
         entry = {"at": _now(), "action": action, "version": version, "previous": previous}
@@ -211,7 +211,7 @@ class ModelRegistry:
         if record is None or record.get("revoked"):
             state = "was rolled back" if record else "is not blessed"
             raise RegistryError(f"{role}/{version} {state}: only a blessed version can be promoted")
-        if self._pointer(role) == version:
+        if self.current_name(role) == version:
             return  # already current: a history entry naming it its own previous would be rolled back to itself
         self.set_current(role, version, action="promote")
 
@@ -254,7 +254,7 @@ class ModelRegistry:
     def overview(self, role: str) -> list[dict[str, Any]]:
         """Every published version of `role`, oldest first: created_at, blessed, revoked, current,
         and `problem` (why its manifest does not read, else None)."""
-        current = self._pointer(role)
+        current = self.current_name(role)
         rows = []
         for version in self.versions(role):
             blessing = self.blessing(role, version) or {}

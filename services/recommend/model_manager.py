@@ -73,7 +73,7 @@ class ModelManager:
         with self._load_lock:
             try:
                 wanted = self.source.current_versions()
-                if wanted == self._requested:
+                if wanted == self._requested and not self._bundle.errors:  # a failed version is retried
                     return False
                 bundle = self.loader(wanted)
             except Exception as exc:  # a bad artifact must not take serving down

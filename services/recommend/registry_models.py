@@ -1,13 +1,17 @@
 """Wiring to the model registry: which versions are current, and loading them into a `ModelBundle`.
 
-A role whose current version cannot be loaded (corrupt artifact, missing code) keeps its last good
-version in the bundle (or is left out if it never had one), and the failure is remembered, so the
-same broken version is not retried every poll; publishing a new version clears it.
+A role whose current version cannot be loaded (corrupt artifact, a manifest that does not read,
+a `CURRENT` naming a deleted version, missing code) keeps its last good version in the bundle (or
+is left out if it never had one), and the failure is remembered: the same version is tried again
+`api.model_retry_s` after it failed (a file briefly missing on a network filesystem), not at every
+poll, which would re-hash and re-load a broken artifact each time; publishing a new version moves
+on at once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -30,15 +34,17 @@ class RegistryVersionSource:
         self.extra_rankers = extra_rankers
 
     def current_versions(self) -> dict[str, str]:
+        """The versions `CURRENT` names, whether or not they read: one that does not is the
+        loader's failure to report, while the role's last good version keeps serving."""
         versions = {}
         for role in ROLES:
             try:
-                current = self.registry.current(role)
+                current = self.registry.current_name(role)
             except RegistryError as exc:
                 log.error("registry role %s: %s", role, exc)
                 continue
             if current is not None:
-                versions[role] = current.version
+                versions[role] = current
         for version in self.extra_rankers():
             if version != versions.get("ranker"):
                 versions[EXTRA_RANKER + version] = version
@@ -52,7 +58,7 @@ class RegistryBundleLoader:
         self.settings = settings
         self.store = store
         self.registry = ModelRegistry(settings.model_registry_dir)
-        self.failed: dict[str, str] = {}  # "role/version" -> error
+        self.failed: dict[str, tuple[str, float]] = {}  # "role/version" -> error, when (monotonic)
         self._good: dict[str, tuple[str, dict[str, object]]] = {}  # role -> last good version, its parts
         # role -> the good version it replaced, kept loaded so a rollback swaps without loading
         self._previous: dict[str, tuple[str, dict[str, object]]] = {}
@@ -61,7 +67,7 @@ class RegistryBundleLoader:
         parts: dict[str, object] = {}
         loaded: dict[str, str] = {}
         for role, version in versions.items():
-            if self._good.get(role, ("",))[0] != version and f"{role}/{version}" not in self.failed:
+            if self._good.get(role, ("",))[0] != version and self._due(f"{role}/{version}"):
                 self._load_good(role, version)
             if role in self._good:  # the wanted version, or the last good one when it failed
                 loaded[role], role_parts = self._good[role]
@@ -77,9 +83,14 @@ class RegistryBundleLoader:
             blend=parts.get("blend"),  # type: ignore[arg-type]
             rankers=rankers,  # type: ignore[arg-type]
             versions=loaded,
-            errors={key: error for key, error in self.failed.items() if key.split("/")[0] in versions
+            errors={key: error for key, (error, _) in self.failed.items() if key.split("/")[0] in versions
                     and versions[key.split("/")[0]] == key.split("/", 1)[1]},
         )
+
+    def _due(self, key: str) -> bool:
+        """Whether `role/version` is to be loaded: never failed, or failed `api.model_retry_s` ago."""
+        failure = self.failed.get(key)
+        return failure is None or time.monotonic() - failure[1] >= self.settings.api.model_retry_s
 
     def _load_good(self, role: str, version: str) -> None:
         """Load `version` of `role` as its last good version, or remember why it cannot be."""
@@ -91,12 +102,13 @@ class RegistryBundleLoader:
             model_version = self.registry.get(_registry_role(role), version)
             self.registry.verify(model_version)
             self._good[role] = (version, self._load(role, model_version))
+            self.failed.pop(f"{role}/{version}", None)
             if replaced is not None:
                 self._previous[role] = replaced
         except Exception as exc:  # any bad artifact: keep serving the last good one, if any
             key = f"{role}/{version}"
-            self.failed[key] = f"{type(exc).__name__}: {exc}"
-            log.error("cannot load %s: %s", key, self.failed[key])
+            self.failed[key] = (f"{type(exc).__name__}: {exc}", time.monotonic())
+            log.error("cannot load %s: %s", key, self.failed[key][0])
 
     def _load(self, role: str, version: ModelVersion) -> dict[str, object]:
         from services.recommend import model_adapters

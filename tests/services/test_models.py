@@ -176,3 +176,28 @@ def test_a_corrupt_ranker_at_current_keeps_the_last_good_one_serving(
         registry.set_current("ranker", versions[1])  # a good version after the bad one swaps in
         reload = client.post("/v1/admin/models/reload", headers={"X-API-Key": "k"}).json()
         assert reload == {**reload, "swapped": True, "model_versions": {"ranker": versions[1]}, "error": None}
+
+
+def test_a_current_that_does_not_read_keeps_the_last_good_one_and_is_retried_once_repaired(
+    api_settings: Settings, published: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    root, versions = published
+    shutil.copytree(root, tmp_path / "registry")  # this test damages a manifest: its own copy
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.set_current("ranker", versions[0])
+    settings = with_api(_model_settings(api_settings, tmp_path / "registry"), model_poll_interval_s=3600.0, model_retry_s=0.5)
+    with TestClient(create_app(settings)) as client:
+        manifest = registry.get("ranker", versions[1]).path / "manifest.json"
+        text = manifest.read_text()
+        registry.set_current("ranker", versions[1])
+        manifest.write_text("{")  # damaged (or briefly missing on a network filesystem) after the pointer moved
+
+        reload = client.post("/v1/admin/models/reload", headers={"X-API-Key": "k"}).json()
+        assert reload["swapped"] is False and reload["model_versions"] == {"ranker": versions[0]}  # still served
+        assert f"ranker/{versions[1]}: " in reload["error"] and "manifest is not valid JSON" in reload["error"]
+        assert f"ranker/{versions[1]}" in client.get("/readyz").json()["model_errors"]
+
+        manifest.write_text(text)
+        time.sleep(0.6)  # past api.model_retry_s: the failure is not final
+        reload = client.post("/v1/admin/models/reload", headers={"X-API-Key": "k"}).json()
+        assert reload == {**reload, "swapped": True, "model_versions": {"ranker": versions[1]}, "error": None}
