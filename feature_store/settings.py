@@ -308,6 +308,7 @@ class SchedulerSettings(_Section):
     lock_ttl_s: float = Field(default=60.0, gt=0, description="The run lock expires this long after its holder stops renewing it.")
     metrics_port: int = Field(default=9109, ge=0, le=65535, description="Prometheus /metrics port (0: none).")
     run_timeout_s: float = Field(default=6 * 3600.0, gt=0, le=MAX_WAIT_S, description="A whole run is stopped after this long.")
+    stop_grace_s: float = Field(default=30.0, ge=0, le=3600, description="A run being stopped gets this long after SIGTERM before SIGKILL.")
 
 
 class ExperimentsSettings(_Section):

@@ -75,6 +75,15 @@ class RunRecord:
                 merged.update(step.outputs)
         return merged
 
+    def stop(self, reason: str) -> None:
+        """Record the run, and its running step, as failed for `reason`: a process killed from
+        outside (the scheduler's timeout) cannot record it itself."""
+        ended = now()
+        for step in self.steps:
+            if step.status == RUNNING:
+                step.status, step.error, step.ended_at = FAILED, reason, ended
+        self.status, self.ended_at = FAILED, ended
+
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values (an undefined metric, NaN, as None)."""
         return json_safe(asdict(self))

@@ -180,12 +180,14 @@ def run(
 ) -> None:
     """Run the training DAG now: compact → attribution → batch views → embeddings → ranker →
     evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why)."""
+    from feature_store.processes import sigterm_exits
     from pipelines.training.dag import run_training
     from pipelines.training.executor import StepFailed
 
     settings = load_settings(state_dir)
     try:
-        record = run_training(settings, resume, trigger, show_step)
+        with sigterm_exits():  # a run stopped by SIGTERM (the scheduler, a pod) is recorded failed, resumable
+            record = run_training(settings, resume, trigger, show_step)
     except StepFailed as exc:
         console.print(f"[red]training run failed[/]: {exc}")
         _history_table(_load_history(settings, 1))

@@ -28,7 +28,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from feature_store.cron import cron_trigger
 from feature_store.processes import die_with_parent
 from feature_store.settings import Settings
-from pipelines.training.dag import history
+from pipelines.training.dag import history, runs_dir
+from pipelines.training.records import RUNNING, RunStore
 from services.scheduler.lock import RunLock
 from services.scheduler.metrics import SchedulerMetrics
 
@@ -53,6 +54,7 @@ class TrainingScheduler:
         self.command = list(command or default_command(settings))
         # The run publishes its features to the scheduler's Redis: an embedded one is not started twice.
         self.env = {**os.environ, "RECSYS_REDIS__URL": redis_url} if redis_url else None
+        self._process: subprocess.Popen[bytes] | None = None
         self.metrics = metrics or SchedulerMetrics()
         self.lock_key = f"{settings.redis.key_prefix}:training:lock"
         self.trigger = cron_trigger(settings.training.schedule)
@@ -74,7 +76,13 @@ class TrainingScheduler:
         return None if job is None else job.next_run_time
 
     def shutdown(self) -> None:
+        """Stop ticking, and stop a run going on (SIGTERM: it records itself failed, resumable with
+        `recsys train run --resume`) rather than wait for it up to `scheduler.run_timeout_s`."""
         self._scheduler.shutdown(wait=False)
+        process = self._process
+        if process is not None and process.poll() is None:
+            log.info("scheduler stopping: stopping the training run going on")
+            process.terminate()
 
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
         self.metrics.ticks.inc()
@@ -111,7 +119,7 @@ class TrainingScheduler:
         log.info("training run starting: %s", " ".join(self.command))
         # Its progress goes to our stdout/stderr; it dies with this thread's process, so a scheduler
         # killed mid-run leaves no run going on without the lock.
-        process = subprocess.Popen(self.command, env=self.env, preexec_fn=die_with_parent)
+        process = self._process = subprocess.Popen(self.command, env=self.env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.scheduler.run_timeout_s
         ttl = self.settings.scheduler.lock_ttl_s
         renew_every, renewed = ttl / 3, time.monotonic()
@@ -122,20 +130,30 @@ class TrainingScheduler:
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     log.error("training run past scheduler.run_timeout_s: stopping it")
-                    _stop(process)
+                    self._stop(process, "stopped by the scheduler: past scheduler.run_timeout_s")
                     return "failed"
                 held = lock.renew()
                 # Lost, or not confirmed for 2/3 of the TTL (Redis down): another scheduler may hold
                 # it by the next renewal, and two runs must not go on at once.
                 if held is False or (held is None and time.monotonic() - renewed >= 2 * ttl / 3):
                     log.error("training lock lost: stopping this run (resume it with recsys train run --resume)")
-                    _stop(process)
+                    self._stop(process, "stopped by the scheduler: its run lock was lost")
                     return "lock_lost"
                 if held:
                     renewed = time.monotonic()
                     self.metrics.lock_renewals.inc()
 
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.kill()
-    process.wait()
+    def _stop(self, process: subprocess.Popen[bytes], reason: str) -> None:
+        """SIGTERM (the run records itself failed), SIGKILL after `scheduler.stop_grace_s`; a run record a
+        killed run left `running` is then marked failed for `reason` (under the lock, no other
+        run can be going)."""
+        process.terminate()
+        try:
+            process.wait(self.settings.scheduler.stop_grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        runs = history(self.settings, limit=1)
+        if runs and runs[0].status == RUNNING:
+            runs[0].stop(reason)
+            RunStore(runs_dir(self.settings)).save(runs[0])

@@ -5,7 +5,11 @@ metrics."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +109,38 @@ def test_a_step_refusing_its_data_fails_at_once_without_the_retries(settings: Se
         run_steps([Step("embeddings", too_few_events, lambda context, outputs: True)], settings, store,
                   RetryPolicy(retries=3, backoff_s=0.0, timeout_s=30))  # fmt: skip
     assert len(calls) == 1 and store.runs()[0].step("embeddings").attempts == 1
+
+
+# `recsys train run` runs the DAG under `sigterm_exits`, as here.
+STOPPED_BY_SIGTERM = """
+import sys, time
+from pathlib import Path
+from feature_store.processes import sigterm_exits
+from feature_store.settings import Settings
+from pipelines.training.executor import RetryPolicy, Step, StepResult, run_steps
+from pipelines.training.records import RunStore
+folder = Path(sys.argv[1])
+def block(context):
+    (folder / "started").touch()
+    time.sleep(300)
+    return StepResult({}, {}, {})
+with sigterm_exits():
+    run_steps([Step("long", block, lambda context, outputs: True)], Settings(state_dir=folder / "state"),
+              RunStore(folder / "runs"), RetryPolicy(retries=0, backoff_s=0.0, timeout_s=600))
+"""
+
+
+def test_a_run_stopped_by_sigterm_is_recorded_failed_not_left_running(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-c", STOPPED_BY_SIGTERM, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and process.poll() is None, "the step never started"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 143
+    finally:
+        if process.poll() is None:
+            process.kill()
+    (record,) = RunStore(tmp_path / "runs").runs()
+    assert record.status == "failed" and record.steps[0].status == "failed" and record.steps[0].error == "SystemExit: 143"

@@ -165,3 +165,28 @@ def test_redis_down_mid_run_stops_the_run_before_the_lock_could_expire(tmp_path:
         (tmp_path / "release").touch()
         thread.join(60)
         server.stop()
+
+
+# A run that records itself running, then ignores SIGTERM: only SIGKILL ends it.
+STUBBORN = """
+import signal, sys, time
+from pipelines.training.records import RUNNING, RunRecord, RunStore, StepRecord
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+RunStore(sys.argv[1]).save(RunRecord("20990101T000000Z-stuck", [StepRecord("compact", RUNNING)], RUNNING))
+time.sleep(300)
+"""
+
+
+def test_a_run_past_its_timeout_is_killed_and_recorded_failed(settings: Settings, redis_client: Any) -> None:
+    from pipelines.training.dag import runs_dir
+    from pipelines.training.records import RunStore
+
+    settings = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(
+        update={"lock_ttl_s": TTL_S, "run_timeout_s": 1.0, "stop_grace_s": 0.5})})
+    command = [sys.executable, "-c", STUBBORN, str(runs_dir(settings))]
+    scheduler = TrainingScheduler(settings, redis.Redis.from_url(settings.redis.url), command)
+    assert scheduler.tick() == "failed"
+    (record,) = RunStore(runs_dir(settings)).runs()
+    assert record.status == "failed" and record.ended_at is not None
+    assert record.steps[0].status == "failed" and record.steps[0].error == "stopped by the scheduler: past scheduler.run_timeout_s"
+    assert scheduler.metrics.running._value.get() == 0
