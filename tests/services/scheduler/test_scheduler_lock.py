@@ -190,3 +190,19 @@ def test_a_run_past_its_timeout_is_killed_and_recorded_failed(settings: Settings
     assert record.status == "failed" and record.ended_at is not None
     assert record.steps[0].status == "failed" and record.steps[0].error == "stopped by the scheduler: past scheduler.run_timeout_s"
     assert scheduler.metrics.running._value.get() == 0
+
+
+def test_stopping_the_scheduler_stops_its_run_instead_of_waiting_for_it(settings: Settings, redis_client: Any, tmp_path: Path) -> None:
+    scheduler = _scheduler(_with_ttl(settings), tmp_path)
+    scheduler.start()
+    results: list[str] = []
+    thread = _tick_in_thread(scheduler, results)
+    try:
+        _until(lambda: _runs(tmp_path) == 1, "the run started")
+        scheduler.shutdown()
+        thread.join(30)
+        assert results == ["failed"] and not _alive(_run_pids(tmp_path)[0])
+        assert not (tmp_path / "release").exists() and not redis_client.exists(scheduler.lock_key)
+    finally:
+        (tmp_path / "release").touch()
+        thread.join(60)
