@@ -130,30 +130,35 @@ class TrainingScheduler:
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     log.error("training run past scheduler.run_timeout_s: stopping it")
-                    self._stop(process, "stopped by the scheduler: past scheduler.run_timeout_s")
+                    self._stop(process, lock, "stopped by the scheduler: past scheduler.run_timeout_s")
                     return "failed"
                 held = lock.renew()
                 # Lost, or not confirmed for 2/3 of the TTL (Redis down): another scheduler may hold
-                # it by the next renewal, and two runs must not go on at once.
+                # it by the next renewal, and two runs must not go on at once: killed now, and its
+                # record left alone (the newest may be the other scheduler's run).
                 if held is False or (held is None and time.monotonic() - renewed >= 2 * ttl / 3):
                     log.error("training lock lost: stopping this run (resume it with recsys train run --resume)")
-                    self._stop(process, "stopped by the scheduler: its run lock was lost")
+                    process.kill()
+                    process.wait()
                     return "lock_lost"
                 if held:
                     renewed = time.monotonic()
                     self.metrics.lock_renewals.inc()
 
-    def _stop(self, process: subprocess.Popen[bytes], reason: str) -> None:
-        """SIGTERM (the run records itself failed), SIGKILL after `scheduler.stop_grace_s`; a run record a
-        killed run left `running` is then marked failed for `reason` (under the lock, no other
-        run can be going)."""
+    def _stop(self, process: subprocess.Popen[bytes], lock: RunLock, reason: str) -> None:
+        """SIGTERM (the run records itself failed), SIGKILL after `scheduler.stop_grace_s`; then,
+        while the lock is still this scheduler's, so that no run can be going on, every record
+        left `running` (by this run, or one killed before) is marked failed for `reason`."""
         process.terminate()
         try:
             process.wait(self.settings.scheduler.stop_grace_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        runs = history(self.settings, limit=1)
-        if runs and runs[0].status == RUNNING:
-            runs[0].stop(reason)
-            RunStore(runs_dir(self.settings)).save(runs[0])
+        if not lock.renew():
+            return
+        store = RunStore(runs_dir(self.settings))
+        for record in store.runs():
+            if record.status == RUNNING:
+                record.stop(reason)
+                store.save(record)
