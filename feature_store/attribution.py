@@ -15,14 +15,16 @@ The rule (for an outcome `o` of user `u` on item `i` at event time `t`):
 
 An impression counts at most one outcome of each type (two clicks on one slot are one click), so
 a CTR built from these counts never exceeds 1. Counts are bucketed by the *impression's* event
-hour: a bucket is final once the watermark passes its end plus the window ("closed").
+hour: a bucket is final ("closed") once every outcome that may still be attributed to it is
+decided, which the speed layer does when its watermark passes the bucket's end plus the window
+plus its allowed lateness (docs/speed_layer.md, "Lambda consistency").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from feature_store.definitions import join_key
 from feature_store.schemas import Event, EventType
@@ -34,6 +36,8 @@ NO_VALUE = "-"  # how an impression without policy, arm or position is spelled i
 #: Event ids of the impressions the API logs for the lists it serves (`imp-<request id>-<position>`,
 #: `services.recommend.impressions.impression_event_id`).
 SERVER_IMPRESSION_PREFIX = "imp-"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
 
 
 class Dimension:
@@ -118,7 +122,10 @@ def replay_window_ms(event_type: str, event_id: str, dedup_ttl_s: float, server_
 
 
 def event_ms(event: Event) -> int:
-    return int(event.ts.timestamp() * 1000)
+    """The event time in ms since the epoch, floored as Spark's `unix_millis` floors: in integers,
+    since `ts.timestamp() * 1000` loses a ms to float rounding for some times and truncates toward
+    zero before 1970."""
+    return (event.ts - EPOCH) // _MS
 
 
 def is_outcome(event: Event) -> bool:

@@ -20,13 +20,16 @@ def parse_event_line(line: str) -> Event:
         raise BadEventLine(f"{problems}; line: {line[:200]!r}") from exc
 
 
-def event_time_ms(event: Event) -> int:
-    return int(event.ts.timestamp() * 1000)
+def too_late_from_ms(ts_ms: int, allowed_lateness_ms: int) -> int:
+    """The first watermark at which an event at `ts_ms` is too late. The join decides what such an
+    event could still change at this watermark, not before: an event that is not too late is never
+    missed by a decision."""
+    return ts_ms + allowed_lateness_ms + 1
 
 
 def is_too_late(ts_ms: int, watermark_ms: int, allowed_lateness_ms: int) -> bool:
     """An event is too late when it is older than the watermark minus the allowed lateness."""
-    return ts_ms < watermark_ms - allowed_lateness_ms
+    return watermark_ms >= too_late_from_ms(ts_ms, allowed_lateness_ms)
 
 
 def is_in_the_future(ts_ms: int, now_ms: int, max_future_skew_ms: int) -> bool:

@@ -56,6 +56,7 @@ from feature_store.attribution_store import CreditRecord, ImpressionRecord, Miss
 from feature_store.definitions import join_key
 from feature_store.linucb_store import LinUcbStore, served_by_linucb
 from feature_store.position_bias import CLICK
+from pipelines.flink.features import too_late_from_ms
 
 
 class StateMap(Protocol):
@@ -122,7 +123,6 @@ class AttributionJoin:
         self.linucb = linucb
         self.window_ms = window_ms
         self.lateness_ms = allowed_lateness_ms
-        self.keep_ms = window_ms + allowed_lateness_ms
         self.tally: Counter[str] = Counter()
         self.awaiting: set[str] = set()  # keys whose `pending` may hold an outcome with a request id
 
@@ -141,7 +141,7 @@ class AttributionJoin:
                 else:
                     left.append(outcome)
             self._update_awaiting(key, left)
-        return impression.ts_ms + self.keep_ms if self._learns(impression) else None
+        return self._past_use_at(impression) if self._learns(impression) else None
 
     def outcome(self, outcome: Outcome, state: KeyMaps) -> int | None:
         """Credit `outcome` now if its request's impression is known; else park it and return when
@@ -154,13 +154,13 @@ class AttributionJoin:
                 return None
             self.awaiting.add(join_key(outcome.user_id, outcome.item_id))
         state.pending.put(outcome.event_id, json.dumps(fields_of(outcome)))
-        return outcome.ts_ms + self.lateness_ms
+        return self._decide_at(outcome)
 
     def fire(self, timestamp: int, state: KeyMaps) -> None:
         """The watermark reached `timestamp`: decide the outcomes up to it, drop impressions past use."""
         impressions = [Impression(**json.loads(value)) for _, value in state.impressions.items()]
         outcomes = _outcomes(state.pending)
-        due = [o for o in outcomes if o.ts_ms + self.lateness_ms <= timestamp]
+        due = [o for o in outcomes if self._decide_at(o) <= timestamp]
         for outcome in due:
             target = attribute(outcome, impressions, self.window_ms)
             if target is None:
@@ -169,7 +169,7 @@ class AttributionJoin:
                 self._credit(target, outcome, state)
             state.pending.remove(outcome.event_id)
         for impression in impressions:
-            if impression.ts_ms + self.keep_ms <= timestamp:
+            if self._past_use_at(impression) <= timestamp:
                 self._learn(impression, state.credits)
                 state.impressions.remove(impression_ref(impression))
         if outcomes:
@@ -194,6 +194,15 @@ class AttributionJoin:
         """Forget `key` once none of the outcomes `left` in its state waits for a request's impression."""
         if not any(o.request_id is not None for o in left):
             self.awaiting.discard(key)
+
+    def _decide_at(self, outcome: Outcome) -> int:
+        """When an outcome is decided: once any impression that could still win it (the latest
+        candidate, at the outcome's time at most) would be too late."""
+        return too_late_from_ms(outcome.ts_ms, self.lateness_ms)
+
+    def _past_use_at(self, impression: Impression) -> int:
+        """When an impression is past use: the outcomes it may win (up to a window after it) are decided."""
+        return too_late_from_ms(impression.ts_ms + self.window_ms, self.lateness_ms)
 
     def _learns(self, impression: Impression) -> bool:
         return self.linucb is not None and served_by_linucb(impression.policy)

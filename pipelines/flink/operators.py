@@ -21,7 +21,7 @@ from pyflink.common.time import Time
 from pyflink.datastream import FlatMapFunction, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
-from feature_store.attribution import Impression, Outcome, is_outcome
+from feature_store.attribution import Impression, Outcome, event_ms, is_outcome
 from feature_store.definitions import join_key
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import EventType
@@ -79,7 +79,7 @@ class ParseEvents(FlatMapFunction):
         except features.BadEventLine as exc:
             log.warning("event log: skipping malformed line: %s", exc)
             return
-        ts_ms = features.event_time_ms(event)
+        ts_ms = event_ms(event)
         if features.is_in_the_future(ts_ms, int(time.time() * 1000), self.max_future_skew_ms):
             log.warning("event log: skipping an event dated ahead of the clock: %s", value[:200])
             return

@@ -8,9 +8,17 @@ collected to the driver.
 
 Compared: the buckets starting in [since, until) where
 
-- until is at most the end of the last *closed* bucket: bucket end + `attribution.window_s` <=
-  the newest event time in the master table minus a margin (default `flink.out_of_orderness_ms`,
-  the stream's watermark lag), so no outcome still to come can change it;
+- until is at most the end of the last *closed* bucket, one whose outcomes the stream job has all
+  decided: an outcome is attributed to an impression at most `attribution.window_s` after it, and
+  one the job cannot credit at once is decided when its watermark passes the outcome's time plus
+  `flink.allowed_lateness_ms` (`pipelines.flink.join`). That watermark is Flink's bounded
+  out-of-orderness one, newest time - `flink.out_of_orderness_ms` - 1 ms, of the *impressions and
+  outcomes* only (the job's parse drops other events before it). So a bucket is closed when
+  bucket end + window + allowed lateness <= newest impression or outcome time - margin - 1 ms,
+  the margin being `flink.out_of_orderness_ms` unless given. With `flink.parallelism` p > 1 the
+  job's watermark is the least of its p readers', each moved by the files it read, which the log
+  does not tell: the check then assumes every reader has read an event as new as the newest
+  (give a larger margin, or `until`, where one may lag);
   With `include_open` (the log is quiescent and the stream has caught up on it), every bucket up
   to the newest event is compared: they agree except for outcomes the stream still holds pending
   (those without a request id wait for the watermark; see `pipelines.flink.join`);
@@ -34,7 +42,7 @@ from feature_store.attribution import BUCKET_MS, CountRow, Dimension
 from feature_store.attribution_store import max_record_age_ms
 from feature_store.settings import Settings
 from pipelines.spark.common import BatchPaths, read_parquet
-from pipelines.spark.jobs.attribution import COUNTS
+from pipelines.spark.jobs.attribution import COUNTS, IMPRESSION, OUTCOME_COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -86,6 +94,7 @@ class CheckReport:
     since_ms: int
     until_ms: int
     newest_event_ms: int
+    watermark_ms: int  # the stream job's watermark the check assumes (module docstring)
     compared: int
     differences: int
     output: str
@@ -95,11 +104,28 @@ class CheckReport:
         return self.differences == 0
 
 
-def closed_until_ms(newest_event_ms: int, window_ms: int, margin_ms: int) -> int:
-    """The end of the last closed bucket: buckets starting before it satisfy
-    bucket end + window <= newest event time - margin."""
-    cutoff = newest_event_ms - margin_ms - window_ms
+def stream_watermark_ms(newest_ms: int, out_of_orderness_ms: int) -> int:
+    """The stream job's watermark once it has read an impression or outcome at `newest_ms`: Flink's
+    `BoundedOutOfOrdernessWatermarks` emits the largest time seen - out-of-orderness - 1 ms."""
+    return newest_ms - out_of_orderness_ms - 1
+
+
+def closed_until_ms(watermark_ms: int, window_ms: int, allowed_lateness_ms: int) -> int:
+    """The end of the last closed bucket at the stream's `watermark_ms`: for the buckets ending at
+    or before it, the latest outcome that may be theirs (at bucket end - 1 ms + window) is decided,
+    which the job does at its time + allowed lateness + 1 ms (`features.too_late_from_ms`)."""
+    cutoff = watermark_ms - window_ms - allowed_lateness_ms
     return cutoff - cutoff % BUCKET_MS
+
+
+def newest_times(events: DataFrame) -> tuple[int, int]:
+    """The newest event time of the master table, and its newest impression or outcome time (the
+    events that move the stream job's watermark); 0 for none."""
+    from pyspark.sql import functions as F
+
+    ts_ms, read = F.unix_millis("ts"), F.col("type").isin(IMPRESSION, *OUTCOME_COLUMNS)
+    row = events.agg(F.max(ts_ms), F.max(F.when(read, ts_ms))).first()
+    return row[0] or 0, row[1] or 0
 
 
 def speed_oldest_ms(settings: Settings, now_ms: int) -> int:
@@ -146,12 +172,14 @@ def check_attribution(
 
     paths = BatchPaths.from_settings(settings)
     events = read_parquet(spark, paths.events, produced_by="compact")
-    newest_ms = events.agg(F.max(F.unix_millis("ts"))).first()[0] or 0
+    newest_ms, newest_read_ms = newest_times(events)
     margin = settings.flink.out_of_orderness_ms if margin_ms is None else margin_ms
+    watermark = stream_watermark_ms(newest_read_ms, margin)
     if include_open:
         closed = newest_ms - newest_ms % BUCKET_MS + BUCKET_MS
     else:
-        closed = closed_until_ms(newest_ms, int(settings.attribution.window_s * 1000), margin)
+        window_ms = int(settings.attribution.window_s * 1000)
+        closed = closed_until_ms(watermark, window_ms, settings.flink.allowed_lateness_ms)
     until = closed if until_ms is None else min(until_ms, closed)
     oldest = speed_oldest_ms(settings, int(time.time() * 1000) if now_ms is None else now_ms)
     since = oldest if since_ms is None else max(since_ms, oldest)
@@ -163,7 +191,7 @@ def check_attribution(
     finally:
         both.unpersist()
     differences = spark.read.parquet(paths.output(OUTPUT)).count()
-    return CheckReport(since, until, newest_ms, compared, differences, paths.output(OUTPUT))
+    return CheckReport(since, until, newest_ms, watermark, compared, differences, paths.output(OUTPUT))
 
 
 def differences(spark: SparkSession, report: CheckReport) -> Iterator[Difference]:

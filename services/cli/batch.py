@@ -108,7 +108,7 @@ def check_attribution(
     since: TimeOption = None,
     until: TimeOption = None,
     margin_s: Annotated[
-        float | None, typer.Option(help="Distance from the newest event (default: flink.out_of_orderness_ms).")
+        float | None, typer.Option(help="Distance from the newest impression or outcome (default: flink.out_of_orderness_ms).")
     ] = None,
     open_buckets: Annotated[bool, typer.Option(
         "--open-buckets", help="Also compare the buckets not closed yet: only when no event is arriving and the "

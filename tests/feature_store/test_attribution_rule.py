@@ -10,6 +10,7 @@ from feature_store.attribution import (
     Impression,
     Outcome,
     attribute,
+    event_ms,
     join_key,
     reference_counts,
 )
@@ -78,3 +79,14 @@ def test_counts_credit_one_outcome_per_type_per_impression_in_the_impression_hou
 def test_join_key_is_injective_on_separators() -> None:
     assert join_key("a|b", "c") != join_key("a", "b|c")
     assert join_key("a%7Cb", "c") != join_key("a|b", "c")
+
+
+def test_event_ms_floors_exactly_as_spark_unix_millis() -> None:
+    """Float arithmetic (`ts.timestamp() * 1000`) gives 1076226594836 for the first (rounding) and
+    -0 for the second (truncating toward zero); Spark's `unix_millis` floors the exact value."""
+    def at(ts: str) -> int:
+        return event_ms(Event.model_validate({"event_id": "e", "user_id": "u", "item_id": "i", "type": "click", "ts": ts}))
+
+    assert at("2004-02-08T07:49:54.837Z") == 1_076_226_594_837
+    assert at("1969-12-31T23:59:59.9995Z") == -1
+    assert at("1970-01-01T00:00:00Z") == 0

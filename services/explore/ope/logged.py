@@ -10,7 +10,8 @@ policy label, propensity and attributed click. Its `Decision`:
 - the logging policy from the impressions' label (`serving_policy`): greedy, `greedy (stats
   unavailable)` or ε-greedy. A request logged by UCB1, Thompson or LinUCB is skipped: their
   placements depend on statistics the log does not carry. Each shown slot's logged propensity is
-  checked against the policy's placement; a request where they differ is skipped and counted;
+  checked against the policy's placement; a request where they differ is skipped and counted, and
+  so is one with an impression without a position (a client's own, which the schema allows);
 - the target's statistics (UCB1, Thompson) are read once at evaluation time through `stats`, not
   as they were at each request: an approximation of a target that would have learned along. Such a
   target chooses among the logged candidates only (the unlogged tail has no statistics to read):
@@ -68,6 +69,10 @@ def logging_policy(served_by: str | None) -> Policy | None:
 
 def decision(row: Mapping[str, Any], stats: Callable[[Sequence[str]], Stats] | None = None) -> tuple[Decision | None, str]:
     """The decision of one logged request, or None with why it is skipped; else its logging label."""
+    if any(slot["position"] is None for slot in row["slots"]):
+        # A client may log what it showed without a slot: which slot it was (and so the slot a
+        # click credited to it belongs to) is unknown.
+        return None, "an impression without a position"
     slots = sorted(row["slots"], key=lambda slot: slot["position"])
     if [slot["position"] for slot in slots] != list(range(len(slots))):
         return None, "incomplete slate (an impression is missing)"

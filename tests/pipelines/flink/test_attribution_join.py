@@ -15,10 +15,11 @@ import redis
 
 from feature_store.attribution import Dimension, Impression, Outcome, is_outcome, reference_counts
 from feature_store.definitions import join_key
-from feature_store.attribution_store import RecordResult, RedisAttributionStore
+from feature_store.attribution_store import CreditRecord, RecordResult, RedisAttributionStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
+from pipelines.flink.features import is_too_late
 from pipelines.flink.join import AttributionJoin, DictMap, KeyMaps
 from pipelines.flink.sink import record_kind
 
@@ -129,12 +130,39 @@ def test_an_outcome_logged_before_its_impression_is_still_credited(store: RedisA
     click = Event.model_validate({"event_id": "c", "user_id": "u", "item_id": "i", "type": "click",
                                   "ts": (t0 + timedelta(seconds=1)).isoformat(), "context": {"request_id": "r"}})
     join, state = AttributionJoin(WINDOW_MS, LATENESS_MS), KeyMaps.in_memory()
-    assert join.outcome(Outcome.of(click), state) == Outcome.of(click).ts_ms + LATENESS_MS  # parked
+    assert join.outcome(Outcome.of(click), state) == Outcome.of(click).ts_ms + LATENESS_MS + 1  # parked
     join.impression(Impression.of(shown), state)
     records = join.drain()
     assert not state.pending.items() and [record_kind(r) for r in records] == ["impression", "credit"]  # at once
     assert store.record_many(records) == [RecordResult.APPLIED, RecordResult.APPLIED]
     assert store.counts(Dimension.ITEM_POSITION, join_key("i", "1"), 0, 2**62) == {"impression": 1, "click": 1}
+
+
+def test_an_impression_at_the_lateness_edge_still_wins_the_outcome() -> None:
+    """A click without request id at t; the watermark reaches exactly t + allowed lateness; then an
+    impression at t arrives. It is not too late (it is not older than watermark - lateness), so the
+    click must still be undecided and go to it, the latest candidate, as the rule and Spark say."""
+    t0 = datetime.now(timezone.utc)
+
+    def event(event_id: str, kind: str, minutes: int) -> Event:
+        return Event.model_validate({"event_id": event_id, "user_id": "u", "item_id": "i", "type": kind,
+                                     "ts": (t0 + timedelta(minutes=minutes)).isoformat()})
+
+    old, click, new = event("old", "impression", -10), event("c", "click", 0), event("new", "impression", 0)
+    t = Outcome.of(click).ts_ms
+    join, state = AttributionJoin(WINDOW_MS, LATENESS_MS), KeyMaps.in_memory()
+    join.impression(Impression.of(old), state)
+    timer = join.outcome(Outcome.of(click), state)
+    watermark = t + LATENESS_MS
+    assert timer is not None
+    if timer <= watermark:
+        join.fire(timer, state)  # what Flink does once the watermark reaches the timer
+    assert not is_too_late(Impression.of(new).ts_ms, watermark, LATENESS_MS)
+    join.impression(Impression.of(new), state)
+    join.fire(timer, state)
+    credits = [r for r in join.drain() if isinstance(r, CreditRecord)]
+    assert [(r.impression.event_id, r.outcome.event_id) for r in credits] == [("new", "c")]
+    assert is_too_late(Impression.of(new).ts_ms, timer, LATENESS_MS), "decided when it would be too late"
 
 
 class CountingMap(DictMap):

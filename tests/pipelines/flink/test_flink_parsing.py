@@ -7,14 +7,15 @@ from datetime import datetime, timezone
 import pytest
 
 from feature_store.schemas import Event
-from pipelines.flink.features import BadEventLine, event_time_ms, is_in_the_future, is_too_late, parse_event_line
+from feature_store.attribution import event_ms
+from pipelines.flink.features import BadEventLine, is_in_the_future, is_too_late, parse_event_line, too_late_from_ms
 
 
 def test_parses_an_event_log_line() -> None:
     event = Event(event_id="e1", user_id="u1", item_id="i1", type="click", ts=datetime(2024, 1, 1, tzinfo=timezone.utc))
     parsed = parse_event_line(event.to_json_line())
     assert parsed == event
-    assert event_time_ms(parsed) == 1_704_067_200_000
+    assert event_ms(parsed) == 1_704_067_200_000
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,7 @@ def test_lateness_rule() -> None:
     assert not is_too_late(ts_ms=1_000, watermark_ms=1_500, allowed_lateness_ms=500)
     assert is_too_late(ts_ms=999, watermark_ms=1_500, allowed_lateness_ms=500)
     assert not is_too_late(ts_ms=0, watermark_ms=-(2**63), allowed_lateness_ms=0)
+    assert too_late_from_ms(1_000, 500) == 1_501  # the first watermark at which it is too late
 
 
 def test_future_rule() -> None:

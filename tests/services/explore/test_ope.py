@@ -110,14 +110,17 @@ def test_evaluate_from_truncated_logged_rows_covers_the_truth(world) -> None:  #
 
 
 def test_evaluate_skips_requests_it_cannot_replay(world) -> None:  # type: ignore[no-untyped-def]
-    """A wrong logged propensity or a statistics-driven logging policy is skipped and counted; no
-    usable request at all is an error that says what to do."""
+    """A wrong logged propensity, a statistics-driven logging policy or an impression without a
+    position is skipped and counted; no usable request at all is an error that says what to do."""
     _, _, decisions = world
     rows = [_row(n, d, 10) for n, d in enumerate(decisions[:200])]
     rows[0]["slots"][0]["propensity"] = 0.5
     for slot in rows[1]["slots"]:
         slot["policy"] = "ranker=r1;explore=ucb1(c=1)"
+    client_view = {**rows[2]["slots"][1], "position": None, "propensity": None}  # the client's log of a slot
+    rows[2]["slots"].append(client_view)
     result = evaluate(rows, Greedy(), bootstrap=50)
-    assert result.requests == 198 and sum(result.skipped.values()) == 2, result.skipped
+    assert result.requests == 197 and sum(result.skipped.values()) == 3, result.skipped
+    assert result.skipped["an impression without a position"] == 1
     with pytest.raises(OpeError, match="log_candidates_share"):
         evaluate(rows[:2], Greedy(), bootstrap=50)
