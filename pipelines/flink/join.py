@@ -59,6 +59,11 @@ from feature_store.position_bias import CLICK
 from pipelines.flink.features import too_late_from_ms
 
 
+#: Decisions are made on a 10 s grid of watermark times (`timer_at`): they wait for the allowed
+#: lateness (an hour by default) anyway.
+TIMER_GRID_MS = 10_000
+
+
 class StateMap(Protocol):
     """The part of Flink's `MapState[str, str]` the join uses."""
 
@@ -173,7 +178,9 @@ class AttributionJoin:
                 self._learn(impression, state.credits)
                 state.impressions.remove(impression_ref(impression))
         if outcomes:
-            self._update_awaiting(join_key(outcomes[0].user_id, outcomes[0].item_id), [o for o in outcomes if o not in due])
+            decided = {o.event_id for o in due}
+            left = [o for o in outcomes if o.event_id not in decided]
+            self._update_awaiting(join_key(outcomes[0].user_id, outcomes[0].item_id), left)
 
     def late(self, outcome: Outcome) -> None:
         """An outcome too late for the speed layer: counted, and left to the batch layer."""
@@ -197,12 +204,12 @@ class AttributionJoin:
 
     def _decide_at(self, outcome: Outcome) -> int:
         """When an outcome is decided: once any impression that could still win it (the latest
-        candidate, at the outcome's time at most) would be too late."""
-        return too_late_from_ms(outcome.ts_ms, self.lateness_ms)
+        candidate, at the outcome's time at most) would be too late, on the timer grid."""
+        return timer_at(too_late_from_ms(outcome.ts_ms, self.lateness_ms))
 
     def _past_use_at(self, impression: Impression) -> int:
         """When an impression is past use: the outcomes it may win (up to a window after it) are decided."""
-        return too_late_from_ms(impression.ts_ms + self.window_ms, self.lateness_ms)
+        return timer_at(too_late_from_ms(impression.ts_ms + self.window_ms, self.lateness_ms))
 
     def _learns(self, impression: Impression) -> bool:
         return self.linucb is not None and served_by_linucb(impression.policy)
@@ -220,6 +227,15 @@ class AttributionJoin:
             return
         applied = self.linucb.update(impression.event_id, impression.item_id, x, 1.0 if clicked else 0.0)
         self.tally["linucb_applied" if applied else "linucb_duplicate"] += 1
+
+
+def timer_at(ms: int) -> int:
+    """`ms` rounded up to the next multiple of `TIMER_GRID_MS`. Flink keeps one timer per key and
+    time, so a key's outcomes within one grid step share a timer and are decided in one pass over
+    its state: with a timer each, a key with n pending outcomes (a client clicking one item without
+    request ids) cost n passes over n outcomes. Deciding later changes no decision: an impression
+    that could still win an outcome is too late on arrival from its exact decision time on."""
+    return -(-ms // TIMER_GRID_MS) * TIMER_GRID_MS
 
 
 def _outcomes(pending: StateMap) -> list[Outcome]:

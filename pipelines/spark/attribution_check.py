@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from feature_store.attribution import BUCKET_MS, CountRow, Dimension
 from feature_store.attribution_store import max_record_age_ms
 from feature_store.settings import Settings
+from pipelines.flink.join import TIMER_GRID_MS
 from pipelines.spark.common import BatchPaths, read_parquet
 from pipelines.spark.jobs.attribution import COUNTS, IMPRESSION, OUTCOME_COLUMNS
 
@@ -113,8 +114,9 @@ def stream_watermark_ms(newest_ms: int, out_of_orderness_ms: int) -> int:
 def closed_until_ms(watermark_ms: int, window_ms: int, allowed_lateness_ms: int) -> int:
     """The end of the last closed bucket at the stream's `watermark_ms`: for the buckets ending at
     or before it, the latest outcome that may be theirs (at bucket end - 1 ms + window) is decided,
-    which the job does at its time + allowed lateness + 1 ms (`features.too_late_from_ms`)."""
-    cutoff = watermark_ms - window_ms - allowed_lateness_ms
+    which the job does at its time + allowed lateness + 1 ms (`features.too_late_from_ms`) rounded
+    up to its timer grid (`join.timer_at`)."""
+    cutoff = watermark_ms - watermark_ms % TIMER_GRID_MS - window_ms - allowed_lateness_ms
     return cutoff - cutoff % BUCKET_MS
 
 
