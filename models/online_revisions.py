@@ -29,6 +29,7 @@ pointer to a revision that is not stored.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import redis
 
 _PUBLISH = """
-local id = 'r' .. redis.call('INCR', KEYS[4])
+local id = 'r' .. redis.call('INCR', KEYS[4]) .. '-' .. ARGV[3]
 local revision = cjson.decode(ARGV[1])
 revision['id'] = id
 redis.call('HSET', KEYS[1], id, cjson.encode(revision))
@@ -64,6 +65,7 @@ class Revision:
     created: str
     reason: str
     served: bool = False
+    algorithm: str = "dbgd"  # the learner that published it (older revisions: DBGD's)
 
     @property
     def weights(self) -> np.ndarray:
@@ -81,6 +83,7 @@ class Revision:
             id=str(data["id"]), role=str(data["role"]), base=str(data["base"]), w=tuple(map(float, data["w"])),
             explore=None if not explore else tuple(map(float, explore)), parent=data.get("parent") or None,
             created=str(data["created"]), reason=str(data["reason"]), served=bool(data.get("served", False)),
+            algorithm=str(data.get("algorithm") or "dbgd"),
         )
 
 
@@ -109,8 +112,10 @@ class RevisionStore:
         self._publish = client.register_script(_PUBLISH)
 
     def publish(self, base: str, w: np.ndarray, explore: np.ndarray | None, parent: str | None, reason: str,
-                served: bool = False) -> Revision:
-        """Store a new revision of `base` and make it the base's current one; returns it with its id."""
+                served: bool = False, algorithm: str = "dbgd") -> Revision:
+        """Store a new revision of `base` and make it the base's current one; returns it with its id,
+        `r<counter>-<random>`: a Redis restored from an older snapshot counts again from where it
+        was, and a repeated `r<counter>` would take the credit of the lists served under the lost one."""
         w = np.asarray(w, dtype=np.float64)
         if explore is not None and np.shape(explore) != w.shape:
             raise ValueError(f"explore weights have shape {np.shape(explore)}, w has {w.shape}")
@@ -118,9 +123,10 @@ class RevisionStore:
             raise ValueError("revision weights must be finite")
         body = {"role": self.role, "base": base, "w": w.tolist(), "parent": parent or "",
                 "explore": [] if explore is None else np.asarray(explore, dtype=np.float64).tolist(),
-                "served": served, "created": datetime.now(timezone.utc).isoformat(), "reason": reason}
+                "served": served, "created": datetime.now(timezone.utc).isoformat(), "reason": reason,
+                "algorithm": algorithm}
         keys = [self._revisions, self._history, self._pointer_prefix + base, self._seq]
-        revision_id = self._publish(keys=keys, args=[json.dumps(body), self.history_size]).decode()
+        revision_id = self._publish(keys=keys, args=[json.dumps(body), self.history_size, secrets.token_hex(3)]).decode()
         return Revision.from_json(json.dumps({**body, "id": revision_id}))
 
     def current_id(self, base: str) -> str | None:

@@ -36,7 +36,9 @@ One `step()`:
    set. A new base or a rollback starts the comparison again with the base served; a restart
    keeps serving what the resumed revision served, judged on new evidence.
 
-The learner resumes from the base's current revision after a restart (its `w`), with a fresh `w̃`.
+The learner resumes from the base's current revision after a restart (its `w`), with a fresh `w̃`,
+when that revision is the role's newest and of the same algorithm; otherwise (the registry went
+back to an older base, `learner.algorithm` changed) it starts from the base's own layer.
 """
 
 from __future__ import annotations
@@ -155,17 +157,20 @@ class LearnerProcess:
                                 min_comparisons=min(settings.gate_min_comparisons, settings.gate_window))
 
     def step(self) -> None:
-        """Read the new feedback and learn from it (see the module docstring)."""
+        """Read the new feedback and learn from it (see the module docstring). Redis is read before
+        the feedback is taken from the log: a step that fails on Redis loses no comparison."""
+        enabled = self.settings.enabled and self.store.control().enabled
+        current = self.registry.current("ranker") if enabled else None
+        if current is not None:
+            if current.version != self.base:
+                self._start_base(current.version)
+            self._check_guardrail()
         finished = self.comparisons.poll()
-        if not (self.settings.enabled and self.store.control().enabled):
+        if not enabled:
             self.summary.paused_steps += 1
             return
-        current = self.registry.current("ranker")
         if current is None:
             return
-        if current.version != self.base:
-            self._start_base(current.version)
-        self._check_guardrail()
         if isinstance(self.learner, Pdgd):
             self._learn_lists(finished)
             return
@@ -173,26 +178,36 @@ class LearnerProcess:
             self._learn(comparison)
 
     def _start_base(self, version: str) -> None:
-        head = self.head_of(version)
-        self.base, self.base_weights = version, head[:-1]
-        settings = self.settings
-        self.origin = starting_weights(self.base_weights, settings.sharpness) if settings.algorithm == "pdgd" else self.base_weights
-        resumed = self.store.current(version)
-        weights = resumed.weights if resumed is not None else self.origin
-        if settings.algorithm == "pdgd":
-            self.learner = Pdgd(weights, lr=settings.lr, max_step=settings.max_step)
-        else:
-            self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
-                                margin=settings.margin, significance=settings.significance, max_step=settings.max_step,
-                                tau=settings.tau, aa=settings.aa,
-                                seed=self.seed + self.summary.bases)
-        self.against_base.clear()
-        self.gate.reset(self.base_weights, promoted=resumed is not None and resumed.served and settings.promote)
-        self.arms = {label(resumed.id)} if resumed is not None else set()  # its lists are this base's too
+        """Learn on `version`: resume its current revision when it is the newest of this role and
+        of this algorithm (this process restarted), else start from the base's own layer (a new
+        base, a registry rollback to an older one, or another algorithm). Switched whole or not at
+        all: a failure (Redis) leaves no base, so the next step starts it again."""
+        try:
+            head = self.head_of(version)
+            self.base, self.base_weights = version, head[:-1]
+            settings = self.settings
+            pdgd = settings.algorithm == "pdgd"
+            self.origin = starting_weights(self.base_weights, settings.sharpness) if pdgd else self.base_weights
+            newest = self.store.history(limit=1)
+            resumed = newest[0] if newest and newest[0].base == version and newest[0].algorithm == settings.algorithm else None
+            weights = resumed.weights if resumed is not None else self.origin
+            if pdgd:
+                self.learner = Pdgd(weights, lr=settings.lr, max_step=settings.max_step)
+            else:
+                self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
+                                    margin=settings.margin, significance=settings.significance, max_step=settings.max_step,
+                                    tau=settings.tau, aa=settings.aa,
+                                    seed=self.seed + self.summary.bases)
+            self.against_base.clear()
+            self.gate.reset(self.base_weights, promoted=resumed is not None and resumed.served and settings.promote)
+            self.arms = {label(resumed.id)} if resumed is not None else set()  # its lists are this base's too
+            why = f"resumed from {resumed.id}" if resumed is not None else f"base {version} is the registry's current ranker"
+            self._publish(resumed.id if resumed is not None else None, why)
+        except BaseException:
+            self.base, self.learner, self.revision = None, None, None
+            raise
         self.summary.bases += 1
-        why = f"resumed from {resumed.id}" if resumed is not None else f"base {version} is the registry's current ranker"
         log.info("learning on base %s (%s)", version, why)
-        self._publish(resumed.id if resumed is not None else None, why)
 
     def _check_guardrail(self) -> None:
         for arm, why in sorted(self.guardrail().items()):
@@ -303,7 +318,7 @@ class LearnerProcess:
     def _publish(self, parent: str | None, reason: str) -> None:
         assert self.learner is not None and self.base is not None
         self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason,
-                                           served=self.gate.promoted)
+                                           served=self.gate.promoted, algorithm=self.settings.algorithm)
         self.arms.add(label(self.revision.id))
         self.summary.revisions += 1
 

@@ -18,6 +18,7 @@ import math
 import time
 
 import numpy as np
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
@@ -471,3 +472,102 @@ def test_the_orphans_are_bounded(tmp_path: Path) -> None:
     reader = ComparisonReader(tmp_path / "events", WINDOW, max_orphans=3)
     reader.poll()
     assert list(reader._orphans) == ["c2", "c3", "c4"] and reader.orphans_dropped == 2
+
+
+def _limited(redis_client: redis.Redis, *rules: str) -> redis.Redis:
+    """A client of the test Redis as the user `learner`, with all rights less `rules` (a deployment's
+    ACL, or a Redis refusing the command); changing them closes the user's connections."""
+    redis_client.execute_command("ACL", "SETUSER", "learner", "on", ">pw", "~*", "+@all", *rules)
+    host, port = redis_client.connection_pool.connection_kwargs["host"], redis_client.connection_pool.connection_kwargs["port"]
+    return redis.Redis(host=host, port=port, username="learner", password="pw")
+
+
+def _restarted(process: LearnerProcess, settings: LearnerSettings) -> LearnerProcess:
+    """A new learner process on the same Redis, registry, event log and bases as `process`."""
+    return LearnerProcess(settings, process.store, process.registry, process.comparisons, process.head_of,
+                          shown=process.shown)
+
+
+def test_a_redis_failure_while_switching_base_leaves_no_half_switched_learner(tmp_path: Path, redis_client: redis.Redis) -> None:
+    process, feedback, versions = _process(tmp_path, redis_client)
+    limited = _limited(redis_client)
+    process.store = RevisionStore(limited, "t", history=process.settings.history)
+    try:
+        process.step()
+        first = process.store.current(versions[0])
+        feedback.request(f"learner:{first.id}", ["current", "explore"], [1])  # explore wins: w moves on v1
+        feedback.close_window()
+        process.step()
+        assert not np.array_equal(process.store.current(versions[0]).weights, [3.0, 4.0, 0.0])
+        ModelRegistry(tmp_path / "registry").set_current("ranker", versions[1])
+        _limited(redis_client, "-evalsha", "-eval")  # the publish of v2's first revision fails
+        limited.connection_pool.disconnect()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            process.step()
+        _limited(redis_client, "+evalsha", "+eval")
+        limited.connection_pool.disconnect()
+        process.step()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "learner")
+    started = RevisionStore(redis_client, "t").current(versions[1])
+    np.testing.assert_array_equal(started.weights, [1.0, -1.0, 2.0])  # v2's own layer, not v1's learned w
+    assert started.parent is None and process.base == versions[1]
+
+
+def test_a_step_failing_on_redis_loses_no_feedback(tmp_path: Path, redis_client: redis.Redis) -> None:
+    process, feedback, versions = _process(tmp_path, redis_client)
+    process.step()
+    first = process.store.current(versions[0])
+    feedback.request(f"learner:{first.id}", ["current", "explore"], [1])
+    feedback.close_window()
+    process.store = RevisionStore(_limited(redis_client, "-hgetall"), "t")  # the kill switch unreadable
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            process.step()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "learner")
+    process.store = RevisionStore(redis_client, "t", history=process.settings.history)
+    process.step()
+    assert process.summary.comparisons == 1 and process.store.current(versions[0]).parent == first.id
+
+
+def test_a_registry_rollback_to_an_older_base_starts_from_its_layer_not_its_old_revision(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    process, feedback, versions = _process(tmp_path, redis_client)
+    registry = ModelRegistry(tmp_path / "registry")
+    process.step()
+    first = process.store.current(versions[0])
+    feedback.request(f"learner:{first.id}", ["current", "explore"], [1])
+    feedback.close_window()
+    process.step()
+    assert not np.array_equal(process.store.current(versions[0]).weights, [3.0, 4.0, 0.0])  # learned on v1
+    registry.set_current("ranker", versions[1])
+    process.step()
+    registry.set_current("ranker", versions[0])  # the registry goes back
+    process.step()
+    again = process.store.current(versions[0])
+    np.testing.assert_array_equal(again.weights, [3.0, 4.0, 0.0])
+    assert again.parent is None and not again.served
+
+    restarted = _restarted(process, process.settings)  # a restart on the same base resumes
+    restarted.step()
+    assert restarted.store.current(versions[0]).parent == again.id
+
+
+def test_switching_the_algorithm_starts_from_the_algorithms_own_origin(tmp_path: Path, redis_client: redis.Redis) -> None:
+    dbgd, _, versions = _process(tmp_path, redis_client)
+    dbgd.step()
+    pdgd = _restarted(dbgd, dbgd.settings.model_copy(update={"algorithm": "pdgd", "sharpness": 4.0}))
+    pdgd.step()
+    resumed = pdgd.store.current(versions[0])
+    np.testing.assert_array_equal(resumed.weights, [12.0, 16.0, 0.0])  # 4 × the base: PDGD's origin, not DBGD's w
+    assert resumed.parent is None and resumed.algorithm == "pdgd"
+
+
+def test_revision_ids_are_not_reused_by_a_redis_restored_from_an_older_snapshot(redis_client: redis.Redis) -> None:
+    store = RevisionStore(redis_client, "t")
+    first = store.publish("v1", np.ones(3), None, None, "first")
+    redis_client.set("t:learn:{ranker}:seq", 0)  # the counter as a snapshot taken before `first` has it
+    second = store.publish("v1", np.ones(3), None, None, "after the restore")
+    assert first.id != second.id and first.id.split("-")[0] == second.id.split("-")[0] == "r1"

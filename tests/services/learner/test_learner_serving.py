@@ -437,7 +437,7 @@ def test_a_promoted_revision_serves_users_outside_the_arms_and_pdgds_gate_share_
         head = base_head(root, versions[0])
 
         def serve(served: bool) -> Revision:
-            revision = store.publish(versions[0], -2.0 * head[:-1], None, None, "planted", served=served)
+            revision = store.publish(versions[0], -2.0 * head[:-1], None, None, "planted", served=served, algorithm="pdgd")
             status = client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()
             assert status["revision"] == revision.id and status["promoted"] == served and status["ranker_served"]
             return revision
