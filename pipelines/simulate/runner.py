@@ -178,6 +178,9 @@ def _one_step(client: httpx.Client, truth: GroundTruth, step: int, k: int) -> _O
         body = response.json()
         slots = sorted((item.get("position", index), item["item_id"]) for index, item in enumerate(body["items"]))
         items = [item_id for _, item_id in slots]
+        if len(set(items)) != len(items):  # the click model and the oracle's bound assume distinct items
+            repeated = sorted({item for item in items if items.count(item) > 1})
+            return _Outcome(error=f"GET recommendations answered a list with repeated items: {', '.join(repeated[:5])}")
         clicked = truth.draw_clicks(user_id, items, step).nonzero()[0].tolist()
         request_id = body["request_id"]
         now = datetime.now(timezone.utc)
