@@ -12,6 +12,11 @@ the server waits for a client's bytes:
 
 No timer runs while the app works on a request or after the response (uvicorn's keep-alive
 timeout covers that), so a slow endpoint is never cut off by it.
+
+httptools buffers a request line and headers whole, without a limit: a client sending one endless
+header grew the worker's memory by its size. Past `MAX_HEAD_BYTES` before its headers end, a
+request gets `431 Request Header Fields Too Large` and the connection is closed (a GET's URL, with
+`exclude` at its documented limits of 500 ids of 128 characters, stays well under it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 TIMEOUT_MESSAGE = b"Request not received in time."
+MAX_HEAD_BYTES = 256 * 1024
+HEAD_TOO_LARGE_MESSAGE = b"Request line and headers over 256 KiB."
 
 
 class ReadTimeoutProtocol(HttpToolsProtocol):
@@ -43,10 +50,20 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.read_timeout_s = read_timeout_s
         self.read_timer: asyncio.TimerHandle | None = None
+        self.head_bytes: int | None = 0  # bytes of the request line and headers so far; None in a body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._await_client(self._close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_bytes is not None:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._stop_waiting()
+                self._refuse(431, HEAD_TOO_LARGE_MESSAGE)
+                return
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
@@ -57,6 +74,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         self._await_client(self._reject_incomplete_request)
 
     def on_headers_complete(self) -> None:
+        self.head_bytes = None
         super().on_headers_complete()
         self._await_client(self._close)
 
@@ -66,6 +84,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._stop_waiting()
+        self.head_bytes = 0  # the next request's head
         super().on_message_complete()
 
     def _await_client(self, on_timeout: Callable[[], None]) -> None:
@@ -83,11 +102,15 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
 
     def _reject_incomplete_request(self) -> None:
         self.read_timer = None
+        self._refuse(408, TIMEOUT_MESSAGE)
+
+    def _refuse(self, status: int, message: bytes) -> None:
+        """Answer `status` with a plain-text `message` and close: the request is not read further."""
         if self.transport.is_closing():
             return
         headers = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
         self.transport.write(
-            STATUS_LINE[408] + headers + b"content-type: text/plain; charset=utf-8\r\n"
-            + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(TIMEOUT_MESSAGE) + TIMEOUT_MESSAGE
+            STATUS_LINE[status] + headers + b"content-type: text/plain; charset=utf-8\r\n"
+            + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(message) + message
         )  # fmt: skip
         self.transport.close()

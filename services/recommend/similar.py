@@ -17,12 +17,12 @@ def similar_items(
     item = store.get_item(item_id)
     if item is None:
         return None
-    found: list[str] = []
+    found: dict[str, None] = {}  # insertion-ordered and O(1) membership: up to 64 categories × 4k items
     for category in item.categories:
         for other in store.items_in_category(category, 4 * k):
-            if other != item_id and other not in found:
-                found.append(other)
-    scores = store.popularity_of(found)
+            if other != item_id:
+                found.setdefault(other)
+    scores = store.popularity_of(list(found))
     ranked = sorted(zip(found, scores), key=lambda pair: -pair[1])
     return _available(store, ranked, k), "category"
 

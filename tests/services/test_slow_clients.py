@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from feature_store.redis_server import free_port
+from services.api.http_protocol import MAX_HEAD_BYTES
 from tests.services.test_serve_lifecycle import Serve
 from tests.services.test_server import ROOT, wait_until_serving
 
@@ -94,3 +95,18 @@ def test_recsys_serve_takes_the_timeouts_from_settings(tmp_path: Path) -> None:
     finally:
         server.process.terminate()
         server.process.wait(60)
+
+
+def test_an_endless_header_gets_431_and_a_close_before_it_ends(port: int) -> None:
+    with connect(port) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nX-Filler: ")
+        sent = 0
+        try:
+            while sent < 64 * MAX_HEAD_BYTES:  # never ends on its own: the server must stop it
+                connection.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us: what comes next says why
+        assert sent < 64 * MAX_HEAD_BYTES, "the server read the whole header"
+        answer = server_closes(connection)  # a reset for the bytes still in flight may swallow the answer
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:100]
