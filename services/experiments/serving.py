@@ -83,7 +83,7 @@ class ExperimentServing:
         serve (`model.LEARNER`)."""
         experiments = [e for e in self.store.all().values() if e.id != LEARNER]
         for assignment in assign(experiments, user_id, now):
-            served = self._served(assignment, bundle, request_id)
+            served = self._served(assignment, bundle, user_id, request_id)
             if served is not None:
                 return served
         return None
@@ -94,13 +94,13 @@ class ExperimentServing:
                 stage.close()
             self._stages.clear()
 
-    def _served(self, assignment: Assignment, bundle: ModelBundle, request_id: str) -> Served | None:
+    def _served(self, assignment: Assignment, bundle: ModelBundle, user_id: str, request_id: str) -> Served | None:
         experiment = assignment.experiment
         if assignment.interleaved:
             versions = tuple(arm.version for arm in experiment.arms)
             if any(bundle.ranker_for(v) is None and v is not None for v in versions):
                 return None
-            plan = ServingPlan(versions, merge=self._merge(experiment, request_id), label=f"interleaving:{experiment.method}",
+            plan = ServingPlan(versions, merge=self._merge(experiment, user_id, request_id), label=f"interleaving:{experiment.method}",
                                teams=tuple(arm.name for arm in experiment.arms))
             return Served(plan, experiment.id, assignment.arm)
         arm = experiment.arm(assignment.arm)
@@ -117,9 +117,9 @@ class ExperimentServing:
                 self._stages[(experiment, arm)] = self.explore_factory(settings)
             return self._stages[(experiment, arm)]
 
-    def _merge(self, experiment: Experiment, request_id: str) -> Callable[[list[list[str]], int], Merged]:
+    def _merge(self, experiment: Experiment, user_id: str, request_id: str) -> Callable[[list[list[str]], int], Merged]:
         def merge(rankings: list[list[str]], k: int) -> Merged:
-            rng = self.rng(request_id)
+            rng = self.rng(user_id, request_id)
             if experiment.method == Method.PROBABILISTIC:
                 return probabilistic(rankings, k, rng, experiment.tau)
             if experiment.method == Method.BALANCED:

@@ -58,8 +58,8 @@ class ExploreStage:
             stats = self._read(ranked, history, user_id)
         except StatsUnavailable as exc:
             log.warning("explore: %s; serving greedy", exc)
-            return Explored(Greedy().choose(ranked, k, self.rng(request_id)), UNAVAILABLE)
-        slate, pending = self.policy.choose_deferred(ranked, k, self.rng(request_id), stats)
+            return Explored(Greedy().choose(ranked, k, self.rng(user_id or "", request_id)), UNAVAILABLE)
+        slate, pending = self.policy.choose_deferred(ranked, k, self.rng(user_id or "", request_id), stats)
         return Explored(slate, self.policy.label, pending)
 
     def close(self) -> None:

@@ -207,12 +207,12 @@ class LearnerServing:
             return Served(ServingPlan((None,)), LEARNER, CONTROL)
         shared = SharedPenultimate(bundle.ranker)
         if self.settings.algorithm == "pdgd":
-            return self._pdgd_plan(shared, revision, request_id)
+            return self._pdgd_plan(shared, revision, user_id, request_id)
         heads = [(TEAMS[0], revision.weights), (TEAMS[1], revision.explore_weights), (TEAMS[2], None)]
         if revision.explore is None:
             heads.pop(1)
         rankers = tuple(HeadRanker(shared, weights, name, team == 0) for team, (name, weights) in enumerate(heads))
-        plan = ServingPlan(versions=(None,) * len(rankers), merge=self._interleave(request_id), label=label(revision.id),
+        plan = ServingPlan(versions=(None,) * len(rankers), merge=self._interleave(user_id, request_id), label=label(revision.id),
                            teams=tuple(name for name, _ in heads), rankers=rankers)
         return Served(plan, LEARNER, ONLINE)
 
@@ -230,12 +230,12 @@ class LearnerServing:
         ranker = HeadRanker(SharedPenultimate(bundle.ranker), weights, TEAMS[0], True)
         return Served(ServingPlan((None,), rankers=(ranker,), ranker_version=f"{revision.base}@{revision.id}"))
 
-    def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, request_id: str) -> Served:
+    def _pdgd_plan(self, shared: SharedPenultimate, revision: Revision, user_id: str, request_id: str) -> Served:
         """One team (`current`) ranking by W; the merge draws the shown list from W's Plackett–Luce
         model over every ranked candidate and hands the shown items' features to the writer. On the
         gate's share, the base ranks too and the merge shows the two teams' team-draft instead."""
         assert self.shown is not None
-        weights, rng, shown = revision.weights, self.rng(request_id), self.shown
+        weights, rng, shown = revision.weights, self.rng(user_id, request_id), self.shown
 
         def merge(rankings: list[list[str]], k: int) -> Merged:
             cached = shared.cached
@@ -262,11 +262,11 @@ class LearnerServing:
             plan = ServingPlan(versions=(None,), merge=merge, label=label(revision.id), teams=(TEAMS[0],), rankers=(current,))
         return Served(plan, LEARNER, ONLINE)
 
-    def _interleave(self, request_id: str) -> Callable[[list[list[str]], int], Merged]:
+    def _interleave(self, user_id: str, request_id: str) -> Callable[[list[list[str]], int], Merged]:
         """DBGD's merge: the probabilistic interleaving of each team's top `depth` (at least k)."""
         def merge(rankings: list[list[str]], k: int) -> Merged:
             depth = max(self.settings.depth, k)  # a longer list than the depth still gets its k items
-            return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(request_id), self.settings.tau)
+            return probabilistic([ranking[:depth] for ranking in rankings], k, self.rng(user_id, request_id), self.settings.tau)
 
         return merge
 

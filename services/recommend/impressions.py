@@ -63,9 +63,13 @@ before: a retried request id), `dropped` (queue full, or still unwritten at shut
 `not_applied` (logged, but Redis was unreachable: the live counts catch up at the next batch run)."""
 
 
-def impression_event_id(request_id: str, position: int) -> str:
-    """The event id of a slot: deterministic, so a retried request logs each slot once."""
-    return f"{SERVER_IMPRESSION_PREFIX}{request_id}-{position}"
+def impression_event_id(request_id: str, user_id: str, position: int) -> str:
+    """The event id of a slot, `imp-<request id>-<8 hex of the user id's sha256>-<position>`:
+    deterministic, so a retried request logs each slot once, and apart for two users whose clients
+    send one `X-Request-ID` (a page view's id reused by its widgets), which would else be taken for
+    one another's duplicates and dropped."""
+    user = hashlib.sha256(user_id.encode()).hexdigest()[:8]
+    return f"{SERVER_IMPRESSION_PREFIX}{request_id}-{user}-{position}"
 
 
 def serving_policy(result: RecommendationResult) -> str:
@@ -133,7 +137,7 @@ class ServedList:
                     **(self._candidates() if position == 0 and self.candidates else {}),
                 )
                 events.append(Event(
-                    event_id=impression_event_id(self.request_id, position), user_id=self.user_id,
+                    event_id=impression_event_id(self.request_id, self.user_id, position), user_id=self.user_id,
                     item_id=item_id, type=EventType.IMPRESSION, ts=self.served_at, context=context,
                 ))
             except ValidationError as exc:

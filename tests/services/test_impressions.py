@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from datetime import datetime, timezone
@@ -85,7 +86,8 @@ def test_every_shown_item_is_logged_once_with_its_slot_and_policy(
                 for body in [*served, retried[0].json()] for item in body["items"]}  # fmt: skip
     assert {slot: (e.user_id, e.item_id) for slot, e in by_slot.items()} == expected
     for (request_id, position), event in by_slot.items():
-        assert event.event_id == f"imp-{request_id}-{position}"
+        user = hashlib.sha256(event.user_id.encode()).hexdigest()[:8]  # independent of the writer's helper
+        assert event.event_id == f"imp-{request_id}-{user}-{position}"
         assert event.context.policy == "ranker=popularity;explore=greedy" and event.context.propensity == 1.0
         assert event.context.model_versions is None  # no model published in this test
         assert started <= event.ts <= finished
@@ -209,3 +211,16 @@ def test_a_served_impression_posted_again_is_a_duplicate(api_settings: Settings,
         again = client.post("/v1/events", json=[e.model_dump(mode="json") for e in logged]).json()
         assert (again["accepted"], again["duplicates"]) == (0, K)
         assert counts() == before and sum(before["impressions_all"]) == K
+
+
+def test_two_users_served_under_one_request_id_both_have_their_impressions(api_settings: Settings, make_event: EventFactory) -> None:
+    """A page view's id sent by each of its widgets, or a counter two clients share: not a retry."""
+    with TestClient(create_app(api_settings)) as client:
+        _seed(client, make_event)
+        for user in ("u1", "u2"):
+            response = client.get(f"/v1/users/{user}/recommendations", params={"k": K}, headers={"X-Request-ID": "page-7"})
+            assert response.json()["request_id"] == "page-7"
+        _flush(client)
+        assert _counter(client, "duplicate") == 0
+    logged = _impressions(api_settings)
+    assert sorted((e.user_id, e.context.position) for e in logged) == [(u, p) for u in ("u1", "u2") for p in range(K)]

@@ -32,7 +32,7 @@ def test_the_deferred_estimate_is_what_choose_returns_with_the_same_generator() 
 
 def test_only_a_pending_slate_has_no_propensities_yet() -> None:
     ranked = Ranked(tuple(f"i{i}" for i in range(20)), np.linspace(1, 0, 20))
-    explored = ExploreStage(EpsilonGreedy(0.5), rng=lambda request_id: np.random.default_rng(3)).run(ranked, 4)
+    explored = ExploreStage(EpsilonGreedy(0.5), rng=lambda user_id, request_id: np.random.default_rng(3)).run(ranked, 4)
     assert explored.pending is None and explored.propensities == explored.slate.propensities
     assert all(p is not None for p in explored.propensities)
     counts = ItemCounts(np.full(20, 50.0), np.full(20, 5.0))
