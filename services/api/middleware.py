@@ -1,4 +1,6 @@
-"""ASGI middleware: request ids, per-endpoint latency metrics, and the request body size limit."""
+"""ASGI middleware: request ids, per-endpoint latency metrics, the request body size limit, and
+URLs whose percent-escapes are not UTF-8 refused (400): decoded with replacement characters, `caf%E9`
+and `caf%E8` would both name the id `caf\ufffd`, one user's or item's data served for another's."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import re
 import time
 import uuid
+from urllib.parse import unquote_to_bytes
 
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,9 +48,13 @@ class ServiceMiddleware:
             await send(message)
 
         try:
+            if not _utf8_url(scope):
+                await _send_error(send_with_id, 400, "invalid_url", "the URL's percent-escapes are not UTF-8", request_id)
+                return
             body_receive = await self._buffer_body(scope, receive)
         except _BodyTooLarge:
-            await self._reject_too_large(send_with_id, request_id)
+            await _send_error(send_with_id, 413, "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes",
+                              request_id)  # fmt: skip
         else:
             await self.app(scope, body_receive, send_with_id)
         finally:
@@ -76,15 +83,23 @@ class ServiceMiddleware:
                 break
         return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive)
 
-    async def _reject_too_large(self, send: Send, request_id: str) -> None:
-        body = json.dumps({"error": {
-            "code": "payload_too_large",
-            "message": f"request body exceeds {self.max_body_bytes} bytes",
-            "request_id": request_id,
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+    """The API's JSON error body (`services.api.errors`), from the middleware, before any route ran."""
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _utf8_url(scope: Scope) -> bool:
+    """Whether the path and the query string decode to UTF-8 once their %-escapes are undone."""
+    path = scope.get("raw_path") or scope.get("path", "").encode()
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+        unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

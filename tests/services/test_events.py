@@ -64,3 +64,16 @@ def test_body_size_limit(api_settings: Settings, make_event: EventFactory) -> No
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
         assert client.post("/v1/events", json=[make_event("u", "i1")]).status_code == 202
+
+
+def test_ids_in_urls_whose_escapes_are_not_utf8_are_refused_not_merged(client: TestClient) -> None:
+    """Decoded with replacement characters, `caf%E9` and `caf%E8` would both be `caf\\ufffd`."""
+    assert client.put("/v1/items/caf%C3%A9", json={"title": "Café"}).status_code in (200, 201)
+    assert client.get("/v1/items/caf%C3%A9").json()["item_id"] == "café"
+    for url in ("/v1/items/caf%E9", "/v1/items/caf%E8", "/v1/users/caf%FF/recommendations",
+                "/v1/users/u/recommendations?exclude=caf%E9"):
+        response = client.get(url)
+        assert response.status_code == 400, url
+        assert response.json()["error"]["code"] == "invalid_url" and response.headers["x-request-id"]
+    assert client.put("/v1/items/caf%E9", json={"title": "Other"}).status_code == 400
+    assert client.get("/v1/items/caf%C3%A9").json()["title"] == "Café"  # not overwritten
