@@ -106,6 +106,17 @@ class ApiSettings(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
     api_keys: list[SecretStr] = Field(default_factory=list)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _sendable_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        # A header carries bytes, read back as Latin-1: a key with other characters never matched.
+        for index, key in enumerate(keys):
+            value = key.get_secret_value()
+            if not value or not all(" " < char < "\x7f" for char in value):
+                raise ValueError(f"key {index} must be printable ASCII without spaces (what an X-API-Key header carries)")
+        return keys
+
     require_key_for_reads: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     max_events_per_request: int = Field(default=1000, gt=0)

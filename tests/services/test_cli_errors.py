@@ -100,3 +100,9 @@ def test_a_metrics_port_in_use_is_one_line(settings: Settings) -> None:
                         env={"RECSYS_REDIS__URL": str(settings.redis.url), "RECSYS_SCHEDULER__METRICS_PORT": str(port)})  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"error: metrics port {port} (scheduler.metrics_port): Address already in use")
+
+
+def test_an_api_key_a_header_cannot_carry_is_refused_at_load(tmp_path: Path) -> None:
+    result = recsys("models", "list", "--state-dir", str(tmp_path), env={"RECSYS_API__API_KEYS": '["ok-key", "clé"]'})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "api.api_keys: Value error, key 1 must be printable ASCII" in result.stderr and "clé" not in result.stderr
