@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from feature_store.schemas import EventContext, ItemAttributes
+from feature_store.schemas import CONTROL_CHARACTERS, EventContext, ItemAttributes
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -74,6 +74,17 @@ class RecommendationsQuery(_Strict):
     log_impressions: bool = Field(
         default=True, description="false: the client logs its own impressions; the service logs none for this list",
     )
+
+    @field_validator("context")
+    @classmethod
+    def _printable_labels(cls, context: EventContext) -> EventContext:
+        # Copied into the impressions the service logs and into attribution keys, where U+001E/U+001F
+        # are the feature store's separators (as ids and categories refuse them).
+        for name in ("page", "experiment", "arm"):
+            value = getattr(context, name)
+            if value is not None and CONTROL_CHARACTERS.search(value):
+                raise ValueError(f"context.{name} must not contain control characters")
+        return context
 
 
 class SimilarItem(BaseModel):

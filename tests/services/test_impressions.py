@@ -224,3 +224,14 @@ def test_two_users_served_under_one_request_id_both_have_their_impressions(api_s
         assert _counter(client, "duplicate") == 0
     logged = _impressions(api_settings)
     assert sorted((e.user_id, e.context.position) for e in logged) == [(u, p) for u in ("u1", "u2") for p in range(K)]
+
+
+def test_context_labels_with_control_characters_are_refused(api_settings: Settings, make_event: EventFactory) -> None:
+    with TestClient(create_app(api_settings)) as client:
+        _seed(client, make_event)
+        for name in ("page", "experiment", "arm"):
+            response = client.post("/v1/users/u/recommendations", json={"context": {name: "a\x1fb"}})
+            assert response.status_code == 422 and f"context.{name} must not contain control characters" in response.text
+        assert _recommend(client, "u", context={"page": "home ünïcode"})["items"]
+        _flush(client)
+    assert [e.context.page for e in _impressions(api_settings)] == ["home ünïcode"] * K
