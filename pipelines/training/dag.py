@@ -27,7 +27,7 @@ def runs_dir(settings: Settings) -> Path:
 
 
 def run_training(settings: Settings, resume: str | None = None, trigger: str = "manual",
-                 progress: Progress | None = None) -> RunRecord:  # fmt: skip
+                 progress: Progress | None = None, name: str | None = None) -> RunRecord:  # fmt: skip
     """Run every step now (or resume the run `resume`); raises `StepFailed` when one fails.
     Stops the Spark session the batch steps started (not one the caller already had)."""
     from pyspark import SparkContext
@@ -37,7 +37,7 @@ def run_training(settings: Settings, resume: str | None = None, trigger: str = "
     owned_spark = SparkContext._active_spark_context is None
     policy = RetryPolicy(settings.training.step_retries, settings.training.retry_backoff_s, settings.training.step_timeout_s)
     try:
-        return run_steps(training_steps(), settings, RunStore(runs_dir(settings)), policy, resume, trigger, progress)
+        return run_steps(training_steps(), settings, RunStore(runs_dir(settings)), policy, resume, trigger, progress, name)
     finally:
         context = SparkContext._active_spark_context
         if owned_spark and context is not None:

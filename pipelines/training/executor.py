@@ -76,11 +76,12 @@ class RetryPolicy:
 
 def run_steps(
     steps: Sequence[Step], settings: Settings, store: RunStore, policy: RetryPolicy,
-    run_id: str | None = None, trigger: str = "manual", progress: Progress | None = None,
+    run_id: str | None = None, trigger: str = "manual", progress: Progress | None = None, name: str | None = None,
 ) -> RunRecord:  # fmt: skip
     """Run (or resume, when `run_id` names a stored run) the steps; return the finished record.
-    Raises StepFailed when a step fails for good; the record says which and why."""
-    record = _open(steps, store, run_id, trigger)
+    `name`: the new run's id (default: `new_run_id()`). Raises StepFailed when a step fails for
+    good; the record says which and why."""
+    record = _open(steps, store, run_id, trigger, name)
     notify = progress or (lambda name, event, step: None)
     record.status, record.started_at, record.ended_at = RUNNING, record.started_at or now(), None
     store.save(record)
@@ -96,9 +97,11 @@ def run_steps(
     return record
 
 
-def _open(steps: Sequence[Step], store: RunStore, run_id: str | None, trigger: str) -> RunRecord:
+def _open(steps: Sequence[Step], store: RunStore, run_id: str | None, trigger: str, name: str | None) -> RunRecord:
     if run_id is None:
-        return RunRecord(new_run_id(), [StepRecord(step.name) for step in steps], trigger=trigger)
+        if name is not None and (store.root / f"{name}.json").exists():
+            raise ValueError(f"a training run {name!r} exists: resume it with --resume, or name a new one")
+        return RunRecord(name or new_run_id(), [StepRecord(step.name) for step in steps], trigger=trigger)
     record = store.load(run_id)
     if [s.name for s in record.steps] != [step.name for step in steps]:
         raise ValueError(f"run {run_id} has steps {[s.name for s in record.steps]}, not this DAG's")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import StateDirOption, console, load_settings, long_running, serve_metrics
+from services.cli.common import StateDirOption, console, fail, load_settings, long_running, serve_metrics
 
 
 def scheduler(
@@ -21,7 +21,10 @@ def scheduler(
 
     settings = load_settings(state_dir)
     with long_running(settings) as (client, stop, url):
-        service = TrainingScheduler(settings, client, redis_url=url)
+        try:
+            service = TrainingScheduler(settings, client, redis_url=url)
+        except ValueError as exc:
+            fail(str(exc))
         serve_metrics(settings.scheduler.metrics_port, service.metrics.registry, "scheduler.metrics_port")
         service.start()
         if run_now:

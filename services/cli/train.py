@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.cli.common import StateDirOption, console, fail, load_settings
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a file name under the runs folder
 
 app = typer.Typer(help="Train models and publish them to the model registry.", no_args_is_help=True)
 
@@ -177,6 +180,9 @@ def run(
     state_dir: StateDirOption = None,
     resume: Annotated[str | None, typer.Option(help="Run id to resume: its succeeded steps are skipped.")] = None,
     trigger: Annotated[str, typer.Option(help="Recorded as the run's trigger (the scheduler passes 'schedule').")] = "manual",
+    run_id: Annotated[str | None, typer.Option(
+        "--run-id", help="Id of the new run (default: its start time and a random suffix); the scheduler names its runs.",
+    )] = None,
 ) -> None:
     """Run the training DAG now: compact → attribution → batch views → embeddings → ranker →
     evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why)."""
@@ -185,9 +191,11 @@ def run(
     from pipelines.training.executor import StepFailed
 
     settings = load_settings(state_dir)
+    if run_id is not None and not RUN_ID.match(run_id):
+        fail(f"--run-id {run_id!r}: letters, digits, '_', '.' and '-', at most 128, starting with a letter or digit")
     try:
         with sigterm_exits():  # a run stopped by SIGTERM (the scheduler, a pod) is recorded failed, resumable
-            record = run_training(settings, resume, trigger, show_step)
+            record = run_training(settings, resume, trigger, show_step, run_id)
     except StepFailed as exc:
         console.print(f"[red]training run failed[/]: {exc}")
         _history_table(_load_history(settings, 1))

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -29,13 +30,14 @@ from feature_store.cron import cron_trigger
 from feature_store.processes import die_with_parent
 from feature_store.settings import Settings
 from pipelines.training.dag import history, runs_dir
-from pipelines.training.records import RUNNING, RunStore
+from pipelines.training.records import RUNNING, RunStore, new_run_id
 from services.scheduler.lock import RunLock
 from services.scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "training-dag"
+POLL_S = 1.0  # how often a run going on is checked on: the lock's renewal, a stop, the timeout
 
 
 def default_command(settings: Settings) -> list[str]:
@@ -54,9 +56,12 @@ class TrainingScheduler:
         self.command = list(command or default_command(settings))
         # The run publishes its features to the scheduler's Redis: an embedded one is not started twice.
         self.env = {**os.environ, "RECSYS_REDIS__URL": redis_url} if redis_url else None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
         self.metrics = metrics or SchedulerMetrics()
         self.lock_key = f"{settings.redis.key_prefix}:training:lock"
+        if 3 * _socket_timeout_s(client) >= settings.scheduler.lock_ttl_s:  # see `_LockKeeper`
+            raise ValueError(f"scheduler.lock_ttl_s ({settings.scheduler.lock_ttl_s:g} s) must be over 3 times how long a "
+                             f"Redis call may block ({_socket_timeout_s(client):g} s): a renewal could outlast the lock")
         self.trigger = cron_trigger(settings.training.schedule)
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
@@ -76,13 +81,10 @@ class TrainingScheduler:
         return None if job is None else job.next_run_time
 
     def shutdown(self) -> None:
-        """Stop ticking, and stop a run going on (SIGTERM: it records itself failed, resumable with
-        `recsys train run --resume`) rather than wait for it up to `scheduler.run_timeout_s`."""
+        """Stop ticking, and have a run going on stopped as a timed-out one is (within a second),
+        rather than wait for it up to `scheduler.run_timeout_s`."""
+        self._stopping.set()
         self._scheduler.shutdown(wait=False)
-        process = self._process
-        if process is not None and process.poll() is None:
-            log.info("scheduler stopping: stopping the training run going on")
-            process.terminate()
 
     def _on_max_instances(self, event: JobExecutionEvent) -> None:
         self.metrics.ticks.inc()
@@ -116,49 +118,90 @@ class TrainingScheduler:
         return status
 
     def _run(self, lock: RunLock) -> str:
-        log.info("training run starting: %s", " ".join(self.command))
+        run_id = new_run_id()  # named here, so that a run this scheduler must kill is recorded as such
+        command = [*self.command, "--run-id", run_id]
+        log.info("training run %s starting: %s", run_id, " ".join(command))
         # Its progress goes to our stdout/stderr; it dies with this thread's process, so a scheduler
         # killed mid-run leaves no run going on without the lock.
-        process = self._process = subprocess.Popen(self.command, env=self.env, preexec_fn=die_with_parent)
+        process = subprocess.Popen(command, env=self.env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.scheduler.run_timeout_s
-        ttl = self.settings.scheduler.lock_ttl_s
-        renew_every, renewed = ttl / 3, time.monotonic()
+        keeper = _LockKeeper(lock, self.settings.scheduler.lock_ttl_s, _socket_timeout_s(self.client), self.metrics)
         while True:
             try:
-                code = process.wait(timeout=min(renew_every, max(deadline - time.monotonic(), 0.01)))
+                code = process.wait(timeout=POLL_S)
                 return "succeeded" if code == 0 else "failed"
             except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline:
-                    log.error("training run past scheduler.run_timeout_s: stopping it")
-                    self._stop(process, lock, "stopped by the scheduler: past scheduler.run_timeout_s")
-                    return "failed"
-                held = lock.renew()
-                # Lost, or not confirmed for 2/3 of the TTL (Redis down): another scheduler may hold
-                # it by the next renewal, and two runs must not go on at once: killed now, and its
-                # record left alone (the newest may be the other scheduler's run).
-                if held is False or (held is None and time.monotonic() - renewed >= 2 * ttl / 3):
-                    log.error("training lock lost: stopping this run (resume it with recsys train run --resume)")
-                    process.kill()
-                    process.wait()
-                    return "lock_lost"
-                if held:
-                    renewed = time.monotonic()
-                    self.metrics.lock_renewals.inc()
+                pass
+            if not keeper.keep():
+                # Lost, or not confirmed in time (Redis down or hanging): another scheduler may take
+                # it, and two runs must not go on at once: killed now.
+                log.error("training lock lost: stopping run %s (resume it with recsys train run --resume)", run_id)
+                process.kill()
+                process.wait()
+                self._mark_stopped(run_id, "stopped by the scheduler: its run lock was lost")
+                return "lock_lost"
+            if self._stopping.is_set() or time.monotonic() >= deadline:
+                why = "the scheduler is stopping" if self._stopping.is_set() else "past scheduler.run_timeout_s"
+                log.error("training run %s: %s: stopping it", run_id, why)
+                self._stop(process, keeper, run_id, f"stopped by the scheduler: {why}")
+                return "failed"
 
-    def _stop(self, process: subprocess.Popen[bytes], lock: RunLock, reason: str) -> None:
-        """SIGTERM (the run records itself failed), SIGKILL after `scheduler.stop_grace_s`; then,
-        while the lock is still this scheduler's, so that no run can be going on, every record
-        left `running` (by this run, or one killed before) is marked failed for `reason`."""
+    def _stop(self, process: subprocess.Popen[bytes], keeper: "_LockKeeper", run_id: str, reason: str) -> None:
+        """SIGTERM (the run records itself failed, resumable), SIGKILL after `scheduler.stop_grace_s`
+        or as soon as the lock is lost (the lock kept meanwhile); a record the run left `running`
+        is then marked failed for `reason`."""
         process.terminate()
-        try:
-            process.wait(self.settings.scheduler.stop_grace_s)
-        except subprocess.TimeoutExpired:
+        grace_ends = time.monotonic() + self.settings.scheduler.stop_grace_s
+        while time.monotonic() < grace_ends and keeper.keep():
+            try:
+                process.wait(timeout=min(POLL_S, max(grace_ends - time.monotonic(), 0.01)))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        if process.poll() is None:
             process.kill()
             process.wait()
-        if not lock.renew():
-            return
+        self._mark_stopped(run_id, reason)
+
+    def _mark_stopped(self, run_id: str, reason: str) -> None:
         store = RunStore(runs_dir(self.settings))
-        for record in store.runs():
-            if record.status == RUNNING:
-                record.stop(reason)
-                store.save(record)
+        try:
+            record = store.load(run_id)
+        except (KeyError, ValueError):  # killed before it wrote its record, or mid-write
+            return
+        if record.status == RUNNING:
+            record.stop(reason)
+            store.save(record)
+
+
+class _LockKeeper:
+    """Renews the run lock every third of its TTL; `keep()` is False once the lock is lost, or when
+    it could expire before this holder would notice: not confirmed for two thirds of the TTL, with
+    a renewal that may block for the client's socket timeout counted in."""
+
+    def __init__(self, lock: RunLock, ttl_s: float, socket_timeout_s: float, metrics: SchedulerMetrics) -> None:
+        self.lock, self.ttl_s, self.socket_timeout_s, self.metrics = lock, ttl_s, socket_timeout_s, metrics
+        self.renewed = time.monotonic()
+        self.due = self.renewed + ttl_s / 3
+
+    def keep(self) -> bool:
+        now = time.monotonic()
+        limit = 2 * self.ttl_s / 3
+        if now - self.renewed + self.socket_timeout_s >= limit:
+            return False
+        if now < self.due:
+            return True
+        held = self.lock.renew()
+        now = time.monotonic()
+        if held:
+            self.renewed, self.due = now, now + self.ttl_s / 3
+            self.metrics.lock_renewals.inc()
+            return True
+        self.due = now + POLL_S  # not answered: try again soon
+        return held is None and now - self.renewed + self.socket_timeout_s < limit
+
+
+def _socket_timeout_s(client: redis.Redis) -> float:
+    """How long one Redis call of `client` may block (0 when the client does not say)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+    return float(kwargs.get("socket_timeout") or 0.0)

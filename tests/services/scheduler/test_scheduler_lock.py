@@ -167,26 +167,31 @@ def test_redis_down_mid_run_stops_the_run_before_the_lock_could_expire(tmp_path:
         server.stop()
 
 
-# A run that records itself running, then ignores SIGTERM: only SIGKILL ends it.
+# A run that records itself running under the id the scheduler gave it (`--run-id <id>`, last),
+# then ignores SIGTERM: only SIGKILL ends it.
 STUBBORN = """
 import signal, sys, time
 from pipelines.training.records import RUNNING, RunRecord, RunStore, StepRecord
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-RunStore(sys.argv[1]).save(RunRecord("20990101T000000Z-stuck", [StepRecord("compact", RUNNING)], RUNNING))
+RunStore(sys.argv[1]).save(RunRecord(sys.argv[-1], [StepRecord("compact", RUNNING)], RUNNING))
 time.sleep(300)
 """
 
 
 def test_a_run_past_its_timeout_is_killed_and_recorded_failed(settings: Settings, redis_client: Any) -> None:
     from pipelines.training.dag import runs_dir
-    from pipelines.training.records import RunStore
+    from pipelines.training.records import RUNNING, RunRecord, RunStore, StepRecord
 
     settings = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(
         update={"lock_ttl_s": TTL_S, "run_timeout_s": 1.0, "stop_grace_s": 0.5})})
     command = [sys.executable, "-c", STUBBORN, str(runs_dir(settings))]
     scheduler = TrainingScheduler(settings, redis.Redis.from_url(settings.redis.url), command)
+    other = RunRecord("20990101T000000Z-manual", [StepRecord("compact", RUNNING)], RUNNING)  # a run beside it, not the lock's
+    RunStore(runs_dir(settings)).save(other)
     assert scheduler.tick() == "failed"
-    (record,) = RunStore(runs_dir(settings)).runs()
+    records = {record.run_id: record for record in RunStore(runs_dir(settings)).runs()}
+    assert records.pop(other.run_id).status == "running"  # left alone
+    (record,) = records.values()
     assert record.status == "failed" and record.ended_at is not None
     assert record.steps[0].status == "failed" and record.steps[0].error == "stopped by the scheduler: past scheduler.run_timeout_s"
     assert scheduler.metrics.running._value.get() == 0
@@ -200,9 +205,29 @@ def test_stopping_the_scheduler_stops_its_run_instead_of_waiting_for_it(settings
     try:
         _until(lambda: _runs(tmp_path) == 1, "the run started")
         scheduler.shutdown()
-        thread.join(30)
+        thread.join(30)  # SIGTERM within a poll (1 s); HOLD dies of it at once
         assert results == ["failed"] and not _alive(_run_pids(tmp_path)[0])
         assert not (tmp_path / "release").exists() and not redis_client.exists(scheduler.lock_key)
     finally:
         (tmp_path / "release").touch()
         thread.join(60)
+
+
+def test_the_lock_is_kept_while_a_stopped_run_has_its_grace(settings: Settings, redis_client: Any) -> None:
+    """A grace longer than the TTL: without renewals the lock would lapse while the run is alive."""
+    from pipelines.training.dag import runs_dir
+
+    settings = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(
+        update={"lock_ttl_s": 3.0, "run_timeout_s": 0.5, "stop_grace_s": 6.0})})
+    command = [sys.executable, "-c", STUBBORN, str(runs_dir(settings))]
+    first = TrainingScheduler(settings, redis.Redis.from_url(settings.redis.url), command)
+    second = TrainingScheduler(settings, redis.Redis.from_url(settings.redis.url), command)
+    results: list[str] = []
+    thread = _tick_in_thread(first, results)
+    try:
+        _until(lambda: runs_dir(settings).is_dir() and any(runs_dir(settings).glob("*.json")), "the run recorded itself")
+        _until(lambda: first.metrics.lock_renewals._value.get() >= 5, "renewals past a TTL into the grace", timeout_s=30)
+        assert not results and second.tick() == "locked"  # past the TTL since the stop began: still held
+    finally:
+        thread.join(60)
+    assert results == ["failed"]
