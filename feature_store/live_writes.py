@@ -35,7 +35,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from feature_store.attribution import replay_window_ms
+from feature_store.attribution import event_ms, replay_window_ms
 from feature_store.cluster_scripts import ClusterScript, hash_tag, split_by_slot
 from feature_store.definitions import FEATURES, GLOBAL_ID, Entity, FeatureDef, FeatureRegistry, Kind, Member
 from feature_store.redis_client import ConnectionSpec, translate_errors
@@ -158,9 +158,9 @@ class LiveWriter:
         now_ms = int((time.time() if now is None else now) * 1000)
         newest = now_ms + self._max_future_skew_ms
         windows = [self._replay_window_ms(e) for e in events]
-        kept = [(e, w) for e, w in zip(events, windows) if now_ms - w <= _ms(e) <= newest]
+        kept = [(e, w) for e, w in zip(events, windows) if now_ms - w <= event_ms(e) <= newest]
         fresh = [e for e, _ in kept]
-        in_future = sum(1 for e in events if _ms(e) > newest)
+        in_future = sum(1 for e in events if event_ms(e) > newest)
         categories = self._categories(fresh, item_categories)
         # A replay counts as fresh until ts + its window, and ts is at most the skew ahead of now.
         marker_ttls = [w + self._max_future_skew_ms for _, w in kept]
@@ -226,7 +226,7 @@ class LiveWriter:
 
     def _feature_ops(self, feature: FeatureDef, entity_id: str, event: Event, categories: Sequence[str],
                      now_ms: int) -> list[Any]:
-        layout, ts, name = self._layout, _ms(event), feature.name
+        layout, ts, name = self._layout, event_ms(event), feature.name
         ttl_ms = int(feature.ttl.total_seconds() * 1000)  # type: ignore[union-attr]  # checked by FeatureDef
         members = list(categories) if feature.member is Member.CATEGORY else [event.item_id]
         if ts < now_ms - ttl_ms or not members:
@@ -252,6 +252,3 @@ class LiveWriter:
             ops += ["I", key, member, 1, cap, ttl_ms, ""]
         return ops
 
-
-def _ms(event: Event) -> int:
-    return int(event.ts.timestamp() * 1000)

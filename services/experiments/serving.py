@@ -75,7 +75,7 @@ class ExperimentServing:
         """Whether a label names one of this service's experiments (stored, running or not, or the
         learner's): only the service's own assignment may carry such a label."""
         names = {experiment, None if arm is None else arm.split(":", 1)[0]} - {None}
-        return bool(names) and (LEARNER in names or any(name in self.store.all() for name in names))
+        return bool(names) and (LEARNER in names or not names.isdisjoint(self.store.all()))
 
     def plan(self, user_id: str, bundle: ModelBundle, now: datetime, request_id: str = "") -> Served | None:
         """The plan of the user's first servable assignment (an interleaving drawn from the request

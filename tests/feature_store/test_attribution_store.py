@@ -210,7 +210,7 @@ def test_server_impressions_keep_shorter_replay_markers(settings: Settings, redi
     spec = ConnectionSpec(settings.redis.url or "")
     store = RedisAttributionStore(spec, dedup_ttl_s=2 * 86400, max_future_skew_s=SKEW_S, server_impression_ttl_s=6 * 3600)
     now = now_ms()
-    server = Impression(impression_event_id("r1", 0), "u", "i1", now - 60_000, "r1", 0, None, None, None)
+    server = Impression(impression_event_id("r1", "u", 0), "u", "i1", now - 60_000, "r1", 0, None, None, None)
     client = Impression("c1", "u", "i1", now - 60_000, "r2", 1, None, None, None)
     click = Outcome("k1", "u", "i1", "click", now - 30_000, "r1")
     for impression in (server, client):

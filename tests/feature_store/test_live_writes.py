@@ -197,7 +197,7 @@ def test_server_impressions_keep_shorter_replay_markers(settings: Settings, redi
     config = FeatureStoreSettings(dedup_ttl_s=48 * 3600, server_impression_dedup_ttl_s=6 * 3600)
     store = RedisOnlineStore(ConnectionSpec.from_settings(settings), config, events=EventSettings(max_future_skew_s=900))
     writer = store.live_writer()
-    server = event(impression_event_id("r1", 0), "u1", "i1", "impression", 49)
+    server = event(impression_event_id("r1", "u1", 0), "u1", "i1", "impression", 49)
     client = event("c1", "u1", "i1", "impression", 49)
     assert writer.write([server, client], CATEGORIES, now=NOW).applied == 2
     replay = writer.write([server], CATEGORIES, now=NOW + 5 * 3600)  # within its 6 h: a replay
