@@ -236,9 +236,10 @@ class ModelRegistry:
         """What was current before each time `current` was made current, latest first: the first
         that is another version, still published and not rolled back itself."""
         made_current = [e for e in self.history(role) if e["version"] == current and e["action"] != "rollback"]
+        published = set(self.versions(role))
         for entry in reversed(made_current):
             previous = entry["previous"]
-            if previous in (None, current) or previous not in self.versions(role):
+            if previous in (None, current) or previous not in published:
                 continue
             if not (self.blessing(role, previous) or {}).get("revoked"):
                 return str(previous)

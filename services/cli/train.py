@@ -252,7 +252,6 @@ def history(
         _step_table(records[0])
 
 
-
 def _load_history(settings: Any, limit: int) -> list[Any]:
     from pipelines.training.dag import history as load_history
 

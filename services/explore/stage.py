@@ -54,12 +54,13 @@ class ExploreStage:
         given); Thompson's propensities pending (`Explored.pending`)."""
         if not len(ranked):
             return Explored(Slate((), (), ()), self.policy.label)
+        rng = self.rng(user_id or "", request_id)
         try:
             stats = self._read(ranked, history, user_id)
         except StatsUnavailable as exc:
             log.warning("explore: %s; serving greedy", exc)
-            return Explored(Greedy().choose(ranked, k, self.rng(user_id or "", request_id)), UNAVAILABLE)
-        slate, pending = self.policy.choose_deferred(ranked, k, self.rng(user_id or "", request_id), stats)
+            return Explored(Greedy().choose(ranked, k, rng), UNAVAILABLE)
+        slate, pending = self.policy.choose_deferred(ranked, k, rng, stats)
         return Explored(slate, self.policy.label, pending)
 
     def close(self) -> None:

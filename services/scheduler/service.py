@@ -59,9 +59,10 @@ class TrainingScheduler:
         self._stopping = threading.Event()
         self.metrics = metrics or SchedulerMetrics()
         self.lock_key = f"{settings.redis.key_prefix}:training:lock"
-        if 3 * _socket_timeout_s(client) >= settings.scheduler.lock_ttl_s:  # see `_LockKeeper`
+        self.call_timeout_s = _socket_timeout_s(client)
+        if 3 * self.call_timeout_s >= settings.scheduler.lock_ttl_s:  # see `_LockKeeper`
             raise ValueError(f"scheduler.lock_ttl_s ({settings.scheduler.lock_ttl_s:g} s) must be over 3 times how long a "
-                             f"Redis call may block ({_socket_timeout_s(client):g} s): a renewal could outlast the lock")
+                             f"Redis call may block ({self.call_timeout_s:g} s): a renewal could outlast the lock")
         self.trigger = cron_trigger(settings.training.schedule)
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
@@ -125,7 +126,7 @@ class TrainingScheduler:
         # killed mid-run leaves no run going on without the lock.
         process = subprocess.Popen(command, env=self.env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.scheduler.run_timeout_s
-        keeper = _LockKeeper(lock, self.settings.scheduler.lock_ttl_s, _socket_timeout_s(self.client), self.metrics)
+        keeper = _LockKeeper(lock, self.settings.scheduler.lock_ttl_s, self.call_timeout_s, self.metrics)
         while True:
             try:
                 code = process.wait(timeout=POLL_S)
