@@ -2,8 +2,9 @@
 
 A request sampled by `explore.log_candidates_share` carries, on its first impression, the ranked
 candidates the explore stage chose from (`candidates`, `candidate_scores`, `candidate_count`; kept
-by `compact` in the master table). Those rows are joined by request id with the request's rows of
-`attributed_impressions/` (the `attribution` job), grouped into one row per request:
+by `compact` in the master table). Those rows are joined by user and request id (two users may send
+one request id) with the request's rows of `attributed_impressions/` (the `attribution` job),
+grouped into one row per request:
 
     request_id, user_id, candidates, candidate_scores, candidate_count,
     slots: [(position, item_id, policy, propensity, click)] sorted by position
@@ -40,19 +41,18 @@ def logged_requests(spark: SparkSession, settings: Settings, since: datetime | N
     if missing:
         raise BatchJobError(f"{paths.events} has no {', '.join(missing)} column: run `recsys batch compact` again")
     lists = events.where((F.col("type") == IMPRESSION) & F.col("candidates").isNotNull()).select(
-        "request_id", *CANDIDATE_COLUMNS, F.col("ts").alias("_served"))
+        "user_id", "request_id", *CANDIDATE_COLUMNS, F.col("ts").alias("_served"))
     if since is not None:
         lists = lists.where(F.col("_served") >= F.lit(as_utc(since)))
     if until is not None:
         lists = lists.where(F.col("_served") < F.lit(as_utc(until)))
     impressions = read_parquet(spark, paths.output(IMPRESSIONS), produced_by="attribution")
-    slots = impressions.where(F.col("request_id").isNotNull()).groupBy("request_id").agg(
-        F.first("user_id").alias("user_id"),
+    slots = impressions.where(F.col("request_id").isNotNull()).groupBy("user_id", "request_id").agg(
         F.sort_array(F.collect_list(F.struct(
             F.col("position"), F.col("item_id"), F.col("policy"), F.col("propensity"), F.col("click"),
         ))).alias("slots"),
     )  # fmt: skip
-    return lists.dropDuplicates(["request_id"]).join(slots, "request_id").select(
+    return lists.dropDuplicates(["user_id", "request_id"]).join(slots, ["user_id", "request_id"]).select(
         "request_id", "user_id", *CANDIDATE_COLUMNS, "slots")
 
 

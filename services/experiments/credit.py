@@ -5,7 +5,8 @@ one row per impression and one column per team (arm, in the experiment's order),
 unit (user) feed `analysis.unit_outcomes` and `analysis.credit_difference`.
 
 - **team** (team-draft, Radlinski et al., CIKM 2008): a click credits the team of its slot.
-- **balanced** (Joachims, KDD 2002 / 2003): per request, `interleaving.balanced_credit_from_ranks`
+- **balanced** (Joachims, KDD 2002 / 2003): per request (a user's request id: two users may send
+  the same one), `interleaving.balanced_credit_from_ranks`
   over the clicked slots' logged `ranks`; the request's credit sits on its lowest clicked row.
   A request whose clicked slot carries no ranks (a row logged without them), or whose lowest
   clicked item neither team ranked, gets none.
@@ -37,6 +38,7 @@ RULES = {Method.TEAM_DRAFT: "team", Method.BALANCED: "balanced", Method.PROBABIL
 class Logged:
     """An experiment's attributed impressions, one entry per row (None where not logged)."""
 
+    users: Sequence[str]
     teams: Sequence[str | None]
     clicks: Sequence[int]
     requests: Sequence[str | None]
@@ -79,10 +81,10 @@ def marginalised_rows(logged: Logged, names: Sequence[str]) -> np.ndarray:
 def balanced_rows(logged: Logged, names: Sequence[str]) -> np.ndarray:
     """Joachims' credit of each request on its lowest clicked row (two teams)."""
     first, second = names
-    clicked: dict[str, list[tuple[int, int]]] = defaultdict(list)  # request -> [(position, row)]
-    for row, (request, position, click) in enumerate(zip(logged.requests, logged.positions, logged.clicks)):
+    clicked: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)  # (user, request) -> [(position, row)]
+    for row, (user, request, position, click) in enumerate(zip(logged.users, logged.requests, logged.positions, logged.clicks)):
         if click and request is not None and position is not None:
-            clicked[request].append((position, row))
+            clicked[(user, request)].append((position, row))
     out = np.zeros((len(logged.clicks), 2))
     for slots in clicked.values():
         slots.sort()

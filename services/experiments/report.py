@@ -209,7 +209,7 @@ def _ab_timeline(experiment: Experiment, buckets: dict[str, dict[int, list[int]]
 def _interleaving_report(experiment: Experiment, path: Path, now: datetime) -> ExperimentReport:
     rows = _interleaved_rows(path, experiment.id)
     teams = [arm.name for arm in experiment.arms]
-    logged = credit.Logged(rows["team"], rows[CLICK], rows["request_id"], rows["position"], rows["ranks"],
+    logged = credit.Logged(rows["user_id"], rows["team"], rows[CLICK], rows["request_id"], rows["position"], rows["ranks"],
                            rows["ranker_propensities"])
     credited = credit.credit(experiment.method, logged, teams)
     arms = []

@@ -14,7 +14,7 @@ bound and to roll back.
 - `serving`: an API worker's side: the polled current revision, W/W̃/base interleaved (DBGD) or W's
   Plackett–Luce list (PDGD) for the learning share (arm `online` of experiment `learner`), the
   plain list for its control slice (arm `control`);
-- `shown`: PDGD's served lists' features in Redis by request id (written off the request path);
+- `shown`: PDGD's served lists' features in Redis by user and request id (written off the request path);
 - `feedback`: the learner's served lists (teams, attributed clicks) read from the event log;
 - `process`: `recsys learn online`: DBGD or PDGD over them, revisions published, major updates,
   rollback (preference against the base, or the `learner` experiment's guardrail), kill switch.

@@ -47,15 +47,19 @@ from services.experiments.model import LEARNER
 ORPHAN_WAIT_MS = 60_000
 MAX_ORPHANS = 100_000
 Pair = tuple[str, str]  # (user id, item id)
+Request = tuple[str, str]  # (user id, request id)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One learner request: its revision's label (`learner:<revision id>`), each slot's team, and
-    which slots got an attributed outcome."""
+    """One learner request (a user's request id: two users may send the same one): its revision's
+    label (`learner:<revision id>`), each slot's item and team, and which slots got an attributed
+    outcome."""
 
+    user_id: str
     request_id: str
     arm: str
+    items: tuple[str, ...]
     teams: tuple[str, ...]
     clicked: tuple[bool, ...]
 
@@ -82,7 +86,7 @@ class ComparisonReader:
         self.max_orphans = max_orphans
         self.window_ms = int(window.total_seconds() * 1000)
         self._read: set[Path] = set()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[Request, _Pending] = {}
         self._shown: dict[Pair, list[Impression]] = {}  # the pending requests' impressions
         self._orphans: OrderedDict[str, Outcome] = OrderedDict()  # event id -> outcome read before its impression
         self._orphans_by_pair: dict[Pair, dict[str, Outcome]] = {}
@@ -112,7 +116,7 @@ class ComparisonReader:
         if impression is not None and context is not None and context.experiment == LEARNER:
             revision = revision_label(context.policy) or context.arm
             if context.request_id and context.position is not None and context.team and revision:
-                pending = self._pending.setdefault(context.request_id, _Pending(revision, impression.ts_ms))
+                pending = self._pending.setdefault((event.user_id, context.request_id), _Pending(revision, impression.ts_ms))
                 replaced = pending.slots.get(context.position)
                 if replaced is not None:  # the same slot logged again (a retried request id)
                     self._unshow(replaced[1])
@@ -135,7 +139,7 @@ class ComparisonReader:
                 self.orphans_dropped += 1
 
     def _click(self, impression: Impression) -> None:
-        pending = self._pending[impression.request_id]  # type: ignore[index]  # pending impressions have one
+        pending = self._pending[(impression.user_id, impression.request_id)]  # type: ignore[index]  # pending impressions have one
         pending.clicked.update(p for p, (_, shown) in pending.slots.items() if shown is impression)
 
     def _unshow(self, impression: Impression) -> None:
@@ -168,17 +172,17 @@ class ComparisonReader:
             self._drop_orphan(next(iter(self._orphans)))
 
     def _finished(self, watermark_ms: int) -> list[Comparison]:
-        done = [rid for rid, p in self._pending.items() if p.served_ms + self.window_ms < watermark_ms]
-        for rid in done:
-            for _, impression in self._pending[rid].slots.values():
+        done = [request for request, p in self._pending.items() if p.served_ms + self.window_ms < watermark_ms]
+        for request in done:
+            for _, impression in self._pending[request].slots.values():
                 self._unshow(impression)
-        return [self._comparison(rid, self._pending.pop(rid)) for rid in done]
+        return [self._comparison(request, self._pending.pop(request)) for request in done]
 
     @staticmethod
-    def _comparison(request_id: str, pending: _Pending) -> Comparison:
+    def _comparison(request: Request, pending: _Pending) -> Comparison:
         positions = sorted(pending.slots)
-        return Comparison(request_id, pending.arm, tuple(pending.slots[p][0] for p in positions),
-                          tuple(p in pending.clicked for p in positions))
+        return Comparison(*request, pending.arm, tuple(pending.slots[p][1].item_id for p in positions),
+                          tuple(pending.slots[p][0] for p in positions), tuple(p in pending.clicked for p in positions))
 
 
 def revision_label(policy: str | None) -> str | None:

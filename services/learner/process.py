@@ -20,7 +20,7 @@ One `step()`:
    `explore` teams (`services.learner.dbgd.Dbgd`). When a round ends, `w` moved or not, a new
    revision with the new `w̃` (and `w`) is published.
    **Learn (PDGD)**: each finished list with a click, served by a revision of the current base, is
-   joined by request id to the shown items' features the API kept (`services.learner.shown`; an
+   joined by user and request id to the shown items' features the API kept (`services.learner.shown`; an
    expired or missing one is skipped and counted) and moves `w` by PDGD's step, with `ρ` from the
    scores that drew the list; one revision is published per step that moved `w`.
 5. **Rollback (DBGD)**: the `current` team's wins against the `base` team over the last
@@ -224,7 +224,8 @@ class LearnerProcess:
             self.store.mark_handled(reason)
 
     def _learn_lists(self, finished: Sequence[Comparison]) -> None:
-        """PDGD: each clicked list of this base's revisions, joined to its shown features by request id."""
+        """PDGD: each clicked list of this base's revisions, joined to its shown features by its user and
+        request id (and skipped unless the stored list shows the logged items)."""
         assert isinstance(self.learner, Pdgd) and self.revision is not None
         clicked, gated = [], False
         for comparison in finished:
@@ -237,11 +238,11 @@ class LearnerProcess:
             self.summary.comparisons += 1
             if any(comparison.clicked):
                 clicked.append(comparison)
-        stored = self.shown.read([c.request_id for c in clicked]) if clicked else {}  # type: ignore[union-attr]
+        stored = self.shown.read([(c.user_id, c.request_id) for c in clicked]) if clicked else {}  # type: ignore[union-attr]
         moved = 0
         for comparison in clicked:
-            shown = stored.get(comparison.request_id)
-            if shown is None or len(shown.items) != len(comparison.clicked) or shown.features.shape[1] != len(self.learner.weights):
+            shown = stored.get((comparison.user_id, comparison.request_id))
+            if shown is None or shown.items != comparison.items or shown.features.shape[1] != len(self.learner.weights):
                 self.summary.missing_features += 1
                 continue
             self.summary.rounds += 1

@@ -20,7 +20,7 @@ the request gets PDGD's own list instead.
 
 With `learner.algorithm=pdgd` the share gets one list instead, drawn from the Plackett–Luce model of
 W's scores `w · h` over every ranked candidate (team `current`, each slot's exact propensity given
-the slots above), and the shown items' features go to Redis by request id off the request path
+the slots above), and the shown items' features go to Redis by user and request id off the request path
 (`services.learner.shown`): what PDGD's update needs and the event log does not hold.
 
 The learning share and its control are the two arms of the experiment `learner`
@@ -246,7 +246,7 @@ class LearnerServing:
             scores = features.hidden @ weights
             slots, propensities = sample_list(scores, k, rng)
             items = tuple(ids[i] for i in slots)
-            shown.submit(ShownList(request_id, revision.id, items, features.hidden[slots], scores[slots],
+            shown.submit(ShownList(user_id, request_id, revision.id, items, features.hidden[slots], scores[slots],
                                    float(logsumexp(scores))))
             return Merged(items, (0,) * len(items), tuple(float(p) for p in propensities))
 

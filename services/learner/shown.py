@@ -1,13 +1,15 @@
 """What PDGD needs of a served list and the event log does not hold: the shown items' penultimate
-features, their scores and the candidates' Plackett–Luce normaliser, kept in Redis by request id.
+features, their scores and the candidates' Plackett–Luce normaliser, kept in Redis by user and
+request id.
 
 Why not in the impressions: 80 floats per slot would multiply the event log (the master dataset,
 kept forever) for a record the learner needs once, within the attribution window. Why one key per
-request and not a stream: the learner joins a finished comparison to its list by request id, one
-GET, and a record it never read (the learner was down, or the list got no click) expires on its own;
+request and not a stream: the learner joins a finished comparison to its list by user and request
+id, one GET, and a record it never read (the learner was down, or the list got no click) expires on its own;
 a stream would need a consumer that buffers every entry for the attribution window.
 
-Key `P:learn:shown:{<request id>}` (a hash tag per request: a Redis Cluster spreads them), value
+Key `P:learn:shown:<digest>`, the first 32 hex digits of the sha256 of the user id and the request
+id (a user's request: two users may send one request id; a fixed length whatever the ids), value
 a JSON header line `{"revision", "items", "scores", "log_total", "dim"}` and the features as
 float32 bytes `[k, dim]`, with a TTL (`learner.shown_ttl_s`, longer than the attribution window,
 which the learner waits out before it reads). Memory: about `k · dim · 4` bytes per learning-share
@@ -20,6 +22,7 @@ counts it (the learner then skips that list and counts it as missing).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -39,6 +42,7 @@ class ShownList:
     """One served PDGD list: shown items (slot order), their features [k, dim] and scores under the
     serving revision's weights, and `log Σ exp(score)` over every ranked candidate."""
 
+    user_id: str
     request_id: str
     revision: str
     items: tuple[str, ...]
@@ -52,16 +56,16 @@ class ShownList:
         return json.dumps(header).encode() + b"\n" + np.ascontiguousarray(self.features, dtype=np.float32).tobytes()
 
     @classmethod
-    def decode(cls, request_id: str, raw: bytes) -> "ShownList":
+    def decode(cls, user_id: str, request_id: str, raw: bytes) -> "ShownList":
         head, body = raw.split(b"\n", 1)
         header = json.loads(head)
         features = np.frombuffer(body, dtype=np.float32).reshape(len(header["items"]), header["dim"])
-        return cls(request_id, str(header["revision"]), tuple(header["items"]), features.astype(np.float64),
+        return cls(user_id, request_id, str(header["revision"]), tuple(header["items"]), features.astype(np.float64),
                    np.asarray(header["scores"], dtype=np.float64), float(header["log_total"]))
 
 
 class ShownStore:
-    """Shown lists by request id, each with a TTL."""
+    """Shown lists by (user id, request id), each with a TTL."""
 
     def __init__(self, client: RedisClient, key_prefix: str, ttl_s: float) -> None:
         if ttl_s <= 0:
@@ -70,21 +74,23 @@ class ShownStore:
         self.prefix = f"{key_prefix}:learn:shown:"
         self.ttl_ms = int(ttl_s * 1000)
 
-    def key(self, request_id: str) -> str:
-        return f"{self.prefix}{{{request_id}}}"
+    def key(self, user_id: str, request_id: str) -> str:
+        digest = hashlib.sha256(json.dumps([user_id, request_id]).encode()).hexdigest()[:32]
+        return f"{self.prefix}{digest}"
 
     def write(self, lists: Sequence[ShownList]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for shown in lists:
-            pipe.set(self.key(shown.request_id), shown.encode(), px=self.ttl_ms)
+            pipe.set(self.key(shown.user_id, shown.request_id), shown.encode(), px=self.ttl_ms)
         pipe.execute()
 
-    def read(self, request_ids: Sequence[str]) -> dict[str, ShownList]:
-        """The stored lists of `request_ids` (an expired or never written one is absent)."""
+    def read(self, requests: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ShownList]:
+        """The stored lists of `requests`, (user id, request id) pairs (an expired or never written
+        one is absent)."""
         pipe = self.client.pipeline(transaction=False)
-        for request_id in request_ids:
-            pipe.get(self.key(request_id))
-        return {rid: ShownList.decode(rid, raw) for rid, raw in zip(request_ids, pipe.execute()) if raw is not None}
+        for user_id, request_id in requests:
+            pipe.get(self.key(user_id, request_id))
+        return {request: ShownList.decode(*request, raw) for request, raw in zip(requests, pipe.execute()) if raw is not None}
 
 
 class ShownWriter:

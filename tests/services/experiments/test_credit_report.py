@@ -32,13 +32,14 @@ SCHEMA = pa.schema([
 
 
 def _plant(settings: Settings, experiment: str, requests: list[dict[str, Any]]) -> None:
-    """One row per shown slot of each request: {user, slots: [(team, ranks, ranker propensities)], clicked}."""
+    """One row per shown slot of each request: {user, slots: [(team, ranks, ranker propensities)],
+    clicked, and optionally request (its id; `r<n>` by default)}."""
     ts = datetime.now(timezone.utc)
     rows: list[dict[str, Any]] = []
     for n, request in enumerate(requests):
         for position, (team, ranks, placed) in enumerate(request["slots"]):
             rows.append({"event_id": f"imp-r{n}-{position}", "user_id": request["user"], "ts": ts,
-                         "request_id": f"r{n}", "position": position, "experiment": experiment, "team": team,
+                         "request_id": request.get("request", f"r{n}"), "position": position, "experiment": experiment, "team": team,
                          "ranks": None if ranks is None else list(ranks.items()),
                          "ranker_propensities": None if placed is None else list(placed.items()),
                          "click": int(position in request["clicked"])})
@@ -81,6 +82,24 @@ def test_balanced_credit_from_logged_ranks_equals_the_hand_computation(
     printed = recsys(admin_settings, "report", "bal")
     assert printed.returncode == 0, printed.stderr
     assert f"balanced credit per user, A − B: {np.mean(differences):+.4f} [{interval.low:+.4f}" in printed.stdout
+
+
+def test_balanced_credit_keeps_apart_two_users_under_one_request_id(
+    admin_client: TestClient, admin_settings: Settings
+) -> None:
+    """A page view's id sent by each widget: each user's request gets its own credit (merged, the
+    two would be one request whose lowest click credits only the second user)."""
+    create(admin_client, {"id": "bal2", "kind": "interleaving", "method": "balanced",
+                          "arms": [{"name": "A"}, {"name": "B"}]})
+    slots = [("A", {"A": 0, "B": 2}, None), ("B", {"A": 1, "B": 0}, None), ("B", {"B": 1}, None)]
+    _plant(admin_settings, "bal2", [
+        {"user": "u1", "request": "page", "slots": slots, "clicked": {0}},  # a: A's rank 0, depth 1 -> A 1, B 0
+        {"user": "u2", "request": "page", "slots": slots, "clicked": {2}},  # e: B's rank 1, depth 2 -> A 0, B 1
+    ])  # fmt: skip
+    comparison = admin_client.get("/v1/experiments/bal2/report").json()["comparisons"][0]
+    # Merged, the request's clicks {a, e} would credit A 1, B 1 on u2's row: two ties.
+    assert (comparison["wins_a"], comparison["wins_b"], comparison["ties"]) == (1, 1, 0)
+    assert comparison["credit_difference"] == pytest.approx(0.0)
 
 
 def _enumerated_credit(rankings: list[list[str]], shown: tuple[str, ...], clicked: set[int], tau: float) -> float:

@@ -154,7 +154,7 @@ def test_probabilistic_interleaving_of_two_versions_logs_each_rankers_softmax(
         assert context.ranker_propensities == pytest.approx(expected, rel=1e-9), n
         assert context.propensity == pytest.approx((expected["old"] + expected["new"]) / 2, rel=1e-9)
         # The report's marginalised credit of a click here: q_s = P_old / (P_old + P_new).
-        clicked = Logged([context.team], [1], [None], [n], [None], [context.ranker_propensities])
+        clicked = Logged(["u"], [context.team], [1], [None], [n], [None], [context.ranker_propensities])
         q = expected["old"] / (expected["old"] + expected["new"])
         assert marginalised_rows(clicked, ["old", "new"]) == pytest.approx(np.array([[q, 1 - q]]), rel=1e-9)
         posteriors.append(q)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from feature_store.event_log import EventLogReader
@@ -25,10 +26,11 @@ from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
 from pipelines.simulate.population import PopulationParams, make_population
 from pipelines.simulate.runner import RunParams
 from pipelines.simulate.session import SimulationSpec, simulate
+from pipelines.spark.ope_input import iterate, logged_requests
 from pipelines.spark.session import build_session
 from services.api.app import create_app
 from services.cli import app as cli
-from tests.services.conftest import live_server
+from tests.services.conftest import EventFactory, live_server, put_items
 
 POPULATION = PopulationParams(users=40, items=40, categories=4, seed=12)
 K, REQUESTS, EPSILON, TOP_N = 4, 600, 0.3, 8
@@ -106,3 +108,36 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
 def test_ope_rejects_bad_targets_with_a_message(settings: Settings, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["experiments", "ope", *args, "--state-dir", str(settings.state_dir)])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_two_users_under_one_request_id_are_two_logged_requests(
+    api_settings: Settings, spark_session: object, make_event: EventFactory
+) -> None:
+    """A page view's id sent by each widget: OPE reads each user's request with its own candidates
+    and slots, not one request with both users' slots."""
+    explore = ExploreSettings(policy="epsilon_greedy", epsilon=0.5, seed=5, log_candidates_share=1.0, log_candidates_top_n=TOP_N)
+    settings = api_settings.model_copy(update={"explore": explore})
+    with TestClient(create_app(settings)) as client:
+        put_items(client, {f"i{n}": (f"Film {n}", ["Drama"]) for n in range(8)})
+        events = [make_event(f"crowd{n}", f"i{index}") for index in range(8) for n in range(8 - index)]
+        assert client.post("/v1/events", json=events).json()["accepted"] == len(events)
+        served = {}
+        for user in ("ann", "bob"):
+            response = client.get(f"/v1/users/{user}/recommendations", params={"k": 3}, headers={"X-Request-ID": "page-1"})
+            assert response.status_code == 200 and response.json()["request_id"] == "page-1", response.text
+            served[user] = [item["item_id"] for item in response.json()["items"]]
+        clicked = served["bob"][1]
+        assert client.post("/v1/events", json=[make_event("bob", clicked, context={"request_id": "page-1"})]).json()["accepted"] == 1
+        service = client.app.state.service  # type: ignore[attr-defined]
+        assert service.impressions.flush(60.0)
+        service.event_log.roll_all()
+
+    state = ["--state-dir", str(settings.state_dir)]
+    _invoke("batch", "compact", *state)
+    _invoke("batch", "attribution", *state)
+    rows = {row["user_id"]: row for row in iterate(logged_requests(spark_session, settings))}  # type: ignore[arg-type]
+    assert set(rows) == {"ann", "bob"}
+    for user, items in served.items():
+        assert rows[user]["request_id"] == "page-1" and len(rows[user]["candidates"]) == 8
+        assert [(s["position"], s["item_id"]) for s in rows[user]["slots"]] == list(enumerate(items))
+        assert [s["click"] for s in rows[user]["slots"]] == [int(user == "bob" and i == clicked) for i in items]

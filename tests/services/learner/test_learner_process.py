@@ -35,6 +35,7 @@ from services.experiments.report import enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.feedback import ComparisonReader
 from services.learner.metrics import learner_registry
+from services.learner.pdgd import logged_gradient
 from services.learner.process import Guardrail, LearnerProcess, stopped_arms
 from services.learner.shown import ShownList, ShownStore
 from tests.services.experiments.conftest import ADMIN, admin_client, admin_settings, publish_dummy, registry_versions  # noqa: F401
@@ -52,19 +53,20 @@ class Feedback:
         self.requests = 0
 
     def request(self, revision: str, teams: list[str], clicked: list[int], old: bool = False,
-                clicks_first: str | None = None) -> None:
+                clicks_first: str | None = None, user: str = "u1", rid: str | None = None) -> None:
         """A request served by `revision` (`learner:<id>`) as the API logs it: arm `learner:online`,
         the revision in the policy; `old`: as logged before the arms (the revision as the arm, no
         policy); `clicks_first`: the clicks reach the log before the impressions, in the same file
-        (`"line"`) or in an earlier one (`"file"`), as when the impression writer lags a fast client."""
+        (`"line"`) or in an earlier one (`"file"`), as when the impression writer lags a fast client;
+        `rid`: the request id (by default `req<n>`, n counting requests from 1)."""
         self.requests += 1
         served = T0 + timedelta(seconds=self.requests)
-        rid = f"req{self.requests}"
+        rid = rid or f"req{self.requests}"
         labels = {"arm": revision} if old else {"arm": "learner:online", "policy": f"ranker=v1;explore={revision}"}
-        events = [Event(event_id=f"imp-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="impression", ts=served,
+        events = [Event(event_id=f"imp-{rid}-{user}-{p}", user_id=user, item_id=f"i{p}", type="impression", ts=served,
                         context={"request_id": rid, "position": p, "experiment": "learner", "team": team, **labels})
                   for p, team in enumerate(teams)]
-        clicks = [Event(event_id=f"click-{rid}-{p}", user_id="u1", item_id=f"i{p}", type="click",
+        clicks = [Event(event_id=f"click-{rid}-{user}-{p}", user_id=user, item_id=f"i{p}", type="click",
                         ts=served + timedelta(seconds=0.5), context={"request_id": rid}) for p in clicked]
         if clicks_first == "file":
             self.log.append(clicks)
@@ -216,14 +218,14 @@ def test_pdgd_joins_clicked_lists_to_their_shown_features_and_skips_expired_ones
     total = float(np.exp(s).sum() + np.exp(rng.normal(size=20)).sum())  # 20 more candidates were ranked, not shown
     shown = ShownStore(redis_client, "t", ttl_s=600)
     for n in (1, 2):  # req1 and req2 (the Feedback's request ids)
-        shown.write([ShownList(f"req{n}", first.id, tuple(f"i{p}" for p in range(5)), x, s, math.log(total))])
+        shown.write([ShownList("u1", f"req{n}", first.id, tuple(f"i{p}" for p in range(5)), x, s, math.log(total))])
     feedback.request(f"learner:{first.id}", ["current"] * 5, [2])  # req1: a click on slot 2
     feedback.request(f"learner:{first.id}", ["current"] * 5, [0])  # req2: its features expire below
     feedback.request(f"learner:{first.id}", ["current"] * 5, [])  # req3: no click, nothing to learn
     feedback.request("learner:r999", ["current"] * 5, [1])  # another base's revision: stale
-    redis_client.pexpire(shown.key("req2"), 1)
+    redis_client.pexpire(shown.key("u1", "req2"), 1)
     deadline = time.monotonic() + 30
-    while redis_client.exists(shown.key("req2")):
+    while redis_client.exists(shown.key("u1", "req2")):
         assert time.monotonic() < deadline, "the planted TTL never expired"
         time.sleep(0.01)
     feedback.close_window()
@@ -245,6 +247,32 @@ def test_pdgd_joins_clicked_lists_to_their_shown_features_and_skips_expired_ones
     assert (summary.comparisons, summary.stale, summary.rounds, summary.moves, summary.missing_features) == (3, 1, 1, 1, 1)
 
 
+def test_pdgd_joins_each_users_list_when_users_share_a_request_id(tmp_path: Path, redis_client: redis.Redis) -> None:
+    """A page view's id sent by each widget: every user's list is its own comparison, joined to its
+    own features; a stored list whose items are not the logged ones is skipped."""
+    process, feedback, versions = _process(tmp_path, redis_client, algorithm="pdgd", lr=0.2)
+    process.step()
+    first = process.store.current(versions[0])
+    x = np.random.default_rng(3).normal(size=(3, 3)).astype(np.float32).astype(np.float64) * 0.125  # as stored
+    features = {"u1": x, "u2": -x, "u3": x}
+    shown = ShownStore(redis_client, "t", ttl_s=600)
+    for user, f in features.items():
+        items = ("i0", "i1", "i2") if user != "u3" else ("i2", "i1", "i0")
+        s = f @ first.weights
+        shown.write([ShownList(user, "page", first.id, items, f, s, float(np.log(np.exp(s).sum())))])
+        feedback.request(f"learner:{first.id}", ["current"] * 3, [2], user=user, rid="page")
+    feedback.close_window()
+    process.step()
+
+    expected = first.weights.copy()
+    for f in (x, -x):  # u1's list, then u2's (read in the log's order)
+        s = f @ first.weights
+        expected += 0.2 * logged_gradient(np.array([False, False, True]), f, f @ expected, s, float(np.log(np.exp(s).sum())))
+    assert np.abs(expected - first.weights).min() > 1e-3  # each list moved w
+    np.testing.assert_allclose(process.store.current(versions[0]).weights, expected, rtol=1e-9)
+    assert (process.summary.comparisons, process.summary.rounds, process.summary.missing_features) == (3, 2, 1)
+
+
 def test_pdgd_starts_from_and_rolls_back_to_sharpness_times_the_base(tmp_path: Path, redis_client: redis.Redis) -> None:
     stops: dict[str, str] = {}
     process, feedback, versions = _process(tmp_path, redis_client, lambda: dict(stops), algorithm="pdgd", lr=0.5,
@@ -254,7 +282,7 @@ def test_pdgd_starts_from_and_rolls_back_to_sharpness_times_the_base(tmp_path: P
     np.testing.assert_array_equal(first.weights, [12.0, 16.0, 0.0])
     x = np.array([[0.1, -0.2, 0.3], [0.4, 0.1, -0.1], [-0.3, 0.2, 0.2]])
     s = x @ first.weights
-    ShownStore(redis_client, "t", ttl_s=600).write([ShownList("req1", first.id, ("i0", "i1", "i2"), x, s, float(np.log(np.exp(s).sum())))])
+    ShownStore(redis_client, "t", ttl_s=600).write([ShownList("u1", "req1", first.id, ("i0", "i1", "i2"), x, s, float(np.log(np.exp(s).sum())))])
     feedback.request(f"learner:{first.id}", ["current"] * 3, [1])
     feedback.close_window()
     process.step()
@@ -381,7 +409,7 @@ def test_pdgd_gate_comparisons_promote_w_by_the_sign_test_and_demote_it_when_it_
     x = np.array([[0.2, 0.1, -0.3], [-0.1, 0.3, 0.2]])  # and a PDGD list in the same step: w moves as it is promoted
     s = x @ resumed.weights
     ShownStore(redis_client, "t", ttl_s=600).write(
-        [ShownList(f"req{feedback.requests + 1}", resumed.id, ("i0", "i1"), x, s, float(np.log(np.exp(s).sum())))])
+        [ShownList("u1", f"req{feedback.requests + 1}", resumed.id, ("i0", "i1"), x, s, float(np.log(np.exp(s).sum())))])
     feedback.request(f"learner:{resumed.id}", ["current", "current"], [1])
     feedback.close_window()
     process.step()
@@ -462,6 +490,17 @@ def test_clicks_read_before_their_impressions_wait_for_them(tmp_path: Path) -> N
     assert read == [("req1", ("current", "base", "current"), (False, True, True)),
                     ("req2", ("base", "current"), (True, False)), ("req3", ("base", "current"), (False, True))]
     assert reader._orphans == {} and reader._shown == {}  # expired: the watermark is WINDOW past it
+
+
+def test_two_users_under_one_request_id_are_two_comparisons(tmp_path: Path) -> None:
+    feedback = Feedback(tmp_path / "events")
+    feedback.request("learner:r1", ["current", "base"], [0], user="u1", rid="page")
+    feedback.request("learner:r1", ["base", "current", "base"], [2], user="u2", rid="page")
+    reader = ComparisonReader(tmp_path / "events", WINDOW)
+    feedback.close_window()
+    read = sorted((c.user_id, c.request_id, c.items, c.teams, c.clicked) for c in reader.poll())
+    assert read == [("u1", "page", ("i0", "i1"), ("current", "base"), (True, False)),
+                    ("u2", "page", ("i0", "i1", "i2"), ("base", "current", "base"), (False, False, True))]
 
 
 def test_the_orphans_are_bounded(tmp_path: Path) -> None:

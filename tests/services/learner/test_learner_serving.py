@@ -281,7 +281,7 @@ def test_pdgd_serves_a_plackett_luce_list_of_w_and_learns_from_its_clicks_by_the
         service.learner.shown.flush()
         assert service.impressions.flush(30)
         assert answer["explore"] == f"learner:{first.id}" and {item["team"] for item in answer["items"]} == {"current"}
-        kept = shown.read([answer["request_id"]])[answer["request_id"]]
+        kept = shown.read([("fan", answer["request_id"])])[("fan", answer["request_id"])]
         assert kept.items == tuple(item["item_id"] for item in answer["items"]) and kept.revision == first.id
         x, logged = kept.features, kept.scores
         head = base_head(root, versions[0])
@@ -291,9 +291,9 @@ def test_pdgd_serves_a_plackett_luce_list_of_w_and_learns_from_its_clicks_by_the
         left = math.exp(kept.log_total) - np.concatenate(([0.0], np.cumsum(np.exp(logged))[:-1]))
         np.testing.assert_allclose([i["propensity"] for i in answer["items"]], np.exp(logged) / left, rtol=1e-9)
 
-        client_redis.pexpire(shown.key(expiring["request_id"]), 1)  # the second list's features expire
+        client_redis.pexpire(shown.key("fan", expiring["request_id"]), 1)  # the second list's features expire
         deadline = time.monotonic() + 30
-        while client_redis.exists(shown.key(expiring["request_id"])):
+        while client_redis.exists(shown.key("fan", expiring["request_id"])):
             assert time.monotonic() < deadline, "the planted TTL never expired"
             time.sleep(0.01)
         tick = {**make_event("someone", "i1"), "ts": (datetime.now(timezone.utc) + timedelta(seconds=60)).isoformat()}

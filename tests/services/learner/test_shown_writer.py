@@ -17,7 +17,7 @@ from services.learner.shown import ShownList, ShownStore, ShownWriter
 
 
 def _list(request_id: str) -> ShownList:
-    return ShownList(request_id, "r1", ("a", "b"), np.ones((2, 3)), np.zeros(2), 0.5)
+    return ShownList("u1", request_id, "r1", ("a", "b"), np.ones((2, 3)), np.zeros(2), 0.5)
 
 
 def _counter() -> tuple[Counter, CollectorRegistry]:
