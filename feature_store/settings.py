@@ -225,7 +225,7 @@ class ExploreSettings(_Section):
         description="ucb1, thompson, linucb: seconds a worker reuses an item's statistics (0: read every request; services/explore/stats.py).",
     )
     stats_cache_items: int = Field(
-        default=5000, ge=1, description="Most items whose statistics a worker caches, per cache (counts ~0.26 KB each, LinUCB ~8.5 KB at d = 32).",
+        default=5000, ge=1, description="Most items whose statistics a worker caches, per cache (counts ~0.26 KB each, LinUCB ~4.5 KB at d = 32: d + d(d+1)/2 float64).",
     )
     seed: int | None = Field(
         default=None, description="Tests and simulations: request k of a worker draws from seed [seed, k]; unset: from the request id and the service's salt (a retry draws the same).",

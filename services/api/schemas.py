@@ -55,7 +55,10 @@ class RecommendationsResponse(BaseModel):
     )
     experiment: str | None = Field(default=None, description="The experiment that served the list (the impressions')")
     arm: str | None = Field(default=None, description="Its arm, as `<experiment>:<arm>`; interleaving: `<experiment>:interleaved`")
-    timings_ms: dict[str, float] = Field(description="Per-stage time: features, recall, filter, rank, explain")
+    timings_ms: dict[str, float] = Field(
+        description="Per-stage time: features, recall, filter, rank, explore, explain; a degraded answer "
+        "has only the stages that ran, the failed one included (none after a missed deadline)",
+    )
 
 
 class RecommendationsQuery(_Strict):

@@ -71,7 +71,7 @@ def import_file(
     rating: Annotated[str, typer.Option("--rating", help="Column of a rating value ('' for none: every row is an --event-type event).")] = "",
     event_type: Annotated[str, typer.Option("--event-type", help="Event type of rows without a rating.")] = "click",
     categories: Annotated[Path | None, typer.Option("--categories", help="JSON object item -> list of categories, for the catalog.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Name used in event ids (default: the file name).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Name used in event ids (default: the file's name without its extension).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first malformed line, before writing anything.")] = False,
     state_dir: StateDirOption = None,
 ) -> None:

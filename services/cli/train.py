@@ -184,7 +184,7 @@ def run(
         "--run-id", help="Id of the new run (default: its start time and a random suffix); the scheduler names its runs.",
     )] = None,
 ) -> None:
-    """Run the training DAG now: compact → attribution → batch views → embeddings → ranker →
+    """Run the training DAG now: compact → attribution → batch views → ranker → embeddings →
     evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why)."""
     from feature_store.processes import sigterm_exits
     from pipelines.training.dag import run_training

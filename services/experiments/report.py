@@ -35,7 +35,8 @@ from services.experiments.serving import qualified_arm
 
 REPEATED_LOOKS = (
     "Fixed-horizon tests: every look at p < 0.05 is another chance of a false positive. Decide the "
-    "sample size before starting (docs/experiments.md gives it per method) and read the result once there."
+    "sample size before starting (benchmarks/RESULTS.md, issue 16, gives the users each method needed "
+    "for 80% power on the simulator; benchmarks/experiments.py measures it) and read the result once there."
 )
 CLICK = "click"
 IMPRESSIONS = "attributed_impressions"
