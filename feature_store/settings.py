@@ -83,7 +83,9 @@ class SparkSettings(_Section):
 class FlinkSettings(_Section):
     parallelism: int = Field(default=1, gt=0)
     checkpoint_interval_ms: int = Field(default=5_000, gt=0)
-    checkpoint_dir: Path | None = Field(default=None, description="Default: <state_dir>/flink-checkpoints")
+    checkpoint_dir: Path | None = Field(
+        default=None, description="Default: <state_dir>/flink-checkpoints. A path, on a cluster one every Flink process mounts.",
+    )
     checkpoint_mode: str = Field(
         default="EXACTLY_ONCE", pattern="^(AT_LEAST_ONCE|EXACTLY_ONCE)$",
         description="AT_LEAST_ONCE also gives exact features: the live sink is idempotent.",
@@ -96,6 +98,15 @@ class FlinkSettings(_Section):
     writes_in_flight: int = Field(
         default=1000, gt=0, description="Attribution records the job's Redis writer holds at once; one round trip writes up to this many.",
     )
+
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _a_path(cls, value: Any) -> Any:
+        """A URI (`s3://…`) would become a relative path (`s3:/…`) and checkpoints written where no
+        one looks: the job and `--resume` read checkpoints as files."""
+        if isinstance(value, str) and "://" in value:
+            raise ValueError(f"{value!r} is a URI: give a path (on a cluster, a filesystem every Flink process mounts)")
+        return value
 
 
 class ApiSettings(_Section):

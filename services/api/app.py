@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """Recommendations (recall → filter → rank → explain), item neighbours, event intake and
 catalog upserts. Writes and admin calls need an API key in `X-API-Key`; reads may (configurable).
-Errors are `{"error": {"code", "message", "request_id", "details"}}`; every response carries
-`X-Request-ID`."""
+Errors are `{"error": {"code", "message", "request_id", "details"}}`; every response of the app
+carries `X-Request-ID` (not the HTTP server's own plain-text 400, 408 and 431)."""
 
 
 def create_app(

@@ -123,4 +123,7 @@ def install_error_handlers(app: FastAPI) -> None:
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.errors.labels(kind="unhandled").inc()
-        return JSONResponse(error_body(request, "internal_error", "internal error; quote the request_id"), 500)
+        # Sent by Starlette's outermost middleware, outside the one that adds the header to the rest.
+        request_id = request_id_of(request)
+        return JSONResponse(error_body(request, "internal_error", "internal error; quote the request_id"), 500,
+                            {"X-Request-ID": request_id} if request_id else None)

@@ -54,6 +54,14 @@ def test_numbers_must_be_finite(clean_env: pytest.MonkeyPatch, name: str, value:
         Settings()
 
 
+def test_a_checkpoint_uri_is_refused_not_turned_into_a_relative_path(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("RECSYS_FLINK__CHECKPOINT_DIR", "s3://bucket/checkpoints")
+    with pytest.raises(ValidationError, match="'s3://bucket/checkpoints' is a URI: give a path"):
+        Settings()
+    clean_env.setenv("RECSYS_FLINK__CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    assert Settings().flink_checkpoint_dir == tmp_path / "ckpt"
+
+
 def test_redis_url_beats_the_yaml_file_and_recsys_redis_url_beats_it(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "recsys.yaml"
     config.write_text("redis: {url: 'redis://yaml:6379/0', socket_timeout_s: 3}\n")

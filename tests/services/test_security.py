@@ -44,3 +44,17 @@ def test_errors_carry_the_request_id_and_no_trace(client: TestClient) -> None:
     assert response.json()["error"] == {"code": "not_found", "message": "item 'missing' is not in the catalog",
                                         "request_id": "req-42"}
 
+
+
+def test_an_unexpected_error_is_a_500_with_the_request_id_and_no_trace(api_settings: Settings) -> None:
+    app = create_app(api_settings)
+
+    def broken() -> None:  # a route with a bug: what every unforeseen error reaches
+        raise RuntimeError("secret detail /etc/passwd")
+
+    app.add_api_route("/v1/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/v1/broken", headers={"X-Request-ID": "req-500"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "req-500"
+    assert response.json() == {"error": {"code": "internal_error", "message": "internal error; quote the request_id",
+                                         "request_id": "req-500"}}
