@@ -6,7 +6,7 @@ versions. Python then decodes into typed numpy columns and applies the lambda me
 (docs/feature_store.md):
 
 - count:    batch count (up to the watermark) + sum of live hourly buckets from the watermark on;
-- sequence: live items newer than the watermark (newest first), then the batch history,
+- sequence: live items at or after the watermark (newest first), then the batch history,
             de-duplicated, capped;
 - latest:   the live value if it was written at or after the watermark, else the batch value;
 - window count / top-k / ratio: live only (ratio = smoothed_ctr of its two parts).
@@ -102,9 +102,9 @@ for k = 1, n_ids do
       local first = last - a + 1
       if op == 'c' and wm then first = math.max(first, math.floor(wm / b)) end
       out[#out + 1] = bucket_sum(live, name, first, last, scan)
-    elseif op == 'z' then               -- sequence: a = cap, b = 1 to keep only items after wm
+    elseif op == 'z' then               -- sequence: a = cap, b = 1 to keep only items at or after wm
       local low = '-inf'
-      if b == 1 and wm then low = '(' .. string.format('%d', wm) end
+      if b == 1 and wm then low = string.format('%d', wm) end
       out[#out + 1] = redis.call('ZREVRANGEBYSCORE', live .. ':' .. name, '+inf', low, 'LIMIT', 0, a)
     elseif op == 't' then               -- top-k of one key: a = cap
       out[#out + 1] = redis.call('ZREVRANGE', live .. ':' .. name, 0, a - 1)

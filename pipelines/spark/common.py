@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from feature_store.definitions import POSITIVE, EventFilter
@@ -80,6 +81,19 @@ def positive_condition(positive: EventFilter = POSITIVE) -> Column:
     from pyspark.sql import functions as F
 
     return F.expr(positive.sql_condition())
+
+
+def newest_ts() -> Column:
+    """The newest `ts` as epoch microseconds, for `utc_of` on the driver: PySpark turns a collected
+    timestamp into a naive datetime in the driver's local time zone."""
+    from pyspark.sql import functions as F
+
+    return F.unix_micros(F.max("ts"))
+
+
+def utc_of(micros: int | None) -> datetime | None:
+    """An aware UTC datetime from epoch microseconds (None stays None)."""
+    return None if micros is None else datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)
 
 
 def read_parquet(spark: SparkSession, path: str, produced_by: str) -> DataFrame:

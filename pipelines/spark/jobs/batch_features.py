@@ -33,7 +33,8 @@ from feature_store.definitions import (
 )  # fmt: skip
 from feature_store.settings import Settings
 from pipelines.spark.common import (
-    CONTROL_CHARACTER, BatchJobError, BatchPaths, JobSummary, Stopwatch, item_categories, read_parquet, with_category,
+    CONTROL_CHARACTER, UNKNOWN_CATEGORY, BatchJobError, BatchPaths, JobSummary, Stopwatch, item_categories, newest_ts,
+    read_parquet, utc_of, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
 
@@ -55,11 +56,11 @@ def watermark_of(events: DataFrame, now: datetime) -> datetime:
     """The latest event time not after `now`, floored to the watermark alignment (an hour)."""
     from pyspark.sql import functions as F
 
-    latest = events.where(F.col("ts") <= F.lit(now)).selectExpr("max(ts)").first()[0]
+    latest = utc_of(events.where(F.col("ts") <= F.lit(now)).select(newest_ts()).first()[0])
     if latest is None:
         raise BatchJobError("the master table holds no event up to now: nothing to compute features from")
     step = int(WATERMARK_ALIGNMENT.total_seconds())
-    seconds = int(latest.replace(tzinfo=timezone.utc).timestamp()) // step * step
+    seconds = int(latest.timestamp()) // step * step
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
@@ -110,19 +111,23 @@ def quarantine(events: DataFrame, catalog: DataFrame) -> Inputs:
 
 
 def _filtered(feature: FeatureDef) -> Column:
+    """The feature's events; for a category feature, only those whose item has a category (the
+    live writes skip the others)."""
     from pyspark.sql import functions as F
 
-    return F.expr(feature.events.sql_condition()) if feature.events else F.lit(True)
+    condition = F.expr(feature.events.sql_condition()) if feature.events else F.lit(True)
+    return condition & (F.col("category") != UNKNOWN_CATEGORY) if feature.member is Member.CATEGORY else condition
 
 
 def _newest(events: DataFrame, key: str, feature: FeatureDef, member: str) -> DataFrame:
-    """Per key: the newest `cap` members of the feature's events, newest first."""
+    """Per key: the newest `cap` distinct members of the feature's events, newest first (each
+    member at its newest event, as the live zset keeps it)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    newest_first = Window.partitionBy(key).orderBy(F.desc("ts"), F.desc("event_id"))
-    recent = events.where(_filtered(feature)).withColumn("_rank", F.row_number().over(newest_first))
-    recent = recent.where(F.col("_rank") <= (feature.cap or 1))
+    members = events.where(_filtered(feature)).groupBy(key, member).agg(F.max(F.struct("ts", "event_id")).alias("_newest"))
+    newest_first = Window.partitionBy(key).orderBy(F.desc("_newest"))
+    recent = members.withColumn("_rank", F.row_number().over(newest_first)).where(F.col("_rank") <= (feature.cap or 1))
     listed = F.transform(F.array_sort(F.collect_list(F.struct("_rank", member))), lambda s: s[member])
     return recent.groupBy(key).agg(listed.alias(feature.name))
 
@@ -193,7 +198,8 @@ def user_category_view(events: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     affinity = FEATURES.get(Entity.USER_CATEGORY, "affinity")
-    positives = events.where(_filtered(affinity) if affinity.events else F.expr(FEATURES.get(Entity.USER, "positive_count").events.sql_condition()))
+    positives = events.where(F.col("category") != UNKNOWN_CATEGORY).where(
+        _filtered(affinity) if affinity.events else F.expr(FEATURES.get(Entity.USER, "positive_count").events.sql_condition()))
     counts = positives.groupBy("user_id", "category").count()
     share = F.col("count") / F.sum("count").over(Window.partitionBy("user_id"))
     return _assemble(Entity.USER_CATEGORY, counts.select("user_id", "category"), [counts.select("user_id", "category", share.alias("affinity"))])

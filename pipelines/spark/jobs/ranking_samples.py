@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, POSITIVE, EventFilter
 from feature_store.settings import BatchSettings, Settings
 from pipelines.spark.common import (
-    BatchPaths, JobSummary, Stopwatch, positive_condition, read_item_categories, read_parquet, with_category,
+    BatchPaths, JobSummary, Stopwatch, newest_ts, positive_condition, read_item_categories, read_parquet,
+    utc_of, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
 from pipelines.spark.point_in_time import as_of, history_facts, stack
@@ -287,6 +288,8 @@ def load(samples: DataFrame, paths: BatchPaths) -> None:
 
 
 def run(spark: SparkSession, settings: Settings) -> JobSummary:
+    from pyspark.sql import functions as F
+
     watch = Stopwatch(JOB)
     paths = BatchPaths.from_settings(settings)
     events = extract(spark, paths)
@@ -295,7 +298,7 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
     try:
         load(build.rows, paths)
         watch.step("written to %s; counting", paths.samples)
-        totals = events.selectExpr("count(*) AS rows", "max(ts) AS watermark").first()
+        totals = events.select(F.count("*").alias("rows"), newest_ts().alias("newest")).first()
     finally:
         build.release()
     counts = spark.read.parquet(paths.samples).groupBy("label_source", "split").count().collect()
@@ -309,7 +312,7 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
         "negative_sampling_ratio": settings.batch.negative_sampling_ratio,
         "effective_sampling_ratio": by_source.get("sampled", 0) / max(build.info["sampling_anchors"], 1),
         "max_seq_len": settings.batch.max_seq_len,
-        "watermark": totals.watermark,
+        "watermark": utc_of(totals.newest),
         "rows_by_label_source": by_source,
         "rows_by_split": by_split,
     }

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from feature_store.catalog import Catalog
-from feature_store.definitions import ALL_EVENTS, POSITIVE
+from feature_store.definitions import ALL_EVENTS, POSITIVE, user_category_id
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import Event, Item
@@ -47,10 +47,22 @@ def recompute(events: list[Event]) -> dict[str, dict[str, object]]:
     return {"users": users, "items": items}  # type: ignore[dict-item]
 
 
+def repeating_user(watermark: datetime) -> list[Event]:
+    """Clicks on ten items, then 55 on one item (more than `recent_items` holds), then one exactly
+    at the batch watermark (the batch covers ts < watermark, the live read the rest)."""
+    clicks = [(f"i{n}", watermark - timedelta(minutes=50 - n)) for n in range(10)]
+    clicks += [("i11", watermark - timedelta(minutes=30, seconds=-n)) for n in range(55)]
+    clicks.append(("i10", watermark))
+    return [Event(event_id=f"rep{n}", user_id="rep", item_id=item, type="click", ts=ts) for n, (item, ts) in enumerate(clicks)]
+
+
 def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings, redis_client: redis.Redis) -> None:
     Catalog(settings.catalog_dir).upsert_items(Item(item_id=i, categories=c) for i, c in CATEGORIES.items())
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     older = events_from(0, 90, hour - timedelta(hours=3))  # batch watermark: hour - 2h; 30 of them after it
+    older += repeating_user(hour - timedelta(hours=2))
+    older += [Event(event_id=f"nocat{n}", user_id="nocat", item_id=item, type="click", ts=hour - timedelta(hours=2, minutes=20 - 10 * n))
+              for n, item in enumerate(["i0", "x0"])]  # x0: not in the catalog, so in no category
     newer = events_from(90, 40, hour - timedelta(hours=1))  # only the live writes see these
     with LocalEventLog(settings.event_log_dir, EventLogSettings(fsync=False)) as log:
         log.append(older)
@@ -59,9 +71,10 @@ def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings
     store = RedisOnlineStore.from_settings(settings)
     # Every event reaches the live writes once, as the API applies each posted batch (older ones too:
     # they are before the batch watermark, so the merge must not count them twice).
-    assert store.live_writer().write(older + newer, item_categories=CATEGORIES).applied == 130
+    assert store.live_writer().write(older + newer, item_categories=CATEGORIES).applied == 198
 
     expected = recompute(older + newer)
+    assert expected["users"]["rep"]["recent_items"] == ["i10", "i11", *(f"i{n}" for n in range(9, -1, -1))]
     users = sorted(expected["users"])
     merged = store.get_features("user", users, ["event_count", "positive_count", "recent_items"])
     for row, user in enumerate(users):
@@ -70,6 +83,11 @@ def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings
         assert int(got["event_count"]) == want["event_count"], user
         assert int(got["positive_count"]) == want["positive_count"], user
         assert list(got["recent_items"]) == want["recent_items"], user
+    # An item without a category adds to no category feature, in the batch as in the live writes.
+    categories = store.get_features("user", ["nocat"], ["last_category", "top_categories"])
+    assert (categories["last_category"][0], list(categories["top_categories"][0])) == ("Drama", ["Drama"])
+    affinity = store.get_features("user_category", [user_category_id("nocat", "Drama")], ["affinity"])["affinity"]
+    assert float(affinity[0]) == 1.0
     items = sorted(expected["items"])
     popularity = store.get_features("item", items, ["popularity_all"])["popularity_all"]
     assert [int(n) for n in popularity] == [expected["items"][i] for i in items]
