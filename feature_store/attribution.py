@@ -33,6 +33,9 @@ ATTRIBUTED_OUTCOMES = frozenset({EventType.CLICK, EventType.LIKE, EventType.ADD_
 DEFAULT_WINDOW = timedelta(minutes=30)
 BUCKET_MS = 3_600_000  # counts are kept per event-time hour
 NO_VALUE = "-"  # how an impression without policy, arm or position is spelled in a count key
+#: Positions from here on share one count (a client may log any position, and every bandit read
+#: sums over each counted position): the API shows at most 100 items a request.
+MAX_COUNTED_POSITION = 100
 #: Event ids of the impressions the API logs for the lists it serves (`imp-<request id>-<position>`,
 #: `services.recommend.impressions.impression_event_id`).
 SERVER_IMPRESSION_PREFIX = "imp-"
@@ -73,9 +76,14 @@ class Impression:
             context.position, getattr(context, "policy", None), context.experiment, context.arm,
         )
 
+    @property
+    def counted_position(self) -> str:
+        """The position as count keys spell it: `NO_VALUE` when unknown, capped at `MAX_COUNTED_POSITION`."""
+        return NO_VALUE if self.position is None else str(min(self.position, MAX_COUNTED_POSITION))
+
     def count_keys(self) -> list[tuple[str, str]]:
         """(dimension, id) of every count this impression (and its outcomes) adds to."""
-        position = NO_VALUE if self.position is None else str(self.position)
+        position = self.counted_position
         return [
             (Dimension.ITEM, self.item_id),
             (Dimension.ITEM_POSITION, join_key(self.item_id, position)),

@@ -43,7 +43,7 @@ import numpy as np
 import redis
 from redis.cluster import RedisCluster
 
-from feature_store.attribution import BUCKET_MS, NO_VALUE, CountRow, Dimension, Impression, Outcome, replay_window_ms, split_item_position
+from feature_store.attribution import BUCKET_MS, CountRow, Dimension, Impression, Outcome, replay_window_ms, split_item_position
 from feature_store.attribution_scripts import EXAMINED_SCRIPT, RECORD_SCRIPT
 from feature_store.cluster_scripts import ClusterScript, split_by_slot
 from feature_store.definitions import join_key
@@ -244,9 +244,8 @@ class RedisAttributionStore(AttributionStore):
 
     def _impression_ops(self, impression: Impression) -> tuple[str, int, list[Any]]:
         layout = self._layout
-        position = NO_VALUE if impression.position is None else str(impression.position)
         ops = self._count_ops(impression, IMPRESSION)
-        ops += ["Z", layout.attribution_positions(), position, impression.bucket_ms, _OLDEST, None]
+        ops += ["Z", layout.attribution_positions(), impression.counted_position, impression.bucket_ms, _OLDEST, None]
         return layout.attribution_marker(impression.event_id), impression.ts_ms, ops
 
     def _credit_ops(self, impression: Impression, outcome: Outcome) -> tuple[str, int, list[Any]]:

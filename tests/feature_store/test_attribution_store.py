@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from feature_store.attribution import (
-    BUCKET_MS, Dimension, Impression, Outcome, attribute, is_outcome, join_key, reference_counts,
+    BUCKET_MS, MAX_COUNTED_POSITION, Dimension, Impression, Outcome, attribute, is_outcome, join_key, reference_counts,
 )
 from feature_store.attribution_store import RETENTION_MS, Miss, RecordResult, RedisAttributionStore
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
@@ -228,3 +228,18 @@ def test_server_impressions_keep_shorter_replay_markers(settings: Settings, redi
                      (layout.attribution_marker(client.event_id), long)):
         assert ttl - 60_000 < redis_client.pttl(key) <= ttl, key
     store.close()
+
+
+def test_positions_past_the_cap_share_one_count(store: RedisAttributionStore, redis_client: redis.Redis,
+                                                settings: Settings) -> None:
+    """A client may log any position; each counted one is a key, a hash field per item and a term of
+    every bandit read, so positions from `MAX_COUNTED_POSITION` on are counted as that one."""
+    now = now_ms()
+    for n, position in enumerate([0, MAX_COUNTED_POSITION - 1, MAX_COUNTED_POSITION, 5000, 10**12]):
+        store.record_impression(Impression(f"deep{n}", "u", "i", now - 5000, None, position, None, None, None))
+    positions = redis_client.zrange(KeyLayout(settings.redis.key_prefix).attribution_positions(), 0, -1)
+    assert sorted(int(p) for p in positions) == [0, MAX_COUNTED_POSITION - 1, MAX_COUNTED_POSITION]
+    counts = stored(store)
+    bucket = now - 5000 - (now - 5000) % BUCKET_MS
+    assert counts[(Dimension.POSITION, str(MAX_COUNTED_POSITION), bucket, "impression")] == 3
+    assert counts[(Dimension.ITEM_POSITION, join_key("i", str(MAX_COUNTED_POSITION)), bucket, "impression")] == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from feature_store.attribution import ATTRIBUTED_OUTCOMES, Impression, Outcome, attribute, reference_counts
+from feature_store.attribution import ATTRIBUTED_OUTCOMES, MAX_COUNTED_POSITION, Impression, Outcome, attribute, reference_counts
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
 from pipelines.spark.jobs import attribution, compact
@@ -31,6 +31,16 @@ def _old_lines() -> tuple[str, list[Event]]:
     return "".join(json.dumps(line) + "\n" for line in raw), [Event.model_validate(line) for line in raw]
 
 
+def _deep_lines() -> tuple[str, list[Event]]:
+    """A client's own impressions at positions past the counted ones (an infinite scroll), one clicked."""
+    at = T0 + timedelta(minutes=5)
+    raw = [{"event_id": f"deep-imp{p}", "user_id": "u8", "item_id": "i2", "type": "impression", "ts": at.isoformat(),
+            "context": {"request_id": f"deep-r{p}", "position": p}} for p in (MAX_COUNTED_POSITION, 5000)]
+    raw.append({"event_id": "deep-click", "user_id": "u8", "item_id": "i2", "type": "click",
+                "ts": (at + timedelta(seconds=3)).isoformat(), "context": {"request_id": "deep-r5000"}})
+    return "".join(json.dumps(line) + "\n" for line in raw), [Event.model_validate(line) for line in raw]
+
+
 @pytest.fixture(scope="module")
 def attributed(spark: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[Event]]:
     """The generated log written out of order in several files, duplicates included, then compacted
@@ -45,10 +55,13 @@ def attributed(spark: object, tmp_path_factory: pytest.TempPathFactory) -> tuple
     old_text, old_events = _old_lines()
     partition = settings.event_log_dir / "dt=2024-05-01" / "hr=08"
     (partition / "part-old.jsonl").write_text(old_text)
+    deep_text, deep_events = _deep_lines()
+    (partition.parent / "hr=07").mkdir(exist_ok=True)
+    (partition.parent / "hr=07" / "part-deep.jsonl").write_text(deep_text)
     compact.run(spark, settings)  # type: ignore[arg-type]
     summary = attribution.run(spark, settings)  # type: ignore[arg-type]
-    assert summary.rows_out == len({e.event_id for e in events if e.type == EventType.IMPRESSION}) + 1
-    return settings, events + old_events
+    assert summary.rows_out == len({e.event_id for e in events if e.type == EventType.IMPRESSION}) + 3
+    return settings, events + old_events + deep_events
 
 
 def test_counts_equal_the_reference_rule(spark: object, attributed: tuple[Settings, list[Event]]) -> None:
@@ -64,6 +77,10 @@ def test_counts_equal_the_reference_rule(spark: object, attributed: tuple[Settin
     assert len({key[2] for key in expected}) >= 3, "the log spans several hours"
     assert any(key[:2] == ("policy_arm", "ranker-v2%7Ceps%250.1|a") for key in expected), "escaped key parts"
     assert ("item_position", "i1|2", 1714550400000, "click") in expected, "an old line's click, attributed across the hour"
+    hour = int(T0.replace(minute=0).timestamp() * 1000)
+    assert actual[("position", str(MAX_COUNTED_POSITION), hour, "impression")] == 2, "positions past the cap share one count"
+    assert actual[("item_position", f"i2|{MAX_COUNTED_POSITION}", hour, "click")] == 1
+    assert not any(key[1].endswith("5000") for key in actual)
 
 
 def test_attributed_impressions_flag_each_outcome_type(spark: object, attributed: tuple[Settings, list[Event]]) -> None:
