@@ -9,8 +9,10 @@ personalized news article recommendation", Algorithm 1) keep
 The store keeps A_i⁻¹ instead of A_i, updated by the Sherman–Morrison identity (`linucb_update`),
 so that a request scores 200 candidates with matrix-vector products and no solve. An item without
 statistics reads as ((1/λ)·I_d, 0). An update is applied once per update id (a replay marker, like
-the attribution store's), so a stream job that replays after a restart adds nothing. Statistics
-have no TTL: one pair per catalog item.
+the attribution store's), so a stream job that replays after a restart adds nothing. An item's
+statistics live `STATS_TTL_MS` (30 days) after its last update: an item not shown that long starts
+again from the prior, and impressions a client logs for ids outside the catalog (the stream job
+learns from any impression whose policy names LinUCB) cannot grow Redis without bound.
 
 Upgrade: a key written before A⁻¹ was kept holds `A`; a read inverts it, and the item's next
 update replaces it by `Ainv` (nothing to run).
@@ -40,6 +42,7 @@ MAX_DIM = 32
 #: The item feature whose vectors make the context (Item2vec embeddings, `feature_store.definitions`).
 CONTEXT_FEATURE = "embedding"
 CONTEXT_SLACK_MS = 3_600_000
+STATS_TTL_MS = 30 * 86_400_000
 
 
 def context_dim() -> int:
@@ -147,6 +150,7 @@ class RedisLinUcbStore(LinUcbStore):
             pipe.multi()
             pipe.hset(key, mapping={"Ainv": A_inv.tobytes(), "b": b.tobytes()})
             pipe.hdel(key, "A")
+            pipe.pexpire(key, STATS_TTL_MS)
             pipe.set(marker, 1, px=self._marker_ttl_ms)
             return True
 

@@ -12,7 +12,7 @@ import redis
 from feature_store.attribution import Impression, Outcome
 from feature_store.attribution_store import RedisAttributionStore
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
-from feature_store.linucb_store import RedisLinUcbStore
+from feature_store.linucb_store import STATS_TTL_MS, RedisLinUcbStore
 from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
@@ -48,9 +48,15 @@ def test_linucb_keeps_the_inverse_of_the_outer_products_and_the_rewards(linucb: 
     np.testing.assert_array_equal(b[1], np.zeros(D))
 
 
-def test_a_replayed_linucb_update_adds_nothing(linucb: RedisLinUcbStore) -> None:
+def test_a_replayed_linucb_update_adds_nothing_and_each_update_renews_the_ttl(
+    linucb: RedisLinUcbStore, spec: ConnectionSpec, redis_client: redis.Redis
+) -> None:
     x = np.arange(D, dtype=float)
+    key = KeyLayout(spec.key_prefix).linucb("i1")
+    redis_client.hset(key, mapping={"b": np.zeros(D).tobytes(), "Ainv": (np.eye(D) / 2.0).tobytes()})
+    redis_client.pexpire(key, 1_000_000)  # as if updated long ago
     assert linucb.update("o1", "i1", x, 1.0)
+    assert STATS_TTL_MS - 60_000 < redis_client.pttl(key) <= STATS_TTL_MS  # the item's last update: 30 days to live
     assert not linucb.update("o1", "i1", x, 1.0)
     A_inv, b = linucb.read(["i1"])
     np.testing.assert_allclose(A_inv[0], np.linalg.inv(2.0 * np.eye(D) + np.outer(x, x)))
