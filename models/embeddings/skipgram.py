@@ -117,7 +117,8 @@ class SkipGramTrainer:
     def fit(
         self, sequences: Sequence[Sequence[str]], progress: ProgressCallback | None = None
     ) -> ItemEmbeddings:
-        """Train on `sequences` (each a time-ordered list of item ids); returns the item vectors."""
+        """Train on `sequences` (each a time-ordered list of item ids); returns the item vectors.
+        `ValueError` when subsampling leaves no pair to train on: the vectors would be the random start."""
         import tensorflow as tf
 
         started = time.perf_counter()
@@ -129,6 +130,12 @@ class SkipGramTrainer:
         tables = EmbeddingTables.create(len(vocabulary), config.dim, config.optimizer, init_rng)
         self.stats = TrainingStats(device="GPU" if tf.config.list_physical_devices("GPU") else "CPU")
         batches, epoch_losses = self._train(tables, blocks, vocabulary, progress)
+        if batches == 0:  # every encoded sequence holds two items, so only subsampling leaves no pair
+            raise ValueError(
+                f"skip-gram trained on 0 pairs: too little data ({len(corpus)} items in "
+                f"{int(corpus.sequence_of[-1]) + 1} sequences, {len(vocabulary)} distinct), where word2vec's "
+                f"subsampling (sample={config.subsample:g}) drops nearly every occurrence; import more interactions"
+            )
         vectors = tables.input_vectors(len(vocabulary))
         self.stats.pairs = batches * config.batch_size
         self.stats.seconds = time.perf_counter() - started

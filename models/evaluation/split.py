@@ -31,7 +31,10 @@ class LeaveLastOut:
 
 
 def leave_last_one_out(interactions: Iterable[tuple[str, str, Timestamp]]) -> LeaveLastOut:
-    """Split (user_id, item_id, ts) positives. Ties in ts keep input order (stable sort)."""
+    """Split (user_id, item_id, ts) positives. Ties in ts keep input order; read from the event log
+    (`EventLogReader.read`, ordered by (ts, event_id)) that is event-id order, and an imported
+    event's id embeds its item (`<dataset>:<user>:<item>:<ts>`), so tied imports are ordered by
+    item id, not by their order in the imported file."""
     by_user: dict[str, list[tuple[Timestamp, int, str]]] = defaultdict(list)
     start = end = None
     for order, (user, item, ts) in enumerate(interactions):

@@ -3,33 +3,39 @@ the event log, with the columns mapped by name: no code per data set.
 
 - ``csv`` / ``tsv``: a header row names the columns; ``columns.user`` / ``item`` / ``time`` /
   ``rating`` say which holds what (time and rating optional; without a time column, rows get
-  times in file order as sequences do).
+  times one second apart in file order, from `SEQUENCE_EPOCH`). ``csv`` fields may be quoted;
+  ``tsv`` fields are split at tabs and taken as they are (quotes are data).
 - ``jsonl``: one JSON object a line, the same mapping over its keys.
-- ``sequences``: ``user item item ...`` a line (whitespace-separated), items oldest first, no
-  times: each item gets an event time one second after the previous one in file order, from
-  `SEQUENCE_EPOCH`, so per-user order survives the project's time-based splits.
+- ``sequences``: ``user item item ...`` a line (spaces or tabs between), items oldest first, no
+  times: a line's items get event times one second apart that end at `SEQUENCE_EPOCH`, so per-user
+  order survives the project's time-based splits and every user's newest items fall in the newest
+  window (a user given on two lines gets both lines ending at that same time: an item at the same
+  place from the end of both is one event).
 
 Ids are strings (or JSON integers), taken exactly as the events API takes them, except that spaces
 and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC
 when no offset is given). A row with a rating becomes a ``rating`` event with that value, any other
-row an ``event_type`` event (``click`` by default). Event ids are ``<dataset>:<user>:<item>:<ts>``
+row (no rating column, or an empty or null rating) an ``event_type`` event (``click`` by default).
+Event ids are ``<dataset>:<user>:<item>:<ts>``
 (as the MovieLens importer's; ``:<type>`` appended for types other than rating and click; a hash where that would be ambiguous or too long:
 `pipelines.datasets.events.import_event_id`), so importing the same file twice writes nothing new
 (an import manifest also skips the rerun). Bad lines are
 reported as ``file:line: reason``, written to a rejects file and skipped, or with ``strict`` the
 whole file is checked first and the first bad line raises `MalformedLine` before anything is
-written. ``categories`` (a JSON object item -> list of category ids, e.g. Amazon's
-item2attributes) fills the catalog's item categories.
+written. A UTF-8 byte order mark at the start of the file is dropped. ``categories`` (a JSON
+object item -> list of category ids, e.g. Amazon's item2attributes) fills the catalog's item
+categories.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -51,6 +57,10 @@ SEQUENCE_EPOCH = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
 CHUNK_EVENTS = 100_000
 SEQUENCE_SEPARATOR = re.compile(r"[ \t]+")
 CATEGORIES = TypeAdapter(list[Category])
+# The csv module's default (131,072 characters) fails rows of exports with long free-text columns
+# (reviews, descriptions) that the import does not even read; a field past this fails only its row.
+FIELD_LIMIT = 1 << 24
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ def import_interactions(
         return report
     rejects = _Rejects(imports_dir(settings.state_dir) / f"{key}.rejects.txt")
     try:
-        file_order = fmt == "sequences" or columns.time is None
+        file_order = fmt != "sequences" and columns.time is None
         report.events, report.users, items = _import_events(path, fmt, parse, name, event_type, file_order, settings,
                                                             rejects, on_progress)  # fmt: skip
         report.items = len(items)
@@ -133,7 +143,7 @@ def _import_events(path: Path, fmt: str, parse: Callable[[str], list[Row]], name
                 continue
             for row in record or ():
                 if file_order:  # no times in the file: file order is the time order
-                    row, clock = Row(row.user_id, row.item_id, clock, None), clock + 1
+                    row, clock = replace(row, ts=clock), clock + 1
                 chunk.append(row)
                 users.add(row.user_id)
                 items.add(row.item_id)
@@ -188,18 +198,19 @@ def _parser(path: Path, fmt: str, columns: Columns, latest: float) -> Callable[[
         return _sequence
     if fmt == "jsonl":
         return lambda line: [_mapped(_json_object(line), columns, latest)]
-    delimiter = "," if fmt == "csv" else "\t"
-    header = _header(path, delimiter, columns)
-    return lambda line: [_mapped(dict(zip(header, _csv_fields(line, delimiter, len(header)))), columns, latest)]
+    header = _header(path, fmt, columns)
+    return lambda line: [_mapped(dict(zip(header, _fields(line, fmt, len(header)))), columns, latest)]
 
 
-def _header(path: Path, delimiter: str, columns: Columns) -> list[str]:
+def _header(path: Path, fmt: str, columns: Columns) -> list[str]:
     with path.open("rb") as handle:  # line 1 only: a bad byte further down is that line's reject
-        first = handle.readline()
+        first = handle.readline().removeprefix(codecs.BOM_UTF8)
     try:
-        header = next(csv.reader([first.decode("utf-8").rstrip("\r\n")], delimiter=delimiter), [])
+        header = _split(first.decode("utf-8").rstrip("\r\n"), fmt)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path.name}:1: header is not valid utf-8: {exc.reason}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path.name}:1: header: {exc}") from None
     wanted = [c for c in (columns.user, columns.item, columns.time, columns.rating) if c]
     missing = [c for c in wanted if c not in header]
     if missing:
@@ -207,11 +218,21 @@ def _header(path: Path, delimiter: str, columns: Columns) -> list[str]:
     return header
 
 
-def _csv_fields(line: str, delimiter: str, width: int) -> list[str]:
-    fields = next(csv.reader([line], delimiter=delimiter), [])
+def _fields(line: str, fmt: str, width: int) -> list[str]:
+    fields = _split(line, fmt)
     if len(fields) != width:
         raise ValueError(f"expected {width} fields, got {len(fields)}")
     return fields
+
+
+def _split(line: str, fmt: str) -> list[str]:
+    """One csv or tsv line -> its fields; `ValueError` where the csv module cannot parse it."""
+    if fmt == "tsv":  # no quoting in TSV: `"boxed" set` is one item, quotes and all
+        return line.split("\t")
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as exc:  # a field past FIELD_LIMIT, a bare carriage return
+        raise ValueError(f"not valid CSV: {exc}") from None
 
 
 def _json_object(line: str) -> dict[str, Any]:
@@ -227,7 +248,11 @@ def _json_object(line: str) -> dict[str, Any]:
 def _mapped(record: dict[str, Any], columns: Columns, latest: float) -> Row:
     user, item = _identifier(record, columns.user), _identifier(record, columns.item)
     ts = _time(record.get(columns.time), latest) if columns.time else SEQUENCE_EPOCH
-    rating = _number(record.get(columns.rating), columns.rating) if columns.rating else None
+    rating = None
+    if columns.rating:
+        value = record.get(columns.rating)
+        if value is not None and str(value).strip():  # an empty or null rating: an event_type event
+            rating = _number(value, columns.rating)
     return Row(user, item, ts, rating)
 
 
@@ -286,5 +311,8 @@ def _sequence(line: str) -> list[Row]:
     fields = SEQUENCE_SEPARATOR.split(line.strip(" \t"))  # not str.split: it also splits at U+001C-U+001F
     if len(fields) < 2:
         raise ValueError("expected a user id and at least one item id")
-    user = _checked_id(fields[0], "user")
-    return [Row(user, _checked_id(item, "item"), SEQUENCE_EPOCH, None) for item in fields[1:]]
+    user, items = _checked_id(fields[0], "user"), fields[1:]
+    # Every line ends at SEQUENCE_EPOCH, not one shared clock in file order: every user's newest
+    # items then fall in the newest window of a time-based split, not only the last users' in the file.
+    first = SEQUENCE_EPOCH - len(items) + 1
+    return [Row(user, _checked_id(item, "item"), first + k, None) for k, item in enumerate(items)]

@@ -6,6 +6,7 @@ that names what is wrong; `read_records` attaches the file name and line number.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 import re
@@ -234,10 +235,13 @@ def detect_layout(root: Path) -> Layout:
 
 
 def read_records(path: Path, encoding: str, header: bool, parse: Callable[[str], Any]) -> Iterator[tuple[int, Any]]:
-    """Stream `(bytes read, record or MalformedLine)` for each non-blank line of `path`."""
+    """Stream `(bytes read, record or MalformedLine)` for each non-blank line of `path`; a UTF-8
+    byte order mark at the start of the file is dropped."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             size = len(raw)
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if header and number == 1:
                 yield size, None
                 continue

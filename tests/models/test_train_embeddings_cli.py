@@ -1,9 +1,12 @@
-"""`recsys train embeddings --eval`: event log in, evaluated recall artifact in the registry out."""
+"""`recsys train embeddings --eval`: event log in, evaluated recall artifact in the registry out;
+too little data to train on fails it (and the training DAG's embeddings step) and publishes nothing."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import pytest
 from planted_clusters import planted_sequences
 from typer.testing import CliRunner
 
@@ -12,7 +15,13 @@ from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
 from models.registry import ModelRegistry
 from models.retrieval.artifact import RecallArtifact
+from pipelines.training import steps
+from pipelines.training.executor import RetryPolicy, Step, StepFailed, run_steps
+from pipelines.training.records import RunStore
 from services.cli import app
+
+# Three items: word2vec's subsampling keeps about one occurrence in sixteen, so no pair is left.
+TINY = "u1 a b c a b c\nu2 b c a\n"
 
 
 def _write_planted_events(settings: Settings) -> None:
@@ -54,3 +63,31 @@ def test_train_embeddings_without_events_fails_clearly(settings: Settings) -> No
     result = CliRunner().invoke(app, ["train", "embeddings", "--state-dir", str(settings.state_dir)])
     assert result.exit_code == 2
     assert "no event log" in result.output
+
+
+def _import_tiny(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY)
+    imported = CliRunner().invoke(app, ["data", "import", str(path), "--format", "sequences", "--state-dir", str(settings.state_dir)])
+    assert imported.exit_code == 0, imported.output
+
+
+def test_embeddings_trained_on_no_pair_fail_and_publish_nothing(settings: Settings, tmp_path: Path) -> None:
+    _import_tiny(settings, tmp_path)
+    args = ["train", "embeddings", "--state-dir", str(settings.state_dir), "--dim", "8", "--epochs", "1",
+            "--walks-per-node", "2", "--walk-length", "5"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "skip-gram trained on 0 pairs: too little data" in result.output and "subsampling" in result.output
+    assert ModelRegistry(settings.model_registry_dir).versions("recall") == []
+
+
+def test_the_dags_embeddings_step_fails_once_with_the_reason_on_no_pair(settings: Settings, tmp_path: Path) -> None:
+    _import_tiny(settings, tmp_path)
+    store = RunStore(tmp_path / "runs")
+    with pytest.raises(StepFailed, match="step embeddings failed: skip-gram trained on 0 pairs"):
+        run_steps([Step("embeddings", steps.embeddings)], settings, store, RetryPolicy(retries=1, backoff_s=0.0))
+    (record,) = [store.load(path.stem) for path in store.root.glob("*.json")]
+    step = record.step("embeddings")
+    assert step.attempts == 1 and step.error.startswith("ValueError: skip-gram trained on 0 pairs: too little data")
+    assert ModelRegistry(settings.model_registry_dir).versions("recall") == []

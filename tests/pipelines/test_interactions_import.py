@@ -1,10 +1,12 @@
 """`recsys data import PATH --format csv|tsv|jsonl|sequences`: columns mapped by name, times
-parsed or given in file order, bad lines reported as file:line, reruns skipped."""
+parsed, given in file order, or ending each sequence at one instant; bad lines reported as
+file:line, reruns skipped."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from typer.testing import CliRunner, Result
@@ -12,7 +14,10 @@ from typer.testing import CliRunner, Result
 from feature_store.catalog import Catalog
 from feature_store.event_log import EventLogReader
 from feature_store.settings import Settings
+from pipelines.datasets.interactions import FIELD_LIMIT, SEQUENCE_EPOCH
 from services.cli import app
+
+EPOCH, SECOND = datetime.fromtimestamp(SEQUENCE_EPOCH, timezone.utc), timedelta(seconds=1)
 
 
 def _cli(settings: Settings, path: Path, *extra: str) -> Result:
@@ -49,18 +54,18 @@ def test_tsv_and_jsonl_without_ratings_are_click_events(tmp_path: Path, settings
     assert [(u, i, kind, value) for u, i, kind, value, _ in _events(settings)] == [("u1", "i1", "click", None), ("u2", "7", "click", None)]
 
 
-def test_sequences_keep_file_order_as_time_and_fill_categories(tmp_path: Path, settings: Settings) -> None:
+def test_sequences_end_every_users_line_at_the_epoch_and_fill_categories(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "seq.txt"
     path.write_text("u1 a b c\nu2 c a\nlonely\n")
     attributes = tmp_path / "attrs.json"
     attributes.write_text(json.dumps({"a": [3, 9], "c": [4]}))
     result = _cli(settings, path, "--format", "sequences", "--categories", str(attributes), "--event-type", "purchase")
     assert result.exit_code == 0 and "seq.txt:3: expected a user id and at least one item id" in result.output
-    events = _events(settings)
-    by_user = {u: [i for _, i, _, _, _ in sorted((ts, i, u, k, v) for u2, i, k, v, ts in events if u2 == u)] for u in ("u1", "u2")}
-    assert by_user == {"u1": ["a", "b", "c"], "u2": ["c", "a"]}
-    times = sorted(ts for *_, ts in events)
-    assert len(set(times)) == 5 and {kind for _, _, kind, _, _ in events} == {"purchase"}
+    # One second apart in each user's order, every user's last item at the epoch: all users' newest
+    # items fall in the newest window of a time-based split, not only the users at the file's end.
+    assert _events(settings) == [
+        ("u1", "a", "purchase", None, EPOCH - 2 * SECOND), ("u1", "b", "purchase", None, EPOCH - SECOND),
+        ("u1", "c", "purchase", None, EPOCH), ("u2", "a", "purchase", None, EPOCH), ("u2", "c", "purchase", None, EPOCH - SECOND)]
     table = Catalog.from_settings(settings).items_table(["item_id", "categories"]).to_pylist()
     assert {row["item_id"]: row["categories"] for row in table} == {"a": ["3", "9"], "b": [], "c": ["4"]}
 
@@ -159,3 +164,79 @@ def test_a_purchase_and_a_cart_add_in_one_second_under_one_dataset_name_are_two_
     purchases.write_text("user_id,item_id,ts\nu1,i1,100\nu2,i1,200\n")  # the export grew: its old row is not doubled
     assert _cli(settings, purchases, "--dataset", "shop", "--time", "ts", "--event-type", "purchase").exit_code == 0
     assert [(u, kind) for u, i, kind, _, _ in _events(settings) if kind == "purchase"] == [("u1", "purchase"), ("u2", "purchase")]
+
+
+def test_a_sequence_reimport_writes_nothing_new_and_a_repeated_item_stays_two_events(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "seq.txt"
+    # u1's second line ends at the epoch too; so does u2's, whose `a` is then the first line's.
+    path.write_text("u1 a b a\nu2 b a\nu1 c\nu2 a\n")
+    assert _cli(settings, path, "--format", "sequences").exit_code == 0
+    logged = sorted((e.user_id, e.item_id, e.ts, e.event_id) for e in EventLogReader(settings.event_log_dir).read())
+    assert [(u, i, ts) for u, i, ts, _ in logged] == [
+        ("u1", "a", EPOCH - 2 * SECOND), ("u1", "a", EPOCH), ("u1", "b", EPOCH - SECOND), ("u1", "c", EPOCH),
+        ("u2", "a", EPOCH), ("u2", "b", EPOCH - SECOND)]
+    assert len({event_id for *_, event_id in logged}) == 6
+    assert "already imported" in _cli(settings, path, "--format", "sequences").output
+    shutil.rmtree(settings.state_dir / "imports")  # without the manifest the rerun writes the same event ids
+    assert _cli(settings, path, "--format", "sequences").exit_code == 0
+    assert sorted((e.user_id, e.item_id, e.ts, e.event_id) for e in EventLogReader(settings.event_log_dir).read()) == logged
+
+
+def test_a_csv_without_times_keeps_its_ratings(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("user_id,item_id,rating\nu1,i1,5\nu1,i2,1\nu2,i1,4\n")
+    result = _cli(settings, path, "--time", "", "--rating", "rating")
+    assert result.exit_code == 0, result.output
+    assert _events(settings) == [("u1", "i1", "rating", 5.0, EPOCH), ("u1", "i2", "rating", 1.0, EPOCH + SECOND),
+                                 ("u2", "i1", "rating", 4.0, EPOCH + 2 * SECOND)]  # fmt: skip
+
+
+def test_an_empty_or_null_rating_makes_an_event_type_event(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text("user_id,item_id,timestamp,rating\nu1,i1,1600000000,5\nu1,i2,1600000001,\nu1,i3,1600000002, \n")
+    assert _cli(settings, path, "--rating", "rating", "--event-type", "purchase").exit_code == 0
+    rows = [{"u": "u2", "i": "i1", "t": 1600000003, "r": None}, {"u": "u2", "i": "i2", "t": 1600000004},
+            {"u": "u2", "i": "i3", "t": 1600000005, "r": 4.5}, {"u": "u2", "i": "i4", "t": 1600000006, "r": "bad"}]
+    jsonl = tmp_path / "mixed.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = _cli(settings, jsonl, "--format", "jsonl", "--user", "u", "--item", "i", "--time", "t", "--rating", "r")
+    assert result.exit_code == 0 and "mixed.jsonl:4: 'r' is not a number: 'bad'" in result.output
+    assert [(u, i, kind, value) for u, i, kind, value, _ in _events(settings)] == [
+        ("u1", "i1", "rating", 5.0), ("u1", "i2", "purchase", None), ("u1", "i3", "purchase", None),
+        ("u2", "i1", "click", None), ("u2", "i2", "click", None), ("u2", "i3", "rating", 4.5)]
+
+
+def test_a_long_csv_field_is_read_and_an_unparsable_line_is_that_lines_reject(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "reviews.csv"
+    lines = ["user_id,item_id,timestamp,review", "u1,i1,1600000000,short",
+             f'u1,i2,1600000001,"{"x" * 200_000}"',  # past the csv module's default limit of 131,072
+             "u2,i1,1600000002,a\rb",  # a bare carriage return: the csv module raises, not ValueError
+             "u2,i2,1600000003," + "y" * (FIELD_LIMIT + 1), "u3,i3,1600000004,ok"]
+    path.write_text("\n".join(lines) + "\n")
+    result = _cli(settings, path)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "reviews.csv:4: not valid CSV: new-line character seen in unquoted field" in result.output
+    assert f"reviews.csv:5: not valid CSV: field larger than field limit ({FIELD_LIMIT})" in result.output
+    assert [(u, i) for u, i, *_ in _events(settings)] == [("u1", "i1"), ("u1", "i2"), ("u3", "i3")]
+
+
+def test_tsv_fields_are_split_at_tabs_only_and_quotes_are_data(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "quotes.tsv"
+    path.write_text('user_id\titem_id\ttimestamp\nu1\t"boxed" set\t1600000000\nu1\tboxed set\t1600000001\n'
+                    'u2\t"open\t1600000002\nu2\t  "a,b"  \t1600000003\n')  # fmt: skip
+    result = _cli(settings, path, "--format", "tsv")
+    assert result.exit_code == 0 and "quotes.tsv:" not in result.output, result.output
+    assert [(u, i) for u, i, *_ in _events(settings)] == [("u1", '"boxed" set'), ("u1", "boxed set"), ("u2", '"a,b"'), ("u2", '"open')]
+
+
+def test_a_byte_order_mark_at_the_start_is_dropped_in_every_format(tmp_path: Path, settings: Settings) -> None:
+    bom = b"\xef\xbb\xbf"
+    files = {"bom.csv": (b"user_id,item_id,timestamp\r\nu1,i1,1600000000\r\n", ()),
+             "bom.tsv": (b"user_id\titem_id\ttimestamp\nu2\ti2\t1600000000\n", ("--format", "tsv")),
+             "bom.jsonl": (b'{"user_id": "u3", "item_id": "i3", "timestamp": 1600000000}\n', ("--format", "jsonl")),
+             "bom.txt": (b"u4 i4 i5\n", ("--format", "sequences"))}
+    for name, (content, extra) in files.items():
+        (tmp_path / name).write_bytes(bom + content)
+        result = _cli(settings, tmp_path / name, *extra)
+        assert result.exit_code == 0 and f"{name}:1" not in result.output, result.output
+    assert [(u, i) for u, i, *_ in _events(settings)] == [("u1", "i1"), ("u2", "i2"), ("u3", "i3"), ("u4", "i4"), ("u4", "i5")]
