@@ -22,6 +22,7 @@ plus its allowed lateness (docs/speed_layer.md, "Lambda consistency").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -36,6 +37,11 @@ NO_VALUE = "-"  # how an impression without policy, arm or position is spelled i
 #: Positions from here on share one count (a client may log any position, and every bandit read
 #: sums over each counted position): the API shows at most 100 items a request.
 MAX_COUNTED_POSITION = 100
+#: An online learner revision in a policy label (`ranker=v3@r12-3fa9c1`, `explore=learner:r12-3fa9c1`),
+#: counted as `r*`: the (policy, arm) counts keep one key per base ranker, not one per revision (PDGD
+#: may publish one a second). Group 1 is what precedes the id (a Java regex too: Spark uses it).
+REVISION_IN_POLICY = r"(@|learner:)r[0-9]+-[0-9a-f]{6}"
+_REVISION = re.compile(REVISION_IN_POLICY)
 #: Event ids of the impressions the API logs for the lists it serves (`imp-<request id>-<position>`,
 #: `services.recommend.impressions.impression_event_id`).
 SERVER_IMPRESSION_PREFIX = "imp-"
@@ -88,12 +94,17 @@ class Impression:
             (Dimension.ITEM, self.item_id),
             (Dimension.ITEM_POSITION, join_key(self.item_id, position)),
             (Dimension.POSITION, position),
-            (Dimension.POLICY_ARM, join_key(self.policy or NO_VALUE, self.arm or NO_VALUE)),
+            (Dimension.POLICY_ARM, join_key(counted_policy(self.policy), self.arm or NO_VALUE)),
         ]
 
     @property
     def bucket_ms(self) -> int:
         return self.ts_ms - self.ts_ms % BUCKET_MS
+
+
+def counted_policy(policy: str | None) -> str:
+    """A policy label as the (policy, arm) counts spell it: revision ids as `r*`, `NO_VALUE` when none."""
+    return _REVISION.sub(r"\1r*", policy) if policy else NO_VALUE
 
 
 def split_item_position(key: str) -> tuple[str, str]:

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from feature_store.attribution import ATTRIBUTED_OUTCOMES, BUCKET_MS, MAX_COUNTED_POSITION, NO_VALUE, Dimension
+from feature_store.attribution import ATTRIBUTED_OUTCOMES, BUCKET_MS, MAX_COUNTED_POSITION, NO_VALUE, REVISION_IN_POLICY, Dimension
 from feature_store.schemas import EventType
 from feature_store.settings import Settings
 from pipelines.spark.common import BatchPaths, JobSummary, Stopwatch, read_parquet
@@ -148,7 +148,8 @@ def count_rows(impressions: DataFrame) -> DataFrame:
 
     position = F.when(F.col("position").isNull(), F.lit(NO_VALUE)).otherwise(  # not `least` alone: it skips nulls
         F.least(F.col("position"), F.lit(MAX_COUNTED_POSITION)).cast("string"))
-    policy_arm = _join_key(_or_no_value(F.col("policy")), _or_no_value(F.col("arm")))
+    policy = F.regexp_replace(F.col("policy"), REVISION_IN_POLICY, "$1r*")  # `feature_store.attribution.counted_policy`
+    policy_arm = _join_key(_or_no_value(policy), _or_no_value(F.col("arm")))
     keys = F.array(*(
         F.struct(F.lit(dimension).alias("dimension"), key.alias("key"))
         for dimension, key in [

@@ -32,10 +32,14 @@ def _old_lines() -> tuple[str, list[Event]]:
 
 
 def _deep_lines() -> tuple[str, list[Event]]:
-    """A client's own impressions at positions past the counted ones (an infinite scroll), one clicked."""
+    """A client's own impressions at positions past the counted ones (an infinite scroll), one clicked,
+    and two learner revisions' lists (counted under one policy label)."""
     at = T0 + timedelta(minutes=5)
     raw = [{"event_id": f"deep-imp{p}", "user_id": "u8", "item_id": "i2", "type": "impression", "ts": at.isoformat(),
             "context": {"request_id": f"deep-r{p}", "position": p}} for p in (MAX_COUNTED_POSITION, 5000)]
+    raw += [{"event_id": f"rev-imp{n}", "user_id": "u8", "item_id": "i3", "type": "impression", "ts": at.isoformat(),
+             "context": {"request_id": f"rev-r{n}", "position": 0, "arm": "learner:online",
+                         "policy": f"ranker=v1@r{n}-00ab{n}f;explore=learner:r{n}-00ab{n}f"}} for n in (7, 8)]
     raw.append({"event_id": "deep-click", "user_id": "u8", "item_id": "i2", "type": "click",
                 "ts": (at + timedelta(seconds=3)).isoformat(), "context": {"request_id": "deep-r5000"}})
     return "".join(json.dumps(line) + "\n" for line in raw), [Event.model_validate(line) for line in raw]
@@ -60,7 +64,7 @@ def attributed(spark: object, tmp_path_factory: pytest.TempPathFactory) -> tuple
     (partition.parent / "hr=07" / "part-deep.jsonl").write_text(deep_text)
     compact.run(spark, settings)  # type: ignore[arg-type]
     summary = attribution.run(spark, settings)  # type: ignore[arg-type]
-    assert summary.rows_out == len({e.event_id for e in events if e.type == EventType.IMPRESSION}) + 3
+    assert summary.rows_out == len({e.event_id for e in events if e.type == EventType.IMPRESSION}) + 5
     return settings, events + old_events + deep_events
 
 
@@ -81,6 +85,7 @@ def test_counts_equal_the_reference_rule(spark: object, attributed: tuple[Settin
     assert actual[("position", str(MAX_COUNTED_POSITION), hour, "impression")] == 2, "positions past the cap share one count"
     assert actual[("item_position", f"i2|{MAX_COUNTED_POSITION}", hour, "click")] == 1
     assert not any(key[1].endswith("5000") for key in actual)
+    assert actual[("policy_arm", "ranker=v1@r*;explore=learner:r*|learner:online", hour, "impression")] == 2
 
 
 def test_attributed_impressions_flag_each_outcome_type(spark: object, attributed: tuple[Settings, list[Event]]) -> None:
