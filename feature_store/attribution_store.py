@@ -246,6 +246,8 @@ class RedisAttributionStore(AttributionStore):
         layout = self._layout
         ops = self._count_ops(impression, IMPRESSION)
         ops += ["Z", layout.attribution_positions(), impression.counted_position, impression.bucket_ms, _OLDEST, None]
+        policy_arm = dict(impression.count_keys())[Dimension.POLICY_ARM]
+        ops += ["Z", layout.attribution_policy_arms(), policy_arm, impression.bucket_ms, _OLDEST, None]
         return layout.attribution_marker(impression.event_id), impression.ts_ms, ops
 
     def _credit_ops(self, impression: Impression, outcome: Outcome) -> tuple[str, int, list[Any]]:
@@ -303,18 +305,28 @@ class RedisAttributionStore(AttributionStore):
         stored = Dimension.ITEM if dimension == Dimension.ITEM_POSITION else dimension
         head = len(self._layout.attribution_counts(stored, ""))
         with translate_errors(self._spec, f"scanning {dimension} counts"):
-            for chunk in _chunks(self.client.scan_iter(self._layout.attribution_counts_pattern(stored), count=1000), 500):
+            for chunk in _chunks(self._count_keys(stored), 500):
                 pipe = self.client.pipeline(transaction=False)
                 for redis_key in chunk:
                     pipe.hgetall(redis_key)
                 for redis_key, fields in zip(chunk, pipe.execute()):
-                    key = unescape_key_part(redis_key.decode()[head - 1:-1])
+                    key = unescape_key_part(redis_key[head - 1:-1])
                     for field, value in fields.items():
                         name, _, bucket = field.decode().rpartition(":")
                         measure, mark, position = name.partition(POSITION_MARK)
                         if bool(mark) == (dimension == Dimension.ITEM_POSITION):
                             row_key = join_key(key, position) if mark else key
                             yield CountRow(dimension, row_key, int(bucket), measure, int(value))
+
+    def _count_keys(self, dimension: str) -> Iterator[str]:
+        """The count keys of `dimension`: (policy, arm) ones from their index (the experiment reports
+        read them on every guardrail tick), the others by a SCAN of the keyspace."""
+        index = self._layout.attribution_policy_arms()
+        if dimension == Dimension.POLICY_ARM and self.client.exists(index):
+            for key in self.client.zrange(index, 0, -1):
+                yield self._layout.attribution_counts(dimension, key.decode())
+        else:
+            yield from (key.decode() for key in self.client.scan_iter(self._layout.attribution_counts_pattern(dimension), count=1000))
 
     def misses(self, since_ms: int, until_ms: int) -> dict[str, int]:
         with translate_errors(self._spec, "reading attribution misses"):

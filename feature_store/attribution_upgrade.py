@@ -1,4 +1,5 @@
-"""Upgrade of the attribution counts to the layout with (item, position) counts in the item hash.
+"""Upgrades of the attribution counts: (item, position) counts into the item hash, and the index of
+the (policy, arm) count keys.
 
 Before, each (item, position) had its own hash `P:a:{item_position:<item>|<position>}` with fields
 `<measure>:<bucket>`; now they are fields `<measure>@<position>:<bucket>` of the item's hash
@@ -9,6 +10,11 @@ stopped (a write of the old job after the fold would be lost); the new job may r
 rerun after a crash adds nothing twice), so it works on a Redis Cluster too. Not running it loses
 nothing for long: the old keys expire within the retention (7 d + 1 h), and the bandits' examined
 counts undercount the older impressions until then.
+
+The index (`KeyLayout.attribution_policy_arms`, which the stream job adds each (policy, arm) to
+with its newest bucket) is what the experiment reports list those keys from, once it exists:
+`index_policy_arms` adds the keys written before it (idempotent; run it with the fold). Not running
+it, a report misses those older counts until they expire.
 """
 
 from __future__ import annotations
@@ -53,3 +59,22 @@ def fold_item_positions(spec: ConnectionSpec) -> int:
     finally:
         client.close()
     return folded
+
+
+def index_policy_arms(spec: ConnectionSpec) -> int:
+    """Add every (policy, arm) count key to the index, scored by its newest bucket; the number indexed."""
+    layout = KeyLayout(spec.key_prefix)
+    head = len(layout.attribution_counts(Dimension.POLICY_ARM, ""))
+    client = spec.client()
+    indexed = 0
+    try:
+        with translate_errors(spec, "indexing the (policy, arm) count keys"):
+            for raw in list(client.scan_iter(layout.attribution_counts_pattern(Dimension.POLICY_ARM), count=1000)):
+                buckets = [int(field.rpartition(b":")[2]) for field in client.hkeys(raw)]
+                if buckets:
+                    client.zadd(layout.attribution_policy_arms(), {unescape_key_part(raw.decode()[head - 1:-1]): max(buckets)},
+                                gt=True)
+                    indexed += 1
+    finally:
+        client.close()
+    return indexed

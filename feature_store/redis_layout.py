@@ -127,6 +127,10 @@ class KeyLayout:
     def attribution_positions(self) -> str:
         return f"{self.prefix}:a:positions"
 
+    def attribution_policy_arms(self) -> str:
+        """The index of the (policy, arm) count keys: a read of them lists it instead of scanning the keyspace."""
+        return f"{self.prefix}:a:policy_arms"
+
     def attribution_stats(self) -> str:
         return f"{self.prefix}:a:stats"
 

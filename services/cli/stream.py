@@ -39,9 +39,9 @@ def run(
 
 @app.command("upgrade-counts")
 def upgrade_counts(state_dir: StateDirOption = None) -> None:
-    """Fold the attributed (item, position) counts of the old layout into the item hashes (once,
-    after the old stream job has stopped; docs/exploration.md)."""
-    from feature_store.attribution_upgrade import fold_item_positions
+    """Fold the attributed (item, position) counts of the old layout into the item hashes and index
+    the (policy, arm) count keys (once, after the old stream job has stopped; docs/exploration.md)."""
+    from feature_store.attribution_upgrade import fold_item_positions, index_policy_arms
     from feature_store.errors import FeatureStoreUnavailableError
     from feature_store.redis_client import ConnectionSpec
     from feature_store.redis_server import redis_url
@@ -49,7 +49,8 @@ def upgrade_counts(state_dir: StateDirOption = None) -> None:
     settings = load_settings(state_dir)
     with redis_url(settings) as url:
         try:
-            folded = fold_item_positions(ConnectionSpec.from_settings(settings, url))
+            spec = ConnectionSpec.from_settings(settings, url)
+            folded, indexed = fold_item_positions(spec), index_policy_arms(spec)
         except FeatureStoreUnavailableError as exc:
             fail(str(exc))
-    console.print(f"folded {folded} (item, position) count keys into their item hashes")
+    console.print(f"folded {folded} (item, position) count keys into their item hashes; indexed {indexed} (policy, arm) count keys")

@@ -117,7 +117,7 @@ def test_every_key_expires_from_a_trusted_time(store: RedisAttributionStore, red
     assert store.record_impression(far, now_ms=now) is RecordResult.IN_FUTURE
     assert store.record_impression(old, now_ms=now) is RecordResult.TOO_OLD
     keys = list(redis_client.scan_iter("recsys:a:*"))
-    assert len(keys) == 7 and not any(b"i2" in k or b"i3" in k for k in keys)  # (item, position) counts are in the item hash
+    assert len(keys) == 8 and not any(b"i2" in k or b"i3" in k for k in keys)  # (item, position) counts are in the item hash
     for key in keys:
         ttl = redis_client.pttl(key)
         if key.startswith((b"recsys:a:seen:", b"recsys:a:credit:")):

@@ -12,7 +12,7 @@ import redis
 
 from feature_store.attribution import BUCKET_MS, Dimension, Impression, Outcome, join_key
 from feature_store.attribution_store import RETENTION_MS, RedisAttributionStore
-from feature_store.attribution_upgrade import fold_item_positions
+from feature_store.attribution_upgrade import fold_item_positions, index_policy_arms
 from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
@@ -66,3 +66,29 @@ def check_fold(spec: ConnectionSpec) -> None:
     assert _rows(store) == expected and not redis_client.exists(key)
     store.close()
     redis_client.close()
+
+
+def test_policy_arm_counts_are_read_from_their_index_and_the_upgrade_indexes_older_keys(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    spec = ConnectionSpec(settings.redis.url or "")
+    store = RedisAttributionStore(spec, dedup_ttl_s=86_400, max_future_skew_s=900)
+    layout = KeyLayout(spec.key_prefix)
+    now = int(time.time() * 1000)
+    bucket = now - now % BUCKET_MS
+    old_key = layout.attribution_counts(Dimension.POLICY_ARM, join_key("greedy", "exp:A"))
+    redis_client.hset(old_key, mapping={f"impression:{bucket - BUCKET_MS}": 5, f"impression:{bucket}": 2})
+    old_rows = {(join_key("greedy", "exp:A"), bucket - BUCKET_MS, "impression"): 5, (join_key("greedy", "exp:A"), bucket, "impression"): 2}
+
+    def rows() -> dict[tuple[str, int, str], int]:
+        return {(r.key, r.bucket_ms, r.measure): r.value for r in store.scan_counts(Dimension.POLICY_ARM)}
+
+    assert rows() == old_rows  # no index yet: the keys are scanned
+    store.record_impression(Impression("imp1", "u", "i", now - 1000, "r1", 0, "eps|v2", None, "exp:B"), now)
+    new_rows = {(join_key("eps|v2", "exp:B"), bucket, "impression"): 1}
+    assert rows() == new_rows  # the index exists: only indexed keys are read
+    assert index_policy_arms(spec) == 2 and index_policy_arms(spec) == 2  # idempotent
+    assert rows() == {**old_rows, **new_rows}
+    index = dict(redis_client.zrange(layout.attribution_policy_arms(), 0, -1, withscores=True))
+    assert index == {join_key("greedy", "exp:A").encode(): bucket, join_key("eps|v2", "exp:B").encode(): bucket}
+    store.close()
