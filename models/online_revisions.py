@@ -72,6 +72,11 @@ class Revision:
         return np.asarray(self.w, dtype=np.float64)
 
     @property
+    def sequence(self) -> int:
+        """n of the id `r<n>-<random>`: the role's revisions are numbered in publish order."""
+        return int(self.id[1:].split("-", 1)[0])
+
+    @property
     def explore_weights(self) -> np.ndarray | None:
         return None if self.explore is None else np.asarray(self.explore, dtype=np.float64)
 

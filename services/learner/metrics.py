@@ -37,12 +37,14 @@ class LearnerCollector(Collector):
         summary = self.process.summary
         for field in fields(summary):
             yield CounterMetricFamily(f"recsys_learner_{field.name}", HELP[field.name], value=getattr(summary, field.name))
-        info = GaugeMetricFamily("recsys_learner_revision_info", "1 for the revision the learner serves now",
-                                 labels=["base", "revision"])
+        # The revision's number, not its id as a label: a label per revision would be a new series
+        # per publish (PDGD may publish one a second), which Prometheus keeps for its retention.
+        current = GaugeMetricFamily("recsys_learner_revision", "Sequence number n of the revision r<n>-… the learner serves now",
+                                    labels=["base"])
         revision = self.process.revision
         if revision is not None:
-            info.add_metric([self.process.base or "", revision.id], 1.0)
-        yield info
+            current.add_metric([self.process.base or ""], float(revision.sequence))
+        yield current
         yield GaugeMetricFamily("recsys_learner_promoted", "1 while w serves the traffic outside the learner's arms",
                                 value=1.0 if revision is not None and revision.served else 0.0)
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -73,6 +73,7 @@ from services.learner.shown import ShownStore
 log = logging.getLogger(__name__)
 
 CURRENT, EXPLORE, BASE = TEAMS
+MAX_ARMS = 10_000  # revisions of one base whose lists are learned from: hours of PDGD's publishing
 HeadLoader = Callable[[str], np.ndarray]  # ranker version -> its output layer [w ; b]
 Guardrail = Callable[[], dict[str, str]]  # the `learner` experiment's stopped arms -> why
 
@@ -151,7 +152,9 @@ class LearnerProcess:
         self.origin = np.zeros(0)  # where the learner starts and rolls back to (PDGD: c × the base's layer)
         self.learner: Dbgd | Pdgd | None = None
         self.revision: Revision | None = None
-        self.arms: set[str] = set()  # the labels of the revisions published on this base
+        # The labels of this base's newest `MAX_ARMS` revisions (PDGD may publish one a second): a list
+        # served by an older one is stale.
+        self.arms: OrderedDict[str, None] = OrderedDict()
         self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
         self.gate = ServingGate(np.zeros(0), window=settings.gate_window, level=settings.gate_level,
                                 min_comparisons=min(settings.gate_min_comparisons, settings.gate_window))
@@ -200,7 +203,7 @@ class LearnerProcess:
                                     seed=self.seed + self.summary.bases)
             self.against_base.clear()
             self.gate.reset(self.base_weights, promoted=resumed is not None and resumed.served and settings.promote)
-            self.arms = {label(resumed.id)} if resumed is not None else set()  # its lists are this base's too
+            self.arms = OrderedDict({label(resumed.id): None} if resumed is not None else {})  # its lists are this base's too
             why = f"resumed from {resumed.id}" if resumed is not None else f"base {version} is the registry's current ranker"
             self._publish(resumed.id if resumed is not None else None, why)
         except BaseException:
@@ -320,7 +323,9 @@ class LearnerProcess:
         assert self.learner is not None and self.base is not None
         self.revision = self.store.publish(self.base, self.learner.weights, self.learner.explore, parent, reason,
                                            served=self.gate.promoted, algorithm=self.settings.algorithm)
-        self.arms.add(label(self.revision.id))
+        self.arms[label(self.revision.id)] = None
+        if len(self.arms) > MAX_ARMS:
+            self.arms.popitem(last=False)
         self.summary.revisions += 1
 
 

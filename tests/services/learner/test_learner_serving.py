@@ -230,7 +230,8 @@ def test_recsys_learn_online_publishes_the_bases_layer_serves_metrics_and_stops_
             assert time.monotonic() < deadline, f"no revision counted on /metrics:\n{metrics}"
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert "recsys_learner_bases_total 1.0" in metrics and "recsys_learner_rollbacks_total 0.0" in metrics
-        assert f'recsys_learner_revision_info{{base="{versions[0]}",revision="{revision.id}"}} 1.0' in metrics
+        assert f'recsys_learner_revision{{base="{versions[0]}"}} {float(revision.id[1:].split("-")[0])}' in metrics
+        assert revision.id not in metrics  # no series per revision
     finally:
         learner.send_signal(signal.SIGTERM)
         output, _ = learner.communicate(timeout=60)
