@@ -82,6 +82,7 @@ class ExperimentServing:
         id: `services.explore.randomness`); the `learner` experiment is the online learner's to
         serve (`model.LEARNER`)."""
         experiments = [e for e in self.store.all().values() if e.id != LEARNER]
+        self._release_stopped({e.id for e in experiments if e.status == "running"})
         for assignment in assign(experiments, user_id, now):
             served = self._served(assignment, bundle, user_id, request_id)
             if served is not None:
@@ -93,6 +94,17 @@ class ExperimentServing:
             for stage in self._stages.values():
                 stage.close()
             self._stages.clear()
+
+    def _release_stopped(self, running: set[str]) -> None:
+        """Close the explore stages of experiments no longer running (each holds item caches and a
+        refresh thread), off the request's path."""
+        if all(experiment in running for experiment, _ in self._stages):
+            return
+        with self._lock:
+            stopped = [key for key in self._stages if key[0] not in running]
+            released = [self._stages.pop(key) for key in stopped]
+        for stage in released:
+            threading.Thread(target=stage.close, name="explore-stage-close", daemon=True).start()
 
     def _served(self, assignment: Assignment, bundle: ModelBundle, user_id: str, request_id: str) -> Served | None:
         experiment = assignment.experiment

@@ -222,13 +222,14 @@ class RecommendationPipeline:
         user, candidates = self._candidates(request, bundle, timings)
         rankings: list[list[Candidate]] = []
         attention: dict[str, str | None] = {}
-        for team, version in enumerate(plan.versions):
-            copies = [Candidate(c.item_id, c.recall_score, set(c.sources), c.because) for c in candidates]
-            model = plan.rankers[team] if plan.rankers else bundle.ranker_for(version)
-            ranked, attended, _ = self._rank_stage(model, user, copies, timings)
-            rankings.append(ranked)
-            for candidate, why in zip(ranked, attended or [None] * len(ranked)):
-                attention.setdefault(candidate.item_id, why)
+        with self._stage("rank", timings):  # one stage: every ranker's pass is the request's ranking
+            for team, version in enumerate(plan.versions):
+                copies = [Candidate(c.item_id, c.recall_score, set(c.sources), c.because) for c in candidates]
+                model = plan.rankers[team] if plan.rankers else bundle.ranker_for(version)
+                ranked, attended, _ = self._ranked(model, user, copies)
+                rankings.append(ranked)
+                for candidate, why in zip(ranked, attended or [None] * len(ranked)):
+                    attention.setdefault(candidate.item_id, why)
         with self._stage("explore", timings):
             merged = plan.merge([[c.item_id for c in r] for r in rankings], request.k)
             by_id = [{c.item_id: c for c in ranking} for ranking in rankings]
@@ -263,19 +264,24 @@ class RecommendationPipeline:
     def _rank_stage(
         self, model: Ranker | None, user: UserContext, candidates: list[Candidate], timings: dict[str, float]
     ) -> tuple[list[Candidate], list[str | None], str | None]:
-        """Ranked candidates, their attended history items, and the fallback used (if any)."""
-        ranker = model or self.default_ranker
-        fallback = None if model is not None else "popularity"
+        """Ranked candidates, their attended history items, and the fallback used (if any), timed as
+        the `rank` stage."""
         with self._stage("rank", timings):
-            try:
-                ranked, attended = self._rank(ranker, user, candidates)
-            except DegradedError:
-                raise
-            except Exception:  # a broken model must cost ranking quality, not the request
-                log.exception("ranker %s failed; ranking by recall score", ranker.name)
-                ranked, attended = self._rank(self.default_ranker, user, candidates)
-                fallback = "ranker_error"
-        return ranked, attended, fallback
+            return self._ranked(model, user, candidates)
+
+    def _ranked(
+        self, model: Ranker | None, user: UserContext, candidates: list[Candidate]
+    ) -> tuple[list[Candidate], list[str | None], str | None]:
+        ranker = model or self.default_ranker
+        try:
+            ranked, attended = self._rank(ranker, user, candidates)
+        except DegradedError:
+            raise
+        except Exception:  # a broken model must cost ranking quality, not the request
+            log.exception("ranker %s failed; ranking by recall score", ranker.name)
+            ranked, attended = self._rank(self.default_ranker, user, candidates)
+            return ranked, attended, "ranker_error"
+        return ranked, attended, None if model is not None else "popularity"
 
     def _recall(self, user: UserContext, request: RecommendationRequest, bundle: ModelBundle) -> list[Candidate]:
         """The recall artifact's blend over the user's history when it has one and knows some of

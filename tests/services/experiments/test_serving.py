@@ -3,6 +3,8 @@ the experiment, the arm and the team the response showed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -33,6 +35,9 @@ def test_interleaved_lists_log_experiment_arm_and_team(
         assert answer["explore"] == "interleaving:team_draft"
         teams = [item["team"] for item in answer["items"]]
         assert sorted(teams) == ["A", "A", "B", "B"]  # team-draft: two picks each in a list of four
+    metrics = admin_client.get("/metrics").text
+    for stage in ("features", "rank", "explore", "explain"):  # both rankers' passes are one rank stage per request
+        assert f'recsys_stage_seconds_count{{stage="{stage}"}} 6.0' in metrics, stage
     _flush(admin_client)
     logged = {(e.context.request_id, e.context.position): e.context for e in _impressions(admin_settings)}
     for answer in answers:
@@ -166,3 +171,23 @@ def test_an_arm_cannot_set_the_service_wide_candidate_logging(admin_client: Test
     response = admin_client.post("/v1/experiments", json=body, headers=ADMIN)
     assert response.status_code == 422
     assert "arm 'a': log_candidates_share is a setting of the whole service" in response.json()["error"]["message"]
+
+
+def test_a_stopped_experiments_explore_stages_are_released(admin_client: TestClient, make_event: EventFactory) -> None:
+    """Each arm's explore stage holds item caches and Redis clients: a worker closes the stages of an
+    experiment once it has stopped, instead of keeping them until shutdown."""
+    _seed(admin_client, make_event)
+    explore = {"policy": "ucb1"}
+    body = {"id": "ucb", "kind": "ab", "arms": [{"name": "a", "explore": explore}, {"name": "b", "explore": explore}]}
+    assert admin_client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
+    assert admin_client.get("/v1/users/u1/recommendations").json()["experiment"] == "ucb"
+    serving = admin_client.app.state.service.experiment_serving  # type: ignore[attr-defined]
+    (stage,) = serving._stages.values()
+    assert stage.stats.attribution._client is not None  # the stage read the counts through its own client
+    admin_client.post("/v1/experiments/ucb/stop", headers=ADMIN)
+    assert admin_client.get("/v1/users/u1/recommendations").json()["experiment"] is None
+    assert serving._stages == {}
+    deadline = time.monotonic() + 30
+    while stage.stats.attribution._client is not None:  # closed off the request's path
+        assert time.monotonic() < deadline, "the released stage was never closed"
+        time.sleep(0.01)
