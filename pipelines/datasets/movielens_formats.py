@@ -184,7 +184,10 @@ def _ml1m_user(line: str) -> User:
 
 
 def _csv_fields(line: str, expected: int) -> list[str]:
-    fields = next(csv.reader([line]))
+    try:
+        fields = next(csv.reader([line]))
+    except csv.Error as exc:  # e.g. a bare carriage return: that line's reject, not the import's end
+        raise ValueError(f"not valid CSV: {exc}") from None
     if len(fields) != expected:
         raise ValueError(f"expected {expected} comma-separated fields, got {len(fields)}")
     return fields

@@ -129,6 +129,17 @@ def test_malformed_lines_are_reported_with_file_and_line_and_the_rest_is_importe
     assert re.search(r"rejected lines\s*│\s*3", result.output)
 
 
+def test_a_movies_csv_line_the_csv_module_cannot_parse_is_that_lines_reject(tmp_path: Path, settings: Settings) -> None:
+    source = write_latest_small(tmp_path / "ml", ["1,1,4.0,964982703"])
+    with (source / "movies.csv").open("a", newline="") as movies:
+        movies.write("4,Broken\rTitle (1999),Drama\n5,Fine (2000),Drama\n")
+    result = import_cli(source, settings)
+    assert result.exit_code == 0, result.output
+    assert "movies.csv:5: not valid CSV" in result.output
+    catalog = Catalog.from_settings(settings)
+    assert catalog.get_item("5") is not None and catalog.get_item("4") is None
+
+
 def test_a_rejected_line_is_printed_verbatim(tmp_path: Path, settings: Settings) -> None:
     source = write_ml100k(tmp_path / "ml", ["1\t1\t5\t874965758", "2\t1\t[red]\t876893171"])
     result = import_cli(source, settings)
