@@ -19,6 +19,8 @@ from services.explore.ope.estimators import SlateLogs
 from services.explore.ope.reward_model import PositionBasedRewards
 from services.explore.policy import LinearStats, Policy, Ranked, Slate, Stats
 
+SUPPORT_TOLERANCE = 1e-9
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -69,6 +71,19 @@ def slate_logs(decisions: Sequence[Decision], logging: Policy | None, target: Po
         direct.append(float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates])))
     return SlateLogs(np.concatenate(request), np.concatenate(reward), np.concatenate(weight), np.concatenate(exam),
                      np.concatenate(predicted), np.array(direct), k, float(theta.sum()))
+
+
+def supported(d: Decision, target: Policy, rng: np.random.Generator) -> bool:
+    """Whether `d`'s logging policy could have shown every item the target may show in its slots.
+    A randomised logger (ε-greedy, ε > 0) may place any candidate anywhere; a deterministic one
+    (greedy) only its own slate, so the target must show those items and no other: clicks the
+    target would get on an item the logger never shows are never observed, and every estimator
+    would miss them (biased low) without a zero exposure to flag it."""
+    logger = d.logged_by
+    if logger is None or not logger.deterministic:
+        return True
+    k = len(d.slate.item_ids)
+    return float(_target_placement(d, target, k, rng).sum()) >= k - SUPPORT_TOLERANCE
 
 
 def _exposure(placement: np.ndarray, theta: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from pipelines.simulate.population import PopulationParams, make_population
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.ope.estimators import estimate
-from services.explore.ope.logged import OpeError, evaluate
+from services.explore.ope.logged import NO_SUPPORT, OpeError, evaluate
 from services.explore.ope.replay import Decision, reward_model, slate_logs
 from services.explore.policy import ItemCounts, Policy, Ranked
 from services.explore.thompson import Thompson
@@ -124,3 +124,28 @@ def test_evaluate_skips_requests_it_cannot_replay(world) -> None:  # type: ignor
     assert result.skipped["an impression without a position"] == 1
     with pytest.raises(OpeError, match="log_candidates_share"):
         evaluate(rows[:2], Greedy(), bootstrap=50)
+
+
+def test_requests_logged_by_greedy_evaluate_only_targets_they_support(world) -> None:  # type: ignore[no-untyped-def]
+    """Half the log served greedily (an A/B test's greedy arm, a stats outage): those requests show
+    only greedy's slate, so an ε-greedy target's clicks elsewhere were never observed there; they
+    are skipped and counted, and the estimate from the other half covers the truth. Greedy itself
+    is evaluated from both halves."""
+    truth, users, decisions = world
+    half = REQUESTS // 2
+    rng = np.random.default_rng(21)
+    rows = [_row(n, d, 10) for n, d in enumerate(decisions[:half])]
+    for n, (user, d) in enumerate(zip(users[half:], decisions[half:]), start=half):
+        shown = d.ranked.item_ids[:K]
+        row = _row(n, Decision(d.ranked, d.stats, Greedy().choose(d.ranked, K, rng, None), truth.draw_clicks(user, shown, 0, rng)), 10)
+        for slot in row["slots"]:
+            slot["policy"] = "ranker=r1;explore=greedy"
+        rows.append(row)
+    target = EpsilonGreedy(0.2)
+    result = evaluate(rows, target, bootstrap=500, seed=1)
+    assert result.requests == half and result.skipped == {NO_SUPPORT: REQUESTS - half}, result.skipped
+    true = _true_ctr(truth, users[:half], decisions[:half], target)
+    for name, e in result.estimates.items():
+        assert e.low <= true <= e.high, (name, e, true)
+    greedy = evaluate(rows, Greedy(), bootstrap=50, seed=1)
+    assert greedy.requests == REQUESTS and greedy.skipped == {}
