@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from rich.progress import track
+from scipy import stats
 
 from serving import (  # benchmarks/serving.py: the script's folder is on sys.path
     CATEGORIES, HISTORY, ITEMS, KEY, ROOT, EmbeddedRedis, closed_loop, console, publish_recall_model, seed,
@@ -114,7 +115,8 @@ def main() -> None:
     for kind in KINDS:
         values = np.array(cpu[kind])
         diff = values - today
-        half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        n = len(diff)
+        half = float(stats.t.ppf(0.975, n - 1)) * diff.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
         console.print(f"{kind:>14}: server CPU {values.mean():.2f} ms/request; − today {diff.mean():+.2f} ± {half:.2f} ms "
                       f"(ratio {values.mean() / today.mean():.2f}; {args.repeats} blocks of {args.requests})")
 

@@ -11,8 +11,9 @@ and the debiased CTR of item i (clicks over *examined* impressions, Beta(α, β)
 
     dCTR_i = (clicks_i + α) / (Σ_k θ_k · impressions_{i,k} + α + β)
 
-A position with no impressions gets θ = 1 (the smoothed CTRs are both the prior), and so does an
-impression without a position (`attribution.NO_VALUE`). The ratio estimator is unbiased only when
+A position with no impressions gets θ = prior / sCTR_0 (its smoothed CTR is the prior's mean;
+θ = 1 only while position 0 has none either); an impression without a position
+(`attribution.NO_VALUE`) gets θ = 1. The ratio estimator is unbiased only when
 placement is independent of relevance (randomised or explored slots); under a deterministic ranker
 better items sit higher and θ_k mixes examination with relevance (Joachims et al., WSDM 2017,
 "Unbiased learning-to-rank with biased feedback"; Wang et al., WSDM 2018, regression-EM, is the

@@ -142,8 +142,9 @@ def report(
     if result.srm_p is not None:
         typer.echo(f"sample ratio: p = {result.srm_p:.3g}{'  SRM ALARM' if result.srm_alarm else ''}")
     for c in result.comparisons:
+        interval = "" if c.low is None else f" [{c.low:+.4f}, {c.high:+.4f}]"
         typer.echo(f"{c.a} vs {c.b} ({c.units}): {c.wins_a} / {c.wins_b} / {c.ties} ties, "
-                   f"preference {c.preference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], sign test p = {c.sign_p:.3g}")
+                   f"preference {c.preference:+.4f}{interval}, sign test p = {c.sign_p:.3g}")
         if c.credit_difference is not None:
             interval = "" if c.credit_low is None else f" [{c.credit_low:+.4f}, {c.credit_high:+.4f}]"
             p = "" if c.credit_p is None else f", t-test p = {c.credit_p:.3g}"

@@ -5,9 +5,14 @@ A/B (per arm: impressions `n`, clicks `c`, CTR `p = c / n`):
 - Relative lift of arm `t` over the first arm `0`: `p_t / p_0 - 1`, with the delta-method interval
   on the log ratio, `se = sqrt((1 - p_t)/c_t + (1 - p_0)/c_0)` (Katz et al., Biometrics 1978), and
   the two-proportion z-test's two-sided p-value (pooled variance).
-- Sample-ratio mismatch: Pearson's chi-square of the arms' counts against their shares
-  (alarm at p < 0.001; Fabijan et al., KDD 2019).
-- Guardrail: one-sided test of `p_t < (1 - X) p_0`, `z = (p_t - (1 - X) p_0) / sqrt(v_t + (1 - X)^2 v_0)`.
+- Sample-ratio mismatch: Pearson's chi-square of the arms' counts of the randomised unit, users,
+  against their shares (alarm at p < 0.001; Fabijan et al., KDD 2019). Not of impressions: a user
+  brings many, and the chi-square of impressions alarmed on two thirds of healthy simulated splits.
+- Guardrail: one-sided test of `p_t < b`, `b = (1 - X) p_0`, with the variance at that boundary,
+  `z = (p_t - b) / sqrt(b (1 - b) / n_t + (1 - X)^2 p_0 (1 - p_0) / n_0)` (a score test's choice,
+  as Farrington & Manning, Stat. Med. 1990, restrict the variance to the null), and no stop before
+  `GUARDRAIL_MIN_EXPECTED` clicks are expected at the boundary: with the arm's own `p_t`, an arm
+  without a click yet had no variance, and 0 clicks of 20 impressions gave p = 1e-26.
 
 The impression-level tests treat impressions as independent; a user's impressions are not, so
 once users differ in click propensity or activity these intervals are too narrow. Users are the
@@ -38,6 +43,9 @@ import numpy as np
 from scipy import stats
 
 Z95 = 1.959963984540054
+GUARDRAIL_MIN_EXPECTED = 5.0  # clicks expected at the guardrail's boundary before a stop is considered
+MIN_BOOTSTRAP_UNITS = 20  # fewer units: no preference interval (a bootstrap of a few collapses)
+TIE_TOLERANCE = 1e-9  # relative: marginalised (float) credits this close are a tie
 SRM_ALPHA = 0.001
 
 
@@ -59,10 +67,12 @@ def wilson(clicks: int, n: int, z: float = Z95) -> Interval:
 
 
 def relative_lift(c_t: int, n_t: int, c_0: int, n_0: int, z: float = Z95) -> tuple[Interval, float]:
-    """(lift of t over 0 with its interval, two-sided p-value of the two-proportion z-test);
-    NaN where a CTR is 0 or an arm has no impressions."""
-    if min(c_t, c_0, n_t, n_0) <= 0:
+    """(lift of t over 0 with its interval, two-sided p-value of the two-proportion z-test); the
+    lift is NaN where a CTR is 0, the p-value only where an arm has no impressions."""
+    if min(n_t, n_0) <= 0:
         return Interval(math.nan, math.nan, math.nan), math.nan
+    if min(c_t, c_0) <= 0:
+        return Interval(math.nan, math.nan, math.nan), two_proportion_p(c_t, n_t, c_0, n_0)
     p_t, p_0 = c_t / n_t, c_0 / n_0
     log_ratio = math.log(p_t / p_0)
     se = math.sqrt((1 - p_t) / c_t + (1 - p_0) / c_0)
@@ -91,15 +101,19 @@ def srm_p(counts: Sequence[int], shares: Sequence[float]) -> float:
 
 
 def guardrail_p(c_t: int, n_t: int, c_0: int, n_0: int, max_drop: float) -> float:
-    """One-sided p-value of H0 `p_t >= (1 - max_drop) p_0`: small when the arm fell further."""
+    """One-sided p-value of H0 `p_t >= (1 - max_drop) p_0`: small when the arm fell further; 1
+    until `GUARDRAIL_MIN_EXPECTED` clicks are expected at the boundary (module docstring)."""
     if n_t <= 0 or n_0 <= 0:
         return 1.0
     p_t, p_0 = c_t / n_t, c_0 / n_0
     keep = 1 - max_drop
-    variance = p_t * (1 - p_t) / n_t + keep * keep * p_0 * (1 - p_0) / n_0
+    boundary = keep * p_0
+    if n_t * boundary < GUARDRAIL_MIN_EXPECTED:
+        return 1.0
+    variance = boundary * (1 - boundary) / n_t + keep * keep * p_0 * (1 - p_0) / n_0
     if variance <= 0:
-        return 1.0 if p_t >= keep * p_0 else 0.0
-    return float(stats.norm.cdf((p_t - keep * p_0) / math.sqrt(variance)))
+        return 1.0 if p_t >= boundary else 0.0
+    return float(stats.norm.cdf((p_t - boundary) / math.sqrt(variance)))
 
 
 def ratio_of_means(clicks: np.ndarray, shown: np.ndarray) -> tuple[float, float]:
@@ -149,23 +163,26 @@ def unit_outcomes(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credi
     a = np.bincount(index, weights=credit_a, minlength=len(names))
     b = np.bincount(index, weights=credit_b, minlength=len(names))
     clicked = (a + b) > 0
-    return np.sign(a - b)[clicked].astype(np.int64)
+    difference = np.where(np.abs(a - b) <= TIE_TOLERANCE * np.maximum(1.0, a + b), 0.0, a - b)
+    return np.sign(difference)[clicked].astype(np.int64)
 
 
 def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 2000) -> Preference:
-    """Δ with its 95% percentile-bootstrap interval over units, and the sign test's p-value."""
+    """Δ with its 95% percentile-bootstrap interval over units (NaN below `MIN_BOOTSTRAP_UNITS`:
+    five units that all prefer A gave [0.5, 0.5] where the sign test says p = 0.06), and the sign
+    test's p-value."""
     wins_a, wins_b = int((outcomes > 0).sum()), int((outcomes < 0).sum())
     ties = int(len(outcomes) - wins_a - wins_b)
     units = wins_a + wins_b + ties
-    if units == 0:
-        return Preference(0, 0, 0, Interval(0.0, math.nan, math.nan), 1.0)
+    sign_p = float(stats.binomtest(wins_a, wins_a + wins_b, 0.5).pvalue) if wins_a + wins_b else 1.0
+    delta = (wins_a + ties / 2) / units - 0.5 if units else 0.0
+    if units < MIN_BOOTSTRAP_UNITS:
+        return Preference(wins_a, wins_b, ties, Interval(delta, math.nan, math.nan), sign_p)
     # Units are exchangeable and each is one of three outcomes: a bootstrap resample is a
     # multinomial draw of the three counts.
     draws = rng.multinomial(units, [wins_a / units, wins_b / units, ties / units], size=resamples)
     deltas = (draws[:, 0] + draws[:, 2] / 2) / units - 0.5
-    delta = (wins_a + ties / 2) / units - 0.5
     low, high = np.percentile(deltas, [2.5, 97.5])
-    sign_p = float(stats.binomtest(wins_a, wins_a + wins_b, 0.5).pvalue) if wins_a + wins_b else 1.0
     return Preference(wins_a, wins_b, ties, Interval(delta, float(low), float(high)), sign_p)
 
 
@@ -179,7 +196,7 @@ def credit_difference(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, c
     if len(d) < 2 or not d.any():
         return Interval(float(d.mean()) if len(d) else 0.0, math.nan, math.nan), 1.0
     mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
-    if se == 0:
-        return Interval(mean, mean, mean), 0.0
+    if se == 0:  # every unit the same difference: the t-test says nothing (the sign test does)
+        return Interval(mean, math.nan, math.nan), math.nan
     half = float(stats.t.ppf(0.975, len(d) - 1)) * se
     return Interval(mean, mean - half, mean + half), float(2 * stats.t.sf(abs(mean) / se, len(d) - 1))

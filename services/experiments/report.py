@@ -74,8 +74,8 @@ class Comparison(BaseModel):
     wins_b: int
     ties: int
     preference: float
-    low: float
-    high: float
+    low: float | None  # None below `analysis.MIN_BOOTSTRAP_UNITS` units
+    high: float | None
     sign_p: float
     credit_difference: float | None = None  # mean per-user credit of a minus b, over users with credit
     credit_low: float | None = None
@@ -166,9 +166,20 @@ def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experi
             if experiment.guardrail is not None:
                 report.guardrail_p = analysis.guardrail_p(clicks, shown, c_0, n_0, experiment.guardrail.max_ctr_drop)
         reports.append(report)
-    srm = analysis.srm_p([r.impressions for r in reports], experiment.shares())
+    srm = _srm_p(experiment, per_user)
     return ExperimentReport(experiment=experiment, generated_at=now, arms=reports, srm_p=srm,
-                            srm_alarm=srm < analysis.SRM_ALPHA, timeline=_ab_timeline(experiment, buckets))
+                            srm_alarm=srm is not None and srm < analysis.SRM_ALPHA,
+                            timeline=_ab_timeline(experiment, buckets))
+
+
+def _srm_p(experiment: Experiment, per_user: dict[str, tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """The sample-ratio test on the users of each arm (the randomised unit; the batch layer's
+    attributed impressions); None before they exist, and once an arm is stopped (its users are
+    served outside the experiment from then on, so its count stops while the others grow)."""
+    if not per_user or experiment.stopped_arms:
+        return None
+    return analysis.srm_p([len(per_user[arm.name][0]) if arm.name in per_user else 0 for arm in experiment.arms],
+                          experiment.shares())
 
 
 def _arm_buckets(attribution: AttributionStore, experiment: Experiment) -> dict[str, dict[int, list[int]]]:
@@ -228,8 +239,8 @@ def _interleaving_report(experiment: Experiment, path: Path, now: datetime) -> E
         difference, p = analysis.credit_difference(rows["user_id"], credited[:, 0], credited[:, j])
         comparisons.append(Comparison(
             a=teams[0], b=other, units="users", credit=credit.RULES[experiment.method], wins_a=pref.wins_a,
-            wins_b=pref.wins_b, ties=pref.ties, preference=pref.delta.estimate, low=_nan0(pref.delta.low),
-            high=_nan0(pref.delta.high), sign_p=pref.sign_p, credit_difference=_finite(difference.estimate),
+            wins_b=pref.wins_b, ties=pref.ties, preference=pref.delta.estimate, low=_finite(pref.delta.low),
+            high=_finite(pref.delta.high), sign_p=pref.sign_p, credit_difference=_finite(difference.estimate),
             credit_low=_finite(difference.low), credit_high=_finite(difference.high), credit_p=_finite(p),
         ))  # fmt: skip
         timeline += _preference_timeline(rows, credited[:, 0], credited[:, j], other, rng)
@@ -246,9 +257,10 @@ def _preference_timeline(rows: dict[str, list], credit_a: np.ndarray, credit_b: 
         upto = hours <= hour
         users = [u for u, keep in zip(rows["user_id"], upto) if keep]
         pref = analysis.preference(analysis.unit_outcomes(users, credit_a[upto], credit_b[upto]), rng, 500)
-        points.append(TimelinePoint(at=datetime.fromtimestamp((hour + BUCKET_MS) / 1000, timezone.utc),
-                                    series=f"preference:{name}", value=pref.delta.estimate,
-                                    low=_nan0(pref.delta.low), high=_nan0(pref.delta.high)))
+        if math.isfinite(pref.delta.low):  # the band starts once there are units enough for an interval
+            points.append(TimelinePoint(at=datetime.fromtimestamp((hour + BUCKET_MS) / 1000, timezone.utc),
+                                        series=f"preference:{name}", value=pref.delta.estimate,
+                                        low=pref.delta.low, high=pref.delta.high))
     return points
 
 
@@ -308,6 +320,3 @@ def _unescape(part: str) -> str:
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
-
-def _nan0(value: float) -> float:
-    return value if math.isfinite(value) else 0.0

@@ -43,8 +43,22 @@ def test_guardrail_p_is_small_only_past_the_allowed_drop() -> None:
     # CTR 0.16 vs 0.20: a 20% drop. Past a 10% allowance: significant; within a 30% one: not.
     assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) < 1e-3
     assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.30) > 0.99
-    expected = stats.norm.cdf((0.16 - 0.9 * 0.2) / math.sqrt(0.16 * 0.84 / 10_000 + 0.81 * 0.2 * 0.8 / 10_000))
+    b = 0.9 * 0.2  # the variance at the null's boundary, not at the arm's own CTR
+    expected = stats.norm.cdf((0.16 - b) / math.sqrt(b * (1 - b) / 10_000 + 0.81 * 0.2 * 0.8 / 10_000))
     assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) == pytest.approx(expected)
+    # An arm without a click yet: 0 of 20 at a boundary of 0.081 happens 18% of the time.
+    assert analysis.guardrail_p(0, 20, 100, 1000, 0.10) > 0.05
+    assert analysis.guardrail_p(0, 1, 1, 1, 0.10) == 1.0  # under 5 expected clicks: no verdict
+
+
+def test_guardrail_stops_about_as_often_as_its_level_when_the_arm_sits_on_the_boundary() -> None:
+    """Planted exactly at the allowed drop, a small arm (10% of the traffic) beside its control:
+    one look rejects at about the nominal 1% (the arm's own variance rejected 25% of the time)."""
+    rng = np.random.default_rng(3)
+    runs, n_t, n_0, p_0 = 4000, 100, 900, 0.1
+    c_t, c_0 = rng.binomial(n_t, 0.9 * p_0, runs), rng.binomial(n_0, p_0, runs)
+    rejected = np.mean([analysis.guardrail_p(int(a), n_t, int(b), n_0, 0.10) < 0.01 for a, b in zip(c_t, c_0)])
+    assert rejected < 0.02, rejected
 
 
 def test_preference_units_sum_rows_and_the_bootstrap_interval_covers() -> None:
@@ -114,3 +128,19 @@ def test_credit_difference_is_a_t_test_over_units_with_credit() -> None:
     ci = expected.confidence_interval()
     assert (mean.estimate, mean.low, mean.high) == pytest.approx((d.mean(), ci.low, ci.high))
     assert analysis.credit_difference(["x", "y"], np.zeros(2), np.zeros(2))[1] == 1.0
+
+
+def test_small_and_degenerate_samples_give_no_interval_rather_than_a_false_one() -> None:
+    # Five users who all prefer A: the sign test says p = 0.0625; a bootstrap interval said [0.5, 0.5].
+    few = analysis.preference(np.ones(5, dtype=np.int64), np.random.default_rng(0))
+    assert few.delta.estimate == 0.5 and math.isnan(few.delta.low) and math.isnan(few.delta.high)
+    assert few.sign_p == pytest.approx(stats.binomtest(5, 5).pvalue)
+    # Three users with the same credit difference: the t-test is undefined, not p = 0.
+    same, p = analysis.credit_difference(["u1", "u2", "u3"], np.ones(3), np.zeros(3))
+    assert same.estimate == 1.0 and math.isnan(same.low) and math.isnan(p)
+    # An arm without a click: the lift is undefined, the two-proportion test is not.
+    lift, p = analysis.relative_lift(0, 1000, 100, 1000)
+    assert math.isnan(lift.estimate) and p == pytest.approx(analysis.two_proportion_p(0, 1000, 100, 1000)) and p < 1e-20
+    # Marginalised credits equal up to rounding are a tie.
+    a, b = np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.2, 0.1])  # 0.6 against 0.6000000000000001
+    assert analysis.unit_outcomes(["u", "u", "u"], a, b).tolist() == [0]
