@@ -6,7 +6,10 @@ PERMISSIVE mode, so a malformed line becomes a reject instead of failing the job
 with whitespace at either end (ids are taken exactly), and events dated more than
 `events.max_future_skew_s` after the job's clock (a log written before the API checked event time
 could otherwise move the batch watermark past every live event), a `context.propensity` outside
-(0, 1], a negative `context.ranks` value and a `context.ranker_propensities` value outside [0, 1]. Rejects are written to `rejects/` with the file, the 1-based line
+(0, 1], a negative `context.ranks` value and a `context.ranker_propensities` value outside [0, 1],
+an id or a context text field longer than the event schema allows and a negative
+`context.position` (the speed layer's parse refuses them, so counting them here would make the
+two layers differ). Rejects are written to `rejects/` with the file, the 1-based line
 number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
 files that hold rejects are read again, each by one executor task that numbers its lines, and the
 numbered lines are joined back to the rejects (identical lines of one file are told apart by their
@@ -22,7 +25,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
-from feature_store.schemas import EventType
+from feature_store.schemas import MAX_ID_LENGTH, EventContext, EventType
 from feature_store.settings import Settings
 from pipelines.spark.common import CONTROL_CHARACTER, BatchJobError, BatchPaths, JobSummary, Stopwatch
 from pipelines.spark.line_numbers import with_line_numbers
@@ -106,6 +109,14 @@ def parse(lines: DataFrame) -> DataFrame:
     return parsed.where(F.col("_event").isNotNull()).select("line", "source_file", "_event.*")
 
 
+def context_max_lengths() -> dict[str, int]:
+    """The event schema's length limits of the context's text fields (`feature_store.schemas`):
+    the speed layer's parse refuses a longer one, so the batch layer must too, or the two count
+    different events."""
+    return {name: limit.max_length for name, field in EventContext.model_fields.items() if field.annotation == (str | None)
+            for limit in field.metadata if getattr(limit, "max_length", None)}
+
+
 def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
     from pyspark.sql import functions as F
 
@@ -119,6 +130,10 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
     for name in IDS:
         reason = reason.when(F.col(name).rlike(CONTROL_CHARACTER), F.lit(f"{name} contains a control character"))
         reason = reason.when(F.col(name).rlike(EDGE_WHITESPACE), F.lit(f"{name} starts or ends with whitespace"))
+    for name in IDS:
+        reason = reason.when(F.length(name) > MAX_ID_LENGTH, F.lit(f"{name} longer than {MAX_ID_LENGTH} characters"))
+    for name, limit in context_max_lengths().items():
+        reason = reason.when(F.length(f"context.{name}") > limit, F.lit(f"context.{name} longer than {limit} characters"))
     latest = now + timedelta(seconds=max_future_skew_s)
     propensity = F.col("context.propensity")
     return (
@@ -129,6 +144,7 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
             "(events.max_future_skew_s)"
         ))
         .when(F.isnan("value") | (F.abs("value") == float("inf")), F.lit("non-finite value"))
+        .when(F.col("context.position") < 0, F.lit("context.position is negative"))
         .when(~propensity.between(0, 1) | (propensity == 0), F.lit("context.propensity is not in (0, 1]"))
         .when(F.exists(F.map_values("context.ranks"), lambda r: r < 0), F.lit("context.ranks has a negative rank"))
         .when(F.exists(F.map_values("context.ranker_propensities"), lambda p: ~p.between(0, 1) | F.isnan(p)),

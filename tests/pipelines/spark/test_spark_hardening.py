@@ -1,5 +1,6 @@
 """The batch layer against rows the API now refuses (issue 13, items 1 and 3): `compact` rejects
-far-future events and ids with control characters or surrounding whitespace with their file:line,
+far-future events, ids with control characters or surrounding whitespace, and ids, context text
+and positions out of the event schema's bounds, with their file:line,
 and `batch_features`, given a master table and catalog written before those checks, keeps its
 watermark at the newest event that is not in the future and quarantines bad rows with their
 location instead of failing."""
@@ -48,11 +49,21 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
         + json.dumps({"event_id": "e10", "user_id": "u1", "item_id": "i6", "type": "impression",
                       "ts": "2024-05-01T08:06:00Z", "context": {"position": MAX_LONG, "candidate_count": MAX_LONG,
                                                                 "ranks": {"a": MAX_LONG}}}) + "\n"  # the API's bound: kept
+        + _line("e11", "u1", "i" * 129, "2024-05-01T08:07:00Z")  # 11: longer than an id may be
+        + json.dumps({"event_id": "e12", "user_id": "u1", "item_id": "i7", "type": "impression",
+                      "ts": "2024-05-01T08:08:00Z", "context": {"position": -1}}) + "\n"  # 12
+        + json.dumps({"event_id": "e13", "user_id": "u1", "item_id": "i7", "type": "impression",
+                      "ts": "2024-05-01T08:09:00Z", "context": {"request_id": "r" * 129}}) + "\n"  # 13
+        + json.dumps({"event_id": "e14", "user_id": "u1", "item_id": "i7", "type": "impression",
+                      "ts": "2024-05-01T08:10:00Z", "context": {"policy": "p" * 256, "arm": "a" * 129}}) + "\n"  # at the bounds: kept
     )
     summary = compact.run(spark, settings)  # type: ignore[arg-type]
 
     rejects = {r.line_number: r.reason for r in spark.read.parquet(f"{settings.batch_uri}/rejects").collect()}  # type: ignore[attr-defined]
-    assert set(rejects) == {2, 3, 4, 6, 7, 8, 9}, rejects
+    assert set(rejects) == {2, 3, 4, 6, 7, 8, 9, 11, 12, 13}, rejects
+    # What the speed layer's parse (the event schema) refuses, the batch layer refuses too.
+    assert (rejects[11], rejects[12], rejects[13]) == (
+        "item_id longer than 128 characters", "context.position is negative", "context.request_id longer than 128 characters")
     assert "item_id contains a control character" == rejects[2]
     assert "user_id contains a control character" == rejects[6]
     assert "event_id contains a control character" == rejects[8]
@@ -61,7 +72,7 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
     for line in (3, 7):
         assert rejects[line].startswith("ts is more than 900 s ahead of the clock"), rejects[line]
     kept = sorted(r.event_id for r in spark.read.parquet(f"{settings.batch_uri}/events").collect())  # type: ignore[attr-defined]
-    assert kept == ["e1", "e10", "e5"] and summary.rejects == 7
+    assert kept == ["e1", "e10", "e14", "e5"] and summary.rejects == 10
 
 
 def test_compact_of_a_log_with_no_valid_event_is_a_clear_error(spark: object, tmp_path: Path) -> None:
