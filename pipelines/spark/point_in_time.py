@@ -102,10 +102,13 @@ def _earlier_buckets(rows: DataFrame, keys: Sequence[str], counts: Mapping[str, 
 
 def history_facts(positives: DataFrame, max_len: int) -> DataFrame:
     """Facts (user_id, ts, hist_item_ids, hist_categories): the user's last `max_len` positive items
-    up to and including ts, oldest first (most recent LAST), ties at one ts ordered by event_id.
+    up to and including ts, oldest first (most recent LAST), each item once at its newest positive
+    (as the serving history holds it), ties at one ts ordered by event_id.
 
     Positives at one ts are grouped first, so a frame of `max_len` groups always holds at least
-    `max_len` items when the user has that many: memory per row is bounded by the cap.
+    `max_len` positives when the user has that many: memory per row is bounded by the cap. With
+    repeated items that can be fewer than `max_len` distinct ones where the serving history,
+    which looks further back, would hold more (it keeps `user.history`'s 200).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -115,9 +118,13 @@ def history_facts(positives: DataFrame, max_len: int) -> DataFrame:
     )
     frame = Window.partitionBy("user_id").orderBy("ts").rowsBetween(-max_len, Window.currentRow)
     recent = F.flatten(F.collect_list("_group").over(frame))
+    # Each item once, at its newest occurrence: the serving history is a sorted set of items.
+    newest = F.filter("_recent", lambda fact, i: ~F.exists(
+        F.slice("_recent", i + 2, F.size("_recent")), lambda later: later["item_id"] == fact["item_id"]))
     capped = F.slice("_recent", F.greatest(F.size("_recent") - max_len + 1, F.lit(1)), max_len)
     return (
         groups.withColumn("_recent", recent)
+        .withColumn("_recent", newest)
         .withColumn("_recent", capped)
         .select(
             "user_id", "ts",

@@ -49,6 +49,7 @@ def _events() -> list[Event]:
         ("u1", "i3", EventType.IMPRESSION, None, 4), ("u1", "i4", EventType.RATING, 2.0, 65),
         ("u2", "i1", EventType.RATING, 4.0, 66), ("u1", "i3", EventType.CLICK, None, 67),
         ("u1", "i5", EventType.IMPRESSION, None, 68), ("u3", "i5", EventType.RATING, 5.0, 69),
+        ("u1", "i1", EventType.CLICK, None, 70),  # i1 again: a history holds it once, at its newest
         ("u1", "i5", EventType.CLICK, None, 90),  # the sample under test: the log's last event
     ]  # fmt: skip
     return [
@@ -89,7 +90,7 @@ def test_serving_features_equal_training_features(
     request = RankerInputs(spec, store).request(UserContext("u1", history, seen), ["i5"])
     features.close()
 
-    assert sample["hist_item_ids"] == ["i1", "i2", "i3"]  # positives before ts, oldest first
+    assert sample["hist_item_ids"] == ["i2", "i3", "i1"]  # positives before ts, oldest first, each item once
     assert request["hist_item_ids"] == sample["hist_item_ids"]
     assert request["hist_categories"] == sample["hist_categories"]
     assert request["item_category"] == [sample["item_category"]]
