@@ -299,10 +299,15 @@ class ServingStore:
         return {i for i, flag in zip(item_ids, flags) if flag}
 
     def items_in_category(self, category: str, limit: int) -> list[str]:
-        """The category's newest items (memoised like `popular`)."""
+        """The category's newest items whose record still names the category (memoised like
+        `popular`). The index is a hint, the record the truth: two PUTs of one item read the same
+        previous record, so the loser's categories stay in the index (Redis Cluster puts the
+        category sets in other slots than the record, so no transaction spans them)."""
         def read() -> list[str]:
             raw = self._call(lambda: self.client.zrevrange(self._key("cat", category), 0, limit - 1))
-            return [value.decode() for value in raw]
+            listed = [value.decode() for value in raw]
+            records = self.categories_of(listed)
+            return [item for item in listed if category in records.get(item, ())]
 
         return self.global_cache.get(("category", category, limit), read)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import redis
 from fastapi.testclient import TestClient
 
 from feature_store.catalog import Catalog
@@ -38,3 +39,16 @@ def test_ids_with_slashes_are_reachable_percent_encoded(api_settings: Settings) 
         recommended = client.get(f"/v1/users/{path['user']}/recommendations", headers=headers)
         assert recommended.status_code == 200, recommended.text
     assert Catalog(api_settings.catalog_dir).get_item(item).title == "Shoe"  # type: ignore[union-attr]
+
+
+def test_a_category_index_entry_the_record_no_longer_names_is_not_served(api_settings: Settings) -> None:
+    """Two PUTs of one item that read the same previous record leave the loser's categories in the
+    category index (no transaction spans the record and the category sets on a Redis Cluster): the
+    state planted here. The category neighbours come from the record's categories, not the index."""
+    with TestClient(create_app(with_api(api_settings, api_keys=[WRITE_KEY]))) as client:
+        headers = {"X-API-Key": WRITE_KEY}
+        for item, category in (("x", "Comedy"), ("y", "Drama"), ("z", "Drama")):
+            client.put(f"/v1/items/{item}", json={"title": item, "categories": [category]}, headers=headers).raise_for_status()
+        redis.Redis.from_url(api_settings.redis.url or "").zadd(f"{api_settings.redis.key_prefix}:srv:cat:Drama", {"x": 1e12})
+        similar = client.get("/v1/items/y/similar", params={"k": 5}, headers=headers).json()
+    assert [n["item_id"] for n in similar["items"]] == ["z"] and similar["source"] == "category"
