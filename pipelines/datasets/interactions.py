@@ -9,8 +9,10 @@ the event log, with the columns mapped by name: no code per data set.
 - ``sequences``: ``user item item ...`` a line (spaces or tabs between), items oldest first, no
   times: a line's items get event times one second apart that end at `SEQUENCE_EPOCH`, so per-user
   order survives the project's time-based splits and every user's newest items fall in the newest
-  window (a user given on two lines gets both lines ending at that same time: an item at the same
-  place from the end of both is one event).
+  window, not only the last users' in the file. A second line of a user is a reject (its items
+  would interleave with the first's). Since times count back from each line's end, a grown file
+  re-imported gives its earlier items new times, and so new event ids: import it into a fresh
+  state directory.
 
 Ids are strings (or JSON integers), taken exactly as the events API takes them, except that spaces
 and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC
@@ -95,9 +97,9 @@ def import_interactions(
         raise FileNotFoundError(f"{path} is a directory, not a file" if path.is_dir() else f"no such file: {path}")
     name = dataset or path.stem
     # Times past the batch layer's clock skew would be imported, then dropped by `compact`.
-    parse = _parser(path, fmt, columns, latest=time.time() + settings.events.max_future_skew_s)
+    latest = time.time() + settings.events.max_future_skew_s
     if strict:
-        for _, record in read_records(path, "utf-8", fmt in ("csv", "tsv"), parse):
+        for _, record in read_records(path, "utf-8", fmt in ("csv", "tsv"), _parser(path, fmt, columns, latest)):
             if isinstance(record, MalformedLine):
                 raise record
     category_map = _category_map(categories) if categories is not None else None
@@ -112,6 +114,7 @@ def import_interactions(
     rejects = _Rejects(imports_dir(settings.state_dir) / f"{key}.rejects.txt")
     try:
         file_order = fmt != "sequences" and columns.time is None
+        parse = _parser(path, fmt, columns, latest)  # a new one: a sequences parser remembers the users it read
         report.events, report.users, items = _import_events(path, fmt, parse, name, event_type, file_order, settings,
                                                             rejects, on_progress)  # fmt: skip
         report.items = len(items)
@@ -195,7 +198,7 @@ def _items(categories: dict[str, list[str]], items: set[str]) -> Iterator[Item]:
 def _parser(path: Path, fmt: str, columns: Columns, latest: float) -> Callable[[str], list[Row]]:
     """One line -> its rows; `ValueError` with a reason for a bad line."""
     if fmt == "sequences":
-        return _sequence
+        return _sequences()
     if fmt == "jsonl":
         return lambda line: [_mapped(_json_object(line), columns, latest)]
     header = _header(path, fmt, columns)
@@ -307,12 +310,21 @@ def _number(value: Any, name: str) -> float:
     return number
 
 
-def _sequence(line: str) -> list[Row]:
-    fields = SEQUENCE_SEPARATOR.split(line.strip(" \t"))  # not str.split: it also splits at U+001C-U+001F
-    if len(fields) < 2:
-        raise ValueError("expected a user id and at least one item id")
-    user, items = _checked_id(fields[0], "user"), fields[1:]
-    # Every line ends at SEQUENCE_EPOCH, not one shared clock in file order: every user's newest
-    # items then fall in the newest window of a time-based split, not only the last users' in the file.
-    first = SEQUENCE_EPOCH - len(items) + 1
-    return [Row(user, _checked_id(item, "item"), first + k, None) for k, item in enumerate(items)]
+def _sequences() -> Callable[[str], list[Row]]:
+    """A parser of `user item item …` lines that refuses a second line of a user: every line ends
+    at SEQUENCE_EPOCH, so two lines of one user would interleave and their items at the same place
+    from the end would be one event."""
+    users: set[str] = set()
+
+    def parse(line: str) -> list[Row]:
+        fields = SEQUENCE_SEPARATOR.split(line.strip(" \t"))  # not str.split: it also splits at U+001C-U+001F
+        if len(fields) < 2:
+            raise ValueError("expected a user id and at least one item id")
+        user, items = _checked_id(fields[0], "user"), fields[1:]
+        if user in users:
+            raise ValueError(f"user {user!r} already has a line: a sequences file holds one line per user")
+        rows = [Row(user, _checked_id(item, "item"), SEQUENCE_EPOCH - len(items) + 1 + k, None) for k, item in enumerate(items)]
+        users.add(user)
+        return rows
+
+    return parse

@@ -123,22 +123,25 @@ def read_item_categories(spark: SparkSession, paths: BatchPaths) -> DataFrame:
     return item_categories(items)
 
 
-def item_categories(items: DataFrame) -> DataFrame:
-    """item_id → category (the first of the item's `categories`, else `UNKNOWN_CATEGORY`)."""
+def item_categories(items: DataFrame, missing: str | None = UNKNOWN_CATEGORY) -> DataFrame:
+    """item_id → category (the first of the item's `categories`, else `missing`)."""
     from pyspark.sql import functions as F
 
     return items.select(
-        "item_id", F.coalesce(F.get(F.col("categories"), 0), F.lit(UNKNOWN_CATEGORY)).alias("category")
+        "item_id", F.coalesce(F.get(F.col("categories"), 0), F.lit(missing)).alias("category")
     ).dropDuplicates(["item_id"])
 
 
-def with_category(df: DataFrame, categories: DataFrame, item_column: str = "item_id", name: str = "category") -> DataFrame:
-    """`df` plus the category of its item column (`UNKNOWN_CATEGORY` when the catalog lacks it)."""
+def with_category(df: DataFrame, categories: DataFrame, item_column: str = "item_id", name: str = "category",
+                  missing: str | None = UNKNOWN_CATEGORY) -> DataFrame:
+    """`df` plus the category of its item column (`missing` when the catalog lacks it or it has
+    none: `UNKNOWN_CATEGORY`, a feature value for the rankers, or None where "no category" must
+    stay apart from a real category of that name, as ml-100k's genre "unknown")."""
     from pyspark.sql import functions as F
 
     lookup = categories.select(F.col("item_id").alias("_cat_item"), F.col("category").alias("_cat"))
     joined = df.join(F.broadcast(lookup), F.col(item_column) == F.col("_cat_item"), "left")
-    return joined.withColumn(name, F.coalesce("_cat", F.lit(UNKNOWN_CATEGORY))).drop("_cat_item", "_cat")
+    return joined.withColumn(name, F.coalesce("_cat", F.lit(missing))).drop("_cat_item", "_cat")
 
 
 @dataclass

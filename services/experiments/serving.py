@@ -98,11 +98,8 @@ class ExperimentServing:
     def _release_stopped(self, running: set[str]) -> None:
         """Close the explore stages of experiments no longer running (each holds item caches and a
         refresh thread), off the request's path."""
-        if all(experiment in running for experiment, _ in self._stages):
-            return
-        with self._lock:
-            stopped = [key for key in self._stages if key[0] not in running]
-            released = [self._stages.pop(key) for key in stopped]
+        with self._lock:  # `_stage` adds to the dict from other requests' threads
+            released = [self._stages.pop(key) for key in [key for key in self._stages if key[0] not in running]]
         for stage in released:
             threading.Thread(target=stage.close, name="explore-stage-close", daemon=True).start()
 

@@ -76,6 +76,7 @@ class BanditStats:
         self._counts: ItemCache[tuple[float, float]] = self._cache(cache_s, cache_items, clock, submit, "counts")
         self._linear: ItemCache[bytes] = self._cache(cache_s, cache_items, clock, submit, "linucb")
         self._embeddings: ItemCache[np.ndarray] = self._cache(cache_s, cache_items, clock, submit, "context")
+        self._closed = False
 
     @staticmethod
     def _cache(ttl_s: float, items: int, clock: Clock, submit: Submit | None, what: str) -> ItemCache:
@@ -84,13 +85,21 @@ class BanditStats:
                          name=f"explore-{what}-refresh")
 
     def close(self) -> None:
+        """Close the caches and clients; a later read is `StatsUnavailable` (it would open new
+        ones that nobody closes: a request may still hold the stage of an experiment just stopped)."""
+        self._closed = True
         self._counts.close()
         self._linear.close()
         self._embeddings.close()
         self.attribution.close()
         self.linucb.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StatsUnavailable("closed: its explore stage was released")
+
     def counts(self, item_ids: Sequence[str]) -> ItemCounts:
+        self._check_open()
         with _unavailable_on_errors("reading examined counts"):
             rows = _in_order(self._counts.get_many(item_ids, self._read_counts), item_ids)
         flat = np.fromiter(itertools.chain.from_iterable(rows), float, count=2 * len(rows))
@@ -100,6 +109,7 @@ class BanditStats:
     def linear(self, item_ids: Sequence[str], history: Sequence[str], user_id: str | None = None) -> LinearStats:
         """The candidates' statistics (`LinearStats`, packed from (A_i⁻¹, b_i)) and x_t; saves x_t for
         `user_id` (when given) for the stream job."""
+        self._check_open()
         with _unavailable_on_errors("reading LinUCB statistics"):
             rows = _in_order(self._linear.get_many(item_ids, self._read_linear), item_ids)
             user = self.user_vector(history)

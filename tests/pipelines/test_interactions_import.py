@@ -168,14 +168,18 @@ def test_a_purchase_and_a_cart_add_in_one_second_under_one_dataset_name_are_two_
 
 def test_a_sequence_reimport_writes_nothing_new_and_a_repeated_item_stays_two_events(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "seq.txt"
-    # u1's second line ends at the epoch too; so does u2's, whose `a` is then the first line's.
+    # A user's second line would end at the epoch too, interleaved with the first: a reject.
     path.write_text("u1 a b a\nu2 b a\nu1 c\nu2 a\n")
-    assert _cli(settings, path, "--format", "sequences").exit_code == 0
+    result = _cli(settings, path, "--format", "sequences")
+    assert result.exit_code == 0 and "seq.txt:3: user 'u1' already has a line" in result.output, result.output
+    assert "seq.txt:4: user 'u2' already has a line" in result.output
     logged = sorted((e.user_id, e.item_id, e.ts, e.event_id) for e in EventLogReader(settings.event_log_dir).read())
     assert [(u, i, ts) for u, i, ts, _ in logged] == [
-        ("u1", "a", EPOCH - 2 * SECOND), ("u1", "a", EPOCH), ("u1", "b", EPOCH - SECOND), ("u1", "c", EPOCH),
+        ("u1", "a", EPOCH - 2 * SECOND), ("u1", "a", EPOCH), ("u1", "b", EPOCH - SECOND),
         ("u2", "a", EPOCH), ("u2", "b", EPOCH - SECOND)]
-    assert len({event_id for *_, event_id in logged}) == 6
+    assert len({event_id for *_, event_id in logged}) == 5
+    strict = _cli(settings, path, "--format", "sequences", "--strict", "--dataset", "again")
+    assert strict.exit_code != 0 and "seq.txt:3: user 'u1' already has a line" in strict.output
     assert "already imported" in _cli(settings, path, "--format", "sequences").output
     shutil.rmtree(settings.state_dir / "imports")  # without the manifest the rerun writes the same event ids
     assert _cli(settings, path, "--format", "sequences").exit_code == 0

@@ -33,7 +33,7 @@ from feature_store.definitions import (
 )  # fmt: skip
 from feature_store.settings import Settings
 from pipelines.spark.common import (
-    CONTROL_CHARACTER, UNKNOWN_CATEGORY, BatchJobError, BatchPaths, JobSummary, Stopwatch, item_categories, newest_ts,
+    CONTROL_CHARACTER, BatchJobError, BatchPaths, JobSummary, Stopwatch, item_categories, newest_ts,
     read_parquet, utc_of, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
@@ -47,7 +47,7 @@ SPARK_TYPES = {DType.FLOAT: "double", DType.INT: "bigint", DType.STRING: "string
 
 
 class Inputs(NamedTuple):
-    events: DataFrame  # the master table's events, with their item's category
+    events: DataFrame  # the master table's events, with their item's category (None: it has none)
     catalog: DataFrame  # item_id, categories
     quarantined: DataFrame  # source_file, row, key, reason
 
@@ -107,7 +107,7 @@ def quarantine(events: DataFrame, catalog: DataFrame) -> Inputs:
         catalog.where(F.col("reason").isNotNull()).select("source_file", "row", F.col("item_id").alias("key"), "reason")
     )
     clean = [frame.where(F.col("reason").isNull()).drop("reason", "source_file", "row") for frame in (events, catalog)]
-    return Inputs(with_category(clean[0], item_categories(clean[1])), clean[1], quarantined)
+    return Inputs(with_category(clean[0], item_categories(clean[1], missing=None), missing=None), clean[1], quarantined)
 
 
 def _filtered(feature: FeatureDef) -> Column:
@@ -116,7 +116,7 @@ def _filtered(feature: FeatureDef) -> Column:
     from pyspark.sql import functions as F
 
     condition = F.expr(feature.events.sql_condition()) if feature.events else F.lit(True)
-    return condition & (F.col("category") != UNKNOWN_CATEGORY) if feature.member is Member.CATEGORY else condition
+    return condition & F.col("category").isNotNull() if feature.member is Member.CATEGORY else condition
 
 
 def _newest(events: DataFrame, key: str, feature: FeatureDef, member: str) -> DataFrame:
@@ -198,7 +198,7 @@ def user_category_view(events: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     affinity = FEATURES.get(Entity.USER_CATEGORY, "affinity")
-    positives = events.where(F.col("category") != UNKNOWN_CATEGORY).where(
+    positives = events.where(F.col("category").isNotNull()).where(
         _filtered(affinity) if affinity.events else F.expr(FEATURES.get(Entity.USER, "positive_count").events.sql_condition()))
     counts = positives.groupBy("user_id", "category").count()
     share = F.col("count") / F.sum("count").over(Window.partitionBy("user_id"))

@@ -7,8 +7,10 @@ with whitespace at either end (ids are taken exactly), and events dated more tha
 `events.max_future_skew_s` after the job's clock (a log written before the API checked event time
 could otherwise move the batch watermark past every live event), a `context.propensity` outside
 (0, 1], a negative `context.ranks` value and a `context.ranker_propensities` value outside [0, 1],
-an id or a context text field longer than the event schema allows and a negative
-`context.position` (the speed layer's parse refuses them, so counting them here would make the
+and what else the event schema (`feature_store.schemas.EventContext`) bounds: an id or a
+context text field past its length, a negative `context.position`, maps and logged candidates
+past their sizes, misaligned, with an invalid id, a non-finite score or a `candidate_count` below
+their number (the speed layer's parse refuses such events, so counting them here would make the
 two layers differ). Rejects are written to `rejects/` with the file, the 1-based line
 number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
 files that hold rejects are read again, each by one executor task that numbers its lines, and the
@@ -109,11 +111,12 @@ def parse(lines: DataFrame) -> DataFrame:
     return parsed.where(F.col("_event").isNotNull()).select("line", "source_file", "_event.*")
 
 
-def context_max_lengths() -> dict[str, int]:
-    """The event schema's length limits of the context's text fields (`feature_store.schemas`):
-    the speed layer's parse refuses a longer one, so the batch layer must too, or the two count
-    different events."""
-    return {name: limit.max_length for name, field in EventContext.model_fields.items() if field.annotation == (str | None)
+def context_max_lengths(text: bool = True) -> dict[str, int]:
+    """The event schema's length limits of the context's text fields (`text`), else of its maps and
+    lists (`feature_store.schemas`): the speed layer's parse refuses an event past one, so the
+    batch layer must too, or the two count different events."""
+    return {name: limit.max_length for name, field in EventContext.model_fields.items()
+            if (field.annotation == (str | None)) == text
             for limit in field.metadata if getattr(limit, "max_length", None)}
 
 
@@ -149,7 +152,39 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
         .when(F.exists(F.map_values("context.ranks"), lambda r: r < 0), F.lit("context.ranks has a negative rank"))
         .when(F.exists(F.map_values("context.ranker_propensities"), lambda p: ~p.between(0, 1) | F.isnan(p)),
               F.lit("context.ranker_propensities has a value outside [0, 1]"))
+        .otherwise(_context_bounds_reason())
     )
+
+
+def _context_bounds_reason() -> Column:
+    """Why the context's maps or logged candidates break the event schema's bounds, else null."""
+    from pyspark.sql import functions as F
+
+    def size(name: str) -> Column:  # 0 for a missing field, as the schema counts it
+        column = F.col(f"context.{name}")
+        return F.when(column.isNull(), F.lit(0)).otherwise(F.size(column))
+
+    limits = context_max_lengths(text=False)
+    candidate = F.col("context.candidates")
+    checks = [(size(name) > limit, f"context.{name} has more than {limit} entries") for name, limit in limits.items()]
+    checks += [(F.exists(F.map_keys(f"context.{name}"), lambda key: F.length(key) > MAX_ID_LENGTH),
+                f"context.{name} has a key longer than {MAX_ID_LENGTH} characters")
+               for name in ("ranks", "ranker_propensities", "model_versions")]
+    checks += [
+        (F.exists(F.map_values("context.model_versions"), lambda version: F.length(version) > MAX_ID_LENGTH),
+         f"context.model_versions has a value longer than {MAX_ID_LENGTH} characters"),
+        (F.exists(candidate, lambda c: c.isNull() | (F.length(c) == 0) | (F.length(c) > MAX_ID_LENGTH)
+                  | c.rlike(CONTROL_CHARACTER) | c.rlike(EDGE_WHITESPACE)), "context.candidates holds an invalid id"),
+        (size("candidates") != size("candidate_scores"), "context.candidates and context.candidate_scores differ in length"),
+        (F.exists("context.candidate_scores", lambda v: F.isnan(v) | (F.abs(v) == float("inf"))),
+         "context.candidate_scores has a non-finite score"),
+        (candidate.isNotNull() & (F.coalesce(F.col("context.candidate_count"), F.lit(0)) < size("candidates")),
+         "context.candidate_count is below the number of candidates logged"),
+    ]
+    reason = F.when(checks[0][0], F.lit(checks[0][1]))
+    for condition, message in checks[1:]:
+        reason = reason.when(condition, F.lit(message))
+    return reason
 
 
 def transform(parsed: DataFrame, now: datetime, max_future_skew_s: float) -> CompactOutput:

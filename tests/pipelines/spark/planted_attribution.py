@@ -1,6 +1,6 @@
 """A generated event log with planted outcomes for the attribution tests (Spark job and the
-Spark-vs-speed-layer check): impressions with and without request ids, positions and policies
-(ids holding the key separators), outcomes of every attributed type at planted delays (inside, at
+Spark-vs-speed-layer check): impressions with and without request ids, positions (some past the
+counted ones) and policies (ids holding the key separators, learner revisions), outcomes of every attributed type at planted delays (inside, at
 and past the window, before the impression) with their own, no, an unknown or another request's
 id, a slot clicked three times, a non-outcome, duplicates, all shuffled."""
 
@@ -14,6 +14,8 @@ from feature_store.schemas import Event, EventContext, EventType
 WINDOW_S = 1800
 OUTCOMES = [EventType.CLICK, EventType.LIKE, EventType.ADD_TO_CART, EventType.PURCHASE]
 POLICIES = ["ranker-v1/greedy", "ranker-v2|eps%0.1", None, ""]  # '|' and '%' must stay apart in keys
+# Two online learner revisions of one base (counted as one policy, `attribution.counted_policy`).
+REVISIONS = ["ranker=v3@r12-3fa9c1;explore=learner:r12-3fa9c1", "ranker=v3@r13-00beef;explore=learner:r13-00beef"]
 
 
 def _impressions(rng: random.Random, start: datetime) -> list[Event]:
@@ -24,10 +26,11 @@ def _impressions(rng: random.Random, start: datetime) -> list[Event]:
         user, shown = f"u{rng.randrange(5)}", rng.sample(range(6), 4)
         at = start + timedelta(seconds=rng.randrange(3 * 3600)) if r != 59 else events[0].ts
         request_id = None if r % 9 == 0 else f"r{r}"
-        policy = rng.choice(POLICIES)
+        policy = REVISIONS[r % 2] if r % 10 == 3 else rng.choice(POLICIES)
+        first = 250 if r % 11 == 5 else 0  # a client's deep slots: counted at `MAX_COUNTED_POSITION`
         for slot, item in enumerate(shown):
             context = EventContext(
-                request_id=request_id, position=None if r % 13 == 0 else slot, page="home", policy=policy,
+                request_id=request_id, position=None if r % 13 == 0 else first + slot, page="home", policy=policy,
                 propensity=rng.choice([1.0, 0.25]), experiment="exp1" if policy else None,
                 arm=rng.choice(["a", "b", None]), team=rng.choice(["t1", None]), model_versions={"ranker": "7"},
             )  # fmt: skip

@@ -20,6 +20,7 @@ from pipelines.spark.runner import run_jobs
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 CATEGORIES = {f"i{n}": [["Drama"], ["Comedy", "Drama"], ["Action"]][n % 3] for n in range(12)}
+CATEGORIES["iu"] = ["unknown"]  # a real category of that name (an ml-100k genre), not "no category"
 KINDS = ["impression", "click", "rating", "purchase", "impression", "rating"]
 
 
@@ -63,6 +64,7 @@ def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings
     older += repeating_user(hour - timedelta(hours=2))
     older += [Event(event_id=f"nocat{n}", user_id="nocat", item_id=item, type="click", ts=hour - timedelta(hours=2, minutes=20 - 10 * n))
               for n, item in enumerate(["i0", "x0"])]  # x0: not in the catalog, so in no category
+    older.append(Event(event_id="unk0", user_id="unk", item_id="iu", type="click", ts=hour - timedelta(hours=2, minutes=5)))
     newer = events_from(90, 40, hour - timedelta(hours=1))  # only the live writes see these
     with LocalEventLog(settings.event_log_dir, EventLogSettings(fsync=False)) as log:
         log.append(older)
@@ -71,7 +73,7 @@ def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings
     store = RedisOnlineStore.from_settings(settings)
     # Every event reaches the live writes once, as the API applies each posted batch (older ones too:
     # they are before the batch watermark, so the merge must not count them twice).
-    assert store.live_writer().write(older + newer, item_categories=CATEGORIES).applied == 198
+    assert store.live_writer().write(older + newer, item_categories=CATEGORIES).applied == 199
 
     expected = recompute(older + newer)
     assert expected["users"]["rep"]["recent_items"] == ["i10", "i11", *(f"i{n}" for n in range(9, -1, -1))]
@@ -84,8 +86,9 @@ def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings
         assert int(got["positive_count"]) == want["positive_count"], user
         assert list(got["recent_items"]) == want["recent_items"], user
     # An item without a category adds to no category feature, in the batch as in the live writes.
-    categories = store.get_features("user", ["nocat"], ["last_category", "top_categories"])
+    categories = store.get_features("user", ["nocat", "unk"], ["last_category", "top_categories"])
     assert (categories["last_category"][0], list(categories["top_categories"][0])) == ("Drama", ["Drama"])
+    assert (categories["last_category"][1], list(categories["top_categories"][1])) == ("unknown", ["unknown"])
     affinity = store.get_features("user_category", [user_category_id("nocat", "Drama")], ["affinity"])["affinity"]
     assert float(affinity[0]) == 1.0
     items = sorted(expected["items"])

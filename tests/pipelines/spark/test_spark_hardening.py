@@ -56,11 +56,23 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
                       "ts": "2024-05-01T08:09:00Z", "context": {"request_id": "r" * 129}}) + "\n"  # 13
         + json.dumps({"event_id": "e14", "user_id": "u1", "item_id": "i7", "type": "impression",
                       "ts": "2024-05-01T08:10:00Z", "context": {"policy": "p" * 256, "arm": "a" * 129}}) + "\n"  # at the bounds: kept
+        + "".join(json.dumps({"event_id": f"e{15 + n}", "user_id": "u1", "item_id": "i8", "type": "impression",
+                              "ts": "2024-05-01T08:11:00Z", "context": context}) + "\n" for n, context in enumerate([
+            {"ranks": {f"t{k}": k for k in range(17)}},  # 15
+            {"candidates": ["a", "b"], "candidate_scores": [0.5], "candidate_count": 2},  # 16
+            {"candidates": ["a", "b"], "candidate_scores": [0.5, 0.4], "candidate_count": 1},  # 17
+            {"candidates": ["a", " b"], "candidate_scores": [0.5, 0.4], "candidate_count": 9},  # 18
+            {"candidates": ["a", "b"], "candidate_scores": [0.5, 0.4], "candidate_count": 9,
+             "ranks": {f"t{k}": k for k in range(16)}},  # at the bounds: kept
+        ]))
     )
     summary = compact.run(spark, settings)  # type: ignore[arg-type]
 
     rejects = {r.line_number: r.reason for r in spark.read.parquet(f"{settings.batch_uri}/rejects").collect()}  # type: ignore[attr-defined]
-    assert set(rejects) == {2, 3, 4, 6, 7, 8, 9, 11, 12, 13}, rejects
+    assert set(rejects) == {2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 18}, rejects
+    assert [rejects[n] for n in (15, 16, 17, 18)] == [
+        "context.ranks has more than 16 entries", "context.candidates and context.candidate_scores differ in length",
+        "context.candidate_count is below the number of candidates logged", "context.candidates holds an invalid id"]
     # What the speed layer's parse (the event schema) refuses, the batch layer refuses too.
     assert (rejects[11], rejects[12], rejects[13]) == (
         "item_id longer than 128 characters", "context.position is negative", "context.request_id longer than 128 characters")
@@ -72,7 +84,7 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
     for line in (3, 7):
         assert rejects[line].startswith("ts is more than 900 s ahead of the clock"), rejects[line]
     kept = sorted(r.event_id for r in spark.read.parquet(f"{settings.batch_uri}/events").collect())  # type: ignore[attr-defined]
-    assert kept == ["e1", "e10", "e14", "e5"] and summary.rejects == 10
+    assert kept == ["e1", "e10", "e14", "e19", "e5"] and summary.rejects == 14
 
 
 def test_compact_of_a_log_with_no_valid_event_is_a_clear_error(spark: object, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from feature_store.settings import Settings
 from services.experiments.assignment import INTERLEAVED
+from services.explore.stats import StatsUnavailable
 from tests.services.conftest import EventFactory
 from tests.services.experiments.conftest import ADMIN
 from tests.services.conftest import put_items
@@ -191,3 +192,6 @@ def test_a_stopped_experiments_explore_stages_are_released(admin_client: TestCli
     while stage.stats.attribution._client is not None:  # closed off the request's path
         assert time.monotonic() < deadline, "the released stage was never closed"
         time.sleep(0.01)
+    with pytest.raises(StatsUnavailable):  # a request still holding it is served greedy, opening nothing
+        stage.stats.counts(["i0"])
+    assert stage.stats.attribution._client is None
