@@ -19,10 +19,13 @@ it, a report misses those older counts until they expire.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from feature_store.attribution import Dimension, split_item_position
 from feature_store.attribution_store import POSITION_MARK, RETENTION_MS
 from feature_store.cluster_scripts import slot_marker
-from feature_store.redis_client import ConnectionSpec, translate_errors
+from feature_store.redis_client import ConnectionSpec, RedisClient, translate_errors
 from feature_store.redis_layout import KeyLayout, unescape_key_part
 
 # KEYS: item hash, marker (same slot). ARGV: marker ttl ms, the old key's ttl ms, then field, value pairs.
@@ -37,44 +40,43 @@ return 1
 
 def fold_item_positions(spec: ConnectionSpec) -> int:
     """Move every old (item, position) count key into its item's hash; the number of keys folded."""
-    layout = KeyLayout(spec.key_prefix)
-    head = len(layout.attribution_counts(Dimension.ITEM_POSITION, ""))
-    client = spec.client()
-    folded = 0
-    try:
-        with translate_errors(spec, "folding (item, position) counts into the item hashes"):
-            for raw in list(client.scan_iter(layout.attribution_counts_pattern(Dimension.ITEM_POSITION), count=1000)):
-                old = raw.decode()
-                escaped = old[head - 1:-1]  # the count key, escaped: no braces, so the marker's slot is the item's
-                item, position = split_item_position(unescape_key_part(escaped))
-                target = layout.attribution_counts(Dimension.ITEM, item)
-                fields, ttl = client.hgetall(old), client.pttl(old)
-                args: list[str | int] = [RETENTION_MS, ttl]
-                for field, value in fields.items():
-                    measure, _, bucket = field.decode().rpartition(":")
-                    args += [f"{measure}{POSITION_MARK}{position}:{bucket}", int(value)]
-                marker = slot_marker(f"{spec.key_prefix}:a:upgrade:{escaped}", target)
-                folded += int(client.eval(FOLD_SCRIPT, 2, target, marker, *args))
-                client.delete(old)
-    finally:
-        client.close()
+    layout, folded = KeyLayout(spec.key_prefix), 0
+    with _count_keys(spec, Dimension.ITEM_POSITION, "folding (item, position) counts into the item hashes") as (client, keys):
+        for old, escaped in keys:  # the count key, escaped: no braces, so the marker's slot is the item's
+            item, position = split_item_position(unescape_key_part(escaped))
+            target = layout.attribution_counts(Dimension.ITEM, item)
+            fields, ttl = client.hgetall(old), client.pttl(old)
+            args: list[str | int] = [RETENTION_MS, ttl]
+            for field, value in fields.items():
+                measure, _, bucket = field.decode().rpartition(":")
+                args += [f"{measure}{POSITION_MARK}{position}:{bucket}", int(value)]
+            marker = slot_marker(f"{spec.key_prefix}:a:upgrade:{escaped}", target)
+            folded += int(client.eval(FOLD_SCRIPT, 2, target, marker, *args))
+            client.delete(old)
     return folded
 
 
 def index_policy_arms(spec: ConnectionSpec) -> int:
     """Add every (policy, arm) count key to the index, scored by its newest bucket; the number indexed."""
+    index, indexed = KeyLayout(spec.key_prefix).attribution_policy_arms(), 0
+    with _count_keys(spec, Dimension.POLICY_ARM, "indexing the (policy, arm) count keys") as (client, keys):
+        for key, escaped in keys:
+            buckets = [int(field.rpartition(b":")[2]) for field in client.hkeys(key)]
+            if buckets:
+                client.zadd(index, {unescape_key_part(escaped): max(buckets)}, gt=True)
+                indexed += 1
+    return indexed
+
+
+@contextmanager
+def _count_keys(spec: ConnectionSpec, dimension: str, what: str) -> Iterator[tuple[RedisClient, list[tuple[str, str]]]]:
+    """A client and every count key of `dimension` with its escaped id (what the braces hold)."""
     layout = KeyLayout(spec.key_prefix)
-    head = len(layout.attribution_counts(Dimension.POLICY_ARM, ""))
+    head = len(layout.attribution_counts(dimension, ""))
     client = spec.client()
-    indexed = 0
     try:
-        with translate_errors(spec, "indexing the (policy, arm) count keys"):
-            for raw in list(client.scan_iter(layout.attribution_counts_pattern(Dimension.POLICY_ARM), count=1000)):
-                buckets = [int(field.rpartition(b":")[2]) for field in client.hkeys(raw)]
-                if buckets:
-                    client.zadd(layout.attribution_policy_arms(), {unescape_key_part(raw.decode()[head - 1:-1]): max(buckets)},
-                                gt=True)
-                    indexed += 1
+        with translate_errors(spec, what):
+            keys = [raw.decode() for raw in client.scan_iter(layout.attribution_counts_pattern(dimension), count=1000)]
+            yield client, [(key, key[head - 1:-1]) for key in keys]
     finally:
         client.close()
-    return indexed
