@@ -132,7 +132,8 @@ def report(
         typer.echo(result.model_dump_json(indent=2))
         return
     for arm in result.arms:
-        lift = "" if arm.lift is None else f"  lift {arm.lift:+.4f} [{arm.lift_low:+.4f}, {arm.lift_high:+.4f}] p={arm.p_value:.3g}"
+        lift = "" if arm.lift is None else f"  lift {arm.lift:+.4f} [{arm.lift_low:+.4f}, {arm.lift_high:+.4f}]"
+        lift += "" if arm.p_value is None else f"  p={arm.p_value:.3g}"
         typer.echo(f"{arm.name}: {arm.impressions} impressions, {arm.clicks} clicks, CTR {arm.ctr:.4f} "
                    f"[{arm.ctr_low:.4f}, {arm.ctr_high:.4f}]{lift}{'  STOPPED: ' + arm.stopped if arm.stopped else ''}")
         if arm.user_lift is not None:
@@ -141,6 +142,8 @@ def report(
                        f"{arm.user_lift_high:+.4f}] p={arm.user_p_value:.3g}")
     if result.srm_p is not None:
         typer.echo(f"sample ratio: p = {result.srm_p:.3g}{'  SRM ALARM' if result.srm_alarm else ''}")
+    elif result.srm_withheld:
+        typer.echo(f"sample ratio: withheld, {result.srm_withheld}")
     for c in result.comparisons:
         interval = "" if c.low is None else f" [{c.low:+.4f}, {c.high:+.4f}]"
         typer.echo(f"{c.a} vs {c.b} ({c.units}): {c.wins_a} / {c.wins_b} / {c.ties} ties, "

@@ -159,24 +159,29 @@ class Preference:
 def unit_outcomes(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray) -> np.ndarray:
     """Per unit with any credit: +1 (A has more credit), -1 (B), 0 (tie). `units` names the unit
     of each row (a user id, or a request id); rows of a unit are summed first."""
+    return np.sign(_unit_differences(units, credit_a, credit_b)).astype(np.int64)
+
+
+def _unit_differences(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray) -> np.ndarray:
+    """`c_A − c_B` per unit with any credit, rows of a unit summed; 0 where the two are equal up to
+    `TIE_TOLERANCE` (marginalised credits are sums of floats)."""
     names, index = np.unique(np.asarray(units), return_inverse=True)
     a = np.bincount(index, weights=credit_a, minlength=len(names))
     b = np.bincount(index, weights=credit_b, minlength=len(names))
-    clicked = (a + b) > 0
     difference = np.where(np.abs(a - b) <= TIE_TOLERANCE * np.maximum(1.0, a + b), 0.0, a - b)
-    return np.sign(difference)[clicked].astype(np.int64)
+    return difference[(a + b) > 0]
 
 
 def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 2000) -> Preference:
-    """Δ with its 95% percentile-bootstrap interval over units (NaN below `MIN_BOOTSTRAP_UNITS`:
-    five units that all prefer A gave [0.5, 0.5] where the sign test says p = 0.06), and the sign
-    test's p-value."""
+    """Δ with its 95% percentile-bootstrap interval over units (NaN below `MIN_BOOTSTRAP_UNITS` or
+    when every unit has the same outcome: five units that all prefer A gave [0.5, 0.5] where the
+    sign test says p = 0.06), and the sign test's p-value."""
     wins_a, wins_b = int((outcomes > 0).sum()), int((outcomes < 0).sum())
     ties = int(len(outcomes) - wins_a - wins_b)
     units = wins_a + wins_b + ties
     sign_p = float(stats.binomtest(wins_a, wins_a + wins_b, 0.5).pvalue) if wins_a + wins_b else 1.0
     delta = (wins_a + ties / 2) / units - 0.5 if units else 0.0
-    if units < MIN_BOOTSTRAP_UNITS:
+    if units < MIN_BOOTSTRAP_UNITS or max(wins_a, wins_b, ties) == units:  # a resample could only repeat it
         return Preference(wins_a, wins_b, ties, Interval(delta, math.nan, math.nan), sign_p)
     # Units are exchangeable and each is one of three outcomes: a bootstrap resample is a
     # multinomial draw of the three counts.
@@ -189,10 +194,7 @@ def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 
 def credit_difference(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray) -> tuple[Interval, float]:
     """(mean per-unit credit difference `c_A − c_B` over units with any credit, with its 95% t
     interval; two-sided p-value of the one-sample t-test); rows of a unit are summed first."""
-    names, index = np.unique(np.asarray(units), return_inverse=True)
-    a = np.bincount(index, weights=credit_a, minlength=len(names))
-    b = np.bincount(index, weights=credit_b, minlength=len(names))
-    d = (a - b)[(a + b) > 0]
+    d = _unit_differences(units, credit_a, credit_b)
     if len(d) < 2 or not d.any():
         return Interval(float(d.mean()) if len(d) else 0.0, math.nan, math.nan), 1.0
     mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))

@@ -36,9 +36,11 @@ def render(report: ExperimentReport) -> str:
         f"{_cell(f'comparisons.{i}.credit_p', c.credit_p)}</tr>"
         for i, c in enumerate(report.comparisons)
     )
-    srm = "" if report.srm_p is None else (
-        f"<p>Sample-ratio check: p = {_num('srm_p', report.srm_p)}"
-        f"{' <strong>SRM ALARM</strong>' if report.srm_alarm else ''}</p>")
+    if report.srm_p is not None:
+        srm = (f"<p>Sample-ratio check: p = {_num('srm_p', report.srm_p)}"
+               f"{' <strong>SRM ALARM</strong>' if report.srm_alarm else ''}</p>")
+    else:
+        srm = f"<p>Sample-ratio check: withheld, {escape(report.srm_withheld)}</p>" if report.srm_withheld else ""
     trend = "lift:" if e.kind == "ab" else "preference:"
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Experiment {escape(e.id)}</title>

@@ -97,6 +97,7 @@ class ExperimentReport(BaseModel):
     arms: list[ArmReport]
     srm_p: float | None = None
     srm_alarm: bool = False
+    srm_withheld: str | None = None  # why there is no sample-ratio test (A/B only)
     comparisons: list[Comparison] = []
     interleaved_impressions: int = 0
     timeline: list[TimelinePoint] = []
@@ -166,20 +167,23 @@ def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experi
             if experiment.guardrail is not None:
                 report.guardrail_p = analysis.guardrail_p(clicks, shown, c_0, n_0, experiment.guardrail.max_ctr_drop)
         reports.append(report)
-    srm = _srm_p(experiment, per_user)
+    srm, withheld = _srm_p(experiment, per_user)
     return ExperimentReport(experiment=experiment, generated_at=now, arms=reports, srm_p=srm,
-                            srm_alarm=srm is not None and srm < analysis.SRM_ALPHA,
+                            srm_alarm=srm is not None and srm < analysis.SRM_ALPHA, srm_withheld=withheld,
                             timeline=_ab_timeline(experiment, buckets))
 
 
-def _srm_p(experiment: Experiment, per_user: dict[str, tuple[np.ndarray, np.ndarray]]) -> float | None:
+def _srm_p(experiment: Experiment, per_user: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[float | None, str | None]:
     """The sample-ratio test on the users of each arm (the randomised unit; the batch layer's
-    attributed impressions); None before they exist, and once an arm is stopped (its users are
-    served outside the experiment from then on, so its count stops while the others grow)."""
-    if not per_user or experiment.stopped_arms:
-        return None
-    return analysis.srm_p([len(per_user[arm.name][0]) if arm.name in per_user else 0 for arm in experiment.arms],
-                          experiment.shares())
+    attributed impressions), or why there is none: before those rows exist, and once an arm is
+    stopped (its users are served outside the experiment from then on, so its count stops while
+    the others grow)."""
+    if experiment.stopped_arms:
+        return None, "an arm is stopped"
+    if not per_user:
+        return None, "no per-user rows yet (recsys batch attribution)"
+    counts = [len(per_user[arm.name][0]) if arm.name in per_user else 0 for arm in experiment.arms]
+    return analysis.srm_p(counts, experiment.shares()), None
 
 
 def _arm_buckets(attribution: AttributionStore, experiment: Experiment) -> dict[str, dict[int, list[int]]]:

@@ -7,11 +7,15 @@ with whitespace at either end (ids are taken exactly), and events dated more tha
 `events.max_future_skew_s` after the job's clock (a log written before the API checked event time
 could otherwise move the batch watermark past every live event), a `context.propensity` outside
 (0, 1], a negative `context.ranks` value and a `context.ranker_propensities` value outside [0, 1],
-and what else the event schema (`feature_store.schemas.EventContext`) bounds: an id or a
-context text field past its length, a negative `context.position`, maps and logged candidates
-past their sizes, misaligned, with an invalid id, a non-finite score or a `candidate_count` below
-their number (the speed layer's parse refuses such events, so counting them here would make the
-two layers differ). Rejects are written to `rejects/` with the file, the 1-based line
+and the event schema's (`feature_store.schemas.EventContext`) bounds: an id or a context text
+field past its length, a negative `context.position`, maps and logged candidates past their sizes,
+a missing map value, misaligned candidates, an invalid candidate id, a missing or non-finite score
+or a `candidate_count` below their number (the speed layer's parse refuses such events, and
+counting them here would make the two layers differ). What Spark's parse alone decides still
+differs from pydantic's at the margins: Spark reads a JSON number where a string is due as that
+string and ignores unknown context keys, which the schema refuses, and refuses a number given as a
+string, which the schema's lax mode accepts; only a log not written by the API or the importers
+holds such lines. Rejects are written to `rejects/` with the file, the 1-based line
 number, the reason and the line itself: Spark's readers do not expose line numbers, so only the
 files that hold rejects are read again, each by one executor task that numbers its lines, and the
 numbered lines are joined back to the rejects (identical lines of one file are told apart by their
@@ -149,8 +153,8 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
         .when(F.isnan("value") | (F.abs("value") == float("inf")), F.lit("non-finite value"))
         .when(F.col("context.position") < 0, F.lit("context.position is negative"))
         .when(~propensity.between(0, 1) | (propensity == 0), F.lit("context.propensity is not in (0, 1]"))
-        .when(F.exists(F.map_values("context.ranks"), lambda r: r < 0), F.lit("context.ranks has a negative rank"))
-        .when(F.exists(F.map_values("context.ranker_propensities"), lambda p: ~p.between(0, 1) | F.isnan(p)),
+        .when(F.exists(F.map_values("context.ranks"), lambda r: r.isNull() | (r < 0)), F.lit("context.ranks has a negative rank"))
+        .when(F.exists(F.map_values("context.ranker_propensities"), lambda p: p.isNull() | ~p.between(0, 1) | F.isnan(p)),
               F.lit("context.ranker_propensities has a value outside [0, 1]"))
         .otherwise(_context_bounds_reason())
     )
@@ -169,15 +173,15 @@ def _context_bounds_reason() -> Column:
     checks = [(size(name) > limit, f"context.{name} has more than {limit} entries") for name, limit in limits.items()]
     checks += [(F.exists(F.map_keys(f"context.{name}"), lambda key: F.length(key) > MAX_ID_LENGTH),
                 f"context.{name} has a key longer than {MAX_ID_LENGTH} characters")
-               for name in ("ranks", "ranker_propensities", "model_versions")]
+               for name in ("ranks", "ranker_propensities")]
     checks += [
-        (F.exists(F.map_values("context.model_versions"), lambda version: F.length(version) > MAX_ID_LENGTH),
-         f"context.model_versions has a value longer than {MAX_ID_LENGTH} characters"),
+        (F.exists(F.map_values("context.model_versions"), lambda version: version.isNull() | (F.length(version) > MAX_ID_LENGTH)),
+         f"context.model_versions has a missing value or one longer than {MAX_ID_LENGTH} characters"),
         (F.exists(candidate, lambda c: c.isNull() | (F.length(c) == 0) | (F.length(c) > MAX_ID_LENGTH)
                   | c.rlike(CONTROL_CHARACTER) | c.rlike(EDGE_WHITESPACE)), "context.candidates holds an invalid id"),
         (size("candidates") != size("candidate_scores"), "context.candidates and context.candidate_scores differ in length"),
-        (F.exists("context.candidate_scores", lambda v: F.isnan(v) | (F.abs(v) == float("inf"))),
-         "context.candidate_scores has a non-finite score"),
+        (F.exists("context.candidate_scores", lambda v: v.isNull() | F.isnan(v) | (F.abs(v) == float("inf"))),
+         "context.candidate_scores has a missing or non-finite score"),
         (candidate.isNotNull() & (F.coalesce(F.col("context.candidate_count"), F.lit(0)) < size("candidates")),
          "context.candidate_count is below the number of candidates logged"),
     ]

@@ -62,6 +62,8 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
             {"candidates": ["a", "b"], "candidate_scores": [0.5], "candidate_count": 2},  # 16
             {"candidates": ["a", "b"], "candidate_scores": [0.5, 0.4], "candidate_count": 1},  # 17
             {"candidates": ["a", " b"], "candidate_scores": [0.5, 0.4], "candidate_count": 9},  # 18
+            {"ranker_propensities": {"a": None}},  # 19: a missing value would break the credit's sums
+            {"candidates": ["a"], "candidate_scores": [None], "candidate_count": 1},  # 20
             {"candidates": ["a", "b"], "candidate_scores": [0.5, 0.4], "candidate_count": 9,
              "ranks": {f"t{k}": k for k in range(16)}},  # at the bounds: kept
         ]))
@@ -69,10 +71,11 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
     summary = compact.run(spark, settings)  # type: ignore[arg-type]
 
     rejects = {r.line_number: r.reason for r in spark.read.parquet(f"{settings.batch_uri}/rejects").collect()}  # type: ignore[attr-defined]
-    assert set(rejects) == {2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 18}, rejects
-    assert [rejects[n] for n in (15, 16, 17, 18)] == [
+    assert set(rejects) == {2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 18, 19, 20}, rejects
+    assert [rejects[n] for n in (15, 16, 17, 18, 19, 20)] == [
         "context.ranks has more than 16 entries", "context.candidates and context.candidate_scores differ in length",
-        "context.candidate_count is below the number of candidates logged", "context.candidates holds an invalid id"]
+        "context.candidate_count is below the number of candidates logged", "context.candidates holds an invalid id",
+        "context.ranker_propensities has a value outside [0, 1]", "context.candidate_scores has a missing or non-finite score"]
     # What the speed layer's parse (the event schema) refuses, the batch layer refuses too.
     assert (rejects[11], rejects[12], rejects[13]) == (
         "item_id longer than 128 characters", "context.position is negative", "context.request_id longer than 128 characters")
@@ -84,7 +87,7 @@ def test_compact_rejects_future_events_and_bad_ids_with_file_and_line(spark: obj
     for line in (3, 7):
         assert rejects[line].startswith("ts is more than 900 s ahead of the clock"), rejects[line]
     kept = sorted(r.event_id for r in spark.read.parquet(f"{settings.batch_uri}/events").collect())  # type: ignore[attr-defined]
-    assert kept == ["e1", "e10", "e14", "e19", "e5"] and summary.rejects == 14
+    assert kept == ["e1", "e10", "e14", "e21", "e5"] and summary.rejects == 16
 
 
 def test_compact_of_a_log_with_no_valid_event_is_a_clear_error(spark: object, tmp_path: Path) -> None:

@@ -46,14 +46,16 @@ def test_guardrail_p_is_small_only_past_the_allowed_drop() -> None:
     b = 0.9 * 0.2  # the variance at the null's boundary, not at the arm's own CTR
     expected = stats.norm.cdf((0.16 - b) / math.sqrt(b * (1 - b) / 10_000 + 0.81 * 0.2 * 0.8 / 10_000))
     assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) == pytest.approx(expected)
-    # An arm without a click yet: 0 of 20 at a boundary of 0.081 happens 18% of the time.
-    assert analysis.guardrail_p(0, 20, 100, 1000, 0.10) > 0.05
-    assert analysis.guardrail_p(0, 1, 1, 1, 0.10) == 1.0  # under 5 expected clicks: no verdict
+    # An arm without a click yet, 0 of 20 at a boundary of 0.09 (15% likely there): under 5
+    # expected clicks, no verdict (the arm's own variance, 0, had given p = 1e-26).
+    assert analysis.guardrail_p(0, 20, 100, 1000, 0.10) == 1.0
+    assert analysis.guardrail_p(0, 60, 100, 1000, 0.10) == pytest.approx(
+        stats.norm.cdf(-0.09 / math.sqrt(0.09 * 0.91 / 60 + 0.81 * 0.1 * 0.9 / 1000)))
 
 
 def test_guardrail_stops_about_as_often_as_its_level_when_the_arm_sits_on_the_boundary() -> None:
     """Planted exactly at the allowed drop, a small arm (10% of the traffic) beside its control:
-    one look rejects at about the nominal 1% (the arm's own variance rejected 25% of the time)."""
+    one look rejects at most at about the nominal 1% (the arm's own variance rejected 3.9%)."""
     rng = np.random.default_rng(3)
     runs, n_t, n_0, p_0 = 4000, 100, 900, 0.1
     c_t, c_0 = rng.binomial(n_t, 0.9 * p_0, runs), rng.binomial(n_0, p_0, runs)
@@ -141,6 +143,12 @@ def test_small_and_degenerate_samples_give_no_interval_rather_than_a_false_one()
     # An arm without a click: the lift is undefined, the two-proportion test is not.
     lift, p = analysis.relative_lift(0, 1000, 100, 1000)
     assert math.isnan(lift.estimate) and p == pytest.approx(analysis.two_proportion_p(0, 1000, 100, 1000)) and p < 1e-20
-    # Marginalised credits equal up to rounding are a tie.
+    # Marginalised credits equal up to rounding are a tie, for the sign test and the count credit.
     a, b = np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.2, 0.1])  # 0.6 against 0.6000000000000001
     assert analysis.unit_outcomes(["u", "u", "u"], a, b).tolist() == [0]
+    users = [f"u{n // 3}" for n in range(60)]
+    difference, p = analysis.credit_difference(users, np.tile(a, 20), np.tile(b, 20))
+    assert difference.estimate == 0.0 and p == 1.0
+    # Every unit with the same outcome: a resample can only repeat it, so no interval.
+    same = analysis.preference(np.zeros(40, dtype=np.int64), np.random.default_rng(0))
+    assert same.delta.estimate == 0.0 and math.isnan(same.delta.low)

@@ -84,6 +84,7 @@ def test_ab_report_counts_ctr_lift_and_srm(admin_client: TestClient, admin_setti
     assert treatment["lift"] == pytest.approx((45 / 300) / (40 / 400) - 1)
     assert treatment["lift_low"] < treatment["lift"] < treatment["lift_high"]
     assert report["srm_p"] is None and not report["srm_alarm"]  # no per-user data yet: no sample-ratio test
+    assert report["srm_withheld"] == "no per-user rows yet (recsys batch attribution)"
     assert "Fixed-horizon" in report["caveat"]
 
 
@@ -113,7 +114,7 @@ def test_guardrail_stops_an_arm_that_fell(admin_client: TestClient, admin_settin
     plant_ab(admin_settings, "g1", {"control": (1000, 200), "bad": (1000, 100)})
     report = admin_client.get("/v1/experiments/g1/report").json()
     assert report["arms"][1]["stopped"].startswith("guardrail")
-    assert report["srm_p"] is None  # the stopped arm's users are served outside it from now on
+    assert (report["srm_p"], report["srm_withheld"]) == (None, "an arm is stopped")  # its users are served outside it now
     assert admin_client.get("/v1/experiments/g1", headers=ADMIN).json()["stopped_arms"].keys() == {"bad"}
 
 
