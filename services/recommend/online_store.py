@@ -302,12 +302,14 @@ class ServingStore:
         """The category's newest items whose record still names the category (memoised like
         `popular`). The index is a hint, the record the truth: two PUTs of one item read the same
         previous record, so the loser's categories stay in the index (Redis Cluster puts the
-        category sets in other slots than the record, so no transaction spans them)."""
+        category sets in other slots than the record, so no transaction spans them). Twice `limit`
+        are read so that such leftovers do not shorten the list; a record is read through the item
+        cache, so an item moved into the category shows on other workers within its TTL."""
         def read() -> list[str]:
-            raw = self._call(lambda: self.client.zrevrange(self._key("cat", category), 0, limit - 1))
+            raw = self._call(lambda: self.client.zrevrange(self._key("cat", category), 0, 2 * limit - 1))
             listed = [value.decode() for value in raw]
             records = self.categories_of(listed)
-            return [item for item in listed if category in records.get(item, ())]
+            return [item for item in listed if category in records.get(item, ())][:limit]
 
         return self.global_cache.get(("category", category, limit), read)
 

@@ -51,4 +51,6 @@ def test_a_category_index_entry_the_record_no_longer_names_is_not_served(api_set
             client.put(f"/v1/items/{item}", json={"title": item, "categories": [category]}, headers=headers).raise_for_status()
         redis.Redis.from_url(api_settings.redis.url or "").zadd(f"{api_settings.redis.key_prefix}:srv:cat:Drama", {"x": 1e12})
         similar = client.get("/v1/items/y/similar", params={"k": 5}, headers=headers).json()
+        newest_two = client.app.state.service.store.items_in_category("Drama", 2)  # type: ignore[attr-defined]
     assert [n["item_id"] for n in similar["items"]] == ["z"] and similar["source"] == "category"
+    assert sorted(newest_two) == ["y", "z"]  # the leftover, newest in the index, does not shorten the list
