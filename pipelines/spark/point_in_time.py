@@ -31,6 +31,8 @@ BUCKET = "_pit_bucket"
 #: Width of a time bucket: small enough that a heavy key's rows in one bucket fit a task's memory,
 #: large enough that the per-bucket totals table stays small next to the events.
 BUCKET_SECONDS = 3600
+#: A history row's frame, in multiples of its cap: room for repeated items (`history_facts`).
+HISTORY_LOOKBACK = 4
 
 
 def stack(samples: DataFrame, *others: DataFrame) -> DataFrame:
@@ -105,10 +107,10 @@ def history_facts(positives: DataFrame, max_len: int) -> DataFrame:
     up to and including ts, oldest first (most recent LAST), each item once at its newest positive
     (as the serving history holds it), ties at one ts ordered by event_id.
 
-    Positives at one ts are grouped first, so a frame of `max_len` groups always holds at least
-    `max_len` positives when the user has that many: memory per row is bounded by the cap. With
-    repeated items that can be fewer than `max_len` distinct ones where the serving history,
-    which looks further back, would hold more (it keeps `user.history`'s 200).
+    Positives at one ts are grouped first, and the frame is `HISTORY_LOOKBACK` × `max_len` groups:
+    memory per row is bounded by that. It holds `max_len` distinct items unless the user repeated
+    items so often that fewer than `max_len` distinct ones fall in it; then the row holds fewer
+    than the serving history (which keeps `user.history`'s 200 distinct items) would.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -116,7 +118,7 @@ def history_facts(positives: DataFrame, max_len: int) -> DataFrame:
     groups = positives.groupBy("user_id", "ts").agg(
         F.array_sort(F.collect_list(F.struct("event_id", "item_id", "category"))).alias("_group")
     )
-    frame = Window.partitionBy("user_id").orderBy("ts").rowsBetween(-max_len, Window.currentRow)
+    frame = Window.partitionBy("user_id").orderBy("ts").rowsBetween(-HISTORY_LOOKBACK * max_len, Window.currentRow)
     recent = F.flatten(F.collect_list("_group").over(frame))
     # Each item once, at its newest occurrence: the serving history is a sorted set of items.
     newest = F.filter("_recent", lambda fact, i: ~F.exists(
