@@ -99,7 +99,8 @@ class ExperimentServing:
         """Close the explore stages of experiments no longer running (each holds item caches and a
         refresh thread), off the request's path."""
         with self._lock:  # `_stage` adds to the dict from other requests' threads
-            released = [self._stages.pop(key) for key in [key for key in self._stages if key[0] not in running]]
+            stopped = [key for key in self._stages if key[0] not in running]
+            released = [self._stages.pop(key) for key in stopped]
         for stage in released:
             threading.Thread(target=stage.close, name="explore-stage-close", daemon=True).start()
 
