@@ -34,9 +34,10 @@ before TensorFlow starts: XLA:CPU splits loops over the intra-op pool and stalls
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,8 @@ from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.pairs import PairChunk, keep_probabilities, pair_chunks, unigram_table
 from models.embeddings.sgns_update import UPDATE_RULES, EmbeddingTables, compiled_block
 from models.embeddings.vocab import EncodedSequences, Vocabulary, encode_corpus
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, int], None]  # (share done in [0, 1], pairs so far)
 
@@ -118,7 +121,8 @@ class SkipGramTrainer:
         self, sequences: Sequence[Sequence[str]], progress: ProgressCallback | None = None
     ) -> ItemEmbeddings:
         """Train on `sequences` (each a time-ordered list of item ids); returns the item vectors.
-        `ValueError` when subsampling leaves no pair to train on: the vectors would be the random start."""
+        When subsampling leaves no pair (a tiny corpus, where every item is frequent in word2vec's
+        sense), it trains again without it, and says so: the vectors would be the random start."""
         import tensorflow as tf
 
         started = time.perf_counter()
@@ -131,11 +135,15 @@ class SkipGramTrainer:
         self.stats = TrainingStats(device="GPU" if tf.config.list_physical_devices("GPU") else "CPU")
         batches, epoch_losses = self._train(tables, blocks, vocabulary, progress)
         if batches == 0:  # every encoded sequence holds two items, so only subsampling leaves no pair
-            raise ValueError(
-                f"skip-gram trained on 0 pairs: too little data ({len(corpus)} items in "
-                f"{int(corpus.sequence_of[-1]) + 1} sequences, {len(vocabulary)} distinct), where word2vec's "
-                f"subsampling (sample={config.subsample:g}) drops nearly every occurrence; import more interactions"
-            )
+            if config.subsample <= 0:
+                raise ValueError(f"skip-gram trained on 0 pairs ({len(corpus)} items in {len(vocabulary)} distinct)")
+            log.warning("skip-gram: subsampling (sample=%g) left no pair of %d items (%d distinct): training "
+                        "without it", config.subsample, len(corpus), len(vocabulary))
+            self.config = replace(config, subsample=0.0)
+            try:
+                return self.fit(sequences, progress)
+            finally:
+                self.config = config
         vectors = tables.input_vectors(len(vocabulary))
         self.stats.pairs = batches * config.batch_size
         self.stats.seconds = time.perf_counter() - started
