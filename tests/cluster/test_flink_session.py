@@ -32,7 +32,7 @@ from feature_store.settings import EventLogSettings, Settings
 from pipelines.flink.runner import StreamJob, latest_checkpoint
 from tests.cluster.flink_session import FlinkSession, kill_group
 from tests.pipelines.flink.test_flink_stream_job import (
-    LATENESS, OUT_OF_ORDERNESS, WINDOW, at, counts, impressions_recorded, make_events, wait_for, wait_for_counts,
+    LATENESS, OUT_OF_ORDERNESS, TICK_MARGIN, WINDOW, at, counts, impressions_recorded, make_events, wait_for, wait_for_counts,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -128,7 +128,7 @@ def test_the_stream_job_on_a_session_cluster_equals_the_mini_cluster_run_and_sur
         newest = third[-1].ts
         # Moves the watermark past every outcome's time plus the allowed lateness, when outcomes
         # without a request id (or whose impression has not come) are decided.
-        tick = at("tick", "u9", "i9", "impression", newest + LATENESS + timedelta(seconds=10))
+        tick = at("tick", "u9", "i9", "impression", newest + LATENESS + TICK_MARGIN)
         log.append([tick])
         log.roll_all()
         expected = reference_counts(first + second + third + [tick], int(WINDOW.total_seconds() * 1000))

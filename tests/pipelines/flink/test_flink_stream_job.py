@@ -30,6 +30,7 @@ from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_layout import KeyLayout
 from feature_store.schemas import Event
 from feature_store.settings import EventLogSettings, Settings
+from pipelines.flink.join import TIMER_GRID_MS
 from pipelines.flink.runner import StreamJob
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -37,6 +38,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 WINDOW = timedelta(minutes=5)
 LATENESS = timedelta(minutes=10)
 OUT_OF_ORDERNESS = timedelta(seconds=1)
+#: How far past the newest event plus the lateness a tick's time must be so that its watermark
+#: passes every decision: the join decides on a grid (`join.timer_at`), up to one step later than
+#: the exact time. 10 s (one step) left the last outcome undecided when the rounding took 9-10 s.
+TICK_MARGIN = OUT_OF_ORDERNESS + timedelta(milliseconds=2 * TIMER_GRID_MS)
 
 
 def make_events(first: int, count: int, start: datetime) -> list[Event]:
@@ -142,7 +147,7 @@ def test_attributed_counts_survive_kill_and_restart(settings: Settings, redis_cl
             wait_for(lambda: impressions_recorded(redis_client, name, [within]), "the late events", [one])
         # Moves the watermark past every outcome's time plus the allowed lateness, when outcomes
         # without a request id (or whose impression has not come) are decided.
-        tick = at("tick", "u9", "i9", "impression", newest + LATENESS + timedelta(seconds=10))
+        tick = at("tick", "u9", "i9", "impression", newest + LATENESS + TICK_MARGIN)
         log.append([tick])
         log.roll_all()
         everything = first + [stray] + second + third + [tick, within]
@@ -194,7 +199,7 @@ def test_a_backlog_of_several_hours_is_read_without_late_outcomes(
     url, prefix = settings.redis.url or "", settings.redis.key_prefix
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=6)
     events = backlog_events(start, 4, seed=14)
-    tick = at("tick", "u9", "i9", "impression", events[-1].ts + LATENESS + timedelta(seconds=10))
+    tick = at("tick", "u9", "i9", "impression", events[-1].ts + LATENESS + TICK_MARGIN)
     log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=3600, fsync=False))
     for first in range(0, len(events), 40):  # ~50 files over 5-6 hour partitions
         log.append(events[first:first + 40])
