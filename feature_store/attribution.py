@@ -87,6 +87,11 @@ class Impression:
         """The position as count keys spell it: `NO_VALUE` when unknown, capped at `MAX_COUNTED_POSITION`."""
         return NO_VALUE if self.position is None else str(min(self.position, MAX_COUNTED_POSITION))
 
+    @property
+    def counted_policy_arm(self) -> str:
+        """The (policy, arm) count key: the policy as `counted_policy` spells it, `NO_VALUE` for no arm."""
+        return join_key(counted_policy(self.policy), self.arm or NO_VALUE)
+
     def count_keys(self) -> list[tuple[str, str]]:
         """(dimension, id) of every count this impression (and its outcomes) adds to."""
         position = self.counted_position
@@ -94,7 +99,7 @@ class Impression:
             (Dimension.ITEM, self.item_id),
             (Dimension.ITEM_POSITION, join_key(self.item_id, position)),
             (Dimension.POSITION, position),
-            (Dimension.POLICY_ARM, join_key(counted_policy(self.policy), self.arm or NO_VALUE)),
+            (Dimension.POLICY_ARM, self.counted_policy_arm),
         ]
 
     @property

@@ -246,8 +246,7 @@ class RedisAttributionStore(AttributionStore):
         layout = self._layout
         ops = self._count_ops(impression, IMPRESSION)
         ops += ["Z", layout.attribution_positions(), impression.counted_position, impression.bucket_ms, _OLDEST, None]
-        policy_arm = dict(impression.count_keys())[Dimension.POLICY_ARM]
-        ops += ["Z", layout.attribution_policy_arms(), policy_arm, impression.bucket_ms, _OLDEST, None]
+        ops += ["Z", layout.attribution_policy_arms(), impression.counted_policy_arm, impression.bucket_ms, _OLDEST, None]
         return layout.attribution_marker(impression.event_id), impression.ts_ms, ops
 
     def _credit_ops(self, impression: Impression, outcome: Outcome) -> tuple[str, int, list[Any]]:

@@ -137,7 +137,6 @@ def _reject_reason(now: datetime, max_future_skew_s: float) -> Column:
     for name in IDS:
         reason = reason.when(F.col(name).rlike(CONTROL_CHARACTER), F.lit(f"{name} contains a control character"))
         reason = reason.when(F.col(name).rlike(EDGE_WHITESPACE), F.lit(f"{name} starts or ends with whitespace"))
-    for name in IDS:
         reason = reason.when(F.length(name) > MAX_ID_LENGTH, F.lit(f"{name} longer than {MAX_ID_LENGTH} characters"))
     for name, limit in context_max_lengths().items():
         reason = reason.when(F.length(f"context.{name}") > limit, F.lit(f"context.{name} longer than {limit} characters"))
