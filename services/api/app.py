@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import ExitStack, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -28,6 +29,7 @@ from services.api.routes import (
 from services.api.state import ServiceState
 from services.experiments.guardrail import GuardrailMonitor
 from services.experiments.manager import ExperimentManager
+from services.experiments.report import batch_design_effects
 from services.experiments.serving import ExperimentServing
 from services.experiments.store import ExperimentStore
 from services.learner.serving import LearnerServing
@@ -152,7 +154,7 @@ def _start(
     stack.callback(impressions.close)  # before the event log and Redis client close: it drains into them
     manager = ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir))
     guardrails = GuardrailMonitor(
-        manager, features.attribution, client, settings.redis.key_prefix, settings.experiments.guardrail_interval_s,
+        manager, features.attribution, batch_design_effects(Path(settings.batch_uri)), client, settings.redis.key_prefix, settings.experiments.guardrail_interval_s,
         metrics.guardrail_checks.inc, lambda experiment, arm: metrics.guardrail_stops.labels(experiment, arm).inc(),
     )
     guardrails.start()

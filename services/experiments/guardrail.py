@@ -1,6 +1,6 @@
 """Guardrails applied on a schedule: every `experiments.guardrail_interval_s`, every running A/B
 experiment with a guardrail gets `report.enforce_guardrail` (the report's own rule over the
-attributed counts), so a failing arm is stopped without anyone reading the report.
+attributed counts, with the arms' design effects from the batch layer's per-user rows), so a failing arm is stopped without anyone reading the report.
 
 Each API worker runs a `GuardrailMonitor` thread; a tick acts only when it takes the Redis lock
 `<prefix>:experiments:guardrail:lock` (`services.scheduler.lock.RunLock`), which it leaves to
@@ -19,6 +19,7 @@ from feature_store.attribution_store import AttributionStore
 from feature_store.redis_client import RedisClient
 from services.experiments.manager import ExperimentManager
 from services.experiments.model import Status
+from services.experiments.per_user import DesignEffects
 from services.experiments.report import enforce_guardrail
 from services.scheduler.lock import RunLock
 
@@ -32,13 +33,16 @@ LOCK_SHARE = 0.9
 class GuardrailMonitor:
     """Applies the guardrail of every running A/B experiment every `interval_s`, in one worker."""
 
-    def __init__(self, manager: ExperimentManager, attribution: Callable[[], AttributionStore], client: RedisClient,
-                 key_prefix: str, interval_s: float, on_check: Callable[[], None] = lambda: None,
+    def __init__(self, manager: ExperimentManager, attribution: Callable[[], AttributionStore],
+                 effects: DesignEffects, client: RedisClient, key_prefix: str, interval_s: float,
+                 on_check: Callable[[], None] = lambda: None,
                  on_stop: Callable[[str, str], None] = lambda experiment, arm: None) -> None:  # fmt: skip
-        """`attribution` opens the attribution store for one check; `on_check` is called after each
-        check this worker made, `on_stop(experiment, arm)` for each arm it stopped."""
+        """`attribution` opens the attribution store for one check, `effects` gives an experiment's
+        design effects (`report.batch_design_effects`); `on_check` is called after each check this
+        worker made, `on_stop(experiment, arm)` for each arm it stopped."""
         self.manager = manager
         self.attribution = attribution
+        self.effects = effects
         self.interval_s = interval_s
         self.on_check = on_check
         self.on_stop = on_stop
@@ -71,7 +75,7 @@ class GuardrailMonitor:
             for experiment in self.manager.list():
                 if experiment.status != Status.RUNNING:
                     continue  # enforce_guardrail itself leaves alone what is not A/B or has no guardrail
-                after = enforce_guardrail(self.manager, attribution, experiment)
+                after = enforce_guardrail(self.manager, attribution, experiment, self.effects)
                 for arm, why in after.stopped_arms.items():
                     if arm not in experiment.stopped_arms:
                         log.warning("experiment %s: arm %s stopped by its guardrail (%s)", experiment.id, arm, why)

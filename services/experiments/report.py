@@ -31,6 +31,7 @@ from feature_store.attribution_store import AttributionStore
 from services.experiments import analysis, credit
 from services.experiments.manager import ExperimentManager
 from services.experiments.model import Experiment, Kind
+from services.experiments.per_user import CLICK, CachedDesignEffects, DesignEffects, PerUser, design_effects, per_user_counts
 from services.experiments.serving import qualified_arm
 
 REPEATED_LOOKS = (
@@ -38,7 +39,6 @@ REPEATED_LOOKS = (
     "sample size before starting (benchmarks/RESULTS.md, issue 16, gives the users each method needed "
     "for 80% power on the simulator; benchmarks/experiments.py measures it) and read the result once there."
 )
-CLICK = "click"
 IMPRESSIONS = "attributed_impressions"
 #: Columns of `attributed_impressions/` that a table written before them lacks.
 OPTIONAL_COLUMNS = ("request_id", "position", "ranks", "ranker_propensities")
@@ -113,39 +113,54 @@ def build_report(manager: ExperimentManager, attribution: AttributionStore, batc
     return _interleaving_report(experiment, Path(batch_root) / IMPRESSIONS, now)
 
 
-def enforce_guardrail(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment) -> Experiment:
+def enforce_guardrail(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment,
+                      effects: DesignEffects) -> Experiment:
     """Stop every arm of an A/B experiment whose CTR breaches its guardrail, from the attributed
-    counts; the experiment as it stands after. What the report does on every read, for a process
-    that must act without anyone reading it (the online learner)."""
+    counts and the arms' design `effects`; the experiment as it stands after. What the report does
+    on every read, for a process that must act without anyone reading it (the API's monitor, the
+    online learner)."""
     if experiment.kind != Kind.AB or experiment.guardrail is None:
         return experiment
     buckets = _arm_buckets(attribution, experiment)
-    return _stop_breaching(manager, experiment, {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms})
+    totals = {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms}
+    return _stop_breaching(manager, experiment, totals, effects(experiment))
 
 
-def _stop_breaching(manager: ExperimentManager, experiment: Experiment, totals: dict[str, tuple[int, int]]) -> Experiment:
+def _stop_breaching(manager: ExperimentManager, experiment: Experiment, totals: dict[str, tuple[int, int]],
+                    effects: dict[str, float]) -> Experiment:
     """Stop each arm not stopped yet whose CTR fell below `(1 − max_ctr_drop)` × the first arm's
-    (one-sided test, `analysis.guardrail_p` < the guardrail's p-value), with the reason."""
+    (`analysis.guardrail_p` < the guardrail's p-value), with the reason."""
     guardrail = experiment.guardrail
     if guardrail is None:
         return experiment
-    c_0, n_0 = totals[experiment.arms[0].name]
+    control = experiment.arms[0].name
+    c_0, n_0 = totals[control]
     for arm in experiment.arms[1:]:
         clicks, shown = totals[arm.name]
-        p = analysis.guardrail_p(clicks, shown, c_0, n_0, guardrail.max_ctr_drop)
+        p = _guardrail_p(experiment, totals, effects, arm.name)
         if p < guardrail.p_value and arm.name not in experiment.stopped_arms:
             why = (f"guardrail: CTR {analysis.wilson(clicks, shown).estimate:.4f} below {1 - guardrail.max_ctr_drop:g} x "
-                   f"control's {c_0 / max(n_0, 1):.4f} (p = {p:.2g})")
+                   f"control's {c_0 / max(n_0, 1):.4f} (always-valid p = {p:.2g}; design effects "
+                   f"{effects[arm.name]:.3g} and {effects[control]:.3g})")
             experiment = manager.stop_arm(experiment.id, arm.name, why)
     return experiment
+
+
+def _guardrail_p(experiment: Experiment, totals: dict[str, tuple[int, int]], effects: dict[str, float],
+                 arm: str) -> float:
+    control = experiment.arms[0].name
+    assert experiment.guardrail is not None
+    return analysis.guardrail_p(*totals[arm], *totals[control], experiment.guardrail.max_ctr_drop, effects[arm],
+                                effects[control])
 
 
 def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experiment: Experiment,
                now: datetime, impressions: Path) -> ExperimentReport:
     buckets = _arm_buckets(attribution, experiment)
-    per_user = _per_user_counts(impressions, experiment)
+    per_user = per_user_counts(impressions, experiment)
     totals = {arm.name: _sum(buckets.get(arm.name, {})) for arm in experiment.arms}
-    experiment = _stop_breaching(manager, experiment, totals)
+    effects = design_effects(per_user, experiment)
+    experiment = _stop_breaching(manager, experiment, totals, effects)
     control = experiment.arms[0].name
     c_0, n_0 = totals[control]
     reports = []
@@ -165,7 +180,7 @@ def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experi
             report.lift, report.lift_low, report.lift_high, report.p_value = (
                 _finite(lift.estimate), _finite(lift.low), _finite(lift.high), _finite(p))
             if experiment.guardrail is not None:
-                report.guardrail_p = analysis.guardrail_p(clicks, shown, c_0, n_0, experiment.guardrail.max_ctr_drop)
+                report.guardrail_p = _guardrail_p(experiment, totals, effects, arm.name)
         reports.append(report)
     srm, withheld = _srm_p(experiment, per_user)
     return ExperimentReport(experiment=experiment, generated_at=now, arms=reports, srm_p=srm,
@@ -173,7 +188,13 @@ def _ab_report(manager: ExperimentManager, attribution: AttributionStore, experi
                             timeline=_ab_timeline(experiment, buckets))
 
 
-def _srm_p(experiment: Experiment, per_user: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[float | None, str | None]:
+def batch_design_effects(batch_root: Path) -> CachedDesignEffects:
+    """The arms' design effects from the batch layer's per-user rows under `batch_root`, for the
+    processes that apply guardrails on a schedule."""
+    return CachedDesignEffects(Path(batch_root) / IMPRESSIONS)
+
+
+def _srm_p(experiment: Experiment, per_user: PerUser) -> tuple[float | None, str | None]:
     """The sample-ratio test on the users of each arm (the randomised unit; the batch layer's
     attributed impressions), or why there is none: before those rows exist, and once an arm is
     stopped (its users are served outside the experiment from then on, so its count stops while
@@ -266,27 +287,6 @@ def _preference_timeline(rows: dict[str, list], credit_a: np.ndarray, credit_b: 
                                         series=f"preference:{name}", value=pref.delta.estimate,
                                         low=pref.delta.low, high=pref.delta.high))
     return points
-
-
-def _per_user_counts(path: Path, experiment: Experiment) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """arm -> (clicks per user, impressions per user) from the attributed impressions."""
-    if not path.exists():
-        return {}
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
-        columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
-    prefix = qualified_arm(experiment.id, "")
-    out = {}
-    arms, users = np.asarray(table["arm"].to_pylist(), dtype=object), np.asarray(table["user_id"].to_pylist())
-    clicks = np.asarray([int(c or 0) for c in table[CLICK].to_pylist()], dtype=float)
-    for arm in experiment.arms:
-        rows = arms == prefix + arm.name
-        if rows.any():
-            _, index = np.unique(users[rows], return_inverse=True)
-            out[arm.name] = (np.bincount(index, weights=clicks[rows]), np.bincount(index).astype(float))
-    return out
 
 
 def _interleaved_rows(path: Path, experiment_id: str) -> dict[str, list]:

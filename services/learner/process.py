@@ -50,6 +50,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -60,7 +61,7 @@ from models.online_revisions import Revision, RevisionStore
 from models.registry import ModelRegistry, RegistryError
 from services.experiments.manager import ExperimentManager
 from services.experiments.model import LEARNER, Experiment
-from services.experiments.report import enforce_guardrail
+from services.experiments.report import batch_design_effects, enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.base import Presentation
 from services.learner.dbgd import Dbgd, sign_test
@@ -342,7 +343,8 @@ def build(settings: Settings, client: redis.Redis, seed: int = 0, redis_url: str
     experiments = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
     manager = ExperimentManager(experiments, registry)
     attribution = RedisOnlineStore.from_settings(settings, redis_url).attribution()
-    guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment))
+    effects = batch_design_effects(Path(settings.batch_uri))
+    guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment, effects))
     return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed, shown, guardrail)
 
 

@@ -39,18 +39,83 @@ def test_srm_alarms_on_a_skewed_split_only() -> None:
     assert analysis.srm_p([3000, 7000], [0.3, 0.7]) == pytest.approx(1.0)
 
 
+def _msprt_p(p_t: float, n_t: int, p_0: float, n_0: int, drop: float, d_t: float = 1.0, d_0: float = 1.0) -> float:
+    """Johari et al.'s normal-mixture SPRT of `p_t - b` against 0, `b = (1 - drop) p_0`, mixing
+    N(0, (drop p_0)²), written out from the paper's likelihood ratio."""
+    b = (1 - drop) * p_0
+    v = d_t * b * (1 - b) / n_t + d_0 * (1 - drop) ** 2 * p_0 * (1 - p_0) / n_0
+    tau2 = (drop * p_0) ** 2
+    ratio = stats.norm.pdf(p_t - b, 0, math.sqrt(v + tau2)) / stats.norm.pdf(p_t - b, 0, math.sqrt(v))
+    return min(1.0, 1 / ratio)
+
+
 def test_guardrail_p_is_small_only_past_the_allowed_drop() -> None:
     # CTR 0.16 vs 0.20: a 20% drop. Past a 10% allowance: significant; within a 30% one: not.
-    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) < 1e-3
-    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.30) > 0.99
-    b = 0.9 * 0.2  # the variance at the null's boundary, not at the arm's own CTR
-    expected = stats.norm.cdf((0.16 - b) / math.sqrt(b * (1 - b) / 10_000 + 0.81 * 0.2 * 0.8 / 10_000))
-    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) == pytest.approx(expected)
+    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) < 0.01
+    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.30) == 1.0
+    # The variance at the null's boundary, not at the arm's own CTR, in the mixture's ratio.
+    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10) == pytest.approx(
+        _msprt_p(0.16, 10_000, 0.2, 10_000, 0.10))
+    # Design effects scale each arm's variance: 20 (MovieLens-like users) leaves the same counts
+    # far from a stop.
+    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10, 20.0, 15.0) == pytest.approx(
+        _msprt_p(0.16, 10_000, 0.2, 10_000, 0.10, 20.0, 15.0))
+    assert analysis.guardrail_p(1600, 10_000, 2000, 10_000, 0.10, 20.0, 20.0) > 0.1
     # An arm without a click yet, 0 of 20 at a boundary of 0.09 (15% likely there): under 5
     # expected clicks, no verdict (the arm's own variance, 0, had given p = 1e-26).
     assert analysis.guardrail_p(0, 20, 100, 1000, 0.10) == 1.0
-    assert analysis.guardrail_p(0, 60, 100, 1000, 0.10) == pytest.approx(
-        stats.norm.cdf(-0.09 / math.sqrt(0.09 * 0.91 / 60 + 0.81 * 0.1 * 0.9 / 1000)))
+    assert analysis.guardrail_p(0, 60, 100, 1000, 0.10) == pytest.approx(_msprt_p(0.0, 60, 0.1, 1000, 0.10))
+
+
+def test_the_design_effect_is_the_per_user_variance_over_the_binomial() -> None:
+    rng = np.random.default_rng(6)
+    clicks, shown = _users(rng, 400, 0.1)
+    ratio, variance = analysis.ratio_of_means(clicks, shown)
+    assert analysis.design_effect(clicks, shown) == pytest.approx(variance / (ratio * (1 - ratio) / shown.sum()))
+    assert analysis.design_effect(clicks, shown) > 5  # heavy users with their own propensities
+    one_each = rng.binomial(1, 0.1, 5000).astype(float)  # a user per impression: the binomial itself
+    assert analysis.design_effect(one_each, np.ones(5000)) == pytest.approx(1.0, abs=0.01)
+    assert math.isnan(analysis.design_effect(clicks[:19], shown[:19]))  # too few users
+    assert math.isnan(analysis.design_effect(np.zeros(30), np.ones(30)))  # nothing clicked
+
+
+def _looks(rng: np.random.Generator, ctr_t: float, effects: bool, looks: int = 50) -> bool:
+    """One experiment of 4,000 heterogeneous users arriving in order, half in each arm, the arm's
+    clicks at `ctr_t / 0.1` of each user's own propensity; the guardrail (10% allowed, alpha 0.01)
+    looked at `looks` times, with each arm's design effect from the users so far or without any.
+    Whether it stopped the arm."""
+    shown = 1 + rng.poisson(20 * rng.lognormal(0.0, 1.0, 4000))
+    propensity = np.clip(0.1 * rng.lognormal(-0.5, 1.0, 4000), 0, 1)
+    arm = rng.random(4000) < 0.5
+    propensity[arm] = np.clip(propensity[arm] * ctr_t / 0.1, 0, 1)
+    clicks = rng.binomial(shown, propensity).astype(float)
+    for look in range(1, looks + 1):
+        upto = np.arange(4000) < 4000 * look // looks
+        t, c = upto & arm, upto & ~arm
+        d_t = analysis.design_effect(clicks[t], shown[t]) if effects else 1.0
+        d_0 = analysis.design_effect(clicks[c], shown[c]) if effects else 1.0
+        if math.isnan(d_t) or math.isnan(d_0):
+            continue
+        if analysis.guardrail_p(int(clicks[t].sum()), int(shown[t].sum()), int(clicks[c].sum()), int(shown[c].sum()),
+                                0.10, d_t, d_0) < 0.01:
+            return True
+    return False
+
+
+def test_the_guardrail_holds_its_level_over_many_looks_at_heterogeneous_users() -> None:
+    """Looked at 50 times as users arrive: with the users' design effects, a healthy arm (A/A) is
+    not stopped and one sitting exactly on the allowed drop about as often as alpha; the binomial
+    variance alone stopped healthy arms by the dozen. An arm 40% down is still stopped."""
+    rng = np.random.default_rng(7)
+    runs = 200
+    healthy = np.mean([_looks(rng, 0.1, effects=True) for _ in range(runs)])
+    boundary = np.mean([_looks(rng, 0.09, effects=True) for _ in range(runs)])
+    binomial = np.mean([_looks(rng, 0.1, effects=False) for _ in range(runs)])
+    broken = np.mean([_looks(rng, 0.06, effects=True) for _ in range(runs)])
+    assert healthy <= 0.01, healthy
+    assert boundary <= 0.03, boundary  # alpha 0.01 plus the binomial noise of 200 runs
+    assert binomial > 0.1, binomial
+    assert broken > 0.8, broken
 
 
 def test_guardrail_stops_about_as_often_as_its_level_when_the_arm_sits_on_the_boundary() -> None:

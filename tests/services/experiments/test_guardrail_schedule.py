@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from models.registry import ModelRegistry
 from services.api.app import create_app
 from services.experiments.guardrail import GuardrailMonitor
 from services.experiments.manager import ExperimentManager
+from services.experiments.report import batch_design_effects
 from services.experiments.store import ExperimentStore
 from tests.services.experiments.conftest import ADMIN
 from tests.services.experiments.test_report import create, plant_ab
@@ -48,8 +50,8 @@ def test_the_api_stops_a_failing_arm_without_a_report_read(admin_settings: Setti
                             "arms": [{"name": "control"}, {"name": "treatment"}]})
         # bad: treatment's CTR 0.025 against control's 0.15, far past a 10% drop (a check during the
         # planting may already stop it); fine: equal CTRs, and no partial count of them falls.
-        plant_ab(settings, "bad", {"control": (400, 60), "treatment": (400, 10)})
-        plant_ab(settings, "fine", {"control": (400, 40), "treatment": (400, 40)})
+        plant_ab(settings, "bad", {"control": (1000, 150), "treatment": (1000, 25)}, users=True)
+        plant_ab(settings, "fine", {"control": (1000, 100), "treatment": (1000, 100)}, users=True)
         checks = _counter(client, "recsys_experiment_guardrail_checks_total")
         # The check in flight now may predate the planting; the one after it saw all of it.
         _wait(lambda: _counter(client, "recsys_experiment_guardrail_checks_total") >= checks + 2, "two more checks")
@@ -69,7 +71,8 @@ def _monitor(settings: Settings, interval_s: float) -> GuardrailMonitor:
     client = ConnectionSpec.from_settings(settings, settings.redis.url).client()
     store = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
     manager = ExperimentManager(store, ModelRegistry(settings.model_registry_dir))
-    return GuardrailMonitor(manager, RedisOnlineStore.from_settings(settings).attribution, client,
+    return GuardrailMonitor(manager, RedisOnlineStore.from_settings(settings).attribution,
+                            batch_design_effects(Path(settings.batch_uri)), client,
                             settings.redis.key_prefix, interval_s)
 
 
@@ -84,7 +87,7 @@ def quiet_client(admin_settings: Settings, registry_versions: list[str]) -> Iter
 def test_one_worker_checks_per_interval(quiet_client: TestClient, admin_settings: Settings) -> None:
     create(quiet_client, {"id": "bad", "kind": "ab", "guardrail": GUARDRAIL,
                           "arms": [{"name": "control"}, {"name": "treatment"}]})
-    plant_ab(admin_settings, "bad", {"control": (400, 60), "treatment": (400, 10)})
+    plant_ab(admin_settings, "bad", {"control": (1000, 150), "treatment": (1000, 25)}, users=True)
     first, second = _monitor(admin_settings, 600.0), _monitor(admin_settings, 600.0)
     assert first.tick() == [("bad", "treatment")]
     assert second.tick() is None  # the interval's lock is the first worker's: no second check
@@ -96,6 +99,6 @@ def test_another_worker_takes_over_when_the_lock_expires(quiet_client: TestClien
                           "arms": [{"name": "control"}, {"name": "treatment"}]})
     first, second = _monitor(admin_settings, 0.5), _monitor(admin_settings, 0.5)
     _wait(lambda: first.tick() is not None, "the first worker's check")
-    plant_ab(admin_settings, "bad", {"control": (400, 60), "treatment": (400, 10)})
+    plant_ab(admin_settings, "bad", {"control": (1000, 150), "treatment": (1000, 25)}, users=True)
     # The first worker is gone: the lock it left expires and the second one's tick acts.
     assert _wait(second.tick, "the second worker's check") == [("bad", "treatment")]

@@ -24,25 +24,42 @@ from feature_store.attribution import Impression, Outcome
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import Settings
 from services.api.app import create_app
+from services.experiments import analysis
 from tests.services.conftest import live_server
 from tests.services.experiments.conftest import ADMIN
 
 
-def plant_ab(settings: Settings, experiment: str, arms: dict[str, tuple[int, int]]) -> None:
-    """Impressions and clicks per arm through the speed layer's write path (the attribution store)."""
+def plant_ab(settings: Settings, experiment: str, arms: dict[str, tuple[int, int]], users: bool = False) -> None:
+    """Impressions and clicks per arm through the speed layer's write path (the attribution store);
+    with `users`, the batch layer's rows of the same impressions too, each impression its own user
+    (independent impressions: a design effect of 1)."""
     attribution = RedisOnlineStore.from_settings(settings).attribution()
     now = datetime.now(timezone.utc)
     hour = now.replace(minute=0, second=0, microsecond=0)  # the report counts from the creation's hour
+    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
     for arm, (shown, clicks) in arms.items():
         for n in range(shown):
             ts_ms = int(max(now - timedelta(seconds=n % 50), hour).timestamp() * 1000)
-            impression = Impression(f"imp-{arm}-{n}", f"u{n}", f"i{n % 7}", ts_ms, f"r-{arm}-{n}", n % 5,
+            impression = Impression(f"imp-{experiment}-{arm}-{n}", f"u{n}", f"i{n % 7}", ts_ms, f"r-{arm}-{n}", n % 5,
                                     "ranker=popularity;explore=greedy", experiment, f"{experiment}:{arm}")
             attribution.record_impression(impression)
             if n < clicks:
-                attribution.record_credit(impression, Outcome(f"c-{arm}-{n}", f"u{n}", impression.item_id, "click",
+                attribution.record_credit(impression, Outcome(f"c-{experiment}-{arm}-{n}", f"u{n}", impression.item_id, "click",
                                                               ts_ms + 1, impression.request_id))
+            for name, value in (("event_id", impression.event_id), ("user_id", f"{arm}-u{n}"),
+                                ("arm", impression.arm), ("click", int(n < clicks)), ("ts", now),
+                                ("experiment", experiment)):
+                rows[name].append(value)
     attribution.close()
+    if users:
+        write_impressions(settings, rows, experiment)
+
+
+def write_impressions(settings: Settings, rows: dict[str, list], name: str) -> None:
+    """`rows` as a file of the batch layer's `attributed_impressions/`, in today's partition."""
+    folder = Path(settings.batch_uri) / "attributed_impressions" / f"dt={datetime.now(timezone.utc).date()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), folder / f"part-{name}.parquet")
 
 
 def plant_users(settings: Settings, experiment: str) -> dict[str, np.ndarray]:
@@ -62,9 +79,7 @@ def plant_users(settings: Settings, experiment: str) -> dict[str, np.ndarray]:
                     rows["click"].append(int(slot < count))
                     rows["ts"].append(ts)
                     rows["experiment"].append(name)
-    folder = Path(settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(rows), folder / f"part-{experiment}.parquet")
+    write_impressions(settings, rows, experiment)
     return planted
 
 
@@ -100,9 +115,7 @@ def test_the_sample_ratio_test_counts_users_not_impressions(admin_client: TestCl
                 for name, value in (("event_id", f"{arm}-{user}-{slot}"), ("user_id", f"{arm}-u{user}"),
                                     ("arm", f"srm:{arm}"), ("click", 0), ("ts", ts), ("experiment", "srm")):
                     rows[name].append(value)
-    folder = Path(admin_settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(rows), folder / "part-srm.parquet")
+    write_impressions(admin_settings, rows, "srm")
     report = admin_client.get("/v1/experiments/srm/report").json()
     assert report["srm_p"] == pytest.approx(stats.chisquare([110, 90]).pvalue) and not report["srm_alarm"]
     assert stats.chisquare([880, 1080]).pvalue < 0.001  # what the impressions would have alarmed on
@@ -111,11 +124,46 @@ def test_the_sample_ratio_test_counts_users_not_impressions(admin_client: TestCl
 def test_guardrail_stops_an_arm_that_fell(admin_client: TestClient, admin_settings: Settings) -> None:
     create(admin_client, {"id": "g1", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
                           "arms": [{"name": "control"}, {"name": "bad"}]})
-    plant_ab(admin_settings, "g1", {"control": (1000, 200), "bad": (1000, 100)})
+    plant_ab(admin_settings, "g1", {"control": (1000, 200), "bad": (1000, 100)}, users=True)
     report = admin_client.get("/v1/experiments/g1/report").json()
     assert report["arms"][1]["stopped"].startswith("guardrail")
     assert (report["srm_p"], report["srm_withheld"]) == (None, "an arm is stopped")  # its users are served outside it now
     assert admin_client.get("/v1/experiments/g1", headers=ADMIN).json()["stopped_arms"].keys() == {"bad"}
+
+
+def test_the_guardrail_weighs_the_arms_users_not_their_impressions(admin_client: TestClient,
+                                                                   admin_settings: Settings) -> None:
+    """The same counts that stop an arm of independent impressions leave it running when they come
+    from a few users each with their own propensity (the design effect of the planted rows), and
+    without any per-user rows (the default design effect)."""
+    guardrail = {"max_ctr_drop": 0.1, "p_value": 0.01}
+    for name in ("g2", "g3"):  # a layer each
+        create(admin_client, {"id": name, "kind": "ab", "layer": name, "guardrail": guardrail,
+                              "arms": [{"name": "control"}, {"name": "bad"}]})
+    plant_ab(admin_settings, "g2", {"control": (1000, 200), "bad": (1000, 100)})
+    plant_ab(admin_settings, "g3", {"control": (1000, 200), "bad": (1000, 100)})
+    # g2's 1,000 impressions per arm are 40 users' 25 each, their clicks all-or-nothing: 8 control
+    # users clicked everything (200 clicks), 4 of the bad arm's (100).
+    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
+    clicking = {"control": 8, "bad": 4}
+    for arm, users in clicking.items():
+        for user in range(40):
+            for slot in range(25):
+                for name, value in (("event_id", f"{arm}-{user}-{slot}"), ("user_id", f"{arm}-u{user}"),
+                                    ("arm", f"g2:{arm}"), ("click", int(user < users)),
+                                    ("ts", datetime.now(timezone.utc)), ("experiment", "g2")):
+                    rows[name].append(value)
+    write_impressions(admin_settings, rows, "g2")
+    clustered = admin_client.get("/v1/experiments/g2/report").json()["arms"][1]
+    unknown = admin_client.get("/v1/experiments/g3/report").json()["arms"][1]
+    assert clustered["stopped"] is None and unknown["stopped"] is None
+    # Users alike in impressions (25), each clicking all or none: the per-user CTR's variance is
+    # the users' sample variance q (1 - q) m / (m - 1) over m, the binomial's q (1 - q) / 25 m, so
+    # each arm's design effect is 25 m / (m - 1), m = 40.
+    effect = 25 * 40 / 39
+    assert clustered["guardrail_p"] == pytest.approx(analysis.guardrail_p(100, 1000, 200, 1000, 0.1, effect, effect))
+    assert unknown["guardrail_p"] == pytest.approx(analysis.guardrail_p(100, 1000, 200, 1000, 0.1, 20.0, 20.0))
+    assert analysis.guardrail_p(100, 1000, 200, 1000, 0.1) < 0.01  # as independent impressions: stopped
 
 
 def test_interleaving_report_credits_teams_per_user(admin_client: TestClient, admin_settings: Settings) -> None:
@@ -133,9 +181,7 @@ def test_interleaving_report_credits_teams_per_user(admin_client: TestClient, ad
                 rows["click"].append(int(slot < clicks))
                 rows["ts"].append(ts)
                 rows["experiment"].append("il1")
-    folder = Path(admin_settings.batch_uri) / "attributed_impressions" / f"dt={ts.date()}"
-    folder.mkdir(parents=True)
-    pq.write_table(pa.table(rows), folder / "part-0.parquet")
+    write_impressions(admin_settings, rows, "0")
     report = admin_client.get("/v1/experiments/il1/report").json()
     comparison = report["comparisons"][0]
     assert (comparison["wins_a"], comparison["wins_b"], comparison["ties"]) == (6, 2, 1)

@@ -31,7 +31,7 @@ from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
 from services.experiments.manager import ExperimentManager
-from services.experiments.report import enforce_guardrail
+from services.experiments.report import batch_design_effects, enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.feedback import ComparisonReader
 from services.learner.metrics import learner_registry
@@ -302,7 +302,7 @@ def test_a_guardrail_breach_of_the_learner_experiment_rolls_back_to_the_base_onc
     drifted = process.store.publish(versions[0], np.array([2.0, 5.0, 1.0]), np.array([2.1, 5.0, 1.0]), None, "learned")
     create(admin_client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
                           "arms": [{"name": "control"}, {"name": "online"}]})
-    plant_ab(admin_settings, "learner", {"control": (1000, 200), "online": (1000, 120)})
+    plant_ab(admin_settings, "learner", {"control": (3000, 600), "online": (3000, 360)}, users=True)
     process.step()  # only reading the stopped arms, and nobody read the report: the learner resumes from its revision
     np.testing.assert_array_equal(process.store.current(versions[0]).weights, drifted.weights)
     assert process.summary.guardrail_rollbacks == 0
@@ -357,12 +357,13 @@ def test_the_learner_applies_the_guardrail_itself_when_nobody_reads_the_report(
     experiments = ExperimentStore(admin_settings.state_dir / "experiments", redis_client, admin_settings.redis.key_prefix)
     manager = ExperimentManager(experiments, ModelRegistry(admin_settings.model_registry_dir))
     attribution = RedisOnlineStore.from_settings(admin_settings).attribution()
-    guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment))
+    effects = batch_design_effects(Path(admin_settings.batch_uri))
+    guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment, effects))
     process, _, versions = _process(tmp_path / "learner", redis_client, guardrail=guardrail)
     process.store.publish(versions[0], np.array([2.0, 5.0, 1.0]), np.array([2.1, 5.0, 1.0]), None, "learned")
     create(admin_client, {"id": "learner", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
                           "arms": [{"name": "control"}, {"name": "online"}]})
-    plant_ab(admin_settings, "learner", {"control": (1000, 200), "online": (1000, 120)})  # 12% against 20%, drop 10% allowed
+    plant_ab(admin_settings, "learner", {"control": (3000, 600), "online": (3000, 360)}, users=True)  # 12% against 20%, drop 10% allowed
     process.step()
     rolled = process.store.current(versions[0])
     np.testing.assert_array_equal(rolled.weights, [3.0, 4.0, 0.0])  # the base's own layer

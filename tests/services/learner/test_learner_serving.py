@@ -41,7 +41,7 @@ from services.learner.process import LearnerProcess, build
 from services.learner.shown import ShownStore
 from tests.services.conftest import EventFactory, with_api
 from tests.services.experiments.conftest import ADMIN
-from tests.services.experiments.test_report import create
+from tests.services.experiments.test_report import create, write_impressions
 from tests.services.experiments.test_several_rankers import _seed
 from tests.services.test_models import published  # noqa: F401  (the module's two trained DIN versions)
 from tests.services.test_server import ROOT, recsys_api_with_two_workers
@@ -372,6 +372,7 @@ def test_the_learning_share_and_its_control_are_arms_of_the_learner_experiment_w
         assert client.post("/v1/admin/learner", json={"enabled": True, "reason": "go"}, headers=ADMIN).json()["revision"] == bad.id
 
         rng, clicks, planted = np.random.default_rng(SEED), [], {"online": [0, 0], "control": [0, 0]}
+        rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
         for arm in ("online", "control"):
             for user in by_arm[arm]:
                 answer = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
@@ -382,9 +383,16 @@ def test_the_learning_share_and_its_control_are_arms_of_the_learner_experiment_w
                     assert answer["explore"] == "greedy" and [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in plain["items"]]
                 for item in answer["items"]:
                     planted[arm][1] += 1
-                    if rng.random() < (0.5 if item["item_id"] in liked else 0.05):
+                    clicked = rng.random() < (0.5 if item["item_id"] in liked else 0.05)
+                    if clicked:
                         planted[arm][0] += 1
                         clicks.append(make_event(user, item["item_id"], context={"request_id": answer["request_id"]}))
+                    for name, value in (("event_id", f"{user}-{item['item_id']}"), ("user_id", user),
+                                        ("arm", f"learner:{arm}"), ("click", int(clicked)),
+                                        ("ts", datetime.now(timezone.utc)), ("experiment", "learner")):
+                        rows[name].append(value)
+        # The batch layer's rows of the same impressions: the guardrail's per-user design effects.
+        write_impressions(settings, rows, "learner")
         assert client.app.state.service.impressions.flush(30)  # type: ignore[attr-defined]
         assert client.post("/v1/events", json=clicks, headers=ADMIN).json()["accepted"] == len(clicks)
         _attribute_logged_events(settings, 400, len(clicks))

@@ -1,0 +1,78 @@
+"""Clicks and impressions per user of each A/B arm, from the batch layer's attributed impressions
+(`recsys batch attribution`): the units the experiment randomised, for the user-level test, the
+sample-ratio test and the guardrail's design effects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from services.experiments import analysis
+from services.experiments.model import Experiment
+from services.experiments.serving import qualified_arm
+
+CLICK = "click"
+#: The marker Spark writes last into an output it overwrote: while it stands, the rows are the same.
+SUCCESS = "_SUCCESS"
+
+PerUser = dict[str, tuple[np.ndarray, np.ndarray]]
+#: An experiment's design effect per arm (`design_effects` of its current rows).
+DesignEffects = Callable[[Experiment], dict[str, float]]
+
+
+def per_user_counts(path: Path, experiment: Experiment) -> PerUser:
+    """arm -> (clicks per user, impressions per user) from the attributed impressions at `path`."""
+    if not path.exists():
+        return {}
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
+        columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
+    prefix = qualified_arm(experiment.id, "")
+    out = {}
+    arms, users = np.asarray(table["arm"].to_pylist(), dtype=object), np.asarray(table["user_id"].to_pylist())
+    clicks = np.asarray([int(c or 0) for c in table[CLICK].to_pylist()], dtype=float)
+    for arm in experiment.arms:
+        rows = arms == prefix + arm.name
+        if rows.any():
+            _, index = np.unique(users[rows], return_inverse=True)
+            out[arm.name] = (np.bincount(index, weights=clicks[rows]), np.bincount(index).astype(float))
+    return out
+
+
+def design_effects(per_user: PerUser, experiment: Experiment) -> dict[str, float]:
+    """Each arm's design effect from its users (`analysis.design_effect`), or
+    `analysis.DEFAULT_DESIGN_EFFECT` where they are too few or there are no rows yet."""
+    effects = {}
+    for arm in experiment.arms:
+        effect = analysis.design_effect(*per_user[arm.name]) if arm.name in per_user else math.nan
+        effects[arm.name] = effect if math.isfinite(effect) else analysis.DEFAULT_DESIGN_EFFECT
+    return effects
+
+
+class CachedDesignEffects:
+    """`design_effects` of the rows at `path`, read again only once Spark rewrote them (a new
+    `_SUCCESS`): the guardrail asks every interval and the learner every step, the rows change
+    once per batch run. Rows without the marker (written by hand) are read on every call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._marker: int | None = None
+        self._cache: dict[str, dict[str, float]] = {}
+
+    def __call__(self, experiment: Experiment) -> dict[str, float]:
+        try:
+            marker: int | None = (self.path / SUCCESS).stat().st_mtime_ns
+        except OSError:
+            marker = None
+        if marker is None or marker != self._marker:
+            self._cache.clear()
+            self._marker = marker
+        key = f"{experiment.id}|{','.join(arm.name for arm in experiment.arms)}"
+        if marker is None or key not in self._cache:
+            self._cache[key] = design_effects(per_user_counts(self.path, experiment), experiment)
+        return self._cache[key]
