@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
+from rich.text import Text
 
 from feature_store.schemas import error_message
 from feature_store.settings import Settings
@@ -24,7 +25,12 @@ if TYPE_CHECKING:
     import redis
 
 # Scripts grep what commands print: long lines (paths) stay whole instead of wrapping at the width.
-console = Console(stderr=True, soft_wrap=True)
+# No markup: commands print stored and given text (errors, triggers, paths, titles), whose "[...]"
+# Rich read as tags (an error's "[/data/x]" raised MarkupError: the DAG's retry line failed the
+# step it retried). Styles are passed as `Text`.
+console = Console(stderr=True, soft_wrap=True, markup=False)
+# C0 and C1 control characters but tab and newline: an ESC in an error or a title drives the terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n"}
 
 StateDirOption = Annotated[
     Path | None, typer.Option("--state-dir", help="State directory (default: $RECSYS_STATE_DIR or .recsys).")
@@ -62,6 +68,16 @@ def _warn_unknown_variables() -> None:
         if name.startswith("RECSYS_") and name.split("__")[0] not in known:
             typer.echo(f"warning: {name} is not a setting and is ignored (nested names use __, "
                        "e.g. RECSYS_SPARK__MASTER)", err=True)
+
+
+def printable(text: object) -> str:
+    """`text` with its control characters written as `\\xNN` escapes, for a terminal."""
+    return str(text).translate(_CONTROLS)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of plain parts and (text, style) pairs, control characters escaped."""
+    return Text.assemble(*(printable(p) if isinstance(p, str) else (printable(p[0]), p[1]) for p in parts))
 
 
 def print_error(message: str) -> None:

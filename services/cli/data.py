@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.cli.common import StateDirOption, console, fail, load_settings
+from services.cli.common import StateDirOption, console, fail, load_settings, styled
 
 app = typer.Typer(help="Import datasets into the event log and catalogs, or generate synthetic data.", no_args_is_help=True)
 
@@ -133,7 +132,7 @@ def synth(
 def _import_summary(title: str, report: Any) -> None:
     """The first rejected lines, then the summary table of an import (MovieLens or interactions)."""
     for line in report.first_rejects:
-        console.print(f"[yellow]rejected[/] {escape(line)}")
+        console.print(styled(("rejected", "yellow"), f" {line}"))
     _summary(title, {
         "dataset": f"{report.dataset} ({report.source})",
         "status": "already imported: skipped, nothing written" if report.skipped else "imported",

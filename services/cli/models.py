@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from services.cli.common import StateDirOption, console, fail, load_settings
+from services.cli.common import StateDirOption, console, fail, load_settings, printable
 
 app = typer.Typer(help="Model versions: list, promote a blessed one, roll back.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def list_versions(state_dir: StateDirOption = None) -> None:
     for role in ROLES:
         for row in registry.overview(role):
             blessed = "revoked" if row["revoked"] else "yes" if row["blessed"] else "-"
-            created = str(row["created_at"]) if row["problem"] is None else f"unreadable: {row['problem']}"
+            created = str(row["created_at"]) if row["problem"] is None else printable(f"unreadable: {row['problem']}")
             table.add_row(role, row["version"], created, blessed, "*" if row["current"] else "")
     console.print(table)
 

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from feature_store.redis_server import redis_url
 from feature_store.settings import Settings
-from services.cli.common import StateDirOption, console, fail, load_settings
+from services.cli.common import StateDirOption, console, fail, load_settings, printable, styled
 
 
 def run(
@@ -67,9 +67,9 @@ def run(
             _show_sample(base, settings)
             _summary(settings, url, base, timings)
             if serve:
-                console.print("[bold]serving[/]: press Ctrl-C to stop")
+                console.print(styled(("serving", "bold"), ": press Ctrl-C to stop"))
                 _wait_for_interrupt()
-    console.print("[bold]recsys run[/] stopped cleanly")
+    console.print(styled(("recsys run", "bold"), " stopped cleanly"))
 
 
 def _ensure_port_free(host: str, port: int) -> None:
@@ -81,7 +81,7 @@ def _ensure_port_free(host: str, port: int) -> None:
 
 
 def _stage(name: str, timings: dict[str, float], work: Callable[[], None]) -> None:
-    console.rule(f"[bold]{name}")
+    console.rule(styled((name, "bold")))
     started = time.perf_counter()
     work()
     timings[name] = time.perf_counter() - started
@@ -113,8 +113,8 @@ def _train(settings: Settings) -> dict[str, float]:
     train.show_run(record)
     for role, blessed in record.step("gate").outputs["blessed"].items():
         if not blessed:
-            console.print(f"[yellow]the {role} candidate did not pass the quality gate and is not served[/] "
-                          f"(`recsys train history --run {record.run_id}` shows why)")  # fmt: skip
+            console.print(styled((f"the {role} candidate did not pass the quality gate and is not served", "yellow"),
+                                 f" (`recsys train history --run {record.run_id}` shows why)"))  # fmt: skip
     return {f"training: {step.name}": step.duration_s or 0.0 for step in record.steps}
 
 
@@ -126,7 +126,7 @@ class _background:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> subprocess.Popen[bytes]:
-        console.rule(f"[bold]{self.name}")
+        console.rule(styled((self.name, "bold")))
         self.process = self.start()
         return self.process
 
@@ -210,7 +210,8 @@ def _show_sample(base: str, settings: Settings) -> None:
     for column in ("item", "score", "sources", "reason"):
         table.add_column(column)
     for item in body["items"]:
-        table.add_row(str(item["item_id"]), f"{item['score']:.4f}", ", ".join(item["sources"]), item["reason"])
+        table.add_row(printable(item["item_id"]), f"{item['score']:.4f}", printable(", ".join(item["sources"])),
+                      printable(item["reason"]))
     console.print(table)
     console.print(f"models: {body.get('model_versions')}  degraded: {body.get('degraded')}")
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from feature_store.redis_server import redis_url
-from services.cli.common import StateDirOption, console, load_settings
+from services.cli.common import StateDirOption, console, load_settings, styled
 
 
 def serve(
@@ -35,17 +35,17 @@ def serve(
         # Workers are fresh processes: hand them the resolved settings through the environment.
         os.environ["RECSYS_REDIS__URL"] = url
         os.environ["RECSYS_STATE_DIR"] = str(Path(settings.state_dir).resolve())
-        console.print(
-            f"[bold]recsys serve[/] http://{host}:{port}  workers={workers}  redis={url}"
+        console.print(styled(
+            ("recsys serve", "bold"), f" http://{host}:{port}  workers={workers}  redis={url}"
             f"{'' if settings.redis.url else ' (embedded)'}  registry={settings.model_registry_dir}  "
             f"docs: http://{host}:{port}/docs"
-        )
+        ))
         options = ServerOptions(
             "services.api.app:create_app_from_env", host, port, factory=True, log_level=log_level,
             keep_alive_timeout_s=settings.api.keep_alive_timeout_s,
             request_read_timeout_s=settings.api.request_read_timeout_s,
         )  # fmt: skip
         exit_code = serve_app(options, workers)
-    console.print("[bold]recsys serve[/] stopped")
+    console.print(styled(("recsys serve", "bold"), " stopped"))
     if exit_code:
         raise typer.Exit(exit_code)

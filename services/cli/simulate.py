@@ -9,7 +9,7 @@ import httpx
 import typer
 
 from feature_store.settings import Settings
-from services.cli.common import StateDirOption, console, fail, load_settings
+from services.cli.common import StateDirOption, console, fail, load_settings, styled
 from services.cli.data import _progress_hook, _summary
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def simulate(
                                  f"{report.tenant.history.accepted:,} history events")  # fmt: skip
     _summary("Simulation", rows)
     for sample in summary.error_samples:
-        console.print(f"[yellow]error[/] {sample}")
+        console.print(styled(("error", "yellow"), f" {sample}"))
     if summary.requests == 0 and requests > 0 and seconds > 0:
         fail("no request succeeded")
 

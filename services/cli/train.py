@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.common import StateDirOption, console, fail, load_settings
+from services.cli.common import StateDirOption, console, fail, load_settings, printable, styled
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a file name under the runs folder
 
@@ -84,14 +84,14 @@ def _train(settings: Any, config: Any, sequences_path: Path | None, graph_path: 
                                   lambda phase, share: bar.update(tasks[phase], completed=share))  # fmt: skip
     metrics: dict[str, Any] = run.metrics()
     if evaluate_models and split is None:
-        console.print("[yellow]--eval needs the event-log input (it holds out each user's last positive); skipped[/]")
+        console.print(styled(("--eval needs the event-log input (it holds out each user's last positive); skipped", "yellow")))
     elif evaluate_models:
         metrics["offline"] = recall.compare_recall(run, split)
         _evaluation_table(metrics["offline"], len(split.test))
     _summary(run.trained, run.artifact)
     if publish:
         version = recall.publish(settings, run, config.to_dict() | {"index_kind": index_kind}, window, metrics, set_current=True)
-        console.print(f"published recall version [bold]{version}[/] to {settings.model_registry_dir} (current)")
+        console.print(styled("published recall version ", (version, "bold"), f" to {settings.model_registry_dir} (current)"))
 
 
 def _evaluation_table(results: dict[str, dict[str, float]], users: int) -> None:
@@ -159,7 +159,7 @@ def ranker(
     _ranker_table(run)
     if run.version is not None:
         state = "current" if set_current else "not current"
-        console.print(f"published ranker version [bold]{run.version}[/] to {settings.model_registry_dir} ({state})")
+        console.print(styled("published ranker version ", (run.version, "bold"), f" to {settings.model_registry_dir} ({state})"))
 
 
 def _ranker_table(run: Any) -> None:
@@ -197,7 +197,7 @@ def run(
         with sigterm_exits():  # a run stopped by SIGTERM (the scheduler, a pod) is recorded failed, resumable
             record = run_training(settings, resume, trigger, show_step, run_id)
     except StepFailed as exc:
-        console.print(f"[red]training run failed[/]: {exc}")
+        console.print(styled(("training run failed", "red"), f": {exc}"))
         _history_table(_load_history(settings, 1))
         raise typer.Exit(code=1) from None
     except (KeyError, ValueError) as exc:
@@ -215,11 +215,11 @@ def show_run(record: Any) -> None:
 def show_step(name: str, event: str, step: Any) -> None:
     """Progress of a DAG run on the console (the executor's `Progress` callback)."""
     if event == "start":
-        console.rule(f"[bold]{name}")
+        console.rule(styled((name, "bold")))
     elif event == "skip":
         console.print(f"{name}: succeeded in an earlier attempt; skipped")
     elif event == "retry":
-        console.print(f"[yellow]{name}: {step.error}; retrying[/]")
+        console.print(styled((f"{name}: {step.error}; retrying", "yellow")))
     else:
         console.print(f"{name}: {step.status} in {step.duration_s:.1f} s")
 
@@ -266,7 +266,7 @@ def _history_table(records: list[Any]) -> None:
         outputs = record.outputs()
         failed = next((s.name for s in record.steps if s.status in ("failed", "timed_out")), "-")
         seconds = sum(s.duration_s or 0.0 for s in record.steps)
-        table.add_row(record.run_id, record.trigger, record.status, record.started_at or "-", f"{seconds:.1f}", failed,
+        table.add_row(record.run_id, printable(record.trigger), record.status, record.started_at or "-", f"{seconds:.1f}", failed,
                       _pairs(outputs.get("blessed")), _pairs(outputs.get("promoted")))  # fmt: skip
     console.print(table)
 
@@ -278,7 +278,8 @@ def _step_table(record: Any) -> None:
     for step in record.steps:
         outputs = ", ".join(f"{k}={v}" for k, v in step.outputs.items() if not isinstance(v, (dict, list)))
         table.add_row(step.name, step.status, str(step.attempts),
-                      "-" if step.duration_s is None else f"{step.duration_s:.1f}", outputs or "-", step.error or "-")  # fmt: skip
+                      "-" if step.duration_s is None else f"{step.duration_s:.1f}", printable(outputs or "-"),
+                      printable(step.error or "-"))  # fmt: skip
     console.print(table)
 
 

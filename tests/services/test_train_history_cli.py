@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from feature_store.settings import Settings
 from pipelines.training.dag import runs_dir
-from pipelines.training.executor import RetryPolicy, Step, StepContext, StepResult, run_steps
+from pipelines.training.executor import RetryPolicy, Step, StepContext, StepFailed, StepResult, run_steps
 from pipelines.training.records import RunStore
 from services.cli import app
 
@@ -56,3 +56,33 @@ def test_history_lists_runs_and_one_runs_steps(settings: Settings, tmp_path: Pat
     assert listing.exit_code == 0 and all(run.run_id in listing.output for run in runs), listing.output
     shown = CliRunner().invoke(app, ["train", "history", "--run", broken.stem, *state])
     assert shown.exit_code == 2 and "not a readable run record" in shown.output
+
+
+def test_stored_text_prints_as_written_and_a_retried_step_survives_its_own_error(settings: Settings) -> None:
+    """Errors, triggers and data hold "[...]" and control characters: the console shows them as
+    they are, never reads them as markup (a "[/x]" in the retry line raised and failed the step it
+    retried) and never hands an ESC to the terminal."""
+    from services.cli.train import show_step
+
+    attempts = []
+
+    def flaky(context: StepContext) -> StepResult:
+        attempts.append(context.run_id)
+        if len(attempts) == 1:
+            raise OSError("cannot read [/data/batch/part-0]")
+        return StepResult({}, {})
+
+    def failing(context: StepContext) -> StepResult:
+        raise ValueError("expected vectors of shape [n, 64], got (10, 32) \x1b[31m")
+
+    store = RunStore(runs_dir(settings))
+    retried = run_steps([Step("compact", flaky)], settings, store, RetryPolicy(retries=1, backoff_s=0),
+                        trigger="[/manual]", progress=show_step)
+    assert retried.status == "succeeded" and len(attempts) == 2
+    with pytest.raises(StepFailed):
+        run_steps([Step("embed", failing)], settings, store, RetryPolicy(), trigger="[/manual]", name="failed-run")
+    listing = CliRunner().invoke(app, ["train", "history", "--state-dir", str(settings.state_dir)])
+    assert listing.exit_code == 0 and "[/manual]" in listing.output, listing.output
+    shown = CliRunner().invoke(app, ["train", "history", "--run", "failed-run", "--state-dir", str(settings.state_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert "[n, 64]" in shown.output and "\\x1b[31m" in shown.output and "\x1b" not in shown.output
