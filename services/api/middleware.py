@@ -15,7 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.metrics import ApiMetrics
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: Methods counted under their own name; any other a client sends (the server parses PROPFIND,
+#: PURGE, ...: 34 of them) is counted as `other`, so clients cannot add latency series at will.
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _BodyTooLarge(Exception):
@@ -60,7 +63,8 @@ class ServiceMiddleware:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path_format", None) or "unmatched"  # `{id}`, not `{id:path}`
-            self.metrics.request_latency.labels(scope["method"], endpoint, str(status["code"])).observe(
+            method = scope["method"] if scope["method"] in COUNTED_METHODS else "other"
+            self.metrics.request_latency.labels(method, endpoint, str(status["code"])).observe(
                 time.perf_counter() - started
             )
 
@@ -129,7 +133,7 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _VALID_REQUEST_ID.match(candidate):
+            if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
     return uuid.uuid4().hex
 

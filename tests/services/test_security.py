@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi.testclient import TestClient
 
 from feature_store.settings import Settings
@@ -43,7 +45,17 @@ def test_errors_carry_the_request_id_and_no_trace(client: TestClient) -> None:
     assert response.headers["x-request-id"] == "req-42"
     assert response.json()["error"] == {"code": "not_found", "message": "item 'missing' is not in the catalog",
                                         "request_id": "req-42"}
+    for unfit in ("req-42\n", "x" * 65, "a b"):  # a trailing newline passed `$`: only whole sane ids are echoed
+        echoed = client.get("/v1/items/missing", headers={"X-Request-ID": unfit}).headers["x-request-id"]
+        assert echoed != unfit and re.fullmatch(r"[0-9a-f]{32}", echoed)
 
+
+def test_a_client_cannot_add_latency_series_with_methods_of_its_own(client: TestClient) -> None:
+    for method in ("PROPFIND", "PURGE", "MKCOL", "DELETE"):
+        client.request(method, "/v1/items/x")
+    metrics = client.get("/metrics").text
+    assert 'endpoint="/v1/items/{item_id}",method="other",status="405"} 3.0' in metrics
+    assert 'method="DELETE"' in metrics and "PROPFIND" not in metrics and "PURGE" not in metrics
 
 
 def test_an_unexpected_error_is_a_500_with_the_request_id_and_no_trace(api_settings: Settings) -> None:
