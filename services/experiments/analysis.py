@@ -15,11 +15,11 @@ A/B (per arm: impressions `n`, clicks `c`, CTR `p = c / n`):
   Farrington & Manning, Stat. Med. 1990, restrict the variance to the null) and a normal mixture
   of effects of scale `τ = X p_0` (the allowed drop), `p = 1 / Λ`, `Λ = sqrt(V / (V + τ²))
   exp(d² τ² / (2 V (V + τ²)))` where `d < 0`. Rejecting when `p < α` at any look holds `α`
-  over all looks (Ville's inequality); the fixed-horizon z-test looked at 50 times stopped 16% of
-  arms sitting on the boundary at α = 0.01. `D` is each arm's design effect, the variance of its
+  over all looks (Ville's inequality). `D` is each arm's design effect, the variance of its
   per-user CTR over the impressions' binomial variance (`design_effect`): a user's impressions are
-  not independent, and with MovieLens-like users `D` is 16–27, so the binomial variance alone
-  stopped 27% of simulated healthy arms (A/A). No stop before `GUARDRAIL_MIN_EXPECTED` clicks are
+  not independent (MovieLens 100k's users: `D` = 27). The fixed-horizon z on impression counts,
+  looked at 50 times, stopped 10–39% of simulated healthy arms and 74–82% of arms on the boundary
+  at α = 0.01 (benchmarks/guardrail.py). No stop before `GUARDRAIL_MIN_EXPECTED` clicks are
   expected at the boundary: with the arm's own `p_t`, an arm without a click yet had no variance.
 
 The impression-level tests treat impressions as independent; a user's impressions are not, so
@@ -57,7 +57,7 @@ TIE_TOLERANCE = 1e-9  # relative: marginalised (float) credits this close are a 
 SRM_ALPHA = 0.001
 #: An arm's design effect until its per-user rows give its own: MovieLens 100k's (a rating of 4 or
 #: more as the click, each rating an impression, users the units) is 27 over all 943 users and
-#: 16-20 over 5-20% samples of them (benchmarks/RESULTS.md, the guardrail's section).
+#: 16-20 over 5-20% samples of them (benchmarks/guardrail.py prints it).
 DEFAULT_DESIGN_EFFECT = 20.0
 
 
