@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -120,11 +122,64 @@ def test_kubernetes_defines_what_its_pods_refer_to() -> None:
     assert {("Service", "recsys-redis"), ("ConfigMap", "recsys-config"), ("PersistentVolumeClaim", "recsys-state")} <= names
     config = next(d["data"] for d in documents if d["kind"] == "ConfigMap")
     assert config["REDIS_URL"].startswith("redis://recsys-redis:") and float(config["RECSYS_LEARNER__SHARE"]) > 0
-    for document in documents:  # the secret is optional: it only turns API keys on
+    secret_users: set[str] = set()
+    for document in documents:  # the secret is required: without API keys the API takes writes from anyone
         if document["kind"] in {"Deployment", "CronJob"}:
             for source in (src for _, container in containers(document) for src in container.get("envFrom", [])):
                 if "secretRef" in source:
-                    assert source["secretRef"].get("optional") is True, document["metadata"]["name"]
+                    assert source["secretRef"]["name"] == "recsys-secrets"
+                    assert source["secretRef"].get("optional") is False, document["metadata"]["name"]
+                    secret_users.add(document["metadata"]["name"])
+    assert {"recsys-api", "recsys-training"} <= secret_users
+
+
+def test_kubernetes_does_not_pull_the_local_image_from_docker_hub() -> None:
+    """`recsys:latest` is built here, not published: under the default pull policy of a `latest`
+    tag (Always) every pod would try docker.io/library/recsys and fail."""
+    for path in K8S_FILES:
+        for document in yaml.safe_load_all(path.read_text()):
+            if document["kind"] not in {"Deployment", "CronJob"}:
+                continue
+            for name, container in containers(document):
+                if container["image"].startswith("recsys"):
+                    assert container.get("imagePullPolicy") in {"IfNotPresent", "Never"}, f"{path.name} {name}"
+
+
+def _is_false(value: object) -> bool:
+    return str(value).lower() in {"false", "0", "no", "off"}
+
+
+def test_compose_trains_for_the_learner_it_deploys() -> None:
+    """The learner learns only while the API serves the ranker, and the recall blend (on by default)
+    often serves its own order instead (docs/online_learning.md): where the learner runs, the
+    processes that train fit no blend."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    commands = dict(compose_commands(compose))
+    assert ["learn", "online"] in commands.values()
+    trainers = [name for name, args in commands.items() if args[:1] == ["scheduler"] or args[:2] == ["train", "run"]]
+    assert trainers
+    for name in trainers:
+        environment = compose["services"][name].get("environment", {})
+        assert _is_false(environment.get("RECSYS_TRAINING__BLEND")), f"compose {name} fits the blend"
+
+
+def test_kubernetes_trains_for_the_learner_it_deploys() -> None:
+    documents = [d for path in K8S_FILES for d in yaml.safe_load_all(path.read_text())]
+    config_maps = {d["metadata"]["name"]: d["data"] for d in documents if d["kind"] == "ConfigMap"}
+    workloads = [d for d in documents if d["kind"] in {"Deployment", "CronJob"}]
+    assert ["learn", "online"] in [args for d in workloads for _, args in k8s_commands(d)]
+    trainers = 0
+    for document in workloads:
+        for name, container in containers(document):
+            if container.get("args", [])[:2] != ["train", "run"]:
+                continue
+            trainers += 1
+            env: dict[str, Any] = {}
+            for source in container.get("envFrom", []):
+                env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+            env.update(dict(k8s_env(document))[name])
+            assert _is_false(env.get("RECSYS_TRAINING__BLEND")), f"{document['metadata']['name']} {name} fits the blend"
+    assert trainers
 
 
 def test_kubernetes_runs_the_training_dag_on_a_schedule() -> None:
@@ -151,3 +206,36 @@ def test_submit_scripts_point_at_real_jobs(script: str) -> None:
         jobs = {p.stem for p in (ROOT / "pipelines/spark/jobs").glob("*.py")} - {"__init__"}
         named = set(re.search(r"# Jobs: (.*)\(", text).group(1).replace(",", " ").split())
         assert named <= jobs
+
+
+#: A stand-in for spark-submit: records its arguments, checks the code zip it was given, exits $STATUS.
+FAKE_SPARK_SUBMIT = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$SUBMITTED"
+while (($#)); do [[ $1 == --py-files ]] && { test -s "$2" || exit 99; }; shift; done
+exit "$STATUS"
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_spark_submit_script_passes_the_driver_settings_and_cleans_up(status: int, tmp_path: Path) -> None:
+    """In client mode spark-submit starts the driver's JVM before the job's SparkSession builder sets
+    spark.driver.memory and spark.driver.extraJavaOptions, so the script passes them (from the same
+    settings); it removes its code zip afterwards, and exits with spark-submit's status."""
+    bin_dir, temp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir()
+    temp.mkdir()
+    (bin_dir / "spark-submit").write_text(FAKE_SPARK_SUBMIT)
+    (bin_dir / "spark-submit").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "REDIS_URL", "PYSPARK_"))}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", TMPDIR=str(temp), SPARK_MASTER="spark://master:7077",
+               PYSPARK_PYTHON=sys.executable, RECSYS_SPARK__DRIVER_MEMORY="3g",
+               SUBMITTED=str(tmp_path / "args"), STATUS=str(status))
+    result = subprocess.run(["bash", str(INFRA / "spark/submit.sh"), "compact"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[args.index("--master") + 1] == "spark://master:7077"
+    assert args[args.index("--driver-memory") + 1] == "3g"
+    assert args[args.index("--driver-java-options") + 1] == "-Duser.timezone=UTC"
+    assert args[-1] == str(ROOT / "pipelines/spark/jobs/compact.py")
+    assert not list(temp.iterdir()), "the code zip was left behind"
