@@ -43,11 +43,13 @@ back to an older base, `learner.algorithm` changed) it starts from the base's ow
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -75,6 +77,11 @@ log = logging.getLogger(__name__)
 
 CURRENT, EXPLORE, BASE = TEAMS
 MAX_ARMS = 10_000  # revisions of one base whose lists are learned from: hours of PDGD's publishing
+# Finished comparisons kept for the next step when a step fails on Redis (the oldest dropped past
+# it: a Redis refusing one command for hours must not grow the learner without bound).
+MAX_UNLEARNED = 100_000
+# What learning and rollbacks change, put back as it was when they fail (`_all_or_nothing`).
+STEP_STATE = ("learner", "gate", "against_base", "arms", "revision", "summary")
 HeadLoader = Callable[[str], np.ndarray]  # ranker version -> its output layer [w ; b]
 Guardrail = Callable[[], dict[str, str]]  # the `learner` experiment's stopped arms -> why
 
@@ -159,27 +166,53 @@ class LearnerProcess:
         self.against_base: deque[int] = deque(maxlen=settings.rollback_window)  # 1: current beat base
         self.gate = ServingGate(np.zeros(0), window=settings.gate_window, level=settings.gate_level,
                                 min_comparisons=min(settings.gate_min_comparisons, settings.gate_window))
+        self.unlearned: list[Comparison] = []  # taken from the log by a step that failed on Redis
 
     def step(self) -> None:
-        """Read the new feedback and learn from it (see the module docstring). Redis is read before
-        the feedback is taken from the log: a step that fails on Redis loses no comparison."""
+        """Read the new feedback and learn from it (see the module docstring). A step that fails on
+        Redis loses no comparison: Redis is read before the feedback is taken from the log, and the
+        comparisons a failed learning step took are learned at the next one (`_learn_whole`)."""
         enabled = self.settings.enabled and self.store.control().enabled
         current = self.registry.current("ranker") if enabled else None
         if current is not None:
             if current.version != self.base:
                 self._start_base(current.version)
             self._check_guardrail()
-        finished = self.comparisons.poll()
+        finished = self.unlearned + self.comparisons.poll()
+        self.unlearned = []
         if not enabled:
             self.summary.paused_steps += 1
             return
         if current is None:
             return
-        if isinstance(self.learner, Pdgd):
-            self._learn_lists(finished)
-            return
-        for comparison in finished:
-            self._learn(comparison)
+        self._learn_whole(finished)
+
+    def _learn_whole(self, finished: list[Comparison]) -> None:
+        """Learn from `finished` whole or not at all (`_all_or_nothing`); after a Redis failure the
+        comparisons are learned again at the next step."""
+        try:
+            with self._all_or_nothing():
+                if isinstance(self.learner, Pdgd):
+                    self._learn_lists(finished)
+                else:
+                    for comparison in finished:
+                        self._learn(comparison)
+        except redis.RedisError:
+            self.unlearned = finished[-MAX_UNLEARNED:]
+            raise
+
+    @contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """When the block fails (a read or a publish), the learner, its gate, counts and revision are
+        put back as they were: the API still serves that revision, and a learner ahead of it would
+        credit the served heads' wins to heads nobody was shown."""
+        saved = {name: copy.deepcopy(getattr(self, name)) for name in STEP_STATE}
+        try:
+            yield
+        except BaseException:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            raise
 
     def _start_base(self, version: str) -> None:
         """Learn on `version`: resume its current revision when it is the newest of this role and
@@ -201,7 +234,7 @@ class LearnerProcess:
                 self.learner = Dbgd(weights, alpha=settings.alpha, eta=settings.eta, comparisons=settings.comparisons,
                                     margin=settings.margin, significance=settings.significance, max_step=settings.max_step,
                                     tau=settings.tau, aa=settings.aa,
-                                    seed=self.seed + self.summary.bases)
+                                    seed=self._dbgd_seed(newest[0].sequence if newest else 0))
             self.against_base.clear()
             self.gate.reset(self.base_weights, promoted=resumed is not None and resumed.served and settings.promote)
             self.arms = OrderedDict({label(resumed.id): None} if resumed is not None else {})  # its lists are this base's too
@@ -213,18 +246,21 @@ class LearnerProcess:
         self.summary.bases += 1
         log.info("learning on base %s (%s)", version, why)
 
+    def _dbgd_seed(self, newest_sequence: int) -> int:
+        """DBGD's seed for a base started: `seed`, the bases started before and the number of the
+        role's newest revision, so a restarted process draws other perturbations than the run
+        before (with the CLI's default seed every restart drew the same ones)."""
+        mixed = np.random.SeedSequence([self.seed, self.summary.bases, newest_sequence])
+        return int(mixed.generate_state(1)[0])
+
     def _check_guardrail(self) -> None:
         for arm, why in sorted(self.guardrail().items()):
             reason = f"rollback: experiment {LEARNER!r} stopped arm {arm!r} ({why})"
             if self.store.handled(reason):
                 continue
-            assert self.learner is not None and self.revision is not None
-            log.warning(reason)
-            self.learner.reset(self.origin)
-            self.against_base.clear()
-            self.gate.reset(self.base_weights)
-            self.summary.guardrail_rollbacks += 1
-            self._publish(self.revision.id, reason)
+            with self._all_or_nothing():
+                self._roll_back(reason)
+                self.summary.guardrail_rollbacks += 1
             self.store.mark_handled(reason)
 
     def _learn_lists(self, finished: Sequence[Comparison]) -> None:
@@ -309,16 +345,23 @@ class LearnerProcess:
         window, threshold = self.settings.rollback_window, self.settings.rollback_threshold
         if len(self.against_base) < window or (share := float(np.mean(self.against_base))) >= threshold:
             return False
-        assert self.learner is not None
         why = (f"rollback: revision {self.revision.id} won {share:.1%} of its last {window} decided comparisons "  # type: ignore[union-attr]
                f"against base {self.base} (threshold {threshold:.1%})")
+        self._roll_back(why)
+        self.summary.rollbacks += 1
+        return True
+
+    def _roll_back(self, why: str) -> None:
+        """Back to the base's origin, its comparison against the base started again, and only the
+        rollback revision's lists learned from: the rolled-back revisions' lists still in flight
+        would move the new `w` again, and their gate comparisons would promote it."""
+        assert self.learner is not None and self.revision is not None
         log.warning(why)
         self.learner.reset(self.origin)
         self.against_base.clear()
         self.gate.reset(self.base_weights)
-        self.summary.rollbacks += 1
-        self._publish(self.revision.id, why)  # type: ignore[union-attr]
-        return True
+        self.arms.clear()
+        self._publish(self.revision.id, why)
 
     def _publish(self, parent: str | None, reason: str) -> None:
         assert self.learner is not None and self.base is not None

@@ -31,7 +31,8 @@ served plainly under arm `control`; both only while the learner serves (same con
 the arms stay comparable. The revision id is in the policy's explore label (`…;explore=learner:<revision
 id>`), where the learner process finds it (and the teams) in the event log. Nothing is served or
 labelled when the kill switch is off (the setting or `/v1/admin/learner`), when no revision exists
-for the served base, or when the served ranker exports no penultimate features or is not what is
+for the served base (or it won't parse, or a revision of another base is newer: the learner left
+this base), or when the served ranker exports no penultimate features or is not what is
 served (`serves_ranker`: the recall artifact's blend serves its own order when validation chose it
 over the ranker; the learner would update a ranker nobody sees, and the `learner` experiment would
 compare the ranker's lists against the blend's).
@@ -42,10 +43,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+import redis
 from scipy.special import expit, logsumexp
 
 from feature_store.settings import LearnerSettings
@@ -165,6 +167,7 @@ class LearnerServing:
         self.served_base = served_base
         self.rng = rng
         self.live = LiveRevision(None, None, Control(True))
+        self._unreadable: str | None = None  # the revision id last logged as unreadable (logged once)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -174,19 +177,44 @@ class LearnerServing:
         return self.settings.enabled and self.live.control.enabled
 
     def refresh(self) -> LiveRevision:
-        """Read the current revision of the served base (and the kill switch) and swap it in."""
+        """Read the current revision of the served base (and the kill switch) and swap it in. The
+        switch applies whatever the revision's read does: an unreadable revision counts as none, and
+        when Redis fails after the switch was read, the last revision is kept under the new switch."""
         base = self.served_base()
         live = self.live
         if base is None:
             self.live = LiveRevision(None, None, self.store.control())
             return self.live
         revision_id, control = self.store.poll(base)
-        revision = live.revision if live.base == base and live.revision and live.revision.id == revision_id else (
-            None if revision_id is None else self.store.get(revision_id))
+        try:
+            revision = self._current(base, revision_id)
+        except redis.RedisError:
+            self.live = replace(live, control=control)
+            raise
         if revision is not None and (live.revision is None or revision.id != live.revision.id):
             log.info("serving online revision %s of %s (%s)", revision.id, base, revision.reason)
         self.live = LiveRevision(base, revision, control)  # one reference assignment: the atomic swap
         return self.live
+
+    def _current(self, base: str, revision_id: str | None) -> Revision | None:
+        """`base`'s current revision `revision_id`, or None: none yet, unreadable (logged), or left
+        behind by the learner, which publishes first for the base it starts: a revision of another
+        base is newer (the registry went back to `base`; its old revision waits for the learner to
+        start it again from its own layer)."""
+        if revision_id is None:
+            return None
+        try:
+            newest = self.store.history(limit=1)
+            if not newest or newest[0].base != base:
+                return None
+            return newest[0] if newest[0].id == revision_id else self.store.get(revision_id)
+        except redis.RedisError:
+            raise
+        except Exception as error:  # a revision another version wrote, or a corrupted one
+            if revision_id != self._unreadable:
+                log.error("online revision %s of %s is unreadable (%r); serving none", revision_id, base, error)
+            self._unreadable = revision_id
+            return None
 
     def plan(self, user_id: str, bundle: ModelBundle, request_id: str) -> Served | None:
         """The learner's plan for a user in one of its arms, or None (plain serving, unlabelled):

@@ -60,8 +60,11 @@ class ShownList:
         head, body = raw.split(b"\n", 1)
         header = json.loads(head)
         features = np.frombuffer(body, dtype=np.float32).reshape(len(header["items"]), header["dim"])
+        scores = np.asarray(header["scores"], dtype=np.float64)
+        if scores.shape != (len(header["items"]),):
+            raise ValueError(f"{scores.size} scores for {len(header['items'])} items")
         return cls(user_id, request_id, str(header["revision"]), tuple(header["items"]), features.astype(np.float64),
-                   np.asarray(header["scores"], dtype=np.float64), float(header["log_total"]))
+                   scores, float(header["log_total"]))
 
 
 class ShownStore:
@@ -85,12 +88,23 @@ class ShownStore:
         pipe.execute()
 
     def read(self, requests: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ShownList]:
-        """The stored lists of `requests`, (user id, request id) pairs (an expired or never written
-        one is absent)."""
+        """The stored lists of `requests`, (user id, request id) pairs (an expired, never written or
+        unreadable one is absent: the learner skips that list alone)."""
         pipe = self.client.pipeline(transaction=False)
         for user_id, request_id in requests:
             pipe.get(self.key(user_id, request_id))
-        return {request: ShownList.decode(*request, raw) for request, raw in zip(requests, pipe.execute()) if raw is not None}
+        decoded = {request: _decoded(request, raw) for request, raw in zip(requests, pipe.execute()) if raw is not None}
+        return {request: shown for request, shown in decoded.items() if shown is not None}
+
+
+def _decoded(request: tuple[str, str], raw: bytes) -> ShownList | None:
+    """The stored list of `request`, or None (logged) when it won't decode (corrupted, or written by
+    another version)."""
+    try:
+        return ShownList.decode(*request, raw)
+    except (ValueError, KeyError, TypeError) as error:
+        log.warning("the shown list of user %s, request %s is unreadable (%r); skipped", *request, error)
+        return None
 
 
 class ShownWriter:
