@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -183,19 +185,28 @@ def run(
     run_id: Annotated[str | None, typer.Option(
         "--run-id", help="Id of the new run (default: its start time and a random suffix); the scheduler names its runs.",
     )] = None,
+    holds_lock: Annotated[bool, typer.Option("--holds-lock", hidden=True,
+                                             help="The caller (the scheduler) holds the training lock.")] = False,
 ) -> None:
     """Run the training DAG now: compact → attribution → batch views → ranker → embeddings →
-    evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why)."""
+    evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why). On a
+    shared Redis (`redis.url` set) it takes the schedulers' training lock, so it never overwrites
+    the outputs of a scheduled run going on (exit 2 while one holds it)."""
     from feature_store.processes import sigterm_exits
     from pipelines.training.dag import run_training
     from pipelines.training.executor import StepFailed
+    from services.scheduler.lock import TrainingLockHeld
 
     settings = load_settings(state_dir)
     if run_id is not None and not RUN_ID.match(run_id):
         fail(f"--run-id {run_id!r}: letters, digits, '_', '.' and '-', at most 128, starting with a letter or digit")
     try:
-        with sigterm_exits():  # a run stopped by SIGTERM (the scheduler, a pod) is recorded failed, resumable
+        # SIGTERM (the scheduler, a pod) records the run failed and resumable, and frees the lock.
+        with sigterm_exits(), _training_lock(settings, holds_lock):
             record = run_training(settings, resume, trigger, show_step, run_id)
+    except TrainingLockHeld as exc:
+        fail(str(exc))
+        return
     except StepFailed as exc:
         console.print(styled(("training run failed", "red"), f": {exc}"))
         _history_table(_load_history(settings, 1))
@@ -204,6 +215,24 @@ def run(
         fail(str(exc))
         return
     show_run(record)
+
+
+@contextmanager
+def _training_lock(settings: Any, holds_lock: bool) -> Iterator[None]:
+    """The schedulers' training lock for a manual run on a shared Redis; nothing for the scheduler's
+    own runs (it holds the lock for them) or an embedded Redis (no scheduler shares it)."""
+    if holds_lock or settings.redis.url is None:
+        yield
+        return
+    from feature_store.redis_client import ConnectionSpec
+    from services.scheduler.lock import holding, training_lock_key
+
+    client = ConnectionSpec.from_settings(settings, settings.redis.url).client()
+    try:
+        with holding(client, training_lock_key(settings.redis.key_prefix), settings.scheduler.lock_ttl_s):
+            yield
+    finally:
+        client.close()
 
 
 def show_run(record: Any) -> None:

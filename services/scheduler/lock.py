@@ -1,4 +1,5 @@
-"""The run lock: one training run at a time across every scheduler sharing a Redis.
+"""The run lock: one training run at a time across every scheduler, and every manual `recsys train
+run`, sharing a Redis.
 
 redis-py's `Lock` (SET key token NX PX ttl; release and extend by a Lua script that checks the
 token), held with a short TTL and renewed while the run goes on, so a scheduler that dies frees
@@ -8,6 +9,9 @@ the lock within `scheduler.lock_ttl_s` instead of blocking every later tick.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from redis.exceptions import LockError
@@ -46,3 +50,37 @@ class RunLock:
             log.warning("training lock already gone at release: %s", exc)
         except redis.RedisError as exc:  # it expires by itself within its TTL
             log.warning("training lock not released, Redis did not answer: %s", exc)
+
+
+def training_lock_key(key_prefix: str) -> str:
+    """The one training run lock of every scheduler and manual run sharing a Redis."""
+    return f"{key_prefix}:training:lock"
+
+
+class TrainingLockHeld(RuntimeError):
+    """Another training run (a scheduler's, or a manual one) holds the lock."""
+
+
+@contextmanager
+def holding(client: redis.Redis, key: str, ttl_s: float) -> Iterator[None]:
+    """Hold the lock on `key` for the block, renewed every third of `ttl_s` by a thread (a manual
+    run: the scheduler keeps its own, `service._LockKeeper`, which also stops a run whose lock is
+    lost); `TrainingLockHeld` when another holds it."""
+    lock = RunLock(client, key, ttl_s)
+    if not lock.acquire():
+        raise TrainingLockHeld(f"another training run holds the lock {key} (a scheduler's or a manual one): "
+                               "wait until it ends (`recsys train history`)")
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(ttl_s / 3):
+            lock.renew()  # a loss is logged; the run goes on (the scheduler's run would be killed)
+
+    renewer = threading.Thread(target=renew, name="training-lock", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+        lock.release()

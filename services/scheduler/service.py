@@ -31,7 +31,7 @@ from feature_store.processes import die_with_parent
 from feature_store.settings import Settings
 from pipelines.training.dag import history, runs_dir
 from pipelines.training.records import RUNNING, RunStore, new_run_id
-from services.scheduler.lock import RunLock
+from services.scheduler.lock import RunLock, training_lock_key
 from services.scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ POLL_S = 1.0  # how often a run going on is checked on: the lock's renewal, a st
 def default_command(settings: Settings) -> list[str]:
     """`recsys train run` for this state directory, run by this interpreter."""
     return [sys.executable, "-c", "from services.cli import app; app()", "train", "run",
-            "--trigger", "schedule", "--state-dir", str(settings.state_dir)]  # fmt: skip
+            "--trigger", "schedule", "--holds-lock", "--state-dir", str(settings.state_dir)]  # fmt: skip
 
 
 class TrainingScheduler:
@@ -58,7 +58,7 @@ class TrainingScheduler:
         self.env = {**os.environ, "RECSYS_REDIS__URL": redis_url} if redis_url else None
         self._stopping = threading.Event()
         self.metrics = metrics or SchedulerMetrics()
-        self.lock_key = f"{settings.redis.key_prefix}:training:lock"
+        self.lock_key = training_lock_key(settings.redis.key_prefix)
         self.call_timeout_s = _socket_timeout_s(client)
         if 3 * self.call_timeout_s >= settings.scheduler.lock_ttl_s:  # see `_LockKeeper`
             raise ValueError(f"scheduler.lock_ttl_s ({settings.scheduler.lock_ttl_s:g} s) must be over 3 times how long a "

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from feature_store.redis_server import EmbeddedRedis
@@ -231,3 +232,37 @@ def test_the_lock_is_kept_while_a_stopped_run_has_its_grace(settings: Settings, 
     finally:
         thread.join(60)
     assert results == ["failed"]
+
+
+def test_a_manual_run_takes_the_schedulers_lock_and_is_refused_while_a_run_holds_it(
+    settings: Settings, redis_client: redis.Redis, monkeypatch: Any
+) -> None:
+    """`recsys train run` on a shared Redis: refused (exit 2, nothing recorded) while a scheduler's
+    run holds the lock; otherwise it holds the lock itself, renewed, and frees it however it ends."""
+    from typer.testing import CliRunner
+
+    from pipelines.training.dag import runs_dir
+    from services.cli import app
+    from services.scheduler.lock import RunLock, TrainingLockHeld, holding, training_lock_key
+
+    monkeypatch.setenv("RECSYS_REDIS__URL", settings.redis.url)
+    key = training_lock_key(settings.redis.key_prefix)
+    scheduled = RunLock(redis_client, key, TTL_S)
+    assert scheduled.acquire()
+    state = ["--state-dir", str(settings.state_dir)]
+    refused = CliRunner().invoke(app, ["train", "run", *state])
+    assert refused.exit_code == 2 and "another training run holds the lock" in refused.output, refused.output
+    assert not list(runs_dir(settings).glob("*.json"))  # no run started
+    scheduled.release()
+
+    with holding(redis_client, key, TTL_S):
+        expires = time.monotonic() + redis_client.pttl(key) / 1000
+        with pytest.raises(TrainingLockHeld):  # a second manual run, or a scheduler's tick, finds it held
+            with holding(redis_client, key, TTL_S):
+                pass
+        # Renewed: the key now expires a second or more later than it did when taken.
+        _until(lambda: time.monotonic() + redis_client.pttl(key) / 1000 > expires + 1, "a renewal of the manual run's lock")
+    assert not redis_client.exists(key)
+
+    failed = CliRunner().invoke(app, ["train", "run", "--resume", "nope", *state])  # fails inside the lock
+    assert failed.exit_code == 2 and "no training run 'nope'" in failed.output and not redis_client.exists(key)
