@@ -15,8 +15,12 @@ logged before the learner's traffic became arms of the `learner` experiment also
 arm, which is read when the policy is missing.
 
 A request's comparison is final once the newest event time seen passes its impressions' time plus
-the attribution window (an event-time watermark, as the Flink join uses): outcomes attributed
-later would not count there either. Outcomes are attributed by the project's one rule
+the attribution window plus the log's `lateness` (an event-time watermark, as the Flink join
+uses): outcomes attributed later would not count there either. The lateness is how long a
+visible event may precede events still in another writer's open file (each API worker writes its
+own files, published when they roll, up to `event_log.roll_max_age_s` plus the roller's tick after
+they opened: `log_lateness`): the newest visible time comes from any worker's file, so without it
+a click still in a file not rolled was read as no click, or dropped as an orphan. Outcomes are attributed by the project's one rule
 (`feature_store.attribution.attribute`): the request id when the outcome carries one, else the
 user's latest impression of the item within the window. The pending requests' impressions are
 indexed by (user, item), so an outcome costs a lookup, not a scan of every pending request.
@@ -26,7 +30,7 @@ once, while its impressions wait in the impression writer's queue, so a client t
 milliseconds (the simulator does) puts the click first in the log (9 of 10 of the learner's
 clicks in a live run read that way, and were lost). An outcome that matches no pending impression
 waits, indexed the same way, until an impression it belongs to arrives or the watermark passes its
-time plus `ORPHAN_WAIT_MS` (the writer's delay is well under it); at most `max_orphans` wait, the
+time plus the lateness plus `ORPHAN_WAIT_MS` (the impression writer's delay is well under it); at most `max_orphans` wait, the
 oldest dropped first. An outcome without a request id that waits is attributed to the first
 matching impression to arrive, not necessarily the latest.
 """
@@ -45,6 +49,7 @@ from feature_store.schemas import Event, EventType
 from services.experiments.model import LEARNER
 
 ORPHAN_WAIT_MS = 60_000
+ROLL_TICK_S = 1.0  # the event log's roller looks at most this often (`LocalEventLog._roll_by_age_forever`)
 MAX_ORPHANS = 100_000
 Pair = tuple[str, str]  # (user id, item id)
 Request = tuple[str, str]  # (user id, request id)
@@ -79,12 +84,15 @@ class _Pending:
 class ComparisonReader:
     """Reads new event-log files and returns the learner's finished comparisons."""
 
-    def __init__(self, log_dir: Path, window: timedelta, since: datetime | None = None, max_orphans: int = MAX_ORPHANS) -> None:
+    def __init__(self, log_dir: Path, window: timedelta, since: datetime | None = None, max_orphans: int = MAX_ORPHANS,
+                 lateness: timedelta = timedelta(0)) -> None:  # fmt: skip
         """`since`: skip partitions before it at the first read (the process starts from the
-        current hour less the window: older feedback is for revisions no longer served)."""
+        current hour less the window: older feedback is for revisions no longer served);
+        `lateness`: the log's (`log_lateness`; 0 for one writer that rolls before it is read)."""
         self.reader = EventLogReader(log_dir)
         self.max_orphans = max_orphans
         self.window_ms = int(window.total_seconds() * 1000)
+        self.lateness_ms = int(lateness.total_seconds() * 1000)
         self._read: set[Path] = set()
         self._pending: dict[Request, _Pending] = {}
         self._shown: dict[Pair, list[Impression]] = {}  # the pending requests' impressions
@@ -106,8 +114,8 @@ class ComparisonReader:
                 for event in _events(path):
                     self._take(event)
         self._read = set(listed)
-        self._expire_orphans(self._watermark_ms - ORPHAN_WAIT_MS)
-        return self._finished(self._watermark_ms)
+        self._expire_orphans(self._watermark_ms - self.lateness_ms - ORPHAN_WAIT_MS)
+        return self._finished(self._watermark_ms - self.lateness_ms)
 
     def _take(self, event: Event) -> None:
         impression = Impression.of(event) if event.type == EventType.IMPRESSION else None
@@ -183,6 +191,12 @@ class ComparisonReader:
         positions = sorted(pending.slots)
         return Comparison(*request, pending.arm, tuple(pending.slots[p][1].item_id for p in positions),
                           tuple(pending.slots[p][0] for p in positions), tuple(p in pending.clicked for p in positions))
+
+
+def log_lateness(roll_max_age_s: float) -> timedelta:
+    """How long a visible event may precede events still in another writer's open file: a file is
+    published at most `roll_max_age_s` plus the roller's tick after it opened."""
+    return timedelta(seconds=roll_max_age_s + ROLL_TICK_S)
 
 
 def revision_label(policy: str | None) -> str | None:

@@ -67,7 +67,7 @@ from services.experiments.report import batch_design_effects, enforce_guardrail
 from services.experiments.store import ExperimentStore
 from services.learner.base import Presentation
 from services.learner.dbgd import Dbgd, sign_test
-from services.learner.feedback import Comparison, ComparisonReader
+from services.learner.feedback import Comparison, ComparisonReader, log_lateness
 from services.learner.gate import ServingGate
 from services.learner.pdgd import Pdgd, starting_weights
 from services.learner.serving import TEAMS, label
@@ -381,7 +381,8 @@ def build(settings: Settings, client: redis.Redis, seed: int = 0, redis_url: str
     registry = ModelRegistry(settings.model_registry_dir)
     store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
     window = timedelta(seconds=settings.attribution.window_s)
-    feedback = ComparisonReader(settings.event_log_dir, window, datetime.now(timezone.utc) - window - timedelta(hours=1))
+    feedback = ComparisonReader(settings.event_log_dir, window, datetime.now(timezone.utc) - window - timedelta(hours=1),
+                                lateness=log_lateness(settings.event_log.roll_max_age_s))
     shown = ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s)
     experiments = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
     manager = ExperimentManager(experiments, registry)

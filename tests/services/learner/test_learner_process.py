@@ -27,13 +27,13 @@ from scipy.stats import binomtest
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import Event
-from feature_store.settings import LearnerSettings, Settings
+from feature_store.settings import EventLogSettings, LearnerSettings, Settings
 from models.online_revisions import RevisionStore
 from models.registry import ModelRegistry
 from services.experiments.manager import ExperimentManager
 from services.experiments.report import batch_design_effects, enforce_guardrail
 from services.experiments.store import ExperimentStore
-from services.learner.feedback import ComparisonReader
+from services.learner.feedback import ComparisonReader, log_lateness
 from services.learner.metrics import learner_registry
 from services.learner.pdgd import logged_gradient
 from services.learner.process import Guardrail, LearnerProcess, stopped_arms
@@ -611,3 +611,37 @@ def test_revision_ids_are_not_reused_by_a_redis_restored_from_an_older_snapshot(
     redis_client.set("t:learn:{ranker}:seq", 0)  # the counter as a snapshot taken before `first` has it
     second = store.publish("v1", np.ones(3), None, None, "after the restore")
     assert first.id != second.id and first.id.split("-")[0] == second.id.split("-")[0] == "r1"
+
+
+def test_clicks_in_another_workers_unrolled_file_still_count(tmp_path: Path) -> None:
+    """Three API workers, each publishing its own files when they roll (up to the roll age after they
+    opened): the newest visible event time runs ahead of what the others hold. A click read before
+    its impression's file is published waits for it; a click near the window's end, still in an
+    unrolled file, is not read as none."""
+    root, lateness = tmp_path / "events", log_lateness(EventLogSettings().roll_max_age_s)
+    a, b, c = (LocalEventLog(root) for _ in range(3))
+    context = {"position": 0, "experiment": "learner", "team": "current", "arm": "learner:online",
+               "policy": "ranker=v1;explore=learner:r1-abcdef"}
+    a.append([Event(event_id="imp1", user_id="u1", item_id="i0", type="impression", ts=T0,
+                    context={**context, "request_id": "req1"})])  # in A's open file
+    b.append([Event(event_id="click1", user_id="u1", item_id="i0", type="click", ts=T0 + timedelta(seconds=0.2),
+                    context={"request_id": "req1"})])
+    b.roll_all()
+    c.append([Event(event_id="x1", user_id="u9", item_id="x", type="impression", ts=T0 + timedelta(seconds=60.5))])
+    c.roll_all()  # C's file rolled before A's
+    reader = ComparisonReader(root, WINDOW, lateness=lateness)
+    assert reader.poll() == [] and list(reader._orphans) == ["click1"]  # waits for its impression
+    a.roll_all()
+    a.append([Event(event_id="imp2", user_id="u2", item_id="i0", type="impression", ts=T0 + timedelta(seconds=61),
+                    context={**context, "request_id": "req2"})])
+    a.roll_all()
+    b.append([Event(event_id="click2", user_id="u2", item_id="i0", type="click",
+                    ts=T0 + timedelta(seconds=61) + WINDOW - timedelta(seconds=5), context={"request_id": "req2"})])
+    c.append([Event(event_id="x2", user_id="u9", item_id="x", type="impression", ts=T0 + timedelta(seconds=62) + WINDOW)])
+    c.roll_all()  # past req2's window, while click2 is still in B's open file
+    assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req1", (True,))]
+    b.roll_all()
+    c.append([Event(event_id="x3", user_id="u9", item_id="x", type="impression",
+                    ts=T0 + timedelta(seconds=62) + WINDOW + lateness)])
+    c.roll_all()
+    assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req2", (True,))]
