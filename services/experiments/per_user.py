@@ -24,7 +24,8 @@ DesignEffects = Callable[[Experiment], dict[str, float]]
 
 
 def per_user_counts(path: Path, experiment: Experiment) -> PerUser:
-    """arm -> (clicks per user, impressions per user) from the attributed impressions at `path`."""
+    """arm -> (clicks per user, impressions per user) from the attributed impressions at `path`,
+    summed by Arrow (an experiment's rows never become Python objects: the API reads them)."""
     if not path.exists():
         return {}
     import pyarrow.compute as pc
@@ -32,15 +33,14 @@ def per_user_counts(path: Path, experiment: Experiment) -> PerUser:
 
     table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
         columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
+    table = table.set_column(2, CLICK, pc.fill_null(table[CLICK].cast("int64"), 0))
+    sums = table.group_by(["arm", "user_id"]).aggregate([(CLICK, "sum"), (CLICK, "count")])
     prefix = qualified_arm(experiment.id, "")
     out = {}
-    arms, users = np.asarray(table["arm"].to_pylist(), dtype=object), np.asarray(table["user_id"].to_pylist())
-    clicks = np.asarray([int(c or 0) for c in table[CLICK].to_pylist()], dtype=float)
     for arm in experiment.arms:
-        rows = arms == prefix + arm.name
-        if rows.any():
-            _, index = np.unique(users[rows], return_inverse=True)
-            out[arm.name] = (np.bincount(index, weights=clicks[rows]), np.bincount(index).astype(float))
+        rows = sums.filter(pc.equal(sums["arm"], prefix + arm.name))
+        if rows.num_rows:
+            out[arm.name] = (rows[f"{CLICK}_sum"].to_numpy().astype(float), rows[f"{CLICK}_count"].to_numpy().astype(float))
     return out
 
 
