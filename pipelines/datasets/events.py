@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from feature_store.schemas import MAX_ID_LENGTH, Event, EventContext, EventType
 
 _EVENT_FIELDS = frozenset(Event.model_fields)
 _CONTEXT_FIELDS = frozenset(EventContext.model_fields)
 _EMPTY_CONTEXT = EventContext()
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def import_event_id(dataset: str, user_id: str, item_id: str, ts: int, type: EventType = EventType.RATING) -> str:
+def import_event_id(dataset: str, user_id: str, item_id: str, ts: float, type: EventType = EventType.RATING) -> str:
     """The id of an imported interaction: `<dataset>:<user>:<item>:<ts>`, so a re-import writes
-    nothing new. An event of another type than a rating or a click ends in `:<type>`: a purchase
+    nothing new; `ts` in unix seconds, with its milliseconds where it has any (`1700000000.25`):
+    a whole second is written as before, so ids of earlier imports stay. An event of another type than a rating or a click ends in `:<type>`: a purchase
     and a view of the same item in the same second, imported from two files under one `--dataset`
     name, are two events, not one dropped as the other's duplicate (ratings and clicks keep the
     ids they were imported under before types were part of it). Where that is ambiguous (a `:` in
@@ -28,6 +30,7 @@ def import_event_id(dataset: str, user_id: str, item_id: str, ts: int, type: Eve
     be, `<dataset>:#<hash of the fields>` instead; its last field starts with `#`, never a digit or
     a type's letter, so it cannot equal a plain id."""
     typed = type not in (EventType.RATING, EventType.CLICK)
+    ts = int(ts) if float(ts).is_integer() else round(ts, 3)
     plain = f"{dataset}:{user_id}:{item_id}:{ts}" + (f":{type.value}" if typed else "")
     if ":" not in user_id and ":" not in item_id and len(plain) <= MAX_ID_LENGTH:
         return plain
@@ -41,12 +44,12 @@ def trusted_event(
     user_id: str,
     item_id: str,
     type: EventType,
-    ts: int,
+    ts: float,
     value: float | None = None,
     request_id: str | None = None,
     position: int | None = None,
 ) -> Event:
-    """An `Event` at unix second `ts` (UTC), without re-validating already valid fields."""
+    """An `Event` at unix time `ts` in seconds (UTC), without re-validating already valid fields."""
     if request_id is None and position is None:
         context = _EMPTY_CONTEXT
     else:
@@ -60,6 +63,6 @@ def trusted_event(
         item_id=item_id,
         type=type,
         value=value,
-        ts=datetime.fromtimestamp(ts, timezone.utc),
+        ts=EPOCH + timedelta(milliseconds=round(ts * 1000)),  # exact to the ms, where a float's microseconds may fall short
         context=context,
     )

@@ -16,7 +16,8 @@ the event log, with the columns mapped by name: no code per data set.
 
 Ids are strings (or JSON integers), taken exactly as the events API takes them, except that spaces
 and tabs around a field are trimmed. Times are unix seconds (integer or decimal) or ISO 8601 (UTC
-when no offset is given). A row with a rating becomes a ``rating`` event with that value, any other
+when no offset is given; eight digits are ISO 8601's basic date, `20240315`, not a 1970 second),
+kept to the millisecond (two clicks of one user on one item within a second are two events). A row with a rating becomes a ``rating`` event with that value, any other
 row (no rating column, or an empty or null rating) an ``event_type`` event (``click`` by default).
 Event ids are ``<dataset>:<user>:<item>:<ts>``
 (as the MovieLens importer's; ``:<type>`` appended for types other than rating and click; a hash where that would be ambiguous or too long:
@@ -56,6 +57,7 @@ from pipelines.datasets.movielens_formats import MAX_TIMESTAMP, MalformedLine, r
 
 FORMATS = ("csv", "tsv", "jsonl", "sequences")
 SEQUENCE_EPOCH = int(datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp())
+BASIC_DATE = re.compile(r"\d{8}")  # yyyymmdd
 CHUNK_EVENTS = 100_000
 SEQUENCE_SEPARATOR = re.compile(r"[ \t]+")
 CATEGORIES = TypeAdapter(list[Category])
@@ -79,7 +81,7 @@ class Columns:
 class Row:
     user_id: str
     item_id: str
-    ts: int
+    ts: float  # unix seconds, to the millisecond
     rating: float | None
 
 
@@ -280,24 +282,27 @@ def _checked_id(text: str, name: str) -> str:
         raise ValueError(f"{name!r} {exc}") from None
 
 
-def _time(value: Any, latest: float) -> int:
+def _time(value: Any, latest: float) -> float:
     if value is None or str(value).strip() == "":
         raise ValueError("empty time")
     text = str(value).strip()
     try:
-        seconds = float(text)
+        seconds = _iso_seconds(text) if BASIC_DATE.fullmatch(text) else float(text)
     except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"time {text!r} is neither unix seconds nor ISO 8601") from None
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-        seconds = parsed.timestamp()
+        seconds = _iso_seconds(text)
     if not math.isfinite(seconds) or not 0 <= seconds < MAX_TIMESTAMP:
         raise ValueError(f"time {text!r} out of range")
     if seconds > latest:
         raise ValueError(f"time {text!r} is in the future (events.max_future_skew_s)")
-    return int(seconds)
+    return round(seconds, 3)
+
+
+def _iso_seconds(text: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"time {text!r} is neither unix seconds nor ISO 8601") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _number(value: Any, name: str) -> float:

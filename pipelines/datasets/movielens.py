@@ -11,7 +11,9 @@ malformed line raises `MalformedLine` before anything is written.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, TextIO
@@ -85,10 +87,11 @@ class _Rejects:
             self._handle.close()
 
 
-def validate_movielens(root: Path, on_progress: OnProgress = no_progress) -> Layout:
-    """Check every line of the source; raise the first `MalformedLine` (or `UnknownLayout`)."""
+def validate_movielens(root: Path, on_progress: OnProgress = no_progress, latest: float = math.inf) -> Layout:
+    """Check every line of the source; raise the first `MalformedLine` (or `UnknownLayout`).
+    `latest`: the newest rating time accepted (`rating_parser`)."""
     layout = detect_layout(root)
-    for path, parse in _sources(root, layout):
+    for path, parse in _sources(root, layout, latest):
         total, done = path.stat().st_size, 0
         for size, record in read_records(path, layout.encoding, _has_header(layout, path), parse):
             done += size
@@ -105,7 +108,9 @@ def import_movielens(
     """Import the MovieLens release in `root`; a second import of the same files is skipped."""
     started = time.perf_counter()
     root = Path(root)
-    layout = validate_movielens(root, on_progress) if strict else detect_layout(root)
+    # Times past the batch layer's clock skew would be imported, then dropped by `compact`.
+    latest = time.time() + settings.events.max_future_skew_s
+    layout = validate_movielens(root, on_progress, latest) if strict else detect_layout(root)
     key = digest_files(layout.name, layout.files(root))
     previous = read_manifest(settings.state_dir, key)
     if previous is not None:
@@ -116,7 +121,7 @@ def import_movielens(
         catalog = Catalog.from_settings(settings)
         report.items = _import_items(root, layout, catalog, rejects)
         rated_users: set[str] = set()
-        report.events = _import_ratings(root, layout, settings, rejects, rated_users, on_progress)
+        report.events = _import_ratings(root, layout, settings, rejects, rated_users, on_progress, latest)
         report.users = _import_users(root, layout, catalog, rejects, rated_users)
     finally:
         rejects.close()
@@ -146,8 +151,22 @@ def _has_header(layout: Layout, path: Path) -> bool:
     return layout.header and path.suffix == ".csv"
 
 
-def _sources(root: Path, layout: Layout) -> list[tuple[Path, Any]]:
-    sources = [(root / layout.items, layout.parse_item), (root / layout.ratings, layout.parse_rating)]
+def rating_parser(layout: Layout, latest: float) -> Callable[[str], Rating]:
+    """The layout's rating parser, refusing a time after `latest` (that line's reject, as the
+    interactions importer's: `compact` would drop the event later, and a far-future one moved the
+    learner's watermark past every real event)."""
+
+    def parse(line: str) -> Rating:
+        rating = layout.parse_rating(line)
+        if rating.ts > latest:
+            raise ValueError(f"timestamp {rating.ts} is in the future (events.max_future_skew_s)")
+        return rating
+
+    return parse
+
+
+def _sources(root: Path, layout: Layout, latest: float) -> list[tuple[Path, Any]]:
+    sources = [(root / layout.items, layout.parse_item), (root / layout.ratings, rating_parser(layout, latest))]
     if layout.users and layout.parse_user and (root / layout.users).is_file():
         sources.append((root / layout.users, layout.parse_user))
     if layout.links and (root / layout.links).is_file():
@@ -187,13 +206,14 @@ def _import_users(root: Path, layout: Layout, catalog: Catalog, rejects: _Reject
 
 
 def _import_ratings(
-    root: Path, layout: Layout, settings: Settings, rejects: _Rejects, rated_users: set[str], on_progress: OnProgress
+    root: Path, layout: Layout, settings: Settings, rejects: _Rejects, rated_users: set[str], on_progress: OnProgress,
+    latest: float,
 ) -> int:
     path = root / layout.ratings
     total, done, written = path.stat().st_size, 0, 0
     chunk: list[Rating] = []
     with LocalEventLog(settings.event_log_dir, settings.event_log) as event_log:
-        for size, rating in _good_records(path, layout, layout.parse_rating, rejects):
+        for size, rating in _good_records(path, layout, rating_parser(layout, latest), rejects):
             done += size
             if rating is not None:
                 chunk.append(rating)

@@ -20,7 +20,11 @@ uses): outcomes attributed later would not count there either. The lateness is h
 visible event may precede events still in another writer's open file (each API worker writes its
 own files, published when they roll, up to `event_log.roll_max_age_s` plus the roller's tick after
 they opened: `log_lateness`): the newest visible time comes from any worker's file, so without it
-a click still in a file not rolled was read as no click, or dropped as an orphan. Outcomes are attributed by the project's one rule
+a click still in a file not rolled was read as no click, or dropped as an orphan. The watermark
+never passes the reader's clock: the API accepts events up to `events.max_future_skew_s` ahead,
+and an importer's or a client's far-future time had finished every request early (their clicks
+then dropped) or moved the watermark past every partition still to come (the learner read nothing
+more). Outcomes are attributed by the project's one rule
 (`feature_store.attribution.attribute`): the request id when the outcome carries one, else the
 user's latest impression of the item within the window. The pending requests' impressions are
 indexed by (user, item), so an outcome costs a lookup, not a scan of every pending request.
@@ -37,8 +41,9 @@ matching impression to arrive, not necessarily the latest.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -85,7 +90,7 @@ class ComparisonReader:
     """Reads new event-log files and returns the learner's finished comparisons."""
 
     def __init__(self, log_dir: Path, window: timedelta, since: datetime | None = None, max_orphans: int = MAX_ORPHANS,
-                 lateness: timedelta = timedelta(0)) -> None:  # fmt: skip
+                 lateness: timedelta = timedelta(0), clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         """`since`: skip partitions before it at the first read (the process starts from the
         current hour less the window: older feedback is for revisions no longer served);
         `lateness`: the log's (`log_lateness`; 0 for one writer that rolls before it is read)."""
@@ -93,6 +98,7 @@ class ComparisonReader:
         self.max_orphans = max_orphans
         self.window_ms = int(window.total_seconds() * 1000)
         self.lateness_ms = int(lateness.total_seconds() * 1000)
+        self.clock = clock
         self._read: set[Path] = set()
         self._pending: dict[Request, _Pending] = {}
         self._shown: dict[Pair, list[Impression]] = {}  # the pending requests' impressions
@@ -109,17 +115,18 @@ class ComparisonReader:
             seen = datetime.fromtimestamp((self._watermark_ms - self.window_ms) / 1000 - 3600, timezone.utc)
             oldest = seen if oldest is None else max(oldest, seen)
         listed = self.reader.files(oldest)
+        now_ms = int(self.clock() * 1000)
         for path in listed:
             if path not in self._read:
                 for event in _events(path):
-                    self._take(event)
+                    self._take(event, now_ms)
         self._read = set(listed)
         self._expire_orphans(self._watermark_ms - self.lateness_ms - ORPHAN_WAIT_MS)
         return self._finished(self._watermark_ms - self.lateness_ms)
 
-    def _take(self, event: Event) -> None:
+    def _take(self, event: Event, now_ms: int) -> None:
         impression = Impression.of(event) if event.type == EventType.IMPRESSION else None
-        self._watermark_ms = max(self._watermark_ms, event_ms(event))
+        self._watermark_ms = max(self._watermark_ms, min(event_ms(event), now_ms))
         context = event.context
         if impression is not None and context is not None and context.experiment == LEARNER:
             revision = revision_label(context.policy) or context.arm

@@ -244,3 +244,20 @@ def test_a_byte_order_mark_at_the_start_is_dropped_in_every_format(tmp_path: Pat
         result = _cli(settings, tmp_path / name, *extra)
         assert result.exit_code == 0 and f"{name}:1" not in result.output, result.output
     assert [(u, i) for u, i, *_ in _events(settings)] == [("u1", "i1"), ("u2", "i2"), ("u3", "i3"), ("u4", "i4"), ("u4", "i5")]
+
+
+def test_times_keep_their_milliseconds_and_eight_digits_are_a_date(tmp_path: Path, settings: Settings) -> None:
+    """Two clicks of one user on one item within a second are two events, each at its millisecond
+    (they were one event at the whole second, the other two dropped as its duplicates); `20240315`
+    is ISO 8601's basic date (it was read as 1970-08-23, a unix second)."""
+    path = tmp_path / "ms.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i1,1700000000.2\nu1,i1,1700000000.7\nu1,i1,2023-11-14T22:13:20.9Z\n"
+                    "u2,i1,20240315\nu3,i1,1700000000\n")
+    result = _cli(settings, path)
+    assert result.exit_code == 0, result.output
+    at = datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
+    assert _events(settings) == [("u1", "i1", "click", None, at + timedelta(milliseconds=ms)) for ms in (200, 700, 900)] + [
+        ("u2", "i1", "click", None, datetime(2024, 3, 15, tzinfo=timezone.utc)), ("u3", "i1", "click", None, at)]
+    ids = sorted(e.event_id for e in EventLogReader(settings.event_log_dir).read())
+    assert ids == ["ms:u1:i1:1700000000.2", "ms:u1:i1:1700000000.7", "ms:u1:i1:1700000000.9", "ms:u2:i1:1710460800",
+                   "ms:u3:i1:1700000000"]  # a whole second keeps the id earlier imports gave it

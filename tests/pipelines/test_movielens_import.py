@@ -180,3 +180,13 @@ def test_unrecognised_directory_names_the_expected_files(tmp_path: Path, setting
     assert f"error: {tmp_path / 'empty'} is not a MovieLens directory" in output and "u.data + u.item" in output and "ratings.csv + movies.csv" in output
     missing = import_cli(tmp_path / "nope", settings)
     assert missing.exit_code == 2 and f"error: {tmp_path / 'nope'} is not a directory\n" in missing.output
+
+
+def test_a_future_rating_time_is_that_lines_reject(tmp_path: Path, settings: Settings) -> None:
+    """As the interactions importer: `compact` would drop it, and the learner's watermark took it."""
+    root = write_ml100k(tmp_path / "ml-100k", ["1\t1\t4\t881250949", "2\t2\t3\t4070908800"])  # 2099
+    result = import_cli(root, settings)
+    assert result.exit_code == 0 and "u.data:2: timestamp 4070908800 is in the future" in result.output, result.output
+    assert [e.user_id for e in EventLogReader(settings.event_log_dir).read()] == ["1"]
+    strict = import_cli(root, settings.model_copy(update={"state_dir": tmp_path / "strict"}), "--strict")
+    assert strict.exit_code == 2 and "u.data:2: timestamp 4070908800 is in the future" in strict.output

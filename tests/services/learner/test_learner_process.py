@@ -645,3 +645,29 @@ def test_clicks_in_another_workers_unrolled_file_still_count(tmp_path: Path) -> 
                     ts=T0 + timedelta(seconds=62) + WINDOW + lateness)])
     c.roll_all()
     assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req2", (True,))]
+
+
+def test_a_future_dated_event_neither_finishes_requests_early_nor_stops_the_reading(tmp_path: Path) -> None:
+    """The watermark stops at the reader's clock: a click dated 14 min ahead (inside the API's clock
+    skew allowance) finished a request served 20 min before with its 30-min window still open, and a
+    2099 event (an import) left every later partition unread."""
+    now = [datetime.now(timezone.utc).timestamp()]
+    served = datetime.fromtimestamp(now[0], timezone.utc) - timedelta(minutes=20)
+    log = LocalEventLog(tmp_path / "events")
+    context = {"position": 0, "experiment": "learner", "team": "current", "arm": "learner:online",
+               "policy": "ranker=v1;explore=learner:r1-abcdef"}
+    log.append([Event(event_id="imp1", user_id="u1", item_id="i0", type="impression", ts=served,
+                      context={**context, "request_id": "req1"}),
+                Event(event_id="ahead", user_id="u9", item_id="x", type="click", ts=served + timedelta(minutes=34)),
+                Event(event_id="far", user_id="u9", item_id="x", type="click", ts=datetime(2099, 1, 1, tzinfo=timezone.utc))])
+    log.roll_all()
+    reader = ComparisonReader(tmp_path / "events", WINDOW, clock=lambda: now[0])
+    assert reader.poll() == []  # 20 min into a 30-min window: not finished
+    log.append([Event(event_id="click1", user_id="u1", item_id="i0", type="click", ts=served + timedelta(minutes=15),
+                      context={"request_id": "req1"})])
+    log.roll_all()
+    now[0] += 11 * 60  # the window has passed by the reader's clock
+    log.append([Event(event_id="tick", user_id="u9", item_id="x", type="impression",
+                      ts=served + WINDOW + timedelta(minutes=1))])
+    log.roll_all()
+    assert [(c.request_id, c.clicked) for c in reader.poll()] == [("req1", (True,))]
