@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from feature_store.settings import BatchSettings
-from pipelines.spark.jobs.ranking_samples import SampleParams, transform
+from pipelines.spark.jobs.ranking_samples import SampleParams, indexed_items, transform
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 
@@ -74,3 +74,23 @@ def test_splits_keep_their_shares_when_the_boundaries_fall_on_tied_times(spark: 
         shares = _split_shares(spark, timed)
         assert abs(shares["train"] - 0.8) < 0.05, shares
         assert abs(shares["validation"] - 0.1) < 0.05 and abs(shares["test"] - 0.1) < 0.05, shares
+
+
+def test_negatives_draw_from_every_item_indexed_in_id_order_on_the_executors(spark: object) -> None:
+    """The items negatives are drawn from: each distinct item once, numbered 0..n-1 in id order
+    (what the driver-side `enumerate(sorted(...))` gave, now without the collect), over several
+    partitions; the drawn negatives are items the user never liked."""
+    events = _events()
+    frame = spark.createDataFrame(  # type: ignore[attr-defined]
+        events, "event_id string, user_id string, item_id string, type string, value double, ts timestamp, category string"
+    ).repartition(4)
+    indexed = sorted((r._index, r.item_id) for r in indexed_items(frame).collect())
+    assert indexed == list(enumerate(sorted({e[2] for e in events})))
+    build = transform(frame, SampleParams(batch=BatchSettings(negative_sampling_ratio=2), attribution_seconds=1800))
+    try:
+        rows = build.rows.collect()
+    finally:
+        build.release()
+    liked = {(e[1], e[2]) for e in events}
+    sampled = [(r.user_id, r.item_id) for r in rows if r.label_source == "sampled"]
+    assert sampled and not set(sampled) & liked and {item for _, item in sampled} <= {e[2] for e in events}
