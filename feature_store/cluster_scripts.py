@@ -51,15 +51,23 @@ class ClusterScript:
         self._sha = client.script_load(source)
 
     def run_all(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """The replies of `(keys, args)` calls, in order, in one pipeline."""
-        try:
-            return self._run(calls)
-        except NoScriptError:
+        """The replies of `(keys, args)` calls, in order, in one pipeline; the first error raised.
+        Only the calls a master answered NOSCRIPT run again, the script loaded: the others ran, and
+        a second run would find their markers set and answer "replayed"."""
+        replies = self._run(calls)
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
             self._sha = self._client.script_load(self._source)
-            return self._run(calls)
+            for n, reply in zip(missing, self._run([calls[n] for n in missing])):
+                replies[n] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _run(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Each call's reply, or the error it met (raised by `run_all`)."""
         pipe = self._client.pipeline()
         for keys, args in calls:
             pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-        return pipe.execute() if calls else []
+        return pipe.execute(raise_on_error=False) if calls else []

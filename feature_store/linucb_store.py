@@ -34,7 +34,7 @@ import numpy as np
 import redis
 
 from feature_store.definitions import FEATURES, Entity
-from feature_store.redis_client import ConnectionSpec, slot_client, translate_errors
+from feature_store.redis_client import ConnectionSpec, on_slot, translate_errors
 from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
 
@@ -154,8 +154,11 @@ class RedisLinUcbStore(LinUcbStore):
             pipe.set(marker, 1, px=self._marker_ttl_ms)
             return True
 
+        def transaction(conn: redis.Redis) -> bool:
+            return bool(conn.transaction(apply, key, marker, value_from_callable=True))
+
         with translate_errors(self._spec, f"updating the LinUCB statistics of {item_id}"):
-            return bool(slot_client(self.client, key).transaction(apply, key, marker, value_from_callable=True))
+            return on_slot(self.client, key, transaction)
 
     def save_context(self, user_id: str, ts_ms: int, x: np.ndarray, ttl_ms: int) -> None:
         x = self._checked(x)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Callable, Iterator, TypeVar, Union
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import AskError, RedisClusterException
 from redis.retry import Retry
 
 from feature_store.errors import FeatureStoreUnavailableError
@@ -25,6 +26,7 @@ from feature_store.settings import Settings
 #: Either client; both take the same commands, scripts and non-transactional pipelines.
 RedisClient = Union[redis.Redis, RedisCluster]
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,36 @@ class ConnectionSpec:
 def slot_client(client: RedisClient, key: str) -> redis.Redis:
     """The client to run a MULTI (or WATCH/MULTI) transaction on `key`'s slot: `client` itself on
     one server; on a cluster, whose client runs no transactions, the connection to the master that
-    owns the slot, so every key of the transaction must share it (a hash tag)."""
+    owns the slot, so every key of the transaction must share it (a hash tag). Run transactions
+    through `on_slot`, which follows a slot that moved."""
     if isinstance(client, RedisCluster):
         return client.get_node_from_key(key).redis_connection  # type: ignore[no-any-return]
     return client
+
+
+def on_slot(client: RedisClient, key: str, transaction: Callable[[redis.Redis], T]) -> T:
+    """`transaction` run on `slot_client(client, key)`. On a cluster, after a resharding or a
+    failover the master the client remembers answers MOVED (ASK while the slot migrates) or not at
+    all, and a node connection follows no redirection: then the slot map is read again and
+    `transaction` runs once more, on the slot's owner. It must be safe to repeat (a replay marker,
+    or a write of the whole state): a connection may break after the master applied it."""
+    try:
+        return transaction(slot_client(client, key))
+    except (AskError, redis.ConnectionError) as exc:  # MovedError is an AskError
+        if not isinstance(client, RedisCluster) or not _rerouted(client, key, exc):
+            raise
+    return transaction(slot_client(client, key))
+
+
+def _rerouted(client: RedisCluster, key: str, failure: Exception) -> bool:
+    """Whether a retry may succeed once the slot map is read again: after a redirection, yes; after
+    a connection failure only if the slot now has another owner (no retry of a node that is down)."""
+    before = client.get_node_from_key(key).name
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, RedisClusterException):
+        return False
+    return not isinstance(failure, redis.ConnectionError) or client.get_node_from_key(key).name != before
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from feature_store.redis_client import RedisClient, slot_client
+from feature_store.redis_client import RedisClient, on_slot
 from feature_store.schemas import error_message
 from services.experiments.errors import ExperimentStoreUnavailableError, InvalidExperimentError, UnknownExperimentError
 from services.experiments.model import Experiment
@@ -117,7 +117,10 @@ class ExperimentStore:
     def mirror(self) -> None:
         """Copy every file into Redis with a new version token (one transaction)."""
         experiments = self.from_files()
-        pipe = slot_client(self.client, self._defs).pipeline(transaction=True)
+        on_slot(self.client, self._defs, lambda conn: self._replace_mirror(conn, experiments))
+
+    def _replace_mirror(self, conn: redis.Redis, experiments: dict[str, Experiment]) -> None:
+        pipe = conn.pipeline(transaction=True)
         pipe.delete(self._defs)
         if experiments:
             pipe.hset(self._defs, mapping={e.id: e.model_dump_json() for e in experiments.values()})

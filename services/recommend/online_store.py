@@ -7,7 +7,8 @@ the API writes posted events to it through the feature store's `LiveWriter`, the
 writes the Flink job makes, so an event counts once whichever path brought it. What the serving
 side keeps itself, under `<prefix>:srv:`:
 
-    evt:<event_id>      string, TTL    dedup claim: an event is accepted once (SET NX after the log append)
+    evt:<event_id>      string, TTL    dedup claim: an event is accepted once (SET NX after the log append,
+                                       holding a token of the claiming call)
     item:<item_id>      string         the `Item` as JSON (PUT /v1/items, or the Parquet catalog sync)
     item_put            hash           item id → ms of its last PUT (the catalog sync's "newer wins" rule)
     user:<user_id>      string         the `User` as JSON
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,6 +40,7 @@ from typing import TypeVar
 import pydantic
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from feature_store.definitions import GLOBAL_ID, Entity
 from feature_store.errors import FeatureStoreUnavailableError
@@ -88,9 +91,12 @@ class ServingStore:
             return action()
 
     def ping(self) -> bool:
+        """Whether Redis answers: on a cluster, every master (each holds a share of the keys)."""
         try:
+            if isinstance(self.client, RedisCluster):
+                return bool(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(self.client.ping())
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             return False
 
     # -- events ------------------------------------------------------------------------------
@@ -125,15 +131,27 @@ class ServingStore:
             return {event_id for event_id, found in zip(event_ids, pipe.execute()) if found}
 
     def claim_events(self, event_ids: Sequence[str]) -> set[str]:
-        """The ids this call is first to claim: one `SET NX` marker per id, so of concurrent
-        claims of one id exactly one wins."""
+        """The ids this call is first to claim: one `SET NX` marker per id, holding a token of this
+        call, so of concurrent claims of one id exactly one wins. The markers an id's `SET NX` did
+        not set are read back, and those holding the token count as won: a cluster pipeline
+        re-sends a command that timed out, and the re-sent `SET NX` finds this call's own marker."""
         if not event_ids:
             return set()
+        token = uuid.uuid4().hex
+        keys = [self._key("evt", event_id) for event_id in event_ids]
         with _degrade_on_redis_errors():
             pipe = self.client.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(self._key("evt", event_id), "1", nx=True, ex=self.dedup_ttl_s)
-            return {event_id for event_id, won in zip(event_ids, pipe.execute()) if won}
+            for key in keys:
+                pipe.set(key, token, nx=True, ex=self.dedup_ttl_s)
+            set_now = pipe.execute()
+            set_before = self._holding([key for key, done in zip(keys, set_now) if not done], token)
+        return {event_id for event_id, key, done in zip(event_ids, keys, set_now) if done or key in set_before}
+
+    def _holding(self, keys: list[str], token: str) -> set[str]:
+        """The keys among `keys` whose value is `token` (no round trip for none)."""
+        if not keys:
+            return set()
+        return {key for key, value in zip(keys, _get_many(self.client, keys)) if value == token.encode()}
 
     # -- FeatureReader -----------------------------------------------------------------------
 

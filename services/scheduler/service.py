@@ -25,9 +25,11 @@ from datetime import datetime, timezone
 import redis
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
+from redis.cluster import RedisCluster
 
 from feature_store.cron import cron_trigger
 from feature_store.processes import die_with_parent
+from feature_store.redis_client import RedisClient
 from feature_store.settings import Settings
 from pipelines.training.dag import history, runs_dir
 from pipelines.training.records import RUNNING, RunStore, new_run_id
@@ -202,7 +204,11 @@ class _LockKeeper:
         return held is None and now - self.renewed + self.socket_timeout_s < limit
 
 
-def _socket_timeout_s(client: redis.Redis) -> float:
-    """How long one Redis call of `client` may block (0 when the client does not say)."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+def _socket_timeout_s(client: RedisClient) -> float:
+    """How long one Redis call of `client` may block (0 when the client does not say): a cluster
+    client has no pool of its own but opens each master's with its nodes manager's options."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+    else:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
     return float(kwargs.get("socket_timeout") or 0.0)

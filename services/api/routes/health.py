@@ -21,7 +21,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Not ready: Redis unreachable or models not loaded"}})
 def readyz(state: StateDep) -> JSONResponse:
-    """Ready when Redis answers and the model manager has loaded the registry's versions (or none)."""
+    """Ready when Redis answers (on a cluster, every master) and the model manager has loaded the
+    registry's versions (or none)."""
     redis_ok = state.store.ping()
     models_ok = state.models.loaded_once
     body: dict[str, Any] = {
