@@ -175,12 +175,16 @@ def ope(
     from services.explore.ope.logged import OpeError, check_target, evaluate
     from services.explore.stats import StatsUnavailable
 
+    if since is not None and until is not None and since >= until:
+        fail(f"--since {since.isoformat()} is not before --until {until.isoformat()}: no request is served in [since, until)")
     settings = load_settings(state_dir)
     values: dict[str, str] = {}
     for item in param or []:
         name, sep, value = item.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             fail(f"--param {item!r}: expected name=value")
+        if name.strip() == "policy":
+            fail(f"--param {item!r}: the target policy is --policy's ({policy!r}); give its parameters with --param")
         values[name.strip()] = value.strip()
     try:
         explore = ExploreSettings.model_validate({**settings.explore.model_dump(), **values, "policy": policy})

@@ -15,8 +15,9 @@ of its item (and, probabilistic, every team's propensity of the placement), and 
 policy with the propensity of the placement under it (`serving_policy`; Thompson's estimate is
 computed here, on the writer thread, from what the explore stage left pending). The first slot of a
 sampled share of requests (`explore.log_candidates_share`, decided by a hash of the request id) also
-carries the first `explore.log_candidates_top_n` ranked candidates the explore stage chose from,
-their scores and how many there were: the input of off-policy evaluation (docs/exploration.md).
+carries the first `explore.log_candidates_top_n` ranked candidates the explore stage chose from (at
+least as many as the slate has slots), their scores and how many there were: the input of
+off-policy evaluation (docs/exploration.md).
 
 If the event log cannot be written (disk full, I/O error) the writer retries the same batch with
 backoff while the queue fills up and then drops new lists; `close` drains the queue for at most
@@ -102,11 +103,15 @@ class ServedList:
     @classmethod
     def of(cls, request: RecommendationRequest, result: RecommendationResult, request_id: str,
            served_at: datetime, candidates_share: float = 0.0, candidates_top_n: int = 0) -> "ServedList":
-        """`candidates_share` of requests (by request id) also log their first `candidates_top_n` ranked candidates."""
+        """`candidates_share` of requests (by request id) also log their first `candidates_top_n` ranked
+        candidates, and never fewer than the slate has slots: the ranker's top k (the items ε-greedy
+        shows unexplored, slot by slot) must all be logged for off-policy evaluation to replay the
+        slate (with k > top n, an explored item took the index of an unlogged top-k item)."""
         ids, scores = result.ranked
         logged = None
         if ids and not result.degraded and candidates_top_n > 0 and candidates_sampled(request_id, candidates_share):
-            logged = (ids[:candidates_top_n], scores[:candidates_top_n], len(ids))
+            top_n = max(candidates_top_n, len(result.items))
+            logged = (ids[:top_n], scores[:top_n], len(ids))
         return cls(
             request_id, request.user_id, tuple(item.item_id for item in result.items), served_at,
             serving_policy(result), tuple(item.propensity for item in result.items), dict(result.model_versions),

@@ -1,26 +1,28 @@
 """IPS, SNIPS and doubly robust estimates of a target policy's CTR per slot, with bootstrap CIs.
 
-Logs are slates: request i showed item a_ij in slot j (k slots) and got click r_ij. Clicks follow
+Logs are slates: request i showed item a_ij in slot j (k_i slots: requests ask for different
+numbers, and one with fewer candidates shows fewer) and got click r_ij. Clicks follow
 the position-based model, P(click | a at j) = θ_j · ρ_a (examination θ_j, attractiveness ρ_a), so
 a policy's expected clicks per request are Σ_a E(a) ρ_a with the item's *exposure*
-E(a) = Σ_j θ_j · π(a at j | x). Weighting each logged click by the exposure ratio
+E(a) = Σ_{j<k_i} θ_j · π(a at j | x, k_i). Weighting each logged click by the exposure ratio
 
     w_ij = E_π(a_ij) / E_π₀(a_ij)        (π the target, π₀ the logging policy, x_i the request)
 
 makes the logged clicks unbiased for the target's (Li, Kim & Zitouni, WSDM 2018, "Offline
 evaluation of ranking policies with click models": the PBM estimator). Unlike a per-slot weight
 π(a at j) / π₀(a at j), it needs π₀ to show a only *somewhere*, not in every slot the target may
-use (ε-greedy shows a top-k item only in its own slot). Over n requests, with Θ = Σ_j θ_j:
+use (ε-greedy shows a top-k item only in its own slot). The estimand is the target's clicks per
+shown slot, Σ_i E[clicks_i] / Σ_i k_i; with Θ_i = Σ_{j<k_i} θ_j:
 
-    IPS   = 1/(n k) · Σ_ij w_ij r_ij
-    SNIPS = Θ/k · Σ_ij w_ij r_ij / Σ_ij w_ij θ_j        (E[Σ_ij w_ij θ_j] = n Θ; Swaminathan &
-                                                          Joachims, NeurIPS 2015, for self-normalising)
-    DR    = 1/(n k) · Σ_i [ D_i + Σ_j w_ij (r_ij − r̂_ij) ]   (Dudík, Langford & Li, ICML 2011)
+    IPS   = Σ_ij w_ij r_ij / Σ_i k_i
+    SNIPS = Σ_i Θ_i / Σ_i k_i · Σ_ij w_ij r_ij / Σ_ij w_ij θ_j   (E[Σ_j w_ij θ_j] = Θ_i; Swaminathan &
+                                                                  Joachims, NeurIPS 2015, for self-normalising)
+    DR    = Σ_i [ D_i + Σ_j w_ij (r_ij − r̂_ij) ] / Σ_i k_i       (Dudík, Langford & Li, ICML 2011)
 
 with r̂_ij = θ_j ρ̂_a the reward model (`reward_model`) and D_i = Σ_a E_π(a) ρ̂_a the target's
 expected clicks under the model. θ comes from the reward model too (estimated on the logging
 policy's randomised slots). CIs: 2.5% and 97.5% percentiles over bootstrap resamples of whole
-requests (the slots of a request are not independent).
+requests (the slots of a request are not independent; Σ_i k_i and Σ_i Θ_i are resampled with them).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class SlateLogs:
     examination: np.ndarray  # (m,) θ_j of the slot
     predicted: np.ndarray  # (m,) r̂_ij
     direct: np.ndarray  # (n,) D_i
-    slots: int  # k
-    theta_total: float  # Θ
+    slots: np.ndarray  # (n,) k_i, the request's slot count
+    theta_total: np.ndarray  # (n,) Θ_i = Σ_{j<k_i} θ_j
 
     def __post_init__(self) -> None:
         if not np.all(np.isfinite(self.weight)):
@@ -60,21 +62,27 @@ class Estimate:
 
 def estimate(logs: SlateLogs, bootstrap: int = 1000, seed: int = 0) -> dict[str, Estimate]:
     """{"ips" | "snips" | "dr": the CTR per slot with its 95% bootstrap CI}."""
-    n, k = len(logs.direct), logs.slots
+    n = len(logs.direct)
     per_request = np.stack([
         np.bincount(logs.request, logs.weight * logs.reward, minlength=n),
         np.bincount(logs.request, logs.weight * logs.examination, minlength=n),
         np.bincount(logs.request, logs.weight * (logs.reward - logs.predicted), minlength=n) + logs.direct,
-    ])  # (3, n)
+        logs.slots,
+        logs.theta_total,
+    ])  # (5, n)
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CELLS // n)  # resamples drawn at once, so memory stays bounded with many requests
-    sums = np.concatenate([per_request[:, rng.integers(0, n, size=(min(chunk, bootstrap - start), n))].sum(axis=2)
-                           for start in range(0, bootstrap, chunk)], axis=1)  # (3, bootstrap)
+    sums = []
+    for start in range(0, bootstrap, chunk):
+        draws = rng.integers(0, n, size=(min(chunk, bootstrap - start), n))
+        sums.append(np.stack([row[draws].sum(axis=1) for row in per_request]))  # one row at a time: memory
+    resampled = np.concatenate(sums, axis=1)  # (5, bootstrap)
 
     def values(s: np.ndarray) -> np.ndarray:
-        snips = logs.theta_total / k * s[0] / np.maximum(s[1], 1e-300)
-        return np.stack([s[0] / (n * k), snips, s[2] / (n * k)])
+        clicks, examined, doubly_robust, slots, theta = s
+        snips = theta / slots * clicks / np.maximum(examined, 1e-300)
+        return np.stack([clicks / slots, snips, doubly_robust / slots])
 
     point = values(per_request.sum(axis=1)[:, None])[:, 0]
-    low, high = np.percentile(values(sums), [2.5, 97.5], axis=1)
+    low, high = np.percentile(values(resampled), [2.5, 97.5], axis=1)
     return {name: Estimate(float(point[e]), float(low[e]), float(high[e])) for e, name in enumerate(ESTIMATORS)}

@@ -1,12 +1,17 @@
 """Off-policy evaluation from the served logs: logged requests → decisions → IPS, SNIPS and DR.
 
 A logged request (`pipelines.spark.ope_input`) is the ranked candidates its first impression
-carried (the first `explore.log_candidates_top_n` of `candidate_count`) and its shown slots with
-policy label, propensity and attributed click. Its `Decision`:
+carried (the first `explore.log_candidates_top_n` of `candidate_count`, and at least as many as
+its slots) and its shown slots with policy label, propensity and attributed click. Its `Decision`:
 
 - the ranked list: the logged candidates, then any shown item beyond them, then anonymous
-  placeholders up to `candidate_count` (scored as the last logged candidate). ε-greedy's placement
-  depends only on the pool size, so the logging side stays exact under truncation;
+  placeholders up to `candidate_count` (scored as the last logged candidate; made when read, the
+  decision keeps their count: `replay.padded`). ε-greedy's placement depends only on the pool
+  size, so the logging side stays exact under truncation. A request that logged fewer candidates
+  than it showed slots (logged before the impression logger kept the slate's top k) is skipped
+  and counted (`TOP_K_UNLOGGED`): the ranker's items of its later slots are unknown, so an
+  explored item there cannot be told from a greedy one (replayed, it failed the propensity check
+  when it explored and passed when it did not, and the estimate kept the unexplored requests only);
 - the logging policy from the impressions' label (`serving_policy`): greedy, `greedy (stats
   unavailable)` or ε-greedy. A request logged by UCB1, Thompson or LinUCB is skipped: their
   placements depend on statistics the log does not carry. Each shown slot's logged propensity is
@@ -36,14 +41,15 @@ import numpy as np
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.ope.estimators import Estimate, estimate
-from services.explore.ope.replay import Decision, reward_model, slate_logs, supported
+from services.explore.ope.replay import Decision, padded, reward_model, slate_logs, supported
 from services.explore.policy import ItemCounts, Policy, Ranked, Slate, Stats
 from services.explore.stage import UNAVAILABLE
 
 EXPLORE_LABEL = ";explore="
 PROPENSITY_TOLERANCE = 1e-6
 NO_SUPPORT = "logged by a deterministic policy that never shows items the target would show"
-UNLOGGED = "\x00unlogged-"  # placeholder ids: never a valid item id (control character)
+TOP_K_UNLOGGED = ("fewer candidates logged than slots shown (explore.log_candidates_top_n below k, logged before "
+                  "the slate's candidates were always kept): the ranker's items of the later slots are unknown")
 
 
 class OpeError(ValueError):
@@ -86,18 +92,14 @@ def decision(row: Mapping[str, Any], stats: Callable[[Sequence[str]], Stats] | N
     logged_by = logging_policy(label)
     if logged_by is None:
         return None, f"logged by {label!r}: its placement depends on statistics the log does not carry"
-    ids, scores = list(row["candidates"]), list(row["candidate_scores"])
-    index = {item: n for n, item in enumerate(ids)}
     shown = [slot["item_id"] for slot in slots]
-    for item in shown:
-        if item not in index:
-            index[item] = len(ids)
-            ids.append(item)
-    floor = min(scores) if scores else 0.0
-    placeholders = [f"{UNLOGGED}{n}" for n in range(len(ids), int(row["candidate_count"]))]
-    ids += placeholders
-    ranked = Ranked(tuple(ids), np.array(scores + [floor] * (len(ids) - len(scores)), dtype=float))
-    positions = [index[item] for item in shown]
+    logged_ids = tuple(row["candidates"])
+    if len(logged_ids) < min(len(shown), int(row["candidate_count"])):
+        return None, TOP_K_UNLOGGED
+    scores = np.asarray(row["candidate_scores"], dtype=float)
+    known, positions = _known(Ranked(logged_ids, scores), shown)
+    count = int(row["candidate_count"])
+    ranked = padded(known, count)
     k = len(shown)
     placement = logged_by.placement(ranked, positions, k, np.random.default_rng(0))
     expected = placement[np.arange(k), np.arange(k)]
@@ -107,11 +109,23 @@ def decision(row: Mapping[str, Any], stats: Callable[[Sequence[str]], Stats] | N
     slate = Slate(tuple(shown), tuple(logged.tolist()), tuple(positions))
     clicks = np.array([int(slot["click"] or 0) for slot in slots])
     if stats is None:
-        return Decision(ranked, None, slate, clicks, logged_by=logged_by), label
-    logged_n = len(row["candidates"])
-    target_ranked = Ranked(ranked.item_ids[:logged_n], ranked.scores[:logged_n])
-    return Decision(ranked, stats(target_ranked.item_ids), slate, clicks, logged_by=logged_by,
-                    target_ranked=target_ranked), label
+        return Decision(known, None, slate, clicks, logged_by=logged_by, candidate_count=count), label
+    target_ranked = Ranked(logged_ids, scores)
+    return Decision(known, stats(target_ranked.item_ids), slate, clicks, logged_by=logged_by,
+                    target_ranked=target_ranked, candidate_count=count), label
+
+
+def _known(logged: Ranked, shown: Sequence[str]) -> tuple[Ranked, list[int]]:
+    """The logged candidates, then any shown item beyond them (scored as the lowest logged), and
+    each shown item's index among them."""
+    index = {item: n for n, item in enumerate(logged.item_ids)}
+    beyond = [item for item in dict.fromkeys(shown) if item not in index]
+    index.update((item, len(logged) + n) for n, item in enumerate(beyond))
+    positions = [index[item] for item in shown]
+    if not beyond:
+        return logged, positions
+    floor = float(logged.scores.min()) if len(logged) else 0.0
+    return Ranked(logged.item_ids + tuple(beyond), np.concatenate([logged.scores, np.full(len(beyond), floor)])), positions
 
 
 def check_target(target: Policy) -> None:

@@ -5,13 +5,15 @@ slate the logging policy showed and the clicks. For a target policy this gives
 `estimators.SlateLogs`: exposure ratios from both policies' placement marginals
 (`Policy.placement`) and the examination θ of the reward model, and the direct-method term D_i,
 the model's expected clicks of the target's slate (averaged over `samples` slates drawn from a
-randomised target; one for a deterministic one).
+randomised target; one for a deterministic one). Everything is per request at that request's own
+slot count k_i, the length of the slate it showed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast, overload
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from services.explore.ope.reward_model import PositionBasedRewards
 from services.explore.policy import LinearStats, Policy, Ranked, Slate, Stats
 
 SUPPORT_TOLERANCE = 1e-9
+UNLOGGED = "\x00unlogged-"  # placeholder ids: never a valid item id (control character)
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,50 @@ class Decision:
     linear: Stats = None
     logged_by: Policy | None = None
     target_ranked: Ranked | None = None
+    candidate_count: int = 0  # how many were ranked, when more than `ranked` holds (a truncated log)
 
     def stats_for(self, policy: Policy) -> Stats:
         return self.linear if policy.needs is LinearStats else self.stats
+
+    def candidates(self) -> Ranked:
+        """Every ranked candidate: `ranked`, then placeholders up to `candidate_count` (`padded`)."""
+        return padded(self.ranked, self.candidate_count)
+
+
+def padded(known: Ranked, count: int) -> Ranked:
+    """`known`, then anonymous placeholders up to `count` candidates, scored as its lowest score.
+    ε-greedy's and greedy's placements need only the pool's size, not its items; the placeholder ids
+    are made when read (`PaddedIds`), so a decision keeps its count, not `count` strings (13 KiB a
+    request at 200 candidates with 50 logged, and `evaluate` keeps every request)."""
+    if count <= len(known):
+        return known
+    scores = np.full(count, float(known.scores.min()) if len(known) else 0.0)
+    scores[:len(known)] = known.scores
+    return Ranked(cast(tuple[str, ...], PaddedIds(known.item_ids, count)), scores)
+
+
+class PaddedIds(Sequence[str]):
+    """The ids `known`, then `UNLOGGED<index>` up to `count`, the placeholders made when read."""
+
+    def __init__(self, known: tuple[str, ...], count: int) -> None:
+        self._known, self._count = known, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        if isinstance(index, slice):
+            return tuple(self[n] for n in range(*index.indices(self._count)))
+        n = index + self._count if index < 0 else index
+        if not 0 <= n < self._count:
+            raise IndexError(index)
+        return self._known[n] if n < len(self._known) else f"{UNLOGGED}{n}"
 
 
 def reward_model(decisions: Sequence[Decision]) -> PositionBasedRewards:
@@ -50,27 +94,42 @@ def reward_model(decisions: Sequence[Decision]) -> PositionBasedRewards:
 
 def slate_logs(decisions: Sequence[Decision], logging: Policy | None, target: Policy, rewards: PositionBasedRewards,
                rng: np.random.Generator, samples: int = 16) -> SlateLogs:
-    """The estimators' input for `target` over `decisions` logged by `logging` (or each by its `logged_by`)."""
-    k = max(len(d.slate.item_ids) for d in decisions)
-    theta = rewards.theta[:k] if len(rewards.theta) >= k else np.pad(rewards.theta, (0, k - len(rewards.theta)), "edge")
-    request, reward, weight, exam, predicted, direct = [], [], [], [], [], []
+    """The estimators' input for `target` over `decisions` logged by `logging` (or each by its `logged_by`).
+
+    Each request keeps its own slot count k_i, the length of its shown slate (a request asks for 1 to
+    100 items, and one with fewer candidates shows fewer): both placements, the target's slates of
+    the direct-method term and the request's normaliser use k_i."""
+    longest = max(len(d.slate.item_ids) for d in decisions)
+    theta = rewards.theta[:longest] if len(rewards.theta) >= longest else np.pad(rewards.theta, (0, longest - len(rewards.theta)), "edge")
+    request, reward, weight, exam, predicted, direct, slots = [], [], [], [], [], [], []
     for n, d in enumerate(decisions):
-        slots = np.arange(len(d.slate.item_ids))
+        k, ranked = len(d.slate.item_ids), d.candidates()
         shown = list(d.slate.positions)
         logged_by = d.logged_by or logging
         assert logged_by is not None, "a decision without its logging policy"
-        exposure_target = _exposure(_target_placement(d, target, k, rng), theta)
-        exposure_logging = _exposure(logged_by.placement(d.ranked, shown, k, rng, d.stats_for(logged_by)), theta)
+        exposure_target = _exposure(_target_placement(d, ranked, target, k, rng), theta)
+        exposure_logging = _exposure(logged_by.placement(ranked, shown, k, rng, d.stats_for(logged_by)), theta)
         with np.errstate(divide="ignore"):
             weight.append(exposure_target / exposure_logging)
-        request.append(np.full(len(slots), n))
+        request.append(np.full(k, n))
         reward.append(d.clicks.astype(float))
-        exam.append(theta[slots])
-        predicted.append(theta[slots] * rewards.rho(d.slate.item_ids))
-        slates = [target.choose(d.target_ranked or d.ranked, k, rng, d.stats_for(target)).item_ids for _ in range(1 if target.deterministic else samples)]
-        direct.append(float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates])))
+        exam.append(theta[:k])
+        predicted.append(theta[:k] * rewards.rho(d.slate.item_ids))
+        direct.append(_direct(d, ranked, target, k, theta, rewards, rng, 1 if target.deterministic else samples))
+        slots.append(k)
+    counts = np.array(slots)
     return SlateLogs(np.concatenate(request), np.concatenate(reward), np.concatenate(weight), np.concatenate(exam),
-                     np.concatenate(predicted), np.array(direct), k, float(theta.sum()))
+                     np.concatenate(predicted), np.array(direct), counts, np.concatenate([[0.0], np.cumsum(theta)])[counts])
+
+
+def _direct(d: Decision, ranked: Ranked, target: Policy, k: int, theta: np.ndarray, rewards: PositionBasedRewards,
+            rng: np.random.Generator, samples: int) -> float:
+    """D_i: the model's expected clicks of the target's k-slot slate, averaged over `samples` slates.
+    Only the slates are drawn (`choose_deferred`): Thompson's propensity estimate, which `choose`
+    computes and this term never reads, would cost ~10x the slate."""
+    ranked = d.target_ranked if d.target_ranked is not None else ranked
+    slates = [target.choose_deferred(ranked, k, rng, d.stats_for(target))[0].item_ids for _ in range(samples)]
+    return float(np.mean([theta[:len(s)] @ rewards.rho(s) for s in slates]))
 
 
 def supported(d: Decision, target: Policy, rng: np.random.Generator) -> bool:
@@ -83,7 +142,7 @@ def supported(d: Decision, target: Policy, rng: np.random.Generator) -> bool:
     if logger is None or not logger.deterministic:
         return True
     k = len(d.slate.item_ids)
-    return float(_target_placement(d, target, k, rng).sum()) >= k - SUPPORT_TOLERANCE
+    return float(_target_placement(d, d.candidates(), target, k, rng).sum()) >= k - SUPPORT_TOLERANCE
 
 
 def _exposure(placement: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -91,10 +150,10 @@ def _exposure(placement: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return placement @ theta[:placement.shape[1]]
 
 
-def _target_placement(d: Decision, target: Policy, k: int, rng: np.random.Generator) -> np.ndarray:
+def _target_placement(d: Decision, ranked: Ranked, target: Policy, k: int, rng: np.random.Generator) -> np.ndarray:
     """The target's placement of the shown items; 0 for a shown item outside `target_ranked`."""
     if d.target_ranked is None:
-        return target.placement(d.ranked, list(d.slate.positions), k, rng, d.stats_for(target))
+        return target.placement(ranked, list(d.slate.positions), k, rng, d.stats_for(target))
     index = {item: n for n, item in enumerate(d.target_ranked.item_ids)}
     present = [m for m, item in enumerate(d.slate.item_ids) if item in index]
     out = np.zeros((len(d.slate.item_ids), k))
