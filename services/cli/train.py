@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -229,7 +231,9 @@ def _training_lock(settings: Any, holds_lock: bool) -> Iterator[None]:
 
     client = ConnectionSpec.from_settings(settings, settings.redis.url).client()
     try:
-        with holding(client, training_lock_key(settings.redis.key_prefix), settings.scheduler.lock_ttl_s):
+        # Lost (a stall past the TTL): SIGTERM, which `sigterm_exits` records as a failed, resumable run.
+        lost = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+        with holding(client, training_lock_key(settings.redis.key_prefix), settings.scheduler.lock_ttl_s, lost):
             yield
     finally:
         client.close()

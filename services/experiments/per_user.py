@@ -4,6 +4,7 @@ sample-ratio test and the guardrail's design effects."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 from services.experiments import analysis
 from services.experiments.model import Experiment
 from services.experiments.serving import qualified_arm
+
+log = logging.getLogger(__name__)
 
 CLICK = "click"
 #: The marker Spark writes last into an output it overwrote: while it stands, the rows are the same.
@@ -31,8 +34,10 @@ def per_user_counts(path: Path, experiment: Experiment) -> PerUser:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
-        columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
+    dataset = ds.dataset(path, format="parquet", partitioning="hive")
+    if not {"user_id", "arm", CLICK, "experiment"} <= set(dataset.schema.names):
+        return {}  # an attribution of a log without impressions writes no file, only `_SUCCESS`
+    table = dataset.to_table(columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
     table = table.set_column(2, CLICK, pc.fill_null(table[CLICK].cast("int64"), 0))
     sums = table.group_by(["arm", "user_id"]).aggregate([(CLICK, "sum"), (CLICK, "count")])
     prefix = qualified_arm(experiment.id, "")
@@ -57,7 +62,8 @@ def design_effects(per_user: PerUser, experiment: Experiment) -> dict[str, float
 class CachedDesignEffects:
     """`design_effects` of the rows at `path`, read again only once Spark rewrote them (a new
     `_SUCCESS`): the guardrail asks every interval and the learner every step, the rows change
-    once per batch run. Rows without the marker (written by hand) are read on every call."""
+    once per batch run. Rows without the marker (written by hand) are read on every call. Rows that
+    cannot be read give the default effects (logged): the guardrail and the learner go on."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -74,5 +80,13 @@ class CachedDesignEffects:
             self._marker = marker
         key = f"{experiment.id}|{','.join(arm.name for arm in experiment.arms)}"
         if marker is None or key not in self._cache:
-            self._cache[key] = design_effects(per_user_counts(self.path, experiment), experiment)
+            self._cache[key] = design_effects(self._rows(experiment), experiment)
         return self._cache[key]
+
+    def _rows(self, experiment: Experiment) -> PerUser:
+        try:
+            return per_user_counts(self.path, experiment)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            log.warning("per-user rows of experiment %s unreadable under %s (%r): default design effects",
+                        experiment.id, self.path, error)
+            return {}

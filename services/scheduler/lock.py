@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import LockError
+
+from feature_store.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +65,72 @@ class TrainingLockHeld(RuntimeError):
     """Another training run (a scheduler's, or a manual one) holds the lock."""
 
 
+class LockKeeper:
+    """Renews the run lock every third of its TTL; `keep()` is False once the lock is lost, or when
+    it could expire before this holder would notice: not confirmed for two thirds of the TTL, with
+    a renewal that may block for the client's socket timeout counted in. Called every `retry_s` or
+    more often by the holder (the scheduler's run loop, a manual run's renewer)."""
+
+    def __init__(self, lock: RunLock, ttl_s: float, socket_timeout_s: float,
+                 on_renewed: Callable[[], None] = lambda: None, retry_s: float = 1.0) -> None:  # fmt: skip
+        self.lock, self.ttl_s, self.socket_timeout_s = lock, ttl_s, socket_timeout_s
+        self.on_renewed, self.retry_s = on_renewed, retry_s
+        self.renewed = time.monotonic()
+        self.due = self.renewed + ttl_s / 3
+
+    def keep(self) -> bool:
+        now = time.monotonic()
+        limit = 2 * self.ttl_s / 3
+        if now - self.renewed + self.socket_timeout_s >= limit:
+            return False
+        if now < self.due:
+            return True
+        held = self.lock.renew()
+        now = time.monotonic()
+        if held:
+            self.renewed, self.due = now, now + self.ttl_s / 3
+            self.on_renewed()
+            return True
+        self.due = now + self.retry_s  # not answered: try again soon
+        return held is None and now - self.renewed + self.socket_timeout_s < limit
+
+
+def socket_timeout_s(client: RedisClient) -> float:
+    """How long one Redis call of `client` may block (0 when the client does not say): a cluster
+    client has no pool of its own but opens each master's with its nodes manager's options."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+    else:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+    return float(kwargs.get("socket_timeout") or 0.0)
+
+
 @contextmanager
-def holding(client: redis.Redis, key: str, ttl_s: float) -> Iterator[None]:
-    """Hold the lock on `key` for the block, renewed every third of `ttl_s` by a thread (a manual
-    run: the scheduler keeps its own, `service._LockKeeper`, which also stops a run whose lock is
-    lost); `TrainingLockHeld` when another holds it."""
+def holding(client: redis.Redis, key: str, ttl_s: float, on_lost: Callable[[], None]) -> Iterator[None]:
+    """Hold the lock on `key` for the block, kept by a thread with the scheduler's rule
+    (`LockKeeper`); `on_lost()` when it is lost or can no longer be confirmed in time (the caller
+    stops its run: another may take the lock then); `TrainingLockHeld` when another holds it."""
     lock = RunLock(client, key, ttl_s)
     if not lock.acquire():
         raise TrainingLockHeld(f"another training run holds the lock {key} (a scheduler's or a manual one): "
                                "wait until it ends (`recsys train history`)")
+    keeper = LockKeeper(lock, ttl_s, socket_timeout_s(client))
     done = threading.Event()
 
-    def renew() -> None:
-        while not done.wait(ttl_s / 3):
-            lock.renew()  # a loss is logged; the run goes on (the scheduler's run would be killed)
+    def keep() -> None:
+        while not done.wait(keeper.retry_s):
+            if not keeper.keep():
+                log.error("training lock %s lost: stopping this run (resume it with recsys train run --resume)", key)
+                on_lost()
+                return
 
-    renewer = threading.Thread(target=renew, name="training-lock", daemon=True)
-    renewer.start()
+    keeper_thread = threading.Thread(target=keep, name="training-lock", daemon=True)
+    keeper_thread.start()
     try:
         yield
     finally:
         done.set()
-        renewer.join()
-        lock.release()
+        try:
+            keeper_thread.join()
+        finally:
+            lock.release()

@@ -25,15 +25,13 @@ from datetime import datetime, timezone
 import redis
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
-from redis.cluster import RedisCluster
 
 from feature_store.cron import cron_trigger
 from feature_store.processes import die_with_parent
-from feature_store.redis_client import RedisClient
 from feature_store.settings import Settings
 from pipelines.training.dag import history, runs_dir
 from pipelines.training.records import RUNNING, RunStore, new_run_id
-from services.scheduler.lock import RunLock, training_lock_key
+from services.scheduler.lock import LockKeeper, RunLock, socket_timeout_s, training_lock_key
 from services.scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -61,8 +59,8 @@ class TrainingScheduler:
         self._stopping = threading.Event()
         self.metrics = metrics or SchedulerMetrics()
         self.lock_key = training_lock_key(settings.redis.key_prefix)
-        self.call_timeout_s = _socket_timeout_s(client)
-        if 3 * self.call_timeout_s >= settings.scheduler.lock_ttl_s:  # see `_LockKeeper`
+        self.call_timeout_s = socket_timeout_s(client)
+        if 3 * self.call_timeout_s >= settings.scheduler.lock_ttl_s:  # see `LockKeeper`
             raise ValueError(f"scheduler.lock_ttl_s ({settings.scheduler.lock_ttl_s:g} s) must be over 3 times how long a "
                              f"Redis call may block ({self.call_timeout_s:g} s): a renewal could outlast the lock")
         self.trigger = cron_trigger(settings.training.schedule)
@@ -128,7 +126,7 @@ class TrainingScheduler:
         # killed mid-run leaves no run going on without the lock.
         process = subprocess.Popen(command, env=self.env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.scheduler.run_timeout_s
-        keeper = _LockKeeper(lock, self.settings.scheduler.lock_ttl_s, self.call_timeout_s, self.metrics)
+        keeper = LockKeeper(lock, self.settings.scheduler.lock_ttl_s, self.call_timeout_s, self.metrics.lock_renewals.inc)
         while True:
             try:
                 code = process.wait(timeout=POLL_S)
@@ -149,7 +147,7 @@ class TrainingScheduler:
                 self._stop(process, keeper, run_id, f"stopped by the scheduler: {why}")
                 return "failed"
 
-    def _stop(self, process: subprocess.Popen[bytes], keeper: "_LockKeeper", run_id: str, reason: str) -> None:
+    def _stop(self, process: subprocess.Popen[bytes], keeper: LockKeeper, run_id: str, reason: str) -> None:
         """SIGTERM (the run records itself failed, resumable), SIGKILL after `scheduler.stop_grace_s`
         or as soon as the lock is lost (the lock kept meanwhile); a record the run left `running`
         is then marked failed for `reason`."""
@@ -175,40 +173,3 @@ class TrainingScheduler:
         if record.status == RUNNING:
             record.stop(reason)
             store.save(record)
-
-
-class _LockKeeper:
-    """Renews the run lock every third of its TTL; `keep()` is False once the lock is lost, or when
-    it could expire before this holder would notice: not confirmed for two thirds of the TTL, with
-    a renewal that may block for the client's socket timeout counted in."""
-
-    def __init__(self, lock: RunLock, ttl_s: float, socket_timeout_s: float, metrics: SchedulerMetrics) -> None:
-        self.lock, self.ttl_s, self.socket_timeout_s, self.metrics = lock, ttl_s, socket_timeout_s, metrics
-        self.renewed = time.monotonic()
-        self.due = self.renewed + ttl_s / 3
-
-    def keep(self) -> bool:
-        now = time.monotonic()
-        limit = 2 * self.ttl_s / 3
-        if now - self.renewed + self.socket_timeout_s >= limit:
-            return False
-        if now < self.due:
-            return True
-        held = self.lock.renew()
-        now = time.monotonic()
-        if held:
-            self.renewed, self.due = now, now + self.ttl_s / 3
-            self.metrics.lock_renewals.inc()
-            return True
-        self.due = now + POLL_S  # not answered: try again soon
-        return held is None and now - self.renewed + self.socket_timeout_s < limit
-
-
-def _socket_timeout_s(client: RedisClient) -> float:
-    """How long one Redis call of `client` may block (0 when the client does not say): a cluster
-    client has no pool of its own but opens each master's with its nodes manager's options."""
-    if isinstance(client, RedisCluster):
-        kwargs = client.nodes_manager.connection_kwargs
-    else:
-        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
-    return float(kwargs.get("socket_timeout") or 0.0)

@@ -23,7 +23,8 @@ from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
 from services.experiments.store import ExperimentStore
 from services.recommend.online_store import ServingStore
-from services.scheduler.service import TrainingScheduler, _socket_timeout_s
+from services.scheduler.lock import socket_timeout_s
+from services.scheduler.service import TrainingScheduler
 from tests.cluster.conftest import RedisClusterProcesses
 
 
@@ -110,7 +111,7 @@ def test_readiness_asks_every_master(redis_cluster: RedisClusterProcesses, clust
 
 def test_the_scheduler_counts_the_socket_timeout_of_a_cluster_client(settings: Settings, redis_url: str) -> None:
     client = replace(ConnectionSpec(redis_url), socket_timeout_s=10.0).client()
-    assert _socket_timeout_s(client) == 10.0
+    assert socket_timeout_s(client) == 10.0
     short = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(update={"lock_ttl_s": 20.0})})
     with pytest.raises(ValueError, match="lock_ttl_s"):  # a renewal blocked 10 s could outlast the lock
         TrainingScheduler(short, client, command=["true"])  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import Settings
 from services.api.app import create_app
 from services.experiments import analysis
+from services.experiments.model import Experiment
+from services.experiments.report import batch_design_effects
 from tests.services.conftest import live_server
 from tests.services.experiments.conftest import ADMIN
 
@@ -242,3 +244,18 @@ def test_the_report_page_in_chromium_shows_the_reports_numbers(admin_settings: S
     assert {"arms.1.lift", "arms.0.ctr", "srm_p", "arms.1.user_lift_low", "arms.1.user_p_value"} <= shown.keys()
     assert report["arms"][1]["user_p_value"] is not None  # the per-user test is on the page with its numbers
     assert dom.count("<svg") == 2
+
+
+def test_an_attribution_without_impressions_leaves_the_guardrail_on_its_default(admin_client: TestClient,
+                                                                                admin_settings: Settings) -> None:
+    """Spark's attribution of a log without impressions writes only `_SUCCESS`: the per-user read
+    gives no rows (it raised ArrowInvalid, failing every guardrail check and learner step)."""
+    create(admin_client, {"id": "g4", "kind": "ab", "guardrail": {"max_ctr_drop": 0.1, "p_value": 0.01},
+                          "arms": [{"name": "control"}, {"name": "bad"}]})
+    folder = Path(admin_settings.batch_uri) / "attributed_impressions"
+    folder.mkdir(parents=True)
+    (folder / "_SUCCESS").write_bytes(b"")
+    experiment = Experiment.model_validate(admin_client.get("/v1/experiments/g4", headers=ADMIN).json())
+    effects = batch_design_effects(Path(admin_settings.batch_uri))(experiment)
+    assert effects == {"control": analysis.DEFAULT_DESIGN_EFFECT, "bad": analysis.DEFAULT_DESIGN_EFFECT}
+    assert admin_client.get("/v1/experiments/g4/report").status_code == 200

@@ -255,14 +255,20 @@ def test_a_manual_run_takes_the_schedulers_lock_and_is_refused_while_a_run_holds
     assert not list(runs_dir(settings).glob("*.json"))  # no run started
     scheduled.release()
 
-    with holding(redis_client, key, TTL_S):
+    lost = threading.Event()
+    with holding(redis_client, key, TTL_S, lost.set):
         expires = time.monotonic() + redis_client.pttl(key) / 1000
         with pytest.raises(TrainingLockHeld):  # a second manual run, or a scheduler's tick, finds it held
-            with holding(redis_client, key, TTL_S):
+            with holding(redis_client, key, TTL_S, lost.set):
                 pass
         # Renewed: the key now expires a second or more later than it did when taken.
         _until(lambda: time.monotonic() + redis_client.pttl(key) / 1000 > expires + 1, "a renewal of the manual run's lock")
-    assert not redis_client.exists(key)
+    assert not redis_client.exists(key) and not lost.is_set()
+    with holding(redis_client, key, TTL_S, lost.set):
+        redis_client.set(key, "a scheduler's token")  # expired in a stall and taken by a scheduler
+        _until(lost.is_set, "the manual run told its lock is lost")
+    assert redis_client.get(key) == b"a scheduler's token"  # not freed by the loser
+    redis_client.delete(key)
 
     failed = CliRunner().invoke(app, ["train", "run", "--resume", "nope", *state])  # fails inside the lock
     assert failed.exit_code == 2 and "no training run 'nope'" in failed.output and not redis_client.exists(key)
