@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 IN_PROGRESS_SUFFIX = ".inprogress"
 LOCK_FILE = ".lock"  # hidden, so Spark's and Flink's file sources skip it
+MAX_ROLL_TICK_S = 1.0  # the roller looks at least this often: a file is published by its age + this
 
 
 class EventLog(ABC):
@@ -233,7 +234,7 @@ class LocalEventLog(EventLogReader, EventLog):
                 self._roll(partition)
 
     def _roll_by_age_forever(self) -> None:
-        interval = min(max(self.settings.roll_max_age_s / 4, 0.01), 1.0)
+        interval = min(max(self.settings.roll_max_age_s / 4, 0.01), MAX_ROLL_TICK_S)
         while not self._closed:
             time.sleep(interval)
             deadline = time.monotonic() - self.settings.roll_max_age_s

@@ -354,7 +354,7 @@ class LearnerSettings(_Section):
     significance: float = Field(default=1.0, gt=0, le=1, description="DBGD: move only when a round's explore wins pass a one-sided sign test at this level (ties left out; 1: no test).")
     lr: float = Field(default=0.2, gt=0, description="PDGD learning rate, with `sharpness` 5 (the simulation's preference: docs/online_learning.md).")
     sharpness: float = Field(default=5.0, gt=0, description="PDGD: starts from (and rolls back to) this multiple c of the base's layer: the same ranking, a sharper Plackett-Luce list (softmax of c * w.h); docs/online_learning.md.")
-    shown_ttl_s: float = Field(default=2400.0, gt=0, description="PDGD: how long a served list's features stay in Redis for the learner (longer than attribution.window_s).")
+    shown_ttl_s: float = Field(default=2400.0, gt=0, description="PDGD: how long a served list's features stay in Redis for the learner (over attribution.window_s + event_log.roll_max_age_s + 1 s, what the learner waits: `recsys learn online` checks).")
     shown_queue: int = Field(default=1000, ge=1, description="PDGD: served lists an API worker queues for its Redis writer before dropping.")
     max_step: float = Field(default=1.0, gt=0, description="Largest L2 norm of one update of w.")
     tau: float = Field(default=3.0, gt=0, le=MAX_TAU, description="Probabilistic interleaving's rank softmax exponent.")

@@ -325,7 +325,7 @@ class ModelRegistry:
 
 
 def _check_name(name: str, what: str) -> None:
-    if not _NAME.match(name or ""):
+    if not _NAME.fullmatch(name or ""):
         raise RegistryError(f"invalid {what} name {name!r}: use letters, digits, '_', '.', '-'")
 
 

@@ -30,7 +30,8 @@ def import_event_id(dataset: str, user_id: str, item_id: str, ts: float, type: E
     be, `<dataset>:#<hash of the fields>` instead; its last field starts with `#`, never a digit or
     a type's letter, so it cannot equal a plain id."""
     typed = type not in (EventType.RATING, EventType.CLICK)
-    ts = int(ts) if float(ts).is_integer() else round(ts, 3)
+    ts = round(float(ts), 3)
+    ts = int(ts) if ts.is_integer() else ts
     plain = f"{dataset}:{user_id}:{item_id}:{ts}" + (f":{type.value}" if typed else "")
     if ":" not in user_id and ":" not in item_id and len(plain) <= MAX_ID_LENGTH:
         return plain

@@ -200,7 +200,7 @@ def run(
     from services.scheduler.lock import TrainingLockHeld
 
     settings = load_settings(state_dir)
-    if run_id is not None and not RUN_ID.match(run_id):
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
         fail(f"--run-id {run_id!r}: letters, digits, '_', '.' and '-', at most 128, starting with a letter or digit")
     try:
         # SIGTERM (the scheduler, a pod) records the run failed and resumable, and frees the lock.

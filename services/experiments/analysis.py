@@ -56,9 +56,10 @@ MIN_BOOTSTRAP_UNITS = 20  # fewer units: no preference interval (a bootstrap of 
 TIE_TOLERANCE = 1e-9  # relative: marginalised (float) credits this close are a tie
 SRM_ALPHA = 0.001
 #: An arm's design effect until its per-user rows give its own: MovieLens 100k's (a rating of 4 or
-#: more as the click, each rating an impression, users the units) is 27 over all 943 users and
-#: 16-20 over 5-20% samples of them (benchmarks/guardrail.py prints it).
+#: more as the click, each rating an impression, users the units) is 27.1 over its 943 users
+#: (benchmarks/guardrail.py prints it); resamples of 5-20% of them have medians of 19.5-24.
 DEFAULT_DESIGN_EFFECT = 20.0
+MIN_DESIGN_EFFECT_USERS = 20  # fewer users: their variance says too little, the default is used
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ def guardrail_p(c_t: int, n_t: int, c_0: int, n_0: int, max_drop: float, design_
 def design_effect(clicks: np.ndarray, shown: np.ndarray) -> float:
     """The variance of the per-user CTR `Σc / Σn` (`ratio_of_means`, users the units) over the
     binomial variance `R (1 − R) / Σn` that counting impressions assumes, at least 1; NaN below
-    `MIN_BOOTSTRAP_UNITS` users or where every impression or none was clicked."""
-    if len(shown) < MIN_BOOTSTRAP_UNITS:
+    `MIN_DESIGN_EFFECT_USERS` users or where every impression or none was clicked."""
+    if len(shown) < MIN_DESIGN_EFFECT_USERS:
         return math.nan
     ratio, variance = ratio_of_means(clicks, shown)
     binomial = ratio * (1 - ratio) / float(np.sum(shown))

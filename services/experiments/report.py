@@ -35,7 +35,8 @@ from services.experiments.per_user import CLICK, CachedDesignEffects, DesignEffe
 from services.experiments.serving import qualified_arm
 
 REPEATED_LOOKS = (
-    "Fixed-horizon tests: every look at p < 0.05 is another chance of a false positive. Decide the "
+    "Fixed-horizon tests (all but the guardrail's, which holds its level over any number of looks): "
+    "every look at p < 0.05 is another chance of a false positive. Decide the "
     "sample size before starting (benchmarks/RESULTS.md, issue 16, gives the users each method needed "
     "for 80% power on the simulator; benchmarks/experiments.py measures it) and read the result once there."
 )

@@ -49,12 +49,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from feature_store.attribution import Impression, Outcome, attribute, event_ms, is_outcome
-from feature_store.event_log import EventLogReader
+from feature_store.event_log import MAX_ROLL_TICK_S, EventLogReader
 from feature_store.schemas import Event, EventType
 from services.experiments.model import LEARNER
 
 ORPHAN_WAIT_MS = 60_000
-ROLL_TICK_S = 1.0  # the event log's roller looks at most this often (`LocalEventLog._roll_by_age_forever`)
 MAX_ORPHANS = 100_000
 Pair = tuple[str, str]  # (user id, item id)
 Request = tuple[str, str]  # (user id, request id)
@@ -203,7 +202,7 @@ class ComparisonReader:
 def log_lateness(roll_max_age_s: float) -> timedelta:
     """How long a visible event may precede events still in another writer's open file: a file is
     published at most `roll_max_age_s` plus the roller's tick after it opened."""
-    return timedelta(seconds=roll_max_age_s + ROLL_TICK_S)
+    return timedelta(seconds=roll_max_age_s + MAX_ROLL_TICK_S)
 
 
 def revision_label(policy: str | None) -> str | None:

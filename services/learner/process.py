@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from feature_store.event_log import MAX_ROLL_TICK_S
 from feature_store.online_store import RedisOnlineStore
 from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import Revision, RevisionStore
@@ -381,8 +382,13 @@ def build(settings: Settings, client: redis.Redis, seed: int = 0, redis_url: str
     registry = ModelRegistry(settings.model_registry_dir)
     store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
     window = timedelta(seconds=settings.attribution.window_s)
+    lateness = log_lateness(settings.event_log.roll_max_age_s)
+    if settings.learner.algorithm == "pdgd" and settings.learner.shown_ttl_s <= (window + lateness).total_seconds():
+        raise ValueError(f"learner.shown_ttl_s ({settings.learner.shown_ttl_s:g} s) must be over attribution.window_s plus "
+                         f"event_log.roll_max_age_s plus {MAX_ROLL_TICK_S:g} s ({(window + lateness).total_seconds():g} s): "
+                         "PDGD learns a list only after that, and its features expire with the TTL")
     feedback = ComparisonReader(settings.event_log_dir, window, datetime.now(timezone.utc) - window - timedelta(hours=1),
-                                lateness=log_lateness(settings.event_log.roll_max_age_s))
+                                lateness=lateness)
     shown = ShownStore(client, settings.redis.key_prefix, settings.learner.shown_ttl_s)
     experiments = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
     manager = ExperimentManager(experiments, registry)

@@ -73,7 +73,7 @@ def test_stored_text_prints_as_written_and_a_retried_step_survives_its_own_error
         return StepResult({}, {})
 
     def failing(context: StepContext) -> StepResult:
-        raise ValueError("expected vectors of shape [n, 64], got (10, 32) \x1b[31m")
+        raise ValueError("shape [n, 64] \x1b[31m")  # short: the table's column never wraps it
 
     store = RunStore(runs_dir(settings))
     retried = run_steps([Step("compact", flaky)], settings, store, RetryPolicy(retries=1, backoff_s=0),
@@ -86,3 +86,13 @@ def test_stored_text_prints_as_written_and_a_retried_step_survives_its_own_error
     shown = CliRunner().invoke(app, ["train", "history", "--run", "failed-run", "--state-dir", str(settings.state_dir)])
     assert shown.exit_code == 0, shown.output
     assert "[n, 64]" in shown.output and "\\x1b[31m" in shown.output and "\x1b" not in shown.output
+
+
+def test_names_with_a_trailing_newline_are_refused(settings: Settings) -> None:
+    """`$` matches before a final newline: a run id or a registry name `abc\n` passed the checks."""
+    from models.registry import ModelRegistry, RegistryError
+
+    bad = CliRunner().invoke(app, ["train", "run", "--run-id", "abc\n", "--state-dir", str(settings.state_dir)])
+    assert bad.exit_code == 2 and "--run-id 'abc\\n'" in bad.output, bad.output
+    with pytest.raises(RegistryError, match="invalid"):
+        ModelRegistry(settings.model_registry_dir).get("ranker", "abc\n")

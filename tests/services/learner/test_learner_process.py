@@ -36,7 +36,7 @@ from services.experiments.store import ExperimentStore
 from services.learner.feedback import ComparisonReader, log_lateness
 from services.learner.metrics import learner_registry
 from services.learner.pdgd import logged_gradient
-from services.learner.process import Guardrail, LearnerProcess, stopped_arms
+from services.learner.process import Guardrail, LearnerProcess, build, stopped_arms
 from services.learner.shown import ShownList, ShownStore
 from tests.services.experiments.conftest import ADMIN, admin_client, admin_settings, publish_dummy, registry_versions  # noqa: F401
 from tests.services.experiments.test_report import create, plant_ab
@@ -619,32 +619,32 @@ def test_clicks_in_another_workers_unrolled_file_still_count(tmp_path: Path) -> 
     its impression's file is published waits for it; a click near the window's end, still in an
     unrolled file, is not read as none."""
     root, lateness = tmp_path / "events", log_lateness(EventLogSettings().roll_max_age_s)
-    a, b, c = (LocalEventLog(root) for _ in range(3))
-    context = {"position": 0, "experiment": "learner", "team": "current", "arm": "learner:online",
-               "policy": "ranker=v1;explore=learner:r1-abcdef"}
-    a.append([Event(event_id="imp1", user_id="u1", item_id="i0", type="impression", ts=T0,
-                    context={**context, "request_id": "req1"})])  # in A's open file
-    b.append([Event(event_id="click1", user_id="u1", item_id="i0", type="click", ts=T0 + timedelta(seconds=0.2),
-                    context={"request_id": "req1"})])
-    b.roll_all()
-    c.append([Event(event_id="x1", user_id="u9", item_id="x", type="impression", ts=T0 + timedelta(seconds=60.5))])
-    c.roll_all()  # C's file rolled before A's
-    reader = ComparisonReader(root, WINDOW, lateness=lateness)
-    assert reader.poll() == [] and list(reader._orphans) == ["click1"]  # waits for its impression
-    a.roll_all()
-    a.append([Event(event_id="imp2", user_id="u2", item_id="i0", type="impression", ts=T0 + timedelta(seconds=61),
-                    context={**context, "request_id": "req2"})])
-    a.roll_all()
-    b.append([Event(event_id="click2", user_id="u2", item_id="i0", type="click",
-                    ts=T0 + timedelta(seconds=61) + WINDOW - timedelta(seconds=5), context={"request_id": "req2"})])
-    c.append([Event(event_id="x2", user_id="u9", item_id="x", type="impression", ts=T0 + timedelta(seconds=62) + WINDOW)])
-    c.roll_all()  # past req2's window, while click2 is still in B's open file
-    assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req1", (True,))]
-    b.roll_all()
-    c.append([Event(event_id="x3", user_id="u9", item_id="x", type="impression",
-                    ts=T0 + timedelta(seconds=62) + WINDOW + lateness)])
-    c.roll_all()
-    assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req2", (True,))]
+    with LocalEventLog(root) as a, LocalEventLog(root) as b, LocalEventLog(root) as c:
+        context = {"position": 0, "experiment": "learner", "team": "current", "arm": "learner:online",
+                   "policy": "ranker=v1;explore=learner:r1-abcdef"}
+        a.append([Event(event_id="imp1", user_id="u1", item_id="i0", type="impression", ts=T0,
+                        context={**context, "request_id": "req1"})])  # in A's open file
+        b.append([Event(event_id="click1", user_id="u1", item_id="i0", type="click", ts=T0 + timedelta(seconds=0.2),
+                        context={"request_id": "req1"})])
+        b.roll_all()
+        c.append([Event(event_id="x1", user_id="u9", item_id="x", type="impression", ts=T0 + timedelta(seconds=60.5))])
+        c.roll_all()  # C's file rolled before A's
+        reader = ComparisonReader(root, WINDOW, lateness=lateness)
+        assert reader.poll() == [] and list(reader._orphans) == ["click1"]  # waits for its impression
+        a.roll_all()
+        a.append([Event(event_id="imp2", user_id="u2", item_id="i0", type="impression", ts=T0 + timedelta(seconds=61),
+                        context={**context, "request_id": "req2"})])
+        a.roll_all()
+        b.append([Event(event_id="click2", user_id="u2", item_id="i0", type="click",
+                        ts=T0 + timedelta(seconds=61) + WINDOW - timedelta(seconds=5), context={"request_id": "req2"})])
+        c.append([Event(event_id="x2", user_id="u9", item_id="x", type="impression", ts=T0 + timedelta(seconds=62) + WINDOW)])
+        c.roll_all()  # past req2's window, while click2 is still in B's open file
+        assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req1", (True,))]
+        b.roll_all()
+        c.append([Event(event_id="x3", user_id="u9", item_id="x", type="impression",
+                        ts=T0 + timedelta(seconds=62) + WINDOW + lateness)])
+        c.roll_all()
+        assert [(r.request_id, r.clicked) for r in reader.poll()] == [("req2", (True,))]
 
 
 def test_a_future_dated_event_neither_finishes_requests_early_nor_stops_the_reading(tmp_path: Path) -> None:
@@ -653,21 +653,31 @@ def test_a_future_dated_event_neither_finishes_requests_early_nor_stops_the_read
     2099 event (an import) left every later partition unread."""
     now = [datetime.now(timezone.utc).timestamp()]
     served = datetime.fromtimestamp(now[0], timezone.utc) - timedelta(minutes=20)
-    log = LocalEventLog(tmp_path / "events")
-    context = {"position": 0, "experiment": "learner", "team": "current", "arm": "learner:online",
-               "policy": "ranker=v1;explore=learner:r1-abcdef"}
-    log.append([Event(event_id="imp1", user_id="u1", item_id="i0", type="impression", ts=served,
-                      context={**context, "request_id": "req1"}),
-                Event(event_id="ahead", user_id="u9", item_id="x", type="click", ts=served + timedelta(minutes=34)),
-                Event(event_id="far", user_id="u9", item_id="x", type="click", ts=datetime(2099, 1, 1, tzinfo=timezone.utc))])
-    log.roll_all()
-    reader = ComparisonReader(tmp_path / "events", WINDOW, clock=lambda: now[0])
-    assert reader.poll() == []  # 20 min into a 30-min window: not finished
-    log.append([Event(event_id="click1", user_id="u1", item_id="i0", type="click", ts=served + timedelta(minutes=15),
-                      context={"request_id": "req1"})])
-    log.roll_all()
-    now[0] += 11 * 60  # the window has passed by the reader's clock
-    log.append([Event(event_id="tick", user_id="u9", item_id="x", type="impression",
-                      ts=served + WINDOW + timedelta(minutes=1))])
-    log.roll_all()
-    assert [(c.request_id, c.clicked) for c in reader.poll()] == [("req1", (True,))]
+    with LocalEventLog(tmp_path / "events") as log:
+        context = {"position": 0, "experiment": "learner", "team": "current", "arm": "learner:online",
+                   "policy": "ranker=v1;explore=learner:r1-abcdef"}
+        log.append([Event(event_id="imp1", user_id="u1", item_id="i0", type="impression", ts=served,
+                          context={**context, "request_id": "req1"}),
+                    Event(event_id="ahead", user_id="u9", item_id="x", type="click", ts=served + timedelta(minutes=34)),
+                    Event(event_id="far", user_id="u9", item_id="x", type="click", ts=datetime(2099, 1, 1, tzinfo=timezone.utc))])
+        log.roll_all()
+        reader = ComparisonReader(tmp_path / "events", WINDOW, clock=lambda: now[0])
+        assert reader.poll() == []  # 20 min into a 30-min window: not finished
+        log.append([Event(event_id="click1", user_id="u1", item_id="i0", type="click", ts=served + timedelta(minutes=15),
+                          context={"request_id": "req1"})])
+        log.roll_all()
+        now[0] += 11 * 60  # the window has passed by the reader's clock
+        log.append([Event(event_id="tick", user_id="u9", item_id="x", type="impression",
+                          ts=served + WINDOW + timedelta(minutes=1))])
+        log.roll_all()
+        assert [(c.request_id, c.clicked) for c in reader.poll()] == [("req1", (True,))]
+
+
+def test_pdgd_refuses_features_that_expire_before_their_lists_are_learned(settings: Settings,
+                                                                          redis_client: redis.Redis) -> None:
+    """The learner waits out the window and the log's lateness (30 min + 61 s by default) before it
+    learns a list: a features TTL shorter than that would expire every list first."""
+    short = settings.model_copy(update={"learner": LearnerSettings(algorithm="pdgd", shown_ttl_s=1860.0)})
+    with pytest.raises(ValueError, match=r"learner.shown_ttl_s \(1860 s\) must be over .* \(1861 s\)"):
+        build(short, redis_client)
+    build(settings.model_copy(update={"learner": LearnerSettings(algorithm="pdgd", shown_ttl_s=1862.0)}), redis_client)
