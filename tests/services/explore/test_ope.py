@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
-from pipelines.simulate.population import PopulationParams, make_population
+from pipelines.simulate.population import Population, PopulationParams, make_population
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.ope.estimators import estimate
@@ -27,17 +27,25 @@ from services.explore.ucb import Ucb1
 K, REQUESTS = 4, 3000
 
 
-@pytest.fixture(scope="module")
-def world() -> tuple[GroundTruth, list[str], list[Decision]]:
+def simulated_ranking(rng: np.random.Generator) -> tuple[Population, GroundTruth, list[str], np.ndarray, np.ndarray, Ranked]:
+    """A small simulated population with its click model, its users, every item's population CTR,
+    and the items ranked by a noisy estimate of it (the logging ranker's list): (population, truth,
+    users, ctr, order, ranked)."""
     population = make_population(PopulationParams(users=60, items=30, dim=8, seed=3))
     truth = GroundTruth(population, PositionBasedModel(1.0))
-    rng = np.random.default_rng(11)
     n = population.params.items
     ids = [population.item_id(i) for i in range(n)]
     users = [population.user_id(u) for u in range(population.params.users)]
     ctr = population.user_activity @ np.stack([truth.attractiveness(u, ids, 0) for u in users])
     order = np.argsort(-(ctr + rng.normal(0, 0.05, n)))
-    ranked = Ranked(tuple(ids[i] for i in order), np.linspace(1, 0, n))
+    return population, truth, users, ctr, order, Ranked(tuple(ids[i] for i in order), np.linspace(1, 0, n))
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[GroundTruth, list[str], list[Decision]]:
+    rng = np.random.default_rng(11)
+    population, truth, users, ctr, order, ranked = simulated_ranking(rng)
+    n = len(ranked.item_ids)
     examined = rng.integers(0, 200, n).astype(float)
     counts = ItemCounts(examined[order], rng.binomial(examined.astype(int), ctr)[order].astype(float))
     logging = EpsilonGreedy(0.2)

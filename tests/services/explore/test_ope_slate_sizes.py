@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
-from pipelines.simulate.population import PopulationParams, make_population
+from pipelines.simulate.click_model import PositionBasedModel
 from services.explore.epsilon_greedy import EpsilonGreedy
 from services.explore.greedy import Greedy
 from services.explore.ope.estimators import estimate
@@ -26,6 +25,7 @@ from services.explore.ope.replay import Decision, reward_model, slate_logs
 from services.explore.policy import Policy, Ranked, Slate
 from services.recommend.impressions import ServedList
 from services.recommend.types import Recommendation, RecommendationRequest, RecommendationResult
+from tests.services.explore.test_ope import simulated_ranking
 
 LABEL = "ranker=r;explore=epsilon_greedy(epsilon=0.5)"
 SIX = list("ABCDEF")
@@ -78,15 +78,8 @@ def test_the_logging_policy_as_target_estimates_its_clicks_per_shown_slot() -> N
 def mixed_log() -> tuple[list[Decision], list[np.ndarray], Ranked]:
     """An ε = 0.2 log over a simulated population whose requests ask for k ∈ {1, 2, 6}; per request
     the user's true attractiveness of every candidate, in rank order."""
-    population = make_population(PopulationParams(users=60, items=30, dim=8, seed=3))
-    truth = GroundTruth(population, PositionBasedModel(1.0))
     rng = np.random.default_rng(11)
-    n = population.params.items
-    ids = [population.item_id(i) for i in range(n)]
-    users = [population.user_id(u) for u in range(population.params.users)]
-    ctr = population.user_activity @ np.stack([truth.attractiveness(u, ids, 0) for u in users])
-    order = np.argsort(-(ctr + rng.normal(0, 0.05, n)))
-    ranked = Ranked(tuple(ids[i] for i in order), np.linspace(1, 0, n))
+    population, truth, users, _, _, ranked = simulated_ranking(rng)
     logging = EpsilonGreedy(0.2)
     decisions, attractiveness = [], []
     for k in rng.choice([1, 2, 6], size=3000):

@@ -19,25 +19,11 @@ from fastapi.testclient import TestClient
 
 from feature_store.settings import LearnerSettings, Settings
 from models.online_revisions import RevisionStore
-from services.learner.process import LearnerProcess
 from services.learner.serving import LearnerServing
 from services.learner.shown import ShownList, ShownStore
 from tests.services.experiments.conftest import ADMIN, admin_client, admin_settings, registry_versions  # noqa: F401
-from tests.services.learner.test_learner_process import Feedback, _limited, _process, _restarted
+from tests.services.learner.test_learner_process import Feedback, _limited, _process, _refused, _restarted
 from tests.services.learner.test_promoted_plan import BUNDLE, HEAD, _outside
-
-
-def _refused(process: LearnerProcess, redis_client: redis.Redis, *rules: str) -> None:
-    """One `process.step()` on a Redis refusing `rules`: it fails, as a step on Redis away does."""
-    process.store = RevisionStore(_limited(redis_client, *rules), "t", history=process.settings.history)
-    process.shown = ShownStore(_limited(redis_client, *rules), "t", ttl_s=600)
-    try:
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            process.step()
-    finally:
-        redis_client.execute_command("ACL", "DELUSER", "learner")
-    process.store = RevisionStore(redis_client, "t", history=process.settings.history)
-    process.shown = ShownStore(redis_client, "t", ttl_s=600)
 
 
 def _toward(w: np.ndarray, explore: np.ndarray, eta: float) -> np.ndarray:

@@ -522,6 +522,19 @@ def _limited(redis_client: redis.Redis, *rules: str) -> redis.Redis:
     return redis.Redis(host=host, port=port, username="learner", password="pw")
 
 
+def _refused(process: LearnerProcess, redis_client: redis.Redis, *rules: str) -> None:
+    """One `process.step()` on a Redis refusing `rules`: it fails, as a step on Redis away does."""
+    process.store = RevisionStore(_limited(redis_client, *rules), "t", history=process.settings.history)
+    process.shown = ShownStore(_limited(redis_client, *rules), "t", ttl_s=600)
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            process.step()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "learner")
+    process.store = RevisionStore(redis_client, "t", history=process.settings.history)
+    process.shown = ShownStore(redis_client, "t", ttl_s=600)
+
+
 def _restarted(process: LearnerProcess, settings: LearnerSettings) -> LearnerProcess:
     """A new learner process on the same Redis, registry, event log and bases as `process`."""
     return LearnerProcess(settings, process.store, process.registry, process.comparisons, process.head_of,
@@ -560,13 +573,7 @@ def test_a_step_failing_on_redis_loses_no_feedback(tmp_path: Path, redis_client:
     first = process.store.current(versions[0])
     feedback.request(f"learner:{first.id}", ["current", "explore"], [1])
     feedback.close_window()
-    process.store = RevisionStore(_limited(redis_client, "-hgetall"), "t")  # the kill switch unreadable
-    try:
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            process.step()
-    finally:
-        redis_client.execute_command("ACL", "DELUSER", "learner")
-    process.store = RevisionStore(redis_client, "t", history=process.settings.history)
+    _refused(process, redis_client, "-hgetall")  # the kill switch unreadable
     process.step()
     assert process.summary.comparisons == 1 and process.store.current(versions[0]).parent == first.id
 
