@@ -108,24 +108,29 @@ class ComparisonReader:
         self._since = since
 
     def poll(self) -> list[Comparison]:
-        """Comparisons finished by the events of the files that appeared since the last call."""
+        """Comparisons finished by the events of the files that appeared since the last call (and
+        by the clock, once it reaches a watermark that future-dated events put ahead of it)."""
         oldest = self._since
         if self._watermark_ms:
-            seen = datetime.fromtimestamp((self._watermark_ms - self.window_ms) / 1000 - 3600, timezone.utc)
+            seen = datetime.fromtimestamp((self._watermark() - self.window_ms) / 1000 - 3600, timezone.utc)
             oldest = seen if oldest is None else max(oldest, seen)
         listed = self.reader.files(oldest)
-        now_ms = int(self.clock() * 1000)
         for path in listed:
             if path not in self._read:
                 for event in _events(path):
-                    self._take(event, now_ms)
+                    self._take(event)
         self._read = set(listed)
-        self._expire_orphans(self._watermark_ms - self.lateness_ms - ORPHAN_WAIT_MS)
-        return self._finished(self._watermark_ms - self.lateness_ms)
+        watermark = self._watermark()
+        self._expire_orphans(watermark - self.lateness_ms - ORPHAN_WAIT_MS)
+        return self._finished(watermark - self.lateness_ms)
 
-    def _take(self, event: Event, now_ms: int) -> None:
+    def _watermark(self) -> int:
+        """The newest event time read, never past the clock."""
+        return min(self._watermark_ms, int(self.clock() * 1000))
+
+    def _take(self, event: Event) -> None:
         impression = Impression.of(event) if event.type == EventType.IMPRESSION else None
-        self._watermark_ms = max(self._watermark_ms, min(event_ms(event), now_ms))
+        self._watermark_ms = max(self._watermark_ms, event_ms(event))
         context = event.context
         if impression is not None and context is not None and context.experiment == LEARNER:
             revision = revision_label(context.policy) or context.arm
