@@ -1,6 +1,7 @@
 """Guardrails applied on a schedule: every `experiments.guardrail_interval_s`, every running A/B
 experiment with a guardrail gets `report.enforce_guardrail` (the report's own rule over the
-attributed counts, with the arms' design effects from the batch layer's per-user rows), so a failing arm is stopped without anyone reading the report.
+attributed counts, with the arms' design effects from the batch layer's per-user rows), so a
+failing arm is stopped without anyone reading the report.
 
 Each API worker runs a `GuardrailMonitor` thread; a tick acts only when it takes the Redis lock
 `<prefix>:experiments:guardrail:lock` (`services.scheduler.lock.RunLock`), which it leaves to

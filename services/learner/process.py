@@ -190,7 +190,9 @@ class LearnerProcess:
 
     def _learn_whole(self, finished: list[Comparison]) -> None:
         """Learn from `finished` whole or not at all (`_all_or_nothing`); after a Redis failure the
-        comparisons are learned again at the next step."""
+        comparisons are learned again at the next step. An idle step (none finished) copies nothing."""
+        if not finished:
+            return
         try:
             with self._all_or_nothing():
                 if isinstance(self.learner, Pdgd):

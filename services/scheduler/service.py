@@ -126,7 +126,8 @@ class TrainingScheduler:
         # killed mid-run leaves no run going on without the lock.
         process = subprocess.Popen(command, env=self.env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.scheduler.run_timeout_s
-        keeper = LockKeeper(lock, self.settings.scheduler.lock_ttl_s, self.call_timeout_s, self.metrics.lock_renewals.inc)
+        keeper = LockKeeper(lock, self.settings.scheduler.lock_ttl_s, self.call_timeout_s, self.metrics.lock_renewals.inc,
+                            retry_s=POLL_S)
         while True:
             try:
                 code = process.wait(timeout=POLL_S)
