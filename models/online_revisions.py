@@ -32,7 +32,7 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import redis
@@ -174,13 +174,29 @@ class RevisionStore:
         self.client.hset(self._control, mapping={"enabled": "1" if enabled else "0", "reason": reason, "at": control.at})
         return control
 
-    def poll(self, base: str) -> tuple[str | None, Control]:
-        """The current revision id of `base` and the kill switch, in one round trip."""
+    def poll(self, base: str) -> Poll:
+        """The current revision id of `base`, the newest revision's id (any base's) and the kill
+        switch, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self._pointer_prefix + base)
+        pipe.lindex(self._history, 0)
         pipe.hgetall(self._control)
-        pointer, control = pipe.execute()
-        return None if pointer is None else pointer.decode(), _control(control)
+        pointer, newest, control = pipe.execute()
+        return Poll(_decoded(pointer), _decoded(newest), _control(control))
+
+
+class Poll(NamedTuple):
+    """What an API worker reads every poll: `current` the base's revision id, `newest` the newest
+    revision id of the role (the publish script sets a base's pointer with the push, so the two are
+    equal exactly when the newest revision belongs to the base), and the kill switch."""
+
+    current: str | None
+    newest: str | None
+    control: Control
+
+
+def _decoded(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode()
 
 
 def _control(stored: dict[bytes, bytes]) -> Control:

@@ -51,7 +51,7 @@ import redis
 from scipy.special import expit, logsumexp
 
 from feature_store.settings import LearnerSettings
-from models.online_revisions import Control, Revision, RevisionStore
+from models.online_revisions import Control, Poll, Revision, RevisionStore
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic, team_draft
 from services.experiments.model import LEARNER, LEARNER_ARMS
@@ -185,35 +185,34 @@ class LearnerServing:
         if base is None:
             self.live = LiveRevision(None, None, self.store.control())
             return self.live
-        revision_id, control = self.store.poll(base)
+        poll = self.store.poll(base)
         try:
-            revision = self._current(base, revision_id)
+            revision = self._current(base, poll, live)
         except redis.RedisError:
-            self.live = replace(live, control=control)
+            self.live = replace(live, control=poll.control)
             raise
         if revision is not None and (live.revision is None or revision.id != live.revision.id):
             log.info("serving online revision %s of %s (%s)", revision.id, base, revision.reason)
-        self.live = LiveRevision(base, revision, control)  # one reference assignment: the atomic swap
+        self.live = LiveRevision(base, revision, poll.control)  # one reference assignment: the atomic swap
         return self.live
 
-    def _current(self, base: str, revision_id: str | None) -> Revision | None:
-        """`base`'s current revision `revision_id`, or None: none yet, unreadable (logged), or left
-        behind by the learner, which publishes first for the base it starts: a revision of another
-        base is newer (the registry went back to `base`; its old revision waits for the learner to
-        start it again from its own layer)."""
-        if revision_id is None:
+    def _current(self, base: str, poll: Poll, live: LiveRevision) -> Revision | None:
+        """`base`'s current revision, or None: none yet, unreadable (logged), or left behind by the
+        learner, which publishes first for the base it starts: a revision of another base is newer
+        (the registry went back to `base`; its old revision waits for the learner to start it again
+        from its own layer). The revision served already is kept without reading it again."""
+        if poll.current is None or poll.newest != poll.current:
             return None
+        if live.revision is not None and live.revision.id == poll.current:
+            return live.revision
         try:
-            newest = self.store.history(limit=1)
-            if not newest or newest[0].base != base:
-                return None
-            return newest[0] if newest[0].id == revision_id else self.store.get(revision_id)
+            return self.store.get(poll.current)
         except redis.RedisError:
             raise
         except Exception as error:  # a revision another version wrote, or a corrupted one
-            if revision_id != self._unreadable:
-                log.error("online revision %s of %s is unreadable (%r); serving none", revision_id, base, error)
-            self._unreadable = revision_id
+            if poll.current != self._unreadable:
+                log.error("online revision %s of %s is unreadable (%r); serving none", poll.current, base, error)
+            self._unreadable = poll.current
             return None
 
     def plan(self, user_id: str, bundle: ModelBundle, request_id: str) -> Served | None:

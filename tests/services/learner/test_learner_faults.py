@@ -1,6 +1,7 @@
 """The learner and its serving through faults, on a real Redis and a real event log: an unreadable
 current revision leaves the kill switch working (for the worker the admin API answers and for the
-others), and so does Redis refusing the revision's read; a worker serves no revision of a base the
+others), and so does Redis refusing the revision's read; a worker reads the revision it serves
+once, then only polls ids; a worker serves no revision of a base the
 learner left; PDGD keeps a step's clicked lists when Redis refuses the read of their features, and
 skips a malformed record alone; after a rollback, the rolled-back revisions' lists in flight
 neither move nor promote the new `w`; a failed publish leaves DBGD where the served revision is,
@@ -66,6 +67,23 @@ def test_the_kill_switch_applies_when_redis_refuses_the_revisions_read(redis_cli
     finally:
         redis_client.execute_command("ACL", "DELUSER", "learner")
     assert not serving.enabled and serving.live.revision == first  # the last revision kept, the switch applied
+
+
+def test_a_worker_reads_the_served_revision_once_and_then_only_polls_its_id(redis_client: redis.Redis) -> None:
+    store = RevisionStore(redis_client, "t")
+    first = store.publish("v1", np.array([-1.0, 3.0]), None, None, "planted", served=True)
+    serving = LearnerServing(store, LearnerSettings(share=0.3), lambda: "v1")
+    assert serving.refresh().revision == first
+    serving.store = RevisionStore(_limited(redis_client, "-lrange", "-hget", "-hmget"), "t")  # no revision reads
+    try:
+        assert serving.refresh().revision == first  # the poll's ids say nothing changed: nothing else is read
+        second = store.publish("v1", np.array([-1.0, 2.0]), None, first.id, "a newer revision")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            serving.refresh()  # a new id: the revision is read
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "learner")
+    serving.store = store
+    assert serving.refresh().revision == second
 
 
 def test_a_base_the_learner_left_serves_no_revision_until_the_learner_starts_it_again(redis_client: redis.Redis) -> None:
