@@ -32,11 +32,14 @@ class ImplicitALS:
         self.ids, self.position = item_index(sequences)
         rows = [u for u, sequence in enumerate(sequences) for _ in dict.fromkeys(sequence)]
         cols = [self.position[item] for sequence in sequences for item in dict.fromkeys(sequence)]
-        matrix = sparse.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(sequences), len(self.ids)))
+        # `implicit` takes the confidence as `alpha` × the stored value (c = α·r): storing 1 + α under
+        # its alpha 1 gives Hu, Koren & Volinsky's c = 1 + α·r, the confidence the fold-in solves with.
+        confidence = np.full(len(cols), 1.0 + alpha, np.float32)
+        matrix = sparse.csr_matrix((confidence, (rows, cols)), shape=(len(sequences), len(self.ids)))
         # One BLAS thread, as `implicit` asks: its solver calls scipy's OpenBLAS (loaded by the
         # import above, so a cap set before it does not reach it) from its own parallel loop.
         with threadpool_limits(limits=1, user_api="blas"):
-            model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+            model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
                                             iterations=iterations, random_state=seed)  # fmt: skip
             model.fit(matrix, show_progress=False)
         self.factors = np.asarray(model.item_factors, dtype=np.float64)

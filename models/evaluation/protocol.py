@@ -210,7 +210,8 @@ class ListScorer:
 
 def top_lists(model: Any, split: LeaveLastOut, items: Sequence[str], k: int = 10, seed: int = 0) -> list[list[str]]:
     """Each user's top ``k`` items (users in sorted order) under the same full ranking as
-    `full_ranks`: history masked, ties broken at random."""
+    `full_ranks`: history masked (never listed: a user with fewer than ``k`` unseen items gets a
+    shorter list), ties broken at random."""
     index = {item: i for i, item in enumerate(items)}
     columns = np.array([index[item] for item in model.ids.tolist()], dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -235,4 +236,4 @@ def _top(own: np.ndarray, columns: np.ndarray, history: Sequence[str], items: Se
         order = kept[np.lexsort((draws[kept], key[kept]))]
     else:
         order = np.lexsort((draws, key))
-    return [items[i] for i in order[:k]]
+    return [items[i] for i in order[:k] if np.isfinite(key[i])]  # fewer than k unseen items: a shorter list

@@ -33,8 +33,9 @@ class LeaveLastOut:
 def leave_last_one_out(interactions: Iterable[tuple[str, str, Timestamp]]) -> LeaveLastOut:
     """Split (user_id, item_id, ts) positives. Ties in ts keep input order; read from the event log
     (`EventLogReader.read`, ordered by (ts, event_id)) that is event-id order, and an imported
-    event's id embeds its item (`<dataset>:<user>:<item>:<ts>`), so tied imports are ordered by
-    item id, not by their order in the imported file."""
+    event's id embeds its item (`<dataset>:<user>:<item>:<ts>`), so tied imports are ordered by the
+    ids' strings (`…:14:…` before `…:1:…`: `:` sorts after the digits), not by their order in the
+    imported file: deterministic, the same in every engine, though not numeric item order."""
     by_user: dict[str, list[tuple[Timestamp, int, str]]] = defaultdict(list)
     start = end = None
     for order, (user, item, ts) in enumerate(interactions):

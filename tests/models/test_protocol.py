@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import sparse
 import pytest
 
 from models.evaluation import ItemKNNRecommender, PopularityRecommender
@@ -91,6 +92,21 @@ def test_als_fold_in_solves_the_weighted_least_squares_of_hu_koren_volinsky() ->
     target = np.concatenate([np.sqrt(confidence) * preference, np.zeros(8)])
     user = np.linalg.lstsq(system, target, rcond=None)[0]
     assert np.allclose(als.scores(history), als.factors @ user, atol=1e-6)
+
+
+def test_als_trains_with_the_confidence_its_fold_in_solves_with() -> None:
+    """HKV's c = 1 + α for an interaction; `implicit` weighs a stored value r by its `alpha` (c = alpha·r),
+    so the same model is implicit's alpha = 1 + α on the 0/1 matrix: the item factors must be its."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    sequences = protocol_split(_chains(users=60, items=20)).training_sequences()
+    als = ImplicitALS(sequences, factors=8, regularization=0.1, alpha=1.0, iterations=5, seed=3)
+    rows = [u for u, sequence in enumerate(sequences) for _ in dict.fromkeys(sequence)]
+    columns = [als.position[item] for sequence in sequences for item in dict.fromkeys(sequence)]
+    interactions = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(sequences), len(als.ids)))
+    reference = AlternatingLeastSquares(factors=8, regularization=0.1, alpha=2.0, iterations=5, random_state=3)
+    reference.fit(interactions, show_progress=False)
+    assert np.allclose(als.factors, reference.item_factors, atol=1e-4)
 
 
 def test_gru4rec_learns_what_follows_and_list_models_rank_fully() -> None:

@@ -136,3 +136,12 @@ def test_one_pass_gives_the_ranks_and_top_lists_of_two() -> None:
     assert lists == top_lists(model, split.test, split.items, 10, seed=4)
     tuned = tune("ItemKNN", lambda **p: ItemKNNRecommender(split.training_sequences(), **p), [{"neighbours": 5, "recent": 1}], split, 4)
     assert tuned.test_lists == lists
+
+
+def test_top_lists_never_list_a_history_item_when_fewer_than_k_are_unseen() -> None:
+    split = protocol_split(_chains(users=30, items=12, length=10))  # 8 training items of 12: 4 unseen
+    model = PopularityRecommender(split.training_sequences())
+    for k in (10, len(split.items)):  # both sorting paths: partial (k < items) and full
+        for user, top in zip(sorted(split.test.test), top_lists(model, split.test, split.items, k)):
+            unseen = set(split.items) - set(split.test.train[user])
+            assert set(top) == unseen and len(top) == len(unseen)
