@@ -16,7 +16,8 @@ category centroids, unit item and user factors near them, Zipf popularity and ac
   tenant has not loaded them and no simulated user can click them).
 
 User `k` is `f"{prefix}u{k}"`, item `j` is `f"{prefix}i{j}"`, category `c` is `f"{prefix}c{c}"`,
-with `prefix` `sim<seed>-` by default, so two seeds never share ids in one service.
+with `prefix` `sim<seed>-` by default. A simulation against a service (`session.simulate`) adds a
+fingerprint of the parameters to it, so two populations never share ids there.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ class PopulationParams:
             "activity_skew must be >= 0": self.activity_skew is None or self.activity_skew >= 0,
             "drift_at must be >= 0": self.drift_at is None or self.drift_at >= 0,
             "drift_strength must be in [0, 1]": 0 <= self.drift_strength <= 1,
+            "seed must be >= 0": self.seed >= 0,
             "new_items must be >= 0": self.new_items >= 0,
+            "new_items > 0 needs new_items_at (the step at which they arrive)": self.new_items <= 0
+            or self.new_items_at is not None,
             "new_items_at must be >= 1 and needs new_items > 0": self.new_items_at is None
             or (self.new_items_at >= 1 and self.new_items > 0),
         }

@@ -10,7 +10,9 @@ by the items' `position` (their index when the response has none), clicks drawn 
 The run stops after `requests` steps or `seconds`, whichever comes first. Per step it records the
 served list's expected clicks under the truth and the oracle's for a list of the same length (no
 exclusions: the oracle may show items the user clicked before, which the service never does, so
-part of the regret is that rule); a step whose calls failed counts as an error and nothing else.
+part of the regret is that rule); a step whose calls failed, or were answered in another shape
+than the API's, counts as an error and nothing else. What must abort the run (an arrival the
+service refuses, an interrupt) stops every worker at its next step and is raised.
 """
 
 from __future__ import annotations
@@ -113,15 +115,23 @@ def run_simulation(
     steps = _Steps(params, started + params.seconds, lambda step: _arrive(client, truth, step, params))
 
     def work() -> None:
-        while (step := steps.take()) is not None:
-            outcome = _one_step(client, truth, step, params.k)
-            with lock:
-                _tally(summary, served, outcome)
-                on_progress("simulating requests", summary.requests + summary.errors, params.requests)
+        try:
+            while (step := steps.take()) is not None:
+                outcome = _one_step(client, truth, step, params.k)
+                with lock:
+                    _tally(summary, served, outcome)
+                    on_progress("simulating requests", summary.requests + summary.errors, params.requests)
+        except BaseException:
+            steps.stop()  # the run is lost: the other workers stop at their next step, not at the limit
+            raise
 
     with ThreadPoolExecutor(params.concurrency, thread_name_prefix="simulate") as pool:
-        for future in [pool.submit(work) for _ in range(params.concurrency)]:
-            future.result()
+        futures = [pool.submit(work) for _ in range(params.concurrency)]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            steps.stop()  # on an interrupt, leaving the pool would otherwise wait for the limit
     summary.seconds = time.monotonic() - started
     served.sort(key=lambda record: record.step)
     return SimulationResult(summary, served)
@@ -142,9 +152,14 @@ class _Steps:
             try:
                 self._before(step)
             except BaseException:
-                self._limit = 0  # the other workers stop too
+                self._limit = 0  # at once, under the lock: no other worker takes another step
                 raise
             return step
+
+    def stop(self) -> None:
+        """Hand out no more steps."""
+        with self._lock:
+            self._limit = 0
 
 
 def _arrive(client: httpx.Client, truth: GroundTruth, step: int, params: RunParams) -> None:
@@ -156,8 +171,7 @@ def _arrive(client: httpx.Client, truth: GroundTruth, step: int, params: RunPara
 @dataclass
 class _Outcome:
     served: ServedRequest | None = None
-    events: dict[str, Any] | None = None
-    posted: int = 0
+    events: EventTally | None = None
     degraded: bool = False
     error: str | None = None
 
@@ -176,13 +190,12 @@ def _one_step(client: httpx.Client, truth: GroundTruth, step: int, k: int) -> _O
         if response.status_code != 200:
             return _Outcome(error=f"GET recommendations answered {response.status_code}: {response.text[:200]}")
         body = response.json()
-        slots = sorted((item.get("position", index), item["item_id"]) for index, item in enumerate(body["items"]))
+        request_id, slots = _slots(body)
         items = [item_id for _, item_id in slots]
         if len(set(items)) != len(items):  # the click model and the oracle's bound assume distinct items
             repeated = sorted({item for item in items if items.count(item) > 1})
             return _Outcome(error=f"GET recommendations answered a list with repeated items: {', '.join(repeated[:5])}")
         clicked = truth.draw_clicks(user_id, items, step).nonzero()[0].tolist()
-        request_id = body["request_id"]
         now = datetime.now(timezone.utc)
         prefix = truth.population.params.prefix
         events = [
@@ -190,7 +203,7 @@ def _one_step(client: httpx.Client, truth: GroundTruth, step: int, k: int) -> _O
             for slot, item_id in (slots[i] for i in clicked)
         ]
         answer = _post(client, events)
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON, or not the API's shape
         return _Outcome(error=f"{type(exc).__name__}: {exc}")
     if isinstance(answer, str):
         return _Outcome(error=answer)
@@ -198,16 +211,33 @@ def _one_step(client: httpx.Client, truth: GroundTruth, step: int, k: int) -> _O
         step, user_id, request_id, items, [slots[i][0] for i in clicked],
         truth.expected_clicks(user_id, items, step), truth.oracle_clicks(user_id, len(items), step),
     )  # fmt: skip
-    return _Outcome(record, answer, len(events), bool(body.get("degraded")))
+    return _Outcome(record, answer, bool(body.get("degraded")))
 
 
-def _post(client: httpx.Client, events: list[dict[str, Any]]) -> dict[str, Any] | str:
+def _slots(body: Any) -> tuple[str, list[tuple[int, str]]]:
+    """The request id and the (position, item id) slots, by position, of a recommendations answer;
+    `ValueError` when it is not `{"request_id": str, "items": [{"item_id": str, "position": int}]}`
+    (a missing position is the item's index)."""
+    shaped = isinstance(body, dict) and isinstance(body.get("request_id"), str) and isinstance(body.get("items"), list)
+    if not shaped:
+        raise ValueError(f"GET recommendations answered an unexpected body: {str(body)[:200]}")
+    slots = []
+    for index, item in enumerate(body["items"]):
+        position = item.get("position", index) if isinstance(item, dict) else None
+        # type(...) is int: a bool is an int too, and no position.
+        if type(position) is not int or not isinstance(item.get("item_id"), str):
+            raise ValueError(f"GET recommendations answered an unexpected item: {str(item)[:200]}")
+        slots.append((position, item["item_id"]))
+    return body["request_id"], sorted(slots)
+
+
+def _post(client: httpx.Client, events: list[dict[str, Any]]) -> EventTally | str:
     if not events:
-        return {"accepted": 0, "duplicates": 0, "rejected": []}
+        return EventTally()
     response = client.post("/v1/events", json=events)
     if response.status_code != 202:
         return f"POST /v1/events answered {response.status_code}: {response.text[:200]}"
-    return dict(response.json())
+    return EventTally.of_answer(len(events), response.json())
 
 
 def _tally(summary: SimulationSummary, served: list[ServedRequest], outcome: _Outcome) -> None:
@@ -224,4 +254,4 @@ def _tally(summary: SimulationSummary, served: list[ServedRequest], outcome: _Ou
     summary.expected_clicks += record.expected_clicks
     summary.oracle_clicks += record.oracle_clicks
     summary.degraded_responses += outcome.degraded
-    summary.events.add(outcome.posted, outcome.events)
+    summary.events.add(outcome.events)

@@ -1,15 +1,19 @@
 """One simulation as `recsys simulate` runs it: draw the truth, record it, load the tenant, run.
 
-The truth file (`<state_dir>/simulate/<prefix>truth.npz`, `click_model.load_truth` reads it) is
-written before any request, so a later benchmark can score logged lists against it; with
-`out`, the summary, the parameters and the truth file's path are written there as JSON.
+The population's ids carry a fingerprint of its parameters and the click model's eta
+(`service_population`), so a rerun of the same simulation finds its own tenant while any other
+population, of the same seed or not, gets its own ids and truth file. The truth file
+(`<state_dir>/simulate/<prefix>truth.npz`, `click_model.load_truth` reads it) is written before any
+request, so a later benchmark can score logged lists against it; with `out`, the summary, the
+parameters and the truth file's path are written there as JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -39,8 +43,23 @@ class SimulationReport:
     result: SimulationResult
 
 
+def service_population(spec: SimulationSpec) -> PopulationParams:
+    """The population as it goes into a service: without an explicit `id_prefix`, its ids start with
+    `sim<seed>-<h>-`, `<h>` the first 6 hex digits of a SHA-256 over its other parameters and eta.
+
+    Event ids derive from the ids, so posting a rerun's history again is dropped as duplicates,
+    while another population (or eta) of the same seed neither collides with it in the service nor
+    overwrites its truth file."""
+    params = spec.population
+    if params.id_prefix is not None:
+        return params
+    knobs = {name: value for name, value in asdict(params).items() if name != "id_prefix"}
+    text = json.dumps({**knobs, "eta": float(spec.eta)}, sort_keys=True)
+    return replace(params, id_prefix=f"sim{params.seed}-{hashlib.sha256(text.encode()).hexdigest()[:6]}-")
+
+
 def truth_path(state_dir: Path, params: PopulationParams) -> Path:
-    """Where the truth of a population is recorded."""
+    """Where the truth of a population (as `service_population` gives it) is recorded."""
     return state_dir / "simulate" / f"{params.prefix}truth.npz"
 
 
@@ -48,7 +67,9 @@ def simulate(
     api_url: str, spec: SimulationSpec, state_dir: Path, *, api_key: str | None = None, out: Path | None = None,
     timeout_s: float = 10.0, on_progress: OnProgress = no_progress,
 ) -> SimulationReport:
-    """Record the truth, load the tenant (when `spec.load`), run the loop, write `out`."""
+    """Record the truth, load the tenant (when `spec.load`), run the loop, write `out`. The
+    population's ids are `service_population(spec)`'s."""
+    spec = replace(spec, population=service_population(spec))
     truth = GroundTruth(make_population(spec.population), PositionBasedModel(spec.eta))
     path = truth.save(truth_path(state_dir, spec.population))
     headers = {"X-API-Key": api_key} if api_key else {}

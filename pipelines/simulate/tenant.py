@@ -6,8 +6,8 @@ Items go in with `PUT /v1/items/{id}` (title, one category, `created_at`), users
 unpersonalised policy (items drawn without replacement with probability ∝ exp(b_i), i.e. by
 popularity) and clicked by the click model at step 0. The history is posted as the impressions
 (with request id and position) and the clicks, dated within the last hour so the live features
-take them (they drop events older than the replay window). Event ids derive from the seed, so
-loading twice adds nothing.
+take them (they drop events older than the replay window). Event ids derive from the population's
+ids, so loading the same population twice adds nothing.
 """
 
 from __future__ import annotations
@@ -40,11 +40,22 @@ class EventTally:
     duplicates: int = 0
     rejected: int = 0
 
-    def add(self, posted: int, body: dict[str, Any]) -> None:
-        self.posted += posted
-        self.accepted += int(body["accepted"])
-        self.duplicates += int(body["duplicates"])
-        self.rejected += len(body["rejected"])
+    @classmethod
+    def of_answer(cls, posted: int, body: object) -> EventTally:
+        """The tally of one answer, `{"accepted": int, "duplicates": int, "rejected": [...]}`, to
+        `posted` events; `ValueError` when the body has another shape (a broken peer)."""
+        counts = body if isinstance(body, dict) else {}
+        accepted, duplicates, rejected = counts.get("accepted"), counts.get("duplicates"), counts.get("rejected")
+        # type(...) is int: a bool is an int too, and no count.
+        if type(accepted) is not int or type(duplicates) is not int or not isinstance(rejected, list):
+            raise ValueError(f"POST /v1/events answered an unexpected body: {str(body)[:200]}")
+        return cls(posted, accepted, duplicates, len(rejected))
+
+    def add(self, other: EventTally) -> None:
+        self.posted += other.posted
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
 
 
 @dataclass
@@ -131,7 +142,7 @@ def post_events(
     for start in range(0, len(events), batch_size):
         batch = list(events[start : start + batch_size])
         response = _check(client.post("/v1/events", json=batch), "POST /v1/events")
-        tally.add(len(batch), response.json())
+        tally.add(EventTally.of_answer(len(batch), response.json()))
         on_progress(phase, start + len(batch), len(events))
     return tally
 

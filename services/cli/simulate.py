@@ -23,7 +23,7 @@ def simulate(
     categories: Annotated[int, typer.Option("--categories", min=1, help="Item categories.")] = 10,
     requests: Annotated[int, typer.Option("--requests", min=0, help="Stop after this many requests.")] = 1_000,
     seconds: Annotated[float, typer.Option("--seconds", min=0, help="Stop after this many seconds.")] = 60.0,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same population and clicks.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Same seed, same population and clicks.")] = 0,
     k: Annotated[int, typer.Option("--k", min=1, max=100, help="Items asked per request.")] = 10,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight.")] = 1,
     eta: Annotated[float, typer.Option("--eta", min=0, help="Position bias: e_k = 1/(k+1)^eta.")] = 1.0,
@@ -58,7 +58,7 @@ def simulate(
         )  # fmt: skip
         with _progress_hook() as on_progress:
             report = run(api_url, spec, settings.state_dir, api_key=api_key, out=out, on_progress=on_progress)  # type: ignore[arg-type]
-    except (ValueError, TenantLoadError) as exc:
+    except (ValueError, TenantLoadError, OSError) as exc:  # OSError: the truth file or --out cannot be written
         fail(str(exc))
         return
     except httpx.HTTPError as exc:

@@ -89,3 +89,10 @@ def test_drift_changes_the_truth_at_its_step_toward_another_category() -> None:
         target = p.item_category == p.drift_category[user]
         assert p.drift_category[user] != p.user_category[user]
         assert after[target].mean() > before[target].mean() + 0.2
+
+
+def test_new_items_need_the_step_they_arrive_at() -> None:
+    with pytest.raises(ValueError, match="new_items > 0 needs new_items_at"):
+        PopulationParams(users=5, items=20, new_items=50)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        PopulationParams(seed=-1)

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from feature_store.event_log import EventLogReader
 from feature_store.settings import ExploreSettings, Settings
-from pipelines.simulate.click_model import GroundTruth, PositionBasedModel
-from pipelines.simulate.population import PopulationParams, make_population
+from pipelines.simulate.click_model import load_truth
+from pipelines.simulate.population import PopulationParams
 from pipelines.simulate.runner import RunParams
 from pipelines.simulate.session import SimulationSpec, simulate
 from pipelines.spark.ope_input import iterate, logged_requests
@@ -68,7 +68,7 @@ def test_ope_of_greedy_from_epsilon_greedy_logs_covers_its_true_ctr(api_settings
     assert len(first_slots) == REQUESTS
     assert all(len(c.candidates) == min(TOP_N, c.candidate_count) for c in first_slots.values())
     assert any(c.candidate_count > TOP_N for c in first_slots.values())
-    truth = GroundTruth(make_population(POPULATION), PositionBasedModel(spec.eta))
+    truth = load_truth(report.truth_path)  # the population under the ids the run gave it
     greedy = np.mean([truth.expected_clicks(r.user_id, first_slots[r.request_id].candidates[:K], r.step) / K
                       for r in report.result.served])
     logged = np.mean([r.expected_clicks / K for r in report.result.served])
