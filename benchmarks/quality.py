@@ -42,6 +42,8 @@ from services.cli.evaluate import print_protocol, read_log
 from services.recommend.explain import explain
 from services.recommend.types import Candidate
 
+SMALL_ALS_GRID = grid(factors=[128, 256], regularization=[0.01], alpha=[10.0, 40.0])  # --small-grids
+
 
 def diversity(lists: list[list[str]], catalog: int) -> dict[str, float]:
     """Distinct items over all lists, their share of the catalog, and the mean over user pairs
@@ -181,7 +183,7 @@ def main() -> None:
     if args.small_grids:
         grids["knn_grid"] = grid(neighbours=[50, 200], recent=[1, 3, None])
         grids["sr_grid"] = grid(window=[3, 10, 20], neighbours=[100], recent=[1, 3])
-        grids["als_grid"] = grid(factors=[64], regularization=[0.01, 0.1], alpha=[1.0, 10.0])
+        grids["als_grid"] = SMALL_ALS_GRID
     config = ProtocolConfig(peers=tuple(p for p in args.peers.split(",") if p), gru_epochs=args.gru_epochs, pipeline=pipeline,
                             bootstrap_rounds=args.bootstrap, seed=args.seed,
                             reason_recent=recent, **grids)  # fmt: skip

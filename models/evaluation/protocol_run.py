@@ -44,7 +44,7 @@ class ProtocolConfig:
     peers: tuple[str, ...] = PEERS
     knn_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(neighbours=[20, 50, 100, 200], recent=[1, 3, 5, None]))
     sr_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(window=[1, 3, 10, 20], neighbours=[100], recent=[1, 3, 5]))
-    als_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(factors=[32, 64, 128], regularization=[0.01, 0.1], alpha=[1.0, 10.0]))
+    als_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(factors=[32, 64, 128, 256], regularization=[0.01, 0.1], alpha=[1.0, 10.0, 40.0]))
     gru_grid: list[dict[str, Any]] = field(default_factory=lambda: grid(dim=[64], dropout=[0.2]))
     gru_epochs: int = 10
     pipeline: EvaluationConfig | None = field(default_factory=EvaluationConfig)
