@@ -26,7 +26,7 @@ Usage::
 Published, blessed and current are apart: every published version can be read; `bless` records
 that one passed the quality gate (the training DAG's decision and numbers); `promote` makes only
 a blessed version current; `rollback` returns to the version that was current before it and
-revokes the rolled-back version's blessing, so the next gate does not compare against it.
+revokes the rolled-back version's blessing, so it is not promoted again.
 """
 
 from __future__ import annotations
@@ -165,17 +165,20 @@ class ModelRegistry:
             return None
 
     def set_current(self, role: str, version: str, action: str = "set_current") -> None:
-        """Point `role` at `version` (after verifying its checksums), atomically, and append the
-        change to the role's history."""
+        """Append the change to the role's history, then point `role` at `version` (after
+        verifying its checksums), atomically."""
         self.verify(self.get(role, version))
         previous = self.current_name(role)  # a version deleted by hand is still replaced
         role_dir = self.root / role
-        _write_durably(role_dir / f".{CURRENT}.{uuid.uuid4().hex}", version + "\n", replace=role_dir / CURRENT)
+        # History first: a change cut off between the two writes leaves an entry that never took
+        # effect (`_effective_history` skips it), never a CURRENT without its entry, which no
+        # rollback could go back from.
         entry = {"at": _now(), "action": action, "version": version, "previous": previous}
         with (role_dir / HISTORY).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        _write_durably(role_dir / f".{CURRENT}.{uuid.uuid4().hex}", version + "\n", replace=role_dir / CURRENT)
 
     def history(self, role: str) -> list[dict[str, Any]]:
         """Every change of `role`'s current version, oldest first."""
@@ -200,10 +203,15 @@ class ModelRegistry:
             return None
 
     def blessed(self, role: str) -> ModelVersion | None:
-        """The most recently blessed, not revoked version of `role`: the baseline of the next gate."""
+        """The most recently blessed, not revoked version of `role`."""
+        version = self.blessed_name(role)
+        return None if version is None else self.get(role, version)
+
+    def blessed_name(self, role: str) -> str | None:
+        """The name of `blessed(role)`, without reading its manifest."""
         records = [r for r in map(lambda v: self.blessing(role, v), self.versions(role)) if r and not r.get("revoked")]
         latest = max(records, key=lambda record: record["blessed_at"], default=None)
-        return None if latest is None else self.get(role, latest["version"])
+        return None if latest is None else str(latest["version"])
 
     def promote(self, role: str, version: str) -> None:
         """Make the blessed `version` current; refuse a version the gate did not bless."""
@@ -235,7 +243,7 @@ class ModelRegistry:
     def _rollback_target(self, role: str, current: str) -> str | None:
         """What was current before each time `current` was made current, latest first: the first
         that is another version, still published and not rolled back itself."""
-        made_current = [e for e in self.history(role) if e["version"] == current and e["action"] != "rollback"]
+        made_current = [e for e in self._effective_history(role) if e["version"] == current and e["action"] != "rollback"]
         published = set(self.versions(role))
         for entry in reversed(made_current):
             previous = entry["previous"]
@@ -244,6 +252,13 @@ class ModelRegistry:
             if not (self.blessing(role, previous) or {}).get("revoked"):
                 return str(previous)
         return None
+
+    def _effective_history(self, role: str) -> list[dict[str, Any]]:
+        """The history without the entries of changes cut off before CURRENT moved: an entry took
+        effect when the next change started from its version (the last one: when it is current)."""
+        entries = self.history(role)
+        then = [entry["previous"] for entry in entries[1:]] + [self.current_name(role)]
+        return [entry for entry, after in zip(entries, then) if after == entry["version"]]
 
     def role_of(self, version: str) -> str:
         """The role (of `ROLES`) that published `version`."""

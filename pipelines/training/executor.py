@@ -2,9 +2,11 @@
 
 Each step is a function of a `StepContext` returning a `StepResult` (outputs, metrics, inputs);
 later steps read earlier steps' outputs from `context.outputs`. The run record is saved before and
-after every step. Resuming a run (same run id) skips every step that succeeded before and whose
-outputs are still there (`Step.still_valid`), and runs the rest: a run stopped by a crash, a
-timeout or Ctrl-C continues from its first unfinished step.
+after every step. Resuming a run (same run id) skips the steps that succeeded before and still
+hold (`Step.still_valid`: their outputs are still there, their inputs unchanged) up to the first
+that does not, and runs that one and every step after it (pending again): a run stopped by a
+crash, a timeout or Ctrl-C continues from its first unfinished step, and a step that runs again
+is followed by every step that may have used what it made before.
 
 A step that raises is retried (a Spark or file-system hiccup), except on a `ValueError`: the data
 or the settings are wrong (too few events to train on, a bad parameter), and the same input fails
@@ -86,7 +88,14 @@ def run_steps(
     record.status, record.started_at, record.ended_at = RUNNING, record.started_at or now(), None
     store.save(record)
     try:
-        for step in steps:
+        skipping = True
+        for index, step in enumerate(steps):
+            if skipping and _still_done(step, record, settings):
+                notify(step.name, "skip", record.step(step.name))
+                continue
+            if skipping:  # every step from here on runs: those after this one used what it made before
+                record.steps[index:] = [StepRecord(entry.name) for entry in record.steps[index:]]
+                skipping = False
             _run_one(step, record, StepContext(settings, record.run_id, record.outputs()), store, policy, notify)
     except BaseException:
         record.status, record.ended_at = FAILED, now()
@@ -108,12 +117,15 @@ def _open(steps: Sequence[Step], store: RunStore, run_id: str | None, trigger: s
     return record
 
 
+def _still_done(step: Step, record: RunRecord, settings: Settings) -> bool:
+    entry = record.step(step.name)
+    context = StepContext(settings, record.run_id, record.outputs())
+    return entry.status == SUCCEEDED and step.still_valid(context, entry.outputs)
+
+
 def _run_one(step: Step, record: RunRecord, context: StepContext, store: RunStore, policy: RetryPolicy,
              notify: Progress) -> None:  # fmt: skip
     entry = record.step(step.name)
-    if entry.status == SUCCEEDED and step.still_valid(context, entry.outputs):
-        notify(step.name, "skip", entry)
-        return
     entry.status, entry.error, entry.attempts = RUNNING, None, 0
     entry.started_at, entry.ended_at, entry.duration_s = now(), None, None
     store.save(record)

@@ -22,9 +22,10 @@ HR@50 9x and NDCG@10 19x chance). The cap keeps the floor reachable on a catalog
 `recall_min_chance_hits` (2), the floors cannot tell a model from chance, and the candidate is
 rejected for it (`window_problems`).
 
-The baseline is the registry's newest blessed version of the
-role; before anything was blessed, the current one (if any). A baseline that cannot be scored
-on the held-out data (a missing feature column) is recorded and only the floors apply.
+The baseline is the version the candidate would replace: the role's current one; before anything
+is current, the newest blessed one (if any). A baseline that cannot be read or scored on the
+held-out data (its folder deleted, a damaged file, a missing feature column) is recorded and only
+the floors apply.
 
 Recall is scored with `models.evaluation.evaluate` (NDCG@10, HR@50, full ranking) on what the
 API serves from the artifact: its learned blend when it has one, else its embedding channels,
@@ -102,9 +103,10 @@ def decide(role: str, candidate: str, metrics: dict[str, float], baseline: str |
     return GateDecision(role, candidate, baseline, blessed, checks, list(problems))
 
 
-def baseline(registry: ModelRegistry, role: str) -> ModelVersion | None:
-    """The gate's baseline: the newest blessed version, else the current one."""
-    return registry.blessed(role) or registry.current(role)
+def baseline_name(registry: ModelRegistry, role: str) -> str | None:
+    """The gate's baseline: the current version (what promotion would replace), else the newest
+    blessed one. Only its name: a version that cannot be read is the evaluation's to record."""
+    return registry.current_name(role) or registry.blessed_name(role)
 
 
 def load_recall(version: ModelVersion) -> RecallArtifact:

@@ -131,16 +131,22 @@ class RunStore:
             raise UnreadableRunError(f"{path}: not a readable run record ({type(exc).__name__}: {exc})") from None
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
-        """Run records, newest first; an unreadable one is logged and left out."""
+        """Run records, the latest started first (a run named with `--run-id` sorts by its start,
+        not its name); an unreadable one is logged and left out."""
         if not self.root.is_dir():
             return []
-        names = sorted((p.stem for p in self.root.glob("*.json") if not p.name.startswith(".")), reverse=True)
         records: list[RunRecord] = []
-        for name in names:
-            if limit is not None and len(records) >= limit:
-                break
+        for path in self.root.glob("*.json"):
+            if path.name.startswith("."):
+                continue
             try:
-                records.append(self.load(name))
+                records.append(self.load(path.stem))
             except UnreadableRunError as exc:
                 log.warning("%s", exc)
-        return records
+        return sorted(records, key=_started, reverse=True)[:limit]
+
+
+def _started(record: RunRecord) -> tuple[datetime, str]:
+    """When the run first started (its id breaks ties); a record that never started sorts oldest."""
+    started = datetime.fromisoformat(record.started_at) if record.started_at else datetime.min
+    return started.replace(tzinfo=started.tzinfo or timezone.utc), record.run_id

@@ -5,8 +5,10 @@ choice re-ranks with the ranker just trained) → evaluate → gate → promote 
 
 Each is idempotent: the Spark jobs rewrite their outputs; training publishes a new registry
 version that is not current (a resumed run skips a training step while its version still exists);
-evaluate and gate only read; gate records the decision in the registry (a rewrite of the same
-record); promote moves CURRENT only for a blessed candidate that is not already current.
+evaluate only reads (a resumed run skips it while each role's baseline and current version are
+those it recorded); gate records the decision in the registry (a rewrite of the same record);
+promote moves CURRENT only for a blessed candidate that is not already current, and only over the
+version the gate compared it with.
 """
 
 from __future__ import annotations
@@ -126,20 +128,34 @@ def evaluate(context: StepContext) -> StepResult:
         evaluation["held_out"] |= {"from": outputs["holdout_from"], "recall_users": len(split.test)}
     for role in _roles(outputs):
         candidate = registry.get(role, outputs[f"{role}_version"])
-        base = gate.baseline(registry, role)
-        entry: dict[str, Any] = {"candidate": candidate.version, "baseline": base and base.version}
+        base = gate.baseline_name(registry, role)
+        entry: dict[str, Any] = {"candidate": candidate.version, "baseline": base, "current": registry.current_name(role)}
         entry["metrics"], entry["problems"] = _quality(role, candidate, split, context.settings)
         if role == "recall" and split is not None:
             entry["chance"] = gate.chance_metrics(split)  # the floors' reference (gate.thresholds)
             entry["problems"] += gate.window_problems(len(split.test), entry["chance"], context.settings.training.gate)
-        if base is not None and base.version != candidate.version:
+        if base is not None and base != candidate.version:
             try:
-                registry.verify(base)  # a damaged file would fail deep in the model loader
-                entry["baseline_metrics"], _ = _quality(role, base, split, context.settings)
+                baseline = registry.get(role, base)  # its folder deleted, its manifest damaged: recorded below
+                registry.verify(baseline)  # a damaged file would fail deep in the model loader
+                entry["baseline_metrics"], _ = _quality(role, baseline, split, context.settings)
             except Exception as exc:  # whatever keeps the baseline from scoring must not block every run
                 entry["baseline_error"] = f"{type(exc).__name__}: {exc}"
         evaluation[role] = entry
     return StepResult({"evaluation": evaluation}, evaluation)
+
+
+def _evaluation_holds(context: StepContext, outputs: dict[str, Any]) -> bool:
+    """An evaluation still holds while each role's baseline and current version are those it
+    recorded, or its candidate (blessed by this run's gate, made current by its promote)."""
+    registry, evaluation = _registry(context), outputs["evaluation"]
+    for role in _roles(evaluation):
+        entry = evaluation[role]
+        if gate.baseline_name(registry, role) not in (entry["baseline"], entry["candidate"]):
+            return False
+        if registry.current_name(role) not in (entry.get("current"), entry["candidate"]):
+            return False
+    return True
 
 
 def _roles(found: dict[str, Any]) -> list[str]:
@@ -172,18 +188,25 @@ def decide(context: StepContext) -> StepResult:
 
 
 def promote(context: StepContext) -> StepResult:
-    """Make each blessed candidate current (a rejected one leaves the served version alone)."""
+    """Make each blessed candidate current (a rejected one leaves the served version alone), only
+    over the version its gate compared it with (ValueError when another one became current since)."""
     registry, outputs = _registry(context), context.outputs
     promoted: dict[str, str] = {}
     for role, blessed in outputs["blessed"].items():
         version = outputs[f"{role}_version"]
         if not blessed:
             continue
-        current = registry.current(role)
-        if current is None or current.version != version:
-            registry.promote(role, version)
+        _check_replaces_baseline(registry, role, version, outputs["evaluation"][role]["baseline"])
+        registry.promote(role, version)  # by name: also over a CURRENT whose version is gone
         promoted[role] = version
     return StepResult({"promoted": promoted}, {"promoted": promoted})
+
+
+def _check_replaces_baseline(registry: ModelRegistry, role: str, version: str, baseline: str | None) -> None:
+    current = registry.current_name(role)
+    if current not in (None, version, baseline):
+        raise ValueError(f"{role}/{version} passed the gate against {baseline or 'no baseline'}, but {current} became "
+                         "current since: resume the run to evaluate it against that one")
 
 
 def notify(context: StepContext) -> StepResult:
@@ -198,11 +221,21 @@ def notify(context: StepContext) -> StepResult:
     for url in settings.training.notify_urls:
         try:
             response = httpx.post(f"{url.rstrip('/')}/v1/admin/models/reload", headers=headers, timeout=30.0)
-            results[url] = response.json() if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+            results[url] = _reply(response)
         except httpx.HTTPError as exc:
             results[url] = f"{type(exc).__name__}: {exc}"
             log.warning("notify %s failed: %s", url, exc)
     return StepResult({"notified": list(results)}, {"responses": results, "poll_interval_s": settings.api.model_poll_interval_s})
+
+
+def _reply(response: httpx.Response) -> Any:
+    """The API's answer to a reload, else the status and the start of what came back instead."""
+    if response.status_code == 200:
+        try:
+            return response.json()
+        except ValueError:  # a 200 from something else (a proxy's page, another service on the port)
+            pass
+    return f"HTTP {response.status_code}: {response.text[:200]}"
 
 
 def training_steps() -> list[Step]:
@@ -212,7 +245,7 @@ def training_steps() -> list[Step]:
         Step("batch_views", _spark_jobs(BATCH_VIEWS), _spark_outputs_exist),
         Step("ranker", ranker, _version_exists("ranker")),
         Step("embeddings", embeddings, _version_exists("recall")),
-        Step("evaluate", evaluate),
+        Step("evaluate", evaluate, _evaluation_holds),
         Step("gate", decide),
         Step("promote", promote),
         Step("notify", notify),

@@ -195,23 +195,25 @@ def run(
     shared Redis (`redis.url` set) it takes the schedulers' training lock, so it never overwrites
     the outputs of a scheduled run going on (exit 2 while one holds it)."""
     from feature_store.processes import sigterm_exits
-    from pipelines.training.dag import run_training
+    from pipelines.training.dag import run_training, runs_dir
     from pipelines.training.executor import StepFailed
+    from pipelines.training.records import RunStore, new_run_id
     from services.scheduler.lock import TrainingLockHeld
 
     settings = load_settings(state_dir)
     if run_id is not None and not RUN_ID.fullmatch(run_id):
         fail(f"--run-id {run_id!r}: letters, digits, '_', '.' and '-', at most 128, starting with a letter or digit")
+    name = None if resume else run_id or new_run_id()  # named here: its record is shown if it fails
     try:
         # SIGTERM (the scheduler, a pod) records the run failed and resumable, and frees the lock.
         with sigterm_exits(), _training_lock(settings, holds_lock):
-            record = run_training(settings, resume, trigger, show_step, run_id)
+            record = run_training(settings, resume, trigger, show_step, name)
     except TrainingLockHeld as exc:
         fail(str(exc))
         return
     except StepFailed as exc:
         console.print(styled(("training run failed", "red"), f": {exc}"))
-        _history_table(_load_history(settings, 1))
+        _history_table([RunStore(runs_dir(settings)).load(resume or name)])
         raise typer.Exit(code=1) from None
     except (KeyError, ValueError) as exc:
         fail(str(exc))
@@ -283,12 +285,6 @@ def history(
     _history_table(records)
     if run_id:
         _step_table(records[0])
-
-
-def _load_history(settings: Any, limit: int) -> list[Any]:
-    from pipelines.training.dag import history as load_history
-
-    return load_history(settings, limit)
 
 
 def _history_table(records: list[Any]) -> None:

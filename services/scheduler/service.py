@@ -29,8 +29,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from feature_store.cron import cron_trigger
 from feature_store.processes import die_with_parent
 from feature_store.settings import Settings
-from pipelines.training.dag import history, runs_dir
-from pipelines.training.records import RUNNING, RunStore, new_run_id
+from pipelines.training.dag import runs_dir
+from pipelines.training.records import RUNNING, RunRecord, RunStore, new_run_id
 from services.scheduler.lock import LockKeeper, RunLock, socket_timeout_s, training_lock_key
 from services.scheduler.metrics import SchedulerMetrics
 
@@ -104,22 +104,22 @@ class TrainingScheduler:
             return "locked"
         self.metrics.running.set(1)
         started = time.monotonic()
+        run_id = new_run_id()  # named here: its record is found by it (to publish, or to mark killed)
         try:
-            status = self._run(lock)
+            status = self._run(lock, run_id)
         finally:
             lock.release()
             self.metrics.running.set(0)
         self.metrics.runs.labels(status).inc()
         self.metrics.last_run_seconds.set(time.monotonic() - started)
         self.metrics.last_run_end.set(time.time())
-        runs = history(self.settings, limit=1)
-        if runs:
-            self.metrics.record_run(runs[0])
+        record = self._record(run_id)
+        if record is not None:
+            self.metrics.record_run(record)
         log.info("training run %s in %.1f s", status, time.monotonic() - started)
         return status
 
-    def _run(self, lock: RunLock) -> str:
-        run_id = new_run_id()  # named here, so that a run this scheduler must kill is recorded as such
+    def _run(self, lock: RunLock, run_id: str) -> str:
         command = [*self.command, "--run-id", run_id]
         log.info("training run %s starting: %s", run_id, " ".join(command))
         # Its progress goes to our stdout/stderr; it dies with this thread's process, so a scheduler
@@ -165,12 +165,15 @@ class TrainingScheduler:
             process.wait()
         self._mark_stopped(run_id, reason)
 
-    def _mark_stopped(self, run_id: str, reason: str) -> None:
-        store = RunStore(runs_dir(self.settings))
+    def _record(self, run_id: str) -> RunRecord | None:
+        """The record of the run `run_id`; None when it wrote none (killed first) or not a readable one."""
         try:
-            record = store.load(run_id)
-        except (KeyError, ValueError):  # killed before it wrote its record, or mid-write
-            return
-        if record.status == RUNNING:
+            return RunStore(runs_dir(self.settings)).load(run_id)
+        except (KeyError, ValueError):
+            return None
+
+    def _mark_stopped(self, run_id: str, reason: str) -> None:
+        record = self._record(run_id)
+        if record is not None and record.status == RUNNING:
             record.stop(reason)
-            store.save(record)
+            RunStore(runs_dir(self.settings)).save(record)

@@ -4,11 +4,15 @@ the promotions and revokes; the gate's baseline is the most recently blessed ver
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
-from models.registry import ModelRegistry, RegistryError
+from models.registry import CURRENT, HISTORY, ModelRegistry, RegistryError
 
 
 def _publish(registry: ModelRegistry, tmp_path: Path, name: str) -> str:
@@ -98,3 +102,46 @@ def test_a_current_pointer_to_a_deleted_version_is_listed_and_repaired_by_a_prom
     c = _blessed(registry, tmp_path, "c")[0]
     registry.promote("ranker", c)
     assert registry.current("ranker").version == c and registry.history("ranker")[-1]["previous"] == b
+
+
+@contextmanager
+def _cut_off_at_second_write() -> Iterator[None]:
+    """`set_current` writes the role's history and its CURRENT: the second of the two writes
+    fails, as a kill or a full disk between them would leave it."""
+    real_open, writes = Path.open, []
+
+    def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == HISTORY or path.name.startswith(f".{CURRENT}."):
+            writes.append(path.name)
+            if len(writes) == 2:
+                raise OSError(28, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    with mock.patch.object(Path, "open", open_), pytest.raises(OSError, match="No space left"):
+        yield
+
+
+def test_a_promotion_cut_off_between_its_two_writes_is_retried_and_can_be_rolled_back(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    a, b = _blessed(registry, tmp_path, "ab")
+    registry.promote("ranker", a)
+    with _cut_off_at_second_write():
+        registry.promote("ranker", b)
+    registry.promote("ranker", b)  # the resumed promote step
+    assert registry.current_name("ranker") == b
+    assert registry.rollback("ranker") == a and registry.current_name("ranker") == a
+
+
+def test_rollback_skips_a_change_that_was_cut_off(tmp_path: Path) -> None:
+    """x, then v promoted; u made current without the gate (`recsys train ranker --set-current`);
+    a promotion of v cut off; u rolled back to v: v's rollback returns to x, before it, not to u."""
+    registry = ModelRegistry(tmp_path / "registry")
+    x, v = _blessed(registry, tmp_path, "xv")
+    u = _publish(registry, tmp_path, "u")
+    registry.promote("ranker", x)
+    registry.promote("ranker", v)
+    registry.set_current("ranker", u)
+    with _cut_off_at_second_write():
+        registry.promote("ranker", v)
+    assert registry.rollback("ranker") == v
+    assert registry.rollback("ranker") == x

@@ -16,6 +16,8 @@ from prometheus_client import start_http_server
 
 from feature_store.redis_server import free_port
 from feature_store.settings import Settings
+from pipelines.training.dag import runs_dir
+from pipelines.training.records import RunRecord, RunStore, StepRecord, now
 from services.scheduler.service import TrainingScheduler
 
 # The fake training run: records itself, holds until the test creates `release` (at most 300 s,
@@ -28,6 +30,20 @@ with (folder / "runs.txt").open("a") as runs:
 deadline = time.monotonic() + 300
 while not (folder / "release").exists() and time.monotonic() < deadline:
     time.sleep(0.02)
+"""
+
+# A fake training run that records itself under the id the scheduler gives it, then holds as HOLD.
+RECORDED = """
+import pathlib, sys, time
+from pipelines.training.records import RunRecord, RunStore, StepRecord, now
+folder, store, run_id = pathlib.Path(sys.argv[1]), RunStore(pathlib.Path(sys.argv[2])), sys.argv[-1]
+record = RunRecord(run_id, [StepRecord("scheduled_step", "running")], "running", "schedule", now())
+store.save(record)
+deadline = time.monotonic() + 300
+while not (folder / "release").exists() and time.monotonic() < deadline:
+    time.sleep(0.02)
+record.steps[0].status = record.status = "succeeded"
+store.save(record)
 """
 
 
@@ -93,3 +109,24 @@ def test_a_tick_while_a_run_goes_on_is_skipped_and_counted_on_metrics(settings: 
     assert 'recsys_training_skipped_total{reason="running"} 1.0' in body
     assert 'recsys_training_runs_total{status="succeeded"} 1.0' in body
     assert "recsys_training_ticks_total 2.0" in body and "recsys_training_running 0.0" in body
+
+
+def test_metrics_show_the_run_the_scheduler_started_not_one_started_after_it(
+    settings: Settings, redis_client: Any, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(settings.redis.url)
+    command = [sys.executable, "-c", RECORDED, str(tmp_path), str(runs_dir(settings))]
+    scheduler = TrainingScheduler(settings, client, command)
+    results: list[str] = []
+    thread = threading.Thread(target=lambda: results.append(scheduler.tick()))
+    thread.start()
+    _until(lambda: any(runs_dir(settings).glob("*.json")), "the scheduled run recorded itself")
+    # A manual run started while the scheduled one goes on (no lock spans an embedded Redis).
+    manual = RunRecord("manual", [StepRecord("manual_step", "running")], "running", "manual", now())
+    RunStore(runs_dir(settings)).save(manual)
+    (tmp_path / "release").touch()
+    thread.join(60)
+    assert results == ["succeeded"]
+    sample = scheduler.metrics.registry.get_sample_value
+    assert sample("recsys_training_step_status", {"step": "scheduled_step", "status": "succeeded"}) == 1.0
+    assert sample("recsys_training_step_status", {"step": "manual_step", "status": "running"}) is None

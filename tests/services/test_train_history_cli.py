@@ -96,3 +96,41 @@ def test_names_with_a_trailing_newline_are_refused(settings: Settings) -> None:
     assert bad.exit_code == 2 and "--run-id 'abc\\n'" in bad.output, bad.output
     with pytest.raises(RegistryError, match="invalid"):
         ModelRegistry(settings.model_registry_dir).get("ranker", "abc\n")
+
+
+def _resumable_at_promote(settings: Settings, run_id: str) -> None:
+    """A run of the training DAG that stopped before promote, whose gate blessed a ranker the
+    registry holds no blessing of (removed since): resuming it fails at promote, at once."""
+    from models.registry import ModelRegistry
+    from pipelines.training.records import RunRecord, StepRecord
+    from pipelines.training.steps import training_steps
+
+    registry = ModelRegistry(settings.model_registry_dir)
+    published = {}
+    for role in ("ranker", "recall"):
+        folder = settings.state_dir / f"{role}-artifact"
+        folder.mkdir(parents=True)
+        (folder / "weights.bin").write_bytes(b"w")
+        published[role] = registry.publish(role, folder, {"params": {}, "data_window": {}, "metrics": {}})
+    unchanged = {"baseline": None, "current": None}
+    outputs = {
+        "ranker": {"ranker_version": published["ranker"]}, "embeddings": {"recall_version": published["recall"]},
+        "evaluate": {"evaluation": {role: {"candidate": v} | unchanged for role, v in published.items()}},
+        "gate": {"blessed": {"ranker": True, "recall": False}},
+    }  # fmt: skip
+    steps = [StepRecord(step.name, "succeeded", 1, outputs=outputs.get(step.name, {})) for step in training_steps()]
+    steps[-2].status = steps[-1].status = "pending"  # promote, notify
+    RunStore(runs_dir(settings)).save(RunRecord(run_id, steps, "failed", started_at="2024-01-01T00:00:00+00:00"))
+
+
+def test_runs_are_listed_by_start_and_a_failed_resume_shows_the_run_it_resumed(settings: Settings, tmp_path: Path) -> None:
+    store = RunStore(runs_dir(settings))
+    _resumable_at_promote(settings, "nightly-2024")  # named: sorted by its name, it was the newest
+    later = run_steps([_write(tmp_path / "later")], settings, store, RetryPolicy())
+    assert [run.run_id for run in store.runs()] == [later.run_id, "nightly-2024"]
+    assert store.runs(1)[0].run_id == later.run_id
+
+    resumed = CliRunner().invoke(app, ["train", "run", "--resume", "nightly-2024", "--state-dir", str(settings.state_dir)],
+                                 env={"RECSYS_TRAINING__STEP_RETRIES": "0"})  # fmt: skip
+    assert resumed.exit_code == 1 and "step promote failed" in resumed.output, resumed.output
+    assert "nightly-2024" in resumed.output and later.run_id not in resumed.output, resumed.output

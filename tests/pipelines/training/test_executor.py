@@ -72,6 +72,22 @@ def test_failure_after_retries_then_resume_skips_what_succeeded(settings: Settin
     assert len(store.runs()) == 1
 
 
+def test_a_step_that_runs_again_on_resume_is_followed_by_every_step_after_it(settings: Settings, tmp_path: Path) -> None:
+    """c used what b made: when b runs again (its output is gone), c runs again too, and until it
+    has, the record holds no stale outcome of c."""
+    store, dag = RunStore(tmp_path / "runs"), Steps(tmp_path)
+    policy = RetryPolicy(retries=0, backoff_s=0.0, timeout_s=30)
+    run_id = run_steps(dag.all(), settings, store, policy).run_id
+    (tmp_path / "b.txt").unlink()
+    dag.b_failures = 2  # the rerun of b fails once
+    with pytest.raises(StepFailed, match="step b failed"):
+        run_steps(dag.all(), settings, store, policy, run_id=run_id)
+    failed = store.load(run_id)
+    assert [(s.status, s.outputs) for s in failed.steps[1:]] == [("failed", {}), ("pending", {})]
+    run_steps(dag.all(), settings, store, policy, run_id=run_id)
+    assert dag.calls == {"a": 1, "b": 3, "c": 2} and store.load(run_id).status == "succeeded"
+
+
 def test_a_step_past_its_timeout_fails_the_run_without_retry(settings: Settings, tmp_path: Path) -> None:
     release = threading.Event()
     store, dag = RunStore(tmp_path / "runs"), Steps(tmp_path, block_c=release)
