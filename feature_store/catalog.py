@@ -134,8 +134,9 @@ def _user_from_row(row: dict[str, Any]) -> User:
 class Catalog:
     """Item and user catalogs stored as Parquet under `root` (normally `settings.catalog_dir`).
 
-    Upserts are by id: a later write of the same id replaces the earlier row. Entries outside
-    `limits` (default: the settings' defaults) raise `CatalogEntryError` before anything is written.
+    Upserts are by id: a later write of the same id replaces the earlier row (`patch_items`: only
+    the fields it sets). Entries outside `limits` (default: the settings' defaults) raise
+    `CatalogEntryError` before anything is written.
     """
 
     def __init__(self, root: Path, limits: CatalogSettings | None = None) -> None:
@@ -153,6 +154,16 @@ class Catalog:
         rows = {item.item_id: _item_row(self._checked(item)) for item in items}
         return self._upsert(ITEMS_FILE, ITEM_SCHEMA, "item_id", rows)
 
+    def patch_items(self, items: Iterable[Item]) -> int:
+        """Insert new items whole; of an item already in the catalog change only the fields set on
+        the given `Item` (its `model_fields_set`), keeping the rest of its row: a bulk import that
+        knows an item's categories must not reset its title, metadata, `created_at` or retirement.
+        Returns the number of distinct ids written."""
+        checked = {item.item_id: self._checked(item) for item in items}
+        rows = {item_id: _item_row(item) for item_id, item in checked.items()}
+        fields = {item_id: item.model_fields_set for item_id, item in checked.items()}
+        return self._upsert(ITEMS_FILE, ITEM_SCHEMA, "item_id", rows, fields)
+
     def upsert_users(self, users: Iterable[User]) -> int:
         """Insert or replace users by `user_id`; returns the number of distinct ids written."""
         rows = {user.user_id: _user_row(self._checked(user)) for user in users}
@@ -162,17 +173,23 @@ class Catalog:
         check_entry(entry, self.limits)
         return entry
 
-    def _upsert(self, name: str, schema: pa.Schema, key: str, rows: dict[str, dict[str, Any]]) -> int:
+    def _upsert(
+        self, name: str, schema: pa.Schema, key: str, rows: dict[str, dict[str, Any]],
+        fields: dict[str, set[str]] | None = None,
+    ) -> int:
+        """Write `rows` by id; with `fields`, an id already stored takes only those columns of its new row."""
         if not rows:
             return 0
-        new = pa.Table.from_pylist(list(rows.values()), schema=schema)
         with self._locked():
             path = self.root / name
-            if path.exists():
-                old = pq.read_table(path, schema=schema)
-                kept = old.filter(pc.invert(pc.is_in(old[key], value_set=new[key])))
-                new = pa.concat_tables([kept, new])
-            _write_atomically(new, path)
+            old = pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
+            replaced = pc.is_in(old[key], value_set=pa.array(list(rows), pa.string()))
+            if fields is not None:
+                for row in old.filter(replaced).to_pylist():
+                    new_row = rows[row[key]]
+                    rows[row[key]] = {**row, **{field: new_row[field] for field in fields[row[key]]}}
+            new = pa.Table.from_pylist(list(rows.values()), schema=schema)
+            _write_atomically(pa.concat_tables([old.filter(pc.invert(replaced)), new]), path)
         return len(rows)
 
     @contextmanager

@@ -27,7 +27,9 @@ reported as ``file:line: reason``, written to a rejects file and skipped, or wit
 whole file is checked first and the first bad line raises `MalformedLine` before anything is
 written. A UTF-8 byte order mark at the start of the file is dropped. ``categories`` (a JSON
 object item -> list of category ids, e.g. Amazon's item2attributes) fills the catalog's item
-categories.
+categories: the events' items not in the catalog yet are created, and of those it has only the
+categories of the items the map names are replaced (titles, metadata, `created_at` and a
+retirement stay).
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def import_interactions(
                                                             rejects, on_progress)  # fmt: skip
         report.items = len(items)
         if category_map is not None:
-            Catalog.from_settings(settings).upsert_items(_items(category_map, items))
+            Catalog.from_settings(settings).patch_items(_items(category_map, items))
     finally:
         rejects.close()
     report.rejects, report.first_rejects = rejects.count, rejects.first
@@ -193,8 +195,10 @@ def _category_map(categories: Path) -> dict[str, list[str]]:
 
 
 def _items(categories: dict[str, list[str]], items: set[str]) -> Iterator[Item]:
+    """The events' items as catalog patches: the categories of those the map names, nothing else
+    set, so `Catalog.patch_items` creates new items and keeps the rest of the rows it has."""
     for item in sorted(items):
-        yield Item(item_id=item, categories=categories.get(item, []))
+        yield Item(item_id=item, categories=categories[item]) if item in categories else Item(item_id=item)
 
 
 def _parser(path: Path, fmt: str, columns: Columns, latest: float) -> Callable[[str], list[Row]]:

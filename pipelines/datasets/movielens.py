@@ -192,7 +192,7 @@ def _import_items(root: Path, layout: Layout, catalog: Catalog, rejects: _Reject
         if item.item_id in links:
             item = item.model_copy(update={"metadata": {**item.metadata, **links[item.item_id]}})
         items.append(item)
-    return catalog.upsert_items(items)
+    return catalog.patch_items(items)  # a re-import keeps what the release does not say (a retirement by PUT)
 
 
 def _import_users(root: Path, layout: Layout, catalog: Catalog, rejects: _Rejects, rated: set[str]) -> int:

@@ -10,6 +10,10 @@ differs from the one last synced:
     <prefix>:srv:catalog_sync:users  hash     the same for users.parquet
     <prefix>:srv:catalog_sync:lock   string   held (with a TTL) by the one process syncing
 
+A process that finds the lock held waits in its background thread (state `busy`) until the lock is
+released or expires, then checks the file versions again and syncs what is still unsynced: a holder
+that failed, or died and left its lock to expire, does not leave the catalog out of Redis.
+
 Rows are streamed in record batches and written with pipelines (`ServingStore.sync_items` /
 `sync_users`), so memory is bounded by one batch. A row that is not a valid entry (one written
 before ids and metadata were checked, or by other tools) is skipped and reported (logged with its
@@ -73,7 +77,7 @@ class FileVersion:
 
 @dataclass(frozen=True)
 class SyncResult:
-    status: str  # synced, up_to_date, no_catalog, busy (another process is syncing), stopped
+    status: str  # synced, up_to_date, no_catalog, busy (another process holds the lock), stopped
     rows: int = 0
     stored: int = 0
     skipped: int = 0  # rows older than a PUT of the same entry
@@ -102,7 +106,10 @@ class CatalogSync:
 
     MAX_REPORTED = 20
 
-    def __init__(self, store: ServingStore, catalog: Catalog, batch_size: int = 1000, lock_ttl_s: int = 600) -> None:
+    def __init__(
+        self, store: ServingStore, catalog: Catalog, batch_size: int = 1000, lock_ttl_s: int = 600,
+        lock_poll_s: float = 0.5,
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.sources = (
@@ -111,7 +118,8 @@ class CatalogSync:
         )
         self.batch_size = batch_size
         self.lock_ttl_s = lock_ttl_s
-        self.state = "idle"  # idle → syncing → synced / up_to_date / no_catalog / busy / failed: …
+        self.lock_poll_s = lock_poll_s
+        self.state = "idle"  # idle → syncing (busy: waiting) → synced / up_to_date / no_catalog / failed: …
         self.invalid_count = 0
         self.invalid_rows: list[InvalidRow] = []
         self._stop = threading.Event()
@@ -144,7 +152,7 @@ class CatalogSync:
 
     def _run_logged(self) -> None:
         try:
-            result = self.sync()
+            result = self._sync_after_others()
         except (DegradedError, redis.RedisError, OSError, ValueError) as exc:
             self.state = f"failed: {type(exc).__name__}: {exc}"
             log.error("catalog sync from %s failed: %s", self.catalog.root, exc)
@@ -153,6 +161,25 @@ class CatalogSync:
         if result.status == "synced":
             log.info("catalog sync: %d rows from %s, %d stored, %d older than a PUT, %d invalid, in %.1fs",
                      result.rows, self.catalog.root, result.stored, result.skipped, result.invalid, result.seconds)
+
+    def _sync_after_others(self) -> SyncResult:
+        """`sync`; while another process holds the lock, wait until it is released or expires and
+        sync again: the holder may have failed, died (its lock outlives it by up to the TTL) or
+        synced an older file, and the versions are checked afresh."""
+        while True:
+            result = self.sync()
+            if result.status != "busy":
+                return result
+            self.state = "busy"
+            if not self._wait_for_lock():
+                return result
+
+    def _wait_for_lock(self) -> bool:
+        """Poll until the sync lock is gone (at most its TTL); False if asked to stop first."""
+        while self.store.client.exists(self._key("lock")):
+            if self._stop.wait(self.lock_poll_s):
+                return False
+        return True
 
     def sync(self) -> SyncResult:
         """Sync now each file that changed since its last recorded sync (this thread or process)."""

@@ -13,7 +13,8 @@ side keeps itself, under `<prefix>:srv:`:
     item_put            hash           item id → ms of its last PUT (the catalog sync's "newer wins" rule)
     user:<user_id>      string         the `User` as JSON
     user_put            hash           user id → ms of its last PUT (the same rule for users)
-    cat:<category>      sorted set     item ids in the category, scored by created_at (newest first)
+    cat:<category>      sorted set     item ids in the category, scored by created_at (newest first); an
+                                       item without one by when it first entered the category
     unavailable         set            items that must never be recommended
 
 On a Redis Cluster these keys spread over the masters by their own names. No write here needs a
@@ -32,9 +33,8 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import TypeVar
 
 import pydantic
@@ -52,6 +52,11 @@ from services.recommend.item_cache import ItemCache, TtlMemo
 from services.recommend.types import DegradedError, UnreadableEntryError
 
 T = TypeVar("T")
+Ranked = list[tuple[str, float]]
+
+#: A ranked list read past the items a request skips is read in pages of 1, 2, 4 and 8 times the
+#: entries asked for, no more: a request's cost stays bounded however much of a list it skips.
+MAX_WIDENING = 8
 
 @contextmanager
 def _degrade_on_redis_errors() -> Iterator[None]:
@@ -268,11 +273,13 @@ class ServingStore:
 
     def _queue_index_writes(self, pipe: redis.client.Pipeline, item: Item, previous: bytes | None) -> None:
         old_categories = set(json.loads(previous)["categories"]) if previous else set()
-        created = (item.created_at or datetime.now(timezone.utc)).timestamp()
         for category in old_categories - set(item.categories):
             pipe.zrem(self._key("cat", category), item.item_id)
+        # Undated: the time it first entered the category, kept (NX) by every later write and sync,
+        # so a restart's sync does not make the whole undated catalog newer than items PUT since.
+        created = item.created_at.timestamp() if item.created_at else time.time()
         for category in item.categories:
-            pipe.zadd(self._key("cat", category), {item.item_id: created})
+            pipe.zadd(self._key("cat", category), {item.item_id: created}, nx=item.created_at is None)
         if item.available:
             pipe.srem(self._key("unavailable"), item.item_id)
         else:
@@ -315,6 +322,47 @@ class ServingStore:
             return set()
         flags = self._call(lambda: self.client.smismember(self._key("unavailable"), list(item_ids)))
         return {i for i, flag in zip(item_ids, flags) if flag}
+
+    def read_usable(
+        self, read: Callable[[int], Ranked], limit: int, skip: Collection[str] = frozenset(),
+        memo: Hashable | None = None,
+    ) -> Ranked:
+        """The first `limit` entries of a ranked list that are available and not in `skip`, where
+        `read(n)` gives the list's first n: read `limit`, then twice as many, and so on up to
+        `MAX_WIDENING` times `limit`, until `limit` are kept or the list has no more. A global list
+        names itself by `memo`: its pages, availability applied, are memoised with the other global
+        reads, so a request skipping nothing costs no round trip (the pipeline's own availability
+        check stays exact)."""
+        if limit <= 0:
+            return []
+        size = limit
+        while True:
+            page, ended = self._usable_page(read, size, memo)
+            kept = [(item, score) for item, score in page if item not in skip]
+            if len(kept) >= limit or ended or size >= MAX_WIDENING * limit:
+                return kept[:limit]
+            size *= 2
+
+    def _usable_page(self, read: Callable[[int], Ranked], size: int, memo: Hashable | None) -> tuple[Ranked, bool]:
+        """The list's first `size` entries less the unavailable ones, and whether the list ended."""
+        def load() -> tuple[Ranked, bool] | None:
+            found = read(size)
+            if not found:
+                return None  # nothing yet: not memoised (the memo re-reads an empty value)
+            gone = self.unavailable([item for item, _ in found])
+            return [(item, score) for item, score in found if item not in gone], len(found) < size
+
+        page = load() if memo is None else self.global_cache.get(("usable", memo, size), load)
+        return page or ([], True)
+
+    def usable_in_category(self, category: str, limit: int, skip: Collection[str] = frozenset()) -> Ranked:
+        """The category's newest `limit` items that are available and not in `skip`, with their
+        popularity (`read_usable` over `items_in_category`, memoised as a global list)."""
+        def page(size: int) -> Ranked:
+            items = self.items_in_category(category, size)
+            return list(zip(items, self.popularity_of(items)))
+
+        return self.read_usable(page, limit, skip, memo=("category", category))
 
     def items_in_category(self, category: str, limit: int) -> list[str]:
         """The category's newest items whose record still names the category (memoised like

@@ -26,7 +26,7 @@ from services.explore.greedy import Greedy
 from services.explore.policy import Ranked
 from services.explore.stage import UNAVAILABLE, ExploreStage
 from services.recommend.blend_recall import BLEND_ORDER, BLEND_SOURCE, BlendOrderRanker, BlendServing
-from services.recommend.channels import CategoryChannel
+from services.recommend.channels import for_request
 from services.recommend.explain import explain, top_attended
 from services.recommend.fallback import LastKnownPopular
 from services.recommend.online_store import ServingStore
@@ -288,7 +288,6 @@ class RecommendationPipeline:
         it, followed by the serving channels' candidates (`_after_blend`); else the model channels
         and the serving channels, interleaved by rank within their quotas (`MultiChannelRecall`);
         a category-filtered request recalls from that category instead of the user's."""
-        base = self.base_channels
         oldest_first = user.history[::-1]
         blocked = user.seen | request.exclude  # skipped in the merge, so `candidates` unseen items reach the ranker
         if bundle.blend is not None and not request.category:
@@ -296,8 +295,7 @@ class RecommendationPipeline:
             blended = bundle.blend.candidates(oldest_first, self.candidates - reserved, blocked)
             if blended is not None:
                 return blended + self._after_blend(oldest_first, blended, reserved, blocked)
-        if request.category:
-            base = tuple(CategoryChannel(self.store, request.category) if c.name == "category" else c for c in base)
+        base = for_request(self.base_channels, request.category, blocked)
         recall = MultiChannelRecall(bundle.channels + base, self.quotas)
         return [
             Candidate(c.item_id, c.score, c.channels, c.because)
@@ -312,7 +310,8 @@ class RecommendationPipeline:
         order serves them last."""
         taken = set(blocked) | {c.item_id for c in blended}
         lowest = min((c.recall_score for c in blended), default=0.0)
-        found = MultiChannelRecall(self.base_channels, self.quotas).recall(history, k, exclude=taken) if k else []
+        channels = for_request(self.base_channels, None, taken)
+        found = MultiChannelRecall(channels, self.quotas).recall(history, k, exclude=taken) if k else []
         return [Candidate(c.item_id, lowest - 1.0 - rank, c.channels, c.because) for rank, c in enumerate(found)]
 
     def _filter(self, candidates: list[Candidate], request: RecommendationRequest) -> list[Candidate]:

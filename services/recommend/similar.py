@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-from services.recommend.online_store import ServingStore
+from services.recommend.online_store import Ranked, ServingStore
 from services.recommend.pipeline import ModelBundle
 
 
-def similar_items(
-    store: ServingStore, bundle: ModelBundle, item_id: str, k: int
-) -> tuple[list[tuple[str, float]], str] | None:
-    """Up to `k` (item, score) neighbours and the source used; None if the item is unknown."""
-    if bundle.similar is not None:
-        neighbours = bundle.similar.similar(item_id, k + 1)
-        if neighbours:
-            return _available(store, [(i, s) for i, s in neighbours if i != item_id], k), "embedding"
+def similar_items(store: ServingStore, bundle: ModelBundle, item_id: str, k: int) -> tuple[Ranked, str] | None:
+    """Up to `k` available (item, score) neighbours and the source used; None if the item is unknown.
+    Retired neighbours are read past (`ServingStore.read_usable`), so they do not shorten the list."""
+    similar = bundle.similar
+    if similar is not None and similar.similar(item_id, 1):  # the model knows the item
+        neighbours = store.read_usable(lambda n: similar.similar(item_id, n) or [], k, {item_id})
+        return [(item, float(score)) for item, score in neighbours], "embedding"
     item = store.get_item(item_id)
     if item is None:
         return None
-    found: dict[str, None] = {}  # insertion-ordered and O(1) membership: up to 64 categories × 4k items
+    found: dict[str, float] = {}  # insertion-ordered and O(1) membership: up to 64 categories × 4k items
     for category in item.categories:
-        for other in store.items_in_category(category, 4 * k):
-            if other != item_id:
-                found.setdefault(other)
-    scores = store.popularity_of(list(found))
-    ranked = sorted(zip(found, scores), key=lambda pair: -pair[1])
-    return _available(store, ranked, k), "category"
-
-
-def _available(store: ServingStore, pairs: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
-    unavailable = store.unavailable([item for item, _ in pairs])
-    return [(item, float(score)) for item, score in pairs if item not in unavailable][:k]
+        for other, count in store.usable_in_category(category, 4 * k, {item_id}):
+            found.setdefault(other, count)
+    return sorted(found.items(), key=lambda pair: -pair[1])[:k], "category"

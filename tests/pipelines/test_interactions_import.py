@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from feature_store.catalog import Catalog
 from feature_store.event_log import EventLogReader
+from feature_store.schemas import Item
 from feature_store.settings import Settings
 from pipelines.datasets.interactions import FIELD_LIMIT, SEQUENCE_EPOCH
 from services.cli import app
@@ -68,6 +69,24 @@ def test_sequences_end_every_users_line_at_the_epoch_and_fill_categories(tmp_pat
         ("u1", "c", "purchase", None, EPOCH), ("u2", "a", "purchase", None, EPOCH), ("u2", "c", "purchase", None, EPOCH - SECOND)]
     table = Catalog.from_settings(settings).items_table(["item_id", "categories"]).to_pylist()
     assert {row["item_id"]: row["categories"] for row in table} == {"a": ["3", "9"], "b": [], "c": ["4"]}
+
+
+def test_categories_create_new_items_and_change_only_the_named_items_categories(tmp_path: Path, settings: Settings) -> None:
+    catalog = Catalog.from_settings(settings)
+    dated = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    catalog.upsert_items([
+        Item(item_id="retired", title="Retired toy", categories=["Toys"], available=False, metadata={"price": 9}),
+        Item(item_id="puzzle", title="Puzzle", categories=["Puzzles"], created_at=dated),
+    ])
+    path = tmp_path / "more.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,retired,1600000000\nu2,puzzle,1600000001\nu3,new,1600000002\n")
+    attributes = tmp_path / "attrs.json"
+    attributes.write_text(json.dumps({"retired": ["Games"], "new": ["Games"]}))
+    assert _cli(settings, path, "--categories", str(attributes)).exit_code == 0
+    assert catalog.get_item("retired") == Item(item_id="retired", title="Retired toy", categories=["Games"],
+                                               available=False, metadata={"price": 9})
+    assert catalog.get_item("puzzle") == Item(item_id="puzzle", title="Puzzle", categories=["Puzzles"], created_at=dated)
+    assert catalog.get_item("new") == Item(item_id="new", categories=["Games"])
 
 
 def test_strict_and_missing_columns_fail_naming_file_and_line(tmp_path: Path, settings: Settings) -> None:

@@ -190,3 +190,14 @@ def test_a_future_rating_time_is_that_lines_reject(tmp_path: Path, settings: Set
     assert [e.user_id for e in EventLogReader(settings.event_log_dir).read()] == ["1"]
     strict = import_cli(root, settings.model_copy(update={"state_dir": tmp_path / "strict"}), "--strict")
     assert strict.exit_code == 2 and "u.data:2: timestamp 4070908800 is in the future" in strict.output
+
+
+def test_a_grown_release_imported_again_keeps_an_items_retirement(tmp_path: Path, settings: Settings) -> None:
+    root = write_ml100k(tmp_path / "ml-100k", ["1\t1\t5\t874965758"])
+    assert import_cli(root, settings).exit_code == 0
+    catalog = Catalog.from_settings(settings)
+    catalog.upsert_items([catalog.get_item("1").model_copy(update={"available": False})])  # retired by a PUT
+    (root / "u.data").write_text("1\t1\t5\t874965758\n2\t2\t3\t876893171\n")  # the release grew
+    assert import_cli(root, settings).exit_code == 0
+    again = catalog.get_item("1")
+    assert not again.available and again.title == "Toy Story (1995)"  # the release's fields, the PUT's retirement

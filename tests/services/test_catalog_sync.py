@@ -1,24 +1,28 @@
 """The startup catalog sync (services/recommend/catalog_sync.py) on a real Redis: users are synced
 as well as items (issue 13, item 8), and rows written before the catalog was bounded (too deep,
-control characters) are skipped and reported, never abort the sync (item 4)."""
+control characters) are skipped and reported, never abort the sync (item 4); a lock left by a dead
+sync delays the sync, never skips it; undated items keep their place in the category index."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import redis
 from fastapi.testclient import TestClient
 
-from feature_store.catalog import ITEM_SCHEMA, USER_SCHEMA
-from feature_store.schemas import User
+from feature_store.catalog import ITEM_SCHEMA, USER_SCHEMA, Catalog
+from feature_store.schemas import Item, User
 from feature_store.settings import Settings
 from pipelines.datasets.movielens import import_movielens
 from services.api.app import create_app
 from tests.pipelines.test_movielens_import import write_ml100k
+from tests.services.test_global_cache import wait_for
 
 ITEMS = 1_701
 BAD_ITEMS = {"i5": "depth", "i1200": "depth", "bad\x1fid": "id", "i1600": "category"}
@@ -98,3 +102,33 @@ def test_a_user_put_after_the_file_was_written_wins_over_its_row(client: TestCli
     assert client.get("/v1/users/u1").json()["attributes"] == {"v": "put"}
     assert store.sync_users([row], written_at_ms=int(time.time() * 1000) + 60_000) == 1
     assert client.get("/v1/users/u1").json()["attributes"] == {"v": "file"}
+
+
+def test_a_lock_left_by_a_dead_sync_delays_the_sync_and_does_not_skip_it(
+    api_settings: Settings, redis_client: redis.Redis
+) -> None:
+    Catalog.from_settings(api_settings).upsert_items(Item(item_id=f"i{n}", categories=["A"]) for n in range(10))
+    lock = f"{api_settings.redis.key_prefix}:srv:catalog_sync:lock"
+    redis_client.set(lock, "a-process-killed-mid-sync", ex=600)
+    with TestClient(create_app(api_settings)) as client:
+        sync = client.app.state.service.catalog_sync  # type: ignore[attr-defined]
+        wait_for(lambda: sync.state == "busy")
+        assert client.get("/readyz").json()["catalog"] == "busy"  # not synced yet, and says so
+        assert client.get("/v1/items/i1").status_code == 404
+        redis_client.delete(lock)  # what its TTL does; no sleep racing a short TTL
+        assert sync.wait(60) == "synced"
+        assert client.get("/v1/items/i1").status_code == 200
+
+
+def test_undated_items_keep_their_place_behind_an_item_put_since_across_a_restart(api_settings: Settings) -> None:
+    """An undated item (ml-1m has no dates) is dated when it enters its category, once: a restart's
+    sync re-dating the whole catalog pushed an item PUT since out of its category's newest."""
+    Catalog.from_settings(api_settings).upsert_items(Item(item_id=f"old{n}", categories=["Drama"]) for n in range(20))
+    with TestClient(create_app(api_settings)) as client:
+        assert client.app.state.service.catalog_sync.wait(60) == "synced"  # type: ignore[attr-defined]
+        fresh = {"categories": ["Drama"], "created_at": datetime.now(timezone.utc).isoformat()}
+        assert client.put("/v1/items/fresh", json=fresh).status_code == 200
+    with TestClient(create_app(api_settings)) as client:  # a restart syncs items.parquet, which the PUT rewrote
+        assert client.app.state.service.catalog_sync.wait(60) == "synced"  # type: ignore[attr-defined]
+        body = client.post("/v1/users/u1/recommendations", json={"k": 5, "category": "Drama"}).json()
+    assert [item["item_id"] for item in body["items"]][0] == "fresh"

@@ -1,9 +1,25 @@
-"""Recommendations through the real app on a real Redis: seen filtering, live updates, cold start."""
+"""Recommendations through the real app on a real Redis: seen filtering, live updates, cold start,
+lists read past the items a request cannot use."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
 from fastapi.testclient import TestClient
 
+from feature_store.catalog import Catalog
+from feature_store.definitions import Entity
+from feature_store.online_store import RedisOnlineStore
+from feature_store.schemas import Item
+from feature_store.settings import Settings
+from models.embeddings.item_embeddings import ItemEmbeddings
+from models.retrieval import build_index
+from models.retrieval.multichannel import EmbeddingSimilarItems
+from services.api.app import create_app
+from services.recommend.pipeline import ModelBundle
+from services.recommend.similar import similar_items
+from tests.feature_store.helpers import WM, item_row
 from tests.services.conftest import EventFactory, put_items
 
 CATALOG = {
@@ -79,6 +95,61 @@ def test_similar_items_for_a_new_item_use_its_category(client: TestClient, make_
     assert body["source"] == "category"
     assert [item["item_id"] for item in body["items"]] == ["a1", "a2"]  # by popularity
     assert client.get("/v1/items/unknown/similar").status_code == 404
+
+
+def test_a_category_request_reads_past_retired_excluded_and_skipped_items(
+    api_settings: Settings, make_event: EventFactory
+) -> None:
+    """The 200 newest dramas (a request's whole category read before) are the 50 newest retired,
+    100 excluded and 50 skipped: the ranker still gets the older dramas, not nothing."""
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    Catalog.from_settings(api_settings).upsert_items(
+        Item(item_id=f"d{n}", categories=["Drama"], created_at=t0 + timedelta(hours=n), available=n < 250) for n in range(300))
+    with TestClient(create_app(api_settings)) as client:
+        assert client.app.state.service.catalog_sync.wait(60) == "synced"  # type: ignore[attr-defined]
+        client.post("/v1/events", json=[make_event("u1", f"d{n}", "skip") for n in range(100, 150)]).raise_for_status()
+        exclude = [f"d{n}" for n in range(150, 250)]
+        body = client.post("/v1/users/u1/recommendations", json={"k": 10, "category": "Drama", "exclude": exclude}).json()
+    assert _ids(body) == [f"d{n}" for n in range(99, 89, -1)]
+
+
+def test_popular_items_are_read_past_the_excluded_and_retired_ones(api_settings: Settings) -> None:
+    """The popular list's top 256 (what the channel read) are retired or excluded: the next ones answer."""
+    ids = [f"p{n}" for n in range(300)]
+    features = RedisOnlineStore.from_settings(api_settings)
+    with features.publish_batch_view(Entity.ITEM, WM) as write:
+        write(item_row(item, popularity_all=1000 - n) for n, item in enumerate(ids))
+    with features.publish_batch_view(Entity.GLOBAL, WM) as write:
+        write([{"popular": ids}])
+    features.close()
+    Catalog.from_settings(api_settings).upsert_items(Item(item_id=item, available=False) for item in ids[:100])
+    with TestClient(create_app(api_settings)) as client:
+        assert client.app.state.service.catalog_sync.wait(60) == "synced"  # type: ignore[attr-defined]
+        body = client.post("/v1/users/new/recommendations", json={"k": 10, "exclude": ids[100:260]}).json()
+    assert _ids(body) == ids[260:270]
+
+
+def test_category_neighbours_are_read_past_retired_items(client: TestClient) -> None:
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    for n in range(40):  # the 30 newest retired: all the neighbours read before
+        item = {"categories": ["Pop"], "created_at": (t0 + timedelta(hours=n)).isoformat(), "available": n < 10}
+        client.put(f"/v1/items/p{n}", json=item).raise_for_status()
+    body = client.get("/v1/items/p1/similar", params={"k": 5}).json()
+    assert body["source"] == "category" and len(body["items"]) == 5
+    assert {item["item_id"] for item in body["items"]} <= {f"p{n}" for n in range(2, 10)}
+
+
+def test_embedding_neighbours_are_read_past_retired_items(client: TestClient) -> None:
+    ids = [f"i{n}" for n in range(50)]
+    vectors = np.array([[1.0, n / 100.0] for n in range(len(ids))], dtype=np.float32)  # i1, i2, … nearest to i0 in order
+    index = build_index(2, len(ids), "exact")
+    index.add(ids, vectors)
+    bundle = ModelBundle(similar=EmbeddingSimilarItems(ItemEmbeddings(np.array(ids), vectors), index))
+    for n in (1, 2, 3):
+        client.put(f"/v1/items/i{n}", json={"available": False}).raise_for_status()
+    found = similar_items(client.app.state.service.store, bundle, "i0", 5)  # type: ignore[attr-defined]
+    assert found is not None and found[1] == "embedding"
+    assert [item for item, _ in found[0]] == ["i4", "i5", "i6", "i7", "i8"]
 
 
 def test_validation_errors_name_the_problem(client: TestClient) -> None:
