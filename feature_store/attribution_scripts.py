@@ -1,16 +1,24 @@
 """The attribution store's Lua scripts (`feature_store.attribution_store` documents what they keep)."""
 
-# ARGV: marker, marker ttl ms, now ms, then ops of 6 slots: op, key, a, b, c, expire-at ms.
+# ARGV: marker, marker ttl ms, now ms, the outcome's decision marker ('' for none: an impression, or
+# a part on a Redis Cluster, where `DECIDE_SCRIPT` ran first), the decision, its ttl ms, then ops of
+# 6 slots: op, key, a, b, c, expire-at ms. The decision marker may be the record's own (a miss).
 RECORD_SCRIPT = """
 local now = tonumber(ARGV[3])
 local function expire_at(key, at)
   local ttl = tonumber(at) - now
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
-if not redis.call('SET', ARGV[1], '1', 'NX', 'PX', ARGV[2]) then return 0 end
-for i = 4, #ARGV, 6 do
+local marker, decided = ARGV[1], ARGV[4]
+if decided ~= '' and not redis.call('SET', decided, ARGV[5], 'NX', 'PX', ARGV[6]) then
+  -- decided before: otherwise (nothing to apply), or so (its own marker says whether it was applied)
+  if decided == marker or redis.call('GET', decided) ~= ARGV[5] then return 0 end
+end
+if decided ~= marker and not redis.call('SET', marker, '1', 'NX', 'PX', ARGV[2]) then return 0 end
+for i = 7, #ARGV, 6 do
   local op, key, a, b, c, at = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  if op == 'H' then      -- bucketed count: field a += 1; a new field trims buckets older than b
+  if op == 'M' then      -- nothing: the key only placed the marker in its slot
+  elseif op == 'H' then  -- bucketed count: field a += 1; a new field trims buckets older than b
     if redis.call('HINCRBY', key, a, 1) == 1 then
       for _, field in ipairs(redis.call('HKEYS', key)) do
         local bucket = tonumber(string.match(field, ':(%d+)$'))
@@ -24,9 +32,17 @@ for i = 4, #ARGV, 6 do
     redis.call('LPUSH', key, a)
     redis.call('LTRIM', key, 0, tonumber(b) - 1)
   end
-  expire_at(key, at)
+  if op ~= 'M' then expire_at(key, at) end
 end
 return 1
+"""
+
+# On a Redis Cluster, before a record's parts: KEYS[1] the outcome's decision marker, ARGV the
+# decision and its ttl ms. 1 when the outcome is decided so (now or before), else 0.
+DECIDE_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
 """
 
 # One round trip for `examined_counts`. ARGV: positions key, since ms, until ms, the impression and

@@ -3,13 +3,19 @@
 The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *what* to count by the rule of
 `feature_store.attribution`; this store keeps the counts, idempotently and bounded in memory:
 
-- one Lua script per record (`record_many` sends a batch of them in one pipelined round trip): it first sets the record's replay marker (`SET NX PX`), and applies
-  nothing if the marker exists, so a replay after a restart adds nothing. Markers: per impression
-  event id (`record_impression`), per (impression event id, outcome type) (`record_credit`: an
-  impression counts at most one outcome of each type), per outcome event id (`record_miss`:
-  unattributed and late outcomes). A marker lives `dedup_ttl + max_future_skew` (the API's own impressions:
-  `server_impression_ttl`, `attribution.replay_window_ms`); records older (or than the retention) are not applied (`TOO_OLD`),
-  records dated more than `max_future_skew` ahead of the clock neither (`IN_FUTURE`);
+- one Lua script per record (`record_many` sends a batch of them in one pipelined round trip): it
+  first sets the record's replay marker (`SET NX PX`), and applies nothing if the marker exists,
+  so a replay after a restart adds nothing. Markers: per impression event id (`record_impression`,
+  and `LateImpressionRecord`, which counts nothing: an impression is counted or dropped once), per
+  (impression event id, outcome type) (`record_credit`: an impression counts at most one outcome of
+  each type), per outcome event id (`record_miss`: unattributed and late outcomes). Each event is
+  decided once: an outcome's marker holds its decision (credited to an impression, unattributed or
+  late), set by whichever record of it comes first, and a record of another decision is not
+  applied (a restart that decides it otherwise, a client's late resend of an outcome already
+  credited). A marker lives `dedup_ttl + max_future_skew` (the API's own impressions and their
+  credits: `server_impression_ttl`, `attribution.replay_window_ms`); records older (or than the
+  retention) are not applied (`TOO_OLD`), records dated more than `max_future_skew` ahead of the
+  clock neither (`IN_FUTURE`);
 - counts of the dimensions of `attribution.Dimension`, in hourly buckets of the *impression's*
   event time, as hash fields `<measure>:<bucket ms>` (measure: `impression` or an outcome type)
   of one key per (dimension, key) (`KeyLayout.attribution_counts`, with its own hash tag), except
@@ -21,8 +27,12 @@ The Flink job (`pipelines.flink.join`, run by `operators.Attribute`) decides *wh
   the retention are trimmed when a new bucket starts.
 
 Keys travel in ARGV (like `live_writes`). On a Redis Cluster a record's updates are split by hash
-slot, each part under its own marker in that slot (`cluster_scripts`), and `examined_counts` sums
-the buckets client-side from one pipeline instead of one script.
+slot, each part under its own marker in that slot (`cluster_scripts`): the outcome's decision is
+therefore set first, in its own slot, and a record's parts are sent (a second round trip) only where
+the decision is this record's. A crash between the two leaves the decision without its counts: a
+replay of the same decision applies them, another decision does not (that outcome is then not
+counted; on one server the decision and the counts are one script). `examined_counts` sums the
+buckets client-side from one pipeline instead of one script.
 
 Upgrade from the layout with one key per (item, position): `feature_store.attribution_upgrade`
 folds those keys into the item hashes (run once after the old stream job has stopped).
@@ -44,7 +54,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from feature_store.attribution import BUCKET_MS, CountRow, Dimension, Impression, Outcome, replay_window_ms, split_item_position
-from feature_store.attribution_scripts import EXAMINED_SCRIPT, RECORD_SCRIPT
+from feature_store.attribution_scripts import DECIDE_SCRIPT, EXAMINED_SCRIPT, RECORD_SCRIPT
 from feature_store.cluster_scripts import ClusterScript, split_by_slot
 from feature_store.definitions import join_key
 from feature_store.position_bias import CLICK, IMPRESSION, debiased_ctr, examination
@@ -66,6 +76,7 @@ def max_record_age_ms(dedup_ttl_s: float) -> int:
 
 
 _OLDEST = object()  # placeholder in an op for the oldest bucket kept (now - RETENTION_MS)
+MARK_ONLY = "M"  # an op that changes nothing: its key only places the record's marker (RECORD_SCRIPT)
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,26 @@ class MissRecord:
     miss: Miss
 
 
-Record = ImpressionRecord | CreditRecord | MissRecord
+@dataclass(frozen=True)
+class LateImpressionRecord:
+    """An impression too late for the speed layer: counts nothing, but takes its replay marker, so
+    that a replay after a restart (which may find it in time) does not count it either."""
+
+    impression: Impression
+
+
+Record = ImpressionRecord | CreditRecord | MissRecord | LateImpressionRecord
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A record to apply: its replay marker, the outcome's decision if it has one, its ops."""
+
+    index: int  # in the batch
+    marker: str
+    marker_ttl_ms: int
+    decision: tuple[str, str, int] | None  # (the outcome's marker, this record's decision, its ttl ms)
+    ops: list[Any]
 
 
 class AttributionStore(ABC):
@@ -196,7 +226,9 @@ class RedisAttributionStore(AttributionStore):
             self._client = self._spec.client()
             self._script = self._client.register_script(RECORD_SCRIPT)
             self._examined = self._client.register_script(EXAMINED_SCRIPT)
-            self._cluster = ClusterScript(self._client, RECORD_SCRIPT) if isinstance(self._client, RedisCluster) else None
+            on_cluster = isinstance(self._client, RedisCluster)
+            self._cluster = ClusterScript(self._client, RECORD_SCRIPT) if on_cluster else None
+            self._decide = ClusterScript(self._client, DECIDE_SCRIPT) if on_cluster else None
         return self._client
 
     def close(self) -> None:
@@ -207,37 +239,71 @@ class RedisAttributionStore(AttributionStore):
     def record_many(self, records: Sequence[Record], now_ms: int | None = None) -> list[RecordResult]:
         now_ms = _now_ms() if now_ms is None else now_ms
         results: list[RecordResult | None] = []
-        calls: list[tuple[int, list[str], list[Any]]] = []  # (record, keys, args): per record, or per slot part
-        split = self.client is not None and self._cluster is not None
-        for record in records:
+        writes: list[_Write] = []
+        for n, record in enumerate(records):
             marker, ts_ms, ops = self._prepare(record)
             window_ms = self._replay_window_ms(record)
             queued = self._queue(ts_ms, ops, now_ms, max_record_age_ms(window_ms / 1000))
             results.append(queued if isinstance(queued, RecordResult) else None)
             if not isinstance(queued, RecordResult):
-                parts = split_by_slot(marker, queued, 6) if split else [(marker, queued)]
-                calls += [(len(results) - 1, [m], [m, window_ms + self._skew_ms, now_ms, *o]) for m, o in parts]
+                writes.append(_Write(n, marker, window_ms + self._skew_ms, self._decision(record), queued))
+        on_cluster = self.client is not None and self._cluster is not None  # the client is made first
         with translate_errors(self._spec, f"recording {len(records)} attributions"):
-            fresh = {n for (n, _, _), flag in zip(calls, self._run(calls)) if int(flag)}
+            fresh = (self._apply_on_cluster if on_cluster else self._apply)(writes, now_ms)
         return [result or (RecordResult.APPLIED if n in fresh else RecordResult.DUPLICATE) for n, result in enumerate(results)]
 
-    def _run(self, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
-        if self._cluster is not None:
-            return self._cluster.run_all([(keys, args) for _, keys, args in calls])
+    def _apply(self, writes: list[_Write], now_ms: int) -> set[int]:
+        """The batch positions of the writes applied, each write one script call (one server)."""
         pipe = self.client.pipeline(transaction=False)
-        for _, _, args in calls:
-            self._script(args=args, client=pipe)
-        return pipe.execute() if calls else []
+        for write in writes:
+            decision = write.decision or ("", "", 0)
+            self._script(args=[write.marker, write.marker_ttl_ms, now_ms, *decision, *write.ops], client=pipe)
+        flags = pipe.execute() if writes else []
+        return {write.index for write, flag in zip(writes, flags) if int(flag)}
+
+    def _apply_on_cluster(self, writes: list[_Write], now_ms: int) -> set[int]:
+        """`_apply` on a Redis Cluster: the outcomes' decisions first (each in its marker's slot),
+        then the parts of every write whose decision holds, each under its marker in its slot."""
+        assert self._cluster is not None and self._decide is not None
+        decisions = [(write.index, write.decision) for write in writes if write.decision is not None]
+        holds = self._decide.run_all([([key], [value, ttl]) for _, (key, value, ttl) in decisions])
+        refused = {index for (index, _), flag in zip(decisions, holds) if not int(flag)}
+        calls = [(write.index, [marker, write.marker_ttl_ms, now_ms, "", "", 0, *ops])
+                 for write in writes if write.index not in refused
+                 for marker, ops in split_by_slot(write.marker, write.ops, 6)]
+        flags = self._cluster.run_all([([args[0]], args) for _, args in calls])
+        return {n for (n, _), flag in zip(calls, flags) if int(flag)}
 
     def _replay_window_ms(self, record: Record) -> int:  # an impression's count and credits: its window
         if isinstance(record, MissRecord):
-            return int(self._dedup_ttl_s * 1000)
+            return self._outcome_window_ms(record.outcome)
         return replay_window_ms(IMPRESSION, record.impression.event_id, self._dedup_ttl_s, self._server_ttl_s)
+
+    def _outcome_window_ms(self, outcome: Outcome) -> int:
+        return replay_window_ms(outcome.type, outcome.event_id, self._dedup_ttl_s, self._server_ttl_s)
+
+    def _decision(self, record: Record) -> tuple[str, str, int] | None:
+        """(the outcome's marker, what this record decides, the marker's ttl ms) of an outcome's record.
+
+        It lives the outcome's own replay window (not its impression's, which may be shorter), so it
+        outlives every record of the outcome that may still be applied. A miss's marker is this one."""
+        if isinstance(record, CreditRecord):
+            outcome, decided = record.outcome, f"credit:{record.impression.event_id}"
+        elif isinstance(record, MissRecord):
+            outcome, decided = record.outcome, str(record.miss)
+        else:
+            return None
+        ttl_ms = self._outcome_window_ms(outcome) + self._skew_ms
+        return self._layout.attribution_marker(outcome.event_id), decided, ttl_ms
 
     def _prepare(self, record: Record) -> tuple[str, int, list[Any]]:
         """(replay marker, event time, ops) of a record."""
         if isinstance(record, ImpressionRecord):
             return self._impression_ops(record.impression)
+        if isinstance(record, LateImpressionRecord):
+            marker, ts_ms, ops = self._impression_ops(record.impression)
+            # Marks only; on a cluster the keys still place its markers where the count's would be.
+            return marker, ts_ms, [MARK_ONLY if n % 6 == 0 else slot for n, slot in enumerate(ops)]
         if isinstance(record, CreditRecord):
             return self._credit_ops(record.impression, record.outcome)
         return self._miss_ops(record.outcome, record.miss)

@@ -21,8 +21,9 @@ and `F` = feature name, both escaped by `escape_key_part`):
     P:a:{D:K}                   hash     attributed counts of dimension D, key K (`attribution.join_key`):
                                          `<measure>:<hour bucket ms>` -> count; expires 7 d + 1 h after
                                          its newest bucket (`feature_store.attribution_store`)
-    P:a:seen:<event_id>         string   attribution replay marker of an impression, or of an outcome's
-                                         unattributed/late count
+    P:a:seen:<event_id>         string   attribution replay marker of an impression, or an outcome's
+                                         decision (`credit:<impression id>`, `late`, `unattributed`):
+                                         the first one stored wins, so an outcome is counted once
     P:a:credit:<event_id>:<type> string  an impression already credited with one outcome of that type
     P:a:positions               zset     positions with impressions (member position, score newest bucket)
     P:a:stats                   hash     `<unattributed|late>:<type>:<bucket ms>` -> count

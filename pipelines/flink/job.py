@@ -10,7 +10,8 @@ Graph::
     FileSource(text lines, monitor_continuously)            only complete (visible) files, in path
                                                             order (oldest hour first: ordered_splits)
       -> ParseEvents (flat_map)               malformed and far-future lines logged, skipped
-      -> event-time watermarks (bounded out-of-orderness)    in the JVM (keyed_in_jvm)
+      -> event-time watermarks (bounded out-of-orderness)    in the JVM (keyed_in_jvm); the highest
+                                                            one checkpointed and restored (WatermarkFloor)
       -> key_by (user, item)                                  in the JVM
       -> Attribute (KeyedProcessFunction)     impressions and outcomes joined in keyed map state
                                               (TTL) with event-time timers; emits store records
@@ -43,6 +44,7 @@ from pyflink.java_gateway import get_gateway
 from feature_store.linucb_store import context_dim
 from feature_store.settings import FlinkSettings, Settings
 from pipelines.flink import operators as ops
+from pipelines.flink.jvm import add_job_jar, jvm_class
 from pipelines.flink.ordered_splits import path_ordered_assigner
 from pipelines.flink.runner import latest_checkpoint
 from pipelines.flink.sink import WriteRecords
@@ -89,11 +91,12 @@ def job_params(settings: Settings, redis_url: str) -> ops.JobParams:
 
 def build_job(
     env: StreamExecutionEnvironment, events_dir: Path, params: ops.JobParams, flink: FlinkSettings,
-    split_order: FileSplitAssignerProvider | None = None,
+    split_order: FileSplitAssignerProvider | None = None, watermark_floor: bool = False,
 ) -> None:
     """Wire source -> parse -> event time -> (user, item) keys -> attribution -> writes onto `env`.
 
-    `split_order` decides which pending file is read next (`ordered_splits`; None: Flink's default)."""
+    `split_order` decides which pending file is read next (`ordered_splits`; None: Flink's default);
+    `watermark_floor` restores the checkpoint's watermark on a restore (both need `jvm.add_job_jar`)."""
     events_dir.mkdir(parents=True, exist_ok=True)
     builder = FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(events_dir.resolve()))
     if split_order is not None:
@@ -104,7 +107,8 @@ def build_job(
         .flat_map(ops.ParseEvents(params.max_future_skew_s), ops.PARSED_TYPE_INFO).name("parse")
     )
     watermarks = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(flink.out_of_orderness_ms))
-    records = keyed_in_jvm(parsed, watermarks).process(ops.Attribute(params), Types.STRING()).name("attribution")
+    keyed = keyed_in_jvm(parsed, watermarks, watermark_floor)
+    records = keyed.process(ops.Attribute(params), Types.STRING()).name("attribution")
     # No timeout (0): a per-record timer thread would cost more than the write; Redis calls time out themselves.
     AsyncDataStream.unordered_wait(
         records, WriteRecords(params, params.writes_in_flight), Time.milliseconds(0),
@@ -112,12 +116,15 @@ def build_job(
     ).name("write")
 
 
-def keyed_in_jvm(parsed: DataStream, watermarks: WatermarkStrategy) -> KeyedStream:
+def keyed_in_jvm(parsed: DataStream, watermarks: WatermarkStrategy, watermark_floor: bool = False) -> KeyedStream:
     """Event time and the (user, item) key of the parse's `(Row(key, record), ts)` records, by the
     JVM's own functions (those PyFlink's `assign_timestamps_and_watermarks` and `key_by` use after
     their Python steps): a record crosses into Python only for the parse and the join, instead of
     also for a timestamp assigner and a key selector. The keyed stream's elements are
-    `Row(key, record)`, which PyFlink's keyed operators take as (key, value)."""
+    `Row(key, record)`, which PyFlink's keyed operators take as (key, value).
+
+    With `watermark_floor`, `recsys.flink.WatermarkFloor` passes the watermarks on and restores
+    the highest from the checkpoint: the generator starts again from nothing after a restore."""
     python_functions = get_gateway().jvm.org.apache.flink.streaming.api.functions.python
     stamped = parsed._j_data_stream.assignTimestampsAndWatermarks(
         watermarks._j_watermark_strategy.withTimestampAssigner(python_functions.eventtime.CustomTimestampAssigner())
@@ -125,6 +132,8 @@ def keyed_in_jvm(parsed: DataStream, watermarks: WatermarkStrategy) -> KeyedStre
     rows = stamped.map(
         python_functions.eventtime.RemoveTimestampMapFunction(), ops.KEYED_RECORD_TYPE_INFO.get_java_type_info()
     ).name("drop-time")
+    if watermark_floor:
+        rows = rows.transform("watermark-floor", rows.getType(), jvm_class("recsys.flink.WatermarkFloor")())
     keyed = rows.keyBy(python_functions.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
     return KeyedStream(keyed, Types.STRING(), parsed)
 
@@ -132,8 +141,9 @@ def keyed_in_jvm(parsed: DataStream, watermarks: WatermarkStrategy) -> KeyedStre
 def run(settings: Settings, redis_url: str, restore_from: Path | None = None) -> None:
     """Run the job until SIGTERM/SIGINT, then cancel it cleanly (its checkpoints are retained)."""
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings, restore_from))
-    split_order = path_ordered_assigner(env, settings.state_dir / "flink-lib")
-    build_job(env, settings.event_log_dir, job_params(settings, redis_url), settings.flink, split_order)
+    own_jar = add_job_jar(env, settings.state_dir / "flink-lib")
+    build_job(env, settings.event_log_dir, job_params(settings, redis_url), settings.flink,
+              path_ordered_assigner() if own_jar else None, watermark_floor=own_jar)
     client = env.execute_async("recsys-speed-layer")
     log.info("speed layer running (job %s), restored from %s", client.get_job_id(), restore_from)
     stop = _stop_flag()

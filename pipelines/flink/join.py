@@ -40,8 +40,9 @@ So a decision never depends on the order in which events arrive (the event log's
 in no particular order after a restart or a pause), only on which events are within the allowed
 lateness. Each decision becomes a record of the `AttributionStore` (`records`, drained by the
 caller: the job writes them in batches, `pipelines.flink.sink`), whose replay markers make a second
-application of the same decision (a replay after a restore) a no-op: the counts have an
-exactly-once effect.
+application of the same decision (a replay after a restore) a no-op, and a different decision about
+an event already decided (an outcome credited to another impression, or counted late, after a
+restart; an impression dropped as too late) one too: the counts have an exactly-once effect.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from feature_store.attribution import ATTRIBUTED_OUTCOMES, Impression, Outcome, attribute
-from feature_store.attribution_store import CreditRecord, ImpressionRecord, Miss, MissRecord, Record
+from feature_store.attribution_store import (
+    CreditRecord, ImpressionRecord, LateImpressionRecord, Miss, MissRecord, Record,
+)
 from feature_store.definitions import join_key
 from feature_store.linucb_store import LinUcbStore, served_by_linucb
 from feature_store.position_bias import CLICK
@@ -182,9 +185,14 @@ class AttributionJoin:
             left = [o for o in outcomes if o.event_id not in decided]
             self._update_awaiting(join_key(outcomes[0].user_id, outcomes[0].item_id), left)
 
-    def late(self, outcome: Outcome) -> None:
-        """An outcome too late for the speed layer: counted, and left to the batch layer."""
-        self.records.append(MissRecord(outcome, Miss.LATE))
+    def late(self, event: Impression | Outcome) -> None:
+        """An event too late for the speed layer, left to the batch layer: an outcome is counted
+        late; an impression counts nothing, but is recorded as dropped, so that a replay after a
+        restart, which may find it in time, does not count it."""
+        if isinstance(event, Impression):
+            self.records.append(LateImpressionRecord(event))
+        else:
+            self.records.append(MissRecord(event, Miss.LATE))
 
     def drain(self) -> list[Record]:
         """The records decided since the last drain, for the store."""

@@ -104,7 +104,10 @@ class Attribute(KeyedProcessFunction):
     read is harmless, the rule's window excludes it; `NeverReturnExpired` would switch every
     cache off). Outcomes older than the watermark minus the allowed lateness are too late: counted
     (`late` in the store, metric `too_late_events`), left to the batch layer; too-late impressions
-    are only logged and counted in the metric. Emits the store's records, encoded (`sink`).
+    are logged, counted in the metric, and recorded as dropped (the store counts nothing, and a
+    replay after a restart does not count them either). After a restore the watermark is at least
+    the checkpoint's (`job.keyed_in_jvm`), so events read again are too late as they were.
+    Emits the store's records, encoded (`sink`).
     """
 
     def __init__(self, params: JobParams) -> None:
@@ -141,8 +144,7 @@ class Attribute(KeyedProcessFunction):
             self._count("too_late_events")
             log.warning("too late for the speed layer (event time %d, watermark %d): %s",
                         ts_ms, timers.current_watermark(), record[:200])
-            if kind == OUTCOME:
-                self.join.late(Outcome(**fields))
+            self.join.late(Impression(**fields) if kind == IMPRESSION else Outcome(**fields))
             return self._emit()
         if kind == IMPRESSION:
             decide_at = self.join.impression(Impression(**fields), self.state)

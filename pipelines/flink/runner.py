@@ -50,10 +50,14 @@ class StreamJob:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self, resume: bool = False) -> "StreamJob":
+    def start(self, resume: bool = False, from_checkpoint: Path | None = None) -> "StreamJob":
+        """Start the job: from nothing, from the latest retained checkpoint (`resume`), or from
+        `from_checkpoint` (a `chk-N` directory)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_file.open("ab")
         command = [sys.executable, "-m", "pipelines.flink.job", "--state-dir", str(self.state_dir.resolve())]
+        if from_checkpoint is not None:
+            command += ["--from-checkpoint", str(Path(from_checkpoint).resolve())]
         self.process = subprocess.Popen(
             command + (["--resume"] if resume else []),
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,

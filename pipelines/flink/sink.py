@@ -9,8 +9,9 @@ trip costs a scheduling delay of the Redis server, and these dominated the job's
 Exactly-once effect: Flink's async operator does not finish a bundle until every record handed
 to it has been written, and a checkpoint barrier finishes the bundle first, so no checkpoint
 completes with a record unwritten; records written after the last checkpoint are decided and sent
-again after a restore, and the store's replay markers make them no-ops. Records of one batch may
-be applied in any order: each is idempotent and adds to counts, so their order does not matter.
+again after a restore, perhaps otherwise, and the store's replay markers make them no-ops (each
+event is decided once). A batch is applied in the order its records were decided (one pipeline):
+counts add up in any order, and of two decisions about one event the first stands.
 """
 
 from __future__ import annotations
@@ -23,35 +24,42 @@ from pyflink.datastream import RuntimeContext
 from pyflink.datastream.functions import AsyncFunction
 
 from feature_store.attribution import Impression, Outcome
-from feature_store.attribution_store import CreditRecord, ImpressionRecord, Miss, MissRecord, Record
+from feature_store.attribution_store import (
+    CreditRecord, ImpressionRecord, LateImpressionRecord, Miss, MissRecord, Record,
+)
 from pipelines.flink.join import fields_of
 
 T = TypeVar("T")
 R = TypeVar("R")
+LATE_IMPRESSION = "late_impression"
 
 
 def encode_record(record: Record) -> str:
     """A record as one JSON string (what travels from the join to the writer)."""
-    if isinstance(record, ImpressionRecord):
-        return json.dumps(["impression", fields_of(record.impression)])
     if isinstance(record, CreditRecord):
         return json.dumps(["credit", fields_of(record.impression), fields_of(record.outcome)])
-    return json.dumps([str(record.miss), fields_of(record.outcome)])
+    if isinstance(record, MissRecord):
+        return json.dumps([str(record.miss), fields_of(record.outcome)])
+    return json.dumps([record_kind(record), fields_of(record.impression)])
 
 
 def decode_record(text: str) -> Record:
     kind, *parts = json.loads(text)
     if kind == "impression":
         return ImpressionRecord(Impression(**parts[0]))
+    if kind == LATE_IMPRESSION:
+        return LateImpressionRecord(Impression(**parts[0]))
     if kind == "credit":
         return CreditRecord(Impression(**parts[0]), Outcome(**parts[1]))
     return MissRecord(Outcome(**parts[0]), Miss(kind))
 
 
 def record_kind(record: Record) -> str:
-    """impression, credit, unattributed or late: the metric names' first part."""
+    """impression, late_impression, credit, unattributed or late: the metric names' first part."""
     if isinstance(record, ImpressionRecord):
         return "impression"
+    if isinstance(record, LateImpressionRecord):
+        return LATE_IMPRESSION
     return "credit" if isinstance(record, CreditRecord) else str(record.miss)
 
 
@@ -92,7 +100,7 @@ class GroupCommit(Generic[T, R]):
 
 class WriteRecords(AsyncFunction):
     """Writes encoded records to Redis through `GroupCommit`; counts the results (metrics
-    `<impression|credit|unattributed|late>_<applied|duplicate|too_old|in_future>`)."""
+    `<impression|late_impression|credit|unattributed|late>_<applied|duplicate|too_old|in_future>`)."""
 
     def __init__(self, params: Any, max_batch: int) -> None:
         self.params = params  # operators.JobParams

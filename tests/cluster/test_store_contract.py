@@ -28,7 +28,9 @@ from feature_store.redis_layout import KeyLayout
 from feature_store.schemas import Event
 from feature_store.settings import Settings
 from tests.feature_store.helpers import WM, event, item_row, user_row
-from tests.feature_store.test_attribution_store import WINDOW_MS, apply_log, planted_log, stored
+from tests.feature_store.test_attribution_store import (
+    WINDOW_MS, apply_log, check_each_event_is_decided_once, planted_log, stored,
+)
 from tests.feature_store.test_attribution_upgrade import check_fold
 
 NOW = (WM + timedelta(minutes=59)).timestamp()
@@ -144,6 +146,10 @@ def test_attributed_counts_equal_the_rule_and_examined_counts_agree(redis_url: s
                      if dimension == Dimension.ITEM and key == item and measure == "click")
         assert (got.examined[n], got.clicks[n]) == (pytest.approx(shown), clicks), item
     store.close()
+
+
+def test_each_attribution_event_is_decided_once(redis_url: str) -> None:
+    check_each_event_is_decided_once(ConnectionSpec(redis_url))
 
 
 def test_old_item_position_keys_fold_into_the_item_hashes(redis_url: str) -> None:

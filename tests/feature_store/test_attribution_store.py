@@ -15,7 +15,9 @@ import redis
 from feature_store.attribution import (
     BUCKET_MS, MAX_COUNTED_POSITION, Dimension, Impression, Outcome, attribute, is_outcome, join_key, reference_counts,
 )
-from feature_store.attribution_store import RETENTION_MS, Miss, RecordResult, RedisAttributionStore
+from feature_store.attribution_store import (
+    RETENTION_MS, LateImpressionRecord, Miss, RecordResult, RedisAttributionStore,
+)
 from feature_store.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
 from feature_store.redis_client import ConnectionSpec
 from feature_store.redis_layout import KeyLayout
@@ -117,7 +119,8 @@ def test_every_key_expires_from_a_trusted_time(store: RedisAttributionStore, red
     assert store.record_impression(far, now_ms=now) is RecordResult.IN_FUTURE
     assert store.record_impression(old, now_ms=now) is RecordResult.TOO_OLD
     keys = list(redis_client.scan_iter("recsys:a:*"))
-    assert len(keys) == 8 and not any(b"i2" in k or b"i3" in k for k in keys)  # (item, position) counts are in the item hash
+    # (item, position) counts are in the item hash; the click's decision has a marker of its own.
+    assert len(keys) == 9 and not any(b"i2" in k or b"i3" in k for k in keys)
     for key in keys:
         ttl = redis_client.pttl(key)
         if key.startswith((b"recsys:a:seen:", b"recsys:a:credit:")):
@@ -158,6 +161,44 @@ def test_credit_counts_once_per_impression_and_type_and_is_recorded(store: Redis
     store.record_miss(late, Miss.LATE)
     store.record_miss(late, Miss.LATE)
     assert store.misses(now - 3 * BUCKET_MS, now + BUCKET_MS) == {"late:click": 1}
+
+
+def check_each_event_is_decided_once(spec: ConnectionSpec) -> None:
+    """An outcome is credited, unattributed or late once, whichever record of it comes first; an
+    impression counted or dropped as too late once (a restart of the stream job may decide an event
+    again, otherwise). Also on a Redis Cluster, where a record's parts lie in several slots."""
+    store = RedisAttributionStore(spec, dedup_ttl_s=2 * 86400, max_future_skew_s=SKEW_S)
+    now = now_ms()
+    first = Impression("imp1", "u", "i:1", now - 60_000, None, 0, "ucb", None, "A")
+    second = Impression("imp2", "u", "i:1", now - 30_000, None, 1, "ucb", None, "B")  # other position and arm
+    click = Outcome("k", "u", "i:1", "click", now - 10_000, None)
+    resent = Outcome("j", "u", "i:1", "click", now, "r9")
+    assert store.record_impression(first) is RecordResult.APPLIED
+    assert store.record_many([LateImpressionRecord(second)]) == [RecordResult.APPLIED]
+    assert store.record_impression(second) is RecordResult.DUPLICATE  # dropped as too late: stays dropped
+    assert store.record_credit(first, click) is RecordResult.APPLIED
+    assert store.record_credit(second, click) is RecordResult.DUPLICATE  # decided: credited to `first`
+    assert store.record_miss(click, Miss.LATE) is RecordResult.DUPLICATE
+    assert store.record_credit(first, click) is RecordResult.DUPLICATE
+    assert store.record_miss(resent, Miss.LATE) is RecordResult.APPLIED
+    assert store.record_credit(second, resent) is RecordResult.DUPLICATE  # decided: late
+    assert store.record_miss(resent, Miss.UNATTRIBUTED) is RecordResult.DUPLICATE
+    # Decided, its counts not applied (on a cluster, a crash between the decision and the parts):
+    # the same decision applies them, another does not.
+    bought = Outcome("p", "u", "i:1", "purchase", now - 5_000, None)
+    store.client.set(KeyLayout(spec.key_prefix).attribution_marker(bought.event_id), "credit:imp1")
+    assert store.record_credit(second, bought) is RecordResult.DUPLICATE
+    assert store.record_credit(first, bought) is RecordResult.APPLIED
+    for dimension, key in first.count_keys() + second.count_keys():
+        counts = store.counts(dimension, key, 0, now + BUCKET_MS)
+        want = {"impression": 1, "click": 1, "purchase": 1} if (dimension, key) in first.count_keys() else {}
+        assert counts == want, key
+    assert store.misses(0, now + BUCKET_MS) == {"late:click": 1}
+    store.close()
+
+
+def test_each_event_is_decided_once(settings: Settings, redis_client: redis.Redis) -> None:
+    check_each_event_is_decided_once(ConnectionSpec(settings.redis.url or ""))
 
 
 def test_position_bias_and_debiased_ctr_match_the_formulas(store: RedisAttributionStore) -> None:
@@ -225,7 +266,8 @@ def test_server_impressions_keep_shorter_replay_markers(settings: Settings, redi
     assert store.counts(Dimension.ITEM, "i1", 0, now + BUCKET_MS) == {"impression": 2, "click": 1}
     layout, short, long = KeyLayout(spec.key_prefix), (6 * 3600 + SKEW_S) * 1000, (2 * 86400 + SKEW_S) * 1000
     for key, ttl in ((layout.attribution_marker(server.event_id), short), (layout.attribution_credit(server.event_id, "click"), short),
-                     (layout.attribution_marker(client.event_id), long)):
+                     (layout.attribution_marker(client.event_id), long),
+                     (layout.attribution_marker(click.event_id), long)):  # the click's decision: its own window
         assert ttl - 60_000 < redis_client.pttl(key) <= ttl, key
     store.close()
 

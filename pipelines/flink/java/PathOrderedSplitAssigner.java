@@ -15,7 +15,7 @@ import org.apache.flink.connector.file.src.assigners.FileSplitAssigner;
  * first, and within a partition in the order its files were opened. Flink's own assigners
  * (SimpleSplitAssigner, LocalityAwareSplitAssigner) hand them out last-in first-out or in hash
  * order, so a later hour read first moves the watermark past every earlier hour still unread.
- * Built and loaded by pipelines/flink/ordered_splits.py.
+ * Built by pipelines/flink/jvm.py, handed to the file source by pipelines/flink/ordered_splits.py.
  */
 public final class PathOrderedSplitAssigner implements FileSplitAssigner {
 

@@ -15,6 +15,7 @@ A job started on hours of log written before it must read them oldest hour first
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -237,3 +238,94 @@ def test_a_backlog_of_several_hours_is_read_without_late_outcomes(
     finally:
         job.stop()
         store.close()
+
+
+
+def misses(url: str, prefix: str) -> dict[str, int]:
+    store = RedisAttributionStore(ConnectionSpec(url, key_prefix=prefix), 2 * 86400, 900)
+    found = store.misses(0, 2**62)
+    store.close()
+    return found
+
+
+def checkpoint_from_now(job: StreamJob) -> Path:
+    """A checkpoint whose barrier left the source after now: the second to complete from now (the
+    first may have started before)."""
+    first = job.wait_for_checkpoint(newer_than=time.time())
+    return job.wait_for_checkpoint(newer_than=(first / "_metadata").stat().st_mtime)
+
+
+def test_a_restart_decides_no_event_again(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """After a restore Flink's watermark starts again from nothing, and the job reads what it read
+    after its checkpoint again, in path order: it decided events again, otherwise (a click without
+    request id credited to an impression that had come too late, so one click credited twice; a
+    click counted late, then credited; an impression dropped, then counted). Now each event is
+    decided once in the store, and the checkpoint keeps the watermark. Restarts: 1. from a
+    checkpoint before a later hour decided a click and a file of too-late events came (read again,
+    that file comes first: in time for the restored watermark); 2. after too-late events were
+    appended while the job was down; 3. without --resume, reading the whole log from nothing. The
+    counts stay those of the run before: the rule's over the events that were not too late."""
+    url, prefix = settings.redis.url or "", settings.redis.key_prefix
+    t0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    log = LocalEventLog(settings.event_log_dir, EventLogSettings(roll_max_age_s=0.1, fsync=False))
+    shown = [at("I1", "u1", "i1", "impression", t0 + timedelta(minutes=1), position=0),
+             at("R", "u2", "i2", "impression", t0, request_id="rX", position=1)]
+    click = at("O", "u1", "i1", "click", t0 + timedelta(minutes=3))  # no request id: decided by the watermark
+    later_hour = at("N", "u9", "i9", "impression", t0 + timedelta(hours=1, minutes=5))
+    too_late = [at("I2", "u1", "i1", "impression", t0 + timedelta(minutes=2), position=3),  # would win O
+                at("L", "u2", "i2", "click", t0 + timedelta(minutes=1), request_id="rX"), click]  # click: resent
+    while_down = [at("J", "u3", "i3", "impression", t0 + timedelta(minutes=2), request_id="rJ", position=0),
+                  at("K", "u3", "i3", "click", t0 + timedelta(minutes=2, seconds=1), request_id="rJ")]
+    ends = [at(f"end{n}", "u9", "i9", "impression", t0 + timedelta(hours=1, minutes=5 + n)) for n in range(1, 5)]
+    accepted = [*shown, click, later_hour]
+    layout = KeyLayout(prefix)
+    job = StreamJob(settings.state_dir, env={
+        "RECSYS_REDIS__URL": url,
+        "RECSYS_FLINK__CHECKPOINT_INTERVAL_MS": "1000",
+        "RECSYS_FLINK__ALLOWED_LATENESS_MS": str(int(LATENESS.total_seconds() * 1000)),
+        "RECSYS_FLINK__OUT_OF_ORDERNESS_MS": str(int(OUT_OF_ORDERNESS.total_seconds() * 1000)),
+        "RECSYS_ATTRIBUTION__WINDOW_S": str(WINDOW.total_seconds()),
+    }, checkpoint_dir=settings.flink_checkpoint_dir)
+
+    def append(events: list[Event]) -> None:
+        log.append(events)
+        log.roll_all()
+
+    def settled(n: int, late_clicks: int, what: str) -> None:
+        """Once `ends[n]` is recorded: the counts of the events accepted and ends[:n + 1]."""
+        wait_for(lambda: impressions_recorded(redis_client, prefix, [ends[n]]), what, [job])
+        window_ms = int(WINDOW.total_seconds() * 1000)
+        assert counts(url, prefix) == reference_counts(accepted + ends[:n + 1], window_ms), what
+        assert misses(url, prefix) == {"late:click": late_clicks}, what
+
+    append([*shown, click])
+    job.start()
+    try:
+        wait_for(lambda: impressions_recorded(redis_client, prefix, shown), "the first events", [job])
+        before_the_later_hour = Path(shutil.copytree(checkpoint_from_now(job), tmp_path / "chk-saved"))
+        append([later_hour])
+        wait_for(lambda: bool(redis_client.exists(layout.attribution_credit("I1", "click"))), "O credited", [job])
+        append(too_late)
+        append(ends[:1])
+        settled(0, 1, "the too-late events")  # L is late; the resent click, credited before, is not
+
+        job.kill()
+        append(ends[1:2])
+        job.start(from_checkpoint=before_the_later_hour)
+        settled(1, 1, "a restart that reads the too-late file again")
+
+        checkpoint_from_now(job)
+        job.kill()
+        append(while_down)
+        append(ends[2:3])
+        job.start(resume=True)
+        settled(2, 2, "a restart that reads too-late events appended while it was down")
+        assert redis_client.exists(layout.attribution_marker("J"))  # dropped, and marked so
+
+        job.stop()
+        job.start()
+        append(ends[3:])
+        settled(3, 2, "a start without --resume, from nothing")
+    finally:
+        job.stop()
+        log.close()

@@ -1,7 +1,7 @@
 """The stream job's writer without Flink: records survive their encoding, and `GroupCommit` puts
 concurrent submissions into few calls, each result going back to its own submitter, and a failed
 call fails every record in it. Then the batch path against a real Redis: the results and counts of
-`record_many` equal those of the records applied one by one."""
+`record_many` equal those of the records applied one by one, and an event is decided once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import redis
 
 from feature_store.attribution import Dimension, Impression, Outcome
 from feature_store.attribution_store import (
-    CreditRecord, ImpressionRecord, Miss, MissRecord, Record, RecordResult, RedisAttributionStore,
+    CreditRecord, ImpressionRecord, LateImpressionRecord, Miss, MissRecord, Record, RecordResult, RedisAttributionStore,
 )
 from feature_store.redis_client import ConnectionSpec
 from feature_store.settings import Settings
@@ -23,18 +23,22 @@ from pipelines.flink.sink import GroupCommit, decode_record, encode_record, reco
 def records(now_ms: int) -> list[Record]:
     shown = Impression("i1", "u:1", "item|1", now_ms, "r1", 2, "ranker=a;explore=greedy", "exp", "B")
     bare = Impression("i2", "u2", "item2", now_ms - 5, None, None, None, None, None)
+    dropped = Impression("i3", "u2", "item2", now_ms - 7, "r3", 0, None, None, None)
     click = Outcome("c1", "u:1", "item|1", "click", now_ms + 10, "r1")
+    bought = Outcome("c3", "u2", "item2", "purchase", now_ms, None)
     return [ImpressionRecord(shown), ImpressionRecord(bare), CreditRecord(shown, click),
             CreditRecord(shown, Outcome("c2", "u:1", "item|1", "click", now_ms + 20, None)),
-            MissRecord(Outcome("c3", "u2", "x", "purchase", now_ms, None), Miss.UNATTRIBUTED),
-            MissRecord(click, Miss.LATE), ImpressionRecord(shown)]
+            MissRecord(bought, Miss.UNATTRIBUTED), MissRecord(click, Miss.LATE), ImpressionRecord(shown),
+            MissRecord(Outcome("c4", "u:1", "item|1", "click", now_ms - 10, None), Miss.LATE),
+            LateImpressionRecord(dropped), ImpressionRecord(dropped), CreditRecord(bare, bought)]
 
 
 def test_records_survive_their_encoding() -> None:
     for record in records(1_700_000_000_000):
         assert decode_record(encode_record(record)) == record
-    assert [record_kind(r) for r in records(0)] == ["impression", "impression", "credit", "credit",
-                                                    "unattributed", "late", "impression"]
+    assert [record_kind(r) for r in records(0)] == ["impression", "impression", "credit", "credit", "unattributed",
+                                                    "late", "impression", "late", "late_impression", "impression",
+                                                    "credit"]
 
 
 def test_group_commit_batches_what_arrives_while_a_call_runs() -> None:
@@ -81,9 +85,13 @@ def test_record_many_equals_the_records_one_by_one(spec: ConnectionSpec) -> None
     results = batch.record_many(planted, now)
     assert results == [single.record_many([r], now)[0] for r in planted]
     applied, duplicate = RecordResult.APPLIED, RecordResult.DUPLICATE
-    # The second click on one impression and the impression's retry are duplicates; the old one is not applied.
-    assert results == [applied, applied, applied, duplicate, applied, applied, duplicate, RecordResult.TOO_OLD]
+    # Duplicates: the second click on one impression, the impression's retry, and whatever decides
+    # again an event already decided (a credited click counted late, a dropped impression counted,
+    # an unattributed purchase credited). The old one is not applied.
+    assert results == [applied, applied, applied, duplicate, applied, duplicate, duplicate, applied, applied,
+                       duplicate, duplicate, RecordResult.TOO_OLD]
     for dimension in Dimension.ALL:
         assert set(batch.scan_counts(dimension)) == set(single.scan_counts(dimension)) != set()
+    assert batch.counts(Dimension.ITEM, "item2", 0, 2**62) == {"impression": 1}
     assert batch.misses(0, 2**62) == single.misses(0, 2**62) == {"unattributed:purchase": 1, "late:click": 1}
-    assert batch.record_many(planted, now) == [RecordResult.DUPLICATE] * 7 + [RecordResult.TOO_OLD]
+    assert batch.record_many(planted, now) == [RecordResult.DUPLICATE] * 11 + [RecordResult.TOO_OLD]
