@@ -31,6 +31,15 @@ def test_float32_cdf_matches_the_float64_beta_cdf() -> None:
     np.testing.assert_allclose(got, exact, rtol=0, atol=CDF_ERROR)
 
 
+def test_float32_cdf_matches_the_float64_beta_cdf_on_a_new_items_prior() -> None:
+    """The prior alone (a = m·p, m = 10, p down to 1/5000): draws far below float32's range carry
+    much of the mass (Beta(0.002, 10): F(1e-100) ≈ 0.63), and a float32 x of 0 would give F = 0."""
+    a = 10.0 * np.array([0.5, 0.05, 0.005, 0.0008, 0.0002])[:, None]
+    b = 10.0 - a
+    x = np.array([1e-300, 1e-100, 1e-50, 1e-40, 1e-30, 1e-10, 0.5])[None, :]
+    np.testing.assert_allclose(_cdf(a, b, x), beta_dist.cdf(x, a, b), rtol=0, atol=CDF_ERROR)
+
+
 def test_logged_propensities_are_the_float64_estimate_of_the_same_draws() -> None:
     """choose() against the estimate recomputed independently from the same seeded stream (one
     (N + 1) × n Beta draw, row 0's top k shown, the others' order statistics, scipy.stats' float64
