@@ -25,6 +25,7 @@ Any failure to read (Redis down or slow, statistics that do not decode) is `Stat
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from services.explore.policy import ItemCounts, LinearStats, triangle
 from services.recommend.item_cache import Clock, ItemCache, Submit
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 LINEAR_READ_CHUNK = 25  # LinUCB items per round trip: ~0.3 ms of parsing and decoding between GIL releases
 
 
@@ -76,6 +78,7 @@ class BanditStats:
         self._counts: ItemCache[tuple[float, float]] = self._cache(cache_s, cache_items, clock, submit, "counts")
         self._linear: ItemCache[bytes] = self._cache(cache_s, cache_items, clock, submit, "linucb")
         self._embeddings: ItemCache[np.ndarray] = self._cache(cache_s, cache_items, clock, submit, "context")
+        self._warned_no_context = False  # logged once per process: a missing writer, not a per-request event
         self._closed = False
 
     @staticmethod
@@ -154,4 +157,9 @@ class BanditStats:
             raise ValueError(f"item embeddings of dimension {vectors.shape[1]}, LinUCB expects {self.linucb.dim}")
         mean = vectors.mean(axis=0)
         norm = float(np.linalg.norm(mean))
+        if norm == 0 and not self._warned_no_context:
+            self._warned_no_context = True
+            log.warning("LinUCB: the history items have no `%s` vectors in the feature store, so the context is "
+                        "zero and LinUCB serves the ranker's order without learning (docs/exploration.md: known gap)",
+                        CONTEXT_FEATURE)
         return mean / norm if norm > 0 else mean

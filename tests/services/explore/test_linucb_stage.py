@@ -4,7 +4,10 @@ item), ties included, read cold, from the cache, and after a background refresh.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 import redis
 
 from feature_store.definitions import Entity
@@ -106,3 +109,15 @@ def test_linucb_slates_and_scores_match_an_independent_computation_cold_cached_a
     check(after)
     stats.close()
     features.close()
+
+
+def test_a_history_without_embeddings_gives_a_zero_context_and_says_so_once(
+    settings: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    features = RedisOnlineStore.from_settings(settings)
+    with features.publish_batch_view(Entity.ITEM, WM) as write:
+        write([item_row(item) for item in HISTORY])  # what the batch layer publishes: no embedding
+    stats = BanditStats(features, features.attribution(), RedisLinUcbStore(features.spec, D), cache_s=0)
+    with caplog.at_level(logging.WARNING, logger="services.explore.stats"):
+        assert not stats.user_vector(HISTORY).any() and not stats.user_vector(HISTORY[:1]).any()
+    assert [r.getMessage().count("LinUCB serves the ranker's order") for r in caplog.records] == [1]
