@@ -37,16 +37,15 @@ def transition_graph(sequences: Iterable[Sequence[str]]) -> tuple[list[str], lis
 
 
 def read_sequences_parquet(path: Path, batch_rows: int = 65_536) -> list[list[str]]:
-    """Sequences from the batch layer's Parquet (user_id, session_id, item_ids list<string>)."""
-    import pyarrow.parquet as pq
-
-    sequences: list[list[str]] = []
+    """Sequences from the batch layer's Parquet (user_id, session_id, item_ids list<string>): a
+    file or the folder of part files `recsys batch sequences` writes, read one record batch at a
+    time."""
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["item_ids"]):
-            sequences.extend(items for items in batch.column("item_ids").to_pylist() if items and len(items) >= 2)
-    except (OSError, KeyError) as exc:
-        raise ValueError(f"{path}: not a sequences Parquet file with an item_ids column ({exc})") from None
-    return sequences
+        return _item_lists(path, batch_rows)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: not a sequences Parquet file or folder with an item_ids column ({exc})"
+        ) from None
 
 
 def read_graph_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,15 +63,23 @@ def read_graph_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def read_walks_parquet(path: Path, batch_rows: int = 65_536) -> list[list[str]]:
     """Walks from `recsys batch random_walks` (walk_id, item_ids list<string>): a Parquet file or
     a folder of part files, read one record batch at a time."""
-    import pyarrow.dataset as ds
-
-    walks: list[list[str]] = []
     try:
-        dataset = ds.dataset(path, format="parquet")
-        for batch in dataset.to_batches(columns=["item_ids"], batch_size=batch_rows):
-            walks.extend(items for items in batch.column("item_ids").to_pylist() if items and len(items) >= 2)
+        walks = _item_lists(path, batch_rows)
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: not a walks Parquet dataset with an item_ids column ({exc})") from None
     if not walks:
         raise ValueError(f"{path}: holds no walk of two or more items")
     return walks
+
+
+def _item_lists(path: Path, batch_rows: int) -> list[list[str]]:
+    """The item_ids lists of two or more items in a Parquet file or folder of part files (Spark's
+    _SUCCESS and other _/. files skipped), streamed by record batch."""
+    import pyarrow.dataset as ds
+
+    lists: list[list[str]] = []
+    dataset = ds.dataset(path, format="parquet")
+    for batch in dataset.to_batches(columns=["item_ids"], batch_size=batch_rows):
+        items = batch.column("item_ids").to_pylist()
+        lists.extend(sequence for sequence in items if sequence and len(sequence) >= 2)
+    return lists

@@ -62,18 +62,24 @@ def fit_embeddings(
     return train_embeddings(sequences, graph, config, progress, walks), graph
 
 
+WALK_MODELS = ("deepwalk", "node2vec")
+
+
 def read_walks(path: Path | None, models: Sequence[str]) -> dict[str, list[list[str]]] | None:
-    """Walk corpora by model: `<path>/<model>` when that folder exists, else `path` itself for
-    every walk model (output of `recsys batch random_walks`)."""
+    """Walk corpora by model, from `recsys batch random_walks`. A folder with model folders
+    (`<path>/deepwalk`, `<path>/node2vec`) gives each model its own; a model without one is left
+    out, so it walks here from the graph, as without walks. A path with no model folder (one
+    Parquet file or a folder of part files) serves every walk model."""
     if path is None:
         return None
     if not path.exists():
         raise ValueError(f"{path}: no such walks folder or file (run `recsys batch random_walks`)")
-    walks = {}
-    for model in (name for name in models if name in ("deepwalk", "node2vec")):
-        source = path / model if (path / model).is_dir() else path
-        walks[model] = read_walks_parquet(source)
-    return walks
+    wanted = [name for name in models if name in WALK_MODELS]
+    if not any((path / name).is_dir() for name in WALK_MODELS):
+        return {name: read_walks_parquet(path) for name in wanted}
+    # Never fall back to `path` here: pyarrow reads it recursively, so a model would train on
+    # another model's walks.
+    return {name: read_walks_parquet(path / name) for name in wanted if (path / name).is_dir()}
 
 
 def compare_recall(run: RecallRun, split: LeaveLastOut) -> dict[str, dict[str, float]]:

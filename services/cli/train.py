@@ -24,9 +24,9 @@ app = typer.Typer(help="Train models and publish them to the model registry.", n
 @app.command("embeddings")
 def embeddings(
     state_dir: StateDirOption = None,
-    sequences: Annotated[Path | None, typer.Option(help="Sequences Parquet from the batch layer (default: build from the event log).")] = None,
+    sequences: Annotated[Path | None, typer.Option(help="Sequences Parquet file or folder from `recsys batch sequences` (default: build from the event log).")] = None,
     graph: Annotated[Path | None, typer.Option(help="Item-graph Parquet from the batch layer (default: transitions of the sequences).")] = None,
-    walks: Annotated[Path | None, typer.Option(help="Walks from `recsys batch random_walks`: its walks/ folder (deepwalk/, node2vec/) or one walks Parquet for every walk model (default: walk here).")] = None,
+    walks: Annotated[Path | None, typer.Option(help="Walks from `recsys batch random_walks`: its walks/ folder (deepwalk/, node2vec/; a model without its folder walks here) or one walks Parquet for every walk model (default: walk here).")] = None,
     models: Annotated[str, typer.Option(help="Comma-separated: item2vec, deepwalk, node2vec.")] = "item2vec,deepwalk,node2vec",
     dim: Annotated[int, typer.Option(min=2)] = 64,
     window: Annotated[int, typer.Option(min=1)] = 5,

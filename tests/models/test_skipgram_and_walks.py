@@ -9,7 +9,9 @@ import pytest
 
 from models.embeddings.pairs import keep_probabilities, skipgram_pairs, unigram_table
 from models.embeddings.sgns_update import compiled_block, padded_rows
+from models.embeddings.inputs import transition_graph
 from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
+from models.embeddings.training import EmbeddingTrainingConfig, WalkConfig, train_embeddings
 from models.embeddings.vocab import encode_corpus
 from models.embeddings.walks import ItemGraph, RandomWalker
 from planted_clusters import CLUSTERS, planted_graph, planted_sequences, same_cluster_precision
@@ -28,20 +30,35 @@ def test_pairs_stay_inside_sequences_and_window() -> None:
 @pytest.mark.parametrize(
     "min_count, ids, counts, tokens, sequence_of",
     [
-        (1, ["a", "b", "c", "d", "1", "2"], [4, 3, 2, 2, 1, 1],
-         [0, 1, 0, 1, 3, 4, 5, 0, 3, 2, 1, 0], [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3]),
-        (2, ["a", "b", "c", "d"], [4, 3, 2, 2], [0, 1, 0, 1, 3, 3, 2, 1, 0], [0, 0, 0, 1, 1, 2, 2, 2, 2]),
+        (1, ["a", "b", "d", "1", "2", "c"], [4, 3, 2, 1, 1, 1],
+         [0, 1, 0, 1, 2, 3, 4, 0, 2, 5, 1, 0], [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3]),
+        (2, ["a", "b", "d"], [3, 3, 2], [0, 1, 0, 1, 2, 2, 1, 0], [0, 0, 0, 1, 1, 2, 2, 2]),
     ],
 )  # fmt: skip
 def test_encoding_ranks_items_by_count_and_drops_what_makes_no_pair(
     min_count: int, ids: list[str], counts: list[int], tokens: list[int], sequence_of: list[int]
 ) -> None:
     """Most frequent first, ties in order of first appearance; rare items leave their sequences,
-    and sequences left with fewer than two items are dropped."""
+    and sequences left with fewer than two items are dropped. Counts and vocabulary come only from
+    sequences that make pairs: "c" alone in ["c"] does not count, nor "a" left alone by 1 and 2."""
     sequences = [["a", "b", "a"], ["c"], ["b", "d"], [1, 2, "a"], [], ["d", "c", "b", "a"]]
     vocabulary, corpus = encode_corpus(sequences, min_count)
     assert vocabulary.ids.tolist() == ids and vocabulary.counts.tolist() == counts
     assert corpus.tokens.tolist() == tokens and corpus.sequence_of.tolist() == sequence_of
+
+
+def test_items_never_in_a_pair_get_no_vector() -> None:
+    """An item seen only in one-item sequences is never trained: it gets no vector (a random one
+    would be indexed and served as a neighbour), in Item2vec or in the walk models."""
+    singles = [f"s{j}" for j in range(10)]
+    sequences = planted_sequences(users=100) + [[item] for item in singles]
+    graph = ItemGraph.from_edges(*transition_graph(sequences))
+    models = ("item2vec", "deepwalk", "node2vec")
+    config = EmbeddingTrainingConfig(replace(FAST, epochs=1), WalkConfig(2, 10), models)
+    trained = train_embeddings(sequences, graph, config)
+    trained_items = {item for sequence in sequences if len(sequence) >= 2 for item in sequence}
+    for name, embeddings in trained.embeddings.items():
+        assert set(embeddings.ids.tolist()) == trained_items, name
 
 
 def test_subsampling_and_unigram_table_follow_word2vec() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from planted_clusters import planted_sequences
 from typer.testing import CliRunner
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 from feature_store.event_log import LocalEventLog
 from feature_store.schemas import Event, EventType
 from feature_store.settings import Settings
+from models.embeddings.inputs import read_sequences_parquet
 from models.embeddings.skipgram import SkipGramConfig, SkipGramTrainer
 from models.registry import ModelRegistry
 from models.retrieval.artifact import RecallArtifact
@@ -87,3 +90,37 @@ def test_a_tiny_corpus_trains_without_subsampling_instead_of_publishing_its_rand
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(ModelRegistry(settings.model_registry_dir).versions("recall")) == 1
+
+
+def _write_sequences_folder(folder: Path) -> None:
+    """The layout Spark gives `recsys batch sequences`: part files and a _SUCCESS marker."""
+    folder.mkdir(parents=True)
+    ring = [[f"i{k}", f"i{(k + 1) % 8}", f"i{(k + 2) % 8}"] for k in range(8)]
+    for part in range(2):
+        rows = ring[part * 4 : (part + 1) * 4] + [["i0"]]
+        users = [f"u{k}" for k in range(5)]
+        table = pa.table({"user_id": users, "session_id": ["s"] * 5, "item_ids": rows})
+        pq.write_table(table, folder / f"part-0000{part}.snappy.parquet")
+    (folder / "_SUCCESS").touch()
+
+
+def test_sequences_are_read_from_a_folder_of_part_files(tmp_path: Path) -> None:
+    _write_sequences_folder(tmp_path / "sequences")
+    sequences = read_sequences_parquet(tmp_path / "sequences", batch_rows=2)
+    ring = [[f"i{k}", f"i{(k + 1) % 8}", f"i{(k + 2) % 8}"] for k in range(8)]
+    assert sorted(sequences) == sorted(ring)
+    pq.write_table(pa.table({"items": [["a", "b"]]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="other.parquet: not a sequences Parquet file or folder"):
+        read_sequences_parquet(tmp_path / "other.parquet")
+
+
+def test_train_embeddings_reads_the_sequences_folder_of_the_batch_layer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    _write_sequences_folder(tmp_path / "sequences")
+    args = ["train", "embeddings", "--state-dir", str(settings.state_dir),
+            "--sequences", str(tmp_path / "sequences"), "--dim", "8", "--epochs", "1",
+            "--walks-per-node", "2", "--walk-length", "5", "--no-publish"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "8 sequences, 24 items" in result.output
