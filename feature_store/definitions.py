@@ -6,7 +6,8 @@ Every feature is one `FeatureDef` in `FEATURES`. The same definitions drive:
 - the live writes (the API's, on every accepted event): `feature_store.live_writes.LiveWriter`
   turns events into Redis updates for every feature `updated_by_stream()`;
 - the online read: `RedisOnlineStore.get_features(entity, ids, names)`;
-- the training-data join: `feature_store.offline_store.point_in_time_join`.
+- the training rows: the Spark `ranking_samples` job recomputes the features each row needs as
+  of the row's time from the event log (`pipelines.spark.point_in_time`).
 
 Vocabulary:
 
@@ -57,6 +58,13 @@ GLOBAL_ID = "_"
 def join_key(*parts: str) -> str:
     """Parts joined by `|`, each with `%` and `|` percent-encoded: distinct tuples, distinct keys."""
     return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in parts)
+
+
+#: The category of an item without one (absent from the catalog, or with no categories) wherever a
+#: ranker sees it: training rows, serving requests and the user×category entity it keys. Not the
+#: lookups' padding token (""), so it keeps a learned embedding; a real category of that name
+#: (ml-100k's genre "unknown") is the same value to a ranker.
+UNKNOWN_CATEGORY = "unknown"
 
 
 def user_category_id(user_id: str, category: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from feature_store.definitions import POSITIVE, EventFilter
+from feature_store.definitions import POSITIVE, UNKNOWN_CATEGORY, EventFilter
 from feature_store.settings import Settings
 
 if TYPE_CHECKING:
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipelines.spark")
 
-UNKNOWN_CATEGORY = "unknown"
 CONTROL_CHARACTER = r"\p{Cc}"  # Java regex for what feature_store.schemas.CONTROL_CHARACTERS matches
 
 

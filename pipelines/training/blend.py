@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_store.definitions import UNKNOWN_CATEGORY
 from feature_store.settings import Settings, TrainingSettings
 from models.embeddings.item_embeddings import ItemEmbeddings
 from models.embeddings.training import EmbeddingTrainingConfig
@@ -139,8 +140,8 @@ def exported_rerank(artifact_dir: Path, categories: dict[str, str]) -> Rerank:
     def rerank(row: int, history: Sequence[str], items: list[str]) -> np.ndarray:
         recent = list(history)[-spec.max_seq_len :]
         request: dict[str, object] = {
-            "user_id": f"validation-{row}", "hist_item_ids": recent, "hist_categories": [categories.get(i, "") for i in recent],
-            "item_id": items, "item_category": [categories.get(i, "") for i in items],
+            "user_id": f"validation-{row}", "hist_item_ids": recent, "hist_categories": [categories.get(i, UNKNOWN_CATEGORY) for i in recent],
+            "item_id": items, "item_category": [categories.get(i, UNKNOWN_CATEGORY) for i in items],
         }  # fmt: skip
         for index, name in enumerate(spec.dense_features):
             request[name] = np.full(len(items), spec.dense_mean[index] if spec.dense_mean else 0.0, np.float32)

@@ -121,8 +121,7 @@ def _start(
     explore = explore_stage_from_settings(settings, features, salt)
     stack.callback(explore.close)
     pipeline = RecommendationPipeline(
-        store, default_channels(store, fallback), fallback, settings.api.recall_candidates,
-        FEATURES.get(Entity.USER, "recent_items").cap,  # type: ignore[arg-type]  # sequences always have one
+        store, default_channels(store, fallback), fallback, settings.api.recall_candidates, _history_length(settings),
         observe_stage=lambda stage, seconds: metrics.stage_latency.labels(stage).observe(seconds),
         deadline_s=settings.api.recommend_deadline_s,
         explore=explore,
@@ -163,6 +162,20 @@ def _start(
         settings, client, store, event_log, fallback, pipeline, models, metrics, impressions, catalog_sync,
         manager, serving, learner,
     )
+
+
+def _history_length(settings: Settings) -> int:
+    """How many of a user's newest positives a request reads: as many as a training row holds
+    (`batch.max_seq_len`; the ranker cuts it to its own `max_seq_len`), never fewer than the live
+    sequence's cap (what recall read before), at most the batch `history`'s cap (what the merged
+    history holds; every request reads it whole anyway)."""
+    live = FEATURES.get(Entity.USER, "recent_items").cap or 0
+    held = FEATURES.get(Entity.USER, "history").cap or 0
+    wanted = max(settings.batch.max_seq_len, live)
+    if wanted > held:
+        log.warning("batch.max_seq_len %d exceeds the served history's %d items: serving histories are "
+                    "shorter than the longest training ones", settings.batch.max_seq_len, held)
+    return min(wanted, held)
 
 
 def _limit_inference_threads(threads: int) -> None:

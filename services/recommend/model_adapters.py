@@ -1,10 +1,10 @@
 """Adapters from registry artifacts to the pipeline's parts.
 
 Ranker artifacts (`models.ranking.export`): a SavedModel whose `score_user` endpoint scores one
-user's candidates in one call and returns DIN's attention per history item. The request is
-assembled exactly as the training samples were (`models.ranking.samples`): history most recent
-LAST with each item's primary category, the candidate's primary category, and the dense features
-named by the artifact's feature spec, read from the feature store.
+user's candidates in one call and returns DIN's attention per history item. The request has the
+training samples' columns (`models.ranking.samples`): history most recent LAST with each item's
+primary category, the candidate's primary category, and the dense features named by the
+artifact's feature spec, read from the feature store (`RankerInputs` says where serving differs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.definitions import Entity, user_category_id
+from feature_store.definitions import UNKNOWN_CATEGORY, Entity, user_category_id
 from models.ranking.features import FeatureSpec
 from models.ranking.samples import DENSE_FEATURE_SOURCES
 from models.registry import ModelVersion, RegistryError
@@ -29,8 +29,14 @@ log = logging.getLogger(__name__)
 
 
 class RankerInputs:
-    """Assembles a ranker's input for one user's candidates from the feature store, exactly as
-    the training samples hold it (the training/serving parity test checks this class)."""
+    """Assembles a ranker's input for one user's candidates from the feature store, as a training
+    row (`ranking_samples`) timed at the request holds it: the same history, categories
+    (`UNKNOWN_CATEGORY` for an item without one) and dense values, except where
+    docs/feature_store.md ("Ranker inputs at serving") says they differ: the user×category
+    affinity (as of the batch watermark), the order of one millisecond's positives since the
+    watermark, a history past the live sequence's cap since the watermark, and dense features
+    without an online source (their training mean). tests/pipelines/spark/test_feature_parity.py
+    checks the rest."""
 
     def __init__(self, spec: FeatureSpec, store: ServingStore) -> None:
         self.spec = spec
@@ -50,15 +56,16 @@ class RankerInputs:
         return {
             "user_id": user.user_id,
             "hist_item_ids": history,
-            "hist_categories": [primary.get(i, "") for i in history],
+            "hist_categories": [primary[i] for i in history],
             "item_id": items,
-            "item_category": [primary.get(i, "") for i in items],
+            "item_category": [primary[i] for i in items],
             **self._dense(user, items, primary),
         }
 
     def _primary_categories(self, item_ids: list[str]) -> dict[str, str]:
-        categories = self.store.categories_of(sorted(set(item_ids)))
-        return {item: cats[0] for item, cats in categories.items() if cats}
+        """Each item's first catalog category, else `UNKNOWN_CATEGORY` (as `ranking_samples` does)."""
+        known = self.store.categories_of(sorted(set(item_ids)))
+        return {item: (known.get(item) or [UNKNOWN_CATEGORY])[0] for item in item_ids}
 
     def _dense(self, user: UserContext, items: list[str], primary: dict[str, str]) -> dict[str, np.ndarray]:
         spec = self.spec
@@ -74,7 +81,7 @@ class RankerInputs:
         ids = {
             Entity.ITEM: items,
             Entity.USER: [user.user_id] * len(items),
-            Entity.USER_CATEGORY: [user_category_id(user.user_id, primary.get(i, "")) for i in items],
+            Entity.USER_CATEGORY: [user_category_id(user.user_id, primary[i]) for i in items],
         }
         for entity, pairs in wanted.items():
             features = [feature for _, feature in pairs]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from feature_store.attribution import ATTRIBUTED_OUTCOMES, BUCKET_MS, MAX_COUNTED_POSITION, NO_VALUE, REVISION_IN_POLICY, Dimension
 from feature_store.schemas import EventType
@@ -52,7 +52,7 @@ IMPRESSION_COLUMNS = ["event_id", "user_id", "item_id", "ts", *CONTEXT_COLUMNS]
 
 class AttributionOutput(NamedTuple):
     impressions: DataFrame  # attributed impressions: IMPRESSION_COLUMNS + OUTCOME_COLUMNS + dt
-    matches: DataFrame  # one row per outcome: outcome_id, type, impression_id (null: unattributed)
+    matches: DataFrame  # one row per outcome: outcome_id, type, impression_id, impression_ts (null: unattributed)
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,27 @@ class AttributionParams:
 
 def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
     """The master table; context columns a table compacted before they existed read as nulls."""
+    return with_context_columns(read_parquet(spark, paths.events, produced_by="compact"))
+
+
+def with_context_columns(events: DataFrame, names: Iterable[str] = CONTEXT_COLUMNS) -> DataFrame:
+    """`events` with each context column of `names`, null where the table lacks it (compacted
+    before the column existed)."""
     from pyspark.sql import functions as F
 
-    events = read_parquet(spark, paths.events, produced_by="compact")
-    for name, sql_type in CONTEXT_COLUMNS.items():
+    for name in names:
         if name not in events.columns:
-            events = events.withColumn(name, F.lit(None).cast(sql_type))
+            events = events.withColumn(name, F.lit(None).cast(CONTEXT_COLUMNS[name]))
     return events
 
 
 def match_outcomes(events: DataFrame, window_ms: int) -> DataFrame:
-    """One row per outcome event: outcome_id, type, impression_id (the impression it is attributed
-    to by the rule, or null)."""
+    """One row per outcome event: outcome_id, type, impression_id and impression_ts (the impression
+    it is attributed to by the rule and its time, or nulls)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    columns = ["event_id", "user_id", "item_id", F.unix_millis("ts").alias("ts_ms")]
+    columns = ["event_id", "user_id", "item_id", "ts", F.unix_millis("ts").alias("ts_ms")]
     impression, no_type = F.lit(0).alias("kind"), F.lit(None).cast("string").alias("type")
     impressions = events.where(F.col("type") == IMPRESSION)
     anywhere = impressions.select(*columns, F.lit(None).cast("string").alias("scope"), impression, no_type)
@@ -96,14 +101,15 @@ def match_outcomes(events: DataFrame, window_ms: int) -> DataFrame:
         .orderBy("ts_ms", "kind", "event_id")
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
-    latest = F.last(F.when(F.col("kind") == 0, F.struct("ts_ms", "event_id")), ignorenulls=True).over(timeline)
+    latest = F.last(F.when(F.col("kind") == 0, F.struct("ts_ms", "event_id", "ts")), ignorenulls=True).over(timeline)
     in_window = F.col("_latest").isNotNull() & (F.col("ts_ms") - F.col("_latest.ts_ms") <= window_ms)
     return (
         anywhere.unionByName(in_request).unionByName(outcomes)
         .withColumn("_latest", latest)
         .where(F.col("kind") == 1)
         .select(F.col("event_id").alias("outcome_id"), "type",
-                F.when(in_window, F.col("_latest.event_id")).alias("impression_id"))
+                F.when(in_window, F.col("_latest.event_id")).alias("impression_id"),
+                F.when(in_window, F.col("_latest.ts")).alias("impression_ts"))
     )  # fmt: skip
 
 

@@ -2,10 +2,13 @@
 
 The feature list, event filters, windows, caps and CTR prior all come from
 `feature_store.definitions.FEATURES` (the same definitions the speed layer and the online read
-use). The watermark is the latest event time that is not in the future, floored to
-`WATERMARK_ALIGNMENT` (an hour): the views cover events with ts < watermark exactly, and the speed
-layer owns everything after it. (A future-dated event in a log written before the API bounded event
-time would otherwise move the watermark past every live event to come.)
+use). The views cover events with ts < watermark exactly, and the speed layer owns everything
+after it. The watermark comes from the latest event time that is not in the future (a future-dated
+event in a log written before the API bounded event time would otherwise move it past every live
+event to come), on the `WATERMARK_ALIGNMENT` (an hour) grid: floored to its hour, unless that hour
+is wholly older than the speed layer's replay window (`feature_store.dedup_ttl_s`), then the hour
+after it, so the views cover every event. The live writer drops events that old, and an imported
+log (which only appends to the event log) would otherwise never serve its last hour.
 
 Rows the online store cannot hold (an id or category with a control character, which its value
 encoding uses as separators: rows written before the API rejected them) are quarantined, not
@@ -25,11 +28,11 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from feature_store.definitions import (
-    FEATURES, WATERMARK_ALIGNMENT, DType, Entity, FeatureDef, Kind, Member,
+    FEATURES, POSITIVE, UNKNOWN_CATEGORY, WATERMARK_ALIGNMENT, DType, Entity, FeatureDef, Kind, Member,
 )  # fmt: skip
 from feature_store.settings import Settings
 from pipelines.spark.common import (
@@ -52,16 +55,20 @@ class Inputs(NamedTuple):
     quarantined: DataFrame  # source_file, row, key, reason
 
 
-def watermark_of(events: DataFrame, now: datetime) -> datetime:
-    """The latest event time not after `now`, floored to the watermark alignment (an hour)."""
+def watermark_of(events: DataFrame, now: datetime, replay_window: timedelta) -> datetime:
+    """The hour of the latest event time not after `now` (floored to the watermark alignment), or
+    the next hour, covering every event, when the speed layer can take no event of that hour any
+    more: its end is at least `replay_window` (the live writer's oldest accepted age) before `now`.
+    """
     from pyspark.sql import functions as F
 
     latest = utc_of(events.where(F.col("ts") <= F.lit(now)).select(newest_ts()).first()[0])
     if latest is None:
         raise BatchJobError("the master table holds no event up to now: nothing to compute features from")
     step = int(WATERMARK_ALIGNMENT.total_seconds())
-    seconds = int(latest.timestamp()) // step * step
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    hour = datetime.fromtimestamp(int(latest.timestamp()) // step * step, tz=timezone.utc)
+    past_latest = hour + WATERMARK_ALIGNMENT
+    return past_latest if past_latest <= now - replay_window else hour
 
 
 def extract(spark: SparkSession, paths: BatchPaths) -> tuple[DataFrame, DataFrame]:
@@ -193,13 +200,16 @@ def user_view(events: DataFrame, watermark: datetime) -> DataFrame:
 
 
 def user_category_view(events: DataFrame) -> DataFrame:
-    """affinity: the share of the user's positive events (the feature's filter) in each category."""
+    """affinity: the share of all the user's positive events (the feature's filter, else
+    `POSITIVE`) in each category, those on an item without a category in `UNKNOWN_CATEGORY`, as
+    the training rows (`ranking_samples`) compute it."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     affinity = FEATURES.get(Entity.USER_CATEGORY, "affinity")
-    positives = events.where(F.col("category").isNotNull()).where(
-        _filtered(affinity) if affinity.events else F.expr(FEATURES.get(Entity.USER, "positive_count").events.sql_condition()))
+    positive = affinity.events or POSITIVE
+    category = F.coalesce("category", F.lit(UNKNOWN_CATEGORY)).alias("category")
+    positives = events.where(F.expr(positive.sql_condition())).select("user_id", category)
     counts = positives.groupBy("user_id", "category").count()
     share = F.col("count") / F.sum("count").over(Window.partitionBy("user_id"))
     return _assemble(Entity.USER_CATEGORY, counts.select("user_id", "category"), [counts.select("user_id", "category", share.alias("affinity"))])
@@ -279,7 +289,8 @@ def run(spark: SparkSession, settings: Settings) -> JobSummary:
     # Every view, the watermark and the row count read the events: scan and join them once.
     events = inputs.events.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        watermark = watermark_of(events, datetime.now(timezone.utc))
+        replay_window = timedelta(seconds=settings.feature_store.dedup_ttl_s)
+        watermark = watermark_of(events, datetime.now(timezone.utc), replay_window)
         watch.step("computing batch views up to watermark %s", watermark.isoformat())
         rows = load(transform(events, inputs.catalog, watermark), paths, settings, watermark)
         rows_in = events.count()

@@ -12,10 +12,14 @@ Rows:
   positive's ts (label_source "sampled").
 
 Every row carries point-in-time features computed only from events strictly before its ts (see
-`pipelines/spark/point_in_time.py`), so a sample never sees its own future.
+`pipelines/spark/point_in_time.py`), so a sample never sees its own future. A row's ts is the time
+the ranker scored it: an impression's, and for a positive attributed to an impression (the
+attribution rule, `attribution.match_outcomes`, within `attribution_seconds`) that impression's,
+not the outcome's own: the ranker scored the clicked item with the rest of its list, before the
+list's impressions were logged. Positives attributed to none (imports, ratings) keep their own ts.
 
 Output schema of `samples/` (the ranking trainers code against exactly this):
-    user_id string, item_id string, ts timestamp (UTC), label tinyint (int8),
+    user_id string, item_id string, ts timestamp (UTC; the features' as-of time), label tinyint (int8),
     label_source string (click/rating/purchase/impression/sampled/... event types),
     split string (train/validation/test: by time quantiles of the positives, never random),
     hist_item_ids array<string> (user's positive items strictly before ts, most recent LAST, at most
@@ -43,6 +47,7 @@ from pipelines.spark.common import (
     utc_of, with_category,
 )  # fmt: skip
 from pipelines.spark.hadoop_files import write_text
+from pipelines.spark.jobs.attribution import match_outcomes, with_context_columns
 from pipelines.spark.point_in_time import as_of, history_facts, stack
 
 if TYPE_CHECKING:
@@ -84,8 +89,8 @@ class SampleBuild:
 
 def extract(spark: SparkSession, paths: BatchPaths) -> DataFrame:
     """Master-table events with their item's category."""
-    events = read_parquet(spark, paths.events, produced_by="compact").select(
-        "event_id", "user_id", "item_id", "type", "value", "ts"
+    events = with_context_columns(read_parquet(spark, paths.events, produced_by="compact"), ["request_id"]).select(
+        "event_id", "user_id", "item_id", "type", "value", "ts", "request_id"
     )
     return with_category(events, read_item_categories(spark, paths))
 
@@ -95,10 +100,22 @@ def labelled_rows(events: DataFrame, params: SampleParams) -> DataFrame:
     from pyspark.sql import functions as F
 
     positive = positive_condition(params.positive)
-    positives = events.where(positive).select(*_keys(F.lit(1), F.col("type")))
+    positives = at_scoring_time(events.where(positive), events, params).select(*_keys(F.lit(1), F.col("type")))
     low_ratings = events.where((F.col("type") == "rating") & ~positive).select(*_keys(F.lit(0), F.lit("rating")))
     unclicked = unclicked_impressions(events, params).select(*_keys(F.lit(0), F.lit("impression")))
     return positives.unionByName(low_ratings).unionByName(unclicked)
+
+
+def at_scoring_time(positives: DataFrame, events: DataFrame, params: SampleParams) -> DataFrame:
+    """`positives` with `ts` moved to the impression each is attributed to (`match_outcomes` within
+    `attribution_seconds`), so their features are as of when the ranker scored the item; the others
+    keep their own ts."""
+    from pyspark.sql import functions as F
+
+    window_ms = int(params.attribution_seconds * 1000)
+    matches = match_outcomes(with_context_columns(events, ["request_id"]), window_ms)
+    scored = matches.where(F.col("impression_ts").isNotNull()).select(F.col("outcome_id").alias("event_id"), "impression_ts")
+    return positives.join(scored, "event_id", "left").withColumn("ts", F.coalesce("impression_ts", "ts")).drop("impression_ts")
 
 
 def unclicked_impressions(events: DataFrame, params: SampleParams) -> DataFrame:

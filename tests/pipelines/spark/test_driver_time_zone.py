@@ -31,4 +31,4 @@ def test_the_watermark_is_the_newest_events_hour_in_utc(spark: object) -> None:
     events = spark.createDataFrame(  # type: ignore[attr-defined]
         [(newest - timedelta(hours=5),), (newest,), (newest + timedelta(days=400),)], "ts timestamp")
     now = newest + timedelta(minutes=10)  # the far-future event is not covered
-    assert watermark_of(events, now) == datetime(2026, 3, 1, 13, tzinfo=timezone.utc)
+    assert watermark_of(events, now, timedelta(days=2)) == datetime(2026, 3, 1, 13, tzinfo=timezone.utc)

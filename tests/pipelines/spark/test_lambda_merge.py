@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from feature_store.catalog import Catalog
-from feature_store.definitions import ALL_EVENTS, POSITIVE, user_category_id
+from feature_store.definitions import ALL_EVENTS, POSITIVE, UNKNOWN_CATEGORY, user_category_id
 from feature_store.event_log import LocalEventLog
 from feature_store.online_store import RedisOnlineStore
 from feature_store.schemas import Event, Item
@@ -89,8 +89,12 @@ def test_batch_plus_live_equals_full_recompute(spark: object, settings: Settings
     categories = store.get_features("user", ["nocat", "unk"], ["last_category", "top_categories"])
     assert (categories["last_category"][0], list(categories["top_categories"][0])) == ("Drama", ["Drama"])
     assert (categories["last_category"][1], list(categories["top_categories"][1])) == ("unknown", ["unknown"])
-    affinity = store.get_features("user_category", [user_category_id("nocat", "Drama")], ["affinity"])["affinity"]
-    assert float(affinity[0]) == 1.0
+    # The affinity is a share of all the user's positives, as the training rows compute it: one
+    # without a category counts in UNKNOWN_CATEGORY (there a real category of that name too).
+    shares = {("nocat", "Drama"): 0.5, ("nocat", UNKNOWN_CATEGORY): 0.5, ("unk", UNKNOWN_CATEGORY): 1.0}
+    ids = [user_category_id(user, category) for user, category in shares]
+    affinity = store.get_features("user_category", ids, ["affinity"])["affinity"]
+    assert [float(a) for a in affinity] == list(shares.values())
     items = sorted(expected["items"])
     popularity = store.get_features("item", items, ["popularity_all"])["popularity_all"]
     assert [int(n) for n in popularity] == [expected["items"][i] for i in items]

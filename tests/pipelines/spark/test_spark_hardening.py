@@ -141,9 +141,24 @@ def test_watermark_stays_at_the_newest_event_not_in_the_future(spark: object, se
 
     summary, views = _run_batch_features(spark, settings)
 
-    assert summary.details["watermark"] == "2024-05-01T11:00:00+00:00"  # type: ignore[attr-defined]
-    assert views["history"] == [["i2", "i1"], []]  # neither the far-future event nor e3 (after the watermark)
-    assert views["popularity"] == [1, 1, 0]
+    # Past e3, the newest event not in the future (a log older than the speed layer's replay window).
+    assert summary.details["watermark"] == "2024-05-01T12:00:00+00:00"  # type: ignore[attr-defined]
+    assert views["history"] == [["i2", "i1"], ["i3"]]  # not the far-future event
+    assert views["popularity"] == [1, 1, 1]
+
+
+def test_the_watermark_passes_the_newest_event_once_the_speed_layer_cannot_take_its_hour(spark: object) -> None:
+    """Floored to the newest event's hour while the live writer may still apply an event of that
+    hour; past the newest event (the next hour) once that hour ended `replay_window` ago, since
+    then only the batch views can serve it (an imported log never reaches the live writer)."""
+    newest = datetime(2026, 3, 1, 13, 30, 12, tzinfo=timezone.utc)
+    events = spark.createDataFrame([(newest - timedelta(hours=5),), (newest,)], "ts timestamp")  # type: ignore[attr-defined]
+    window = timedelta(days=2)
+    hour_end = datetime(2026, 3, 1, 14, tzinfo=timezone.utc)
+    for now, expected in [(newest + timedelta(minutes=10), hour_end - timedelta(hours=1)),
+                          (hour_end + window - timedelta(seconds=1), hour_end - timedelta(hours=1)),
+                          (hour_end + window, hour_end), (hour_end + 30 * window, hour_end)]:  # fmt: skip
+        assert batch_features.watermark_of(events, now, window) == expected, now
 
 
 def test_bad_rows_are_quarantined_with_their_location(spark: object, settings: Settings) -> None:
@@ -156,8 +171,8 @@ def test_bad_rows_are_quarantined_with_their_location(spark: object, settings: S
 
     summary, views = _run_batch_features(spark, settings)
 
-    assert views["history"] == [["i1"], ["i2"]]
-    assert views["popularity"] == [1, 1, 0]
+    assert views["history"] == [["i1"], ["i3", "i2"]]  # e5 too: the watermark is past it (an old log)
+    assert views["popularity"] == [1, 1, 1]
     assert views["category"] == ["c1", "", "c3"]  # i2's catalog row is quarantined (no category), its events kept
     quarantined = spark.read.parquet(f"{settings.batch_uri}/quarantine/batch_features").collect()  # type: ignore[attr-defined]
     found = {(r.key, r.reason) for r in quarantined}
