@@ -25,14 +25,13 @@ import pytest
 import redis
 
 from feature_store.attribution import reference_counts
-from feature_store.attribution_store import RedisAttributionStore
 from feature_store.event_log import LocalEventLog
-from feature_store.redis_client import ConnectionSpec
 from feature_store.settings import EventLogSettings, Settings
 from pipelines.flink.runner import StreamJob, latest_checkpoint
 from tests.cluster.flink_session import FlinkSession, kill_group
 from tests.pipelines.flink.test_flink_stream_job import (
-    LATENESS, OUT_OF_ORDERNESS, TICK_MARGIN, WINDOW, at, counts, impressions_recorded, make_events, wait_for, wait_for_counts,
+    LATENESS, OUT_OF_ORDERNESS, TICK_MARGIN, WINDOW, at, counts, impressions_recorded, make_events, misses, wait_for,
+    wait_for_counts,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -75,13 +74,6 @@ def job_env(url: str, prefix: str, checkpoints: Path) -> dict[str, str]:
         "RECSYS_FLINK__OUT_OF_ORDERNESS_MS": str(int(OUT_OF_ORDERNESS.total_seconds() * 1000)),
         "RECSYS_ATTRIBUTION__WINDOW_S": str(WINDOW.total_seconds()),
     }
-
-
-def misses(url: str, prefix: str) -> dict[str, int]:
-    store = RedisAttributionStore(ConnectionSpec(url, key_prefix=prefix), 2 * 86400, 900)
-    found = store.misses(0, 2**62)
-    store.close()
-    return found
 
 
 def the_job_id(session: FlinkSession) -> str:

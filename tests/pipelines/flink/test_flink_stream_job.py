@@ -240,7 +240,6 @@ def test_a_backlog_of_several_hours_is_read_without_late_outcomes(
         store.close()
 
 
-
 def misses(url: str, prefix: str) -> dict[str, int]:
     store = RedisAttributionStore(ConnectionSpec(url, key_prefix=prefix), 2 * 86400, 900)
     found = store.misses(0, 2**62)
