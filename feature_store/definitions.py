@@ -338,7 +338,8 @@ def _project_features() -> tuple[FeatureDef, ...]:
                    default=smoothed_ctr(0, 0), description="all-time smoothed CTR (batch + live counts)"),
         FeatureDef(item, "primary_category", DType.STRING, B, description="the item's first category"),
         FeatureDef(item, "categories", DType.SEQUENCE, B, cap=64, description="the item's categories"),
-        FeatureDef(item, "embedding", DType.VECTOR, B, dim=32, description="Item2vec embedding"),
+        FeatureDef(item, "embedding", DType.VECTOR, B, dim=32,
+                   description="LinUCB's item context: the categories hashed into 32 buckets, unit length"),
         *(
             FeatureDef(item, f"{what}_{label}", DType.INT, S, Kind.WINDOW_COUNT, events=filt, window=window,
                        bucket=bucket, ttl=window + bucket, description=f"{what} in the last {label} (sliding)")

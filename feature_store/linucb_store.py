@@ -39,7 +39,8 @@ from feature_store.redis_layout import KeyLayout
 from feature_store.settings import Settings
 
 MAX_DIM = 32
-#: The item feature whose vectors make the context (Item2vec embeddings, `feature_store.definitions`).
+#: The item feature whose vectors make the context (the items' category signatures, written by the
+#: batch layer: `pipelines.spark.jobs.batch_features.category_signature`).
 CONTEXT_FEATURE = "embedding"
 CONTEXT_SLACK_MS = 3_600_000
 STATS_TTL_MS = 30 * 86_400_000

@@ -148,7 +148,8 @@ class BanditStats:
         return {item_id: np.asarray(vector, dtype=float) for item_id, vector in zip(item_ids, column)}
 
     def user_vector(self, history: Sequence[str]) -> np.ndarray:
-        """x_t: the normalised mean embedding of the user's recent items (zeros without any)."""
+        """x_t: the normalised mean context vector (category signature) of the user's recent items
+        (zeros without any)."""
         if not history:
             return np.zeros(self.linucb.dim)
         found = self._embeddings.get_many(history, self._read_embeddings)
@@ -159,7 +160,7 @@ class BanditStats:
         norm = float(np.linalg.norm(mean))
         if norm == 0 and not self._warned_no_context:
             self._warned_no_context = True
-            log.warning("LinUCB: the history items have no `%s` vectors in the feature store, so the context is "
-                        "zero and LinUCB serves the ranker's order without learning (docs/exploration.md: known gap)",
-                        CONTEXT_FEATURE)
+            log.warning("LinUCB: the history items have no `%s` vectors in the feature store (no batch view "
+                        "published yet?), so the context is zero and LinUCB serves the ranker's order without "
+                        "learning", CONTEXT_FEATURE)
         return mean / norm if norm > 0 else mean

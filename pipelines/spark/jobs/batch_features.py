@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 from feature_store.definitions import (
     FEATURES, POSITIVE, UNKNOWN_CATEGORY, WATERMARK_ALIGNMENT, DType, Entity, FeatureDef, Kind, Member,
 )  # fmt: skip
+from feature_store.linucb_store import CONTEXT_FEATURE
 from feature_store.settings import Settings
 from pipelines.spark.common import (
     CONTROL_CHARACTER, BatchJobError, BatchPaths, JobSummary, Stopwatch, item_categories, newest_ts,
@@ -181,8 +182,24 @@ def item_view(events: DataFrame, catalog: DataFrame, watermark: datetime) -> Dat
 
     features = FEATURES.batch_features(Entity.ITEM)
     keys = events.select("item_id").unionByName(catalog.select("item_id")).distinct()
-    metadata = catalog.select("item_id", "categories", F.get("categories", 0).alias("primary_category"))
+    metadata = catalog.select(
+        "item_id", "categories", F.get("categories", 0).alias("primary_category"),
+        category_signature("categories", FEATURES.get(Entity.ITEM, CONTEXT_FEATURE).dim or 0).alias(CONTEXT_FEATURE),
+    )
     return _assemble(Entity.ITEM, keys, [_counts(events, "item_id", features, watermark), metadata])
+
+
+def category_signature(categories: str, dim: int) -> Column:
+    """LinUCB's item context: the item's categories hashed into `dim` buckets (CRC-32 of the UTF-8
+    name modulo `dim`; none: `UNKNOWN_CATEGORY`), counted and scaled to unit length. It depends on
+    the catalog alone, so it is there from the first batch run and keeps its meaning across
+    retrains (LinUCB's statistics live in this space)."""
+    from pyspark.sql import functions as F
+
+    named = f"if(coalesce(size({categories}), 0) = 0, array('{UNKNOWN_CATEGORY}'), {categories})"
+    counts = f"transform(sequence(0, {dim - 1}), j -> cast(size(filter({named}, c -> pmod(crc32(encode(c, 'UTF-8')), {dim}) = j)) as double))"
+    norm = f"sqrt(aggregate({counts}, 0D, (total, x) -> total + x * x))"
+    return F.expr(f"transform({counts}, x -> cast(x / {norm} as float))")
 
 
 def user_view(events: DataFrame, watermark: datetime) -> DataFrame:
