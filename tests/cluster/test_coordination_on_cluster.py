@@ -35,7 +35,7 @@ def test_revisions_publish_and_read_back(redis_url: str) -> None:
         ids = [store.publish("v1", w, None, None, f"step {n}").id for n, w in enumerate(weights)]
         store.set_control(False, "drift")
         fresh = RevisionStore(reader, "recsys", history=2)
-        assert fresh.poll("v1") == (ids[-1], fresh.control())
+        assert fresh.poll("v1") == (ids[-1], ids[-1], fresh.control())
         assert fresh.control().enabled is False and fresh.control().reason == "drift"
         assert [r.id for r in fresh.history()] == ids[:0:-1]  # the oldest trimmed
         assert fresh.get(ids[0]) is None

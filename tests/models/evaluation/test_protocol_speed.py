@@ -38,7 +38,7 @@ def _full_sort_lists(model: _Planted, split: LeaveLastOut, items: list[str], k: 
         full[[index[i] for i in model.ids]] = model.scores(split.train[user])
         key = np.where(np.isneginf(full), 1e300, -full)
         key[[index[i] for i in split.train[user] if i in index]] = np.inf
-        out.append([items[i] for i in np.lexsort((rng.random(len(items)), key))[:k]])
+        out.append([items[i] for i in np.lexsort((rng.random(len(items)), key))[:k] if np.isfinite(key[i])])  # history never listed
     return out
 
 

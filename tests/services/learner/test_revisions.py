@@ -48,7 +48,7 @@ def test_the_kill_switch_is_shared_and_read_with_the_pointer(redis_client: redis
     assert store.control().enabled
     revision = store.publish("v1", np.array([1.0]), None, None, "start")
     store.set_control(False, "bad week")
-    pointer, control = elsewhere.poll("v1")
-    assert pointer == revision.id and not control.enabled and control.reason == "bad week"
+    poll = elsewhere.poll("v1")
+    assert poll.current == poll.newest == revision.id and not poll.control.enabled and poll.control.reason == "bad week"
     store.set_control(True, "fixed")
-    assert elsewhere.poll("v1")[1].enabled
+    assert elsewhere.poll("v1").control.enabled
