@@ -77,6 +77,8 @@ def max_record_age_ms(dedup_ttl_s: float) -> int:
 
 _OLDEST = object()  # placeholder in an op for the oldest bucket kept (now - RETENTION_MS)
 MARK_ONLY = "M"  # an op that changes nothing: its key only places the record's marker (RECORD_SCRIPT)
+#: Values per op (kind, key, member, score or bucket, bound, expire-at), as RECORD_SCRIPT reads them.
+OP_WIDTH = 6
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ class RedisAttributionStore(AttributionStore):
         refused = {index for (index, _), flag in zip(decisions, holds) if not int(flag)}
         calls = [(write.index, [marker, write.marker_ttl_ms, now_ms, "", "", 0, *ops])
                  for write in writes if write.index not in refused
-                 for marker, ops in split_by_slot(write.marker, write.ops, 6)]
+                 for marker, ops in split_by_slot(write.marker, write.ops, OP_WIDTH)]
         flags = self._cluster.run_all([([args[0]], args) for _, args in calls])
         return {n for (n, _), flag in zip(calls, flags) if int(flag)}
 
@@ -303,7 +305,7 @@ class RedisAttributionStore(AttributionStore):
         if isinstance(record, LateImpressionRecord):
             marker, ts_ms, ops = self._impression_ops(record.impression)
             # Marks only; on a cluster the keys still place its markers where the count's would be.
-            return marker, ts_ms, [MARK_ONLY if n % 6 == 0 else slot for n, slot in enumerate(ops)]
+            return marker, ts_ms, [MARK_ONLY if n % OP_WIDTH == 0 else slot for n, slot in enumerate(ops)]
         if isinstance(record, CreditRecord):
             return self._credit_ops(record.impression, record.outcome)
         return self._miss_ops(record.outcome, record.miss)
@@ -356,7 +358,7 @@ class RedisAttributionStore(AttributionStore):
         expire_at = min(ts_ms - ts_ms % BUCKET_MS, now_ms) + RETENTION_MS
         oldest = now_ms - RETENTION_MS
         ops = [oldest if slot is _OLDEST else slot for slot in ops]
-        for i in range(5, len(ops), 6):
+        for i in range(OP_WIDTH - 1, len(ops), OP_WIDTH):
             ops[i] = expire_at
         return ops
 
