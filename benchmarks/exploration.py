@@ -16,8 +16,10 @@ attribution store's count arithmetic in memory:
   impressions and clicks per (item, position), θ_k from the per-position counts with
   `feature_store.position_bias.examination`, examined counts E_i = Σ_k θ_k n_{i,k}; LinUCB's
   (A_i⁻¹, b_i) with `feature_store.linucb_store.linucb_update`, context x_t = the normalised mean
-  planted vector of the user's last 10 clicked items (the service uses Item2vec vectors of the
-  history: this is the optimistic case of a perfect embedding);
+  item vector of the user's last 10 clicked items. `linucb` takes the planted vectors (d = 16, the
+  optimistic case of a perfect embedding); `linucb categories` takes what the service serves, each
+  item's category signature as the batch layer writes it (d = 32, computed once per population by
+  `pipelines.spark.jobs.batch_features.category_signature` on local Spark);
 - regret per request = oracle expected clicks − the shown list's expected clicks (the truth's exact
   expectations, not the drawn clicks); clicks are drawn from the click model.
 
@@ -71,7 +73,11 @@ def policies() -> dict[str, Policy]:
     only sets the propensity estimate, which clicks and regret do not use), so one draw here."""
     return {"greedy": Greedy(), "eps 0.05": EpsilonGreedy(0.05), "eps 0.1": EpsilonGreedy(0.1),
             "ucb1": Ucb1(10.0), "ucb1 c=0.1": Ucb1(10.0, c=0.1), "thompson": Thompson(10.0, draws=1),
-            "linucb": LinUcb(1.0)}
+            "linucb": LinUcb(1.0), "linucb categories": LinUcb(1.0)}
+
+
+#: The LinUCB runs whose item vectors are the batch layer's category signatures, not the planted ones.
+CATEGORY_CONTEXT = {"linucb categories"}
 
 
 @dataclass
@@ -110,9 +116,17 @@ class Feedback:
         return ItemCounts(self.shown @ weights, self.clicked.sum(axis=1))
 
 
-def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progress: Progress, task: int) -> dict:
-    params = PopulationParams(users=200, items=160, new_items=40, new_items_at=requests // 2, dim=16, seed=seed)
+def exploration_params(seed: int, requests: int) -> PopulationParams:
+    return PopulationParams(users=200, items=160, new_items=40, new_items_at=requests // 2, dim=16, seed=seed)
+
+
+def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progress: Progress, task: int,
+        signatures: np.ndarray | None = None) -> dict:
+    """One policy on one seed; `signatures` (items × d): the item vectors of LinUCB's context
+    instead of the planted ones."""
+    params = exploration_params(seed, requests)
     population = make_population(params)
+    vectors = population.item_vectors if signatures is None else signatures
     truth = GroundTruth(population, PositionBasedModel(1.0))
     n = params.total_items
     # Separate streams, so every policy of a seed meets the same users and the same ranker noise.
@@ -121,7 +135,7 @@ def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progres
     popularity = population.user_activity @ everyone + rng.normal(0, 0.02, n)
     popularity[population.item_arrival > 0] = 0.0
     linear = policy.needs is LinearStats
-    feedback, counts = Feedback(n, params.dim, linear), None
+    feedback, counts = Feedback(n, vectors.shape[1], linear), None
     recent: dict[int, list[int]] = {}
     regret, clicks = np.zeros(requests), np.zeros(requests)
     new = np.flatnonzero(population.item_arrival > 0)
@@ -145,7 +159,7 @@ def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progres
             order = arrived[np.argsort(-popularity[arrived], kind="stable")]
             rankings[int(exists.sum())] = order, Ranked(tuple(ids[i] for i in order), popularity[order])
         order, ranked = rankings[int(exists.sum())]
-        x = _context(population, recent.get(user, []), params.dim) if linear else None
+        x = _context(vectors, recent.get(user, [])) if linear else None
         stats = (ItemCounts(counts.examined[order], counts.clicks[order]) if policy.needs is ItemCounts
                  else LinearStats.from_inverse(feedback.A_inv[order], feedback.b[order], x)
                  if linear else None)
@@ -163,6 +177,33 @@ def run(name: str, policy: Policy, seed: int, requests: int, batch: int, progres
     return {"clicks": clicks, "regret": regret, "cold": cold_hit}
 
 
+def category_signatures(seeds: int, requests: int) -> dict[int, np.ndarray]:
+    """Per seed, every item's LinUCB context as the batch layer computes it (its one category,
+    named as the simulator names it, through `category_signature` on local Spark)."""
+    import tempfile
+
+    from feature_store.linucb_store import context_dim
+    from feature_store.settings import Settings
+    from pipelines.spark.jobs.batch_features import category_signature
+    from pipelines.spark.session import build_session
+
+    rows = []
+    for seed in range(seeds):
+        population = make_population(exploration_params(seed, requests))
+        rows += [(seed, i, [population.category_id(int(c))]) for i, c in enumerate(population.item_category)]
+    with tempfile.TemporaryDirectory() as work:
+        spark = build_session(Settings(state_dir=work), "bench-exploration", {"spark.ui.enabled": "false"})
+        try:
+            frame = spark.createDataFrame(rows, "seed int, item int, categories array<string>")
+            signed = frame.select("seed", "item", category_signature("categories", context_dim()).alias("x")).collect()
+        finally:
+            spark.stop()
+    out = {seed: np.zeros((sum(1 for r in rows if r[0] == seed), context_dim())) for seed in range(seeds)}
+    for row in signed:
+        out[row["seed"]][row["item"]] = row["x"]
+    return out
+
+
 def everyone_at(truth: GroundTruth, population, params: PopulationParams, step: int) -> np.ndarray:
     """Activity-weighted mean attractiveness of every item at `step`: an item's true CTR."""
     rows = np.stack([truth._every_item(population.user_id(u), step) for u in range(params.users)])
@@ -178,10 +219,12 @@ def _cold_start(feedback: Feedback, counts: ItemCounts, new: np.ndarray, populat
     hit[first] = shown[first]
 
 
-def _context(population, recent: list[int], dim: int) -> np.ndarray:
+def _context(vectors: np.ndarray, recent: list[int]) -> np.ndarray:
+    """The service's x_t (`services.explore.stats.ExploreStats.user_vector`): the normalised mean
+    vector of the user's recent items."""
     if not recent:
-        return np.zeros(dim)
-    mean = population.item_vectors[recent].mean(axis=0)
+        return np.zeros(vectors.shape[1])
+    mean = vectors[recent].mean(axis=0)
     norm = float(np.linalg.norm(mean))
     return mean / norm if norm > 0 else mean
 
@@ -211,7 +254,7 @@ def ope_accuracy(seed: int, warmup: int, requests: int, progress: Progress, task
             counts = ItemCounts(counts.examined[order], counts.clicks[order])
             frozen = LinearStats.pack(feedback.A_inv[order], feedback.b[order])  # shared by every logged request (memory)
         user = int(users.choice(params.users, p=population.user_activity))
-        x = _context(population, recent.get(user, []), params.dim)
+        x = _context(population.item_vectors, recent.get(user, []))
         slate = logging.choose(ranked, K, choices, None)
         shown = order[list(slate.positions)]
         drawn = truth.draw_clicks(population.user_id(user), slate.item_ids, step, draws)
@@ -273,11 +316,13 @@ def main() -> None:
     chosen = {name: policy for name, policy in policies().items()
               if args.policies is None or name in args.policies or name == "greedy"}
     results: dict[str, list[dict]] = {name: [] for name in chosen}
+    signatures = category_signatures(args.seeds, args.requests) if CATEGORY_CONTEXT & set(chosen) else {}
     with Progress(console=console) as progress:
         task = progress.add_task("simulating", total=len(results) * args.seeds * args.requests)
         for seed in range(args.seeds):
             for name, policy in chosen.items():
-                results[name].append(run(name, policy, seed, args.requests, args.batch, progress, task))
+                results[name].append(run(name, policy, seed, args.requests, args.batch, progress, task,
+                                         signatures.get(seed) if name in CATEGORY_CONTEXT else None))
     report(console, results, args)
 
 
