@@ -44,7 +44,7 @@ rate, so the report says so and the sample size should be fixed in advance (benc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,13 +163,16 @@ def user_level_lift(clicks_t: np.ndarray, shown_t: np.ndarray, clicks_0: np.ndar
                     z: float = Z95) -> tuple[Interval, float]:
     """(lift of arm t's CTR over arm 0's with its interval, two-sided p-value), users as units:
     per user of each arm its clicks and impressions. `z = (R_t − R_0) / sqrt(V_t + V_0)`; the
-    interval is `exp(log R_t − log R_0 ± z sqrt(V_t / R_t² + V_0 / R_0²)) − 1`. NaN where a CTR is
-    0 or an arm has fewer than two users."""
+    interval is `exp(log R_t − log R_0 ± z sqrt(V_t / R_t² + V_0 / R_0²)) − 1`. As `relative_lift`:
+    the lift is NaN where a CTR is 0, the p-value only where an arm has fewer than two users or
+    neither varies (`V_t + V_0 = 0`)."""
     r_t, v_t = ratio_of_means(clicks_t, shown_t)
     r_0, v_0 = ratio_of_means(clicks_0, shown_0)
-    if not (r_t > 0 and r_0 > 0) or v_t + v_0 <= 0:
+    if not v_t + v_0 > 0:  # NaN too: an arm with fewer than two users or no impressions
         return Interval(math.nan, math.nan, math.nan), math.nan
     p = float(2 * stats.norm.sf(abs(r_t - r_0) / math.sqrt(v_t + v_0)))
+    if not (r_t > 0 and r_0 > 0):
+        return Interval(math.nan, math.nan, math.nan), p
     log_ratio, se = math.log(r_t / r_0), math.sqrt(v_t / r_t**2 + v_0 / r_0**2)
     return Interval(r_t / r_0 - 1, math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1), p
 
@@ -197,8 +200,35 @@ def _unit_differences(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, c
     names, index = np.unique(np.asarray(units), return_inverse=True)
     a = np.bincount(index, weights=credit_a, minlength=len(names))
     b = np.bincount(index, weights=credit_b, minlength=len(names))
-    difference = np.where(np.abs(a - b) <= TIE_TOLERANCE * np.maximum(1.0, a + b), 0.0, a - b)
-    return difference[(a + b) > 0]
+    return _tied(a, b)[(a + b) > 0]
+
+
+def _tied(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`a − b` of units' summed credits, 0 where they are equal up to `TIE_TOLERANCE`."""
+    return np.where(np.abs(a - b) <= TIE_TOLERANCE * np.maximum(1.0, a + b), 0.0, a - b)
+
+
+def cumulative_outcomes(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray,
+                        ends: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(units preferring A, preferring B, tied), as `unit_outcomes` counts them, of the rows before
+    each of `ends` in turn (increasing): each row is added to its unit's sums once, and only the
+    units it touches are classified again, so all the counts cost about the rows' number."""
+    names, index = np.unique(np.asarray(units), return_inverse=True)
+    a, b = np.zeros(len(names)), np.zeros(len(names))
+    outcome = np.full(len(a), 3)  # per unit: 0 prefers A, 1 prefers B, 2 tie, 3 no credit yet
+    counts = np.bincount(outcome, minlength=4)
+    start = 0
+    for end in ends:
+        rows = index[start:end]
+        np.add.at(a, rows, credit_a[start:end])
+        np.add.at(b, rows, credit_b[start:end])
+        touched = np.unique(rows)
+        counts -= np.bincount(outcome[touched], minlength=4)
+        difference = _tied(a[touched], b[touched])
+        outcome[touched] = np.select([a[touched] + b[touched] <= 0, difference > 0, difference < 0], [3, 0, 1], 2)
+        counts += np.bincount(outcome[touched], minlength=4)
+        start = end
+        yield int(counts[0]), int(counts[1]), int(counts[2])
 
 
 def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 2000) -> Preference:
@@ -206,7 +236,12 @@ def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 
     when every unit has the same outcome: five units that all prefer A gave [0.5, 0.5] where the
     sign test says p = 0.06), and the sign test's p-value."""
     wins_a, wins_b = int((outcomes > 0).sum()), int((outcomes < 0).sum())
-    ties = int(len(outcomes) - wins_a - wins_b)
+    return preference_of_counts(wins_a, wins_b, int(len(outcomes) - wins_a - wins_b), rng, resamples)
+
+
+def preference_of_counts(wins_a: int, wins_b: int, ties: int, rng: np.random.Generator,
+                         resamples: int = 2000) -> Preference:
+    """`preference` of units of which `wins_a` prefer A, `wins_b` B and `ties` neither."""
     units = wins_a + wins_b + ties
     sign_p = float(stats.binomtest(wins_a, wins_a + wins_b, 0.5).pvalue) if wins_a + wins_b else 1.0
     delta = (wins_a + ties / 2) / units - 0.5 if units else 0.0
@@ -222,12 +257,13 @@ def preference(outcomes: np.ndarray, rng: np.random.Generator, resamples: int = 
 
 def credit_difference(units: Sequence[str] | np.ndarray, credit_a: np.ndarray, credit_b: np.ndarray) -> tuple[Interval, float]:
     """(mean per-unit credit difference `c_A − c_B` over units with any credit, with its 95% t
-    interval; two-sided p-value of the one-sample t-test); rows of a unit are summed first."""
+    interval; two-sided p-value of the one-sample t-test); rows of a unit are summed first. No
+    interval and a NaN p-value below two units or where every unit has the same difference (all
+    ties included): the t-test is undefined without variance (the sign test still speaks)."""
     d = _unit_differences(units, credit_a, credit_b)
-    if len(d) < 2 or not d.any():
-        return Interval(float(d.mean()) if len(d) else 0.0, math.nan, math.nan), 1.0
-    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
-    if se == 0:  # every unit the same difference: the t-test says nothing (the sign test does)
+    mean = float(d.mean()) if len(d) else 0.0
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+    if se == 0:
         return Interval(mean, math.nan, math.nan), math.nan
     half = float(stats.t.ppf(0.975, len(d) - 1)) * se
     return Interval(mean, mean - half, mean + half), float(2 * stats.t.sf(abs(mean) / se, len(d) - 1))

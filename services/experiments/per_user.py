@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from feature_store.attribution import BUCKET_MS
 from services.experiments import analysis
 from services.experiments.model import Experiment
 from services.experiments.serving import qualified_arm
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +31,41 @@ PerUser = dict[str, tuple[np.ndarray, np.ndarray]]
 DesignEffects = Callable[[Experiment], dict[str, float]]
 
 
-def per_user_counts(path: Path, experiment: Experiment) -> PerUser:
-    """arm -> (clicks per user, impressions per user) from the attributed impressions at `path`,
-    summed by Arrow (an experiment's rows never become Python objects: the API reads them)."""
+def counted_since_ms(experiment: Experiment) -> int:
+    """Where an experiment's counts start, in epoch ms: the hour bucket it was created in (the
+    attribution store counts per hour). Rows labelled with its id before then are not its own: the
+    online learner labels its impressions before its experiment exists."""
+    since = int(experiment.created_at.timestamp() * 1000)
+    return since - since % BUCKET_MS
+
+
+def experiment_rows(path: Path, experiment: Experiment, columns: Sequence[str],
+                    optional: Sequence[str] = ()) -> pa.Table | None:
+    """`columns` and those of `optional` the table has, of the experiment's attributed impressions
+    at `path` since `counted_since_ms`, filtered by Arrow; None where there are no rows to read."""
     if not path.exists():
-        return {}
+        return None
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(path, format="parquet", partitioning="hive")
-    if not {"user_id", "arm", CLICK, "experiment"} <= set(dataset.schema.names):
-        return {}  # an attribution of a log without impressions writes no file, only `_SUCCESS`
-    table = dataset.to_table(columns=["user_id", "arm", CLICK], filter=pc.field("experiment") == experiment.id)
+    names = dataset.schema.names
+    if not {*columns, "experiment", "ts"} <= set(names):
+        return None  # an attribution of a log without impressions writes no file, only `_SUCCESS`
+    since = pa.scalar(counted_since_ms(experiment), pa.timestamp("ms", tz="UTC")).cast(dataset.schema.field("ts").type)
+    return dataset.to_table(columns=[*columns, *(name for name in optional if name in names)],
+                            filter=(pc.field("experiment") == experiment.id) & (pc.field("ts") >= since))
+
+
+def per_user_counts(path: Path, experiment: Experiment) -> PerUser:
+    """arm -> (clicks per user, impressions per user) from the attributed impressions at `path`,
+    summed by Arrow (an experiment's rows never become Python objects: the API reads them)."""
+    table = experiment_rows(path, experiment, ["user_id", "arm", CLICK])
+    if table is None:
+        return {}
+    import pyarrow.compute as pc
+
     table = table.set_column(2, CLICK, pc.fill_null(table[CLICK].cast("int64"), 0))
     sums = table.group_by(["arm", "user_id"]).aggregate([(CLICK, "sum"), (CLICK, "count")])
     prefix = qualified_arm(experiment.id, "")

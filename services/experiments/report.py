@@ -31,7 +31,8 @@ from feature_store.attribution_store import AttributionStore
 from services.experiments import analysis, credit
 from services.experiments.manager import ExperimentManager
 from services.experiments.model import Experiment, Kind
-from services.experiments.per_user import CLICK, CachedDesignEffects, DesignEffects, PerUser, design_effects, per_user_counts
+from services.experiments.per_user import (CLICK, CachedDesignEffects, DesignEffects, PerUser, counted_since_ms,
+                                           design_effects, experiment_rows, per_user_counts)
 from services.experiments.serving import qualified_arm
 
 REPEATED_LOOKS = (
@@ -41,6 +42,7 @@ REPEATED_LOOKS = (
     "for 80% power on the simulator; benchmarks/experiments.py measures it) and read the result once there."
 )
 IMPRESSIONS = "attributed_impressions"
+MAX_TIMELINE_POINTS = 100  # per comparison: the page draws them, a week of hours is 168
 #: Columns of `attributed_impressions/` that a table written before them lacks.
 OPTIONAL_COLUMNS = ("request_id", "position", "ranks", "ranker_propensities")
 
@@ -211,8 +213,7 @@ def _srm_p(experiment: Experiment, per_user: PerUser) -> tuple[float | None, str
 def _arm_buckets(attribution: AttributionStore, experiment: Experiment) -> dict[str, dict[int, list[int]]]:
     """arm -> hour bucket ms -> [clicks, impressions], over every policy that served the arm."""
     prefix = qualified_arm(experiment.id, "")
-    since = int(experiment.created_at.timestamp() * 1000)
-    since -= since % BUCKET_MS
+    since = counted_since_ms(experiment)
     out: dict[str, dict[int, list[int]]] = {}
     for row in attribution.scan_counts(Dimension.POLICY_ARM):
         arm = _unescape(row.key.rsplit("|", 1)[-1])
@@ -245,7 +246,7 @@ def _ab_timeline(experiment: Experiment, buckets: dict[str, dict[int, list[int]]
 
 
 def _interleaving_report(experiment: Experiment, path: Path, now: datetime) -> ExperimentReport:
-    rows = _interleaved_rows(path, experiment.id)
+    rows = _interleaved_rows(path, experiment)
     teams = [arm.name for arm in experiment.arms]
     logged = credit.Logged(rows["user_id"], rows["team"], rows[CLICK], rows["request_id"], rows["position"], rows["ranks"],
                            rows["ranker_propensities"])
@@ -276,33 +277,45 @@ def _interleaving_report(experiment: Experiment, path: Path, now: datetime) -> E
 
 def _preference_timeline(rows: dict[str, list], credit_a: np.ndarray, credit_b: np.ndarray, name: str,
                          rng: np.random.Generator) -> list[TimelinePoint]:
-    """Cumulative preference of the first team over `name` with its interval, per hour."""
-    hours = np.asarray([int(ts) - int(ts) % BUCKET_MS for ts in rows["ts_ms"]], dtype=np.int64)
+    """Cumulative preference of the first team over `name` with its interval at the end of each
+    hour with rows, from the first with units enough for an interval, thinned (`_thinned`)."""
+    hours = np.asarray(rows["ts_ms"], dtype=np.int64)
+    hours -= hours % BUCKET_MS
+    order = np.argsort(hours, kind="stable")
+    ends = [*(np.flatnonzero(np.diff(hours[order])) + 1).tolist(), len(order)] if len(order) else []
+    users = np.asarray(rows["user_id"])[order]
     points = []
-    for hour in sorted(set(hours.tolist())):
-        upto = hours <= hour
-        users = [u for u, keep in zip(rows["user_id"], upto) if keep]
-        pref = analysis.preference(analysis.unit_outcomes(users, credit_a[upto], credit_b[upto]), rng, 500)
-        if math.isfinite(pref.delta.low):  # the band starts once there are units enough for an interval
-            points.append(TimelinePoint(at=datetime.fromtimestamp((hour + BUCKET_MS) / 1000, timezone.utc),
-                                        series=f"preference:{name}", value=pref.delta.estimate,
+    for end, counts in zip(ends, analysis.cumulative_outcomes(users, credit_a[order], credit_b[order], ends)):
+        # Every hour draws its bootstrap, kept or not: the kept points are those of the unthinned
+        # timeline, and the report's random stream goes on as it did.
+        pref = analysis.preference_of_counts(*counts, rng, 500)
+        if math.isfinite(pref.delta.low):
+            at = datetime.fromtimestamp((int(hours[order[end - 1]]) + BUCKET_MS) / 1000, timezone.utc)
+            points.append(TimelinePoint(at=at, series=f"preference:{name}", value=pref.delta.estimate,
                                         low=pref.delta.low, high=pref.delta.high))
-    return points
+    return _thinned(points)
 
 
-def _interleaved_rows(path: Path, experiment_id: str) -> dict[str, list]:
+def _thinned(points: list[TimelinePoint]) -> list[TimelinePoint]:
+    """At most `MAX_TIMELINE_POINTS` of `points`, evenly spread over them, the first and the last
+    (the whole report) kept."""
+    if len(points) <= MAX_TIMELINE_POINTS:
+        return points
+    keep = np.unique(np.linspace(0, len(points) - 1, MAX_TIMELINE_POINTS).round().astype(int))
+    return [points[i] for i in keep]
+
+
+def _interleaved_rows(path: Path, experiment: Experiment) -> dict[str, list]:
     """user_id, team, click, ts_ms, request_id, position, ranks and ranker_propensities of the
-    experiment's attributed impressions (empty if none yet; None where a column predates the row)."""
+    experiment's attributed impressions (`per_user.experiment_rows`: empty if none yet; None where
+    a column predates the row)."""
     columns: dict[str, list] = {name: [] for name in ("user_id", "team", CLICK, "ts_ms", *OPTIONAL_COLUMNS)}
-    if not path.exists():
+    table = experiment_rows(path, experiment, ["user_id", "team", CLICK, "ts"], OPTIONAL_COLUMNS)
+    if table is None:
         return columns
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
-    dataset = ds.dataset(path, format="parquet", partitioning="hive")
-    present = [name for name in OPTIONAL_COLUMNS if name in dataset.schema.names]
-    table = dataset.to_table(columns=["user_id", "team", CLICK, "ts", "experiment", *present],
-                             filter=pc.field("experiment") == experiment_id)
+    present = [name for name in OPTIONAL_COLUMNS if name in table.column_names]
     table = table.filter(pc.is_valid(table["team"]))
     columns["user_id"] = table["user_id"].to_pylist()
     columns["team"] = table["team"].to_pylist()

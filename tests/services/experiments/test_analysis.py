@@ -185,7 +185,7 @@ def test_credit_difference_is_a_t_test_over_units_with_credit() -> None:
     assert p == pytest.approx(expected.pvalue, rel=1e-9)
     ci = expected.confidence_interval()
     assert (mean.estimate, mean.low, mean.high) == pytest.approx((d.mean(), ci.low, ci.high))
-    assert analysis.credit_difference(["x", "y"], np.zeros(2), np.zeros(2))[1] == 1.0
+    assert math.isnan(analysis.credit_difference(["x", "y"], np.zeros(2), np.zeros(2))[1])  # no unit with credit
 
 
 def test_small_and_degenerate_samples_give_no_interval_rather_than_a_false_one() -> None:
@@ -204,7 +204,47 @@ def test_small_and_degenerate_samples_give_no_interval_rather_than_a_false_one()
     assert analysis.unit_outcomes(["u", "u", "u"], a, b).tolist() == [0]
     users = [f"u{n // 3}" for n in range(60)]
     difference, p = analysis.credit_difference(users, np.tile(a, 20), np.tile(b, 20))
-    assert difference.estimate == 0.0 and p == 1.0
+    assert difference.estimate == 0.0 and math.isnan(p)  # all ties: no variance, no t-test
     # Every unit with the same outcome: a resample can only repeat it, so no interval.
     same = analysis.preference(np.zeros(40, dtype=np.int64), np.random.default_rng(0))
     assert same.delta.estimate == 0.0 and math.isnan(same.delta.low)
+
+
+def _delta_method_p(clicks_t: np.ndarray, shown_t: np.ndarray, clicks_0: np.ndarray, shown_0: np.ndarray) -> float:
+    """The per-user z-test written out: each arm's CTR `R = Σc / Σn` with the variance of its
+    linearisation `c − R n` over users, `Var(R) = s²(c − R n) / (m n̄²)`."""
+    def ratio_and_variance(clicks: np.ndarray, shown: np.ndarray) -> tuple[float, float]:
+        ratio = clicks.sum() / shown.sum()
+        return ratio, np.var(clicks - ratio * shown, ddof=1) / (len(shown) * shown.mean() ** 2)
+
+    (r_t, v_t), (r_0, v_0) = ratio_and_variance(clicks_t, shown_t), ratio_and_variance(clicks_0, shown_0)
+    return float(2 * stats.norm.sf(abs(r_t - r_0) / math.sqrt(v_t + v_0)))
+
+
+def test_the_user_level_p_value_stands_where_an_arm_has_no_click() -> None:
+    """z = (R_t − R_0) / sqrt(V_t + V_0) needs only a variance: an arm without a click has none of
+    its own, the other arm's carries the test. Only the lift (a ratio over 0, or a log of 0) is left out."""
+    rng = np.random.default_rng(6)
+    shown = 1.0 + rng.poisson(12, 80)
+    clicks = rng.binomial(shown.astype(int), 0.15).astype(float)
+    none = np.zeros(60)
+    for treatment, control in (((clicks, shown), (none, shown[:60])), ((none, shown[:60]), (clicks, shown))):
+        lift, p = analysis.user_level_lift(*treatment, *control)
+        assert p == pytest.approx(_delta_method_p(*treatment, *control), rel=1e-9) and 0 < p < 1e-6
+        assert math.isnan(lift.estimate) and math.isnan(lift.low) and math.isnan(lift.high)
+    _, p = analysis.user_level_lift(none, shown[:60], none, shown[:60])  # no variance at all: no test
+    assert math.isnan(p)
+    _, p = analysis.user_level_lift(clicks, shown, clicks[:1], shown[:1])  # a single user: no variance of its own arm
+    assert math.isnan(p)
+
+
+def test_the_count_credit_has_no_p_value_when_every_user_has_the_same_difference() -> None:
+    """A t-test with zero variance is undefined, whatever the common difference, 0 included."""
+    users = [f"u{n}" for n in range(30)]
+    ones = np.ones(30)
+    for a, b, mean in ((2 * ones, ones, 1.0), (ones, ones, 0.0), (ones, 3 * ones, -2.0)):
+        difference, p = analysis.credit_difference(users, a, b)
+        assert difference.estimate == mean and math.isnan(difference.low) and math.isnan(difference.high)
+        assert math.isnan(p), (mean, p)
+    for few in (0, 1):  # no units or one with credit: nothing to estimate a variance from
+        assert math.isnan(analysis.credit_difference(users[:few], ones[:few], np.zeros(few))[1])
