@@ -331,6 +331,11 @@ class SchedulerSettings(_Section):
     metrics_port: int = Field(default=9109, ge=0, le=65535, description="Prometheus /metrics port (0: none).")
     run_timeout_s: float = Field(default=6 * 3600.0, gt=0, le=MAX_WAIT_S, description="A whole run is stopped after this long.")
     stop_grace_s: float = Field(default=30.0, ge=0, le=3600, description="A run being stopped gets this long after SIGTERM before SIGKILL.")
+    misfire_grace_s: int = Field(
+        default=300, ge=1, le=int(MAX_WAIT_S),
+        description="How late a tick may run: one due while no scheduler was up runs at start if this recent, one "
+                    "fired later is counted missed, and a lock Redis does not answer is retried this long.",
+    )
 
 
 class ExperimentsSettings(_Section):

@@ -24,6 +24,13 @@ class SchedulerMetrics:
         self.step_status = Gauge("recsys_training_step_status", "1 for each step's status in the last run", ["step", "status"],
                                  registry=r)  # fmt: skip
 
+    def run_started(self) -> None:
+        """A run begins: the step series go until its record is published, so they never show an
+        older run's steps (one that wrote no record, or had other steps)."""
+        self.running.set(1)
+        self.step_seconds.clear()
+        self.step_status.clear()
+
     def record_run(self, record: RunRecord) -> None:
         """Publish one run record's per-step numbers."""
         for step in record.steps:

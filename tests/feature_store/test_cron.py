@@ -3,6 +3,7 @@ steps over them, and a day of month with a day of week refused rather than ANDed
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -51,3 +52,40 @@ def test_schedules_cron_would_read_otherwise_are_refused_at_load(expression: str
         cron_trigger(expression)
     with pytest.raises(ValueError, match=message):  # pydantic ValidationError
         Settings(training={"schedule": expression})
+
+
+@pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *"])
+def test_a_schedule_that_never_fires_is_refused(expression: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"cron '{expression}' never fires")):
+        cron_trigger(expression)
+    assert cron_trigger("0 0 29 2 *").get_next_fire_time(None, WEDNESDAY) == datetime(2028, 2, 29, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("expression, field", [
+    ("*/ * * * *", "minute"),
+    ("0 1/ * * *", "hour"),
+    ("0 3 */ * *", "day of month"),
+    ("0 3 * 1/ *", "month"),
+    ("0 3 * * */", "day of week"),
+    ("0 3 * * 1/", "day of week"),
+    ("0 3 * * 1,2/", "day of week"),
+])  # fmt: skip
+def test_an_empty_step_is_refused_in_every_field(expression: str, field: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"cron '{expression}': empty step in the {field} field")):
+        cron_trigger(expression)
+
+
+@pytest.mark.parametrize("expression, field", [
+    ("60 * * * *", "minute"),
+    ("0 24 * * *", "hour"),
+    ("0 3 0 * *", "day of month"),
+    ("0 3 32 * *", "day of month"),
+    ("0 3 * 13 *", "month"),
+    ("*/0 * * * *", "minute"),
+    ("0-59/61 * * * *", "minute"),
+    ("0 x * * *", "hour"),
+    ("0 3 * * 8", "day of week"),
+])  # fmt: skip
+def test_a_bad_field_is_named_with_the_whole_expression(expression: str, field: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"cron '{expression}': invalid {field} field")):
+        cron_trigger(expression)
