@@ -47,7 +47,7 @@ from scipy import stats as scipy_stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.simulate.click_model import GroundTruth, PositionBasedModel  # noqa: E402
-from pipelines.simulate.population import Population, PopulationParams, make_population  # noqa: E402
+from pipelines.simulate.population import PopulationParams, make_population  # noqa: E402
 from services.experiments.interleaving import team_credit  # noqa: E402
 from services.learner.base import OnlineLearner, top_k  # noqa: E402
 from services.learner.dbgd import Dbgd  # noqa: E402

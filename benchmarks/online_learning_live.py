@@ -50,7 +50,7 @@ from models.online_revisions import RevisionStore  # noqa: E402
 from pipelines.datasets.synthetic import load_truth  # noqa: E402
 from pipelines.datasets.synthetic import truth_path as synthetic_truth_path  # noqa: E402
 from pipelines.simulate.population import PopulationParams  # noqa: E402
-from pipelines.simulate.runner import RunParams, ServedRequest  # noqa: E402
+from pipelines.simulate.runner import RunParams  # noqa: E402
 from pipelines.simulate.session import SimulationSpec, simulate  # noqa: E402
 from services.learner.serving import learner_arm  # noqa: E402
 from serving import wait_ready  # noqa: E402

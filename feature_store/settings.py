@@ -171,14 +171,17 @@ class ApiSettings(_Section):
 
 
 class BatchSettings(_Section):
-    """The Spark batch layer (`pipelines/spark`). URIs are strings so a cluster run can point them
-    at shared storage (hdfs://, s3a://); unset means the local default under `state_dir`.
-    Feature windows, caps, the CTR prior and the positive-interaction rule (`POSITIVE`) come from
-    `feature_store.definitions`, not from here."""
+    """The Spark batch layer (`pipelines/spark`); unset locations mean the local default under
+    `state_dir`. Only Spark reads the event log, so `events_uri` may be any URI Spark's filesystem
+    layer reads (hdfs://, s3a://). The batch outputs and the catalog are also read as files by the
+    training DAG, the API, the learner and the report, so `output_uri` and `catalog_uri` are paths
+    (or file:// URIs) on a filesystem every process mounts: on a cluster a shared volume, or an
+    object store mounted as one. Feature windows, caps, the CTR prior and the positive-interaction
+    rule (`POSITIVE`) come from `feature_store.definitions`, not from here."""
 
-    output_uri: str | None = Field(default=None, description="Default: <state_dir>/batch")
-    events_uri: str | None = Field(default=None, description="Event log root. Default: <state_dir>/events")
-    catalog_uri: str | None = Field(default=None, description="Catalog root. Default: <state_dir>/catalog")
+    output_uri: str | None = Field(default=None, description="Default: <state_dir>/batch. A path or file:// URI.")
+    events_uri: str | None = Field(default=None, description="Event log root, any URI Spark reads. Default: <state_dir>/events")
+    catalog_uri: str | None = Field(default=None, description="Catalog root. Default: <state_dir>/catalog. A path or file:// URI.")
     session_gap_minutes: float = Field(default=30.0, gt=0)
     negative_sampling_ratio: int = Field(default=4, ge=0, description="Sampled negatives per positive (no impressions).")
     max_seq_len: int = Field(default=50, gt=0)
@@ -190,6 +193,17 @@ class BatchSettings(_Section):
     walk_length: int = Field(default=40, ge=2, description="random_walks: nodes per walk (shorter after a dead end).")
     node2vec_p: float = Field(default=0.5, gt=0, description="random_walks: Node2vec return parameter.")
     node2vec_q: float = Field(default=2.0, gt=0, description="random_walks: Node2vec in-out parameter.")
+
+    @field_validator("output_uri", "catalog_uri")
+    @classmethod
+    def _read_as_files(cls, value: str | None) -> str | None:
+        """Python code reads these with `Path`, which makes `s3a://b/x` the relative path `s3a:/b/x`:
+        a nightly run would fail at its ranker step and the report would find no rows."""
+        if value is not None and "://" in value and not value.startswith("file://"):
+            raise ValueError(f"{value!r}: the training DAG, the API and the learner read this as files: give a path "
+                             "or file:// URI on a filesystem every process mounts (only batch.events_uri may be "
+                             "any URI Spark reads)")
+        return value
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> "BatchSettings":
@@ -446,6 +460,16 @@ class Settings(BaseSettings):
     @property
     def batch_uri(self) -> str:
         return self.batch.output_uri or str(self.state_dir / "batch")
+
+    @property
+    def batch_dir(self) -> Path:
+        """The batch outputs as a local path (`batch_uri` is what Spark is given)."""
+        return Path(self.batch_uri.removeprefix("file://"))
+
+    @property
+    def catalog_source_dir(self) -> Path:
+        """The catalog the batch layer reads (`batch.catalog_uri`, else `catalog_dir`), as a local path."""
+        return Path(self.batch.catalog_uri.removeprefix("file://")) if self.batch.catalog_uri else self.catalog_dir
 
     @property
     def offline_store_dir(self) -> Path:

@@ -120,7 +120,7 @@ def attach_blend(artifact: RecallArtifact, sequences: list[list[str]], config: E
     fitted.reason_penalty, fitted.reason_depth = selection.penalty, selection.depth
     rerank = None
     if ranker is not None:
-        categories = catalog_categories(Path(settings.batch.catalog_uri or settings.catalog_dir) / "items.parquet")
+        categories = catalog_categories(settings.catalog_source_dir / "items.parquet")
         rerank = exported_rerank(ranker[1], categories)
     artifact.order = choose_order(fitted, histories, targets, rerank, ranker and ranker[0], settings.api.recall_candidates,
                                   recent=recent)  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def read_positives(settings: Settings) -> list[Positive]:
 
 def holdout_cutoff(settings: Settings, positives: list[Positive]) -> datetime:
     """Start of the held-out window: the samples' `test_from`, else the same quantile of `positives`."""
-    manifest = Path(settings.batch_uri) / "samples" / "_manifest.json"
+    manifest = settings.batch_dir / "samples" / "_manifest.json"
     if manifest.is_file():
         test_from = json.loads(manifest.read_text(encoding="utf-8")).get("test_from")
         if test_from:

@@ -56,7 +56,7 @@ def _registry(context: StepContext) -> ModelRegistry:
 
 
 def _samples(settings: Settings) -> Path:
-    return Path(settings.batch_uri) / "samples"
+    return settings.batch_dir / "samples"
 
 
 def _version_exists(role: str) -> Any:

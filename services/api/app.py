@@ -9,7 +9,6 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import ExitStack, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -153,7 +152,7 @@ def _start(
     stack.callback(impressions.close)  # before the event log and Redis client close: it drains into them
     manager = ExperimentManager(experiment_store, ModelRegistry(settings.model_registry_dir))
     guardrails = GuardrailMonitor(
-        manager, features.attribution, batch_design_effects(Path(settings.batch_uri)), client, settings.redis.key_prefix, settings.experiments.guardrail_interval_s,
+        manager, features.attribution, batch_design_effects(settings.batch_dir), client, settings.redis.key_prefix, settings.experiments.guardrail_interval_s,
         metrics.guardrail_checks.inc, lambda experiment, arm: metrics.guardrail_stops.labels(experiment, arm).inc(),
     )
     guardrails.start()

@@ -125,7 +125,7 @@ def report(
         attribution = features.attribution()
         try:
             result = _fail_on_errors(lambda: build_report(
-                manager, attribution, Path(settings.batch_uri), experiment_id))
+                manager, attribution, settings.batch_dir, experiment_id))
         finally:
             attribution.close()
     if as_json:

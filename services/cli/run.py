@@ -191,7 +191,7 @@ def _sample_user(settings: Settings) -> str:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    users = ds.dataset(Path(settings.batch_uri) / "features" / "user", format="parquet")
+    users = ds.dataset(settings.batch_dir / "features" / "user", format="parquet")
     table = users.to_table(columns=["user_id", "positive_count"])
     if table.num_rows == 0:
         fail("the batch layer published no users")

@@ -16,7 +16,6 @@ write it cannot mirror is undone.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import uuid

@@ -52,7 +52,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import redis
@@ -395,7 +394,7 @@ def build(settings: Settings, client: redis.Redis, seed: int = 0, redis_url: str
     experiments = ExperimentStore(settings.state_dir / "experiments", client, settings.redis.key_prefix)
     manager = ExperimentManager(experiments, registry)
     attribution = RedisOnlineStore.from_settings(settings, redis_url).attribution()
-    effects = batch_design_effects(Path(settings.batch_uri))
+    effects = batch_design_effects(settings.batch_dir)
     guardrail = stopped_arms(experiments, lambda experiment: enforce_guardrail(manager, attribution, experiment, effects))
     return LearnerProcess(settings.learner, store, registry, feedback, exported_head(registry), seed, shown, guardrail)
 

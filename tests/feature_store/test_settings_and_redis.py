@@ -106,3 +106,25 @@ def test_configured_url_is_used_without_starting_a_server(redis_server: Embedded
     with redis_url(settings) as url:
         assert url == redis_server.url
     assert not (tmp_path / "redis").exists()
+
+
+def test_batch_outputs_are_read_as_files_from_a_path_or_file_uri(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pipelines.training.holdout import holdout_cutoff
+
+    clean_env.setenv("RECSYS_BATCH__OUTPUT_URI", f"file://{tmp_path}/batch")
+    clean_env.setenv("RECSYS_BATCH__CATALOG_URI", f"file://{tmp_path}/catalog-copy")
+    clean_env.setenv("RECSYS_BATCH__EVENTS_URI", "s3a://bucket/events")  # only Spark reads the log
+    settings = Settings()
+    assert (settings.batch_dir, settings.catalog_source_dir) == (tmp_path / "batch", tmp_path / "catalog-copy")
+    assert settings.batch_uri == f"file://{tmp_path}/batch"  # what Spark is given, unchanged
+    manifest = tmp_path / "batch" / "samples" / "_manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"test_from": "2024-01-23T09:27:10+00:00"}')
+    assert holdout_cutoff(settings, []).isoformat() == "2024-01-23T09:27:10+00:00"  # the manifest, not a fallback
+
+
+@pytest.mark.parametrize("name", ["RECSYS_BATCH__OUTPUT_URI", "RECSYS_BATCH__CATALOG_URI"])
+def test_a_batch_location_python_reads_refuses_a_remote_uri(clean_env: pytest.MonkeyPatch, name: str) -> None:
+    clean_env.setenv(name, "s3a://bucket/batch")
+    with pytest.raises(ValidationError, match="'s3a://bucket/batch': the training DAG, the API and the learner read this as files"):
+        Settings()

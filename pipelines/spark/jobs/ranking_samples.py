@@ -150,7 +150,6 @@ def unclicked_impressions(events: DataFrame, params: SampleParams) -> DataFrame:
 
 
 def _keys(label: Any, source: Any) -> list[Any]:
-    from pyspark.sql import functions as F
 
     return ["user_id", "item_id", "ts", label.cast("tinyint").alias("label"), source.alias("label_source"), "event_id"]
 
@@ -286,7 +285,6 @@ def transform(events: DataFrame, params: SampleParams) -> SampleBuild:
     features): they are persisted once here and released by `SampleBuild.release()`.
     """
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     events = events.persist(StorageLevel.MEMORY_AND_DISK)
     labelled = labelled_rows(events, params).persist(StorageLevel.MEMORY_AND_DISK)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -95,6 +94,6 @@ def _report(state: ServiceState, experiment_id: str) -> ExperimentReport:
     attribution = state.store.features.attribution()
     try:
         with _as_api_errors():
-            return build_report(_manager(state), attribution, Path(state.settings.batch_uri), experiment_id)
+            return build_report(_manager(state), attribution, state.settings.batch_dir, experiment_id)
     finally:
         attribution.close()

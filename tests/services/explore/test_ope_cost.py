@@ -35,7 +35,7 @@ def test_the_direct_term_of_a_thompson_target_draws_slates_without_propensities(
     counts = ItemCounts(np.array([40.0, 30, 30, 20, 10, 5]), np.array([8.0, 3, 6, 1, 2, 1]))
     rng = np.random.default_rng(3)
     logging = EpsilonGreedy(0.5)
-    decisions = [Decision(ranked, counts, (s := logging.choose(ranked, k, rng)), (rng.random(k) < 0.3).astype(int), logged_by=logging)
+    decisions = [Decision(ranked, counts, logging.choose(ranked, k, rng), (rng.random(k) < 0.3).astype(int), logged_by=logging)
                  for _ in range(200)]
     rewards = reward_model(decisions)
     target = Thompson(10.0, draws=32)
