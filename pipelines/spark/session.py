@@ -26,6 +26,18 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def session_conf(settings: Settings) -> dict[str, str]:
+    """Every job's Spark configuration from settings: `BASE_CONF`, driver memory, shuffle
+    partitions, then `settings.spark.extra_conf` (infra/spark/submit.sh passes it to spark-submit,
+    since what the driver's JVM reads at start would come too late from the session builder)."""
+    return {
+        **BASE_CONF,
+        "spark.driver.memory": settings.spark.driver_memory,
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        **settings.spark.extra_conf,
+    }
+
+
 def build_session(settings: Settings, app_name: str, extra_conf: dict[str, str] | None = None) -> SparkSession:
     """A SparkSession with master, driver memory and shuffle partitions from `settings.spark`.
 
@@ -34,13 +46,7 @@ def build_session(settings: Settings, app_name: str, extra_conf: dict[str, str] 
     """
     from pyspark.sql import SparkSession
 
-    conf = {
-        **BASE_CONF,
-        "spark.driver.memory": settings.spark.driver_memory,
-        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
-        **settings.spark.extra_conf,
-        **(extra_conf or {}),
-    }
+    conf = {**session_conf(settings), **(extra_conf or {})}
     builder = SparkSession.builder.appName(app_name)
     if not launched_by_spark_submit():
         builder = builder.master(settings.spark.master)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,12 +39,20 @@ def compose_commands(compose: dict[str, Any]) -> Iterator[tuple[str, list[str]]]
             yield name, service["command"]
 
 
-def containers(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A Deployment's or CronJob's containers, init containers first."""
-    spec = document["spec"]
+def pod_spec(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec of the pods a manifest runs (a workload's pod template), None for other kinds."""
+    if document["kind"] == "Pod":
+        return document["spec"]
+    spec = document.get("spec", {})
     if document["kind"] == "CronJob":
         spec = spec["jobTemplate"]["spec"]
-    pod = spec["template"]["spec"]
+    return spec["template"]["spec"] if "template" in spec else None
+
+
+def containers(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A Deployment's or CronJob's containers, init containers first."""
+    pod = pod_spec(document)
+    assert pod is not None, document["kind"]
     for container in pod.get("initContainers", []) + pod["containers"]:
         yield container["name"], container
 
@@ -145,6 +151,22 @@ def test_kubernetes_does_not_pull_the_local_image_from_docker_hub() -> None:
                     assert container.get("imagePullPolicy") in {"IfNotPresent", "Never"}, f"{path.name} {name}"
 
 
+def test_kubernetes_pods_get_no_service_link_variables() -> None:
+    """By default the kubelet gives every pod Docker-link variables for each Service in the
+    namespace: RECSYS_REDIS_PORT=tcp://…, RECSYS_API_SERVICE_HOST and so on for recsys-redis and
+    recsys-api. They look like settings, and the CLI warns about each unknown RECSYS_ variable:
+    14 false warnings per pod that hide a real misspelling. Nothing here reads them (REDIS_URL
+    names the Service by its DNS name)."""
+    pods = 0
+    for path in K8S_FILES:
+        for document in yaml.safe_load_all(path.read_text()):
+            pod = pod_spec(document)
+            if pod is not None:
+                pods += 1
+                assert pod.get("enableServiceLinks") is False, f"{path.name} {document['metadata']['name']}"
+    assert pods >= 5  # api, stream, learner, redis, training
+
+
 def _is_false(value: object) -> bool:
     return str(value).lower() in {"false", "0", "no", "off"}
 
@@ -207,35 +229,3 @@ def test_submit_scripts_point_at_real_jobs(script: str) -> None:
         named = set(re.search(r"# Jobs: (.*)\(", text).group(1).replace(",", " ").split())
         assert named <= jobs
 
-
-#: A stand-in for spark-submit: records its arguments, checks the code zip it was given, exits $STATUS.
-FAKE_SPARK_SUBMIT = """#!/usr/bin/env bash
-printf '%s\\n' "$@" > "$SUBMITTED"
-while (($#)); do [[ $1 == --py-files ]] && { test -s "$2" || exit 99; }; shift; done
-exit "$STATUS"
-"""
-
-
-@pytest.mark.parametrize("status", [0, 3])
-def test_spark_submit_script_passes_the_driver_settings_and_cleans_up(status: int, tmp_path: Path) -> None:
-    """In client mode spark-submit starts the driver's JVM before the job's SparkSession builder sets
-    spark.driver.memory and spark.driver.extraJavaOptions, so the script passes them (from the same
-    settings); it removes its code zip afterwards, and exits with spark-submit's status."""
-    bin_dir, temp = tmp_path / "bin", tmp_path / "tmp"
-    bin_dir.mkdir()
-    temp.mkdir()
-    (bin_dir / "spark-submit").write_text(FAKE_SPARK_SUBMIT)
-    (bin_dir / "spark-submit").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "REDIS_URL", "PYSPARK_"))}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", TMPDIR=str(temp), SPARK_MASTER="spark://master:7077",
-               PYSPARK_PYTHON=sys.executable, RECSYS_SPARK__DRIVER_MEMORY="3g",
-               SUBMITTED=str(tmp_path / "args"), STATUS=str(status))
-    result = subprocess.run(["bash", str(INFRA / "spark/submit.sh"), "compact"], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == status, result.stderr
-    args = (tmp_path / "args").read_text().splitlines()
-    assert args[args.index("--master") + 1] == "spark://master:7077"
-    assert args[args.index("--driver-memory") + 1] == "3g"
-    assert args[args.index("--driver-java-options") + 1] == "-Duser.timezone=UTC"
-    assert args[-1] == str(ROOT / "pipelines/spark/jobs/compact.py")
-    assert not list(temp.iterdir()), "the code zip was left behind"
