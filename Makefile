@@ -9,7 +9,7 @@ $(if $(filter $(VARIANT),cpu gpu),,$(error VARIANT must be cpu or gpu, not '$(VA
 # Leave empty to use synthetic data: make run DATA=
 DATA ?= $(wildcard ../shared/data/ml-100k)
 
-.PHONY: run test bench lock check-tools check-variant check-lock-variant clean
+.PHONY: run test bench lock check-tools check-test-tools check-variant check-lock-variant clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found: install Python 3.11 (e.g. apt-get install python3.11 python3.11-venv)"; exit 1; }
@@ -28,6 +28,9 @@ check-variant:
 check-tools:
 	@command -v java >/dev/null 2>&1 || { echo "error: java not found: install Java 17 (e.g. apt-get install openjdk-17-jdk-headless: the stream job compiles its split assigner with javac)"; exit 1; }
 	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); exit !(v[1] >= 17) }' || { echo "error: Java 17 or newer is required by Spark 4 and Flink 2: install openjdk-17"; exit 1; }
+
+# Only the tests need chromium: `make run` does not check for it (nor install it).
+check-test-tools: check-tools
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
 	   else echo "error: chromium not found (the experiment report page's test runs it headless): install it, e.g. sudo apt-get install chromium"; exit 1; fi; }
@@ -35,7 +38,7 @@ check-tools:
 run: check-tools check-variant $(STAMP)
 	$(BIN)/recsys run $(if $(DATA),--movielens $(DATA),)
 
-test: check-tools check-variant $(STAMP)
+test: check-test-tools check-variant $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: check-variant $(STAMP)

@@ -6,20 +6,32 @@ final save and is also registered with `atexit`, so an interrupted process does 
 The server runs in its own session, so a terminal's Ctrl-C reaches only its owner, which stops it
 in order; when the owner dies without stopping it (SIGKILL), Linux sends it SIGTERM, on which
 Redis saves and exits. `redis_url` turns SIGTERM into an orderly exit while its server runs.
+
+One server per state directory: the process that starts it (the owner) records its URL in
+`<state_dir>/redis/server.json` until it stops it, and `redis_url` in any other process uses a
+live server recorded there instead of starting a second one on the same data (which nobody else
+would see, and whose final save would overwrite the first one's). Check-and-start is serialized
+by a lock on `<state_dir>/redis/server.lock`. The owner stops its server when it ends, whoever
+still uses it.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
+import json
+import os
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import redis
 
 from feature_store.processes import die_with_parent, sigterm_exits
@@ -129,19 +141,140 @@ class EmbeddedRedis:
             self._process = None
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
 
 @contextmanager
 def redis_url(settings: Settings) -> Iterator[str]:
-    """Yield the configured Redis URL, or start an embedded server for the duration."""
+    """Yield the configured Redis URL, else the state directory's embedded server: the live one
+    another process recorded, or one started here (and stopped on exit) when none is live."""
     if settings.redis.url:
         yield settings.redis.url
         return
-    server = EmbeddedRedis(settings.state_dir / "redis").start()
+    data_dir = settings.state_dir / "redis"
+    with _start_lock(data_dir):
+        server = _live_or_gone(data_dir) or _start_recorded(data_dir)
+    if isinstance(server, str):  # another process's: it stops it, not us
+        yield server
+        return
     with sigterm_exits():
         try:
             yield server.url
         finally:
-            server.stop()
+            with _start_lock(data_dir):
+                _forget(data_dir, server)
+                server.stop()
+
+
+RECORD = "server.json"
+LOCK = "server.lock"
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """How to reach a state directory's embedded server: written by the process that owns it."""
+
+    url: str
+    pid: int  # the owner, which stops the server when it ends
+    server_pid: int
+
+
+def read_record(data_dir: Path) -> ServerRecord | None:
+    try:
+        return ServerRecord(**json.loads((data_dir / RECORD).read_text()))
+    except (OSError, ValueError, TypeError):  # none, or not one of ours: start a server and replace it
+        return None
+
+
+@contextmanager
+def _start_lock(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
+
+
+def _live_or_gone(data_dir: Path, timeout_s: float = 30.0) -> str | None:
+    """The recorded server's URL when it is live: its owner runs and it answers with this data
+    directory. None when there is none to use; a recorded server still running without being live
+    is waited for, so two never share the data: one whose owner died gets SIGTERM (as Linux sends
+    it when the owner was the main thread), on which Redis saves and exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        record = read_record(data_dir)
+        if record is None:
+            return None
+        owner_runs = _running(record.pid)
+        if owner_runs and _serves(record.url, data_dir):
+            return record.url
+        server = _server_process(record.server_pid, data_dir)
+        if server is None:
+            return None
+        if not owner_runs:
+            server.terminate()
+        if time.monotonic() > deadline:
+            raise RedisUnavailableError(
+                f"redis-server (pid {server.pid}) on {data_dir} runs but its owner (pid {record.pid}) "
+                f"does not, or it does not answer on {record.url}: stop it, or set REDIS_URL"
+            )
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _serves(url: str, data_dir: Path, timeout_s: float = 2.0) -> bool:
+    """Answers, and is this directory's server, not another one that took the port since."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return bool(client.config_get("dir").get("dir") == str(data_dir.resolve()))
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _server_process(pid: int, data_dir: Path) -> psutil.Process | None:
+    """The running redis-server with this pid whose data directory is `data_dir` (Redis works in
+    it), or None: a pid the system has since given to another process is not it."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE and process.cwd() == str(data_dir.resolve()):
+            return process
+    except psutil.Error:
+        pass
+    return None
+
+
+def _start_recorded(data_dir: Path) -> EmbeddedRedis:
+    server = EmbeddedRedis(data_dir).start()
+    assert server.pid is not None
+    record = ServerRecord(server.url, os.getpid(), server.pid)
+    temporary = data_dir / f".{RECORD}.{os.getpid()}"
+    try:
+        with temporary.open("w") as out:
+            json.dump(asdict(record), out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, data_dir / RECORD)  # readers see the old record or the new one, whole
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        server.stop()
+        raise
+    return server
+
+
+def _forget(data_dir: Path, server: EmbeddedRedis) -> None:
+    """Remove the record if it is still this process's server (another may have replaced it)."""
+    record = read_record(data_dir)
+    if record is not None and (record.pid, record.url) == (os.getpid(), server.url):
+        (data_dir / RECORD).unlink(missing_ok=True)

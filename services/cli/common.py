@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from feature_store.schemas import error_message
@@ -80,6 +83,12 @@ def styled(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*(printable(p) if isinstance(p, str) else (printable(p[0]), p[1]) for p in parts))
 
 
+def add_id_column(table: Table, header: str) -> None:
+    """A column of ids that other commands take (a model version, a run): whole at any width and
+    when piped, never cut short with an ellipsis; the other columns give way."""
+    table.add_column(header, no_wrap=True, overflow="fold")
+
+
 def print_error(message: str) -> None:
     """Print `error: <message>` to stderr as one plain line (no markup, never wrapped)."""
     typer.secho("error:", fg="red", bold=True, err=True, nl=False)
@@ -103,6 +112,20 @@ def serve_metrics(port: int, registry: Any, setting: str) -> None:
     except OSError as exc:
         fail(f"metrics port {port} ({setting}): {exc.strerror or exc}; set another, or 0 for none")
     console.print(f"metrics: http://0.0.0.0:{port}/metrics")
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """`fail` unless a server could listen on `host`:`port` now, checked before anything starts
+    (Redis, models, workers). SO_REUSEADDR as uvicorn sets it: a port in TIME_WAIT is no conflict."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]  # fmt: skip
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        hint = "; stop what holds it or pass --port" if exc.errno == errno.EADDRINUSE else ""
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}")
 
 
 @contextmanager

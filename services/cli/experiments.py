@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from feature_store.online_store import RedisOnlineStore
     from feature_store.settings import Settings
     from services.experiments.manager import ExperimentManager
+    from services.experiments.report import ArmReport
 
 T = TypeVar("T")
 
@@ -136,10 +137,8 @@ def report(
         lift += "" if arm.p_value is None else f"  p={arm.p_value:.3g}"
         typer.echo(f"{arm.name}: {arm.impressions} impressions, {arm.clicks} clicks, CTR {arm.ctr:.4f} "
                    f"[{arm.ctr_low:.4f}, {arm.ctr_high:.4f}]{lift}{'  STOPPED: ' + arm.stopped if arm.stopped else ''}")
-        if arm.user_lift is not None:
-            control = result.arms[0]  # the lift is against the first arm: both arms' users
-            typer.echo(f"  per user ({arm.users} users; {control.name}: {control.users}): lift {arm.user_lift:+.4f} [{arm.user_lift_low:+.4f}, "
-                       f"{arm.user_lift_high:+.4f}] p={arm.user_p_value:.3g}")
+        if arm is not result.arms[0] and (arm.users is not None or arm.user_p_value is not None):
+            typer.echo(_per_user_line(arm, result.arms[0]))
     if result.srm_p is not None:
         typer.echo(f"sample ratio: p = {result.srm_p:.3g}{'  SRM ALARM' if result.srm_alarm else ''}")
     elif result.srm_withheld:
@@ -153,6 +152,19 @@ def report(
             p = "" if c.credit_p is None else f", t-test p = {c.credit_p:.3g}"
             typer.echo(f"  {c.credit} credit per user, {c.a} − {c.b}: {c.credit_difference:+.4f}{interval}{p}")
     typer.echo(result.caveat)
+
+
+def _per_user_line(arm: ArmReport, control: ArmReport) -> str:
+    """The per-user test of `arm` against the first arm (both arms' users); its p-value also where
+    an arm has no click, the lift then being undefined (docs/experiments.md)."""
+    if arm.user_lift is None and arm.user_p_value is None:  # analysis.user_level_lift: no variance to test
+        lift = "no test (an arm has fewer than two users, or neither varies)"
+    elif arm.user_lift is None:
+        lift = "lift undefined (an arm has no click)"
+    else:
+        lift = f"lift {arm.user_lift:+.4f} [{arm.user_lift_low:+.4f}, {arm.user_lift_high:+.4f}]"
+    p = "" if arm.user_p_value is None else f" p={arm.user_p_value:.3g}"
+    return f"  per user ({arm.users or 0} users; {control.name}: {control.users or 0}): {lift}{p}"
 
 
 @app.command("ope")

@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from services.cli.common import StateDirOption, console, fail, load_settings, printable
+from services.cli.common import (
+    StateDirOption,
+    add_id_column,
+    console,
+    fail,
+    load_settings,
+    printable,
+)
 
 app = typer.Typer(help="Model versions: list, promote a blessed one, roll back.", no_args_is_help=True)
 
@@ -27,7 +34,9 @@ def list_versions(state_dir: StateDirOption = None) -> None:
 
     registry = _registry(state_dir)
     table = Table(title=f"models in {registry.root}")
-    for column in ("role", "version", "created", "blessed", "current"):
+    table.add_column("role")
+    add_id_column(table, "version")  # `recsys models promote` takes it
+    for column in ("created", "blessed", "current"):
         table.add_column(column)
     for role in ROLES:
         for row in registry.overview(role):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from rich.table import Table
 
 from feature_store.redis_server import redis_url
 from feature_store.settings import Settings
-from services.cli.common import StateDirOption, console, fail, load_settings, printable, styled
+from services.cli.common import StateDirOption, console, ensure_port_free, fail, load_settings, printable, styled
 
 
 def run(
@@ -50,13 +49,16 @@ def run(
     if movielens is not None and not movielens.is_dir():
         fail(f"{movielens} is not a directory")
     port = port or settings.api.port
-    _ensure_port_free(settings.api.host, port)
+    ensure_port_free(settings.api.host, port)
     timings: dict[str, float] = {}
     with redis_url(settings) as url:
         # Every stage (in this process or a child) reads the same resolved settings.
         os.environ["RECSYS_REDIS__URL"] = url
         os.environ["RECSYS_STATE_DIR"] = str(settings.state_dir.resolve())
         state = settings.state_dir.resolve()
+        if not settings.redis.url:
+            console.print(f"redis {url} (embedded): other `recsys` commands on this state directory share it "
+                          f"automatically while this runs; elsewhere, export REDIS_URL={url}")
         _stage("data", timings, lambda: _import_data(state, movielens, synth_events, synth_seed))
         timings |= _train(load_settings(state))
         with _background(_stream_job(state), "speed layer (Flink)"), _background(
@@ -70,14 +72,6 @@ def run(
                 console.print(styled(("serving", "bold"), ": press Ctrl-C to stop"))
                 _wait_for_interrupt()
     console.print(styled(("recsys run", "bold"), " stopped cleanly"))
-
-
-def _ensure_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            fail(f"port {port} on {host} is in use: stop what holds it or pass --port")
 
 
 def _stage(name: str, timings: dict[str, float], work: Callable[[], None]) -> None:

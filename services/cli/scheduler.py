@@ -4,6 +4,7 @@ command in `services/cli/__init__.py`."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated
 
 import typer
@@ -29,7 +30,9 @@ def scheduler(
         service.start()
         if run_now:
             service.run_now()
-        console.print(f"scheduler: '{settings.training.schedule}' (UTC), next run {service.next_run()}; Ctrl-C to stop")
+        # The schedule's next tick: `next_run()` is the run just asked for (or owed) until it fires.
+        tick = service.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+        console.print(f"scheduler: '{settings.training.schedule}' (UTC), next run {tick}; Ctrl-C to stop")
         try:
             stop.wait()
         except KeyboardInterrupt:

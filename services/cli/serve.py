@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from feature_store.redis_server import redis_url
-from services.cli.common import StateDirOption, console, load_settings, styled
+from services.cli.common import StateDirOption, console, ensure_port_free, load_settings, styled
 
 
 def serve(
@@ -31,6 +31,7 @@ def serve(
     host = host or settings.api.host
     port = port or settings.api.port
     workers = workers or settings.api.workers
+    ensure_port_free(host, port)  # before Redis starts and the workers load their models
     with redis_url(settings) as url:
         # Workers are fresh processes: hand them the resolved settings through the environment.
         os.environ["RECSYS_REDIS__URL"] = url

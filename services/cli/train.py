@@ -14,7 +14,15 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.common import StateDirOption, console, fail, load_settings, printable, styled
+from services.cli.common import (
+    StateDirOption,
+    add_id_column,
+    console,
+    fail,
+    load_settings,
+    printable,
+    styled,
+)
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a file name under the runs folder
 
@@ -191,9 +199,9 @@ def run(
                                              help="The caller (the scheduler) holds the training lock.")] = False,
 ) -> None:
     """Run the training DAG now: compact → attribution → batch views → ranker → embeddings →
-    evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why). On a
-    shared Redis (`redis.url` set) it takes the schedulers' training lock, so it never overwrites
-    the outputs of a scheduled run going on (exit 2 while one holds it)."""
+    evaluate → gate → promote → notify. Exit 1 when a step fails (the run record says why). It
+    takes the schedulers' training lock (on `redis.url`, or the state directory's embedded Redis),
+    so it never overwrites the outputs of a scheduled run going on (exit 2 while one holds it)."""
     from feature_store.processes import sigterm_exits
     from pipelines.training.dag import run_training, runs_dir
     from pipelines.training.executor import StepFailed
@@ -223,22 +231,25 @@ def run(
 
 @contextmanager
 def _training_lock(settings: Any, holds_lock: bool) -> Iterator[None]:
-    """The schedulers' training lock for a manual run on a shared Redis; nothing for the scheduler's
-    own runs (it holds the lock for them) or an embedded Redis (no scheduler shares it)."""
-    if holds_lock or settings.redis.url is None:
+    """The schedulers' training lock for a manual run, on the configured Redis or the state
+    directory's embedded one (which a scheduler on the same state directory shares); nothing for
+    the scheduler's own runs (it holds the lock for them)."""
+    if holds_lock:
         yield
         return
     from feature_store.redis_client import ConnectionSpec
+    from feature_store.redis_server import redis_url
     from services.scheduler.lock import holding, training_lock_key
 
-    client = ConnectionSpec.from_settings(settings, settings.redis.url).client()
-    try:
-        # Lost (a stall past the TTL): SIGTERM, which `sigterm_exits` records as a failed, resumable run.
-        lost = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
-        with holding(client, training_lock_key(settings.redis.key_prefix), settings.scheduler.lock_ttl_s, lost):
-            yield
-    finally:
-        client.close()
+    with redis_url(settings) as url:
+        client = ConnectionSpec.from_settings(settings, url).client()
+        try:
+            # Lost (a stall past the TTL): SIGTERM, which `sigterm_exits` records as a failed, resumable run.
+            lost = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+            with holding(client, training_lock_key(settings.redis.key_prefix), settings.scheduler.lock_ttl_s, lost):
+                yield
+        finally:
+            client.close()
 
 
 def show_run(record: Any) -> None:
@@ -288,16 +299,25 @@ def history(
 
 
 def _history_table(records: list[Any]) -> None:
+    """The runs, one a row; under the table a line per run that promoted, with the versions whole
+    (an 80-column row cannot hold the run id and two versions beside the other columns)."""
     table = Table(title="training runs")
-    for column in ("run", "trigger", "status", "started", "seconds", "failed step", "blessed", "promoted"):
+    add_id_column(table, "run")  # `--run` and `recsys train run --resume` take it
+    for column in ("trigger", "status", "started", "seconds", "failed step", "blessed", "promoted"):
         table.add_column(column)
+    promotions = []
     for record in records:
         outputs = record.outputs()
         failed = next((s.name for s in record.steps if s.status in ("failed", "timed_out")), "-")
         seconds = sum(s.duration_s or 0.0 for s in record.steps)
+        promoted = outputs.get("promoted")
         table.add_row(record.run_id, printable(record.trigger), record.status, record.started_at or "-", f"{seconds:.1f}", failed,
-                      _pairs(outputs.get("blessed")), _pairs(outputs.get("promoted")))  # fmt: skip
+                      _pairs(outputs.get("blessed")), ", ".join(promoted) if isinstance(promoted, dict) and promoted else "-")  # fmt: skip
+        if isinstance(promoted, dict) and promoted:
+            promotions.append(styled(f"run {record.run_id} promoted {_pairs(promoted)}"))
     console.print(table)
+    for line in promotions:
+        console.print(line)
 
 
 def _step_table(record: Any) -> None:

@@ -70,7 +70,7 @@ from services.learner.dbgd import Dbgd, sign_test
 from services.learner.feedback import Comparison, ComparisonReader, log_lateness
 from services.learner.gate import ServingGate
 from services.learner.pdgd import Pdgd, starting_weights
-from services.learner.serving import TEAMS, label
+from services.learner.serving import TEAMS, idle_reason, label
 from services.learner.shown import ShownStore
 
 log = logging.getLogger(__name__)
@@ -378,9 +378,12 @@ class LearnerProcess:
 def build(settings: Settings, client: redis.Redis, seed: int = 0, redis_url: str | None = None) -> LearnerProcess:
     """The learner process of `settings` over the event log, the registry, the revisions and (PDGD)
     the served lists' features in Redis, rolling back when the `learner` experiment's guardrail
-    fires (checked at every step against the attributed counts). `redis_url`: the server `client`
-    talks to, when `settings` names none (an embedded one)."""
+    fires (checked at every step against the attributed counts); a warning when it would compare
+    nothing (`idle_reason`). `redis_url`: the server `client` talks to, when `settings` names none
+    (an embedded one)."""
     registry = ModelRegistry(settings.model_registry_dir)
+    if (idle := idle_reason(settings.learner.share, registry)) is not None:
+        log.warning("%s", idle)
     store = RevisionStore(client, settings.redis.key_prefix, history=settings.learner.history)
     window = timedelta(seconds=settings.attribution.window_s)
     lateness = log_lateness(settings.event_log.roll_max_age_s)

@@ -52,6 +52,8 @@ from scipy.special import expit, logsumexp
 
 from feature_store.settings import LearnerSettings
 from models.online_revisions import Control, Poll, Revision, RevisionStore
+from models.registry import ModelRegistry, RegistryError
+from models.retrieval.order_choice import OrderChoice
 from services.experiments.assignment import unit_hash
 from services.experiments.interleaving import probabilistic, team_draft
 from services.experiments.model import LEARNER, LEARNER_ARMS
@@ -91,6 +93,30 @@ def serves_ranker(bundle: ModelBundle, base: str | None) -> bool:
     if base is None or base != bundle.versions.get("ranker") or not getattr(bundle.ranker, "has_penultimate", False):
         return False
     return bundle.blend is None or bundle.blend.serves_ranker(base)
+
+
+def idle_reason(share: float, registry: ModelRegistry) -> str | None:
+    """Why a learner started now would compare nothing, with the setting to change; None when
+    nothing says so yet. Read from the registry without loading a model: the learning share is
+    0 (the default), or the current recall artifact's blend serves its own order rather than the
+    current ranker (`serves_ranker`; `training.blend` is on by default and validation often
+    chooses the blend). A bad registry entry is left to the learner's steps to report."""
+    if share <= 0:
+        return ("learner.share is 0: no user is served the learning lists, so comparisons stays 0; "
+                "set RECSYS_LEARNER__SHARE (e.g. 0.05) for the API and the learner")
+    try:
+        ranker, recall = registry.current_name("ranker"), registry.current("recall")
+        blend = None if recall is None else recall.manifest.get("blend")
+        if ranker is None or recall is None or not isinstance(blend, dict):
+            return None  # no blend: the ranker orders what is served
+        order = blend.get("order")  # None: a blend fitted without a ranker to compare serves its own order
+        if order is not None and OrderChoice.from_dict(order).serves_ranker(ranker):
+            return None
+    except (RegistryError, ValueError, TypeError):
+        return None
+    return (f"recall version {recall.version} serves its blend's own order, not ranker {ranker} (validation chose "
+            "the blend): the API serves no list of the ranker the learner updates, so comparisons stays 0; "
+            "retrain with RECSYS_TRAINING__BLEND=false to serve the ranker (docs/online_learning.md)")
 
 
 def label(revision_id: str) -> str:

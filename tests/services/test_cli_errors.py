@@ -106,3 +106,18 @@ def test_an_api_key_a_header_cannot_carry_is_refused_at_load(tmp_path: Path) -> 
     result = recsys("models", "list", "--state-dir", str(tmp_path), env={"RECSYS_API__API_KEYS": '["ok-key", "clé"]'})
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "api.api_keys: Value error, key 1 must be printable ASCII" in result.stderr and "clé" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_in_use_is_one_line_before_anything_starts(settings: Settings, workers: str) -> None:
+    """Checked before the embedded Redis and the models: no uvicorn `ERROR: [Errno 98]` (rc 3) nor
+    the supervisor's `cannot listen` (rc 1), but the CLI's one `error:` line and exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = recsys("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", workers,
+                        "--state-dir", str(settings.state_dir))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), result.stderr
+    assert result.stdout == "" and not (settings.state_dir / "redis").exists()  # nothing started

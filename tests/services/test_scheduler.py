@@ -130,3 +130,34 @@ def test_metrics_show_the_run_the_scheduler_started_not_one_started_after_it(
     sample = scheduler.metrics.registry.get_sample_value
     assert sample("recsys_training_step_status", {"step": "scheduled_step", "status": "succeeded"}) == 1.0
     assert sample("recsys_training_step_status", {"step": "manual_step", "status": "running"}) is None
+
+
+def test_run_now_prints_the_schedules_next_regular_tick(settings: Settings) -> None:
+    """`recsys scheduler --run-now` (the real CLI) prints the cron's next tick, not the run it just
+    asked for (which `next_run()` reads as now until the tick fires)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    from datetime import datetime, timezone
+
+    from tests.services.test_cli_errors import ROOT
+
+    env = {**os.environ, "RECSYS_REDIS__URL": str(settings.redis.url), "RECSYS_STATE_DIR": str(settings.state_dir),
+           "RECSYS_TRAINING__SCHEDULE": "0 3 * * *", "RECSYS_SCHEDULER__METRICS_PORT": "0"}
+    command = [sys.executable, "-c", "from services.cli import app; app()", "scheduler", "--run-now"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(120, process.kill)  # a line that never comes fails the test, not hangs it
+    watchdog.start()
+    try:
+        assert process.stderr is not None
+        line = next((line for line in process.stderr if line.startswith("scheduler: ")), "")
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        process.kill()
+    shown = re.search(r"next run (\S+ \S+);", line)
+    assert shown is not None, line
+    tick = datetime.fromisoformat(shown.group(1))
+    assert tick > datetime.now(timezone.utc) and (tick.hour, tick.minute, tick.second, tick.microsecond) == (3, 0, 0, 0), line

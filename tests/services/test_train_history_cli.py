@@ -134,3 +134,20 @@ def test_runs_are_listed_by_start_and_a_failed_resume_shows_the_run_it_resumed(s
                                  env={"RECSYS_TRAINING__STEP_RETRIES": "0"})  # fmt: skip
     assert resumed.exit_code == 1 and "step promote failed" in resumed.output, resumed.output
     assert "nightly-2024" in resumed.output and later.run_id not in resumed.output, resumed.output
+
+
+def test_history_shows_whole_run_and_version_ids_at_80_columns(settings: Settings) -> None:
+    """Piped at 80 columns, a run that blessed and promoted both roles: `recsys train history --run`
+    and `recsys models promote` take the ids as the table shows them."""
+    from tests.services.test_cli_errors import recsys
+
+    versions = {"recall": "20261208T011028186852Z-1a2b3c", "ranker": "20261208T011031554120Z-4d5e6f"}
+
+    def publish(context: StepContext) -> StepResult:
+        return StepResult({"blessed": dict.fromkeys(versions, True), "promoted": versions}, {})
+
+    run = run_steps([Step("promote", publish)], settings, RunStore(runs_dir(settings)), RetryPolicy(),
+                    name="20261208T011028Z-scheduled-nightly-retrain")
+    listing = recsys("train", "history", "--state-dir", str(settings.state_dir), columns=80)
+    assert listing.returncode == 0, listing.stderr
+    assert run.run_id in listing.stderr and all(v in listing.stderr for v in versions.values()), listing.stderr

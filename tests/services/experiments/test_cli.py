@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,29 @@ def test_a_redis_that_refuses_the_write_is_named_as_refusing_and_nothing_is_crea
     assert created.returncode == 2 and created.stderr.count("\n") == 1
     assert created.stderr.startswith("error: Redis refused the command (") and "no permissions" in created.stderr
     assert not (api_settings.state_dir / "experiments" / "cli3.json").exists()
+
+
+def test_the_text_report_shows_the_per_user_test_when_an_arm_has_no_click(api_settings: Settings, tmp_path: Path) -> None:
+    """The lift is undefined where the first arm has no click, but the per-user test's users and
+    p-value (which docs/experiments.md says to decide with) still print, as in the JSON."""
+    from tests.services.experiments.test_report import write_impressions
+
+    definition = tmp_path / "exp.json"
+    definition.write_text(json.dumps({"id": "cli4", "kind": "ab", "arms": [{"name": "control"}, {"name": "treatment"}]}))
+    assert recsys(api_settings, "create", str(definition)).returncode == 0
+    clicks = {"control": [0] * 30, "treatment": [user % 3 for user in range(29)]}  # 10 impressions each
+    rows: dict[str, list] = {k: [] for k in ("event_id", "user_id", "arm", "click", "ts", "experiment")}
+    for arm, counts in clicks.items():
+        for user, count in enumerate(counts):
+            for slot in range(10):
+                for name, value in (("event_id", f"{arm}-{user}-{slot}"), ("user_id", f"{arm}-u{user}"), ("arm", f"cli4:{arm}"),
+                                    ("click", int(slot < count)), ("ts", datetime.now(timezone.utc)), ("experiment", "cli4")):
+                    rows[name].append(value)
+    write_impressions(api_settings, rows, "cli4")
+    (control, treatment) = json.loads(recsys(api_settings, "report", "cli4", "--json").stdout)["arms"]
+    assert (control["users"], treatment["users"], treatment["user_lift"]) == (30, 29, None)
+    assert treatment["user_p_value"] is not None
+    printed = recsys(api_settings, "report", "cli4")
+    assert printed.returncode == 0, printed.stderr
+    assert (f"  per user (29 users; control: 30): lift undefined (an arm has no click) "
+            f"p={treatment['user_p_value']:.3g}\n") in printed.stdout, printed.stdout

@@ -686,3 +686,36 @@ def test_pdgd_refuses_features_that_expire_before_their_lists_are_learned(settin
     with pytest.raises(ValueError, match=r"learner.shown_ttl_s \(1860 s\) must be over .* \(1861 s\)"):
         build(short, redis_client)
     build(settings.model_copy(update={"learner": LearnerSettings(algorithm="pdgd", shown_ttl_s=1862.0)}), redis_client)
+
+
+def _publish(registry: ModelRegistry, folder: Path, role: str, manifest: dict) -> str:
+    folder.mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"planted")
+    version = registry.publish(role, folder, {"params": {}, "data_window": {}, "metrics": {}, **manifest})
+    registry.set_current(role, version)
+    return version
+
+
+def test_a_learner_that_can_compare_nothing_says_why_at_start(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default stack ends with `comparisons: 0`: one warning at start names the reason and the
+    setting (no share; or the recall artifact's blend serves its own order, not the ranker)."""
+    def warnings_of(learner: LearnerSettings) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="services.learner"):
+            build(settings.model_copy(update={"learner": learner}), redis_client)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    (shown,) = warnings_of(LearnerSettings())
+    assert "learner.share is 0" in shown and "RECSYS_LEARNER__SHARE" in shown
+    assert warnings_of(LearnerSettings(share=0.1)) == []  # nothing published yet: nothing known not served
+
+    registry = ModelRegistry(settings.model_registry_dir)
+    ranker = _publish(registry, tmp_path / "ranker", "ranker", {})
+    order = {"order": "blend", "blend_ndcg10": 0.3, "ranker_ndcg10": 0.2, "users": 50, "depth": 100, "ranker_version": ranker}
+    recall = _publish(registry, tmp_path / "recall", "recall", {"blend": {"order": order}})
+    (shown,) = warnings_of(LearnerSettings(share=0.1))
+    assert f"recall version {recall} serves its blend's own order" in shown and "RECSYS_TRAINING__BLEND=false" in shown
+    _publish(registry, tmp_path / "recall-ranked", "recall", {"blend": {"order": {**order, "order": "ranker"}}})
+    assert warnings_of(LearnerSettings(share=0.1)) == []

@@ -272,3 +272,26 @@ def test_a_manual_run_takes_the_schedulers_lock_and_is_refused_while_a_run_holds
 
     failed = CliRunner().invoke(app, ["train", "run", "--resume", "nope", *state])  # fails inside the lock
     assert failed.exit_code == 2 and "no training run 'nope'" in failed.output and not redis_client.exists(key)
+
+
+def test_a_manual_run_on_the_embedded_redis_takes_the_lock_a_scheduler_there_holds(tmp_path: Path) -> None:
+    """Without `redis.url`, `recsys train run` shares the state directory's live embedded Redis
+    (the one `recsys run` or a scheduler started there), so it takes the schedulers' lock on it."""
+    from typer.testing import CliRunner
+
+    from feature_store.redis_server import redis_url
+    from pipelines.training.dag import runs_dir
+    from services.cli import app
+    from services.scheduler.lock import RunLock, training_lock_key
+
+    embedded = Settings(state_dir=tmp_path)
+    assert embedded.redis.url is None
+    with redis_url(embedded) as url:  # this process owns the state directory's server
+        client = redis.Redis.from_url(url)
+        scheduled = RunLock(client, training_lock_key(embedded.redis.key_prefix), TTL_S)
+        assert scheduled.acquire()
+        refused = CliRunner().invoke(app, ["train", "run", "--state-dir", str(tmp_path)])
+        assert refused.exit_code == 2 and "another training run holds the lock" in refused.output, refused.output
+        assert not list(runs_dir(embedded).glob("*.json"))  # no run started
+        scheduled.release()
+        client.close()
