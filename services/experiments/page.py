@@ -105,8 +105,9 @@ def _lines(points: Sequence[TimelinePoint], arms: list[str]) -> str:
     high = max(max(p.high for p in points), 0.0)
     x_of = _time_axis([p.at for p in points])
     parts = [f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{_y(0, low, high):.1f}" y2="{_y(0, low, high):.1f}" stroke="#999"/>']
+    index = {arm: i for i, arm in enumerate(arms)}
     for n, name in enumerate(sorted({p.series for p in points})):
-        colour = _colour(arms.index(name.split(":", 1)[1]))
+        colour = _colour(index.get(name.split(":", 1)[-1], n))
         parts += _series([p for p in points if p.series == name], x_of, low, high, colour)
         parts.append(f'<text x="{WIDTH - PAD}" y="{15 + 15 * n}" text-anchor="end" fill="{colour}">{escape(name)}</text>')
     parts += _time_labels(min(p.at for p in points), max(p.at for p in points), x_of)

@@ -100,6 +100,13 @@ def wait_for(path: Path, text: str, process: subprocess.Popen[str]) -> None:
         time.sleep(0.1)
 
 
+def _signals_as_a_terminal_gives_them() -> None:
+    """SIGINT at its default in the script. A shell cannot trap a signal it was started with
+    ignored, and a test runner started in the background by a non-interactive shell (`cmd &`, as
+    CI may start it) has SIGINT ignored, which every child inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 SCRIPTS = {"flink": ["flink/run.sh", "--state-dir", "/unused"], "spark": ["spark/submit.sh", "compact"]}
 
 
@@ -117,6 +124,7 @@ def test_a_signal_to_the_script_stops_its_attached_client(
     process = subprocess.Popen(
         ["bash", str(INFRA / path), *args], env=script_env(tmp_path, "attached"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_signals_as_a_terminal_gives_them,
     )  # fmt: skip
     try:
         wait_for(tmp_path / "mark", "started", process)
