@@ -7,14 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from services.cli.common import (
-    StateDirOption,
-    add_id_column,
-    console,
-    fail,
-    load_settings,
-    printable,
-)
+from services.cli.common import StateDirOption, add_id_column, console, fail, load_settings, printable
 
 app = typer.Typer(help="Model versions: list, promote a blessed one, roll back.", no_args_is_help=True)
 

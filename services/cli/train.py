@@ -14,15 +14,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.common import (
-    StateDirOption,
-    add_id_column,
-    console,
-    fail,
-    load_settings,
-    printable,
-    styled,
-)
+from services.cli.common import StateDirOption, add_id_column, console, fail, load_settings, printable, styled
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # a file name under the runs folder
 

@@ -11,8 +11,6 @@ daily schedule put a few minutes before or after the wall clock, and the tests w
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import redis
 from feature_store.cron import cron_trigger
 from feature_store.settings import Settings
 from services.scheduler.service import JOB_ID, TrainingScheduler
+from tests.services.scheduler.test_scheduler_lock import _until
 
 TOUCH = "import pathlib, sys; pathlib.Path(sys.argv[1]).touch()"
 NOW = datetime(2026, 12, 2, 3, 2, 30, tzinfo=timezone.utc)  # a Wednesday, 2.5 min after the 03:00 tick
@@ -39,13 +38,6 @@ def _scheduler(settings: Settings, marker: Path) -> TrainingScheduler:
 def _last_tick(client: Any, settings: Settings) -> datetime | None:
     value = client.get(f"{settings.redis.key_prefix}:training:last_tick")
     return None if value is None else datetime.fromisoformat(value.decode())
-
-
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s  # waited for, not slept on
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def _minute(moment: datetime) -> datetime:
@@ -75,7 +67,7 @@ def test_a_tick_due_while_no_scheduler_was_up_runs_once_at_start(settings: Setti
     scheduler = _scheduler(settings, tmp_path / "ran")
     scheduler.start()
     try:
-        _until(lambda: scheduler.metrics.runs.labels("succeeded")._value.get() == 1, "the catch-up run")
+        _until(lambda: scheduler.metrics.runs.labels("succeeded")._value.get() == 1, "the catch-up run", timeout_s=60)
         assert (tmp_path / "ran").exists() and scheduler.metrics.ticks._value.get() == 1
         assert _last_tick(redis_client, settings) == due
         assert scheduler.next_run() == due + timedelta(days=1)
@@ -124,7 +116,7 @@ def test_a_tick_later_than_the_grace_in_a_running_scheduler_is_counted_missed(
     try:
         late = datetime.now(timezone.utc) - timedelta(seconds=400)  # its process was frozen past 300 s
         scheduler._scheduler.modify_job(JOB_ID, next_run_time=late)
-        _until(lambda: scheduler.metrics.skipped.labels("missed")._value.get() == 1, "the late tick counted missed")
+        _until(lambda: scheduler.metrics.skipped.labels("missed")._value.get() == 1, "the late tick counted missed", timeout_s=60)
         assert scheduler.metrics.ticks._value.get() == 1 and not (tmp_path / "ran").exists()
         assert _last_tick(redis_client, settings) == late
     finally:
